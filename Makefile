@@ -1,0 +1,30 @@
+# Velvet: `make demo` runs the main job, `make test` runs every check. Both install what they need.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: all deps bpf demo test lint typecheck unit datapath e2e conformance bench bench-quick clean
+
+all: bpf
+
+deps:
+	@./scripts/setup.sh
+
+bpf: deps
+	@$(PY) -m velvet.datapath.build
+
+demo: bpf
+	@$(VENV)/bin/velvet demo $(ARGS)
+
+lint: deps
+	@$(VENV)/bin/ruff check .
+
+typecheck: deps
+	@$(VENV)/bin/mypy
+
+test: bpf lint typecheck
+	@$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+clean:
+	rm -rf build
