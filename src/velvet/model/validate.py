@@ -1,0 +1,258 @@
+"""Typed, path-tracking access to one decoded manifest document, and the API server's value rules.
+
+Every accessor raises `InvalidManifest(path, document, field, reason)` naming the field path the way
+the API server does (`spec.ports[0].port`), so a decoder never formats an error itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import NoReturn
+
+from velvet.errors import InvalidManifest
+
+DEFAULT_NODE_PORT_RANGE = (30000, 32767)
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Where:
+    """The file and 1-based document index a node came from."""
+
+    path: str
+    document: int
+
+
+@dataclass(frozen=True)
+class Node:
+    """A value at `path` in a document; accessors check its type and fail with the path."""
+
+    value: object
+    path: str
+    where: Where
+
+    def fail(self, reason: str) -> NoReturn:
+        """Raise InvalidManifest for this node."""
+        raise InvalidManifest(self.where.path, self.where.document, self.path or "<document>", reason)
+
+    def at(self, key: str | int, value: object) -> Node:
+        """The child node `key` (a field name or a list index) holding `value`."""
+        if isinstance(key, int):
+            return Node(value, f"{self.path}[{key}]", self.where)
+        return Node(value, f"{self.path}.{key}" if self.path else key, self.where)
+
+    def obj(self, known: Iterable[str], ignored: Iterable[str] = ()) -> Obj:
+        """This node as a mapping whose keys must all be `known` or `ignored` (strict decoding)."""
+        if not isinstance(self.value, dict):
+            self.fail(f"must be an object, not {_type_name(self.value)}")
+        known_set, ignored_set = frozenset(known), frozenset(ignored)
+        fields: dict[str, Node] = {}
+        for key, value in self.value.items():
+            if not isinstance(key, str):
+                self.fail(f"field names must be strings, not {_type_name(key)}")
+            if key in ignored_set:
+                continue
+            if key not in known_set:
+                self.at(key, value).fail(f'unknown field "{key}"')
+            if value is not None:
+                fields[key] = self.at(key, value)
+        return Obj(self, fields)
+
+    def items(self) -> list[Node]:
+        """This node as a list of child nodes."""
+        if not isinstance(self.value, list):
+            self.fail(f"must be a list, not {_type_name(self.value)}")
+        return [self.at(i, v) for i, v in enumerate(self.value)]
+
+    def as_str(self) -> str:
+        """This node as a string."""
+        if not isinstance(self.value, str):
+            self.fail(f"must be a string, not {_type_name(self.value)}")
+        return self.value
+
+    def as_int(self) -> int:
+        """This node as an integer (booleans and floats are refused, as Go's decoder does)."""
+        if isinstance(self.value, bool) or not isinstance(self.value, int):
+            self.fail(f"must be an integer, not {_type_name(self.value)}")
+        return self.value
+
+    def as_bool(self) -> bool:
+        """This node as a boolean."""
+        if not isinstance(self.value, bool):
+            self.fail(f"must be a boolean, not {_type_name(self.value)}")
+        return self.value
+
+    def as_int_or_str(self) -> int | str:
+        """This node as an IntOrString."""
+        if isinstance(self.value, str):
+            return self.value
+        return self.as_int()
+
+    def as_str_list(self) -> tuple[str, ...]:
+        """This node as a list of strings."""
+        return tuple(item.as_str() for item in self.items())
+
+    def as_str_map(self) -> dict[str, str]:
+        """This node as a map of string to string."""
+        fields = self.obj(known=_any_key(self.value)).fields
+        return {key: node.as_str() for key, node in fields.items()}
+
+    def one_of(self, allowed: Iterable[str]) -> str:
+        """This node as a string that must be one of `allowed`."""
+        value, options = self.as_str(), tuple(allowed)
+        if value not in options:
+            supported = ", ".join(f'"{o}"' for o in options)
+            self.fail(f'Unsupported value: "{value}": supported values: {supported}')
+        return value
+
+    def int_in(self, low: int, high: int) -> int:
+        """This node as an integer in [low, high]."""
+        value = self.as_int()
+        if not low <= value <= high:
+            self.fail(f"Invalid value: {value}: must be between {low} and {high}, inclusive")
+        return value
+
+
+@dataclass(frozen=True)
+class Obj:
+    """A checked mapping node: optional and required field access by name."""
+
+    node: Node
+    fields: dict[str, Node]
+
+    def opt(self, key: str) -> Node | None:
+        """The field `key`, or None when absent or null."""
+        return self.fields.get(key)
+
+    def req(self, key: str) -> Node:
+        """The field `key`, failing with "Required value" when absent or null."""
+        found = self.fields.get(key)
+        if found is None:
+            self.node.at(key, None).fail("Required value")
+        return found
+
+
+def _any_key(value: object) -> Iterable[str]:
+    return [k for k in value if isinstance(k, str)] if isinstance(value, dict) else ()
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def check_dns1123_label(node: Node) -> str:
+    """A lowercase RFC 1123 label (namespace, container and port names)."""
+    value = node.as_str()
+    if len(value) > 63 or not _DNS1123_LABEL.match(value):
+        node.fail(f'Invalid value: "{value}": a lowercase RFC 1123 label must consist of lower case '
+                  "alphanumeric characters or '-', start and end with an alphanumeric character, "
+                  "and be at most 63 characters")
+    return value
+
+
+def check_dns1035_label(node: Node) -> str:
+    """A lowercase RFC 1035 label (service names)."""
+    value = node.as_str()
+    if len(value) > 63 or not _DNS1035_LABEL.match(value):
+        node.fail(f'Invalid value: "{value}": a DNS-1035 label must consist of lower case alphanumeric '
+                  "characters or '-', start with an alphabetic character, end with an alphanumeric "
+                  "character, and be at most 63 characters")
+    return value
+
+
+def check_dns1123_subdomain(node: Node) -> str:
+    """A lowercase RFC 1123 subdomain (pod, policy and slice names)."""
+    value = node.as_str()
+    if len(value) > 253 or not _DNS1123_SUBDOMAIN.match(value):
+        node.fail(f'Invalid value: "{value}": a lowercase RFC 1123 subdomain must consist of lower case '
+                  "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric "
+                  "character")
+    return value
+
+
+def check_port_name(node: Node) -> str:
+    """An IANA service name (container port names and named target ports)."""
+    value = node.as_str()
+    if (len(value) > 15 or not _IANA_SVC_NAME.match(value) or "--" in value
+            or not any(c.isalpha() for c in value)):
+        node.fail(f'Invalid value: "{value}": must be no more than 15 characters, contain only lower case '
+                  "alphanumeric characters or '-', contain at least one letter, not start or end with "
+                  "'-' and have no adjacent '-'")
+    return value
+
+
+def check_port_number(node: Node) -> int:
+    """A port number 1-65535."""
+    return node.int_in(1, 65535)
+
+
+def check_int_or_port_name(node: Node) -> int | str:
+    """A port given as a number (1-65535) or as an IANA service name."""
+    if isinstance(node.value, str):
+        return check_port_name(node)
+    return check_port_number(node)
+
+
+def check_ipv4(node: Node) -> str:
+    """An IPv4 address in canonical dotted form."""
+    value = node.as_str()
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        node.fail(f'Invalid value: "{value}": must be a valid IPv4 address')
+    return value
+
+
+def check_cidr(node: Node) -> str:
+    """An IPv4 or IPv6 CIDR with no host bits set."""
+    value = node.as_str()
+    if "/" not in value:
+        node.fail(f'Invalid value: "{value}": must be a valid CIDR (e.g. 10.0.0.0/8)')
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError as err:
+        node.fail(f'Invalid value: "{value}": must be a valid CIDR: {err}')
+    return value
+
+
+def check_labels(node: Node) -> dict[str, str]:
+    """A label map: qualified-name keys and label values."""
+    labels = node.as_str_map()
+    for key, value in labels.items():
+        check_qualified_name(node, key)
+        if len(value) > 63 or not _LABEL_VALUE.match(value):
+            node.fail(f'Invalid value: "{value}" (label {key}): a valid label value must be 63 characters '
+                      "or less and must be empty or begin and end with an alphanumeric character "
+                      "([a-z0-9A-Z]) with dashes, underscores, dots and alphanumerics between")
+    return labels
+
+
+def check_annotations(node: Node) -> dict[str, str]:
+    """An annotation map: qualified-name keys, any string values."""
+    annotations = node.as_str_map()
+    for key in annotations:
+        check_qualified_name(node, key)
+    return annotations
+
+
+def check_qualified_name(node: Node, key: str) -> None:
+    """A label or annotation key: optional DNS subdomain prefix, '/', and a name of at most 63 chars."""
+    prefix, _, name = key.rpartition("/")
+    prefix_ok = not prefix or (len(prefix) <= 253 and _DNS1123_SUBDOMAIN.match(prefix) is not None)
+    if not prefix_ok or len(name) > 63 or not _QUALIFIED_NAME.match(name):
+        node.fail(f'Invalid value: "{key}": name part must consist of alphanumeric characters, "-", "_" '
+                  'or ".", must start and end with an alphanumeric character and be at most 63 '
+                  "characters, with an optional DNS subdomain prefix and '/'")

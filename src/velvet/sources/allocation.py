@@ -1,0 +1,159 @@
+"""ClusterIP and node-port allocation for Services, as the API server's allocators do it.
+
+Dynamic allocation takes the lowest free value of the upper band first (upstream reserves the lower
+band, 1/16 of the range clamped to [16, 256] addresses or 1/32 clamped to [16, 128] ports, for values
+users choose); values in use are never handed out twice.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+
+from velvet.model import Service, ServicePort
+
+EXTERNAL_TYPES = ("NodePort", "LoadBalancer")
+
+
+class FieldError(Exception):
+    """A field of an object cannot be accepted; `field` is its path, `reason` says why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class ServiceAllocator:
+    """The ClusterIPs and node ports held by a set of services; allocates for new or changed ones."""
+
+    def __init__(self, cidr: str, node_port_range: tuple[int, int], services: Iterable[Service]) -> None:
+        self.network = ipaddress.IPv4Network(cidr)
+        self.node_ports = node_port_range
+        self._ips: set[ipaddress.IPv4Address] = set()
+        self._ports: set[int] = set()
+        for svc in services:
+            self._hold(svc)
+
+    def prepare(self, new: Service, existing: Service | None) -> Service:
+        """`new` with the ClusterIP, node ports and health-check port it keeps or gets; holds them."""
+        if existing is not None:
+            self._release(existing)
+        try:
+            prepared = replace(new, spec=replace(
+                new.spec,
+                cluster_ip=self._cluster_ip(new, existing),
+                ports=self._ports_for(new, existing),
+                health_check_node_port=None,
+            ))
+            prepared = replace(prepared, spec=replace(
+                prepared.spec, health_check_node_port=self._hc_port(new, existing, prepared)))
+        except FieldError:
+            if existing is not None:
+                self._hold(existing)
+            raise
+        self._hold(prepared)
+        return prepared
+
+    def _cluster_ip(self, new: Service, existing: Service | None) -> str | None:
+        if new.spec.type == "ExternalName":
+            return None
+        had = None
+        if existing is not None and existing.spec.type != "ExternalName":
+            had = existing.spec.cluster_ip
+        wanted = new.spec.cluster_ip
+        if had is not None:
+            if wanted is not None and wanted != had:
+                raise FieldError("spec.clusterIP", f'Invalid value: "{wanted}": field is immutable')
+            return had
+        if wanted is None:
+            return str(self._next_ip())
+        if wanted == "None":
+            return wanted
+        ip = ipaddress.IPv4Address(wanted)
+        if ip not in self.network or ip in (self.network.network_address, self.network.broadcast_address):
+            raise FieldError("spec.clusterIP", f'Invalid value: "{wanted}": failed to allocate IP '
+                                  f"{wanted}: the provided IP is not in the valid range {self.network}")
+        if ip in self._ips:
+            raise FieldError("spec.clusterIP", f'Invalid value: "{wanted}": failed to allocate IP '
+                                  f"{wanted}: provided IP is already allocated")
+        return wanted
+
+    def _ports_for(self, new: Service, existing: Service | None) -> tuple[ServicePort, ...]:
+        if new.spec.type not in EXTERNAL_TYPES:
+            return tuple(replace(p, node_port=None) for p in new.spec.ports)
+        previous = {(p.port, p.protocol): p.node_port for p in existing.spec.ports} if existing else {}
+        taken_here: dict[int, set[str]] = {}
+        ports: list[ServicePort] = []
+        for i, port in enumerate(new.spec.ports):
+            number = port.node_port
+            if number is not None:
+                self._check_port(f"spec.ports[{i}].nodePort", number, port.protocol, taken_here)
+            else:
+                number = previous.get((port.port, port.protocol)) or self._next_port(taken_here)
+            taken_here.setdefault(number, set()).add(port.protocol)
+            ports.append(replace(port, node_port=number))
+        return tuple(ports)
+
+    def _hc_port(self, new: Service, existing: Service | None, prepared: Service) -> int | None:
+        if new.spec.type != "LoadBalancer" or new.spec.external_traffic_policy != "Local":
+            return None
+        taken_here = {p.node_port: {p.protocol} for p in prepared.spec.ports if p.node_port is not None}
+        wanted = new.spec.health_check_node_port
+        if wanted is not None:
+            self._check_port("spec.healthCheckNodePort", wanted, "", taken_here)
+            return wanted
+        if existing is not None and existing.spec.health_check_node_port is not None:
+            return existing.spec.health_check_node_port
+        return self._next_port(taken_here)
+
+    def _check_port(self, field: str, number: int, protocol: str, taken_here: dict[int, set[str]]) -> None:
+        low, high = self.node_ports
+        if not low <= number <= high:
+            raise FieldError(field, f"Invalid value: {number}: provided port is not in the valid range. "
+                                  f"The range of valid ports is {low}-{high}")
+        used_here = taken_here.get(number)
+        if number in self._ports or (used_here is not None and (not protocol or protocol in used_here)):
+            raise FieldError(field, f"Invalid value: {number}: provided port is already allocated")
+
+    def _next_ip(self) -> ipaddress.IPv4Address:
+        size = self.network.num_addresses - 2
+        for offset in _banded(size, min(max(16, size // 16), 256)):
+            ip = self.network.network_address + 1 + offset
+            if ip not in self._ips:
+                return ip
+        raise FieldError("spec.clusterIP", f"failed to allocate an IP: range {self.network} is full")
+
+    def _next_port(self, taken_here: dict[int, set[str]]) -> int:
+        low, high = self.node_ports
+        size = high - low + 1
+        for offset in _banded(size, min(max(16, size // 32), 128)):
+            if low + offset not in self._ports and low + offset not in taken_here:
+                return low + offset
+        raise FieldError("spec.ports", f"failed to allocate a node port: range {low}-{high} is full")
+
+    def _held(self, svc: Service) -> tuple[list[ipaddress.IPv4Address], list[int]]:
+        ip = svc.spec.cluster_ip
+        ips = [ipaddress.IPv4Address(ip)] if ip is not None and ip != "None" else []
+        ports = [p.node_port for p in svc.spec.ports if p.node_port is not None]
+        if svc.spec.health_check_node_port is not None:
+            ports.append(svc.spec.health_check_node_port)
+        return ips, ports
+
+    def _hold(self, svc: Service) -> None:
+        ips, ports = self._held(svc)
+        self._ips.update(ips)
+        self._ports.update(ports)
+
+    def _release(self, svc: Service) -> None:
+        ips, ports = self._held(svc)
+        self._ips.difference_update(ips)
+        self._ports.difference_update(ports)
+
+
+def _banded(size: int, band: int) -> Iterator[int]:
+    """Offsets of a range: the upper band (from `band`) first, then the lower band."""
+    band = min(band, size)
+    yield from range(band, size)
+    yield from range(band)

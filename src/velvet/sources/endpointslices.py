@@ -1,0 +1,131 @@
+"""The EndpointSlice controller: the slices Kubernetes would derive from a Service and its pods.
+
+Mirrors upstream pkg/controller/endpointslice: pods of the service's namespace matching its selector,
+with an IP and not Succeeded/Failed (terminating pods included); one endpoint port per service port,
+a named targetPort resolved on each pod (pods resolving to different numbers land in different
+slices); at most 100 endpoints per slice; a placeholder slice without endpoints when nothing matches.
+Slice names are `<service>-<5 chars>` derived from the slice's position (port sets in order, then
+chunks), so recomputation is stable and the placeholder is updated in place, as upstream reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from types import MappingProxyType
+
+from velvet.model import (
+    Endpoint,
+    EndpointConditions,
+    EndpointPort,
+    EndpointSlice,
+    ObjectMeta,
+    ObjectReference,
+    Pod,
+    Service,
+)
+from velvet.model.service import HEADLESS_LABEL, SERVICE_NAME_LABEL
+
+MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+CONTROLLER_NAME = "endpointslice-controller.k8s.io"
+MAX_ENDPOINTS_PER_SLICE = 100
+_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's rand.String alphabet
+
+PortSet = tuple[EndpointPort, ...]
+
+
+def is_managed(eps: EndpointSlice) -> bool:
+    """The slice belongs to the controller (not to a user or another controller)."""
+    return eps.metadata.labels.get(MANAGED_BY_LABEL) == CONTROLLER_NAME
+
+
+def wants_slices(svc: Service) -> bool:
+    """Only services with a non-empty selector, other than ExternalName, get controller slices."""
+    return bool(svc.spec.selector) and svc.spec.type != "ExternalName"
+
+
+def desired_slices(svc: Service, pods: Iterable[Pod]) -> list[EndpointSlice]:
+    """The controller's slices for `svc` (metadata without uid, resourceVersion or timestamps)."""
+    if not wants_slices(svc):
+        return []
+    groups: dict[PortSet, list[tuple[str, Endpoint]]] = {}
+    for pod in pods:
+        if _selected(svc, pod):
+            groups.setdefault(_endpoint_ports(svc, pod), []).append((pod.metadata.name, _endpoint(svc, pod)))
+    if not groups:
+        return [_slice(svc, 0, (), ())]
+    slices: list[EndpointSlice] = []
+    for ports, members in sorted(groups.items(), key=lambda kv: _port_key(kv[0])):
+        endpoints = [endpoint for _, endpoint in sorted(members, key=lambda m: m[0])]
+        for chunk in range(0, len(endpoints), MAX_ENDPOINTS_PER_SLICE):
+            chunk_endpoints = tuple(endpoints[chunk:chunk + MAX_ENDPOINTS_PER_SLICE])
+            slices.append(_slice(svc, len(slices), chunk_endpoints, ports))
+    return slices
+
+
+def same_slice(a: EndpointSlice, b: EndpointSlice) -> bool:
+    """Equal apart from server-set metadata (uid, resourceVersion, timestamps)."""
+    return replace(a, metadata=_content_meta(a.metadata)) == replace(b, metadata=_content_meta(b.metadata))
+
+
+def _content_meta(meta: ObjectMeta) -> ObjectMeta:
+    return ObjectMeta(name=meta.name, namespace=meta.namespace, labels=dict(meta.labels),
+                      annotations=dict(meta.annotations))
+
+
+def _selected(svc: Service, pod: Pod) -> bool:
+    selector: Mapping[str, str] = svc.spec.selector or {}
+    return (
+        pod.metadata.namespace == svc.metadata.namespace
+        and all(pod.metadata.labels.get(k) == v for k, v in selector.items())
+        and bool(pod.status.pod_ip)
+        and pod.status.phase not in ("Succeeded", "Failed")
+    )
+
+
+def _endpoint_ports(svc: Service, pod: Pod) -> PortSet:
+    ports: list[EndpointPort] = []
+    for sp in svc.spec.ports:
+        target = sp.port if sp.target_port is None else sp.target_port
+        number = pod.named_port(target, sp.protocol) if isinstance(target, str) else target
+        if number is not None:
+            ports.append(EndpointPort(port=number, protocol=sp.protocol, name=sp.name or ""))
+    return tuple(ports)
+
+
+def _endpoint(svc: Service, pod: Pod) -> Endpoint:
+    pod_ready = pod.status.ready
+    publish = svc.spec.publish_not_ready_addresses
+    assert pod.status.pod_ip is not None
+    return Endpoint(
+        addresses=(pod.status.pod_ip,),
+        conditions=EndpointConditions(
+            ready=publish or (pod_ready and not pod.terminating),
+            serving=publish or pod_ready,
+            terminating=pod.terminating,
+        ),
+        node_name=pod.spec.node_name or None,
+        target_ref=ObjectReference(kind="Pod", name=pod.metadata.name, namespace=pod.metadata.namespace,
+                                   uid=pod.metadata.uid),
+    )
+
+
+def _slice(svc: Service, index: int, endpoints: tuple[Endpoint, ...], ports: PortSet) -> EndpointSlice:
+    labels = {**svc.metadata.labels, SERVICE_NAME_LABEL: svc.metadata.name, MANAGED_BY_LABEL: CONTROLLER_NAME}
+    if svc.headless:
+        labels[HEADLESS_LABEL] = ""
+    meta = ObjectMeta(name=slice_name(svc.metadata.name, svc.metadata.namespace, index),
+                      namespace=svc.metadata.namespace, labels=MappingProxyType(labels))
+    return EndpointSlice(metadata=meta, endpoints=endpoints, ports=ports)
+
+
+def slice_name(service: str, namespace: str, index: int) -> str:
+    """`<service>-<5 chars>` like generateName; a hash of the slice's position keeps names stable."""
+    digest = hashlib.sha256(f"{namespace}/{service}/{index}".encode()).digest()
+    suffix = "".join(_NAME_ALPHABET[b % len(_NAME_ALPHABET)] for b in digest[:5])
+    return f"{service[:57]}-{suffix}"
+
+
+def _port_key(ports: PortSet) -> str:
+    return ",".join(f"{p.name}:{p.port}/{p.protocol}" for p in ports)

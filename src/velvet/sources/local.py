@@ -1,0 +1,442 @@
+"""The embedded API server: objects applied with `velvet apply`, persisted under the state directory.
+
+It behaves like the parts of kube-apiserver (plus scheduler, EndpointSlice and namespace controllers)
+that a single node needs: all-or-nothing apply with created/configured/unchanged results, ClusterIP
+and node-port allocation, graceful pod deletion, namespace deletion, a store-wide resourceVersion, and
+a watch that streams every change as a `Delta`. State is one JSON file written atomically (temp file +
+rename), so it survives an agent restart. Only file I/O; no networking.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from velvet.errors import InvalidManifest, VelvetError
+from velvet.model import (
+    NAME_LABEL,
+    EndpointSlice,
+    KubeObject,
+    Namespace,
+    ObjectMeta,
+    Pod,
+    PodCondition,
+    PodStatus,
+    Service,
+)
+from velvet.model.codec import KINDS, KindInfo, from_dict, kind_of, resolve_kind, to_dict
+from velvet.sources.allocation import FieldError, ServiceAllocator
+from velvet.sources.delta import Delta, DeltaFanout, Watch
+from velvet.sources.endpointslices import desired_slices, is_managed, same_slice
+
+ALL_NAMESPACES = "all"
+STATE_FILE = "store.json"
+INITIAL_NAMESPACES = ("default", "kube-system")
+KIND_ORDER = ("Namespace", "Pod", "Service", "EndpointSlice", "NetworkPolicy")
+
+Key = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), name
+
+
+class StoreError(VelvetError):
+    """The store refused a request; `reason` is the API status reason (NotFound, Forbidden)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"Error from server ({reason}): {message}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """An object named the way kubectl names it: resource (pods, po, Pod, ...), name and namespace."""
+
+    kind: str
+    name: str
+    namespace: str = "default"
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What apply did to one object, printed like kubectl (`pod/web created`)."""
+
+    kind: str
+    namespace: str
+    name: str
+    action: Literal["created", "configured", "unchanged"]
+
+    def __str__(self) -> str:
+        return f"{KINDS[self.kind].qualified}/{self.name} {self.action}"
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """An object whose deletion started (pods may stay Terminating for their grace period)."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f'{KINDS[self.kind].qualified} "{self.name}" deleted'
+
+
+def format_time(when: datetime) -> str:
+    """RFC 3339 in UTC with second precision, as metav1.Time is serialized."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    """The inverse of format_time."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _key(obj: KubeObject) -> Key:
+    return (type(obj).__name__, obj.metadata.namespace, obj.metadata.name)
+
+
+class _Txn:
+    """A copy of the store's objects being changed; committed whole or dropped."""
+
+    def __init__(self, objects: dict[Key, KubeObject], version: int, now: datetime) -> None:
+        self.objects = dict(objects)
+        self.version = version
+        self.now = now
+        self.deltas: list[Delta] = []
+        self.namespaces: set[str] = set()
+
+    def of_kind(self, kind: str, namespace: str | None = None) -> list[KubeObject]:
+        return [o for k, o in self.objects.items() if k[0] == kind and namespace in (None, k[1])]
+
+    def put(self, obj: KubeObject) -> KubeObject:
+        self.version += 1
+        stored = replace(obj, metadata=replace(obj.metadata, resource_version=self.version))
+        self.objects[_key(stored)] = stored
+        self.deltas.append(Delta(type(stored).__name__, "upsert", stored))
+        self.namespaces.add(stored.metadata.namespace)
+        return stored
+
+    def create(self, obj: KubeObject) -> KubeObject:
+        meta = replace(obj.metadata, uid=str(uuid.uuid4()), creation_timestamp=format_time(self.now))
+        return self.put(replace(obj, metadata=meta))
+
+    def remove(self, key: Key) -> None:
+        obj = self.objects.pop(key)
+        self.version += 1
+        gone = replace(obj, metadata=replace(obj.metadata, resource_version=self.version))
+        self.deltas.append(Delta(key[0], "delete", gone))
+        self.namespaces.add(key[1])
+
+
+class LocalStore:
+    """The embedded API server; `LocalStore.open(state_dir)` resumes the state saved there."""
+
+    def __init__(self, state_dir: Path, *, service_cidr: str = "10.96.0.0/16",
+                 node_port_range: tuple[int, int] = (30000, 32767), node_name: str = "velvet-node",
+                 clock: Callable[[], datetime] = _now) -> None:
+        self.state_file = state_dir / STATE_FILE
+        self.service_cidr = service_cidr
+        self.node_port_range = node_port_range
+        self.node_name = node_name
+        self._clock = clock
+        self._objects: dict[Key, KubeObject] = {}
+        self._version = 0
+        self._fanout = DeltaFanout()
+        if self.state_file.exists():
+            self._load()
+        else:
+            txn = self._txn()
+            for name in INITIAL_NAMESPACES:
+                txn.create(Namespace(ObjectMeta(name=name, labels=MappingProxyType({NAME_LABEL: name}))))
+            self._objects, self._version = txn.objects, txn.version
+
+    @classmethod
+    def open(cls, state_dir: Path, *, service_cidr: str = "10.96.0.0/16",
+             node_port_range: tuple[int, int] = (30000, 32767), node_name: str = "velvet-node",
+             clock: Callable[[], datetime] = _now) -> LocalStore:
+        """Create `state_dir` if needed and load the saved state (or start, and save, a fresh one)."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        store = cls(state_dir, service_cidr=service_cidr, node_port_range=node_port_range,
+                    node_name=node_name, clock=clock)
+        store._persist()
+        return store
+
+    @property
+    def version(self) -> int:
+        """The store-wide resourceVersion: bumped by every change of any object."""
+        return self._version
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get(self, kind: str, namespace: str | None = None, name: str | None = None) -> list[KubeObject]:
+        """Objects of `kind` (any kubectl name) in `namespace` (None = "default", "all" = every one)."""
+        info = _resolve(kind)
+        ns = (namespace or "default") if info.namespaced else ""
+        found = [o for k, o in sorted(self._objects.items())
+                 if k[0] == info.kind and (ns == ALL_NAMESPACES or k[1] == ns)
+                 and (name is None or k[2] == name)]
+        if name is not None and not found:
+            raise StoreError("NotFound", f'{info.plural} "{name}" not found')
+        return found
+
+    def snapshot(self) -> list[KubeObject]:
+        """Every object, namespaces first then by kind, namespace and name (the initial list of a watch)."""
+        return sorted(self._objects.values(), key=lambda o: (KIND_ORDER.index(type(o).__name__), _key(o)))
+
+    def watch(self) -> Watch:
+        """Stream every change from now on; take `snapshot()` first (no await between) for a full view."""
+        return self._fanout.subscribe()
+
+    def close(self) -> None:
+        """End every watch."""
+        self._fanout.close()
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def apply(self, objects: Sequence[KubeObject], *, source: str = "<apply>") -> list[ApplyResult]:
+        """Create or update every object, or none: any error raises before anything changes.
+
+        An error about object i is `InvalidManifest(source, i, field, reason)` (1-based) or a
+        `StoreError` (e.g. its namespace does not exist and is not created earlier in `objects`).
+        """
+        txn = self._txn()
+        services = [o for o in txn.of_kind("Service") if isinstance(o, Service)]
+        allocator = ServiceAllocator(self.service_cidr, self.node_port_range, services)
+        results: list[ApplyResult] = []
+        for index, obj in enumerate(objects, start=1):
+            try:
+                results.append(self._apply_one(txn, allocator, obj))
+            except FieldError as err:
+                raise InvalidManifest(source, index, err.field, err.reason) from None
+        self._commit(txn)
+        return results
+
+    def delete(self, targets: Sequence[KubeObject | ObjectRef], grace_seconds: int | None = None, *,
+               ignore_not_found: bool = False) -> list[DeleteResult]:
+        """Delete objects; pods wait for their grace period, a namespace takes its objects with it.
+
+        Every target is checked first: a missing one raises `StoreError` (NotFound) and nothing is
+        deleted, unless `ignore_not_found`. `grace_seconds` None means each pod's own
+        terminationGracePeriodSeconds; 0 removes pods at once.
+        """
+        keys = [self._target_key(t) for t in targets]
+        missing = [k for k in keys if k not in self._objects]
+        if missing and not ignore_not_found:
+            kind, _, name = missing[0]
+            raise StoreError("NotFound", f'{KINDS[kind].plural} "{name}" not found')
+        txn = self._txn()
+        results: list[DeleteResult] = []
+        for key in keys:
+            obj = txn.objects.get(key)
+            if obj is None:
+                continue
+            if isinstance(obj, Namespace):
+                self._delete_namespace(txn, obj)
+            elif isinstance(obj, Pod):
+                self._delete_pod(txn, obj, grace_seconds)
+            else:
+                txn.remove(key)
+            results.append(DeleteResult(*key))
+        self._commit(txn)
+        return results
+
+    def update_pod_status(self, namespace: str, name: str, status: PodStatus) -> bool:
+        """Record what the node runtime reports about a pod; False when the pod no longer exists."""
+        pod = self._objects.get(("Pod", namespace, name))
+        if not isinstance(pod, Pod):
+            return False
+        if pod.status != status:
+            txn = self._txn()
+            txn.put(replace(pod, status=status))
+            self._commit(txn)
+        return True
+
+    def finalize_pod_deletion(self, namespace: str, name: str) -> bool:
+        """Remove a terminating pod whose processes the runtime has stopped; False if there is none."""
+        pod = self._objects.get(("Pod", namespace, name))
+        if not isinstance(pod, Pod) or not pod.terminating:
+            return False
+        txn = self._txn()
+        txn.remove(_key(pod))
+        self._commit(txn)
+        return True
+
+    def expire_terminating(self, now: datetime | None = None) -> list[Pod]:
+        """Remove the terminating pods whose grace period ended by `now`; returns them."""
+        moment = now or self._clock()
+        expired = [o for o in self._objects.values() if isinstance(o, Pod) and o.metadata.deletion_timestamp
+                   and parse_time(o.metadata.deletion_timestamp) <= moment]
+        if expired:
+            txn = self._txn()
+            for pod in expired:
+                txn.remove(_key(pod))
+            self._commit(txn)
+        return expired
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _txn(self) -> _Txn:
+        return _Txn(self._objects, self._version, self._clock())
+
+    def _apply_one(self, txn: _Txn, allocator: ServiceAllocator, obj: KubeObject) -> ApplyResult:
+        info, key = kind_of(obj), _key(obj)
+        if info.namespaced:
+            _check_namespace(txn, obj.metadata.namespace)
+        existing = txn.objects.get(key)
+        prepared = self._prepare(obj, existing, allocator)
+        result = ApplyResult(info.kind, key[1], key[2], "created")
+        if existing is None:
+            txn.create(prepared)
+            return result
+        old = existing.metadata
+        candidate = replace(prepared, metadata=replace(
+            prepared.metadata, uid=old.uid, creation_timestamp=old.creation_timestamp,
+            deletion_timestamp=old.deletion_timestamp, resource_version=old.resource_version))
+        if candidate == existing:
+            return replace(result, action="unchanged")
+        txn.put(candidate)
+        return replace(result, action="configured")
+
+    def _prepare(self, obj: KubeObject, existing: KubeObject | None,
+                 allocator: ServiceAllocator) -> KubeObject:
+        if isinstance(obj, Namespace):
+            phase = existing.phase if isinstance(existing, Namespace) else "Active"
+            labels = MappingProxyType({**obj.metadata.labels, NAME_LABEL: obj.metadata.name})
+            return replace(obj, metadata=replace(obj.metadata, labels=labels), phase=phase)
+        if isinstance(obj, Pod):
+            return self._prepare_pod(obj, existing if isinstance(existing, Pod) else None)
+        if isinstance(obj, Service):
+            return allocator.prepare(obj, existing if isinstance(existing, Service) else None)
+        return obj
+
+    def _prepare_pod(self, pod: Pod, existing: Pod | None) -> Pod:
+        if existing is None:
+            spec = replace(pod.spec, node_name=pod.spec.node_name or self.node_name)
+            status = PodStatus(phase="Pending", conditions=(PodCondition("PodScheduled", "True"),))
+            return replace(pod, spec=spec, status=status)
+        spec = replace(pod.spec, node_name=pod.spec.node_name or existing.spec.node_name)
+        if spec != existing.spec:
+            raise FieldError("spec", "Forbidden: pod updates may not change fields other than "
+                                  "metadata.labels and metadata.annotations (delete and re-create the pod)")
+        return replace(pod, spec=spec, status=existing.status)
+
+    def _delete_pod(self, txn: _Txn, pod: Pod, grace_seconds: int | None) -> None:
+        grace = pod.spec.termination_grace_period_seconds if grace_seconds is None else grace_seconds
+        if grace <= 0 or pod.status.phase in ("Succeeded", "Failed"):
+            txn.remove(_key(pod))
+            return
+        deadline = txn.now + timedelta(seconds=grace)
+        current = pod.metadata.deletion_timestamp
+        if current is not None and parse_time(current) <= deadline:
+            return
+        txn.put(replace(pod, metadata=replace(pod.metadata, deletion_timestamp=format_time(deadline))))
+
+    def _delete_namespace(self, txn: _Txn, ns: Namespace) -> None:
+        name = ns.metadata.name
+        if name in INITIAL_NAMESPACES:
+            raise StoreError("Forbidden",
+                             f'namespaces "{name}" is forbidden: this namespace may not be deleted')
+        for obj in [o for k, o in txn.objects.items() if k[1] == name and k[0] != "Namespace"]:
+            if isinstance(obj, Pod):
+                self._delete_pod(txn, obj, None)
+            else:
+                txn.remove(_key(obj))
+        if ns.phase != "Terminating":
+            txn.put(replace(ns, phase="Terminating",
+                            metadata=replace(ns.metadata, deletion_timestamp=format_time(txn.now))))
+
+    def _commit(self, txn: _Txn) -> None:
+        _sync_slices(txn)
+        _finish_namespaces(txn)
+        if not txn.deltas:
+            return
+        self._objects, self._version = txn.objects, txn.version
+        self._persist()
+        self._fanout.publish(txn.deltas)
+
+    def _target_key(self, target: KubeObject | ObjectRef) -> Key:
+        if not isinstance(target, ObjectRef):
+            return _key(target)
+        info = _resolve(target.kind)
+        return (info.kind, target.namespace if info.namespaced else "", target.name)
+
+    def _persist(self) -> None:
+        data = {"version": self._version, "objects": [to_dict(o) for o in self.snapshot()]}
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        with tmp.open("w") as out:
+            json.dump(data, out, indent=1, sort_keys=True)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.state_file)
+        dir_fd = os.open(self.state_file.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _load(self) -> None:
+        path = str(self.state_file)
+        try:
+            data = json.loads(self.state_file.read_text())
+        except (OSError, ValueError) as err:
+            raise InvalidManifest(path, 0, "<file>", f"cannot read the store: {err}") from err
+        for index, item in enumerate(data.get("objects", []), start=1):
+            obj = from_dict(item, path=path, document=index, trusted=True)
+            self._objects[_key(obj)] = obj
+        self._version = int(data.get("version", 0))
+
+
+def _resolve(kind: str) -> KindInfo:
+    try:
+        return resolve_kind(kind)
+    except KeyError as err:
+        raise StoreError("NotFound", str(err.args[0])) from None
+
+
+def _check_namespace(txn: _Txn, name: str) -> None:
+    ns = txn.objects.get(("Namespace", "", name))
+    if not isinstance(ns, Namespace):
+        raise StoreError("NotFound", f'namespaces "{name}" not found')
+    if ns.phase == "Terminating":
+        raise StoreError("Forbidden", f"unable to create new content in namespace {name} "
+                         "because it is being terminated")
+
+
+def _sync_slices(txn: _Txn) -> None:
+    """Bring the controller's EndpointSlices of every namespace the transaction touched up to date."""
+    for ns in sorted(txn.namespaces - {""}):
+        pods = [o for o in txn.of_kind("Pod", ns) if isinstance(o, Pod)]
+        desired: dict[str, EndpointSlice] = {}
+        for svc in txn.of_kind("Service", ns):
+            if isinstance(svc, Service):
+                desired.update((s.metadata.name, s) for s in desired_slices(svc, pods))
+        current = {o.metadata.name: o for o in txn.of_kind("EndpointSlice", ns)
+                   if isinstance(o, EndpointSlice) and is_managed(o)}
+        for name, want in desired.items():
+            have = current.get(name)
+            if have is None:
+                txn.create(want)
+            elif not same_slice(have, want):
+                txn.put(replace(want, metadata=replace(want.metadata, uid=have.metadata.uid,
+                                                       creation_timestamp=have.metadata.creation_timestamp)))
+        for name in current.keys() - desired.keys():
+            txn.remove(("EndpointSlice", ns, name))
+
+
+def _finish_namespaces(txn: _Txn) -> None:
+    """Remove terminating namespaces that have no objects left."""
+    for ns in txn.of_kind("Namespace"):
+        if isinstance(ns, Namespace) and ns.phase == "Terminating":
+            name = ns.metadata.name
+            if not any(k[1] == name for k in txn.objects):
+                txn.remove(_key(ns))
+
