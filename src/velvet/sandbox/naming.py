@@ -1,0 +1,205 @@
+"""Every name and address of a sandbox, derived from its name alone so a crash leaves nothing unfindable.
+
+A sandbox `<sb>` owns exactly these objects (nothing in the root network namespace):
+
+- network namespaces `velvet-<sb>-node`, `velvet-<sb>-ext` and `velvet-<sb>-p-<hash8>` per pod;
+- inside the node namespace: the veth pair `velvet_host`/`velvet_net` (pod gateway), `uplink0` (veth
+  to the external client's `eth0`) and one `vv<hash8>` veth per pod (its peer is `eth0` in the pod);
+- cgroup v2 directories `<cgroup2>/velvet/<sb>/node`, `.../node/pod-<hash8>` and `.../node/shims`;
+- `/sys/fs/bpf/velvet/<sb>` (pins), `/var/lib/velvet/<sb>` (state), `/run/velvet/<sb>` (runtime).
+
+`<hash8>` is the first 8 hex digits of sha256("<namespace>/<name>").
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from velvet.errors import SandboxError
+
+DEFAULT_SANDBOX = "default"
+NETNS_DIR = Path("/run/netns")
+BPFFS_ROOT = Path("/sys/fs/bpf")
+STATE_ROOT = Path("/var/lib/velvet")
+RUN_ROOT = Path("/run/velvet")
+
+NODE_HOST_IF = "velvet_host"
+NODE_NET_IF = "velvet_net"
+NODE_UPLINK_IF = "uplink0"
+EXT_UPLINK_IF = "eth0"
+POD_IF = "eth0"
+
+_SANDBOX_RE = re.compile(r"^[a-z0-9]{1,16}$")
+NETNS_RE = re.compile(r"^velvet-(?P<sandbox>[a-z0-9]{1,16})-(?P<role>node|ext|p-[0-9a-f]{8})$")
+
+
+def pod_hash(namespace: str, name: str) -> str:
+    """Return the 8 hex digits that name every object of pod `namespace/name`."""
+    return hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:8]
+
+
+@functools.cache
+def cgroup2_mount(mountinfo: Path = Path("/proc/self/mountinfo")) -> Path:
+    """Return where the cgroup v2 hierarchy is mounted (read from mountinfo, never assumed)."""
+    for line in mountinfo.read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        if right.split(" ", 1)[0] == "cgroup2":
+            return Path(left.split(" ")[4])
+    raise SandboxError("no cgroup v2 hierarchy is mounted (the sandbox needs cgroup2)")
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Addresses and roots of one sandbox; the defaults are the embedded default cluster."""
+
+    sandbox: str = DEFAULT_SANDBOX
+    pod_cidr: str = "10.244.0.0/24"
+    pod_gateway: str = "10.244.0.1"
+    first_pod_host: int = 10
+    service_cidr: str = "10.96.0.0/16"
+    node_uplink_ip: str = "192.168.77.2"
+    ext_uplink_ip: str = "192.168.77.1"
+    uplink_prefix: int = 24
+    state_root: Path = STATE_ROOT
+    run_root: Path = RUN_ROOT
+    bpffs_root: Path = BPFFS_ROOT
+
+    def __post_init__(self) -> None:
+        """Refuse names that could collide with another sandbox's prefix, and inconsistent addresses."""
+        if not _SANDBOX_RE.match(self.sandbox):
+            raise SandboxError(f"sandbox name {self.sandbox!r} must be 1-16 characters of [a-z0-9]")
+        net = ipaddress.IPv4Network(self.pod_cidr)
+        if ipaddress.IPv4Address(self.pod_gateway) not in net:
+            raise SandboxError(f"pod gateway {self.pod_gateway} is outside the pod CIDR {net}")
+        if not 1 < self.first_pod_host < net.num_addresses - 1:
+            raise SandboxError(f"first pod host {self.first_pod_host} does not fit in {net}")
+
+    @property
+    def names(self) -> SandboxNames:
+        """Names of this sandbox's objects."""
+        return SandboxNames(self.sandbox, self.state_root, self.run_root, self.bpffs_root)
+
+
+@dataclass(frozen=True)
+class PodNames:
+    """Names of one pod's objects."""
+
+    hash8: str
+    netns: str
+    host_veth: str
+    cgroup: Path
+    state_dir: Path
+
+    @property
+    def netns_path(self) -> Path:
+        """The bind mount that holds the pod's network namespace."""
+        return NETNS_DIR / self.netns
+
+    @property
+    def record_file(self) -> Path:
+        """The pod record (JSON)."""
+        return self.state_dir / "record.json"
+
+    def log_file(self, container: str) -> Path:
+        """Where a container's stdout and stderr go."""
+        return self.state_dir / f"{container}.log"
+
+    def exit_file(self, container: str) -> Path:
+        """Where the container's shim writes its exit status."""
+        return self.state_dir / f"{container}.exit"
+
+
+@dataclass(frozen=True)
+class SandboxNames:
+    """Every name of sandbox `sandbox`; pure computation except for locating the cgroup2 mount."""
+
+    sandbox: str = DEFAULT_SANDBOX
+    state_root: Path = STATE_ROOT
+    run_root: Path = RUN_ROOT
+    bpffs_root: Path = BPFFS_ROOT
+
+    @property
+    def prefix(self) -> str:
+        """Prefix of every network namespace of this sandbox."""
+        return f"velvet-{self.sandbox}-"
+
+    @property
+    def node_netns(self) -> str:
+        """The node's network namespace."""
+        return f"{self.prefix}node"
+
+    @property
+    def ext_netns(self) -> str:
+        """The external client's network namespace."""
+        return f"{self.prefix}ext"
+
+    @cached_property
+    def cgroup_sandbox(self) -> Path:
+        """Top cgroup of the sandbox: `<cgroup2>/velvet/<sb>`."""
+        return cgroup2_mount() / "velvet" / self.sandbox
+
+    @property
+    def cgroup_node(self) -> Path:
+        """The node's cgroup (agent and supervisor run here)."""
+        return self.cgroup_sandbox / "node"
+
+    @property
+    def cgroup_shims(self) -> Path:
+        """Cgroup of the container shims (they wait for containers and record their exit status)."""
+        return self.cgroup_node / "shims"
+
+    @property
+    def pin_dir(self) -> Path:
+        """bpffs directory for this sandbox's pinned maps and programs."""
+        return self.bpffs_root / "velvet" / self.sandbox
+
+    @property
+    def state_dir(self) -> Path:
+        """Persistent state: pod records, logs, IPAM leases."""
+        return self.state_root / self.sandbox
+
+    @property
+    def run_dir(self) -> Path:
+        """Runtime files: agent API socket, pid files."""
+        return self.run_root / self.sandbox
+
+    @property
+    def agent_socket(self) -> Path:
+        """The agent's local API socket."""
+        return self.run_dir / "agent.sock"
+
+    @property
+    def ipam_file(self) -> Path:
+        """IPAM leases (JSON, pod uid -> IP)."""
+        return self.state_dir / "ipam.json"
+
+    @property
+    def pods_dir(self) -> Path:
+        """Directory holding one sub-directory per pod."""
+        return self.state_dir / "pods"
+
+    def netns_path(self, netns: str) -> Path:
+        """Path of a named network namespace."""
+        return NETNS_DIR / netns
+
+    def pid_file(self, process: str) -> Path:
+        """Pid file of a supervised process (e.g. `agent`, `supervisor`)."""
+        return self.run_dir / f"{process}.pid"
+
+    def log_file(self, process: str) -> Path:
+        """Log of a supervised process."""
+        return self.state_dir / f"{process}.log"
+
+    def pod(self, namespace: str, name: str) -> PodNames:
+        """Names of pod `namespace/name`."""
+        return self.pod_by_hash(pod_hash(namespace, name))
+
+    def pod_by_hash(self, h: str) -> PodNames:
+        """Names of the pod whose hash is `h` (for cleaning up pods known only by their objects)."""
+        return PodNames(h, f"{self.prefix}p-{h}", f"vv{h}", self.cgroup_node / f"pod-{h}", self.pods_dir / h)
