@@ -1,0 +1,616 @@
+"""Service compiler: Services and their EndpointSlices -> this node's lb4_* map entries, as deltas.
+
+Semantics are kube-proxy's: endpoints of every slice of a service are merged and matched to a service
+port by name and protocol, taking each slice's own resolved port number; ready endpoints serve, and
+only when none is ready do serving-and-terminating ones; traffic policies Local keep only this node's
+endpoints (with the same terminating fallback, never a remote one). Work is per service: updating one
+service costs O(its size), whatever the number of services.
+
+Frontends of a service port: ClusterIP:port; for NodePort and LoadBalancer types every IPv4 node
+address:nodePort plus the wildcard 0.0.0.0:nodePort (which the datapath may use only for a local
+destination that missed an exact lookup, and whose rev-NAT address it must take from conntrack);
+externalIP:port; LB ingress IP:port. ClusterIP frontends have one scope holding the internal
+(internalTrafficPolicy) backends. The others hold the external (externalTrafficPolicy) backends in
+scope 0 and, when the two sets differ, the internal ones in scope 1, with TWO_SCOPES on both. A
+LOCAL_ONLY_EXT frontend whose scope 0 is empty while TWO_SCOPES is set has remote endpoints only:
+kube-proxy drops that traffic, while count 0 without TWO_SCOPES (no endpoint at all) is rejected.
+Maglev tables are built from scope 0; scope 1 selects at random (Maglev is for north-south traffic).
+
+Backends (ip, port, proto) are shared by every service that uses them. lb4_backends also keeps the
+serving terminating endpoints that no slot selects, so connections already tracked to a draining pod
+finish; a backend is TERMINATING when every service using it sees it terminating. A frontend address
+wanted by two services belongs to the first; the other gets it when it is released.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Generic, NamedTuple
+
+from velvet.control.maglev import lookup_table
+from velvet.control.reconcile import (
+    BackendState,
+    BackendValue,
+    K,
+    LbDelta,
+    LbState,
+    MapPlan,
+    Proto,
+    RevNatValue,
+    Scope,
+    ServiceFlag,
+    ServiceKey,
+    ServiceValue,
+    SourceRangeKey,
+    StaleBackend,
+    lb_delta,
+    merge_deltas,
+    plan,
+)
+from velvet.errors import MapFull
+from velvet.model.service import HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL, EndpointSlice, Service
+
+ALGORITHM_ANNOTATION = "velvet.io/lb-algorithm"
+MAGLEV = "maglev"
+RANDOM = "random"
+NODEPORT_WILDCARD = "0.0.0.0"
+MAX_BACKEND_ID = 2**32 - 1
+MAX_REV_NAT_INDEX = 2**16 - 1
+
+_PROTOCOLS = {p.name: p.value for p in Proto}
+_CLUSTERIP = int(ServiceFlag.CLUSTERIP)
+_NODEPORT = int(ServiceFlag.NODEPORT)
+_EXTERNAL_IP = int(ServiceFlag.EXTERNAL_IP)
+_LOADBALANCER = int(ServiceFlag.LOADBALANCER)
+_AFFINITY = int(ServiceFlag.AFFINITY)
+_SOURCE_RANGE = int(ServiceFlag.SOURCE_RANGE)
+_MAGLEV = int(ServiceFlag.MAGLEV)
+_TWO_SCOPES = int(ServiceFlag.TWO_SCOPES)
+_LOCAL_ONLY_EXT = int(ServiceFlag.LOCAL_ONLY_EXT)
+_EXTERNAL = _NODEPORT | _EXTERNAL_IP | _LOADBALANCER
+
+Address = tuple[str, int, int]  # (IPv4 address, port, IP protocol number) of a backend or a frontend
+
+
+@lru_cache(maxsize=1 << 18)
+def _ipv4(text: str) -> str | None:
+    """`text` if it is an IPv4 address in dotted-decimal form (as the API server stores them), else None."""
+    octets = text.split(".")
+    if len(octets) != 4:
+        return None
+    for octet in octets:
+        if not (octet.isascii() and octet.isdigit()) or len(octet) > 3 or int(octet) > 255:
+            return None
+        if octet[0] == "0" and len(octet) > 1:
+            return None
+    return text
+
+
+def _ipv4_cidr(text: str) -> str | None:
+    """`text` as a canonical IPv4 network ("10.0.0.0/8"; host bits cleared), else None."""
+    try:
+        return str(ipaddress.IPv4Network(text, strict=False))
+    except ValueError:
+        return None
+
+
+def is_ignored(service: Service) -> bool:
+    """Whether kube-proxy gives `service` no datapath entries at all.
+
+    ExternalName and headless services, services without an IPv4 ClusterIP (none allocated yet, or an
+    IPv6 one, which lb4 does not serve), and services labelled for another proxy or as headless.
+    """
+    labels = service.metadata.labels
+    return (
+        service.spec.type == "ExternalName"
+        or _ipv4(service.spec.cluster_ip or "") is None
+        or SERVICE_PROXY_NAME_LABEL in labels
+        or HEADLESS_LABEL in labels
+    )
+
+
+class IdAllocator(Generic[K]):
+    """Reference-counted ids 1..maximum for keys: stable while referenced, reused only after release.
+
+    Ids come from a cursor that only moves forward (wrapping at `maximum`), so a released id returns
+    only after every other free id has been handed out: conntrack entries naming it are long gone.
+    """
+
+    def __init__(self, map_name: str, maximum: int) -> None:
+        self._map_name = map_name
+        self._maximum = maximum
+        self._ids: dict[K, int] = {}
+        self._refs: dict[K, int] = {}
+        self._used: set[int] = set()
+        self._blocked: set[int] = set()
+        self._cursor = 1
+
+    @property
+    def ids(self) -> Mapping[K, int]:
+        """The id of every key that holds one."""
+        return self._ids
+
+    def refs(self, key: K) -> int:
+        """How many references `key` has."""
+        return self._refs.get(key, 0)
+
+    def acquire(self, key: K) -> int:
+        """Add a reference to `key` and return its id, allocating one for a new key."""
+        ident = self._ids.get(key)
+        if ident is None:
+            ident = self._ids[key] = self._allocate()
+        self._refs[key] = self._refs.get(key, 0) + 1
+        return ident
+
+    def release(self, key: K) -> bool:
+        """Drop a reference to `key`; True when it was the last one and the id is free again."""
+        refs = self._refs[key] - 1
+        if refs:
+            self._refs[key] = refs
+            return False
+        del self._refs[key]
+        self._used.discard(self._ids.pop(key))
+        return True
+
+    def adopt(self, key: K, ident: int) -> None:
+        """Hold `ident` for `key` without a reference (an id found in a pinned map after a restart).
+
+        An id that cannot be kept for `key` (taken, or `key` already has one) is blocked instead.
+        """
+        if key in self._ids:
+            self.block(ident)
+        elif 1 <= ident <= self._maximum and ident not in self._used:
+            self._ids[key] = ident
+            self._used.add(ident)
+            self._cursor = ident + 1 if ident < self._maximum else 1
+
+    def block(self, ident: int) -> None:
+        """Keep `ident` (whose old entry is still in a map) unused until `release_unreferenced`."""
+        if 1 <= ident <= self._maximum and ident not in self._used:
+            self._used.add(ident)
+            self._blocked.add(ident)
+
+    def release_unreferenced(self) -> None:
+        """Free every adopted id no key has referenced since, and every blocked id."""
+        for key in [k for k in self._ids if k not in self._refs]:
+            self._used.discard(self._ids.pop(key))
+        self._used -= self._blocked
+        self._blocked.clear()
+
+    def ensure_free(self, count: int) -> None:
+        """Raise MapFull unless `count` more ids can be allocated."""
+        if len(self._used) + count > self._maximum:
+            raise MapFull(self._map_name, self._maximum, len(self._used) + count)
+
+    def _allocate(self) -> int:
+        """The first free id at or after the cursor."""
+        self.ensure_free(1)
+        ident = self._cursor
+        while ident in self._used:
+            ident = ident + 1 if ident < self._maximum else 1
+        self._cursor = ident + 1 if ident < self._maximum else 1
+        self._used.add(ident)
+        return ident
+
+
+class _Endpoint(NamedTuple):
+    """One endpoint of one service port, with kube-proxy's reading of its conditions."""
+
+    backend: Address
+    ready: bool
+    usable: bool  # ready, or serving and terminating
+    terminating: bool
+    local: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Frontend:
+    """A frontend before ids are assigned: its flags and the backends of each scope, in slot order."""
+
+    flags: int
+    external: tuple[Address, ...]  # scope 0: the only scope unless TWO_SCOPES
+    internal: tuple[Address, ...] | None  # scope 1, for TWO_SCOPES only
+    usable: frozenset[Address]  # every backend a connection through the frontend may have reached
+
+
+_OrderKey = tuple[str, int, bool]  # (port name, protocol, local endpoints only)
+
+
+@dataclass
+class _Compiled:
+    """What one service contributes to the maps, and what its next compilation starts from."""
+
+    service: Service | None = None
+    slices: tuple[EndpointSlice, ...] = ()
+    services: dict[ServiceKey, ServiceValue] = field(default_factory=dict)
+    revnat: dict[int, RevNatValue] = field(default_factory=dict)
+    src_range: dict[SourceRangeKey, None] = field(default_factory=dict)
+    maglev: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    frontends: dict[Address, frozenset[Address]] = field(default_factory=dict)  # owned -> usable
+    backends: dict[Address, bool] = field(default_factory=dict)  # -> terminating
+    orders: dict[_OrderKey, list[Address]] = field(default_factory=dict)
+    tables: dict[tuple[Address, ...], tuple[int, ...]] = field(default_factory=dict)
+    waiting: set[Address] = field(default_factory=set)  # wanted frontends another service owns
+
+
+def stable_order(previous: Sequence[Address], wanted: Iterable[Address]) -> list[Address]:
+    """The slot order of `wanted` that rewrites the fewest slots of `previous`.
+
+    Survivors keep their slot; newcomers (sorted) fill the slots of departed backends, then go at the
+    end; slots still empty are filled from the tail.
+    """
+    keep = set(wanted)
+    slots: list[Address | None] = [b if b in keep else None for b in previous]
+    fresh = iter(sorted(keep.difference(previous)))
+    for i, backend in enumerate(slots):
+        if backend is None:
+            slots[i] = next(fresh, None)
+    slots.extend(fresh)
+    for hole in [i for i, b in enumerate(slots) if b is None]:
+        while slots and slots[-1] is None:
+            slots.pop()
+        if hole >= len(slots):
+            break
+        slots[hole] = slots.pop()
+    return [b for b in slots if b is not None]
+
+
+def _select(endpoints: Iterable[_Endpoint]) -> list[Address]:
+    """kube-proxy's choice: the ready endpoints, or if none is ready the serving terminating ones."""
+    candidates = list(endpoints)
+    ready = [e.backend for e in candidates if e.ready]
+    return ready or [e.backend for e in candidates if e.usable]
+
+
+class ServiceCompiler:
+    """Compiles services one at a time into lb4_* entries and answers with the delta to apply.
+
+    After a restart with pinned maps: `restore(pinned)` first (ids survive), then `update` every
+    service without applying the deltas, then apply `resync(pinned)`, the exact difference. `resync`
+    repairs drift at any other time too.
+    """
+
+    def __init__(
+        self,
+        node_name: str,
+        node_ips: Iterable[str],
+        *,
+        default_external_algorithm: str = MAGLEV,
+        nodeport_wildcard: bool = True,
+    ) -> None:
+        if default_external_algorithm not in (MAGLEV, RANDOM):
+            raise ValueError(f"unknown load-balancing algorithm {default_external_algorithm!r}")
+        self._node_name = node_name
+        self._nodeport_wildcard = nodeport_wildcard
+        self._nodeport_addresses = self._listen_addresses(node_ips)
+        self._default_external = default_external_algorithm
+        self._compiled: dict[str, _Compiled] = {}
+        self._backend_ids: IdAllocator[Address] = IdAllocator("lb4_backends", MAX_BACKEND_ID)
+        self._revnat_ids: IdAllocator[Address] = IdAllocator("lb4_revnat", MAX_REV_NAT_INDEX)
+        self._backend_states: dict[Address, BackendState] = {}
+        self._terminating_votes: dict[Address, int] = {}
+        self._owners: dict[Address, str] = {}
+        self._waiters: dict[Address, set[str]] = {}
+
+    def update(self, service: Service | None, slices: Sequence[EndpointSlice], key: str) -> LbDelta:
+        """Recompile the service `key` ("namespace/name") from its object (None: deleted) and its slices.
+
+        `slices` are all the EndpointSlices labelled kubernetes.io/service-name=<name> in its namespace.
+        The delta's stale backends name every (frontend, backend) pair a connection may still be tracked
+        for although the frontend no longer reaches that backend (all protocols; kube-proxy flushes UDP).
+        A service that needs more ids than are free is left as it was and named in `unprogrammed`.
+        """
+        if service is not None and service.metadata.key != key:
+            raise ValueError(f"service {service.metadata.key} given for key {key}")
+        delta, released = self._update(key, service, tuple(slices))
+        return merge_deltas([delta, *self._hand_over(released)])
+
+    def delete(self, key: str) -> LbDelta:
+        """Remove every entry of the service `key`."""
+        return self.update(None, (), key)
+
+    def set_node_ips(self, node_ips: Iterable[str]) -> LbDelta:
+        """Change the node addresses NodePorts listen on; recompiles only services with a NodePort."""
+        self._nodeport_addresses = self._listen_addresses(node_ips)
+        deltas = []
+        for key, compiled in sorted(self._compiled.items()):
+            if compiled.service is not None and any(p.node_port for p in compiled.service.spec.ports):
+                deltas.append(self.update(compiled.service, compiled.slices, key))
+        return merge_deltas(deltas)
+
+    def desired(self) -> LbState:
+        """The full desired contents of the five maps."""
+        services: dict[ServiceKey, ServiceValue] = {}
+        revnat: dict[int, RevNatValue] = {}
+        src_range: dict[SourceRangeKey, None] = {}
+        maglev: dict[int, tuple[int, ...]] = {}
+        for compiled in self._compiled.values():
+            services.update(compiled.services)
+            revnat.update(compiled.revnat)
+            src_range.update(compiled.src_range)
+            maglev.update(compiled.maglev)
+        backends = {self._backend_ids.ids[b]: BackendValue(*b, s) for b, s in self._backend_states.items()}
+        return LbState(services, backends, revnat, src_range, maglev)
+
+    def restore(self, existing: LbState) -> None:
+        """Adopt the backend ids and rev-NAT indexes of pinned maps; call before the first update."""
+        if self._compiled:
+            raise ValueError("restore() must come before the first update()")
+        for ident, backend in sorted(existing.backends.items()):
+            self._backend_ids.adopt((backend.address, backend.port, backend.proto), ident)
+        fronts = [(k, v.rev_nat_index) for k, v in existing.services.items() if not k.backend_slot]
+        for k, index in sorted(fronts, key=lambda kv: (kv[1], kv[0].scope)):
+            self._revnat_ids.adopt((k.address, k.dport, k.proto), index)
+        for index in existing.revnat:
+            self._revnat_ids.block(index)
+
+    def resync(self, current: LbState) -> LbDelta:
+        """The delta from `current` map contents to the desired ones; frees ids nothing uses any more.
+
+        Its stale backends are those that slots in `current` point to and that their frontend no longer
+        reaches.
+        """
+        self._backend_ids.release_unreferenced()
+        self._revnat_ids.release_unreferenced()
+        reached = {(f, b) for c in self._compiled.values() for f, bs in c.frontends.items() for b in bs}
+        stale: dict[StaleBackend, None] = {}
+        for k, v in current.services.items():
+            backend = current.backends.get(v.backend_id) if k.backend_slot else None
+            if backend is None:
+                continue
+            frontend = (k.address, k.dport, k.proto)
+            if (frontend, (backend.address, backend.port, backend.proto)) not in reached:
+                stale[StaleBackend(*frontend, v.backend_id, backend.address, backend.port)] = None
+        return lb_delta(current, self.desired(), stale)
+
+    def _listen_addresses(self, node_ips: Iterable[str]) -> tuple[str, ...]:
+        """The IPv4 addresses NodePorts listen on: the node's (IPv6 ones are lb6's) and the wildcard."""
+        addresses = {a for a in map(_ipv4, node_ips) if a is not None}
+        if self._nodeport_wildcard:
+            addresses.add(NODEPORT_WILDCARD)
+        return tuple(sorted(addresses))
+
+    def _update(self, key: str, service: Service | None, slices: tuple[EndpointSlice, ...]
+                ) -> tuple[LbDelta, list[Address]]:
+        """Recompile one service; also returns the frontends it gave up, which others may be waiting for."""
+        previous = self._compiled.get(key) or _Compiled()
+        current = _Compiled(service, slices)
+        if service is not None and not is_ignored(service):
+            try:
+                self._compile(key, previous, current)
+            except MapFull as error:
+                return LbDelta(unprogrammed=((key, str(error)),)), []
+            self._compiled[key] = current
+        else:
+            self._compiled.pop(key, None)
+        for frontend in previous.waiting - current.waiting:
+            waiters = self._waiters[frontend]
+            waiters.discard(key)
+            if not waiters:
+                del self._waiters[frontend]
+        for frontend in current.waiting:
+            self._waiters.setdefault(frontend, set()).add(key)
+        stale = tuple(
+            StaleBackend(*frontend, self._backend_ids.ids[b], b[0], b[1])
+            for frontend, usable in previous.frontends.items()
+            for b in sorted(usable - current.frontends.get(frontend, frozenset()))
+        )
+        released = sorted(previous.frontends.keys() - current.frontends.keys())
+        for frontend in released:
+            self._revnat_ids.release(frontend)
+            del self._owners[frontend]
+        delta = LbDelta(
+            plan(previous.services, current.services),
+            self._release_backends(previous, current),
+            plan(previous.revnat, current.revnat),
+            plan(previous.src_range, current.src_range),
+            plan(previous.maglev, current.maglev),
+            stale,
+        )
+        return delta, released
+
+    def _hand_over(self, released: list[Address]) -> list[LbDelta]:
+        """Recompile the services that wait for frontends their owner just gave up."""
+        deltas = []
+        pending = list(released)
+        while pending:
+            for key in sorted(self._waiters.get(pending.pop(0), ())):
+                compiled = self._compiled[key]
+                delta, freed = self._update(key, compiled.service, compiled.slices)
+                deltas.append(delta)
+                pending.extend(freed)
+        return deltas
+
+    def _algorithm(self, service: Service, external: bool) -> str:
+        """MAGLEV or RANDOM for a frontend: the service's annotation, else the default of its kind."""
+        chosen = service.metadata.annotations.get(ALGORITHM_ANNOTATION)
+        if chosen in (MAGLEV, RANDOM):
+            return chosen
+        return self._default_external if external else RANDOM
+
+    def _endpoints(self, service: Service, slices: Iterable[EndpointSlice]
+                   ) -> dict[tuple[str, int], list[_Endpoint]]:
+        """The endpoints of each (port name, protocol) of the service, merged over its IPv4 slices.
+
+        Slices are read in name order; a duplicate (address, port) keeps its first occurrence unless a
+        later one is on this node, as kube-proxy does.
+        """
+        meta = service.metadata
+        wanted = {(p.name or "", _PROTOCOLS.get(p.protocol)) for p in service.spec.ports}
+        merged: dict[tuple[str, int], dict[Address, _Endpoint]] = {}
+        for eps in sorted(slices, key=lambda s: s.metadata.name):
+            if (eps.address_type != "IPv4" or eps.metadata.namespace != meta.namespace
+                    or eps.service_name != meta.name):
+                continue
+            for port in eps.ports:
+                proto = _PROTOCOLS.get(port.protocol)
+                name = port.name or ""
+                if proto is None or port.port is None or (name, proto) not in wanted:
+                    continue
+                found = merged.setdefault((name, proto), {})
+                for endpoint in eps.endpoints:
+                    address = _ipv4(endpoint.addresses[0]) if endpoint.addresses else None
+                    if address is None:
+                        continue
+                    backend = (address, port.port, proto)
+                    local = endpoint.node_name == self._node_name
+                    if backend in found and not local:
+                        continue
+                    cond = endpoint.conditions
+                    ready = cond.ready is not False
+                    terminating = cond.terminating is True
+                    usable = ready or (cond.serving is not False and terminating)
+                    found[backend] = _Endpoint(backend, ready, usable, terminating, local)
+        return {port: list(found.values()) for port, found in merged.items()}
+
+    def _frontend_addresses(self, service: Service, port: int, node_port: int | None
+                            ) -> list[tuple[str, int, int]]:
+        """The (address, port, protocol) of each frontend of a service port, and its kind; ClusterIP first."""
+        spec = service.spec
+        found = [(spec.cluster_ip or "", port, _CLUSTERIP)]
+        if spec.type in ("NodePort", "LoadBalancer") and node_port:
+            found += [(a, node_port, _NODEPORT) for a in self._nodeport_addresses]
+        found += [(a, port, _EXTERNAL_IP) for a in spec.external_ips]
+        if spec.type == "LoadBalancer":
+            found += [(a, port, _LOADBALANCER) for a in service.load_balancer_ingress]
+        return [(a, number, kind) for text, number, kind in found if (a := _ipv4(text)) is not None]
+
+    def _frontends(self, key: str, service: Service, endpoints: dict[tuple[str, int], list[_Endpoint]],
+                   previous: _Compiled, current: _Compiled) -> dict[Address, _Frontend]:
+        """Every frontend of the service, with its backends per scope in slot order.
+
+        A frontend that two ports of the service both produce goes to the first; one that another
+        service owns is left out and waited for.
+        """
+        spec = service.spec
+        itp_local = spec.internal_traffic_policy == "Local"
+        etp_local = spec.external_traffic_policy == "Local"
+        common = _AFFINITY if spec.session_affinity == "ClientIP" else 0
+        internal_algo = _MAGLEV if self._algorithm(service, external=False) == MAGLEV else 0
+        external_algo = _MAGLEV if self._algorithm(service, external=True) == MAGLEV else 0
+        frontends: dict[Address, _Frontend] = {}
+        for port in spec.ports:
+            proto = _PROTOCOLS.get(port.protocol)
+            if proto is None:
+                continue
+            eps = endpoints.get((port.name or "", proto), [])
+            orders: dict[bool, tuple[Address, ...]] = {}
+            for local in {itp_local, etp_local}:
+                order_key = (port.name or "", proto, local)
+                chosen = _select(e for e in eps if e.local or not local)
+                current.orders[order_key] = stable_order(previous.orders.get(order_key, ()), chosen)
+                orders[local] = tuple(current.orders[order_key])
+            internal, external = orders[itp_local], orders[etp_local]
+            two_scopes = _TWO_SCOPES if set(internal) != set(external) else 0
+            usable = frozenset(e.backend for e in eps if e.usable)
+            kinds: dict[Address, int] = {}
+            for address, number, kind in self._frontend_addresses(service, port.port, port.node_port):
+                frontend = (address, number, proto)
+                if frontend in frontends:
+                    continue
+                if self._owners.get(frontend, key) != key:
+                    current.waiting.add(frontend)
+                    continue
+                kinds[frontend] = kinds.get(frontend, 0) | kind
+            for frontend, kind in kinds.items():
+                if kind & _EXTERNAL:
+                    flags = common | kind | external_algo | two_scopes
+                    flags |= _LOCAL_ONLY_EXT if etp_local else 0
+                    frontends[frontend] = _Frontend(flags, external, internal if two_scopes else None, usable)
+                else:
+                    frontends[frontend] = _Frontend(common | kind | internal_algo, internal, None, usable)
+        return frontends
+
+    def _compile(self, key: str, previous: _Compiled, current: _Compiled) -> None:
+        """Fill `current` with the entries of its service, acquiring ids for new backends and frontends.
+
+        Raises MapFull, having changed nothing, when the ids it needs are not free.
+        """
+        service = current.service
+        assert service is not None
+        endpoints = self._endpoints(service, current.slices)
+        frontends = self._frontends(key, service, endpoints, previous, current)
+        terminating = {e.backend for eps in endpoints.values() for e in eps if e.terminating}
+        for frontend, spec in frontends.items():
+            current.frontends[frontend] = spec.usable
+            for backend in spec.usable:
+                current.backends[backend] = backend in terminating
+        self._revnat_ids.ensure_free(sum(f not in self._revnat_ids.ids for f in frontends))
+        self._backend_ids.ensure_free(sum(b not in self._backend_ids.ids for b in current.backends))
+        self._owners.update(dict.fromkeys(frontends, key))
+        self._acquire_backends(previous, current)
+        ranges = sorted({c for c in map(_ipv4_cidr, service.spec.load_balancer_source_ranges) if c})
+        timeout = service.spec.affinity_timeout_seconds
+        ids = self._backend_ids.ids
+        for frontend, spec in frontends.items():
+            address, port, proto = frontend
+            if frontend in previous.frontends:
+                index = self._revnat_ids.ids[frontend]
+            else:
+                index = self._revnat_ids.acquire(frontend)
+            flags = spec.flags
+            if flags & _LOADBALANCER and ranges:
+                flags |= _SOURCE_RANGE
+                current.src_range.update(dict.fromkeys(SourceRangeKey(index, c) for c in ranges))
+            current.revnat[index] = RevNatValue(address, port)
+            affinity = timeout if flags & _AFFINITY else 0
+            for scope, backends in ((Scope.EXTERNAL, spec.external), (Scope.INTERNAL, spec.internal)):
+                if backends is None:
+                    continue
+                current.services[ServiceKey(address, port, 0, proto, scope)] = ServiceValue(
+                    0, affinity, len(backends), index, flags)
+                for slot, backend in enumerate(backends, 1):
+                    current.services[ServiceKey(address, port, slot, proto, scope)] = ServiceValue(
+                        ids[backend], 0, 0, index)
+            if flags & _MAGLEV and spec.external:
+                current.maglev[index] = self._maglev_table(spec.external, previous, current)
+
+    def _maglev_table(self, backends: Sequence[Address], previous: _Compiled, current: _Compiled
+                      ) -> tuple[int, ...]:
+        """The Maglev table of a backend set, as backend ids; computed once, kept while the set lasts."""
+        members = tuple(sorted(backends))
+        table = current.tables.get(members) or previous.tables.get(members)
+        if table is None:
+            owners = lookup_table([f"{a}:{p}/{proto}" for a, p, proto in members])
+            ids = [self._backend_ids.ids[b] for b in members]
+            table = tuple(ids[i] for i in owners)
+        current.tables[members] = table
+        return table
+
+    def _acquire_backends(self, previous: _Compiled, current: _Compiled) -> None:
+        """Reference the backends new to the service and count its terminating votes."""
+        votes = self._terminating_votes
+        for backend, terminating in current.backends.items():
+            before = previous.backends.get(backend)
+            if before is None:
+                self._backend_ids.acquire(backend)
+            votes[backend] = votes.get(backend, 0) + terminating - bool(before)
+
+    def _release_backends(self, previous: _Compiled, current: _Compiled) -> MapPlan[int, BackendValue]:
+        """Dereference the backends the service dropped; the lb4_backends changes of the update.
+
+        A backend is TERMINATING when every service that uses it sees it terminating.
+        """
+        deletes: list[int] = []
+        touched = [b for b, t in current.backends.items() if previous.backends.get(b) != t]
+        for backend, terminating in previous.backends.items():
+            if backend in current.backends:
+                continue
+            self._terminating_votes[backend] -= terminating
+            ident = self._backend_ids.ids[backend]
+            if self._backend_ids.release(backend):
+                del self._backend_states[backend], self._terminating_votes[backend]
+                deletes.append(ident)
+            else:
+                touched.append(backend)
+        upserts: dict[int, BackendValue] = {}
+        for backend in touched:
+            all_terminating = self._terminating_votes[backend] == self._backend_ids.refs(backend)
+            state = BackendState.TERMINATING if all_terminating else BackendState.ACTIVE
+            if self._backend_states.get(backend) != state:
+                self._backend_states[backend] = state
+                upserts[self._backend_ids.ids[backend]] = BackendValue(*backend, state)
+        return MapPlan(upserts, deletes)
