@@ -1,0 +1,17 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* ipcache.h - security identity of an IPv4 address. */
+#ifndef VELVET_LIB_IPCACHE_H
+#define VELVET_LIB_IPCACHE_H
+
+#include "maps.h"
+
+/* Identity of addr by longest-prefix match; addresses nobody claims are WORLD. */
+static __always_inline __u32 ipcache_identity(__be32 addr)
+{
+	struct ipcache_key key = { .prefixlen = 32, .ip = addr };
+	struct ipcache_info *info = bpf_map_lookup_elem(&ipcache, &key);
+
+	return info ? info->identity : IDENTITY_WORLD;
+}
+
+#endif /* VELVET_LIB_IPCACHE_H */

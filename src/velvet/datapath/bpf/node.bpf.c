@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * node.bpf.c - the node's uplink (tcx on the interface towards external clients).
+ *
+ *   node_from_uplink: tcx ingress. NodePort, ExternalIP and LoadBalancer frontends (the latter
+ *                     checked against loadBalancerSourceRanges) are DNATed to a backend; the
+ *                     client address is kept (no SNAT). The kernel then routes to the pod.
+ *   node_to_uplink:   tcx egress. Replies of those connections get the frontend back as source.
+ *
+ * A frontend without backends is refused from here (RST / ICMP port unreachable sent back out
+ * of the uplink); eTP=Local without a local backend drops silently, as kube-proxy does.
+ */
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/csum.h"
+#include "lib/conntrack.h"
+#include "lib/lb.h"
+#include "lib/service.h"
+#include "lib/ipcache.h"
+#include "lib/events.h"
+#include "lib/reject.h"
+
+/* Frontends reachable from outside the node. */
+#define UPLINK_FRONTEND_FLAGS (SVC_NODEPORT | SVC_EXTERNAL_IP | SVC_LOADBALANCER)
+
+/* Fill the identities of an event. */
+static __always_inline void node_fill_identities(struct pkt4 *pkt)
+{
+	pkt->src_identity = ipcache_identity(pkt->saddr);
+	pkt->dst_identity = ipcache_identity(pkt->daddr);
+}
+
+SEC("tc")
+int node_from_uplink(struct __sk_buff *skb)
+{
+	struct pkt4 pkt = {};
+	struct ct4_entry *e;
+	struct ct4_key key;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 backend_id = 0;
+	bool report = true;
+	__u16 reason;
+	int ret;
+
+	/* parse; other ethertypes, and fragments we hold no ports for, are not ours */
+	ret = parse_ipv4(skb, &pkt);
+	if (ret == PARSE_NOT_IPV4 || ret == -DROP_FRAG_NOT_FOUND)
+		return pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false);
+	if (ret < 0)
+		return drop_pkt(skb, &pkt, -ret, OBS_FROM_NETWORK, METRIC_INGRESS);
+
+	/* translate external frontends to a backend */
+	reason = svc_dnat(skb, &pkt, false, UPLINK_FRONTEND_FLAGS, true, CT_F_NODEPORT, &backend_id, now);
+	if (reason) {
+		node_fill_identities(&pkt);
+		drop_pkt(skb, &pkt, reason, OBS_FROM_NETWORK, METRIC_INGRESS);
+		/* refuse like a closed port: the answer leaves through the uplink again */
+		if (reason == DROP_NO_SERVICE_BACKEND && reject_pkt(skb, &pkt) == 0)
+			return bpf_redirect(skb->ifindex, 0);
+		return TC_ACT_SHOT;
+	}
+	if (!pkt.rev_nat_index)
+		return pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false);
+
+	/* the translated tuple leads node_to_uplink back to the frontend */
+	ct_key_fwd(&key, &pkt, CT_NODEPORT);
+	e = ct_lookup(&key, pkt.tcp_flags, now);
+	if (e) {
+		report = ct_account(e, false, skb->len, pkt.tcp_flags, now);
+	} else {
+		if (ct_create(&key, &pkt, skb->len, now, CT_F_NODEPORT, pkt.orig_daddr, pkt.orig_dport,
+			      backend_id) < 0) {
+			node_fill_identities(&pkt);
+			return drop_pkt(skb, &pkt, DROP_CT_MAP_FULL, OBS_FROM_NETWORK, METRIC_INGRESS);
+		}
+		pkt.ev_flags |= EV_F_NEW_CT;
+	}
+	if (report)
+		node_fill_identities(&pkt);
+	return pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report);
+}
+
+SEC("tc")
+int node_to_uplink(struct __sk_buff *skb)
+{
+	struct pkt4 pkt = {};
+	struct ct4_entry *e;
+	struct ct4_key key;
+	__u64 now = bpf_ktime_get_ns();
+	__u16 reason;
+	bool report;
+
+	/* only well-formed IPv4 can be a reply we translated */
+	if (parse_ipv4(skb, &pkt) != 0)
+		return pass_pkt(skb, &pkt, OBS_TO_NETWORK, METRIC_EGRESS, false);
+
+	/* reply of a connection DNATed at the uplink? */
+	ct_key_rev(&key, &pkt, CT_NODEPORT);
+	e = ct_lookup(&key, pkt.tcp_flags, now);
+	if (!e)
+		return pass_pkt(skb, &pkt, OBS_TO_NETWORK, METRIC_EGRESS, false);
+	pkt.ev_flags |= EV_F_REPLY;
+	report = ct_account(e, true, skb->len, pkt.tcp_flags, now);
+
+	/* events name the backend as source: resolve it before the translation */
+	if (report)
+		pkt.src_identity = ipcache_identity(pkt.saddr);
+
+	/* source back to the frontend the client talked to */
+	reason = svc_rev_nat(skb, &pkt, e, now);
+	if (reason) {
+		if (!pkt.src_identity)
+			pkt.src_identity = ipcache_identity(pkt.saddr);
+		pkt.dst_identity = ipcache_identity(pkt.daddr);
+		return drop_pkt(skb, &pkt, reason, OBS_TO_NETWORK, METRIC_EGRESS);
+	}
+	if (report)
+		pkt.dst_identity = ipcache_identity(pkt.daddr);
+	return pass_pkt(skb, &pkt, OBS_TO_NETWORK, METRIC_EGRESS, report);
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,469 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * types.h - the one contract between the Velvet datapath and the control plane.
+ *
+ * Every struct, enum and constant that Python reads or writes lives here and nowhere else;
+ * src/velvet/datapath/structs.py mirrors it (ctypes Structures with the same names and field
+ * names, IntEnums with the same values) and tests/datapath/test_structs_btf.py checks the mirror
+ * against the BTF of every built object and against the enum/#define values of this file.
+ *
+ * Conventions:
+ *  - addresses and ports are in network byte order (__be32/__be16), everything else host order;
+ *  - every struct is naturally aligned (no packing), explicit pad fields are zero;
+ *  - timestamps are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns(), Python time.monotonic_ns()).
+ *
+ * The includer provides the kernel's __u8..__u64/__be16/__be32 typedefs (vmlinux.h).
+ *
+ * Design decisions (datapath-wide):
+ *  - Services: socket LB (cgroup connect4/sendmsg4 on the cgroup holding the pods) translates
+ *    connections at the socket, so pod-to-service traffic is never NATed per packet and hairpin
+ *    (a pod reaching itself through its service) stays inside the pod. lxc_from_pod repeats the
+ *    lookup per packet for what the socket LB did not see (DNAT + a CT_SERVICE entry, reverse NAT
+ *    in lxc_to_pod); that path cannot hairpin (no SNAT). A frontend without backends is
+ *    REJECTED: the socket LB fails connect()/sendmsg() with ECONNREFUSED (EHOSTUNREACH when only a
+ *    node-local backend set is empty: iTP/eTP=Local), the tc paths answer a TCP segment with a RST
+ *    and a UDP datagram with ICMP port unreachable, sent straight back to the client; an empty
+ *    node-local set at the tc paths drops silently (DROP_NO_LOCAL_BACKEND), like kube-proxy.
+ *  - NodePort/ExternalIP/LoadBalancer from outside: node_from_uplink DNATs to the backend without
+ *    SNAT (client IP preserved, as eTP=Local needs; with one node eTP=Cluster needs no SNAT
+ *    either) and records two entries: CT_SERVICE on the original tuple (sticks the backend) and
+ *    CT_NODEPORT on the translated tuple; the reverse NAT of replies happens in node_to_uplink.
+ *    Reverse NAT (both tc paths) writes back the frontend the client used, recorded in the
+ *    translated entry, as long as the frontend's lb4_revnat entry exists; without it replies are
+ *    dropped (DROP_NAT_NO_MAPPING) instead of leaking untranslated.
+ *  - The control plane gives the node's own addresses the IDENTITY_HOST identity in ipcache: the
+ *    NodePort wildcard frontend (0.0.0.0) serves exactly those addresses.
+ *  - Conntrack: one LRU map, the direction is part of the key. CT_EGRESS = connection opened by
+ *    the local pod (forward tuple as the pod sent it, after service translation), CT_INGRESS =
+ *    connection accepted by the local pod (forward tuple as it arrived), CT_SERVICE = original
+ *    (pre-DNAT) tuple of a translated connection -> backend, CT_NODEPORT = translated tuple of a
+ *    connection DNATed at the uplink -> frontend. Entries older than their lifetime count as
+ *    absent (the control plane may GC them with the same constants). ICMP errors quoting a
+ *    tracked connection pass as related (not reverse-translated).
+ *  - lxc_from_pod accepts only packets whose source is the endpoint registered for that address
+ *    with this veth's ifindex (DROP_INVALID_SOURCE otherwise).
+ *  - Policy is decided once per connection on the backend pod's IP and port; replies and
+ *    established packets pass through conntrack. Deny beats allow.
+ *  - IP fragments: the first fragment records its ports in ipv4_frags keyed by
+ *    {saddr, daddr, id, proto}; later fragments take their ports from there (a pod's later
+ *    fragment without a recorded first one is dropped with DROP_FRAG_NOT_FOUND).
+ *  - Unknown L4 protocols are handled with ports 0 (policy can allow them by protocol).
+ *  - Events are aggregated like Cilium's "medium" monitor aggregation: a trace event when a
+ *    connection is created, when a TCP flag of interest (SYN/FIN/RST) is first seen in a
+ *    direction, and at most once per CT_REPORT_INTERVAL_S per connection otherwise; every drop; a
+ *    policy-verdict event for every new connection of an endpoint isolated in that direction
+ *    (endpoints not isolated have no verdict to report).
+ */
+#ifndef VELVET_TYPES_H
+#define VELVET_TYPES_H
+
+/* ---- constants shared with the control plane -------------------------------------------- */
+
+/* Maglev lookup table size (prime); the control plane computes the table. */
+#define LB_MAGLEV_LUT_SIZE 1021
+
+/* Conntrack lifetimes in seconds since the last packet. */
+#define CT_LIFETIME_TCP_S 21600   /* established TCP (a reply was seen) */
+#define CT_LIFETIME_SYN_S 60      /* TCP that has not seen a reply yet */
+#define CT_LIFETIME_NONTCP_S 60   /* UDP, ICMP and other protocols */
+#define CT_LIFETIME_CLOSE_S 10    /* TCP after RST, or FIN in both directions */
+
+/* Minimum time between two trace events of one established flow direction. */
+#define CT_REPORT_INTERVAL_S 5
+
+/* ---- enums --------------------------------------------------------------------------------- */
+
+/* Drop reasons: Cilium's numbers where Cilium has the reason; Velvet's own start at 230. */
+enum drop_reason {
+	DROP_INVALID_SOURCE = 132,     /* source IP is not the sending endpoint's address */
+	DROP_POLICY_DENIED = 133,      /* isolated endpoint and no rule allows the connection */
+	DROP_INVALID_PACKET = 134,     /* malformed or truncated IPv4/L4 header */
+	DROP_CT_MAP_FULL = 138,        /* the conntrack entry could not be created */
+	DROP_WRITE_ERROR = 141,        /* rewriting the packet failed */
+	DROP_NO_SERVICE_BACKEND = 158, /* service frontend without backends (rejected) */
+	DROP_NAT_NO_MAPPING = 167,     /* reply of a translated flow whose reverse NAT is gone */
+	DROP_FRAG_NOT_FOUND = 175,     /* later IP fragment whose first fragment was not seen */
+	DROP_LB_SOURCE_RANGE = 177,    /* client not in loadBalancerSourceRanges */
+	DROP_POLICY_DENY_RULE = 181,   /* an explicit deny rule matched */
+	DROP_NO_LOCAL_BACKEND = 230,   /* traffic policy Local and no node-local backend */
+};
+
+/* Non-drop reasons of the metrics map (drop reasons are >= 130). */
+enum metric_reason {
+	METRIC_FORWARDED = 0,   /* packets passed on */
+	METRIC_EVENTS_LOST = 1, /* events not written because the ring buffer was full */
+};
+
+/* Direction of a metrics entry, seen from the endpoint or the node. */
+enum metric_dir {
+	METRIC_INGRESS = 0, /* towards a pod (lxc_to_pod) or into the node (node_from_uplink) */
+	METRIC_EGRESS = 1,  /* from a pod (lxc_from_pod, socket LB) or out of the node */
+};
+
+enum event_type {
+	EVENT_TRACE = 1,          /* a packet of a flow was forwarded (aggregated) */
+	EVENT_DROP = 2,           /* a packet was dropped (always reported) */
+	EVENT_POLICY_VERDICT = 3, /* policy decided a new connection */
+	EVENT_SOCK = 4,           /* the socket LB translated a service address */
+};
+
+/* Where an event was observed. */
+enum obs_point {
+	OBS_FROM_ENDPOINT = 1, /* lxc_from_pod: leaving a pod */
+	OBS_TO_ENDPOINT = 2,   /* lxc_to_pod: entering a pod */
+	OBS_FROM_NETWORK = 3,  /* node_from_uplink: entering the node from outside */
+	OBS_TO_NETWORK = 4,    /* node_to_uplink: leaving the node */
+	OBS_SOCK_CONNECT = 5,  /* sock_connect4 */
+	OBS_SOCK_SENDMSG = 6,  /* sock_sendmsg4 */
+};
+
+enum verdict {
+	VERDICT_FORWARDED = 1,
+	VERDICT_DROPPED = 2,
+	VERDICT_AUDIT = 3,      /* policy would drop, endpoint in audit mode: forwarded */
+	VERDICT_TRANSLATED = 4, /* socket LB rewrote the destination */
+};
+
+/* flow_event.flags */
+enum event_flags {
+	EV_F_REPLY = 1 << 0,         /* packet of the reply direction of a tracked connection */
+	EV_F_NEW_CT = 1 << 1,        /* this packet created the connection */
+	EV_F_POLICY_L3 = 1 << 2,     /* verdict from a rule on the peer identity, any proto/port */
+	EV_F_POLICY_L4 = 1 << 3,     /* verdict from a rule with a protocol or port */
+	EV_F_POLICY_ANY_PEER = 1 << 4, /* verdict from a rule for any peer identity */
+	EV_F_POLICY_DEFAULT = 1 << 5, /* no rule matched: default allow (not isolated) or deny */
+	EV_F_REV_NAT = 1 << 6,       /* the source was translated back to the service frontend */
+	EV_F_RELATED = 1 << 7,       /* ICMP error about a tracked connection */
+};
+
+/* Transport-layer flags as on the wire (flow_event.tcp_flags, ct4_entry.*_flags_seen). */
+enum tcp_flag_bits {
+	TCP_F_FIN = 0x01,
+	TCP_F_SYN = 0x02,
+	TCP_F_RST = 0x04,
+	TCP_F_PSH = 0x08,
+	TCP_F_ACK = 0x10,
+	TCP_F_URG = 0x20,
+};
+
+/* lb4_service.flags (slot 0) */
+enum svc_flags {
+	SVC_CLUSTERIP = 1 << 0,
+	SVC_NODEPORT = 1 << 1,      /* frontend is a node IP + nodePort */
+	SVC_EXTERNAL_IP = 1 << 2,
+	SVC_LOADBALANCER = 1 << 3,
+	SVC_AFFINITY = 1 << 4,      /* sessionAffinity ClientIP, timeout in affinity_timeout */
+	SVC_SOURCE_RANGE = 1 << 5,  /* check lb4_src_range at the uplink */
+	SVC_MAGLEV = 1 << 6,        /* tc paths select through lb4_maglev (external scope's set) */
+	SVC_TWO_SCOPES = 1 << 7,    /* an internal-scope frontend exists for internal clients */
+	SVC_LOCAL_ONLY_EXT = 1 << 8, /* eTP=Local: external scope holds node-local backends only */
+	SVC_LOCAL_ONLY_INT = 1 << 9, /* iTP=Local: internal scope holds node-local backends only */
+};
+
+/* lb4_key.scope */
+enum lb_scope {
+	LB_SCOPE_EXT = 0, /* external clients, and everybody when the service has one scope */
+	LB_SCOPE_INT = 1, /* pods and node processes, when SVC_TWO_SCOPES */
+};
+
+/* lb4_backend.state */
+enum backend_state {
+	BE_ACTIVE = 0,
+	BE_TERMINATING = 1, /* serving but terminating: kept for existing flows, no new affinity */
+	BE_QUARANTINED = 2, /* unhealthy: never selected through affinity */
+};
+
+/* ct4_key.dir */
+enum ct_dir {
+	CT_EGRESS = 0,   /* connection opened by a local pod */
+	CT_INGRESS = 1,  /* connection accepted by a local pod */
+	CT_SERVICE = 2,  /* original tuple of a service connection -> selected backend */
+	CT_NODEPORT = 3, /* translated tuple of a connection DNATed at the uplink -> frontend */
+};
+
+/* ct4_entry.flags */
+enum ct_flags {
+	CT_F_CLOSING = 1 << 0,    /* RST seen, or FIN seen in both directions */
+	CT_F_SEEN_REPLY = 1 << 1, /* a packet of the reply direction was seen */
+	CT_F_NODEPORT = 1 << 2,   /* created by node_from_uplink */
+	CT_F_AUDIT = 1 << 3,      /* allowed only because the endpoint is in policy audit mode */
+};
+
+/* endpoint_info.flags */
+enum ep_flags {
+	EP_POLICY_INGRESS = 1 << 0, /* isolated for ingress: only policy-allowed traffic enters */
+	EP_POLICY_EGRESS = 1 << 1,  /* isolated for egress */
+	EP_POLICY_AUDIT = 1 << 2,   /* report policy drops as AUDIT and forward */
+};
+
+/* policy_key.direction */
+enum policy_dir {
+	POLICY_INGRESS = 0,
+	POLICY_EGRESS = 1,
+};
+
+/* policy_entry.flags */
+enum policy_flags {
+	POLICY_ALLOW = 1 << 0,
+	POLICY_DENY = 1 << 1,
+	POLICY_L4 = 1 << 2, /* the entry names a protocol (and maybe ports): reported as L3-L4 */
+};
+
+/* Reserved security identities; allocated identities start at IDENTITY_FIRST_ALLOCATED. */
+enum reserved_identity {
+	IDENTITY_ANY = 0, /* policy_key.identity wildcard */
+	IDENTITY_HOST = 1,
+	IDENTITY_WORLD = 2,
+	IDENTITY_UNMANAGED = 3,
+	IDENTITY_HEALTH = 4,
+	IDENTITY_INIT = 5,
+	IDENTITY_REMOTE_NODE = 6,
+	IDENTITY_FIRST_ALLOCATED = 256,
+};
+
+/* process_event.type */
+enum proc_event_type {
+	PROC_EXEC = 1,
+	PROC_EXIT = 2,
+	PROC_TCP_STATE = 3,
+};
+
+/* ---- service load balancing ---------------------------------------------------------------- */
+
+/*
+ * lb4_services key: slot 0 is the frontend, slots 1..count name its backends. A NodePort
+ * frontend with address 0 (0.0.0.0) is the wildcard: it serves every address whose ipcache
+ * identity is IDENTITY_HOST, when no frontend with the exact address exists.
+ */
+struct lb4_key {
+	__be32 address;
+	__be16 dport;
+	__u16 backend_slot;
+	__u8 proto;
+	__u8 scope; /* enum lb_scope */
+	__u8 pad[2];
+};
+
+/* lb4_services value: slot 0 fills count/flags/rev_nat_index/affinity_timeout, slots >0 backend_id. */
+struct lb4_service {
+	__u32 backend_id;
+	__u32 affinity_timeout; /* seconds */
+	__u16 count;            /* number of backend slots */
+	__u16 rev_nat_index;    /* this frontend's id in lb4_revnat, never 0 */
+	__u16 flags;            /* enum svc_flags */
+	__u16 pad;
+};
+
+/* lb4_backends value, keyed by a __u32 backend id (never 0). */
+struct lb4_backend {
+	__be32 address;
+	__be16 port;
+	__u8 proto;
+	__u8 state; /* enum backend_state */
+};
+
+/*
+ * lb4_revnat value, keyed by a __u16 rev_nat_index: the frontend (0.0.0.0 for the NodePort
+ * wildcard). Its presence keeps replies of translated connections flowing; the datapath writes
+ * back the address/port the client actually used, recorded in the connection's ct4_entry.
+ */
+struct lb4_reverse_nat {
+	__be32 address;
+	__be16 port;
+	__u16 pad;
+};
+
+/* lb4_affinity key: the client is a netns cookie (socket LB) or an IPv4 address in host order (tc LB). */
+struct lb4_affinity_key {
+	__u64 client;
+	__u16 rev_nat_index;
+	__u8 netns_cookie; /* 1 when client is a netns cookie */
+	__u8 pad[5];
+};
+
+struct lb4_affinity_val {
+	__u64 last_used_ns;
+	__u32 backend_id;
+	__u32 pad;
+};
+
+/* lb4_src_range LPM key: prefixlen = 32 + CIDR length (rev_nat_index and pad always match). */
+struct lb4_src_range_key {
+	__u32 prefixlen;
+	__u16 rev_nat_index;
+	__u16 pad;
+	__be32 address;
+};
+
+/* lb4_maglev value, keyed by __u16 rev_nat_index. */
+struct lb4_maglev_lut {
+	__u32 backend_ids[LB_MAGLEV_LUT_SIZE];
+};
+
+/* lb4_sock_revnat key: a socket and the backend it was translated to. */
+struct lb4_sock_revnat_key {
+	__u64 cookie;
+	__be32 address;
+	__be16 port;
+	__u16 pad;
+};
+
+struct lb4_sock_revnat_val {
+	__be32 address; /* the service frontend */
+	__be16 port;
+	__u16 rev_nat_index;
+};
+
+/* ---- conntrack ----------------------------------------------------------------------------- */
+
+struct ct4_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport; /* ICMP echo: identifier as sport of requests, as dport of replies */
+	__be16 dport;
+	__u8 proto;
+	__u8 dir; /* enum ct_dir */
+	__u16 pad;
+};
+
+struct ct4_entry {
+	__u64 created_ns;
+	__u64 last_seen_ns;
+	__u64 last_report_ns;
+	__u64 packets; /* forward direction (as in the key) */
+	__u64 bytes;
+	__u64 rx_packets; /* reply direction */
+	__u64 rx_bytes;
+	__be32 nat_addr;      /* CT_SERVICE: backend; translated entries: original frontend */
+	__be16 nat_port;
+	__u16 rev_nat_index;  /* != 0: replies are translated back to nat_addr/nat_port */
+	__u32 src_identity;
+	__u32 policy_id;      /* policy that allowed the connection, 0 if none */
+	__u32 backend_id;     /* CT_SERVICE: the selected backend */
+	__u8 tx_flags_seen;   /* TCP flags seen in the forward direction */
+	__u8 rx_flags_seen;   /* TCP flags seen in the reply direction */
+	__u8 flags;           /* enum ct_flags */
+	__u8 pad;
+};
+
+/* ipv4_frags: ports of a fragmented datagram, recorded from its first fragment. */
+struct ipv4_frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct ipv4_frag_ports {
+	__be16 sport;
+	__be16 dport;
+};
+
+/* ---- identity, endpoints, policy ------------------------------------------------------------ */
+
+/* ipcache LPM key: prefixlen is the CIDR length (0..32). A miss means IDENTITY_WORLD. */
+struct ipcache_key {
+	__u32 prefixlen;
+	__be32 ip;
+};
+
+struct ipcache_info {
+	__u32 identity;
+	__be32 tunnel_endpoint;
+	__u32 flags;
+};
+
+/* lxc_endpoints value, keyed by the pod's __be32 IPv4 address. */
+struct endpoint_info {
+	__u32 ifindex;  /* host-side veth; packets from the pod must arrive there */
+	__u32 identity;
+	__u16 ep_id;    /* policy_key.ep_id */
+	__u8 flags;     /* enum ep_flags */
+	__u8 pad;
+};
+
+/*
+ * policy LPM key. The bytes after prefixlen are matched most significant bit first:
+ * prefixlen 64 = (ep_id, direction, identity) with any protocol and port, 80 = protocol with
+ * any port, 80 + N = the first N bits of the port (port ranges are split into such prefixes).
+ * identity 0 matches any peer. pad0/pad1 are zero.
+ */
+struct policy_key {
+	__u32 prefixlen;
+	__u16 ep_id;
+	__u8 direction; /* enum policy_dir */
+	__u8 pad0;
+	__u32 identity;
+	__u8 proto;
+	__u8 pad1;
+	__be16 dport;
+};
+
+struct policy_entry {
+	__u32 flags;     /* enum policy_flags */
+	__u32 policy_id; /* the control plane maps it to the NetworkPolicies of the rule */
+};
+
+/* ---- observability --------------------------------------------------------------------------- */
+
+/* metrics (per-CPU) key: reason is enum metric_reason (< 130) or enum drop_reason. */
+struct metrics_key {
+	__u16 reason;
+	__u8 direction; /* enum metric_dir */
+	__u8 pad[5];
+};
+
+struct metrics_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* events ring buffer record (64 bytes). */
+struct flow_event {
+	__u64 ts_ns;
+	__u64 cookie;       /* socket events: cgroup id of the process; 0 for packet events */
+	__be32 saddr;
+	__be32 daddr;
+	__be32 orig_daddr;  /* service frontend before translation, 0 if none */
+	__be16 sport;
+	__be16 dport;
+	__be16 orig_dport;
+	__u16 rev_nat_index;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 policy_id;
+	__u32 ifindex;
+	__u32 bytes;        /* length of the packet (0 for socket events) */
+	__u16 drop_reason;  /* enum drop_reason, 0 unless dropped */
+	__u8 type;          /* enum event_type */
+	__u8 obs_point;     /* enum obs_point */
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 verdict;       /* enum verdict */
+	__u8 flags;         /* enum event_flags */
+};
+
+/* proc_events ring buffer record. */
+struct process_event {
+	__u64 ts_ns;
+	__u64 cgroup_id;
+	__u32 netns_ino; /* inode of the network namespace: attributes the process to its pod */
+	__u32 pid;       /* thread-group id; 0 for TCP state changes (may run in softirq) */
+	__u32 tid;
+	__u32 ppid;
+	__u32 uid;
+	__s32 exit_code; /* PROC_EXIT: wait(2) status (code << 8 | signal) */
+	__be32 saddr;    /* PROC_TCP_STATE: the socket's addresses and ports */
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 type;       /* enum proc_event_type */
+	__u8 old_state;  /* PROC_TCP_STATE: kernel TCP states (TCP_ESTABLISHED = 1, ...) */
+	__u8 new_state;
+	__u8 pad;
+	char comm[16];
+	char filename[128]; /* PROC_EXEC: path of the executed file, NUL-terminated */
+};
+
+#endif /* VELVET_TYPES_H */

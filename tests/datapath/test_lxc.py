@@ -1,0 +1,744 @@
+"""Datapath tests of lxc.bpf.o (lxc_from_pod / lxc_to_pod) with BPF_PROG_TEST_RUN.
+
+Every test loads a fresh object, seeds its maps through the agent's views, runs a frame through a
+program and checks the verdict, the output frame, the maps and the events.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from fixtures_datapath import LO_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, lxc, needs_root, sh
+from packets import (
+    ACK,
+    ETH_P_ARP,
+    ETH_P_IPV6,
+    FIN,
+    HOST_MAC,
+    ICMP,
+    IP_DF,
+    IP_MF,
+    POD_MAC,
+    PSH,
+    RST,
+    SYN,
+    TCP,
+    UDP,
+    checksums_ok,
+    eth,
+    fragments,
+    icmp_echo,
+    icmp_error,
+    icmp_message,
+    ipv4,
+    parse,
+    tcp,
+    tcp_segment,
+    udp,
+    udp_datagram,
+)
+
+from velvet.datapath import mounts
+from velvet.datapath.attach import Link, attach_tcx
+from velvet.datapath.netns import in_netns
+from velvet.datapath.structs import (
+    BackendState,
+    CtDir,
+    CtFlag,
+    DropReason,
+    EndpointFlag,
+    EventFlag,
+    EventType,
+    LbScope,
+    MetricDir,
+    ObsPoint,
+    PolicyDir,
+    ReservedIdentity,
+    SvcFlag,
+    Verdict,
+)
+from velvet.datapath.structs import ipv4 as ip_int
+from velvet.datapath.views import Views
+
+pytestmark = [pytest.mark.privileged, needs_root]
+__all__ = ["lxc"]  # the fixture, imported for pytest
+
+POD_A, ID_A, EP_A = "10.244.0.10", 1000, 10
+POD_B, ID_B, EP_B = "10.244.0.20", 2000, 20
+POD_C, ID_C, EP_C = "10.244.0.30", 3000, 30
+WORLD_IP = "192.0.2.7"
+NODE_IP = "172.18.0.2"
+VIP, VPORT, REV = "10.96.0.10", 80, 5
+FROM, TO = "lxc_from_pod", "lxc_to_pod"
+
+
+def seed_pods(views: Views, a_flags: int = 0, b_flags: int = 0) -> None:
+    """Pods A, B and C on the node (A and B with policy flags), and their identities."""
+    pods = ((POD_A, ID_A, EP_A, a_flags), (POD_B, ID_B, EP_B, b_flags), (POD_C, ID_C, EP_C, 0))
+    for ip, ident, ep, flags in pods:
+        views.endpoints.upsert(ip, LO_IFINDEX, ident, ep, flags)
+        views.ipcache.upsert(ip, ident)
+
+
+def seed_service(views: Views, backends: list[tuple[int, str, int]], *, proto: int = TCP,
+                 flags: SvcFlag = SvcFlag.CLUSTERIP, affinity_timeout: int = 0, vip: str = VIP,
+                 vport: int = VPORT, rev: int = REV, scope: LbScope = LbScope.EXT) -> None:
+    """A frontend with backends (id, address, port) and its reverse NAT entry."""
+    for backend_id, address, port in backends:
+        views.backends.upsert(backend_id, address, port, proto)
+    views.services.set_service(vip, vport, proto, [b[0] for b in backends], rev_nat_index=rev, flags=flags,
+                               affinity_timeout=affinity_timeout, scope=scope)
+    views.revnat.upsert(rev, vip, vport)
+
+
+def only(events: npt.NDArray[np.void], event_type: EventType) -> npt.NDArray[np.void]:
+    """The events of one type."""
+    selected: npt.NDArray[np.void] = events[events["type"] == event_type]
+    return selected
+
+
+# --- parsing -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("program", [FROM, TO])
+@pytest.mark.parametrize(("ethertype", "desc"), [(ETH_P_ARP, "ARP"), (ETH_P_IPV6, "IPv6")])
+def test_non_ipv4_passes_untouched(lxc: Loaded, program: str, ethertype: int, desc: str) -> None:
+    """Test that non-IPv4 frames (ARP, IPv6) pass unchanged and count as forwarded."""
+    frame = eth(b"\x00" * 40, ethertype)
+    result = lxc.run(program, frame)
+    assert result.retval == TC_ACT_OK, desc
+    assert result.data_out == frame
+    direction = MetricDir.EGRESS if program == FROM else MetricDir.INGRESS
+    assert lxc.views.metrics.forwarded(direction).packets == 1
+    assert len(lxc.events()) == 0
+
+
+def _doff(segment: bytes, doff: int) -> bytes:
+    """A TCP segment with its data offset forced."""
+    return segment[:12] + bytes([doff << 4]) + segment[13:]
+
+
+A, B = POD_A, POD_B
+SEG = tcp_segment(A, B, 40000, 80, SYN)
+MALFORMED = [
+    # (shorter frames cannot be tested: BPF_PROG_TEST_RUN refuses IPv4 frames without a full header)
+    ("Test that a TCP packet with no transport header at all is dropped", eth(ipv4(A, B, TCP, b""))),
+    ("Test that an IPv4 header whose options are missing is dropped", eth(ipv4(A, B, TCP, b"", ihl=6))),
+    ("Test that IP version 6 inside an IPv4 ethertype is dropped", eth(ipv4(A, B, TCP, SEG, version=6))),
+    ("Test that an IPv4 header length below 5 words is dropped", eth(ipv4(A, B, TCP, SEG, ihl=4))),
+    ("Test that tot_len beyond the end of the frame is dropped", eth(ipv4(A, B, TCP, SEG, tot_len=200))),
+    ("Test that tot_len below the header length is dropped", eth(ipv4(A, B, TCP, SEG, tot_len=12))),
+    ("Test that a truncated TCP header is dropped", eth(ipv4(A, B, TCP, SEG[:10]))),
+    ("Test that a TCP data offset below 5 is dropped", eth(ipv4(A, B, TCP, _doff(SEG, 4)))),
+    ("Test that a TCP data offset beyond the packet is dropped", eth(ipv4(A, B, TCP, _doff(SEG, 15)))),
+    ("Test that a truncated UDP header is dropped", eth(ipv4(A, B, UDP, udp_datagram(A, B, 1, 2)[:4]))),
+    ("Test that a truncated ICMP header is dropped", eth(ipv4(A, B, ICMP, b"\x08\x00\x00\x00"))),
+    ("Test that a first fragment with a truncated TCP header is dropped",
+     eth(ipv4(A, B, TCP, SEG[:8], frag=IP_MF))),
+]
+
+
+@pytest.mark.parametrize("program", [FROM, TO])
+@pytest.mark.parametrize(("desc", "frame"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_ipv4_is_dropped_as_invalid(lxc: Loaded, program: str, desc: str, frame: bytes) -> None:
+    """Test that malformed or truncated IPv4 is dropped with INVALID_PACKET, counted and reported."""
+    seed_pods(lxc.views)
+    result = lxc.run(program, frame)
+    assert result.retval == TC_ACT_SHOT, desc
+    direction = MetricDir.EGRESS if program == FROM else MetricDir.INGRESS
+    assert lxc.views.metrics.get(DropReason.INVALID_PACKET, direction).packets == 1
+    events = lxc.events()
+    assert len(events) == 1
+    assert events[0]["type"] == EventType.DROP
+    assert events[0]["drop_reason"] == DropReason.INVALID_PACKET
+    assert events[0]["verdict"] == Verdict.DROPPED
+    assert events[0]["bytes"] == len(frame)
+
+
+@pytest.mark.parametrize(("desc", "frame", "sport", "dport"), [
+    ("TCP", tcp(POD_A, POD_B, 40000, 80), 40000, 80),
+    ("UDP", udp(POD_A, POD_B, 40001, 53), 40001, 53),
+    ("ICMP echo: the identifier is the source port", icmp_echo(POD_A, POD_B, ident=77), 77, 0),
+])
+def test_valid_packet_is_tracked_and_reported(lxc: Loaded, desc: str, frame: bytes, sport: int,
+                                              dport: int) -> None:
+    """Test that a valid TCP/UDP/ICMP packet from a pod passes unchanged, creates its CT_EGRESS entry
+    and one trace event with its tuple and identities."""
+    seed_pods(lxc.views)
+    proto = parse(frame).proto
+    result = lxc.run(FROM, frame)
+    assert result.retval == TC_ACT_OK, desc
+    assert result.data_out == frame
+    entry = lxc.views.conntrack.lookup(POD_A, POD_B, sport, dport, proto, CtDir.EGRESS)
+    assert entry is not None
+    assert (entry.packets, entry.bytes, entry.src_identity) == (1, len(frame), ID_A)
+    events = lxc.events()
+    assert len(events) == 1
+    ev = events[0]
+    assert (ev["type"], ev["obs_point"], ev["verdict"]) == (EventType.TRACE, ObsPoint.FROM_ENDPOINT,
+                                                            Verdict.FORWARDED)
+    assert (ev["saddr"], ev["daddr"], ev["sport"], ev["dport"], ev["proto"]) == (
+        ip_int(POD_A), ip_int(POD_B), sport, dport, proto)
+    assert (ev["src_identity"], ev["dst_identity"], ev["ifindex"]) == (ID_A, ID_B, LO_IFINDEX)
+    assert ev["flags"] & EventFlag.NEW_CT
+    assert lxc.views.metrics.forwarded(MetricDir.EGRESS) .packets == 1
+
+
+def test_unknown_source_is_dropped(lxc: Loaded) -> None:
+    """Test that a packet whose source is not the endpoint behind the veth is dropped (anti-spoofing)."""
+    seed_pods(lxc.views)
+    assert lxc.run(FROM, tcp("10.244.9.9", POD_B, 1, 80)).retval == TC_ACT_SHOT
+    lxc.views.endpoints.upsert(POD_A, 99, ID_A, EP_A)  # A lives behind another veth
+    assert lxc.run(FROM, tcp(POD_A, POD_B, 1, 80)).retval == TC_ACT_SHOT
+    assert lxc.views.metrics.get(DropReason.INVALID_SOURCE, MetricDir.EGRESS).packets == 2
+
+
+def test_fragments_take_ports_from_their_first_fragment(lxc: Loaded) -> None:
+    """Test that later fragments use the ports of the first; one without a first fragment is dropped."""
+    seed_pods(lxc.views, b_flags=EndpointFlag.POLICY_INGRESS)
+    lxc.views.policy.put(EP_B, PolicyDir.INGRESS, ID_A, UDP, 53)
+    first, later = fragments(udp(POD_A, POD_B, 40000, 53, b"x" * 100, ident=42), 64)
+    assert lxc.run(TO, first).retval == TC_ACT_OK
+    assert lxc.run(TO, later).retval == TC_ACT_OK
+    entry = lxc.views.conntrack.lookup(POD_A, POD_B, 40000, 53, UDP, CtDir.INGRESS)
+    assert entry is not None
+    assert entry.packets == 2
+    _, orphan = fragments(udp(POD_A, POD_B, 40000, 53, b"x" * 100, ident=43), 64)
+    assert lxc.run(TO, orphan).retval == TC_ACT_SHOT
+    assert lxc.views.metrics.get(DropReason.FRAG_NOT_FOUND, MetricDir.INGRESS).packets == 1
+
+
+# --- policy ------------------------------------------------------------------------------------------
+
+ANY = ReservedIdentity.ANY
+DENIED, DENY_RULE = DropReason.POLICY_DENIED, DropReason.POLICY_DENY_RULE
+L3, L4, ANY_PEER, DEFAULT = (EventFlag.POLICY_L3, EventFlag.POLICY_L4, EventFlag.POLICY_ANY_PEER,
+                             EventFlag.POLICY_DEFAULT)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A policy rule of endpoint B's ingress (PolicyMap.put arguments)."""
+
+    identity: int
+    proto: int = 0
+    port: int = 0
+    prefix: int = 16
+    allow: bool = True
+
+
+# (description, rules, dport, allowed, drop reason, policy match flags of the verdict event)
+INGRESS_CASES: list[tuple[str, list[Rule], int, bool, int, int]] = [
+    ("Test that an isolated endpoint without rules denies", [], 80, False, DENIED, DEFAULT),
+    ("Test that an identity rule allows any port (L3)", [Rule(ID_A)], 80, True, 0, L3),
+    ("Test that an identity rule does not allow another identity", [Rule(ID_C)], 80, False, DENIED, DEFAULT),
+    ("Test that an any-peer port rule allows its port (L4-only)", [Rule(ANY, TCP, 80)], 80, True, 0,
+     L4 | ANY_PEER),
+    ("Test that an any-peer port rule does not allow another port", [Rule(ANY, TCP, 80)], 81, False, DENIED,
+     DEFAULT),
+    ("Test that a UDP rule does not allow TCP", [Rule(ID_A, UDP, 80)], 80, False, DENIED, DEFAULT),
+    ("Test that a protocol rule allows any port of it", [Rule(ID_A, TCP, prefix=0)], 4444, True, 0, L4),
+    ("Test that a port-range prefix allows a port inside", [Rule(ID_A, TCP, 8080, 13)], 8087, True, 0, L4),
+    ("Test that a port-range prefix denies a port outside", [Rule(ID_A, TCP, 8080, 13)], 8088, False, DENIED,
+     DEFAULT),
+    ("Test that an any-peer deny beats an identity allow", [Rule(ID_A), Rule(ANY, TCP, 80, allow=False)], 80,
+     False, DENY_RULE, L4 | ANY_PEER),
+    ("Test that an identity deny beats an any-peer allow", [Rule(ID_A, allow=False), Rule(ANY, TCP, 80)], 80,
+     False, DENY_RULE, L3),
+    ("Test that a deny of one port leaves the identity's other ports allowed",
+     [Rule(ID_A), Rule(ANY, TCP, 80, allow=False)], 81, True, 0, L3),
+]
+
+
+@pytest.mark.parametrize(("desc", "rules", "dport", "allowed", "reason", "flags"), INGRESS_CASES,
+                         ids=[c[0] for c in INGRESS_CASES])
+def test_ingress_policy(lxc: Loaded, desc: str, rules: list[Rule], dport: int, allowed: bool, reason: int,
+                        flags: int) -> None:
+    """Test the ingress policy decision of lxc_to_pod on a new connection, and its verdict event."""
+    seed_pods(lxc.views, b_flags=EndpointFlag.POLICY_INGRESS)
+    for rule in rules:
+        lxc.views.policy.put(EP_B, PolicyDir.INGRESS, rule.identity, rule.proto, rule.port, rule.prefix,
+                             rule.allow, policy_id=7)
+    result = lxc.run(TO, tcp(POD_A, POD_B, 40000, dport))
+    assert result.retval == (TC_ACT_OK if allowed else TC_ACT_SHOT), desc
+    tracked = lxc.views.conntrack.lookup(POD_A, POD_B, 40000, dport, TCP, CtDir.INGRESS)
+    assert (tracked is not None) == allowed
+    events = lxc.events()
+    verdicts = only(events, EventType.POLICY_VERDICT)
+    assert len(verdicts) == 1
+    ev = verdicts[0]
+    assert ev["verdict"] == (Verdict.FORWARDED if allowed else Verdict.DROPPED)
+    assert ev["flags"] & 0x3C == flags
+    assert (ev["src_identity"], ev["dst_identity"], ev["obs_point"]) == (ID_A, ID_B, ObsPoint.TO_ENDPOINT)
+    if allowed:
+        assert ev["policy_id"] == (7 if rules else 0)
+        assert len(only(events, EventType.TRACE)) == 1
+    else:
+        assert ev["drop_reason"] == reason
+        drops = only(events, EventType.DROP)
+        assert len(drops) == 1
+        assert drops[0]["drop_reason"] == reason
+        assert lxc.views.metrics.get(reason, MetricDir.INGRESS).packets == 1
+
+
+def test_unisolated_endpoint_allows_without_verdict_event(lxc: Loaded) -> None:
+    """Test that an endpoint not isolated for ingress accepts everything and reports no policy verdict."""
+    seed_pods(lxc.views)
+    assert lxc.run(TO, tcp(WORLD_IP, POD_B, 1234, 22)).retval == TC_ACT_OK
+    events = lxc.events()
+    assert len(only(events, EventType.POLICY_VERDICT)) == 0
+    trace = only(events, EventType.TRACE)
+    assert len(trace) == 1
+    assert trace[0]["src_identity"] == ReservedIdentity.WORLD
+
+
+def test_icmp_rule_matches_by_protocol(lxc: Loaded) -> None:
+    """Test that an ICMP rule (protocol, no port) allows echo requests."""
+    seed_pods(lxc.views, b_flags=EndpointFlag.POLICY_INGRESS)
+    assert lxc.run(TO, icmp_echo(POD_A, POD_B)).retval == TC_ACT_SHOT
+    lxc.views.policy.put(EP_B, PolicyDir.INGRESS, ID_A, ICMP, 0, prefix=0)
+    assert lxc.run(TO, icmp_echo(POD_A, POD_B, ident=8)).retval == TC_ACT_OK
+
+
+def test_egress_policy(lxc: Loaded) -> None:
+    """Test that lxc_from_pod applies the egress policy of the source pod to the destination identity."""
+    seed_pods(lxc.views, a_flags=EndpointFlag.POLICY_EGRESS)
+    lxc.views.policy.put(EP_A, PolicyDir.EGRESS, ID_B, UDP, 53, policy_id=3)
+    assert lxc.run(FROM, udp(POD_A, POD_B, 40000, 53)).retval == TC_ACT_OK
+    assert lxc.run(FROM, udp(POD_A, POD_B, 40000, 54)).retval == TC_ACT_SHOT
+    assert lxc.run(FROM, udp(POD_A, WORLD_IP, 40000, 53)).retval == TC_ACT_SHOT
+    verdicts = only(lxc.events(), EventType.POLICY_VERDICT)
+    assert list(verdicts["verdict"]) == [Verdict.FORWARDED, Verdict.DROPPED, Verdict.DROPPED]
+    assert list(verdicts["dst_identity"]) == [ID_B, ID_B, ReservedIdentity.WORLD]
+    assert verdicts[0]["policy_id"] == 3
+    assert lxc.views.metrics.get(DropReason.POLICY_DENIED, MetricDir.EGRESS).packets == 2
+
+
+def test_audit_mode_forwards_and_reports_audit(lxc: Loaded) -> None:
+    """Test that an endpoint in audit mode forwards what policy would drop, with an AUDIT verdict."""
+    seed_pods(lxc.views, b_flags=EndpointFlag.POLICY_INGRESS | EndpointFlag.POLICY_AUDIT)
+    assert lxc.run(TO, tcp(POD_A, POD_B, 40000, 80)).retval == TC_ACT_OK
+    events = lxc.events()
+    verdict = only(events, EventType.POLICY_VERDICT)
+    assert len(verdict) == 1
+    assert verdict[0]["verdict"] == Verdict.AUDIT
+    assert verdict[0]["drop_reason"] == DropReason.POLICY_DENIED
+    assert len(only(events, EventType.DROP)) == 0
+    entry = lxc.views.conntrack.lookup(POD_A, POD_B, 40000, 80, TCP, CtDir.INGRESS)
+    assert entry is not None
+    assert entry.flags & CtFlag.AUDIT
+
+
+# --- conntrack ---------------------------------------------------------------------------------------
+
+
+def test_reply_of_opened_connection_passes_ingress_policy(lxc: Loaded) -> None:
+    """Test that replies to a connection the pod opened pass its ingress policy; new inbound ones do not."""
+    seed_pods(lxc.views, a_flags=EndpointFlag.POLICY_INGRESS)
+    assert lxc.run(FROM, tcp(POD_A, POD_B, 40000, 80, SYN)).retval == TC_ACT_OK
+    assert lxc.run(TO, tcp(POD_B, POD_A, 80, 40000, SYN | ACK)).retval == TC_ACT_OK
+    assert lxc.run(TO, tcp(POD_B, POD_A, 80, 40001, SYN)).retval == TC_ACT_SHOT
+    entry = lxc.views.conntrack.lookup(POD_A, POD_B, 40000, 80, TCP, CtDir.EGRESS)
+    assert entry is not None
+    assert (entry.packets, entry.rx_packets) == (1, 1)
+    assert entry.flags & CtFlag.SEEN_REPLY
+    assert entry.rx_flags_seen == SYN | ACK
+
+
+def test_reply_of_accepted_connection_passes_egress_policy(lxc: Loaded) -> None:
+    """Test that a pod's replies to a connection it accepted pass its egress policy."""
+    seed_pods(lxc.views, b_flags=EndpointFlag.POLICY_EGRESS)
+    assert lxc.run(TO, tcp(POD_A, POD_B, 40000, 80, SYN)).retval == TC_ACT_OK
+    assert lxc.run(FROM, tcp(POD_B, POD_A, 80, 40000, SYN | ACK)).retval == TC_ACT_OK
+    assert lxc.run(FROM, tcp(POD_B, POD_A, 5555, 80, SYN)).retval == TC_ACT_SHOT
+
+
+def test_established_flow_events_are_aggregated(lxc: Loaded) -> None:
+    """Test that an established flow reports on creation, on new SYN/FIN/RST flags per direction and
+    after the report interval, never per packet."""
+    seed_pods(lxc.views)
+    flow = [(FROM, tcp(POD_A, POD_B, 40000, 80, SYN), 1),
+            (TO, tcp(POD_B, POD_A, 80, 40000, SYN | ACK), 1),
+            (FROM, tcp(POD_A, POD_B, 40000, 80, ACK), 0),
+            (FROM, tcp(POD_A, POD_B, 40000, 80, PSH | ACK, payload=b"GET /"), 0),
+            (TO, tcp(POD_B, POD_A, 80, 40000, PSH | ACK, payload=b"200"), 0),
+            (FROM, tcp(POD_A, POD_B, 40000, 80, FIN | ACK), 1),
+            (FROM, tcp(POD_A, POD_B, 40000, 80, FIN | ACK), 0)]
+    for program, frame, expected in flow:
+        assert lxc.run(program, frame).retval == TC_ACT_OK
+        assert len(lxc.events()) == expected, parse(frame)
+    key = lxc.views.conntrack.key(POD_A, POD_B, 40000, 80, TCP, CtDir.EGRESS)
+    entry = lxc.views.conntrack.map.lookup(key)
+    assert entry is not None
+    assert (entry.packets, entry.rx_packets) == (5, 2)
+    # once the report interval has passed, the next packet reports again
+    entry.last_report_ns = 0
+    lxc.views.conntrack.map.update(key, entry)
+    assert lxc.run(FROM, tcp(POD_A, POD_B, 40000, 80, ACK)).retval == TC_ACT_OK
+    assert len(lxc.events()) == 1
+
+
+def test_expired_entry_counts_as_new(lxc: Loaded) -> None:
+    """Test that an entry past its lifetime no longer lets packets bypass policy."""
+    seed_pods(lxc.views, a_flags=EndpointFlag.POLICY_INGRESS)
+    assert lxc.run(FROM, udp(POD_A, POD_B, 40000, 53)).retval == TC_ACT_OK
+    assert lxc.run(TO, udp(POD_B, POD_A, 53, 40000)).retval == TC_ACT_OK
+    key = lxc.views.conntrack.key(POD_A, POD_B, 40000, 53, UDP, CtDir.EGRESS)
+    entry = lxc.views.conntrack.map.lookup(key)
+    assert entry is not None
+    entry.last_seen_ns = time.monotonic_ns() - 61 * 10**9
+    lxc.views.conntrack.map.update(key, entry)
+    assert lxc.run(TO, udp(POD_B, POD_A, 53, 40000)).retval == TC_ACT_SHOT
+    assert lxc.views.conntrack.gc() == 1
+
+
+def test_new_syn_on_closing_entry_is_a_new_connection(lxc: Loaded) -> None:
+    """Test that after a RST a SYN on the same tuple is decided by policy again."""
+    seed_pods(lxc.views, b_flags=EndpointFlag.POLICY_INGRESS)
+    lxc.views.policy.put(EP_B, PolicyDir.INGRESS, ID_A, TCP, 80)
+    assert lxc.run(TO, tcp(POD_A, POD_B, 40000, 80, SYN)).retval == TC_ACT_OK
+    assert lxc.run(TO, tcp(POD_A, POD_B, 40000, 80, RST)).retval == TC_ACT_OK
+    lxc.views.policy.remove(EP_B, PolicyDir.INGRESS, ID_A, TCP, 80)
+    assert lxc.run(TO, tcp(POD_A, POD_B, 40000, 80, ACK)).retval == TC_ACT_OK  # still tracked (closing)
+    assert lxc.run(TO, tcp(POD_A, POD_B, 40000, 80, SYN)).retval == TC_ACT_SHOT
+
+
+def test_related_icmp_error_passes(lxc: Loaded) -> None:
+    """Test that an ICMP error about a connection of the pod passes its ingress policy as related."""
+    seed_pods(lxc.views, a_flags=EndpointFlag.POLICY_INGRESS)
+    datagram = udp(POD_A, POD_B, 40000, 53)
+    assert lxc.run(FROM, datagram).retval == TC_ACT_OK
+    assert lxc.run(TO, icmp_error(POD_B, POD_A, datagram)).retval == TC_ACT_OK
+    unrelated = udp(POD_A, POD_B, 40001, 53)
+    assert lxc.run(TO, icmp_error(POD_B, POD_A, unrelated)).retval == TC_ACT_SHOT
+
+
+def test_icmp_echo_reply_is_tracked(lxc: Loaded) -> None:
+    """Test that the echo reply of a ping the pod sent passes as a reply."""
+    seed_pods(lxc.views, a_flags=EndpointFlag.POLICY_INGRESS)
+    assert lxc.run(FROM, icmp_echo(POD_A, POD_B, ident=9)).retval == TC_ACT_OK
+    assert lxc.run(TO, icmp_echo(POD_B, POD_A, ident=9, reply=True)).retval == TC_ACT_OK
+    assert lxc.run(TO, icmp_echo(POD_B, POD_A, ident=10, reply=True)).retval == TC_ACT_SHOT
+
+
+# --- services (per-packet fallback of the socket LB) ------------------------------------------------------
+
+
+def test_service_dnat_and_reverse_nat(lxc: Loaded) -> None:
+    """Test that a packet to a ClusterIP is DNATed to the backend with valid checksums, the flow sticks
+    to it, and the reply is translated back to the frontend."""
+    seed_pods(lxc.views)
+    seed_service(lxc.views, [(1, POD_B, 8080)])
+    result = lxc.run(FROM, tcp(POD_A, VIP, 40000, VPORT, SYN))
+    assert result.retval == TC_ACT_OK
+    assert result.data_out == tcp(POD_A, POD_B, 40000, 8080, SYN)
+    assert checksums_ok(result.data_out)
+
+    svc = lxc.views.conntrack.lookup(POD_A, VIP, 40000, VPORT, TCP, CtDir.SERVICE)
+    assert svc is not None
+    assert (svc.backend_id, svc.nat_port, svc.rev_nat_index) == (1, 8080, REV)
+    fwd = lxc.views.conntrack.lookup(POD_A, POD_B, 40000, 8080, TCP, CtDir.EGRESS)
+    assert fwd is not None
+    assert (fwd.rev_nat_index, fwd.nat_addr, fwd.nat_port) == (REV, ip_int(VIP), VPORT)
+    trace = only(lxc.events(), EventType.TRACE)
+    assert len(trace) == 1
+    assert (trace[0]["orig_daddr"], trace[0]["orig_dport"], trace[0]["daddr"], trace[0]["dport"]) == (
+        ip_int(VIP), VPORT, ip_int(POD_B), 8080)
+    assert (trace[0]["rev_nat_index"], trace[0]["dst_identity"]) == (REV, ID_B)
+
+    reply = lxc.run(TO, tcp(POD_B, POD_A, 8080, 40000, SYN | ACK))
+    assert reply.retval == TC_ACT_OK
+    assert reply.data_out == tcp(VIP, POD_A, VPORT, 40000, SYN | ACK)
+    assert checksums_ok(reply.data_out)
+    ev = only(lxc.events(), EventType.TRACE)
+    assert len(ev) == 1
+    assert ev[0]["flags"] & (EventFlag.REPLY | EventFlag.REV_NAT) == (
+        EventFlag.REPLY | EventFlag.REV_NAT)
+    assert ev[0]["src_identity"] == ID_B
+    assert svc.rx_packets == 0
+    refreshed = lxc.views.conntrack.lookup(POD_A, VIP, 40000, VPORT, TCP, CtDir.SERVICE)
+    assert refreshed is not None
+    assert refreshed.rx_packets == 1
+
+
+@pytest.mark.parametrize("zero_csum", [False, True])
+def test_udp_dnat_checksums(lxc: Loaded, zero_csum: bool) -> None:
+    """Test that UDP DNAT keeps a valid checksum, and keeps a zero checksum zero."""
+    seed_pods(lxc.views)
+    seed_service(lxc.views, [(1, POD_B, 5353)], proto=UDP, vport=53)
+    result = lxc.run(FROM, udp(POD_A, VIP, 40000, 53, b"query", zero_csum=zero_csum))
+    assert result.retval == TC_ACT_OK
+    assert result.data_out == udp(POD_A, POD_B, 40000, 5353, b"query", zero_csum=zero_csum)
+    assert checksums_ok(result.data_out)
+
+
+def test_flow_sticks_and_new_flows_spread(lxc: Loaded) -> None:
+    """Test that packets of one flow keep their backend and new flows use every backend."""
+    seed_pods(lxc.views)
+    seed_service(lxc.views, [(1, POD_B, 8080), (2, POD_C, 8080), (3, "10.244.0.40", 8080)])
+    first = {parse(lxc.run(FROM, tcp(POD_A, VIP, 40000, VPORT, f)).data_out).dst for f in (SYN, ACK, ACK)}
+    assert len(first) == 1
+    seen = {parse(lxc.run(FROM, tcp(POD_A, VIP, 41000 + i, VPORT)).data_out).dst for i in range(60)}
+    assert seen == {POD_B, POD_C, "10.244.0.40"}
+
+
+def test_flow_moves_when_its_backend_is_deleted(lxc: Loaded) -> None:
+    """Test that a flow whose backend was deleted is sent to a remaining backend (UDP server replaced)."""
+    seed_pods(lxc.views)
+    seed_service(lxc.views, [(1, POD_B, 53)], proto=UDP, vport=53)
+    assert parse(lxc.run(FROM, udp(POD_A, VIP, 40000, 53)).data_out).dst == POD_B
+    seed_service(lxc.views, [(2, POD_C, 53)], proto=UDP, vport=53)
+    lxc.views.backends.delete(1)
+    assert parse(lxc.run(FROM, udp(POD_A, VIP, 40000, 53)).data_out).dst == POD_C
+    svc = lxc.views.conntrack.lookup(POD_A, VIP, 40000, 53, UDP, CtDir.SERVICE)
+    assert svc is not None
+    assert svc.backend_id == 2
+
+
+def test_conntrack_flush_by_backend(lxc: Loaded) -> None:
+    """Test that ConntrackMap.delete_by_backend removes the entries translated to a backend."""
+    seed_pods(lxc.views)
+    seed_service(lxc.views, [(1, POD_B, 53)], proto=UDP, vport=53)
+    lxc.run(FROM, udp(POD_A, VIP, 40000, 53))
+    lxc.run(FROM, udp(POD_A, POD_C, 40000, 53))
+    assert lxc.views.conntrack.delete_by_backend(POD_B, 53, UDP, frontend=(VIP, 53)) == 2
+    remaining = [(k.dir, k.daddr) for k, _ in lxc.views.conntrack.entries()]
+    assert remaining == [(CtDir.EGRESS, ip_int(POD_C))]
+
+
+def test_tcp_to_service_without_backends_gets_rst(lxc: Loaded) -> None:
+    """Test that a SYN to a frontend without backends is answered with a RST back into the pod."""
+    seed_pods(lxc.views)
+    seed_service(lxc.views, [])
+    frame = tcp(POD_A, VIP, 40000, VPORT, SYN, seq=1000, payload=b"abc")
+    result = lxc.run(FROM, frame)
+    assert result.retval == TC_ACT_REDIRECT
+    rst = tcp_segment(VIP, POD_A, VPORT, 40000, RST | ACK, seq=0, ack=1004, window=0)
+    expected = eth(ipv4(VIP, POD_A, TCP, rst, ident=0, frag=IP_DF), dst=POD_MAC, src=HOST_MAC)
+    assert result.data_out == expected
+    assert checksums_ok(result.data_out)
+    drops = only(lxc.events(), EventType.DROP)
+    assert len(drops) == 1
+    assert drops[0]["drop_reason"] == DropReason.NO_SERVICE_BACKEND
+    assert drops[0]["daddr"] == ip_int(VIP)
+    assert lxc.views.metrics.get(DropReason.NO_SERVICE_BACKEND, MetricDir.EGRESS).packets == 1
+
+
+def test_tcp_ack_to_service_without_backends_gets_plain_rst(lxc: Loaded) -> None:
+    """Test that a segment with ACK is refused with RST, seq = its ack number, and a RST is never answered."""
+    seed_pods(lxc.views)
+    seed_service(lxc.views, [])
+    result = lxc.run(FROM, tcp(POD_A, VIP, 40000, VPORT, ACK, seq=5, ack=777))
+    out = parse(result.data_out)
+    assert (result.retval, out.tcp_flags, out.seq, out.ack) == (TC_ACT_REDIRECT, RST, 777, 0)
+    assert checksums_ok(result.data_out)
+    assert lxc.run(FROM, tcp(POD_A, VIP, 40000, VPORT, RST)).retval == TC_ACT_SHOT
+
+
+def test_udp_to_service_without_backends_gets_port_unreachable(lxc: Loaded) -> None:
+    """Test that a datagram to a frontend without backends is answered with ICMP port unreachable."""
+    seed_pods(lxc.views)
+    seed_service(lxc.views, [], proto=UDP, vport=53)
+    frame = udp(POD_A, VIP, 40000, 53, b"query")
+    result = lxc.run(FROM, frame)
+    assert result.retval == TC_ACT_REDIRECT
+    quote = frame[14:14 + 28]
+    expected = eth(ipv4(VIP, POD_A, ICMP, icmp_message(3, 3, b"\0" * 4, quote), ident=0, frag=IP_DF),
+                   dst=POD_MAC, src=HOST_MAC)
+    assert result.data_out == expected
+    assert checksums_ok(result.data_out)
+
+
+def test_local_only_scope_without_backends_drops(lxc: Loaded) -> None:
+    """Test that an empty internal scope of an iTP=Local service drops without rejecting."""
+    seed_pods(lxc.views)
+    seed_service(lxc.views, [(1, POD_B, 8080)], flags=SvcFlag.CLUSTERIP | SvcFlag.TWO_SCOPES)
+    seed_service(lxc.views, [], flags=SvcFlag.CLUSTERIP | SvcFlag.LOCAL_ONLY_INT, scope=LbScope.INT)
+    result = lxc.run(FROM, tcp(POD_A, VIP, 40000, VPORT))
+    assert result.retval == TC_ACT_SHOT
+    assert lxc.views.metrics.get(DropReason.NO_LOCAL_BACKEND, MetricDir.EGRESS).packets == 1
+
+
+def test_internal_clients_use_the_internal_scope(lxc: Loaded) -> None:
+    """Test that pods are balanced over the internal backend set of a two-scope frontend."""
+    seed_pods(lxc.views)
+    flags = SvcFlag.NODEPORT | SvcFlag.TWO_SCOPES
+    seed_service(lxc.views, [(1, POD_B, 8080)], flags=flags)
+    seed_service(lxc.views, [(2, POD_C, 8080)], flags=flags, scope=LbScope.INT)
+    seen = {parse(lxc.run(FROM, tcp(POD_A, VIP, 41000 + i, VPORT)).data_out).dst for i in range(10)}
+    assert seen == {POD_C}
+
+
+def test_session_affinity(lxc: Loaded) -> None:
+    """Test that ClientIP affinity sends every new connection of a client to one backend, remembers it
+    per client address, and ignores a remembered backend that is terminating or too old."""
+    seed_pods(lxc.views)
+    backends = [(1, POD_B, 8080), (2, POD_C, 8080), (3, "10.244.0.40", 8080)]
+    seed_service(lxc.views, backends, flags=SvcFlag.CLUSTERIP | SvcFlag.AFFINITY, affinity_timeout=100)
+    seen = {parse(lxc.run(FROM, tcp(POD_A, VIP, 41000 + i, VPORT)).data_out).dst for i in range(15)}
+    assert len(seen) == 1
+    remembered = lxc.views.affinity.get(POD_A, REV)
+    assert remembered is not None
+    assert lxc.views.backends.get(remembered.backend_id) == lxc.views.backends.get(
+        {b[1]: b[0] for b in backends}[seen.pop()])
+
+    lxc.views.affinity.upsert(POD_A, REV, 2)
+    assert parse(lxc.run(FROM, tcp(POD_A, VIP, 42000, VPORT)).data_out).dst == POD_C
+    lxc.views.backends.set_state(2, BackendState.TERMINATING)
+    lxc.views.backends.upsert(9, "10.244.0.99", 8080, TCP, BackendState.TERMINATING)
+    lxc.views.affinity.upsert(POD_A, REV, 9)
+    assert parse(lxc.run(FROM, tcp(POD_A, VIP, 42001, VPORT)).data_out).dst != "10.244.0.99"
+    lxc.views.affinity.upsert(POD_A, REV, 3, last_used_ns=time.monotonic_ns() - 101 * 10**9)
+    lxc.run(FROM, tcp(POD_A, VIP, 42002, VPORT))
+    fresh = lxc.views.affinity.get(POD_A, REV)
+    assert fresh is not None
+    assert time.monotonic_ns() - fresh.last_used_ns < 10 * 10**9
+
+
+def test_maglev_selection(lxc: Loaded) -> None:
+    """Test that a Maglev frontend selects through its lookup table."""
+    seed_pods(lxc.views)
+    seed_service(lxc.views, [(1, POD_B, 8080), (2, POD_C, 8080)], flags=SvcFlag.CLUSTERIP | SvcFlag.MAGLEV)
+    lxc.views.maglev.set_table(REV, [2] * 1021)
+    seen = {parse(lxc.run(FROM, tcp(POD_A, VIP, 41000 + i, VPORT)).data_out).dst for i in range(10)}
+    assert seen == {POD_C}
+
+
+def test_reply_without_reverse_nat_entry_is_dropped(lxc: Loaded) -> None:
+    """Test that once a frontend's rev-NAT entry is gone its replies are dropped, not leaked untranslated."""
+    seed_pods(lxc.views)
+    seed_service(lxc.views, [(1, POD_B, 8080)])
+    lxc.run(FROM, tcp(POD_A, VIP, 40000, VPORT))
+    lxc.views.revnat.delete(REV)
+    assert lxc.run(TO, tcp(POD_B, POD_A, 8080, 40000, SYN | ACK)).retval == TC_ACT_SHOT
+    assert lxc.views.metrics.get(DropReason.NAT_NO_MAPPING, MetricDir.INGRESS).packets == 1
+
+
+def test_nodeport_wildcard_serves_node_addresses(lxc: Loaded) -> None:
+    """Test that a 0.0.0.0 NodePort frontend serves addresses with the HOST identity, and only those."""
+    seed_pods(lxc.views)
+    seed_service(lxc.views, [(1, POD_B, 8080)], flags=SvcFlag.NODEPORT, vip="0.0.0.0", vport=30080)
+    frame = tcp(POD_A, NODE_IP, 40000, 30080)
+    assert lxc.run(FROM, frame).data_out == frame
+    lxc.views.ipcache.upsert(NODE_IP, ReservedIdentity.HOST)
+    assert lxc.run(FROM, tcp(POD_A, NODE_IP, 40001, 30080)).data_out == tcp(POD_A, POD_B, 40001, 8080)
+    reply = lxc.run(TO, tcp(POD_B, POD_A, 8080, 40001, SYN | ACK))
+    assert reply.data_out == tcp(NODE_IP, POD_A, 30080, 40001, SYN | ACK)
+
+
+def test_fragmented_datagram_to_service(lxc: Loaded) -> None:
+    """Test that every fragment of a datagram to a service is DNATed (ports only in the first)."""
+    seed_pods(lxc.views)
+    seed_service(lxc.views, [(1, POD_B, 5353)], proto=UDP, vport=53)
+    first, later = fragments(udp(POD_A, VIP, 40000, 53, b"y" * 100, ident=9), 64)
+    out_first, out_later = lxc.run(FROM, first).data_out, lxc.run(FROM, later).data_out
+    assert (parse(out_first).dst, parse(out_first).dport) == (POD_B, 5353)
+    assert parse(out_later).dst == POD_B
+    assert out_later[14 + 20:] == later[14 + 20:]
+    assert checksums_ok(out_first)
+    assert checksums_ok(out_later)
+    # reassembled, the datagram carries a valid UDP checksum for the backend address
+    payload = out_first[14 + 20:] + out_later[14 + 20:]
+    whole = eth(ipv4(POD_A, POD_B, UDP, payload, ident=9))
+    assert checksums_ok(whole)
+    assert struct.unpack("!H", payload[2:4])[0] == 5353
+
+
+def test_non_service_traffic_is_untouched(lxc: Loaded) -> None:
+    """Test that packets to non-frontend addresses/ports are not rewritten."""
+    seed_pods(lxc.views)
+    seed_service(lxc.views, [(1, POD_B, 8080)])
+    for frame in (tcp(POD_A, VIP, 40000, 81), udp(POD_A, VIP, 40000, VPORT), tcp(POD_A, POD_C, 40000, VPORT)):
+        assert lxc.run(FROM, frame).data_out == frame
+
+
+# --- on real veths ---------------------------------------------------------------------------------
+
+
+def test_real_veths_translate_and_reject(lxc: Loaded) -> None:
+    """Test on real veths (node netns + two pod netns, tcx on the host sides) that the per-packet
+    service path reaches the backend with the client IP preserved and the ClusterIP as peer, and that
+    a frontend without backends is refused at once: RST for TCP, ICMP port unreachable for UDP."""
+    tag = secrets.token_hex(3)
+    node_ns, pods = f"velvet-dp-{tag}-n", {POD_A: f"velvet-dp-{tag}-a", POD_B: f"velvet-dp-{tag}-b"}
+    pin_dir = mounts.ensure_bpffs() / f"velvet-test-{tag}"
+    links: list[Link] = []
+    server: subprocess.Popen[str] | None = None
+    try:
+        sh("ip", "netns", "add", node_ns)
+        sh("ip", "netns", "exec", node_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for i, (ip, ns) in enumerate(pods.items()):
+            host = f"h{i}"
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", node_ns, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/32", "dev", "eth0")
+            sh("ip", "-n", ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
+            sh("ip", "-n", ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+            sh("ip", "-n", node_ns, "link", "set", host, "up")
+            sh("ip", "-n", node_ns, "addr", "add", "169.254.1.1/32", "dev", host)
+            sh("ip", "-n", node_ns, "route", "add", f"{ip}/32", "dev", host)
+            ifindex = int(sh("ip", "netns", "exec", node_ns, "cat", f"/sys/class/net/{host}/ifindex"))
+            identity, ep = (ID_A, EP_A) if ip == POD_A else (ID_B, EP_B)
+            lxc.views.endpoints.upsert(ip, ifindex, identity, ep)
+            lxc.views.ipcache.upsert(ip, identity)
+            with in_netns(node_ns):
+                links.append(attach_tcx(lxc.obj.program(FROM), ifindex, "ingress", pin_dir / f"{host}-from"))
+                links.append(attach_tcx(lxc.obj.program(TO), ifindex, "egress", pin_dir / f"{host}-to"))
+        seed_service(lxc.views, [(1, POD_B, 8080)])
+        seed_service(lxc.views, [], vip="10.96.0.11", rev=6)
+        seed_service(lxc.views, [], vip="10.96.0.11", vport=53, proto=UDP, rev=7)
+
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", pods[POD_B], sys.executable, "-c", textwrap.dedent("""
+                import socket
+                srv = socket.socket(); srv.bind(("0.0.0.0", 8080)); srv.listen(); print("up", flush=True)
+                while True:
+                    conn, peer = srv.accept(); conn.sendall(peer[0].encode()); conn.close()
+            """)], stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "up"
+        out = json.loads(sh("ip", "netns", "exec", pods[POD_A], sys.executable, "-c", textwrap.dedent("""
+            import errno, json, socket, time
+            out = {}
+            c = socket.create_connection(("10.96.0.10", 80), timeout=3)
+            out["peer"], out["seen_by_server"] = c.getpeername(), c.recv(100).decode()
+            start = time.monotonic()
+            try:
+                socket.create_connection(("10.96.0.11", 80), timeout=3)
+            except OSError as exc:
+                out["tcp"] = errno.errorcode[exc.errno]
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(3)
+            u.connect(("10.96.0.11", 53)); u.send(b"q")
+            try:
+                u.recv(100)
+            except OSError as exc:
+                out["udp"] = errno.errorcode.get(exc.errno, str(exc))
+            out["seconds"] = time.monotonic() - start
+            print(json.dumps(out))
+        """)))
+        assert out["peer"] == [VIP, VPORT]
+        assert out["seen_by_server"] == POD_A
+        assert (out["tcp"], out["udp"]) == ("ECONNREFUSED", "ECONNREFUSED")
+        assert out["seconds"] < 2
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        for link in links:
+            link.detach()
+        if pin_dir.exists():
+            pin_dir.rmdir()
+        for ns in (*pods.values(), node_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
