@@ -324,6 +324,24 @@ def test_egress_policy(lxc: Loaded) -> None:
     assert lxc.views.metrics.get(DropReason.POLICY_DENIED, MetricDir.EGRESS).packets == 2
 
 
+def test_cidr_identity_rule_matches_pod_and_world_addresses(lxc: Loaded) -> None:
+    """Test that an ipBlock rule (a CIDR identity from ipcache_cidr) matches a pod IP and an outside IP."""
+    cidr_id, except_id = 1 << 24, (1 << 24) + 1
+    seed_pods(lxc.views, a_flags=EndpointFlag.POLICY_EGRESS)
+    lxc.views.ipcache_cidr.upsert("0.0.0.0/0", ReservedIdentity.WORLD)
+    lxc.views.ipcache_cidr.upsert("10.244.0.0/24", cidr_id)
+    lxc.views.ipcache_cidr.upsert("10.244.0.30/32", except_id)
+    lxc.views.policy.put(EP_A, PolicyDir.EGRESS, cidr_id, TCP, 80, policy_id=4)
+    assert lxc.run(FROM, tcp(POD_A, POD_B, 40000, 80)).retval == TC_ACT_OK
+    assert lxc.run(FROM, tcp(POD_A, POD_C, 40000, 80)).retval == TC_ACT_SHOT
+    assert lxc.run(FROM, tcp(POD_A, WORLD_IP, 40000, 80)).retval == TC_ACT_SHOT
+    lxc.views.policy.put(EP_A, PolicyDir.EGRESS, ReservedIdentity.WORLD, TCP, 80, policy_id=5)
+    assert lxc.run(FROM, tcp(POD_A, WORLD_IP, 40001, 80)).retval == TC_ACT_OK
+    verdicts = only(lxc.events(), EventType.POLICY_VERDICT)
+    assert list(verdicts["policy_id"]) == [4, 0, 0, 5]
+    assert list(verdicts["dst_identity"]) == [ID_B, ID_C, ReservedIdentity.WORLD, ReservedIdentity.WORLD]
+
+
 def test_audit_mode_forwards_and_reports_audit(lxc: Loaded) -> None:
     """Test that an endpoint in audit mode forwards what policy would drop, with an AUDIT verdict."""
     seed_pods(lxc.views, b_flags=EndpointFlag.POLICY_INGRESS | EndpointFlag.POLICY_AUDIT)

@@ -573,6 +573,12 @@ class IpcacheMap(MapView[IpcacheKey, IpcacheInfo]):
         return {f"{ipv4_str(k.ip)}/{k.prefixlen}": v.identity for k, v in self.map.items()}
 
 
+class IpcacheCidrMap(IpcacheMap):
+    """ipcache_cidr (LPM): policy CIDR prefix -> node-local CIDR identity, matched beside ipcache."""
+
+    name = "ipcache_cidr"
+
+
 # --- lxc_endpoints ----------------------------------------------------------------------------------
 
 
@@ -781,7 +787,7 @@ View = MapView[Any, Any] | RingView
 MAP_VIEWS: dict[str, type[MapView[Any, Any]] | type[RingView]] = {
     cls.name: cls
     for cls in (ServiceMap, BackendMap, RevNatMap, AffinityMap, SourceRangeMap, MaglevMap, SockRevNatMap,
-                ConntrackMap, FragmentMap, IpcacheMap, EndpointMap, PolicyMap, MetricsMap, EventsRing,
+                ConntrackMap, FragmentMap, IpcacheMap, IpcacheCidrMap, EndpointMap, PolicyMap, MetricsMap, EventsRing,
                 ProcEventsRing)
 }
 """Map name -> its view class."""
@@ -801,6 +807,11 @@ class Views:
         if not isinstance(view, cls):
             raise DatapathError(f"no map {cls.name} here (have: {', '.join(sorted(self.by_name))})")
         return view
+
+    @property
+    def ipcache_cidr(self) -> IpcacheCidrMap:
+        """ipcache_cidr."""
+        return self._get(IpcacheCidrMap)
 
     @property
     def services(self) -> ServiceMap:

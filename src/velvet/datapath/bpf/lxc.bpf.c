@@ -124,7 +124,8 @@ int lxc_from_pod(struct __sk_buff *skb)
 
 	/* new connection: egress policy of the pod against the destination's identity */
 	pkt.dst_identity = ipcache_identity(pkt.daddr);
-	verdict = policy_decide(ep, POLICY_EGRESS, pkt.dst_identity, &pkt, &reason);
+	verdict = policy_decide(ep, POLICY_EGRESS, pkt.dst_identity, ipcache_cidr_identity(pkt.daddr),
+				&pkt, &reason);
 	lxc_policy_event(skb, &pkt, ep, EP_POLICY_EGRESS, verdict, reason, OBS_FROM_ENDPOINT,
 			 METRIC_EGRESS);
 	if (verdict == POLICY_VERDICT_DROP)
@@ -193,7 +194,8 @@ int lxc_to_pod(struct __sk_buff *skb)
 
 	/* new connection: ingress policy of the pod against the source's identity */
 	pkt.src_identity = ipcache_identity(pkt.saddr);
-	verdict = policy_decide(ep, POLICY_INGRESS, pkt.src_identity, &pkt, &reason);
+	verdict = policy_decide(ep, POLICY_INGRESS, pkt.src_identity, ipcache_cidr_identity(pkt.saddr),
+				&pkt, &reason);
 	lxc_policy_event(skb, &pkt, ep, EP_POLICY_INGRESS, verdict, reason, OBS_TO_ENDPOINT,
 			 METRIC_INGRESS);
 	if (verdict == POLICY_VERDICT_DROP)

@@ -14,4 +14,13 @@ static __always_inline __u32 ipcache_identity(__be32 addr)
 	return info ? info->identity : IDENTITY_WORLD;
 }
 
+/* CIDR identity of addr: the longest policy prefix containing it, WORLD when none does. */
+static __always_inline __u32 ipcache_cidr_identity(__be32 addr)
+{
+	struct ipcache_key key = { .prefixlen = 32, .ip = addr };
+	struct ipcache_info *info = bpf_map_lookup_elem(&ipcache_cidr, &key);
+
+	return info ? info->identity : IDENTITY_WORLD;
+}
+
 #endif /* VELVET_LIB_IPCACHE_H */

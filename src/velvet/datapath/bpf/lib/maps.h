@@ -112,6 +112,15 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } ipcache SEC(".maps");
 
+/* Policy CIDR prefix -> node-local CIDR identity (ipBlock peers); 0.0.0.0/0 -> WORLD. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_info);
+	__uint(max_entries, IPCACHE_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ipcache_cidr SEC(".maps");
+
 /* Local pods by IPv4 address. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -10,6 +10,7 @@
 #define VELVET_LIB_POLICY_H
 
 #include "parse.h"
+#include "maps.h"
 
 enum policy_verdict {
 	POLICY_VERDICT_ALLOW = 0,
@@ -27,11 +28,12 @@ static __always_inline __u8 policy_match_flags(const struct policy_entry *e, boo
 
 /*
  * Decide a new connection of endpoint ep (NULL: unknown, not isolated) in direction dir
- * against peer identity. Sets pkt->policy_id and the match flags in pkt->ev_flags; *reason
+ * against the peer's label identity and its CIDR identity (ipBlock rules match the latter, so
+ * they also cover pod IPs). Sets pkt->policy_id and the match flags in pkt->ev_flags; *reason
  * gets the drop reason for POLICY_VERDICT_DROP/AUDIT.
  */
 static __always_inline int policy_decide(const struct endpoint_info *ep, __u8 dir, __u32 peer,
-					 struct pkt4 *pkt, __u16 *reason)
+					 __u32 cidr_peer, struct pkt4 *pkt, __u16 *reason)
 {
 	struct policy_key key = {
 		.prefixlen = 8 * (sizeof(key) - sizeof(key.prefixlen)),
@@ -40,7 +42,7 @@ static __always_inline int policy_decide(const struct endpoint_info *ep, __u8 di
 		.proto = pkt->proto,
 		.dport = pkt->dport,
 	};
-	struct policy_entry *by_peer, *by_any;
+	struct policy_entry *by_peer, *by_cidr = NULL, *by_any;
 	__u8 isolated = dir == POLICY_INGRESS ? EP_POLICY_INGRESS : EP_POLICY_EGRESS;
 
 	/* not isolated in this direction: everything is allowed */
@@ -54,6 +56,11 @@ static __always_inline int policy_decide(const struct endpoint_info *ep, __u8 di
 		key.dport = 0;
 
 	by_peer = bpf_map_lookup_elem(&policy, &key);
+	/* the CIDR identity only matters when it differs from the label identity */
+	if (cidr_peer != peer) {
+		key.identity = cidr_peer;
+		by_cidr = bpf_map_lookup_elem(&policy, &key);
+	}
 	key.identity = IDENTITY_ANY;
 	by_any = bpf_map_lookup_elem(&policy, &key);
 
@@ -62,6 +69,10 @@ static __always_inline int policy_decide(const struct endpoint_info *ep, __u8 di
 		pkt->ev_flags |= policy_match_flags(by_peer, false);
 		pkt->policy_id = by_peer->policy_id;
 		*reason = DROP_POLICY_DENY_RULE;
+	} else if (by_cidr && (by_cidr->flags & POLICY_DENY)) {
+		pkt->ev_flags |= policy_match_flags(by_cidr, false);
+		pkt->policy_id = by_cidr->policy_id;
+		*reason = DROP_POLICY_DENY_RULE;
 	} else if (by_any && (by_any->flags & POLICY_DENY)) {
 		pkt->ev_flags |= policy_match_flags(by_any, true);
 		pkt->policy_id = by_any->policy_id;
@@ -69,6 +80,10 @@ static __always_inline int policy_decide(const struct endpoint_info *ep, __u8 di
 	} else if (by_peer && (by_peer->flags & POLICY_ALLOW)) {
 		pkt->ev_flags |= policy_match_flags(by_peer, false);
 		pkt->policy_id = by_peer->policy_id;
+		return POLICY_VERDICT_ALLOW;
+	} else if (by_cidr && (by_cidr->flags & POLICY_ALLOW)) {
+		pkt->ev_flags |= policy_match_flags(by_cidr, false);
+		pkt->policy_id = by_cidr->policy_id;
 		return POLICY_VERDICT_ALLOW;
 	} else if (by_any && (by_any->flags & POLICY_ALLOW)) {
 		pkt->ev_flags |= policy_match_flags(by_any, true);
