@@ -1,0 +1,124 @@
+"""Kubernetes context for datapath events: who an IP or identity is, which service, which policy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Protocol
+
+from velvet.observe.codes import RESERVED_IDENTITY_NAMES
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointInfo:
+    """What the agent knows of an endpoint: namespace, pod, labels ("k8s:app=web") and endpoint id."""
+
+    namespace: str = ""
+    pod_name: str = ""
+    labels: tuple[str, ...] = ()
+    endpoint_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NamedRef:
+    """A namespaced Kubernetes object by name (a Service or a NetworkPolicy)."""
+
+    namespace: str
+    name: str
+
+    @classmethod
+    def parse(cls, key: str) -> NamedRef:
+        """From "namespace/name" (a bare name is in "default")."""
+        namespace, _, name = key.rpartition("/")
+        return cls(namespace or "default", name)
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class EndpointResolver(Protocol):
+    """Answers the lookups that turn a `flow_event` into a flow with Kubernetes names."""
+
+    def by_ip(self, ip: int) -> EndpointInfo | None:
+        """The local or known endpoint with this IPv4 address (host-order int), if any."""
+        ...
+
+    def by_identity(self, identity: int) -> EndpointInfo | None:
+        """Namespace and labels of a security identity (no pod: many pods share one identity)."""
+        ...
+
+    def service(self, rev_nat_index: int) -> NamedRef | None:
+        """The Service a reverse-NAT id belongs to."""
+        ...
+
+    def policies(self, policy_id: int) -> tuple[NamedRef, ...]:
+        """The NetworkPolicies a datapath policy id stands for (empty when unknown)."""
+        ...
+
+
+def _ip_key(ip: str | int) -> int:
+    return int(IPv4Address(ip))
+
+
+class DictResolver:
+    """An `EndpointResolver` over plain dicts that the agent fills as endpoints and policies change."""
+
+    def __init__(self) -> None:
+        self._by_ip: dict[int, EndpointInfo] = {}
+        self._by_identity: dict[int, EndpointInfo] = {
+            ident: EndpointInfo(labels=(f"reserved:{name}",))
+            for ident, name in RESERVED_IDENTITY_NAMES.items()
+        }
+        self._services: dict[int, NamedRef] = {}
+        self._policies: dict[int, tuple[NamedRef, ...]] = {}
+
+    def set_endpoint(self, ip: str | int, info: EndpointInfo) -> None:
+        """Record (or replace) the endpoint that owns `ip`."""
+        self._by_ip[_ip_key(ip)] = info
+
+    def remove_endpoint(self, ip: str | int) -> None:
+        """Forget the endpoint of `ip`."""
+        self._by_ip.pop(_ip_key(ip), None)
+
+    def set_identity(self, identity: int, namespace: str, labels: Mapping[str, str] | Iterable[str]) -> None:
+        """Record an identity's labels: a mapping ("k8s:app" -> "web") or "k8s:app=web" strings."""
+        items = (f"{k}={v}" for k, v in labels.items()) if isinstance(labels, Mapping) else labels
+        self._by_identity[identity] = EndpointInfo(namespace=namespace, labels=tuple(sorted(items)))
+
+    def remove_identity(self, identity: int) -> None:
+        """Forget an identity that was released."""
+        self._by_identity.pop(identity, None)
+
+    def set_service(self, rev_nat_index: int, service: NamedRef) -> None:
+        """Record the Service behind a reverse-NAT id."""
+        self._services[rev_nat_index] = service
+
+    def remove_service(self, rev_nat_index: int) -> None:
+        """Forget a reverse-NAT id."""
+        self._services.pop(rev_nat_index, None)
+
+    def set_policies(self, policy_id: int, policies: Iterable[NamedRef | str]) -> None:
+        """Record the policies ("ns/name" or `NamedRef`) a datapath policy id stands for."""
+        refs = (p if isinstance(p, NamedRef) else NamedRef.parse(p) for p in policies)
+        self._policies[policy_id] = tuple(refs)
+
+    def remove_policies(self, policy_id: int) -> None:
+        """Forget a policy id."""
+        self._policies.pop(policy_id, None)
+
+    def by_ip(self, ip: int) -> EndpointInfo | None:
+        """See `EndpointResolver.by_ip`."""
+        return self._by_ip.get(ip)
+
+    def by_identity(self, identity: int) -> EndpointInfo | None:
+        """See `EndpointResolver.by_identity`."""
+        return self._by_identity.get(identity)
+
+    def service(self, rev_nat_index: int) -> NamedRef | None:
+        """See `EndpointResolver.service`."""
+        return self._services.get(rev_nat_index)
+
+    def policies(self, policy_id: int) -> tuple[NamedRef, ...]:
+        """See `EndpointResolver.policies`."""
+        return self._policies.get(policy_id, ())

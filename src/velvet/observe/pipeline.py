@@ -1,0 +1,119 @@
+"""The flow pipeline: ring-buffer batches in; stored, counted, queryable and followable flows out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Collection
+from typing import Any
+
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry
+
+from velvet.observe.codes import EVENT_TYPE_ALIASES
+from velvet.observe.decode import FlowDecoder
+from velvet.observe.enrich import EndpointResolver
+from velvet.observe.filters import FlowQuery, compile_spec
+from velvet.observe.flow import Flow
+from velvet.observe.metrics import FlowMetrics
+from velvet.observe.store import DEFAULT_CAPACITY, DEFAULT_FOLLOWER_QUEUE, FlowStore, Subscription
+
+Json = dict[str, Any]
+
+
+def event_types(text: str) -> frozenset[int]:
+    """Event type numbers from "drop,trace" (`monitor -t`); empty text means every type."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in EVENT_TYPE_ALIASES]
+    if unknown:
+        raise ValueError(f"unknown event types {unknown} (one of {', '.join(EVENT_TYPE_ALIASES)})")
+    return frozenset(EVENT_TYPE_ALIASES[n] for n in names)
+
+
+def _lost_notice(lost: int) -> Json:
+    return {"lost_events": {"source": "OBSERVER_EVENTS_QUEUE", "num_events_lost": lost}}
+
+
+class FlowPipeline:
+    """Decodes, enriches, stores, counts and publishes flow events; owned by the agent.
+
+    Call every method from the agent's event loop thread: the store and the followers' queues are
+    not thread-safe.
+    """
+
+    def __init__(self, resolver: EndpointResolver, *, node_name: str = "", capacity: int = DEFAULT_CAPACITY,
+                 kernel_lost: Callable[[], int] = lambda: 0, registry: CollectorRegistry | None = None,
+                 clock_offset_ns: int | None = None, follower_queue: int = DEFAULT_FOLLOWER_QUEUE) -> None:
+        self.resolver = resolver
+        self.decoder = FlowDecoder(resolver, node_name, clock_offset_ns)
+        self.store = FlowStore(capacity, kernel_lost, follower_queue)
+        self.metrics = FlowMetrics(registry, self.store.stats)
+
+    def ingest(self, batch: npt.NDArray[Any]) -> None:
+        """Take one ring-buffer batch of `struct flow_event` records (a numpy structured array).
+
+        Metrics count every record; Flow objects are built only for records that stay in the store,
+        or for all of them while someone follows.
+        """
+        if len(batch) == 0:
+            return
+        self.metrics.observe_batch(batch)
+        keep = batch if self.store.has_followers else batch[-self.store.capacity:]
+        self.store.add(self.decoder.decode(keep), seen=len(batch))
+
+    def query(self, query: FlowQuery) -> list[Json]:
+        """Stored flows matching `query`, oldest first, as Hubble JSON."""
+        predicate = compile_spec(query.spec)
+        flows = self.store.last(query.last, predicate, query.since_ns, query.until_ns)
+        return [f.to_hubble_json() for f in flows]
+
+    async def stream(self, query: FlowQuery) -> AsyncGenerator[Json]:
+        """The last `query.last` matching flows, then new ones as they come (`observe --follow`).
+
+        Yields `{"lost_events": {...}}` before a flow when this follower fell behind and lost some;
+        ends when a flow is newer than `query.until_ns`.
+        """
+        predicate = compile_spec(query.spec)
+        sub = self.store.subscribe(predicate)
+        try:
+            if query.last:
+                for flow in self.store.last(query.last, predicate, query.since_ns, query.until_ns):
+                    yield flow.to_hubble_json()
+            async for item in self._follow(sub):
+                if isinstance(item, int):
+                    yield _lost_notice(item)
+                elif query.until_ns is not None and item.time_ns > query.until_ns:
+                    return
+                else:
+                    yield item.to_hubble_json()
+        finally:
+            sub.close()
+
+    async def stream_events(self, types: Collection[int] = ()) -> AsyncGenerator[Json]:
+        """Raw datapath events of the given types (all when empty) as they come (`velvet monitor`)."""
+        wanted = frozenset(types)
+        sub = self.store.subscribe(lambda f: not wanted or f.type in wanted)
+        try:
+            async for item in self._follow(sub):
+                yield _lost_notice(item) if isinstance(item, int) else item.to_event_json()
+        finally:
+            sub.close()
+
+    @staticmethod
+    async def _follow(sub: Subscription) -> AsyncGenerator[Flow | int]:
+        """The follower's flows, and the count of flows it lost where the loss happened.
+
+        Losses happen only while the queue is full, so they come after everything queued then.
+        """
+        async for flow in sub:
+            yield flow
+            if not sub.pending:
+                lost = sub.take_lost()
+                if lost:
+                    yield lost
+
+    def status(self) -> Json:
+        """Flow counters for `velvet status`: seen, stored, capacity, overwritten, lost, rate, ..."""
+        return self.store.stats().to_json()
+
+    def close(self) -> None:
+        """End every stream (agent shutdown)."""
+        self.store.close()
