@@ -787,8 +787,8 @@ View = MapView[Any, Any] | RingView
 MAP_VIEWS: dict[str, type[MapView[Any, Any]] | type[RingView]] = {
     cls.name: cls
     for cls in (ServiceMap, BackendMap, RevNatMap, AffinityMap, SourceRangeMap, MaglevMap, SockRevNatMap,
-                ConntrackMap, FragmentMap, IpcacheMap, IpcacheCidrMap, EndpointMap, PolicyMap, MetricsMap, EventsRing,
-                ProcEventsRing)
+                ConntrackMap, FragmentMap, IpcacheMap, IpcacheCidrMap, EndpointMap, PolicyMap, MetricsMap,
+                EventsRing, ProcEventsRing)
 }
 """Map name -> its view class."""
 

@@ -1,0 +1,204 @@
+"""Read-only answers of the agent's API: status, service/endpoint/identity/policy lists, bpf dumps."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from velvet.control.policy_lookup import describe_key, trace
+from velvet.control.reconcile import BackendState, Proto, ServiceFlag
+from velvet.datapath import features
+from velvet.model import NetworkPolicy, Pod, Service
+from velvet.sources.local import ALL_NAMESPACES
+
+if TYPE_CHECKING:
+    from velvet.agent import Agent
+
+PROTO_NAMES = {int(p): p.name for p in Proto}
+FLAG_NAMES = [(ServiceFlag.CLUSTERIP, "ClusterIP"), (ServiceFlag.NODEPORT, "NodePort"),
+              (ServiceFlag.EXTERNAL_IP, "ExternalIPs"), (ServiceFlag.LOADBALANCER, "LoadBalancer")]
+
+
+def status(agent: Agent) -> dict[str, Any]:
+    """Kernel checks, agent health, programs and their attachments, maps, object counts."""
+    checks = features.probe()
+    dp = agent.datapath.status()
+    services = agent.store.get("services", ALL_NAMESPACES)
+    policies = agent.store.get("networkpolicies", ALL_NAMESPACES)
+    compiled = agent.compiled_policy
+    return {
+        "kernel": {"release": features.kernel_release(), "features": [asdict(c) for c in checks]},
+        "agent": {**agent.health(), "sandbox": agent.config.sandbox, "node": agent.config.node_name,
+                  "policy_audit_mode": agent.config.policy_audit_mode, "socket": str(agent.paths.socket),
+                  "reconcile": dict(agent.reconcile_stats)},
+        "datapath": {
+            "kind": dp.kind,
+            "programs": [asdict(p) for p in dp.programs],
+            "maps": [asdict(m) for m in dp.maps],
+            "counters": dict(dp.counters),
+        },
+        "counts": {
+            "endpoints": len(agent.endpoints),
+            "services": len(services),
+            "identities": len(agent.identities.all()),
+            "policies": len(policies),
+            "policy_entries": sum(len(ep.entries) for ep in compiled.endpoints.values()) if compiled else 0,
+        },
+        "flows": agent.flow_stats(),
+    }
+
+
+def _service_names(agent: Agent) -> dict[tuple[str, int, int], str]:
+    """(address or "*" for NodePorts, port, proto) -> "namespace/name" of the service owning it."""
+    names: dict[tuple[str, int, int], str] = {}
+    for svc in agent.store.get("services", ALL_NAMESPACES):
+        assert isinstance(svc, Service)
+        ips = (svc.spec.cluster_ip, *svc.spec.external_ips, *svc.load_balancer_ingress)
+        addresses = [a for a in ips if a]
+        for port in svc.spec.ports:
+            proto = int(Proto[port.protocol])
+            for address in addresses:
+                names[(address, port.port, proto)] = svc.metadata.key
+            if port.node_port:
+                names[("*", port.node_port, proto)] = svc.metadata.key
+    return names
+
+
+def service_list(agent: Agent) -> list[dict[str, Any]]:
+    """Frontends with their backends, like `cilium service list`."""
+    desired = agent.services.desired()
+    names = _service_names(agent)
+    rows = []
+    for key, value in sorted(desired.services.items(), key=lambda kv: (kv[1].rev_nat_index, kv[0].scope)):
+        if key.backend_slot:
+            continue
+        slots = [desired.services.get(type(key)(key.address, key.dport, i, key.proto, key.scope))
+                 for i in range(1, value.count + 1)]
+        backends = []
+        for slot in slots:
+            backend = desired.backends.get(slot.backend_id) if slot else None
+            if backend is not None:
+                state = "terminating" if backend.state == BackendState.TERMINATING else "active"
+                backends.append({"id": slot.backend_id if slot else 0,
+                                 "address": f"{backend.address}:{backend.port}", "state": state})
+        kinds = [name for flag, name in FLAG_NAMES if value.flags & flag]
+        rows.append({
+            "id": value.rev_nat_index,
+            "frontend": f"{key.address}:{key.dport}/{PROTO_NAMES.get(key.proto, key.proto)}",
+            "type": "/".join(kinds) or "ClusterIP",
+            "scope": "internal" if key.scope else "external",
+            "service": names.get((key.address, key.dport, key.proto))
+            or names.get(("*", key.dport, key.proto), ""),
+            "flags": [f.name for f in ServiceFlag if value.flags & f and f not in dict(FLAG_NAMES)],
+            "session_affinity_timeout": value.affinity_timeout if value.flags & ServiceFlag.AFFINITY else 0,
+            "backends": backends,
+        })
+    return rows
+
+
+def endpoint_list(agent: Agent) -> list[dict[str, Any]]:
+    """Local endpoints with identity, IP and policy enforcement per direction, like `cilium endpoint list`."""
+    compiled = agent.compiled_policy
+    enforced = "audit" if agent.config.policy_audit_mode else "enabled"
+
+    def mode(isolated: bool) -> str:
+        return enforced if isolated else "disabled"
+
+    rows = []
+    for record in agent.endpoint_records():
+        ep = compiled.endpoints.get(record.ep_id) if compiled else None
+        identity = agent.identities.lookup(ep.identity) if ep else None
+        rows.append({
+            "id": record.ep_id,
+            "pod": record.key,
+            "ipv4": record.ip,
+            "interface": record.ifname,
+            "identity": ep.identity if ep else None,
+            "labels": dict(identity.labels) if identity else {},
+            "ingress_enforcement": mode(bool(ep and ep.ingress_isolated)),
+            "egress_enforcement": mode(bool(ep and ep.egress_isolated)),
+            "ingress_policies": list(ep.ingress_policies) if ep else [],
+            "egress_policies": list(ep.egress_policies) if ep else [],
+        })
+    return rows
+
+
+def identity_list(agent: Agent) -> list[dict[str, Any]]:
+    """Every identity with its labels, like `cilium identity list`."""
+    identities = sorted(agent.identities.all(), key=lambda i: i.id)
+    return [{"id": i.id, "labels": dict(i.labels)} for i in identities]
+
+
+def policy_get(agent: Agent) -> dict[str, Any]:
+    """Loaded NetworkPolicies and the compiled entries per endpoint."""
+    compiled = agent.compiled_policy
+    policies = [p for p in agent.store.get("networkpolicies", ALL_NAMESPACES) if isinstance(p, NetworkPolicy)]
+    endpoints = []
+    for ep in compiled.endpoints.values() if compiled else ():
+        entries = [{"direction": k.direction.name.lower(), "match": describe_key(k),
+                    "verdict": "allow" if v.allow else "deny",
+                    "policies": list(compiled.policy_sets.get(v.policy_id, ())) if compiled else []}
+                   for k, v in ep.entries.items()]
+        endpoints.append({"id": ep.ep_id, "pod": ep.pod, "identity": ep.identity,
+                          "ingress_policies": list(ep.ingress_policies),
+                          "egress_policies": list(ep.egress_policies), "entries": entries})
+    return {"policies": [p.metadata.key for p in policies], "endpoints": endpoints,
+            "cidr_identities": dict(compiled.cidr_identities) if compiled else {}}
+
+
+def _pod(agent: Agent, ref: str) -> Pod:
+    namespace, _, name = ref.rpartition("/")
+    found = agent.store.get("pods", namespace or "default", name)
+    if not found or not isinstance(found[0], Pod):
+        raise KeyError(f"pod {namespace or 'default'}/{name} not found")
+    return found[0]
+
+
+def policy_trace(agent: Agent, params: Mapping[str, str]) -> dict[str, Any]:
+    """Verdict of a connection from one pod to another, from the compiled state the datapath uses."""
+    compiled = agent.compiled_policy
+    if compiled is None:
+        raise ValueError("policy not compiled yet")
+    src, dst = _pod(agent, params["from"]), _pod(agent, params["to"])
+    port, _, proto = params["port"].partition("/")
+    result = trace(compiled, src, dst, int(port), (proto or "tcp").upper())
+    def verdict(v: Any) -> Any:
+        if v is None:
+            return {"allowed": True, "policies": [], "reason": "not a local endpoint"}
+        return {"allowed": v.allowed, "policies": list(v.policy_names), "reason": v.reason}
+    egress, ingress = verdict(result.egress), verdict(result.ingress)
+    return {
+        "from": src.metadata.key, "to": dst.metadata.key, "port": int(port),
+        "protocol": (proto or "tcp").upper(),
+        "egress": egress, "ingress": ingress,
+        "verdict": "ALLOWED" if egress["allowed"] and ingress["allowed"] else "DENIED",
+    }
+
+
+def query(agent: Agent, what: str, params: Mapping[str, str]) -> Any:
+    """Dispatch a named query."""
+    if what == "services":
+        return service_list(agent)
+    if what == "endpoints":
+        return endpoint_list(agent)
+    if what == "identities":
+        return identity_list(agent)
+    if what == "policy":
+        return policy_get(agent)
+    if what == "trace":
+        return policy_trace(agent, params)
+    if what == "bpf":
+        return agent.datapath.dump(params["map"])
+    if what == "flows":
+        return agent.query_flows(params)
+    raise KeyError(f"unknown query {what!r}")
+
+
+def stream(agent: Agent, what: str, params: Mapping[str, str]) -> AsyncIterator[Any]:
+    """Dispatch a named stream."""
+    if what == "flows":
+        return agent.follow_flows(params)
+    if what == "events":
+        return agent.follow_events(params)
+    raise KeyError(f"unknown stream {what!r}")

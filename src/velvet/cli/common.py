@@ -1,0 +1,37 @@
+"""What every CLI command shares: the API client of the current sandbox and printing helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import yaml
+
+from velvet.api.client import ApiClient
+from velvet.paths import AgentPaths, current_sandbox
+
+
+def client(sandbox: str | None = None) -> ApiClient:
+    """A client for the agent of `sandbox` (default: $VELVET_SANDBOX or "default")."""
+    return ApiClient(AgentPaths(sandbox or current_sandbox()).socket)
+
+
+def print_json(data: Any) -> None:
+    """Pretty JSON on stdout."""
+    print(json.dumps(data, indent=2, default=str))
+
+
+def print_yaml(data: Any) -> None:
+    """YAML on stdout, keys in the order given."""
+    sys.stdout.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A kubectl/cilium-style table: columns padded with three spaces, no borders."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(str(c))) for w, c in zip(widths, row, strict=False)]
+    lines = ["   ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["   ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in rows]
+    return "\n".join(lines)

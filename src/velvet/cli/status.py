@@ -1,0 +1,67 @@
+"""`velvet status`: kernel checks, agent health, programs and attachments, maps, counts."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from velvet.cli.common import client, print_json, table
+
+
+def render(status: dict[str, Any], verbose: bool = False) -> str:
+    """The human form of the status answer, in the spirit of `cilium status`."""
+    kernel, agent, dp, counts = status["kernel"], status["agent"], status["datapath"], status["counts"]
+    missing = [f for f in kernel["features"] if not f["ok"]]
+    lines = [
+        f"Kernel:        Linux {kernel['release']}, "
+        + ("all features present" if not missing else f"{len(missing)} feature(s) missing"),
+    ]
+    for f in missing:
+        lines.append(f"                 missing {f['name']}: {f['detail']} (disables {f['disables']})")
+    lines += [
+        f"Agent:         Ok  v{agent['version']}  up {agent['uptime_seconds']:.0f}s  node {agent['node']}  "
+        f"sandbox {agent['sandbox']}" + ("  POLICY AUDIT MODE" if agent["policy_audit_mode"] else ""),
+        f"Datapath:      {dp['kind']}, {len(dp['programs'])} programs, {len(dp['maps'])} maps",
+        f"Endpoints:     {counts['endpoints']}",
+        f"Services:      {counts['services']}",
+        f"Identities:    {counts['identities']}",
+        f"Policies:      {counts['policies']} ({counts['policy_entries']} datapath entries)",
+    ]
+    flows = status.get("flows") or {}
+    if flows:
+        lines.append(f"Flows:         {flows.get('seen', 0)} seen, {flows.get('stored', 0)} stored "
+                     f"(capacity {flows.get('capacity', 0)}), {flows.get('lost', 0)} lost, "
+                     f"{flows.get('rate', 0.0):.1f}/s")
+    lines.append("")
+    lines.append("Programs:")
+    rows = [[p["name"], str(p["id"]), ", ".join(p["attached_to"]) or "-"] for p in dp["programs"]]
+    lines.append(table(["NAME", "ID", "ATTACHED TO"], rows))
+    lines.append("")
+    lines.append("Maps:")
+    rows = [[m["name"], m["type"], str(m["entries"]), str(m["capacity"]),
+             f"{100 * m['entries'] / m['capacity']:.1f}%" if m["capacity"] else "-"] for m in dp["maps"]]
+    lines.append(table(["NAME", "TYPE", "ENTRIES", "CAPACITY", "FILL"], rows))
+    if verbose:
+        lines.append("")
+        lines.append("Kernel features:")
+        rows = [[f["name"], "ok" if f["ok"] else "MISSING", f["detail"]] for f in kernel["features"]]
+        lines.append(table(["FEATURE", "STATE", "DETAIL"], rows))
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the agent's status."""
+    status = client(args.sandbox).get("/v1/status")
+    if args.output == "json":
+        print_json(status)
+    else:
+        print(render(status, args.verbose))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `velvet status`."""
+    p = sub.add_parser("status", help="health of the agent and the datapath")
+    p.add_argument("-o", "--output", choices=["json"], default=None)
+    p.add_argument("-v", "--verbose", action="store_true", help="list every kernel feature check")
+    p.set_defaults(func=cmd_status)

@@ -1,0 +1,590 @@
+"""The NetworkPolicy compiler: namespaces, pods and policies to the contents of the policy maps.
+
+Output shape (the datapath contract):
+
+- `ipcache`: pod IP/32 -> the pod's label identity, node IP/32 -> HOST; a miss means WORLD.
+- `cidr_identities` (ipcache_cidr): every policy prefix -> its local CIDR identity, 0.0.0.0/0 ->
+  WORLD. An ipBlock{cidr C, except E...} selects every CIDR identity whose prefix lies inside C and
+  inside no E; since the datapath looks the remote IP up in both tries, a connection matches the
+  block iff the longest policy prefix containing the IP is selected, i.e. iff the IP is in C and in
+  no E. Two refinements keep that exact:
+  * 0.0.0.0/0 with excepts is replaced by the prefixes of its complement (`address_exclude`), since
+    WORLD is also the *label* identity of every unknown IP and must only be selected by an
+    except-free 0.0.0.0/0;
+  * an egress rule with a named port and an ipBlock peer gets one /32 prefix per pod IP inside the
+    block, so the port can be resolved on that very pod (see below).
+- per endpoint `entries`: PolicyKey -> PolicyValue in the single LPM `policy` map, and the policy
+  set table naming, for each entry, every NetworkPolicy that allows what it matches. An entry's set
+  includes the sets of all less specific entries covering it for the same identity and for the
+  any-peer identity 0, so the one entry a longest-prefix match returns names them all. Every entry
+  allows (NetworkPolicy has no deny).
+
+Semantics (networking.k8s.io/v1): a pod is isolated for a direction iff a policy of its namespace
+selects it and lists the direction in policyTypes; then traffic is allowed iff some rule of some such
+policy matches (union). Ingress from HOST (kubelet probes) is always allowed, as an explicit entry
+named `reserved:allow-localhost`. Named ports resolve on the destination pod's container ports
+(name and protocol): for ingress on the endpoint itself; for egress on the peer, per peer identity
+(every number any pod of the identity gives the name), per pod /32 for ipBlock peers, and over all
+pod identities for an empty `to` — so named egress ports never match destinations outside the
+cluster, and a name nobody defines allows nothing. Known approximation: pods with the same identity
+but different numbers for a name each accept all of those numbers (identity-based enforcement).
+
+Target pods are selected on their full labels; peers on identity labels (see `labels`), so a peer
+selector on a label the identity filter drops matches nothing, as in Cilium.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from functools import cached_property
+from types import MappingProxyType
+from typing import NamedTuple
+
+from velvet.control.identity import WORLD_PREFIX, IdentityAllocator, normalize_prefix
+from velvet.control.labels import (
+    DEFAULT_LABEL_FILTER,
+    LabelFilter,
+    endpoint_labels,
+    namespace_labels_of,
+    pod_labels_of,
+)
+from velvet.control.portrange import PORT_BITS, mask_port, split_port_range
+from velvet.model import Identity, IPBlock, Namespace, NetworkPolicy, NetworkPolicyPeer, Pod, ReservedIdentity
+from velvet.model.policy import NetworkPolicyRule
+
+ANY_IDENTITY = 0
+ANY_PROTO = 0
+PREFIX_IDENTITY = 64
+"""LPM prefix length of an entry with the identity fixed and any protocol and port."""
+PREFIX_PROTO = 80
+"""LPM prefix length of an entry with the protocol fixed and any port; + n fixes n port bits."""
+PROTOCOLS: Mapping[str, int] = MappingProxyType({"TCP": 6, "UDP": 17, "SCTP": 132})
+ALLOW_LOCALHOST = "reserved:allow-localhost"
+
+PortKey = tuple[int, int, int]  # (proto, port, port prefix length)
+_ANY_PORT: PortKey = (ANY_PROTO, 0, 0)
+_Grant = tuple[str, tuple[PortKey, ...]]  # a policy name and the port keys it allows
+_Grants = dict[int, list[_Grant]]  # identity -> what each rule selecting it allows
+
+
+class Direction(IntEnum):
+    """Traffic direction as seen from the endpoint."""
+
+    INGRESS = 0
+    EGRESS = 1
+
+    @property
+    def policy_type(self) -> str:
+        """The policyTypes value naming this direction."""
+        return "Ingress" if self is Direction.INGRESS else "Egress"
+
+
+class PolicyKey(NamedTuple):
+    """A policy map key; proto 0 = any protocol (port ignored), port_prefix_len 0 = any port."""
+
+    ep_id: int
+    direction: Direction
+    identity: int
+    proto: int
+    port: int
+    port_prefix_len: int
+
+    @property
+    def prefix_len(self) -> int:
+        """The LPM prefix length the datapath stores: 64 (any protocol) or 80 + port bits."""
+        return PREFIX_IDENTITY if self.proto == ANY_PROTO else PREFIX_PROTO + self.port_prefix_len
+
+
+class PolicyValue(NamedTuple):
+    """A policy map value: verdict and the id of the set of policies that allow the key."""
+
+    allow: bool
+    policy_id: int
+
+
+@dataclass(frozen=True)
+class CompiledEndpoint:
+    """The desired policy state of one local endpoint (pod)."""
+
+    pod: str
+    ip: str | None
+    ep_id: int
+    identity: int
+    ingress_policies: tuple[str, ...]
+    egress_policies: tuple[str, ...]
+    entries: Mapping[PolicyKey, PolicyValue]
+
+    @property
+    def ingress_isolated(self) -> bool:
+        """Some policy selects the pod for ingress."""
+        return bool(self.ingress_policies)
+
+    @property
+    def egress_isolated(self) -> bool:
+        """Some policy selects the pod for egress."""
+        return bool(self.egress_policies)
+
+    def isolated(self, direction: Direction) -> bool:
+        """Whether the endpoint is isolated for `direction`."""
+        return self.ingress_isolated if direction is Direction.INGRESS else self.egress_isolated
+
+    @cached_property
+    def entry_index(self) -> Mapping[tuple[Direction, int], Mapping[PortKey, PolicyKey]]:
+        """`entries` keys by (direction, identity), then (proto, port, port prefix length)."""
+        index: dict[tuple[Direction, int], dict[PortKey, PolicyKey]] = defaultdict(dict)
+        for key in self.entries:
+            index[key.direction, key.identity][key.proto, key.port, key.port_prefix_len] = key
+        return dict(index)
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    """Everything the policy datapath needs: endpoints, both ipcaches, the policy set table."""
+
+    endpoints: Mapping[int, CompiledEndpoint]
+    ipcache: Mapping[str, int]
+    cidr_identities: Mapping[str, int]
+    policy_sets: Mapping[int, tuple[str, ...]]
+
+    @cached_property
+    def endpoints_by_ip(self) -> Mapping[str, CompiledEndpoint]:
+        """Local endpoints by pod IP."""
+        return {ep.ip: ep for ep in self.endpoints.values() if ep.ip is not None}
+
+    @cached_property
+    def ipcache_index(self) -> Mapping[int, Mapping[int, int]]:
+        """`ipcache` as prefix length -> network address (int) -> identity, for LPM emulation."""
+        return _prefix_index(self.ipcache)
+
+    @cached_property
+    def cidr_index(self) -> Mapping[int, Mapping[int, int]]:
+        """`cidr_identities` as prefix length -> network address (int) -> identity."""
+        return _prefix_index(self.cidr_identities)
+
+
+@dataclass(frozen=True)
+class _IdentityInfo:
+    """What selectors and named ports need to know about one pod identity."""
+
+    namespace: str
+    pod_labels: Mapping[str, str]
+    namespace_labels: Mapping[str, str]
+    pods: tuple[Pod, ...]
+
+
+class _PolicySets:
+    """Interns sets of policy names as small ids, lowest free id first."""
+
+    def __init__(self) -> None:
+        self.names: dict[int, tuple[str, ...]] = {}
+        self._ids: dict[frozenset[str], int] = {}
+        self._next = 1
+        self._free: list[int] = []
+
+    def intern(self, names: frozenset[str]) -> int:
+        """The id of a set of names."""
+        found = self._ids.get(names)
+        if found is None:
+            if self._free:
+                found = heapq.heappop(self._free)
+            else:
+                found, self._next = self._next, self._next + 1
+            self._ids[names] = found
+            self.names[found] = tuple(sorted(names))
+        return found
+
+    def retain(self, used: set[int]) -> None:
+        """Forget every id not in `used`."""
+        for stale in self.names.keys() - used:
+            del self._ids[frozenset(self.names.pop(stale))]
+            heapq.heappush(self._free, stale)
+
+
+class PolicyCompiler:
+    """Compiles NetworkPolicies for local endpoints; holds the identities of the pods it was given.
+
+    Call `sync` with the complete current state (cheap, O(pods + policies)), then `compile` for all
+    endpoints or `compile_endpoint` for the affected ones and `assemble` to build the result.
+    """
+
+    def __init__(
+        self, allocator: IdentityAllocator, label_filter: LabelFilter = DEFAULT_LABEL_FILTER
+    ) -> None:
+        self.allocator = allocator
+        self.label_filter = label_filter
+        self._pods: dict[str, Pod] = {}
+        self._pod_labels: dict[str, Mapping[str, str]] = {}
+        self._pod_identity: dict[str, Identity] = {}
+        self._identities: dict[int, _IdentityInfo] = {}
+        self._policies: dict[str, list[NetworkPolicy]] = {}
+        self._host_ips: tuple[str, ...] = ()
+        self._cidrs: dict[str, int] = {}
+        self._cidr_nets: list[tuple[ipaddress.IPv4Network, int]] = []
+        self._cidr_pod: dict[int, Pod] = {}
+        self._peer_cache: dict[tuple[str, Direction, int], tuple[int, ...]] = {}
+        self._named_cache: dict[tuple[int, str, str], tuple[tuple[int, int], ...]] = {}
+        self._sets = _PolicySets()
+
+    def sync(
+        self,
+        namespaces: Iterable[Namespace],
+        pods: Iterable[Pod],
+        policies: Iterable[NetworkPolicy],
+        host_ips: Iterable[str] = (),
+    ) -> None:
+        """Take the complete current state: (re)acquire pod identities and policy CIDR identities."""
+        ns_labels = {ns.metadata.name: ns.metadata.labels for ns in namespaces}
+        by_key = sorted(pods, key=lambda p: p.metadata.key)
+        self._pods = {p.metadata.key: p for p in by_key if not p.spec.host_network}
+        self._host_ips = tuple(host_ips)
+        self._sync_identities(ns_labels)
+        self._policies = defaultdict(list)
+        for policy in sorted(policies, key=lambda p: p.metadata.key):
+            self._policies[policy.metadata.namespace].append(policy)
+        self._sync_cidrs()
+        self._peer_cache.clear()
+        self._named_cache.clear()
+
+    def identity_of(self, pod_key: str) -> Identity | None:
+        """The identity of a pod (namespace/name) given to the last `sync`."""
+        return self._pod_identity.get(pod_key)
+
+    def compile(self, endpoints: Mapping[str, int]) -> CompiledPolicy:
+        """Compile every local endpoint (pod key -> ep_id) and assemble the result."""
+        return self.assemble(self.compile_endpoint(key, ep_id) for key, ep_id in sorted(endpoints.items()))
+
+    def assemble(self, endpoints: Iterable[CompiledEndpoint]) -> CompiledPolicy:
+        """The complete result from the compiled endpoints (fresh or kept from earlier compiles)."""
+        by_id = {ep.ep_id: ep for ep in endpoints}
+        used = {v.policy_id for ep in by_id.values() for v in ep.entries.values()}
+        self._sets.retain(used)
+        ipcache = {f"{ip}/32": int(ReservedIdentity.HOST) for ip in self._host_ips}
+        for key, pod in self._pods.items():
+            if pod.status.pod_ip:
+                ipcache[f"{pod.status.pod_ip}/32"] = self._pod_identity[key].id
+        cidrs = {WORLD_PREFIX: int(ReservedIdentity.WORLD), **self._cidrs}
+        return CompiledPolicy(
+            endpoints=MappingProxyType(dict(sorted(by_id.items()))),
+            ipcache=MappingProxyType(ipcache),
+            cidr_identities=MappingProxyType(cidrs),
+            policy_sets=MappingProxyType({i: self._sets.names[i] for i in sorted(used)}),
+        )
+
+    def compile_endpoint(self, pod_key: str, ep_id: int) -> CompiledEndpoint:
+        """The entries and isolation of one local endpoint, from the state of the last `sync`."""
+        pod = self._pods[pod_key]
+        selecting = [
+            p for p in self._policies.get(pod.metadata.namespace, ())
+            if p.spec.pod_selector.matches(pod.metadata.labels)
+        ]
+        entries: dict[PolicyKey, PolicyValue] = {}
+        isolated_by: dict[Direction, tuple[str, ...]] = {}
+        for direction in Direction:
+            isolating = [p for p in selecting if direction.policy_type in p.spec.policy_types]
+            isolated_by[direction] = tuple(p.metadata.key for p in isolating)
+            if not isolating:
+                continue
+            grants: _Grants = defaultdict(list)
+            if direction is Direction.INGRESS:
+                grants[int(ReservedIdentity.HOST)].append((ALLOW_LOCALHOST, (_ANY_PORT,)))
+            for policy in isolating:
+                for index, rule in enumerate(_applied_rules(policy, direction)):
+                    self._grant_rule(grants, pod, policy, direction, index, rule)
+            entries.update(self._entries(ep_id, direction, grants))
+        return CompiledEndpoint(
+            pod=pod_key,
+            ip=pod.status.pod_ip,
+            ep_id=ep_id,
+            identity=self._pod_identity[pod_key].id,
+            ingress_policies=isolated_by[Direction.INGRESS],
+            egress_policies=isolated_by[Direction.EGRESS],
+            entries=MappingProxyType(entries),
+        )
+
+    def _sync_identities(self, ns_labels: Mapping[str, Mapping[str, str]]) -> None:
+        """Acquire identities for new or relabelled pods, then release the ones no longer used."""
+        old_labels, old_identity = self._pod_labels, self._pod_identity
+        self._pod_labels, self._pod_identity = {}, {}
+        members: dict[int, list[Pod]] = defaultdict(list)
+        for key, pod in self._pods.items():
+            ns = pod.metadata.namespace
+            labels = endpoint_labels(pod.metadata.labels, ns, ns_labels.get(ns, {}), self.label_filter)
+            if old_labels.get(key) == labels:
+                identity = old_identity.pop(key)
+                del old_labels[key]
+            else:
+                identity = self.allocator.acquire(labels)
+            self._pod_labels[key], self._pod_identity[key] = labels, identity
+            members[identity.id].append(pod)
+        for labels in old_labels.values():
+            self.allocator.release(labels)
+        self._identities = {}
+        for number, pods in members.items():
+            labels = self._pod_labels[pods[0].metadata.key]
+            self._identities[number] = _IdentityInfo(
+                namespace=pods[0].metadata.namespace,
+                pod_labels=pod_labels_of(labels),
+                namespace_labels=namespace_labels_of(labels),
+                pods=tuple(pods),
+            )
+
+    def _sync_cidrs(self) -> None:
+        """Hold one CIDR identity per policy prefix; index them for ipBlock selection."""
+        wanted = set(self._policy_prefixes())
+        for prefix in sorted(wanted - self._cidrs.keys(), key=_prefix_order):
+            self._cidrs[prefix] = self.allocator.allocate_cidr(prefix).id
+        for prefix in self._cidrs.keys() - wanted:
+            self.allocator.release_cidr(prefix)
+            del self._cidrs[prefix]
+        self._cidrs = dict(sorted(self._cidrs.items(), key=lambda kv: _prefix_order(kv[0])))
+        self._cidr_nets = [(ipaddress.IPv4Network(p), number) for p, number in self._cidrs.items()]
+        pods_by_prefix = {f"{p.status.pod_ip}/32": p for p in self._pods.values() if p.status.pod_ip}
+        self._cidr_pod = {n: pods_by_prefix[p] for p, n in self._cidrs.items() if p in pods_by_prefix}
+
+    def _policy_prefixes(self) -> Iterator[str]:
+        """Every prefix that needs a CIDR identity (never 0.0.0.0/0, which is WORLD)."""
+        for policy in (p for policies in self._policies.values() for p in policies):
+            for direction in Direction:
+                for rule in _applied_rules(policy, direction):
+                    named = direction is Direction.EGRESS and any(isinstance(p.port, str) for p in rule.ports)
+                    for peer in rule.peers:
+                        if peer.ip_block is not None:
+                            yield from self._block_prefixes(peer.ip_block, named)
+
+    def _block_prefixes(self, block: IPBlock, with_pod_ips: bool) -> Iterator[str]:
+        """The prefixes an ipBlock needs: its cidr and excepts (or the complement), pod /32s if asked."""
+        cidr, excepts = _parse_block(block)
+        if cidr is None:
+            return
+        if cidr.prefixlen == 0 and excepts:
+            yield from (str(n) for n in _exclude(cidr, excepts))
+        yield from (str(n) for n in (cidr, *excepts) if n.prefixlen)
+        if with_pod_ips:
+            for pod in self._pods.values():
+                if pod.status.pod_ip and _in_block(ipaddress.IPv4Address(pod.status.pod_ip), cidr, excepts):
+                    yield f"{pod.status.pod_ip}/32"
+
+    def _grant_rule(
+        self, grants: _Grants, pod: Pod, policy: NetworkPolicy, direction: Direction, index: int,
+        rule: NetworkPolicyRule,
+    ) -> None:
+        """Add what one rule allows to `grants`."""
+        name = policy.metadata.key
+        peers = self._rule_peers(policy, direction, index, rule)
+        numbered: list[PortKey] = [] if rule.ports else [_ANY_PORT]
+        for port in rule.ports:
+            proto = PROTOCOLS[port.protocol]
+            if not isinstance(port.port, str):
+                numbered.extend(_port_keys(proto, port.port, port.end_port))
+            else:
+                for identity, number in self._named_targets(pod, direction, peers, port.port, port.protocol):
+                    grants[identity].append((name, ((proto, number, PORT_BITS),)))
+        if numbered:
+            grant = (name, tuple(numbered))
+            for peer in peers:
+                grants[peer].append(grant)
+
+    def _named_targets(
+        self, pod: Pod, direction: Direction, peers: tuple[int, ...], name: str, protocol: str
+    ) -> Iterator[tuple[int, int]]:
+        """(identity, number) pairs of a named port: resolved on the endpoint (ingress) or each peer."""
+        if direction is Direction.INGRESS:
+            number = pod.named_port(name, protocol)
+            if number is not None:
+                yield from ((peer, number) for peer in peers)
+        else:
+            for peer in peers:
+                yield from self._resolve_named(peer, name, protocol)
+
+    def _rule_peers(
+        self, policy: NetworkPolicy, direction: Direction, index: int, rule: NetworkPolicyRule
+    ) -> tuple[int, ...]:
+        """The identities a rule's from/to selects, ascending ((0,) = any peer), cached per sync."""
+        if not rule.peers:
+            return (ANY_IDENTITY,)
+        key = (policy.metadata.key, direction, index)
+        found = self._peer_cache.get(key)
+        if found is None:
+            selected = {n for peer in rule.peers for n in self._select_peer(policy.metadata.namespace, peer)}
+            found = self._peer_cache[key] = tuple(sorted(selected))
+        return found
+
+    def _select_peer(self, namespace: str, peer: NetworkPolicyPeer) -> Iterator[int]:
+        """The identities one peer selects: CIDR identities for an ipBlock, else pod identities."""
+        if peer.ip_block is not None:
+            yield from self._select_block(peer.ip_block)
+            return
+        pod_sel, ns_sel = peer.pod_selector, peer.namespace_selector
+        if pod_sel is None and ns_sel is None:
+            return
+        for number, info in self._identities.items():
+            in_ns = info.namespace == namespace if ns_sel is None else ns_sel.matches(info.namespace_labels)
+            if in_ns and (pod_sel is None or pod_sel.matches(info.pod_labels)):
+                yield number
+
+    def _select_block(self, block: IPBlock) -> Iterator[int]:
+        """The CIDR identities (and WORLD for an except-free 0.0.0.0/0) an ipBlock selects."""
+        cidr, excepts = _parse_block(block)
+        if cidr is None:
+            return
+        if cidr.prefixlen == 0 and not excepts:
+            yield int(ReservedIdentity.WORLD)
+        for net, number in self._cidr_nets:
+            if net.subnet_of(cidr) and not any(net.subnet_of(e) for e in excepts):
+                yield number
+
+    def _resolve_named(self, peer: int, name: str, protocol: str) -> tuple[tuple[int, int], ...]:
+        """(identity, port number) pairs a named egress port means for one selected peer."""
+        key = (peer, name, protocol)
+        found = self._named_cache.get(key)
+        if found is None:
+            if peer == ANY_IDENTITY:
+                owners = [(n, info.pods) for n, info in self._identities.items()]
+            elif peer in self._identities:
+                owners = [(peer, self._identities[peer].pods)]
+            else:
+                owners = [(peer, (self._cidr_pod[peer],))] if peer in self._cidr_pod else []
+            resolved = {(n, p.named_port(name, protocol)) for n, pods in owners for p in pods}
+            found = self._named_cache[key] = tuple(sorted((n, num) for n, num in resolved if num is not None))
+        return found
+
+    def _entries(
+        self, ep_id: int, direction: Direction, grants: _Grants
+    ) -> Iterator[tuple[PolicyKey, PolicyValue]]:
+        """Policy map entries from grants, each naming the policies of every entry covering it.
+
+        Identities that received the same grants get the same port keys and policy sets, so the
+        sets are computed once per distinct list of grants.
+        """
+        any_peer = _merge(grants.get(ANY_IDENTITY, ()))
+        done: dict[tuple[_Grant, ...], list[tuple[PortKey, PolicyValue]]] = {}
+        for identity, granted in grants.items():
+            if identity == ANY_IDENTITY:
+                values = self._closure(any_peer, {})
+            else:
+                signature = tuple(granted)
+                found = done.get(signature)
+                if found is None:
+                    found = done[signature] = self._closure(_merge(granted), any_peer)
+                values = found
+            for key, value in values:
+                yield PolicyKey(ep_id, direction, identity, *key), value
+
+    def _closure(
+        self, keys: Mapping[PortKey, set[str]], any_peer: Mapping[PortKey, set[str]]
+    ) -> list[tuple[PortKey, PolicyValue]]:
+        """Each key with the value naming its policies plus those of covering keys here and in `any_peer`."""
+        lengths, any_lengths = _port_lengths(keys), _port_lengths(any_peer)
+        values = []
+        for key, own in keys.items():
+            names = set(own)
+            _add_covering(names, keys, lengths, key, inclusive=False)
+            if any_peer:
+                _add_covering(names, any_peer, any_lengths, key, inclusive=True)
+            values.append((key, PolicyValue(True, self._sets.intern(frozenset(names)))))
+        return values
+
+
+def _merge(granted: Iterable[_Grant]) -> dict[PortKey, set[str]]:
+    """Port key -> names of the policies allowing it, from a list of grants."""
+    keys: dict[PortKey, set[str]] = defaultdict(set)
+    for name, port_keys in granted:
+        for key in port_keys:
+            keys[key].add(name)
+    return keys
+
+
+def _applied_rules(policy: NetworkPolicy, direction: Direction) -> tuple[NetworkPolicyRule, ...]:
+    """The rules of `policy` for `direction`; none unless policyTypes lists the direction."""
+    if direction.policy_type not in policy.spec.policy_types:
+        return ()
+    return policy.spec.ingress if direction is Direction.INGRESS else policy.spec.egress
+
+
+def _port_keys(proto: int, number: int | None, end_port: int | None) -> Iterator[PortKey]:
+    """The port keys of a numbered (or omitted) port, ranges split into aligned prefixes."""
+    if number is None:
+        yield (proto, 0, 0)
+    elif end_port is None:
+        yield (proto, number, PORT_BITS)
+    else:
+        for start, length in split_port_range(number, end_port):
+            yield (proto, start, length)
+
+
+def _port_lengths(keys: Mapping[PortKey, set[str]]) -> dict[int, list[int]]:
+    """For each protocol, the port prefix lengths present among `keys`, ascending."""
+    lengths: dict[int, set[int]] = defaultdict(set)
+    for proto, _, length in keys:
+        lengths[proto].add(length)
+    return {proto: sorted(found) for proto, found in lengths.items()}
+
+
+def _add_covering(
+    names: set[str], keys: Mapping[PortKey, set[str]], lengths: Mapping[int, list[int]], key: PortKey,
+    inclusive: bool,
+) -> None:
+    """Add to `names` the policies of every key in `keys` containing `key` (itself too if inclusive)."""
+    proto, port, length = key
+    if proto != ANY_PROTO or inclusive:
+        names.update(keys.get(_ANY_PORT, ()))
+    if proto == ANY_PROTO:
+        return
+    for shorter in lengths.get(proto, ()):
+        if shorter > length or (shorter == length and not inclusive):
+            break
+        names.update(keys.get((proto, mask_port(port, shorter), shorter), ()))
+
+
+def _parse_block(
+    block: IPBlock,
+) -> tuple[ipaddress.IPv4Network | None, tuple[ipaddress.IPv4Network, ...]]:
+    """An ipBlock's cidr and excepts as IPv4 networks; cidr None for an IPv6 block (never matches)."""
+    cidr = ipaddress.ip_network(block.cidr, strict=False)
+    if not isinstance(cidr, ipaddress.IPv4Network):
+        return None, ()
+    excepts = (ipaddress.ip_network(e, strict=False) for e in block.except_)
+    return cidr, tuple(e for e in excepts if isinstance(e, ipaddress.IPv4Network))
+
+
+def _in_block(
+    ip: ipaddress.IPv4Address, cidr: ipaddress.IPv4Network, excepts: Iterable[ipaddress.IPv4Network]
+) -> bool:
+    """Whether `ip` is in `cidr` and in none of `excepts`."""
+    return ip in cidr and not any(ip in e for e in excepts)
+
+
+def _exclude(
+    cidr: ipaddress.IPv4Network, excepts: Iterable[ipaddress.IPv4Network]
+) -> list[ipaddress.IPv4Network]:
+    """The aligned prefixes covering exactly `cidr` minus every except."""
+    remaining = [cidr]
+    for hole in excepts:
+        nxt: list[ipaddress.IPv4Network] = []
+        for net in remaining:
+            if hole.subnet_of(net) and hole != net:
+                nxt.extend(net.address_exclude(hole))
+            elif not net.subnet_of(hole):
+                nxt.append(net)
+        remaining = nxt
+    return remaining
+
+
+def _prefix_order(prefix: str) -> tuple[int, int]:
+    """Sort key of a prefix: address, then length."""
+    net = ipaddress.IPv4Network(prefix)
+    return int(net.network_address), net.prefixlen
+
+
+def _prefix_index(prefixes: Mapping[str, int]) -> Mapping[int, Mapping[int, int]]:
+    """prefix text -> value as prefix length -> network address -> value, longest length first."""
+    index: dict[int, dict[int, int]] = defaultdict(dict)
+    for prefix, value in prefixes.items():
+        net = ipaddress.IPv4Network(normalize_prefix(prefix))
+        index[net.prefixlen][int(net.network_address)] = value
+    return dict(sorted(index.items(), reverse=True))

@@ -1,0 +1,127 @@
+"""Conversions between the control plane's table records and the datapath's ctypes map entries."""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from velvet.control.policy import Direction, PolicyKey, PolicyValue
+from velvet.control.reconcile import BackendValue, RevNatValue, ServiceKey, ServiceValue, SourceRangeKey
+from velvet.control.tables import EndpointEntry
+from velvet.datapath import structs as s
+from velvet.datapath.views import PolicyMap
+
+
+@dataclass(frozen=True)
+class TableCodec:
+    """How one table's records become a map's keys and values, and back."""
+
+    map_name: str
+    encode_key: Callable[[Any], Any]
+    encode_value: Callable[[Any], Any]
+    decode_key: Callable[[Any], Any]
+    decode_value: Callable[[Any], Any]
+
+
+def _svc_key(k: ServiceKey) -> s.Lb4Key:
+    return s.Lb4Key(address=s.ipv4(k.address), dport=k.dport, backend_slot=k.backend_slot, proto=k.proto,
+                    scope=k.scope)
+
+
+def _svc_value(v: ServiceValue) -> s.Lb4Service:
+    return s.Lb4Service(backend_id=v.backend_id, affinity_timeout=v.affinity_timeout, count=v.count,
+                        rev_nat_index=v.rev_nat_index, flags=v.flags)
+
+
+def _src_range_key(k: SourceRangeKey) -> s.Lb4SrcRangeKey:
+    address, length = s.ipv4_cidr(k.cidr)
+    return s.Lb4SrcRangeKey(prefixlen=32 + length, rev_nat_index=k.rev_nat_index, address=address)
+
+
+def _maglev(table: tuple[int, ...]) -> s.Lb4MaglevLut:
+    lut = s.Lb4MaglevLut()
+    lut.backend_ids[:] = table
+    return lut
+
+
+def _ipcache_key(cidr: str) -> s.IpcacheKey:
+    address, length = s.ipv4_cidr(cidr)
+    return s.IpcacheKey(prefixlen=length, ip=address)
+
+
+def _policy_key(k: PolicyKey) -> s.PolicyKey:
+    prefix = k.port_prefix_len if k.proto else 16
+    return PolicyMap.key(k.ep_id, s.PolicyDir(int(k.direction)), k.identity, k.proto, k.port, prefix)
+
+
+def _policy_value_of(k: PolicyKey, v: PolicyValue) -> s.PolicyEntry:
+    flags = s.PolicyFlag.ALLOW if v.allow else s.PolicyFlag.DENY
+    if k.proto:
+        flags |= s.PolicyFlag.L4
+    return s.PolicyEntry(flags=int(flags), policy_id=v.policy_id)
+
+
+def _decode_policy_key(k: s.PolicyKey) -> PolicyKey:
+    bits = k.prefixlen - PolicyMap.STATIC_PREFIX
+    proto = k.proto if bits else 0
+    prefix = max(bits - PolicyMap.PROTO_PREFIX, 0) if proto else 0
+    return PolicyKey(k.ep_id, Direction(k.direction), k.identity, proto, k.dport if proto else 0, prefix)
+
+
+def _value(scalar: Any) -> Any:
+    """The Python value of a ctypes scalar key (maps hand keys back as ctypes instances)."""
+    return scalar.value
+
+
+CODECS: dict[str, TableCodec] = {
+    "lb4_services": TableCodec(
+        "lb4_services", _svc_key, _svc_value,
+        lambda k: ServiceKey(s.ipv4_str(k.address), k.dport, k.backend_slot, k.proto, k.scope),
+        lambda v: ServiceValue(v.backend_id, v.affinity_timeout, v.count, v.rev_nat_index, v.flags)),
+    "lb4_backends": TableCodec(
+        "lb4_backends", ctypes.c_uint32,
+        lambda v: s.Lb4Backend(address=s.ipv4(v.address), port=v.port, proto=v.proto, state=v.state),
+        _value,
+        lambda v: BackendValue(s.ipv4_str(v.address), v.port, v.proto, v.state)),
+    "lb4_revnat": TableCodec(
+        "lb4_revnat", ctypes.c_uint16,
+        lambda v: s.Lb4ReverseNat(address=s.ipv4(v.address), port=v.port),
+        _value,
+        lambda v: RevNatValue(s.ipv4_str(v.address), v.port)),
+    "lb4_src_range": TableCodec(
+        "lb4_src_range", _src_range_key, lambda _v: 1,
+        lambda k: SourceRangeKey(k.rev_nat_index, f"{s.ipv4_str(k.address)}/{k.prefixlen - 32}"),
+        lambda _v: None),
+    "lb4_maglev": TableCodec(
+        "lb4_maglev", ctypes.c_uint16, _maglev,
+        _value,
+        lambda v: tuple(v.backend_ids)),
+    "lxc_endpoints": TableCodec(
+        "lxc_endpoints", lambda ip: s.BE32(s.ipv4(ip)),
+        lambda v: s.EndpointInfo(ifindex=v.ifindex, identity=v.identity, ep_id=v.ep_id, flags=v.flags),
+        lambda k: s.ipv4_str(k.value),
+        lambda v: EndpointEntry(v.ifindex, v.identity, v.ep_id, v.flags)),
+    "ipcache": TableCodec(
+        "ipcache", _ipcache_key, lambda ident: s.IpcacheInfo(identity=ident),
+        lambda k: f"{s.ipv4_str(k.ip)}/{k.prefixlen}", lambda v: v.identity),
+    "ipcache_cidr": TableCodec(
+        "ipcache_cidr", _ipcache_key, lambda ident: s.IpcacheInfo(identity=ident),
+        lambda k: f"{s.ipv4_str(k.ip)}/{k.prefixlen}", lambda v: v.identity),
+    "policy": TableCodec(
+        "policy", _policy_key, lambda v: v,  # values need their key: see encode_policy_items
+        _decode_policy_key,
+        lambda v: PolicyValue(bool(v.flags & s.PolicyFlag.ALLOW), v.policy_id)),
+}
+
+
+def encode_items(table: str, upserts: dict[Any, Any]) -> tuple[list[Any], list[Any]]:
+    """Keys and values of `upserts` encoded for the table's map."""
+    codec = CODECS[table]
+    keys = [codec.encode_key(k) for k in upserts]
+    if table == "policy":
+        values = [_policy_value_of(k, v) for k, v in upserts.items()]
+    else:
+        values = [codec.encode_value(v) for v in upserts.values()]
+    return keys, values

@@ -1,0 +1,227 @@
+"""The kernel `Datapath`: loads Velvet's BPF objects with pinned maps and attaches them as pinned links.
+
+Needs root, bpffs, BTF and tcx (Linux >= 6.6) or clsact. Maps and links are pinned under the pin
+directory, so programs keep forwarding and enforcing while the agent is down; a restarted agent
+loads fresh programs that reuse the pinned maps and swaps them into the pinned links atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from velvet.control.endpoints import EndpointRecord
+from velvet.control.reconcile import StaleBackend
+from velvet.datapath import attach, build, mounts
+from velvet.datapath.bpfobject import BpfObject, Program
+from velvet.datapath.codecs import CODECS, encode_items
+from velvet.datapath.maps import Map
+from velvet.datapath.protocol import DatapathStatus, MapStatus, ProgramStatus
+from velvet.datapath.structs import MetricReason
+from velvet.datapath.views import Views, open_views
+from velvet.errors import DatapathError
+
+log = logging.getLogger("velvet.datapath")
+OBJECTS = ("lxc", "sock", "node")
+SOCK_HOOKS = {
+    "sock_connect4": attach.BPF_CGROUP_INET4_CONNECT,
+    "sock_sendmsg4": attach.BPF_CGROUP_UDP4_SENDMSG,
+    "sock_recvmsg4": attach.BPF_CGROUP_UDP4_RECVMSG,
+    "sock_getpeername4": attach.BPF_CGROUP_INET4_GETPEERNAME,
+}
+EXTRA_DUMPS = ("ct4", "lb4_affinity", "lb4_sock_revnat", "metrics")
+
+
+class KernelDatapath:
+    """Velvet's programs in this kernel, for one node (the agent runs in the node's network namespace)."""
+
+    def __init__(self, pin_dir: Path, *, cgroup: Path | None, uplink: str | None) -> None:
+        self.pin_dir = pin_dir
+        self.links_dir = pin_dir / "links"
+        self.cgroup = cgroup
+        self.uplink = uplink
+        self.objects: dict[str, BpfObject] = {}
+        self.views: Views | None = None
+        self._maps: dict[str, Map[Any, Any]] = {}
+        self._attachments: dict[str, list[str]] = {}
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Build if stale, load with pinned maps, attach the node cgroup and uplink hooks."""
+        mounts.ensure_bpffs()
+        mounts.ensure_pin_dir(self.pin_dir)
+        mounts.ensure_pin_dir(self.links_dir)
+        for name in OBJECTS:
+            self.objects[name] = self._load(name)
+        self.views = open_views(self.pin_dir)
+        for name, view in self.views.by_name.items():
+            if name in CODECS or name in EXTRA_DUMPS:
+                self._maps[name] = view.map  # type: ignore[union-attr]
+        self._drop_dead_links()
+        if self.cgroup is not None:
+            sock = self.objects["sock"]
+            for prog_name, hook in SOCK_HOOKS.items():
+                attach.attach_cgroup(sock.program(prog_name), self.cgroup, hook, self.links_dir / prog_name)
+                self._attachments[prog_name] = [f"cgroup {self.cgroup}"]
+        if self.uplink is not None:
+            ifindex = socket.if_nametoindex(self.uplink)
+            node = self.objects["node"]
+            for prog_name, direction in (("node_from_uplink", "ingress"), ("node_to_uplink", "egress")):
+                attach.attach_tcx(node.program(prog_name), ifindex, direction,  # type: ignore[arg-type]
+                                  self.links_dir / f"uplink-{direction}")
+                self._attachments[prog_name] = [f"{self.uplink} ({direction})"]
+
+    def _load(self, name: str) -> BpfObject:
+        """Open and load one object reusing pinned maps; pins of an older map layout are replaced."""
+        path = build.object_path(name)
+        obj = BpfObject.open(path, pin_dir=self.pin_dir)
+        try:
+            return obj.load()
+        except DatapathError as exc:
+            obj.close()
+            if "reuse" not in str(exc):
+                raise
+        log.warning("pinned maps no longer match %s: replacing them (their entries are lost)", name)
+        for pinned in self.pin_dir.iterdir():
+            if pinned.is_file():
+                pinned.unlink()
+        return BpfObject.open(path, pin_dir=self.pin_dir).load()
+
+    def _drop_dead_links(self) -> None:
+        """Remove pinned pod-veth links whose interface is gone (pods deleted while no agent ran)."""
+        for path, info in attach.list_pinned_links(self.links_dir):
+            if info.type == "tcx" and not info.ifindex:
+                attach.detach_pinned(path)
+
+    def close(self) -> None:
+        """Release fds; pinned maps and links keep the datapath running."""
+        if self.views is not None:
+            for view in self.views.by_name.values():
+                view.close()
+        for obj in self.objects.values():
+            obj.close()
+        self._maps.clear()
+        self.objects.clear()
+
+    # -- endpoints --------------------------------------------------------------------------------
+
+    def _lxc(self, name: str) -> Program:
+        return self.objects["lxc"].program(name)
+
+    def attach_endpoint(self, endpoint: EndpointRecord) -> None:
+        """tcx ingress (from the pod) and egress (to the pod) on the pod's host-side veth."""
+        for prog_name, direction in (("lxc_from_pod", "ingress"), ("lxc_to_pod", "egress")):
+            attach.attach_tcx(self._lxc(prog_name), endpoint.ifindex, direction,  # type: ignore[arg-type]
+                              self.links_dir / f"lxc-{endpoint.ifname}-{direction}")
+
+    def detach_endpoint(self, endpoint: EndpointRecord) -> None:
+        """Remove the endpoint's links (harmless when the veth is already gone)."""
+        for direction in ("ingress", "egress"):
+            attach.detach_pinned(self.links_dir / f"lxc-{endpoint.ifname}-{direction}")
+
+    # -- tables -----------------------------------------------------------------------------------
+
+    def _map(self, table: str) -> Map[Any, Any]:
+        try:
+            return self._maps[table]
+        except KeyError:
+            raise DatapathError(f"no map {table} is loaded") from None
+
+    def write(self, table: str, upserts: Mapping[Any, Any], deletes: Iterable[Any]) -> None:
+        """Batch-upsert then batch-delete, through the table's codec."""
+        codec = CODECS[table]
+        m = self._map(table)
+        if upserts:
+            keys, values = encode_items(table, dict(upserts))
+            m.update_batch(keys, values)
+        doomed = [codec.encode_key(k) for k in deletes]
+        if doomed:
+            m.delete_batch(doomed)
+
+    def read(self, table: str) -> dict[Any, Any]:
+        """The table decoded from the map (what a previous agent left)."""
+        codec = CODECS[table]
+        return {codec.decode_key(k): codec.decode_value(v) for k, v in self._map(table).lookup_batch()}
+
+    def flush_backends(self, stale: Sequence[StaleBackend]) -> None:
+        """Drop conntrack and affinity entries that still lead a frontend to a backend it no longer has."""
+        if self.views is None:
+            return
+        for s in stale:
+            self.views.conntrack.delete_by_backend(s.backend_address, s.backend_port, s.proto,
+                                                   frontend=(s.frontend_address, s.frontend_port))
+            self.views.affinity.delete_by_backend(s.backend_id)
+
+    def dump(self, table: str) -> list[dict[str, Any]]:
+        """Raw entries of one map, fields by name (for `velvet bpf … list`)."""
+        if table not in CODECS and table not in EXTRA_DUMPS:
+            raise KeyError(f"no map {table}")
+        return [{"key": _fields(k), "value": _fields(v)} for k, v in self._map(table).items()]
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def read_events(self, max_records: int = 65536) -> Any:
+        """Committed flow events from the ring (numpy, FLOW_EVENT_DTYPE)."""
+        assert self.views is not None
+        return self.views.events.read(max_records)
+
+    def events_fd(self) -> int | None:
+        """The ring's pollable fd."""
+        return self.views.events.ring.fileno() if self.views is not None else None
+
+    def events_lost(self) -> int:
+        """Per-CPU count of events the ring had no room for (metrics reason 1)."""
+        if self.views is None:
+            return 0
+        totals = self.views.metrics.totals().items()
+        return sum(c.packets for (reason, _), c in totals if reason == MetricReason.EVENTS_LOST)
+
+    # -- status -----------------------------------------------------------------------------------
+
+    def status(self) -> DatapathStatus:
+        """Loaded programs with their attachments, map fill levels and datapath counters."""
+        links = attach.list_pinned_links(self.links_dir)
+        by_prog: dict[int, list[str]] = {}
+        names = _ifnames()
+        for path, info in links:
+            where = path.name
+            if info.type == "tcx" and info.ifindex:
+                where = f"{names.get(info.ifindex, info.ifindex)} ({path.name.rsplit('-', 1)[-1]})"
+            elif info.type == "cgroup":
+                where = f"cgroup {self.cgroup}"
+            by_prog.setdefault(info.prog_id, []).append(where)
+        programs = []
+        for obj in self.objects.values():
+            for name, prog in sorted(obj.programs().items()):
+                programs.append(ProgramStatus(name, prog.id, tuple(by_prog.get(prog.id, ()))))
+        maps = []
+        for name, m in sorted(self._maps.items()):
+            minfo = m.info
+            entries = m.count() if minfo.type != "ringbuf" else 0
+            maps.append(MapStatus(name, minfo.type, entries, minfo.max_entries))
+        counters: dict[str, int] = {}
+        if self.views is not None:
+            for (reason, direction), counter in self.views.metrics.totals().items():
+                label = f"{reason}:{direction.name.lower()}"
+                counters[f"{label}:packets"] = counter.packets
+                counters[f"{label}:bytes"] = counter.bytes
+        return DatapathStatus("kernel", tuple(programs), tuple(maps), counters)
+
+
+def _fields(value: Any) -> Any:
+    """A ctypes value as plain data: structures as dicts, arrays as lists, scalars as ints."""
+    if hasattr(value, "_fields_"):
+        names = [field[0] for field in value._fields_ if not field[0].startswith("pad")]
+        return {name: _fields(getattr(value, name)) for name in names}
+    if hasattr(value, "_length_"):
+        return [_fields(v) for v in value]
+    return getattr(value, "value", value)
+
+
+def _ifnames() -> dict[int, str]:
+    """ifindex -> name in this network namespace."""
+    return {index: name for index, name in socket.if_nameindex()}

@@ -1,0 +1,79 @@
+"""The `Datapath` protocol: what the agent asks of the kernel, with a real and an in-memory implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from velvet.control.endpoints import EndpointRecord
+from velvet.control.reconcile import StaleBackend
+
+
+@dataclass(frozen=True)
+class ProgramStatus:
+    """A loaded program and where it is attached."""
+
+    name: str
+    id: int
+    attached_to: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MapStatus:
+    """A map's fill level."""
+
+    name: str
+    type: str
+    entries: int
+    capacity: int
+
+
+@dataclass(frozen=True)
+class DatapathStatus:
+    """Everything `velvet status` shows about the datapath."""
+
+    kind: str
+    programs: tuple[ProgramStatus, ...] = ()
+    maps: tuple[MapStatus, ...] = ()
+    counters: Mapping[str, int] = field(default_factory=dict)
+
+
+class Datapath(Protocol):
+    """Tables are named like the maps they fill; keys and values are the control plane's frozen records."""
+
+    def start(self) -> None:
+        """Load (or re-adopt) programs and maps and attach the node-wide hooks."""
+
+    def attach_endpoint(self, endpoint: EndpointRecord) -> None:
+        """Attach the pod-veth programs to an endpoint's host interface."""
+
+    def detach_endpoint(self, endpoint: EndpointRecord) -> None:
+        """Remove an endpoint's attachments (its interface may already be gone)."""
+
+    def write(self, table: str, upserts: Mapping[Any, Any], deletes: Iterable[Any]) -> None:
+        """Apply a difference to one table: batch upserts first, then deletes."""
+
+    def flush_backends(self, stale: Sequence[StaleBackend]) -> None:
+        """Delete conntrack entries that still send a frontend's flows to a backend it dropped."""
+
+    def read(self, table: str) -> dict[Any, Any]:
+        """Current contents of a table, decoded (used to re-adopt state after a restart)."""
+
+    def dump(self, table: str) -> list[dict[str, Any]]:
+        """Raw entries of a map for `velvet bpf … list`."""
+
+    def status(self) -> DatapathStatus:
+        """Programs, attachments, map fill levels, counters."""
+
+    def read_events(self, max_records: int = 65536) -> Any:
+        """Pending flow events as a numpy array of struct flow_event records (empty when none)."""
+
+    def events_fd(self) -> int | None:
+        """A file descriptor that polls readable when events are pending (None: no event source)."""
+
+    def events_lost(self) -> int:
+        """Events the datapath could not queue because the ring was full."""
+
+    def close(self) -> None:
+        """Release file descriptors; attachments and pinned maps stay so traffic keeps flowing."""
