@@ -238,7 +238,10 @@ class Agent:
                 record = self.endpoints.get(pod.metadata.key)
                 labels = tuple(f"{k}={v}" for k, v in sorted(identity.labels.items()))
                 self.resolver.set_endpoint(pod.status.pod_ip, EndpointInfo(
-                    pod.metadata.namespace, pod.metadata.name, labels, record.ep_id if record else 0))
+                    pod.metadata.namespace, pod.metadata.name, labels, record.ep_id if record else 0,
+                    identity.id))
+                if record is not None and record.cgroup_id:
+                    self.resolver.set_cgroup(record.cgroup_id, pod.status.pod_ip)
                 self.resolver.set_identity(identity.id, pod.metadata.namespace, identity.labels)
         for policy_id, names in compiled.policy_sets.items():
             self.resolver.set_policies(policy_id, names)

@@ -16,7 +16,7 @@ from velvet.cli.common import print_json
 from velvet.errors import SandboxError
 from velvet.paths import current_sandbox
 from velvet.sandbox import Node, PodRuntime, SandboxConfig, Supervisor, cleanup, exec_in_pod, spawn_detached
-from velvet.sandbox.kubelet import Kubelet
+from velvet.sandbox.kubelet import Kubelet, container_path
 from velvet.sandbox.process import alive
 from velvet.sandbox.supervisor import write_pid
 
@@ -101,7 +101,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    """Run a command inside a pod's network namespace and cgroup, like kubectl exec."""
+    """Run a command in a pod's network namespace and cgroup, with the pod's environment (kubectl exec)."""
     cfg = _config(args)
     namespace, _, name = args.pod.rpartition("/")
     record = PodRuntime(cfg).find(namespace or "default", name)
@@ -110,7 +110,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise SandboxError("nothing to run: velvet sandbox exec NS/POD -- CMD [ARGS...]")
-    return exec_in_pod(record, argv)
+    env = {"PATH": container_path(), "HOME": "/root", "HOSTNAME": name,
+           "TERM": os.environ.get("TERM", "dumb")}
+    return exec_in_pod(record, argv, env=env)
 
 
 def cmd_node_daemon(args: argparse.Namespace) -> int:

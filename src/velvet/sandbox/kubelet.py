@@ -25,8 +25,8 @@ log = logging.getLogger("velvet.kubelet")
 SYNC_PERIOD_SECONDS = 0.3
 
 
-def _path_with_venv() -> str:
-    """PATH for container processes: this interpreter's directory first, so `python3 -m velvet…` works."""
+def container_path() -> str:
+    """PATH inside pods: this interpreter's directory first, so `python3 -m velvet…` works in containers."""
     here = os.path.dirname(sys.executable)
     return f"{here}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -56,7 +56,7 @@ def spec_of(pod: Mapping[str, Any]) -> PodSpecLite:
     containers = []
     readiness = None
     for c in spec["containers"]:
-        env = {"PATH": _path_with_venv(), **{e["name"]: e.get("value", "") for e in c.get("env", [])}}
+        env = {"PATH": container_path(), **{e["name"]: e.get("value", "") for e in c.get("env", [])}}
         ports = tuple(PortLite(p["containerPort"], p.get("protocol", "TCP"), p.get("name", ""))
                       for p in c.get("ports", []))
         containers.append(ContainerLite(c["name"], tuple(c.get("command", ())), tuple(c.get("args", ())),
