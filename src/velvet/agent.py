@@ -13,13 +13,13 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from velvet import __version__
@@ -32,13 +32,13 @@ from velvet.control.reconcile import LbDelta, LbMap, LbState, UpsertBatch, plan
 from velvet.control.services import ServiceCompiler
 from velvet.control.tables import EP_POLICY_AUDIT, EP_POLICY_EGRESS, EP_POLICY_INGRESS, EndpointEntry
 from velvet.datapath.protocol import Datapath
-from velvet.errors import InvalidManifest
+from velvet.errors import InvalidManifest, VelvetError
 from velvet.model import EndpointSlice, Namespace, NetworkPolicy, Pod, PodCondition, PodStatus, Service
 from velvet.model.codec import resolve_kind, to_dict
 from velvet.observe.enrich import DictResolver, EndpointInfo, NamedRef
 from velvet.observe.filters import FlowQuery
-from velvet.observe.metrics import serve_metrics
 from velvet.observe.pipeline import FlowPipeline, event_types
+from velvet.observe.ui import http_app, listen_address, loopback_listener, serve_http
 from velvet.paths import AgentPaths
 from velvet.sources.delta import Delta
 from velvet.sources.local import ALL_NAMESPACES, LocalStore
@@ -65,15 +65,9 @@ class AgentConfig:
     policy_audit_mode: bool = False
     flow_capacity: int = 4095
     metrics_address: str | None = "127.0.0.1:9962"
-
-
-def _interface_exists(name: str) -> bool:
-    """Whether this network namespace has the interface (sysfs may show another namespace)."""
-    try:
-        socket.if_nametoindex(name)
-    except OSError:
-        return False
-    return True
+    metrics_netns: str | None = None
+    """Network namespace (a path) of the /metrics + service map listener; None: the agent's own."""
+    state_dir: Path | None = None  # default: /var/lib/velvet/<sandbox>/agent
 
 
 def _pod_status(report: Mapping[str, Any]) -> PodStatus:
@@ -92,9 +86,10 @@ class Agent:
     def __init__(self, config: AgentConfig, datapath: Datapath) -> None:
         self.config = config
         self.paths = AgentPaths(config.sandbox)
+        self.state_dir = config.state_dir or self.paths.state_dir
         self.datapath = datapath
-        self.paths.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = LocalStore.open(self.paths.state_dir / "store", service_cidr=config.service_cidr,
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = LocalStore.open(self.state_dir / "store", service_cidr=config.service_cidr,
                                      node_name=config.node_name)
         self.endpoints = self._load_endpoints()
         self.identities = IdentityAllocator()
@@ -111,11 +106,12 @@ class Agent:
         self.metrics_registry = CollectorRegistry()
         self.flows = FlowPipeline(self.resolver, node_name=config.node_name, capacity=config.flow_capacity,
                                   kernel_lost=datapath.events_lost, registry=self.metrics_registry)
+        self.http_address: str | None = None
 
     # -- persistence -----------------------------------------------------------------------------
 
     def _endpoints_file(self) -> Path:
-        return self.paths.state_dir / "endpoints.json"
+        return self.state_dir / "endpoints.json"
 
     def _load_endpoints(self) -> EndpointRegistry:
         path = self._endpoints_file()
@@ -135,7 +131,7 @@ class Agent:
         """Load/adopt the datapath, re-attach endpoints, and converge every table to the store."""
         self.datapath.start()
         for record in list(self.endpoints):
-            if _interface_exists(record.ifname):
+            if self.datapath.has_interface(record.ifname):
                 self.datapath.attach_endpoint(record)
             else:
                 self.endpoints.remove(record.key)
@@ -433,6 +429,24 @@ class Agent:
         return stream(self, what, params)
 
 
+async def _serve_http(agent: Agent) -> web.AppRunner | None:
+    """Serve /metrics and the service map on the configured loopback address (a failure is logged)."""
+    address = agent.config.metrics_address
+    if not address:
+        return None
+    try:
+        sock = loopback_listener(address, agent.config.metrics_netns)
+    except (OSError, ValueError, VelvetError) as exc:
+        log.error("not serving /metrics and the service map on %s: %s", address, exc)
+        return None
+    agent.http_address = listen_address(sock)
+    app = http_app(agent.metrics_registry, agent.flows.store.last, agent.flow_stats)
+    runner = await serve_http(app, sock)
+    log.info("metrics on http://%s/metrics, service map on http://%s/ui/", agent.http_address,
+             agent.http_address)
+    return runner
+
+
 async def run_agent(agent: Agent) -> None:
     """Start the agent and serve until SIGTERM/SIGINT; attachments and pins stay when it exits."""
     agent.start()
@@ -442,10 +456,7 @@ async def run_agent(agent: Agent) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("agent up: API on %s", agent.paths.socket)
-    metrics_runner = None
-    if agent.config.metrics_address:
-        host, _, port = agent.config.metrics_address.rpartition(":")
-        metrics_runner = await serve_metrics(agent.metrics_registry, host or "127.0.0.1", int(port))
+    http_runner = await _serve_http(agent)
     tasks = [asyncio.create_task(loop()) for loop in (agent.reconcile_loop, agent.expiry_loop,
                                                        agent.event_loop, agent.map_fill_loop)]
     try:
@@ -455,7 +466,7 @@ async def run_agent(agent: Agent) -> None:
             task.cancel()
         agent.flows.close()
         await runner.cleanup()
-        if metrics_runner is not None:
-            await metrics_runner.cleanup()
+        if http_runner is not None:
+            await http_runner.cleanup()
         agent.store.close()
         agent.datapath.close()

@@ -32,6 +32,10 @@ class FakeDatapath:
         """Remember the endpoint as attached."""
         self.attached[endpoint.ifname] = endpoint
 
+    def has_interface(self, ifname: str) -> bool:
+        """Interfaces exist while attached."""
+        return ifname in self.attached
+
     def detach_endpoint(self, endpoint: EndpointRecord) -> None:
         """Forget the attachment."""
         self.attached.pop(endpoint.ifname, None)

@@ -118,6 +118,14 @@ class KernelDatapath:
             attach.attach_tcx(self._lxc(prog_name), endpoint.ifindex, direction,  # type: ignore[arg-type]
                               self.links_dir / f"lxc-{endpoint.ifname}-{direction}")
 
+    def has_interface(self, ifname: str) -> bool:
+        """Whether this network namespace has the interface (sysfs may show another namespace)."""
+        try:
+            socket.if_nametoindex(ifname)
+        except OSError:
+            return False
+        return True
+
     def detach_endpoint(self, endpoint: EndpointRecord) -> None:
         """Remove the endpoint's links (harmless when the veth is already gone)."""
         for direction in ("ingress", "egress"):

@@ -48,6 +48,9 @@ class Datapath(Protocol):
     def attach_endpoint(self, endpoint: EndpointRecord) -> None:
         """Attach the pod-veth programs to an endpoint's host interface."""
 
+    def has_interface(self, ifname: str) -> bool:
+        """Whether the node still has the interface (pods deleted while no agent ran have none)."""
+
     def detach_endpoint(self, endpoint: EndpointRecord) -> None:
         """Remove an endpoint's attachments (its interface may already be gone)."""
 

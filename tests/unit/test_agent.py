@@ -1,0 +1,152 @@
+"""Test the agent's control plane against the in-memory datapath (no privileges, no kernel)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from velvet.agent import Agent, AgentConfig
+from velvet.control.reconcile import ServiceKey
+from velvet.control.tables import EP_POLICY_INGRESS
+from velvet.datapath.fake import FakeDatapath
+from velvet.errors import InvalidManifest
+from velvet.model import Service
+from velvet.sources.local import StoreError
+
+MANIFEST = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec:
+  containers:
+  - name: web
+    command: ["sleep", "1000"]
+    ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+"""
+
+POLICY = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: shop}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+"""
+
+
+def make_agent(tmp_path: Path, datapath: FakeDatapath | None = None) -> tuple[Agent, FakeDatapath]:
+    """An agent with its state under tmp_path and a fake datapath, started."""
+    dp = datapath or FakeDatapath()
+    agent = Agent(AgentConfig(sandbox="unit", node_ips=("192.168.77.2",), state_dir=tmp_path), dp)
+    agent.start()
+    return agent, dp
+
+
+def run_pod(agent: Agent, ip: str = "10.244.0.10") -> None:
+    """What the kubelet does for shop/web: wire the endpoint, report it running and ready."""
+    agent.add_endpoint("shop", "web", {"ip": ip, "ifname": "vv00000001", "ifindex": 7})
+    agent.report_pod("shop", "web", {"phase": "Running", "podIP": ip,
+                                     "conditions": [{"type": "Ready", "status": "True"}]})
+
+
+def drain(agent: Agent) -> None:
+    """Apply pending store deltas the way the reconcile loop does."""
+    watch = agent.store.watch()
+    agent.reconcile()
+    watch.close()
+
+
+def apply(agent: Agent, text: str) -> list[str]:
+    """velvet apply through the agent's API method, then reconcile everything."""
+    results: list[str] = agent.apply([{"path": "m.yaml", "text": text}])["results"]
+    agent._dirty_services |= {f"{s.metadata.namespace}/{s.metadata.name}"
+                              for s in agent.store.get("services", "all")}
+    agent._policy_dirty = True
+    agent.reconcile()
+    return results
+
+
+def test_service_gets_frontend_and_the_pod_as_backend(tmp_path: Path) -> None:
+    """Test that a selector service of a ready pod becomes a frontend with that pod as its backend."""
+    agent, dp = make_agent(tmp_path)
+    apply(agent, MANIFEST)
+    run_pod(agent)
+    agent._dirty_services.add("shop/web")
+    agent.reconcile()
+    service = agent.store.get("services", "shop", "web")[0]
+    assert isinstance(service, Service)
+    assert service.spec.cluster_ip
+    cluster_ip = service.spec.cluster_ip
+    services = dp.tables["lb4_services"]
+    front = services[ServiceKey(cluster_ip, 80, 0, 6, 0)]
+    assert front.count == 1
+    slot = services[ServiceKey(cluster_ip, 80, 1, 6, 0)]
+    backend = dp.tables["lb4_backends"][slot.backend_id]
+    assert (backend.address, backend.port) == ("10.244.0.10", 8080)
+    assert [row["service"] for row in agent.query("services", {})] == ["shop/web"]
+
+
+def test_policy_isolates_the_endpoint_and_names_it(tmp_path: Path) -> None:
+    """Test that a default-deny policy sets the endpoint's ingress flag and shows in endpoint list."""
+    agent, dp = make_agent(tmp_path)
+    apply(agent, MANIFEST)
+    run_pod(agent)
+    apply(agent, POLICY)
+    entry = dp.tables["lxc_endpoints"]["10.244.0.10"]
+    assert entry.flags & EP_POLICY_INGRESS
+    rows = agent.query("endpoints", {})
+    assert rows[0]["ingress_enforcement"] == "enabled"
+    assert rows[0]["ingress_policies"] == ["shop/deny-all"]
+
+
+def test_invalid_apply_names_file_and_document_and_stores_nothing(tmp_path: Path) -> None:
+    """Test that a store-level error is reported against the file and document it came from."""
+    agent, _ = make_agent(tmp_path)
+    bad = MANIFEST + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: orphan, namespace: nowhere}\n" \
+        "spec: {containers: [{name: c, command: [sleep]}]}\n"
+    with pytest.raises(StoreError, match="nowhere"):
+        agent.apply([{"path": "m.yaml", "text": bad}])
+    assert "shop" not in [n.metadata.name for n in agent.store.get("namespaces")]
+    broken = MANIFEST.replace('command: ["sleep", "1000"]', "command: 5")
+    with pytest.raises(InvalidManifest, match=r"m.yaml: document 2: spec.containers"):
+        agent.apply([{"path": "m.yaml", "text": broken}])
+
+
+def test_restart_adopts_the_tables_and_rewrites_nothing(tmp_path: Path) -> None:
+    """Test that a restarted agent on the same state and maps finds nothing to change."""
+    agent, dp = make_agent(tmp_path)
+    apply(agent, MANIFEST)
+    run_pod(agent)
+    apply(agent, POLICY)
+    tables = {name: dict(t) for name, t in dp.tables.items()}
+    agent.store.close()
+    writes = dp.writes
+    restarted, _ = make_agent(tmp_path, dp)
+    assert dp.tables == tables
+    assert dp.writes == writes
+    assert [r.key for r in restarted.endpoint_records()] == ["shop/web"]
+    assert "vv00000001" in dp.attached
+
+
+def test_pod_gone_detaches_and_forgets_the_endpoint(tmp_path: Path) -> None:
+    """Test that the kubelet's final delete removes the endpoint from the datapath."""
+    agent, dp = make_agent(tmp_path)
+    apply(agent, MANIFEST)
+    run_pod(agent)
+    agent.reconcile()
+    agent.pod_gone("shop", "web")
+    agent.reconcile()
+    assert "vv00000001" not in dp.attached
+    assert "10.244.0.10" not in dp.tables.get("lxc_endpoints", {})
