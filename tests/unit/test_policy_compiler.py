@@ -505,12 +505,12 @@ def test_hundred_pods_hundred_policies_compile_fast() -> None:
     """Test that 100 pods x 100 policies (over 100k map entries) compile in well under a second."""
     namespaces, pods, policies = _big_world()
     compiler = PolicyCompiler(IdentityAllocator())
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: other jobs on a shared CI machine do not count
     compiler.sync(namespaces, pods, policies)
     compiled = compiler.compile({p.metadata.key: i + 1 for i, p in enumerate(pods)})
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert sum(len(ep.entries) for ep in compiled.endpoints.values()) > 100_000
-    assert elapsed < 1.0, f"compiling took {elapsed:.3f}s"
+    assert elapsed < 1.0, f"compiling took {elapsed:.3f}s of CPU"
 
 
 # --- the datapath twin --------------------------------------------------------------------------
@@ -534,6 +534,15 @@ def test_lookup_deny_beats_allow_and_unknown_sides_are_not_enforced() -> None:
     assert result.ingress == denied
     assert not result.allowed
     assert result.policies == ("ns/q",)
+
+
+def test_icmp_is_matched_by_protocol_only() -> None:
+    """Test that ICMP is looked up with port 0: allowed by an any-protocol rule, not by an any-TCP rule."""
+    any_proto = _ingress("all", sel(app="db"), _from(_pods(sel(app="web"))))
+    tcp_only = _ingress("tcp", sel(app="web"), _from(_pods(sel(app="db")), ports=[NetworkPolicyPort("TCP")]))
+    compiled, _ = _compile([any_proto, tcp_only])
+    assert trace(compiled, WEB, DB, 8, "ICMP").allowed
+    assert not trace(compiled, DB, WEB, 8, "ICMP").allowed
 
 
 def test_describe_key() -> None:

@@ -194,7 +194,7 @@ def _world(draw: st.DrawFn) -> tuple[list[Namespace], list[Pod], list[NetworkPol
     return namespaces, pods, policies
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(world=_world())
 def test_compiler_matches_reference(world: tuple[list[Namespace], list[Pod], list[NetworkPolicy]]) -> None:
     """Test that compiler + datapath lookup agree with the reference on every pair, port and protocol."""

@@ -1,7 +1,7 @@
 """The Python twin of the datapath policy lookup, for `velvet policy trace` and for tests.
 
-Algorithm (must stay identical to `lib/policy.bpf.h`), for a new connection of endpoint `ep` in
-`direction` with remote IP `r`:
+Algorithm (must stay identical to `policy_decide` in `datapath/bpf/lib/policy.h`), for a new
+connection of endpoint `ep` in `direction` with remote IP `r`:
 
 1. direction not isolated for `ep` -> allowed;
 2. label identity = longest match of `r` in `ipcache` (miss -> WORLD); CIDR identity = longest
@@ -9,7 +9,7 @@ Algorithm (must stay identical to `lib/policy.bpf.h`), for a new connection of e
 3. one LPM lookup in `policy` for each of: the label identity, the CIDR identity (skipped when equal
    to the label identity), the any-peer identity 0 — each returns the single longest-prefix entry
    for (ep, direction, identity, proto, dport), port-prefix entries before any-port entries before
-   any-protocol entries;
+   any-protocol entries (ICMP is looked up with port 0);
 4. a deny among the results -> dropped; else the first allow in that order -> allowed, naming the
    policies of its policy_id; else dropped: "isolated, nothing allowed it".
 """
@@ -34,7 +34,9 @@ from velvet.control.policy import (
 from velvet.control.portrange import PORT_BITS, mask_port
 from velvet.model import Pod, ReservedIdentity
 
-_PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
+IPPROTO_ICMP = 1
+_PROTOCOL_NUMBERS = {**PROTOCOLS, "ICMP": IPPROTO_ICMP}
+_PROTOCOL_NAMES = {number: name for name, number in _PROTOCOL_NUMBERS.items()}
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ def lookup(
     """The datapath verdict for a new connection of endpoint `ep_id` with the given remote identities."""
     endpoint = compiled.endpoints[ep_id]
     proto = _protocol_number(proto)
+    if proto == IPPROTO_ICMP:
+        port = 0  # ICMP has no ports: rules match it by protocol
     if not endpoint.isolated(direction):
         return Verdict(True, (), f"{direction.policy_type.lower()} not isolated for {endpoint.pod}")
     identities = dict.fromkeys((label_identity, cidr_identity, ANY_IDENTITY))
@@ -183,5 +187,5 @@ def _address(peer: Pod | str) -> str:
 
 
 def _protocol_number(proto: int | str) -> int:
-    """IANA protocol number of "TCP" / "UDP" / "SCTP" (or a number, unchanged)."""
-    return proto if isinstance(proto, int) else PROTOCOLS[proto.upper()]
+    """IANA protocol number of "TCP" / "UDP" / "SCTP" / "ICMP" (or a number, unchanged)."""
+    return proto if isinstance(proto, int) else _PROTOCOL_NUMBERS[proto.upper()]

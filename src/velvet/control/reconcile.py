@@ -82,6 +82,7 @@ class ServiceFlag(IntFlag):
     MAGLEV = 1 << 6
     TWO_SCOPES = 1 << 7
     LOCAL_ONLY_EXT = 1 << 8
+    LOCAL_ONLY_INT = 1 << 9
 
 
 class BackendState(IntEnum):

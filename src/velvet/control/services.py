@@ -11,9 +11,10 @@ address:nodePort plus the wildcard 0.0.0.0:nodePort (which the datapath may use 
 destination that missed an exact lookup, and whose rev-NAT address it must take from conntrack);
 externalIP:port; LB ingress IP:port. ClusterIP frontends have one scope holding the internal
 (internalTrafficPolicy) backends. The others hold the external (externalTrafficPolicy) backends in
-scope 0 and, when the two sets differ, the internal ones in scope 1, with TWO_SCOPES on both. A
-LOCAL_ONLY_EXT frontend whose scope 0 is empty while TWO_SCOPES is set has remote endpoints only:
-kube-proxy drops that traffic, while count 0 without TWO_SCOPES (no endpoint at all) is rejected.
+scope 0 and, when the two sets differ, the internal ones in scope 1, with TWO_SCOPES on both.
+LOCAL_ONLY_EXT / LOCAL_ONLY_INT mark a Local traffic policy of a service that has usable endpoints
+somewhere: an empty node-local set then means remote endpoints only, and kube-proxy drops that
+traffic; a service without any usable endpoint has neither flag and is rejected.
 Maglev tables are built from scope 0; scope 1 selects at random (Maglev is for north-south traffic).
 
 Backends (ip, port, proto) are shared by every service that uses them. lb4_backends also keeps the
@@ -70,6 +71,7 @@ _SOURCE_RANGE = int(ServiceFlag.SOURCE_RANGE)
 _MAGLEV = int(ServiceFlag.MAGLEV)
 _TWO_SCOPES = int(ServiceFlag.TWO_SCOPES)
 _LOCAL_ONLY_EXT = int(ServiceFlag.LOCAL_ONLY_EXT)
+_LOCAL_ONLY_INT = int(ServiceFlag.LOCAL_ONLY_INT)
 _EXTERNAL = _NODEPORT | _EXTERNAL_IP | _LOADBALANCER
 
 Address = tuple[str, int, int]  # (IPv4 address, port, IP protocol number) of a backend or a frontend
@@ -506,6 +508,7 @@ class ServiceCompiler:
             internal, external = orders[itp_local], orders[etp_local]
             two_scopes = _TWO_SCOPES if set(internal) != set(external) else 0
             usable = frozenset(e.backend for e in eps if e.usable)
+            local_int = _LOCAL_ONLY_INT if itp_local and usable else 0
             kinds: dict[Address, int] = {}
             for address, number, kind in self._frontend_addresses(service, port.port, port.node_port):
                 frontend = (address, number, proto)
@@ -518,10 +521,11 @@ class ServiceCompiler:
             for frontend, kind in kinds.items():
                 if kind & _EXTERNAL:
                     flags = common | kind | external_algo | two_scopes
-                    flags |= _LOCAL_ONLY_EXT if etp_local else 0
+                    flags |= (_LOCAL_ONLY_EXT if etp_local and usable else 0) | local_int
                     frontends[frontend] = _Frontend(flags, external, internal if two_scopes else None, usable)
                 else:
-                    frontends[frontend] = _Frontend(common | kind | internal_algo, internal, None, usable)
+                    flags = common | kind | internal_algo | local_int
+                    frontends[frontend] = _Frontend(flags, internal, None, usable)
         return frontends
 
     def _compile(self, key: str, previous: _Compiled, current: _Compiled) -> None:
