@@ -49,6 +49,8 @@ LB_TABLES = tuple(m.value for m in LbMap)
 RECONCILE_DEBOUNCE_SECONDS = 0.02
 EVENT_POLL_SECONDS = 0.25
 MAP_FILL_PERIOD_SECONDS = 5.0
+POLICY_AUDIT_ANNOTATION = "velvet.io/policy-audit-mode"
+"""Namespace annotation: "true" puts the namespace's endpoints in policy audit mode (report, never drop)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class Agent:
         self.policy_compiler = PolicyCompiler(self.identities)
         self.services = ServiceCompiler(config.node_name, config.node_ips)
         self.compiled_policy: CompiledPolicy | None = None
+        self.audit_namespaces: frozenset[str] = frozenset()
         self._applied: dict[str, dict[Any, Any]] = {}
         self._dirty_services: set[str] = set()
         self._policy_dirty = True
@@ -145,10 +148,11 @@ class Agent:
         """Keep backend ids and rev-NAT indexes of the pinned maps, then write only the difference."""
         current = LbState(*(self.datapath.read(t) for t in LB_TABLES))
         self.services.restore(current)
+        slices = self._slices_by_service()
         for svc in self.store.get("services", ALL_NAMESPACES):
             assert isinstance(svc, Service)
-            self.services.update(svc, self._slices_of(svc.metadata.namespace, svc.metadata.name),
-                                 svc.metadata.key)
+            delta = self.services.update(svc, slices.get(svc.metadata.key, []), svc.metadata.key)
+            self._name_services(delta, svc.metadata.namespace, svc.metadata.name)
         self._write_lb(self.services.resync(current))
         self._dirty_services.clear()
 
@@ -171,28 +175,37 @@ class Agent:
         if self._dirty_services:
             started = time.perf_counter()
             keys, self._dirty_services = self._dirty_services, set()
+            slices = self._slices_by_service()
             for key in sorted(keys):
-                self.reconcile_service(key)
+                self.reconcile_service(key, slices.get(key, []))
             self.reconcile_stats["services"] = time.perf_counter() - started
             self._observe_duration("services")
         if self._policy_dirty:
             self.reconcile_policy()
         self.reconcile_stats["passes"] += 1
 
-    def _slices_of(self, namespace: str, name: str) -> list[EndpointSlice]:
-        return [s for s in self.store.get("endpointslices", namespace)
-                if isinstance(s, EndpointSlice) and s.service_name == name]
+    def _slices_by_service(self) -> dict[str, list[EndpointSlice]]:
+        """Every EndpointSlice by its service's key, in one pass over the store (not one per service)."""
+        found: dict[str, list[EndpointSlice]] = {}
+        for eps in self.store.get("endpointslices", ALL_NAMESPACES):
+            if isinstance(eps, EndpointSlice) and eps.service_name:
+                found.setdefault(f"{eps.metadata.namespace}/{eps.service_name}", []).append(eps)
+        return found
 
-    def reconcile_service(self, key: str) -> None:
-        """Recompile one service and write its delta."""
+    def reconcile_service(self, key: str, slices: list[EndpointSlice]) -> None:
+        """Recompile one service from its object and `slices` (its EndpointSlices); write its delta."""
         namespace, name = key.split("/", 1)
         found = self.store.get("services", namespace, name)
         service = found[0] if found and isinstance(found[0], Service) else None
-        delta = self.services.update(service, self._slices_of(namespace, name), key)
+        delta = self.services.update(service, slices, key)
+        self._name_services(delta, namespace, name)
+        self._write_lb(delta)
+
+    def _name_services(self, delta: LbDelta, namespace: str, name: str) -> None:
+        """Tell flow enrichment which Service the delta's rev-NAT ids stand for (also after a restart)."""
         for front, value in delta.services.upserts.items():
             if not front.backend_slot:
                 self.resolver.set_service(value.rev_nat_index, NamedRef(namespace, name))
-        self._write_lb(delta)
 
     def _write_lb(self, delta: LbDelta) -> None:
         for batch in delta.batches():
@@ -212,6 +225,8 @@ class Agent:
         policies = [p for p in self.store.get("networkpolicies", ALL_NAMESPACES)
                     if isinstance(p, NetworkPolicy)]
         self.policy_compiler.sync(namespaces, pods, policies, host_ips=self._host_ips())
+        self.audit_namespaces = frozenset(n.metadata.name for n in namespaces
+                                          if n.metadata.annotations.get(POLICY_AUDIT_ANNOTATION) == "true")
         local = {pod.metadata.key for pod in pods}
         wired = {r.key: r.ep_id for r in self.endpoints if r.key in local}
         compiled = self.policy_compiler.compile(wired)
@@ -233,9 +248,12 @@ class Agent:
             if pod.status.pod_ip and identity is not None:
                 record = self.endpoints.get(pod.metadata.key)
                 labels = tuple(f"{k}={v}" for k, v in sorted(identity.labels.items()))
+                compiled_ep = compiled.endpoints.get(record.ep_id) if record else None
+                ingress, egress = ((compiled_ep.ingress_policies, compiled_ep.egress_policies)
+                                   if compiled_ep else ((), ()))
                 self.resolver.set_endpoint(pod.status.pod_ip, EndpointInfo(
                     pod.metadata.namespace, pod.metadata.name, labels, record.ep_id if record else 0,
-                    identity.id))
+                    identity.id, tuple(map(NamedRef.parse, ingress)), tuple(map(NamedRef.parse, egress))))
                 if record is not None and record.cgroup_id:
                     self.resolver.set_cgroup(record.cgroup_id, pod.status.pod_ip)
                 self.resolver.set_identity(identity.id, pod.metadata.namespace, identity.labels)
@@ -246,8 +264,11 @@ class Agent:
         gateway = self.config.pod_cidr.split("/")[0].rsplit(".", 1)[0] + ".1"
         return [*self.config.node_ips, gateway]
 
+    def policy_audit(self, pod_key: str) -> bool:
+        """Whether the endpoint of pod "namespace/name" reports policy drops instead of dropping."""
+        return self.config.policy_audit_mode or pod_key.split("/", 1)[0] in self.audit_namespaces
+
     def _policy_tables(self, compiled: CompiledPolicy) -> dict[str, dict[Any, Any]]:
-        audit = EP_POLICY_AUDIT if self.config.policy_audit_mode else 0
         endpoints: dict[Any, Any] = {}
         policy: dict[Any, Any] = {}
         for record in self.endpoints:
@@ -255,7 +276,8 @@ class Agent:
             if ep is None:
                 continue
             flags = (EP_POLICY_INGRESS if ep.ingress_isolated else 0) | (
-                EP_POLICY_EGRESS if ep.egress_isolated else 0) | audit
+                EP_POLICY_EGRESS if ep.egress_isolated else 0) | (
+                EP_POLICY_AUDIT if self.policy_audit(record.key) else 0)
             endpoints[record.ip] = EndpointEntry(record.ifindex, ep.identity, record.ep_id, flags)
             policy.update(ep.entries)
         return {

@@ -46,7 +46,17 @@ def status(agent: Agent) -> dict[str, Any]:
             "policy_entries": sum(len(ep.entries) for ep in compiled.endpoints.values()) if compiled else 0,
         },
         "flows": agent.flow_stats(),
+        "http": _http(agent),
     }
+
+
+def _http(agent: Agent) -> dict[str, Any] | None:
+    """Where /metrics and the service map are served (None when they are not)."""
+    address = agent.http_address
+    if address is None:
+        return None
+    return {"address": address, "netns": agent.config.metrics_netns or "agent",
+            "metrics": f"http://{address}/metrics", "ui": f"http://{address}/ui/"}
 
 
 def _service_names(agent: Agent) -> dict[tuple[str, int, int], str]:
@@ -100,13 +110,9 @@ def service_list(agent: Agent) -> list[dict[str, Any]]:
 def endpoint_list(agent: Agent) -> list[dict[str, Any]]:
     """Local endpoints with identity, IP and policy enforcement per direction, like `cilium endpoint list`."""
     compiled = agent.compiled_policy
-    enforced = "audit" if agent.config.policy_audit_mode else "enabled"
-
-    def mode(isolated: bool) -> str:
-        return enforced if isolated else "disabled"
-
     rows = []
     for record in agent.endpoint_records():
+        enforced = "audit" if agent.policy_audit(record.key) else "enabled"
         ep = compiled.endpoints.get(record.ep_id) if compiled else None
         identity = agent.identities.lookup(ep.identity) if ep else None
         rows.append({
@@ -116,8 +122,8 @@ def endpoint_list(agent: Agent) -> list[dict[str, Any]]:
             "interface": record.ifname,
             "identity": ep.identity if ep else None,
             "labels": dict(identity.labels) if identity else {},
-            "ingress_enforcement": mode(bool(ep and ep.ingress_isolated)),
-            "egress_enforcement": mode(bool(ep and ep.egress_isolated)),
+            "ingress_enforcement": enforced if ep and ep.ingress_isolated else "disabled",
+            "egress_enforcement": enforced if ep and ep.egress_isolated else "disabled",
             "ingress_policies": list(ep.ingress_policies) if ep else [],
             "egress_policies": list(ep.egress_policies) if ep else [],
         })

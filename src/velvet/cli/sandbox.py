@@ -17,6 +17,7 @@ from velvet.errors import SandboxError
 from velvet.paths import current_sandbox
 from velvet.sandbox import Node, PodRuntime, SandboxConfig, Supervisor, cleanup, exec_in_pod, spawn_detached
 from velvet.sandbox.kubelet import Kubelet, container_path
+from velvet.sandbox.linux import setns_net
 from velvet.sandbox.process import alive
 from velvet.sandbox.supervisor import write_pid
 
@@ -40,7 +41,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", cfg.sandbox, "sandbox", "node-daemon"]
         if args.policy_audit_mode:
             argv.append("--policy-audit-mode")
-        pid = spawn_detached(argv, netns=node.netns, cgroup=node.cgroup, log=cfg.names.log_file("node"))
+        # The daemon starts in the caller's netns and moves itself into the node's (see node-daemon).
+        pid = spawn_detached(argv, netns=None, cgroup=node.cgroup, log=cfg.names.log_file("node"))
         write_pid(cfg.names.pid_file("node"), pid)
     api = ApiClient(cfg.names.agent_socket, timeout=5.0)
     deadline = time.monotonic() + AGENT_START_TIMEOUT
@@ -120,13 +122,18 @@ def cmd_node_daemon(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = _config(args)
     names = cfg.names
+    # Keep the caller's (host) netns for the agent's loopback /metrics + service map, then enter the node.
+    host_netns = os.open("/proc/self/ns/net", os.O_RDONLY)
+    setns_net(names.netns_path(names.node_netns))
     agent_argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", cfg.sandbox, "agent",
                   "--cgroup", str(names.cgroup_node), "--uplink", "uplink0",
-                  "--node-ip", cfg.node_uplink_ip, "--pod-cidr", cfg.pod_cidr]
+                  "--node-ip", cfg.node_uplink_ip, "--pod-cidr", cfg.pod_cidr,
+                  "--metrics-address", f"127.0.0.1:{names.http_port}",
+                  "--metrics-netns", f"/proc/self/fd/{host_netns}"]
     if args.policy_audit_mode:
         agent_argv.append("--policy-audit-mode")
     supervisor = Supervisor(agent_argv, netns=None, cgroup=names.cgroup_node, log=names.log_file("agent"),
-                            pid_file=names.pid_file("agent"))
+                            pid_file=names.pid_file("agent"), pass_fds=(host_netns,))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

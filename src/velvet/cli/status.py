@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from velvet.cli.common import client, print_json, table
+from velvet.errors import VelvetError
 
 
 def render(status: dict[str, Any], verbose: bool = False) -> str:
@@ -32,6 +33,11 @@ def render(status: dict[str, Any], verbose: bool = False) -> str:
         lines.append(f"Flows:         {flows.get('seen', 0)} seen, {flows.get('stored', 0)} stored "
                      f"(capacity {flows.get('capacity', 0)}), {flows.get('lost', 0)} lost, "
                      f"{flows.get('rate', 0.0):.1f}/s")
+    http = status.get("http")
+    if http:
+        where = "host network namespace" if http["netns"] != "agent" else "the agent's network namespace"
+        lines.append(f"Metrics:       {http['metrics']} (loopback, {where})")
+        lines.append(f"Service map:   {http['ui']}")
     lines.append("")
     lines.append("Programs:")
     rows = [[p["name"], str(p["id"]), ", ".join(p["attached_to"]) or "-"] for p in dp["programs"]]
@@ -59,8 +65,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Print the service map's address (open it in a browser on this machine)."""
+    http = client(args.sandbox).get("/v1/status").get("http")
+    if not http:
+        raise VelvetError("the agent serves no service map (it runs with --metrics-address '')")
+    print(http["ui"])
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `velvet status`."""
+    """Add `velvet status` and `velvet ui`."""
+    ui = sub.add_parser("ui", help="print the address of the service map (a web page on loopback)")
+    ui.set_defaults(func=cmd_ui)
     p = sub.add_parser("status", help="health of the agent and the datapath")
     p.add_argument("-o", "--output", choices=["json"], default=None)
     p.add_argument("-v", "--verbose", action="store_true", help="list every kernel feature check")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from velvet.observe.codes import EventFlag
+from velvet.observe.codes import EGRESS_OBS_POINTS, DropReason, EventFlag, Verdict
 from velvet.observe.enrich import EndpointResolver, NamedRef
 from velvet.observe.flow import Endpoint, Flow
 
@@ -26,6 +26,9 @@ _HOST_ORDER = ("src_identity", "dst_identity", "policy_id", "rev_nat_index", "if
 _COLUMNS = ("ts_ns", *_NETWORK_ORDER, *_HOST_ORDER)
 _ALIASES = {"cookie": "cgroup_id"}
 _REV_NAT = int(EventFlag.REV_NAT)
+_REPLY = int(EventFlag.REPLY)
+_DROPPED = int(Verdict.DROPPED)
+_POLICY_DENIED = int(DropReason.POLICY_DENIED)
 
 
 def monotonic_to_wall_offset_ns() -> int:
@@ -90,24 +93,46 @@ class FlowDecoder:
                 ep = endpoints[(addr, identity)] = self._endpoint(addr, identity)
             return ep
 
+        def caller(cgroup_id: int) -> int:
+            addr = callers.get(cgroup_id)
+            if addr is None:
+                addr = callers[cgroup_id] = resolver.by_cgroup(cgroup_id) or 0
+            return addr
+
+        callers: dict[int, int] = {}
         flows: list[Flow] = []
         append = flows.append
         for (ts, saddr, daddr, odaddr, sport, dport, odport, sid, did, pid, rni, ifx, nbytes, reason, typ,
              obs, proto, tcpf, verdict, flags, cookie) in zip(*(c[name] for name in _COLUMNS), strict=True):
+            if not saddr and cookie:
+                # A socket event: connect()/sendmsg() has no source address yet; the caller's pod has one.
+                saddr = caller(cookie)
             if rni not in services:
                 services[rni] = resolver.service(rni)
             if pid not in policies:
                 policies[pid] = resolver.policies(pid)
+            named = policies[pid]
+            if verdict == _DROPPED and reason == _POLICY_DENIED and not pid:
+                # Nothing allowed it: name the policies that isolate the endpoint enforcing the drop.
+                named = self._isolating(saddr, daddr, obs, flags)
             service = services[rni]
             rev_nat = flags & _REV_NAT
             # Positional, in field order: a frozen dataclass's keyword __init__ costs 3x more per record.
             append(Flow(
                 ts, typ, obs, verdict, reason, proto, tcpf, ip(saddr), ip(daddr), sport, dport,
                 endpoint(saddr, sid), endpoint(daddr, did),
-                service if rev_nat else None, None if rev_nat else service, policies[pid],
+                service if rev_nat else None, None if rev_nat else service, named,
                 ip(odaddr), odport, rni, pid, ifx, nbytes, flags, cookie, node,
             ))
         return flows
+
+    def _isolating(self, saddr: int, daddr: int, obs: int, flags: int) -> tuple[NamedRef, ...]:
+        """The policies isolating, for the connection's direction, the endpoint where a packet was dropped."""
+        leaving = obs in EGRESS_OBS_POINTS
+        info = self.resolver.by_ip(saddr if leaving else daddr)
+        if info is None:
+            return ()
+        return info.egress_isolated_by if leaving != bool(flags & _REPLY) else info.ingress_isolated_by
 
     def _endpoint(self, addr: int, identity: int) -> Endpoint:
         """Endpoint from the IP's endpoint first (it names the pod), then from the identity."""
@@ -115,7 +140,7 @@ class FlowDecoder:
         by_id = self.resolver.by_identity(identity) if identity else None
         labels = (by_ip.labels if by_ip else ()) or (by_id.labels if by_id else ())
         return Endpoint(
-            identity=identity,
+            identity=identity or (by_ip.identity if by_ip else 0),
             namespace=(by_ip.namespace if by_ip else "") or (by_id.namespace if by_id else ""),
             pod_name=by_ip.pod_name if by_ip else "",
             labels=labels,

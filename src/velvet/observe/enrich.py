@@ -12,12 +12,17 @@ from velvet.observe.codes import RESERVED_IDENTITY_NAMES
 
 @dataclass(frozen=True, slots=True)
 class EndpointInfo:
-    """What the agent knows of an endpoint: namespace, pod, labels ("k8s:app=web") and endpoint id."""
+    """What the agent knows of an endpoint: namespace, pod, labels ("k8s:app=web"), endpoint id, identity."""
 
     namespace: str = ""
     pod_name: str = ""
     labels: tuple[str, ...] = ()
     endpoint_id: int = 0
+    identity: int = 0
+    ingress_isolated_by: tuple[NamedRef, ...] = ()
+    """The NetworkPolicies that isolate the endpoint for ingress (they name its policy drops)."""
+    egress_isolated_by: tuple[NamedRef, ...] = ()
+    """The NetworkPolicies that isolate the endpoint for egress."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,13 @@ class EndpointResolver(Protocol):
         """Namespace and labels of a security identity (no pod: many pods share one identity)."""
         ...
 
+    def by_cgroup(self, cgroup_id: int) -> int | None:
+        """The IPv4 address (host-order int) of the pod whose cgroup has this id, if any.
+
+        Socket events carry the caller's cgroup id but no source address (connect() has not bound one).
+        """
+        ...
+
     def service(self, rev_nat_index: int) -> NamedRef | None:
         """The Service a reverse-NAT id belongs to."""
         ...
@@ -71,6 +83,7 @@ class DictResolver:
             for ident, name in RESERVED_IDENTITY_NAMES.items()
         }
         self._services: dict[int, NamedRef] = {}
+        self._cgroups: dict[int, int] = {}
         self._policies: dict[int, tuple[NamedRef, ...]] = {}
 
     def set_endpoint(self, ip: str | int, info: EndpointInfo) -> None:
@@ -80,6 +93,14 @@ class DictResolver:
     def remove_endpoint(self, ip: str | int) -> None:
         """Forget the endpoint of `ip`."""
         self._by_ip.pop(_ip_key(ip), None)
+
+    def set_cgroup(self, cgroup_id: int, ip: str | int) -> None:
+        """Record that processes in cgroup `cgroup_id` are the pod with address `ip`."""
+        self._cgroups[cgroup_id] = _ip_key(ip)
+
+    def remove_cgroup(self, cgroup_id: int) -> None:
+        """Forget a pod cgroup."""
+        self._cgroups.pop(cgroup_id, None)
 
     def set_identity(self, identity: int, namespace: str, labels: Mapping[str, str] | Iterable[str]) -> None:
         """Record an identity's labels: a mapping ("k8s:app" -> "web") or "k8s:app=web" strings."""
@@ -114,6 +135,10 @@ class DictResolver:
     def by_identity(self, identity: int) -> EndpointInfo | None:
         """See `EndpointResolver.by_identity`."""
         return self._by_identity.get(identity)
+
+    def by_cgroup(self, cgroup_id: int) -> int | None:
+        """See `EndpointResolver.by_cgroup`."""
+        return self._cgroups.get(cgroup_id)
 
     def service(self, rev_nat_index: int) -> NamedRef | None:
         """See `EndpointResolver.service`."""

@@ -28,6 +28,7 @@ NETNS_DIR = Path("/run/netns")
 BPFFS_ROOT = Path("/sys/fs/bpf")
 STATE_ROOT = Path("/var/lib/velvet")
 RUN_ROOT = Path("/run/velvet")
+DEFAULT_HTTP_PORT = 9962
 
 NODE_HOST_IF = "velvet_host"
 NODE_NET_IF = "velvet_net"
@@ -168,6 +169,17 @@ class SandboxNames:
     def run_dir(self) -> Path:
         """Runtime files: agent API socket, pid files."""
         return self.run_root / self.sandbox
+
+    @property
+    def http_port(self) -> int:
+        """Loopback port of the agent's /metrics and service map: 9962 for "default", else 10000-29999.
+
+        Derived from the name so that sandboxes side by side do not collide (the agent moves to a free
+        port if it is taken anyway, and reports the port it got).
+        """
+        if self.sandbox == DEFAULT_SANDBOX:
+            return DEFAULT_HTTP_PORT
+        return 10000 + int(hashlib.sha256(self.sandbox.encode()).hexdigest()[:8], 16) % 20000
 
     @property
     def agent_socket(self) -> Path:

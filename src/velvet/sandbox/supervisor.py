@@ -41,12 +41,17 @@ class Supervisor:
         log: Path,
         pid_file: Path,
         env: Mapping[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
         min_backoff: float = 0.5,
         max_backoff: float = 5.0,
         stable_after: float = 10.0,
     ) -> None:
-        """Configure; nothing runs before `start()`. A run longer than `stable_after` resets the backoff."""
+        """Configure; nothing runs before `start()`. A run longer than `stable_after` resets the backoff.
+
+        `pass_fds` stay open in the daemon under the same numbers (e.g. a namespace it needs).
+        """
         self.argv = list(argv)
+        self.pass_fds = tuple(pass_fds)
         self.netns = netns
         self.cgroup = cgroup
         self.log = log
@@ -119,6 +124,7 @@ class Supervisor:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=self.env,
+                pass_fds=self.pass_fds,
                 start_new_session=True,
                 preexec_fn=process.enter(self.netns, self.cgroup),
             )
