@@ -1,32 +1,80 @@
-"""`velvet demo`: bring up a sandbox, show Velvet at work on real traffic, and tear everything down."""
+"""`velvet demo`: the Star Wars scenario on a sandbox node, narrated, then nothing left behind.
+
+It shows the deathstar Service spreading tiefighter's requests over both backends, xwing dropped by
+a NetworkPolicy and that drop in the flow log (verdict, reason, isolating policy), `policy trace`,
+the service and endpoint tables and `velvet status`. Ctrl-C (or SIGTERM) tears the sandbox down too.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from velvet.errors import VelvetError
 
 DEMO_SANDBOX = "demo"
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+SCENARIO = Path(__file__).resolve().parents[3] / "examples" / "starwars"
+NAMESPACE = "empire"
+PODS = ("deathstar-1", "deathstar-2", "tiefighter", "xwing")
+BACKENDS = ("deathstar-1", "deathstar-2")
+SERVICE = "deathstar"
+REQUESTS = 20
 READY_TIMEOUT = 90.0
+FLOW_TIMEOUT = 10.0
+SHOWN_ANSWERS = 4
+DROP_FIELDS = ("verdict", "drop_reason_desc", "traffic_direction")
+INTERRUPTED_EXIT = 130
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: stop the show and clean up."""
+
+
+@dataclass
+class Findings:
+    """What the demo saw; the test (and `--json-summary`) check these."""
+
+    sandbox: str
+    backends: dict[str, int] = field(default_factory=dict)
+    tiefighter_failures: int = 0
+    xwing_landed: bool | None = None
+    xwing_drop: dict[str, Any] = field(default_factory=dict)
+    trace_verdict: str = ""
+    service_map: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Everything the demo shows happened as it should."""
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """The findings and the overall outcome."""
+        return {"sandbox": self.sandbox, "backends": self.backends, "requests": REQUESTS,
+                "tiefighter_failures": self.tiefighter_failures, "xwing_landed": self.xwing_landed,
+                "xwing_drop": self.xwing_drop, "trace_verdict": self.trace_verdict,
+                "service_map": self.service_map, "problems": self.problems, "passed": self.passed}
 
 
 class Demo:
     """Runs `velvet` commands against the demo sandbox, narrating as it goes."""
 
-    def __init__(self, sandbox: str, quiet: bool = False) -> None:
+    def __init__(self, sandbox: str) -> None:
         self.sandbox = sandbox
-        self.quiet = quiet
 
-    def say(self, text: str) -> None:
-        """One line of narration."""
-        print(f"\n==> {text}", flush=True)
+    def say(self, *lines: str) -> None:
+        """A few lines of narration."""
+        print("\n" + "\n".join(f"==> {line}" if i == 0 else f"    {line}" for i, line in enumerate(lines)),
+              flush=True)
 
     def velvet(self, *args: str, check: bool = True, show: bool = True) -> subprocess.CompletedProcess[str]:
         """Run one velvet command as a user would type it; show it and its output."""
@@ -43,78 +91,196 @@ class Demo:
 
     def json(self, *args: str) -> Any:
         """A velvet command's JSON output."""
-        return json.loads(self.velvet(*args, show=False).stdout)
+        return json.loads(self.velvet(*args, "-o", "json", show=False).stdout)
 
-    def wait_ready(self, count: int) -> list[dict[str, Any]]:
-        """Wait until `count` pods are Running and Ready."""
+    def exec_lines(self, pod: str, *argv: str) -> list[str]:
+        """Run a command in a pod (shown as typed); its output lines."""
+        args = ("sandbox", "exec", f"{NAMESPACE}/{pod}", "--", *argv)
+        print(f"$ velvet {' '.join(args)}", flush=True)
+        return self.velvet(*args, check=False, show=False).stdout.splitlines()
+
+    def wait_ready(self) -> None:
+        """Wait until the scenario's pods are Running and Ready."""
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
-            pods = self.json("get", "pods", "-A", "-o", "json")["items"]
-            ready = [p for p in pods if any(c["type"] == "Ready" and c["status"] == "True"
-                                            for c in p.get("status", {}).get("conditions", []))]
-            if len(ready) >= count:
-                return ready
+            pods = self.json("get", "pods", "-n", NAMESPACE)["items"]
+            ready = {p["metadata"]["name"] for p in pods
+                     if any(c["type"] == "Ready" and c["status"] == "True"
+                            for c in p.get("status", {}).get("conditions", []))}
+            if ready >= set(PODS):
+                return
             if time.monotonic() > deadline:
-                raise VelvetError(f"only {len(ready)} of {count} pods became ready in {READY_TIMEOUT:.0f}s")
-            time.sleep(0.5)
+                raise VelvetError(f"pods not ready after {READY_TIMEOUT:.0f}s: {sorted(set(PODS) - ready)}")
+            time.sleep(0.3)
 
-    def query(self, pod: str, url: str) -> str | None:
-        """Ask the echo server at `url` from inside `pod`; its answer, or None when it failed."""
-        done = self.velvet("sandbox", "exec", pod, "--", "python3", "-m", "velvet.sandbox.echo",
-                           "--query", url, "--timeout", "2", check=False, show=False)
-        return done.stdout.strip() if done.returncode == 0 else None
+    def cluster_ip(self) -> str:
+        """The deathstar Service's ClusterIP."""
+        services = self.json("get", "svc", "-n", NAMESPACE)["items"]
+        found = [s["spec"]["clusterIP"] for s in services if s["metadata"]["name"] == SERVICE]
+        if not found:
+            raise VelvetError(f"service {NAMESPACE}/{SERVICE} not found")
+        return str(found[0])
+
+    def xwing_drop(self) -> dict[str, Any] | None:
+        """The latest recorded drop of xwing's traffic to the deathstar pods, once the agent has it."""
+        deadline = time.monotonic() + FLOW_TIMEOUT
+        while True:
+            done = self.velvet("observe", *_XWING_DROPS, "--last", "1", "-o", "json", show=False)
+            lines = done.stdout.splitlines()
+            if lines:
+                flow: dict[str, Any] = json.loads(lines[-1])
+                return flow
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.3)
 
 
-def connectivity_matrix(demo: Demo, pods: list[dict[str, Any]]) -> int:
-    """Every pod to every other pod over TCP and UDP; prints a matrix and returns the failures."""
-    names = [f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in pods]
-    ips = [p["status"]["podIP"] for p in pods]
-    failures = 0
-    width = max(len(n) for n in names)
-    corner = "from / to"
-    print(f"{corner:<{width}}  " + "  ".join(f"{n:<{width}}" for n in names))
-    for src in names:
-        cells = []
-        for ip in ips:
-            tcp = demo.query(src, f"tcp://{ip}:8080") is not None
-            udp = demo.query(src, f"udp://{ip}:8081") is not None
-            failures += (not tcp) + (not udp)
-            cells.append(f"{'tcp ok' if tcp else 'TCP FAIL'} {'udp ok' if udp else 'UDP FAIL'}")
-        print(f"{src:<{width}}  " + "  ".join(f"{c:<{width}}" for c in cells), flush=True)
-    return failures
+_XWING_DROPS = ("--verdict", "DROPPED", "--type", "drop", "--from-pod", f"{NAMESPACE}/xwing",
+                "--to-pod", f"{NAMESPACE}/deathstar")
+
+
+def landing(demo: Demo, found: Findings, url: str) -> None:
+    """Tiefighter lands many times (spread over both backends); xwing is turned away."""
+    demo.say(f"Load balancing: tiefighter (org=empire) asks to land {REQUESTS} times, from one process,",
+             f"each request a new connection to the deathstar Service {url.split('/')[2]}. The socket",
+             "load balancer picks a backend at connect(); each answer names the backend pod.")
+    answers = demo.exec_lines("tiefighter", "python3", "-m", "velvet.connectivity.httpget",
+                              "--count", str(REQUESTS), url)
+    for line in answers[:SHOWN_ANSWERS]:
+        print(line)
+    if len(answers) > SHOWN_ANSWERS:
+        print(f"... ({len(answers) - SHOWN_ANSWERS} more)")
+    counts = Counter(line.split()[0] for line in answers if line and not line.startswith("error:"))
+    found.backends = {name: counts.get(name, 0) for name in BACKENDS}
+    found.tiefighter_failures = REQUESTS - sum(counts.values())
+    print("answers per backend: " + ", ".join(f"{n} {c}/{REQUESTS}" for n, c in found.backends.items()))
+    if found.tiefighter_failures:
+        found.problems.append(f"{found.tiefighter_failures} of tiefighter's requests failed")
+    if not all(found.backends.values()):
+        found.problems.append(f"the service did not spread requests over both backends: {found.backends}")
+
+    demo.say("Policy: empire/empire-only lets only org=empire reach class=deathstar on TCP 80.",
+             "xwing (org=alliance) tries to land; the deathstar pods' veth programs drop its SYN.")
+    answer = demo.exec_lines("xwing", "python3", "-m", "velvet.connectivity.httpget", "--timeout", "2", url)
+    print("\n".join(answer))
+    found.xwing_landed = bool(answer) and not answer[0].startswith("error:")
+    if found.xwing_landed:
+        found.problems.append("xwing landed on the deathstar: the policy did not drop it")
+
+
+def drop_seen(demo: Demo, found: Findings) -> None:
+    """The drop as the flow log records it: verdict, reason and the policy that isolated the pod."""
+    demo.say("The flow log recorded the drop: the verdict, the reason, and the NetworkPolicy that",
+             "isolated the deathstar pods (nothing in it allowed org=alliance).")
+    flow = demo.xwing_drop()
+    demo.velvet("observe", *_XWING_DROPS, "--last", "2")
+    if flow is None:
+        found.problems.append("no drop of xwing's traffic was recorded")
+        return
+    policies = [f"{p['namespace']}/{p['name']}" for p in flow.get("ingress_denied_by", [])]
+    found.xwing_drop = {**{k: flow.get(k) for k in DROP_FIELDS}, "policies": policies,
+                        "destination": flow.get("destination", {}).get("pod_name")}
+    print(f"$ velvet observe {' '.join(_XWING_DROPS)} --last 1 -o json   (fields of the flow)")
+    for key in DROP_FIELDS:
+        print(f"  {key + ':':<19}{flow.get(key)}")
+    print(f"  {'ingress_denied_by:':<19}{', '.join(policies) or '-'}")
+    if flow.get("drop_reason_desc") != "POLICY_DENIED" or f"{NAMESPACE}/empire-only" not in policies:
+        found.problems.append(f"the recorded drop does not name POLICY_DENIED by {NAMESPACE}/empire-only")
+
+
+def agent_view(demo: Demo, found: Findings) -> None:
+    """Policy trace, the service and endpoint tables, and the agent's status."""
+    demo.say("Ask the agent why, without sending a packet: `policy trace` runs the datapath's lookup.")
+    done = demo.velvet("policy", "trace", "--from", f"{NAMESPACE}/xwing", "--to", f"{NAMESPACE}/deathstar-1",
+                       "--port", "80/tcp", check=False)
+    found.trace_verdict = "DENIED" if "Final verdict: DENIED" in done.stdout else done.stdout.strip()[-40:]
+    if found.trace_verdict != "DENIED":
+        found.problems.append("policy trace did not say DENIED for xwing")
+    demo.velvet("policy", "trace", "--from", f"{NAMESPACE}/tiefighter", "--to", f"{NAMESPACE}/deathstar-1",
+                "--port", "80/tcp", check=False)
+    demo.say("The service as the datapath holds it (lb4 maps), and the endpoints with their identities",
+             "and policy enforcement (the deathstar pods enforce ingress policy).")
+    demo.velvet("service", "list")
+    demo.velvet("endpoint", "list")
+    demo.say("The agent and the kernel: programs, where they are attached, maps and how full.")
+    demo.velvet("status")
+
+
+def show(demo: Demo, found: Findings) -> None:
+    """The whole scenario, narrated."""
+    demo.say(f"Bringing up sandbox node {demo.sandbox!r}: network namespaces and cgroups on this machine",
+             "(no route leaves it), with the Velvet agent and its eBPF programs.")
+    demo.velvet("sandbox", "up")
+    scenario = SCENARIO.relative_to(SCENARIO.parents[1])
+    demo.say(f"Applying {scenario}: the deathstar Service with two backends,",
+             "a tiefighter (org=empire), an xwing (org=alliance) and the NetworkPolicy empire-only.")
+    demo.velvet("apply", "-f", str(SCENARIO))
+    demo.wait_ready()
+    demo.velvet("get", "pods", "-n", NAMESPACE, "-o", "wide")
+    demo.velvet("get", "svc", "-n", NAMESPACE)
+    found.service_map = (demo.json("status").get("http") or {}).get("ui")
+    if found.service_map:
+        demo.say(f"Service map (a live web page on this machine's loopback): {found.service_map}",
+                 "Open it now to watch the flows below; it is up while the sandbox runs.")
+    landing(demo, found, f"http://{demo.cluster_ip()}/v1/request-landing")
+    drop_seen(demo, found)
+    agent_view(demo, found)
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def teardown(demo: Demo) -> bool:
+    """Remove the sandbox (whether it worked); a second Ctrl-C does not stop the cleanup."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    demo.say("Tearing the sandbox down: pods, namespaces, cgroups, pinned maps, programs.")
+    argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", demo.sandbox, "sandbox", "down"]
+    # Its own session: a Ctrl-C at the terminal reaches neither it nor what it stops.
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, start_new_session=True)
+    print((done.stdout or done.stderr).strip(), flush=True)
+    return done.returncode == 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The foundation demo: pods in two namespaces reaching each other through the eBPF datapath."""
+    """The Star Wars demo: services, policy and flows on real traffic, then nothing left behind."""
     demo = Demo(args.sandbox or DEMO_SANDBOX)
-    failures = 0
+    found = Findings(demo.sandbox)
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    interrupted = False
     try:
-        demo.say("Bringing up a sandbox node (network namespaces, no route off this machine) with its agent")
-        demo.velvet("sandbox", "up")
-        demo.say("Applying two namespaces with two echo pods each and a service per namespace")
-        demo.velvet("apply", "-f", str(EXAMPLES / "echo"))
-        pods = demo.wait_ready(4)
-        demo.velvet("get", "pods", "-A", "-o", "wide")
-        demo.say("Every pod reaches every other pod over TCP and UDP, through the pod-veth programs")
-        failures = connectivity_matrix(demo, pods)
-        demo.say("What the agent and the kernel say")
-        demo.velvet("status")
-        print(f"\nDemo {'passed' if not failures else f'FAILED ({failures} probes failed)'}.")
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        failures = 1
+        show(demo, found)
+    except Interrupted as exc:
+        interrupted = True
+        found.problems.append(f"interrupted ({exc})")
+        print(f"\ninterrupted ({exc}): cleaning up", file=sys.stderr, flush=True)
+    except VelvetError as exc:
+        found.problems.append(str(exc))
+        print(f"\nError: {exc}", file=sys.stderr, flush=True)
     finally:
-        if args.keep:
-            print(f"\nThe sandbox stays up. Explore with VELVET_SANDBOX={demo.sandbox} velvet status; "
-                  f"tear it down with: velvet --sandbox {demo.sandbox} sandbox down")
-        else:
-            demo.say("Tearing the sandbox down")
-            demo.velvet("sandbox", "down", check=False)
-    return 1 if failures else 0
+        if args.keep and not interrupted:
+            where = f"; service map: {found.service_map}" if found.service_map else ""
+            print(f"\nThe sandbox stays up for exploring, e.g.: velvet --sandbox {demo.sandbox} observe -f"
+                  f"{where}\nTear it down with: velvet --sandbox {demo.sandbox} sandbox down", flush=True)
+        elif not teardown(demo):
+            found.problems.append(f"`velvet --sandbox {demo.sandbox} sandbox down` failed")
+    if args.json_summary:
+        args.json_summary.write_text(json.dumps(found.to_json(), indent=2) + "\n")
+    elapsed = f"({time.monotonic() - started:.0f}s)"
+    if interrupted:
+        print(f"\nDemo {'; '.join(found.problems)} {elapsed}.", flush=True)
+        return INTERRUPTED_EXIT
+    outcome = "passed" if found.passed else "FAILED: " + "; ".join(found.problems)
+    print(f"\nDemo {outcome} {elapsed}.", flush=True)
+    return 0 if found.passed else 1
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `velvet demo`."""
-    p = sub.add_parser("demo", help="show Velvet at work in a sandbox, then clean up")
+    p = sub.add_parser("demo", help="show Velvet at work in a sandbox (Star Wars scenario), then clean up")
     p.add_argument("--keep", action="store_true", help="leave the sandbox up for exploring")
+    p.add_argument("--json-summary", type=Path, metavar="FILE", help="also write what the demo saw as JSON")
     p.set_defaults(func=cmd_demo)

@@ -11,7 +11,7 @@ from velvet.errors import VelvetError
 
 def build_parser() -> argparse.ArgumentParser:
     """Every subcommand, registered by the module that implements it."""
-    from velvet.cli import agent_cmd, demo, inspect, objects, observe, sandbox, status
+    from velvet.cli import agent_cmd, connectivity, demo, inspect, objects, observe, sandbox, status
 
     parser = argparse.ArgumentParser(prog="velvet", description="eBPF networking, observability and security")
     parser.add_argument("--sandbox", default=None, help="sandbox (default: $VELVET_SANDBOX or default)")
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     observe.add_monitor_parser(sub)
     sandbox.register(sub)
     demo.register(sub)
+    connectivity.register(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""`velvet connectivity test`: a suite of real-traffic checks in a sandbox, and its pod-side helpers."""
