@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
 from velvet.errors import InvalidManifest
 from velvet.model import KubeObject
 from velvet.model.codec import parse_documents
+
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when built
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class Origin:
 def _origins(text: str, path: str) -> list[Origin]:
     """One origin per object parse_documents yields (empty documents skipped, Lists flattened)."""
     origins: list[Origin] = []
-    for index, doc in enumerate(yaml.safe_load_all(text), start=1):
+    for index, doc in enumerate(yaml.load_all(text, Loader=_LOADER), start=1):
         if doc is None:
             continue
         count = len(doc.get("items") or []) if isinstance(doc, dict) and doc.get("kind") == "List" else 1

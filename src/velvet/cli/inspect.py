@@ -113,9 +113,15 @@ def cmd_bpf(args: argparse.Namespace) -> int:
         return 0
     for name, entries in dumps.items():
         print(f"{name} ({len(entries)} entries)")
-        for entry in entries:
+        for entry in sorted(entries, key=_order):
             print(f"  {_flat(entry['key'])} => {_flat(entry['value'])}")
     return 0
+
+
+def _order(entry: dict[str, Any]) -> tuple[Any, ...]:
+    """Sort key of a map entry: its key's fields in order (one map's keys all have the same shape)."""
+    key = entry["key"]
+    return tuple(key.values()) if isinstance(key, dict) else (key,)
 
 
 def _flat(value: Any) -> str:

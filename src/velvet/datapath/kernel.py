@@ -20,7 +20,7 @@ from velvet.datapath.bpfobject import BpfObject, Program
 from velvet.datapath.codecs import CODECS, encode_items
 from velvet.datapath.maps import Map
 from velvet.datapath.protocol import DatapathStatus, MapStatus, ProgramStatus
-from velvet.datapath.structs import MetricReason
+from velvet.datapath.structs import BE32, MetricReason
 from velvet.datapath.views import Views, open_views
 from velvet.errors import DatapathError
 
@@ -221,13 +221,19 @@ class KernelDatapath:
 
 
 def _fields(value: Any) -> Any:
-    """A ctypes value as plain data: structures as dicts, arrays as lists, scalars as ints."""
+    """A ctypes value as plain data: structures as dicts, arrays as lists, IPv4 addresses (every __be32
+    field) dotted, other scalars as ints."""
     if hasattr(value, "_fields_"):
-        names = [field[0] for field in value._fields_ if not field[0].startswith("pad")]
-        return {name: _fields(getattr(value, name)) for name in names}
-    if hasattr(value, "_length_"):
+        fields = [(f[0], f[1], getattr(value, f[0])) for f in value._fields_ if not f[0].startswith("pad")]
+        return {name: _address(v) if kind is BE32 else _fields(v) for name, kind, v in fields}
+    if hasattr(value, "_length_") or isinstance(value, list | tuple):  # arrays, per-CPU values
         return [_fields(v) for v in value]
     return getattr(value, "value", value)
+
+
+def _address(value: int) -> str:
+    """A __be32 field's value (as ctypes reads it) in dotted-decimal form."""
+    return socket.inet_ntoa(value.to_bytes(4, "big"))
 
 
 def _ifnames() -> dict[int, str]:

@@ -65,6 +65,7 @@ class _UDPHandler(socketserver.BaseRequestHandler):
 class _TCPServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    request_queue_size = 128  # socketserver's default backlog of 5 drops SYNs of concurrent clients
 
 
 def serve(tcp: int | None, udp: int | None, mode: str, host: str = "0.0.0.0") -> None:

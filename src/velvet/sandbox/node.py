@@ -19,8 +19,9 @@ Layout inside `velvet-<sb>-node` (net.ipv4.ip_forward=1 here only; rp_filter off
   `velvet_host`, where a tc egress program can translate it; untranslated, it is dropped,
   so a VIP never leaks anywhere else. The source 10.244.0.1 is reachable from every pod.
 - `uplink0` 192.168.77.2/24, a veth to `eth0` 192.168.77.1/24 in `velvet-<sb>-ext`, the external
-  client, which routes the pod CIDR and the service CIDR via 192.168.77.2 (NodePorts, ExternalIPs).
-  The node has no default route: nothing leaves the machine.
+  client, which routes the pod CIDR, the service CIDR and everything else (its default route: the
+  ExternalIPs and LoadBalancer IPs that the node serves are addresses of no interface) via
+  192.168.77.2. The node has no default route: nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def _ext_has_uplink(names: SandboxNames) -> bool:
 
 
 def _wire_ext(cfg: SandboxConfig, names: SandboxNames) -> None:
-    """Inside the external client: lo, eth0 and routes to the pod and service CIDRs via the node."""
+    """Inside the external client: lo, eth0, routes to the pod and service CIDRs and a default via the node."""
     with netlink.ipr(names.ext_netns) as ipr:
         netlink.set_up(ipr, "lo")
         eth = netlink.require_ifindex(ipr, EXT_UPLINK_IF)
@@ -170,3 +171,4 @@ def _wire_ext(cfg: SandboxConfig, names: SandboxNames) -> None:
             netlink.replace_route(
                 ipr, dst=str(net.network_address), dst_len=net.prefixlen, gateway=cfg.node_uplink_ip
             )
+        netlink.replace_route(ipr, dst="0.0.0.0", dst_len=0, gateway=cfg.node_uplink_ip)

@@ -181,9 +181,13 @@ class LocalStore:
         """Objects of `kind` (any kubectl name) in `namespace` (None = "default", "all" = every one)."""
         info = _resolve(kind)
         ns = (namespace or "default") if info.namespaced else ""
-        found = [o for k, o in sorted(self._objects.items())
-                 if k[0] == info.kind and (ns == ALL_NAMESPACES or k[1] == ns)
-                 and (name is None or k[2] == name)]
+        if name is not None and ns != ALL_NAMESPACES:
+            one = self._objects.get((info.kind, ns, name))
+            found = [one] if one is not None else []
+        else:
+            keys = sorted(k for k in self._objects if k[0] == info.kind and ns in (ALL_NAMESPACES, k[1])
+                          and name in (None, k[2]))
+            found = [self._objects[k] for k in keys]
         if name is not None and not found:
             raise StoreError("NotFound", f'{info.plural} "{name}" not found')
         return found
@@ -373,7 +377,7 @@ class LocalStore:
         data = {"version": self._version, "objects": [to_dict(o) for o in self.snapshot()]}
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         with tmp.open("w") as out:
-            json.dump(data, out, indent=1, sort_keys=True)
+            out.write(json.dumps(data, sort_keys=True))  # one-shot: the C encoder (json.dump is pure Python)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.state_file)

@@ -73,10 +73,14 @@ static __always_inline struct lb4_service *lb4_lookup_service(struct lb4_key *ke
 	return svc;
 }
 
-/* Drop reason for a frontend without backends: local-only scopes drop, others reject. */
+/*
+ * Drop reason for a frontend without backends: local-only scopes drop, others reject. The
+ * internal scope, and the only scope of a ClusterIP frontend, serve internal clients (iTP).
+ */
 static __always_inline __u16 lb4_no_backend_reason(const struct lb4_key *key, const struct lb4_service *svc)
 {
-	__u16 local = key->scope == LB_SCOPE_INT ? SVC_LOCAL_ONLY_INT : SVC_LOCAL_ONLY_EXT;
+	bool internal = key->scope == LB_SCOPE_INT || (svc->flags & SVC_CLUSTERIP);
+	__u16 local = internal ? SVC_LOCAL_ONLY_INT : SVC_LOCAL_ONLY_EXT;
 
 	return (svc->flags & local) ? DROP_NO_LOCAL_BACKEND : DROP_NO_SERVICE_BACKEND;
 }
