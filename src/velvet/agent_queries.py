@@ -7,8 +7,9 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from velvet.control.policy_lookup import describe_key, trace
-from velvet.control.reconcile import BackendState, Proto, ServiceFlag
+from velvet.control.reconcile import Proto
 from velvet.datapath import features
+from velvet.datapath.structs import BackendState, SvcFlag
 from velvet.model import NetworkPolicy, Pod, Service
 from velvet.sources.local import ALL_NAMESPACES
 
@@ -16,8 +17,8 @@ if TYPE_CHECKING:
     from velvet.agent import Agent
 
 PROTO_NAMES = {int(p): p.name for p in Proto}
-FLAG_NAMES = [(ServiceFlag.CLUSTERIP, "ClusterIP"), (ServiceFlag.NODEPORT, "NodePort"),
-              (ServiceFlag.EXTERNAL_IP, "ExternalIPs"), (ServiceFlag.LOADBALANCER, "LoadBalancer")]
+FLAG_NAMES = [(SvcFlag.CLUSTERIP, "ClusterIP"), (SvcFlag.NODEPORT, "NodePort"),
+              (SvcFlag.EXTERNAL_IP, "ExternalIPs"), (SvcFlag.LOADBALANCER, "LoadBalancer")]
 
 
 def status(agent: Agent) -> dict[str, Any]:
@@ -100,8 +101,8 @@ def service_list(agent: Agent) -> list[dict[str, Any]]:
             "scope": "internal" if key.scope else "external",
             "service": names.get((key.address, key.dport, key.proto))
             or names.get(("*", key.dport, key.proto), ""),
-            "flags": [f.name for f in ServiceFlag if value.flags & f and f not in dict(FLAG_NAMES)],
-            "session_affinity_timeout": value.affinity_timeout if value.flags & ServiceFlag.AFFINITY else 0,
+            "flags": [f.name for f in SvcFlag if value.flags & f and f not in dict(FLAG_NAMES)],
+            "session_affinity_timeout": value.affinity_timeout if value.flags & SvcFlag.AFFINITY else 0,
             "backends": backends,
         })
     return rows

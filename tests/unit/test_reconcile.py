@@ -16,8 +16,6 @@ from velvet.control.reconcile import (
     LbState,
     MapPlan,
     RevNatValue,
-    Scope,
-    ServiceFlag,
     ServiceKey,
     ServiceValue,
     UpsertBatch,
@@ -26,6 +24,7 @@ from velvet.control.reconcile import (
     plan,
 )
 from velvet.control.services import ServiceCompiler
+from velvet.datapath.structs import LbScope, SvcFlag
 from velvet.model.meta import ObjectMeta
 from velvet.model.service import (
     SERVICE_NAME_LABEL,
@@ -90,14 +89,14 @@ def test_lb_delta_is_the_difference_of_every_map() -> None:
 
 def test_batches_write_what_frontends_point_to_first_and_delete_it_last() -> None:
     """Backends, rev-NAT, Maglev, source ranges, slots, frontends (internal scope first); deletes reversed."""
-    def key(slot: int, scope: int = Scope.EXTERNAL, port: int = 80) -> ServiceKey:
+    def key(slot: int, scope: int = LbScope.EXT, port: int = 80) -> ServiceKey:
         return ServiceKey("10.96.0.1", port, slot, 6, scope)
 
     delta = LbDelta(
         services=MapPlan(
             {key(0): ServiceValue(count=1), key(1): ServiceValue(backend_id=7),
-             key(0, Scope.INTERNAL): ServiceValue()},
-            [key(2), key(0, Scope.INTERNAL, 81), key(0, Scope.EXTERNAL, 81), key(1, Scope.EXTERNAL, 81)],
+             key(0, LbScope.INT): ServiceValue()},
+            [key(2), key(0, LbScope.INT, 81), key(0, LbScope.EXT, 81), key(1, LbScope.EXT, 81)],
         ),
         backends=MapPlan({7: BackendValue("10.0.0.7", 80, 6)}, [5]),
         revnat=MapPlan({1: RevNatValue("10.96.0.1", 80)}, [2]),
@@ -110,9 +109,9 @@ def test_batches_write_what_frontends_point_to_first_and_delete_it_last() -> Non
         (LbMap.REVNAT, "UpsertBatch", [1]),
         (LbMap.MAGLEV, "UpsertBatch", [1]),
         (LbMap.SERVICES, "UpsertBatch", [key(1)]),
-        (LbMap.SERVICES, "UpsertBatch", [key(0, Scope.INTERNAL), key(0)]),
-        (LbMap.SERVICES, "DeleteBatch", [key(0, Scope.EXTERNAL, 81), key(0, Scope.INTERNAL, 81)]),
-        (LbMap.SERVICES, "DeleteBatch", [key(2), key(1, Scope.EXTERNAL, 81)]),
+        (LbMap.SERVICES, "UpsertBatch", [key(0, LbScope.INT), key(0)]),
+        (LbMap.SERVICES, "DeleteBatch", [key(0, LbScope.EXT, 81), key(0, LbScope.INT, 81)]),
+        (LbMap.SERVICES, "DeleteBatch", [key(2), key(1, LbScope.EXT, 81)]),
         (LbMap.MAGLEV, "DeleteBatch", [2]),
         (LbMap.REVNAT, "DeleteBatch", [2]),
         (LbMap.BACKENDS, "DeleteBatch", [5]),
@@ -132,9 +131,9 @@ def check_consistent(maps: Maps) -> None:
         assert value.rev_nat_index in maps[LbMap.REVNAT], key
         for slot in range(1, value.count + 1):
             assert ServiceKey(key.address, key.dport, slot, key.proto, key.scope) in services, (key, slot)
-        if value.flags & ServiceFlag.TWO_SCOPES and key.scope == Scope.EXTERNAL:
-            assert ServiceKey(key.address, key.dport, 0, key.proto, Scope.INTERNAL) in services, key
-        if value.flags & ServiceFlag.MAGLEV and value.count and key.scope == Scope.EXTERNAL:
+        if value.flags & SvcFlag.TWO_SCOPES and key.scope == LbScope.EXT:
+            assert ServiceKey(key.address, key.dport, 0, key.proto, LbScope.INT) in services, key
+        if value.flags & SvcFlag.MAGLEV and value.count and key.scope == LbScope.EXT:
             table = maps[LbMap.MAGLEV][value.rev_nat_index]
             assert set(table) <= set(backends), key
 

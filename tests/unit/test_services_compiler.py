@@ -11,12 +11,9 @@ import pytest
 
 from velvet.control.maglev import DEFAULT_TABLE_SIZE
 from velvet.control.reconcile import (
-    BackendState,
     LbDelta,
     LbState,
     Proto,
-    Scope,
-    ServiceFlag,
     ServiceKey,
     ServiceValue,
     SourceRangeKey,
@@ -29,6 +26,7 @@ from velvet.control.services import (
     ServiceCompiler,
     stable_order,
 )
+from velvet.datapath.structs import BackendState, LbScope, SvcFlag
 from velvet.errors import MapFull
 from velvet.model.meta import ObjectMeta
 from velvet.model.service import (
@@ -92,13 +90,13 @@ def compiler() -> ServiceCompiler:
     return ServiceCompiler(NODE, [NODE_IP, "fd00::10"])
 
 
-def front(state: LbState, address: str, port: int, proto: int = TCP, scope: int = Scope.EXTERNAL
+def front(state: LbState, address: str, port: int, proto: int = TCP, scope: int = LbScope.EXT
           ) -> ServiceValue:
     """The slot-0 entry of a frontend."""
     return state.services[ServiceKey(address, port, 0, proto, scope)]
 
 
-def backends_of(state: LbState, address: str, port: int, proto: int = TCP, scope: int = Scope.EXTERNAL
+def backends_of(state: LbState, address: str, port: int, proto: int = TCP, scope: int = LbScope.EXT
                 ) -> set[tuple[str, int]]:
     """The (address, port) of every backend in the slots of a frontend scope."""
     count = front(state, address, port, proto, scope).count
@@ -129,7 +127,7 @@ def test_should_serve_a_basic_endpoint_from_pods(compiler: ServiceCompiler) -> N
     state = compiler.desired()
     frontend = front(state, CLUSTER_IP, 80)
     assert frontend.count == 2
-    assert frontend.flags == ServiceFlag.CLUSTERIP
+    assert frontend.flags == SvcFlag.CLUSTERIP
     assert backends_of(state, CLUSTER_IP, 80) == {("10.0.1.1", 8080), ("10.0.1.2", 8080)}
     assert state.revnat[frontend.rev_nat_index].address == CLUSTER_IP
     assert state.revnat[frontend.rev_nat_index].port == 80
@@ -248,7 +246,7 @@ def test_should_be_rejected_for_evicted_pods(compiler: ServiceCompiler) -> None:
     """When the only endpoint goes away, its slots go and the frontend stays with count 0."""
     compiler.update(service(), [eps_slice([ep("10.0.1.1")])], "default/web")
     delta = compiler.update(service(), [eps_slice([])], "default/web")
-    empty = ServiceValue(0, 0, 0, 1, ServiceFlag.CLUSTERIP)
+    empty = ServiceValue(0, 0, 0, 1, SvcFlag.CLUSTERIP)
     assert delta.services.upserts == {ServiceKey(CLUSTER_IP, 80, 0, TCP): empty}
     assert delta.services.deletes == [ServiceKey(CLUSTER_IP, 80, 1, TCP)]
     assert len(delta.backends.deletes) == 1
@@ -271,7 +269,7 @@ def test_should_be_possible_to_connect_to_a_service_via_external_ip(compiler: Se
     compiler.update(service(external_ips=("203.0.113.7",)), [eps_slice([ep("10.0.1.1")])], "default/web")
     state = compiler.desired()
     frontend = front(state, "203.0.113.7", 80)
-    assert frontend.flags & ServiceFlag.EXTERNAL_IP
+    assert frontend.flags & SvcFlag.EXTERNAL_IP
     assert backends_of(state, "203.0.113.7", 80) == {("10.0.1.1", 8080)}
     assert state.revnat[frontend.rev_nat_index].address == "203.0.113.7"
 
@@ -335,7 +333,7 @@ def test_should_have_session_affinity_work_for_service_with_type_clusterip(compi
     compiler.update(service(session_affinity="ClientIP", affinity_timeout_seconds=15),
                     [eps_slice([ep("10.0.1.1")])], "default/web")
     frontend = front(compiler.desired(), CLUSTER_IP, 80)
-    assert frontend.flags & ServiceFlag.AFFINITY
+    assert frontend.flags & SvcFlag.AFFINITY
     assert frontend.affinity_timeout == 15
 
 
@@ -349,7 +347,7 @@ def test_should_be_able_to_switch_session_affinity_for_service_with_type_cluster
     assert list(delta.services.upserts) == [ServiceKey(CLUSTER_IP, 80, 0, TCP)]
     assert delta.services.upserts[ServiceKey(CLUSTER_IP, 80, 0, TCP)].affinity_timeout == 10800
     back = compiler.update(service(), slices, "default/web")
-    assert back.services.upserts[ServiceKey(CLUSTER_IP, 80, 0, TCP)].flags == ServiceFlag.CLUSTERIP
+    assert back.services.upserts[ServiceKey(CLUSTER_IP, 80, 0, TCP)].flags == SvcFlag.CLUSTERIP
     assert len(back) == 1
 
 
@@ -369,9 +367,9 @@ def test_should_be_able_to_create_a_functioning_nodeport_service(compiler: Servi
     state = compiler.desired()
     for address in (NODE_IP, NODEPORT_WILDCARD):
         frontend = front(state, address, 30080)
-        assert frontend.flags == ServiceFlag.NODEPORT | ServiceFlag.MAGLEV
+        assert frontend.flags == SvcFlag.NODEPORT | SvcFlag.MAGLEV
         assert backends_of(state, address, 30080) == {("10.0.1.1", 8080), ("10.0.2.1", 8080)}
-    assert front(state, CLUSTER_IP, 80).flags == ServiceFlag.CLUSTERIP
+    assert front(state, CLUSTER_IP, 80).flags == SvcFlag.CLUSTERIP
     assert {k.address for k in state.services} == {CLUSTER_IP, NODE_IP, NODEPORT_WILDCARD}
 
 
@@ -400,15 +398,15 @@ def test_should_implement_nodeport_with_external_traffic_policy_local(compiler: 
     compiler.update(nodeport_service(external_traffic_policy="Local"), slices, "default/web")
     state = compiler.desired()
     frontend = front(state, NODE_IP, 30080)
-    assert frontend.flags & ServiceFlag.LOCAL_ONLY_EXT
-    assert frontend.flags & ServiceFlag.TWO_SCOPES
+    assert frontend.flags & SvcFlag.LOCAL_ONLY_EXT
+    assert frontend.flags & SvcFlag.TWO_SCOPES
     assert backends_of(state, NODE_IP, 30080) == {("10.0.1.1", 8080)}
-    internal = backends_of(state, NODE_IP, 30080, scope=Scope.INTERNAL)
+    internal = backends_of(state, NODE_IP, 30080, scope=LbScope.INT)
     assert internal == {("10.0.1.1", 8080), ("10.0.2.1", 8080)}
-    assert front(state, NODE_IP, 30080, scope=Scope.INTERNAL).rev_nat_index == frontend.rev_nat_index
+    assert front(state, NODE_IP, 30080, scope=LbScope.INT).rev_nat_index == frontend.rev_nat_index
     assert backends_of(state, CLUSTER_IP, 80) == {("10.0.1.1", 8080), ("10.0.2.1", 8080)}
-    assert not front(state, CLUSTER_IP, 80).flags & ServiceFlag.LOCAL_ONLY_EXT
-    assert not any(k.scope == Scope.INTERNAL for k in state.services if k.address == CLUSTER_IP)
+    assert not front(state, CLUSTER_IP, 80).flags & SvcFlag.LOCAL_ONLY_EXT
+    assert not any(k.scope == LbScope.INT for k in state.services if k.address == CLUSTER_IP)
 
 
 def test_external_traffic_policy_local_node_without_local_endpoints(compiler: ServiceCompiler) -> None:
@@ -417,8 +415,8 @@ def test_external_traffic_policy_local_node_without_local_endpoints(compiler: Se
                     [eps_slice([ep("10.0.2.1", "node-b")])], "default/web")
     state = compiler.desired()
     assert front(state, NODE_IP, 30080).count == 0
-    assert front(state, NODE_IP, 30080).flags & ServiceFlag.TWO_SCOPES
-    assert backends_of(state, NODE_IP, 30080, scope=Scope.INTERNAL) == {("10.0.2.1", 8080)}
+    assert front(state, NODE_IP, 30080).flags & SvcFlag.TWO_SCOPES
+    assert backends_of(state, NODE_IP, 30080, scope=LbScope.INT) == {("10.0.2.1", 8080)}
     assert not state.maglev.get(front(state, NODE_IP, 30080).rev_nat_index)
 
 
@@ -429,9 +427,9 @@ def test_external_traffic_policy_local_with_only_local_endpoints_needs_one_scope
     compiler.update(nodeport_service(external_traffic_policy="Local"), [eps_slice([ep("10.0.1.1")])],
                     "default/web")
     state = compiler.desired()
-    assert not front(state, NODE_IP, 30080).flags & ServiceFlag.TWO_SCOPES
-    assert front(state, NODE_IP, 30080).flags & ServiceFlag.LOCAL_ONLY_EXT
-    assert not any(k.scope == Scope.INTERNAL for k in state.services)
+    assert not front(state, NODE_IP, 30080).flags & SvcFlag.TWO_SCOPES
+    assert front(state, NODE_IP, 30080).flags & SvcFlag.LOCAL_ONLY_EXT
+    assert not any(k.scope == LbScope.INT for k in state.services)
 
 
 def test_should_fallback_to_terminating_endpoints_when_there_are_no_ready_endpoints_with_etp_cluster(
@@ -453,7 +451,7 @@ def test_should_fallback_to_local_terminating_endpoints_when_there_are_no_ready_
     compiler.update(nodeport_service(external_traffic_policy="Local"), slices, "default/web")
     state = compiler.desired()
     assert backends_of(state, NODE_IP, 30080) == {("10.0.1.1", 8080)}
-    assert backends_of(state, NODE_IP, 30080, scope=Scope.INTERNAL) == {("10.0.2.1", 8080)}
+    assert backends_of(state, NODE_IP, 30080, scope=LbScope.INT) == {("10.0.2.1", 8080)}
 
 
 def test_should_prefer_ready_endpoints_and_keep_terminating_ones_for_existing_connections(
@@ -506,8 +504,8 @@ def test_internal_traffic_policy_local_with_nodeport_uses_two_scopes(compiler: S
                     [eps_slice([ep("10.0.1.1"), ep("10.0.2.1", "node-b")])], "default/web")
     state = compiler.desired()
     assert backends_of(state, NODE_IP, 30080) == {("10.0.1.1", 8080), ("10.0.2.1", 8080)}
-    assert backends_of(state, NODE_IP, 30080, scope=Scope.INTERNAL) == {("10.0.1.1", 8080)}
-    assert not front(state, NODE_IP, 30080).flags & ServiceFlag.LOCAL_ONLY_EXT
+    assert backends_of(state, NODE_IP, 30080, scope=LbScope.INT) == {("10.0.1.1", 8080)}
+    assert not front(state, NODE_IP, 30080).flags & SvcFlag.LOCAL_ONLY_EXT
     assert backends_of(state, CLUSTER_IP, 80) == {("10.0.1.1", 8080)}
 
 
@@ -564,10 +562,10 @@ def test_load_balancer_ingress_ips_and_source_ranges(compiler: ServiceCompiler) 
     compiler.update(svc, [eps_slice([ep("10.0.1.1")])], "default/web")
     state = compiler.desired()
     frontend = front(state, "198.51.100.1", 80)
-    assert frontend.flags == ServiceFlag.LOADBALANCER | ServiceFlag.SOURCE_RANGE | ServiceFlag.MAGLEV
+    assert frontend.flags == SvcFlag.LOADBALANCER | SvcFlag.SOURCE_RANGE | SvcFlag.MAGLEV
     index = frontend.rev_nat_index
     assert set(state.src_range) == {SourceRangeKey(index, c) for c in ("10.0.0.0/8", "192.0.2.0/24")}
-    assert not front(state, NODE_IP, 30080).flags & ServiceFlag.SOURCE_RANGE
+    assert not front(state, NODE_IP, 30080).flags & SvcFlag.SOURCE_RANGE
     delta = compiler.update(service(type="LoadBalancer", ports=svc.spec.ports, ingress=["198.51.100.1"]),
                             [eps_slice([ep("10.0.1.1")])], "default/web")
     assert set(delta.src_range.deletes) == set(state.src_range)
@@ -586,9 +584,9 @@ def test_frontend_reached_two_ways_gets_both_kinds(compiler: ServiceCompiler) ->
                   load_balancer_source_ranges=("10.0.0.0/8",))
     compiler.update(svc, [eps_slice([ep("10.0.1.1")])], "default/web")
     flags = front(compiler.desired(), "198.51.100.1", 80).flags
-    assert flags & ServiceFlag.EXTERNAL_IP
-    assert flags & ServiceFlag.LOADBALANCER
-    assert flags & ServiceFlag.SOURCE_RANGE
+    assert flags & SvcFlag.EXTERNAL_IP
+    assert flags & SvcFlag.LOADBALANCER
+    assert flags & SvcFlag.SOURCE_RANGE
 
 
 # Maglev
@@ -601,7 +599,7 @@ def test_maglev_is_the_default_for_external_frontends_only(compiler: ServiceComp
     table = state.maglev[front(state, NODE_IP, 30080).rev_nat_index]
     assert len(table) == DEFAULT_TABLE_SIZE
     assert set(table) == set(state.backends)
-    assert not front(state, CLUSTER_IP, 80).flags & ServiceFlag.MAGLEV
+    assert not front(state, CLUSTER_IP, 80).flags & SvcFlag.MAGLEV
     assert front(state, CLUSTER_IP, 80).rev_nat_index not in state.maglev
 
 
@@ -621,8 +619,8 @@ def test_lb_algorithm_annotation(annotation: str | None, default: str, cluster_i
     annotations = {ALGORITHM_ANNOTATION: annotation} if annotation else None
     compiler.update(nodeport_service(annotations=annotations), [eps_slice([ep("10.0.1.1")])], "default/web")
     state = compiler.desired()
-    assert bool(front(state, CLUSTER_IP, 80).flags & ServiceFlag.MAGLEV) == cluster_ip
-    assert bool(front(state, NODE_IP, 30080).flags & ServiceFlag.MAGLEV) == nodeport
+    assert bool(front(state, CLUSTER_IP, 80).flags & SvcFlag.MAGLEV) == cluster_ip
+    assert bool(front(state, NODE_IP, 30080).flags & SvcFlag.MAGLEV) == nodeport
     assert (front(state, NODE_IP, 30080).rev_nat_index in state.maglev) == nodeport
 
 

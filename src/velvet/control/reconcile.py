@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum, IntFlag, StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any, Generic, TypeVar
+
+from velvet.datapath.structs import BackendState, LbScope
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -63,35 +65,6 @@ class Proto(IntEnum):
     SCTP = 132
 
 
-class Scope(IntEnum):
-    """Which traffic a lb4_services entry set is for."""
-
-    EXTERNAL = 0  # the only scope of single-scope frontends
-    INTERNAL = 1  # traffic from this node, for frontends flagged TWO_SCOPES
-
-
-class ServiceFlag(IntFlag):
-    """lb4_services slot-0 flags (bit values must equal the SVC_FLAG_* constants of types.h)."""
-
-    CLUSTERIP = 1 << 0
-    NODEPORT = 1 << 1
-    EXTERNAL_IP = 1 << 2
-    LOADBALANCER = 1 << 3
-    AFFINITY = 1 << 4
-    SOURCE_RANGE = 1 << 5
-    MAGLEV = 1 << 6
-    TWO_SCOPES = 1 << 7
-    LOCAL_ONLY_EXT = 1 << 8
-    LOCAL_ONLY_INT = 1 << 9
-
-
-class BackendState(IntEnum):
-    """lb4_backends state: terminating backends only serve when no ready one exists."""
-
-    ACTIVE = 0
-    TERMINATING = 1
-
-
 @dataclass(frozen=True, slots=True)
 class ServiceKey:
     """lb4_services key: a frontend, its scope, and a slot (0 = the frontend entry, 1..n = backends)."""
@@ -100,7 +73,7 @@ class ServiceKey:
     dport: int
     backend_slot: int
     proto: int
-    scope: int = Scope.EXTERNAL
+    scope: int = LbScope.EXT
 
 
 @dataclass(frozen=True, slots=True)

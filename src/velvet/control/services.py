@@ -33,7 +33,6 @@ from typing import Generic, NamedTuple
 
 from velvet.control.maglev import lookup_table
 from velvet.control.reconcile import (
-    BackendState,
     BackendValue,
     K,
     LbDelta,
@@ -41,8 +40,6 @@ from velvet.control.reconcile import (
     MapPlan,
     Proto,
     RevNatValue,
-    Scope,
-    ServiceFlag,
     ServiceKey,
     ServiceValue,
     SourceRangeKey,
@@ -51,6 +48,7 @@ from velvet.control.reconcile import (
     merge_deltas,
     plan,
 )
+from velvet.datapath.structs import BackendState, LbScope, SvcFlag
 from velvet.errors import MapFull
 from velvet.model.service import HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL, EndpointSlice, Service
 
@@ -62,16 +60,16 @@ MAX_BACKEND_ID = 2**32 - 1
 MAX_REV_NAT_INDEX = 2**16 - 1
 
 _PROTOCOLS = {p.name: p.value for p in Proto}
-_CLUSTERIP = int(ServiceFlag.CLUSTERIP)
-_NODEPORT = int(ServiceFlag.NODEPORT)
-_EXTERNAL_IP = int(ServiceFlag.EXTERNAL_IP)
-_LOADBALANCER = int(ServiceFlag.LOADBALANCER)
-_AFFINITY = int(ServiceFlag.AFFINITY)
-_SOURCE_RANGE = int(ServiceFlag.SOURCE_RANGE)
-_MAGLEV = int(ServiceFlag.MAGLEV)
-_TWO_SCOPES = int(ServiceFlag.TWO_SCOPES)
-_LOCAL_ONLY_EXT = int(ServiceFlag.LOCAL_ONLY_EXT)
-_LOCAL_ONLY_INT = int(ServiceFlag.LOCAL_ONLY_INT)
+_CLUSTERIP = int(SvcFlag.CLUSTERIP)
+_NODEPORT = int(SvcFlag.NODEPORT)
+_EXTERNAL_IP = int(SvcFlag.EXTERNAL_IP)
+_LOADBALANCER = int(SvcFlag.LOADBALANCER)
+_AFFINITY = int(SvcFlag.AFFINITY)
+_SOURCE_RANGE = int(SvcFlag.SOURCE_RANGE)
+_MAGLEV = int(SvcFlag.MAGLEV)
+_TWO_SCOPES = int(SvcFlag.TWO_SCOPES)
+_LOCAL_ONLY_EXT = int(SvcFlag.LOCAL_ONLY_EXT)
+_LOCAL_ONLY_INT = int(SvcFlag.LOCAL_ONLY_INT)
 _EXTERNAL = _NODEPORT | _EXTERNAL_IP | _LOADBALANCER
 
 Address = tuple[str, int, int]  # (IPv4 address, port, IP protocol number) of a backend or a frontend
@@ -561,7 +559,7 @@ class ServiceCompiler:
                 current.src_range.update(dict.fromkeys(SourceRangeKey(index, c) for c in ranges))
             current.revnat[index] = RevNatValue(address, port)
             affinity = timeout if flags & _AFFINITY else 0
-            for scope, backends in ((Scope.EXTERNAL, spec.external), (Scope.INTERNAL, spec.internal)):
+            for scope, backends in ((LbScope.EXT, spec.external), (LbScope.INT, spec.internal)):
                 if backends is None:
                     continue
                 current.services[ServiceKey(address, port, 0, proto, scope)] = ServiceValue(
