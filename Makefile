@@ -26,5 +26,13 @@ typecheck: deps
 test: bpf lint typecheck
 	@$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
+bench: bpf
+	@$(VENV)/bin/pip install -q -e '.[dev,bench]'
+	@$(PY) bench/run.py $(ARGS)
+
+bench-quick: bpf
+	@$(VENV)/bin/pip install -q -e '.[dev,bench]'
+	@$(PY) bench/run.py --quick $(ARGS)
+
 clean:
 	rm -rf build

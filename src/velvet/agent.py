@@ -41,7 +41,7 @@ from velvet.observe.pipeline import FlowPipeline, event_types
 from velvet.observe.ui import http_app, listen_address, loopback_listener, serve_http
 from velvet.paths import AgentPaths
 from velvet.sources.delta import Delta
-from velvet.sources.local import ALL_NAMESPACES, LocalStore
+from velvet.sources.local import ALL_NAMESPACES, LocalStore, StoreError
 
 log = logging.getLogger("velvet.agent")
 POLICY_TABLES = ("lxc_endpoints", "ipcache", "ipcache_cidr", "policy")
@@ -195,7 +195,10 @@ class Agent:
     def reconcile_service(self, key: str, slices: list[EndpointSlice]) -> None:
         """Recompile one service from its object and `slices` (its EndpointSlices); write its delta."""
         namespace, name = key.split("/", 1)
-        found = self.store.get("services", namespace, name)
+        try:
+            found = self.store.get("services", namespace, name)
+        except StoreError:  # deleted: compile it away
+            found = []
         service = found[0] if found and isinstance(found[0], Service) else None
         delta = self.services.update(service, slices, key)
         self._name_services(delta, namespace, name)

@@ -1,0 +1,235 @@
+"""Turn bench/results/results.jsonl into REPORT.md (one table per metric) and PNG plots (matplotlib).
+
+    .venv/bin/python bench/report.py [bench/results]
+
+Every value is the median over repetitions of each repetition's statistic; ratios come from the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+PEER_ORDER = ("none", "legacy", "nft", "vmap", "velvet")
+PEER_TITLE = {"none": "no rules", "legacy": "iptables-legacy", "nft": "iptables-nft", "vmap": "nft-vmap",
+              "velvet": "Velvet"}
+
+
+def load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The run's context and its result rows."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    context: dict[str, Any] = next((r for r in rows if r["metric"] == "context"), {})
+    return context, [r for r in rows if r["metric"] != "context"]
+
+
+def med(values: list[Any]) -> float | None:
+    """Median of the non-None values, None when there are none."""
+    kept = [v for v in values if v is not None]
+    return statistics.median(kept) if kept else None
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    """A number for a table cell ('—' when missing)."""
+    if value is None:
+        return "—"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    """a/b as '1.23x'."""
+    return "—" if a is None or not b else f"{a / b:.2f}x"
+
+
+Grouped = dict[tuple[int, int], dict[str, list[Any]]]
+
+
+def grouped(rows: list[dict[str, Any]], metric: str, field: str) -> Grouped:
+    """(n, e) -> peer -> values of `field`."""
+    out: dict[tuple[int, int], dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["metric"] == metric and "rules" not in r:
+            out[(r["n"], r["e"])][r["peer"]].append(r.get(field))
+    return out
+
+
+def peer_table(rows: list[dict[str, Any]], metric: str, field: str, unit: str,
+               spread: bool = False) -> list[str]:
+    """Markdown table: N, E, each peer, and Velvet's ratios."""
+    data = grouped(rows, metric, field)
+    peers = [p for p in PEER_ORDER if any(p in v for v in data.values())]
+    head = ["N", "E", *(f"{PEER_TITLE[p]} ({unit})" for p in peers),
+            "Velvet/no rules", "Velvet/legacy", "Velvet/nft", "Velvet(N)/Velvet(10)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base: dict[int, float | None] = {}
+    for (n, e) in sorted(data):
+        cells = [str(n), str(e)]
+        values = {p: med(data[(n, e)].get(p, [])) for p in peers}
+        for p in peers:
+            cell = fmt(values[p])
+            if spread and data[(n, e)].get(p):
+                p10 = med([r.get("p10") for r in rows if r["metric"] == metric and r.get("peer") == p
+                           and r.get("n") == n and r.get("e") == e and "rules" not in r])
+                p99 = med([r.get("p99") for r in rows if r["metric"] == metric and r.get("peer") == p
+                           and r.get("n") == n and r.get("e") == e and "rules" not in r])
+                cell += f" <sub>p10 {fmt(p10)} · p99 {fmt(p99)}</sub>"
+            cells.append(cell)
+        v = values.get("velvet")
+        base.setdefault(e, v)
+        cells += [ratio(v, values.get("none")), ratio(v, values.get("legacy")), ratio(v, values.get("nft")),
+                  ratio(v, base.get(e))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def m5_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Control-plane times per peer and operation."""
+    ops: dict[tuple[int, int, str, str], list[Any]] = defaultdict(list)
+    hwm: dict[tuple[int, int], int] = {}
+    for r in rows:
+        if r["metric"] == "M5":
+            value = r.get("seconds")
+            if r.get("timeout") is not None:
+                value = None
+            ops[(r["n"], r["e"], r["peer"], r["op"])].append(value)
+            if r.get("agent_hwm_kib"):
+                hwm[(r["n"], r["e"])] = r["agent_hwm_kib"]
+    lines = ["| N | E | peer | operation | seconds |", "|---|---|---|---|---|"]
+    for (n, e, peer, op), values in sorted(ops.items()):
+        timed_out = [r for r in rows if r["metric"] == "M5" and (r["n"], r["e"], r["peer"], r["op"]) == (
+            n, e, peer, op) and r.get("timeout") is not None]
+        cell = f"> {timed_out[0]['timeout']:.0f} (stopped)" if timed_out else fmt(med(values), 3)
+        extra = ""
+        if peer == "velvet" and op == "apply":
+            applied = next((r.get("applied") for r in rows if r["metric"] == "M5" and r["n"] == n
+                            and r["e"] == e and r["peer"] == peer and r["op"] == op), None)
+            extra = f" ({applied} services in this apply; agent VmHWM {hwm.get((n, e), 0) / 1024:.0f} MiB)"
+        lines.append(f"| {n} | {e} | {PEER_TITLE[peer]} | {op}{extra} | {cell} |")
+    return lines
+
+
+def simple_table(rows: list[dict[str, Any]], metric: str, keys: tuple[str, ...], value: str) -> list[str]:
+    """Median of `value` grouped by `keys`."""
+    groups: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
+    for r in rows:
+        if r["metric"] == metric:
+            groups[tuple(r.get(k) for k in keys)].append(r.get(value))
+    lines = ["| " + " | ".join([*keys, value]) + " |", "|" + "---|" * (len(keys) + 1)]
+    for key, values in sorted(groups.items(), key=lambda kv: tuple(str(x).zfill(8) for x in kv[0])):
+        lines.append("| " + " | ".join([*(str(k) for k in key), fmt(med(values))]) + " |")
+    return lines
+
+
+def policy_table(rows: list[dict[str, Any]]) -> list[str]:
+    """M8: Velvet's M1/M3 by number of policy rules."""
+    lines = ["| policy rules | policy map entries | apply (s) | M1 connect median (us) | M1 p99 (us) | "
+             "M3 trans/s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["metric"] != "M8-apply":
+            continue
+        k = r["rules"]
+        m1 = [x for x in rows if x["metric"] == "M1" and x.get("rules") == k]
+        m3 = [x for x in rows if x["metric"] == "M3" and x.get("rules") == k]
+        lines.append(f"| {k} | {r.get('entries')} | {fmt(r.get('seconds'), 2)} | "
+                     f"{fmt(med([x['median'] for x in m1]))} | {fmt(med([x['p99'] for x in m1]))} | "
+                     f"{fmt(med([x['per_s'] for x in m3]))} |")
+    return lines
+
+
+def m9_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Flow events reaching the agent and a `velvet observe --follow` client during a connect burst."""
+    lines = ["| connections | conn/s | flows seen by the agent | flows/s | lost in the ring | dropped for "
+             "the observe follower |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["metric"] == "M9":
+            dropped = int(r["after"].get("follower_dropped", 0)) - int(r["before"].get("follower_dropped", 0))
+            lines.append(f"| {r['connections']} | {fmt(r.get('conn_per_s'))} | {r['flows_seen']} | "
+                         f"{fmt(r['flows_per_s'])} | {r['flows_lost']} | {dropped} |")
+    return lines
+
+
+def plots(rows: list[dict[str, Any]], out: Path, title: str) -> list[str]:
+    """latency_vs_n.png (M1, M2 median vs N, log x) and rr_vs_n.png; names of the files written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    for metric, field, ylabel, name in (("M1", "median", "connect to service, median µs", "m1_connect_vs_n"),
+                                        ("M2", "median", "connect to pod IP, median µs", "m2_connect_vs_n"),
+                                        ("M3", "per_s", "RR transactions/s", "m3_rr_vs_n")):
+        data = grouped(rows, metric, field)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for e in sorted({e for (_, e) in data}):
+            for p in PEER_ORDER:
+                points = [(n, y) for (n, ee), v in sorted(data.items())
+                          if ee == e and v.get(p) and (y := med(v[p])) is not None]
+                if points:
+                    ax.plot([x for x, _ in points], [y for _, y in points], marker="o",
+                            label=f"{PEER_TITLE[p]} (E={e})")
+        ax.set_xscale("log")
+        ax.set_xlabel("services (N)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{metric} — {title}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=110)
+        plt.close(fig)
+        written.append(f"{name}.png")
+    return written
+
+
+def write(out: Path) -> Path:
+    """Write REPORT.md (and plots) for the results in `out`; returns the report's path."""
+    context, rows = load(out / "results.jsonl")
+    title = f"{context.get('cpu', '?')} ×{context.get('cpus', '?')}, Linux {context.get('kernel', '?')}"
+    md = [f"# Velvet vs kube-proxy — {context.get('mode', '?')} run, {context.get('started', '')}", "",
+          f"Machine: {title}, {context.get('mem_gib', '?')} GiB; {context.get('iptables', '')}; "
+          f"{context.get('nft', '')}; Python {context.get('python', '')}.", "",
+          f"Plan: `{json.dumps(context.get('plan', {}))}`", "",
+          "Every cell is the median over repetitions (peers interleaved, order rotated per repetition); "
+          "E = endpoints per service; the target service is the last of N. Ratios < 1 mean Velvet is "
+          "lower (better for latency, worse for rates).", ""]
+    sections = (
+        ("M1 — connect() latency to a service", "M1", "median", "µs", True),
+        ("M1 — connections/s to a service", "M1", "per_s", "conn/s", False),
+        ("M2 — connect() latency to a pod IP", "M2", "median", "µs", True),
+        ("M3 — request/response transactions/s on one connection", "M3", "per_s", "trans/s", False),
+        ("M4 — bulk TCP throughput", "M4", "per_s", "Gbit/s", False),
+        ("M4 — machine CPU seconds per GiB moved", "M4", "cpu_s_per_gib", "CPU s/GiB", False),
+    )
+    for heading, metric, field, unit, spread in sections:
+        md += [f"## {heading}", "", *peer_table(rows, metric, field, unit, spread), ""]
+    md += ["## M5 — control plane", "", *m5_table(rows), ""]
+    md += ["## M6 — map updates through Velvet's binding (fresh lb4_backends map)", "",
+           *simple_table(rows, "M6", ("mode", "entries"), "per_s"), ""]
+    md += ["## M7 — ns/packet per tc program (BPF_PROG_TEST_RUN, median of 5 × 20,000 repeats)", "",
+           *simple_table(rows, "M7", ("program", "case", "n"), "ns"), ""]
+    md += ["## M8 — Velvet with NetworkPolicy rules in force", "", *policy_table(rows), ""]
+    md += ["## M9 — observability", "", *m9_table(rows), "",
+           *simple_table(rows, "M9-rr", ("reader",), "per_s"), ""]
+    written = plots(rows, out, title)
+    md += ["## Plots", "", *(f"![{w}]({w})" for w in written), ""]
+    errors = [r for r in rows if r["metric"] == "error"]
+    if errors:
+        md += ["## Errors (why a peer stopped)", "",
+               *(f"- {PEER_TITLE[r['peer']]} at N={r['n']}, E={r['e']}: `{r['what'].strip()[-300:]}`"
+                 for r in errors), ""]
+    duration = next((r["seconds"] for r in rows if r["metric"] == "duration"), None)
+    md.append(f"Run took {fmt(duration, 0)} s.")
+    path = out / "REPORT.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    print(write(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results"))

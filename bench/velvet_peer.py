@@ -1,0 +1,221 @@
+"""Velvet as a peer: a sandbox of its own, services applied with `velvet apply`, traffic pod -> ClusterIP.
+
+The sandbox is named `bench<6 random>` (the sandbox names its namespaces `velvet-<name>-...`) and is
+always taken down. Server pods run probe.py on CPU 1; the client pod's probes run on CPU 0 through
+`velvet sandbox exec`, so their connect() goes through the socket LB on the node's cgroup. "Served"
+means the service's frontend is in the pinned lb4_services map (read directly, no API round trip).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import signal
+import string
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
+from harness import Sandbox  # noqa: E402
+
+from velvet.datapath.views import ServiceMap  # noqa: E402
+from velvet.paths import AgentPaths  # noqa: E402
+
+PROBE = str(REPO / "bench" / "probe.py")
+NS = "bench"
+SERVERS = 4
+FIRST_VIP = "10.96.1.0"
+TCP = 6
+
+
+def vip(index: int) -> str:
+    """ClusterIP of service `index` (the same numbering as the kernel peers)."""
+    return str(ipaddress.IPv4Address(int(ipaddress.IPv4Address(FIRST_VIP)) + index))
+
+
+def service_yaml(index: int, endpoints: int, selector: str | None = None) -> str:
+    """A ClusterIP service s<index> on port 80 -> 8080 selecting 1 (srv0) or all server pods."""
+    chosen = selector or ('{e1: "yes"}' if endpoints == 1 else "{app: srv}")
+    return (f"---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{index:05d}, namespace: {NS}}}\n"
+            f"spec:\n  clusterIP: {vip(index)}\n  selector: {chosen}\n"
+            f"  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}\n")
+
+
+def _pod(name: str, labels: str, command: str) -> str:
+    return (f"---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {NS}\n"
+            f"  labels: {labels}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n"
+            f"  - name: main\n    command: {command}\n")
+
+
+def pods_yaml() -> str:
+    """The namespace, SERVERS server pods (probe.py serve on CPU 1) and the client pod."""
+    text = f"---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"
+    for i in range(SERVERS):
+        labels = f'{{app: srv, idx: "{i}"' + (', e1: "yes"}' if i == 0 else "}")
+        command = f'["taskset", "-c", "1", "python3", "{PROBE}", "serve", "--ports", "8080"]'
+        text += _pod(f"srv{i}", labels, command)
+        text += "    readinessProbe:\n      tcpSocket: {port: 8080}\n      periodSeconds: 1\n"
+    return text + _pod("cli", "{app: cli}", '["sleep", "infinity"]')
+
+
+class VelvetPeer:
+    """One benchmark sandbox and what the benchmark does through it."""
+
+    def __init__(self) -> None:
+        name = "bench" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(6))
+        self.sb = Sandbox(name)
+        self.pin_dir = AgentPaths(name).pin_dir
+        self.pod_ips: dict[str, str] = {}
+        self.services: ServiceMap | None = None
+        self.count = 0
+        self.endpoints = 1
+
+    @property
+    def name(self) -> str:
+        """The sandbox name."""
+        return str(self.sb.name)
+
+    def up(self) -> None:
+        """Bring the sandbox up with the server and client pods ready."""
+        self.sb.up()
+        self.sb.apply(pods_yaml())
+        ips = self.sb.wait_ready([f"{NS}/srv{i}" for i in range(SERVERS)] + [f"{NS}/cli"], timeout=120)
+        self.pod_ips = {k.split("/")[1]: v for k, v in ips.items()}
+        self.services = ServiceMap.from_pin(self.pin_dir)
+
+    def down(self) -> None:
+        """Take the sandbox down (never raises)."""
+        if self.services is not None:
+            self.services.close()
+        self.sb.down()
+
+    def _backends(self, index: int) -> tuple[int, ...] | None:
+        """Backend ids of service `index`'s frontend in the kernel map, None when absent."""
+        assert self.services is not None
+        front = self.services.get(vip(index), 80, TCP)
+        return None if front is None else front.backend_ids
+
+    def _frontend_count(self, index: int) -> int | None:
+        ids = self._backends(index)
+        return None if ids is None else len(ids)
+
+    def _apply_text(self, text: str, *, delete: bool = False) -> None:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write(text)
+        try:
+            self.sb.velvet("delete" if delete else "apply", "-f", f.name, timeout=3600)
+        finally:
+            os.unlink(f.name)
+
+    def _wait(self, check: Any, deadline: float) -> bool:
+        while not check():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
+    def apply_services(self, count: int, endpoints: int, budget: float) -> dict[str, Any]:
+        """Grow (or re-select) to `count` services of `endpoints`; seconds until the last one is served.
+
+        Returns {"seconds": ..., "applied": k, "entries": lb4_services entries} or {"timeout": budget}.
+        """
+        start_index = 0 if endpoints != self.endpoints else self.count
+        text = "".join(service_yaml(i, endpoints) for i in range(start_index, count))
+        started = time.monotonic()
+        self._apply_text(text)
+        ok = self._wait(lambda: self._frontend_count(count - 1) == endpoints, started + budget)
+        elapsed = time.monotonic() - started
+        if not ok:
+            return {"timeout": budget, "applied": count - start_index}
+        self.count, self.endpoints = count, endpoints
+        assert self.services is not None
+        entries = self.services.count()
+        return {"seconds": elapsed, "applied": count - start_index, "entries": entries}
+
+    def add_remove_change(self, budget: float) -> dict[str, float | None]:
+        """Add one service at N, remove it again, and change the endpoints of the last service."""
+        extra = self.count
+        result: dict[str, float | None] = {}
+        started = time.monotonic()
+        self._apply_text(service_yaml(extra, self.endpoints))
+        ok = self._wait(lambda: self._frontend_count(extra) == self.endpoints, started + budget)
+        result["add_one"] = time.monotonic() - started if ok else None
+        started = time.monotonic()
+        self._apply_text(service_yaml(extra, self.endpoints), delete=True)
+        ok = self._wait(lambda: self._frontend_count(extra) is None, started + budget)
+        result["remove_one"] = time.monotonic() - started if ok else None
+        last = self.count - 1
+        before = self._backends(last)
+        started = time.monotonic()
+        self._apply_text(service_yaml(last, 1, '{app: srv, idx: "1"}'))
+        ok = self._wait(lambda: self._backends(last) not in (before, None), started + budget)
+        result["change_endpoints"] = time.monotonic() - started if ok else None
+        self._apply_text(service_yaml(last, self.endpoints))  # put it back
+        self._wait(lambda: self._backends(last) == before, time.monotonic() + budget)
+        return result
+
+    def agent_pid(self) -> int:
+        """The agent's pid."""
+        return int((Path("/run/velvet") / self.name / "agent.pid").read_text().split()[0])
+
+    def agent_hwm_kib(self) -> int:
+        """The agent's peak resident memory (VmHWM, KiB)."""
+        for line in Path(f"/proc/{self.agent_pid()}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+    def cli(self, *args: str) -> list[str]:
+        """argv of a `velvet` command for this sandbox."""
+        return [sys.executable, "-m", "velvet.cli.main", "--sandbox", self.name, *args]
+
+    def client(self, *args: str) -> list[str]:
+        """argv running probe.py in the client pod on CPU 0."""
+        return self.cli("sandbox", "exec", f"{NS}/cli", "--", "taskset", "-c", "0", "python3", PROBE, *args)
+
+    def target(self) -> str:
+        """The last service's ClusterIP:port."""
+        return f"{vip(self.count - 1)}:80"
+
+    def pod_target(self) -> str:
+        """srv0's pod IP:port."""
+        return f"{self.pod_ips['srv0']}:8080"
+
+    def apply_policy(self, rules: int, budget: float) -> dict[str, Any]:
+        """Isolate the server pods with `rules` ingress rules (one admits the client pod); 0 removes it."""
+        name = "bench-isolate"
+        text = (f"---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, "
+                f"namespace: {NS}}}\nspec:\n  podSelector: {{matchLabels: {{app: srv}}}}\n"
+                f"  policyTypes: [Ingress]\n  ingress:\n"
+                f"  - from: [{{podSelector: {{matchLabels: {{app: cli}}}}}}]\n    ports: [{{port: 8080}}]\n")
+        for i in range(rules - 1):
+            peer = ipaddress.IPv4Address(int(ipaddress.IPv4Address("172.16.0.0")) + i)
+            port = 9000 + i % 1000
+            text += f"  - from: [{{ipBlock: {{cidr: {peer}/32}}}}]\n    ports: [{{port: {port}}}]\n"
+        started = time.monotonic()
+        if rules == 0:
+            self._apply_text(text, delete=True)
+        else:
+            self._apply_text(text)
+        want = 0 if rules == 0 else rules
+        ok = self._wait(lambda: self._policy_entries() >= want if want else self._policy_entries() == 0,
+                        started + budget)
+        return {"seconds": time.monotonic() - started if ok else None, "entries": self._policy_entries()}
+
+    def _policy_entries(self) -> int:
+        status = self.sb.api.get("/v1/status")
+        return int(status["counts"]["policy_entries"])
+
+    def flow_stats(self) -> dict[str, Any]:
+        """The agent's flow counters (seen, lost, ...)."""
+        return dict(self.sb.api.get("/v1/status")["flows"])
+
+    def pause_agent(self, paused: bool) -> None:
+        """SIGSTOP/SIGCONT the agent (the event reader stops; the datapath runs on)."""
+        os.kill(self.agent_pid(), signal.SIGSTOP if paused else signal.SIGCONT)
