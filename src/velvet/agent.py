@@ -177,7 +177,11 @@ class Agent:
             keys, self._dirty_services = self._dirty_services, set()
             slices = self._slices_by_service()
             for key in sorted(keys):
-                self.reconcile_service(key, slices.get(key, []))
+                try:
+                    self.reconcile_service(key, slices.get(key, []))
+                except VelvetError:
+                    log.exception("service %s not programmed; retried on the next change", key)
+                    self._dirty_services.add(key)
             self.reconcile_stats["services"] = time.perf_counter() - started
             self._observe_duration("services")
         if self._policy_dirty:

@@ -150,3 +150,20 @@ def test_pod_gone_detaches_and_forgets_the_endpoint(tmp_path: Path) -> None:
     agent.reconcile()
     assert "vv00000001" not in dp.attached
     assert "10.244.0.10" not in dp.tables.get("lxc_endpoints", {})
+
+
+def test_deleted_service_leaves_the_maps(tmp_path: Path) -> None:
+    """Test that deleting a Service removes its frontend, slots and backends from the datapath."""
+    agent, dp = make_agent(tmp_path)
+    apply(agent, MANIFEST)
+    run_pod(agent)
+    agent._dirty_services.add("shop/web")
+    agent.reconcile()
+    assert dp.tables["lb4_services"]
+    service = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n"
+    agent.delete([{"path": "d.yaml", "text": service + "spec: {ports: [{port: 80}]}\n"}], None)
+    agent._dirty_services.add("shop/web")
+    agent.reconcile()
+    assert dp.tables["lb4_services"] == {}
+    assert dp.tables["lb4_backends"] == {}
+    assert agent.query("services", {}) == []
