@@ -160,7 +160,7 @@ def _ext_has_uplink(names: SandboxNames) -> bool:
 
 
 def _wire_ext(cfg: SandboxConfig, names: SandboxNames) -> None:
-    """Inside the external client: lo, eth0, routes to the pod and service CIDRs and a default via the node."""
+    """Inside the external client: lo, eth0, routes to the pod and service CIDRs, a default via the node."""
     with netlink.ipr(names.ext_netns) as ipr:
         netlink.set_up(ipr, "lo")
         eth = netlink.require_ifindex(ipr, EXT_UPLINK_IF)
