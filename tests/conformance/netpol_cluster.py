@@ -1,0 +1,181 @@
+"""The sandbox side of the NetworkPolicy conformance runner: objects through the agent's API, and
+probes from inside the pods through long-lived `velvet.sandbox.probe --serve` sessions.
+
+One probe session per source pod answers every round of probes (all destinations, all ports of a
+step) concurrently, so a 9x9 matrix costs one round trip per pod and at most one probe timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+import netpol_model  # noqa: E402
+from harness import Sandbox, is_ready, needs_root, unique_name  # noqa: E402
+
+from velvet.errors import VelvetError  # noqa: E402
+from velvet.sandbox import PodRuntime, SandboxConfig, exec_in_pod  # noqa: E402
+
+__all__ = ["Cluster", "ClusterError", "ProbeSession", "Sandbox", "needs_root", "unique_name"]
+
+PROBE_TIMEOUT = 1.0
+ROUND_TIMEOUT = 60.0
+
+
+class ClusterError(RuntimeError):
+    """The sandbox did not do what the runner needs (pods not ready, a probe session died...)."""
+
+
+class ProbeSession:
+    """`python -m velvet.sandbox.probe --serve` running in one pod.
+
+    Started with `exec_in_pod`, the function behind `velvet sandbox exec` (pod netns and cgroup, so
+    socket LB applies as for the pod's own processes), called in-process: nine sessions then cost
+    nine Python start-ups instead of eighteen. The exec waits in a thread; when the probe program
+    ends, the thread closes the write end of its output, so a reader sees end-of-file.
+    """
+
+    def __init__(self, sandbox: str, pod: str) -> None:
+        """Start the session (its stderr goes to a temporary file, shown if it dies)."""
+        self.pod = pod
+        namespace, _, name = pod.partition("/")
+        record = PodRuntime(SandboxConfig(sandbox=sandbox)).find(namespace, name)
+        if record is None:
+            raise ClusterError(f"pod {pod} is not running in sandbox {sandbox}")
+        self._stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the session
+        argv = [sys.executable, "-m", "velvet.sandbox.probe", "--serve", "--timeout", str(PROBE_TIMEOUT)]
+        child_in, self._in = os.pipe()
+        self._out, child_out = os.pipe()
+
+        self._failure = ""
+
+        def run() -> None:
+            try:
+                exec_in_pod(record, argv, stdin=child_in, stdout=child_out, stderr=self._stderr)
+            except VelvetError as exc:
+                self._failure = str(exc)
+            finally:
+                os.close(child_in)
+                os.close(child_out)
+
+        self._thread = threading.Thread(target=run, name=f"probe {pod}", daemon=True)
+        self._thread.start()
+        self._writer = os.fdopen(self._in, "w", buffering=1)
+        self._reader = os.fdopen(self._out, "r")
+
+    def ask(self, targets: Sequence[str]) -> list[dict[str, Any]]:
+        """Probe `targets` from this pod; one result per target, in order."""
+        try:
+            self._writer.write(json.dumps(list(targets)) + "\n")
+            self._writer.flush()
+            line = self._reader.readline()
+        except OSError as exc:
+            raise ClusterError(f"probe session in {self.pod} failed: {exc}; {self._errors()}") from exc
+        if not line:
+            raise ClusterError(f"probe session in {self.pod} ended: {self._errors()}")
+        results: list[dict[str, Any]] = json.loads(line)
+        if not isinstance(results, list) or len(results) != len(targets):
+            raise ClusterError(f"probe session in {self.pod} answered {line.strip()!r}")
+        return results
+
+    def _errors(self) -> str:
+        """What the session said on stderr (or why it could not start)."""
+        self._stderr.seek(0)
+        return self._failure or self._stderr.read().strip() or "no error output"
+
+    def close(self) -> None:
+        """End the session: end of input makes the probe program exit (the sandbox's teardown would
+        kill it with the pod otherwise)."""
+        with contextlib.suppress(OSError):
+            self._writer.close()
+        self._thread.join(timeout=5)
+        self._reader.close()
+        self._stderr.close()
+
+
+class Cluster:
+    """A sandbox driven for the runner: apply/delete manifests, pod facts, probe rounds."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        """Drive `sandbox` (already up)."""
+        self.sandbox = sandbox
+        self.sessions: dict[str, ProbeSession] = {}
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="probe")
+
+    def apply(self, manifests: Sequence[Mapping[str, Any]], what: str) -> None:
+        """Create or update objects (all-or-nothing)."""
+        text = netpol_model.dump(manifests)
+        self.sandbox.api.post("/v1/apply", {"documents": [{"path": what, "text": text}]})
+
+    def delete(self, manifests: Sequence[Mapping[str, Any]], what: str, grace: int | None = None) -> None:
+        """Delete the objects the manifests name."""
+        text = netpol_model.dump(manifests)
+        self.sandbox.api.post("/v1/delete", {"documents": [{"path": what, "text": text}],
+                                             "grace_seconds": grace})
+
+    def objects(self, kind: str) -> list[dict[str, Any]]:
+        """Every object of a kind, in all namespaces (kubectl JSON)."""
+        items: list[dict[str, Any]] = self.sandbox.api.get(f"/v1/objects/{kind}", namespace="all")["items"]
+        return items
+
+    def wait_pods(self, keys: Sequence[str], *, present: bool, timeout: float = 60) -> dict[str, str]:
+        """Wait until the pods are all Ready (present) or all gone; returns the ready pods' IPs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pods = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p for p in self.objects("pods")}
+            if present and all(k in pods and is_ready(pods[k]) for k in keys):
+                return {k: pods[k]["status"]["podIP"] for k in keys}
+            if not present and not any(k in pods for k in keys):
+                return {}
+            if time.monotonic() > deadline:
+                state = "ready" if present else "gone"
+                raise ClusterError(f"pods not {state} after {timeout:.0f}s: {sorted(keys)}")
+            time.sleep(0.2)
+
+    def cluster_ips(self, keys: Sequence[str]) -> dict[str, str]:
+        """The ClusterIP of every pod's Service s-<ns>-<pod>."""
+        found = {f"{s['metadata']['namespace']}/{s['metadata']['name']}": s["spec"].get("clusterIP", "")
+                 for s in self.objects("services")}
+        ips = {}
+        for key in keys:
+            ns, _, _ = key.partition("/")
+            ip = found.get(f"{ns}/{netpol_model.service_name(key)}", "")
+            if not ip or ip == "None":
+                raise ClusterError(f"service {ns}/{netpol_model.service_name(key)} has no ClusterIP")
+            ips[key] = ip
+        return ips
+
+    def open_sessions(self, pods: Sequence[str]) -> None:
+        """Start one probe session per pod."""
+        self.close_sessions()
+        self.sessions = {pod: ProbeSession(self.sandbox.name, pod) for pod in pods}
+
+    def close_sessions(self) -> None:
+        """End every probe session."""
+        sessions, self.sessions = self.sessions, {}
+        for session in sessions.values():
+            session.close()
+
+    def probe_round(self, targets: Mapping[str, Sequence[str]]) -> dict[str, list[dict[str, Any]]]:
+        """Probe from every source pod at once: {source: [result per target]}."""
+        futures = {src: self._pool.submit(self.sessions[src].ask, list(urls))
+                   for src, urls in targets.items()}
+        try:
+            return {src: future.result(timeout=ROUND_TIMEOUT) for src, future in futures.items()}
+        except TimeoutError as exc:
+            raise ClusterError(f"a probe round got no answer in {ROUND_TIMEOUT:.0f}s") from exc
+
+    def close(self) -> None:
+        """End the sessions and the worker threads."""
+        self.close_sessions()
+        self._pool.shutdown(wait=False, cancel_futures=True)

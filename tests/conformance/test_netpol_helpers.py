@@ -1,0 +1,127 @@
+"""Test the conformance runner's pure parts (case file, placeholders, matrices) and the pod prober.
+
+No privileges: the prober runs against echo servers on this namespace's loopback.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from netpol_cases import CaseFileError, load, resolve_placeholders
+from netpol_matrix import compare, render
+
+from velvet.sandbox import probe
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "netpol_cases.yaml"
+MINI = """
+model:
+  namespaces: {x: {labels: {kubernetes.io/metadata.name: x}}}
+  pods: {x/a: {labels: {pod: a}}, x/b: {labels: {pod: b}}}
+  pod_order: [x/a, x/b]
+cases:
+- id: 7
+  name: mini
+  servers: {ports: [80, 81], protocols: [TCP, UDP]}
+  steps:
+  - actions: [{add_pod_labels: {pod: x/b, labels: {x: y}}}]
+    probes: [{port: 81, protocol: UDP, expected_rows: {x/a: "X .", x/b: ". X"}}]
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cases.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_loads_a_small_file_in_the_shared_format(tmp_path: Path) -> None:
+    """Test that a file of the shared format loads: model, servers in model order, steps and matrices."""
+    data = load(_write(tmp_path, MINI))
+    (case,) = data.cases
+    assert data.model.pod_order == ("x/a", "x/b")
+    assert case.servers == ((80, "TCP"), (80, "UDP"), (81, "TCP"), (81, "UDP"))
+    (step,) = case.steps
+    assert step.actions[0].kind == "add_pod_labels"
+    assert step.probes[0].expected == {"x/a": ("X", "."), "x/b": (".", "X")}
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="the shared case file is not mounted")
+def test_loads_the_shared_file() -> None:
+    """Test that the shared case file loads with its 24 cases over the 9-pod model."""
+    data = load(SHARED)
+    assert len(data.model.pod_order) == 9
+    assert len(data.cases) == 24
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('x/b: ". X"', 'x/b: ". Y"', "expected_rows.x/b: want 2 cells of '.' or 'X'"),
+    ("{add_pod_labels:", "{frobnicate:", "unknown action 'frobnicate'"),
+    ("protocol: UDP,", "protocol: ICMP,", "protocol: want one of TCP, UDP, SCTP"),
+    ("pod_order: [x/a, x/b]", "pod_order: [x/a]", "model.pod_order: must list every pod"),
+])
+def test_malformed_files_fail_with_where(tmp_path: Path, old: str, new: str, message: str) -> None:
+    """Test that a malformed file fails on load, naming the place."""
+    with pytest.raises(CaseFileError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load(_write(tmp_path, MINI.replace(old, new)))
+
+
+def test_placeholders_become_pod_addresses_and_networks() -> None:
+    """Test that '$(ns/pod)' is the pod IP and '$(ns/pod)/N' its masked /N, anywhere in a manifest."""
+    ips = {"x/b": "10.244.0.11"}
+    spec = {"egress": [{"to": [{"ipBlock": {"cidr": "$(x/b)/4", "except": ["$(x/b)/32", "$(x/b)"]}}]}]}
+    assert resolve_placeholders(spec, ips) == {
+        "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/4", "except": ["10.244.0.11/32", "10.244.0.11"]}}]}]}
+    with pytest.raises(CaseFileError, match="unknown pod"):
+        resolve_placeholders("$(z/q)/8", ips)
+
+
+def test_matrix_comparison_sets_the_diagonal_apart() -> None:
+    """Test that off-diagonal differences fail and diagonal ones are only reported."""
+    order = ("x/a", "x/b")
+    expected = {"x/a": ("X", "."), "x/b": ("X", ".")}
+    observed = {("x/a", "x/a"): True, ("x/a", "x/b"): True, ("x/b", "x/a"): True, ("x/b", "x/b"): True}
+    result = compare(order, expected, observed)
+    assert result.off_diagonal == [("x/b", "x/a")]
+    assert result.diagonal == ["x/a"]
+    assert not result.matches
+    assert "x/b:   !   ." in render(order, expected, observed)
+
+
+@pytest.fixture
+def echo_ports() -> Iterator[tuple[int, int]]:
+    """A TCP and a UDP echo server on 127.0.0.1 (free ports), stopped after the test."""
+    with socket.socket() as a, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        tcp, udp = a.getsockname()[1], b.getsockname()[1]
+    code = f"from velvet.sandbox.echo import serve; serve({tcp}, {udp}, 'hostname', '127.0.0.1')"
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not probe.probe(f"tcp://127.0.0.1:{tcp}", 0.1)["ok"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield tcp, udp
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_prober_reports_each_target(echo_ports: tuple[int, int]) -> None:
+    """Test that the prober connects TCP and UDP echo servers and reports a closed port and a bad target."""
+    tcp, udp = echo_ports
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    targets = [f"tcp://127.0.0.1:{tcp}", f"udp://127.0.0.1:{udp}", f"tcp://127.0.0.1:{closed}", "http://x:1"]
+    results = probe.probe_all(targets, 0.5)
+    assert [r["target"] for r in results] == targets
+    assert [r["ok"] for r in results] == [True, True, False, False]
+    assert results[0]["reply"].split()[1].startswith("127.0.0.1:")
+    assert "refused" in results[2]["error"].lower()
+    assert "want tcp://IP:PORT" in results[3]["error"]
