@@ -66,9 +66,14 @@ class ApiClient:
             data = resp.read()
         finally:
             conn.close()
-        decoded = json.loads(data) if data else None
+        try:
+            decoded = json.loads(data) if data else None
+        except ValueError:
+            first = data.decode(errors="replace").strip().splitlines()[:1]
+            raise ApiError(f"the agent answered {method} {path} with HTTP {resp.status} and no JSON: "
+                           f"{first[0] if first else '(empty)'}") from None
         if resp.status >= 400:
-            message = decoded.get("error") if isinstance(decoded, dict) else data.decode(errors="replace")
+            message = decoded.get("error") if isinstance(decoded, dict) else decoded
             raise ApiError(str(message))
         return decoded
 
