@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -13,6 +14,7 @@ from aiohttp import web
 from velvet.errors import InvalidManifest, VelvetError
 
 Json = Any
+log = logging.getLogger("velvet.api")
 
 
 class AgentApi(Protocol):
@@ -50,6 +52,9 @@ def _errors(handler: Handler) -> Handler:
             return web.json_response({"error": str(exc).strip("'\"")}, status=404)
         except VelvetError as exc:
             return web.json_response({"error": str(exc)}, status=500)
+        except Exception as exc:  # a bug: logged with its traceback, answered in one line
+            log.exception("API request %s %s failed", request.method, request.path)
+            return web.json_response({"error": f"internal error in the agent: {exc!r}"}, status=500)
 
     return wrapped
 
