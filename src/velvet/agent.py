@@ -27,10 +27,12 @@ from velvet.agent_manifests import parse_all, relocate
 from velvet.api.server import build_app, serve_unix
 from velvet.control.endpoints import EndpointRecord, EndpointRegistry
 from velvet.control.identity import IdentityAllocator
+from velvet.control.labels import DEFAULT_EXCLUDED_LABELS, LabelFilter
 from velvet.control.policy import CompiledPolicy, PolicyCompiler
 from velvet.control.reconcile import LbDelta, LbMap, LbState, UpsertBatch, plan
 from velvet.control.services import ServiceCompiler
 from velvet.control.tables import EP_POLICY_AUDIT, EP_POLICY_EGRESS, EP_POLICY_INGRESS, EndpointEntry
+from velvet.datapath import features
 from velvet.datapath.protocol import Datapath
 from velvet.errors import InvalidManifest, VelvetError
 from velvet.model import EndpointSlice, Namespace, NetworkPolicy, Pod, PodCondition, PodStatus, Service
@@ -47,6 +49,7 @@ log = logging.getLogger("velvet.agent")
 POLICY_TABLES = ("lxc_endpoints", "ipcache", "ipcache_cidr", "policy")
 LB_TABLES = tuple(m.value for m in LbMap)
 RECONCILE_DEBOUNCE_SECONDS = 0.02
+SCTP_UNSUPPORTED = "SCTP is not supported by this kernel (CONFIG_IP_SCTP unset)"
 EVENT_POLL_SECONDS = 0.25
 MAP_FILL_PERIOD_SECONDS = 5.0
 POLICY_AUDIT_ANNOTATION = "velvet.io/policy-audit-mode"
@@ -70,6 +73,8 @@ class AgentConfig:
     metrics_netns: str | None = None
     """Network namespace (a path) of the /metrics + service map listener; None: the agent's own."""
     state_dir: Path | None = None  # default: /var/lib/velvet/<sandbox>/agent
+    identity_exclude_labels: tuple[str, ...] = ()
+    """Regexes of pod label keys left out of identities, on top of Cilium's default list."""
 
 
 def _pod_status(report: Mapping[str, Any]) -> PodStatus:
@@ -95,9 +100,11 @@ class Agent:
                                      node_name=config.node_name)
         self.endpoints = self._load_endpoints()
         self.identities = IdentityAllocator()
-        self.policy_compiler = PolicyCompiler(self.identities)
+        self.policy_compiler = PolicyCompiler(
+            self.identities, LabelFilter((*DEFAULT_EXCLUDED_LABELS, *config.identity_exclude_labels)))
         self.services = ServiceCompiler(config.node_name, config.node_ips)
         self.compiled_policy: CompiledPolicy | None = None
+        self._sctp = features.sctp_supported()
         self.audit_namespaces: frozenset[str] = frozenset()
         self._applied: dict[str, dict[Any, Any]] = {}
         self._dirty_services: set[str] = set()
@@ -386,7 +393,23 @@ class Agent:
             results = self.store.apply(objects, source=documents[0]["path"] if documents else "<apply>")
         except InvalidManifest as exc:
             raise relocate(exc, origins) from None
-        return {"results": [str(r) for r in results]}
+        return {"results": [str(r) for r in results], "warnings": self._sctp_warnings(objects)}
+
+    def _sctp_warnings(self, objects: Sequence[Any]) -> list[str]:
+        """Applied SCTP ports this kernel cannot carry (kubectl shows such server notes as warnings)."""
+        if self._sctp:
+            return []
+        warnings = []
+        for obj in objects:
+            if isinstance(obj, NetworkPolicy):
+                rules = (*obj.spec.ingress, *obj.spec.egress)
+                if any(port.protocol == "SCTP" for rule in rules for port in rule.ports):
+                    warnings.append(f"networkpolicy {obj.metadata.key}: {SCTP_UNSUPPORTED}; the policy "
+                                    "still isolates its pods, and its SCTP ports can never match")
+            elif isinstance(obj, Service) and any(p.protocol == "SCTP" for p in obj.spec.ports):
+                warnings.append(f"service {obj.metadata.key}: {SCTP_UNSUPPORTED}; its SCTP ports are not "
+                                "served")
+        return warnings
 
     def delete(self, documents: list[Mapping[str, str]], grace_seconds: int | None) -> Any:
         """Delete the objects the documents name (missing ones are reported, not fatal)."""
@@ -469,7 +492,7 @@ async def _serve_http(agent: Agent) -> web.AppRunner | None:
         log.error("not serving /metrics and the service map on %s: %s", address, exc)
         return None
     agent.http_address = listen_address(sock)
-    app = http_app(agent.metrics_registry, agent.flows.store.last, agent.flow_stats)
+    app = http_app(agent.metrics_registry, agent.flows.store, agent.flow_stats)
     runner = await serve_http(app, sock)
     log.info("metrics on http://%s/metrics, service map on http://%s/ui/", agent.http_address,
              agent.http_address)

@@ -167,3 +167,16 @@ def test_deleted_service_leaves_the_maps(tmp_path: Path) -> None:
     assert dp.tables["lb4_services"] == {}
     assert dp.tables["lb4_backends"] == {}
     assert agent.query("services", {}) == []
+
+
+def test_sctp_policy_is_applied_with_a_warning_when_the_kernel_lacks_sctp(tmp_path: Path) -> None:
+    """Test that an SCTP port in a policy is applied (it still isolates) with a clear kernel warning."""
+    agent, _ = make_agent(tmp_path)
+    agent._sctp = False
+    sctp = POLICY.replace("policyTypes: [Ingress]", "policyTypes: [Ingress]\n  ingress:\n"
+                          "  - ports: [{protocol: SCTP, port: 80}]")
+    answer = agent.apply([{"path": "m.yaml", "text": MANIFEST + "---\n" + sctp}])
+    assert answer["warnings"] == [
+        "networkpolicy shop/deny-all: SCTP is not supported by this kernel (CONFIG_IP_SCTP unset); "
+        "the policy still isolates its pods, and its SCTP ports can never match"]
+    assert "networkpolicy.networking.k8s.io/deny-all created" in answer["results"]

@@ -23,7 +23,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         sandbox=sandbox, node_name=args.node_name, node_ips=tuple(args.node_ip), pod_cidr=args.pod_cidr,
         cgroup=Path(args.cgroup) if args.cgroup else None, uplink=args.uplink,
         policy_audit_mode=args.policy_audit_mode, flow_capacity=args.flow_capacity,
-        metrics_address=args.metrics_address or None, metrics_netns=args.metrics_netns or None,
+        metrics_address=args.metrics_address or None,
+        identity_exclude_labels=tuple(args.identity_exclude_label), metrics_netns=args.metrics_netns or None,
     )
     datapath: Datapath = FakeDatapath() if args.fake_datapath else KernelDatapath(
         AgentPaths(sandbox).pin_dir, cgroup=config.cgroup, uplink=config.uplink)
@@ -40,6 +41,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--cgroup", default=None, help="cgroup v2 directory for the socket load balancer")
     p.add_argument("--uplink", default=None, help="interface receiving NodePort/external traffic")
     p.add_argument("--policy-audit-mode", action="store_true", help="report verdicts, drop nothing")
+    p.add_argument("--identity-exclude-label", action="append", default=[], metavar="REGEX",
+                   help="pod label keys left out of identities, beyond the default list (repeatable)")
     p.add_argument("--flow-capacity", type=int, default=4095, help="flows kept in memory")
     p.add_argument("--metrics-address", default="127.0.0.1:9962",
                    help="loopback address of /metrics and the service map /ui/ (empty: off)")

@@ -30,6 +30,8 @@ def read_manifests(paths: list[str]) -> list[dict[str, str]]:
 def cmd_apply(args: argparse.Namespace) -> int:
     """Apply manifests all-or-nothing; prints one kubectl-like line per object."""
     results = client(args.sandbox).post("/v1/apply", {"documents": read_manifests(args.filename)})
+    for warning in results.get("warnings", []):
+        print(f"Warning: {warning}", file=sys.stderr)
     for line in results["results"]:
         print(line)
     return 0

@@ -122,7 +122,7 @@ def probe() -> list[FeatureCheck]:
         checks.append(FeatureCheck(f"map type {name}", ok, detail, disables))
     ok, detail = _tcx_probe()
     checks.append(FeatureCheck("tcx", ok, detail, "link-based tc attach (falls back to clsact filters)"))
-    sctp = Path("/proc/net/sctp").exists() or Path("/proc/sys/net/sctp").exists()
+    sctp = sctp_supported()
     detail = "present" if sctp else "no /proc/net/sctp (CONFIG_IP_SCTP unset)"
     checks.append(FeatureCheck("SCTP", sctp, detail, "SCTP NetworkPolicy ports"))
     return checks
@@ -132,3 +132,7 @@ def missing(checks: list[FeatureCheck]) -> list[FeatureCheck]:
     """The failed checks."""
     return [c for c in checks if not c.ok]
 
+
+def sctp_supported() -> bool:
+    """Whether this kernel has SCTP (CONFIG_IP_SCTP); without it no SCTP socket or packet exists."""
+    return Path("/proc/net/sctp").exists() or Path("/proc/sys/net/sctp").exists()
