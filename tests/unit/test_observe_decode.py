@@ -10,7 +10,7 @@ from flow_events import events, random_events
 
 from velvet.datapath.structs import FLOW_EVENT_DTYPE
 from velvet.observe.codes import EventFlag, EventType, ObsPoint, Verdict
-from velvet.observe.decode import FlowDecoder, decode_columns, ipv4_text
+from velvet.observe.decode import RECORD_DTYPE, FlowDecoder, ipv4_text
 from velvet.observe.enrich import DictResolver, EndpointInfo, NamedRef
 from velvet.observe.flow import Flow
 
@@ -56,6 +56,16 @@ def test_declared_byte_order_does_not_matter(order: Literal["<", ">", "="]) -> N
     assert (flow.src_ip, flow.src_port) == ("10.1.2.3", 41234)
     if order != ">":
         assert flow.source.identity == 300
+
+
+def test_ring_layout_fast_path_equals_field_by_field() -> None:
+    """Test that the ring's own layout (copied as bytes) and a re-declared layout give equal records."""
+    batch = random_events(500, seed=9)
+    decoder = FlowDecoder(_resolver(), clock_offset_ns=123)
+    fast = decoder.enrich(batch)
+    slow = decoder.enrich(batch.view(_with_byte_order("<")))
+    assert fast.tobytes() == slow.tobytes()
+    assert fast["saddr"].tolist() == batch["saddr"].tolist()
 
 
 def test_monotonic_time_becomes_wall_clock() -> None:
@@ -127,16 +137,71 @@ def test_missing_optional_fields_read_as_zero_and_alias() -> None:
 def test_missing_required_field_is_an_error() -> None:
     """Test that a batch without addresses is refused with the fields named."""
     with pytest.raises(ValueError, match="saddr"):
-        decode_columns(np.zeros(1, np.dtype([("ts_ns", "<u8"), ("type", "u1")])), 0)
+        FlowDecoder(DictResolver()).enrich(np.zeros(1, np.dtype([("ts_ns", "<u8"), ("type", "u1")])))
 
 
-def test_columns_are_vectorised_per_field() -> None:
-    """Test decode_columns on a large batch equals per-record arithmetic."""
+def test_records_are_vectorised_per_field() -> None:
+    """Test enrich() on a large batch: host-order columns equal the per-record values, time shifted."""
     batch = random_events(1000, seed=3)
-    cols = decode_columns(batch, 10)
-    assert cols["ts_ns"][:2] == [10**9 + 10, 10**9 + 1010]
-    assert cols["saddr"][5] == int(batch["saddr"][5])
-    assert len(cols["dport"]) == 1000
+    records = FlowDecoder(DictResolver(), clock_offset_ns=10).enrich(batch)
+    assert records.dtype == RECORD_DTYPE
+    assert records["time_ns"][:2].tolist() == [10**9 + 10, 10**9 + 1010]
+    assert records["saddr"][5] == int(batch["saddr"][5])
+    assert records["dport"].tolist() == batch["dport"].tolist()
+    assert len(records) == 1000
+
+
+def test_flows_equal_per_record_decoding_on_a_large_batch() -> None:
+    """Test that a batch decoded at once equals its records decoded one by one."""
+    batch = random_events(2000, seed=5)
+    decoder = FlowDecoder(_resolver(), node_name="n", clock_offset_ns=0)
+    together = decoder.decode(batch)
+    alone = [FlowDecoder(_resolver(), node_name="n", clock_offset_ns=0).decode(batch[i:i + 1])[0]
+             for i in range(0, 2000, 97)]
+    assert together[::97] == alone
+
+
+def test_context_is_captured_at_ingest_time() -> None:
+    """Test that a record keeps the names known when it was enriched, and later ones see changes."""
+    resolver = _resolver()
+    decoder = FlowDecoder(resolver, clock_offset_ns=0)
+    before = decoder.enrich(events({"saddr": "10.0.0.1", "rev_nat_index": 5}))
+    resolver.remove_endpoint("10.0.0.1")
+    resolver.set_service(5, NamedRef("shop", "renamed"))
+    after = decoder.enrich(events({"saddr": "10.0.0.1", "rev_nat_index": 5}))
+    old, new = decoder.flows(np.concatenate((before, after)))
+    assert (old.source.pod_name, old.destination_service) == ("client-7d9f", NamedRef("shop", "web"))
+    assert (new.source.pod_name, new.destination_service) == ("", NamedRef("shop", "renamed"))
+
+
+def test_socket_events_take_the_callers_address_from_its_cgroup() -> None:
+    """Test that a record with no source address but a cgroup gets the pod's address and endpoint."""
+    resolver = _resolver()
+    resolver.set_cgroup(4242, "10.0.0.1")
+    batch = events({"saddr": "0.0.0.0", "cookie": 4242, "type": EventType.SOCK},
+                   {"saddr": "0.0.0.0", "cookie": 999, "type": EventType.SOCK})
+    known, unknown = FlowDecoder(resolver, clock_offset_ns=0).decode(batch)
+    assert (known.src_ip, known.source.pod_name, known.cgroup_id) == ("10.0.0.1", "client-7d9f", 4242)
+    assert (unknown.src_ip, unknown.source.pod_name) == ("", "")
+
+
+def test_compaction_keeps_what_live_records_point_to() -> None:
+    """Test that compact() drops unreferenced table entries and renumbers live records consistently."""
+    resolver = DictResolver()
+    decoder = FlowDecoder(resolver, clock_offset_ns=0)
+    addresses = [f"10.1.{i // 256}.{i % 256}" for i in range(1, 300)]
+    for i, addr in enumerate(addresses):
+        resolver.set_endpoint(addr, EndpointInfo("ns", f"old-{i}"))
+    decoder.enrich(events(*({"saddr": addr} for addr in addresses)))
+    for i, addr in enumerate(addresses[:40]):
+        resolver.set_endpoint(addr, EndpointInfo("ns", f"new-{i}"))
+    live = decoder.enrich(events(*({"saddr": addr} for addr in addresses[:40])))
+    expected = decoder.flows(live)
+    assert len(decoder.endpoints.values) > 300
+    decoder.compact([live[:20], live[20:]])
+    assert len(decoder.endpoints.values) == 42  # none, the 40 new pods, and the destination identity
+    assert decoder.flows(live) == expected
+    assert [f.source.pod_name for f in decoder.decode(events({"saddr": addresses[7]}))] == ["new-7"]
 
 
 def test_endpoint_objects_are_shared_within_a_batch() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from velvet.observe.codes import RESERVED_IDENTITY_NAMES
 
@@ -45,6 +45,11 @@ class NamedRef:
 class EndpointResolver(Protocol):
     """Answers the lookups that turn a `flow_event` into a flow with Kubernetes names."""
 
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever any answer may have changed (decoders cache until it does)."""
+        ...
+
     def by_ip(self, ip: int) -> EndpointInfo | None:
         """The local or known endpoint with this IPv4 address (host-order int), if any."""
         ...
@@ -69,6 +74,9 @@ class EndpointResolver(Protocol):
         ...
 
 
+_V = TypeVar("_V")
+
+
 def _ip_key(ip: str | int) -> int:
     return int(IPv4Address(ip))
 
@@ -85,48 +93,63 @@ class DictResolver:
         self._services: dict[int, NamedRef] = {}
         self._cgroups: dict[int, int] = {}
         self._policies: dict[int, tuple[NamedRef, ...]] = {}
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        """See `EndpointResolver.generation`: counts the set/remove calls that changed an answer."""
+        return self._generation
+
+    def _put(self, table: dict[int, _V], key: int, value: _V) -> None:
+        if table.get(key) != value:
+            table[key] = value
+            self._generation += 1
+
+    def _drop(self, table: dict[int, _V], key: int) -> None:
+        if table.pop(key, None) is not None:
+            self._generation += 1
 
     def set_endpoint(self, ip: str | int, info: EndpointInfo) -> None:
         """Record (or replace) the endpoint that owns `ip`."""
-        self._by_ip[_ip_key(ip)] = info
+        self._put(self._by_ip, _ip_key(ip), info)
 
     def remove_endpoint(self, ip: str | int) -> None:
         """Forget the endpoint of `ip`."""
-        self._by_ip.pop(_ip_key(ip), None)
+        self._drop(self._by_ip, _ip_key(ip))
 
     def set_cgroup(self, cgroup_id: int, ip: str | int) -> None:
         """Record that processes in cgroup `cgroup_id` are the pod with address `ip`."""
-        self._cgroups[cgroup_id] = _ip_key(ip)
+        self._put(self._cgroups, cgroup_id, _ip_key(ip))
 
     def remove_cgroup(self, cgroup_id: int) -> None:
         """Forget a pod cgroup."""
-        self._cgroups.pop(cgroup_id, None)
+        self._drop(self._cgroups, cgroup_id)
 
     def set_identity(self, identity: int, namespace: str, labels: Mapping[str, str] | Iterable[str]) -> None:
         """Record an identity's labels: a mapping ("k8s:app" -> "web") or "k8s:app=web" strings."""
         items = (f"{k}={v}" for k, v in labels.items()) if isinstance(labels, Mapping) else labels
-        self._by_identity[identity] = EndpointInfo(namespace=namespace, labels=tuple(sorted(items)))
+        self._put(self._by_identity, identity, EndpointInfo(namespace=namespace, labels=tuple(sorted(items))))
 
     def remove_identity(self, identity: int) -> None:
         """Forget an identity that was released."""
-        self._by_identity.pop(identity, None)
+        self._drop(self._by_identity, identity)
 
     def set_service(self, rev_nat_index: int, service: NamedRef) -> None:
         """Record the Service behind a reverse-NAT id."""
-        self._services[rev_nat_index] = service
+        self._put(self._services, rev_nat_index, service)
 
     def remove_service(self, rev_nat_index: int) -> None:
         """Forget a reverse-NAT id."""
-        self._services.pop(rev_nat_index, None)
+        self._drop(self._services, rev_nat_index)
 
     def set_policies(self, policy_id: int, policies: Iterable[NamedRef | str]) -> None:
         """Record the policies ("ns/name" or `NamedRef`) a datapath policy id stands for."""
         refs = (p if isinstance(p, NamedRef) else NamedRef.parse(p) for p in policies)
-        self._policies[policy_id] = tuple(refs)
+        self._put(self._policies, policy_id, tuple(refs))
 
     def remove_policies(self, policy_id: int) -> None:
         """Forget a policy id."""
-        self._policies.pop(policy_id, None)
+        self._drop(self._policies, policy_id)
 
     def by_ip(self, ip: int) -> EndpointInfo | None:
         """See `EndpointResolver.by_ip`."""

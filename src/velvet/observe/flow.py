@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from velvet.observe.codes import (
@@ -26,7 +27,14 @@ from velvet.observe.enrich import NamedRef
 
 Json = dict[str, Any]
 
-_TCP_FLAG_ORDER = (TcpFlag.FIN, TcpFlag.SYN, TcpFlag.RST, TcpFlag.PSH, TcpFlag.ACK, TcpFlag.URG)
+_TCP_FLAG_BITS = tuple((int(f), f.name or "") for f in (TcpFlag.FIN, TcpFlag.SYN, TcpFlag.RST, TcpFlag.PSH,
+                                                           TcpFlag.ACK, TcpFlag.URG))
+# Plain ints: flag arithmetic on enum members costs microseconds per flow on the --follow path.
+_REPLY = int(EventFlag.REPLY)
+_EGRESS_POINTS = frozenset(int(p) for p in EGRESS_OBS_POINTS)
+_TRACE, _DROP, _SOCK = int(EventType.TRACE), int(EventType.DROP), int(EventType.SOCK)
+_POLICY_VERDICT = int(EventType.POLICY_VERDICT)
+_DROPPED = int(Verdict.DROPPED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +65,18 @@ class Endpoint:
 
 def tcp_flag_names(flags: int) -> list[str]:
     """Names of the set TCP flags, in Hubble's order ("SYN", "ACK")."""
-    return [f.name or "" for f in _TCP_FLAG_ORDER if flags & f]
+    return [name for bit, name in _TCP_FLAG_BITS if flags & bit]
 
 
 def rfc3339_ns(time_ns: int) -> str:
     """UTC RFC 3339 time with nanoseconds, as Hubble writes `time`."""
     seconds, nanos = divmod(time_ns, 1_000_000_000)
-    return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%dT%H:%M:%S}.{nanos:09d}Z"
+    return f"{_utc_second(seconds)}.{nanos:09d}Z"
+
+
+@lru_cache(maxsize=1024)
+def _utc_second(seconds: int) -> str:
+    return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%dT%H:%M:%S}"
 
 
 def _service_json(ref: NamedRef) -> Json:
@@ -103,12 +116,12 @@ class Flow:
     @property
     def is_reply(self) -> bool:
         """Whether the packet belongs to the reply direction of its connection."""
-        return bool(self.flags & EventFlag.REPLY)
+        return bool(self.flags & _REPLY)
 
     @property
     def is_egress(self) -> bool:
         """Whether the connection leaves the observed endpoint (a reply flips the packet's direction)."""
-        return (self.obs_point in EGRESS_OBS_POINTS) != self.is_reply
+        return (self.obs_point in _EGRESS_POINTS) != self.is_reply
 
     @property
     def traffic_direction(self) -> str:
@@ -133,9 +146,9 @@ class Flow:
         return {}
 
     def _event_subtype(self) -> int:
-        if self.type == EventType.TRACE:
+        if self.type == _TRACE:
             return OBS_POINTS.get(self.obs_point, UNKNOWN_OBS_POINT)[2]
-        if self.type == EventType.DROP:
+        if self.type == _DROP:
             return self.drop_reason
         return 0
 
@@ -148,7 +161,7 @@ class Flow:
             "l4": self._l4_json(),
             "source": self.source.to_json(),
             "destination": self.destination.to_json(),
-            "Type": "SOCK" if self.type == EventType.SOCK else "L3_L4",
+            "Type": "SOCK" if self.type == _SOCK else "L3_L4",
             "node_name": self.node_name,
             "event_type": {"type": MONITOR_MESSAGE_TYPES.get(self.type, 0),
                            "sub_type": self._event_subtype()},
@@ -156,21 +169,21 @@ class Flow:
             "is_reply": self.is_reply,
             "Summary": self.summary,
         }
-        if self.verdict == Verdict.DROPPED:
+        if self.verdict == _DROPPED:
             out["drop_reason"] = self.drop_reason
             out["drop_reason_desc"] = drop_reason_names(self.drop_reason)[0]
-        if self.type == EventType.SOCK:
+        if self.type == _SOCK:
             out["sock_xlate_point"] = "SOCK_XLATE_POINT_POST_DIRECTION_FWD"
             out["cgroup_id"] = self.cgroup_id
         elif self.obs_point in OBS_POINTS:
             out["trace_observation_point"] = OBS_POINTS[self.obs_point][0]
         if self.ifindex:
             out["interface"] = {"index": self.ifindex}
-        if self.type == EventType.POLICY_VERDICT:
+        if self.type == _POLICY_VERDICT:
             out["policy_match_type"] = POLICY_MATCH_TYPES[match_type(self.flags)]
         if self.policies:
             side = "egress" if self.is_egress else "ingress"
-            how = "denied" if self.verdict == Verdict.DROPPED else "allowed"
+            how = "denied" if self.verdict == _DROPPED else "allowed"
             out[f"{side}_{how}_by"] = [_service_json(p) for p in self.policies]
         if self.source_service:
             out["source_service"] = _service_json(self.source_service)

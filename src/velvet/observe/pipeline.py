@@ -15,6 +15,7 @@ from velvet.observe.filters import FlowQuery, compile_spec
 from velvet.observe.flow import Flow
 from velvet.observe.metrics import FlowMetrics
 from velvet.observe.store import DEFAULT_CAPACITY, DEFAULT_FOLLOWER_QUEUE, FlowStore, Subscription
+from velvet.observe.vector_filter import spec_match, types_match
 
 Json = dict[str, Any]
 
@@ -44,25 +45,26 @@ class FlowPipeline:
                  clock_offset_ns: int | None = None, follower_queue: int = DEFAULT_FOLLOWER_QUEUE) -> None:
         self.resolver = resolver
         self.decoder = FlowDecoder(resolver, node_name, clock_offset_ns)
-        self.store = FlowStore(capacity, kernel_lost, follower_queue)
+        self.store = FlowStore(capacity, kernel_lost, follower_queue, self.decoder)
         self.metrics = FlowMetrics(registry, self.store.stats)
 
     def ingest(self, batch: npt.NDArray[Any]) -> None:
         """Take one ring-buffer batch of `struct flow_event` records (a numpy structured array).
 
-        Metrics count every record; Flow objects are built only for records that stay in the store,
-        or for all of them while someone follows.
+        Vectorised end to end: metrics count every record; records that stay in the store (or all
+        of them while someone follows) are enriched and stored as numpy records, not Flow objects.
         """
         if len(batch) == 0:
             return
         self.metrics.observe_batch(batch)
         keep = batch if self.store.has_followers else batch[-self.store.capacity:]
-        self.store.add(self.decoder.decode(keep), seen=len(batch))
+        self.store.add(self.decoder.enrich(keep), seen=len(batch))
 
     def query(self, query: FlowQuery) -> list[Json]:
         """Stored flows matching `query`, oldest first, as Hubble JSON."""
         predicate = compile_spec(query.spec)
-        flows = self.store.last(query.last, predicate, query.since_ns, query.until_ns)
+        match = spec_match(query.spec, self.decoder)
+        flows = self.store.last(query.last, match, predicate, query.since_ns, query.until_ns)
         return [f.to_hubble_json() for f in flows]
 
     async def stream(self, query: FlowQuery) -> AsyncGenerator[Json]:
@@ -72,10 +74,11 @@ class FlowPipeline:
         ends when a flow is newer than `query.until_ns`.
         """
         predicate = compile_spec(query.spec)
-        sub = self.store.subscribe(predicate)
+        match = spec_match(query.spec, self.decoder)
+        sub = self.store.subscribe(match, predicate)
         try:
             if query.last:
-                for flow in self.store.last(query.last, predicate, query.since_ns, query.until_ns):
+                for flow in self.store.last(query.last, match, predicate, query.since_ns, query.until_ns):
                     yield flow.to_hubble_json()
             async for item in self._follow(sub):
                 if isinstance(item, int):
@@ -89,8 +92,7 @@ class FlowPipeline:
 
     async def stream_events(self, types: Collection[int] = ()) -> AsyncGenerator[Json]:
         """Raw datapath events of the given types (all when empty) as they come (`velvet monitor`)."""
-        wanted = frozenset(types)
-        sub = self.store.subscribe(lambda f: not wanted or f.type in wanted)
+        sub = self.store.subscribe(types_match(frozenset(types)))
         try:
             async for item in self._follow(sub):
                 yield _lost_notice(item) if isinstance(item, int) else item.to_event_json()

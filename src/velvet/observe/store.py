@@ -1,4 +1,9 @@
-"""The bounded flow store (Hubble's ring of recent flows) and its followers."""
+"""The bounded flow store (Hubble's ring of recent flows) and its followers.
+
+The ring is a numpy array of `RECORD_DTYPE` records: storing a batch is a copy, and `Flow` objects are
+built only for what a reader takes (a query's matches, a follower's next flows, the service map's
+distinct edges). Followers queue batches, not flows, so a slow follower costs O(batches).
+"""
 
 from __future__ import annotations
 
@@ -9,72 +14,100 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
+from velvet.observe.decode import RAW_RECORD, RECORD_DTYPE, FlowDecoder, RecordMatch, Records, join, take
+from velvet.observe.enrich import DictResolver
 from velvet.observe.flow import Flow
 
 DEFAULT_CAPACITY = 4095
 DEFAULT_FOLLOWER_QUEUE = 4096
+_LAST_CHUNK = 256
 
 Predicate = Callable[[Flow], bool]
 
 
-def _everything(_: Flow) -> bool:
-    return True
-
-
 class Subscription:
-    """One follower: an async iterator over new flows that match its predicate.
+    """One follower: an async iterator over new flows that match its record filter and predicate.
 
-    The store never waits for a follower: when the follower's queue is full, the flow is dropped
-    and counted in `dropped`; `take_lost()` tells the follower how many it missed since last asked.
+    The store never waits for a follower: when the follower's queue holds `maxsize` records, new
+    matching records are dropped and counted in `dropped`; `take_lost()` tells the follower how many
+    it missed since last asked.
     """
 
-    def __init__(self, store: FlowStore, predicate: Predicate, maxsize: int) -> None:
+    def __init__(self, store: FlowStore, match: RecordMatch | None, predicate: Predicate | None,
+                 maxsize: int) -> None:
         self._store = store
-        self._queue: asyncio.Queue[Flow | None] = asyncio.Queue(maxsize)
+        self._batches: deque[Records] = deque()
+        self._ready = asyncio.Event()
+        self._queued = 0
+        self._flows: deque[Flow] = deque()
         self._unreported = 0
+        self._maxsize = maxsize
+        self.match = match
         self.predicate = predicate
         self.dropped = 0
         self.closed = False
 
-    def offer(self, flow: Flow) -> None:
-        """Queue `flow` if it matches; drop and count it when the follower lags."""
-        if self.closed or not self.predicate(flow):
+    def offer(self, records: Records) -> None:
+        """Queue the matching records (a batch); drop and count those beyond the queue's room."""
+        if self.closed:
             return
-        try:
-            self._queue.put_nowait(flow)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            self._unreported += 1
-            self._store.follower_dropped += 1
+        if self.match is not None:
+            records = take(records, self.match(records))
+        room = max(0, self._maxsize - self._queued)
+        lost = len(records) - room
+        if lost > 0:
+            self.dropped += lost
+            self._unreported += lost
+            self._store.follower_dropped += lost
+            records = records[:room]
+        if len(records):
+            self._batches.append(records)
+            self._queued += len(records)
+            self._ready.set()
+
+    @property
+    def queued(self) -> Sequence[Records]:
+        """The batches waiting in the queue (the store renumbers their handles when it compacts)."""
+        return self._batches
 
     @property
     def pending(self) -> int:
-        """Flows queued and not yet taken."""
-        return self._queue.qsize()
+        """Records queued and not yet taken."""
+        return self._queued + len(self._flows)
 
     def take_lost(self) -> int:
-        """Flows dropped for this follower since the last call."""
+        """Records dropped for this follower since the last call."""
         lost, self._unreported = self._unreported, 0
         return lost
 
     def close(self) -> None:
-        """Stop following; a pending `__anext__` ends the iteration."""
+        """Stop following; iteration ends once what was already queued is taken."""
         if self.closed:
             return
         self.closed = True
         self._store.unsubscribe(self)
-        if self._queue.full():
-            self._queue.get_nowait()
-        self._queue.put_nowait(None)
+        self._ready.set()
 
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> Flow:
-        flow = await self._queue.get()
-        if flow is None:
-            raise StopAsyncIteration
-        return flow
+        while True:
+            while self._flows:
+                flow = self._flows.popleft()
+                if self.predicate is None or self.predicate(flow):
+                    return flow
+            while not self._batches:
+                if self.closed:
+                    raise StopAsyncIteration
+                self._ready.clear()
+                await self._ready.wait()
+            batch = self._batches.popleft()
+            self._queued -= len(batch)
+            self._flows.extend(self._store.flows(batch))
 
 
 class RateMeter:
@@ -121,18 +154,32 @@ class StoreStats:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Groups:
+    """Records grouped by equal key columns: one representative Flow, count and newest time per group."""
+
+    flows: list[Flow]
+    counts: list[int]
+    last_ns: list[int]
+    inverse: npt.NDArray[np.intp]
+    """The group of every record."""
+
+
 class FlowStore:
-    """The last `capacity` flows, counters of what was seen, overwritten and lost, and followers.
+    """The last `capacity` records, counters of what was seen, overwritten and lost, and followers.
 
     Not thread-safe: call it from the agent's event loop thread only.
     """
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, kernel_lost: Callable[[], int] = lambda: 0,
-                 follower_queue: int = DEFAULT_FOLLOWER_QUEUE) -> None:
+                 follower_queue: int = DEFAULT_FOLLOWER_QUEUE, decoder: FlowDecoder | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"flow store capacity must be at least 1, not {capacity}")
         self.capacity = capacity
-        self._flows: deque[Flow] = deque(maxlen=capacity)
+        self.decoder = decoder or FlowDecoder(DictResolver())
+        self._ring: Records = np.zeros(capacity, RECORD_DTYPE)
+        self._next = 0
+        self._stored = 0
         self._kernel_lost = kernel_lost
         self._follower_queue = follower_queue
         self._followers: list[Subscription] = []
@@ -143,43 +190,96 @@ class FlowStore:
 
     @property
     def has_followers(self) -> bool:
-        """Whether any follower wants every new flow."""
+        """Whether any follower wants every new record."""
         return bool(self._followers)
 
-    def add(self, flows: Sequence[Flow], seen: int | None = None) -> None:
-        """Store and publish `flows`; `seen` counts records of the batch not turned into flows too.
+    def add(self, records: Records, seen: int | None = None) -> None:
+        """Store and publish `records` (from `FlowDecoder.enrich`); `seen` counts records not passed too.
 
-        Records beyond `flows` (the caller skipped them because the ring would overwrite them
+        Records beyond `records` (the caller skipped them because the ring would overwrite them
         anyway) count as overwritten.
         """
-        seen = len(flows) if seen is None else seen
+        seen = len(records) if seen is None else seen
         self._rate.record(self.seen)
         self.seen += seen
-        self.overwritten += seen - len(flows) + max(0, len(self._flows) + len(flows) - self.capacity)
-        self._flows.extend(flows)
+        self.overwritten += seen - len(records) + max(0, self._stored + len(records) - self.capacity)
+        self._write(records[-self.capacity:])
         for follower in self._followers:
-            for flow in flows:
-                follower.offer(flow)
+            follower.offer(records)
+        if self.decoder.oversized:
+            self.decoder.compact([self._ring, *(b for f in self._followers for b in f.queued)])
 
-    def last(self, n: int | None = None, predicate: Predicate = _everything, since_ns: int | None = None,
-             until_ns: int | None = None) -> list[Flow]:
-        """The newest `n` (all when None) stored flows that match, oldest first."""
-        out: list[Flow] = []
-        for flow in reversed(self._flows):
-            if n is not None and len(out) >= n:
-                break
-            if since_ns is not None and flow.time_ns < since_ns:
-                continue
-            if until_ns is not None and flow.time_ns > until_ns:
-                continue
-            if predicate(flow):
-                out.append(flow)
-        out.reverse()
+    def _write(self, records: Records) -> None:
+        n = len(records)
+        first = min(n, self.capacity - self._next)
+        ring, raw = self._ring.view(RAW_RECORD), records.view(RAW_RECORD)
+        ring[self._next:self._next + first] = raw[:first]
+        ring[:n - first] = raw[first:]
+        self._next = (self._next + n) % self.capacity
+        self._stored = min(self.capacity, self._stored + n)
+
+    def records(self, since_ns: int | None = None, until_ns: int | None = None) -> Records:
+        """The stored records (a copy), oldest first, with a time in [since_ns, until_ns] when given."""
+        if self._stored < self.capacity:
+            out = take(self._ring, slice(0, self._stored))
+        else:
+            out = join((self._ring[self._next:], self._ring[:self._next]))
+        if since_ns is not None or until_ns is not None:
+            t = out["time_ns"]
+            keep = np.ones(len(out), np.bool_)
+            if since_ns is not None:
+                keep &= t >= since_ns
+            if until_ns is not None:
+                keep &= t <= until_ns
+            out = take(out, keep)
         return out
 
-    def subscribe(self, predicate: Predicate = _everything, maxsize: int | None = None) -> Subscription:
-        """A new follower of flows stored from now on."""
-        sub = Subscription(self, predicate, maxsize or self._follower_queue)
+    def flows(self, records: Records) -> list[Flow]:
+        """The Flows of `records` (from this store), in order."""
+        return self.decoder.flows(records)
+
+    def last(self, n: int | None = None, match: RecordMatch | None = None, predicate: Predicate | None = None,
+             since_ns: int | None = None, until_ns: int | None = None) -> list[Flow]:
+        """The newest `n` (all when None) stored flows that match both filters, oldest first.
+
+        `match` selects records with numpy; Flows are built for its survivors only, newest first,
+        until `predicate` accepted `n` of them.
+        """
+        if n == 0:
+            return []
+        records = self.records(since_ns, until_ns)
+        if match is not None:
+            records = take(records, match(records))
+        if predicate is None:
+            return self.flows(records if n is None else records[-n:])
+        picked: list[Flow] = []
+        end = len(records)
+        while end > 0 and (n is None or len(picked) < n):
+            start = max(0, end - max(_LAST_CHUNK, 0 if n is None else n - len(picked)))
+            picked.extend(f for f in reversed(self.flows(records[start:end])) if predicate(f))
+            end = start
+        picked = picked if n is None else picked[:n]
+        picked.reverse()
+        return picked
+
+    def groups(self, records: Records, columns: Sequence[str]) -> Groups:
+        """`records` grouped by equal values of `columns`; a group's Flow is its first record's."""
+        if not len(records):
+            return Groups([], [], [], np.zeros(0, np.intp))
+        keys = np.zeros(len(records), np.dtype([(c, RECORD_DTYPE[c]) for c in columns]))
+        for column in columns:
+            keys[column] = records[column]
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        last = np.full(len(first), np.iinfo(np.int64).min, np.int64)
+        np.maximum.at(last, inverse, records["time_ns"])
+        counts = np.bincount(inverse, minlength=len(first))
+        return Groups(self.flows(take(records, first)), counts.tolist(), last.tolist(), inverse)
+
+    def subscribe(self, match: RecordMatch | None = None, predicate: Predicate | None = None,
+                  maxsize: int | None = None) -> Subscription:
+        """A new follower of records stored from now on (`match` selects records, `predicate` flows)."""
+        sub = Subscription(self, match, predicate, maxsize or self._follower_queue)
         self._followers.append(sub)
         return sub
 
@@ -196,7 +296,7 @@ class FlowStore:
     def stats(self) -> StoreStats:
         """Current counters."""
         return StoreStats(
-            seen=self.seen, stored=len(self._flows), capacity=self.capacity, overwritten=self.overwritten,
+            seen=self.seen, stored=self._stored, capacity=self.capacity, overwritten=self.overwritten,
             lost=self._kernel_lost(), follower_dropped=self.follower_dropped,
             followers=len(self._followers), rate=round(self._rate.rate(self.seen), 1),
         )

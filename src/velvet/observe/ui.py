@@ -3,7 +3,8 @@
 The service map is a static page (observe/web/index.html, vanilla JS drawing SVG) that polls two JSON
 routes: /ui/api/graph (namespaces, pods, services and external peers as nodes; flows of the flow
 store aggregated into edges by source, destination and verdict) and /ui/api/flows?node=ID (the
-recent flows of one node).
+recent flows of one node). Both read the store's records and build one Flow per group of records
+that draw alike, not one per record.
 
 The agent runs in its node's network namespace; the listener can be opened in another one (the
 host's, where the user's browser and Prometheus are), always on a loopback address.
@@ -15,31 +16,36 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from ipaddress import ip_address
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from velvet.datapath.netns import in_netns
 from velvet.observe.codes import RESERVED_IDENTITY_NAMES, EventType, ObsPoint, Verdict
+from velvet.observe.decode import take
 from velvet.observe.enrich import NamedRef
 from velvet.observe.flow import Endpoint, Flow
 from velvet.observe.format import compact
 from velvet.observe.metrics import metrics_app
+from velvet.observe.store import FlowStore
 
 log = logging.getLogger("velvet.observe.ui")
 Json = dict[str, Any]
-FlowSource = Callable[[], Iterable[Flow]]
-"""The stored flows, oldest first."""
 
 NODE_FLOWS_LIMIT = 50
 _VERDICT_CLASS: dict[int, str] = {Verdict.FORWARDED: "forwarded", Verdict.DROPPED: "dropped",
                                   Verdict.AUDIT: "audit", Verdict.TRANSLATED: "translated"}
 _SOCK_POINTS = frozenset({ObsPoint.SOCK_CONNECT, ObsPoint.SOCK_SENDMSG})
+_PEERS = ("src_ep", "dst_ep", "saddr", "daddr", "service", "flags")
+"""Record columns that decide a flow's nodes (endpoints, addresses, service and its side)."""
+_DRAWING = (*_PEERS, "type", "obs_point", "verdict", "dport", "proto")
+"""Record columns that decide everything `flow_edges` and `_port_text` read."""
 
 
 # --- the graph -------------------------------------------------------------------------------------
@@ -120,12 +126,13 @@ def flow_edges(flow: Flow) -> list[tuple[Json, Json, str]]:
     return edges
 
 
-def build_graph(flows: Iterable[Flow]) -> Json:
+def build_graph(store: FlowStore) -> Json:
     """Nodes (pods, services, external peers, and the namespaces holding them) and edges by verdict."""
     nodes: dict[str, Json] = {}
     edges: dict[tuple[str, str, str], _Edge] = {}
     ports: dict[tuple[str, str, str], set[str]] = {}
-    for flow in flows:
+    groups = store.groups(store.records(), _DRAWING)
+    for flow, count, last_ns in zip(groups.flows, groups.counts, groups.last_ns, strict=True):
         for src, dst, verdict in flow_edges(flow):
             nodes.setdefault(src["id"], src)
             nodes.setdefault(dst["id"], dst)
@@ -134,8 +141,8 @@ def build_graph(flows: Iterable[Flow]) -> Json:
             if edge is None:
                 edge = edges[key] = _Edge(*key)
                 ports[key] = set()
-            edge.count += 1
-            edge.last_ns = max(edge.last_ns, flow.time_ns)
+            edge.count += count
+            edge.last_ns = max(edge.last_ns, last_ns)
             ports[key].add(_port_text(flow))
     namespaces = sorted({n["namespace"] for n in nodes.values() if n["namespace"]})
     ns_nodes = [{"id": f"ns:{ns}", "kind": "namespace", "namespace": ns, "name": ns} for ns in namespaces]
@@ -166,10 +173,13 @@ def node_matches(node_id: str) -> Callable[[Flow], bool]:
     raise ValueError(f"unknown node {node_id!r} (pod:, svc:, ns:, identity: or ip:)")
 
 
-def node_flows(flows: Iterable[Flow], node_id: str, limit: int = NODE_FLOWS_LIMIT) -> list[Json]:
+def node_flows(store: FlowStore, node_id: str, limit: int = NODE_FLOWS_LIMIT) -> list[Json]:
     """The newest `limit` flows of a node, newest first, as compact lines with their verdict."""
     match = node_matches(node_id)
-    picked = [f for f in flows if match(f)][-limit:]
+    records = store.records()
+    groups = store.groups(records, _PEERS)
+    touches = np.array([match(flow) for flow in groups.flows], np.bool_)
+    picked = store.flows(take(records, touches[groups.inverse])[-limit:])
     out = []
     for flow in reversed(picked):
         data = flow.to_hubble_json()
@@ -183,8 +193,8 @@ def _page() -> bytes:
     return files("velvet.observe").joinpath("web", "index.html").read_bytes()
 
 
-def http_app(registry: CollectorRegistry, flows: FlowSource, stats: Callable[[], Json]) -> web.Application:
-    """/metrics, the service map page and its JSON API."""
+def http_app(registry: CollectorRegistry, store: FlowStore, stats: Callable[[], Json]) -> web.Application:
+    """/metrics, the service map page and its JSON API over the flows of `store`."""
     app = metrics_app(registry)
     page = _page()
 
@@ -196,12 +206,12 @@ def http_app(registry: CollectorRegistry, flows: FlowSource, stats: Callable[[],
         raise web.HTTPFound("/ui/")
 
     async def graph(_: web.Request) -> web.StreamResponse:
-        return web.json_response({**build_graph(flows()), "stats": stats()})
+        return web.json_response({**build_graph(store), "stats": stats()})
 
     async def node(request: web.Request) -> web.StreamResponse:
         node_id = request.query.get("node", "")
         try:
-            return web.json_response({"node": node_id, "flows": node_flows(flows(), node_id)})
+            return web.json_response({"node": node_id, "flows": node_flows(store, node_id)})
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
 
