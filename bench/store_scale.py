@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from velvet.agent_manifests import parse_all
-from velvet.model import KubeObject, PodCondition, PodStatus, Service
+from velvet.model import KubeObject, Pod, PodCondition, PodStatus, Service
 from velvet.model.codec import from_dict, to_dict
 from velvet.sources.endpointslices import desired_slices
-from velvet.sources.local import STATE_FILE, LocalStore, ObjectRef
+from velvet.sources.local import LocalStore, ObjectRef
+from velvet.sources.state_files import STATE_FILE
 
 NS = "bench"
 UID = "00000000-0000-4000-8000-{:012d}"
@@ -58,6 +59,16 @@ def pod_name(i: int, j: int, shared: bool) -> str:
     return f"echo-{j}" if shared else f"svc-{i}-{j}"
 
 
+def pod_doc(i: int, j: int, shared: bool, version: int) -> dict[str, Any]:
+    """Running, ready pod j of service i as stored (resourceVersion `version`)."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": _meta(pod_name(i, j, shared), NS, version, {"app": app(i, shared)}),
+            "spec": {"containers": [{"name": "c", "ports": [{"containerPort": 8080}]}],
+                     "nodeName": "velvet-node"},
+            "status": {"phase": "Running", "podIP": f"10.{64 + j}.{i // 250}.{i % 250 + 1}",
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
 def seed(state_dir: Path, services: int, pods: int, shared: bool) -> int:
     """Write the snapshot file; the number of objects in it."""
     version = 0
@@ -73,27 +84,17 @@ def seed(state_dir: Path, services: int, pods: int, shared: bool) -> int:
     for name in ("default", "kube-system", NS):
         add({"apiVersion": "v1", "kind": "Namespace", "status": {"phase": "Active"},
              "metadata": _meta(name, "", version + 1, {"kubernetes.io/metadata.name": name})})
-    members: list[KubeObject] = []
+    members: list[Pod] = []
     for i in range(services):
-        if i and shared:
-            pods = 0
-        else:
-            members = []
-        for j in range(pods):
-            ip = f"10.{64 + j}.{i // 250}.{i % 250 + 1}"
-            members.append(add({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": _meta(pod_name(i, j, shared), NS, version + 1, {"app": app(i, shared)}),
-                "spec": {"containers": [{"name": "c", "ports": [{"containerPort": 8080}]}],
-                         "nodeName": "velvet-node"},
-                "status": {"phase": "Running", "podIP": ip,
-                           "conditions": [{"type": "Ready", "status": "True"}]}}))
+        if not shared or i == 0:
+            docs = [pod_doc(i, j, shared, version + 1 + j) for j in range(pods)]
+            members = [p for p in map(add, docs) if isinstance(p, Pod)]
         doc = service_doc(i, shared)
         doc["metadata"] = _meta(f"svc-{i}", NS, version + 1)
         doc["spec"]["clusterIP"] = f"10.96.{1 + i // 250}.{i % 250 + 1}"
         svc = add(doc)
         assert isinstance(svc, Service)
-        for eps in desired_slices(svc, members):  # type: ignore[arg-type]
+        for eps in desired_slices(svc, members):
             version += 1
             meta = {**_meta(eps.metadata.name, NS, version), "labels": dict(eps.metadata.labels)}
             objects.append({**to_dict(eps), "metadata": meta})

@@ -1,6 +1,7 @@
 """kubectl-style manifests ↔ the typed model: parsing, strict validation, defaulting and printing.
 
-`parse_documents` and `load_manifests` validate the whole input before returning anything; the first
+`parse_documents` (`parse_located` also says which document each object came from) and
+`load_manifests` validate the whole input before returning anything; the first
 bad document raises `InvalidManifest(path, document, field, reason)`. `to_dict` is the inverse, in the
 shape `kubectl get -o json` prints; `from_dict(..., trusted=True)` reads that shape back with every
 server-set field (the local store's persistence format).
@@ -105,12 +106,17 @@ def to_dict(obj: KubeObject) -> Json:
 
 def parse_documents(text: str, path: str) -> list[KubeObject]:
     """Every object of a YAML (multi-document) or JSON text; `kind: List` items are flattened."""
-    objects: list[KubeObject] = []
+    return [obj for obj, _ in parse_located(text, path)]
+
+
+def parse_located(text: str, path: str) -> list[tuple[KubeObject, int]]:
+    """parse_documents' objects, each with the 1-based index of the document it came from."""
+    located: list[tuple[KubeObject, int]] = []
     for index, doc in enumerate(_load_all(text, path), start=1):
         if doc is None:
             continue
-        objects.extend(_decode_top(Node(doc, "", Where(path, index))))
-    return objects
+        located.extend((obj, index) for obj in _decode_top(Node(doc, "", Where(path, index))))
+    return located
 
 
 def load_manifests(paths: list[Path]) -> list[KubeObject]:

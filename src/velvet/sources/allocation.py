@@ -7,6 +7,7 @@ users choose); values in use are never handed out twice.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -36,6 +37,19 @@ class ServiceAllocator:
         self._ports: set[int] = set()
         for svc in services:
             self._hold(svc)
+
+    def fork(self) -> ServiceAllocator:
+        """An independent copy: what is allocated in it does not touch this one."""
+        twin = copy.copy(self)
+        twin._ips, twin._ports = set(self._ips), set(self._ports)
+        return twin
+
+    def follow(self, old: Service | None, new: Service | None) -> None:
+        """Follow a committed change: release what `old` held, hold what `new` holds."""
+        if old is not None:
+            self._release(old)
+        if new is not None:
+            self._hold(new)
 
     def prepare(self, new: Service, existing: Service | None) -> Service:
         """`new` with the ClusterIP, node ports and health-check port it keeps or gets; holds them."""

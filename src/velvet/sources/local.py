@@ -3,15 +3,14 @@
 It behaves like the parts of kube-apiserver (plus scheduler, EndpointSlice and namespace controllers)
 that a single node needs: all-or-nothing apply with created/configured/unchanged results, ClusterIP
 and node-port allocation, graceful pod deletion, namespace deletion, a store-wide resourceVersion, and
-a watch that streams every change as a `Delta`. State is one JSON file written atomically (temp file +
-rename), so it survives an agent restart. Only file I/O; no networking.
+a watch that streams every change as a `Delta`. State is a snapshot plus a journal of changes
+(`state_files`), so it survives an agent restart and a change costs what it touched. Lookups go
+through indexes (`index`), and the EndpointSlice controller recomputes only the services a
+change may affect (`slice_sync`). Only file I/O; no networking.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,6 @@ from typing import Literal
 from velvet.errors import InvalidManifest, VelvetError
 from velvet.model import (
     NAME_LABEL,
-    EndpointSlice,
     KubeObject,
     Namespace,
     ObjectMeta,
@@ -31,17 +29,17 @@ from velvet.model import (
     PodStatus,
     Service,
 )
-from velvet.model.codec import KINDS, KindInfo, from_dict, kind_of, resolve_kind, to_dict
+from velvet.model.codec import KINDS, KindInfo, kind_of, resolve_kind
 from velvet.sources.allocation import FieldError, ServiceAllocator
-from velvet.sources.delta import Delta, DeltaFanout, Watch
-from velvet.sources.endpointslices import desired_slices, is_managed, same_slice
+from velvet.sources.delta import DeltaFanout, Watch
+from velvet.sources.index import Key, ObjectIndex, key_of
+from velvet.sources.slice_sync import sync_slices
+from velvet.sources.state_files import StateFiles
+from velvet.sources.txn import NAMESPACED_KINDS, Txn, format_time
 
 ALL_NAMESPACES = "all"
-STATE_FILE = "store.json"
 INITIAL_NAMESPACES = ("default", "kube-system")
 KIND_ORDER = ("Namespace", "Pod", "Service", "EndpointSlice", "NetworkPolicy")
-
-Key = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), name
 
 
 class StoreError(VelvetError):
@@ -86,11 +84,6 @@ class DeleteResult:
         return f'{KINDS[self.kind].qualified} "{self.name}" deleted'
 
 
-def format_time(when: datetime) -> str:
-    """RFC 3339 in UTC with second precision, as metav1.Time is serialized."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def parse_time(text: str) -> datetime:
     """The inverse of format_time."""
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
@@ -100,64 +93,31 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _key(obj: KubeObject) -> Key:
-    return (type(obj).__name__, obj.metadata.namespace, obj.metadata.name)
-
-
-class _Txn:
-    """A copy of the store's objects being changed; committed whole or dropped."""
-
-    def __init__(self, objects: dict[Key, KubeObject], version: int, now: datetime) -> None:
-        self.objects = dict(objects)
-        self.version = version
-        self.now = now
-        self.deltas: list[Delta] = []
-        self.namespaces: set[str] = set()
-
-    def of_kind(self, kind: str, namespace: str | None = None) -> list[KubeObject]:
-        return [o for k, o in self.objects.items() if k[0] == kind and namespace in (None, k[1])]
-
-    def put(self, obj: KubeObject) -> KubeObject:
-        self.version += 1
-        stored = replace(obj, metadata=replace(obj.metadata, resource_version=self.version))
-        self.objects[_key(stored)] = stored
-        self.deltas.append(Delta(type(stored).__name__, "upsert", stored))
-        self.namespaces.add(stored.metadata.namespace)
-        return stored
-
-    def create(self, obj: KubeObject) -> KubeObject:
-        meta = replace(obj.metadata, uid=str(uuid.uuid4()), creation_timestamp=format_time(self.now))
-        return self.put(replace(obj, metadata=meta))
-
-    def remove(self, key: Key) -> None:
-        obj = self.objects.pop(key)
-        self.version += 1
-        gone = replace(obj, metadata=replace(obj.metadata, resource_version=self.version))
-        self.deltas.append(Delta(key[0], "delete", gone))
-        self.namespaces.add(key[1])
-
-
 class LocalStore:
     """The embedded API server; `LocalStore.open(state_dir)` resumes the state saved there."""
 
     def __init__(self, state_dir: Path, *, service_cidr: str = "10.96.0.0/16",
                  node_port_range: tuple[int, int] = (30000, 32767), node_name: str = "velvet-node",
                  clock: Callable[[], datetime] = _now) -> None:
-        self.state_file = state_dir / STATE_FILE
+        self._files = StateFiles(state_dir)
         self.service_cidr = service_cidr
         self.node_port_range = node_port_range
         self.node_name = node_name
         self._clock = clock
-        self._objects: dict[Key, KubeObject] = {}
+        self._index = ObjectIndex()
         self._version = 0
         self._fanout = DeltaFanout()
-        if self.state_file.exists():
-            self._load()
+        if self._files.exists():
+            self._version, objects = self._files.load()
+            self._index.load(objects)
         else:
             txn = self._txn()
             for name in INITIAL_NAMESPACES:
                 txn.create(Namespace(ObjectMeta(name=name, labels=MappingProxyType({NAME_LABEL: name}))))
-            self._objects, self._version = txn.objects, txn.version
+            self._index.load(obj for obj in txn.changes.values() if obj is not None)
+            self._version = txn.version
+        services = [o for o in self._index.objects.values() if isinstance(o, Service)]
+        self._allocator = ServiceAllocator(service_cidr, node_port_range, services)
 
     @classmethod
     def open(cls, state_dir: Path, *, service_cidr: str = "10.96.0.0/16",
@@ -167,7 +127,8 @@ class LocalStore:
         state_dir.mkdir(parents=True, exist_ok=True)
         store = cls(state_dir, service_cidr=service_cidr, node_port_range=node_port_range,
                     node_name=node_name, clock=clock)
-        store._persist()
+        if not store._files.exists():
+            store._files.compact(store.version, store.snapshot())
         return store
 
     @property
@@ -181,20 +142,23 @@ class LocalStore:
         """Objects of `kind` (any kubectl name) in `namespace` (None = "default", "all" = every one)."""
         info = _resolve(kind)
         ns = (namespace or "default") if info.namespaced else ""
-        if name is not None and ns != ALL_NAMESPACES:
-            one = self._objects.get((info.kind, ns, name))
+        if ns == ALL_NAMESPACES:
+            by_namespace = sorted(self._index.namespaces_of(info.kind), key=lambda item: item[0])
+            found = [objects[n] for _, objects in by_namespace for n in sorted(objects) if name in (None, n)]
+        elif name is not None:
+            one = self._index.objects.get((info.kind, ns, name))
             found = [one] if one is not None else []
         else:
-            keys = sorted(k for k in self._objects if k[0] == info.kind and ns in (ALL_NAMESPACES, k[1])
-                          and name in (None, k[2]))
-            found = [self._objects[k] for k in keys]
+            objects = self._index.of_kind(info.kind, ns)
+            found = [objects[n] for n in sorted(objects)]
         if name is not None and not found:
             raise StoreError("NotFound", f'{info.plural} "{name}" not found')
         return found
 
     def snapshot(self) -> list[KubeObject]:
         """Every object, namespaces first then by kind, namespace and name (the initial list of a watch)."""
-        return sorted(self._objects.values(), key=lambda o: (KIND_ORDER.index(type(o).__name__), _key(o)))
+        return sorted(self._index.objects.values(),
+                      key=lambda o: (KIND_ORDER.index(type(o).__name__), key_of(o)))
 
     def watch(self) -> Watch:
         """Stream every change from now on; take `snapshot()` first (no await between) for a full view."""
@@ -213,8 +177,7 @@ class LocalStore:
         `StoreError` (e.g. its namespace does not exist and is not created earlier in `objects`).
         """
         txn = self._txn()
-        services = [o for o in txn.of_kind("Service") if isinstance(o, Service)]
-        allocator = ServiceAllocator(self.service_cidr, self.node_port_range, services)
+        allocator = self._allocator.fork()
         results: list[ApplyResult] = []
         for index, obj in enumerate(objects, start=1):
             try:
@@ -233,14 +196,14 @@ class LocalStore:
         terminationGracePeriodSeconds; 0 removes pods at once.
         """
         keys = [self._target_key(t) for t in targets]
-        missing = [k for k in keys if k not in self._objects]
+        missing = [k for k in keys if k not in self._index.objects]
         if missing and not ignore_not_found:
             kind, _, name = missing[0]
             raise StoreError("NotFound", f'{KINDS[kind].plural} "{name}" not found')
         txn = self._txn()
         results: list[DeleteResult] = []
         for key in keys:
-            obj = txn.objects.get(key)
+            obj = txn.get(key)
             if obj is None:
                 continue
             if isinstance(obj, Namespace):
@@ -255,7 +218,7 @@ class LocalStore:
 
     def update_pod_status(self, namespace: str, name: str, status: PodStatus) -> bool:
         """Record what the node runtime reports about a pod; False when the pod no longer exists."""
-        pod = self._objects.get(("Pod", namespace, name))
+        pod = self._index.objects.get(("Pod", namespace, name))
         if not isinstance(pod, Pod):
             return False
         if pod.status != status:
@@ -266,36 +229,37 @@ class LocalStore:
 
     def finalize_pod_deletion(self, namespace: str, name: str) -> bool:
         """Remove a terminating pod whose processes the runtime has stopped; False if there is none."""
-        pod = self._objects.get(("Pod", namespace, name))
+        pod = self._index.objects.get(("Pod", namespace, name))
         if not isinstance(pod, Pod) or not pod.terminating:
             return False
         txn = self._txn()
-        txn.remove(_key(pod))
+        txn.remove(key_of(pod))
         self._commit(txn)
         return True
 
     def expire_terminating(self, now: datetime | None = None) -> list[Pod]:
         """Remove the terminating pods whose grace period ended by `now`; returns them."""
         moment = now or self._clock()
-        expired = [o for o in self._objects.values() if isinstance(o, Pod) and o.metadata.deletion_timestamp
-                   and parse_time(o.metadata.deletion_timestamp) <= moment]
+        terminating = sorted(self._index.terminating, key=self._index.position)
+        expired = [o for k in terminating if isinstance(o := self._index.objects[k], Pod)
+                   and o.metadata.deletion_timestamp and parse_time(o.metadata.deletion_timestamp) <= moment]
         if expired:
             txn = self._txn()
             for pod in expired:
-                txn.remove(_key(pod))
+                txn.remove(key_of(pod))
             self._commit(txn)
         return expired
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _txn(self) -> _Txn:
-        return _Txn(self._objects, self._version, self._clock())
+    def _txn(self) -> Txn:
+        return Txn(self._index, self._version, self._clock())
 
-    def _apply_one(self, txn: _Txn, allocator: ServiceAllocator, obj: KubeObject) -> ApplyResult:
-        info, key = kind_of(obj), _key(obj)
+    def _apply_one(self, txn: Txn, allocator: ServiceAllocator, obj: KubeObject) -> ApplyResult:
+        info, key = kind_of(obj), key_of(obj)
         if info.namespaced:
             _check_namespace(txn, obj.metadata.namespace)
-        existing = txn.objects.get(key)
+        existing = txn.get(key)
         prepared = self._prepare(obj, existing, allocator)
         result = ApplyResult(info.kind, key[1], key[2], "created")
         if existing is None:
@@ -333,10 +297,10 @@ class LocalStore:
                                   "metadata.labels and metadata.annotations (delete and re-create the pod)")
         return replace(pod, spec=spec, status=existing.status)
 
-    def _delete_pod(self, txn: _Txn, pod: Pod, grace_seconds: int | None) -> None:
+    def _delete_pod(self, txn: Txn, pod: Pod, grace_seconds: int | None) -> None:
         grace = pod.spec.termination_grace_period_seconds if grace_seconds is None else grace_seconds
         if grace <= 0 or pod.status.phase in ("Succeeded", "Failed"):
-            txn.remove(_key(pod))
+            txn.remove(key_of(pod))
             return
         deadline = txn.now + timedelta(seconds=grace)
         current = pod.metadata.deletion_timestamp
@@ -344,59 +308,52 @@ class LocalStore:
             return
         txn.put(replace(pod, metadata=replace(pod.metadata, deletion_timestamp=format_time(deadline))))
 
-    def _delete_namespace(self, txn: _Txn, ns: Namespace) -> None:
+    def _delete_namespace(self, txn: Txn, ns: Namespace) -> None:
         name = ns.metadata.name
         if name in INITIAL_NAMESPACES:
             raise StoreError("Forbidden",
                              f'namespaces "{name}" is forbidden: this namespace may not be deleted')
-        for obj in [o for k, o in txn.objects.items() if k[1] == name and k[0] != "Namespace"]:
+        contents = [obj for kind in NAMESPACED_KINDS for obj in txn.of_kind(kind, name)]
+        for obj in sorted(contents, key=lambda o: txn.position(key_of(o))):
             if isinstance(obj, Pod):
                 self._delete_pod(txn, obj, None)
             else:
-                txn.remove(_key(obj))
+                txn.remove(key_of(obj))
         if ns.phase != "Terminating":
             txn.put(replace(ns, phase="Terminating",
                             metadata=replace(ns.metadata, deletion_timestamp=format_time(txn.now))))
 
-    def _commit(self, txn: _Txn) -> None:
-        _sync_slices(txn)
+    def _commit(self, txn: Txn) -> None:
+        """Finish the transaction (slices, emptied namespaces); index, journal and publish it; compact."""
+        sync_slices(txn)
         _finish_namespaces(txn)
         if not txn.deltas:
             return
-        self._objects, self._version = txn.objects, txn.version
-        self._persist()
+        upserts: list[KubeObject] = []
+        deletes: list[Key] = []
+        for key, obj in txn.changes.items():
+            old = self._index.objects.get(key)
+            if old is None and obj is None:
+                continue  # created and removed within the transaction
+            self._index.put(key, obj)
+            if key[0] == "Service":
+                self._allocator.follow(old if isinstance(old, Service) else None,
+                                       obj if isinstance(obj, Service) else None)
+            if obj is None:
+                deletes.append(key)
+            else:
+                upserts.append(obj)
+        self._version = txn.version
+        self._files.record(self._version, upserts, deletes)
         self._fanout.publish(txn.deltas)
+        if self._files.oversized:
+            self._files.compact(self._version, self.snapshot())
 
     def _target_key(self, target: KubeObject | ObjectRef) -> Key:
         if not isinstance(target, ObjectRef):
-            return _key(target)
+            return key_of(target)
         info = _resolve(target.kind)
         return (info.kind, target.namespace if info.namespaced else "", target.name)
-
-    def _persist(self) -> None:
-        data = {"version": self._version, "objects": [to_dict(o) for o in self.snapshot()]}
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-        with tmp.open("w") as out:
-            out.write(json.dumps(data, sort_keys=True))  # one-shot: the C encoder (json.dump is pure Python)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.state_file)
-        dir_fd = os.open(self.state_file.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def _load(self) -> None:
-        path = str(self.state_file)
-        try:
-            data = json.loads(self.state_file.read_text())
-        except (OSError, ValueError) as err:
-            raise InvalidManifest(path, 0, "<file>", f"cannot read the store: {err}") from err
-        for index, item in enumerate(data.get("objects", []), start=1):
-            obj = from_dict(item, path=path, document=index, trusted=True)
-            self._objects[_key(obj)] = obj
-        self._version = int(data.get("version", 0))
 
 
 def _resolve(kind: str) -> KindInfo:
@@ -406,8 +363,8 @@ def _resolve(kind: str) -> KindInfo:
         raise StoreError("NotFound", str(err.args[0])) from None
 
 
-def _check_namespace(txn: _Txn, name: str) -> None:
-    ns = txn.objects.get(("Namespace", "", name))
+def _check_namespace(txn: Txn, name: str) -> None:
+    ns = txn.get(("Namespace", "", name))
     if not isinstance(ns, Namespace):
         raise StoreError("NotFound", f'namespaces "{name}" not found')
     if ns.phase == "Terminating":
@@ -415,32 +372,9 @@ def _check_namespace(txn: _Txn, name: str) -> None:
                          "because it is being terminated")
 
 
-def _sync_slices(txn: _Txn) -> None:
-    """Bring the controller's EndpointSlices of every namespace the transaction touched up to date."""
-    for ns in sorted(txn.namespaces - {""}):
-        pods = [o for o in txn.of_kind("Pod", ns) if isinstance(o, Pod)]
-        desired: dict[str, EndpointSlice] = {}
-        for svc in txn.of_kind("Service", ns):
-            if isinstance(svc, Service):
-                desired.update((s.metadata.name, s) for s in desired_slices(svc, pods))
-        current = {o.metadata.name: o for o in txn.of_kind("EndpointSlice", ns)
-                   if isinstance(o, EndpointSlice) and is_managed(o)}
-        for name, want in desired.items():
-            have = current.get(name)
-            if have is None:
-                txn.create(want)
-            elif not same_slice(have, want):
-                txn.put(replace(want, metadata=replace(want.metadata, uid=have.metadata.uid,
-                                                       creation_timestamp=have.metadata.creation_timestamp)))
-        for name in current.keys() - desired.keys():
-            txn.remove(("EndpointSlice", ns, name))
-
-
-def _finish_namespaces(txn: _Txn) -> None:
+def _finish_namespaces(txn: Txn) -> None:
     """Remove terminating namespaces that have no objects left."""
-    for ns in txn.of_kind("Namespace"):
-        if isinstance(ns, Namespace) and ns.phase == "Terminating":
-            name = ns.metadata.name
-            if not any(k[1] == name for k in txn.objects):
-                txn.remove(_key(ns))
+    for ns in txn.of_kind("Namespace", ""):
+        if isinstance(ns, Namespace) and ns.phase == "Terminating" and txn.is_empty(ns.metadata.name):
+            txn.remove(key_of(ns))
 

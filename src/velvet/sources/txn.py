@@ -1,0 +1,90 @@
+"""A store transaction: changes over the committed objects, read through, committed whole or dropped.
+
+Only the changed objects are held (`changes`, key -> new object or None when removed); every read
+looks there first and then at the committed `ObjectIndex`, so opening and reading a transaction
+costs what it touches. Each change bumps the store-wide resourceVersion and records a `Delta`.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from velvet.model import KubeObject
+from velvet.sources.delta import Delta
+from velvet.sources.index import Key, ObjectIndex, key_of
+
+NAMESPACED_KINDS = ("Pod", "Service", "EndpointSlice", "NetworkPolicy")
+
+
+def format_time(when: datetime) -> str:
+    """RFC 3339 in UTC with second precision, as metav1.Time is serialized."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Txn:
+    """Changes being made to the store's objects."""
+
+    def __init__(self, base: ObjectIndex, version: int, now: datetime) -> None:
+        self.base = base
+        self.version = version
+        self.now = now
+        self.changes: dict[Key, KubeObject | None] = {}
+        self.deltas: list[Delta] = []
+        self._new: dict[Key, int] = {}  # creation position of objects new in this transaction
+
+    def get(self, key: Key) -> KubeObject | None:
+        """The object under `key` as this transaction sees it."""
+        if key in self.changes:
+            return self.changes[key]
+        return self.base.objects.get(key)
+
+    def of_kind(self, kind: str, namespace: str) -> list[KubeObject]:
+        """Objects of `kind` in `namespace` ("" for cluster-scoped kinds), in creation order."""
+        found = [obj for name, committed in self.base.of_kind(kind, namespace).items()
+                 if (obj := self.changes.get((kind, namespace, name), committed)) is not None]
+        found += [obj for key, obj in self.changes.items()
+                  if obj is not None and key[:2] == (kind, namespace) and key not in self.base.objects]
+        return found
+
+    def is_empty(self, namespace: str) -> bool:
+        """No object is left in `namespace`."""
+        for kind in NAMESPACED_KINDS:
+            if any(self.changes.get((kind, namespace, name), obj) is not None
+                   for name, obj in self.base.of_kind(kind, namespace).items()):
+                return False
+        return not any(obj is not None and key[1] == namespace for key, obj in self.changes.items())
+
+    def position(self, key: Key) -> int:
+        """Creation position of an object (after every existing one when it is new; last when unknown)."""
+        if key in self.base.objects:
+            return self.base.position(key)
+        return self._new.get(key, sys.maxsize)
+
+    def put(self, obj: KubeObject) -> KubeObject:
+        """Store `obj` with the next resourceVersion; the stored object."""
+        self.version += 1
+        stored = replace(obj, metadata=replace(obj.metadata, resource_version=self.version))
+        key = key_of(stored)
+        if key not in self.base.objects and key not in self._new:
+            self._new[key] = self.base.next_position + len(self._new)
+        self.changes[key] = stored
+        self.deltas.append(Delta(key[0], "upsert", stored))
+        return stored
+
+    def create(self, obj: KubeObject) -> KubeObject:
+        """Store a new object with a fresh uid and creationTimestamp."""
+        meta = replace(obj.metadata, uid=str(uuid.uuid4()), creation_timestamp=format_time(self.now))
+        return self.put(replace(obj, metadata=meta))
+
+    def remove(self, key: Key) -> None:
+        """Remove the object under `key` (which must exist)."""
+        obj = self.get(key)
+        if obj is None:
+            raise KeyError(key)
+        self.changes[key] = None
+        self.version += 1
+        gone = replace(obj, metadata=replace(obj.metadata, resource_version=self.version))
+        self.deltas.append(Delta(key[0], "delete", gone))
