@@ -182,3 +182,13 @@ def test_parse_time() -> None:
     assert parse_time("1970-01-01T00:00:05Z", now) == 5 * 10**9
     with pytest.raises(ValueError, match="invalid time"):
         parse_time("yesterday", now)
+
+
+@pytest.mark.parametrize(("text", "ns"), [
+    ("2026-11-27T12:00:00.123456789Z", 1795780800123456789),
+    ("2026-11-27T12:00:00.123456Z", 1795780800123456000),
+    ("2026-11-27T13:00:00.5+01:00", 1795780800500000000),
+])
+def test_rfc3339_times_are_exact_to_the_nanosecond(text: str, ns: int) -> None:
+    """Test that --since/--until times keep every digit (a float of seconds would round them)."""
+    assert parse_time(text, 0) == ns

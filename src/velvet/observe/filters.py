@@ -344,6 +344,8 @@ def compile_spec(spec: FilterSpec) -> Predicate:
 # --- query ----------------------------------------------------------------------------------------
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_FRACTION = re.compile(r"\.(\d+)")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UNIT_NS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
 
 
@@ -351,13 +353,18 @@ def parse_time(text: str, now_ns: int) -> int:
     """Unix ns of `--since/--until`: a duration ago ("90s", "1h30m") or an RFC 3339 / ISO time."""
     if text and _DURATION.sub("", text) == "":
         return now_ns - int(sum(float(n) * _UNIT_NS[u] for n, u in _DURATION.findall(text)))
+    match = _FRACTION.search(text)
+    digits = match.group(1) if match else ""
     try:
-        when = datetime.fromisoformat(text)
+        when = datetime.fromisoformat(text[:match.start()] + text[match.end():] if match else text)
     except ValueError:
         raise ValueError(f"invalid time {text!r}: use a duration (5m, 1h30m) or RFC 3339") from None
     if when.tzinfo is None:
         when = when.astimezone()
-    return int(when.astimezone(UTC).timestamp() * 10**9)
+    # integer arithmetic: a float of Unix seconds cannot hold nanoseconds (or even microseconds) exactly
+    since_epoch = when.astimezone(UTC) - _EPOCH
+    seconds = since_epoch.days * 86_400 + since_epoch.seconds
+    return seconds * 10**9 + int((digits + "0" * 9)[:9])
 
 
 @dataclass(frozen=True)
