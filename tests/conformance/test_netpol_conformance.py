@@ -6,17 +6,18 @@ pods, real Services (socket LB), real tc policy programs, probes from inside the
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from cases_file import CASES_FILE, SHARED_CASES, VENDORED_CASES
 from netpol_cases import load
 from netpol_cluster import needs_root
 from run_netpol import run
 
-CASES_FILE = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "netpol_cases.yaml"
 
-if not CASES_FILE.exists():  # pragma: no cover - the shared tree is always mounted in CI
-    pytest.skip(f"{CASES_FILE} not available", allow_module_level=True)
+def test_cases_copy_is_current() -> None:
+    """Test that our copy of the upstream cases equals the shared file (when this checkout has it)."""
+    if SHARED_CASES.exists():
+        assert VENDORED_CASES.read_bytes() == SHARED_CASES.read_bytes()
+    assert load(VENDORED_CASES).cases
 
 
 @needs_root

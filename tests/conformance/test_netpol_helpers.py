@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cases_file import CASES_FILE
 from netpol_cases import CaseFileError, load, resolve_placeholders
 from netpol_matrix import compare, render
 
 from velvet.sandbox import probe
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "netpol_cases.yaml"
 MINI = """
 model:
   namespaces: {x: {labels: {kubernetes.io/metadata.name: x}}}
@@ -51,10 +51,9 @@ def test_loads_a_small_file_in_the_shared_format(tmp_path: Path) -> None:
     assert step.probes[0].expected == {"x/a": ("X", "."), "x/b": (".", "X")}
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="the shared case file is not mounted")
 def test_loads_the_shared_file() -> None:
     """Test that the shared case file loads with its 24 cases over the 9-pod model."""
-    data = load(SHARED)
+    data = load(CASES_FILE)
     assert len(data.model.pod_order) == 9
     assert len(data.cases) == 24
 
