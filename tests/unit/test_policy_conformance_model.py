@@ -1,8 +1,9 @@
 """Test that compiler + policy_lookup reproduce every upstream NetworkPolicy e2e matrix (pure model).
 
-Each case of tests/conformance/data/netpol_cases.yaml (a copy of ../shared's) is replayed step by step
-on the 9-pod model (x,y,z x a,b,c); every probe's 9x9 matrix is computed through `PolicyCompiler` and `trace` on the
-destination pod's IP and the probed port (post-DNAT semantics) and compared with `expected_rows`.
+Each case of tests/conformance/data/netpol_cases.yaml (a copy of ../shared's) is replayed step by
+step on the 9-pod model (x,y,z x a,b,c); every probe's 9x9 matrix is computed through `PolicyCompiler`
+and `trace` on the destination pod's IP and the probed port (post-DNAT semantics) and compared with
+`expected_rows`.
 Upstream ignores the diagonal (loopback through the pod's own Service); so does the verdict here,
 but diagonal differences are printed.
 """
