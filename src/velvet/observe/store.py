@@ -22,7 +22,7 @@ from velvet.observe.enrich import DictResolver
 from velvet.observe.flow import Flow
 
 DEFAULT_CAPACITY = 4095
-DEFAULT_FOLLOWER_QUEUE = 4096
+DEFAULT_FOLLOWER_QUEUE = 65536  # records (80 B each): a follower rides out bursts, a slow one still loses
 _LAST_CHUNK = 256
 
 Predicate = Callable[[Flow], bool]
