@@ -25,18 +25,26 @@ from prometheus_client import CollectorRegistry
 from velvet import __version__
 from velvet.agent_manifests import parse_all, relocate
 from velvet.api.server import build_app, serve_unix
-from velvet.control.endpoints import EndpointRecord, EndpointRegistry
+from velvet.control.endpoints import EndpointRegistry
 from velvet.control.identity import IdentityAllocator
 from velvet.control.labels import DEFAULT_EXCLUDED_LABELS, LabelFilter
 from velvet.control.policy import CompiledPolicy, PolicyCompiler
-from velvet.control.reconcile import LbDelta, LbMap, LbState, UpsertBatch, plan
 from velvet.control.services import ServiceCompiler
-from velvet.control.tables import EP_POLICY_AUDIT, EP_POLICY_EGRESS, EP_POLICY_INGRESS, EndpointEntry
 from velvet.datapath import features
+from velvet.datapath.delta import LbDelta, UpsertBatch, plan
 from velvet.datapath.protocol import Datapath
+from velvet.datapath.tables import (
+    EP_POLICY_AUDIT,
+    EP_POLICY_EGRESS,
+    EP_POLICY_INGRESS,
+    EndpointEntry,
+    LbMap,
+    LbState,
+)
 from velvet.errors import InvalidManifest, VelvetError
 from velvet.model import EndpointSlice, Namespace, NetworkPolicy, Pod, PodCondition, PodStatus, Service
 from velvet.model.codec import resolve_kind, to_dict
+from velvet.model.endpoint import EndpointRecord
 from velvet.observe.enrich import DictResolver, EndpointInfo, NamedRef
 from velvet.observe.filters import FlowQuery
 from velvet.observe.pipeline import FlowPipeline, event_types

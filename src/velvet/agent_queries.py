@@ -7,9 +7,9 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from velvet.control.policy_lookup import describe_key, trace
-from velvet.control.reconcile import Proto
 from velvet.datapath import features
 from velvet.datapath.structs import BackendState, SvcFlag
+from velvet.datapath.tables import Proto
 from velvet.model import NetworkPolicy, Pod, Service
 from velvet.sources.local import ALL_NAMESPACES
 

@@ -34,8 +34,8 @@ from packets import tcp, udp
 
 from velvet.control.identity import IdentityAllocator
 from velvet.control.policy import CompiledPolicy, PolicyCompiler
-from velvet.control.tables import EP_POLICY_EGRESS, EP_POLICY_INGRESS, EndpointEntry
 from velvet.datapath.codecs import encode_items
+from velvet.datapath.tables import EP_POLICY_EGRESS, EP_POLICY_INGRESS, EndpointEntry
 from velvet.datapath.views import MapView
 from velvet.model import (
     NAME_LABEL,

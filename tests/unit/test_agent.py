@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from velvet.agent import Agent, AgentConfig
-from velvet.control.reconcile import ServiceKey
-from velvet.control.tables import EP_POLICY_INGRESS
 from velvet.datapath.fake import FakeDatapath
+from velvet.datapath.tables import EP_POLICY_INGRESS, ServiceKey
 from velvet.errors import InvalidManifest
 from velvet.model import Service
 from velvet.sources.local import StoreError

@@ -7,7 +7,7 @@ from pathlib import Path
 from test_agent import MANIFEST, POLICY, apply, make_agent, run_pod
 
 from velvet.agent import POLICY_AUDIT_ANNOTATION
-from velvet.control.tables import EP_POLICY_AUDIT, EP_POLICY_INGRESS
+from velvet.datapath.tables import EP_POLICY_AUDIT, EP_POLICY_INGRESS
 
 AUDITED = f"""
 apiVersion: v1

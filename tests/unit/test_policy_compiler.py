@@ -11,18 +11,10 @@ import pytest
 from netpol_reference import make_namespace, make_pod, make_policy, sel
 
 from velvet.control.identity import FIRST_LOCAL_CIDR_IDENTITY, IdentityAllocator
-from velvet.control.policy import (
-    ALLOW_LOCALHOST,
-    ANY_IDENTITY,
-    CompiledEndpoint,
-    CompiledPolicy,
-    Direction,
-    PolicyCompiler,
-    PolicyKey,
-    PolicyValue,
-)
+from velvet.control.policy import ALLOW_LOCALHOST, CompiledEndpoint, CompiledPolicy, PolicyCompiler
 from velvet.control.policy_lookup import cidr_identity, describe_key, label_identity, lookup, trace
 from velvet.control.portrange import MAX_PORT, mask_port, prefix_covers, split_port_range
+from velvet.datapath.tables import ANY_IDENTITY, Direction, PolicyKey, PolicyValue
 from velvet.model import (
     IPBlock,
     LabelSelector,

@@ -8,23 +8,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from velvet.control.reconcile import (
-    BackendValue,
-    DeleteBatch,
-    LbDelta,
-    LbMap,
-    LbState,
-    MapPlan,
-    RevNatValue,
-    ServiceKey,
-    ServiceValue,
-    UpsertBatch,
-    lb_delta,
-    merge_plans,
-    plan,
-)
 from velvet.control.services import ServiceCompiler
+from velvet.datapath.delta import DeleteBatch, LbDelta, MapPlan, UpsertBatch, lb_delta, merge_plans, plan
 from velvet.datapath.structs import LbScope, SvcFlag
+from velvet.datapath.tables import BackendValue, LbMap, LbState, RevNatValue, ServiceKey, ServiceValue
 from velvet.model.meta import ObjectMeta
 from velvet.model.service import (
     SERVICE_NAME_LABEL,

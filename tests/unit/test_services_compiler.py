@@ -10,15 +10,6 @@ from typing import Any
 import pytest
 
 from velvet.control.maglev import DEFAULT_TABLE_SIZE
-from velvet.control.reconcile import (
-    LbDelta,
-    LbState,
-    Proto,
-    ServiceKey,
-    ServiceValue,
-    SourceRangeKey,
-    UpsertBatch,
-)
 from velvet.control.services import (
     ALGORITHM_ANNOTATION,
     NODEPORT_WILDCARD,
@@ -26,7 +17,9 @@ from velvet.control.services import (
     ServiceCompiler,
     stable_order,
 )
+from velvet.datapath.delta import LbDelta, UpsertBatch
 from velvet.datapath.structs import BackendState, LbScope, SvcFlag
+from velvet.datapath.tables import LbState, Proto, ServiceKey, ServiceValue, SourceRangeKey
 from velvet.errors import MapFull
 from velvet.model.meta import ObjectMeta
 from velvet.model.service import (

@@ -3,30 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
+
+from velvet.model.endpoint import EndpointRecord
 
 FIRST_ENDPOINT_ID = 1
 MAX_ENDPOINT_ID = 0xFFFF
-
-
-@dataclass(frozen=True)
-class EndpointRecord:
-    """What the node runtime reported when it wired a pod (the CNI ADD of the sandbox)."""
-
-    namespace: str
-    name: str
-    ep_id: int
-    ip: str
-    ifname: str
-    ifindex: int
-    netns_inode: int = 0
-    cgroup_id: int = 0
-
-    @property
-    def key(self) -> str:
-        """namespace/name of the pod."""
-        return f"{self.namespace}/{self.name}"
 
 
 class EndpointRegistry:

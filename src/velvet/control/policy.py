@@ -40,10 +40,8 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from enum import IntEnum
 from functools import cached_property
 from types import MappingProxyType
-from typing import NamedTuple
 
 from velvet.control.identity import WORLD_PREFIX, IdentityAllocator, normalize_prefix
 from velvet.control.labels import (
@@ -54,15 +52,16 @@ from velvet.control.labels import (
     pod_labels_of,
 )
 from velvet.control.portrange import PORT_BITS, mask_port, split_port_range
+from velvet.datapath.tables import (
+    ANY_IDENTITY,
+    ANY_PROTO,
+    Direction,
+    PolicyKey,
+    PolicyValue,
+)
 from velvet.model import Identity, IPBlock, Namespace, NetworkPolicy, NetworkPolicyPeer, Pod, ReservedIdentity
 from velvet.model.policy import NetworkPolicyRule
 
-ANY_IDENTITY = 0
-ANY_PROTO = 0
-PREFIX_IDENTITY = 64
-"""LPM prefix length of an entry with the identity fixed and any protocol and port."""
-PREFIX_PROTO = 80
-"""LPM prefix length of an entry with the protocol fixed and any port; + n fixes n port bits."""
 PROTOCOLS: Mapping[str, int] = MappingProxyType({"TCP": 6, "UDP": 17, "SCTP": 132})
 ALLOW_LOCALHOST = "reserved:allow-localhost"
 
@@ -70,41 +69,6 @@ PortKey = tuple[int, int, int]  # (proto, port, port prefix length)
 _ANY_PORT: PortKey = (ANY_PROTO, 0, 0)
 _Grant = tuple[str, tuple[PortKey, ...]]  # a policy name and the port keys it allows
 _Grants = dict[int, list[_Grant]]  # identity -> what each rule selecting it allows
-
-
-class Direction(IntEnum):
-    """Traffic direction as seen from the endpoint."""
-
-    INGRESS = 0
-    EGRESS = 1
-
-    @property
-    def policy_type(self) -> str:
-        """The policyTypes value naming this direction."""
-        return "Ingress" if self is Direction.INGRESS else "Egress"
-
-
-class PolicyKey(NamedTuple):
-    """A policy map key; proto 0 = any protocol (port ignored), port_prefix_len 0 = any port."""
-
-    ep_id: int
-    direction: Direction
-    identity: int
-    proto: int
-    port: int
-    port_prefix_len: int
-
-    @property
-    def prefix_len(self) -> int:
-        """The LPM prefix length the datapath stores: 64 (any protocol) or 80 + port bits."""
-        return PREFIX_IDENTITY if self.proto == ANY_PROTO else PREFIX_PROTO + self.port_prefix_len
-
-
-class PolicyValue(NamedTuple):
-    """A policy map value: verdict and the id of the set of policies that allow the key."""
-
-    allow: bool
-    policy_id: int
 
 
 @dataclass(frozen=True)

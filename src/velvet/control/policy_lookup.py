@@ -21,17 +21,9 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from velvet.control.policy import (
-    ANY_IDENTITY,
-    ANY_PROTO,
-    PROTOCOLS,
-    CompiledEndpoint,
-    CompiledPolicy,
-    Direction,
-    PolicyKey,
-    PolicyValue,
-)
+from velvet.control.policy import PROTOCOLS, CompiledEndpoint, CompiledPolicy
 from velvet.control.portrange import PORT_BITS, mask_port
+from velvet.datapath.tables import ANY_IDENTITY, ANY_PROTO, Direction, PolicyKey, PolicyValue
 from velvet.model import Pod, ReservedIdentity
 
 IPPROTO_ICMP = 1

@@ -26,29 +26,24 @@ wanted by two services belongs to the first; the other gets it when it is releas
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Generic, NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 from velvet.control.maglev import lookup_table
-from velvet.control.reconcile import (
+from velvet.datapath.delta import LbDelta, MapPlan, lb_delta, merge_deltas, plan
+from velvet.datapath.structs import BackendState, LbScope, SvcFlag
+from velvet.datapath.tables import (
     BackendValue,
-    K,
-    LbDelta,
     LbState,
-    MapPlan,
     Proto,
     RevNatValue,
     ServiceKey,
     ServiceValue,
     SourceRangeKey,
     StaleBackend,
-    lb_delta,
-    merge_deltas,
-    plan,
 )
-from velvet.datapath.structs import BackendState, LbScope, SvcFlag
 from velvet.errors import MapFull
 from velvet.model.service import HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL, EndpointSlice, Service
 
@@ -110,6 +105,9 @@ def is_ignored(service: Service) -> bool:
         or SERVICE_PROXY_NAME_LABEL in labels
         or HEADLESS_LABEL in labels
     )
+
+
+K = TypeVar("K", bound=Hashable)
 
 
 class IdAllocator(Generic[K]):

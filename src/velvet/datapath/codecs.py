@@ -7,10 +7,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from velvet.control.policy import Direction, PolicyKey, PolicyValue
-from velvet.control.reconcile import BackendValue, RevNatValue, ServiceKey, ServiceValue, SourceRangeKey
-from velvet.control.tables import EndpointEntry
 from velvet.datapath import structs as s
+from velvet.datapath.tables import (
+    BackendValue,
+    Direction,
+    EndpointEntry,
+    PolicyKey,
+    PolicyValue,
+    RevNatValue,
+    ServiceKey,
+    ServiceValue,
+    SourceRangeKey,
+)
 from velvet.datapath.views import PolicyMap
 
 

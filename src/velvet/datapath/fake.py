@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from velvet.control.endpoints import EndpointRecord
-from velvet.control.reconcile import StaleBackend
 from velvet.datapath.protocol import DatapathStatus, MapStatus, ProgramStatus
 from velvet.datapath.structs import FLOW_EVENT_DTYPE
+from velvet.datapath.tables import StaleBackend
+from velvet.model.endpoint import EndpointRecord
 
 
 class FakeDatapath:

@@ -13,16 +13,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from velvet.control.endpoints import EndpointRecord
-from velvet.control.reconcile import StaleBackend
 from velvet.datapath import attach, build, mounts
 from velvet.datapath.bpfobject import BpfObject, Program
 from velvet.datapath.codecs import CODECS, encode_items
 from velvet.datapath.maps import Map
 from velvet.datapath.protocol import DatapathStatus, MapStatus, ProgramStatus
 from velvet.datapath.structs import BE32, MetricReason
+from velvet.datapath.tables import StaleBackend
 from velvet.datapath.views import Views, open_views
 from velvet.errors import DatapathError
+from velvet.model.endpoint import EndpointRecord
 
 log = logging.getLogger("velvet.datapath")
 OBJECTS = ("lxc", "sock", "node")

@@ -6,8 +6,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from velvet.control.endpoints import EndpointRecord
-from velvet.control.reconcile import StaleBackend
+from velvet.datapath.tables import StaleBackend
+from velvet.model.endpoint import EndpointRecord
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,26 @@
-"""Load-balancer map contents, the difference between two of them, and the safe order to apply it.
+"""The difference between two contents of the datapath's tables, and the safe order to write it.
 
-`plan` is the generic diff of one map. The records below mirror the datapath's lb4_* maps (addresses
-stay dotted strings; the agent packs them into the ctypes mirrors of `types.h`). `LbDelta.batches`
-orders a change so that a lookup racing with it never finds a slot that points to a backend, a Maglev
-table or a rev-NAT entry that is not there yet, or that is already gone.
+`plan` is the generic diff of one map. `LbDelta.batches` orders a load-balancer change so that a
+lookup racing with it never finds a slot that points to a backend, a Maglev table or a rev-NAT entry
+that is not there yet, or that is already gone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
 from typing import Any, Generic, TypeVar
 
-from velvet.datapath.structs import BackendState, LbScope
+from velvet.datapath.tables import (
+    BackendValue,
+    LbMap,
+    LbState,
+    RevNatValue,
+    ServiceKey,
+    ServiceValue,
+    SourceRangeKey,
+    StaleBackend,
+)
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -56,94 +63,6 @@ def plan(current: Mapping[K, V], desired: Mapping[K, V]) -> MapPlan[K, V]:
     deletes = [k for k in current if k not in desired]
     return MapPlan(upserts, deletes)
 
-
-class Proto(IntEnum):
-    """IP protocol numbers of the protocols a Service port can have."""
-
-    TCP = 6
-    UDP = 17
-    SCTP = 132
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceKey:
-    """lb4_services key: a frontend, its scope, and a slot (0 = the frontend entry, 1..n = backends)."""
-
-    address: str
-    dport: int
-    backend_slot: int
-    proto: int
-    scope: int = LbScope.EXT
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceValue:
-    """lb4_services value: backend_id in slots 1..n; count, flags and affinity timeout in slot 0."""
-
-    backend_id: int = 0
-    affinity_timeout: int = 0
-    count: int = 0
-    rev_nat_index: int = 0
-    flags: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class BackendValue:
-    """lb4_backends value: where a backend id sends traffic."""
-
-    address: str
-    port: int
-    proto: int
-    state: int = BackendState.ACTIVE
-
-
-@dataclass(frozen=True, slots=True)
-class RevNatValue:
-    """lb4_revnat value: the frontend address and port that replies are rewritten back to."""
-
-    address: str
-    port: int
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRangeKey:
-    """lb4_src_range key: a CIDR (canonical "a.b.c.d/len") allowed to reach one frontend."""
-
-    rev_nat_index: int
-    cidr: str
-
-
-@dataclass(frozen=True, slots=True)
-class StaleBackend:
-    """A backend a frontend stopped using: conntrack entries from the frontend to it must be flushed."""
-
-    frontend_address: str
-    frontend_port: int
-    proto: int
-    backend_id: int
-    backend_address: str
-    backend_port: int
-
-
-@dataclass(frozen=True)
-class LbState:
-    """The contents of the five load-balancer maps (src_range is a set: its values are None)."""
-
-    services: Mapping[ServiceKey, ServiceValue] = field(default_factory=dict)
-    backends: Mapping[int, BackendValue] = field(default_factory=dict)
-    revnat: Mapping[int, RevNatValue] = field(default_factory=dict)
-    src_range: Mapping[SourceRangeKey, None] = field(default_factory=dict)
-    maglev: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
-
-
-class LbMap(StrEnum):
-    """The pinned name of each load-balancer map."""
-
-    SERVICES = "lb4_services"
-    BACKENDS = "lb4_backends"
-    REVNAT = "lb4_revnat"
-    SRC_RANGE = "lb4_src_range"
-    MAGLEV = "lb4_maglev"
 
 
 @dataclass(frozen=True)
