@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from velvet.agent import Agent, AgentConfig
+from velvet.agent import queries
+from velvet.agent.config import AgentConfig
+from velvet.agent.node import Agent, Dirty
 from velvet.datapath.fake import FakeDatapath
 from velvet.datapath.tables import EP_POLICY_INGRESS, ServiceKey
 from velvet.errors import InvalidManifest
@@ -60,20 +62,15 @@ def run_pod(agent: Agent, ip: str = "10.244.0.10") -> None:
                                      "conditions": [{"type": "Ready", "status": "True"}]})
 
 
-def drain(agent: Agent) -> None:
-    """Apply pending store deltas the way the reconcile loop does."""
-    watch = agent.store.watch()
-    agent.reconcile()
-    watch.close()
+def reconcile_all(agent: Agent) -> None:
+    """A reconcile pass over every service and the policy, as after any change."""
+    agent.reconcile(Dirty({s.metadata.key for s in agent.store.objects("Service")}, policy=True))
 
 
 def apply(agent: Agent, text: str) -> list[str]:
     """velvet apply through the agent's API method, then reconcile everything."""
     results: list[str] = agent.apply([{"path": "m.yaml", "text": text}])["results"]
-    agent._dirty_services |= {f"{s.metadata.namespace}/{s.metadata.name}"
-                              for s in agent.store.get("services", "all")}
-    agent._policy_dirty = True
-    agent.reconcile()
+    reconcile_all(agent)
     return results
 
 
@@ -82,8 +79,7 @@ def test_service_gets_frontend_and_the_pod_as_backend(tmp_path: Path) -> None:
     agent, dp = make_agent(tmp_path)
     apply(agent, MANIFEST)
     run_pod(agent)
-    agent._dirty_services.add("shop/web")
-    agent.reconcile()
+    reconcile_all(agent)
     service = agent.store.get("services", "shop", "web")[0]
     assert isinstance(service, Service)
     assert service.spec.cluster_ip
@@ -94,7 +90,7 @@ def test_service_gets_frontend_and_the_pod_as_backend(tmp_path: Path) -> None:
     slot = services[ServiceKey(cluster_ip, 80, 1, 6, 0)]
     backend = dp.tables["lb4_backends"][slot.backend_id]
     assert (backend.address, backend.port) == ("10.244.0.10", 8080)
-    assert [row["service"] for row in agent.query("services", {})] == ["shop/web"]
+    assert [row["service"] for row in queries.query(agent, "services", {})] == ["shop/web"]
 
 
 def test_policy_isolates_the_endpoint_and_names_it(tmp_path: Path) -> None:
@@ -105,7 +101,7 @@ def test_policy_isolates_the_endpoint_and_names_it(tmp_path: Path) -> None:
     apply(agent, POLICY)
     entry = dp.tables["lxc_endpoints"]["10.244.0.10"]
     assert entry.flags & EP_POLICY_INGRESS
-    rows = agent.query("endpoints", {})
+    rows = queries.query(agent, "endpoints", {})
     assert rows[0]["ingress_enforcement"] == "enabled"
     assert rows[0]["ingress_policies"] == ["shop/deny-all"]
 
@@ -135,7 +131,7 @@ def test_restart_adopts_the_tables_and_rewrites_nothing(tmp_path: Path) -> None:
     restarted, _ = make_agent(tmp_path, dp)
     assert dp.tables == tables
     assert dp.writes == writes
-    assert [r.key for r in restarted.endpoint_records()] == ["shop/web"]
+    assert [r.key for r in restarted.endpoints] == ["shop/web"]
     assert "vv00000001" in dp.attached
 
 
@@ -144,9 +140,9 @@ def test_pod_gone_detaches_and_forgets_the_endpoint(tmp_path: Path) -> None:
     agent, dp = make_agent(tmp_path)
     apply(agent, MANIFEST)
     run_pod(agent)
-    agent.reconcile()
+    reconcile_all(agent)
     agent.pod_gone("shop", "web")
-    agent.reconcile()
+    reconcile_all(agent)
     assert "vv00000001" not in dp.attached
     assert "10.244.0.10" not in dp.tables.get("lxc_endpoints", {})
 
@@ -156,22 +152,19 @@ def test_deleted_service_leaves_the_maps(tmp_path: Path) -> None:
     agent, dp = make_agent(tmp_path)
     apply(agent, MANIFEST)
     run_pod(agent)
-    agent._dirty_services.add("shop/web")
-    agent.reconcile()
+    reconcile_all(agent)
     assert dp.tables["lb4_services"]
     service = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n"
     agent.delete([{"path": "d.yaml", "text": service + "spec: {ports: [{port: 80}]}\n"}], None)
-    agent._dirty_services.add("shop/web")
-    agent.reconcile()
+    agent.reconcile(Dirty({"shop/web"}))
     assert dp.tables["lb4_services"] == {}
     assert dp.tables["lb4_backends"] == {}
-    assert agent.query("services", {}) == []
+    assert queries.query(agent, "services", {}) == []
 
 
 def test_sctp_policy_is_applied_with_a_warning_when_the_kernel_lacks_sctp(tmp_path: Path) -> None:
     """Test that an SCTP port in a policy is applied (it still isolates) with a clear kernel warning."""
-    agent, _ = make_agent(tmp_path)
-    agent._sctp = False
+    agent, _ = make_agent(tmp_path)  # the fake datapath's kernel reports no SCTP
     sctp = POLICY.replace("policyTypes: [Ingress]", "policyTypes: [Ingress]\n  ingress:\n"
                           "  - ports: [{protocol: SCTP, port: 80}]")
     answer = agent.apply([{"path": "m.yaml", "text": MANIFEST + "---\n" + sctp}])

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from test_agent import MANIFEST, POLICY, apply, make_agent, run_pod
 
-from velvet.agent import POLICY_AUDIT_ANNOTATION
+from velvet.agent import queries
+from velvet.controllers.policy import POLICY_AUDIT_ANNOTATION
 from velvet.datapath.tables import EP_POLICY_AUDIT, EP_POLICY_INGRESS
 
 AUDITED = f"""
@@ -28,10 +29,10 @@ def test_annotated_namespace_puts_its_endpoints_in_audit_mode(tmp_path: Path) ->
     entry = dp.tables["lxc_endpoints"]["10.244.0.10"]
     assert entry.flags & EP_POLICY_INGRESS
     assert entry.flags & EP_POLICY_AUDIT
-    assert agent.query("endpoints", {})[0]["ingress_enforcement"] == "audit"
+    assert queries.query(agent, "endpoints", {})[0]["ingress_enforcement"] == "audit"
     apply(agent, MANIFEST)
     assert not dp.tables["lxc_endpoints"]["10.244.0.10"].flags & EP_POLICY_AUDIT
-    assert agent.query("endpoints", {})[0]["ingress_enforcement"] == "enabled"
+    assert queries.query(agent, "endpoints", {})[0]["ingress_enforcement"] == "enabled"
 
 
 def test_other_namespaces_are_not_audited(tmp_path: Path) -> None:

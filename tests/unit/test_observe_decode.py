@@ -166,7 +166,7 @@ def test_context_is_captured_at_ingest_time() -> None:
     resolver = _resolver()
     decoder = FlowDecoder(resolver, clock_offset_ns=0)
     before = decoder.enrich(events({"saddr": "10.0.0.1", "rev_nat_index": 5}))
-    resolver.remove_endpoint("10.0.0.1")
+    resolver.sync_pods({}, {}, {}, {})  # the pod was deleted
     resolver.set_service(5, NamedRef("shop", "renamed"))
     after = decoder.enrich(events({"saddr": "10.0.0.1", "rev_nat_index": 5}))
     old, new = decoder.flows(np.concatenate((before, after)))

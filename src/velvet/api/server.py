@@ -19,18 +19,18 @@ log = logging.getLogger("velvet.api")
 
 
 class AgentApi(Protocol):
-    """What the API needs from the agent; every method returns JSON-able data."""
+    """What the API needs from the agent; every method returns JSON-able data (streams: items)."""
 
-    def health(self) -> Json: ...
-    def status(self) -> Json: ...
-    def apply(self, documents: list[Mapping[str, str]]) -> Json: ...
-    def delete(self, documents: list[Mapping[str, str]], grace_seconds: int | None) -> Json: ...
-    def get_objects(self, kind: str, namespace: str | None, name: str | None) -> Json: ...
-    def list_node_pods(self) -> Json: ...
-    def add_endpoint(self, namespace: str, name: str, report: Mapping[str, Any]) -> Json: ...
-    def report_pod(self, namespace: str, name: str, report: Mapping[str, Any]) -> Json: ...
-    def pod_gone(self, namespace: str, name: str) -> Json: ...
-    def query(self, what: str, params: Mapping[str, str]) -> Json: ...
+    async def health(self) -> Json: ...
+    async def status(self) -> Json: ...
+    async def apply(self, documents: list[Mapping[str, str]]) -> Json: ...
+    async def delete(self, documents: list[Mapping[str, str]], grace_seconds: int | None) -> Json: ...
+    async def get_objects(self, kind: str, namespace: str | None, name: str | None) -> Json: ...
+    async def list_node_pods(self) -> Json: ...
+    async def add_endpoint(self, namespace: str, name: str, report: Mapping[str, Any]) -> Json: ...
+    async def report_pod(self, namespace: str, name: str, report: Mapping[str, Any]) -> Json: ...
+    async def pod_gone(self, namespace: str, name: str) -> Json: ...
+    async def query(self, what: str, params: Mapping[str, str]) -> Json: ...
     def stream(self, what: str, params: Mapping[str, str]) -> AsyncIterator[Json]: ...
 
 
@@ -94,58 +94,58 @@ def build_app(agent: AgentApi) -> web.Application:
     @routes.get("/v1/health")
     @_errors
     async def health(_: web.Request) -> web.StreamResponse:
-        return _ok(agent.health())
+        return _ok(await agent.health())
 
     @routes.get("/v1/status")
     @_errors
     async def status(_: web.Request) -> web.StreamResponse:
-        return _ok(agent.status())
+        return _ok(await agent.status())
 
     @routes.post("/v1/apply")
     @_errors
     async def apply(request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        return _ok(agent.apply(body["documents"]))
+        return _ok(await agent.apply(body["documents"]))
 
     @routes.post("/v1/delete")
     @_errors
     async def delete(request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        return _ok(agent.delete(body["documents"], body.get("grace_seconds")))
+        return _ok(await agent.delete(body["documents"], body.get("grace_seconds")))
 
     @routes.get("/v1/objects/{kind}")
     @_errors
     async def get_objects(request: web.Request) -> web.StreamResponse:
         q = request.query
-        return _ok(agent.get_objects(request.match_info["kind"], q.get("namespace"), q.get("name")))
+        return _ok(await agent.get_objects(request.match_info["kind"], q.get("namespace"), q.get("name")))
 
     @routes.get("/v1/node/pods")
     @_errors
     async def node_pods(_: web.Request) -> web.StreamResponse:
-        return _ok(agent.list_node_pods())
+        return _ok(await agent.list_node_pods())
 
     @routes.put("/v1/node/endpoints/{namespace}/{name}")
     @_errors
     async def add_endpoint(request: web.Request) -> web.StreamResponse:
         m = request.match_info
-        return _ok(agent.add_endpoint(m["namespace"], m["name"], await request.json()))
+        return _ok(await agent.add_endpoint(m["namespace"], m["name"], await request.json()))
 
     @routes.put("/v1/node/pods/{namespace}/{name}")
     @_errors
     async def report_pod(request: web.Request) -> web.StreamResponse:
         m = request.match_info
-        return _ok(agent.report_pod(m["namespace"], m["name"], await request.json()))
+        return _ok(await agent.report_pod(m["namespace"], m["name"], await request.json()))
 
     @routes.delete("/v1/node/pods/{namespace}/{name}")
     @_errors
     async def pod_gone(request: web.Request) -> web.StreamResponse:
         m = request.match_info
-        return _ok(agent.pod_gone(m["namespace"], m["name"]))
+        return _ok(await agent.pod_gone(m["namespace"], m["name"]))
 
     @routes.get("/v1/query/{what}")
     @_errors
     async def query(request: web.Request) -> web.StreamResponse:
-        return _ok(agent.query(request.match_info["what"], request.query))
+        return _ok(await agent.query(request.match_info["what"], request.query))
 
     @routes.get("/v1/stream/{what}")
     async def stream(request: web.Request) -> web.StreamResponse:

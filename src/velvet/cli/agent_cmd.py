@@ -12,7 +12,9 @@ from velvet.paths import AgentPaths, current_sandbox
 
 def cmd_agent(args: argparse.Namespace) -> int:
     """Build the agent with the kernel datapath (or the in-memory fake) and run it."""
-    from velvet.agent import Agent, AgentConfig, run_agent
+    from velvet.agent.config import AgentConfig
+    from velvet.agent.daemon import run_agent
+    from velvet.agent.node import Agent
     from velvet.datapath.fake import FakeDatapath
     from velvet.datapath.kernel import KernelDatapath
     from velvet.datapath.protocol import Datapath

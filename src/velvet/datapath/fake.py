@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from velvet.datapath.protocol import DatapathStatus, MapStatus, ProgramStatus
+from velvet.datapath.protocol import DatapathStatus, FeatureCheck, KernelInfo, MapStatus, ProgramStatus
 from velvet.datapath.structs import FLOW_EVENT_DTYPE
 from velvet.datapath.tables import StaleBackend
 from velvet.model.endpoint import EndpointRecord
@@ -16,7 +16,8 @@ from velvet.model.endpoint import EndpointRecord
 class FakeDatapath:
     """Tables are dicts; attachments are a set of interface names."""
 
-    def __init__(self) -> None:
+    def __init__(self, features: tuple[FeatureCheck, ...] = ()) -> None:
+        self.features = features
         self.tables: dict[str, dict[Any, Any]] = {}
         self.attached: dict[str, EndpointRecord] = {}
         self.started = False
@@ -27,6 +28,10 @@ class FakeDatapath:
     def start(self) -> None:
         """Nothing to load."""
         self.started = True
+
+    def kernel(self) -> KernelInfo:
+        """The checks given at construction (none: every feature counts as missing)."""
+        return KernelInfo("fake", self.features)
 
     def attach_endpoint(self, endpoint: EndpointRecord) -> None:
         """Remember the endpoint as attached."""

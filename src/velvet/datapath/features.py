@@ -9,12 +9,12 @@ import ctypes
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from velvet.datapath import libbpf, mounts
 from velvet.datapath.attach import BPF_TCX_INGRESS
+from velvet.datapath.protocol import FeatureCheck
 from velvet.errors import DatapathError
 
 PROG_TYPES_NEEDED: dict[str, tuple[int, str]] = {
@@ -34,16 +34,6 @@ MAP_TYPES_NEEDED: dict[str, tuple[int, str]] = {
 MIN_KERNEL = (5, 10)
 _CLONE_NEWNET = 0x40000000
 _TRIVIAL_PROG = bytes.fromhex("b700000000000000" "9500000000000000")  # r0 = 0; exit
-
-
-@dataclass(frozen=True)
-class FeatureCheck:
-    """One probed capability: ok or not, what was seen, and what its absence disables."""
-
-    name: str
-    ok: bool
-    detail: str
-    disables: str
 
 
 def kernel_release() -> str:
@@ -126,11 +116,6 @@ def probe() -> list[FeatureCheck]:
     detail = "present" if sctp else "no /proc/net/sctp (CONFIG_IP_SCTP unset)"
     checks.append(FeatureCheck("SCTP", sctp, detail, "SCTP NetworkPolicy ports"))
     return checks
-
-
-def missing(checks: list[FeatureCheck]) -> list[FeatureCheck]:
-    """The failed checks."""
-    return [c for c in checks if not c.ok]
 
 
 def sctp_supported() -> bool:

@@ -13,11 +13,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from velvet.datapath import attach, build, mounts
+from velvet.datapath import attach, build, features, mounts
 from velvet.datapath.bpfobject import BpfObject, Program
 from velvet.datapath.codecs import CODECS, encode_items
 from velvet.datapath.maps import Map
-from velvet.datapath.protocol import DatapathStatus, MapStatus, ProgramStatus
+from velvet.datapath.protocol import DatapathStatus, KernelInfo, MapStatus, ProgramStatus
 from velvet.datapath.structs import BE32, MetricReason
 from velvet.datapath.tables import StaleBackend
 from velvet.datapath.views import Views, open_views
@@ -47,11 +47,13 @@ class KernelDatapath:
         self.views: Views | None = None
         self._maps: dict[str, Map[Any, Any]] = {}
         self._attachments: dict[str, list[str]] = {}
+        self._kernel = KernelInfo(features.kernel_release())
 
     # -- life cycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Build if stale, load with pinned maps, attach the node cgroup and uplink hooks."""
+        """Probe the kernel, build if stale, load with pinned maps, attach the cgroup and uplink hooks."""
+        self._kernel = KernelInfo(features.kernel_release(), tuple(features.probe()))
         mounts.ensure_bpffs()
         mounts.ensure_pin_dir(self.pin_dir)
         mounts.ensure_pin_dir(self.links_dir)
@@ -74,6 +76,10 @@ class KernelDatapath:
                 attach.attach_tcx(node.program(prog_name), ifindex, direction,  # type: ignore[arg-type]
                                   self.links_dir / f"uplink-{direction}")
                 self._attachments[prog_name] = [f"{self.uplink} ({direction})"]
+
+    def kernel(self) -> KernelInfo:
+        """The release, and the feature checks `start` ran."""
+        return self._kernel
 
     def _load(self, name: str) -> BpfObject:
         """Open and load one object reusing pinned maps; pins of an older map layout are replaced."""

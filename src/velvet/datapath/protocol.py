@@ -11,6 +11,28 @@ from velvet.model.endpoint import EndpointRecord
 
 
 @dataclass(frozen=True)
+class FeatureCheck:
+    """One probed kernel capability: ok or not, what was seen, and what its absence disables."""
+
+    name: str
+    ok: bool
+    detail: str
+    disables: str
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    """The kernel a datapath runs on: its release and the capabilities probed when it started."""
+
+    release: str
+    features: tuple[FeatureCheck, ...] = ()
+
+    def supports(self, name: str) -> bool:
+        """Whether the check called `name` passed (an unknown check counts as missing)."""
+        return any(c.ok for c in self.features if c.name == name)
+
+
+@dataclass(frozen=True)
 class ProgramStatus:
     """A loaded program and where it is attached."""
 
@@ -43,7 +65,10 @@ class Datapath(Protocol):
     """Tables are named like the maps they fill; keys and values are the control plane's frozen records."""
 
     def start(self) -> None:
-        """Load (or re-adopt) programs and maps and attach the node-wide hooks."""
+        """Probe the kernel, load (or re-adopt) programs and maps and attach the node-wide hooks."""
+
+    def kernel(self) -> KernelInfo:
+        """The kernel's release and the capabilities probed by `start` (no syscalls after it)."""
 
     def attach_endpoint(self, endpoint: EndpointRecord) -> None:
         """Attach the pod-veth programs to an endpoint's host interface."""

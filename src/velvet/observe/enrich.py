@@ -75,6 +75,8 @@ class EndpointResolver(Protocol):
 
 
 _V = TypeVar("_V")
+_RESERVED = {ident: EndpointInfo(labels=(f"reserved:{name}",))
+             for ident, name in RESERVED_IDENTITY_NAMES.items()}
 
 
 def _ip_key(ip: str | int) -> int:
@@ -86,10 +88,7 @@ class DictResolver:
 
     def __init__(self) -> None:
         self._by_ip: dict[int, EndpointInfo] = {}
-        self._by_identity: dict[int, EndpointInfo] = {
-            ident: EndpointInfo(labels=(f"reserved:{name}",))
-            for ident, name in RESERVED_IDENTITY_NAMES.items()
-        }
+        self._by_identity: dict[int, EndpointInfo] = dict(_RESERVED)
         self._services: dict[int, NamedRef] = {}
         self._cgroups: dict[int, int] = {}
         self._policies: dict[int, tuple[NamedRef, ...]] = {}
@@ -109,30 +108,33 @@ class DictResolver:
         if table.pop(key, None) is not None:
             self._generation += 1
 
+    def _replace(self, table: dict[int, _V], wanted: Mapping[int, _V]) -> None:
+        if table != wanted:
+            table.clear()
+            table.update(wanted)
+            self._generation += 1
+
+    def sync_pods(self, endpoints: Mapping[str, EndpointInfo], cgroups: Mapping[int, str],
+                  identities: Mapping[int, EndpointInfo], policies: Mapping[int, Iterable[str]]) -> None:
+        """Make everything pod-derived exactly this: deleted pods, released identities and policy ids
+        stop resolving at once (flows already stored keep the names they were recorded with)."""
+        self._replace(self._by_ip, {_ip_key(ip): info for ip, info in endpoints.items()})
+        self._replace(self._cgroups, {cgroup: _ip_key(ip) for cgroup, ip in cgroups.items()})
+        self._replace(self._by_identity, {**_RESERVED, **identities})
+        self._replace(self._policies, {i: tuple(map(NamedRef.parse, names)) for i, names in policies.items()})
+
     def set_endpoint(self, ip: str | int, info: EndpointInfo) -> None:
         """Record (or replace) the endpoint that owns `ip`."""
         self._put(self._by_ip, _ip_key(ip), info)
-
-    def remove_endpoint(self, ip: str | int) -> None:
-        """Forget the endpoint of `ip`."""
-        self._drop(self._by_ip, _ip_key(ip))
 
     def set_cgroup(self, cgroup_id: int, ip: str | int) -> None:
         """Record that processes in cgroup `cgroup_id` are the pod with address `ip`."""
         self._put(self._cgroups, cgroup_id, _ip_key(ip))
 
-    def remove_cgroup(self, cgroup_id: int) -> None:
-        """Forget a pod cgroup."""
-        self._drop(self._cgroups, cgroup_id)
-
     def set_identity(self, identity: int, namespace: str, labels: Mapping[str, str] | Iterable[str]) -> None:
         """Record an identity's labels: a mapping ("k8s:app" -> "web") or "k8s:app=web" strings."""
         items = (f"{k}={v}" for k, v in labels.items()) if isinstance(labels, Mapping) else labels
         self._put(self._by_identity, identity, EndpointInfo(namespace=namespace, labels=tuple(sorted(items))))
-
-    def remove_identity(self, identity: int) -> None:
-        """Forget an identity that was released."""
-        self._drop(self._by_identity, identity)
 
     def set_service(self, rev_nat_index: int, service: NamedRef) -> None:
         """Record the Service behind a reverse-NAT id."""
@@ -146,10 +148,6 @@ class DictResolver:
         """Record the policies ("ns/name" or `NamedRef`) a datapath policy id stands for."""
         refs = (p if isinstance(p, NamedRef) else NamedRef.parse(p) for p in policies)
         self._put(self._policies, policy_id, tuple(refs))
-
-    def remove_policies(self, policy_id: int) -> None:
-        """Forget a policy id."""
-        self._drop(self._policies, policy_id)
 
     def by_ip(self, ip: int) -> EndpointInfo | None:
         """See `EndpointResolver.by_ip`."""

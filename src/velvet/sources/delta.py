@@ -21,6 +21,13 @@ class Delta:
     obj: KubeObject
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class Watch:
     """An async iterator of deltas for one watcher; ends when closed or when its source closes."""
 
@@ -28,6 +35,7 @@ class Watch:
         self._fanout = fanout
         self._queue: asyncio.Queue[Delta | None] = asyncio.Queue()
         self._closed = False
+        self._loop = _running_loop()  # deltas published on another thread are handed to this loop
 
     def __aiter__(self) -> Watch:
         return self
@@ -42,8 +50,11 @@ class Watch:
         return item
 
     def put(self, delta: Delta | None) -> None:
-        """Queue a delta (None ends the stream)."""
-        self._queue.put_nowait(delta)
+        """Queue a delta (None ends the stream); safe from any thread."""
+        if self._loop is not None and _running_loop() is not self._loop:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, delta)
+        else:
+            self._queue.put_nowait(delta)
 
     def close(self) -> None:
         """Stop watching; iteration ends after the deltas already queued."""

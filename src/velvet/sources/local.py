@@ -155,6 +155,15 @@ class LocalStore:
             raise StoreError("NotFound", f'{info.plural} "{name}" not found')
         return found
 
+    def objects(self, kind: str) -> list[KubeObject]:
+        """Every object of `kind` in every namespace (see `ObjectCache`)."""
+        return self.get(kind, ALL_NAMESPACES)
+
+    def find(self, kind: str, namespace: str, name: str) -> KubeObject | None:
+        """One object, or None (see `ObjectCache`)."""
+        info = _resolve(kind)
+        return self._index.objects.get((info.kind, namespace if info.namespaced else "", name))
+
     def snapshot(self) -> list[KubeObject]:
         """Every object, namespaces first then by kind, namespace and name (the initial list of a watch)."""
         return sorted(self._index.objects.values(),

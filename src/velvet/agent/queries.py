@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from velvet.control.policy_lookup import describe_key, trace
-from velvet.datapath import features
 from velvet.datapath.structs import BackendState, SvcFlag
 from velvet.datapath.tables import Proto
 from velvet.model import NetworkPolicy, Pod, Service
 from velvet.sources.local import ALL_NAMESPACES
 
 if TYPE_CHECKING:
-    from velvet.agent import Agent
+    from velvet.agent.node import Agent
 
 PROTO_NAMES = {int(p): p.name for p in Proto}
 FLAG_NAMES = [(SvcFlag.CLUSTERIP, "ClusterIP"), (SvcFlag.NODEPORT, "NodePort"),
@@ -23,13 +22,13 @@ FLAG_NAMES = [(SvcFlag.CLUSTERIP, "ClusterIP"), (SvcFlag.NODEPORT, "NodePort"),
 
 def status(agent: Agent) -> dict[str, Any]:
     """Kernel checks, agent health, programs and their attachments, maps, object counts."""
-    checks = features.probe()
+    kernel = agent.datapath.kernel()
     dp = agent.datapath.status()
     services = agent.store.get("services", ALL_NAMESPACES)
     policies = agent.store.get("networkpolicies", ALL_NAMESPACES)
-    compiled = agent.compiled_policy
+    compiled = agent.policy.compiled
     return {
-        "kernel": {"release": features.kernel_release(), "features": [asdict(c) for c in checks]},
+        "kernel": {"release": kernel.release, "features": [asdict(c) for c in kernel.features]},
         "agent": {**agent.health(), "sandbox": agent.config.sandbox, "node": agent.config.node_name,
                   "policy_audit_mode": agent.config.policy_audit_mode, "socket": str(agent.paths.socket),
                   "reconcile": dict(agent.reconcile_stats)},
@@ -46,18 +45,7 @@ def status(agent: Agent) -> dict[str, Any]:
             "policies": len(policies),
             "policy_entries": sum(len(ep.entries) for ep in compiled.endpoints.values()) if compiled else 0,
         },
-        "flows": agent.flow_stats(),
-        "http": _http(agent),
     }
-
-
-def _http(agent: Agent) -> dict[str, Any] | None:
-    """Where /metrics and the service map are served (None when they are not)."""
-    address = agent.http_address
-    if address is None:
-        return None
-    return {"address": address, "netns": agent.config.metrics_netns or "agent",
-            "metrics": f"http://{address}/metrics", "ui": f"http://{address}/ui/"}
 
 
 def _service_names(agent: Agent) -> dict[tuple[str, int, int], str]:
@@ -78,7 +66,7 @@ def _service_names(agent: Agent) -> dict[tuple[str, int, int], str]:
 
 def service_list(agent: Agent) -> list[dict[str, Any]]:
     """Frontends with their backends, like `cilium service list`."""
-    desired = agent.services.desired()
+    desired = agent.services.compiler.desired()
     names = _service_names(agent)
     rows = []
     for key, value in sorted(desired.services.items(), key=lambda kv: (kv[1].rev_nat_index, kv[0].scope)):
@@ -110,10 +98,10 @@ def service_list(agent: Agent) -> list[dict[str, Any]]:
 
 def endpoint_list(agent: Agent) -> list[dict[str, Any]]:
     """Local endpoints with identity, IP and policy enforcement per direction, like `cilium endpoint list`."""
-    compiled = agent.compiled_policy
+    compiled = agent.policy.compiled
     rows = []
-    for record in agent.endpoint_records():
-        enforced = "audit" if agent.policy_audit(record.key) else "enabled"
+    for record in agent.endpoints:
+        enforced = "audit" if agent.policy.audited(record.key) else "enabled"
         ep = compiled.endpoints.get(record.ep_id) if compiled else None
         identity = agent.identities.lookup(ep.identity) if ep else None
         rows.append({
@@ -139,7 +127,7 @@ def identity_list(agent: Agent) -> list[dict[str, Any]]:
 
 def policy_get(agent: Agent) -> dict[str, Any]:
     """Loaded NetworkPolicies and the compiled entries per endpoint."""
-    compiled = agent.compiled_policy
+    compiled = agent.policy.compiled
     policies = [p for p in agent.store.get("networkpolicies", ALL_NAMESPACES) if isinstance(p, NetworkPolicy)]
     endpoints = []
     for ep in compiled.endpoints.values() if compiled else ():
@@ -164,7 +152,7 @@ def _pod(agent: Agent, ref: str) -> Pod:
 
 def policy_trace(agent: Agent, params: Mapping[str, str]) -> dict[str, Any]:
     """Verdict of a connection from one pod to another, from the compiled state the datapath uses."""
-    compiled = agent.compiled_policy
+    compiled = agent.policy.compiled
     if compiled is None:
         raise ValueError("policy not compiled yet")
     src, dst = _pod(agent, params["from"]), _pod(agent, params["to"])
@@ -197,15 +185,4 @@ def query(agent: Agent, what: str, params: Mapping[str, str]) -> Any:
         return policy_trace(agent, params)
     if what == "bpf":
         return agent.datapath.dump(params["map"])
-    if what == "flows":
-        return agent.query_flows(params)
     raise KeyError(f"unknown query {what!r}")
-
-
-def stream(agent: Agent, what: str, params: Mapping[str, str]) -> AsyncIterator[Any]:
-    """Dispatch a named stream."""
-    if what == "flows":
-        return agent.follow_flows(params)
-    if what == "events":
-        return agent.follow_events(params)
-    raise KeyError(f"unknown stream {what!r}")

@@ -1,0 +1,33 @@
+"""How one node agent runs; the sandbox passes the node's cgroup, uplink and addresses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The agent's options (see `velvet agent --help`)."""
+
+    sandbox: str
+    node_name: str = "velvet-node"
+    node_ips: tuple[str, ...] = ()
+    pod_cidr: str = "10.244.0.0/24"
+    service_cidr: str = "10.96.0.0/16"
+    cgroup: Path | None = None
+    uplink: str | None = None
+    policy_audit_mode: bool = False
+    flow_capacity: int = 4095
+    metrics_address: str | None = "127.0.0.1:9962"
+    metrics_netns: str | None = None
+    """Network namespace (a path) of the /metrics + service map listener; None: the agent's own."""
+    state_dir: Path | None = None  # default: /var/lib/velvet/<sandbox>/agent
+    identity_exclude_labels: tuple[str, ...] = ()
+    """Regexes of pod label keys left out of identities, on top of Cilium's default list."""
+
+    @property
+    def host_ips(self) -> tuple[str, ...]:
+        """The node's own addresses: its IPs and the pods' gateway (the first address of the pod CIDR)."""
+        gateway = self.pod_cidr.split("/")[0].rsplit(".", 1)[0] + ".1"
+        return (*self.node_ips, gateway)

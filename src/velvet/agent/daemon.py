@@ -1,0 +1,129 @@
+"""The agent daemon: start the agent, serve its API and listeners, run its loops until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+
+from aiohttp import web
+
+from velvet.agent.handlers import AgentHandlers
+from velvet.agent.node import Agent, Dirty
+from velvet.api.server import build_app, serve_unix
+from velvet.errors import VelvetError
+from velvet.observe.ui import http_app, listen_address, loopback_listener, serve_http
+
+log = logging.getLogger("velvet.agent")
+RECONCILE_DEBOUNCE_SECONDS = 0.02
+EVENT_POLL_SECONDS = 0.25
+MAP_FILL_PERIOD_SECONDS = 5.0
+EXPIRY_PERIOD_SECONDS = 1.0
+
+
+async def reconcile_loop(handlers: AgentHandlers) -> None:
+    """Follow the store and reconcile, on the state worker, whatever became dirty."""
+    agent = handlers.agent
+    watch = agent.store.watch()
+
+    async def follow() -> None:
+        async for delta in watch:
+            Agent.mark(handlers.dirty, delta)
+            handlers.wake.set()
+
+    follower = asyncio.create_task(follow())
+    try:
+        while True:
+            await handlers.wake.wait()
+            await asyncio.sleep(RECONCILE_DEBOUNCE_SECONDS)
+            handlers.wake.clear()
+            dirty, handlers.dirty = handlers.dirty, Dirty()
+            try:
+                retry = await handlers.run(agent.reconcile, dirty)
+            except Exception:
+                log.exception("reconcile failed; will retry on the next change")
+                retry = Dirty(policy=True)
+            handlers.dirty.services |= retry.services
+            handlers.dirty.policy |= retry.policy
+    finally:
+        follower.cancel()
+        watch.close()
+
+
+async def every(period: float, handlers: AgentHandlers, work: Callable[[], object]) -> None:
+    """Run `work` on the state worker every `period` seconds; a failure is logged and tried again."""
+    while True:
+        try:
+            await handlers.run(work)
+        except Exception:
+            log.exception("%s failed; trying again in %.0f s", work.__name__, period)
+        await asyncio.sleep(period)
+
+
+async def event_loop(agent: Agent) -> None:
+    """Move datapath events into the flow pipeline, woken by the ring's fd (or polling without one)."""
+    ready = asyncio.Event()
+    fd = agent.datapath.events_fd()
+    loop = asyncio.get_running_loop()
+    if fd is not None:
+        loop.add_reader(fd, ready.set)
+    try:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ready.wait(), EVENT_POLL_SECONDS)
+            ready.clear()
+            while len(batch := agent.datapath.read_events()):
+                agent.flows.ingest(batch)
+    finally:
+        if fd is not None:
+            loop.remove_reader(fd)
+
+
+async def _serve_http(handlers: AgentHandlers) -> web.AppRunner | None:
+    """Serve /metrics and the service map on the configured loopback address (a failure is logged)."""
+    agent = handlers.agent
+    address = agent.config.metrics_address
+    if not address:
+        return None
+    try:
+        sock = loopback_listener(address, agent.config.metrics_netns)
+    except (OSError, ValueError, VelvetError) as exc:
+        log.error("not serving /metrics and the service map on %s: %s", address, exc)
+        return None
+    handlers.http_address = listen_address(sock)
+    app = http_app(agent.metrics_registry, agent.flows.store, agent.flows.status)
+    runner = await serve_http(app, sock)
+    log.info("metrics on http://%s/metrics, service map on http://%s/ui/", handlers.http_address,
+             handlers.http_address)
+    return runner
+
+
+async def run_agent(agent: Agent) -> None:
+    """Start the agent and serve until SIGTERM/SIGINT; attachments and pins stay when it exits."""
+    agent.start()
+    handlers = AgentHandlers(agent)
+    runner = await serve_unix(build_app(handlers), agent.paths.socket)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("agent up: API on %s", agent.paths.socket)
+    http_runner = await _serve_http(handlers)
+    tasks = [asyncio.create_task(coro) for coro in (
+        reconcile_loop(handlers), event_loop(agent),
+        every(EXPIRY_PERIOD_SECONDS, handlers, agent.expire_terminating),
+        every(MAP_FILL_PERIOD_SECONDS, handlers, agent.refresh_map_fill))]
+    try:
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        agent.flows.close()
+        await runner.cleanup()
+        if http_runner is not None:
+            await http_runner.cleanup()
+        handlers.close()
+        agent.store.close()
+        agent.datapath.close()

@@ -1,0 +1,210 @@
+"""One node's agent: a source of objects, the controllers that follow it, the datapath they write.
+
+Data flows one way: the local store (the source) → deltas mark services or policy dirty → a reconcile
+pass runs the controllers, which compile only what is dirty → the table writer hands the difference
+to the `Datapath`. Everything here is synchronous and runs on one thread at a time (the handlers put
+it on the agent's state worker); the event loop keeps serving health, flows and metrics meanwhile.
+On start the agent re-adopts the pinned maps and links of its previous life, so traffic never stops
+while it restarts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from velvet import __version__
+from velvet.agent.config import AgentConfig
+from velvet.agent_manifests import parse_all, relocate
+from velvet.control.identity import IdentityAllocator
+from velvet.control.labels import DEFAULT_EXCLUDED_LABELS, LabelFilter
+from velvet.control.policy import PolicyCompiler
+from velvet.control.services import ServiceCompiler
+from velvet.controllers.endpoints import EndpointController
+from velvet.controllers.policy import PolicyController
+from velvet.controllers.services import LB_TABLES, ServiceController
+from velvet.datapath.protocol import Datapath
+from velvet.datapath.tables import LbState
+from velvet.datapath.writer import TableWriter
+from velvet.errors import InvalidManifest
+from velvet.model import NetworkPolicy, Pod, PodCondition, PodStatus, Service
+from velvet.model.codec import resolve_kind, to_dict
+from velvet.observe.enrich import DictResolver
+from velvet.observe.pipeline import FlowPipeline
+from velvet.paths import AgentPaths
+from velvet.sources.delta import Delta
+from velvet.sources.local import ALL_NAMESPACES, LocalStore
+
+SCTP_UNSUPPORTED = "SCTP is not supported by this kernel (CONFIG_IP_SCTP unset)"
+
+
+@dataclass
+class Dirty:
+    """What a reconcile pass has to do: services by key, and whether policy must be recompiled."""
+
+    services: set[str] = field(default_factory=set)
+    policy: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.services) or self.policy
+
+
+def _pod_status(report: Mapping[str, Any]) -> PodStatus:
+    return PodStatus(
+        phase=report["phase"],
+        pod_ip=report.get("podIP"),
+        host_ip=report.get("hostIP"),
+        conditions=tuple(PodCondition(c["type"], c["status"]) for c in report.get("conditions", [])),
+        start_time=report.get("startTime"),
+    )
+
+
+class Agent:
+    """State and behaviour of one node agent; `handlers.AgentHandlers` serves it over the API."""
+
+    def __init__(self, config: AgentConfig, datapath: Datapath) -> None:
+        self.config = config
+        self.paths = AgentPaths(config.sandbox)
+        self.state_dir = config.state_dir or self.paths.state_dir
+        self.datapath = datapath
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = LocalStore.open(self.state_dir / "store", service_cidr=config.service_cidr,
+                                     node_name=config.node_name)
+        self.started_at = time.time()
+        self.resolver = DictResolver()
+        self.metrics_registry = CollectorRegistry()
+        self.flows = FlowPipeline(self.resolver, node_name=config.node_name, capacity=config.flow_capacity,
+                                  kernel_lost=datapath.events_lost, registry=self.metrics_registry)
+        writer = TableWriter(datapath)
+        self.endpoints = EndpointController(self.state_dir / "endpoints.json", datapath)
+        self.identities = IdentityAllocator()
+        labels = LabelFilter((*DEFAULT_EXCLUDED_LABELS, *config.identity_exclude_labels))
+        self.policy = PolicyController(self.store, self.endpoints, PolicyCompiler(self.identities, labels),
+                                       writer, self.resolver, host_ips=config.host_ips,
+                                       audit_all=config.policy_audit_mode)
+        self.services = ServiceController(self.store, ServiceCompiler(config.node_name, config.node_ips),
+                                          writer, self.resolver)
+        self.reconcile_stats: dict[str, float] = {"services": 0.0, "policy": 0.0, "passes": 0}
+
+    # -- start: adopt what the previous agent left -----------------------------------------------
+
+    def start(self) -> None:
+        """Load/adopt the datapath, re-attach endpoints, and converge every table to the store."""
+        self.datapath.start()
+        self.endpoints.restore()
+        self.policy.adopt()
+        self.services.adopt(LbState(*(self.datapath.read(t) for t in LB_TABLES)))
+        self.reconcile(Dirty(policy=True))
+
+    # -- reconciliation --------------------------------------------------------------------------
+
+    @staticmethod
+    def mark(dirty: Dirty, delta: Delta) -> None:
+        """Add to `dirty` what a store change makes dirty."""
+        service = ServiceController.touched(delta)
+        if service is not None:
+            dirty.services.add(service)
+        else:
+            dirty.policy = True
+
+    def reconcile(self, dirty: Dirty) -> Dirty:
+        """One pass over what is dirty; returns what failed and must be retried."""
+        retry = Dirty()
+        if dirty.services:
+            started = time.perf_counter()
+            retry.services = self.services.reconcile(dirty.services)
+            self._took("services", started)
+        if dirty.policy:
+            started = time.perf_counter()
+            try:
+                self.policy.reconcile()
+            finally:
+                self._took("policy", started)
+        self.reconcile_stats["passes"] += 1
+        return retry
+
+    def _took(self, what: str, started: float) -> None:
+        self.reconcile_stats[what] = time.perf_counter() - started
+        self.flows.metrics.reconcile_duration.labels(what=what).observe(self.reconcile_stats[what])
+
+    def expire_terminating(self) -> None:
+        """Remove pods whose grace period ran out without the node runtime finishing them."""
+        self.store.expire_terminating()
+
+    def refresh_map_fill(self) -> None:
+        """Refresh the map fill-ratio gauges."""
+        for m in self.datapath.status().maps:
+            if m.capacity:
+                self.flows.metrics.map_fill_ratio.labels(map=m.name).set(m.entries / m.capacity)
+
+    # -- objects ---------------------------------------------------------------------------------
+
+    def health(self) -> Any:
+        """Liveness answer (safe to call from any thread: reads constants only)."""
+        return {"ok": True, "version": __version__, "started_at": self.started_at,
+                "uptime_seconds": time.time() - self.started_at}
+
+    def apply(self, documents: list[Mapping[str, str]]) -> Any:
+        """Validate every document, then apply all objects or none."""
+        objects, origins = parse_all(documents)
+        try:
+            results = self.store.apply(objects, source=documents[0]["path"] if documents else "<apply>")
+        except InvalidManifest as exc:
+            raise relocate(exc, origins) from None
+        return {"results": [str(r) for r in results], "warnings": self._sctp_warnings(objects)}
+
+    def _sctp_warnings(self, objects: Sequence[Any]) -> list[str]:
+        """Applied SCTP ports this kernel cannot carry (kubectl shows such server notes as warnings)."""
+        if self.datapath.kernel().supports("SCTP"):
+            return []
+        warnings = []
+        for obj in objects:
+            if isinstance(obj, NetworkPolicy):
+                rules = (*obj.spec.ingress, *obj.spec.egress)
+                if any(port.protocol == "SCTP" for rule in rules for port in rule.ports):
+                    warnings.append(f"networkpolicy {obj.metadata.key}: {SCTP_UNSUPPORTED}; the policy "
+                                    "still isolates its pods, and its SCTP ports can never match")
+            elif isinstance(obj, Service) and any(p.protocol == "SCTP" for p in obj.spec.ports):
+                warnings.append(f"service {obj.metadata.key}: {SCTP_UNSUPPORTED}; its SCTP ports are not "
+                                "served")
+        return warnings
+
+    def delete(self, documents: list[Mapping[str, str]], grace_seconds: int | None) -> Any:
+        """Delete the objects the documents name (missing ones are reported, not fatal)."""
+        objects, _ = parse_all(documents)
+        results = self.store.delete(objects, grace_seconds, ignore_not_found=True)
+        return {"results": [str(r) for r in results]}
+
+    def get_objects(self, kind: str, namespace: str | None, name: str | None) -> Any:
+        """Objects of a kind as kubectl prints them."""
+        info = resolve_kind(kind)
+        items = self.store.get(info.plural, namespace, name)
+        if name and not items:
+            raise KeyError(f'{info.plural} "{name}" not found')
+        return {"kind": info.kind, "namespaced": info.namespaced, "items": [to_dict(o) for o in items]}
+
+    # -- the node runtime (kubelet + CNI) --------------------------------------------------------
+
+    def list_node_pods(self) -> Any:
+        """Pods scheduled to this node, for the kubelet."""
+        return [to_dict(p) for p in self.store.get("pods", ALL_NAMESPACES)
+                if isinstance(p, Pod) and p.spec.node_name == self.config.node_name]
+
+    def add_endpoint(self, namespace: str, name: str, report: Mapping[str, Any]) -> Any:
+        """CNI ADD: attach the datapath to the pod's veth; its policy follows on the next pass."""
+        record = self.endpoints.add(namespace, name, report["ip"], report["ifname"], report["ifindex"],
+                                    report.get("netns_inode", 0), report.get("cgroup_id", 0))
+        return {"ep_id": record.ep_id}
+
+    def report_pod(self, namespace: str, name: str, report: Mapping[str, Any]) -> Any:
+        """The kubelet's status report (phase, IP, readiness)."""
+        return {"updated": self.store.update_pod_status(namespace, name, _pod_status(report))}
+
+    def pod_gone(self, namespace: str, name: str) -> Any:
+        """The kubelet finished deleting a pod: drop its endpoint, let the store forget it."""
+        self.endpoints.remove(f"{namespace}/{name}")
+        return {"removed": self.store.finalize_pod_deletion(namespace, name)}

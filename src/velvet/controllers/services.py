@@ -1,0 +1,86 @@
+"""Services and EndpointSlices to the load-balancer maps, one changed service at a time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from velvet.control.services import ServiceCompiler
+from velvet.datapath.delta import LbDelta
+from velvet.datapath.tables import LbMap, LbState
+from velvet.datapath.writer import TableWriter
+from velvet.errors import VelvetError
+from velvet.model import EndpointSlice, Service
+from velvet.observe.enrich import DictResolver, NamedRef
+from velvet.sources.delta import Delta
+from velvet.sources.informer import ObjectCache
+
+log = logging.getLogger("velvet.controllers.services")
+LB_TABLES = tuple(m.value for m in LbMap)
+
+
+class ServiceController:
+    """Recompiles the services a change touched and writes only their difference."""
+
+    def __init__(self, cache: ObjectCache, compiler: ServiceCompiler, writer: TableWriter,
+                 resolver: DictResolver) -> None:
+        self.cache = cache
+        self.compiler = compiler
+        self._writer = writer
+        self._resolver = resolver
+
+    @staticmethod
+    def touched(delta: Delta) -> str | None:
+        """The "namespace/name" of the service a change concerns, if any."""
+        obj = delta.obj
+        if isinstance(obj, Service):
+            return obj.metadata.key
+        if isinstance(obj, EndpointSlice) and obj.service_name:
+            return f"{obj.metadata.namespace}/{obj.service_name}"
+        return None
+
+    def adopt(self, current: LbState) -> None:
+        """Keep the backend ids and rev-NAT indexes of the pinned maps, then write only the difference."""
+        self.compiler.restore(current)
+        slices = self._slices_by_service()
+        for obj in self.cache.objects("Service"):
+            assert isinstance(obj, Service)
+            key = obj.metadata.key
+            self._name(self.compiler.update(obj, slices.get(key, []), key), key)
+        self._writer.write_lb(self.compiler.resync(current))
+
+    def reconcile(self, keys: Iterable[str]) -> set[str]:
+        """Recompile the services named by `keys`; the keys that failed, to retry on the next pass."""
+        slices = self._slices_by_service()
+        failed: set[str] = set()
+        for key in sorted(keys):
+            namespace, name = key.split("/", 1)
+            service = self.cache.find("Service", namespace, name)
+            try:
+                delta = self.compiler.update(service if isinstance(service, Service) else None,
+                                             slices.get(key, []), key)
+                self._name(delta, key)
+                self._writer.write_lb(delta)
+            except VelvetError:
+                log.exception("service %s not programmed; retried on the next change", key)
+                failed.add(key)
+        return failed
+
+    def _slices_by_service(self) -> dict[str, list[EndpointSlice]]:
+        """Every EndpointSlice by its service's key, in one pass (not one pass per service)."""
+        found: dict[str, list[EndpointSlice]] = {}
+        for eps in self.cache.objects("EndpointSlice"):
+            if isinstance(eps, EndpointSlice) and eps.service_name:
+                found.setdefault(f"{eps.metadata.namespace}/{eps.service_name}", []).append(eps)
+        return found
+
+    def _name(self, delta: LbDelta, key: str) -> None:
+        """Tell flow enrichment which Service the delta's rev-NAT ids stand for, and forget released ones."""
+        for unprogrammed, why in delta.unprogrammed:
+            log.error("service %s not programmed: %s", unprogrammed, why)
+        ref = NamedRef.parse(key)
+        for front, value in delta.services.upserts.items():
+            if not front.backend_slot:
+                self._resolver.set_service(value.rev_nat_index, ref)
+        for rev_nat_index in delta.revnat.deletes:
+            self._resolver.remove_service(rev_nat_index)

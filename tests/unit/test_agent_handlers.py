@@ -1,0 +1,71 @@
+"""Test the agent's API handlers: state work runs on its worker, health and flows never wait for it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from test_agent import MANIFEST, make_agent, reconcile_all, run_pod
+
+from velvet.agent.handlers import AgentHandlers
+from velvet.observe.enrich import _ip_key
+
+
+def test_health_answers_while_state_work_is_running(tmp_path: Path) -> None:
+    """Test that /v1/health's handler completes while the state worker is busy (held on an event)."""
+    agent, _ = make_agent(tmp_path)
+    release = threading.Event()
+
+    async def scenario() -> tuple[bool, object]:
+        handlers = AgentHandlers(agent)
+        busy = asyncio.ensure_future(handlers.run(release.wait))
+        health = await handlers.health()
+        still_busy = not busy.done()
+        release.set()
+        await busy
+        handlers.close()
+        return still_busy, health
+
+    still_busy, health = asyncio.run(scenario())
+    assert still_busy
+    assert isinstance(health, dict)
+    assert health["ok"] is True
+
+
+def test_state_calls_run_one_at_a_time_in_order(tmp_path: Path) -> None:
+    """Test that state work queued through the handlers runs serially, in the order it was asked."""
+    agent, _ = make_agent(tmp_path)
+    seen: list[tuple[str, int]] = []
+
+    def step(n: int) -> int:
+        seen.append((threading.current_thread().name, n))
+        return n
+
+    async def scenario() -> list[int]:
+        handlers = AgentHandlers(agent)
+        results = await asyncio.gather(*(handlers.run(step, n) for n in range(20)))
+        handlers.close()
+        return list(results)
+
+    assert asyncio.run(scenario()) == list(range(20))
+    assert [n for _, n in seen] == list(range(20))
+    assert len({name for name, _ in seen}) == 1
+
+
+def test_a_deleted_pod_no_longer_names_its_address(tmp_path: Path) -> None:
+    """Test that flow enrichment forgets a pod (and its identity) once the pod is gone."""
+    agent, _ = make_agent(tmp_path)
+    agent.apply([{"path": "m.yaml", "text": MANIFEST}])
+    run_pod(agent)
+    reconcile_all(agent)
+    found = agent.resolver.by_ip(_ip_key("10.244.0.10"))
+    assert found is not None
+    assert (found.namespace, found.pod_name) == ("shop", "web")
+    identity = found.identity
+    assert agent.resolver.by_identity(identity) is not None
+    agent.delete([{"path": "d.yaml", "text": MANIFEST.split("---")[1]}], 0)
+    agent.pod_gone("shop", "web")
+    reconcile_all(agent)
+    assert agent.resolver.by_ip(_ip_key("10.244.0.10")) is None
+    assert agent.resolver.by_identity(identity) is None
