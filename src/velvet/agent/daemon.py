@@ -10,11 +10,14 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from velvet.agent.config import AgentConfig
 from velvet.agent.handlers import AgentHandlers
 from velvet.agent.node import Agent, Dirty
 from velvet.api.server import build_app, serve_unix
+from velvet.datapath.protocol import Datapath
 from velvet.errors import VelvetError
 from velvet.observe.ui import http_app, listen_address, loopback_listener, serve_http
+from velvet.paths import AgentPaths
 
 log = logging.getLogger("velvet.agent")
 RECONCILE_DEBOUNCE_SECONDS = 0.02
@@ -127,3 +130,13 @@ async def run_agent(agent: Agent) -> None:
         handlers.close()
         agent.store.close()
         agent.datapath.close()
+
+
+def main(config: AgentConfig, *, fake_datapath: bool = False) -> None:
+    """Run an agent with the kernel datapath (or the in-memory fake, for unprivileged trials)."""
+    from velvet.datapath.fake import FakeDatapath
+    from velvet.datapath.kernel import KernelDatapath
+
+    datapath: Datapath = FakeDatapath() if fake_datapath else KernelDatapath(
+        AgentPaths(config.sandbox).pin_dir, cgroup=config.cgroup, uplink=config.uplink)
+    asyncio.run(run_agent(Agent(config, datapath)))

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from pathlib import Path
 
-from velvet.paths import AgentPaths, current_sandbox
+from velvet.paths import current_sandbox
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    """Build the agent with the kernel datapath (or the in-memory fake) and run it."""
+    """Run the agent with the options given, until SIGTERM."""
     from velvet.agent.config import AgentConfig
-    from velvet.agent.daemon import run_agent
-    from velvet.agent.node import Agent
-    from velvet.datapath.fake import FakeDatapath
-    from velvet.datapath.kernel import KernelDatapath
-    from velvet.datapath.protocol import Datapath
+    from velvet.agent.daemon import main
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sandbox = args.sandbox or current_sandbox()
@@ -28,9 +23,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         metrics_address=args.metrics_address or None,
         identity_exclude_labels=tuple(args.identity_exclude_label), metrics_netns=args.metrics_netns or None,
     )
-    datapath: Datapath = FakeDatapath() if args.fake_datapath else KernelDatapath(
-        AgentPaths(sandbox).pin_dir, cgroup=config.cgroup, uplink=config.uplink)
-    asyncio.run(run_agent(Agent(config, datapath)))
+    main(config, fake_datapath=args.fake_datapath)
     return 0
 
 
