@@ -12,6 +12,7 @@ from velvet.model.validate import (
     Obj,
     check_dns1123_label,
     check_dns1123_subdomain,
+    check_env_var_name,
     check_int_or_port_name,
     check_ipv4,
     check_port_name,
@@ -95,9 +96,10 @@ def _decode_env(node: Node) -> dict[str, str]:
         value_from = fields.opt("valueFrom")
         if value_from is not None:
             value_from.fail("Forbidden: valueFrom is not supported; give the value")
-        name = fields.req("name").as_str()
-        if not name:
-            item.at("name", name).fail("Required value")
+        name_node = fields.req("name")
+        if name_node.value == "":
+            name_node.fail("Required value")
+        name = check_env_var_name(name_node)
         value = fields.opt("value")
         env[name] = value.as_str() if value else ""
     return env
