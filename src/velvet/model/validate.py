@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import NoReturn
 
 from velvet.errors import InvalidManifest
@@ -29,6 +30,7 @@ _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _ENV_VAR_NAME = re.compile(r"[\x20-\x3c\x3e-\x7e]+")
 # NUL ends a C string (argv, paths, names) and a lone surrogate cannot be encoded as UTF-8.
 _UNSAFE_CHAR = re.compile("[\x00\ud800-\udfff]")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 _DECIMAL = re.compile(r"[0-9]{1,20}")
 INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 # metadata.annotations: keys and values together (apimachinery's TotalAnnotationSizeLimitB).
@@ -257,6 +259,20 @@ def check_resource_version(node: Node) -> int:
     if not _DECIMAL.fullmatch(value) or int(value) > UINT64_MAX:
         node.fail(f"Invalid value: {quote(value)}: must be a decimal number below 2^64")
     return int(value)
+
+
+def check_rfc3339(node: Node) -> str:
+    """A timestamp as metav1.Time reads it: RFC 3339 with a time zone (2024-01-01T00:00:00Z)."""
+    value = node.as_str()
+    valid = _RFC3339.fullmatch(value) is not None
+    if valid:
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            valid = False
+    if not valid:
+        node.fail(f"Invalid value: {quote(value)}: must be an RFC 3339 time (e.g. 2024-01-01T00:00:00Z)")
+    return value
 
 
 def check_ipv4(node: Node) -> str:
