@@ -163,6 +163,7 @@ def test_the_cli_refuses_an_oversized_file_without_reading_it_all(tmp_path: Path
     with pytest.raises(InvalidManifest) as caught:
         read_manifests([str(big)])
     assert (caught.value.path, caught.value.field) == (str(big), "<file>")
+    assert caught.value.reason.startswith(f"Too long: {guards.MAX_FILE_BYTES + 4096} bytes; ")
 
 
 # -- 5. complex keys, deep nesting, encodings ------------------------------------------------------------

@@ -10,6 +10,7 @@ server-set field (the local store's persistence format).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,10 +139,11 @@ def read_manifest_file(file: Path) -> str:
     try:
         with file.open("rb") as stream:
             data = stream.read(MAX_FILE_BYTES + 1)
+            size = max(len(data), os.fstat(stream.fileno()).st_size)
     except OSError as err:
         raise InvalidManifest(str(file), 0, "<file>", err.strerror or str(err)) from err
     try:
-        return decode_file(data)
+        return decode_file(data, size)
     except Refused as err:
         raise InvalidManifest(str(file), err.document, err.field, err.reason) from None
 

@@ -45,9 +45,9 @@ class Refused(Exception):
         self.document = document
 
 
-def decode_file(data: bytes) -> str:
-    """The text of a manifest file: at most MAX_FILE_BYTES of UTF-8."""
-    _check_file_size(len(data))
+def decode_file(data: bytes, size: int) -> str:
+    """The text of a manifest file of `size` bytes (`data` may stop past MAX_FILE_BYTES): UTF-8 within it."""
+    _check_file_size(size)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
