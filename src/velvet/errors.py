@@ -8,6 +8,7 @@ VelvetError
 │   ├── MapFull                a map has no room for the entries asked for
 │   └── KeyNotFound            a map lookup or delete found no such key
 ├── InvalidManifest            a manifest failed validation (file, document, field, reason)
+│   └── InvalidReport          a node runtime report (pod status, CNI endpoint) failed validation
 ├── SandboxError               the sandbox could not create or remove something
 ├── AgentUnavailable           no agent answers on the API socket
 └── ApiError                   the agent answered with an error
@@ -77,6 +78,17 @@ class InvalidManifest(VelvetError):
         super().__init__(f"{path}: document {document}: {field}: {reason}")
         self.path = path
         self.document = document
+        self.field = field
+        self.reason = reason
+
+
+class InvalidReport(InvalidManifest):
+    """A report of the node runtime (kubelet pod status, CNI endpoint) is invalid; none of it was stored."""
+
+    def __init__(self, where: str, field: str, reason: str) -> None:
+        VelvetError.__init__(self, f"{where}: {field}: {reason}")
+        self.path = where
+        self.document = 0
         self.field = field
         self.reason = reason
 

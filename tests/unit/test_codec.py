@@ -242,6 +242,62 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
      "endpoints[0].addresses[0]", "IPv4"),
     ("slice without addressType", {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                                    "metadata": {"name": "e"}}, "addressType", "Required"),
+    # Names and label values are matched whole: Python's `$` would also accept a trailing newline.
+    ("namespace name ends in a newline",
+     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a\n"}}, "metadata.name",
+     "RFC 1123 label"),
+    ("pod name ends in a newline", {**_pod(), "metadata": {"name": "p\n"}}, "metadata.name",
+     "RFC 1123 subdomain"),
+    ("service name ends in a newline", {**_svc(), "metadata": {"name": "s\n"}}, "metadata.name", "DNS-1035"),
+    ("label value ends in a newline", {**_svc(), "metadata": {"name": "s", "labels": {"a": "x\n"}}},
+     "metadata.labels", "label value"),
+    ("label key ends in a newline", {**_svc(), "metadata": {"name": "s", "labels": {"a\n": "x"}}},
+     "metadata.labels", "name part"),
+    ("annotation key ends in a newline", {**_svc(), "metadata": {"name": "s", "annotations": {"a\n": "x"}}},
+     "metadata.annotations", "name part"),
+    ("port name ends in a newline", _pod(containers=[{"name": "c", "ports": [{"containerPort": 1,
+                                                                             "name": "http\n"}]}]),
+     "spec.containers[0].ports[0].name", "15 characters"),
+    ("selector value ends in a newline", {**_svc(selector={"app": "web\n"})}, "spec.selector", "label value"),
+    # Selector values are label values.
+    ("matchExpressions value with a space", _np(podSelector={"matchExpressions": [
+        {"key": "a", "operator": "In", "values": ["ok", "b c"]}]}),
+     "spec.podSelector.matchExpressions[0].values[1]", "label value"),
+    ("matchExpressions value too long", _np(podSelector={"matchExpressions": [
+        {"key": "a", "operator": "NotIn", "values": ["x" * 64]}]}),
+     "spec.podSelector.matchExpressions[0].values[0]", "63 characters"),
+    ("matchLabels value with a slash",
+     _np(ingress=[{"from": [{"podSelector": {"matchLabels": {"a": "b/c"}}}]}]),
+     "spec.ingress[0].from[0].podSelector.matchLabels", "label value"),
+    # Env var names as kube-apiserver has them since 1.32: printable ASCII except '='.
+    ("env name with =", _pod(containers=[{"name": "c", "env": [{"name": "A=B", "value": "1"}]}]),
+     "spec.containers[0].env[0].name", "other than '='"),
+    ("env name with a newline", _pod(containers=[{"name": "c", "env": [{"name": "A\n"}]}]),
+     "spec.containers[0].env[0].name", "printable ASCII"),
+    ("env name not ASCII", _pod(containers=[{"name": "c", "env": [{"name": "\u00c9T\u00c9"}]}]),
+     "spec.containers[0].env[0].name", "printable ASCII"),
+    ("empty env name", _pod(containers=[{"name": "c", "env": [{"name": ""}]}]),
+     "spec.containers[0].env[0].name", "Required"),
+    # A NUL ends a C string: argv, env and paths would be cut short or refused by execve.
+    ("NUL in command", _pod(containers=[{"name": "c", "command": ["sh", "-c\0x"]}]),
+     "spec.containers[0].command[1]", "NUL"),
+    ("NUL in args", _pod(containers=[{"name": "c", "args": ["\0"]}]), "spec.containers[0].args[0]", "NUL"),
+    ("NUL in env value", _pod(containers=[{"name": "c", "env": [{"name": "A", "value": "a\0b"}]}]),
+     "spec.containers[0].env[0].value", "NUL"),
+    ("NUL in probe command",
+     _pod(containers=[{"name": "c", "readinessProbe": {"exec": {"command": ["\0"]}}}]),
+     "spec.containers[0].readinessProbe.exec.command[0]", "NUL"),
+    ("NUL in image", _pod(containers=[{"name": "c", "image": "busy\0box"}]), "spec.containers[0].image",
+     "NUL"),
+    ("NUL in annotation value", {**_svc(), "metadata": {"name": "s", "annotations": {"a": "\0"}}},
+     "metadata.annotations.a", "NUL"),
+    # Integers are Go's int64 at most; terminationGracePeriodSeconds is int64 and non-negative.
+    ("grace beyond int64", _pod(terminationGracePeriodSeconds=2**63), "spec.terminationGracePeriodSeconds",
+     "between 0 and 9223372036854775807"),
+    ("grace as a float", _pod(terminationGracePeriodSeconds=1e30), "spec.terminationGracePeriodSeconds",
+     "must be an integer"),
+    ("endPort beyond int64", _np(ingress=_ports({"port": 80, "endPort": 2**64})),
+     "spec.ingress[0].ports[0].endPort", "64-bit"),
 ]
 
 
@@ -254,6 +310,7 @@ def test_invalid_documents_name_document_and_field(doc: dict[str, Any], field: s
     err = caught.value
     assert (err.path, err.document, err.field) == ("in.yaml", 6, field)
     assert reason in err.reason
+    assert "\n" not in str(err)
 
 
 def test_list_items_errors_name_the_item_path() -> None:
@@ -271,6 +328,20 @@ def test_yaml_syntax_and_duplicate_keys_are_invalid(text: str, document: int) ->
     with pytest.raises(InvalidManifest) as caught:
         parse_documents(text, "bad.yaml")
     assert caught.value.document == document
+
+
+def test_the_largest_grace_period_the_api_takes_is_valid() -> None:
+    (pod,) = parse_documents(yaml.safe_dump(_pod(terminationGracePeriodSeconds=2**63 - 1)), "p.yaml")
+    assert isinstance(pod, Pod)
+    assert pod.spec.termination_grace_period_seconds == 2**63 - 1
+
+
+def test_env_names_take_printable_ascii_as_kube_apiserver_does() -> None:
+    names = ["A", "my.env-name", "1ST", "with space", "a:b", "$HOME"]
+    doc = _pod(containers=[{"name": "c", "env": [{"name": n, "value": "v"} for n in names]}])
+    (pod,) = parse_documents(yaml.safe_dump(doc), "p.yaml")
+    assert isinstance(pod, Pod)
+    assert list(pod.spec.containers[0].env) == names
 
 
 def test_a_bad_file_fails_the_whole_load(tmp_path: Path) -> None:

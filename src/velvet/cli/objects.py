@@ -9,12 +9,14 @@ from pathlib import Path
 from velvet.cli import output
 from velvet.cli.common import client
 from velvet.errors import VelvetError
-
-MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+from velvet.model.codec import MANIFEST_SUFFIXES, read_manifest_file
 
 
 def read_manifests(paths: list[str]) -> list[dict[str, str]]:
-    """Files named by -f (directories expanded, sorted) as {path, text} documents for the agent."""
+    """Files named by -f (directories expanded, sorted) as {path, text} documents for the agent.
+
+    A file too large (model.guards.MAX_FILE_BYTES) or not UTF-8 is refused here in one line naming it.
+    """
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -24,7 +26,7 @@ def read_manifests(paths: list[str]) -> list[dict[str, str]]:
             found.append(path)
         else:
             raise VelvetError(f"{raw}: no such file or directory")
-    return [{"path": str(p), "text": p.read_text()} for p in found]
+    return [{"path": str(p), "text": read_manifest_file(p)} for p in found]
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from velvet.model.policy import (
     NetworkPolicyRule,
     NetworkPolicySpec,
 )
+from velvet.model.report import EndpointReport
 from velvet.model.service import (
     Endpoint,
     EndpointConditions,
@@ -27,7 +28,7 @@ KubeObject = Namespace | Pod | Service | EndpointSlice | NetworkPolicy
 
 __all__ = [
     "FIRST_ALLOCATED_IDENTITY", "NAME_LABEL", "Container", "ContainerPort", "Endpoint", "EndpointConditions",
-    "EndpointPort", "EndpointSlice", "IPBlock", "Identity", "KubeObject", "LabelSelector",
+    "EndpointPort", "EndpointReport", "EndpointSlice", "IPBlock", "Identity", "KubeObject", "LabelSelector",
     "LabelSelectorRequirement", "Namespace", "NetworkPolicy", "NetworkPolicyPeer", "NetworkPolicyPort",
     "NetworkPolicyRule", "NetworkPolicySpec", "ObjectMeta", "ObjectReference", "Pod", "PodCondition",
     "PodSpec", "PodStatus", "Probe", "ReservedIdentity", "Service", "ServicePort", "ServiceSpec",

@@ -10,6 +10,7 @@ server-set field (the local store's persistence format).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,17 @@ from velvet.model.encode import (
     encode_pod,
     encode_service,
 )
-from velvet.model.validate import Node, Where
+from velvet.model.guards import (
+    MAX_FILE_BYTES,
+    MAX_INT_CHARS,
+    Refused,
+    check_json,
+    check_text,
+    check_yaml_document,
+    decode_file,
+    parse_json_int,
+)
+from velvet.model.validate import Node, Where, one_line, quote
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -111,12 +122,30 @@ def parse_documents(text: str, path: str) -> list[KubeObject]:
 
 def parse_located(text: str, path: str) -> list[tuple[KubeObject, int]]:
     """parse_documents' objects, each with the 1-based index of the document it came from."""
+    try:
+        check_text(text)
+    except Refused as err:
+        raise InvalidManifest(path, err.document, err.field, err.reason) from None
     located: list[tuple[KubeObject, int]] = []
     for index, doc in enumerate(_load_all(text, path), start=1):
         if doc is None:
             continue
         located.extend((obj, index) for obj in _decode_top(Node(doc, "", Where(path, index))))
     return located
+
+
+def read_manifest_file(file: Path) -> str:
+    """The text of one manifest file: refused before reading beyond MAX_FILE_BYTES, and unless UTF-8."""
+    try:
+        with file.open("rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)
+            size = max(len(data), os.fstat(stream.fileno()).st_size)
+    except OSError as err:
+        raise InvalidManifest(str(file), 0, "<file>", err.strerror or str(err)) from err
+    try:
+        return decode_file(data, size)
+    except Refused as err:
+        raise InvalidManifest(str(file), err.document, err.field, err.reason) from None
 
 
 def load_manifests(paths: list[Path]) -> list[KubeObject]:
@@ -127,11 +156,7 @@ def load_manifests(paths: list[Path]) -> list[KubeObject]:
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES)
         for file in files:
-            try:
-                text = file.read_text()
-            except OSError as err:
-                raise InvalidManifest(str(file), 0, "<file>", err.strerror or str(err)) from err
-            objects.extend(parse_documents(text, str(file)))
+            objects.extend(parse_documents(read_manifest_file(file), str(file)))
     return objects
 
 
@@ -151,56 +176,104 @@ def _decode(node: Node, *, trusted: bool) -> KubeObject:
     kind, version = kind_node.as_str(), version_node.as_str()
     info = KINDS.get(kind)
     if info is None:
-        kind_node.fail(f'no matches for kind "{kind}" in version "{version}"')
+        kind_node.fail(f"no matches for kind {quote(kind)} in version {quote(version)}")
     if info.api_version != version:
-        version_node.fail(f'no matches for kind "{kind}" in version "{version}" (use {info.api_version})')
+        version_node.fail(f"no matches for kind {quote(kind)} in version {quote(version)} "
+                          f"(use {info.api_version})")
     known = ("apiVersion", "kind", "metadata", *_TOP_FIELDS.get(kind, ("spec", "status")))
     root = node.obj(known=known)
     return _DECODERS[kind](root, trusted=trusted)
 
 
 def _load_all(text: str, path: str) -> list[Any]:
-    """Parse YAML (or JSON) documents; timestamps stay strings and duplicate keys are errors."""
+    """YAML (or JSON) documents within the guards' bounds; timestamps stay strings, duplicate keys fail."""
     docs: list[Any] = []
     try:
         if path.endswith(".json"):
-            return [json.loads(text)]
+            check_json(text)
+            return [json.loads(text, parse_int=parse_json_int)]
         for doc in yaml.load_all(text, Loader=_StrictLoader):
             docs.append(doc)
     except json.JSONDecodeError as err:
-        raise InvalidManifest(path, 1, "<document>", f"invalid JSON: {err}") from err
-    except _DuplicateKey as err:
-        raise InvalidManifest(path, len(docs) + 1, err.field, f'duplicate field "{err.key}"') from err
+        reason = f"invalid JSON: {err.msg} (column {err.colno})"
+        raise InvalidManifest(path, 1, f"line {err.lineno}", reason) from None
+    except Refused as err:
+        raise InvalidManifest(path, err.document or len(docs) + 1, err.field, err.reason) from None
+    except yaml.MarkedYAMLError as err:
+        raise InvalidManifest(path, len(docs) + 1, *_yaml_problem(err)) from None
     except yaml.YAMLError as err:
-        raise InvalidManifest(path, len(docs) + 1, "<document>", f"invalid YAML: {err}") from err
+        reason = f"invalid YAML: {one_line(str(err))}"
+        raise InvalidManifest(path, len(docs) + 1, "<document>", reason) from None
     return docs
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, key: str, line: int) -> None:
-        super().__init__(key)
-        self.key = key
-        self.field = f"line {line}"
+def _yaml_problem(err: yaml.MarkedYAMLError) -> tuple[str, str]:
+    """(field, reason) of a YAML error on one line: the line as field, problem, column and context."""
+    mark = err.problem_mark or err.context_mark
+    problem = one_line(err.problem or err.context or "syntax error")
+    context = f" ({one_line(err.context)})" if err.context and err.problem else ""
+    if mark is None:
+        return "<document>", f"invalid YAML: {problem}{context}"
+    return f"line {mark.line + 1}", f"invalid YAML: {problem} (column {mark.column + 1}){context}"
 
 
 _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when built: ~10x faster
 
 
 class _StrictLoader(_SafeLoader):  # type: ignore[misc]
-    """SafeLoader that keeps timestamps as strings (as sigs.k8s.io/yaml does) and refuses duplicate keys."""
+    """SafeLoader within the guards' bounds that keeps timestamps as strings (as sigs.k8s.io/yaml does),
+    refuses duplicate and non-scalar keys, tags with no JSON value, and bad tagged scalars (`!!int x`)."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    def construct_document(self, node: yaml.Node) -> Any:
+        check_yaml_document(node)  # before anything is built: alias bombs never expand
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):  # `!!map [a]`: the base class says so with the line
+            return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):  # `? [a, b]`: Python cannot even hash it
+                kind = "a list" if isinstance(key_node, yaml.SequenceNode) else "an object"
+                raise Refused(_line(key_node), f"a field name must be a string, not {kind}")
+            if key_node.tag == _MERGE_TAG:  # `<<: *defaults` is a merge, not a field
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise _DuplicateKey(str(key), key_node.start_mark.line + 1)
+                raise Refused(_line(key_node), f"duplicate field {quote(key)}")
             seen.add(key)
         mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
         return mapping
 
+    def construct_checked_scalar(self, node: yaml.ScalarNode) -> Any:
+        """An int, float or bool scalar; a value its constructor cannot read is a YAML error with a line."""
+        if node.tag == _INT_TAG and len(node.value) > MAX_INT_CHARS:
+            raise Refused(_line(node), f"Invalid value: an integer of {len(node.value)} characters does not "
+                          "fit in 64 bits")
+        try:
+            return _SCALAR_CONSTRUCTORS[node.tag](self, node)
+        except (ValueError, KeyError) as err:
+            problem = f"invalid {node.tag.rpartition(':')[2]} {quote(node.value)}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from err
 
+    def construct_unsupported(self, node: yaml.Node) -> Any:
+        """A tag JSON has no value for (!!timestamp, !!binary, !!set, !!omap, !!pairs)."""
+        raise Refused(_line(node), f"unsupported YAML tag {quote(node.tag.replace(_YAML, '!!'))}")
+
+
+def _line(node: yaml.Node) -> str:
+    return f"line {node.start_mark.line + 1}"
+
+
+_YAML = "tag:yaml.org,2002:"
+_MERGE_TAG, _INT_TAG = _YAML + "merge", _YAML + "int"
+_SCALAR_CONSTRUCTORS = {_YAML + name: yaml.SafeLoader.yaml_constructors[_YAML + name]
+                        for name in ("int", "float", "bool")}
+for _tag in _SCALAR_CONSTRUCTORS:
+    _StrictLoader.add_constructor(_tag, _StrictLoader.construct_checked_scalar)
+for _name in ("timestamp", "binary", "set", "omap", "pairs"):
+    _StrictLoader.add_constructor(_YAML + _name, _StrictLoader.construct_unsupported)
 _StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _YAML + "timestamp"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }

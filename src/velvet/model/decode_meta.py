@@ -13,8 +13,11 @@ from velvet.model.validate import (
     Obj,
     check_annotations,
     check_dns1123_label,
+    check_label_value,
     check_labels,
     check_qualified_name,
+    check_resource_version,
+    quote,
 )
 
 # Server-set metadata that `kubectl get -o yaml | kubectl apply -f -` sends back; ignored on input.
@@ -62,7 +65,7 @@ def decode_meta(
         annotations=meta.annotations,
         creation_timestamp=created.as_str() if created else "",
         deletion_timestamp=deleted.as_str() if deleted else None,
-        resource_version=int(rv.as_str()) if rv else 0,
+        resource_version=check_resource_version(rv) if rv else 0,
     )
 
 
@@ -80,9 +83,9 @@ def decode_selector(node: Node) -> LabelSelector:
         op_node = req.req("operator")
         operator = op_node.as_str()
         if operator not in OPERATORS:
-            op_node.fail(f'Invalid value: "{operator}": not a valid selector operator')
+            op_node.fail(f"Invalid value: {quote(operator)}: not a valid selector operator")
         values_node = req.opt("values")
-        values = values_node.as_str_list() if values_node else ()
+        values = tuple(check_label_value(v, v.as_str()) for v in values_node.items()) if values_node else ()
         if operator in ("In", "NotIn") and not values:
             expr.at("values", None).fail(f"Required value: must be specified when `operator` is '{operator}'")
         if operator in ("Exists", "DoesNotExist") and values:

@@ -12,10 +12,14 @@ from velvet.model.validate import (
     Obj,
     check_dns1123_label,
     check_dns1123_subdomain,
+    check_env_var_name,
     check_int_or_port_name,
     check_ipv4,
     check_port_name,
     check_port_number,
+    check_qualified_name,
+    check_rfc3339,
+    quote,
 )
 
 # Pod spec fields that exist in the API but change nothing for a node agent or the sandbox runtime.
@@ -45,7 +49,7 @@ def decode_pod(root: Obj, *, trusted: bool) -> Pod:
     status = PodStatus()
     status_node = root.opt("status")
     if status_node is not None and trusted:
-        status = _decode_status(status_node)
+        status = decode_pod_status(status_node)
     return Pod(metadata=meta, spec=spec, status=status)
 
 
@@ -95,9 +99,10 @@ def _decode_env(node: Node) -> dict[str, str]:
         value_from = fields.opt("valueFrom")
         if value_from is not None:
             value_from.fail("Forbidden: valueFrom is not supported; give the value")
-        name = fields.req("name").as_str()
-        if not name:
-            item.at("name", name).fail("Required value")
+        name_node = fields.req("name")
+        if name_node.value == "":
+            name_node.fail("Required value")
+        name = check_env_var_name(name_node)
         value = fields.opt("value")
         env[name] = value.as_str() if value else ""
     return env
@@ -158,7 +163,8 @@ def _decode_probe(node: Node) -> Probe:
     )
 
 
-def _decode_status(node: Node) -> PodStatus:
+def decode_pod_status(node: Node) -> PodStatus:
+    """A pod status as the node runtime reports it (and the store keeps it): phase, IPs, conditions, start."""
     fields = node.obj(known=("phase", "podIP", "hostIP", "conditions", "startTime"),
                       ignored=("podIPs", "hostIPs", "qosClass", "containerStatuses"))
     phase, pod_ip, host_ip = fields.opt("phase"), fields.opt("podIP"), fields.opt("hostIP")
@@ -166,12 +172,16 @@ def _decode_status(node: Node) -> PodStatus:
     conditions: list[PodCondition] = []
     for item in conditions_node.items() if conditions_node else []:
         cond = item.obj(known=("type", "status"), ignored=("lastProbeTime", "lastTransitionTime"))
+        type_node = cond.req("type")
+        check_qualified_name(type_node, type_node.as_str())
+        if any(c.type == type_node.value for c in conditions):
+            type_node.fail(f"Duplicate value: {quote(type_node.value)}")
         status = cond.req("status").one_of(CONDITION_STATUSES)
-        conditions.append(PodCondition(cond.req("type").as_str(), status))
+        conditions.append(PodCondition(type_node.as_str(), status))
     return PodStatus(
         phase=phase.one_of(POD_PHASES) if phase else "Pending",
-        pod_ip=check_ipv4(pod_ip) if pod_ip else None,
-        host_ip=check_ipv4(host_ip) if host_ip else None,
+        pod_ip=check_ipv4(pod_ip) if pod_ip and pod_ip.value != "" else None,
+        host_ip=check_ipv4(host_ip) if host_ip and host_ip.value != "" else None,
         conditions=tuple(conditions),
-        start_time=start.as_str() if start else None,
+        start_time=check_rfc3339(start) if start else None,
     )

@@ -19,6 +19,7 @@ from velvet.model.validate import (
     check_ipv4,
     check_labels,
     check_port_number,
+    quote,
 )
 
 TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
@@ -168,7 +169,7 @@ def _decode_affinity(fields: Obj) -> tuple[str, int]:
 def _decode_etp(fields: Obj, externally_accessible: bool) -> str:
     found = fields.opt("externalTrafficPolicy")
     if found is not None and not externally_accessible:
-        found.fail(f'Invalid value: "{found.value}": may only be set for externally-accessible services')
+        found.fail(f"Invalid value: {quote(found.value)}: may only be set for externally-accessible services")
     return _policy(found)
 
 

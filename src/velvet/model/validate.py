@@ -7,9 +7,11 @@ the API server does (`spec.ports[0].port`), so a decoder never formats an error 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import NoReturn
 
 from velvet.errors import InvalidManifest
@@ -17,12 +19,46 @@ from velvet.errors import InvalidManifest
 DEFAULT_NODE_PORT_RANGE = (30000, 32767)
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# Matched with fullmatch: `$` would also accept a value ending in "\n".
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_IANA_SVC_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+_QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+# kube-apiserver's env var name rule since RelaxedEnvironmentVariableValidation (beta 1.32, GA 1.34).
+_ENV_VAR_NAME = re.compile(r"[\x20-\x3c\x3e-\x7e]+")
+# NUL ends a C string (argv, paths, names) and a lone surrogate cannot be encoded as UTF-8.
+_UNSAFE_CHAR = re.compile("[\x00\ud800-\udfff]")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
+_DECIMAL = re.compile(r"[0-9]{1,20}")
+INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
+# metadata.annotations: keys and values together (apimachinery's TotalAnnotationSizeLimitB).
+MAX_ANNOTATIONS_BYTES = 256 * 1024
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_QUOTED_CHARS = 100
+
+
+def one_line(text: str) -> str:
+    """`text` with control, line-separator and surrogate characters escaped: a message stays one line."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def quote(value: object) -> str:
+    """A user value for an error message: double-quoted, escaped to one line, long values shortened.
+
+    Lists and objects are named, never printed: printing an aliased structure is how an alias bomb
+    explodes.
+    """
+    if isinstance(value, str):
+        text = value
+    elif value is None or isinstance(value, bool | int | float):
+        text = json.dumps(value)
+    else:
+        return f"<{_type_name(value)}>"
+    if len(text) > _QUOTED_CHARS:
+        text = f"{text[:_QUOTED_CHARS]}... ({len(text)} characters)"
+    return '"' + one_line(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 @dataclass(frozen=True)
@@ -43,7 +79,8 @@ class Node:
 
     def fail(self, reason: str) -> NoReturn:
         """Raise InvalidManifest for this node."""
-        raise InvalidManifest(self.where.path, self.where.document, self.path or "<document>", reason)
+        field = one_line(self.path) if self.path else "<document>"
+        raise InvalidManifest(self.where.path, self.where.document, field, one_line(reason))
 
     def at(self, key: str | int, value: object) -> Node:
         """The child node `key` (a field name or a list index) holding `value`."""
@@ -63,7 +100,7 @@ class Node:
             if key in ignored_set:
                 continue
             if key not in known_set:
-                self.at(key, value).fail(f'unknown field "{key}"')
+                self.at(key, value).fail(f"unknown field {quote(key)}")
             if value is not None:
                 fields[key] = self.at(key, value)
         return Obj(self, fields)
@@ -75,13 +112,23 @@ class Node:
         return [self.at(i, v) for i, v in enumerate(self.value)]
 
     def as_str(self) -> str:
-        """This node as a string."""
+        """This node as a string; NUL bytes and lone surrogates are refused wherever they are."""
         if not isinstance(self.value, str):
             self.fail(f"must be a string, not {_type_name(self.value)}")
+        unsafe = _UNSAFE_CHAR.search(self.value)
+        if unsafe is not None:
+            what = "a NUL byte" if unsafe.group() == "\x00" else "a lone surrogate (not Unicode text)"
+            self.fail(f"Invalid value: must not contain {what} (at character {unsafe.start()})")
         return self.value
 
     def as_int(self) -> int:
-        """This node as an integer (booleans and floats are refused, as Go's decoder does)."""
+        """This node as a 64-bit integer (booleans, floats and wider numbers refused, as in Go)."""
+        value = self._integer()
+        if not INT64_MIN <= value <= INT64_MAX:
+            self.fail(f"Invalid value: must fit in a 64-bit integer ({INT64_MIN} to {INT64_MAX})")
+        return value
+
+    def _integer(self) -> int:
         if isinstance(self.value, bool) or not isinstance(self.value, int):
             self.fail(f"must be an integer, not {_type_name(self.value)}")
         return self.value
@@ -111,15 +158,15 @@ class Node:
         """This node as a string that must be one of `allowed`."""
         value, options = self.as_str(), tuple(allowed)
         if value not in options:
-            supported = ", ".join(f'"{o}"' for o in options)
-            self.fail(f'Unsupported value: "{value}": supported values: {supported}')
+            supported = ", ".join(quote(o) for o in options)
+            self.fail(f"Unsupported value: {quote(value)}: supported values: {supported}")
         return value
 
     def int_in(self, low: int, high: int) -> int:
-        """This node as an integer in [low, high]."""
-        value = self.as_int()
+        """This node as an integer in [low, high] (which may reach past int64, as uint64 fields do)."""
+        value = self._integer()
         if not low <= value <= high:
-            self.fail(f"Invalid value: {value}: must be between {low} and {high}, inclusive")
+            self.fail(f"Invalid value: {quote(value)[1:-1]}: must be between {low} and {high}, inclusive")
         return value
 
 
@@ -156,8 +203,8 @@ def _type_name(value: object) -> str:
 def check_dns1123_label(node: Node) -> str:
     """A lowercase RFC 1123 label (namespace, container and port names)."""
     value = node.as_str()
-    if len(value) > 63 or not _DNS1123_LABEL.match(value):
-        node.fail(f'Invalid value: "{value}": a lowercase RFC 1123 label must consist of lower case '
+    if len(value) > 63 or not _DNS1123_LABEL.fullmatch(value):
+        node.fail(f'Invalid value: {quote(value)}: a lowercase RFC 1123 label must consist of lower case '
                   "alphanumeric characters or '-', start and end with an alphanumeric character, "
                   "and be at most 63 characters")
     return value
@@ -166,8 +213,8 @@ def check_dns1123_label(node: Node) -> str:
 def check_dns1035_label(node: Node) -> str:
     """A lowercase RFC 1035 label (service names)."""
     value = node.as_str()
-    if len(value) > 63 or not _DNS1035_LABEL.match(value):
-        node.fail(f'Invalid value: "{value}": a DNS-1035 label must consist of lower case alphanumeric '
+    if len(value) > 63 or not _DNS1035_LABEL.fullmatch(value):
+        node.fail(f'Invalid value: {quote(value)}: a DNS-1035 label must consist of lower case alphanumeric '
                   "characters or '-', start with an alphabetic character, end with an alphanumeric "
                   "character, and be at most 63 characters")
     return value
@@ -176,8 +223,8 @@ def check_dns1035_label(node: Node) -> str:
 def check_dns1123_subdomain(node: Node) -> str:
     """A lowercase RFC 1123 subdomain (pod, policy and slice names)."""
     value = node.as_str()
-    if len(value) > 253 or not _DNS1123_SUBDOMAIN.match(value):
-        node.fail(f'Invalid value: "{value}": a lowercase RFC 1123 subdomain must consist of lower case '
+    if len(value) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(value):
+        node.fail(f'Invalid value: {quote(value)}: a lowercase RFC 1123 subdomain must consist of lower case '
                   "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric "
                   "character")
     return value
@@ -186,10 +233,10 @@ def check_dns1123_subdomain(node: Node) -> str:
 def check_port_name(node: Node) -> str:
     """An IANA service name (container port names and named target ports)."""
     value = node.as_str()
-    if (len(value) > 15 or not _IANA_SVC_NAME.match(value) or "--" in value
+    if (len(value) > 15 or not _IANA_SVC_NAME.fullmatch(value) or "--" in value
             or not any(c.isalpha() for c in value)):
-        node.fail(f'Invalid value: "{value}": must be no more than 15 characters, contain only lower case '
-                  "alphanumeric characters or '-', contain at least one letter, not start or end with "
+        node.fail(f"Invalid value: {quote(value)}: must be no more than 15 characters, contain only lower "
+                  "case alphanumeric characters or '-', contain at least one letter, not start or end with "
                   "'-' and have no adjacent '-'")
     return value
 
@@ -206,13 +253,35 @@ def check_int_or_port_name(node: Node) -> int | str:
     return check_port_number(node)
 
 
+def check_resource_version(node: Node) -> int:
+    """A resourceVersion as the store writes it: a decimal string of an unsigned 64-bit number."""
+    value = node.as_str()
+    if not _DECIMAL.fullmatch(value) or int(value) > UINT64_MAX:
+        node.fail(f"Invalid value: {quote(value)}: must be a decimal number below 2^64")
+    return int(value)
+
+
+def check_rfc3339(node: Node) -> str:
+    """A timestamp as metav1.Time reads it: RFC 3339 with a time zone (2024-01-01T00:00:00Z)."""
+    value = node.as_str()
+    valid = _RFC3339.fullmatch(value) is not None
+    if valid:
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            valid = False
+    if not valid:
+        node.fail(f"Invalid value: {quote(value)}: must be an RFC 3339 time (e.g. 2024-01-01T00:00:00Z)")
+    return value
+
+
 def check_ipv4(node: Node) -> str:
     """An IPv4 address in canonical dotted form."""
     value = node.as_str()
     try:
         ipaddress.IPv4Address(value)
     except ValueError:
-        node.fail(f'Invalid value: "{value}": must be a valid IPv4 address')
+        node.fail(f'Invalid value: {quote(value)}: must be a valid IPv4 address')
     return value
 
 
@@ -220,11 +289,11 @@ def check_cidr(node: Node) -> str:
     """An IPv4 or IPv6 CIDR with no host bits set."""
     value = node.as_str()
     if "/" not in value:
-        node.fail(f'Invalid value: "{value}": must be a valid CIDR (e.g. 10.0.0.0/8)')
+        node.fail(f'Invalid value: {quote(value)}: must be a valid CIDR (e.g. 10.0.0.0/8)')
     try:
         ipaddress.ip_network(value, strict=True)
     except ValueError as err:
-        node.fail(f'Invalid value: "{value}": must be a valid CIDR: {err}')
+        node.fail(f'Invalid value: {quote(value)}: must be a valid CIDR: {err}')
     return value
 
 
@@ -233,26 +302,45 @@ def check_labels(node: Node) -> dict[str, str]:
     labels = node.as_str_map()
     for key, value in labels.items():
         check_qualified_name(node, key)
-        if len(value) > 63 or not _LABEL_VALUE.match(value):
-            node.fail(f'Invalid value: "{value}" (label {key}): a valid label value must be 63 characters '
-                      "or less and must be empty or begin and end with an alphanumeric character "
-                      "([a-z0-9A-Z]) with dashes, underscores, dots and alphanumerics between")
+        check_label_value(node, value, f" (label {key})")
     return labels
 
 
+def check_label_value(node: Node, value: str, what: str = "") -> str:
+    """A label value (labels, selector values): at most 63 characters of [-A-Za-z0-9_.], alphanumeric ends."""
+    if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+        node.fail(f'Invalid value: {quote(value)}{what}: a valid label value must be 63 characters '
+                  "or less and must be empty or begin and end with an alphanumeric character "
+                  "([a-z0-9A-Z]) with dashes, underscores, dots and alphanumerics between")
+    return value
+
+
 def check_annotations(node: Node) -> dict[str, str]:
-    """An annotation map: qualified-name keys, any string values."""
+    """An annotation map: qualified-name keys, any string values, at most 256 KiB of keys and values."""
     annotations = node.as_str_map()
     for key in annotations:
         check_qualified_name(node, key)
+    total = sum(len(key.encode()) + len(value.encode()) for key, value in annotations.items())
+    if total > MAX_ANNOTATIONS_BYTES:
+        node.fail(f"Too long: may not be more than {MAX_ANNOTATIONS_BYTES} bytes (keys and values together; "
+                  f"these are {total})")
     return annotations
+
+
+def check_env_var_name(node: Node) -> str:
+    """An environment variable name as kube-apiserver takes it: printable ASCII except '='."""
+    value = node.as_str()
+    if not _ENV_VAR_NAME.fullmatch(value):
+        node.fail(f"Invalid value: {quote(value)}: a valid environment variable name must consist only of "
+                  "printable ASCII characters other than '='")
+    return value
 
 
 def check_qualified_name(node: Node, key: str) -> None:
     """A label or annotation key: optional DNS subdomain prefix, '/', and a name of at most 63 chars."""
     prefix, _, name = key.rpartition("/")
-    prefix_ok = not prefix or (len(prefix) <= 253 and _DNS1123_SUBDOMAIN.match(prefix) is not None)
-    if not prefix_ok or len(name) > 63 or not _QUALIFIED_NAME.match(name):
-        node.fail(f'Invalid value: "{key}": name part must consist of alphanumeric characters, "-", "_" '
+    prefix_ok = not prefix or (len(prefix) <= 253 and _DNS1123_SUBDOMAIN.fullmatch(prefix) is not None)
+    if not prefix_ok or len(name) > 63 or not _QUALIFIED_NAME.fullmatch(name):
+        node.fail(f'Invalid value: {quote(key)}: name part must consist of alphanumeric characters, "-", "_" '
                   'or ".", must start and end with an alphanumeric character and be at most 63 '
                   "characters, with an optional DNS subdomain prefix and '/'")
