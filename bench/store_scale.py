@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from velvet.agent_manifests import parse_all
+
 from velvet.model import KubeObject, Pod, PodCondition, PodStatus, Service
 from velvet.model.codec import from_dict, to_dict
 from velvet.sources.endpointslices import desired_slices

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from velvet.agent_manifests import parse_all
+from velvet.agent.manifests import parse_all
 from velvet.cli.objects import read_manifests
 from velvet.errors import InvalidManifest
 from velvet.model import Namespace, Pod, guards

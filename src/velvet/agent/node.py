@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from velvet import __version__
 from velvet.agent.config import AgentConfig
-from velvet.agent_manifests import parse_all, relocate
+from velvet.agent.manifests import parse_all, relocate
 from velvet.control.identity import IdentityAllocator
 from velvet.control.labels import DEFAULT_EXCLUDED_LABELS, LabelFilter
 from velvet.control.policy import PolicyCompiler
@@ -31,8 +31,9 @@ from velvet.datapath.protocol import Datapath
 from velvet.datapath.tables import LbState
 from velvet.datapath.writer import TableWriter
 from velvet.errors import InvalidManifest
-from velvet.model import NetworkPolicy, Pod, PodCondition, PodStatus, Service
+from velvet.model import NetworkPolicy, Pod, Service
 from velvet.model.codec import resolve_kind, to_dict
+from velvet.model.decode_report import decode_endpoint_report, decode_pod_status_report
 from velvet.observe.enrich import DictResolver
 from velvet.observe.pipeline import FlowPipeline
 from velvet.paths import AgentPaths
@@ -51,16 +52,6 @@ class Dirty:
 
     def __bool__(self) -> bool:
         return bool(self.services) or self.policy
-
-
-def _pod_status(report: Mapping[str, Any]) -> PodStatus:
-    return PodStatus(
-        phase=report["phase"],
-        pod_ip=report.get("podIP"),
-        host_ip=report.get("hostIP"),
-        conditions=tuple(PodCondition(c["type"], c["status"]) for c in report.get("conditions", [])),
-        start_time=report.get("startTime"),
-    )
 
 
 class Agent:
@@ -194,15 +185,15 @@ class Agent:
         return [to_dict(p) for p in self.store.get("pods", ALL_NAMESPACES)
                 if isinstance(p, Pod) and p.spec.node_name == self.config.node_name]
 
-    def add_endpoint(self, namespace: str, name: str, report: Mapping[str, Any]) -> Any:
-        """CNI ADD: attach the datapath to the pod's veth; its policy follows on the next pass."""
-        record = self.endpoints.add(namespace, name, report["ip"], report["ifname"], report["ifindex"],
-                                    report.get("netns_inode", 0), report.get("cgroup_id", 0))
-        return {"ep_id": record.ep_id}
+    def add_endpoint(self, namespace: str, name: str, report: object) -> Any:
+        """CNI ADD, validated: attach the datapath to the pod's veth; its policy follows on the next pass."""
+        wired = decode_endpoint_report(report, f"endpoint report for {namespace}/{name}")
+        return {"ep_id": self.endpoints.add(namespace, name, wired).ep_id}
 
-    def report_pod(self, namespace: str, name: str, report: Mapping[str, Any]) -> Any:
-        """The kubelet's status report (phase, IP, readiness)."""
-        return {"updated": self.store.update_pod_status(namespace, name, _pod_status(report))}
+    def report_pod(self, namespace: str, name: str, report: object) -> Any:
+        """The kubelet's status report (phase, IP, readiness), validated like a manifest."""
+        status = decode_pod_status_report(report, f"pod status report for {namespace}/{name}")
+        return {"updated": self.store.update_pod_status(namespace, name, status)}
 
     def pod_gone(self, namespace: str, name: str) -> Any:
         """The kubelet finished deleting a pod: drop its endpoint, let the store forget it."""

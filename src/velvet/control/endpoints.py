@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from typing import Any
 
-from velvet.model.endpoint import EndpointRecord
+from velvet.model.endpoint import EndpointRecord, EndpointReport
 
 FIRST_ENDPOINT_ID = 1
 MAX_ENDPOINT_ID = 0xFFFF
@@ -18,13 +18,13 @@ class EndpointRegistry:
     def __init__(self, records: Mapping[str, EndpointRecord] | None = None) -> None:
         self._by_key: dict[str, EndpointRecord] = dict(records or {})
 
-    def upsert(self, namespace: str, name: str, ip: str, ifname: str, ifindex: int,
-               netns_inode: int = 0, cgroup_id: int = 0) -> EndpointRecord:
+    def upsert(self, namespace: str, name: str, report: EndpointReport) -> EndpointRecord:
         """Add or update a pod's endpoint, keeping its id when it already has one."""
         key = f"{namespace}/{name}"
         old = self._by_key.get(key)
         ep_id = old.ep_id if old else self._free_id()
-        record = EndpointRecord(namespace, name, ep_id, ip, ifname, ifindex, netns_inode, cgroup_id)
+        record = EndpointRecord(namespace, name, ep_id, report.ip, report.ifname, report.ifindex,
+                                report.netns_inode, report.cgroup_id)
         self._by_key[key] = record
         return record
 

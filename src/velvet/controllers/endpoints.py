@@ -10,7 +10,7 @@ from pathlib import Path
 
 from velvet.control.endpoints import EndpointRegistry
 from velvet.datapath.protocol import Datapath
-from velvet.model.endpoint import EndpointRecord
+from velvet.model.endpoint import EndpointRecord, EndpointReport
 
 log = logging.getLogger("velvet.controllers.endpoints")
 
@@ -42,10 +42,9 @@ class EndpointController:
                 self.registry.remove(record.key)
         self._save()
 
-    def add(self, namespace: str, name: str, ip: str, ifname: str, ifindex: int, netns_inode: int = 0,
-            cgroup_id: int = 0) -> EndpointRecord:
+    def add(self, namespace: str, name: str, report: EndpointReport) -> EndpointRecord:
         """Wire a pod (the node runtime's CNI ADD): record it and attach the pod-veth programs."""
-        record = self.registry.upsert(namespace, name, ip, ifname, ifindex, netns_inode, cgroup_id)
+        record = self.registry.upsert(namespace, name, report)
         self._datapath.attach_endpoint(record)
         self._save()
         return record

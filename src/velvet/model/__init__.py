@@ -1,5 +1,6 @@
 """Typed, frozen Kubernetes objects and Velvet's own records; no I/O here."""
 
+from velvet.model.endpoint import EndpointReport
 from velvet.model.identity import FIRST_ALLOCATED_IDENTITY, Identity, ReservedIdentity
 from velvet.model.meta import LabelSelector, LabelSelectorRequirement, ObjectMeta
 from velvet.model.namespace import NAME_LABEL, Namespace
@@ -12,7 +13,6 @@ from velvet.model.policy import (
     NetworkPolicyRule,
     NetworkPolicySpec,
 )
-from velvet.model.report import EndpointReport
 from velvet.model.service import (
     Endpoint,
     EndpointConditions,

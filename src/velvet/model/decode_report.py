@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from velvet.errors import InvalidManifest, InvalidReport
 from velvet.model.decode_pod import decode_pod_status
+from velvet.model.endpoint import EndpointReport
 from velvet.model.pod import PodStatus
-from velvet.model.report import EndpointReport
 from velvet.model.validate import Node, Where, check_ipv4, quote
 
 IFNAMSIZ = 16  # the kernel's interface name buffer, NUL included

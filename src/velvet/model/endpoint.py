@@ -1,8 +1,20 @@
-"""A local pod's endpoint: what the node runtime reported when it wired the pod (the CNI ADD)."""
+"""A local pod's endpoint: what the node runtime reports when it wires a pod (the CNI ADD), and the
+record the agent keeps of it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EndpointReport:
+    """A wired pod: its IPv4 address, the host side of its veth, its network namespace and cgroup."""
+
+    ip: str
+    ifname: str
+    ifindex: int
+    netns_inode: int = 0  # 0: not reported
+    cgroup_id: int = 0  # 0: not reported
 
 
 @dataclass(frozen=True)
