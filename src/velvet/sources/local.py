@@ -373,8 +373,10 @@ def _check_namespace(txn: Txn, name: str) -> None:
 
 
 def _finish_namespaces(txn: Txn) -> None:
-    """Remove terminating namespaces that have no objects left."""
-    for ns in txn.of_kind("Namespace", ""):
-        if isinstance(ns, Namespace) and ns.phase == "Terminating" and txn.is_empty(ns.metadata.name):
+    """Remove terminating namespaces that have no objects left (only those terminating or just changed)."""
+    names = txn.base.terminating_namespaces.union(txn.changed("Namespace", ""))
+    for name in sorted(names, key=lambda n: txn.position(("Namespace", "", n))):
+        ns = txn.get(("Namespace", "", name))
+        if isinstance(ns, Namespace) and ns.phase == "Terminating" and txn.is_empty(name):
             txn.remove(key_of(ns))
 
