@@ -40,6 +40,7 @@ from velvet.sources.txn import NAMESPACED_KINDS, Txn, format_time
 ALL_NAMESPACES = "all"
 INITIAL_NAMESPACES = ("default", "kube-system")
 KIND_ORDER = ("Namespace", "Pod", "Service", "EndpointSlice", "NetworkPolicy")
+LATEST = datetime.max.replace(microsecond=0, tzinfo=UTC)  # deadlines beyond it are clamped to it
 
 
 class StoreError(VelvetError):
@@ -173,8 +174,8 @@ class LocalStore:
     def apply(self, objects: Sequence[KubeObject], *, source: str = "<apply>") -> list[ApplyResult]:
         """Create or update every object, or none: any error raises before anything changes.
 
-        An error about object i is `InvalidManifest(source, i, field, reason)` (1-based) or a
-        `StoreError` (e.g. its namespace does not exist and is not created earlier in `objects`).
+        An error about object i is `InvalidManifest(source, i, field, reason)` (1-based), e.g. when its
+        namespace does not exist (and is not created earlier in `objects`) or is terminating.
         """
         txn = self._txn()
         allocator = self._allocator.fork()
@@ -302,7 +303,7 @@ class LocalStore:
         if grace <= 0 or pod.status.phase in ("Succeeded", "Failed"):
             txn.remove(key_of(pod))
             return
-        deadline = txn.now + timedelta(seconds=grace)
+        deadline = _deadline(txn.now, grace)
         current = pod.metadata.deletion_timestamp
         if current is not None and parse_time(current) <= deadline:
             return
@@ -366,10 +367,18 @@ def _resolve(kind: str) -> KindInfo:
 def _check_namespace(txn: Txn, name: str) -> None:
     ns = txn.get(("Namespace", "", name))
     if not isinstance(ns, Namespace):
-        raise StoreError("NotFound", f'namespaces "{name}" not found')
+        raise FieldError("metadata.namespace", f'namespaces "{name}" not found')
     if ns.phase == "Terminating":
-        raise StoreError("Forbidden", f"unable to create new content in namespace {name} "
+        raise FieldError("metadata.namespace", f"unable to create new content in namespace {name} "
                          "because it is being terminated")
+
+
+def _deadline(now: datetime, seconds: int) -> datetime:
+    """`now` plus `seconds`, clamped to the latest representable time (a grace period may be any int64)."""
+    try:
+        return min(now + timedelta(seconds=seconds), LATEST)
+    except OverflowError:
+        return LATEST
 
 
 def _finish_namespaces(txn: Txn) -> None:
