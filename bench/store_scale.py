@@ -7,9 +7,12 @@ and times, REPEAT times each (median and max, milliseconds): one pod status repo
 toggled), one service update (its port changed), the apply of one new service, the delete of one
 service. Also times parsing a `velvet apply -f` of SERVICES service documents (parse_all).
 With --shared, every service selects the same PODS pods (app=echo, as bench/services_scale.py
-does), so one pod's status change really does change every service's slice.
+does), so one pod's status change really does change every service's slice. With --namespaces
+N,N,... it instead times one apply of N namespaces into a fresh store, and the delete of them all
+(best of REPEAT, milliseconds, with microseconds per namespace), to show how the cost grows with N.
 
     .venv/bin/python bench/store_scale.py [--services 10000] [--pods 2] [--shared] [--repeat 5]
+    .venv/bin/python bench/store_scale.py --namespaces 2000,4000,8000,16000 [--repeat 3]
 """
 
 from __future__ import annotations
@@ -114,6 +117,28 @@ def timed(repeat: int, action: Callable[[int], object]) -> dict[str, float]:
     return {"median_ms": round(statistics.median(samples), 2), "max_ms": round(max(samples), 2)}
 
 
+def namespaces_scale(sizes: list[int], repeat: int) -> dict[str, Any]:
+    """Best-of-`repeat` milliseconds to apply N namespaces in one apply, and to delete them, per N."""
+    rows: dict[str, Any] = {}
+    for n in sizes:
+        docs = [from_dict({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns-{i}"}})
+                for i in range(n)]
+        apply_ms, delete_ms = [], []
+        for _ in range(repeat):
+            with tempfile.TemporaryDirectory() as tmp:
+                store = LocalStore.open(Path(tmp) / "state")
+                start = time.perf_counter()
+                store.apply(docs)
+                apply_ms.append((time.perf_counter() - start) * 1000)
+                start = time.perf_counter()
+                store.delete([ObjectRef("ns", f"ns-{i}") for i in range(n)])
+                delete_ms.append((time.perf_counter() - start) * 1000)
+        best = min(apply_ms)
+        rows[str(n)] = {"apply_ms": round(best, 1), "apply_us_per_ns": round(best * 1000 / n, 1),
+                        "delete_ms": round(min(delete_ms), 1)}
+    return {"namespaces": rows, "repeat": repeat}
+
+
 def main() -> int:
     """Run the measurement and print one JSON document."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -121,7 +146,12 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=2, help="pods per service")
     parser.add_argument("--shared", action="store_true", help="every service selects the same pods")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--namespaces", help="comma-separated sizes: time applying that many namespaces")
     args = parser.parse_args()
+    if args.namespaces:
+        sizes = [int(n) for n in args.namespaces.split(",")]
+        print(json.dumps(namespaces_scale(sizes, args.repeat), indent=2))
+        return 0
     n, repeat, shared = args.services, args.repeat, args.shared
     result: dict[str, Any] = {"services": n, "pods": args.pods, "shared": shared, "repeat": repeat}
     with tempfile.TemporaryDirectory() as tmp:

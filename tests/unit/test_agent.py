@@ -13,7 +13,6 @@ from velvet.datapath.fake import FakeDatapath
 from velvet.datapath.tables import EP_POLICY_INGRESS, ServiceKey
 from velvet.errors import InvalidManifest
 from velvet.model import Service
-from velvet.sources.local import StoreError
 
 MANIFEST = """
 apiVersion: v1
@@ -111,8 +110,9 @@ def test_invalid_apply_names_file_and_document_and_stores_nothing(tmp_path: Path
     agent, _ = make_agent(tmp_path)
     bad = MANIFEST + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: orphan, namespace: nowhere}\n" \
         "spec: {containers: [{name: c, command: [sleep]}]}\n"
-    with pytest.raises(StoreError, match="nowhere"):
+    with pytest.raises(InvalidManifest) as caught:
         agent.apply([{"path": "m.yaml", "text": bad}])
+    assert str(caught.value) == 'm.yaml: document 4: metadata.namespace: namespaces "nowhere" not found'
     assert "shop" not in [n.metadata.name for n in agent.store.get("namespaces")]
     broken = MANIFEST.replace('command: ["sleep", "1000"]', "command: 5")
     with pytest.raises(InvalidManifest, match=r"m.yaml: document 2: spec.containers"):

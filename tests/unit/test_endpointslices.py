@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from velvet.model import EndpointSlice, KubeObject, Pod, PodCondition, PodStatus, Service
-from velvet.model.codec import from_dict
+from velvet.model.codec import from_dict, to_dict
+from velvet.model.decode_net import MAX_SLICE_PORTS
 from velvet.sources.delta import Delta
 from velvet.sources.endpointslices import (
     CONTROLLER_NAME,
@@ -109,6 +110,26 @@ def test_more_than_100_endpoints_are_split() -> None:
     pods = [make_pod(f"p{i:03}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(250)]
     slices = desired_slices(make_svc(), pods)
     assert [len(s.endpoints) for s in slices] == [100, 100, 50]
+
+
+def test_a_port_set_a_slice_may_not_hold_is_split_into_runs_each_with_every_endpoint() -> None:
+    ports = [{"name": f"p{i}", "port": 1000 + i} for i in range(MAX_SLICE_PORTS * 2 + 50)]
+    pods = [make_pod(f"p{i:03}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(150)]
+    slices = desired_slices(make_svc(ports=ports), pods)
+    assert [(len(s.ports), len(s.endpoints)) for s in slices] == [
+        (MAX_SLICE_PORTS, 100), (MAX_SLICE_PORTS, 50), (MAX_SLICE_PORTS, 100), (MAX_SLICE_PORTS, 50),
+        (50, 100), (50, 50)]
+    assert [p.name for s in slices[::2] for p in s.ports] == [p["name"] for p in ports]
+    for eps in slices:  # every slice is one the store's own reload (EndpointSlice validation) accepts
+        assert from_dict(to_dict(eps), trusted=True) == eps
+    assert len({s.metadata.name for s in slices}) == 6
+
+
+def test_a_port_set_a_slice_may_hold_stays_whole_as_upstream_keeps_it() -> None:
+    ports = [{"name": f"p{i}", "port": 1000 + i} for i in range(MAX_SLICE_PORTS)]
+    (eps,) = desired_slices(make_svc(ports=ports), [make_pod("a")])
+    assert len(eps.ports) == MAX_SLICE_PORTS
+    assert eps.metadata.name == slice_name("web", "default", 0)
 
 
 def test_headless_gets_slices_external_name_and_selectorless_get_none() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from velvet.agent_manifests import parse_all, relocate
 from velvet.errors import InvalidManifest
 from velvet.model import KubeObject, Namespace, Pod, PodCondition, PodStatus, Service
 from velvet.model.codec import from_dict
@@ -82,7 +83,7 @@ def test_apply_reports_created_configured_unchanged(store: LocalStore) -> None:
 
 def test_apply_is_all_or_nothing(store: LocalStore) -> None:
     version = store.version
-    with pytest.raises(StoreError, match='namespaces "nope" not found'):
+    with pytest.raises(InvalidManifest, match='namespaces "nope" not found'):
         store.apply([pod("a"), pod("b", "nope")])
     assert store.get("pods") == []
     assert store.version == version
@@ -192,8 +193,10 @@ def test_deleting_a_namespace_deletes_its_objects(store: LocalStore) -> None:
     assert demo.phase == "Terminating"
     assert store.get("svc", "demo") == []
     assert store.get("endpointslices", "demo") == []
-    with pytest.raises(StoreError, match="being terminated"):
-        store.apply([pod("b", "demo")])
+    with pytest.raises(InvalidManifest, match="being terminated") as caught:
+        store.apply([pod("b", "demo")], source="b.yaml")
+    assert (caught.value.path, caught.value.document) == ("b.yaml", 1)
+    assert caught.value.field == "metadata.namespace"
     store.finalize_pod_deletion("demo", "a")
     assert [n.metadata.name for n in store.get("ns")] == ["default", "kube-system"]
     with pytest.raises(StoreError, match="may not be deleted"):
@@ -263,3 +266,40 @@ def test_unchanged_apply_emits_nothing(store: LocalStore) -> None:
         return [d async for d in watch]
 
     assert asyncio.run(scenario()) == []
+
+
+# -- errors name the file and document -----------------------------------------------------------------
+
+
+def test_a_missing_namespace_names_the_file_and_document(store: LocalStore) -> None:
+    text = ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: c}]}\n---\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: nope}\n"
+            "spec: {containers: [{name: c}]}\n")
+    objects, origins = parse_all([{"path": "pods.yaml", "text": text}])
+    with pytest.raises(InvalidManifest) as caught:
+        store.apply(objects, source="pods.yaml")
+    assert (caught.value.document, caught.value.field) == (2, "metadata.namespace")
+    assert str(relocate(caught.value, origins)) == \
+        'pods.yaml: document 2: metadata.namespace: namespaces "nope" not found'
+    assert store.get("pods") == []
+
+
+# -- deletion with any grace period --------------------------------------------------------------------
+
+
+def test_deleting_a_pod_with_the_largest_grace_period_works(tmp_path: Path, store: LocalStore) -> None:
+    forever = from_dict({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "forever"},
+                         "spec": {"containers": [{"name": "c"}], "terminationGracePeriodSeconds": 2**63 - 1}})
+    store.apply([forever, pod("long")])
+    store.delete([ObjectRef("po", "forever")])
+    store.delete([ObjectRef("po", "long")], grace_seconds=10**15)
+    for name in ("forever", "long"):
+        found = store.get("po", name=name)[0]
+        assert isinstance(found, Pod)
+        assert found.terminating
+        assert found.metadata.deletion_timestamp == "9999-12-31T23:59:59Z"
+    assert store.expire_terminating() == []
+    assert LocalStore.open(tmp_path / "state").snapshot() == store.snapshot()
+    assert store.finalize_pod_deletion("default", "forever")
+    store.delete([ObjectRef("po", "long")], grace_seconds=0)
+    assert store.get("po") == []

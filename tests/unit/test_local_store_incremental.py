@@ -19,7 +19,7 @@ from velvet.sources import slice_sync
 from velvet.sources.delta import Delta
 from velvet.sources.endpointslices import CONTROLLER_NAME, MANAGED_BY_LABEL, desired_slices, is_managed
 from velvet.sources.local import LocalStore, ObjectRef
-from velvet.sources.state_files import JOURNAL_FILE, STATE_FILE
+from velvet.sources.state_files import JOURNAL_FILE, QUARANTINE_FILE, STATE_FILE
 
 
 def pod(name: str, **labels: str) -> KubeObject:
@@ -233,14 +233,21 @@ def test_a_torn_last_journal_line_is_dropped_and_cut_off(state: Path) -> None:
     assert len(journal_lines(state)) == 2
 
 
-def test_a_corrupt_journal_line_before_the_last_is_an_error(state: Path) -> None:
+def test_a_corrupt_journal_line_before_the_last_is_quarantined_and_the_rest_replayed(state: Path) -> None:
     store = big_store(state)
     store.update_pod_status("default", "p1", running("10.244.0.1"))
     journal = state / JOURNAL_FILE
-    journal.write_bytes(b"garbage\n" + journal.read_bytes())
-    with pytest.raises(InvalidManifest, match="cannot read the store journal") as caught:
-        LocalStore.open(state)
-    assert (caught.value.path, caught.value.document) == (str(journal), 1)
+    journal.write_bytes(journal.read_bytes() + b"garbage\n")
+    store.update_pod_status("default", "p2", running("10.244.0.2"))
+    again = LocalStore.open(state)
+    assert again.snapshot() == store.snapshot()
+    assert again.version == store.version
+    (record,) = [json.loads(line) for line in (state / QUARANTINE_FILE).read_text().splitlines()]
+    assert (record["file"], record["entry"], record["text"]) == (str(journal), "line 2", "garbage\n")
+    assert "not a JSON line" in record["reason"]
+    assert b"garbage" not in journal.read_bytes()  # moved aside: the next start does not meet it again
+    assert LocalStore.open(state).snapshot() == store.snapshot()
+    assert len((state / QUARANTINE_FILE).read_text().splitlines()) == 1
 
 
 def test_compaction_folds_the_journal_into_the_snapshot(state: Path) -> None:

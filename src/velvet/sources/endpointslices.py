@@ -4,8 +4,16 @@ Mirrors upstream pkg/controller/endpointslice: pods of the service's namespace m
 with an IP and not Succeeded/Failed (terminating pods included); one endpoint port per service port,
 a named targetPort resolved on each pod (pods resolving to different numbers land in different
 slices); at most 100 endpoints per slice; a placeholder slice without endpoints when nothing matches.
+Upstream puts every port of a port set in each of its slices and never splits ports: when a Service
+had more ports than EndpointSlice validation allowed (100 before Kubernetes 1.21), the API server
+rejected the controller's slices (kubernetes#99382); the fix raised the limit to 20,000
+(kubernetes#99795). A Service's own port list has no limit, so a port set larger than the limit our
+validation enforces (`MAX_SLICE_PORTS`) is split into consecutive runs of that many ports, each with
+the same endpoints: every slice the store writes is one its own reload accepts, and consumers that
+merge a service's slices by port name (kube-proxy, our service compiler) see the same backends.
 Slice names are `<service>-<5 chars>` derived from the slice's position (port sets in order, then
-chunks), so recomputation is stable and the placeholder is updated in place, as upstream reuses it.
+port runs, then endpoint chunks), so recomputation is stable and the placeholder is updated in
+place, as upstream reuses it.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from velvet.model import (
     Pod,
     Service,
 )
+from velvet.model.decode_net import MAX_SLICE_PORTS
 from velvet.model.service import HEADLESS_LABEL, SERVICE_NAME_LABEL
 
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
@@ -58,10 +67,16 @@ def desired_slices(svc: Service, pods: Iterable[Pod]) -> list[EndpointSlice]:
     slices: list[EndpointSlice] = []
     for ports, members in sorted(groups.items(), key=lambda kv: _port_key(kv[0])):
         endpoints = [endpoint for _, endpoint in sorted(members, key=lambda m: m[0])]
-        for chunk in range(0, len(endpoints), MAX_ENDPOINTS_PER_SLICE):
-            chunk_endpoints = tuple(endpoints[chunk:chunk + MAX_ENDPOINTS_PER_SLICE])
-            slices.append(_slice(svc, len(slices), chunk_endpoints, ports))
+        for run in _port_runs(ports):
+            for chunk in range(0, len(endpoints), MAX_ENDPOINTS_PER_SLICE):
+                chunk_endpoints = tuple(endpoints[chunk:chunk + MAX_ENDPOINTS_PER_SLICE])
+                slices.append(_slice(svc, len(slices), chunk_endpoints, run))
     return slices
+
+
+def _port_runs(ports: PortSet) -> list[PortSet]:
+    """The port set as one run, or as runs of MAX_SLICE_PORTS when a slice may not hold it whole."""
+    return [ports[i:i + MAX_SLICE_PORTS] for i in range(0, len(ports), MAX_SLICE_PORTS)] or [ports]
 
 
 def same_slice(a: EndpointSlice, b: EndpointSlice) -> bool:

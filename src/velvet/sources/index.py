@@ -2,8 +2,8 @@
 
 Objects by key and by kind and namespace; pods by label; services with a selector by one pair of
 it (a pod's labels find every service that may select it); EndpointSlices by the service named in
-their kubernetes.io/service-name label; terminating pods; and each object's position in creation
-order (updates keep it), the order the store walks objects in.
+their kubernetes.io/service-name label; terminating pods and namespaces; and each object's position
+in creation order (updates keep it), the order the store walks objects in.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from velvet.model import EndpointSlice, KubeObject, Pod, Service
+from velvet.model import EndpointSlice, KubeObject, Namespace, Pod, Service
 from velvet.model.service import SERVICE_NAME_LABEL
 
 Key = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), name
@@ -39,6 +39,7 @@ class ObjectIndex:
     def __init__(self) -> None:
         self.objects: dict[Key, KubeObject] = {}
         self.terminating: set[Key] = set()  # pods with a deletionTimestamp
+        self.terminating_namespaces: set[str] = set()  # names of namespaces in phase Terminating
         self._by_kind: dict[str, dict[str, dict[str, KubeObject]]] = {}  # kind -> namespace -> name -> obj
         self._pods: dict[LabelKey, set[str]] = {}
         self._services: dict[LabelKey, set[str]] = {}
@@ -116,6 +117,8 @@ class ObjectIndex:
             self._slices.setdefault((ns, obj.metadata.labels.get(SERVICE_NAME_LABEL, "")), set()).add(name)
         if isinstance(obj, Pod) and obj.metadata.deletion_timestamp:
             self.terminating.add(key)
+        if isinstance(obj, Namespace) and obj.phase == "Terminating":
+            self.terminating_namespaces.add(name)
 
     def _unindex(self, key: Key, obj: KubeObject) -> None:
         ns, name = key[1], key[2]
@@ -124,6 +127,8 @@ class ObjectIndex:
         if isinstance(obj, EndpointSlice):
             _discard(self._slices, (ns, obj.metadata.labels.get(SERVICE_NAME_LABEL, "")), name)
         self.terminating.discard(key)
+        if isinstance(obj, Namespace):
+            self.terminating_namespaces.discard(name)
 
     def _labels_of(self, obj: KubeObject) -> dict[LabelKey, set[str]]:
         return self._pods if isinstance(obj, Pod) else self._services

@@ -4,20 +4,24 @@ It behaves like the parts of kube-apiserver (plus scheduler, EndpointSlice and n
 that a single node needs: all-or-nothing apply with created/configured/unchanged results, ClusterIP
 and node-port allocation, graceful pod deletion, namespace deletion, a store-wide resourceVersion, and
 a watch that streams every change as a `Delta`. State is a snapshot plus a journal of changes
-(`state_files`), so it survives an agent restart and a change costs what it touched. Lookups go
-through indexes (`index`), and the EndpointSlice controller recomputes only the services a
-change may affect (`slice_sync`). Only file I/O; no networking.
+(`state_files`), so it survives an agent restart and a change costs what it touched; a change is
+journaled before it is applied, so one that cannot be saved changes nothing. Start-up on saved
+state never fails on one bad object: it is quarantined and the slices it fed are derived again.
+Lookups go through indexes (`index`), and the EndpointSlice controller recomputes only the services
+a change may affect (`slice_sync`). Only file I/O; no networking.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
+from velvet.durable import StorageError
 from velvet.errors import InvalidManifest, VelvetError
 from velvet.model import (
     NAME_LABEL,
@@ -30,6 +34,7 @@ from velvet.model import (
     Service,
 )
 from velvet.model.codec import KINDS, KindInfo, kind_of, resolve_kind
+from velvet.model.service import SERVICE_NAME_LABEL
 from velvet.sources.allocation import FieldError, ServiceAllocator
 from velvet.sources.delta import DeltaFanout, Watch
 from velvet.sources.index import Key, ObjectIndex, key_of
@@ -40,10 +45,13 @@ from velvet.sources.txn import NAMESPACED_KINDS, Txn, format_time
 ALL_NAMESPACES = "all"
 INITIAL_NAMESPACES = ("default", "kube-system")
 KIND_ORDER = ("Namespace", "Pod", "Service", "EndpointSlice", "NetworkPolicy")
+LATEST = datetime.max.replace(microsecond=0, tzinfo=UTC)  # deadlines beyond it are clamped to it
+
+log = logging.getLogger("velvet.store")
 
 
 class StoreError(VelvetError):
-    """The store refused a request; `reason` is the API status reason (NotFound, Forbidden)."""
+    """The store refused a request; `reason` is the API status reason (NotFound, Forbidden, InternalError)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"Error from server ({reason}): {message}")
@@ -107,29 +115,33 @@ class LocalStore:
         self._index = ObjectIndex()
         self._version = 0
         self._fanout = DeltaFanout()
-        if self._files.exists():
-            self._version, objects = self._files.load()
-            self._index.load(objects)
-        else:
+        self._files.prepare()
+        quarantined: list[object] = []
+        fresh = not self._files.exists()
+        if not fresh:
+            loaded = self._files.load()
+            self._version, quarantined = loaded.version, loaded.quarantined
+            self._index.load(loaded.objects)
+        services = [o for o in self._index.objects.values() if isinstance(o, Service)]
+        self._allocator = ServiceAllocator(service_cidr, node_port_range, services)
+        if fresh:
+            if self._files.journal_path.exists():
+                log.warning("%s: no snapshot and an empty journal: starting an empty store",
+                            self._files.directory)
             txn = self._txn()
             for name in INITIAL_NAMESPACES:
                 txn.create(Namespace(ObjectMeta(name=name, labels=MappingProxyType({NAME_LABEL: name}))))
-            self._index.load(obj for obj in txn.changes.values() if obj is not None)
-            self._version = txn.version
-        services = [o for o in self._index.objects.values() if isinstance(o, Service)]
-        self._allocator = ServiceAllocator(service_cidr, node_port_range, services)
+            self._commit(txn)
+        elif quarantined:
+            self._resync(quarantined)
 
     @classmethod
     def open(cls, state_dir: Path, *, service_cidr: str = "10.96.0.0/16",
              node_port_range: tuple[int, int] = (30000, 32767), node_name: str = "velvet-node",
              clock: Callable[[], datetime] = _now) -> LocalStore:
-        """Create `state_dir` if needed and load the saved state (or start, and save, a fresh one)."""
-        state_dir.mkdir(parents=True, exist_ok=True)
-        store = cls(state_dir, service_cidr=service_cidr, node_port_range=node_port_range,
-                    node_name=node_name, clock=clock)
-        if not store._files.exists():
-            store._files.compact(store.version, store.snapshot())
-        return store
+        """Create `state_dir` (0700) if needed and load the saved state (or start, and save, a fresh one)."""
+        return cls(state_dir, service_cidr=service_cidr, node_port_range=node_port_range,
+                   node_name=node_name, clock=clock)
 
     @property
     def version(self) -> int:
@@ -182,8 +194,9 @@ class LocalStore:
     def apply(self, objects: Sequence[KubeObject], *, source: str = "<apply>") -> list[ApplyResult]:
         """Create or update every object, or none: any error raises before anything changes.
 
-        An error about object i is `InvalidManifest(source, i, field, reason)` (1-based) or a
-        `StoreError` (e.g. its namespace does not exist and is not created earlier in `objects`).
+        An error about object i is `InvalidManifest(source, i, field, reason)` (1-based), e.g. when its
+        namespace does not exist (and is not created earlier in `objects`) or is terminating; a
+        change that cannot be saved raises `StoreError`.
         """
         txn = self._txn()
         allocator = self._allocator.fork()
@@ -311,7 +324,7 @@ class LocalStore:
         if grace <= 0 or pod.status.phase in ("Succeeded", "Failed"):
             txn.remove(key_of(pod))
             return
-        deadline = txn.now + timedelta(seconds=grace)
+        deadline = _deadline(txn.now, grace)
         current = pod.metadata.deletion_timestamp
         if current is not None and parse_time(current) <= deadline:
             return
@@ -332,31 +345,66 @@ class LocalStore:
             txn.put(replace(ns, phase="Terminating",
                             metadata=replace(ns.metadata, deletion_timestamp=format_time(txn.now))))
 
-    def _commit(self, txn: Txn) -> None:
-        """Finish the transaction (slices, emptied namespaces); index, journal and publish it; compact."""
-        sync_slices(txn)
+    def _commit(self, txn: Txn, resync: Mapping[str, set[str]] | None = None) -> None:
+        """Finish the transaction (slices, emptied namespaces); journal, index and publish it; compact.
+
+        Nothing changes unless the journal write succeeds; when it fails, `StoreError` says why.
+        `resync` names services whose slices are recomputed even though nothing of theirs changed.
+        """
+        sync_slices(txn, resync)
         _finish_namespaces(txn)
         if not txn.deltas:
             return
-        upserts: list[KubeObject] = []
-        deletes: list[Key] = []
-        for key, obj in txn.changes.items():
-            old = self._index.objects.get(key)
-            if old is None and obj is None:
-                continue  # created and removed within the transaction
+        changes = [(key, old, obj) for key, obj in txn.changes.items()
+                   if (old := self._index.objects.get(key)) is not None or obj is not None]
+        try:
+            self._files.record(self._version, txn.version, [obj for _, _, obj in changes if obj is not None],
+                               [key for key, _, obj in changes if obj is None])
+        except StorageError as err:
+            raise StoreError("InternalError", f"{err} (nothing was changed)") from err
+        for key, old, obj in changes:
             self._index.put(key, obj)
             if key[0] == "Service":
                 self._allocator.follow(old if isinstance(old, Service) else None,
                                        obj if isinstance(obj, Service) else None)
-            if obj is None:
-                deletes.append(key)
-            else:
-                upserts.append(obj)
         self._version = txn.version
-        self._files.record(self._version, upserts, deletes)
         self._fanout.publish(txn.deltas)
         if self._files.oversized:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Fold the journal into a new snapshot; a failure is logged and retried after the next change."""
+        try:
             self._files.compact(self._version, self.snapshot())
+        except StorageError as err:
+            log.warning("%s; the journal keeps every change and compaction is retried later", err)
+
+    def _resync(self, quarantined: Sequence[object]) -> None:
+        """Derive again the slices the quarantined documents fed, then compact them out of the files."""
+        try:
+            self._commit(self._txn(), resync=self._fed_by(quarantined))
+        except StoreError as err:
+            log.warning("%s; the slices are derived again on the next change of their services", err)
+        self._compact()
+
+    def _fed_by(self, documents: Sequence[object]) -> dict[str, set[str]]:
+        """Services, by namespace, whose slices may have depended on the (quarantined) raw documents."""
+        services: dict[str, set[str]] = {}
+        for doc in documents:
+            meta = doc.get("metadata") if isinstance(doc, dict) else None
+            if not isinstance(doc, dict) or not isinstance(meta, dict):
+                continue
+            ns, name, labels = meta.get("namespace"), meta.get("name"), _str_labels(meta.get("labels"))
+            if not isinstance(ns, str) or not isinstance(name, str):
+                continue
+            found = services.setdefault(ns, set())
+            if doc.get("kind") == "Service":
+                found.add(name)
+            elif doc.get("kind") == "EndpointSlice" and SERVICE_NAME_LABEL in labels:
+                found.add(labels[SERVICE_NAME_LABEL])
+            elif doc.get("kind") == "Pod":
+                found.update(self._index.services_selecting(ns, labels))
+        return services
 
     def _target_key(self, target: KubeObject | ObjectRef) -> Key:
         if not isinstance(target, ObjectRef):
@@ -375,15 +423,30 @@ def _resolve(kind: str) -> KindInfo:
 def _check_namespace(txn: Txn, name: str) -> None:
     ns = txn.get(("Namespace", "", name))
     if not isinstance(ns, Namespace):
-        raise StoreError("NotFound", f'namespaces "{name}" not found')
+        raise FieldError("metadata.namespace", f'namespaces "{name}" not found')
     if ns.phase == "Terminating":
-        raise StoreError("Forbidden", f"unable to create new content in namespace {name} "
+        raise FieldError("metadata.namespace", f"unable to create new content in namespace {name} "
                          "because it is being terminated")
 
 
+def _str_labels(raw: object) -> dict[str, str]:
+    """The string-valued pairs of a raw labels map (none when it is not one)."""
+    return {str(k): v for k, v in raw.items() if isinstance(v, str)} if isinstance(raw, dict) else {}
+
+
+def _deadline(now: datetime, seconds: int) -> datetime:
+    """`now` plus `seconds`, clamped to the latest representable time (a grace period may be any int64)."""
+    try:
+        return min(now + timedelta(seconds=seconds), LATEST)
+    except OverflowError:
+        return LATEST
+
+
 def _finish_namespaces(txn: Txn) -> None:
-    """Remove terminating namespaces that have no objects left."""
-    for ns in txn.of_kind("Namespace", ""):
-        if isinstance(ns, Namespace) and ns.phase == "Terminating" and txn.is_empty(ns.metadata.name):
+    """Remove terminating namespaces that have no objects left (only those terminating or just changed)."""
+    names = txn.base.terminating_namespaces.union(txn.changed("Namespace", ""))
+    for name in sorted(names, key=lambda n: txn.position(("Namespace", "", n))):
+        ns = txn.get(("Namespace", "", name))
+        if isinstance(ns, Namespace) and ns.phase == "Terminating" and txn.is_empty(name):
             txn.remove(key_of(ns))
 

@@ -8,6 +8,7 @@ slices are recomputed and compared; user-managed slices are never touched.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 from velvet.model import EndpointSlice, KubeObject, Pod, Service
@@ -31,10 +32,16 @@ class _Changed:
                 self.slices.setdefault((ns, obj.metadata.labels.get(SERVICE_NAME_LABEL, "")), set()).add(name)
 
 
-def sync_slices(txn: Txn) -> None:
-    """Bring the controller's EndpointSlices of every service the transaction may affect up to date."""
+def sync_slices(txn: Txn, also: Mapping[str, set[str]] | None = None) -> None:
+    """Bring the controller's EndpointSlices of every service the transaction may affect up to date.
+
+    `also` names more services (by namespace) to recompute, e.g. after their saved slices were lost.
+    """
     changed = _Changed(txn)
-    for ns, services in sorted(affected_services(txn).items()):
+    affected = affected_services(txn)
+    for ns, names in (also or {}).items():
+        affected.setdefault(ns, set()).update(names)
+    for ns, services in sorted(affected.items()):
         wanted: set[str] = set()
         held: set[str] = set()
         for name in sorted(services, key=lambda n: (txn.position(("Service", ns, n)), n)):

@@ -1,24 +1,36 @@
 """The local store on disk: a snapshot of every object plus an append-only journal of the changes since.
 
 `store.json` is `{"objects": [...], "version": V}` with one object per line, each as `kubectl get -o
-json` prints it. `store.journal` holds one JSON line per committed change made after the snapshot,
-`{"delete": [[kind, namespace, name], ...], "upsert": [objects], "version": V}`, fsync'd before the
-change is published, so a change costs what it touched. Loading reads the snapshot and replays the
-journal lines newer than it; a torn last line (the writer died mid-line) is dropped and cut off.
+json` prints it. `store.journal` holds one JSON line per committed change, `{"delete": [[kind,
+namespace, name], ...], "since": S, "upsert": [objects], "version": V}` (S: the version the change
+was made on), fsync'd before the change is applied or published, so a change costs what it touched
+and a failed write changes nothing. A new store's first change is its journal's first line (since 0).
+
+Loading reads the snapshot and replays the journal lines newer than it. Without a snapshot the
+journal is replayed from version 0 when it holds every change from the first; otherwise loading
+refuses and touches nothing (the snapshot must be restored). A torn last line (the writer died
+mid-line) is dropped and cut off. An object or line that no longer decodes (validation tightened,
+a newer Velvet wrote it) is reported in one log line, appended with the reason to
+`store.quarantine.jsonl` and left out; the caller then compacts, so it is moved aside, never lost.
+
 Once the journal outgrows the snapshot the two are compacted: a new snapshot is written atomically
-(temp file, fsync, rename, directory fsync), then the journal is emptied; a crash in between leaves
-only lines the snapshot already holds, which replay skips by version. Each object's encoding is
-cached, so compaction encodes only what the journal did not.
+(`durable.write_atomic`), then the journal is emptied; a crash in between leaves only lines the
+snapshot already holds, which replay skips by version. Each object's encoding is cached, so
+compaction encodes only what the journal did not. Files are 0600 in a 0700 directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from velvet.durable import StorageError, open_append, private_dir, private_file, write_atomic
 from velvet.errors import InvalidManifest
 from velvet.model import KubeObject
 from velvet.model.codec import from_dict, to_dict
@@ -26,133 +38,320 @@ from velvet.sources.index import Key, key_of
 
 STATE_FILE = "store.json"
 JOURNAL_FILE = "store.journal"
+QUARANTINE_FILE = "store.quarantine.jsonl"
+
+log = logging.getLogger("velvet.store")
+
+
+@dataclass
+class Loaded:
+    """What `StateFiles.load` found: the version, the objects in creation order, the documents set aside."""
+
+    version: int
+    objects: list[KubeObject]
+    quarantined: list[Any] = field(default_factory=list)  # raw documents (or {"text": line}) left out
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One complete journal line: its number, its text and what it parsed to (None when unreadable)."""
+
+    number: int
+    text: bytes
+    entry: Any
+    error: str = ""
 
 
 class StateFiles:
-    """The snapshot and journal of one state directory."""
+    """The snapshot, journal and quarantine of one state directory."""
 
     def __init__(self, state_dir: Path) -> None:
+        self.directory = state_dir
         self.snapshot_path = state_dir / STATE_FILE
         self.journal_path = state_dir / JOURNAL_FILE
+        self.quarantine_path = state_dir / QUARANTINE_FILE
         self._encoded: dict[Key, str] = {}
         self._snapshot_bytes = 0
         self._journal_bytes = 0
+        self._tail_dirty = False  # a failed append may have left bytes after _journal_bytes
+        self._unsaved: list[dict[str, Any]] = []  # quarantine records not yet in the quarantine file
+
+    def prepare(self) -> None:
+        """Make the directory 0700 and its files 0600; remove temp files of interrupted snapshot writes."""
+        private_dir(self.directory)
+        for path in (self.snapshot_path, self.journal_path, self.quarantine_path):
+            private_file(path)
+        leftovers = [*self.directory.glob(f"{STATE_FILE}.tmp"), *self.directory.glob(f".{STATE_FILE}.*.tmp")]
+        for leftover in leftovers:
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
 
     def exists(self) -> bool:
-        """A snapshot was saved here."""
-        return self.snapshot_path.exists()
+        """Something was saved here: a snapshot or a journal with at least one change."""
+        return self.snapshot_path.exists() or _size(self.journal_path) > 0
 
     @property
     def oversized(self) -> bool:
         """The journal outgrew the snapshot: time to compact."""
         return self._journal_bytes > self._snapshot_bytes
 
-    def load(self) -> tuple[int, list[KubeObject]]:
-        """The saved version and objects (in creation order): the snapshot plus the journal's changes."""
-        path = str(self.snapshot_path)
-        try:
-            data = json.loads(self.snapshot_path.read_bytes())
-            self._snapshot_bytes = self.snapshot_path.stat().st_size
-            version = int(data.get("version", 0))
-            items = data.get("objects", [])
-        except (OSError, ValueError, AttributeError) as err:
-            raise InvalidManifest(path, 0, "<file>", f"cannot read the store: {err}") from err
+    def load(self) -> Loaded:
+        """The saved version and objects: the snapshot plus the journal's changes, bad documents set aside."""
+        loaded = Loaded(0, [])
         objects: dict[Key, KubeObject] = {}
+        quarantine: list[dict[str, Any]] = []
+        have_snapshot = self.snapshot_path.exists()
+        items: list[Any] = []
+        if have_snapshot:
+            loaded.version, items = self._read_snapshot()
+        lines, end = self._read_journal()
+        self._check_journal_start(lines, loaded.version, have_snapshot)
         for index, item in enumerate(items, start=1):
-            obj = from_dict(item, path=path, document=index, trusted=True)
-            objects[key_of(obj)] = obj
-        for line, entry in enumerate(self._read_journal(), start=1):
-            version = self._replay(line, entry, version, objects)
-        return version, list(objects.values())
+            obj = self._decode(item, str(self.snapshot_path), index, f"object {index}", quarantine)
+            if obj is not None:
+                objects[key_of(obj)] = obj
+        for line in lines:
+            loaded.version = self._replay(line, loaded.version, objects, quarantine)
+        self._journal_bytes = end
+        if end < _size(self.journal_path):
+            log.warning("%s: the last line was torn by a crash (the change never completed): cut off",
+                        self.journal_path)
+            self._tail_dirty = True
+            self._cut_tail()
+        self._unsaved.extend(quarantine)
+        self._save_quarantine()
+        loaded.objects = list(objects.values())
+        loaded.quarantined = [q.get("document", {"text": q.get("text")}) for q in quarantine]
+        return loaded
 
-    def record(self, version: int, upserts: Sequence[KubeObject], deletes: Sequence[Key]) -> None:
-        """Append one committed change to the journal; durable when this returns."""
+    def record(self, since: int, version: int, upserts: Sequence[KubeObject], deletes: Sequence[Key]) -> None:
+        """Append one committed change (made on version `since`) to the journal; durable when this returns.
+
+        On failure the journal is as before and `StorageError` says why.
+        """
+        encoded = [_dump(obj) for obj in upserts]
+        text = (f'{{"delete": {json.dumps([list(k) for k in deletes])}, "since": {since}, '
+                f'"upsert": [{", ".join(encoded)}], "version": {version}}}\n')
+        data = text.encode()
+        fd = open_append(self.journal_path)
+        try:
+            if self._tail_dirty:
+                os.ftruncate(fd, self._journal_bytes)
+                self._tail_dirty = False
+            _write_all(fd, data)
+            os.fsync(fd)
+        except OSError as err:
+            try:
+                os.ftruncate(fd, self._journal_bytes)  # never leave half a line for the next one to follow
+            except OSError:
+                self._tail_dirty = True
+            raise StorageError(self.journal_path, "append the change to", err) from err
+        finally:
+            os.close(fd)
+        self._journal_bytes += len(data)
         for key in deletes:
             self._encoded.pop(key, None)
-        encoded = [self._encode(obj) for obj in upserts]
-        text = (f'{{"delete": {json.dumps([list(k) for k in deletes])}, "upsert": [{", ".join(encoded)}], '
-                f'"version": {version}}}\n')
-        data = text.encode()
-        with self.journal_path.open("ab") as out:
-            try:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            except OSError:
-                out.truncate(self._journal_bytes)  # never leave half a line for the next one to follow
-                raise
-        self._journal_bytes += len(data)
+        for obj, line in zip(upserts, encoded, strict=True):
+            self._encoded[key_of(obj)] = line
 
     def compact(self, version: int, objects: Iterable[KubeObject]) -> None:
-        """Write every object as the new snapshot, then empty the journal."""
+        """Write every object as the new snapshot, then empty the journal; `StorageError` on failure.
+
+        Documents set aside at load time must be in the quarantine file first: compaction drops them.
+        """
+        if not self._save_quarantine():
+            raise StorageError(self.quarantine_path, "append to", "the set-aside documents are not saved yet")
         lines = ",\n".join(self._encoded.get(key_of(obj)) or self._encode(obj) for obj in objects)
         data = f'{{"objects": [\n{lines}\n], "version": {version}}}\n'.encode()
-        tmp = self.snapshot_path.with_name(self.snapshot_path.name + ".tmp")
-        with tmp.open("wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.snapshot_path)
-        with self.journal_path.open("ab") as journal:
-            journal.truncate(0)
-            os.fsync(journal.fileno())
-        self._fsync_dir()
-        self._snapshot_bytes, self._journal_bytes = len(data), 0
+        write_atomic(self.snapshot_path, data)
+        self._snapshot_bytes = len(data)
+        self._truncate_journal(0)
+        self._journal_bytes, self._tail_dirty = 0, False
 
     def _encode(self, obj: KubeObject) -> str:
-        text = json.dumps(to_dict(obj), sort_keys=True)  # one-shot: the C encoder (json.dump is pure Python)
+        text = _dump(obj)
         self._encoded[key_of(obj)] = text
         return text
 
-    def _read_journal(self) -> list[Any]:
-        """The journal's complete lines, parsed; a torn last line is cut off the file."""
+    def _read_snapshot(self) -> tuple[int, list[Any]]:
+        """The snapshot's version and its objects as saved (not decoded yet)."""
+        path = str(self.snapshot_path)
+        try:
+            raw = self.snapshot_path.read_bytes()
+            data = json.loads(raw)
+            version = int(data.get("version", 0))
+            items = data.get("objects", [])
+            if not isinstance(items, list):
+                raise ValueError('"objects" is not a list')
+        except (OSError, ValueError, AttributeError, TypeError) as err:
+            raise StorageError(path, "read the store snapshot", _reason(err)) from err
+        self._snapshot_bytes = len(raw)
+        return version, items
+
+    def _read_journal(self) -> tuple[list[_Line], int]:
+        """The journal's complete lines and where they end (a torn last line lies beyond)."""
         try:
             raw = self.journal_path.read_bytes()
         except FileNotFoundError:
-            raw = b""
-        entries: list[Any] = []
+            return [], 0
+        except OSError as err:
+            raise StorageError(self.journal_path, "read the store journal", err) from err
+        lines: list[_Line] = []
         end = 0
-        while end < len(raw):
-            stop = raw.find(b"\n", end) + 1
+        while (stop := raw.find(b"\n", end) + 1) > 0:
+            text = raw[end:stop]
             try:
-                if not stop:
-                    raise ValueError("the line has no end")
-                entries.append(json.loads(raw[end:stop]))
+                lines.append(_Line(len(lines) + 1, text, json.loads(text)))
             except ValueError as err:
-                if 0 < stop < len(raw):
-                    raise InvalidManifest(str(self.journal_path), len(entries) + 1, "<file>",
-                                          f"cannot read the store journal: {err}") from err
-                break  # the last line was torn by a crash: the change it held never completed
+                lines.append(_Line(len(lines) + 1, text, None, f"not a JSON line: {err}"))
             end = stop
-        if end < len(raw) or not self.journal_path.exists():
-            with self.journal_path.open("ab") as journal:
-                journal.truncate(end)
-                os.fsync(journal.fileno())
-            self._fsync_dir()
-        self._journal_bytes = end
-        return entries
+        return lines, end
 
-    def _replay(self, line: int, entry: Any, version: int, objects: dict[Key, KubeObject]) -> int:
-        """Apply one journal entry newer than `version` to `objects`; the version after it."""
+    def _check_journal_start(self, lines: list[_Line], version: int, have_snapshot: bool) -> None:
+        """Refuse a journal that does not follow on from the snapshot (or from nothing, without one)."""
+        first = lines[0].entry if lines else None
+        since = first.get("since") if isinstance(first, dict) else None
+        if have_snapshot:
+            if isinstance(since, int) and since > version:
+                raise StorageError(self.journal_path, "load the store", (
+                    f"the journal starts at version {since} but {self.snapshot_path.name} holds only up to "
+                    f"{version}: changes in between are missing; restore the {self.snapshot_path.name} "
+                    "this journal follows"))
+            return
+        if lines and since != 0:
+            where = f"at version {since}" if isinstance(since, int) else "after an unknown version"
+            raise StorageError(self.journal_path, "load the store", (
+                f"{self.snapshot_path.name} is missing and the journal starts {where}, so the objects "
+                f"saved before it are lost; restore {self.snapshot_path} (or move both files aside to "
+                "start an empty store)"))
+
+    def _replay(self, line: _Line, version: int, objects: dict[Key, KubeObject],
+                quarantine: list[dict[str, Any]]) -> int:
+        """Apply one journal line newer than `version` to `objects`; the version after it."""
         path = str(self.journal_path)
+        where = f"line {line.number}"
+        entry = line.entry
         try:
+            if line.error:
+                raise ValueError(line.error)
             newer = int(entry["version"])
-            if newer <= version:
-                return version  # already in the snapshot (a crash interrupted compaction)
             deletes = [(str(kind), str(ns), str(name)) for kind, ns, name in entry["delete"]]
             upserts = list(entry["upsert"])
         except (KeyError, TypeError, ValueError) as err:
-            raise InvalidManifest(path, line, "<file>", f"cannot read the store journal: {err!r}") from err
+            self._quarantine(quarantine, path, where, _reason(err), text=line.text.decode(errors="replace"))
+            return version
+        if newer <= version:
+            return version  # already in the snapshot (a crash interrupted compaction)
         for key in deletes:
             objects.pop(key, None)
-        for item in upserts:
-            obj = from_dict(item, path=path, document=line, trusted=True)
-            objects[key_of(obj)] = obj
+        for index, item in enumerate(upserts, start=1):
+            obj = self._decode(item, path, line.number, f"{where}, object {index}", quarantine)
+            if obj is not None:
+                objects[key_of(obj)] = obj
+            elif (claimed := _raw_key(item)) is not None:
+                objects.pop(claimed, None)  # its older state is not its current one
         return newer
 
-    def _fsync_dir(self) -> None:
-        dir_fd = os.open(self.snapshot_path.parent, os.O_RDONLY)
+    def _decode(self, item: Any, path: str, document: int, where: str,
+                quarantine: list[dict[str, Any]]) -> KubeObject | None:
+        """One saved object, or None when it no longer decodes (then it is quarantined)."""
         try:
-            os.fsync(dir_fd)
+            return from_dict(item, path=path, document=document, trusted=True)
+        except InvalidManifest as err:
+            reason = f"{err.field}: {err.reason}"
+        except Exception as err:  # a decoder bug must not stop the agent either: set the object aside
+            reason = f"cannot decode: {err!r}"
+        self._quarantine(quarantine, path, where, reason, document=item)
+        return None
+
+    def _quarantine(self, quarantine: list[dict[str, Any]], path: str, where: str, reason: str, *,
+                    document: Any = None, text: str | None = None) -> None:
+        log.warning("%s: %s: %s (moved to %s)", path, where, reason, self.quarantine_path)
+        record: dict[str, Any] = {"file": path, "entry": where, "reason": reason}
+        if text is None:
+            record["document"] = document
+        else:
+            record["text"] = text
+        quarantine.append(record)
+
+    def _save_quarantine(self) -> bool:
+        """Append the set-aside documents to the quarantine file, durably; False (logged) when it failed."""
+        if not self._unsaved:
+            return True
+        data = "".join(json.dumps(q, sort_keys=True, default=str) + "\n" for q in self._unsaved).encode()
+        try:
+            _append_whole(self.quarantine_path, data)
+        except StorageError as err:
+            log.warning("%s; the documents stay in the store files until they can be saved", err)
+            return False
+        self._unsaved.clear()
+        return True
+
+    def _cut_tail(self) -> None:
+        """Cut the journal back to its last complete line; on failure the next append cuts it first."""
+        try:
+            self._truncate_journal(self._journal_bytes)
+        except StorageError as err:
+            log.warning("%s; cut before the next change is appended", err)
+            return
+        self._tail_dirty = False
+
+    def _truncate_journal(self, size: int) -> None:
+        fd = open_append(self.journal_path)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        except OSError as err:
+            raise StorageError(self.journal_path, "truncate", err) from err
         finally:
-            os.close(dir_fd)
+            os.close(fd)
+
+
+def _dump(obj: KubeObject) -> str:
+    return json.dumps(to_dict(obj), sort_keys=True)  # one-shot: the C encoder (json.dump is pure Python)
+
+
+def _append_whole(path: Path, data: bytes) -> None:
+    """Append `data` to `path` and fsync it, or leave the file as it was and raise `StorageError`."""
+    fd = open_append(path)
+    size = -1
+    try:
+        size = os.fstat(fd).st_size
+        _write_all(fd, data)
+        os.fsync(fd)
+    except OSError as err:
+        if size >= 0:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+        raise StorageError(path, "append to", err) from err
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, KeyError):
+        return f"missing field {err}"
+    return str(err)
+
+
+def _raw_key(item: Any) -> Key | None:
+    """The store key a saved object claims, when it names one."""
+    if not isinstance(item, dict) or not isinstance(meta := item.get("metadata"), dict):
+        return None
+    kind, namespace, name = item.get("kind"), meta.get("namespace", ""), meta.get("name")
+    if isinstance(kind, str) and isinstance(namespace, str) and isinstance(name, str):
+        return (kind, namespace, name)
+    return None

@@ -1,14 +1,16 @@
 """A store transaction: changes over the committed objects, read through, committed whole or dropped.
 
-Only the changed objects are held (`changes`, key -> new object or None when removed); every read
-looks there first and then at the committed `ObjectIndex`, so opening and reading a transaction
-costs what it touches. Each change bumps the store-wide resourceVersion and records a `Delta`.
+Only the changed objects are held (`changes`, key -> new object or None when removed), also by kind
+and namespace; every read looks there first and then at the committed `ObjectIndex`, so opening and
+reading a transaction costs what it touches, never the number of changes it holds. Each change
+bumps the store-wide resourceVersion and records a `Delta`.
 """
 
 from __future__ import annotations
 
 import sys
 import uuid
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -34,6 +36,7 @@ class Txn:
         self.changes: dict[Key, KubeObject | None] = {}
         self.deltas: list[Delta] = []
         self._new: dict[Key, int] = {}  # creation position of objects new in this transaction
+        self._changed: dict[tuple[str, str], dict[str, None]] = {}  # (kind, namespace) -> names, in order
 
     def get(self, key: Key) -> KubeObject | None:
         """The object under `key` as this transaction sees it."""
@@ -45,9 +48,14 @@ class Txn:
         """Objects of `kind` in `namespace` ("" for cluster-scoped kinds), in creation order."""
         found = [obj for name, committed in self.base.of_kind(kind, namespace).items()
                  if (obj := self.changes.get((kind, namespace, name), committed)) is not None]
-        found += [obj for key, obj in self.changes.items()
-                  if obj is not None and key[:2] == (kind, namespace) and key not in self.base.objects]
+        found += [obj for name in self.changed(kind, namespace)
+                  if (kind, namespace, name) not in self.base.objects
+                  and (obj := self.changes[(kind, namespace, name)]) is not None]
         return found
+
+    def changed(self, kind: str, namespace: str) -> Iterable[str]:
+        """Names of the objects of `kind` in `namespace` this transaction changed, first change first."""
+        return self._changed.get((kind, namespace), {}).keys()
 
     def is_empty(self, namespace: str) -> bool:
         """No object is left in `namespace`."""
@@ -55,7 +63,9 @@ class Txn:
             if any(self.changes.get((kind, namespace, name), obj) is not None
                    for name, obj in self.base.of_kind(kind, namespace).items()):
                 return False
-        return not any(obj is not None and key[1] == namespace for key, obj in self.changes.items())
+            if any(self.changes[(kind, namespace, n)] is not None for n in self.changed(kind, namespace)):
+                return False
+        return True
 
     def position(self, key: Key) -> int:
         """Creation position of an object (after every existing one when it is new; last when unknown)."""
@@ -70,7 +80,7 @@ class Txn:
         key = key_of(stored)
         if key not in self.base.objects and key not in self._new:
             self._new[key] = self.base.next_position + len(self._new)
-        self.changes[key] = stored
+        self._record(key, stored)
         self.deltas.append(Delta(key[0], "upsert", stored))
         return stored
 
@@ -84,7 +94,11 @@ class Txn:
         obj = self.get(key)
         if obj is None:
             raise KeyError(key)
-        self.changes[key] = None
+        self._record(key, None)
         self.version += 1
         gone = replace(obj, metadata=replace(obj.metadata, resource_version=self.version))
         self.deltas.append(Delta(key[0], "delete", gone))
+
+    def _record(self, key: Key, obj: KubeObject | None) -> None:
+        self.changes[key] = obj
+        self._changed.setdefault((key[0], key[1]), {})[key[2]] = None
