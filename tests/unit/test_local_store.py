@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from velvet.agent_manifests import parse_all, relocate
+from velvet.agent.manifests import parse_all, relocate
 from velvet.errors import InvalidManifest
 from velvet.model import KubeObject, Namespace, Pod, PodCondition, PodStatus, Service
 from velvet.model.codec import from_dict

@@ -30,6 +30,7 @@ from velvet.controllers.services import LB_TABLES, ServiceController
 from velvet.datapath.protocol import Datapath
 from velvet.datapath.tables import LbState
 from velvet.datapath.writer import TableWriter
+from velvet.durable import private_dir
 from velvet.errors import InvalidManifest
 from velvet.model import NetworkPolicy, Pod, Service
 from velvet.model.codec import resolve_kind, to_dict
@@ -62,7 +63,7 @@ class Agent:
         self.paths = AgentPaths(config.sandbox)
         self.state_dir = config.state_dir or self.paths.state_dir
         self.datapath = datapath
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         self.store = LocalStore.open(self.state_dir / "store", service_cidr=config.service_cidr,
                                      node_name=config.node_name)
         self.started_at = time.time()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from velvet.control.endpoints import EndpointRegistry
 from velvet.datapath.protocol import Datapath
+from velvet.durable import write_atomic
 from velvet.model.endpoint import EndpointRecord, EndpointReport
 
 log = logging.getLogger("velvet.controllers.endpoints")
@@ -71,6 +72,4 @@ class EndpointController:
             return EndpointRegistry()
 
     def _save(self) -> None:
-        tmp = self._file.with_name(self._file.name + ".tmp")
-        tmp.write_text(json.dumps(self.registry.snapshot()))
-        os.replace(tmp, self._file)
+        write_atomic(self._file, json.dumps(self.registry.snapshot()).encode())

@@ -28,7 +28,7 @@ from velvet.model.validate import (
 )
 
 MAX_SLICE_ENDPOINTS = 1000
-MAX_SLICE_PORTS = 100
+MAX_SLICE_PORTS = 20000  # kube-apiserver since 1.21 (kubernetes#99795); the controller never splits ports
 POLICY_TYPES = ("Ingress", "Egress")
 
 
