@@ -801,7 +801,7 @@ class Views:
     def __init__(self, views: dict[str, View]) -> None:
         self.by_name = views
 
-    def _get(self, cls: type[ViewT]) -> ViewT:
+    def get(self, cls: type[ViewT]) -> ViewT:
         """The view of cls's map; raises if the source has no such map."""
         view = self.by_name.get(cls.name)
         if not isinstance(view, cls):
@@ -811,82 +811,82 @@ class Views:
     @property
     def ipcache_cidr(self) -> IpcacheCidrMap:
         """ipcache_cidr."""
-        return self._get(IpcacheCidrMap)
+        return self.get(IpcacheCidrMap)
 
     @property
     def services(self) -> ServiceMap:
         """lb4_services."""
-        return self._get(ServiceMap)
+        return self.get(ServiceMap)
 
     @property
     def backends(self) -> BackendMap:
         """lb4_backends."""
-        return self._get(BackendMap)
+        return self.get(BackendMap)
 
     @property
     def revnat(self) -> RevNatMap:
         """lb4_revnat."""
-        return self._get(RevNatMap)
+        return self.get(RevNatMap)
 
     @property
     def affinity(self) -> AffinityMap:
         """lb4_affinity."""
-        return self._get(AffinityMap)
+        return self.get(AffinityMap)
 
     @property
     def src_range(self) -> SourceRangeMap:
         """lb4_src_range."""
-        return self._get(SourceRangeMap)
+        return self.get(SourceRangeMap)
 
     @property
     def maglev(self) -> MaglevMap:
         """lb4_maglev."""
-        return self._get(MaglevMap)
+        return self.get(MaglevMap)
 
     @property
     def sock_revnat(self) -> SockRevNatMap:
         """lb4_sock_revnat."""
-        return self._get(SockRevNatMap)
+        return self.get(SockRevNatMap)
 
     @property
     def conntrack(self) -> ConntrackMap:
         """ct4."""
-        return self._get(ConntrackMap)
+        return self.get(ConntrackMap)
 
     @property
     def fragments(self) -> FragmentMap:
         """ipv4_frags."""
-        return self._get(FragmentMap)
+        return self.get(FragmentMap)
 
     @property
     def ipcache(self) -> IpcacheMap:
         """ipcache."""
-        return self._get(IpcacheMap)
+        return self.get(IpcacheMap)
 
     @property
     def endpoints(self) -> EndpointMap:
         """lxc_endpoints."""
-        return self._get(EndpointMap)
+        return self.get(EndpointMap)
 
     @property
     def policy(self) -> PolicyMap:
         """policy."""
-        return self._get(PolicyMap)
+        return self.get(PolicyMap)
 
     @property
     def metrics(self) -> MetricsMap:
         """metrics."""
-        return self._get(MetricsMap)
+        return self.get(MetricsMap)
 
     @property
     def events(self) -> EventsRing:
         """events."""
-        return self._get(EventsRing)
+        return self.get(EventsRing)
 
     @property
     def proc_events(self) -> ProcEventsRing:
         """proc_events."""
-        return self._get(ProcEventsRing)
+        return self.get(ProcEventsRing)
 
     def close(self) -> None:
         """Release every view's fd and mapping."""
