@@ -70,9 +70,9 @@ def rule(ep_id: int, direction: Direction, identity: int, proto: int = ANY_PROTO
     return PolicyKey(ep_id, direction, identity, proto, port, prefix_len)
 
 
-def allow(tables: TableMaps, key: PolicyKey, policy_id: int = 0, *, allowed: bool = True) -> None:
-    """Write one policy entry (an allow unless `allowed` is False) naming the policy set policy_id."""
-    tables.write("policy", {key: PolicyValue(allowed, policy_id)}, ())
+def allow(tables: TableMaps, key: PolicyKey, policy_id: int = 0) -> None:
+    """Write one policy entry (every entry allows) naming the policy set policy_id."""
+    tables.write("policy", {key: PolicyValue(policy_id)}, ())
 
 
 def revoke(tables: TableMaps, key: PolicyKey) -> None:

@@ -247,7 +247,7 @@ def test_fragments_take_ports_from_their_first_fragment(lxc: Loaded) -> None:
 # --- policy ------------------------------------------------------------------------------------------
 
 ANY = ReservedIdentity.ANY
-DENIED, DENY_RULE = DropReason.POLICY_DENIED, DropReason.POLICY_DENY_RULE
+DENIED = DropReason.POLICY_DENIED
 L3, L4, ANY_PEER, DEFAULT = (EventFlag.POLICY_L3, EventFlag.POLICY_L4, EventFlag.POLICY_ANY_PEER,
                              EventFlag.POLICY_DEFAULT)
 
@@ -260,7 +260,6 @@ class Rule:
     proto: int = 0
     port: int = 0
     prefix: int = 16
-    allow: bool = True
 
 
 # (description, rules, dport, allowed, drop reason, policy match flags of the verdict event)
@@ -277,12 +276,10 @@ INGRESS_CASES: list[tuple[str, list[Rule], int, bool, int, int]] = [
     ("Test that a port-range prefix allows a port inside", [Rule(ID_A, TCP, 8080, 13)], 8087, True, 0, L4),
     ("Test that a port-range prefix denies a port outside", [Rule(ID_A, TCP, 8080, 13)], 8088, False, DENIED,
      DEFAULT),
-    ("Test that an any-peer deny beats an identity allow", [Rule(ID_A), Rule(ANY, TCP, 80, allow=False)], 80,
-     False, DENY_RULE, L4 | ANY_PEER),
-    ("Test that an identity deny beats an any-peer allow", [Rule(ID_A, allow=False), Rule(ANY, TCP, 80)], 80,
-     False, DENY_RULE, L3),
-    ("Test that a deny of one port leaves the identity's other ports allowed",
-     [Rule(ID_A), Rule(ANY, TCP, 80, allow=False)], 81, True, 0, L3),
+    ("Test that the peer's own entry decides before an any-peer entry", [Rule(ID_A), Rule(ANY, TCP, 80)], 80,
+     True, 0, L3),
+    ("Test that an any-peer entry allows a peer whose own entries do not match",
+     [Rule(ID_A, TCP, 81), Rule(ANY, TCP, 80)], 80, True, 0, L4 | ANY_PEER),
 ]
 
 
@@ -293,8 +290,7 @@ def test_ingress_policy(lxc: Loaded, desc: str, rules: list[Rule], dport: int, a
     """Test the ingress policy decision of lxc_to_pod on a new connection, and its verdict event."""
     seed_pods(lxc, b_flags=EndpointFlag.POLICY_INGRESS)
     for r in rules:
-        allow(lxc.tables, rule(EP_B, Direction.INGRESS, r.identity, r.proto, r.port, r.prefix), 7,
-              allowed=r.allow)
+        allow(lxc.tables, rule(EP_B, Direction.INGRESS, r.identity, r.proto, r.port, r.prefix), 7)
     result = lxc.run(TO, tcp(POD_A, POD_B, 40000, dport))
     assert result.retval == (TC_ACT_OK if allowed else TC_ACT_SHOT), desc
     tracked = lxc.conntrack(POD_A, POD_B, 40000, dport, TCP, CtDir.INGRESS)

@@ -46,10 +46,10 @@ RECORDS: dict[str, dict[Any, Any]] = {
     "ipcache": {"10.244.0.20/32": 256, "172.18.0.2/32": 1},
     "ipcache_cidr": {"0.0.0.0/0": 2, "10.0.0.0/8": 16777217},
     "policy": {
-        PolicyKey(20, Direction.INGRESS, 256, 6, 8080, 13): PolicyValue(True, 4),
-        PolicyKey(20, Direction.INGRESS, 256, 17, 53, 16): PolicyValue(True, 5),
-        PolicyKey(20, Direction.INGRESS, 0, 1, 0, 0): PolicyValue(True, 6),
-        PolicyKey(20, Direction.EGRESS, 16777217, 0, 0, 0): PolicyValue(True, 7),
+        PolicyKey(20, Direction.INGRESS, 256, 6, 8080, 13): PolicyValue(4),
+        PolicyKey(20, Direction.INGRESS, 256, 17, 53, 16): PolicyValue(5),
+        PolicyKey(20, Direction.INGRESS, 0, 1, 0, 0): PolicyValue(6),
+        PolicyKey(20, Direction.EGRESS, 16777217, 0, 0, 0): PolicyValue(7),
     },
 }
 

@@ -72,9 +72,7 @@ def _policy_key(k: PolicyKey) -> s.PolicyKey:
 
 
 def _policy_value_of(k: PolicyKey, v: PolicyValue) -> s.PolicyEntry:
-    flags = s.PolicyFlag.ALLOW if v.allow else s.PolicyFlag.DENY
-    if k.proto:
-        flags |= s.PolicyFlag.L4
+    flags = s.PolicyFlag.L4 if k.proto else 0
     return s.PolicyEntry(flags=int(flags), policy_id=v.policy_id)
 
 
@@ -124,9 +122,9 @@ CODECS: dict[str, TableCodec] = {
         "ipcache_cidr", _ipcache_key, lambda ident: s.IpcacheInfo(identity=ident),
         lambda k: f"{s.ipv4_str(k.ip)}/{k.prefixlen}", lambda v: v.identity),
     "policy": TableCodec(
-        "policy", _policy_key, lambda v: v,  # values need their key: see encode_policy_items
+        "policy", _policy_key, lambda v: v,  # values need their key: see encode_items
         _decode_policy_key,
-        lambda v: PolicyValue(bool(v.flags & s.PolicyFlag.ALLOW), v.policy_id)),
+        lambda v: PolicyValue(v.policy_id)),
 }
 
 

@@ -162,7 +162,11 @@ class PolicyKey(NamedTuple):
 
 
 class PolicyValue(NamedTuple):
-    """A policy map value: verdict and the id of the set of policies that allow the key."""
+    """A policy map value: the id of the set of policies that allow the key (every entry allows)."""
 
-    allow: bool
     policy_id: int
+
+    @property
+    def allow(self) -> bool:
+        """Always True (NetworkPolicy has no deny); kept only while agent_queries.policy_get reads it."""
+        return True

@@ -43,7 +43,8 @@
  *  - lxc_from_pod accepts only packets whose source is the endpoint registered for that address
  *    with this veth's ifindex (DROP_INVALID_SOURCE otherwise).
  *  - Policy is decided once per connection on the backend pod's IP and port; replies and
- *    established packets pass through conntrack. Deny beats allow.
+ *    established packets pass through conntrack. Every policy entry allows (NetworkPolicy has
+ *    no deny): an isolated endpoint's new connection passes iff some entry matches.
  *  - IP fragments: the first fragment records its ports in ipv4_frags keyed by
  *    {saddr, daddr, id, proto}; later fragments take their ports from there (a pod's later
  *    fragment without a recorded first one is dropped with DROP_FRAG_NOT_FOUND).
@@ -84,7 +85,6 @@ enum drop_reason {
 	DROP_NAT_NO_MAPPING = 167,     /* reply of a translated flow whose reverse NAT is gone */
 	DROP_FRAG_NOT_FOUND = 175,     /* later IP fragment whose first fragment was not seen */
 	DROP_LB_SOURCE_RANGE = 177,    /* client not in loadBalancerSourceRanges */
-	DROP_POLICY_DENY_RULE = 181,   /* an explicit deny rule matched */
 	DROP_NO_LOCAL_BACKEND = 230,   /* traffic policy Local and no node-local backend */
 };
 
@@ -202,10 +202,8 @@ enum policy_dir {
 	POLICY_EGRESS = 1,
 };
 
-/* policy_entry.flags */
+/* policy_entry.flags; bits 0-1 stay unused (an older agent's pinned entries may set them) */
 enum policy_flags {
-	POLICY_ALLOW = 1 << 0,
-	POLICY_DENY = 1 << 1,
 	POLICY_L4 = 1 << 2, /* the entry names a protocol (and maybe ports): reported as L3-L4 */
 };
 
@@ -400,9 +398,10 @@ struct policy_key {
 	__be16 dport;
 };
 
+/* policy value: its presence allows the key's connections. */
 struct policy_entry {
 	__u32 flags;     /* enum policy_flags */
-	__u32 policy_id; /* the control plane maps it to the NetworkPolicies of the rule */
+	__u32 policy_id; /* the control plane maps it to the NetworkPolicies that allow the key */
 };
 
 /* ---- observability --------------------------------------------------------------------------- */
