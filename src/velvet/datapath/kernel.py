@@ -24,7 +24,7 @@ from velvet.errors import DatapathError
 from velvet.model.endpoint import EndpointRecord
 
 log = logging.getLogger("velvet.datapath")
-OBJECTS = ("lxc", "sock", "node")
+OBJECTS = ("lxc", "sock", "node")  # proc.bpf.o (runtime security) is built but not loaded yet
 SOCK_HOOKS = {
     "sock_connect4": attach.BPF_CGROUP_INET4_CONNECT,
     "sock_sendmsg4": attach.BPF_CGROUP_UDP4_SENDMSG,

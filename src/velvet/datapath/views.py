@@ -4,8 +4,8 @@ The control plane's tables are written and read through `tablemaps.TableMaps` (r
 `tables.py`, packed by `codecs.py`), never through domain methods here. What is here are the few
 operations the agent performs on what the programs keep for themselves: flushing the conntrack and
 affinity entries of a backend a frontend dropped, summing the per-CPU counters, and reading the event
-rings. `open_views` opens every map of a loaded object or of a pin directory; `MAP_VIEWS` names the
-view class of each map.
+rings. `open_views` opens the maps of a loaded object or of a pin directory that have a view class
+here (`MAP_VIEWS`, by map name).
 
 Needs the bpf() syscall (root) to open maps; nothing here needs a particular kernel beyond what
 loading the objects needed.
@@ -319,7 +319,7 @@ class Views:
 
 
 def open_views(source: BpfObject | Path) -> Views:
-    """Views of every known map of a loaded object, or of the maps pinned in a directory."""
+    """Views of the maps in `MAP_VIEWS` that a loaded object has, or that are pinned in a directory."""
     views: dict[str, View] = {}
     if isinstance(source, BpfObject):
         for name, untyped in source.maps().items():

@@ -5,9 +5,9 @@
  *   lxc_from_pod: tcx ingress of the host veth = packets leaving the pod.
  *   lxc_to_pod:   tcx egress of the host veth  = packets entering the pod.
  *
- * Both return TC_ACT_OK and let the node's routing forward; lxc_from_pod redirects its
- * rejections (RST / ICMP unreachable for service frontends without backends) straight back
- * into the pod with bpf_redirect_peer.
+ * What they pass returns TC_ACT_OK for the node's routing to forward, what they drop
+ * TC_ACT_SHOT; lxc_from_pod redirects its rejections (RST / ICMP unreachable for service
+ * frontends without backends) straight back into the pod with bpf_redirect_peer.
  */
 #include "lib/common.h"
 #include "lib/maps.h"

@@ -38,8 +38,9 @@
  *    connection accepted by the local pod (forward tuple as it arrived), CT_SERVICE = original
  *    (pre-DNAT) tuple of a translated connection -> backend, CT_NODEPORT = translated tuple of a
  *    connection DNATed at the uplink -> frontend. Entries older than their lifetime count as
- *    absent (the control plane may GC them with the same constants). ICMP errors quoting a
- *    tracked connection pass as related (not reverse-translated).
+ *    absent; nothing deletes them on a timer (the LRU map evicts the least recently used when
+ *    full, and the agent flushes the entries of backends a frontend dropped). ICMP errors
+ *    quoting a tracked connection pass as related (not reverse-translated).
  *  - lxc_from_pod accepts only packets whose source is the endpoint registered for that address
  *    with this veth's ifindex (DROP_INVALID_SOURCE otherwise).
  *  - Policy is decided once per connection on the backend pod's IP and port; replies and
@@ -443,7 +444,7 @@ struct flow_event {
 	__u8 flags;         /* enum event_flags */
 };
 
-/* proc_events ring buffer record. */
+/* proc_events ring buffer record (proc.bpf.o: built and tested, not loaded by the agent yet). */
 struct process_event {
 	__u64 ts_ns;
 	__u64 cgroup_id;

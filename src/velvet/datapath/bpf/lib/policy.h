@@ -5,8 +5,9 @@
  * Every policy entry allows (NetworkPolicy has no deny). Longest-prefix lookups in this order,
  * stopping at the first hit: the peer's label identity, its CIDR identity (when it differs), then
  * identity 0 (any peer). A hit allows and names its policy set; no hit drops the connection of an
- * isolated endpoint. The policy compiler gives each entry the policies of every entry covering
- * it, so the one entry a lookup returns names them all.
+ * isolated endpoint. The policy compiler folds into each entry's policy set the policies of the
+ * less specific entries covering it (its identity's and the any-peer ones), so the entry a
+ * lookup returns names them.
  */
 #ifndef VELVET_LIB_POLICY_H
 #define VELVET_LIB_POLICY_H
