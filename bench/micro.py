@@ -17,9 +17,11 @@ from typing import Any
 
 from velvet.datapath import build
 from velvet.datapath.bpfobject import BpfObject
-from velvet.datapath.structs import Lb4Backend, Lb4Key, Lb4Service, LbScope, SvcFlag
+from velvet.datapath.structs import Lb4Backend, SvcFlag
+from velvet.datapath.tablemaps import TableMaps
+from velvet.datapath.tables import BackendValue, EndpointEntry, RevNatValue, ServiceKey, ServiceValue
 from velvet.datapath.testrun import skb_ctx, test_run
-from velvet.datapath.views import open_views
+from velvet.datapath.views import BackendMap, open_views
 
 POD_A, POD_B, NODE_IP, WORLD = "10.244.0.10", "10.244.0.20", "172.18.0.2", "192.0.2.7"
 LO_IFINDEX = 1
@@ -49,20 +51,19 @@ def _vip(i: int) -> str:
     return socket.inet_ntoa(struct.pack("!I", (10 << 24 | 96 << 16 | 1 << 8) + i))
 
 
-def _fill_services(views: Any, n: int) -> None:
+def _fill_services(tables: TableMaps, n: int) -> None:
     """n ClusterIP services (port 80, one backend POD_B:8080) and NodePorts 30000+i, in batches."""
-    views.backends.upsert(1, POD_B, 8080, 6)
-    keys: list[Lb4Key] = []
-    values: list[Lb4Service] = []
+    tables.write("lb4_backends", {1: BackendValue(POD_B, 8080, 6)}, ())
+    services: dict[ServiceKey, ServiceValue] = {}
     for i in range(n):
-        for address, port, scope in ((_vip(i), 80, LbScope.EXT), (NODE_IP, 30000 + i % 30000, LbScope.EXT)):
+        rev = i % 65535 + 1
+        for address, port in ((_vip(i), 80), (NODE_IP, 30000 + i % 30000)):
             flags = SvcFlag.CLUSTERIP if port == 80 else SvcFlag.NODEPORT
-            keys += [views.services.key(address, port, 6, slot, scope) for slot in (0, 1)]
-            values += [Lb4Service(count=1, rev_nat_index=i % 65535 + 1, flags=int(flags)),
-                       Lb4Service(backend_id=1, rev_nat_index=i % 65535 + 1)]
-    views.services.map.update_batch(keys, values)
-    for i in range(min(n, 65535)):
-        views.revnat.upsert(i + 1, _vip(i), 80)
+            services[ServiceKey(address, port, 0, 6)] = ServiceValue(count=1, rev_nat_index=rev,
+                                                                     flags=int(flags))
+            services[ServiceKey(address, port, 1, 6)] = ServiceValue(backend_id=1, rev_nat_index=rev)
+    tables.write("lb4_services", services, ())
+    tables.write("lb4_revnat", {i + 1: RevNatValue(_vip(i), 80) for i in range(min(n, 65535))}, ())
 
 
 def prog_ns(counts: list[int], repeat: int) -> list[dict[str, Any]]:
@@ -79,12 +80,13 @@ def prog_ns(counts: list[int], repeat: int) -> list[dict[str, Any]]:
             with BpfObject.open(build.object_path(obj_name)) as obj:
                 obj.load()
                 views = open_views(obj)
+                tables = TableMaps(views)
                 try:
                     for ip, ident, ep in ((POD_A, 1000, 10), (POD_B, 2000, 20)):
                         if obj_name == "lxc":
-                            views.endpoints.upsert(ip, LO_IFINDEX, ident, ep, 0)
-                        views.ipcache.upsert(ip, ident)
-                    _fill_services(views, n)
+                            tables.write("lxc_endpoints", {ip: EndpointEntry(LO_IFINDEX, ident, ep, 0)}, ())
+                        tables.write("ipcache", {f"{ip}/32": ident}, ())
+                    _fill_services(tables, n)
                     for case, frame in (("hit", hit), ("miss", miss)):
                         prog = obj.program(program)
                         test_run(prog, frame, ctx=skb_ctx())  # warm-up, creates the conntrack entry
@@ -104,7 +106,7 @@ def map_rates(entries: int) -> list[dict[str, Any]]:
         obj.load()
         views = open_views(obj)
         try:
-            m = views.backends.map
+            m = views.get(BackendMap).map
             keys = [ctypes.c_uint32(i + 1) for i in range(entries)]
             values = [Lb4Backend(address=i, port=8080, proto=6) for i in range(entries)]
             for mode in ("single", "batch", "single", "batch"):

@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from harness import Sandbox  # noqa: E402
 
+from velvet.datapath.structs import Lb4Key, ipv4  # noqa: E402
 from velvet.datapath.views import ServiceMap  # noqa: E402
 from velvet.paths import AgentPaths  # noqa: E402
 
@@ -98,8 +99,16 @@ class VelvetPeer:
     def _backends(self, index: int) -> tuple[int, ...] | None:
         """Backend ids of service `index`'s frontend in the kernel map, None when absent."""
         assert self.services is not None
-        front = self.services.get(vip(index), 80, TCP)
-        return None if front is None else front.backend_ids
+        key = Lb4Key(address=ipv4(vip(index)), dport=80, proto=TCP)
+        front = self.services.map.lookup(key)
+        if front is None:
+            return None
+        ids = []
+        for slot in range(1, front.count + 1):
+            key.backend_slot = slot
+            entry = self.services.map.lookup(key)
+            ids.append(entry.backend_id if entry is not None else 0)
+        return tuple(ids)
 
     def _frontend_count(self, index: int) -> int | None:
         ids = self._backends(index)
@@ -135,7 +144,7 @@ class VelvetPeer:
             return {"timeout": budget, "applied": count - start_index}
         self.count, self.endpoints = count, endpoints
         assert self.services is not None
-        entries = self.services.count()
+        entries = self.services.map.count()
         return {"seconds": elapsed, "applied": count - start_index, "entries": entries}
 
     def add_remove_change(self, budget: float) -> dict[str, float | None]:

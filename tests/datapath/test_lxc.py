@@ -1,7 +1,8 @@
 """Datapath tests of lxc.bpf.o (lxc_from_pod / lxc_to_pod) with BPF_PROG_TEST_RUN.
 
-Every test loads a fresh object, seeds its maps through the agent's views, runs a frame through a
-program and checks the verdict, the output frame, the maps and the events.
+Every test loads a fresh object, seeds its tables as the agent writes them (seeding.py: records of
+datapath/tables.py through the agent's codecs, load-balancer changes in LbDelta order), runs a
+frame through a program and checks the verdict, the output frame, the maps and the events.
 """
 
 from __future__ import annotations
@@ -18,7 +19,17 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pytest
-from fixtures_datapath import LO_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, lxc, needs_root, sh
+from fixtures_datapath import (
+    LO_IFINDEX,
+    TC_ACT_OK,
+    TC_ACT_REDIRECT,
+    TC_ACT_SHOT,
+    Loaded,
+    ct_key,
+    lxc,
+    needs_root,
+    sh,
+)
 from packets import (
     ACK,
     ETH_P_ARP,
@@ -47,11 +58,29 @@ from packets import (
     udp,
     udp_datagram,
 )
+from seeding import (
+    add_pods,
+    allow,
+    compile_service,
+    endpoint_slice,
+    k8s_service,
+    lb_change,
+    revoke,
+    rule,
+    set_identity,
+)
 
+from velvet.control.services import ServiceCompiler
 from velvet.datapath import mounts
 from velvet.datapath.attach import Link, attach_tcx
 from velvet.datapath.netns import in_netns
 from velvet.datapath.structs import (
+    CT_LIFETIME_CLOSE_S,
+    CT_LIFETIME_NONTCP_S,
+    CT_LIFETIME_SYN_S,
+    CT_LIFETIME_TCP_S,
+    CT_REPORT_INTERVAL_S,
+    LB_MAGLEV_LUT_SIZE,
     BackendState,
     CtDir,
     CtFlag,
@@ -62,13 +91,13 @@ from velvet.datapath.structs import (
     LbScope,
     MetricDir,
     ObsPoint,
-    PolicyDir,
     ReservedIdentity,
     SvcFlag,
     Verdict,
 )
 from velvet.datapath.structs import ipv4 as ip_int
-from velvet.datapath.views import Views
+from velvet.datapath.tables import Direction, StaleBackend
+from velvet.model.service import EndpointPort, ServicePort
 
 pytestmark = [pytest.mark.privileged, needs_root]
 __all__ = ["lxc"]  # the fixture, imported for pytest
@@ -77,28 +106,25 @@ POD_A, ID_A, EP_A = "10.244.0.10", 1000, 10
 POD_B, ID_B, EP_B = "10.244.0.20", 2000, 20
 POD_C, ID_C, EP_C = "10.244.0.30", 3000, 30
 WORLD_IP = "192.0.2.7"
-NODE_IP = "172.18.0.2"
+NODE, NODE_IP = "node-a", "172.18.0.2"
 VIP, VPORT, REV = "10.96.0.10", 80, 5
 FROM, TO = "lxc_from_pod", "lxc_to_pod"
+NSEC_PER_SEC = 10**9
 
 
-def seed_pods(views: Views, a_flags: int = 0, b_flags: int = 0) -> None:
+def seed_pods(dp: Loaded, a_flags: int = 0, b_flags: int = 0) -> None:
     """Pods A, B and C on the node (A and B with policy flags), and their identities."""
-    pods = ((POD_A, ID_A, EP_A, a_flags), (POD_B, ID_B, EP_B, b_flags), (POD_C, ID_C, EP_C, 0))
-    for ip, ident, ep, flags in pods:
-        views.endpoints.upsert(ip, LO_IFINDEX, ident, ep, flags)
-        views.ipcache.upsert(ip, ident)
+    add_pods(dp.tables, [(POD_A, LO_IFINDEX, ID_A, EP_A, a_flags), (POD_B, LO_IFINDEX, ID_B, EP_B, b_flags),
+                         (POD_C, LO_IFINDEX, ID_C, EP_C, 0)])
 
 
-def seed_service(views: Views, backends: list[tuple[int, str, int]], *, proto: int = TCP,
+def seed_service(dp: Loaded, backends: list[tuple[int, str, int]], *, proto: int = TCP,
                  flags: SvcFlag = SvcFlag.CLUSTERIP, affinity_timeout: int = 0, vip: str = VIP,
                  vport: int = VPORT, rev: int = REV, scope: LbScope = LbScope.EXT) -> None:
-    """A frontend with backends (id, address, port) and its reverse NAT entry."""
-    for backend_id, address, port in backends:
-        views.backends.upsert(backend_id, address, port, proto)
-    views.services.set_service(vip, vport, proto, [b[0] for b in backends], rev_nat_index=rev, flags=flags,
-                               affinity_timeout=affinity_timeout, scope=scope)
-    views.revnat.upsert(rev, vip, vport)
+    """A frontend with backends (id, address, port) and its reverse NAT entry, written as the agent does."""
+    with lb_change(dp.tables) as lb:
+        lb.service(vip, vport, proto, backends, rev=rev, flags=flags, affinity_timeout=affinity_timeout,
+                   scope=scope)
 
 
 def only(events: npt.NDArray[np.void], event_type: EventType) -> npt.NDArray[np.void]:
@@ -119,7 +145,7 @@ def test_non_ipv4_passes_untouched(lxc: Loaded, program: str, ethertype: int, de
     assert result.retval == TC_ACT_OK, desc
     assert result.data_out == frame
     direction = MetricDir.EGRESS if program == FROM else MetricDir.INGRESS
-    assert lxc.views.metrics.forwarded(direction).packets == 1
+    assert lxc.forwarded(direction) == 1
     assert len(lxc.events()) == 0
 
 
@@ -152,11 +178,11 @@ MALFORMED = [
 @pytest.mark.parametrize(("desc", "frame"), MALFORMED, ids=[m[0] for m in MALFORMED])
 def test_malformed_ipv4_is_dropped_as_invalid(lxc: Loaded, program: str, desc: str, frame: bytes) -> None:
     """Test that malformed or truncated IPv4 is dropped with INVALID_PACKET, counted and reported."""
-    seed_pods(lxc.views)
+    seed_pods(lxc)
     result = lxc.run(program, frame)
     assert result.retval == TC_ACT_SHOT, desc
     direction = MetricDir.EGRESS if program == FROM else MetricDir.INGRESS
-    assert lxc.views.metrics.get(DropReason.INVALID_PACKET, direction).packets == 1
+    assert lxc.packets(DropReason.INVALID_PACKET, direction) == 1
     events = lxc.events()
     assert len(events) == 1
     assert events[0]["type"] == EventType.DROP
@@ -174,12 +200,12 @@ def test_valid_packet_is_tracked_and_reported(lxc: Loaded, desc: str, frame: byt
                                               dport: int) -> None:
     """Test that a valid TCP/UDP/ICMP packet from a pod passes unchanged, creates its CT_EGRESS entry
     and one trace event with its tuple and identities."""
-    seed_pods(lxc.views)
+    seed_pods(lxc)
     proto = parse(frame).proto
     result = lxc.run(FROM, frame)
     assert result.retval == TC_ACT_OK, desc
     assert result.data_out == frame
-    entry = lxc.views.conntrack.lookup(POD_A, POD_B, sport, dport, proto, CtDir.EGRESS)
+    entry = lxc.conntrack(POD_A, POD_B, sport, dport, proto, CtDir.EGRESS)
     assert entry is not None
     assert (entry.packets, entry.bytes, entry.src_identity) == (1, len(frame), ID_A)
     events = lxc.events()
@@ -191,50 +217,49 @@ def test_valid_packet_is_tracked_and_reported(lxc: Loaded, desc: str, frame: byt
         ip_int(POD_A), ip_int(POD_B), sport, dport, proto)
     assert (ev["src_identity"], ev["dst_identity"], ev["ifindex"]) == (ID_A, ID_B, LO_IFINDEX)
     assert ev["flags"] & EventFlag.NEW_CT
-    assert lxc.views.metrics.forwarded(MetricDir.EGRESS) .packets == 1
+    assert lxc.forwarded(MetricDir.EGRESS) == 1
 
 
 def test_unknown_source_is_dropped(lxc: Loaded) -> None:
     """Test that a packet whose source is not the endpoint behind the veth is dropped (anti-spoofing)."""
-    seed_pods(lxc.views)
+    seed_pods(lxc)
     assert lxc.run(FROM, tcp("10.244.9.9", POD_B, 1, 80)).retval == TC_ACT_SHOT
-    lxc.views.endpoints.upsert(POD_A, 99, ID_A, EP_A)  # A lives behind another veth
+    add_pods(lxc.tables, [(POD_A, 99, ID_A, EP_A, 0)])  # A lives behind another veth
     assert lxc.run(FROM, tcp(POD_A, POD_B, 1, 80)).retval == TC_ACT_SHOT
-    assert lxc.views.metrics.get(DropReason.INVALID_SOURCE, MetricDir.EGRESS).packets == 2
+    assert lxc.packets(DropReason.INVALID_SOURCE, MetricDir.EGRESS) == 2
 
 
 def test_fragments_take_ports_from_their_first_fragment(lxc: Loaded) -> None:
     """Test that later fragments use the ports of the first; one without a first fragment is dropped."""
-    seed_pods(lxc.views, b_flags=EndpointFlag.POLICY_INGRESS)
-    lxc.views.policy.put(EP_B, PolicyDir.INGRESS, ID_A, UDP, 53)
+    seed_pods(lxc, b_flags=EndpointFlag.POLICY_INGRESS)
+    allow(lxc.tables, rule(EP_B, Direction.INGRESS, ID_A, UDP, 53))
     first, later = fragments(udp(POD_A, POD_B, 40000, 53, b"x" * 100, ident=42), 64)
     assert lxc.run(TO, first).retval == TC_ACT_OK
     assert lxc.run(TO, later).retval == TC_ACT_OK
-    entry = lxc.views.conntrack.lookup(POD_A, POD_B, 40000, 53, UDP, CtDir.INGRESS)
+    entry = lxc.conntrack(POD_A, POD_B, 40000, 53, UDP, CtDir.INGRESS)
     assert entry is not None
     assert entry.packets == 2
     _, orphan = fragments(udp(POD_A, POD_B, 40000, 53, b"x" * 100, ident=43), 64)
     assert lxc.run(TO, orphan).retval == TC_ACT_SHOT
-    assert lxc.views.metrics.get(DropReason.FRAG_NOT_FOUND, MetricDir.INGRESS).packets == 1
+    assert lxc.packets(DropReason.FRAG_NOT_FOUND, MetricDir.INGRESS) == 1
 
 
 # --- policy ------------------------------------------------------------------------------------------
 
 ANY = ReservedIdentity.ANY
-DENIED, DENY_RULE = DropReason.POLICY_DENIED, DropReason.POLICY_DENY_RULE
+DENIED = DropReason.POLICY_DENIED
 L3, L4, ANY_PEER, DEFAULT = (EventFlag.POLICY_L3, EventFlag.POLICY_L4, EventFlag.POLICY_ANY_PEER,
                              EventFlag.POLICY_DEFAULT)
 
 
 @dataclass(frozen=True)
 class Rule:
-    """A policy rule of endpoint B's ingress (PolicyMap.put arguments)."""
+    """A policy entry of endpoint B's ingress (`seeding.rule` arguments)."""
 
     identity: int
     proto: int = 0
     port: int = 0
     prefix: int = 16
-    allow: bool = True
 
 
 # (description, rules, dport, allowed, drop reason, policy match flags of the verdict event)
@@ -251,12 +276,10 @@ INGRESS_CASES: list[tuple[str, list[Rule], int, bool, int, int]] = [
     ("Test that a port-range prefix allows a port inside", [Rule(ID_A, TCP, 8080, 13)], 8087, True, 0, L4),
     ("Test that a port-range prefix denies a port outside", [Rule(ID_A, TCP, 8080, 13)], 8088, False, DENIED,
      DEFAULT),
-    ("Test that an any-peer deny beats an identity allow", [Rule(ID_A), Rule(ANY, TCP, 80, allow=False)], 80,
-     False, DENY_RULE, L4 | ANY_PEER),
-    ("Test that an identity deny beats an any-peer allow", [Rule(ID_A, allow=False), Rule(ANY, TCP, 80)], 80,
-     False, DENY_RULE, L3),
-    ("Test that a deny of one port leaves the identity's other ports allowed",
-     [Rule(ID_A), Rule(ANY, TCP, 80, allow=False)], 81, True, 0, L3),
+    ("Test that the peer's own entry decides before an any-peer entry", [Rule(ID_A), Rule(ANY, TCP, 80)], 80,
+     True, 0, L3),
+    ("Test that an any-peer entry allows a peer whose own entries do not match",
+     [Rule(ID_A, TCP, 81), Rule(ANY, TCP, 80)], 80, True, 0, L4 | ANY_PEER),
 ]
 
 
@@ -265,13 +288,12 @@ INGRESS_CASES: list[tuple[str, list[Rule], int, bool, int, int]] = [
 def test_ingress_policy(lxc: Loaded, desc: str, rules: list[Rule], dport: int, allowed: bool, reason: int,
                         flags: int) -> None:
     """Test the ingress policy decision of lxc_to_pod on a new connection, and its verdict event."""
-    seed_pods(lxc.views, b_flags=EndpointFlag.POLICY_INGRESS)
-    for rule in rules:
-        lxc.views.policy.put(EP_B, PolicyDir.INGRESS, rule.identity, rule.proto, rule.port, rule.prefix,
-                             rule.allow, policy_id=7)
+    seed_pods(lxc, b_flags=EndpointFlag.POLICY_INGRESS)
+    for r in rules:
+        allow(lxc.tables, rule(EP_B, Direction.INGRESS, r.identity, r.proto, r.port, r.prefix), 7)
     result = lxc.run(TO, tcp(POD_A, POD_B, 40000, dport))
     assert result.retval == (TC_ACT_OK if allowed else TC_ACT_SHOT), desc
-    tracked = lxc.views.conntrack.lookup(POD_A, POD_B, 40000, dport, TCP, CtDir.INGRESS)
+    tracked = lxc.conntrack(POD_A, POD_B, 40000, dport, TCP, CtDir.INGRESS)
     assert (tracked is not None) == allowed
     events = lxc.events()
     verdicts = only(events, EventType.POLICY_VERDICT)
@@ -288,12 +310,12 @@ def test_ingress_policy(lxc: Loaded, desc: str, rules: list[Rule], dport: int, a
         drops = only(events, EventType.DROP)
         assert len(drops) == 1
         assert drops[0]["drop_reason"] == reason
-        assert lxc.views.metrics.get(reason, MetricDir.INGRESS).packets == 1
+        assert lxc.packets(reason, MetricDir.INGRESS) == 1
 
 
 def test_unisolated_endpoint_allows_without_verdict_event(lxc: Loaded) -> None:
     """Test that an endpoint not isolated for ingress accepts everything and reports no policy verdict."""
-    seed_pods(lxc.views)
+    seed_pods(lxc)
     assert lxc.run(TO, tcp(WORLD_IP, POD_B, 1234, 22)).retval == TC_ACT_OK
     events = lxc.events()
     assert len(only(events, EventType.POLICY_VERDICT)) == 0
@@ -304,16 +326,16 @@ def test_unisolated_endpoint_allows_without_verdict_event(lxc: Loaded) -> None:
 
 def test_icmp_rule_matches_by_protocol(lxc: Loaded) -> None:
     """Test that an ICMP rule (protocol, no port) allows echo requests."""
-    seed_pods(lxc.views, b_flags=EndpointFlag.POLICY_INGRESS)
+    seed_pods(lxc, b_flags=EndpointFlag.POLICY_INGRESS)
     assert lxc.run(TO, icmp_echo(POD_A, POD_B)).retval == TC_ACT_SHOT
-    lxc.views.policy.put(EP_B, PolicyDir.INGRESS, ID_A, ICMP, 0, prefix=0)
+    allow(lxc.tables, rule(EP_B, Direction.INGRESS, ID_A, ICMP, 0, prefix_len=0))
     assert lxc.run(TO, icmp_echo(POD_A, POD_B, ident=8)).retval == TC_ACT_OK
 
 
 def test_egress_policy(lxc: Loaded) -> None:
     """Test that lxc_from_pod applies the egress policy of the source pod to the destination identity."""
-    seed_pods(lxc.views, a_flags=EndpointFlag.POLICY_EGRESS)
-    lxc.views.policy.put(EP_A, PolicyDir.EGRESS, ID_B, UDP, 53, policy_id=3)
+    seed_pods(lxc, a_flags=EndpointFlag.POLICY_EGRESS)
+    allow(lxc.tables, rule(EP_A, Direction.EGRESS, ID_B, UDP, 53), 3)
     assert lxc.run(FROM, udp(POD_A, POD_B, 40000, 53)).retval == TC_ACT_OK
     assert lxc.run(FROM, udp(POD_A, POD_B, 40000, 54)).retval == TC_ACT_SHOT
     assert lxc.run(FROM, udp(POD_A, WORLD_IP, 40000, 53)).retval == TC_ACT_SHOT
@@ -321,21 +343,20 @@ def test_egress_policy(lxc: Loaded) -> None:
     assert list(verdicts["verdict"]) == [Verdict.FORWARDED, Verdict.DROPPED, Verdict.DROPPED]
     assert list(verdicts["dst_identity"]) == [ID_B, ID_B, ReservedIdentity.WORLD]
     assert verdicts[0]["policy_id"] == 3
-    assert lxc.views.metrics.get(DropReason.POLICY_DENIED, MetricDir.EGRESS).packets == 2
+    assert lxc.packets(DropReason.POLICY_DENIED, MetricDir.EGRESS) == 2
 
 
 def test_cidr_identity_rule_matches_pod_and_world_addresses(lxc: Loaded) -> None:
     """Test that an ipBlock rule (a CIDR identity from ipcache_cidr) matches a pod IP and an outside IP."""
     cidr_id, except_id = 1 << 24, (1 << 24) + 1
-    seed_pods(lxc.views, a_flags=EndpointFlag.POLICY_EGRESS)
-    lxc.views.ipcache_cidr.upsert("0.0.0.0/0", ReservedIdentity.WORLD)
-    lxc.views.ipcache_cidr.upsert("10.244.0.0/24", cidr_id)
-    lxc.views.ipcache_cidr.upsert("10.244.0.30/32", except_id)
-    lxc.views.policy.put(EP_A, PolicyDir.EGRESS, cidr_id, TCP, 80, policy_id=4)
+    seed_pods(lxc, a_flags=EndpointFlag.POLICY_EGRESS)
+    lxc.tables.write("ipcache_cidr", {"0.0.0.0/0": ReservedIdentity.WORLD, "10.244.0.0/24": cidr_id,
+                                      "10.244.0.30/32": except_id}, ())
+    allow(lxc.tables, rule(EP_A, Direction.EGRESS, cidr_id, TCP, 80), 4)
     assert lxc.run(FROM, tcp(POD_A, POD_B, 40000, 80)).retval == TC_ACT_OK
     assert lxc.run(FROM, tcp(POD_A, POD_C, 40000, 80)).retval == TC_ACT_SHOT
     assert lxc.run(FROM, tcp(POD_A, WORLD_IP, 40000, 80)).retval == TC_ACT_SHOT
-    lxc.views.policy.put(EP_A, PolicyDir.EGRESS, ReservedIdentity.WORLD, TCP, 80, policy_id=5)
+    allow(lxc.tables, rule(EP_A, Direction.EGRESS, ReservedIdentity.WORLD, TCP, 80), 5)
     assert lxc.run(FROM, tcp(POD_A, WORLD_IP, 40001, 80)).retval == TC_ACT_OK
     verdicts = only(lxc.events(), EventType.POLICY_VERDICT)
     assert list(verdicts["policy_id"]) == [4, 0, 0, 5]
@@ -344,7 +365,7 @@ def test_cidr_identity_rule_matches_pod_and_world_addresses(lxc: Loaded) -> None
 
 def test_audit_mode_forwards_and_reports_audit(lxc: Loaded) -> None:
     """Test that an endpoint in audit mode forwards what policy would drop, with an AUDIT verdict."""
-    seed_pods(lxc.views, b_flags=EndpointFlag.POLICY_INGRESS | EndpointFlag.POLICY_AUDIT)
+    seed_pods(lxc, b_flags=EndpointFlag.POLICY_INGRESS | EndpointFlag.POLICY_AUDIT)
     assert lxc.run(TO, tcp(POD_A, POD_B, 40000, 80)).retval == TC_ACT_OK
     events = lxc.events()
     verdict = only(events, EventType.POLICY_VERDICT)
@@ -352,7 +373,7 @@ def test_audit_mode_forwards_and_reports_audit(lxc: Loaded) -> None:
     assert verdict[0]["verdict"] == Verdict.AUDIT
     assert verdict[0]["drop_reason"] == DropReason.POLICY_DENIED
     assert len(only(events, EventType.DROP)) == 0
-    entry = lxc.views.conntrack.lookup(POD_A, POD_B, 40000, 80, TCP, CtDir.INGRESS)
+    entry = lxc.conntrack(POD_A, POD_B, 40000, 80, TCP, CtDir.INGRESS)
     assert entry is not None
     assert entry.flags & CtFlag.AUDIT
 
@@ -362,11 +383,11 @@ def test_audit_mode_forwards_and_reports_audit(lxc: Loaded) -> None:
 
 def test_reply_of_opened_connection_passes_ingress_policy(lxc: Loaded) -> None:
     """Test that replies to a connection the pod opened pass its ingress policy; new inbound ones do not."""
-    seed_pods(lxc.views, a_flags=EndpointFlag.POLICY_INGRESS)
+    seed_pods(lxc, a_flags=EndpointFlag.POLICY_INGRESS)
     assert lxc.run(FROM, tcp(POD_A, POD_B, 40000, 80, SYN)).retval == TC_ACT_OK
     assert lxc.run(TO, tcp(POD_B, POD_A, 80, 40000, SYN | ACK)).retval == TC_ACT_OK
     assert lxc.run(TO, tcp(POD_B, POD_A, 80, 40001, SYN)).retval == TC_ACT_SHOT
-    entry = lxc.views.conntrack.lookup(POD_A, POD_B, 40000, 80, TCP, CtDir.EGRESS)
+    entry = lxc.conntrack(POD_A, POD_B, 40000, 80, TCP, CtDir.EGRESS)
     assert entry is not None
     assert (entry.packets, entry.rx_packets) == (1, 1)
     assert entry.flags & CtFlag.SEEN_REPLY
@@ -375,7 +396,7 @@ def test_reply_of_opened_connection_passes_ingress_policy(lxc: Loaded) -> None:
 
 def test_reply_of_accepted_connection_passes_egress_policy(lxc: Loaded) -> None:
     """Test that a pod's replies to a connection it accepted pass its egress policy."""
-    seed_pods(lxc.views, b_flags=EndpointFlag.POLICY_EGRESS)
+    seed_pods(lxc, b_flags=EndpointFlag.POLICY_EGRESS)
     assert lxc.run(TO, tcp(POD_A, POD_B, 40000, 80, SYN)).retval == TC_ACT_OK
     assert lxc.run(FROM, tcp(POD_B, POD_A, 80, 40000, SYN | ACK)).retval == TC_ACT_OK
     assert lxc.run(FROM, tcp(POD_B, POD_A, 5555, 80, SYN)).retval == TC_ACT_SHOT
@@ -384,7 +405,7 @@ def test_reply_of_accepted_connection_passes_egress_policy(lxc: Loaded) -> None:
 def test_established_flow_events_are_aggregated(lxc: Loaded) -> None:
     """Test that an established flow reports on creation, on new SYN/FIN/RST flags per direction and
     after the report interval, never per packet."""
-    seed_pods(lxc.views)
+    seed_pods(lxc)
     flow = [(FROM, tcp(POD_A, POD_B, 40000, 80, SYN), 1),
             (TO, tcp(POD_B, POD_A, 80, 40000, SYN | ACK), 1),
             (FROM, tcp(POD_A, POD_B, 40000, 80, ACK), 0),
@@ -395,45 +416,62 @@ def test_established_flow_events_are_aggregated(lxc: Loaded) -> None:
     for program, frame, expected in flow:
         assert lxc.run(program, frame).retval == TC_ACT_OK
         assert len(lxc.events()) == expected, parse(frame)
-    key = lxc.views.conntrack.key(POD_A, POD_B, 40000, 80, TCP, CtDir.EGRESS)
-    entry = lxc.views.conntrack.map.lookup(key)
+    key, ct4 = ct_key(POD_A, POD_B, 40000, 80, TCP, CtDir.EGRESS), lxc.map("ct4")
+    entry = ct4.lookup(key)
     assert entry is not None
     assert (entry.packets, entry.rx_packets) == (5, 2)
-    # once the report interval has passed, the next packet reports again
-    entry.last_report_ns = 0
-    lxc.views.conntrack.map.update(key, entry)
-    assert lxc.run(FROM, tcp(POD_A, POD_B, 40000, 80, ACK)).retval == TC_ACT_OK
-    assert len(lxc.events()) == 1
+    # last report just under CT_REPORT_INTERVAL_S ago: still quiet; just over it: the next packet reports
+    for age_s, reports in ((CT_REPORT_INTERVAL_S - 1, 0), (CT_REPORT_INTERVAL_S + 1, 1)):
+        entry = ct4.lookup(key)
+        assert entry is not None
+        entry.last_report_ns = time.monotonic_ns() - age_s * NSEC_PER_SEC
+        ct4.update(key, entry)
+        assert lxc.run(FROM, tcp(POD_A, POD_B, 40000, 80, ACK)).retval == TC_ACT_OK
+        assert len(lxc.events()) == reports, age_s
 
 
-def test_expired_entry_counts_as_new(lxc: Loaded) -> None:
-    """Test that an entry past its lifetime no longer lets packets bypass policy."""
-    seed_pods(lxc.views, a_flags=EndpointFlag.POLICY_INGRESS)
-    assert lxc.run(FROM, udp(POD_A, POD_B, 40000, 53)).retval == TC_ACT_OK
-    assert lxc.run(TO, udp(POD_B, POD_A, 53, 40000)).retval == TC_ACT_OK
-    key = lxc.views.conntrack.key(POD_A, POD_B, 40000, 53, UDP, CtDir.EGRESS)
-    entry = lxc.views.conntrack.map.lookup(key)
-    assert entry is not None
-    entry.last_seen_ns = time.monotonic_ns() - 61 * 10**9
-    lxc.views.conntrack.map.update(key, entry)
-    assert lxc.run(TO, udp(POD_B, POD_A, 53, 40000)).retval == TC_ACT_SHOT
-    assert lxc.views.conntrack.gc() == 1
+@pytest.mark.parametrize(("desc", "flows", "lifetime_s"), [
+    ("UDP", [(FROM, udp(POD_A, POD_B, 40000, 53))], CT_LIFETIME_NONTCP_S),
+    ("TCP without a reply", [(FROM, tcp(POD_A, POD_B, 40000, 53, SYN))], CT_LIFETIME_SYN_S),
+    ("established TCP",
+     [(FROM, tcp(POD_A, POD_B, 40000, 53, SYN)), (TO, tcp(POD_B, POD_A, 53, 40000, SYN | ACK))],
+     CT_LIFETIME_TCP_S),
+    ("closing TCP", [(FROM, tcp(POD_A, POD_B, 40000, 53, SYN)), (FROM, tcp(POD_A, POD_B, 40000, 53, RST))],
+     CT_LIFETIME_CLOSE_S),
+])
+def test_entry_lives_for_its_lifetime_then_counts_as_new(
+        lxc: Loaded, desc: str, flows: list[tuple[str, bytes]], lifetime_s: int) -> None:
+    """Test that a reply passes the pod's ingress policy while its entry is younger than the lifetime
+    types.h gives its state, and is dropped as a new connection once the entry is older."""
+    seed_pods(lxc, a_flags=EndpointFlag.POLICY_INGRESS)
+    for program, frame in flows:
+        assert lxc.run(program, frame).retval == TC_ACT_OK, desc
+    proto = parse(flows[0][1]).proto
+    key, ct4 = ct_key(POD_A, POD_B, 40000, 53, proto, CtDir.EGRESS), lxc.map("ct4")
+    reply = udp(POD_B, POD_A, 53, 40000) if proto == UDP else tcp(POD_B, POD_A, 53, 40000, ACK)
+    # older first: a reply that passes would change the entry's state (and so its lifetime)
+    for age_s, verdict in ((lifetime_s + 1, TC_ACT_SHOT), (lifetime_s - 1, TC_ACT_OK)):
+        entry = ct4.lookup(key)
+        assert entry is not None
+        entry.last_seen_ns = time.monotonic_ns() - age_s * NSEC_PER_SEC
+        ct4.update(key, entry)
+        assert lxc.run(TO, reply).retval == verdict, f"{desc}: last packet {age_s} s ago"
 
 
 def test_new_syn_on_closing_entry_is_a_new_connection(lxc: Loaded) -> None:
     """Test that after a RST a SYN on the same tuple is decided by policy again."""
-    seed_pods(lxc.views, b_flags=EndpointFlag.POLICY_INGRESS)
-    lxc.views.policy.put(EP_B, PolicyDir.INGRESS, ID_A, TCP, 80)
+    seed_pods(lxc, b_flags=EndpointFlag.POLICY_INGRESS)
+    allow(lxc.tables, rule(EP_B, Direction.INGRESS, ID_A, TCP, 80))
     assert lxc.run(TO, tcp(POD_A, POD_B, 40000, 80, SYN)).retval == TC_ACT_OK
     assert lxc.run(TO, tcp(POD_A, POD_B, 40000, 80, RST)).retval == TC_ACT_OK
-    lxc.views.policy.remove(EP_B, PolicyDir.INGRESS, ID_A, TCP, 80)
+    revoke(lxc.tables, rule(EP_B, Direction.INGRESS, ID_A, TCP, 80))
     assert lxc.run(TO, tcp(POD_A, POD_B, 40000, 80, ACK)).retval == TC_ACT_OK  # still tracked (closing)
     assert lxc.run(TO, tcp(POD_A, POD_B, 40000, 80, SYN)).retval == TC_ACT_SHOT
 
 
 def test_related_icmp_error_passes(lxc: Loaded) -> None:
     """Test that an ICMP error about a connection of the pod passes its ingress policy as related."""
-    seed_pods(lxc.views, a_flags=EndpointFlag.POLICY_INGRESS)
+    seed_pods(lxc, a_flags=EndpointFlag.POLICY_INGRESS)
     datagram = udp(POD_A, POD_B, 40000, 53)
     assert lxc.run(FROM, datagram).retval == TC_ACT_OK
     assert lxc.run(TO, icmp_error(POD_B, POD_A, datagram)).retval == TC_ACT_OK
@@ -443,7 +481,7 @@ def test_related_icmp_error_passes(lxc: Loaded) -> None:
 
 def test_icmp_echo_reply_is_tracked(lxc: Loaded) -> None:
     """Test that the echo reply of a ping the pod sent passes as a reply."""
-    seed_pods(lxc.views, a_flags=EndpointFlag.POLICY_INGRESS)
+    seed_pods(lxc, a_flags=EndpointFlag.POLICY_INGRESS)
     assert lxc.run(FROM, icmp_echo(POD_A, POD_B, ident=9)).retval == TC_ACT_OK
     assert lxc.run(TO, icmp_echo(POD_B, POD_A, ident=9, reply=True)).retval == TC_ACT_OK
     assert lxc.run(TO, icmp_echo(POD_B, POD_A, ident=10, reply=True)).retval == TC_ACT_SHOT
@@ -455,17 +493,17 @@ def test_icmp_echo_reply_is_tracked(lxc: Loaded) -> None:
 def test_service_dnat_and_reverse_nat(lxc: Loaded) -> None:
     """Test that a packet to a ClusterIP is DNATed to the backend with valid checksums, the flow sticks
     to it, and the reply is translated back to the frontend."""
-    seed_pods(lxc.views)
-    seed_service(lxc.views, [(1, POD_B, 8080)])
+    seed_pods(lxc)
+    seed_service(lxc, [(1, POD_B, 8080)])
     result = lxc.run(FROM, tcp(POD_A, VIP, 40000, VPORT, SYN))
     assert result.retval == TC_ACT_OK
     assert result.data_out == tcp(POD_A, POD_B, 40000, 8080, SYN)
     assert checksums_ok(result.data_out)
 
-    svc = lxc.views.conntrack.lookup(POD_A, VIP, 40000, VPORT, TCP, CtDir.SERVICE)
+    svc = lxc.conntrack(POD_A, VIP, 40000, VPORT, TCP, CtDir.SERVICE)
     assert svc is not None
     assert (svc.backend_id, svc.nat_port, svc.rev_nat_index) == (1, 8080, REV)
-    fwd = lxc.views.conntrack.lookup(POD_A, POD_B, 40000, 8080, TCP, CtDir.EGRESS)
+    fwd = lxc.conntrack(POD_A, POD_B, 40000, 8080, TCP, CtDir.EGRESS)
     assert fwd is not None
     assert (fwd.rev_nat_index, fwd.nat_addr, fwd.nat_port) == (REV, ip_int(VIP), VPORT)
     trace = only(lxc.events(), EventType.TRACE)
@@ -484,7 +522,7 @@ def test_service_dnat_and_reverse_nat(lxc: Loaded) -> None:
         EventFlag.REPLY | EventFlag.REV_NAT)
     assert ev[0]["src_identity"] == ID_B
     assert svc.rx_packets == 0
-    refreshed = lxc.views.conntrack.lookup(POD_A, VIP, 40000, VPORT, TCP, CtDir.SERVICE)
+    refreshed = lxc.conntrack(POD_A, VIP, 40000, VPORT, TCP, CtDir.SERVICE)
     assert refreshed is not None
     assert refreshed.rx_packets == 1
 
@@ -492,8 +530,8 @@ def test_service_dnat_and_reverse_nat(lxc: Loaded) -> None:
 @pytest.mark.parametrize("zero_csum", [False, True])
 def test_udp_dnat_checksums(lxc: Loaded, zero_csum: bool) -> None:
     """Test that UDP DNAT keeps a valid checksum, and keeps a zero checksum zero."""
-    seed_pods(lxc.views)
-    seed_service(lxc.views, [(1, POD_B, 5353)], proto=UDP, vport=53)
+    seed_pods(lxc)
+    seed_service(lxc, [(1, POD_B, 5353)], proto=UDP, vport=53)
     result = lxc.run(FROM, udp(POD_A, VIP, 40000, 53, b"query", zero_csum=zero_csum))
     assert result.retval == TC_ACT_OK
     assert result.data_out == udp(POD_A, POD_B, 40000, 5353, b"query", zero_csum=zero_csum)
@@ -502,42 +540,63 @@ def test_udp_dnat_checksums(lxc: Loaded, zero_csum: bool) -> None:
 
 def test_flow_sticks_and_new_flows_spread(lxc: Loaded) -> None:
     """Test that packets of one flow keep their backend and new flows use every backend."""
-    seed_pods(lxc.views)
-    seed_service(lxc.views, [(1, POD_B, 8080), (2, POD_C, 8080), (3, "10.244.0.40", 8080)])
+    seed_pods(lxc)
+    seed_service(lxc, [(1, POD_B, 8080), (2, POD_C, 8080), (3, "10.244.0.40", 8080)])
     first = {parse(lxc.run(FROM, tcp(POD_A, VIP, 40000, VPORT, f)).data_out).dst for f in (SYN, ACK, ACK)}
     assert len(first) == 1
     seen = {parse(lxc.run(FROM, tcp(POD_A, VIP, 41000 + i, VPORT)).data_out).dst for i in range(60)}
     assert seen == {POD_B, POD_C, "10.244.0.40"}
 
 
+def test_compiled_service_translates_and_a_replaced_endpoint_is_flushed(lxc: Loaded) -> None:
+    """Test that a Service compiled by the agent's ServiceCompiler and written as the agent writes it
+    DNATs a pod's datagrams to its endpoint and translates replies back; that once the endpoint is
+    replaced the flow moves to the new one; and that the compiler's stale backend is flushed, so no
+    conntrack entry towards the old endpoint is left."""
+    seed_pods(lxc)
+    compiler = ServiceCompiler(NODE, [NODE_IP])
+    dns = k8s_service("dns", [ServicePort(53, "UDP", "dns", "dns")], cluster_ip=VIP)
+    port = [EndpointPort(5353, "UDP", "dns")]
+    compile_service(lxc.tables, compiler, dns, [endpoint_slice("dns", [POD_B], port, node=NODE)])
+    assert lxc.run(FROM, udp(POD_A, VIP, 40000, 53)).data_out == udp(POD_A, POD_B, 40000, 5353)
+    assert lxc.run(TO, udp(POD_B, POD_A, 5353, 40000)).data_out == udp(VIP, POD_A, 53, 40000)
+
+    compile_service(lxc.tables, compiler, dns, [endpoint_slice("dns", [POD_C], port, node=NODE)])
+    assert [(k.dir, k.daddr) for k, _ in lxc.map("ct4").lookup_batch()] == []
+    assert lxc.run(FROM, udp(POD_A, VIP, 40000, 53)).data_out == udp(POD_A, POD_C, 40000, 5353)
+
+
 def test_flow_moves_when_its_backend_is_deleted(lxc: Loaded) -> None:
     """Test that a flow whose backend was deleted is sent to a remaining backend (UDP server replaced)."""
-    seed_pods(lxc.views)
-    seed_service(lxc.views, [(1, POD_B, 53)], proto=UDP, vport=53)
+    seed_pods(lxc)
+    seed_service(lxc, [(1, POD_B, 53)], proto=UDP, vport=53)
     assert parse(lxc.run(FROM, udp(POD_A, VIP, 40000, 53)).data_out).dst == POD_B
-    seed_service(lxc.views, [(2, POD_C, 53)], proto=UDP, vport=53)
-    lxc.views.backends.delete(1)
+    with lb_change(lxc.tables) as lb:
+        lb.service(VIP, 53, UDP, [(2, POD_C, 53)], rev=REV)
+        del lb.backends[1]
     assert parse(lxc.run(FROM, udp(POD_A, VIP, 40000, 53)).data_out).dst == POD_C
-    svc = lxc.views.conntrack.lookup(POD_A, VIP, 40000, 53, UDP, CtDir.SERVICE)
+    svc = lxc.conntrack(POD_A, VIP, 40000, 53, UDP, CtDir.SERVICE)
     assert svc is not None
     assert svc.backend_id == 2
 
 
-def test_conntrack_flush_by_backend(lxc: Loaded) -> None:
-    """Test that ConntrackMap.delete_by_backend removes the entries translated to a backend."""
-    seed_pods(lxc.views)
-    seed_service(lxc.views, [(1, POD_B, 53)], proto=UDP, vport=53)
+def test_flushing_a_stale_backend_removes_its_translated_entries(lxc: Loaded) -> None:
+    """Test that flushing a backend a frontend dropped (what the agent does with LbDelta.stale) removes
+    the CT_SERVICE entry sticking the client to it and the translated entry towards it, and nothing else."""
+    seed_pods(lxc)
+    seed_service(lxc, [(1, POD_B, 53)], proto=UDP, vport=53)
     lxc.run(FROM, udp(POD_A, VIP, 40000, 53))
     lxc.run(FROM, udp(POD_A, POD_C, 40000, 53))
-    assert lxc.views.conntrack.delete_by_backend(POD_B, 53, UDP, frontend=(VIP, 53)) == 2
-    remaining = [(k.dir, k.daddr) for k, _ in lxc.views.conntrack.entries()]
+    assert lxc.map("ct4").count() == 3
+    lxc.tables.flush_backends([StaleBackend(VIP, 53, UDP, 1, POD_B, 53)])
+    remaining = [(k.dir, k.daddr) for k, _ in lxc.map("ct4").lookup_batch()]
     assert remaining == [(CtDir.EGRESS, ip_int(POD_C))]
 
 
 def test_tcp_to_service_without_backends_gets_rst(lxc: Loaded) -> None:
     """Test that a SYN to a frontend without backends is answered with a RST back into the pod."""
-    seed_pods(lxc.views)
-    seed_service(lxc.views, [])
+    seed_pods(lxc)
+    seed_service(lxc, [])
     frame = tcp(POD_A, VIP, 40000, VPORT, SYN, seq=1000, payload=b"abc")
     result = lxc.run(FROM, frame)
     assert result.retval == TC_ACT_REDIRECT
@@ -549,13 +608,13 @@ def test_tcp_to_service_without_backends_gets_rst(lxc: Loaded) -> None:
     assert len(drops) == 1
     assert drops[0]["drop_reason"] == DropReason.NO_SERVICE_BACKEND
     assert drops[0]["daddr"] == ip_int(VIP)
-    assert lxc.views.metrics.get(DropReason.NO_SERVICE_BACKEND, MetricDir.EGRESS).packets == 1
+    assert lxc.packets(DropReason.NO_SERVICE_BACKEND, MetricDir.EGRESS) == 1
 
 
 def test_tcp_ack_to_service_without_backends_gets_plain_rst(lxc: Loaded) -> None:
     """Test that a segment with ACK is refused with RST, seq = its ack number, and a RST is never answered."""
-    seed_pods(lxc.views)
-    seed_service(lxc.views, [])
+    seed_pods(lxc)
+    seed_service(lxc, [])
     result = lxc.run(FROM, tcp(POD_A, VIP, 40000, VPORT, ACK, seq=5, ack=777))
     out = parse(result.data_out)
     assert (result.retval, out.tcp_flags, out.seq, out.ack) == (TC_ACT_REDIRECT, RST, 777, 0)
@@ -565,8 +624,8 @@ def test_tcp_ack_to_service_without_backends_gets_plain_rst(lxc: Loaded) -> None
 
 def test_udp_to_service_without_backends_gets_port_unreachable(lxc: Loaded) -> None:
     """Test that a datagram to a frontend without backends is answered with ICMP port unreachable."""
-    seed_pods(lxc.views)
-    seed_service(lxc.views, [], proto=UDP, vport=53)
+    seed_pods(lxc)
+    seed_service(lxc, [], proto=UDP, vport=53)
     frame = udp(POD_A, VIP, 40000, 53, b"query")
     result = lxc.run(FROM, frame)
     assert result.retval == TC_ACT_REDIRECT
@@ -579,20 +638,20 @@ def test_udp_to_service_without_backends_gets_port_unreachable(lxc: Loaded) -> N
 
 def test_local_only_scope_without_backends_drops(lxc: Loaded) -> None:
     """Test that an empty internal scope of an iTP=Local service drops without rejecting."""
-    seed_pods(lxc.views)
-    seed_service(lxc.views, [(1, POD_B, 8080)], flags=SvcFlag.CLUSTERIP | SvcFlag.TWO_SCOPES)
-    seed_service(lxc.views, [], flags=SvcFlag.CLUSTERIP | SvcFlag.LOCAL_ONLY_INT, scope=LbScope.INT)
+    seed_pods(lxc)
+    seed_service(lxc, [(1, POD_B, 8080)], flags=SvcFlag.CLUSTERIP | SvcFlag.TWO_SCOPES)
+    seed_service(lxc, [], flags=SvcFlag.CLUSTERIP | SvcFlag.LOCAL_ONLY_INT, scope=LbScope.INT)
     result = lxc.run(FROM, tcp(POD_A, VIP, 40000, VPORT))
     assert result.retval == TC_ACT_SHOT
-    assert lxc.views.metrics.get(DropReason.NO_LOCAL_BACKEND, MetricDir.EGRESS).packets == 1
+    assert lxc.packets(DropReason.NO_LOCAL_BACKEND, MetricDir.EGRESS) == 1
 
 
 def test_internal_clients_use_the_internal_scope(lxc: Loaded) -> None:
     """Test that pods are balanced over the internal backend set of a two-scope frontend."""
-    seed_pods(lxc.views)
+    seed_pods(lxc)
     flags = SvcFlag.NODEPORT | SvcFlag.TWO_SCOPES
-    seed_service(lxc.views, [(1, POD_B, 8080)], flags=flags)
-    seed_service(lxc.views, [(2, POD_C, 8080)], flags=flags, scope=LbScope.INT)
+    seed_service(lxc, [(1, POD_B, 8080)], flags=flags)
+    seed_service(lxc, [(2, POD_C, 8080)], flags=flags, scope=LbScope.INT)
     seen = {parse(lxc.run(FROM, tcp(POD_A, VIP, 41000 + i, VPORT)).data_out).dst for i in range(10)}
     assert seen == {POD_C}
 
@@ -600,55 +659,57 @@ def test_internal_clients_use_the_internal_scope(lxc: Loaded) -> None:
 def test_session_affinity(lxc: Loaded) -> None:
     """Test that ClientIP affinity sends every new connection of a client to one backend, remembers it
     per client address, and ignores a remembered backend that is terminating or too old."""
-    seed_pods(lxc.views)
+    seed_pods(lxc)
     backends = [(1, POD_B, 8080), (2, POD_C, 8080), (3, "10.244.0.40", 8080)]
-    seed_service(lxc.views, backends, flags=SvcFlag.CLUSTERIP | SvcFlag.AFFINITY, affinity_timeout=100)
+    seed_service(lxc, backends, flags=SvcFlag.CLUSTERIP | SvcFlag.AFFINITY, affinity_timeout=100)
     seen = {parse(lxc.run(FROM, tcp(POD_A, VIP, 41000 + i, VPORT)).data_out).dst for i in range(15)}
     assert len(seen) == 1
-    remembered = lxc.views.affinity.get(POD_A, REV)
+    remembered = lxc.affinity(POD_A, REV)
     assert remembered is not None
-    assert lxc.views.backends.get(remembered.backend_id) == lxc.views.backends.get(
-        {b[1]: b[0] for b in backends}[seen.pop()])
+    assert remembered.backend_id == {b[1]: b[0] for b in backends}[seen.pop()]
 
-    lxc.views.affinity.upsert(POD_A, REV, 2)
+    lxc.remember(POD_A, REV, 2, time.monotonic_ns())
     assert parse(lxc.run(FROM, tcp(POD_A, VIP, 42000, VPORT)).data_out).dst == POD_C
-    lxc.views.backends.set_state(2, BackendState.TERMINATING)
-    lxc.views.backends.upsert(9, "10.244.0.99", 8080, TCP, BackendState.TERMINATING)
-    lxc.views.affinity.upsert(POD_A, REV, 9)
+    with lb_change(lxc.tables) as lb:
+        lb.backend(2, POD_C, 8080, TCP, BackendState.TERMINATING)
+        lb.backend(9, "10.244.0.99", 8080, TCP, BackendState.TERMINATING)
+    lxc.remember(POD_A, REV, 9, time.monotonic_ns())
     assert parse(lxc.run(FROM, tcp(POD_A, VIP, 42001, VPORT)).data_out).dst != "10.244.0.99"
-    lxc.views.affinity.upsert(POD_A, REV, 3, last_used_ns=time.monotonic_ns() - 101 * 10**9)
+    lxc.remember(POD_A, REV, 3, time.monotonic_ns() - 101 * NSEC_PER_SEC)
     lxc.run(FROM, tcp(POD_A, VIP, 42002, VPORT))
-    fresh = lxc.views.affinity.get(POD_A, REV)
+    fresh = lxc.affinity(POD_A, REV)
     assert fresh is not None
-    assert time.monotonic_ns() - fresh.last_used_ns < 10 * 10**9
+    assert time.monotonic_ns() - fresh.last_used_ns < 10 * NSEC_PER_SEC
 
 
 def test_maglev_selection(lxc: Loaded) -> None:
     """Test that a Maglev frontend selects through its lookup table."""
-    seed_pods(lxc.views)
-    seed_service(lxc.views, [(1, POD_B, 8080), (2, POD_C, 8080)], flags=SvcFlag.CLUSTERIP | SvcFlag.MAGLEV)
-    lxc.views.maglev.set_table(REV, [2] * 1021)
+    seed_pods(lxc)
+    seed_service(lxc, [(1, POD_B, 8080), (2, POD_C, 8080)], flags=SvcFlag.CLUSTERIP | SvcFlag.MAGLEV)
+    with lb_change(lxc.tables) as lb:
+        lb.maglev[REV] = (2,) * LB_MAGLEV_LUT_SIZE
     seen = {parse(lxc.run(FROM, tcp(POD_A, VIP, 41000 + i, VPORT)).data_out).dst for i in range(10)}
     assert seen == {POD_C}
 
 
 def test_reply_without_reverse_nat_entry_is_dropped(lxc: Loaded) -> None:
     """Test that once a frontend's rev-NAT entry is gone its replies are dropped, not leaked untranslated."""
-    seed_pods(lxc.views)
-    seed_service(lxc.views, [(1, POD_B, 8080)])
+    seed_pods(lxc)
+    seed_service(lxc, [(1, POD_B, 8080)])
     lxc.run(FROM, tcp(POD_A, VIP, 40000, VPORT))
-    lxc.views.revnat.delete(REV)
+    with lb_change(lxc.tables) as lb:
+        del lb.revnat[REV]
     assert lxc.run(TO, tcp(POD_B, POD_A, 8080, 40000, SYN | ACK)).retval == TC_ACT_SHOT
-    assert lxc.views.metrics.get(DropReason.NAT_NO_MAPPING, MetricDir.INGRESS).packets == 1
+    assert lxc.packets(DropReason.NAT_NO_MAPPING, MetricDir.INGRESS) == 1
 
 
 def test_nodeport_wildcard_serves_node_addresses(lxc: Loaded) -> None:
     """Test that a 0.0.0.0 NodePort frontend serves addresses with the HOST identity, and only those."""
-    seed_pods(lxc.views)
-    seed_service(lxc.views, [(1, POD_B, 8080)], flags=SvcFlag.NODEPORT, vip="0.0.0.0", vport=30080)
+    seed_pods(lxc)
+    seed_service(lxc, [(1, POD_B, 8080)], flags=SvcFlag.NODEPORT, vip="0.0.0.0", vport=30080)
     frame = tcp(POD_A, NODE_IP, 40000, 30080)
     assert lxc.run(FROM, frame).data_out == frame
-    lxc.views.ipcache.upsert(NODE_IP, ReservedIdentity.HOST)
+    set_identity(lxc.tables, f"{NODE_IP}/32", ReservedIdentity.HOST)
     assert lxc.run(FROM, tcp(POD_A, NODE_IP, 40001, 30080)).data_out == tcp(POD_A, POD_B, 40001, 8080)
     reply = lxc.run(TO, tcp(POD_B, POD_A, 8080, 40001, SYN | ACK))
     assert reply.data_out == tcp(NODE_IP, POD_A, 30080, 40001, SYN | ACK)
@@ -656,8 +717,8 @@ def test_nodeport_wildcard_serves_node_addresses(lxc: Loaded) -> None:
 
 def test_fragmented_datagram_to_service(lxc: Loaded) -> None:
     """Test that every fragment of a datagram to a service is DNATed (ports only in the first)."""
-    seed_pods(lxc.views)
-    seed_service(lxc.views, [(1, POD_B, 5353)], proto=UDP, vport=53)
+    seed_pods(lxc)
+    seed_service(lxc, [(1, POD_B, 5353)], proto=UDP, vport=53)
     first, later = fragments(udp(POD_A, VIP, 40000, 53, b"y" * 100, ident=9), 64)
     out_first, out_later = lxc.run(FROM, first).data_out, lxc.run(FROM, later).data_out
     assert (parse(out_first).dst, parse(out_first).dport) == (POD_B, 5353)
@@ -674,8 +735,8 @@ def test_fragmented_datagram_to_service(lxc: Loaded) -> None:
 
 def test_non_service_traffic_is_untouched(lxc: Loaded) -> None:
     """Test that packets to non-frontend addresses/ports are not rewritten."""
-    seed_pods(lxc.views)
-    seed_service(lxc.views, [(1, POD_B, 8080)])
+    seed_pods(lxc)
+    seed_service(lxc, [(1, POD_B, 8080)])
     for frame in (tcp(POD_A, VIP, 40000, 81), udp(POD_A, VIP, 40000, VPORT), tcp(POD_A, POD_C, 40000, VPORT)):
         assert lxc.run(FROM, frame).data_out == frame
 
@@ -709,14 +770,13 @@ def test_real_veths_translate_and_reject(lxc: Loaded) -> None:
             sh("ip", "-n", node_ns, "route", "add", f"{ip}/32", "dev", host)
             ifindex = int(sh("ip", "netns", "exec", node_ns, "cat", f"/sys/class/net/{host}/ifindex"))
             identity, ep = (ID_A, EP_A) if ip == POD_A else (ID_B, EP_B)
-            lxc.views.endpoints.upsert(ip, ifindex, identity, ep)
-            lxc.views.ipcache.upsert(ip, identity)
+            add_pods(lxc.tables, [(ip, ifindex, identity, ep, 0)])
             with in_netns(node_ns):
                 links.append(attach_tcx(lxc.obj.program(FROM), ifindex, "ingress", pin_dir / f"{host}-from"))
                 links.append(attach_tcx(lxc.obj.program(TO), ifindex, "egress", pin_dir / f"{host}-to"))
-        seed_service(lxc.views, [(1, POD_B, 8080)])
-        seed_service(lxc.views, [], vip="10.96.0.11", rev=6)
-        seed_service(lxc.views, [], vip="10.96.0.11", vport=53, proto=UDP, rev=7)
+        seed_service(lxc, [(1, POD_B, 8080)])
+        seed_service(lxc, [], vip="10.96.0.11", rev=6)
+        seed_service(lxc, [], vip="10.96.0.11", vport=53, proto=UDP, rev=7)
 
         server = subprocess.Popen(
             ["ip", "netns", "exec", pods[POD_B], sys.executable, "-c", textwrap.dedent("""

@@ -28,12 +28,15 @@ from packets import (
     tcp_segment,
     udp,
 )
+from seeding import compile_service, endpoint_slice, k8s_service, lb_change, set_identity
 
+from velvet.control.services import ServiceCompiler
 from velvet.datapath import build, mounts
 from velvet.datapath.attach import Link, attach_tcx
 from velvet.datapath.bpfobject import BpfObject
 from velvet.datapath.netns import in_netns
 from velvet.datapath.structs import (
+    LB_MAGLEV_LUT_SIZE,
     CtDir,
     CtFlag,
     DropReason,
@@ -46,13 +49,17 @@ from velvet.datapath.structs import (
     SvcFlag,
 )
 from velvet.datapath.structs import ipv4 as ip_int
+from velvet.datapath.tablemaps import TableMaps
+from velvet.datapath.tables import SourceRangeKey, StaleBackend
 from velvet.datapath.testrun import skb_ctx, test_run
-from velvet.datapath.views import MAP_VIEWS, Views, open_views
+from velvet.datapath.views import MAP_VIEWS, ConntrackMap, EventsRing, open_views
+from velvet.model.service import EndpointPort, ServicePort
 
 pytestmark = [pytest.mark.privileged, needs_root]
 __all__ = ["node"]  # the fixture, imported for pytest
 
 CLIENT = "198.51.100.7"
+NODE = "node-a"
 NODE_IP, NODE_PORT = "172.18.0.2", 30080
 LB_IP, LB_PORT = "203.0.113.10", 443
 POD_B, POD_C, ID_B = "10.244.0.20", "10.244.0.30", 2000
@@ -60,33 +67,32 @@ REV = 9
 FROM, TO = "node_from_uplink", "node_to_uplink"
 
 
-def seed_frontend(views: Views, backends: list[tuple[int, str, int]], *, address: str = NODE_IP,
+def seed_frontend(tables: TableMaps, backends: list[tuple[int, str, int]], *, address: str = NODE_IP,
                   port: int = NODE_PORT, proto: int = TCP, flags: SvcFlag = SvcFlag.NODEPORT,
-                  scope: LbScope = LbScope.EXT, rev: int = REV) -> None:
-    """An external frontend with backends (id, address, port) and its reverse NAT entry."""
-    for backend_id, addr, bport in backends:
-        views.backends.upsert(backend_id, addr, bport, proto)
-    views.services.set_service(address, port, proto, [b[0] for b in backends], rev_nat_index=rev, flags=flags,
-                               scope=scope)
-    views.revnat.upsert(rev, address, port)
-    views.ipcache.upsert(POD_B, ID_B)
-    views.ipcache.upsert(NODE_IP, ReservedIdentity.HOST)
+                  scope: LbScope = LbScope.EXT, rev: int = REV, affinity_timeout: int = 0) -> None:
+    """An external frontend with backends (id, address, port) and its reverse NAT entry, written as the
+    agent writes them, and the identities of pod B and of the node's address."""
+    with lb_change(tables) as lb:
+        lb.service(address, port, proto, backends, rev=rev, flags=flags, scope=scope,
+                   affinity_timeout=affinity_timeout)
+    set_identity(tables, f"{POD_B}/32", ID_B)
+    set_identity(tables, f"{NODE_IP}/32", ReservedIdentity.HOST)
 
 
 def test_nodeport_dnat_and_reverse_nat(node: Loaded) -> None:
     """Test that NodePort traffic from outside is DNATed to the backend keeping the client address, the
     flow sticks, and replies leaving the uplink come from the NodePort again."""
-    seed_frontend(node.views, [(1, POD_B, 8080)])
+    seed_frontend(node.tables, [(1, POD_B, 8080)])
     result = node.run(FROM, tcp(CLIENT, NODE_IP, 50000, NODE_PORT, SYN))
     assert result.retval == TC_ACT_OK
     assert result.data_out == tcp(CLIENT, POD_B, 50000, 8080, SYN)
     assert checksums_ok(result.data_out)
 
-    svc = node.views.conntrack.lookup(CLIENT, NODE_IP, 50000, NODE_PORT, TCP, CtDir.SERVICE)
+    svc = node.conntrack(CLIENT, NODE_IP, 50000, NODE_PORT, TCP, CtDir.SERVICE)
     assert svc is not None
     assert svc.backend_id == 1
     assert svc.flags & CtFlag.NODEPORT
-    np_entry = node.views.conntrack.lookup(CLIENT, POD_B, 50000, 8080, TCP, CtDir.NODEPORT)
+    np_entry = node.conntrack(CLIENT, POD_B, 50000, 8080, TCP, CtDir.NODEPORT)
     assert np_entry is not None
     assert (np_entry.nat_addr, np_entry.nat_port) == (ip_int(NODE_IP), NODE_PORT)
     events = node.events()
@@ -110,13 +116,13 @@ def test_nodeport_dnat_and_reverse_nat(node: Loaded) -> None:
     assert len(ev) == 1
     assert ev[0]["obs_point"] == ObsPoint.TO_NETWORK
     assert ev[0]["src_identity"] == ID_B
-    assert node.views.metrics.forwarded(MetricDir.INGRESS).packets == 2
-    assert node.views.metrics.forwarded(MetricDir.EGRESS).packets == 1
+    assert node.forwarded(MetricDir.INGRESS) == 2
+    assert node.forwarded(MetricDir.EGRESS) == 1
 
 
 def test_udp_nodeport(node: Loaded) -> None:
     """Test that a UDP NodePort is translated both ways with valid checksums."""
-    seed_frontend(node.views, [(1, POD_B, 5353)], proto=UDP)
+    seed_frontend(node.tables, [(1, POD_B, 5353)], proto=UDP)
     out = node.run(FROM, udp(CLIENT, NODE_IP, 50000, NODE_PORT, b"q")).data_out
     assert out == udp(CLIENT, POD_B, 50000, 5353, b"q")
     back = node.run(TO, udp(POD_B, CLIENT, 5353, 50000, b"a")).data_out
@@ -125,7 +131,7 @@ def test_udp_nodeport(node: Loaded) -> None:
 
 def test_unrelated_traffic_passes_untouched(node: Loaded) -> None:
     """Test that traffic to other addresses or ports, and replies of untranslated flows, are not touched."""
-    seed_frontend(node.views, [(1, POD_B, 8080)])
+    seed_frontend(node.tables, [(1, POD_B, 8080)])
     for program, frame in ((FROM, tcp(CLIENT, NODE_IP, 50000, 22)), (FROM, tcp(CLIENT, POD_B, 50000, 8080)),
                            (TO, tcp(POD_B, CLIENT, 8080, 50001, SYN | ACK))):
         result = node.run(program, frame)
@@ -135,7 +141,7 @@ def test_unrelated_traffic_passes_untouched(node: Loaded) -> None:
 
 def test_clusterip_is_not_exposed_on_the_uplink(node: Loaded) -> None:
     """Test that a ClusterIP-only frontend is not translated for traffic from outside."""
-    seed_frontend(node.views, [(1, POD_B, 8080)], address="10.96.0.10", port=80, flags=SvcFlag.CLUSTERIP)
+    seed_frontend(node.tables, [(1, POD_B, 8080)], address="10.96.0.10", port=80, flags=SvcFlag.CLUSTERIP)
     frame = tcp(CLIENT, "10.96.0.10", 50000, 80)
     assert node.run(FROM, frame).data_out == frame
 
@@ -144,11 +150,12 @@ def test_clusterip_is_not_exposed_on_the_uplink(node: Loaded) -> None:
                                                  ("192.0.2.1", False)])
 def test_load_balancer_source_ranges(node: Loaded, client: str, allowed: bool) -> None:
     """Test that a LoadBalancer frontend with source ranges only admits clients inside them."""
-    seed_frontend(node.views, [(1, POD_B, 8443)], address=LB_IP, port=LB_PORT,
+    seed_frontend(node.tables, [(1, POD_B, 8443)], address=LB_IP, port=LB_PORT,
                   flags=SvcFlag.LOADBALANCER | SvcFlag.SOURCE_RANGE)
-    node.views.src_range.add(REV, "198.51.100.0/24")
-    node.views.src_range.add(REV, "10.0.0.0/8")
-    assert node.views.src_range.ranges(REV) == ["10.0.0.0/8", "198.51.100.0/24"]
+    with lb_change(node.tables) as lb:
+        for cidr in ("198.51.100.0/24", "10.0.0.0/8"):
+            lb.src_range[SourceRangeKey(REV, cidr)] = None
+    assert sorted(k.cidr for k in node.tables.read("lb4_src_range")) == ["10.0.0.0/8", "198.51.100.0/24"]
     result = node.run(FROM, tcp(client, LB_IP, 50000, LB_PORT))
     if allowed:
         assert (result.retval, parse(result.data_out).dst) == (TC_ACT_OK, POD_B)
@@ -157,25 +164,25 @@ def test_load_balancer_source_ranges(node: Loaded, client: str, allowed: bool) -
         drops = node.events()
         assert len(drops) == 1
         assert drops[0]["drop_reason"] == DropReason.LB_SOURCE_RANGE
-        assert node.views.metrics.get(DropReason.LB_SOURCE_RANGE, MetricDir.INGRESS).packets == 1
+        assert node.packets(DropReason.LB_SOURCE_RANGE, MetricDir.INGRESS) == 1
 
 
 def test_no_backend_is_refused_with_rst(node: Loaded) -> None:
     """Test that a SYN to a NodePort without backends is answered with a RST out of the uplink."""
-    seed_frontend(node.views, [])
+    seed_frontend(node.tables, [])
     result = node.run(FROM, tcp(CLIENT, NODE_IP, 50000, NODE_PORT, SYN, seq=99))
     assert result.retval == TC_ACT_REDIRECT
     expected = eth(ipv4(NODE_IP, CLIENT, TCP, tcp_segment(NODE_IP, CLIENT, NODE_PORT, 50000, RST | ACK, seq=0,
                                                           ack=100, window=0), ident=0, frag=IP_DF),
                    dst=POD_MAC, src=HOST_MAC)
     assert result.data_out == expected
-    assert node.views.metrics.get(DropReason.NO_SERVICE_BACKEND, MetricDir.INGRESS).packets == 1
+    assert node.packets(DropReason.NO_SERVICE_BACKEND, MetricDir.INGRESS) == 1
 
 
 def test_etp_local_without_local_backend_drops(node: Loaded) -> None:
     """Test that eTP=Local with no node-local backend drops silently (no RST), as kube-proxy does."""
-    seed_frontend(node.views, [], flags=SvcFlag.NODEPORT | SvcFlag.LOCAL_ONLY_EXT | SvcFlag.TWO_SCOPES)
-    seed_frontend(node.views, [(1, POD_B, 8080)], flags=SvcFlag.NODEPORT | SvcFlag.TWO_SCOPES,
+    seed_frontend(node.tables, [], flags=SvcFlag.NODEPORT | SvcFlag.LOCAL_ONLY_EXT | SvcFlag.TWO_SCOPES)
+    seed_frontend(node.tables, [(1, POD_B, 8080)], flags=SvcFlag.NODEPORT | SvcFlag.TWO_SCOPES,
                   scope=LbScope.INT)
     result = node.run(FROM, tcp(CLIENT, NODE_IP, 50000, NODE_PORT))
     assert result.retval == TC_ACT_SHOT
@@ -187,38 +194,61 @@ def test_etp_local_without_local_backend_drops(node: Loaded) -> None:
 def test_external_clients_use_the_external_scope(node: Loaded) -> None:
     """Test that traffic from outside is balanced over the external (eTP=Local) backend set."""
     flags = SvcFlag.NODEPORT | SvcFlag.LOCAL_ONLY_EXT | SvcFlag.TWO_SCOPES
-    seed_frontend(node.views, [(1, POD_B, 8080)], flags=flags)
-    seed_frontend(node.views, [(2, POD_C, 8080)], flags=flags, scope=LbScope.INT)
+    seed_frontend(node.tables, [(1, POD_B, 8080)], flags=flags)
+    seed_frontend(node.tables, [(2, POD_C, 8080)], flags=flags, scope=LbScope.INT)
     seen = {parse(node.run(FROM, tcp(CLIENT, NODE_IP, 50000 + i, NODE_PORT)).data_out).dst for i in range(10)}
     assert seen == {POD_B}
 
 
+def test_compiled_nodeport_service_balances_through_its_maglev_table(node: Loaded) -> None:
+    """Test that a NodePort Service compiled by the agent's ServiceCompiler (Maglev for external
+    traffic, the default) and written as the agent writes it is DNATed at the uplink on the node
+    address, spreads new flows over both endpoints through the compiled table, and keeps each flow
+    on its backend."""
+    compiler = ServiceCompiler(NODE, [NODE_IP])
+    web = k8s_service("web", [ServicePort(80, "TCP", "http", "http", NODE_PORT)], cluster_ip="10.96.0.10",
+                      type="NodePort")
+    compile_service(node.tables, compiler, web,
+                    [endpoint_slice("web", [POD_B, POD_C], [EndpointPort(8080, "TCP", "http")], node=NODE)])
+    assert len(node.tables.read("lb4_maglev")) == 2  # one per frontend: the node address and 0.0.0.0
+    chosen = {}
+    for i in range(40):
+        frame = tcp(CLIENT, NODE_IP, 50000 + i, NODE_PORT)
+        chosen[i] = parse(node.run(FROM, frame).data_out).dst
+    assert set(chosen.values()) == {POD_B, POD_C}
+    for i in range(40):
+        again = node.run(FROM, tcp(CLIENT, NODE_IP, 50000 + i, NODE_PORT, ACK)).data_out
+        assert parse(again).dst == chosen[i]
+        assert parse(again).dport == 8080
+
+
 def test_maglev_selects_through_the_table(node: Loaded) -> None:
     """Test that a Maglev frontend maps flows through its lookup table."""
-    seed_frontend(node.views, [(1, POD_B, 8080), (2, POD_C, 8080)], flags=SvcFlag.NODEPORT | SvcFlag.MAGLEV)
-    node.views.maglev.set_table(REV, [1, 2] * 510 + [1])
+    seed_frontend(node.tables, [(1, POD_B, 8080), (2, POD_C, 8080)], flags=SvcFlag.NODEPORT | SvcFlag.MAGLEV)
+    with lb_change(node.tables) as lb:
+        lb.maglev[REV] = (1, 2) * (LB_MAGLEV_LUT_SIZE // 2) + (1,)
     seen = {parse(node.run(FROM, tcp(CLIENT, NODE_IP, 50000 + i, NODE_PORT)).data_out).dst for i in range(40)}
     assert seen == {POD_B, POD_C}
-    node.views.maglev.set_table(REV, [2] * 1021)
+    with lb_change(node.tables) as lb:
+        lb.maglev[REV] = (2,) * LB_MAGLEV_LUT_SIZE
     seen = {parse(node.run(FROM, tcp(CLIENT, NODE_IP, 51000 + i, NODE_PORT)).data_out).dst for i in range(10)}
     assert seen == {POD_C}
 
 
 def test_session_affinity_by_client_address(node: Loaded) -> None:
     """Test that ClientIP affinity keeps one external client on one backend."""
-    seed_frontend(node.views, [(1, POD_B, 8080), (2, POD_C, 8080)], flags=SvcFlag.NODEPORT | SvcFlag.AFFINITY)
-    node.views.services.set_service(NODE_IP, NODE_PORT, TCP, [1, 2], rev_nat_index=REV,
-                                    flags=SvcFlag.NODEPORT | SvcFlag.AFFINITY, affinity_timeout=60)
+    seed_frontend(node.tables, [(1, POD_B, 8080), (2, POD_C, 8080)],
+                  flags=SvcFlag.NODEPORT | SvcFlag.AFFINITY, affinity_timeout=60)
     seen = {parse(node.run(FROM, tcp(CLIENT, NODE_IP, 50000 + i, NODE_PORT)).data_out).dst for i in range(15)}
     assert len(seen) == 1
-    remembered = node.views.affinity.get(CLIENT, REV)
+    remembered = node.affinity(CLIENT, REV)
     assert remembered is not None
     assert remembered.backend_id == (1 if seen == {POD_B} else 2)
 
 
 def test_nodeport_wildcard(node: Loaded) -> None:
     """Test that a 0.0.0.0 NodePort frontend serves the node's addresses; replies carry the address used."""
-    seed_frontend(node.views, [(1, POD_B, 8080)], address="0.0.0.0")
+    seed_frontend(node.tables, [(1, POD_B, 8080)], address="0.0.0.0")
     assert node.run(FROM, tcp(CLIENT, NODE_IP, 50000, NODE_PORT)).data_out == tcp(CLIENT, POD_B, 50000, 8080)
     assert node.run(TO, tcp(POD_B, CLIENT, 8080, 50000, SYN | ACK)).data_out == tcp(
         NODE_IP, CLIENT, NODE_PORT, 50000, SYN | ACK)
@@ -227,13 +257,17 @@ def test_nodeport_wildcard(node: Loaded) -> None:
 
 
 def test_stale_backend_conntrack_flush(node: Loaded) -> None:
-    """Test that flushing a replaced backend's entries makes the next datagram choose again."""
-    seed_frontend(node.views, [(1, POD_B, 53)], proto=UDP)
+    """Test that a frontend's flow stays on a backend it dropped (still in lb4_backends, e.g. serving
+    another frontend) until the agent flushes that stale backend; the next datagram then chooses again."""
+    seed_frontend(node.tables, [(1, POD_B, 53)], proto=UDP)
     assert parse(node.run(FROM, udp(CLIENT, NODE_IP, 50000, NODE_PORT)).data_out).dst == POD_B
-    node.views.services.set_service(NODE_IP, NODE_PORT, UDP, [2], rev_nat_index=REV, flags=SvcFlag.NODEPORT)
-    node.views.backends.upsert(2, POD_C, 53, UDP)
+    with lb_change(node.tables) as lb:
+        lb.backend(2, POD_C, 53, UDP)
+        lb.frontend(NODE_IP, NODE_PORT, UDP, [2], rev=REV, flags=SvcFlag.NODEPORT)
     assert parse(node.run(FROM, udp(CLIENT, NODE_IP, 50000, NODE_PORT)).data_out).dst == POD_B  # still pinned
-    assert node.views.conntrack.delete_by_backend(POD_B, 53, UDP, frontend=(NODE_IP, NODE_PORT)) == 2
+    node.tables.flush_backends([StaleBackend(NODE_IP, NODE_PORT, UDP, 1, POD_B, 53)])
+    assert node.conntrack(CLIENT, NODE_IP, 50000, NODE_PORT, UDP, CtDir.SERVICE) is None
+    assert node.conntrack(CLIENT, POD_B, 50000, 53, UDP, CtDir.NODEPORT) is None
     assert parse(node.run(FROM, udp(CLIENT, NODE_IP, 50000, NODE_PORT)).data_out).dst == POD_C
 
 
@@ -250,13 +284,13 @@ def test_objects_share_maps_through_one_pin_directory() -> None:
             ids = {name: {m: v.info.id for m, v in obj.maps().items()} for name, obj in objects.items()}
             assert ids["lxc"] == ids["node"] == ids["sock"]
             with open_views(pin_dir) as pinned:
-                seed_frontend(pinned, [(1, POD_B, 8080)])
+                seed_frontend(TableMaps(pinned), [(1, POD_B, 8080)])
                 with open_views(objects["node"]) as views:
                     result = test_run(objects["node"].program(FROM), tcp(CLIENT, NODE_IP, 50000, NODE_PORT),
                                       ctx=skb_ctx())
                     assert parse(result.data_out).dst == POD_B
-                    assert len(views.events.read()) == 1
-                assert pinned.conntrack.count() == 2
+                    assert len(views.get(EventsRing).read()) == 1
+                assert pinned.get(ConntrackMap).map.count() == 2
                 assert set(MAP_VIEWS) - {"proc_events"} == set(pinned.by_name)
     finally:
         for pin in pin_dir.glob("*"):
@@ -299,8 +333,8 @@ def test_real_uplink_nodeport(node: Loaded) -> None:
         with in_netns(node_ns):
             links.append(attach_tcx(node.obj.program(FROM), ifindex, "ingress", pin_dir / "up0-from"))
             links.append(attach_tcx(node.obj.program(TO), ifindex, "egress", pin_dir / "up0-to"))
-        seed_frontend(node.views, [(1, POD_B, 8080)], address=uplink_ip)
-        seed_frontend(node.views, [], address=uplink_ip, port=30081, rev=10)
+        seed_frontend(node.tables, [(1, POD_B, 8080)], address=uplink_ip)
+        seed_frontend(node.tables, [], address=uplink_ip, port=30081, rev=10)
 
         server = subprocess.Popen(
             ["ip", "netns", "exec", pod_ns, sys.executable, "-c", textwrap.dedent("""

@@ -3,11 +3,12 @@
 Hypothesis draws namespaces (labels), pods (labels, IPs, named container ports) and NetworkPolicies
 (podSelector / namespaceSelector with matchLabels and every matchExpressions operator, both in one
 peer, ipBlock with excepts over pod IPs, numbered / named / endPort ports, ingress and egress rules,
-every policyTypes combination). The real `PolicyCompiler` compiles them; its tables are written,
-through the agent's codecs, into the maps of a freshly loaded lxc.bpf.o (lxc_endpoints, ipcache,
-ipcache_cidr, policy); then, for every ordered pair of ends (pods, and addresses outside the cluster)
-and a few ports and protocols, a new connection's first packet runs through `lxc_from_pod` (egress,
-at the source pod's veth) and `lxc_to_pod` (ingress, at the destination's) with BPF_PROG_TEST_RUN.
+every policyTypes combination). The real `PolicyCompiler` compiles them; its tables are written as
+the agent writes them (the difference from what the maps hold, through `TableMaps` and the agent's
+codecs) into the maps of a loaded lxc.bpf.o (lxc_endpoints, ipcache, ipcache_cidr, policy); then,
+for every ordered pair of ends (pods, and addresses outside the cluster) and a few ports and
+protocols, a new connection's first packet runs through `lxc_from_pod` (egress, at the source pod's
+veth) and `lxc_to_pod` (ingress, at the destination's) with BPF_PROG_TEST_RUN.
 The connection passes iff neither program drops it; that must equal the verdict of the reference
 evaluator written from the Kubernetes documentation (tests/unit/netpol_reference.py).
 
@@ -34,9 +35,8 @@ from packets import tcp, udp
 
 from velvet.control.identity import IdentityAllocator
 from velvet.control.policy import CompiledPolicy, PolicyCompiler
-from velvet.datapath.codecs import encode_items
+from velvet.datapath.delta import plan
 from velvet.datapath.tables import EP_POLICY_EGRESS, EP_POLICY_INGRESS, EndpointEntry
-from velvet.datapath.views import MapView
 from velvet.model import (
     NAME_LABEL,
     IPBlock,
@@ -181,19 +181,15 @@ def tables(compiled: CompiledPolicy) -> dict[str, dict[Any, Any]]:
 
 
 def load_world(lxc: Loaded, world: World) -> None:
-    """Compile the world and replace the maps' contents (and conntrack) with the result."""
+    """Compile the world and turn the maps' contents into the result as the agent does; forget conntrack."""
     namespaces, pods, policies = world
     compiler = PolicyCompiler(IdentityAllocator())
     compiler.sync(namespaces, pods, policies, host_ips=[HOST_IP])
     compiled = compiler.compile({p.metadata.key: i + 1 for i, p in enumerate(pods)})
-    lxc.views.conntrack.clear()
+    lxc.map("ct4").clear()
     for table, records in tables(compiled).items():
-        view = lxc.views.by_name[table]
-        assert isinstance(view, MapView)
-        view.clear()
-        if records:
-            keys, values = encode_items(table, records)
-            view.map.update_batch(keys, values)
+        change = plan(lxc.tables.read(table), records)
+        lxc.tables.write(table, change.upserts, change.deletes)
 
 
 def _ip(end: End) -> str:

@@ -1,7 +1,8 @@
 """Tests of sock.bpf.o (socket LB) attached for real: BPF_PROG_TEST_RUN does not run cgroup sock_addr
 programs, so each test attaches them to a cgroup of its own, runs a client and its servers (all on
 127.0.0.x in a network namespace of its own) inside that cgroup, and checks what the sockets saw.
-The tracepoint programs of proc.bpf.o are tested the same way, at the end.
+The tracepoint programs of proc.bpf.o (built, but not loaded by the agent yet) are tested the same
+way, at the end.
 
 Needs root, cgroup v2, bpffs and tracefs; every cgroup, netns and pin is removed by its exact name.
 """
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 from fixtures_datapath import Loaded, loaded, needs_root
+from seeding import lb_change
 
 from velvet.datapath import mounts
 from velvet.datapath.attach import (
@@ -45,6 +47,7 @@ from velvet.datapath.structs import (
     Verdict,
 )
 from velvet.datapath.structs import ipv4 as ip_int
+from velvet.datapath.views import ProcEventsRing
 
 pytestmark = [pytest.mark.privileged, needs_root,
               pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2")]
@@ -85,13 +88,10 @@ class SockEnv:
     def service(self, vip: str, port: int, proto: int, backends: list[tuple[int, str, int]], *, rev: int,
                 flags: SvcFlag = SvcFlag.CLUSTERIP, affinity_timeout: int = 0,
                 scope: LbScope = LbScope.EXT) -> None:
-        """Seed a frontend, its backends (id, address, port) and its reverse NAT entry."""
-        views = self.loaded.views
-        for backend_id, address, bport in backends:
-            views.backends.upsert(backend_id, address, bport, proto)
-        views.services.set_service(vip, port, proto, [b[0] for b in backends], rev_nat_index=rev, flags=flags,
-                                   affinity_timeout=affinity_timeout, scope=scope)
-        views.revnat.upsert(rev, vip, port)
+        """Seed a frontend, its backends (id, address, port) and its reverse NAT entry as the agent does."""
+        with lb_change(self.loaded.tables) as lb:
+            lb.service(vip, port, proto, backends, rev=rev, flags=flags, affinity_timeout=affinity_timeout,
+                       scope=scope)
 
 
 @pytest.fixture
@@ -166,7 +166,7 @@ def test_connect_and_sendmsg_reach_backends_and_show_the_frontend(sock: SockEnv)
     tcp_ev = socks[socks["proto"] == TCP][0]
     assert (tcp_ev["daddr"], tcp_ev["dport"], tcp_ev["orig_dport"], tcp_ev["rev_nat_index"]) == (
         ip_int("127.0.0.2"), 8080, 80, 1)
-    assert len(sock.loaded.views.sock_revnat.entries()) == 3
+    assert sock.loaded.map("lb4_sock_revnat").count() == 3
 
 
 def test_frontend_without_backends_refuses(sock: SockEnv) -> None:
@@ -192,7 +192,7 @@ def test_frontend_without_backends_refuses(sock: SockEnv) -> None:
     drops = sock.loaded.events()
     assert drops["type"].tolist() == [EventType.DROP] * 2
     assert drops["drop_reason"].tolist() == [DropReason.NO_SERVICE_BACKEND] * 2
-    assert sock.loaded.views.metrics.get(DropReason.NO_SERVICE_BACKEND, MetricDir.EGRESS).packets == 2
+    assert sock.loaded.packets(DropReason.NO_SERVICE_BACKEND, MetricDir.EGRESS) == 2
 
 
 def test_local_only_scope_without_backends_is_unreachable(sock: SockEnv) -> None:
@@ -235,7 +235,7 @@ def test_backends_spread_and_affinity_sticks(sock: SockEnv) -> None:
     """)
     assert set(out["spread"]) == {"127.0.0.2", "127.0.0.4"}
     assert len(set(out["sticky"])) == 1
-    remembered = sock.loaded.views.affinity.entries()
+    remembered = [key for key, _ in sock.loaded.map("lb4_affinity").items()]
     assert len(remembered) == 1
     assert remembered[0].netns_cookie
     assert remembered[0].rev_nat_index == 2
@@ -281,7 +281,7 @@ def test_process_and_tcp_state_events_name_their_netns(proc: tuple[Loaded, str])
     assert child.returncode == 3, child.stderr
     pid, port = (int(x) for x in child.stdout.split())
     ino = netns_inode(netns)
-    events = obj.views.proc_events.read()
+    events = obj.views.get(ProcEventsRing).read()
     mine = events[events["netns_ino"] == ino]
 
     execs = mine[(mine["type"] == ProcEventType.EXEC) & (mine["pid"] == pid)]

@@ -507,24 +507,26 @@ def test_hundred_pods_hundred_policies_compile_fast() -> None:
 
 # --- the datapath twin --------------------------------------------------------------------------
 
-def test_lookup_deny_beats_allow_and_unknown_sides_are_not_enforced() -> None:
-    """Test the lookup order on hand-made entries: a deny wins; IPs without endpoint are not enforced."""
-    allow = PolicyKey(1, Direction.INGRESS, ANY_IDENTITY, 0, 0, 0)
-    deny = PolicyKey(1, Direction.INGRESS, 300, 6, 80, 16)
+def test_lookup_takes_the_identity_entry_first_and_unknown_sides_are_not_enforced() -> None:
+    """Test the lookup order on hand-made entries: the peer's own entry before the any-peer one, the
+    any-peer one when the peer has none; IPs without endpoint are not enforced."""
+    any_peer = PolicyKey(1, Direction.INGRESS, ANY_IDENTITY, 0, 0, 0)
+    own = PolicyKey(1, Direction.INGRESS, 300, 6, 80, 16)
     endpoint = CompiledEndpoint("ns/a", "10.0.0.1", 1, 256, ("ns/p",), (),
-                                MappingProxyType({allow: PolicyValue(True, 1), deny: PolicyValue(False, 2)}))
+                                MappingProxyType({any_peer: PolicyValue(1), own: PolicyValue(2)}))
     compiled = CompiledPolicy(
         MappingProxyType({1: endpoint}), MappingProxyType({"10.0.0.2/32": 300}),
         MappingProxyType({"0.0.0.0/0": 2}), MappingProxyType({1: ("ns/p",), 2: ("ns/q",)}),
     )
-    denied = lookup(compiled, 1, Direction.INGRESS, 300, 2, "TCP", 80)
-    assert (denied.allowed, denied.policy_names, denied.entry) == (False, ("ns/q",), deny)
-    assert lookup(compiled, 1, Direction.INGRESS, 300, 2, "TCP", 81).allowed
+    by_own = lookup(compiled, 1, Direction.INGRESS, 300, 2, "TCP", 80)
+    assert (by_own.allowed, by_own.policy_names, by_own.entry) == (True, ("ns/q",), own)
+    by_any = lookup(compiled, 1, Direction.INGRESS, 300, 2, "TCP", 81)
+    assert (by_any.allowed, by_any.policy_names, by_any.entry) == (True, ("ns/p",), any_peer)
     assert lookup(compiled, 1, Direction.EGRESS, 300, 2, 6, 80).reason == "egress not isolated for ns/a"
     result = trace(compiled, "10.0.0.2", "10.0.0.1", 80)
     assert result.egress is None
-    assert result.ingress == denied
-    assert not result.allowed
+    assert result.ingress == by_own
+    assert result.allowed
     assert result.policies == ("ns/q",)
 
 

@@ -132,7 +132,6 @@ def policy_get(agent: Agent) -> dict[str, Any]:
     endpoints = []
     for ep in compiled.endpoints.values() if compiled else ():
         entries = [{"direction": k.direction.name.lower(), "match": describe_key(k),
-                    "verdict": "allow" if v.allow else "deny",
                     "policies": list(compiled.policy_sets.get(v.policy_id, ())) if compiled else []}
                    for k, v in ep.entries.items()]
         endpoints.append({"id": ep.ep_id, "pod": ep.pod, "identity": ep.identity,

@@ -450,7 +450,7 @@ class PolicyCompiler:
             _add_covering(names, keys, lengths, key, inclusive=False)
             if any_peer:
                 _add_covering(names, any_peer, any_lengths, key, inclusive=True)
-            values.append((key, PolicyValue(True, self._sets.intern(frozenset(names)))))
+            values.append((key, PolicyValue(self._sets.intern(frozenset(names)))))
         return values
 
 

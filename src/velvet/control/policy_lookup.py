@@ -6,12 +6,12 @@ connection of endpoint `ep` in `direction` with remote IP `r`:
 1. direction not isolated for `ep` -> allowed;
 2. label identity = longest match of `r` in `ipcache` (miss -> WORLD); CIDR identity = longest
    match of `r` in `ipcache_cidr` (0.0.0.0/0 -> WORLD is always there);
-3. one LPM lookup in `policy` for each of: the label identity, the CIDR identity (skipped when equal
-   to the label identity), the any-peer identity 0 — each returns the single longest-prefix entry
-   for (ep, direction, identity, proto, dport), port-prefix entries before any-port entries before
-   any-protocol entries (ICMP is looked up with port 0);
-4. a deny among the results -> dropped; else the first allow in that order -> allowed, naming the
-   policies of its policy_id; else dropped: "isolated, nothing allowed it".
+3. LPM lookups in `policy` in this order, stopping at the first hit: the label identity, the CIDR
+   identity (skipped when equal to the label identity), the any-peer identity 0 — each returns the
+   single longest-prefix entry for (ep, direction, identity, proto, dport), port-prefix entries
+   before any-port entries before any-protocol entries (ICMP is looked up with port 0);
+4. a hit -> allowed (every entry allows: NetworkPolicy has no deny), naming the policies of its
+   policy_id; no hit -> dropped: "isolated, nothing allowed it".
 """
 
 from __future__ import annotations
@@ -85,16 +85,12 @@ def lookup(
     if not endpoint.isolated(direction):
         return Verdict(True, (), f"{direction.policy_type.lower()} not isolated for {endpoint.pod}")
     identities = dict.fromkeys((label_identity, cidr_identity, ANY_IDENTITY))
-    found = [
-        hit for identity in identities
-        if (hit := _longest_match(endpoint, direction, identity, proto, port)) is not None
-    ]
-    denied = [hit for hit in found if not hit[1].allow]
-    if found:
-        key, value = denied[0] if denied else found[0]
-        names = compiled.policy_sets.get(value.policy_id, ())
-        verb = "allowed" if value.allow else "denied"
-        return Verdict(value.allow, names, f"{verb} by {describe_key(key)} ({', '.join(names)})", key)
+    for identity in identities:
+        hit = _longest_match(endpoint, direction, identity, proto, port)
+        if hit is not None:
+            key, value = hit
+            names = compiled.policy_sets.get(value.policy_id, ())
+            return Verdict(True, names, f"allowed by {describe_key(key)} ({', '.join(names)})", key)
     isolating = endpoint.ingress_policies if direction is Direction.INGRESS else endpoint.egress_policies
     return Verdict(False, isolating, f"isolated by {', '.join(isolating)}, nothing allowed it")
 

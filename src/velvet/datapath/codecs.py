@@ -9,6 +9,8 @@ from typing import Any
 
 from velvet.datapath import structs as s
 from velvet.datapath.tables import (
+    PREFIX_IDENTITY,
+    PREFIX_PROTO,
     BackendValue,
     Direction,
     EndpointEntry,
@@ -19,7 +21,7 @@ from velvet.datapath.tables import (
     ServiceValue,
     SourceRangeKey,
 )
-from velvet.datapath.views import PolicyMap
+from velvet.errors import DatapathError
 
 
 @dataclass(frozen=True)
@@ -60,21 +62,23 @@ def _ipcache_key(cidr: str) -> s.IpcacheKey:
 
 
 def _policy_key(k: PolicyKey) -> s.PolicyKey:
-    prefix = k.port_prefix_len if k.proto else 16
-    return PolicyMap.key(k.ep_id, s.PolicyDir(int(k.direction)), k.identity, k.proto, k.port, prefix)
+    key = s.PolicyKey(prefixlen=k.prefix_len, ep_id=k.ep_id, direction=int(k.direction), identity=k.identity)
+    if k.proto:
+        if not 0 <= k.port_prefix_len <= 16:
+            raise DatapathError(f"a port prefix is 0..16 bits, not {k.port_prefix_len}")
+        key.proto = k.proto
+        key.dport = k.port & (0xFFFF << (16 - k.port_prefix_len)) & 0xFFFF
+    return key
 
 
 def _policy_value_of(k: PolicyKey, v: PolicyValue) -> s.PolicyEntry:
-    flags = s.PolicyFlag.ALLOW if v.allow else s.PolicyFlag.DENY
-    if k.proto:
-        flags |= s.PolicyFlag.L4
+    flags = s.PolicyFlag.L4 if k.proto else 0
     return s.PolicyEntry(flags=int(flags), policy_id=v.policy_id)
 
 
 def _decode_policy_key(k: s.PolicyKey) -> PolicyKey:
-    bits = k.prefixlen - PolicyMap.STATIC_PREFIX
-    proto = k.proto if bits else 0
-    prefix = max(bits - PolicyMap.PROTO_PREFIX, 0) if proto else 0
+    proto = k.proto if k.prefixlen > PREFIX_IDENTITY else 0
+    prefix = max(k.prefixlen - PREFIX_PROTO, 0) if proto else 0
     return PolicyKey(k.ep_id, Direction(k.direction), k.identity, proto, k.dport if proto else 0, prefix)
 
 
@@ -118,9 +122,9 @@ CODECS: dict[str, TableCodec] = {
         "ipcache_cidr", _ipcache_key, lambda ident: s.IpcacheInfo(identity=ident),
         lambda k: f"{s.ipv4_str(k.ip)}/{k.prefixlen}", lambda v: v.identity),
     "policy": TableCodec(
-        "policy", _policy_key, lambda v: v,  # values need their key: see encode_policy_items
+        "policy", _policy_key, lambda v: v,  # values need their key: see encode_items
         _decode_policy_key,
-        lambda v: PolicyValue(bool(v.flags & s.PolicyFlag.ALLOW), v.policy_id)),
+        lambda v: PolicyValue(v.policy_id)),
 }
 
 

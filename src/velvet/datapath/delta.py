@@ -2,14 +2,14 @@
 
 `plan` is the generic diff of one map. `LbDelta.batches` orders a load-balancer change so that a
 lookup racing with it never finds a slot that points to a backend, a Maglev table or a rev-NAT entry
-that is not there yet, or that is already gone.
+that is not there yet, or that is already gone; `write_lb` writes a change in that order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from velvet.datapath.tables import (
     BackendValue,
@@ -62,7 +62,6 @@ def plan(current: Mapping[K, V], desired: Mapping[K, V]) -> MapPlan[K, V]:
     upserts = {k: v for k, v in desired.items() if current.get(k, _MISSING) != v}
     deletes = [k for k in current if k not in desired]
     return MapPlan(upserts, deletes)
-
 
 
 @dataclass(frozen=True)
@@ -132,6 +131,27 @@ class LbDelta:
             DeleteBatch(LbMap.BACKENDS, tuple(self.backends.deletes)),
         ]
         return [b for b in ordered if (b.entries if isinstance(b, UpsertBatch) else b.keys)]
+
+
+class TableSink(Protocol):
+    """Where load-balancer changes go: the agent's `Datapath`, or `TableMaps` over a loaded object."""
+
+    def write(self, table: str, upserts: Mapping[Any, Any], deletes: Iterable[Any]) -> None:
+        """Apply a difference to one table: batch upserts first, then deletes."""
+
+    def flush_backends(self, stale: Sequence[StaleBackend]) -> None:
+        """Delete conntrack entries that still send a frontend's flows to a backend it dropped."""
+
+
+def write_lb(sink: TableSink, delta: LbDelta) -> None:
+    """Write a load-balancer change in `LbDelta.batches` order, then flush the entries it made stale."""
+    for batch in delta.batches():
+        if isinstance(batch, UpsertBatch):
+            sink.write(batch.map.value, batch.entries, ())
+        else:
+            sink.write(batch.map.value, {}, batch.keys)
+    if delta.stale:
+        sink.flush_backends(delta.stale)
 
 
 def merge_deltas(deltas: Sequence[LbDelta]) -> LbDelta:

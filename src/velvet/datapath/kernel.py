@@ -15,24 +15,22 @@ from typing import Any
 
 from velvet.datapath import attach, build, features, mounts
 from velvet.datapath.bpfobject import BpfObject, Program
-from velvet.datapath.codecs import CODECS, encode_items
-from velvet.datapath.maps import Map
 from velvet.datapath.protocol import DatapathStatus, KernelInfo, MapStatus, ProgramStatus
-from velvet.datapath.structs import BE32, MetricReason
+from velvet.datapath.structs import MetricReason
+from velvet.datapath.tablemaps import TableMaps
 from velvet.datapath.tables import StaleBackend
-from velvet.datapath.views import Views, open_views
+from velvet.datapath.views import EventsRing, MetricsMap, Views, open_views
 from velvet.errors import DatapathError
 from velvet.model.endpoint import EndpointRecord
 
 log = logging.getLogger("velvet.datapath")
-OBJECTS = ("lxc", "sock", "node")
+OBJECTS = ("lxc", "sock", "node")  # proc.bpf.o (runtime security) is built but not loaded yet
 SOCK_HOOKS = {
     "sock_connect4": attach.BPF_CGROUP_INET4_CONNECT,
     "sock_sendmsg4": attach.BPF_CGROUP_UDP4_SENDMSG,
     "sock_recvmsg4": attach.BPF_CGROUP_UDP4_RECVMSG,
     "sock_getpeername4": attach.BPF_CGROUP_INET4_GETPEERNAME,
 }
-EXTRA_DUMPS = ("ct4", "lb4_affinity", "lb4_sock_revnat", "metrics")
 
 
 class KernelDatapath:
@@ -45,7 +43,7 @@ class KernelDatapath:
         self.uplink = uplink
         self.objects: dict[str, BpfObject] = {}
         self.views: Views | None = None
-        self._maps: dict[str, Map[Any, Any]] = {}
+        self.tables = TableMaps(Views({}))
         self._attachments: dict[str, list[str]] = {}
         self._kernel = KernelInfo(features.kernel_release())
 
@@ -60,9 +58,7 @@ class KernelDatapath:
         for name in OBJECTS:
             self.objects[name] = self._load(name)
         self.views = open_views(self.pin_dir)
-        for name, view in self.views.by_name.items():
-            if name in CODECS or name in EXTRA_DUMPS:
-                self._maps[name] = view.map  # type: ignore[union-attr]
+        self.tables = TableMaps(self.views)
         self._drop_dead_links()
         if self.cgroup is not None:
             sock = self.objects["sock"]
@@ -106,11 +102,10 @@ class KernelDatapath:
     def close(self) -> None:
         """Release fds; pinned maps and links keep the datapath running."""
         if self.views is not None:
-            for view in self.views.by_name.values():
-                view.close()
+            self.views.close()
         for obj in self.objects.values():
             obj.close()
-        self._maps.clear()
+        self.tables = TableMaps(Views({}))
         self.objects.clear()
 
     # -- endpoints --------------------------------------------------------------------------------
@@ -139,59 +134,39 @@ class KernelDatapath:
 
     # -- tables -----------------------------------------------------------------------------------
 
-    def _map(self, table: str) -> Map[Any, Any]:
-        try:
-            return self._maps[table]
-        except KeyError:
-            raise DatapathError(f"no map {table} is loaded") from None
-
     def write(self, table: str, upserts: Mapping[Any, Any], deletes: Iterable[Any]) -> None:
         """Batch-upsert then batch-delete, through the table's codec."""
-        codec = CODECS[table]
-        m = self._map(table)
-        if upserts:
-            keys, values = encode_items(table, dict(upserts))
-            m.update_batch(keys, values)
-        doomed = [codec.encode_key(k) for k in deletes]
-        if doomed:
-            m.delete_batch(doomed)
+        self.tables.write(table, upserts, deletes)
 
     def read(self, table: str) -> dict[Any, Any]:
         """The table decoded from the map (what a previous agent left)."""
-        codec = CODECS[table]
-        return {codec.decode_key(k): codec.decode_value(v) for k, v in self._map(table).lookup_batch()}
+        return self.tables.read(table)
 
     def flush_backends(self, stale: Sequence[StaleBackend]) -> None:
         """Drop conntrack and affinity entries that still lead a frontend to a backend it no longer has."""
-        if self.views is None:
-            return
-        for s in stale:
-            self.views.conntrack.delete_by_backend(s.backend_address, s.backend_port, s.proto,
-                                                   frontend=(s.frontend_address, s.frontend_port))
-            self.views.affinity.delete_by_backend(s.backend_id)
+        if self.views is not None:
+            self.tables.flush_backends(stale)
 
     def dump(self, table: str) -> list[dict[str, Any]]:
         """Raw entries of one map, fields by name (for `velvet bpf … list`)."""
-        if table not in CODECS and table not in EXTRA_DUMPS:
-            raise KeyError(f"no map {table}")
-        return [{"key": _fields(k), "value": _fields(v)} for k, v in self._map(table).items()]
+        return self.tables.dump(table)
 
     # -- events -----------------------------------------------------------------------------------
 
     def read_events(self, max_records: int = 65536) -> Any:
         """Committed flow events from the ring (numpy, FLOW_EVENT_DTYPE)."""
         assert self.views is not None
-        return self.views.events.read(max_records)
+        return self.views.get(EventsRing).read(max_records)
 
     def events_fd(self) -> int | None:
         """The ring's pollable fd."""
-        return self.views.events.ring.fileno() if self.views is not None else None
+        return self.views.get(EventsRing).ring.fileno() if self.views is not None else None
 
     def events_lost(self) -> int:
         """Per-CPU count of events the ring had no room for (metrics reason 1)."""
         if self.views is None:
             return 0
-        totals = self.views.metrics.totals().items()
+        totals = self.views.get(MetricsMap).totals().items()
         return sum(c.packets for (reason, _), c in totals if reason == MetricReason.EVENTS_LOST)
 
     # -- status -----------------------------------------------------------------------------------
@@ -213,33 +188,17 @@ class KernelDatapath:
             for name, prog in sorted(obj.programs().items()):
                 programs.append(ProgramStatus(name, prog.id, tuple(by_prog.get(prog.id, ()))))
         maps = []
-        for name, m in sorted(self._maps.items()):
+        for name, m in sorted(self.tables.maps.items()):
             minfo = m.info
             entries = m.count() if minfo.type != "ringbuf" else 0
             maps.append(MapStatus(name, minfo.type, entries, minfo.max_entries))
         counters: dict[str, int] = {}
         if self.views is not None:
-            for (reason, direction), counter in self.views.metrics.totals().items():
+            for (reason, direction), counter in self.views.get(MetricsMap).totals().items():
                 label = f"{reason}:{direction.name.lower()}"
                 counters[f"{label}:packets"] = counter.packets
                 counters[f"{label}:bytes"] = counter.bytes
         return DatapathStatus("kernel", tuple(programs), tuple(maps), counters)
-
-
-def _fields(value: Any) -> Any:
-    """A ctypes value as plain data: structures as dicts, arrays as lists, IPv4 addresses (every __be32
-    field) dotted, other scalars as ints."""
-    if hasattr(value, "_fields_"):
-        fields = [(f[0], f[1], getattr(value, f[0])) for f in value._fields_ if not f[0].startswith("pad")]
-        return {name: _address(v) if kind is BE32 else _fields(v) for name, kind, v in fields}
-    if hasattr(value, "_length_") or isinstance(value, list | tuple):  # arrays, per-CPU values
-        return [_fields(v) for v in value]
-    return getattr(value, "value", value)
-
-
-def _address(value: int) -> str:
-    """A __be32 field's value (as ctypes reads it) in dotted-decimal form."""
-    return socket.inet_ntoa(value.to_bytes(4, "big"))
 
 
 def _ifnames() -> dict[int, str]:

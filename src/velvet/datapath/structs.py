@@ -79,7 +79,6 @@ class DropReason(IntEnum):
     NAT_NO_MAPPING = 167
     FRAG_NOT_FOUND = 175
     LB_SOURCE_RANGE = 177
-    POLICY_DENY_RULE = 181
     NO_LOCAL_BACKEND = 230
 
     def describe(self) -> str:
@@ -97,7 +96,6 @@ _DROP_TEXT: dict[DropReason, str] = {
     DropReason.NAT_NO_MAPPING: "No mapping for NAT masquerade",
     DropReason.FRAG_NOT_FOUND: "First fragment not found",
     DropReason.LB_SOURCE_RANGE: "Not in LB source range",
-    DropReason.POLICY_DENY_RULE: "Policy denied by denylist",
     DropReason.NO_LOCAL_BACKEND: "No node-local service backend",
 }
 
@@ -235,8 +233,6 @@ class PolicyDir(IntEnum):
 class PolicyFlag(IntFlag):
     """enum policy_flags (POLICY_*): policy_entry.flags."""
 
-    ALLOW = 1 << 0
-    DENY = 1 << 1
     L4 = 1 << 2
 
 

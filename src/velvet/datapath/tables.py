@@ -162,7 +162,6 @@ class PolicyKey(NamedTuple):
 
 
 class PolicyValue(NamedTuple):
-    """A policy map value: verdict and the id of the set of policies that allow the key."""
+    """A policy map value: the id of the set of policies that allow the key (every entry allows)."""
 
-    allow: bool
     policy_id: int

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from velvet.datapath.delta import LbDelta, UpsertBatch, plan
+from velvet.datapath.delta import LbDelta, plan, write_lb
 from velvet.datapath.protocol import Datapath
 
 
@@ -30,10 +30,4 @@ class TableWriter:
 
     def write_lb(self, delta: LbDelta) -> None:
         """A load-balancer change in `LbDelta.batches` order, then the conntrack flush it calls for."""
-        for batch in delta.batches():
-            if isinstance(batch, UpsertBatch):
-                self._datapath.write(batch.map.value, batch.entries, ())
-            else:
-                self._datapath.write(batch.map.value, {}, batch.keys)
-        if delta.stale:
-            self._datapath.flush_backends(delta.stale)
+        write_lb(self._datapath, delta)

@@ -50,7 +50,6 @@ DROP_REASON_NAMES: dict[int, str] = {
     DropReason.NAT_NO_MAPPING: "NAT_NO_MAPPING",
     DropReason.FRAG_NOT_FOUND: "FRAG_NOT_FOUND",
     DropReason.LB_SOURCE_RANGE: "NOT_IN_SRC_RANGE",
-    DropReason.POLICY_DENY_RULE: "POLICY_DENY",
     DropReason.NO_LOCAL_BACKEND: "NO_LOCAL_BACKEND",
 }
 """drop reason number -> Hubble's `drop_reason_desc` (the `flow.DropReason` enum name)."""

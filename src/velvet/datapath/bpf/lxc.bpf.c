@@ -5,9 +5,9 @@
  *   lxc_from_pod: tcx ingress of the host veth = packets leaving the pod.
  *   lxc_to_pod:   tcx egress of the host veth  = packets entering the pod.
  *
- * Both return TC_ACT_OK and let the node's routing forward; lxc_from_pod redirects its
- * rejections (RST / ICMP unreachable for service frontends without backends) straight back
- * into the pod with bpf_redirect_peer.
+ * What they pass returns TC_ACT_OK for the node's routing to forward, what they drop
+ * TC_ACT_SHOT; lxc_from_pod redirects its rejections (RST / ICMP unreachable for service
+ * frontends without backends) straight back into the pod with bpf_redirect_peer.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -53,16 +53,16 @@ static __always_inline int lxc_drop(struct __sk_buff *skb, struct pkt4 *pkt, __u
 /* Report the verdict on a new connection of an endpoint isolated in that direction. */
 static __always_inline void lxc_policy_event(struct __sk_buff *skb, const struct pkt4 *pkt,
 					     const struct endpoint_info *ep, __u8 isolated, int verdict,
-					     __u16 reason, __u8 obs, __u8 dir)
+					     __u8 obs, __u8 dir)
 {
 	if (!ep || !(ep->flags & isolated))
 		return;
 	if (verdict == POLICY_VERDICT_ALLOW)
 		emit_pkt_event(skb, pkt, EVENT_POLICY_VERDICT, obs, VERDICT_FORWARDED, 0, dir);
 	else if (verdict == POLICY_VERDICT_AUDIT)
-		emit_pkt_event(skb, pkt, EVENT_POLICY_VERDICT, obs, VERDICT_AUDIT, reason, dir);
+		emit_pkt_event(skb, pkt, EVENT_POLICY_VERDICT, obs, VERDICT_AUDIT, DROP_POLICY_DENIED, dir);
 	else
-		emit_pkt_event(skb, pkt, EVENT_POLICY_VERDICT, obs, VERDICT_DROPPED, reason, dir);
+		emit_pkt_event(skb, pkt, EVENT_POLICY_VERDICT, obs, VERDICT_DROPPED, DROP_POLICY_DENIED, dir);
 }
 
 SEC("tc")
@@ -125,11 +125,10 @@ int lxc_from_pod(struct __sk_buff *skb)
 	/* new connection: egress policy of the pod against the destination's identity */
 	pkt.dst_identity = ipcache_identity(pkt.daddr);
 	verdict = policy_decide(ep, POLICY_EGRESS, pkt.dst_identity, ipcache_cidr_identity(pkt.daddr),
-				&pkt, &reason);
-	lxc_policy_event(skb, &pkt, ep, EP_POLICY_EGRESS, verdict, reason, OBS_FROM_ENDPOINT,
-			 METRIC_EGRESS);
+				&pkt);
+	lxc_policy_event(skb, &pkt, ep, EP_POLICY_EGRESS, verdict, OBS_FROM_ENDPOINT, METRIC_EGRESS);
 	if (verdict == POLICY_VERDICT_DROP)
-		return drop_pkt(skb, &pkt, reason, OBS_FROM_ENDPOINT, METRIC_EGRESS);
+		return drop_pkt(skb, &pkt, DROP_POLICY_DENIED, OBS_FROM_ENDPOINT, METRIC_EGRESS);
 
 	/* track it; translated connections remember their frontend for the reverse NAT */
 	if (ct_create(&key, &pkt, skb->len, now, verdict == POLICY_VERDICT_AUDIT ? CT_F_AUDIT : 0,
@@ -195,11 +194,10 @@ int lxc_to_pod(struct __sk_buff *skb)
 	/* new connection: ingress policy of the pod against the source's identity */
 	pkt.src_identity = ipcache_identity(pkt.saddr);
 	verdict = policy_decide(ep, POLICY_INGRESS, pkt.src_identity, ipcache_cidr_identity(pkt.saddr),
-				&pkt, &reason);
-	lxc_policy_event(skb, &pkt, ep, EP_POLICY_INGRESS, verdict, reason, OBS_TO_ENDPOINT,
-			 METRIC_INGRESS);
+				&pkt);
+	lxc_policy_event(skb, &pkt, ep, EP_POLICY_INGRESS, verdict, OBS_TO_ENDPOINT, METRIC_INGRESS);
 	if (verdict == POLICY_VERDICT_DROP)
-		return lxc_drop(skb, &pkt, reason, OBS_TO_ENDPOINT, METRIC_INGRESS);
+		return lxc_drop(skb, &pkt, DROP_POLICY_DENIED, OBS_TO_ENDPOINT, METRIC_INGRESS);
 
 	if (ct_create(&key, &pkt, skb->len, now, verdict == POLICY_VERDICT_AUDIT ? CT_F_AUDIT : 0,
 		      0, 0, 0) < 0)

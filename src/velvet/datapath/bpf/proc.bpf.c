@@ -9,6 +9,10 @@
  * Every event carries the network namespace inode and the cgroup id, which attribute it to a
  * pod. Records are struct process_event in the proc_events ring buffer (own map: the object
  * shares nothing with the packet datapath).
+ *
+ * Groundwork for runtime security: the object is built with the others and its programs are
+ * tested attached for real (tests/datapath/test_sock.py), but the agent does not load or attach
+ * it yet, so nothing reads proc_events in a running node.
  */
 #include "lib/common.h"
 #include <bpf/bpf_core_read.h>

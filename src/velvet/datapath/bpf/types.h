@@ -38,12 +38,14 @@
  *    connection accepted by the local pod (forward tuple as it arrived), CT_SERVICE = original
  *    (pre-DNAT) tuple of a translated connection -> backend, CT_NODEPORT = translated tuple of a
  *    connection DNATed at the uplink -> frontend. Entries older than their lifetime count as
- *    absent (the control plane may GC them with the same constants). ICMP errors quoting a
- *    tracked connection pass as related (not reverse-translated).
+ *    absent; nothing deletes them on a timer (the LRU map evicts the least recently used when
+ *    full, and the agent flushes the entries of backends a frontend dropped). ICMP errors
+ *    quoting a tracked connection pass as related (not reverse-translated).
  *  - lxc_from_pod accepts only packets whose source is the endpoint registered for that address
  *    with this veth's ifindex (DROP_INVALID_SOURCE otherwise).
  *  - Policy is decided once per connection on the backend pod's IP and port; replies and
- *    established packets pass through conntrack. Deny beats allow.
+ *    established packets pass through conntrack. Every policy entry allows (NetworkPolicy has
+ *    no deny): an isolated endpoint's new connection passes iff some entry matches.
  *  - IP fragments: the first fragment records its ports in ipv4_frags keyed by
  *    {saddr, daddr, id, proto}; later fragments take their ports from there (a pod's later
  *    fragment without a recorded first one is dropped with DROP_FRAG_NOT_FOUND).
@@ -84,7 +86,6 @@ enum drop_reason {
 	DROP_NAT_NO_MAPPING = 167,     /* reply of a translated flow whose reverse NAT is gone */
 	DROP_FRAG_NOT_FOUND = 175,     /* later IP fragment whose first fragment was not seen */
 	DROP_LB_SOURCE_RANGE = 177,    /* client not in loadBalancerSourceRanges */
-	DROP_POLICY_DENY_RULE = 181,   /* an explicit deny rule matched */
 	DROP_NO_LOCAL_BACKEND = 230,   /* traffic policy Local and no node-local backend */
 };
 
@@ -202,10 +203,8 @@ enum policy_dir {
 	POLICY_EGRESS = 1,
 };
 
-/* policy_entry.flags */
+/* policy_entry.flags; bits 0-1 stay unused (an older agent's pinned entries may set them) */
 enum policy_flags {
-	POLICY_ALLOW = 1 << 0,
-	POLICY_DENY = 1 << 1,
 	POLICY_L4 = 1 << 2, /* the entry names a protocol (and maybe ports): reported as L3-L4 */
 };
 
@@ -400,9 +399,10 @@ struct policy_key {
 	__be16 dport;
 };
 
+/* policy value: its presence allows the key's connections. */
 struct policy_entry {
 	__u32 flags;     /* enum policy_flags */
-	__u32 policy_id; /* the control plane maps it to the NetworkPolicies of the rule */
+	__u32 policy_id; /* the control plane maps it to the NetworkPolicies that allow the key */
 };
 
 /* ---- observability --------------------------------------------------------------------------- */
@@ -444,7 +444,7 @@ struct flow_event {
 	__u8 flags;         /* enum event_flags */
 };
 
-/* proc_events ring buffer record. */
+/* proc_events ring buffer record (proc.bpf.o: built and tested, not loaded by the agent yet). */
 struct process_event {
 	__u64 ts_ns;
 	__u64 cgroup_id;

@@ -2,9 +2,12 @@
 /*
  * policy.h - per-endpoint policy decision for a new connection.
  *
- * Two longest-prefix lookups: the peer's identity, then identity 0 (any peer). A DENY hit in
- * either wins; otherwise an ALLOW hit allows. The policy compiler keeps deny entries at least as
- * specific as any allow they cover (LPM returns only the longest match per lookup).
+ * Every policy entry allows (NetworkPolicy has no deny). Longest-prefix lookups in this order,
+ * stopping at the first hit: the peer's label identity, its CIDR identity (when it differs), then
+ * identity 0 (any peer). A hit allows and names its policy set; no hit drops the connection of an
+ * isolated endpoint. The policy compiler folds into each entry's policy set the policies of the
+ * less specific entries covering it (its identity's and the any-peer ones), so the entry a
+ * lookup returns names them.
  */
 #ifndef VELVET_LIB_POLICY_H
 #define VELVET_LIB_POLICY_H
@@ -18,7 +21,7 @@ enum policy_verdict {
 	POLICY_VERDICT_DROP = 2,
 };
 
-/* Event flags describing which kind of entry decided. */
+/* Event flags describing which kind of entry allowed. */
 static __always_inline __u8 policy_match_flags(const struct policy_entry *e, bool any_peer)
 {
 	__u8 flags = (e->flags & POLICY_L4) ? EV_F_POLICY_L4 : EV_F_POLICY_L3;
@@ -29,11 +32,11 @@ static __always_inline __u8 policy_match_flags(const struct policy_entry *e, boo
 /*
  * Decide a new connection of endpoint ep (NULL: unknown, not isolated) in direction dir
  * against the peer's label identity and its CIDR identity (ipBlock rules match the latter, so
- * they also cover pod IPs). Sets pkt->policy_id and the match flags in pkt->ev_flags; *reason
- * gets the drop reason for POLICY_VERDICT_DROP/AUDIT.
+ * they also cover pod IPs). Sets pkt->policy_id and the match flags in pkt->ev_flags; a
+ * connection nothing allows is dropped (or audited) for DROP_POLICY_DENIED.
  */
 static __always_inline int policy_decide(const struct endpoint_info *ep, __u8 dir, __u32 peer,
-					 __u32 cidr_peer, struct pkt4 *pkt, __u16 *reason)
+					 __u32 cidr_peer, struct pkt4 *pkt)
 {
 	struct policy_key key = {
 		.prefixlen = 8 * (sizeof(key) - sizeof(key.prefixlen)),
@@ -42,8 +45,9 @@ static __always_inline int policy_decide(const struct endpoint_info *ep, __u8 di
 		.proto = pkt->proto,
 		.dport = pkt->dport,
 	};
-	struct policy_entry *by_peer, *by_cidr = NULL, *by_any;
 	__u8 isolated = dir == POLICY_INGRESS ? EP_POLICY_INGRESS : EP_POLICY_EGRESS;
+	struct policy_entry *entry;
+	bool any_peer = false;
 
 	/* not isolated in this direction: everything is allowed */
 	if (!ep || !(ep->flags & isolated)) {
@@ -55,44 +59,23 @@ static __always_inline int policy_decide(const struct endpoint_info *ep, __u8 di
 	if (pkt->proto == IPPROTO_ICMP)
 		key.dport = 0;
 
-	by_peer = bpf_map_lookup_elem(&policy, &key);
+	entry = bpf_map_lookup_elem(&policy, &key);
 	/* the CIDR identity only matters when it differs from the label identity */
-	if (cidr_peer != peer) {
+	if (!entry && cidr_peer != peer) {
 		key.identity = cidr_peer;
-		by_cidr = bpf_map_lookup_elem(&policy, &key);
+		entry = bpf_map_lookup_elem(&policy, &key);
 	}
-	key.identity = IDENTITY_ANY;
-	by_any = bpf_map_lookup_elem(&policy, &key);
-
-	/* deny beats allow */
-	if (by_peer && (by_peer->flags & POLICY_DENY)) {
-		pkt->ev_flags |= policy_match_flags(by_peer, false);
-		pkt->policy_id = by_peer->policy_id;
-		*reason = DROP_POLICY_DENY_RULE;
-	} else if (by_cidr && (by_cidr->flags & POLICY_DENY)) {
-		pkt->ev_flags |= policy_match_flags(by_cidr, false);
-		pkt->policy_id = by_cidr->policy_id;
-		*reason = DROP_POLICY_DENY_RULE;
-	} else if (by_any && (by_any->flags & POLICY_DENY)) {
-		pkt->ev_flags |= policy_match_flags(by_any, true);
-		pkt->policy_id = by_any->policy_id;
-		*reason = DROP_POLICY_DENY_RULE;
-	} else if (by_peer && (by_peer->flags & POLICY_ALLOW)) {
-		pkt->ev_flags |= policy_match_flags(by_peer, false);
-		pkt->policy_id = by_peer->policy_id;
-		return POLICY_VERDICT_ALLOW;
-	} else if (by_cidr && (by_cidr->flags & POLICY_ALLOW)) {
-		pkt->ev_flags |= policy_match_flags(by_cidr, false);
-		pkt->policy_id = by_cidr->policy_id;
-		return POLICY_VERDICT_ALLOW;
-	} else if (by_any && (by_any->flags & POLICY_ALLOW)) {
-		pkt->ev_flags |= policy_match_flags(by_any, true);
-		pkt->policy_id = by_any->policy_id;
-		return POLICY_VERDICT_ALLOW;
-	} else {
-		pkt->ev_flags |= EV_F_POLICY_DEFAULT;
-		*reason = DROP_POLICY_DENIED;
+	if (!entry) {
+		key.identity = IDENTITY_ANY;
+		entry = bpf_map_lookup_elem(&policy, &key);
+		any_peer = true;
 	}
+	if (entry) {
+		pkt->ev_flags |= policy_match_flags(entry, any_peer);
+		pkt->policy_id = entry->policy_id;
+		return POLICY_VERDICT_ALLOW;
+	}
+	pkt->ev_flags |= EV_F_POLICY_DEFAULT;
 	return (ep->flags & EP_POLICY_AUDIT) ? POLICY_VERDICT_AUDIT : POLICY_VERDICT_DROP;
 }
 
