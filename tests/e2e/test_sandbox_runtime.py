@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from velvet.datapath.netns import call_in_netns
 from velvet.errors import SandboxError
 from velvet.sandbox import (
     ContainerLite,
@@ -39,7 +40,6 @@ from velvet.sandbox import (
 )
 from velvet.sandbox import cgroups as cg
 from velvet.sandbox.ipam import PodIpam
-from velvet.sandbox.linux import call_in_netns
 from velvet.sandbox.naming import SandboxNames
 from velvet.sandbox.process import alive
 

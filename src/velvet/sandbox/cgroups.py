@@ -11,9 +11,9 @@ import signal
 import time
 from pathlib import Path
 
+from velvet.datapath.mounts import cgroup2_mount
 from velvet.errors import SandboxError
 from velvet.sandbox.linux import send_signal
-from velvet.sandbox.naming import cgroup2_mount
 
 
 def create(path: Path) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from velvet.sandbox.linux import call_in_netns
+from velvet.datapath.netns import call_in_netns
 from velvet.sandbox.process import exec_in
 from velvet.sandbox.spec import ProbeLite
 
