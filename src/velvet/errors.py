@@ -9,6 +9,7 @@ VelvetError
 │   └── KeyNotFound            a map lookup or delete found no such key
 ├── InvalidManifest            a manifest failed validation (file, document, field, reason)
 ├── SandboxError               the sandbox could not create or remove something
+├── NeedsRoot                  the command needs root and runs as another user
 ├── AgentUnavailable           no agent answers on the API socket
 └── ApiError                   the agent answered with an error
 """
@@ -83,6 +84,14 @@ class InvalidManifest(VelvetError):
 
 class SandboxError(VelvetError):
     """The sandbox could not create, inspect or remove one of its parts."""
+
+
+class NeedsRoot(VelvetError):
+    """The command needs root (namespaces, cgroups, BPF, the root-only API socket); `why` says for what."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"velvet must run as root: {why}")
+        self.why = why
 
 
 class AgentUnavailable(VelvetError):

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from velvet.cli.common import require_root
 from velvet.errors import VelvetError
 
 DEMO_SANDBOX = "demo"
@@ -245,6 +246,7 @@ def teardown(demo: Demo) -> bool:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The Star Wars demo: services, policy and flows on real traffic, then nothing left behind."""
+    require_root("the demo brings up a sandbox: network namespaces, cgroups and eBPF programs")
     demo = Demo(args.sandbox or DEMO_SANDBOX)
     found = Findings(demo.sandbox)
     started = time.monotonic()

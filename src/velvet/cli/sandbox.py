@@ -12,7 +12,7 @@ import threading
 import time
 
 from velvet.api.client import ApiClient
-from velvet.cli.common import print_json
+from velvet.cli.common import print_json, require_root
 from velvet.datapath.netns import enter_netns
 from velvet.errors import SandboxError
 from velvet.paths import current_sandbox
@@ -26,7 +26,9 @@ AGENT_START_TIMEOUT = 60.0
 
 
 def _config(args: argparse.Namespace) -> SandboxConfig:
-    return SandboxConfig(sandbox=args.sandbox or current_sandbox())
+    """The sandbox the command is for; every sandbox command works on namespaces, cgroups and pins."""
+    require_root(f"`velvet sandbox {args.sandbox_command}` works on network namespaces, cgroups and BPF pins")
+    return SandboxConfig(sandbox=current_sandbox(args.sandbox))
 
 
 def _node_daemon_pid(cfg: SandboxConfig) -> int | None:
