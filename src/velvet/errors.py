@@ -11,7 +11,8 @@ VelvetError
 ├── SandboxError               the sandbox could not create or remove something
 ├── NeedsRoot                  the command needs root and runs as another user
 ├── AgentUnavailable           no agent answers on the API socket
-└── ApiError                   the agent answered with an error
+├── ApiError                   the agent answered with an error
+└── CommandFailed              a `velvet` command run as a subprocess failed (carries its output)
 """
 
 from __future__ import annotations
@@ -100,3 +101,15 @@ class AgentUnavailable(VelvetError):
 
 class ApiError(VelvetError):
     """The agent answered a request with an error."""
+
+
+class CommandFailed(VelvetError):
+    """A `velvet` command run as a subprocess failed or did not finish; `stdout`/`stderr` are its output."""
+
+    def __init__(self, argv: tuple[str, ...], code: int | None, stdout: str, stderr: str) -> None:
+        outcome = f"exited {code}" if code is not None else "did not finish in time"
+        detail = stderr.strip() or stdout.strip()
+        super().__init__(f"`{' '.join(argv)}` {outcome}" + (f": {detail}" if detail else ""))
+        self.code = code
+        self.stdout = stdout
+        self.stderr = stderr

@@ -147,12 +147,17 @@ def _name(obj: Obj) -> str:
     return str(obj["metadata"]["name"])
 
 
+def is_ready(pod: Obj) -> bool:
+    """The pod's Ready condition is True."""
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in pod.get("status", {}).get("conditions", []))
+
+
 def _pod_row(obj: Obj, now: datetime) -> Row:
     status, spec = obj.get("status", {}), obj.get("spec", {})
     containers = len(spec.get("containers", []))
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
     phase = "Terminating" if obj["metadata"].get("deletionTimestamp") else status.get("phase", "Pending")
-    return [_name(obj), f"{containers if ready else 0}/{containers}", phase, "0", _age(obj, now)]
+    return [_name(obj), f"{containers if is_ready(obj) else 0}/{containers}", phase, "0", _age(obj, now)]
 
 
 def _pod_wide(obj: Obj) -> Row:
