@@ -9,7 +9,7 @@ service. Also times parsing a `velvet apply -f` of SERVICES service documents (p
 With --shared, every service selects the same PODS pods (app=echo, as bench/services_scale.py
 does), so one pod's status change really does change every service's slice.
 
-    .venv/bin/python bench/store_scale.py [--services 10000] [--pods 2] [--shared] [--repeat 5]
+    .venv/bin/python -m bench.store_scale [--services 10000] [--pods 2] [--shared] [--repeat 5]
 """
 
 from __future__ import annotations
