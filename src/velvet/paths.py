@@ -1,5 +1,4 @@
-"""Where a sandbox keeps its socket, state and pins, and what a sandbox may be called; one place so the
-CLI, the sandbox and the agent agree.
+"""Sandbox names, and where a sandbox keeps its socket, state and pins: one place for the CLI and the agent.
 
 A sandbox name becomes part of paths (`/run/velvet/<sb>`, `/var/lib/velvet/<sb>`, the bpffs pin
 directory, the cgroup tree) and of network namespace names `velvet-<sb>-<role>` that cleanup parses

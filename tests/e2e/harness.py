@@ -1,7 +1,7 @@
 """A sandbox driven through the `velvet` CLI exactly as a user types it, for end-to-end tests.
 
-The driver is `velvet.cli.runner.SandboxCli` (the demo, the conformance runner and the benchmarks use
-it too) and the pod YAML is `velvet.connectivity.manifests`'; this module adds what only pytest needs.
+The driver is `velvet.cli.runner.SandboxCli` and the pod YAML comes from `velvet.connectivity.manifests`
+(the demo, the conformance runner and the benchmarks use them too); this module adds what only pytest needs.
 Each sandbox has its own name, so tests never meet a user's sandbox or each other's, and `sandbox()`
 runs `velvet sandbox down` for it whatever happened.
 """

@@ -49,7 +49,7 @@ def pod_hash(namespace: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class SandboxConfig:
-    """Addresses and roots of one sandbox; the defaults are the embedded default cluster."""
+    """Name and addresses of one sandbox; the defaults are the embedded default cluster."""
 
     sandbox: str = DEFAULT_SANDBOX
     pod_cidr: str = "10.244.0.0/24"
