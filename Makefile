@@ -28,11 +28,11 @@ test: bpf lint typecheck
 
 bench: bpf
 	@$(VENV)/bin/pip install -q -e '.[dev,bench]'
-	@$(PY) bench/run.py $(ARGS)
+	@$(PY) -m bench.run $(ARGS)
 
 bench-quick: bpf
 	@$(VENV)/bin/pip install -q -e '.[dev,bench]'
-	@$(PY) bench/run.py --quick $(ARGS)
+	@$(PY) -m bench.run --quick $(ARGS)
 
 clean:
 	rm -rf build

@@ -1,7 +1,7 @@
 """Micro-measurement of the flow pipeline's hot path: events/s for enrich, metrics, store and ingest.
 
-Run: .venv/bin/python bench/observe_decode.py [--events N] [--batch B]
-Synthetic batches (tests/unit/flow_events.py), no privileges; compare ratios within one run.
+Run: .venv/bin/python -m bench.observe_decode [--events N] [--batch B]
+Synthetic batches (bench/flow_events.py), no privileges; compare ratios within one run.
 Ingest is vectorised end to end; the reader-side lines show what building Flows costs where it remains.
 """
 
@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy.typing as npt
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
-
-from flow_events import random_events  # noqa: E402
-
-from velvet.observe.decode import FlowDecoder  # noqa: E402
-from velvet.observe.enrich import DictResolver, EndpointInfo  # noqa: E402
-from velvet.observe.filters import FilterArg, FlowQuery, build_spec  # noqa: E402
-from velvet.observe.metrics import FlowMetrics  # noqa: E402
-from velvet.observe.pipeline import FlowPipeline  # noqa: E402
-from velvet.observe.vector_filter import spec_match  # noqa: E402
+from bench.flow_events import random_events
+from velvet.observe.decode import FlowDecoder
+from velvet.observe.enrich import DictResolver, EndpointInfo
+from velvet.observe.filters import FilterArg, FlowQuery, build_spec
+from velvet.observe.metrics import FlowMetrics
+from velvet.observe.pipeline import FlowPipeline
+from velvet.observe.vector_filter import spec_match
 
 
 def resolver(pods: int = 50) -> DictResolver:

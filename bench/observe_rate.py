@@ -1,6 +1,6 @@
 """How many flow events per second the agent takes in without loss, in a real sandbox.
 
-Usage: .venv/bin/python bench/observe_rate.py [--datagrams N] [--senders 1,2,4] [--keep]
+Usage: .venv/bin/python -m bench.observe_rate [--datagrams N] [--senders 1,2,4] [--keep]
 
 A sender pod sends UDP datagrams to a receiver pod, each from a fresh socket (a new source port, so
 a new conntrack entry and new flow events every time; datagrams of one established flow would be
@@ -25,6 +25,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from velvet.cli.runner import velvet_argv
+from velvet.connectivity.manifests import echo_pod, namespace
+
 SENDER = """
 import socket, sys, time
 addr, n = (sys.argv[1], 8081), int(sys.argv[2])
@@ -36,27 +39,12 @@ for _ in range(n):
 print(time.perf_counter() - start)
 """
 
-PODS = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: bench}
-""" + "".join(f"""---
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: bench, labels: {{app: {name}}}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: echo
-    command: ["python3", "-m", "velvet.sandbox.echo"]
-    args: ["--tcp", "8080", "--udp", "8081"]
-    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
-""" for name in ("sender", "receiver"))
+PODS = namespace("bench") + "".join(echo_pod("bench", name, grace=1) for name in ("sender", "receiver"))
 
 
 def velvet(sandbox: str, *args: str) -> str:
     """Run the velvet CLI for `sandbox`; its stdout."""
-    done = subprocess.run([sys.executable, "-m", "velvet.cli.main", "--sandbox", sandbox, *args],
+    done = subprocess.run(velvet_argv(sandbox, *args),
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"velvet {' '.join(args)} failed: {done.stderr.strip()}")
@@ -131,7 +119,7 @@ def main() -> int:
         for senders in (int(s) for s in args.senders.split(",")):
             rows.append(step(sandbox, ip, senders, args.datagrams))
     finally:
-        subprocess.run([sys.executable, "-m", "velvet.cli.main", "--sandbox", sandbox, "sandbox", "down"],
+        subprocess.run(velvet_argv(sandbox, "sandbox", "down"),
                        capture_output=True, check=False)
     print(f"{'SENDERS':>7} {'DATAGRAMS':>9} {'SECONDS':>7} {'EVENTS':>8} {'EV/DGRAM':>8} {'EVENTS/S':>9} "
           f"{'SEEN':>8} {'LOST':>6}")

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import kubeproxy
+from bench import kubeproxy
 
 PROBE = str(Path(__file__).resolve().parent / "probe.py")
 PEERS = ("none", "legacy", "nft", "vmap")

@@ -1,6 +1,6 @@
 """Turn bench/results/results.jsonl into REPORT.md (one table per metric) and PNG plots (matplotlib).
 
-    .venv/bin/python bench/report.py [bench/results]
+    .venv/bin/python -m bench.report [bench/results]
 
 Every value is the median over repetitions of each repetition's statistic; ratios come from the same run.
 """

@@ -1,6 +1,6 @@
 """`make bench` / `make bench-quick`: Velvet against no rules, iptables-legacy, iptables-nft and nft-vmap.
 
-    .venv/bin/python bench/run.py [--quick] [--out bench/results]
+    .venv/bin/python -m bench.run [--quick] [--out bench/results]
 
 Peers are measured interleaved (order rotated every repetition) at every N; raw results go to
 <out>/results.jsonl, then report.py writes <out>/REPORT.md and PNG plots. Needs root. Everything runs
@@ -21,11 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import kubeproxy
-import micro
-import report
-from peers import PEERS, PORT, SERVER_IPS, PeerNet
-from velvet_peer import VelvetPeer
+from bench import kubeproxy, micro, report
+from bench.peers import PEERS, PORT, SERVER_IPS, PeerNet
+from bench.velvet_peer import VelvetPeer
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ datapath (polled through `velvet service list -o json`), then the connect latenc
 latency is timed inside the client pod, in one process: CONNECTS TCP connects (connect + close),
 to the first and to the last service, median and p99.
 
-    .venv/bin/python bench/services_scale.py [--services 10000] [--connects 2000]
+    .venv/bin/python -m bench.services_scale [--services 10000] [--connects 2000]
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from velvet.cli.runner import velvet_argv
+from velvet.connectivity.manifests import echo_pod, namespace
 
 NS = "bench"
 TIMER = r"""
@@ -40,7 +43,7 @@ print(json.dumps(samples))
 
 def velvet(sandbox: str, *args: str, check: bool = True) -> str:
     """Run the CLI against the sandbox; its stdout."""
-    done = subprocess.run([sys.executable, "-m", "velvet.cli.main", "--sandbox", sandbox, *args],
+    done = subprocess.run(velvet_argv(sandbox, *args),
                           capture_output=True, text=True, check=False, timeout=1800)
     if done.returncode:
         message = f"velvet {' '.join(args)} failed:\n{done.stdout}{done.stderr}"
@@ -59,14 +62,8 @@ def manifests(first: int, last: int) -> str:
 
 def pods() -> str:
     """The namespace, two echo backends and the client."""
-    out = f"---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"
-    for name, labels in (("echo-0", "app: echo"), ("echo-1", "app: echo"), ("client", "app: client")):
-        out += (f"---\napiVersion: v1\nkind: Pod\n"
-                f"metadata: {{name: {name}, namespace: {NS}, labels: {{{labels}}}}}\n"
-                "spec:\n  containers:\n  - name: echo\n    command: [python3, -m, velvet.sandbox.echo]\n"
-                "    args: [--tcp, \"8080\"]\n"
-                "    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}\n")
-    return out
+    apps = {"echo-0": "echo", "echo-1": "echo", "client": "client"}
+    return namespace(NS) + "".join(echo_pod(NS, name, {"app": app}) for name, app in apps.items())
 
 
 def apply(sandbox: str, text: str) -> float:

@@ -11,8 +11,8 @@ does), so one pod's status change really does change every service's slice. With
 N,N,... it instead times one apply of N namespaces into a fresh store, and the delete of them all
 (best of REPEAT, milliseconds, with microseconds per namespace), to show how the cost grows with N.
 
-    .venv/bin/python bench/store_scale.py [--services 10000] [--pods 2] [--shared] [--repeat 5]
-    .venv/bin/python bench/store_scale.py --namespaces 2000,4000,8000,16000 [--repeat 3]
+    .venv/bin/python -m bench.store_scale [--services 10000] [--pods 2] [--shared] [--repeat 5]
+    .venv/bin/python -m bench.store_scale --namespaces 2000,4000,8000,16000 [--repeat 3]
 """
 
 from __future__ import annotations

@@ -13,22 +13,17 @@ import os
 import secrets
 import signal
 import string
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+from velvet.cli.runner import SandboxCli
+from velvet.datapath.structs import Lb4Key, ipv4
+from velvet.datapath.views import ServiceMap
+from velvet.paths import AgentPaths
 
-from harness import Sandbox  # noqa: E402
-
-from velvet.datapath.structs import Lb4Key, ipv4  # noqa: E402
-from velvet.datapath.views import ServiceMap  # noqa: E402
-from velvet.paths import AgentPaths  # noqa: E402
-
-PROBE = str(REPO / "bench" / "probe.py")
+PROBE = str(Path(__file__).resolve().parent / "probe.py")
 NS = "bench"
 SERVERS = 4
 FIRST_VIP = "10.96.1.0"
@@ -70,7 +65,7 @@ class VelvetPeer:
 
     def __init__(self) -> None:
         name = "bench" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(6))
-        self.sb = Sandbox(name)
+        self.sb = SandboxCli(name)
         self.pin_dir = AgentPaths(name).pin_dir
         self.pod_ips: dict[str, str] = {}
         self.services: ServiceMap | None = None
@@ -182,7 +177,7 @@ class VelvetPeer:
 
     def cli(self, *args: str) -> list[str]:
         """argv of a `velvet` command for this sandbox."""
-        return [sys.executable, "-m", "velvet.cli.main", "--sandbox", self.name, *args]
+        return self.sb.argv(*args)
 
     def client(self, *args: str) -> list[str]:
         """argv running probe.py in the client pod on CPU 0."""

@@ -10,8 +10,10 @@ VelvetError
 ├── InvalidManifest            a manifest failed validation (file, document, field, reason)
 │   └── InvalidReport          a node runtime report (pod status, CNI endpoint) failed validation
 ├── SandboxError               the sandbox could not create or remove something
+├── NeedsRoot                  the command needs root and runs as another user
 ├── AgentUnavailable           no agent answers on the API socket
-└── ApiError                   the agent answered with an error
+├── ApiError                   the agent answered with an error
+└── CommandFailed              a `velvet` command run as a subprocess failed (carries its output)
 """
 
 from __future__ import annotations
@@ -97,9 +99,29 @@ class SandboxError(VelvetError):
     """The sandbox could not create, inspect or remove one of its parts."""
 
 
+class NeedsRoot(VelvetError):
+    """The command needs root (namespaces, cgroups, BPF, the root-only API socket); `why` says for what."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"velvet must run as root: {why}")
+        self.why = why
+
+
 class AgentUnavailable(VelvetError):
     """No agent answers on the API socket."""
 
 
 class ApiError(VelvetError):
     """The agent answered a request with an error."""
+
+
+class CommandFailed(VelvetError):
+    """A `velvet` command run as a subprocess failed or did not finish; `stdout`/`stderr` are its output."""
+
+    def __init__(self, argv: tuple[str, ...], code: int | None, stdout: str, stderr: str) -> None:
+        outcome = f"exited {code}" if code is not None else "did not finish in time"
+        detail = stderr.strip() or stdout.strip()
+        super().__init__(f"`{' '.join(argv)}` {outcome}" + (f": {detail}" if detail else ""))
+        self.code = code
+        self.stdout = stdout
+        self.stderr = stderr

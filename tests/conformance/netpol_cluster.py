@@ -16,15 +16,18 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-import netpol_model  # noqa: E402
-from harness import Sandbox, is_ready, needs_root, unique_name  # noqa: E402
+import netpol_model
+import pytest
 
-from velvet.errors import VelvetError  # noqa: E402
-from velvet.sandbox import PodRuntime, SandboxConfig, exec_in_pod  # noqa: E402
+from velvet.api.objects import is_ready
+from velvet.cli.runner import SandboxCli as Sandbox
+from velvet.cli.runner import unique_name
+from velvet.errors import VelvetError
+from velvet.sandbox import PodRuntime, SandboxConfig, exec_in_pod
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, cgroups, bpf)")
 
 __all__ = ["Cluster", "ClusterError", "ProbeSession", "Sandbox", "needs_root", "unique_name"]
 

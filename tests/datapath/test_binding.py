@@ -18,7 +18,7 @@ from typing import cast
 import numpy as np
 import pytest
 
-from velvet.datapath import build, features, libbpf, mounts
+from velvet.datapath import build, features, libbpf
 from velvet.datapath.attach import (
     BPF_CGROUP_INET4_CONNECT,
     attach_cgroup,
@@ -31,10 +31,11 @@ from velvet.datapath.attach import (
 from velvet.datapath.bpfobject import BpfObject
 from velvet.datapath.btf import struct_layouts
 from velvet.datapath.maps import BPF_EXIST, BPF_NOEXIST, Map
-from velvet.datapath.netns import in_netns, netns_inode
 from velvet.datapath.ringbuf import RingBuffer
 from velvet.datapath.testrun import SkBuff, skb_ctx, test_run
 from velvet.errors import DatapathError, KeyNotFound, MapFull, VerifierError
+from velvet.system import mounts
+from velvet.system.netns import in_netns, netns_inode
 
 pytestmark = [
     pytest.mark.privileged,

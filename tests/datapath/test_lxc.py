@@ -71,9 +71,7 @@ from seeding import (
 )
 
 from velvet.control.services import ServiceCompiler
-from velvet.datapath import mounts
 from velvet.datapath.attach import Link, attach_tcx
-from velvet.datapath.netns import in_netns
 from velvet.datapath.structs import (
     CT_LIFETIME_CLOSE_S,
     CT_LIFETIME_NONTCP_S,
@@ -98,6 +96,8 @@ from velvet.datapath.structs import (
 from velvet.datapath.structs import ipv4 as ip_int
 from velvet.datapath.tables import Direction, StaleBackend
 from velvet.model.service import EndpointPort, ServicePort
+from velvet.system import mounts
+from velvet.system.netns import in_netns
 
 pytestmark = [pytest.mark.privileged, needs_root]
 __all__ = ["lxc"]  # the fixture, imported for pytest

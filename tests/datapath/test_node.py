@@ -31,10 +31,9 @@ from packets import (
 from seeding import compile_service, endpoint_slice, k8s_service, lb_change, set_identity
 
 from velvet.control.services import ServiceCompiler
-from velvet.datapath import build, mounts
+from velvet.datapath import build
 from velvet.datapath.attach import Link, attach_tcx
 from velvet.datapath.bpfobject import BpfObject
-from velvet.datapath.netns import in_netns
 from velvet.datapath.structs import (
     LB_MAGLEV_LUT_SIZE,
     CtDir,
@@ -54,6 +53,8 @@ from velvet.datapath.tables import SourceRangeKey, StaleBackend
 from velvet.datapath.testrun import skb_ctx, test_run
 from velvet.datapath.views import MAP_VIEWS, ConntrackMap, EventsRing, open_views
 from velvet.model.service import EndpointPort, ServicePort
+from velvet.system import mounts
+from velvet.system.netns import in_netns
 
 pytestmark = [pytest.mark.privileged, needs_root]
 __all__ = ["node"]  # the fixture, imported for pytest

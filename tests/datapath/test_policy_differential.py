@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import sys
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fixtures_datapath import LO_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, loaded, needs_root
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from netpol_reference import allowed, make_namespace, make_pod, make_policy, sel
 from packets import tcp, udp
 
 from velvet.control.identity import IdentityAllocator
@@ -49,9 +48,6 @@ from velvet.model import (
     NetworkPolicyRule,
     Pod,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from netpol_reference import allowed, make_namespace, make_pod, make_policy, sel  # noqa: E402
 
 pytestmark = [pytest.mark.privileged, needs_root]
 

@@ -25,7 +25,6 @@ import pytest
 from fixtures_datapath import Loaded, loaded, needs_root
 from seeding import lb_change
 
-from velvet.datapath import mounts
 from velvet.datapath.attach import (
     BPF_CGROUP_INET4_CONNECT,
     BPF_CGROUP_INET4_GETPEERNAME,
@@ -35,7 +34,6 @@ from velvet.datapath.attach import (
     attach_cgroup,
     attach_tracepoint,
 )
-from velvet.datapath.netns import netns_inode
 from velvet.datapath.structs import (
     DropReason,
     EventType,
@@ -48,6 +46,8 @@ from velvet.datapath.structs import (
 )
 from velvet.datapath.structs import ipv4 as ip_int
 from velvet.datapath.views import ProcEventsRing
+from velvet.system import mounts
+from velvet.system.netns import netns_inode
 
 pytestmark = [pytest.mark.privileged, needs_root,
               pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2")]

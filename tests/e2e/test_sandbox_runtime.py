@@ -39,9 +39,9 @@ from velvet.sandbox import (
 )
 from velvet.sandbox import cgroups as cg
 from velvet.sandbox.ipam import PodIpam
-from velvet.sandbox.linux import call_in_netns
 from velvet.sandbox.naming import SandboxNames
 from velvet.sandbox.process import alive
+from velvet.system.netns import call_in_netns
 
 pytestmark = [
     pytest.mark.privileged,

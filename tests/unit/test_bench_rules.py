@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-kubeproxy = importlib.import_module("kubeproxy")  # bench/ is scripts, not a package
+from bench import kubeproxy
 
 ENDPOINTS = [("10.244.2.10", 8080), ("10.244.2.11", 8080), ("10.244.2.12", 8080), ("10.244.2.13", 8080)]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from flow_events import make_flow
 
+from bench.flow_events import make_flow
 from velvet.observe.codes import EventType, ObsPoint, Verdict
 from velvet.observe.enrich import NamedRef
 from velvet.observe.filters import (

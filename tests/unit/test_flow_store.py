@@ -6,8 +6,8 @@ import asyncio
 
 import numpy as np
 import pytest
-from flow_events import events
 
+from bench.flow_events import events
 from velvet.observe.decode import FlowDecoder, Records
 from velvet.observe.enrich import DictResolver, EndpointInfo
 from velvet.observe.store import DEFAULT_CAPACITY, FlowStore, RateMeter, Subscription

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp.test_utils import TestClient, TestServer
-from flow_events import events, random_events
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.flow_events import events, random_events
 from velvet.observe.codes import EventFlag, EventType, ObsPoint, TcpFlag, Verdict
 from velvet.observe.metrics import FlowMetrics, metrics_app
 from velvet.observe.store import FlowStore

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flow_events import make_flow
 
+from bench.flow_events import make_flow
 from velvet.cli import observe
 from velvet.errors import VelvetError
 from velvet.observe.codes import EventType, Verdict

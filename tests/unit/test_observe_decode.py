@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pytest
-from flow_events import events, random_events
 
+from bench.flow_events import events, random_events
 from velvet.datapath.structs import FLOW_EVENT_DTYPE
 from velvet.observe.codes import EventFlag, EventType, ObsPoint, Verdict
 from velvet.observe.decode import RECORD_DTYPE, FlowDecoder, ipv4_text

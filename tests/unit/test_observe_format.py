@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC
 
-from flow_events import make_flow
-
+from bench.flow_events import make_flow
 from velvet.observe import format as fmt
 from velvet.observe.codes import EventFlag, EventType, ObsPoint, TcpFlag, Verdict
 from velvet.observe.enrich import NamedRef

@@ -7,8 +7,8 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import numpy as np
-from flow_events import events, random_events
 
+from bench.flow_events import events, random_events
 from velvet.observe.codes import EventFlag, EventType, Verdict
 from velvet.observe.enrich import DictResolver, EndpointInfo, NamedRef
 from velvet.observe.filters import FilterArg, FlowQuery, build_spec, compile_spec

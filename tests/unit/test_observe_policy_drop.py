@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from flow_events import events
-
+from bench.flow_events import events
 from velvet.observe.codes import DropReason, EventFlag, EventType, ObsPoint, Verdict
 from velvet.observe.decode import FlowDecoder
 from velvet.observe.enrich import DictResolver, EndpointInfo, NamedRef

@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from velvet.cli.common import require_root
 from velvet.paths import current_sandbox
 
 
@@ -14,8 +15,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from velvet.agent.config import AgentConfig
     from velvet.agent.daemon import main
 
+    require_root("the agent loads eBPF programs, pins maps and keeps its state under /var/lib/velvet")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    sandbox = args.sandbox or current_sandbox()
+    sandbox = current_sandbox(args.sandbox)
     config = AgentConfig(
         sandbox=sandbox, node_name=args.node_name, node_ips=tuple(args.node_ip), pod_cidr=args.pod_cidr,
         cgroup=Path(args.cgroup) if args.cgroup else None, uplink=args.uplink,

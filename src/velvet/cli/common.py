@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import json
-import sys
+import os
 from typing import Any
 
-import yaml
-
 from velvet.api.client import ApiClient
+from velvet.errors import NeedsRoot
 from velvet.paths import AgentPaths, current_sandbox
 
 
+def require_root(why: str) -> None:
+    """Refuse with one line ("velvet must run as root: `why`") unless this process runs as root."""
+    if os.geteuid() != 0:
+        raise NeedsRoot(why)
+
+
 def client(sandbox: str | None = None) -> ApiClient:
-    """A client for the agent of `sandbox` (default: $VELVET_SANDBOX or "default")."""
-    return ApiClient(AgentPaths(sandbox or current_sandbox()).socket)
+    """A client for the agent of `sandbox` (default: $VELVET_SANDBOX or "default"); needs root."""
+    socket = AgentPaths(current_sandbox(sandbox)).socket
+    require_root(f"the agent's API socket {socket} is root-only")
+    return ApiClient(socket)
 
 
 def print_json(data: Any) -> None:
     """Pretty JSON on stdout."""
     print(json.dumps(data, indent=2, default=str))
-
-
-def print_yaml(data: Any) -> None:
-    """YAML on stdout, keys in the order given."""
-    sys.stdout.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

@@ -19,6 +19,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from velvet.cli.common import require_root
+from velvet.cli.runner import SandboxCli
 from velvet.errors import VelvetError
 
 DEMO_SANDBOX = "demo"
@@ -70,6 +72,7 @@ class Demo:
 
     def __init__(self, sandbox: str) -> None:
         self.sandbox = sandbox
+        self.cli = SandboxCli(sandbox)
 
     def say(self, *lines: str) -> None:
         """A few lines of narration."""
@@ -78,44 +81,25 @@ class Demo:
 
     def velvet(self, *args: str, check: bool = True, show: bool = True) -> subprocess.CompletedProcess[str]:
         """Run one velvet command as a user would type it; show it and its output."""
-        argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", self.sandbox, *args]
         if show:
             print(f"$ velvet {' '.join(args)}", flush=True)
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        done = self.cli.velvet(*args, check=check, timeout=None)
         if show and done.stdout.strip():
             print(done.stdout.rstrip(), flush=True)
-        if check and done.returncode != 0:
-            reason = done.stderr.strip() or done.stdout.strip()
-            raise VelvetError(f"`velvet {' '.join(args)}` failed: {reason}")
         return done
-
-    def json(self, *args: str) -> Any:
-        """A velvet command's JSON output."""
-        return json.loads(self.velvet(*args, "-o", "json", show=False).stdout)
 
     def exec_lines(self, pod: str, *argv: str) -> list[str]:
         """Run a command in a pod (shown as typed); its output lines."""
-        args = ("sandbox", "exec", f"{NAMESPACE}/{pod}", "--", *argv)
-        print(f"$ velvet {' '.join(args)}", flush=True)
-        return self.velvet(*args, check=False, show=False).stdout.splitlines()
+        print(f"$ velvet sandbox exec {NAMESPACE}/{pod} -- {' '.join(argv)}", flush=True)
+        return self.cli.exec(f"{NAMESPACE}/{pod}", *argv, timeout=None).stdout.splitlines()
 
     def wait_ready(self) -> None:
         """Wait until the scenario's pods are Running and Ready."""
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            pods = self.json("get", "pods", "-n", NAMESPACE)["items"]
-            ready = {p["metadata"]["name"] for p in pods
-                     if any(c["type"] == "Ready" and c["status"] == "True"
-                            for c in p.get("status", {}).get("conditions", []))}
-            if ready >= set(PODS):
-                return
-            if time.monotonic() > deadline:
-                raise VelvetError(f"pods not ready after {READY_TIMEOUT:.0f}s: {sorted(set(PODS) - ready)}")
-            time.sleep(0.3)
+        self.cli.wait_ready([f"{NAMESPACE}/{pod}" for pod in PODS], READY_TIMEOUT)
 
     def cluster_ip(self) -> str:
         """The deathstar Service's ClusterIP."""
-        services = self.json("get", "svc", "-n", NAMESPACE)["items"]
+        services = self.cli.json("get", "svc", "-n", NAMESPACE)["items"]
         found = [s["spec"]["clusterIP"] for s in services if s["metadata"]["name"] == SERVICE]
         if not found:
             raise VelvetError(f"service {NAMESPACE}/{SERVICE} not found")
@@ -218,7 +202,7 @@ def show(demo: Demo, found: Findings) -> None:
     demo.wait_ready()
     demo.velvet("get", "pods", "-n", NAMESPACE, "-o", "wide")
     demo.velvet("get", "svc", "-n", NAMESPACE)
-    found.service_map = (demo.json("status").get("http") or {}).get("ui")
+    found.service_map = (demo.cli.json("status").get("http") or {}).get("ui")
     if found.service_map:
         demo.say(f"Service map (a live web page on this machine's loopback): {found.service_map}",
                  "Open it now to watch the flows below; it is up while the sandbox runs.")
@@ -236,15 +220,14 @@ def teardown(demo: Demo) -> bool:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     demo.say("Tearing the sandbox down: pods, namespaces, cgroups, pinned maps, programs.")
-    argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", demo.sandbox, "sandbox", "down"]
-    # Its own session: a Ctrl-C at the terminal reaches neither it nor what it stops.
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, start_new_session=True)
+    done = demo.cli.down()
     print((done.stdout or done.stderr).strip(), flush=True)
     return done.returncode == 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The Star Wars demo: services, policy and flows on real traffic, then nothing left behind."""
+    require_root("the demo brings up a sandbox: network namespaces, cgroups and eBPF programs")
     demo = Demo(args.sandbox or DEMO_SANDBOX)
     found = Findings(demo.sandbox)
     started = time.monotonic()

@@ -1,4 +1,4 @@
-"""The `velvet` command: a thin shell over the agent's local API (never imports the datapath)."""
+"""The `velvet` command: a thin shell over the agent's local API (and the sandbox runtime on this machine)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from velvet import __version__
 from velvet.errors import VelvetError
+from velvet.paths import current_sandbox
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="velvet", description="eBPF networking, observability and security")
     parser.add_argument("--sandbox", default=None, help="sandbox (default: $VELVET_SANDBOX or default)")
+    parser.add_argument("--version", action="version", version=f"velvet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     agent_cmd.register(sub)
     objects.register(sub)
@@ -32,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the command; a Velvet error is one line on stderr and exit code 1."""
     args = build_parser().parse_args(argv)
     try:
+        current_sandbox(args.sandbox)  # a bad --sandbox or $VELVET_SANDBOX stops every command before it acts
         code: int = args.func(args)
     except VelvetError as exc:
         print(f"Error: {exc}", file=sys.stderr)

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from velvet.api.objects import is_ready
+
 Obj = Mapping[str, Any]
 Row = list[str]
 
@@ -150,9 +152,8 @@ def _name(obj: Obj) -> str:
 def _pod_row(obj: Obj, now: datetime) -> Row:
     status, spec = obj.get("status", {}), obj.get("spec", {})
     containers = len(spec.get("containers", []))
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
     phase = "Terminating" if obj["metadata"].get("deletionTimestamp") else status.get("phase", "Pending")
-    return [_name(obj), f"{containers if ready else 0}/{containers}", phase, "0", _age(obj, now)]
+    return [_name(obj), f"{containers if is_ready(obj) else 0}/{containers}", phase, "0", _age(obj, now)]
 
 
 def _pod_wide(obj: Obj) -> Row:

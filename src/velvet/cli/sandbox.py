@@ -12,20 +12,23 @@ import threading
 import time
 
 from velvet.api.client import ApiClient
-from velvet.cli.common import print_json
+from velvet.cli.common import print_json, require_root
 from velvet.errors import SandboxError
 from velvet.paths import current_sandbox
 from velvet.sandbox import Node, PodRuntime, SandboxConfig, Supervisor, cleanup, exec_in_pod, spawn_detached
 from velvet.sandbox.kubelet import Kubelet, container_path
-from velvet.sandbox.linux import setns_net
+from velvet.sandbox.naming import NODE_UPLINK_IF
 from velvet.sandbox.process import alive
 from velvet.sandbox.supervisor import write_pid
+from velvet.system.netns import enter_netns
 
 AGENT_START_TIMEOUT = 60.0
 
 
 def _config(args: argparse.Namespace) -> SandboxConfig:
-    return SandboxConfig(sandbox=args.sandbox or current_sandbox())
+    """The sandbox the command is for; every sandbox command works on namespaces, cgroups and pins."""
+    require_root(f"`velvet sandbox {args.sandbox_command}` works on network namespaces, cgroups and BPF pins")
+    return SandboxConfig(sandbox=current_sandbox(args.sandbox))
 
 
 def _node_daemon_pid(cfg: SandboxConfig) -> int | None:
@@ -124,9 +127,9 @@ def cmd_node_daemon(args: argparse.Namespace) -> int:
     names = cfg.names
     # Keep the caller's (host) netns for the agent's loopback /metrics + service map, then enter the node.
     host_netns = os.open("/proc/self/ns/net", os.O_RDONLY)
-    setns_net(names.netns_path(names.node_netns))
+    enter_netns(names.node_netns)
     agent_argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", cfg.sandbox, "agent",
-                  "--cgroup", str(names.cgroup_node), "--uplink", "uplink0",
+                  "--cgroup", str(names.cgroup_node), "--uplink", NODE_UPLINK_IF,
                   "--node-ip", cfg.node_uplink_ip, "--pod-cidr", cfg.pod_cidr,
                   "--metrics-address", f"127.0.0.1:{names.http_port}",
                   "--metrics-netns", f"/proc/self/fd/{host_netns}"]

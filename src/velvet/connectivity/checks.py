@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from velvet.connectivity import manifests as m
 from velvet.connectivity.env import Env, Flow
 
-NODE_IP = "192.168.77.2"
-EXTERNAL_IP = "192.168.77.1"
 AFFINITY_REQUESTS = 8
 _SINCE_MARGIN_NS = 50_000_000
 
@@ -123,8 +121,9 @@ def nodeport_from_external(env: Env) -> list[str]:
     """The external client (its own netns, off the node) reaches the NodePort on the node's IP."""
     problems: list[str] = []
     since, node_port = _since(), env.node_ports[m.NODEPORT_SERVICE]
-    answer = env.probe_external(f"tcp://{NODE_IP}:{node_port}")
-    _expect_answer(problems, f"TCP {NODE_IP}:{node_port} from {EXTERNAL_IP}", answer, (m.ECHO_A, m.ECHO_B))
+    node_ip, external_ip = env.cfg.node_uplink_ip, env.cfg.ext_uplink_ip
+    answer = env.probe_external(f"tcp://{node_ip}:{node_port}")
+    _expect_answer(problems, f"TCP {node_ip}:{node_port} from {external_ip}", answer, (m.ECHO_A, m.ECHO_B))
     if answer is not None:
         _expect_flow(problems, env, since, f"TCP -> {_answered_by(answer)}:{m.TCP_PORT} FORWARDED",
                      _forwarded_to(m.TCP_PORT), to_pod=_answered_by(answer), protocol="tcp",

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from velvet.api.client import ApiClient
+from velvet.api.objects import is_ready
 from velvet.errors import VelvetError
 from velvet.observe.filters import FilterArg, FlowQuery, build_spec
 from velvet.sandbox import PodRuntime, SandboxConfig, run_in_netns, run_in_pod
@@ -24,12 +25,6 @@ GONE_TIMEOUT = 30.0
 FLOW_TIMEOUT = 5.0
 POLL_SECONDS = 0.2
 PROBE_TIMEOUT = 1.5
-
-
-def is_ready(pod: dict[str, Any]) -> bool:
-    """The pod's Ready condition is True."""
-    return any(c["type"] == "Ready" and c["status"] == "True"
-               for c in pod.get("status", {}).get("conditions", []))
 
 
 class Env:

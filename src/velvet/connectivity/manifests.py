@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
 NAMESPACE = "velvet-connectivity"
 AUDIT_NAMESPACE = "velvet-connectivity-audit"
 TCP_PORT = 8080
@@ -22,28 +27,44 @@ AFFINITY_SERVICE = "echo-affinity"
 NODEPORT_SERVICE = "echo-nodeport"
 
 
-def _pod(key: str, app: str) -> str:
-    namespace, name = key.split("/")
-    return f"""---
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: {namespace}
-  labels: {{app: {app}}}
-spec:
-  terminationGracePeriodSeconds: 0
-  containers:
-  - name: echo
-    command: ["python3", "-m", "velvet.sandbox.echo"]
-    args: ["--tcp", "{TCP_PORT}", "--udp", "{UDP_PORT}"]
-    ports:
-    - {{name: tcp-echo, containerPort: {TCP_PORT}, protocol: TCP}}
-    - {{name: udp-echo, containerPort: {UDP_PORT}, protocol: UDP}}
-    readinessProbe:
-      tcpSocket: {{port: {TCP_PORT}}}
-      periodSeconds: 1
-"""
+def _split(key: str) -> tuple[str, str]:
+    """("namespace", "name") of "namespace/name"."""
+    namespace, _, name = key.partition("/")
+    return namespace, name
+
+
+def _document(obj: Mapping[str, Any]) -> str:
+    """One YAML document, `---` first, so that documents concatenate into one manifest."""
+    return "---\n" + yaml.safe_dump(obj, sort_keys=False)
+
+
+def echo_pod(namespace: str, name: str, labels: Mapping[str, str] | None = None, *, tcp: int = TCP_PORT,
+             udp: int = UDP_PORT, grace: int = 2) -> str:
+    """YAML of a pod running the echo server (TCP and UDP), ready once its TCP port accepts."""
+    container = {
+        "name": "echo",
+        "command": ["python3", "-m", "velvet.sandbox.echo"],
+        "args": ["--tcp", str(tcp), "--udp", str(udp)],
+        "ports": [{"name": "tcp-echo", "containerPort": tcp, "protocol": "TCP"},
+                  {"name": "udp-echo", "containerPort": udp, "protocol": "UDP"}],
+        "readinessProbe": {"tcpSocket": {"port": tcp}, "periodSeconds": 1},
+    }
+    return _document({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {"app": name})},
+        "spec": {"terminationGracePeriodSeconds": grace, "containers": [container]},
+    })
+
+
+def namespace(name: str, labels: Mapping[str, str] | None = None,
+              annotations: Mapping[str, str] | None = None) -> str:
+    """YAML of a namespace."""
+    metadata: dict[str, Any] = {"name": name}
+    if labels:
+        metadata["labels"] = dict(labels)
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    return _document({"apiVersion": "v1", "kind": "Namespace", "metadata": metadata})
 
 
 def _service(name: str, extra: str = "") -> str:
@@ -63,23 +84,12 @@ spec:
 
 def deployment() -> str:
     """Namespaces (the audit one annotated for per-namespace audit mode), pods and services."""
-    namespaces = f"""---
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {NAMESPACE}
-  labels: {{app.kubernetes.io/part-of: velvet-connectivity}}
----
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {AUDIT_NAMESPACE}
-  labels: {{app.kubernetes.io/part-of: velvet-connectivity}}
-  annotations: {{velvet.io/policy-audit-mode: "true"}}
-"""
+    part_of = {"app.kubernetes.io/part-of": "velvet-connectivity"}
+    namespaces = (namespace(NAMESPACE, part_of)
+                  + namespace(AUDIT_NAMESPACE, part_of, {"velvet.io/policy-audit-mode": "true"}))
     apps = {CLIENT: "client", OTHER: "other", ECHO_A: "echo", ECHO_B: "echo", DENY_TARGET: "deny-target",
             EGRESS_CLIENT: "egress-client", AUDIT_TARGET: "audit-target"}
-    pods = "".join(_pod(key, app) for key, app in apps.items())
+    pods = "".join(echo_pod(*_split(key), {"app": app}, grace=0) for key, app in apps.items())
     services = (_service(SERVICE) + _service(AFFINITY_SERVICE, "\n  sessionAffinity: ClientIP")
                 + _service(NODEPORT_SERVICE, "\n  type: NodePort"))
     return namespaces + pods + services

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from velvet.datapath import libbpf, mounts
+from velvet.datapath import libbpf
 from velvet.datapath.bpfobject import Program
 from velvet.errors import DatapathError, KeyNotFound
+from velvet.system import mounts
 
 BPF_CGROUP_INET_INGRESS = 0
 BPF_CGROUP_INET_EGRESS = 1

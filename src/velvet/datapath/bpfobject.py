@@ -11,9 +11,10 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from velvet.datapath import libbpf, mounts
+from velvet.datapath import libbpf
 from velvet.datapath.maps import Map, untyped
 from velvet.errors import DatapathError, VerifierError
+from velvet.system import mounts
 
 PROG_TYPES: dict[int, str] = dict(enumerate((
     "unspec", "socket_filter", "kprobe", "sched_cls", "sched_act", "tracepoint", "xdp", "perf_event",

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from velvet.datapath import libbpf, mounts
+from velvet.datapath import libbpf
 from velvet.datapath.attach import BPF_TCX_INGRESS
 from velvet.datapath.protocol import FeatureCheck
 from velvet.errors import DatapathError
+from velvet.system import mounts
 
 PROG_TYPES_NEEDED: dict[str, tuple[int, str]] = {
     "sched_cls": (3, "tc datapath (pod veth, node uplink)"),

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from velvet.datapath import attach, build, features, mounts
+from velvet.datapath import attach, build, features
 from velvet.datapath.bpfobject import BpfObject, Program
 from velvet.datapath.protocol import DatapathStatus, KernelInfo, MapStatus, ProgramStatus
 from velvet.datapath.structs import MetricReason
@@ -22,6 +22,7 @@ from velvet.datapath.tables import StaleBackend
 from velvet.datapath.views import EventsRing, MetricsMap, Views, open_views
 from velvet.errors import DatapathError
 from velvet.model.endpoint import EndpointRecord
+from velvet.system import mounts
 
 log = logging.getLogger("velvet.datapath")
 OBJECTS = ("lxc", "sock", "node")  # proc.bpf.o (runtime security) is built but not loaded yet

@@ -26,7 +26,6 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from velvet.datapath.netns import in_netns
 from velvet.observe.codes import RESERVED_IDENTITY_NAMES, EventType, ObsPoint, Verdict
 from velvet.observe.decode import take
 from velvet.observe.enrich import NamedRef
@@ -34,6 +33,7 @@ from velvet.observe.flow import Endpoint, Flow
 from velvet.observe.format import compact
 from velvet.observe.metrics import metrics_app
 from velvet.observe.store import FlowStore
+from velvet.system.netns import in_netns
 
 log = logging.getLogger("velvet.observe.ui")
 Json = dict[str, Any]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from velvet.errors import SandboxError
 from velvet.sandbox.linux import send_signal
-from velvet.sandbox.naming import cgroup2_mount
+from velvet.system.mounts import cgroup2_mount
 
 
 def create(path: Path) -> int:

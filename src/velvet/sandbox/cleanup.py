@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from velvet.errors import SandboxError
+from velvet.paths import BPFFS_ROOT, RUN_ROOT, SANDBOX_NAME, STATE_ROOT
 from velvet.sandbox import cgroups, netlink, process
 from velvet.sandbox.linux import send_signal
-from velvet.sandbox.naming import NETNS_DIR, NETNS_RE, SandboxNames, cgroup2_mount
+from velvet.sandbox.naming import NETNS_RE, SandboxNames, cgroup_root
+from velvet.system.netns import NETNS_RUN_DIR
 
 
 @dataclass(frozen=True)
@@ -42,14 +44,9 @@ class Leftovers:
         )
 
 
-def find_leftovers(sandbox: str | None = None, *, names: SandboxNames | None = None) -> Leftovers:
-    """Everything of sandbox `sandbox` (of every sandbox when None; `names` overrides the roots)."""
-    if names is not None:
-        sandboxes = [names.sandbox]
-        base = names
-    else:
-        base = SandboxNames()
-        sandboxes = [sandbox] if sandbox is not None else _all_sandboxes(base)
+def find_leftovers(sandbox: str | None = None) -> Leftovers:
+    """Everything of sandbox `sandbox` (of every sandbox on this machine when None)."""
+    sandboxes = [sandbox] if sandbox is not None else _all_sandboxes()
     all_ns = netlink.list_netns()
     found_ns: list[str] = []
     groups: list[Path] = []
@@ -57,8 +54,8 @@ def find_leftovers(sandbox: str | None = None, *, names: SandboxNames | None = N
     states: list[Path] = []
     runs: list[Path] = []
     for sb in sandboxes:
-        sn = SandboxNames(sb, base.state_root, base.run_root, base.bpffs_root)
-        found_ns += [n for n in all_ns if (m := NETNS_RE.match(n)) and m["sandbox"] == sb]
+        sn = SandboxNames(sb)
+        found_ns += [n for n in all_ns if (m := NETNS_RE.fullmatch(n)) and m["sandbox"] == sb]
         groups += [p for p in (sn.cgroup_sandbox,) if p.is_dir()]
         pins += [p for p in (sn.pin_dir,) if p.is_dir()]
         states += [p for p in (sn.state_dir,) if p.is_dir()]
@@ -100,10 +97,10 @@ def remove(leftovers: Leftovers, timeout: float = 5.0) -> None:
         raise SandboxError("sandbox cleanup incomplete:\n  " + "\n  ".join(errors))
 
 
-def status(sandbox: str, names: SandboxNames | None = None) -> dict[str, Any]:
+def status(sandbox: str) -> dict[str, Any]:
     """What exists of `sandbox` (JSON-serialisable), for `velvet sandbox status`."""
-    sn = names or SandboxNames(sandbox)
-    left = find_leftovers(names=sn)
+    sn = SandboxNames(sandbox)
+    left = find_leftovers(sandbox)
     pods = []
     for path in sorted(sn.pods_dir.glob("*/record.json")) if sn.pods_dir.is_dir() else []:
         try:
@@ -139,15 +136,15 @@ def read_pid(path: Path) -> int | None:
         return None
 
 
-def _all_sandboxes(base: SandboxNames) -> list[str]:
+def _all_sandboxes() -> list[str]:
     """Names of every sandbox with a namespace, a cgroup, a pin dir or a state dir on this machine."""
-    found = {m["sandbox"] for n in netlink.list_netns() if (m := NETNS_RE.match(n))}
-    for root in (cgroup2_mount() / "velvet", base.bpffs_root / "velvet", base.run_root):
+    found = {m["sandbox"] for n in netlink.list_netns() if (m := NETNS_RE.fullmatch(n))}
+    for root in (cgroup_root(), BPFFS_ROOT, RUN_ROOT):
         if root.is_dir():
             found |= {p.name for p in root.iterdir() if p.is_dir()}
-    if base.state_root.is_dir():
-        found |= {p.name for p in base.state_root.iterdir() if (p / "pods").is_dir()}
-    return sorted(sb for sb in found if NETNS_RE.match(f"velvet-{sb}-node"))
+    if STATE_ROOT.is_dir():
+        found |= {p.name for p in STATE_ROOT.iterdir() if (p / "pods").is_dir()}
+    return sorted(sb for sb in found if SANDBOX_NAME.fullmatch(sb))
 
 
 def _pids_in_netns(names: list[str]) -> set[int]:
@@ -155,7 +152,7 @@ def _pids_in_netns(names: list[str]) -> set[int]:
     inodes = set()
     for name in names:
         try:
-            inodes.add(os.stat(NETNS_DIR / name).st_ino)
+            inodes.add(os.stat(NETNS_RUN_DIR / name).st_ino)
         except OSError:
             continue
     if not inodes:

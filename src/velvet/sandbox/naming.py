@@ -6,14 +6,14 @@ A sandbox `<sb>` owns exactly these objects (nothing in the root network namespa
 - inside the node namespace: the veth pair `velvet_host`/`velvet_net` (pod gateway), `uplink0` (veth
   to the external client's `eth0`) and one `vv<hash8>` veth per pod (its peer is `eth0` in the pod);
 - cgroup v2 directories `<cgroup2>/velvet/<sb>/node`, `.../node/pod-<hash8>` and `.../node/shims`;
-- `/sys/fs/bpf/velvet/<sb>` (pins), `/var/lib/velvet/<sb>` (state), `/run/velvet/<sb>` (runtime).
+- `/sys/fs/bpf/velvet/<sb>` (pins), `/var/lib/velvet/<sb>` (state), `/run/velvet/<sb>` (runtime), as
+  `velvet.paths` places them.
 
 `<hash8>` is the first 8 hex digits of sha256("<namespace>/<name>").
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import ipaddress
 import re
@@ -22,12 +22,10 @@ from functools import cached_property
 from pathlib import Path
 
 from velvet.errors import SandboxError
+from velvet.paths import DEFAULT_SANDBOX, SANDBOX_NAME, AgentPaths, check_sandbox_name
+from velvet.system.mounts import cgroup2_mount
+from velvet.system.netns import NETNS_RUN_DIR
 
-DEFAULT_SANDBOX = "default"
-NETNS_DIR = Path("/run/netns")
-BPFFS_ROOT = Path("/sys/fs/bpf")
-STATE_ROOT = Path("/var/lib/velvet")
-RUN_ROOT = Path("/run/velvet")
 DEFAULT_HTTP_PORT = 9962
 
 NODE_HOST_IF = "velvet_host"
@@ -36,8 +34,12 @@ NODE_UPLINK_IF = "uplink0"
 EXT_UPLINK_IF = "eth0"
 POD_IF = "eth0"
 
-_SANDBOX_RE = re.compile(r"^[a-z0-9]{1,16}$")
-NETNS_RE = re.compile(r"^velvet-(?P<sandbox>[a-z0-9]{1,16})-(?P<role>node|ext|p-[0-9a-f]{8})$")
+NETNS_RE = re.compile(rf"velvet-(?P<sandbox>{SANDBOX_NAME.pattern})-(?P<role>node|ext|p-[0-9a-f]{{8}})")
+
+
+def cgroup_root() -> Path:
+    """The cgroup v2 directory holding every sandbox's tree: `<cgroup2>/velvet`."""
+    return cgroup2_mount() / "velvet"
 
 
 def pod_hash(namespace: str, name: str) -> str:
@@ -45,19 +47,9 @@ def pod_hash(namespace: str, name: str) -> str:
     return hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:8]
 
 
-@functools.cache
-def cgroup2_mount(mountinfo: Path = Path("/proc/self/mountinfo")) -> Path:
-    """Return where the cgroup v2 hierarchy is mounted (read from mountinfo, never assumed)."""
-    for line in mountinfo.read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        if right.split(" ", 1)[0] == "cgroup2":
-            return Path(left.split(" ")[4])
-    raise SandboxError("no cgroup v2 hierarchy is mounted (the sandbox needs cgroup2)")
-
-
 @dataclass(frozen=True)
 class SandboxConfig:
-    """Addresses and roots of one sandbox; the defaults are the embedded default cluster."""
+    """Name and addresses of one sandbox; the defaults are the embedded default cluster."""
 
     sandbox: str = DEFAULT_SANDBOX
     pod_cidr: str = "10.244.0.0/24"
@@ -67,24 +59,20 @@ class SandboxConfig:
     node_uplink_ip: str = "192.168.77.2"
     ext_uplink_ip: str = "192.168.77.1"
     uplink_prefix: int = 24
-    state_root: Path = STATE_ROOT
-    run_root: Path = RUN_ROOT
-    bpffs_root: Path = BPFFS_ROOT
 
     def __post_init__(self) -> None:
-        """Refuse names that could collide with another sandbox's prefix, and inconsistent addresses."""
-        if not _SANDBOX_RE.match(self.sandbox):
-            raise SandboxError(f"sandbox name {self.sandbox!r} must be 1-16 characters of [a-z0-9]")
+        """Refuse a name that is not a sandbox name (see `velvet.paths`), and inconsistent addresses."""
+        check_sandbox_name(self.sandbox)
         net = ipaddress.IPv4Network(self.pod_cidr)
         if ipaddress.IPv4Address(self.pod_gateway) not in net:
             raise SandboxError(f"pod gateway {self.pod_gateway} is outside the pod CIDR {net}")
         if not 1 < self.first_pod_host < net.num_addresses - 1:
             raise SandboxError(f"first pod host {self.first_pod_host} does not fit in {net}")
 
-    @property
+    @cached_property
     def names(self) -> SandboxNames:
         """Names of this sandbox's objects."""
-        return SandboxNames(self.sandbox, self.state_root, self.run_root, self.bpffs_root)
+        return SandboxNames(self.sandbox)
 
 
 @dataclass(frozen=True)
@@ -100,7 +88,7 @@ class PodNames:
     @property
     def netns_path(self) -> Path:
         """The bind mount that holds the pod's network namespace."""
-        return NETNS_DIR / self.netns
+        return NETNS_RUN_DIR / self.netns
 
     @property
     def record_file(self) -> Path:
@@ -121,9 +109,15 @@ class SandboxNames:
     """Every name of sandbox `sandbox`; pure computation except for locating the cgroup2 mount."""
 
     sandbox: str = DEFAULT_SANDBOX
-    state_root: Path = STATE_ROOT
-    run_root: Path = RUN_ROOT
-    bpffs_root: Path = BPFFS_ROOT
+
+    def __post_init__(self) -> None:
+        """Refuse a name that is not a sandbox name before it becomes a path."""
+        check_sandbox_name(self.sandbox)
+
+    @cached_property
+    def paths(self) -> AgentPaths:
+        """The sandbox's roots (state, runtime, pins), as the CLI and the agent find them."""
+        return AgentPaths(self.sandbox)
 
     @property
     def prefix(self) -> str:
@@ -143,7 +137,7 @@ class SandboxNames:
     @cached_property
     def cgroup_sandbox(self) -> Path:
         """Top cgroup of the sandbox: `<cgroup2>/velvet/<sb>`."""
-        return cgroup2_mount() / "velvet" / self.sandbox
+        return cgroup_root() / self.sandbox
 
     @property
     def cgroup_node(self) -> Path:
@@ -158,17 +152,17 @@ class SandboxNames:
     @property
     def pin_dir(self) -> Path:
         """bpffs directory for this sandbox's pinned maps and programs."""
-        return self.bpffs_root / "velvet" / self.sandbox
+        return self.paths.pin_dir
 
     @property
     def state_dir(self) -> Path:
-        """Persistent state: pod records, logs, IPAM leases."""
-        return self.state_root / self.sandbox
+        """Persistent state: pod records, logs, IPAM leases (the agent's own is below it)."""
+        return self.paths.sandbox_dir
 
     @property
     def run_dir(self) -> Path:
         """Runtime files: agent API socket, pid files."""
-        return self.run_root / self.sandbox
+        return self.paths.run_dir
 
     @property
     def http_port(self) -> int:
@@ -184,7 +178,7 @@ class SandboxNames:
     @property
     def agent_socket(self) -> Path:
         """The agent's local API socket."""
-        return self.run_dir / "agent.sock"
+        return self.paths.socket
 
     @property
     def ipam_file(self) -> Path:
@@ -198,7 +192,7 @@ class SandboxNames:
 
     def netns_path(self, netns: str) -> Path:
         """Path of a named network namespace."""
-        return NETNS_DIR / netns
+        return NETNS_RUN_DIR / netns
 
     def pid_file(self, process: str) -> Path:
         """Pid file of a supervised process (e.g. `agent`, `supervisor`)."""

@@ -15,19 +15,18 @@ from typing import Any
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from velvet.errors import SandboxError
-from velvet.sandbox.linux import call_in_netns
-from velvet.sandbox.naming import NETNS_DIR
+from velvet.errors import DatapathError, SandboxError
+from velvet.system.netns import NETNS_RUN_DIR, call_in_netns
 
 
 def netns_exists(name: str) -> bool:
     """Whether the named network namespace exists (its bind mount is present)."""
-    return (NETNS_DIR / name).exists()
+    return (NETNS_RUN_DIR / name).exists()
 
 
 def list_netns() -> list[str]:
     """Names of all named network namespaces."""
-    return sorted(netns.listnetns(str(NETNS_DIR)))
+    return sorted(netns.listnetns(str(NETNS_RUN_DIR)))
 
 
 def create_netns(name: str) -> None:
@@ -63,9 +62,9 @@ def ipr(name: str) -> Iterator[Any]:
     three times faster than pyroute2's `IPRoute(netns=...)` (it forks a helper process).
     """
     try:
-        sock = call_in_netns(NETNS_DIR / name, _rtnl_socket)
+        sock = call_in_netns(name, _rtnl_socket)
         route = IPRoute(fileno=sock.detach())
-    except OSError as exc:
+    except (OSError, DatapathError) as exc:
         raise SandboxError(f"cannot open netlink in network namespace {name}: {exc}") from exc
     try:
         yield route

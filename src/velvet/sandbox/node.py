@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from velvet.sandbox import cgroups, netlink
-from velvet.sandbox.linux import ensure_bpffs, netns_inode, set_sysctls
+from velvet.sandbox.linux import set_sysctls
 from velvet.sandbox.naming import (
     EXT_UPLINK_IF,
     NODE_HOST_IF,
@@ -40,6 +40,8 @@ from velvet.sandbox.naming import (
     SandboxConfig,
     SandboxNames,
 )
+from velvet.system.mounts import ensure_pin_dir
+from velvet.system.netns import netns_inode
 
 NODE_SYSCTLS = {
     "net.ipv4.ip_forward": "1",
@@ -102,8 +104,7 @@ class Node:
         names.run_dir.chmod(0o700)
         cgroups.create(names.cgroup_node)
         cgroups.create(names.cgroup_shims)
-        ensure_bpffs(cfg.bpffs_root)
-        names.pin_dir.mkdir(parents=True, exist_ok=True)
+        ensure_pin_dir(names.pin_dir)
         netlink.create_netns(names.node_netns)
         netlink.create_netns(names.ext_netns)
         set_sysctls(names.netns_path(names.node_netns), NODE_SYSCTLS)
@@ -123,7 +124,7 @@ class Node:
         from velvet.sandbox import cleanup
 
         cfg = cfg or SandboxConfig()
-        cleanup.remove(cleanup.find_leftovers(cfg.sandbox, names=cfg.names))
+        cleanup.remove(cleanup.find_leftovers(cfg.sandbox))
 
 
 def _wire_node(cfg: SandboxConfig, names: SandboxNames) -> None:

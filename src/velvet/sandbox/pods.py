@@ -21,9 +21,8 @@ from typing import Any
 from velvet.errors import SandboxError
 from velvet.sandbox import cgroups, netlink, process
 from velvet.sandbox.ipam import PodIpam
-from velvet.sandbox.linux import netns_inode
-from velvet.sandbox.naming import NETNS_DIR, NETNS_RE, POD_IF, PodNames, SandboxConfig
-from velvet.sandbox.probes import ReadinessTracker, check
+from velvet.sandbox.naming import NETNS_RE, POD_IF, PodNames, SandboxConfig
+from velvet.sandbox.readiness import ReadinessTracker, check
 from velvet.sandbox.spec import (
     PHASE_FAILED,
     PHASE_RUNNING,
@@ -35,6 +34,7 @@ from velvet.sandbox.spec import (
     PodStatusLite,
     ProbeLite,
 )
+from velvet.system.netns import NETNS_RUN_DIR, netns_inode
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -106,7 +106,7 @@ class PodRuntime:
 
     def probe_ready(self, record: PodRecord, probe: ProbeLite) -> bool:
         """Run `probe` once from inside the pod (tcpSocket: connect to pod IP:port; exec: exit 0)."""
-        return check(probe, NETNS_DIR / record.netns, Path(record.cgroup), record.ip)
+        return check(probe, NETNS_RUN_DIR / record.netns, Path(record.cgroup), record.ip)
 
     def list_records(self) -> list[PodRecord]:
         """Every pod record in the state directory."""
@@ -253,7 +253,7 @@ class PodRuntime:
         """Hashes of every pod netns, pod cgroup and pod state dir of this sandbox."""
         found = set()
         for name in netlink.list_netns():
-            m = NETNS_RE.match(name)
+            m = NETNS_RE.fullmatch(name)
             if m and m["sandbox"] == self.cfg.sandbox and m["role"].startswith("p-"):
                 found.add(m["role"][2:])
         if self.names.cgroup_node.is_dir():
@@ -284,7 +284,7 @@ def _rmtree(path: Path) -> None:
 def _target(pod: PodRecord | PodNames) -> tuple[Path, Path]:
     """(netns path, cgroup) of a pod given by record or by names."""
     if isinstance(pod, PodRecord):
-        return NETNS_DIR / pod.netns, Path(pod.cgroup)
+        return NETNS_RUN_DIR / pod.netns, Path(pod.cgroup)
     return pod.netns_path, pod.cgroup
 
 

@@ -14,32 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
 
-MESSAGE = b"probe\n"
+from velvet.sandbox.echo import query
+
+MESSAGE = "probe"
 
 
 def probe(target: str, timeout: float) -> dict[str, Any]:
     """Probe one tcp://IP:PORT or udp://IP:PORT target."""
     result: dict[str, Any] = {"target": target, "ok": False, "reply": None, "error": None}
-    parts = urlsplit(target)
     try:
-        if parts.scheme not in ("tcp", "udp") or not parts.hostname or parts.port is None:
-            raise ValueError("want tcp://IP:PORT or udp://IP:PORT")
-        address = (parts.hostname, parts.port)
-        if parts.scheme == "tcp":
-            with socket.create_connection(address, timeout=timeout) as sock:
-                sock.sendall(MESSAGE)
-                reply = sock.makefile("rb").readline()
-        else:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                sock.settimeout(timeout)
-                sock.sendto(MESSAGE, address)
-                reply = sock.recv(65535)
+        reply = query(target, MESSAGE, timeout)
     except (OSError, ValueError) as exc:
         result["error"] = str(exc) or type(exc).__name__
         return result
@@ -47,7 +35,7 @@ def probe(target: str, timeout: float) -> dict[str, Any]:
         result["error"] = "connection closed without an answer"
         return result
     result["ok"] = True
-    result["reply"] = reply.decode(errors="replace").strip()
+    result["reply"] = reply.strip()
     return result
 
 

@@ -24,8 +24,7 @@ from typing import Any
 
 from velvet.errors import SandboxError
 from velvet.sandbox import cgroups
-from velvet.sandbox.linux import setns_net
-from velvet.sandbox.naming import NETNS_DIR
+from velvet.system.netns import enter_netns, netns_path
 
 _SHIM_IGNORES = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _RESTORED = (*_SHIM_IGNORES, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD)
@@ -48,11 +47,6 @@ class ExitStatus:
         except (FileNotFoundError, ValueError):
             return None
         return cls(int(data["exit_code"]), int(data["signal"]), float(data["finished_at"]))
-
-
-def netns_path(netns: str | Path) -> Path:
-    """Path of a network namespace given by name or path."""
-    return Path(netns) if "/" in str(netns) else NETNS_DIR / str(netns)
 
 
 def wait_code(status: int) -> int:
@@ -224,7 +218,7 @@ def _exec_child(
         if cgroup is not None:
             cgroups.join(cgroup)
         if ns is not None:
-            setns_net(ns)
+            enter_netns(ns)
         os.setsid()
         os.chdir(cwd)
         for sig in _RESTORED:
@@ -250,7 +244,7 @@ def enter(netns: str | Path | None, cgroup: Path | None) -> Callable[[], None]:
         if cgroup is not None:
             cgroups.join(cgroup)
         if ns is not None:
-            setns_net(ns)
+            enter_netns(ns)
 
     return preexec
 

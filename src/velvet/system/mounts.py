@@ -6,6 +6,7 @@ Needs CAP_SYS_ADMIN to mount; every function is idempotent and only mounts what 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 from pathlib import Path
@@ -65,8 +66,12 @@ def ensure_tracefs() -> Path:
     return _ensure(TRACEFS, "tracefs")
 
 
+@functools.cache
 def cgroup2_mount() -> Path:
-    """The cgroup v2 mount point, found in /proc/self/mountinfo (e.g. /sys/fs/cgroup/unified on hybrid)."""
+    """The cgroup v2 mount point, found in /proc/self/mountinfo (e.g. /sys/fs/cgroup/unified on hybrid).
+
+    Looked up once per process: the sandbox asks for it on every process check.
+    """
     for point, kind in _mounts():
         if kind == "cgroup2":
             return point

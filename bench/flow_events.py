@@ -1,4 +1,4 @@
-"""Synthetic `struct flow_event` batches for unprivileged observe tests (and the decode benchmark).
+"""Synthetic `struct flow_event` batches for the decode benchmark and the unprivileged observe tests.
 
 Batches use the datapath's own FLOW_EVENT_DTYPE (64 bytes, addresses and ports big-endian).
 """

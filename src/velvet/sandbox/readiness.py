@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from velvet.sandbox.linux import call_in_netns
 from velvet.sandbox.process import exec_in
 from velvet.sandbox.spec import ProbeLite
+from velvet.system.netns import call_in_netns
 
 
 def tcp_connects(netns_path: Path, ip: str, port: int, timeout: float) -> bool:
