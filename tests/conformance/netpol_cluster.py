@@ -21,12 +21,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 import netpol_model  # noqa: E402
-from harness import Sandbox, is_ready, needs_root, unique_name  # noqa: E402
+from harness import Sandbox, is_ready, unique_name  # noqa: E402
 
 from velvet.errors import VelvetError  # noqa: E402
 from velvet.sandbox import PodRuntime, SandboxConfig, exec_in_pod  # noqa: E402
 
-__all__ = ["Cluster", "ClusterError", "ProbeSession", "Sandbox", "needs_root", "unique_name"]
+__all__ = ["Cluster", "ClusterError", "ProbeSession", "Sandbox", "unique_name"]
 
 PROBE_TIMEOUT = 1.0
 ROUND_TIMEOUT = 60.0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 from cases_file import CASES_FILE, SHARED_CASES, VENDORED_CASES
 from netpol_cases import load
-from netpol_cluster import needs_root
 from run_netpol import run
 
 
@@ -20,7 +19,7 @@ def test_cases_copy_is_current() -> None:
     assert load(VENDORED_CASES).cases
 
 
-@needs_root
+@pytest.mark.privileged
 @pytest.mark.timeout(1200)
 def test_every_upstream_case_passes_and_only_sctp_is_skipped() -> None:
     """Test that every case passes, except those probing only SCTP, skipped because the kernel lacks it."""

@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import EXAMPLES, Sandbox, needs_root, unique_name
+from harness import EXAMPLES, Sandbox, unique_name
 
 from velvet.paths import AgentPaths
 from velvet.sandbox.naming import SandboxNames
 
-pytestmark = [pytest.mark.privileged, needs_root]
+pytestmark = pytest.mark.privileged
 PODS = ["blue/echo-1", "blue/echo-2", "green/echo-1", "green/echo-2"]
 
 

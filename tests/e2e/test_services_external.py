@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from harness import Sandbox, echo_pod, namespace, needs_root, sandbox
+from harness import Sandbox, echo_pod, namespace, sandbox
 from test_services import (
     NS,
     backend_addresses,
@@ -37,7 +37,7 @@ from velvet.control.maglev import lookup_table
 from velvet.sandbox import SandboxConfig
 from velvet.sandbox.process import enter
 
-pytestmark = [pytest.mark.privileged, needs_root]
+pytestmark = pytest.mark.privileged
 
 NODE_IP = "192.168.77.2"
 EXT_IP = "192.168.77.1"
