@@ -5,6 +5,7 @@ No privileges: the prober runs against echo servers on this namespace's loopback
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -90,6 +91,15 @@ def test_matrix_comparison_sets_the_diagonal_apart() -> None:
     assert result.diagonal == ["x/a"]
     assert not result.matches
     assert "x/b:   !   ." in render(order, expected, observed)
+
+
+@pytest.mark.parametrize("probes", ["    probes: []\n", ""])
+def test_a_case_whose_steps_have_no_probes_fails_to_load(tmp_path: Path, probes: str) -> None:
+    """Test that a case whose step probes nothing (empty or missing probes) is refused, naming the case."""
+    text = re.sub(r"    probes: .*\n", probes, MINI)
+    assert text != MINI
+    with pytest.raises(CaseFileError, match=r"^case 7\.steps\[0\]\.probes: a step needs at least one probe"):
+        load(_write(tmp_path, text))
 
 
 @pytest.fixture
