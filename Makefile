@@ -23,7 +23,11 @@ lint: deps
 typecheck: deps
 	@$(VENV)/bin/mypy
 
-test: bpf lint typecheck
+# Privileged tests fail without root, so refuse up front instead of after installing and building.
+test:
+	$(if $(filter-out 0,$(shell id -u)),$(error make test needs root (BPF, network namespaces, cgroups): \
+	  run it as root, or only the unprivileged tests with $(VENV)/bin/pytest -m "not privileged" tests))
+	@$(MAKE) --no-print-directory bpf lint typecheck
 	@$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 bench: bpf

@@ -2,8 +2,9 @@
 
 The format is the one of /work/shared/conformance/netpol_cases.yaml: `model` (namespaces with labels,
 pods with labels, pod_order) and `cases` (id, name, servers {ports, protocols}, steps of actions and
-probes with expected_rows). Everything is checked on load, so a malformed file fails with one line
-naming the case and the field. Unknown extra keys are ignored (the file carries notes for people).
+probes with expected_rows; every step probes). Everything is checked on load, so a malformed file
+fails with one line naming the case and the field. Unknown extra keys are ignored (the file carries
+notes for people).
 """
 
 from __future__ import annotations
@@ -166,6 +167,8 @@ def _case(data: Any, order: tuple[str, ...], index: int) -> Case:
                         for j, a in enumerate(step.get("actions") or ()))
         probes = tuple(_probe(p, order, f"{swhere}.probes[{j}]")
                        for j, p in enumerate(step.get("probes") or ()))
+        if not probes:
+            raise CaseFileError(f"{swhere}.probes: a step needs at least one probe (else nothing is checked)")
         steps.append(Step(int(step.get("step", i + 1)), str(step.get("description", "")), actions, probes))
     if not steps:
         raise CaseFileError(f"{where}.steps: a case needs at least one step")

@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import netpol_model
-import pytest
 
 from velvet.api.objects import is_ready
 from velvet.cli.runner import SandboxCli as Sandbox
@@ -27,9 +26,7 @@ from velvet.cli.runner import unique_name
 from velvet.errors import VelvetError
 from velvet.sandbox import PodRuntime, SandboxConfig, exec_in_pod
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, cgroups, bpf)")
-
-__all__ = ["Cluster", "ClusterError", "ProbeSession", "Sandbox", "needs_root", "unique_name"]
+__all__ = ["Cluster", "ClusterError", "ProbeSession", "Sandbox", "unique_name"]
 
 PROBE_TIMEOUT = 1.0
 ROUND_TIMEOUT = 60.0

@@ -2,21 +2,23 @@
 
 Decisions (see run_netpol.py's help): probes go through each destination's Service ClusterIP (or the
 pod IP with via="pod"); a mismatching step is re-probed for up to POLL_SECONDS, as upstream polls;
-the diagonal (pod to itself, looping back inside the pod) is reported but never fails a case, as
-upstream ignores it; every case starts from a checked baseline (no policy: everything connects),
-and ends with a reset (policies deleted, labels restored).
+every blocked cell of the last round must also show as a POLICY_DENIED drop of that pair in the flow
+log; the diagonal (pod to itself, looping back inside the pod) is reported but never fails a case, as
+upstream ignores it; probes of a protocol whose kernel feature `velvet status` reports missing are
+skipped; every case starts from a checked baseline (no policy: everything connects), and ends with a
+reset (policies deleted, labels restored).
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from netpol_cases import ALLOWED, Case, CaseFileError, Model, Probe, Step
+from netpol_cases import ALLOWED, BLOCKED, Case, CaseFileError, Model, Probe, Step
 from netpol_cluster import Cluster, ClusterError
+from netpol_flows import POLICY_DENIED, Cell, DropLog
 from netpol_matrix import Comparison, Pair, compare, render
 from netpol_state import ModelState
 
@@ -25,6 +27,16 @@ from velvet.errors import VelvetError
 POLL_SECONDS = 10.0
 POLL_PAUSE = 0.1
 SETUP_SECONDS = 30.0
+DROP_SECONDS = 5.0  # how long a blocked cell's drop may take to reach the flow log
+PROBED = ("TCP", "UDP")  # what the echo server and the prober speak
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A protocol this kernel cannot carry, as `velvet status -o json` reports its kernel feature."""
+
+    feature: str  # the feature's name in the status ("SCTP")
+    detail: str  # what the product's check saw
 
 
 @dataclass
@@ -38,6 +50,8 @@ class ProbeReport:
     rounds: int = 0
     settled: float = 0.0  # seconds from the step's last action to the start of the last round
     detail: str = ""
+    skipped_for: str = ""  # the missing kernel feature that made it skip
+    drops: int = 0  # blocked cells the flow log showed as POLICY_DENIED drops
 
 
 @dataclass
@@ -69,17 +83,20 @@ class _Round:
     comparisons: list[Comparison]
     started: float = 0.0
     count: int = 1
+    mark: int = 0  # the drop log's position when the round started
 
 
 class Runner:
     """Runs cases one after another on one sandbox, rebuilding pods only when the servers change."""
 
-    def __init__(self, cluster: Cluster, model: Model, skip_reasons: Mapping[str, str], via: str,
-                 say: Callable[[str], None]) -> None:
-        """Use `cluster`; probes of a protocol in `skip_reasons` are skipped with that reason."""
+    def __init__(self, cluster: Cluster, model: Model, unsupported: Mapping[str, Unsupported], drops: DropLog,
+                 via: str, say: Callable[[str], None]) -> None:
+        """Use `cluster`; probes of a protocol in `unsupported` are skipped; blocked cells are looked up
+        in `drops`."""
         self.cluster = cluster
         self.state = ModelState(cluster, model)
-        self.skip_reasons = skip_reasons
+        self.unsupported = unsupported
+        self.drops = drops
         self.via = via
         self.say = say
         self.order = model.pod_order
@@ -138,9 +155,9 @@ class Runner:
         rounds = 0
         while True:
             rounds += 1
-            started = time.monotonic()
+            started, mark = time.monotonic(), self.drops.mark()
             result = self._round(probes)
-            result.started, result.count = started, rounds
+            result.started, result.count, result.mark = started, rounds, mark
             if all(c.matches for c in result.comparisons) or time.monotonic() > deadline:
                 return result
             time.sleep(POLL_PAUSE)
@@ -150,7 +167,7 @@ class Runner:
         assert self.state.servers is not None
         row = tuple(ALLOWED for _ in self.order)
         return [Probe(port, proto, {src: row for src in self.order})
-                for port, proto in self.state.servers if proto not in self.skip_reasons]
+                for port, proto in self.state.servers if proto in PROBED]
 
     def baseline(self, seconds: float) -> str | None:
         """None when, with no policy, every pod reaches every other on every served port; else the diff."""
@@ -164,36 +181,71 @@ class Runner:
                         + render(self.order, probe.expected, observed))
         return None
 
+    def _probeable(self, step: Step, report: CaseReport) -> list[Probe]:
+        """The step's probes that can run; the others go to the report as skipped or failed, saying why."""
+        active = []
+        for probe in step.probes:
+            missing = self.unsupported.get(probe.protocol)
+            if missing is not None:
+                report.probes.append(ProbeReport(
+                    step.number, probe.port, probe.protocol, "skipped", skipped_for=missing.feature,
+                    detail=f"this kernel lacks {missing.feature} ({missing.detail})"))
+            elif probe.protocol not in PROBED:
+                report.probes.append(ProbeReport(
+                    step.number, probe.port, probe.protocol, "failed",
+                    detail=f"this kernel has {probe.protocol}, but the echo server and the prober speak only "
+                           f"{' and '.join(PROBED)}: the probe cannot be checked"))
+            else:
+                active.append(probe)
+        return active
+
+    def _blocked_without_drop(self, probe: Probe, observed: Mapping[Pair, bool],
+                              mark: int) -> tuple[int, str]:
+        """(blocked cells the flow log explains, a line per blocked cell without a POLICY_DENIED drop)."""
+        wanted: list[Cell] = [(s, d, probe.port, probe.protocol)
+                              for s in self.order for j, d in enumerate(self.order)
+                              if s != d and probe.expected[s][j] == BLOCKED and not observed[(s, d)]]
+        missing = self.drops.unexplained(wanted, mark, DROP_SECONDS)
+        if not missing:
+            return len(wanted), ""
+        lines = [f"  {s} -> {d}: blocked, but the flow log has no {POLICY_DENIED} drop of it"
+                 + (f" (dropped as {', '.join(others)})" if others else "")
+                 for (s, d, _, _), others in sorted(missing.items())]
+        problems = self.drops.problems()
+        if problems:
+            lines.append(f"  flow follower: {problems}")
+        return len(wanted) - len(missing), "\n".join(lines)
+
     def run_step(self, step: Step, report: CaseReport) -> None:
-        """Apply a step's actions, then probe all its probes together."""
+        """Apply a step's actions, then probe all its probes together; blocked cells need their drops."""
         for action in step.actions:
             self.state.act(action)
         started = time.monotonic()
-        active = [p for p in step.probes if p.protocol not in self.skip_reasons]
-        for probe in step.probes:
-            if probe.protocol in self.skip_reasons:
-                report.probes.append(ProbeReport(step.number, probe.port, probe.protocol, "skipped",
-                                                 detail=self.skip_reasons[probe.protocol]))
+        active = self._probeable(step, report)
         if not active:
             return
         result = self.probe(active, started + POLL_SECONDS)
         settled = result.started - started
         for i, probe in enumerate(active):
             comparison = result.comparisons[i]
-            status = "passed" if comparison.matches else "failed"
-            detail = ""
+            details = []
             if not comparison.matches:
-                cells = [f"  {s} -> {d}: expected {_word(probe.expected[s][self.order.index(d)])}, "
-                         f"got {result.details[i][(s, d)]}" for s, d in comparison.off_diagonal]
-                detail = "\n".join(cells) + "\n" + render(self.order, probe.expected, result.observed[i])
+                details += [f"  {s} -> {d}: expected {_word(probe.expected[s][self.order.index(d)])}, "
+                            f"got {result.details[i][(s, d)]}" for s, d in comparison.off_diagonal]
+            explained, unexplained = self._blocked_without_drop(probe, result.observed[i], result.mark)
+            if unexplained:
+                details.append(unexplained)
+            if not comparison.matches:
+                details.append(render(self.order, probe.expected, result.observed[i]))
             if comparison.diagonal:
                 pods = ", ".join(f"{src} {'connected' if result.observed[i][(src, src)] else 'blocked'}"
                                  for src in comparison.diagonal)
                 report.notes.append(f"step {step.number} {probe.port}/{probe.protocol}: to itself {pods}, "
                                     "unlike the expectation (ignored as upstream does: loopback through "
                                     "the pod's own Service never leaves the pod)")
+            status = "failed" if details else "passed"
             report.probes.append(ProbeReport(step.number, probe.port, probe.protocol, status, result.count,
-                                             settled, detail))
+                                             settled, "\n".join(details), drops=explained))
 
     def run_case(self, case: Case) -> CaseReport:
         """Run one case from a checked baseline, and reset afterwards whatever happened."""
@@ -228,10 +280,11 @@ def _word(cell: str) -> str:
     return "connect" if cell == ALLOWED else "blocked"
 
 
-def skip_reason(features: Sequence[Mapping[str, Any]]) -> str:
-    """Why SCTP probes are skipped, from the product's kernel feature check."""
-    sctp = next((f for f in features if str(f.get("name", "")).upper() == "SCTP"), None)
-    if sctp is not None and not sctp.get("ok"):
-        why = re.search(r"\(([^)]*)\)", str(sctp.get("detail", "")))
-        return "SCTP is not supported by this kernel" + (f" ({why[1]})" if why else "")
-    return "the echo server does not serve SCTP"
+def unsupported_protocols(features: Sequence[Mapping[str, Any]]) -> dict[str, Unsupported]:
+    """Protocols to skip: those whose kernel feature `velvet status -o json` reports not ok (only SCTP
+    has one); a status without the SCTP feature is an error, not a guess."""
+    sctp = next((f for f in features if f.get("name") == "SCTP"), None)
+    if sctp is None or not isinstance(sctp.get("ok"), bool):
+        raise ClusterError("`velvet status -o json` reports no SCTP kernel feature (name, ok): "
+                           "cannot tell whether SCTP probes can run")
+    return {} if sctp["ok"] else {"SCTP": Unsupported("SCTP", str(sctp.get("detail", "")))}

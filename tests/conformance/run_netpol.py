@@ -8,13 +8,14 @@ each case's servers running Velvet's echo server; one Service s-<ns>-<pod> per p
 case applies its steps' actions in order (create_policy/update_policy, delete_policy,
 delete_all_policies, add/remove/set/reset_namespace_labels, add/remove/set/reset_pod_labels) and
 probes every ordered pair of pods through the destination's Service ClusterIP on each probe's
-port/protocol, from one long-lived probe session per source pod. A mismatching step is re-probed
-for up to 10 s (upstream polls too). SCTP probes are skipped, with the reason `velvet status`
-gives. Pod-to-itself (the diagonal) is reported but never fails a case: the packet loops back
-inside the pod and never meets policy, and upstream ignores it as well. Each case starts from a
-checked baseline (no policy: every pair connects) and is reset afterwards (policies deleted, labels
-restored), so cases are independent: they run grouped by their servers (in the file's order within
-a group), and pods are re-created only between groups.
+port/protocol, from one long-lived probe session per source pod. A mismatching step is re-probed for
+up to 10 s (upstream polls too). Every blocked cell must also be a POLICY_DENIED drop of that pair
+in `velvet observe`. Probes of a protocol whose kernel feature `velvet status -o json` reports
+missing (SCTP here) are skipped, naming that feature. Pod-to-itself (the diagonal) is reported but
+never fails a case: the packet loops back inside the pod and never meets policy, and upstream
+ignores it as well. Each case starts from a checked baseline (no policy: every pair connects) and is
+reset afterwards (policies deleted, labels restored), so cases are independent: they run grouped by
+their servers (in the file's order within a group), and pods are re-created only between groups.
 
 Prints a diff (expected, observed, comparison) for every mismatch and ends with one line
 "N passed, M failed, K skipped"; exits 1 when a case failed, 2 on bad input or a broken sandbox.
@@ -45,7 +46,8 @@ from dataclasses import dataclass  # noqa: E402
 
 from netpol_cases import Case, CaseFileError, load  # noqa: E402
 from netpol_cluster import Cluster, ClusterError, Sandbox, unique_name  # noqa: E402
-from netpol_runner import CaseReport, Runner, skip_reason  # noqa: E402
+from netpol_flows import DropLog  # noqa: E402
+from netpol_runner import CaseReport, Runner, unsupported_protocols  # noqa: E402
 
 from velvet.errors import VelvetError  # noqa: E402
 
@@ -79,6 +81,7 @@ def describe(report: CaseReport) -> str:
     head = f"{report.status.upper():7} case {case.id}: {case.name} ({report.seconds:.1f}s"
     if ran and report.status == "passed":
         head += f"; {len(ran)} probe(s), matched by round {rounds}, {settled:.2f}s after the change"
+        head += f"; {sum(p.drops for p in ran)} blocked cell(s), each a POLICY_DENIED drop"
     head += ")"
     lines = [head]
     for probe in report.probes:
@@ -113,11 +116,13 @@ def run(cases_file: Path, case_ids: Sequence[str] = (), sandbox: str | None = No
     box = Sandbox(name)
     reports: list[CaseReport] = []
     cluster: Cluster | None = None
+    drops: DropLog | None = None
     try:
         box.up()
-        features = box.json("status")["kernel"]["features"]
+        unsupported = unsupported_protocols(box.json("status")["kernel"]["features"])
+        drops = DropLog(name)
         cluster = Cluster(box)
-        runner = Runner(cluster, data.model, {"SCTP": skip_reason(features)}, via, say)
+        runner = Runner(cluster, data.model, unsupported, drops, via, say)
         say(f"{len(cases)} case(s) from {cases_file} on sandbox {name}, probing via "
             f"{'pod IPs' if via == 'pod' else 'Service ClusterIPs'}")
         runner.setup()
@@ -128,6 +133,8 @@ def run(cases_file: Path, case_ids: Sequence[str] = (), sandbox: str | None = No
     finally:
         if cluster is not None:
             cluster.close()
+        if drops is not None:
+            drops.close()
         if keep:
             say(f"sandbox {name} kept: remove it with `velvet --sandbox {name} sandbox down`")
         else:

@@ -1,22 +1,30 @@
-"""Test the conformance runner's pure parts (case file, placeholders, matrices) and the pod prober.
+"""Test the conformance runner's pure parts (case file, placeholders, matrices, drops, skips) and the prober.
 
 No privileges: the prober runs against echo servers on this namespace's loopback.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cases_file import CASES_FILE
 from netpol_cases import CaseFileError, load, resolve_placeholders
+from netpol_cluster import ClusterError
+from netpol_flows import Drop, parse_drop, unexplained
 from netpol_matrix import compare, render
+from netpol_runner import Unsupported, unsupported_protocols
 
+from velvet.observe import format as fmt
+from velvet.observe.codes import DropReason, EventType, ObsPoint, TcpFlag, Verdict
+from velvet.observe.flow import Endpoint, Flow
 from velvet.sandbox import probe
 
 MINI = """
@@ -90,6 +98,61 @@ def test_matrix_comparison_sets_the_diagonal_apart() -> None:
     assert result.diagonal == ["x/a"]
     assert not result.matches
     assert "x/b:   !   ." in render(order, expected, observed)
+
+
+@pytest.mark.parametrize("probes", ["    probes: []\n", ""])
+def test_a_case_whose_steps_have_no_probes_fails_to_load(tmp_path: Path, probes: str) -> None:
+    """Test that a case whose step probes nothing (empty or missing probes) is refused, naming the case."""
+    text = re.sub(r"    probes: .*\n", probes, MINI)
+    assert text != MINI
+    with pytest.raises(CaseFileError, match=r"^case 7\.steps\[0\]\.probes: a step needs at least one probe"):
+        load(_write(tmp_path, text))
+
+
+def _observed(**overrides: Any) -> str:
+    """A flow as `velvet observe -o json` prints it (the product's own encoder): by default x/a -> y/b
+    TCP 80, dropped at y/b for POLICY_DENIED."""
+    base: dict[str, Any] = {
+        "time_ns": 1_732_706_553_123_456_789, "type": EventType.DROP, "obs_point": ObsPoint.TO_ENDPOINT,
+        "verdict": Verdict.DROPPED, "drop_reason": DropReason.POLICY_DENIED, "proto": 6,
+        "tcp_flags": TcpFlag.SYN, "src_ip": "10.244.0.2", "dst_ip": "10.244.0.5", "src_port": 41234,
+        "dst_port": 80, "source": Endpoint(256, "x", "a"), "destination": Endpoint(257, "y", "b"),
+    }
+    return fmt.json_line(Flow(**{**base, **overrides}).to_hubble_json())
+
+
+def test_drops_are_read_from_observe_json_lines() -> None:
+    """Test that an observe line gives the pods, port, protocol and Hubble drop reason; non-pod peers none."""
+    assert parse_drop(_observed()) == Drop("x/a", "y/b", 80, "TCP", "POLICY_DENIED")
+    assert parse_drop(_observed(proto=17, tcp_flags=0, dst_port=81)) == Drop("x/a", "y/b", 81, "UDP",
+                                                                             "POLICY_DENIED")
+    assert parse_drop(_observed(destination=Endpoint(2))) is None  # world: not a cell of the matrix
+
+
+def test_a_blocked_cell_needs_a_policy_denied_drop_of_that_pair_port_and_protocol() -> None:
+    """Test that only a POLICY_DENIED drop of the same pair, port and protocol explains a blocked cell."""
+    cell = ("x/a", "y/b", 80, "TCP")
+    assert unexplained([Drop(*cell, "POLICY_DENIED")], [cell]) == {}
+    others = [Drop("x/a", "y/b", 81, "TCP", "POLICY_DENIED"), Drop("y/b", "x/a", 80, "TCP", "POLICY_DENIED"),
+              Drop("x/a", "y/b", 80, "UDP", "POLICY_DENIED"), Drop(*cell, "CT_MAP_INSERTION_FAILED")]
+    assert unexplained(others, [cell]) == {cell: ["CT_MAP_INSERTION_FAILED"]}
+    assert unexplained([], [cell]) == {cell: []}
+
+
+@pytest.mark.parametrize("detail", ["no /proc/net/sctp (CONFIG_IP_SCTP unset)", "anything at all", ""])
+def test_sctp_is_skipped_when_status_reports_its_kernel_feature_missing(detail: str) -> None:
+    """Test that the SCTP skip follows the feature's ok flag from `velvet status`, whatever its wording."""
+    features = [{"name": "BTF", "ok": True, "detail": "x"}, {"name": "SCTP", "ok": False, "detail": detail}]
+    assert unsupported_protocols(features) == {"SCTP": Unsupported("SCTP", detail)}
+    assert unsupported_protocols([{"name": "SCTP", "ok": True, "detail": "present"}]) == {}
+
+
+def test_a_status_without_the_sctp_feature_is_an_error() -> None:
+    """Test that the runner refuses to guess when `velvet status` does not report SCTP."""
+    with pytest.raises(ClusterError, match="reports no SCTP kernel feature"):
+        unsupported_protocols([{"name": "BTF", "ok": True, "detail": "x"}])
+    with pytest.raises(ClusterError, match="reports no SCTP kernel feature"):
+        unsupported_protocols([{"name": "SCTP", "detail": "no ok flag"}])
 
 
 @pytest.fixture

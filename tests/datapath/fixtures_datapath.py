@@ -8,7 +8,6 @@ raw maps. Import the fixtures into a test module (`from fixtures_datapath import
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,7 +40,6 @@ TC_ACT_SHOT = 2
 TC_ACT_REDIRECT = 7
 LO_IFINDEX = 1  # test_run's skb->dev without an ifindex in the context: the loopback device
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root and a BPF-capable kernel")
 
 
 def sh(*args: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from fixtures_datapath import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, lxc, needs_root, node
+from fixtures_datapath import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, lxc, node
 from packets import ACK, ICMP, SYN, TCP, UDP, checksums_ok, parse, tcp, udp
 from seeding import lb_change
 from test_lxc import POD_A, VIP, VPORT, seed_pods, seed_service
@@ -18,7 +18,7 @@ from test_node import CLIENT, LB_IP, LB_PORT, NODE_IP, NODE_PORT, POD_B, POD_C, 
 
 from velvet.datapath.structs import BackendState, DropReason, MetricDir, SvcFlag
 
-pytestmark = [pytest.mark.privileged, needs_root]
+pytestmark = [pytest.mark.privileged]
 __all__ = ["lxc", "node"]  # the fixtures, imported for pytest
 
 FROM, TO = "node_from_uplink", "node_to_uplink"

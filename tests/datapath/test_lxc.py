@@ -27,7 +27,6 @@ from fixtures_datapath import (
     Loaded,
     ct_key,
     lxc,
-    needs_root,
     sh,
 )
 from packets import (
@@ -99,7 +98,7 @@ from velvet.model.service import EndpointPort, ServicePort
 from velvet.system import mounts
 from velvet.system.netns import in_netns
 
-pytestmark = [pytest.mark.privileged, needs_root]
+pytestmark = [pytest.mark.privileged]
 __all__ = ["lxc"]  # the fixture, imported for pytest
 
 POD_A, ID_A, EP_A = "10.244.0.10", 1000, 10

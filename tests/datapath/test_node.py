@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from fixtures_datapath import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, needs_root, node, sh
+from fixtures_datapath import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, node, sh
 from packets import (
     ACK,
     HOST_MAC,
@@ -56,7 +56,7 @@ from velvet.model.service import EndpointPort, ServicePort
 from velvet.system import mounts
 from velvet.system.netns import in_netns
 
-pytestmark = [pytest.mark.privileged, needs_root]
+pytestmark = [pytest.mark.privileged]
 __all__ = ["node"]  # the fixture, imported for pytest
 
 CLIENT = "198.51.100.7"

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-from fixtures_datapath import LO_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, loaded, needs_root
+from fixtures_datapath import LO_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, loaded
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netpol_reference import allowed, make_namespace, make_pod, make_policy, sel
@@ -49,7 +49,7 @@ from velvet.model import (
     Pod,
 )
 
-pytestmark = [pytest.mark.privileged, needs_root]
+pytestmark = [pytest.mark.privileged]
 
 FROM, TO = "lxc_from_pod", "lxc_to_pod"
 TABLES = ("lxc_endpoints", "ipcache", "ipcache_cidr", "policy")

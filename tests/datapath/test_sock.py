@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_datapath import Loaded, loaded, needs_root
+from fixtures_datapath import Loaded, loaded
 from seeding import lb_change
 
 from velvet.datapath.attach import (
@@ -49,7 +49,7 @@ from velvet.datapath.views import ProcEventsRing
 from velvet.system import mounts
 from velvet.system.netns import netns_inode
 
-pytestmark = [pytest.mark.privileged, needs_root,
+pytestmark = [pytest.mark.privileged,
               pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2")]
 
 TCP, UDP = 6, 17

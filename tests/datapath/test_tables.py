@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fixtures_datapath import Loaded, lxc, needs_root
+from fixtures_datapath import Loaded, lxc
 
 from velvet.datapath.structs import LB_MAGLEV_LUT_SIZE, BackendState, LbScope, SvcFlag
 from velvet.datapath.tables import (
@@ -26,7 +26,7 @@ from velvet.datapath.tables import (
     SourceRangeKey,
 )
 
-pytestmark = [pytest.mark.privileged, needs_root]
+pytestmark = [pytest.mark.privileged]
 __all__ = ["lxc"]  # the fixture, imported for pytest
 
 RECORDS: dict[str, dict[Any, Any]] = {

@@ -8,24 +8,21 @@ runs `velvet sandbox down` for it whatever happened.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import pytest
 
 from velvet.api.objects import is_ready
 from velvet.cli.runner import SandboxCli as Sandbox
 from velvet.cli.runner import unique_name
 from velvet.connectivity.manifests import echo_pod, namespace
 
-__all__ = ["EXAMPLES", "REPO", "Sandbox", "echo_pod", "is_ready", "namespace", "needs_root", "sandbox",
+__all__ = ["EXAMPLES", "REPO", "Sandbox", "echo_pod", "is_ready", "namespace", "sandbox",
            "unique_name"]
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, cgroups, bpf)")
+# Kept for older callers: privileged tests carry this marker, and fail (tests/conftest.py) without root.
 
 
 @contextmanager

@@ -6,9 +6,9 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from harness import Sandbox, needs_root, sandbox, unique_name
+from harness import Sandbox, sandbox, unique_name
 
-pytestmark = needs_root
+pytestmark = pytest.mark.privileged
 NAMESPACES = ("velvet-connectivity", "velvet-connectivity-audit")
 SUITE = ["pod-to-pod", "pod-to-service-tcp", "pod-to-service-udp", "nodeport-from-external",
          "session-affinity", "default-deny-allow", "egress-cidr", "policy-audit-mode"]

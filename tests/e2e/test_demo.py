@@ -16,11 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from harness import Sandbox, needs_root, unique_name
+import pytest
+from harness import Sandbox, unique_name
 
 from velvet.sandbox.naming import SandboxNames
 
-pytestmark = needs_root
+pytestmark = pytest.mark.privileged
 DEMO_TIMEOUT = 300
 
 

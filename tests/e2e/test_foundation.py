@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import EXAMPLES, Sandbox, needs_root, unique_name
+from harness import EXAMPLES, Sandbox, unique_name
 
 from velvet.paths import AgentPaths
 from velvet.sandbox.naming import SandboxNames
 
-pytestmark = [pytest.mark.privileged, needs_root]
+pytestmark = pytest.mark.privileged
 PODS = ["blue/echo-1", "blue/echo-2", "green/echo-1", "green/echo-2"]
 
 
@@ -107,33 +109,74 @@ def test_status_shows_programs_on_every_veth_and_the_cgroup(sb: Sandbox, ips: di
     assert {p["id"] for p in programs.values() if p["attached_to"]} <= kernel_ids
 
 
+# A TCP client in a pod: one echo round trip, "connected", then one round trip per line of stdin.
+STREAM_CLIENT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 8080), timeout=5)
+f = s.makefile("rw")
+def round_trip(i):
+    f.write("x\\n"); f.flush()
+    if not f.readline(): sys.exit(f"broken at round trip {i}")
+round_trip(0)
+print("connected", flush=True)
+for i, _ in enumerate(sys.stdin, 1):
+    round_trip(i)
+    print("ok", i, flush=True)
+"""
+
+
+def stdout_lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+    """Every stdout line of `proc` (stripped), then "" at its end, filled by a reader thread."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.strip())
+        lines.put("")
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def next_line(lines: queue.Queue[str], what: str, timeout: float = 30) -> str:
+    """The next line; fails naming `what` when none comes in time or the process ended."""
+    try:
+        line = lines.get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError(f"no {what} within {timeout}s") from None
+    assert line, f"the client ended before {what}"
+    return line
+
+
 def test_agent_kill_does_not_interrupt_a_streaming_connection(sb: Sandbox, ips: dict[str, str]) -> None:
-    """Test that `kill -9` of the agent leaves a live TCP stream working and the restarted agent
-    reports the same state."""
+    """Test that `kill -9` of the agent leaves a live TCP stream working, while the agent is down and
+    after it is back, and the restarted agent reports the same state."""
     before = sb.json("status")
     client = subprocess.Popen(
         [sys.executable, "-m", "velvet.cli.main", "--sandbox", sb.name, "sandbox", "exec", "blue/echo-1",
-         "--", "python3", "-c",
-         "import socket, sys, time\n"
-         f"s = socket.create_connection(('{ips['green/echo-2']}', 8080), timeout=5)\n"
-         "f = s.makefile('rw')\n"
-         "for i in range(30):\n"
-         "    f.write('x\\n'); f.flush()\n"
-         "    if not f.readline(): sys.exit(f'broken at {i}')\n"
-         "    time.sleep(0.1)\n"
-         "print('ok')\n"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.8)
-    pid_file = AgentPaths(sb.name).run_dir / "agent.pid"
-    old_pid = int(pid_file.read_text())
-    os.kill(old_pid, 9)
-    out, err = client.communicate(timeout=60)
-    assert client.returncode == 0, err
-    assert out.strip() == "ok"
-    deadline = time.monotonic() + 30
-    while not sb.api.healthy() or int(pid_file.read_text()) == old_pid:
-        assert time.monotonic() < deadline, "the agent was not restarted"
-        time.sleep(0.2)
+         "--", "python3", "-c", STREAM_CLIENT, ips["green/echo-2"]],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    assert client.stdin is not None
+    lines = stdout_lines(client)
+    try:
+        assert next_line(lines, "connected line") == "connected"
+        pid_file = AgentPaths(sb.name).run_dir / "agent.pid"
+        old_pid = int(pid_file.read_text())
+        os.kill(old_pid, 9)
+        client.stdin.write("\n")  # a round trip right after the kill
+        assert next_line(lines, "round trip after the kill") == "ok 1"
+        deadline = time.monotonic() + 30
+        while not sb.api.healthy() or int(pid_file.read_text()) == old_pid:
+            assert time.monotonic() < deadline, "the agent was not restarted"
+            time.sleep(0.2)
+        client.stdin.write("\n")
+        assert next_line(lines, "round trip after the restart") == "ok 2"
+        client.stdin.close()
+        assert client.wait(timeout=30) == 0, client.stderr.read() if client.stderr else ""
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
     after = sb.json("status")
     assert after["counts"] == before["counts"]
     assert {m["name"]: m["entries"] for m in after["datapath"]["maps"] if m["name"].startswith("lb4_s")} == \

@@ -25,9 +25,9 @@ from ipaddress import ip_address, ip_network
 from typing import Any
 
 import pytest
-from harness import Sandbox, echo_pod, namespace, needs_root, sandbox
+from harness import Sandbox, echo_pod, namespace, sandbox
 
-pytestmark = needs_root
+pytestmark = pytest.mark.privileged
 Flow = dict[str, Any]
 NODE_PORT = 30080
 

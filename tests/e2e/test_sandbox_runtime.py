@@ -43,10 +43,7 @@ from velvet.sandbox.naming import SandboxNames
 from velvet.sandbox.process import alive
 from velvet.system.netns import call_in_netns
 
-pytestmark = [
-    pytest.mark.privileged,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, cgroups)"),
-]
+pytestmark = pytest.mark.privileged
 
 PY = sys.executable
 ECHO = (PY, "-m", "velvet.sandbox.echo")

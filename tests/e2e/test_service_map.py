@@ -20,9 +20,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import REPO, Sandbox, echo_pod, namespace, needs_root, sandbox
+from harness import REPO, Sandbox, echo_pod, namespace, sandbox
 
-pytestmark = needs_root
+pytestmark = pytest.mark.privileged
 WAIT_SECONDS = 30.0
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from harness import Sandbox, echo_pod, namespace, needs_root, sandbox
+from harness import Sandbox, echo_pod, namespace, sandbox
 
 from velvet.sandbox import SandboxConfig, run_in_netns
 
-pytestmark = [pytest.mark.privileged, needs_root]
+pytestmark = pytest.mark.privileged
 
 NS = "svc"
 WEB = [f"web-{i}" for i in range(4)]

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from harness import Sandbox, echo_pod, namespace, needs_root, sandbox
+from harness import Sandbox, echo_pod, namespace, sandbox
 from test_services import (
     NS,
     backend_addresses,
@@ -37,7 +37,7 @@ from velvet.control.maglev import lookup_table
 from velvet.sandbox import SandboxConfig
 from velvet.sandbox.process import enter
 
-pytestmark = [pytest.mark.privileged, needs_root]
+pytestmark = pytest.mark.privileged
 
 NODE_IP = "192.168.77.2"
 EXT_IP = "192.168.77.1"
@@ -331,10 +331,20 @@ def test_should_fallback_to_terminating_endpoints_when_there_are_no_ready_endpoi
 
 
 def test_should_not_use_a_terminating_endpoint_while_a_ready_one_exists(sb: Sandbox) -> None:
-    """kube-proxy's rule: ready endpoints first; the draining pod gets nothing new then."""
-    sb.apply(echo_pod(NS, "drain-peer", {"app": "drain"}))
+    """kube-proxy's rule: ready endpoints first; the draining pod gets nothing new then.
+
+    Its own draining pod and service (the fallback test's are not assumed), so it runs alone too.
+    """
+    sb.apply(draining_pod("drain-alone", "app: drain-alone")
+             + service("drain-alone", tcp_port(80, 8080), selector="app: drain-alone"))
+    sb.wait_ready([f"{NS}/drain-alone"])
+    vip = cluster_ip(sb, "drain-alone")
+    wait_backends(sb, f"{NS}/drain-alone", f"{vip}:80/TCP", 1)
+    _start_draining(sb, "drain-alone", "app: drain-alone")
+    eventually(lambda: pods_of(probe(sb, CLIENT, f"tcp://{vip}:80", 3)) == {"drain-alone": 3},
+               "the terminating drain-alone to serve while it is the only endpoint")
+    sb.apply(echo_pod(NS, "drain-peer", {"app": "drain-alone"}))
     sb.wait_ready([f"{NS}/drain-peer"])
-    vip = cluster_ip(sb, "drain")
     eventually(lambda: pods_of(probe(sb, CLIENT, f"tcp://{vip}:80", 10)) == {"drain-peer": 10},
                "only drain-peer to answer")
 

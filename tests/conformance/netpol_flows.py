@@ -1,0 +1,149 @@
+"""The flow log's side of a blocked cell: the drop `velvet observe` shows for a pair, and its reason.
+
+A blocked cell passes only when the product also says why: a drop from the source pod to the
+destination pod on the probed port and protocol whose `drop_reason_desc` is POLICY_DENIED, as
+`velvet observe --type drop -o json` prints it. DropLog follows that command for the whole run (from
+the run's start, so nothing before it is mistaken for this run's drops).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+POLICY_DENIED = "POLICY_DENIED"  # Hubble's drop_reason_desc of a packet NetworkPolicy denied
+REPLAY = 4095  # the flow store's capacity: replay everything since the start the follower may have missed
+
+Cell = tuple[str, str, int, str]  # (source "ns/pod", destination "ns/pod", port, protocol)
+
+
+@dataclass(frozen=True)
+class Drop:
+    """One drop flow: which pods, port and protocol, and the reason the product gives."""
+
+    source: str
+    destination: str
+    port: int
+    protocol: str
+    reason: str
+
+    @property
+    def cell(self) -> Cell:
+        """The matrix cell (and port/protocol) this drop stands for."""
+        return self.source, self.destination, self.port, self.protocol
+
+
+def _pod(endpoint: Any) -> str:
+    """"ns/pod" of a Hubble endpoint, "" when it is not a pod."""
+    if not isinstance(endpoint, Mapping) or not endpoint.get("pod_name"):
+        return ""
+    return f"{endpoint.get('namespace', '')}/{endpoint['pod_name']}"
+
+
+def parse_drop(line: str) -> Drop | None:
+    """The Drop of one `observe -o json` line, None for a line that is not a pod-to-pod drop."""
+    flow = json.loads(line)
+    if not isinstance(flow, Mapping):
+        return None
+    l4 = flow.get("l4") or {}
+    protocol = next((p for p in ("TCP", "UDP", "SCTP") if p in l4), "")
+    source, destination = _pod(flow.get("source")), _pod(flow.get("destination"))
+    if not (protocol and source and destination):
+        return None
+    return Drop(source, destination, int(l4[protocol].get("destination_port", 0)), protocol,
+                str(flow.get("drop_reason_desc", "")))
+
+
+def unexplained(drops: Collection[Drop], wanted: Collection[Cell]) -> dict[Cell, list[str]]:
+    """Wanted cells without a POLICY_DENIED drop: cell -> the other drop reasons seen for it."""
+    denied = {d.cell for d in drops if d.reason == POLICY_DENIED}
+    others: dict[Cell, list[str]] = {}
+    for d in drops:
+        if d.reason != POLICY_DENIED and d.reason not in others.setdefault(d.cell, []):
+            others[d.cell].append(d.reason)
+    return {cell: others.get(cell, []) for cell in wanted if cell not in denied}
+
+
+class DropLog:
+    """`velvet observe --follow --type drop -o json` of one sandbox, collected from the start of the run."""
+
+    def __init__(self, sandbox: str) -> None:
+        """Start following (drops since now; earlier ones of a reused sandbox are left out)."""
+        since = datetime.now(UTC).isoformat()
+        argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", sandbox, "observe", "--follow",
+                "--type", "drop", "--since", since, "--last", str(REPLAY), "-o", "json"]
+        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._drops: list[Drop] = []
+        self._said: list[str] = []
+        self._ended = False
+        self._changed = threading.Condition()
+        self._threads = [threading.Thread(target=self._pump, name="drop log", daemon=True),
+                         threading.Thread(target=self._listen, name="drop log stderr", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def _pump(self) -> None:
+        """Collect every drop line until the follower ends."""
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            drop = parse_drop(line) if line.strip() else None
+            if drop is not None:
+                with self._changed:
+                    self._drops.append(drop)
+                    self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def _listen(self) -> None:
+        """Keep what the follower says on stderr (lost events, errors)."""
+        assert self._proc.stderr is not None
+        for line in self._proc.stderr:
+            with self._changed:
+                self._said.append(line.strip())
+
+    def mark(self) -> int:
+        """A position in the log: `unexplained(..., since=mark)` looks only at drops that came after."""
+        with self._changed:
+            return len(self._drops)
+
+    def unexplained(self, wanted: Collection[Cell], since: int, timeout: float) -> dict[Cell, list[str]]:
+        """Wanted cells that got no POLICY_DENIED drop after `since` within `timeout` seconds (flows reach
+        the log a little after the packets): cell -> other drop reasons seen for it."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                missing = unexplained(self._drops[since:], wanted)
+                left = deadline - time.monotonic()
+                if not missing or left <= 0 or self._ended:
+                    return missing
+                self._changed.wait(left)
+
+    def problems(self) -> str:
+        """What the follower said on stderr (lost events, errors), and whether it ended early."""
+        with self._changed:
+            said = "; ".join(line for line in self._said if line)
+        ended = f"velvet observe --follow ended (exit {self._proc.poll()})" if self._ended else ""
+        return "; ".join(p for p in (ended, said) if p)
+
+    def close(self) -> None:
+        """Stop following."""
+        if self._proc.poll() is None:
+            self._proc.terminate()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream is not None:
+                stream.close()
