@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import MappingProxyType
+from typing import Any
 
 import pytest
-from netpol_reference import make_namespace, make_pod, make_policy, sel
+from netpol_reference import allowed, make_namespace, make_pod, make_policy, sel
 
+from velvet.control.cidrs import PrefixIndex
 from velvet.control.identity import FIRST_LOCAL_CIDR_IDENTITY, IdentityAllocator
 from velvet.control.policy import ALLOW_LOCALHOST, CompiledEndpoint, CompiledPolicy, PolicyCompiler
 from velvet.control.policy_lookup import cidr_identity, describe_key, label_identity, lookup, trace
@@ -503,6 +505,83 @@ def test_hundred_pods_hundred_policies_compile_fast() -> None:
     elapsed = time.process_time() - start
     assert sum(len(ep.entries) for ep in compiled.endpoints.values()) > 100_000
     assert elapsed < 1.0, f"compiling took {elapsed:.3f}s of CPU"
+
+
+# --- scale: counted operations, never wall-clock ---------------------------------------------------
+
+def _counting(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
+    """Count the calls of `owner.name` (one list item per call) without changing what it does."""
+    calls: list[int] = []
+    original: Callable[..., Any] = getattr(owner, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def _block_peers(n: int, seed: int = 5) -> list[NetworkPolicyPeer]:
+    """n random ipBlocks outside the pod network: /32s, /24s, and /16s with a /24 carved out."""
+    rng = random.Random(seed)
+    peers = []
+    for i in range(n):
+        a, b, c = rng.randrange(11, 200), rng.randrange(256), rng.randrange(256)
+        if i % 3 == 0:
+            peers.append(_block(f"{a}.{b}.{c}.{rng.randrange(256)}/32"))
+        elif i % 3 == 1:
+            peers.append(_block(f"{a}.{b}.{c}.0/24"))
+        else:
+            peers.append(_block(f"{a}.{b}.0.0/16", f"{a}.{b}.{c}.0/24"))
+    return peers
+
+
+def test_thousands_of_ip_blocks_give_the_reference_verdicts() -> None:
+    """Test that 600 overlapping ipBlocks with excepts select exactly what the reference says."""
+    peers = _block_peers(600)
+    policies = [_egress("out", sel(app="web"), _from(*peers, ports=[NetworkPolicyPort("TCP", 443)]))]
+    compiled, _ = _compile(policies)
+    rng = random.Random(11)
+    probes = []
+    for peer in rng.sample(peers, 60):
+        assert peer.ip_block is not None
+        net = peer.ip_block.cidr.split("/")[0].rsplit(".", 1)[0]
+        probes += [f"{net}.{rng.randrange(256)}", f"{net}.0", f"{net}.255"]
+    probes += [f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.9" for _ in range(60)]
+    for ip in probes:
+        assert _ok(compiled, WEB, ip, 443) == allowed(policies, NAMESPACES, WEB, ip, 443, "TCP"), ip
+
+
+def test_a_pod_change_redoes_no_ip_block_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that each ipBlock is selected once per policy change, and a pod change selects none again."""
+    selections = _counting(monkeypatch, PrefixIndex, "inside")
+    allocator = IdentityAllocator()
+    cidr_allocations = _counting(monkeypatch, allocator, "allocate_cidr")
+    peers = _block_peers(2000)
+    dns = _from(*peers[:1000], ports=[NetworkPolicyPort("UDP", 53)])
+    policies = [_egress("out", sel(app="web"), _from(*peers), dns)]
+    compiled, compiler = _compile(policies, allocator=allocator)
+    assert len(selections) == len({p.ip_block for p in peers})
+    assert len(cidr_allocations) == len(compiled.cidr_identities) - 1  # all but WORLD
+    selections.clear()
+    cidr_allocations.clear()
+    newcomer = make_pod("ops", "new", "10.0.1.9", {"app": "new"}, [("http", 80, "TCP")])
+    compiler.sync(NAMESPACES, [*PODS, newcomer], policies, host_ips=[HOST_IP])
+    again = compiler.compile({**{p.metadata.key: EP_IDS[p.metadata.key] for p in PODS}, "ops/new": 99})
+    assert not selections
+    assert not cidr_allocations
+    fresh = PolicyCompiler(IdentityAllocator())
+    fresh.sync(NAMESPACES, [*PODS, newcomer], policies, host_ips=[HOST_IP])
+    full = fresh.compile({**{p.metadata.key: EP_IDS[p.metadata.key] for p in PODS}, "ops/new": 99})
+    assert again.cidr_identities == full.cidr_identities
+    assert _named_entries(again) == _named_entries(full)
+
+
+def _named_entries(compiled: CompiledPolicy) -> dict[str, dict[PolicyKey, tuple[str, ...]]]:
+    """Each endpoint's entries with the names of their policy sets (ids may differ between compilers)."""
+    return {ep.pod: {k: compiled.policy_sets[v.policy_id] for k, v in ep.entries.items()}
+            for ep in compiled.endpoints.values()}
 
 
 # --- the datapath twin --------------------------------------------------------------------------
