@@ -18,6 +18,7 @@ from velvet.control.policy_lookup import cidr_identity, describe_key, label_iden
 from velvet.control.portrange import MAX_PORT, mask_port, prefix_covers, split_port_range
 from velvet.datapath.tables import ANY_IDENTITY, Direction, PolicyKey, PolicyValue
 from velvet.model import (
+    NAME_LABEL,
     IPBlock,
     LabelSelector,
     LabelSelectorRequirement,
@@ -582,6 +583,32 @@ def _named_entries(compiled: CompiledPolicy) -> dict[str, dict[PolicyKey, tuple[
     """Each endpoint's entries with the names of their policy sets (ids may differ between compilers)."""
     return {ep.pod: {k: compiled.policy_sets[v.policy_id] for k, v in ep.entries.items()}
             for ep in compiled.endpoints.values()}
+
+
+def _namespace_world(n: int) -> tuple[list[Namespace], list[Pod], list[NetworkPolicy]]:
+    """n namespaces, each with one pod and a policy allowing its own namespace and namespace ns0."""
+    from_ns0 = NetworkPolicyPeer(namespace_selector=sel(**{NAME_LABEL: "ns0"}))
+    namespaces = [make_namespace(f"ns{i}", team=("red", "blue")[i % 2]) for i in range(n)]
+    pods = [make_pod(f"ns{i}", "p", f"10.{i >> 16}.{i >> 8 & 255}.{i & 255}", {"app": "web"},
+                     [("http", 80, "TCP")]) for i in range(n)]
+    policies = [make_policy(f"ns{i}", "allow", sel(), ingress=[_from(_pods(sel()), from_ns0)],
+                            egress=[_from(_pods(sel(app="web")), ports=[NetworkPolicyPort("TCP", "http")])])
+                for i in range(n)]
+    return namespaces, pods, policies
+
+
+def test_selector_work_grows_linearly_with_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that per-namespace policies cost a bounded number of selector evaluations per namespace."""
+    evaluations = _counting(monkeypatch, LabelSelector, "matches")
+    for n in (500, 2000):
+        evaluations.clear()
+        namespaces, pods, policies = _namespace_world(n)
+        compiler = PolicyCompiler(IdentityAllocator())
+        compiler.sync(namespaces, pods, policies)
+        compiled = compiler.compile({p.metadata.key: i + 1 for i, p in enumerate(pods)})
+        assert len(evaluations) <= 5 * n, (n, len(evaluations))
+    for src, dst in ((pods[0], pods[7]), (pods[7], pods[8]), (pods[9], pods[9]), (pods[8], pods[0])):
+        assert _ok(compiled, src, dst, 80) == allowed(policies, namespaces, src, dst, 80, "TCP")
 
 
 # --- the datapath twin --------------------------------------------------------------------------

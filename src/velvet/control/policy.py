@@ -34,7 +34,8 @@ selector on a label the identity filter drops matches nothing, as in Cilium.
 Cost: what depends only on the policies (parsed ipBlocks, their prefixes, CIDR identities and the
 identities each block selects) is kept across `sync` calls until the policies or the set of pod
 /32 prefixes change; block selection is O(log n) per block plus its answer (see `cidrs`), so n
-ipBlocks compile in O(n log n).
+ipBlocks compile in O(n log n). Peer selectors look only at the identities of the namespaces they
+can match.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from velvet.datapath.tables import (
 from velvet.model import (
     Identity,
     IPBlock,
+    LabelSelector,
     Namespace,
     NetworkPolicy,
     NetworkPolicyPeer,
@@ -200,6 +202,9 @@ class PolicyCompiler:
         self._pod_labels: dict[str, Mapping[str, str]] = {}
         self._pod_identity: dict[str, Identity] = {}
         self._identities: dict[int, _IdentityInfo] = {}
+        self._ns_identities: dict[str, list[int]] = {}
+        self._ns_labels: dict[str, Mapping[str, str]] = {}
+        self._ns_by_label: dict[tuple[str, str], list[str]] = {}
         self._policy_list: list[NetworkPolicy] = []
         self._policies: dict[str, list[NetworkPolicy]] = {}
         self._host_ips: tuple[str, ...] = ()
@@ -309,15 +314,21 @@ class PolicyCompiler:
             members[identity.id].append(pod)
         for labels in old_labels.values():
             self.allocator.release(labels)
-        self._identities = {}
+        self._identities, self._ns_identities, self._ns_labels = {}, defaultdict(list), {}
         for number, pods in members.items():
             labels = self._pod_labels[pods[0].metadata.key]
-            self._identities[number] = _IdentityInfo(
+            info = self._identities[number] = _IdentityInfo(
                 namespace=pods[0].metadata.namespace,
                 pod_labels=pod_labels_of(labels),
                 namespace_labels=namespace_labels_of(labels),
                 pods=tuple(pods),
             )
+            self._ns_identities[info.namespace].append(number)
+            self._ns_labels[info.namespace] = info.namespace_labels
+        self._ns_by_label = defaultdict(list)
+        for ns, labels in self._ns_labels.items():
+            for item in labels.items():
+                self._ns_by_label[item].append(ns)
 
     def _sync_cidrs(self) -> None:
         """Hold one CIDR identity per policy prefix and needed pod /32; re-index only on change."""
@@ -403,11 +414,19 @@ class PolicyCompiler:
         pod_sel, ns_sel = peer.pod_selector, peer.namespace_selector
         if pod_sel is None and ns_sel is None:
             return ()
-        return (
-            number for number, info in self._identities.items()
-            if (info.namespace == namespace if ns_sel is None else ns_sel.matches(info.namespace_labels))
-            and (pod_sel is None or pod_sel.matches(info.pod_labels))
-        )
+        spaces = [namespace] if ns_sel is None else self._namespaces_matching(ns_sel)
+        numbers = (n for ns in spaces for n in self._ns_identities.get(ns, ()))
+        if pod_sel is None:
+            return numbers
+        return (n for n in numbers if pod_sel.matches(self._identities[n].pod_labels))
+
+    def _namespaces_matching(self, selector: LabelSelector) -> list[str]:
+        """The namespaces with pod identities that `selector` selects (matchLabels via an index)."""
+        candidates: list[str] | Mapping[str, Mapping[str, str]] = self._ns_labels
+        if selector.match_labels:
+            postings = (self._ns_by_label.get(item, []) for item in selector.match_labels.items())
+            candidates = min(postings, key=len)
+        return [ns for ns in candidates if selector.matches(self._ns_labels[ns])]
 
     def _select_block(self, ip_block: IPBlock) -> tuple[int, ...]:
         """The CIDR identities (and WORLD for an except-free 0.0.0.0/0) an ipBlock selects; cached."""
