@@ -10,8 +10,8 @@ Output shape (the datapath contract):
   no E. Two refinements keep that exact:
   * 0.0.0.0/0 with excepts is replaced by the prefixes of its complement, since WORLD is also the
     *label* identity of every unknown IP and must only be selected by an except-free 0.0.0.0/0;
-  * an egress rule with a named port and an ipBlock peer gets one /32 prefix per pod IP inside the
-    block, so the port can be resolved on that very pod (see below).
+  * some pods get a /32 prefix of their own so a named egress port can be resolved on that very
+    pod (see below).
 - per endpoint `entries`: PolicyKey -> PolicyValue in the single LPM `policy` map, and the policy
   set table naming, for each entry, every NetworkPolicy that allows what it matches. An entry's set
   includes the sets of all less specific entries covering it for the same identity and for the
@@ -22,11 +22,12 @@ Semantics (networking.k8s.io/v1): a pod is isolated for a direction iff a policy
 selects it and lists the direction in policyTypes; then traffic is allowed iff some rule of some such
 policy matches (union). Ingress from HOST (kubelet probes) is always allowed, as an explicit entry
 named `reserved:allow-localhost`. Named ports resolve on the destination pod's container ports
-(name and protocol): for ingress on the endpoint itself; for egress on the peer, per peer identity
-(every number any pod of the identity gives the name), per pod /32 for ipBlock peers, and over all
-pod identities for an empty `to` — so named egress ports never match destinations outside the
-cluster, and a name nobody defines allows nothing. Known approximation: pods with the same identity
-but different numbers for a name each accept all of those numbers (identity-based enforcement).
+(name and protocol), exactly: for ingress on the endpoint itself; for egress on each destination
+pod. A peer identity whose pods (with an IP) all give the name the same number gets one entry for
+that number; when they disagree (or some lack the name), every such pod gets a /32 CIDR identity
+and the entry is keyed on it, so each pod accepts only its own number. ipBlock peers resolve per
+pod /32 the same way, and an empty `to` over every pod identity — so named egress ports never
+match destinations outside the cluster, and a name nobody defines allows nothing.
 
 Target pods are selected on their full labels; peers on identity labels (see `labels`), so a peer
 selector on a label the identity filter drops matches nothing, as in Cilium.
@@ -213,6 +214,7 @@ class PolicyCompiler:
         self._cidr_index = PrefixIndex({})
         self._block_peers: dict[IPBlock, tuple[int, ...]] = {}
         self._cidr_pod: dict[int, Pod] = {}
+        self._pod_cidr: dict[str, int] = {}
         self._peer_cache: dict[tuple[str, Direction, int], tuple[int, ...]] = {}
         self._named_cache: dict[tuple[int, str, str], tuple[tuple[int, int], ...]] = {}
         self._sets = _PolicySets()
@@ -345,9 +347,14 @@ class PolicyCompiler:
             self._block_peers.clear()
         by_prefix = {f"{p.status.pod_ip}/32": p for p in self._pods.values() if p.status.pod_ip}
         self._cidr_pod = {self._cidrs[p]: by_prefix[p] for p in pod_prefixes}
+        self._pod_cidr = {pod.metadata.key: n for n, pod in self._cidr_pod.items()}
 
     def _pod_prefixes(self) -> dict[str, None]:
-        """The pod /32 prefixes that named egress ports need: those of pods inside their ipBlocks."""
+        """The pod /32 prefixes that named egress ports need.
+
+        Those of pods inside an ipBlock of a rule with a named port, and those of every pod of an
+        identity whose pods disagree on the number of a name some egress rule uses.
+        """
         found: dict[str, None] = {}
         blocks = self._policy_cidrs.named_blocks
         if blocks:
@@ -360,6 +367,11 @@ class PolicyCompiler:
                 low = bisect.bisect_left(addresses, int(block.cidr.network_address))
                 high = bisect.bisect_right(addresses, int(block.cidr.broadcast_address))
                 found.update((f"{ip}/32", None) for a, ip in by_address[low:high] if block.contains(a))
+        for info in self._identities.values():
+            with_ip = [p for p in info.pods if p.status.pod_ip]
+            names = self._policy_cidrs.names
+            if len(with_ip) > 1 and any(len(_numbers(with_ip, *name)) > 1 for name in names):
+                found.update((f"{p.status.pod_ip}/32", None) for p in with_ip)
         return found
 
     def _grant_rule(
@@ -447,14 +459,34 @@ class PolicyCompiler:
         found = self._named_cache.get(key)
         if found is None:
             if peer == ANY_IDENTITY:
-                owners = [(n, info.pods) for n, info in self._identities.items()]
-            elif peer in self._identities:
-                owners = [(peer, self._identities[peer].pods)]
+                owners: Iterable[int] = self._identities
             else:
-                owners = [(peer, (self._cidr_pod[peer],))] if peer in self._cidr_pod else []
-            resolved = {(n, p.named_port(name, protocol)) for n, pods in owners for p in pods}
-            found = self._named_cache[key] = tuple(sorted((n, num) for n, num in resolved if num is not None))
+                owners = (peer,) if peer in self._identities else ()
+            resolved = {pair for n in owners for pair in self._identity_ports(n, name, protocol)}
+            pod = self._cidr_pod.get(peer)
+            number = pod.named_port(name, protocol) if pod is not None else None
+            if number is not None:
+                resolved.add((peer, number))
+            found = self._named_cache[key] = tuple(sorted(resolved))
         return found
+
+    def _identity_ports(self, identity: int, name: str, protocol: str) -> Iterator[tuple[int, int]]:
+        """What a named port means on the pods of one identity, as (identity, number) pairs.
+
+        The identity itself when all its pods give the name one number, else the /32 CIDR identity
+        of each pod that defines the name.
+        """
+        pods = [p for p in self._identities[identity].pods if p.status.pod_ip]
+        numbers = _numbers(pods, name, protocol)
+        if len(numbers) == 1:
+            number = numbers.pop()
+            if number is not None:
+                yield identity, number
+            return
+        for pod in pods:
+            number = pod.named_port(name, protocol)
+            if number is not None:
+                yield self._pod_cidr[pod.metadata.key], number
 
     def _entries(
         self, ep_id: int, direction: Direction, grants: _Grants
@@ -500,6 +532,7 @@ class _PolicyCidrs:
     blocks: Mapping[IPBlock, Block | None] = field(default_factory=dict)  # every ipBlock, parsed
     prefixes: frozenset[str] = frozenset()  # their prefixes (pod /32s aside)
     named_blocks: tuple[Block, ...] = ()  # blocks of egress rules with named ports: pod /32s inside
+    names: frozenset[tuple[str, str]] = frozenset()  # (name, protocol) of every named egress port
 
     @classmethod
     def of(cls, policies: Iterable[NetworkPolicy]) -> _PolicyCidrs:
@@ -507,11 +540,14 @@ class _PolicyCidrs:
         blocks: dict[IPBlock, Block | None] = {}
         prefixes: set[str] = set()
         named_blocks: dict[IPBlock, Block] = {}
+        names: set[tuple[str, str]] = set()
         for policy in policies:
             for direction in Direction:
                 for rule in _applied_rules(policy, direction):
-                    named = any(isinstance(p.port, str) for p in rule.ports)
-                    egress_named = direction is Direction.EGRESS and named
+                    named = {(p.port, p.protocol) for p in rule.ports if isinstance(p.port, str)}
+                    egress_named = direction is Direction.EGRESS and bool(named)
+                    if egress_named:
+                        names |= named
                     for ip_block in (p.ip_block for p in rule.peers if p.ip_block is not None):
                         if ip_block not in blocks:
                             block = blocks[ip_block] = parse_block(ip_block)
@@ -519,7 +555,7 @@ class _PolicyCidrs:
                         block = blocks[ip_block]
                         if egress_named and block is not None:
                             named_blocks[ip_block] = block
-        return cls(blocks, frozenset(prefixes), tuple(named_blocks.values()))
+        return cls(blocks, frozenset(prefixes), tuple(named_blocks.values()), frozenset(names))
 
 
 def _block_prefixes(block: Block | None) -> Iterator[str]:
@@ -529,6 +565,11 @@ def _block_prefixes(block: Block | None) -> Iterator[str]:
     if block.cidr.prefixlen == 0 and block.excepts:
         yield from (str(n) for n in exclude(block.cidr, block.excepts))
     yield from (str(n) for n in (block.cidr, *block.excepts) if n.prefixlen)
+
+
+def _numbers(pods: Iterable[Pod], name: str, protocol: str) -> set[int | None]:
+    """The numbers `pods` give a named port (None for a pod that lacks it)."""
+    return {p.named_port(name, protocol) for p in pods}
 
 
 def _merge(granted: Iterable[_Grant]) -> dict[PortKey, set[str]]:
