@@ -585,6 +585,28 @@ def test_frontend_reached_two_ways_gets_both_kinds(compiler: ServiceCompiler) ->
     assert flags & SvcFlag.SOURCE_RANGE
 
 
+@pytest.mark.parametrize(
+    ("ranges", "allowed"),
+    [
+        (("fd00::/8",), None),  # kube-proxy: no range of the family -> no firewall -> every IPv4 client
+        (("fd00::/8", "::/0"), None),
+        (("0.0.0.0/0", "10.0.0.0/8"), None),  # a zero CIDR means any source
+        ((" 10.0.0.0/8 ", "fd00::/8"), ("10.0.0.0/8",)),  # padding the API accepts is trimmed
+    ],
+    ids=["ipv6-only", "ipv6-zero", "ipv4-zero", "padded"],
+)
+def test_source_ranges_follow_kube_proxy_family_filtering(
+    compiler: ServiceCompiler, ranges: tuple[str, ...], allowed: tuple[str, ...] | None
+) -> None:
+    """Ranges of the other family are dropped; none left, or a zero CIDR, restricts nothing."""
+    svc = service(type="LoadBalancer", ingress=["198.51.100.1"], load_balancer_source_ranges=ranges)
+    compiler.update(svc, [eps_slice([ep("10.0.1.1")])], "default/web")
+    state = compiler.desired()
+    frontend = front(state, "198.51.100.1", 80)
+    assert bool(frontend.flags & SvcFlag.SOURCE_RANGE) == (allowed is not None)
+    assert {k.cidr for k in state.src_range} == set(allowed or ())
+
+
 # Maglev
 
 

@@ -22,6 +22,11 @@ serving terminating endpoints that no slot selects, so connections already track
 finish; a backend is TERMINATING when every service using it sees it terminating. A frontend address
 wanted by two services belongs to the first; the other gets it when it is released.
 
+loadBalancerSourceRanges are kube-proxy's (pkg/proxy/serviceport.go, newBaseServiceInfo): the ranges
+are filtered to the service's IP family (IPv4 here), and an empty result, like a zero CIDR among them,
+means no restriction. So a Service whose ranges are all IPv6 accepts every IPv4 client on its
+LoadBalancer IPs, exactly as kube-proxy's IPv4 proxier (no firewall chain) does.
+
 Map capacity is all or nothing per service and never silent: a service whose entries do not fit
 (rev-NAT ids, backend ids, or room in lb4_services / lb4_src_range / lb4_maglev while the delta is
 applied, upserts before deletes) changes nothing, keeps whatever version was programmed before, and is
@@ -69,6 +74,7 @@ LB_CAPACITY: Mapping[LbMap, int] = MappingProxyType({
 })
 """max_entries of each lb4 map, as datapath/bpf/lib/maps.h sets them (a unit test compares)."""
 _ENTRY_MAPS = (LbMap.SERVICES, LbMap.SRC_RANGE, LbMap.MAGLEV)  # maps whose room is counted in entries
+ZERO_CIDR = "0.0.0.0/0"
 
 _PROTOCOLS = {p.name: p.value for p in Proto}
 _CLUSTERIP = int(SvcFlag.CLUSTERIP)
@@ -101,11 +107,20 @@ def _ipv4(text: str) -> str | None:
 
 
 def _ipv4_cidr(text: str) -> str | None:
-    """`text` as a canonical IPv4 network ("10.0.0.0/8"; host bits cleared), else None."""
+    """`text` as a canonical IPv4 network ("10.0.0.0/8"; host bits cleared, padding ignored), else None."""
     try:
-        return str(ipaddress.IPv4Network(text, strict=False))
+        return str(ipaddress.IPv4Network(text.strip(), strict=False))
     except ValueError:
         return None
+
+
+def source_ranges(service: Service) -> tuple[str, ...]:
+    """The IPv4 loadBalancerSourceRanges that restrict a service, canonical and sorted; () = any source.
+
+    As kube-proxy: ranges of the other family are dropped, and a zero CIDR allows every source.
+    """
+    ranges = sorted({c for c in map(_ipv4_cidr, service.spec.load_balancer_source_ranges) if c})
+    return () if ZERO_CIDR in ranges else tuple(ranges)
 
 
 def is_ignored(service: Service) -> bool:
@@ -638,7 +653,7 @@ class ServiceCompiler:
             current.frontends[frontend] = spec.usable
             for backend in spec.usable:
                 current.backends[backend] = backend in terminating
-        ranges = sorted({c for c in map(_ipv4_cidr, service.spec.load_balancer_source_ranges) if c})
+        ranges = source_ranges(service)
         current.counts = _entry_counts(frontends, ranges)
         self._revnat_ids.ensure_free(sum(f not in self._revnat_ids.ids for f in frontends))
         self._backend_ids.ensure_free(sum(b not in self._backend_ids.ids for b in current.backends))
