@@ -6,8 +6,9 @@ ranged ports, both directions, every policyTypes combination) and checks, for ev
 (including a pod with itself) and for traffic to and from IPs outside the cluster, that
 `PolicyCompiler` + `policy_lookup.trace` give the reference evaluator's verdict.
 
-Pods with the same labels in the same namespace share one identity, so the generator gives them the
-same container ports: identity-based enforcement cannot tell them apart (documented in `policy`).
+Pods with the same labels in the same namespace share one identity; the generator gives such a pod
+either the ports of the first pod of its identity or ports of its own, so a named egress port must
+resolve on each destination pod, not on its identity.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def _policy(draw: st.DrawFn, index: int) -> NetworkPolicy:
 
 @st.composite
 def _world(draw: st.DrawFn) -> tuple[list[Namespace], list[Pod], list[NetworkPolicy]]:
-    """Namespaces, pods (same identity -> same ports) and policies."""
+    """Namespaces, pods (sharing an identity's ports, or not) and policies."""
     namespaces = [make_namespace(n, **draw(_labels({"team": ("red", "blue")}))) for n in NAMESPACES]
     count = draw(st.integers(2, 6))
     ports_of: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[str | None, int, str]]] = {}
@@ -186,10 +187,13 @@ def _world(draw: st.DrawFn) -> tuple[list[Namespace], list[Pod], list[NetworkPol
         ns = draw(st.sampled_from(NAMESPACES))
         labels = draw(_labels(POD_LABELS))
         group = (ns, tuple(sorted(labels.items())))
-        if group not in ports_of:
-            ports_of[group] = [draw(st.sampled_from(v)) for v in NAMED_PORTS.values() if draw(st.booleans())]
+        ports: list[tuple[str | None, int, str]] = [
+            draw(st.sampled_from(v)) for v in NAMED_PORTS.values() if draw(st.booleans())]
+        if group in ports_of and draw(st.booleans()):
+            ports = ports_of[group]
+        ports_of.setdefault(group, ports)
         ip = f"10.{draw(st.integers(0, 1))}.{draw(st.integers(0, 1))}.{10 + i}"
-        pods.append(make_pod(ns, f"pod{i}", ip, labels, ports_of[group]))
+        pods.append(make_pod(ns, f"pod{i}", ip, labels, ports))
     policies = [draw(_policy(i)) for i in range(draw(st.integers(1, 5)))]
     return namespaces, pods, policies
 

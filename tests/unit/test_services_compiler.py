@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import time
+import math
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 from velvet.control.maglev import DEFAULT_TABLE_SIZE
 from velvet.control.services import (
     ALGORITHM_ANNOTATION,
+    LB_CAPACITY,
     NODEPORT_WILDCARD,
     IdAllocator,
     ServiceCompiler,
@@ -19,7 +22,7 @@ from velvet.control.services import (
 )
 from velvet.datapath.delta import LbDelta, UpsertBatch
 from velvet.datapath.structs import BackendState, LbScope, SvcFlag
-from velvet.datapath.tables import LbState, Proto, ServiceKey, ServiceValue, SourceRangeKey
+from velvet.datapath.tables import LbMap, LbState, Proto, ServiceKey, ServiceValue, SourceRangeKey
 from velvet.errors import MapFull
 from velvet.model.meta import ObjectMeta
 from velvet.model.service import (
@@ -582,6 +585,28 @@ def test_frontend_reached_two_ways_gets_both_kinds(compiler: ServiceCompiler) ->
     assert flags & SvcFlag.SOURCE_RANGE
 
 
+@pytest.mark.parametrize(
+    ("ranges", "allowed"),
+    [
+        (("fd00::/8",), None),  # kube-proxy: no range of the family -> no firewall -> every IPv4 client
+        (("fd00::/8", "::/0"), None),
+        (("0.0.0.0/0", "10.0.0.0/8"), None),  # a zero CIDR means any source
+        ((" 10.0.0.0/8 ", "fd00::/8"), ("10.0.0.0/8",)),  # padding the API accepts is trimmed
+    ],
+    ids=["ipv6-only", "ipv6-zero", "ipv4-zero", "padded"],
+)
+def test_source_ranges_follow_kube_proxy_family_filtering(
+    compiler: ServiceCompiler, ranges: tuple[str, ...], allowed: tuple[str, ...] | None
+) -> None:
+    """Ranges of the other family are dropped; none left, or a zero CIDR, restricts nothing."""
+    svc = service(type="LoadBalancer", ingress=["198.51.100.1"], load_balancer_source_ranges=ranges)
+    compiler.update(svc, [eps_slice([ep("10.0.1.1")])], "default/web")
+    state = compiler.desired()
+    frontend = front(state, "198.51.100.1", 80)
+    assert bool(frontend.flags & SvcFlag.SOURCE_RANGE) == (allowed is not None)
+    assert {k.cidr for k in state.src_range} == set(allowed or ())
+
+
 # Maglev
 
 
@@ -788,19 +813,143 @@ def test_update_refuses_a_service_under_another_key(compiler: ServiceCompiler) -
         compiler.update(service(), [], "default/other")
 
 
-def test_rev_nat_exhaustion_leaves_the_service_as_it_was() -> None:
-    """Out of rev-NAT indexes: the update is reported unprogrammed and changes nothing."""
-    compiler = ServiceCompiler(NODE, [NODE_IP])
-    compiler._revnat_ids = IdAllocator("lb4_revnat", 2)
-    compiler.update(service(), [eps_slice([ep("10.0.1.1")])], "default/web")
+def small(**capacity: int) -> ServiceCompiler:
+    """A compiler whose maps hold only as many entries as given (the others as the datapath's)."""
+    return ServiceCompiler(NODE, [NODE_IP], capacity={**LB_CAPACITY, **{LbMap[k.upper()]: v
+                                                                         for k, v in capacity.items()}})
+
+
+def many_ports(n: int, first: int = 1000) -> tuple[ServicePort, ...]:
+    """n service ports first..first+n-1 (names p<port>)."""
+    return tuple(ServicePort(first + i, name=f"p{first + i}") for i in range(n))
+
+
+def test_rev_nat_exhaustion_is_a_problem_until_room_frees() -> None:
+    """Test that after a service took every rev-NAT id, the next one is reported and programmed later."""
+    compiler = small(revnat=8)
+    big = compiler.update(service("big", ports=many_ports(8), cluster_ip="10.96.0.1"), [], "default/big")
+    assert len(big.revnat.upserts) == 8
     before = compiler.desired()
-    delta = compiler.update(service(external_ips=("203.0.113.1", "203.0.113.2")),
-                            [eps_slice([ep("10.0.1.2")])], "default/web")
+    delta = compiler.update(service(), [eps_slice([ep("10.0.1.1")])], "default/web")
     assert len(delta) == 0
-    assert [key for key, _ in delta.unprogrammed] == ["default/web"]
-    assert "lb4_revnat is full" in delta.unprogrammed[0][1]
+    reason = "not programmed: map lb4_revnat is full: 9 entries wanted, capacity 8"
+    assert compiler.problems() == {"default/web": reason}
+    assert delta.unprogrammed == (("default/web", reason),)
+    assert compiler.desired() == before  # the programmed service kept every id
+    assert compiler.retry() == {}
+    maps: dict[str, dict[object, object]] = {}
+    apply(maps, compiler.delete("default/big"))
+    assert compiler.problems() == {"default/web": reason}
+    retried = compiler.retry()
+    assert list(retried) == ["default/web"]
+    apply(maps, retried["default/web"])
+    assert not compiler.problems()
+    assert backends_of(compiler.desired(), CLUSTER_IP, 80) == {("10.0.1.1", 8080)}
+    assert maps["lb4_services"] == dict(compiler.desired().services)
+
+
+def test_backend_capacity_is_all_or_nothing_per_service() -> None:
+    """Test that a service whose backends do not all fit gets none, and others keep theirs."""
+    compiler = small(backends=3)
+    two = [ep("10.0.1.1"), ep("10.0.1.2")]
+    compiler.update(service("a", cluster_ip="10.96.0.1"), [eps_slice(two, svc="a")], "default/a")
+    before = compiler.desired()
+    four = [ep(f"10.0.2.{i}") for i in range(1, 5)]
+    delta = compiler.update(service("b", cluster_ip="10.96.0.2"), [eps_slice(four, svc="b")], "default/b")
+    assert len(delta) == 0
+    reason = "not programmed: map lb4_backends is full: 6 entries wanted, capacity 3"
+    assert compiler.problems() == {"default/b": reason}
     assert compiler.desired() == before
-    assert len(compiler.update(service(), [eps_slice([ep("10.0.1.2")])], "default/web")) == 3
+    compiler.update(service("b", cluster_ip="10.96.0.2"), [eps_slice(four[:1], svc="b")], "default/b")
+    assert not compiler.problems()
+    assert backends_of(compiler.desired(), "10.96.0.2", 80) == {("10.0.2.1", 8080)}
+
+
+def test_a_change_that_does_not_fit_keeps_the_previous_version() -> None:
+    """Test that a grown service that overflows lb4_services keeps its programmed version, then recovers."""
+    compiler = small(services=6)
+    five = [ep(f"10.0.1.{i}") for i in range(1, 6)]
+    compiler.update(service(), [eps_slice(five)], "default/web")  # frontend + 5 slots = 6 entries
+    before = compiler.desired()
+    swapped = compiler.update(service(), [eps_slice([*five[:4], ep("10.0.1.9")])], "default/web")
+    assert not compiler.problems()  # same slots, new backend: no new key
+    assert len(swapped.services.upserts) == 1
+    programmed = compiler.desired()
+    assert programmed != before
+    grown = compiler.update(service(), [eps_slice([*five, ep("10.0.1.9")])], "default/web")
+    assert len(grown) == 0
+    assert compiler.problems() == {
+        "default/web": "change not programmed, the previous version stays: "
+                       "map lb4_services is full: 7 entries wanted, capacity 6"}
+    assert compiler.desired() == programmed
+    compiler.delete("default/web")
+    assert not compiler.problems()
+    assert compiler.desired() == LbState()
+
+
+def test_a_service_that_does_not_fit_gives_back_what_it_took() -> None:
+    """Test that ids and backend references taken by a compile that then overflowed are released."""
+    compiler = small(services=8, revnat=4)
+    shared = [ep("10.0.1.1"), ep("10.0.1.2")]
+    compiler.update(service("a", cluster_ip="10.96.0.1"), [eps_slice(shared, svc="a")], "default/a")
+    before = compiler.desired()
+    nodeport = [ServicePort(80, name="http", node_port=30080)]
+    svc = service("b", cluster_ip="10.96.0.2", type="NodePort", ports=nodeport)  # 3 frontends, 12 entries
+    compiler.update(svc, [eps_slice([*shared, ep("10.0.1.3")], svc="b")], "default/b")
+    assert "lb4_services is full" in compiler.problems()["default/b"]
+    assert compiler.desired() == before
+    compiler.update(service("c", cluster_ip="10.96.0.3", ports=many_ports(3)), [], "default/c")
+    assert list(compiler.problems()) == ["default/b"]  # b's three rev-NAT ids came back
+    compiler.delete("default/a")
+    compiler.delete("default/c")
+    assert compiler.desired() == LbState()  # and no backend reference stayed behind
+    assert compiler.retry() == {}  # b needs more entries than lb4_services holds
+
+
+def test_deleting_a_service_that_did_not_fit_clears_its_problem() -> None:
+    """Test that a deleted service is no longer reported."""
+    compiler = small(revnat=1)
+    compiler.update(service("a", cluster_ip="10.96.0.1"), [], "default/a")
+    compiler.update(service("b", cluster_ip="10.96.0.2"), [], "default/b")
+    assert list(compiler.problems()) == ["default/b"]
+    compiler.delete("default/b")
+    assert not compiler.problems()
+    assert compiler.retry() == {}
+
+
+def test_entries_a_delta_deletes_still_count_until_it_is_applied() -> None:
+    """Test that a frontend handed over in the same delta needs room next to the entries it replaces."""
+    compiler = small(services=3)
+    shared = ("203.0.113.7",)
+    compiler.update(service("a", cluster_ip="10.96.0.1", external_ips=shared), [], "default/a")
+    compiler.update(service("b", cluster_ip="10.96.0.2", external_ips=shared), [], "default/b")
+    assert not compiler.problems()  # a: 2 frontends, b: 1 (its external IP waits for a)
+    delta = compiler.delete("default/a")
+    assert "lb4_services is full" in compiler.problems()["default/b"]  # a's entries go after b's upserts
+    maps: dict[str, dict[object, object]] = {}
+    apply(maps, delta)
+    retried = compiler.retry()
+    assert list(retried) == ["default/b"]
+    assert front(compiler.desired(), "203.0.113.7", 80).count == 0
+
+
+def test_new_node_addresses_keep_a_change_that_did_not_fit() -> None:
+    """Test that recompiling for new node addresses starts from the pending change, not the old version."""
+    compiler = small(services=8)
+    compiler.update(nodeport_service(), [eps_slice([ep("10.0.1.1")])], "default/web")  # 3 frontends x 2
+    compiler.update(nodeport_service(), [eps_slice([ep("10.0.1.1"), ep("10.0.1.2")])], "default/web")
+    assert list(compiler.problems()) == ["default/web"]
+    compiler.set_node_ips([NODE_IP, "192.168.1.11"])  # the old version would fit (8), the pending one not
+    assert list(compiler.problems()) == ["default/web"]
+    assert backends_of(compiler.desired(), CLUSTER_IP, 80) == {("10.0.1.1", 8080)}
+
+
+def test_lb_capacity_is_what_the_datapath_maps_hold() -> None:
+    """Test that the compiler's map capacities are the max_entries of datapath/bpf/lib/maps.h."""
+    header = Path(__file__).resolve().parents[2] / "src/velvet/datapath/bpf/lib/maps.h"
+    defines = dict(re.findall(r"#define (LB4_\w+)_MAX (.+)", header.read_text()))
+    declared = {m: math.prod(int(f) for f in defines[f"LB4_{m.name}"].strip("()").split("*")) for m in LbMap}
+    assert declared == LB_CAPACITY
 
 
 # Frontend conflicts
@@ -844,10 +993,8 @@ def test_updating_one_service_at_10k_services_touches_only_its_entries() -> None
     """O(1) in the number of services: the delta names only the changed service's keys."""
     compiler = ServiceCompiler(NODE, [NODE_IP])
     services = _many(10_000)
-    started = time.process_time()
     for svc, slices in services:
         compiler.update(svc, slices, svc.metadata.key)
-    compile_seconds = time.process_time() - started
     svc, slices = services[4321]
     grown = [eps_slice([*slices[0].endpoints, ep("10.9.9.9")], svc=svc.metadata.name)]
     delta = compiler.update(svc, grown, svc.metadata.key)
@@ -857,7 +1004,6 @@ def test_updating_one_service_at_10k_services_touches_only_its_entries() -> None
     gone = compiler.delete(svc.metadata.key)
     assert len(gone) == 6 + 1 + 5  # frontend and 5 slots, 1 rev-NAT entry, 5 backends
     assert len(compiler.desired().services) == 9_999 * 5
-    assert compile_seconds < 10, compile_seconds  # ~1.5 s of CPU on a slow 2-vCPU CI machine
 
 
 def test_stable_order_moves_the_fewest_slots() -> None:

@@ -8,11 +8,10 @@ Output shape (the datapath contract):
   inside no E; since the datapath looks the remote IP up in both tries, a connection matches the
   block iff the longest policy prefix containing the IP is selected, i.e. iff the IP is in C and in
   no E. Two refinements keep that exact:
-  * 0.0.0.0/0 with excepts is replaced by the prefixes of its complement (`address_exclude`), since
-    WORLD is also the *label* identity of every unknown IP and must only be selected by an
-    except-free 0.0.0.0/0;
-  * an egress rule with a named port and an ipBlock peer gets one /32 prefix per pod IP inside the
-    block, so the port can be resolved on that very pod (see below).
+  * 0.0.0.0/0 with excepts is replaced by the prefixes of its complement, since WORLD is also the
+    *label* identity of every unknown IP and must only be selected by an except-free 0.0.0.0/0;
+  * some pods get a /32 prefix of their own so a named egress port can be resolved on that very
+    pod (see below).
 - per endpoint `entries`: PolicyKey -> PolicyValue in the single LPM `policy` map, and the policy
   set table naming, for each entry, every NetworkPolicy that allows what it matches. An entry's set
   includes the sets of all less specific entries covering it for the same identity and for the
@@ -23,26 +22,35 @@ Semantics (networking.k8s.io/v1): a pod is isolated for a direction iff a policy
 selects it and lists the direction in policyTypes; then traffic is allowed iff some rule of some such
 policy matches (union). Ingress from HOST (kubelet probes) is always allowed, as an explicit entry
 named `reserved:allow-localhost`. Named ports resolve on the destination pod's container ports
-(name and protocol): for ingress on the endpoint itself; for egress on the peer, per peer identity
-(every number any pod of the identity gives the name), per pod /32 for ipBlock peers, and over all
-pod identities for an empty `to` — so named egress ports never match destinations outside the
-cluster, and a name nobody defines allows nothing. Known approximation: pods with the same identity
-but different numbers for a name each accept all of those numbers (identity-based enforcement).
+(name and protocol), exactly: for ingress on the endpoint itself; for egress on each destination
+pod. A peer identity whose pods (with an IP) all give the name the same number gets one entry for
+that number; when they disagree (or some lack the name), every such pod gets a /32 CIDR identity
+and the entry is keyed on it, so each pod accepts only its own number. ipBlock peers resolve per
+pod /32 the same way, and an empty `to` over every pod identity — so named egress ports never
+match destinations outside the cluster, and a name nobody defines allows nothing.
 
 Target pods are selected on their full labels; peers on identity labels (see `labels`), so a peer
 selector on a label the identity filter drops matches nothing, as in Cilium.
+
+Cost: what depends only on the policies (parsed ipBlocks, their prefixes, CIDR identities and the
+identities each block selects) is kept across `sync` calls until the policies or the set of pod
+/32 prefixes change; block selection is O(log n) per block plus its answer (see `cidrs`), so n
+ipBlocks compile in O(n log n). Peer selectors look only at the identities of the namespaces they
+can match.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
 
+from velvet.control.cidrs import Block, PrefixIndex, exclude, parse_block, prefix_key
 from velvet.control.identity import WORLD_PREFIX, IdentityAllocator, normalize_prefix
 from velvet.control.labels import (
     DEFAULT_LABEL_FILTER,
@@ -59,7 +67,16 @@ from velvet.datapath.tables import (
     PolicyKey,
     PolicyValue,
 )
-from velvet.model import Identity, IPBlock, Namespace, NetworkPolicy, NetworkPolicyPeer, Pod, ReservedIdentity
+from velvet.model import (
+    Identity,
+    IPBlock,
+    LabelSelector,
+    Namespace,
+    NetworkPolicy,
+    NetworkPolicyPeer,
+    Pod,
+    ReservedIdentity,
+)
 from velvet.model.policy import NetworkPolicyRule
 
 PROTOCOLS: Mapping[str, int] = MappingProxyType({"TCP": 6, "UDP": 17, "SCTP": 132})
@@ -172,8 +189,9 @@ class _PolicySets:
 class PolicyCompiler:
     """Compiles NetworkPolicies for local endpoints; holds the identities of the pods it was given.
 
-    Call `sync` with the complete current state (cheap, O(pods + policies)), then `compile` for all
-    endpoints or `compile_endpoint` for the affected ones and `assemble` to build the result.
+    Call `sync` with the complete current state (O(pods + policies); the CIDR work is redone only
+    when the policies or the pod /32 prefixes change), then `compile` for all endpoints or
+    `compile_endpoint` for the affected ones and `assemble` to build the result.
     """
 
     def __init__(
@@ -185,11 +203,18 @@ class PolicyCompiler:
         self._pod_labels: dict[str, Mapping[str, str]] = {}
         self._pod_identity: dict[str, Identity] = {}
         self._identities: dict[int, _IdentityInfo] = {}
+        self._ns_identities: dict[str, list[int]] = {}
+        self._ns_labels: dict[str, Mapping[str, str]] = {}
+        self._ns_by_label: dict[tuple[str, str], list[str]] = {}
+        self._policy_list: list[NetworkPolicy] = []
         self._policies: dict[str, list[NetworkPolicy]] = {}
         self._host_ips: tuple[str, ...] = ()
+        self._policy_cidrs = _PolicyCidrs()
         self._cidrs: dict[str, int] = {}
-        self._cidr_nets: list[tuple[ipaddress.IPv4Network, int]] = []
+        self._cidr_index = PrefixIndex({})
+        self._block_peers: dict[IPBlock, tuple[int, ...]] = {}
         self._cidr_pod: dict[int, Pod] = {}
+        self._pod_cidr: dict[str, int] = {}
         self._peer_cache: dict[tuple[str, Direction, int], tuple[int, ...]] = {}
         self._named_cache: dict[tuple[int, str, str], tuple[tuple[int, int], ...]] = {}
         self._sets = _PolicySets()
@@ -207,9 +232,13 @@ class PolicyCompiler:
         self._pods = {p.metadata.key: p for p in by_key if not p.spec.host_network}
         self._host_ips = tuple(host_ips)
         self._sync_identities(ns_labels)
-        self._policies = defaultdict(list)
-        for policy in sorted(policies, key=lambda p: p.metadata.key):
-            self._policies[policy.metadata.namespace].append(policy)
+        policy_list = sorted(policies, key=lambda p: p.metadata.key)
+        if policy_list != self._policy_list:
+            self._policy_list = policy_list
+            self._policies = defaultdict(list)
+            for policy in policy_list:
+                self._policies[policy.metadata.namespace].append(policy)
+            self._policy_cidrs = _PolicyCidrs.of(policy_list)
         self._sync_cidrs()
         self._peer_cache.clear()
         self._named_cache.clear()
@@ -287,51 +316,63 @@ class PolicyCompiler:
             members[identity.id].append(pod)
         for labels in old_labels.values():
             self.allocator.release(labels)
-        self._identities = {}
+        self._identities, self._ns_identities, self._ns_labels = {}, defaultdict(list), {}
         for number, pods in members.items():
             labels = self._pod_labels[pods[0].metadata.key]
-            self._identities[number] = _IdentityInfo(
+            info = self._identities[number] = _IdentityInfo(
                 namespace=pods[0].metadata.namespace,
                 pod_labels=pod_labels_of(labels),
                 namespace_labels=namespace_labels_of(labels),
                 pods=tuple(pods),
             )
+            self._ns_identities[info.namespace].append(number)
+            self._ns_labels[info.namespace] = info.namespace_labels
+        self._ns_by_label = defaultdict(list)
+        for ns, labels in self._ns_labels.items():
+            for item in labels.items():
+                self._ns_by_label[item].append(ns)
 
     def _sync_cidrs(self) -> None:
-        """Hold one CIDR identity per policy prefix; index them for ipBlock selection."""
-        wanted = set(self._policy_prefixes())
-        for prefix in sorted(wanted - self._cidrs.keys(), key=_prefix_order):
-            self._cidrs[prefix] = self.allocator.allocate_cidr(prefix).id
-        for prefix in self._cidrs.keys() - wanted:
-            self.allocator.release_cidr(prefix)
-            del self._cidrs[prefix]
-        self._cidrs = dict(sorted(self._cidrs.items(), key=lambda kv: _prefix_order(kv[0])))
-        self._cidr_nets = [(ipaddress.IPv4Network(p), number) for p, number in self._cidrs.items()]
-        pods_by_prefix = {f"{p.status.pod_ip}/32": p for p in self._pods.values() if p.status.pod_ip}
-        self._cidr_pod = {n: pods_by_prefix[p] for p, n in self._cidrs.items() if p in pods_by_prefix}
+        """Hold one CIDR identity per policy prefix and needed pod /32; re-index only on change."""
+        pod_prefixes = self._pod_prefixes()
+        wanted = self._policy_cidrs.prefixes | pod_prefixes.keys()
+        if wanted != self._cidrs.keys():
+            for prefix in sorted(wanted - self._cidrs.keys(), key=prefix_key):
+                self._cidrs[prefix] = self.allocator.allocate_cidr(prefix).id
+            for prefix in self._cidrs.keys() - wanted:
+                self.allocator.release_cidr(prefix)
+                del self._cidrs[prefix]
+            self._cidrs = dict(sorted(self._cidrs.items(), key=lambda kv: prefix_key(kv[0])))
+            self._cidr_index = PrefixIndex(self._cidrs)
+            self._block_peers.clear()
+        by_prefix = {f"{p.status.pod_ip}/32": p for p in self._pods.values() if p.status.pod_ip}
+        self._cidr_pod = {self._cidrs[p]: by_prefix[p] for p in pod_prefixes}
+        self._pod_cidr = {pod.metadata.key: n for n, pod in self._cidr_pod.items()}
 
-    def _policy_prefixes(self) -> Iterator[str]:
-        """Every prefix that needs a CIDR identity (never 0.0.0.0/0, which is WORLD)."""
-        for policy in (p for policies in self._policies.values() for p in policies):
-            for direction in Direction:
-                for rule in _applied_rules(policy, direction):
-                    named = direction is Direction.EGRESS and any(isinstance(p.port, str) for p in rule.ports)
-                    for peer in rule.peers:
-                        if peer.ip_block is not None:
-                            yield from self._block_prefixes(peer.ip_block, named)
+    def _pod_prefixes(self) -> dict[str, None]:
+        """The pod /32 prefixes that named egress ports need.
 
-    def _block_prefixes(self, block: IPBlock, with_pod_ips: bool) -> Iterator[str]:
-        """The prefixes an ipBlock needs: its cidr and excepts (or the complement), pod /32s if asked."""
-        cidr, excepts = _parse_block(block)
-        if cidr is None:
-            return
-        if cidr.prefixlen == 0 and excepts:
-            yield from (str(n) for n in _exclude(cidr, excepts))
-        yield from (str(n) for n in (cidr, *excepts) if n.prefixlen)
-        if with_pod_ips:
-            for pod in self._pods.values():
-                if pod.status.pod_ip and _in_block(ipaddress.IPv4Address(pod.status.pod_ip), cidr, excepts):
-                    yield f"{pod.status.pod_ip}/32"
+        Those of pods inside an ipBlock of a rule with a named port, and those of every pod of an
+        identity whose pods disagree on the number of a name some egress rule uses.
+        """
+        found: dict[str, None] = {}
+        blocks = self._policy_cidrs.named_blocks
+        if blocks:
+            by_address = sorted(
+                (int(ipaddress.IPv4Address(p.status.pod_ip)), p.status.pod_ip)
+                for p in self._pods.values() if p.status.pod_ip
+            )
+            addresses = [a for a, _ in by_address]
+            for block in blocks:
+                low = bisect.bisect_left(addresses, int(block.cidr.network_address))
+                high = bisect.bisect_right(addresses, int(block.cidr.broadcast_address))
+                found.update((f"{ip}/32", None) for a, ip in by_address[low:high] if block.contains(a))
+        for info in self._identities.values():
+            with_ip = [p for p in info.pods if p.status.pod_ip]
+            names = self._policy_cidrs.names
+            if len(with_ip) > 1 and any(len(_numbers(with_ip, *name)) > 1 for name in names):
+                found.update((f"{p.status.pod_ip}/32", None) for p in with_ip)
+        return found
 
     def _grant_rule(
         self, grants: _Grants, pod: Pod, policy: NetworkPolicy, direction: Direction, index: int,
@@ -378,29 +419,39 @@ class PolicyCompiler:
             found = self._peer_cache[key] = tuple(sorted(selected))
         return found
 
-    def _select_peer(self, namespace: str, peer: NetworkPolicyPeer) -> Iterator[int]:
+    def _select_peer(self, namespace: str, peer: NetworkPolicyPeer) -> Iterable[int]:
         """The identities one peer selects: CIDR identities for an ipBlock, else pod identities."""
         if peer.ip_block is not None:
-            yield from self._select_block(peer.ip_block)
-            return
+            return self._select_block(peer.ip_block)
         pod_sel, ns_sel = peer.pod_selector, peer.namespace_selector
         if pod_sel is None and ns_sel is None:
-            return
-        for number, info in self._identities.items():
-            in_ns = info.namespace == namespace if ns_sel is None else ns_sel.matches(info.namespace_labels)
-            if in_ns and (pod_sel is None or pod_sel.matches(info.pod_labels)):
-                yield number
+            return ()
+        spaces = [namespace] if ns_sel is None else self._namespaces_matching(ns_sel)
+        numbers = (n for ns in spaces for n in self._ns_identities.get(ns, ()))
+        if pod_sel is None:
+            return numbers
+        return (n for n in numbers if pod_sel.matches(self._identities[n].pod_labels))
 
-    def _select_block(self, block: IPBlock) -> Iterator[int]:
-        """The CIDR identities (and WORLD for an except-free 0.0.0.0/0) an ipBlock selects."""
-        cidr, excepts = _parse_block(block)
-        if cidr is None:
-            return
-        if cidr.prefixlen == 0 and not excepts:
-            yield int(ReservedIdentity.WORLD)
-        for net, number in self._cidr_nets:
-            if net.subnet_of(cidr) and not any(net.subnet_of(e) for e in excepts):
-                yield number
+    def _namespaces_matching(self, selector: LabelSelector) -> list[str]:
+        """The namespaces with pod identities that `selector` selects (matchLabels via an index)."""
+        candidates: list[str] | Mapping[str, Mapping[str, str]] = self._ns_labels
+        if selector.match_labels:
+            postings = (self._ns_by_label.get(item, []) for item in selector.match_labels.items())
+            candidates = min(postings, key=len)
+        return [ns for ns in candidates if selector.matches(self._ns_labels[ns])]
+
+    def _select_block(self, ip_block: IPBlock) -> tuple[int, ...]:
+        """The CIDR identities (and WORLD for an except-free 0.0.0.0/0) an ipBlock selects; cached."""
+        found = self._block_peers.get(ip_block)
+        if found is None:
+            block = self._policy_cidrs.blocks[ip_block]
+            selected: list[int] = []
+            if block is not None:
+                if block.cidr.prefixlen == 0 and not block.excepts:
+                    selected.append(int(ReservedIdentity.WORLD))
+                selected.extend(self._cidr_index.inside(block))
+            found = self._block_peers[ip_block] = tuple(selected)
+        return found
 
     def _resolve_named(self, peer: int, name: str, protocol: str) -> tuple[tuple[int, int], ...]:
         """(identity, port number) pairs a named egress port means for one selected peer."""
@@ -408,14 +459,34 @@ class PolicyCompiler:
         found = self._named_cache.get(key)
         if found is None:
             if peer == ANY_IDENTITY:
-                owners = [(n, info.pods) for n, info in self._identities.items()]
-            elif peer in self._identities:
-                owners = [(peer, self._identities[peer].pods)]
+                owners: Iterable[int] = self._identities
             else:
-                owners = [(peer, (self._cidr_pod[peer],))] if peer in self._cidr_pod else []
-            resolved = {(n, p.named_port(name, protocol)) for n, pods in owners for p in pods}
-            found = self._named_cache[key] = tuple(sorted((n, num) for n, num in resolved if num is not None))
+                owners = (peer,) if peer in self._identities else ()
+            resolved = {pair for n in owners for pair in self._identity_ports(n, name, protocol)}
+            pod = self._cidr_pod.get(peer)
+            number = pod.named_port(name, protocol) if pod is not None else None
+            if number is not None:
+                resolved.add((peer, number))
+            found = self._named_cache[key] = tuple(sorted(resolved))
         return found
+
+    def _identity_ports(self, identity: int, name: str, protocol: str) -> Iterator[tuple[int, int]]:
+        """What a named port means on the pods of one identity, as (identity, number) pairs.
+
+        The identity itself when all its pods give the name one number, else the /32 CIDR identity
+        of each pod that defines the name.
+        """
+        pods = [p for p in self._identities[identity].pods if p.status.pod_ip]
+        numbers = _numbers(pods, name, protocol)
+        if len(numbers) == 1:
+            number = numbers.pop()
+            if number is not None:
+                yield identity, number
+            return
+        for pod in pods:
+            number = pod.named_port(name, protocol)
+            if number is not None:
+                yield self._pod_cidr[pod.metadata.key], number
 
     def _entries(
         self, ep_id: int, direction: Direction, grants: _Grants
@@ -452,6 +523,53 @@ class PolicyCompiler:
                 _add_covering(names, any_peer, any_lengths, key, inclusive=True)
             values.append((key, PolicyValue(self._sets.intern(frozenset(names)))))
         return values
+
+
+@dataclass(frozen=True)
+class _PolicyCidrs:
+    """What the ipBlocks of a set of policies need, computed once per change of the policies."""
+
+    blocks: Mapping[IPBlock, Block | None] = field(default_factory=dict)  # every ipBlock, parsed
+    prefixes: frozenset[str] = frozenset()  # their prefixes (pod /32s aside)
+    named_blocks: tuple[Block, ...] = ()  # blocks of egress rules with named ports: pod /32s inside
+    names: frozenset[tuple[str, str]] = frozenset()  # (name, protocol) of every named egress port
+
+    @classmethod
+    def of(cls, policies: Iterable[NetworkPolicy]) -> _PolicyCidrs:
+        """Parse the ipBlocks and named egress ports of `policies`."""
+        blocks: dict[IPBlock, Block | None] = {}
+        prefixes: set[str] = set()
+        named_blocks: dict[IPBlock, Block] = {}
+        names: set[tuple[str, str]] = set()
+        for policy in policies:
+            for direction in Direction:
+                for rule in _applied_rules(policy, direction):
+                    named = {(p.port, p.protocol) for p in rule.ports if isinstance(p.port, str)}
+                    egress_named = direction is Direction.EGRESS and bool(named)
+                    if egress_named:
+                        names |= named
+                    for ip_block in (p.ip_block for p in rule.peers if p.ip_block is not None):
+                        if ip_block not in blocks:
+                            block = blocks[ip_block] = parse_block(ip_block)
+                            prefixes.update(_block_prefixes(block))
+                        block = blocks[ip_block]
+                        if egress_named and block is not None:
+                            named_blocks[ip_block] = block
+        return cls(blocks, frozenset(prefixes), tuple(named_blocks.values()), frozenset(names))
+
+
+def _block_prefixes(block: Block | None) -> Iterator[str]:
+    """The prefixes an ipBlock needs: its cidr and excepts, or for 0.0.0.0/0 with excepts the complement."""
+    if block is None:
+        return
+    if block.cidr.prefixlen == 0 and block.excepts:
+        yield from (str(n) for n in exclude(block.cidr, block.excepts))
+    yield from (str(n) for n in (block.cidr, *block.excepts) if n.prefixlen)
+
+
+def _numbers(pods: Iterable[Pod], name: str, protocol: str) -> set[int | None]:
+    """The numbers `pods` give a named port (None for a pod that lacks it)."""
+    return {p.named_port(name, protocol) for p in pods}
 
 
 def _merge(granted: Iterable[_Grant]) -> dict[PortKey, set[str]]:
@@ -503,46 +621,6 @@ def _add_covering(
         if shorter > length or (shorter == length and not inclusive):
             break
         names.update(keys.get((proto, mask_port(port, shorter), shorter), ()))
-
-
-def _parse_block(
-    block: IPBlock,
-) -> tuple[ipaddress.IPv4Network | None, tuple[ipaddress.IPv4Network, ...]]:
-    """An ipBlock's cidr and excepts as IPv4 networks; cidr None for an IPv6 block (never matches)."""
-    cidr = ipaddress.ip_network(block.cidr, strict=False)
-    if not isinstance(cidr, ipaddress.IPv4Network):
-        return None, ()
-    excepts = (ipaddress.ip_network(e, strict=False) for e in block.except_)
-    return cidr, tuple(e for e in excepts if isinstance(e, ipaddress.IPv4Network))
-
-
-def _in_block(
-    ip: ipaddress.IPv4Address, cidr: ipaddress.IPv4Network, excepts: Iterable[ipaddress.IPv4Network]
-) -> bool:
-    """Whether `ip` is in `cidr` and in none of `excepts`."""
-    return ip in cidr and not any(ip in e for e in excepts)
-
-
-def _exclude(
-    cidr: ipaddress.IPv4Network, excepts: Iterable[ipaddress.IPv4Network]
-) -> list[ipaddress.IPv4Network]:
-    """The aligned prefixes covering exactly `cidr` minus every except."""
-    remaining = [cidr]
-    for hole in excepts:
-        nxt: list[ipaddress.IPv4Network] = []
-        for net in remaining:
-            if hole.subnet_of(net) and hole != net:
-                nxt.extend(net.address_exclude(hole))
-            elif not net.subnet_of(hole):
-                nxt.append(net)
-        remaining = nxt
-    return remaining
-
-
-def _prefix_order(prefix: str) -> tuple[int, int]:
-    """Sort key of a prefix: address, then length."""
-    net = ipaddress.IPv4Network(prefix)
-    return int(net.network_address), net.prefixlen
 
 
 def _prefix_index(prefixes: Mapping[str, int]) -> Mapping[int, Mapping[int, int]]:

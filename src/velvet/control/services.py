@@ -21,6 +21,16 @@ Backends (ip, port, proto) are shared by every service that uses them. lb4_backe
 serving terminating endpoints that no slot selects, so connections already tracked to a draining pod
 finish; a backend is TERMINATING when every service using it sees it terminating. A frontend address
 wanted by two services belongs to the first; the other gets it when it is released.
+
+loadBalancerSourceRanges are kube-proxy's (pkg/proxy/serviceport.go, newBaseServiceInfo): the ranges
+are filtered to the service's IP family (IPv4 here), and an empty result, like a zero CIDR among them,
+means no restriction. So a Service whose ranges are all IPv6 accepts every IPv4 client on its
+LoadBalancer IPs, exactly as kube-proxy's IPv4 proxier (no firewall chain) does.
+
+Map capacity is all or nothing per service and never silent: a service whose entries do not fit
+(rev-NAT ids, backend ids, or room in lb4_services / lb4_src_range / lb4_maglev while the delta is
+applied, upserts before deletes) changes nothing, keeps whatever version was programmed before, and is
+named in `problems()` with the reason until it is programmed (`retry`, or its next update) or deleted.
 """
 
 from __future__ import annotations
@@ -29,13 +39,15 @@ import ipaddress
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Generic, NamedTuple, TypeVar
+from types import MappingProxyType
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from velvet.control.maglev import lookup_table
 from velvet.datapath.delta import LbDelta, MapPlan, lb_delta, merge_deltas, plan
 from velvet.datapath.structs import BackendState, LbScope, SvcFlag
 from velvet.datapath.tables import (
     BackendValue,
+    LbMap,
     LbState,
     Proto,
     RevNatValue,
@@ -53,6 +65,16 @@ RANDOM = "random"
 NODEPORT_WILDCARD = "0.0.0.0"
 MAX_BACKEND_ID = 2**32 - 1
 MAX_REV_NAT_INDEX = 2**16 - 1
+LB_CAPACITY: Mapping[LbMap, int] = MappingProxyType({
+    LbMap.SERVICES: 65536 * 8,
+    LbMap.BACKENDS: 65536,
+    LbMap.REVNAT: 65536,
+    LbMap.SRC_RANGE: 16384,
+    LbMap.MAGLEV: 4096,
+})
+"""max_entries of each lb4 map, as datapath/bpf/lib/maps.h sets them (a unit test compares)."""
+_ENTRY_MAPS = (LbMap.SERVICES, LbMap.SRC_RANGE, LbMap.MAGLEV)  # maps whose room is counted in entries
+ZERO_CIDR = "0.0.0.0/0"
 
 _PROTOCOLS = {p.name: p.value for p in Proto}
 _CLUSTERIP = int(SvcFlag.CLUSTERIP)
@@ -85,11 +107,20 @@ def _ipv4(text: str) -> str | None:
 
 
 def _ipv4_cidr(text: str) -> str | None:
-    """`text` as a canonical IPv4 network ("10.0.0.0/8"; host bits cleared), else None."""
+    """`text` as a canonical IPv4 network ("10.0.0.0/8"; host bits cleared, padding ignored), else None."""
     try:
-        return str(ipaddress.IPv4Network(text, strict=False))
+        return str(ipaddress.IPv4Network(text.strip(), strict=False))
     except ValueError:
         return None
+
+
+def source_ranges(service: Service) -> tuple[str, ...]:
+    """The IPv4 loadBalancerSourceRanges that restrict a service, canonical and sorted; () = any source.
+
+    As kube-proxy: ranges of the other family are dropped, and a zero CIDR allows every source.
+    """
+    ranges = sorted({c for c in map(_ipv4_cidr, service.spec.load_balancer_source_ranges) if c})
+    return () if ZERO_CIDR in ranges else tuple(ranges)
 
 
 def is_ignored(service: Service) -> bool:
@@ -113,13 +144,16 @@ K = TypeVar("K", bound=Hashable)
 class IdAllocator(Generic[K]):
     """Reference-counted ids 1..maximum for keys: stable while referenced, reused only after release.
 
+    At most `capacity` ids (the room of the map they index; default `maximum`) are used at once.
+
     Ids come from a cursor that only moves forward (wrapping at `maximum`), so a released id returns
     only after every other free id has been handed out: conntrack entries naming it are long gone.
     """
 
-    def __init__(self, map_name: str, maximum: int) -> None:
+    def __init__(self, map_name: str, maximum: int, capacity: int | None = None) -> None:
         self._map_name = map_name
         self._maximum = maximum
+        self._capacity = maximum if capacity is None else min(capacity, maximum)
         self._ids: dict[K, int] = {}
         self._refs: dict[K, int] = {}
         self._used: set[int] = set()
@@ -180,8 +214,13 @@ class IdAllocator(Generic[K]):
 
     def ensure_free(self, count: int) -> None:
         """Raise MapFull unless `count` more ids can be allocated."""
-        if len(self._used) + count > self._maximum:
-            raise MapFull(self._map_name, self._maximum, len(self._used) + count)
+        if count > self.room:
+            raise MapFull(self._map_name, self._capacity, len(self._used) + count)
+
+    @property
+    def room(self) -> int:
+        """How many more ids can be allocated."""
+        return self._capacity - len(self._used)
 
     def _allocate(self) -> int:
         """The first free id at or after the cursor."""
@@ -232,6 +271,18 @@ class _Compiled:
     orders: dict[_OrderKey, list[Address]] = field(default_factory=dict)
     tables: dict[tuple[Address, ...], tuple[int, ...]] = field(default_factory=dict)
     waiting: set[Address] = field(default_factory=set)  # wanted frontends another service owns
+    counts: dict[LbMap, int] = field(default_factory=dict)  # entries of each counted map
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A service change that did not fit: what to compile again, and what it needs (for `retry`)."""
+
+    service: Service
+    slices: tuple[EndpointSlice, ...]
+    frontends: frozenset[Address]
+    backends: frozenset[Address]
+    entries: Mapping[LbMap, int]
 
 
 def stable_order(previous: Sequence[Address], wanted: Iterable[Address]) -> list[Address]:
@@ -269,6 +320,10 @@ class ServiceCompiler:
     After a restart with pinned maps: `restore(pinned)` first (ids survive), then `update` every
     service without applying the deltas, then apply `resync(pinned)`, the exact difference. `resync`
     repairs drift at any other time too.
+
+    A change that does not fit in the maps is not programmed: `problems()` names it until `retry()`
+    (call it after applying a delta that freed room, and after `resync`) or its next update programs
+    it, or it is deleted. Apply deltas in the order they are returned.
     """
 
     def __init__(
@@ -278,6 +333,7 @@ class ServiceCompiler:
         *,
         default_external_algorithm: str = MAGLEV,
         nodeport_wildcard: bool = True,
+        capacity: Mapping[LbMap, int] = LB_CAPACITY,
     ) -> None:
         if default_external_algorithm not in (MAGLEV, RANDOM):
             raise ValueError(f"unknown load-balancing algorithm {default_external_algorithm!r}")
@@ -286,8 +342,15 @@ class ServiceCompiler:
         self._nodeport_addresses = self._listen_addresses(node_ips)
         self._default_external = default_external_algorithm
         self._compiled: dict[str, _Compiled] = {}
-        self._backend_ids: IdAllocator[Address] = IdAllocator("lb4_backends", MAX_BACKEND_ID)
-        self._revnat_ids: IdAllocator[Address] = IdAllocator("lb4_revnat", MAX_REV_NAT_INDEX)
+        self._capacity = dict(capacity)
+        self._backend_ids: IdAllocator[Address] = IdAllocator(
+            LbMap.BACKENDS.value, MAX_BACKEND_ID, capacity[LbMap.BACKENDS])
+        self._revnat_ids: IdAllocator[Address] = IdAllocator(
+            LbMap.REVNAT.value, min(MAX_REV_NAT_INDEX, capacity[LbMap.REVNAT]))
+        self._entries = dict.fromkeys(_ENTRY_MAPS, 0)  # held once every returned delta is applied
+        self._peak = dict(self._entries)  # held while the delta of the current call is applied
+        self._pending: dict[str, _Pending] = {}
+        self._problems: dict[str, str] = {}
         self._backend_states: dict[Address, BackendState] = {}
         self._terminating_votes: dict[Address, int] = {}
         self._owners: dict[Address, str] = {}
@@ -299,12 +362,13 @@ class ServiceCompiler:
         `slices` are all the EndpointSlices labelled kubernetes.io/service-name=<name> in its namespace.
         The delta's stale backends name every (frontend, backend) pair a connection may still be tracked
         for although the frontend no longer reaches that backend (all protocols; kube-proxy flushes UDP).
-        A service that needs more ids than are free is left as it was and named in `unprogrammed`.
+        A service that does not fit in the maps is left as it was, named in `unprogrammed` and in
+        `problems()`.
         """
         if service is not None and service.metadata.key != key:
             raise ValueError(f"service {service.metadata.key} given for key {key}")
-        delta, released = self._update(key, service, tuple(slices))
-        return merge_deltas([delta, *self._hand_over(released)])
+        self._peak = dict(self._entries)
+        return self._change(key, service, tuple(slices))
 
     def delete(self, key: str) -> LbDelta:
         """Remove every entry of the service `key`."""
@@ -313,11 +377,33 @@ class ServiceCompiler:
     def set_node_ips(self, node_ips: Iterable[str]) -> LbDelta:
         """Change the node addresses NodePorts listen on; recompiles only services with a NodePort."""
         self._nodeport_addresses = self._listen_addresses(node_ips)
+        self._peak = dict(self._entries)
         deltas = []
         for key, compiled in sorted(self._compiled.items()):
-            if compiled.service is not None and any(p.node_port for p in compiled.service.spec.ports):
-                deltas.append(self.update(compiled.service, compiled.slices, key))
+            latest = self._pending.get(key) or compiled  # a change not programmed yet is the one to keep
+            if latest.service is not None and any(p.node_port for p in latest.service.spec.ports):
+                deltas.append(self._change(key, latest.service, latest.slices))
         return merge_deltas(deltas)
+
+    def problems(self) -> Mapping[str, str]:
+        """Services whose last change is not programmed for lack of room: key -> one-line reason."""
+        return MappingProxyType(dict(sorted(self._problems.items())))
+
+    def retry(self) -> dict[str, LbDelta]:
+        """Compile again the services of `problems()` that now fit; the delta of each, in key order.
+
+        Apply each delta before the next one: the room each needs counts on the ones before.
+        """
+        deltas: dict[str, LbDelta] = {}
+        for key in sorted(self._pending):
+            pending = self._pending.get(key)
+            if pending is None or not self._may_fit(key, pending):
+                continue
+            self._peak = dict(self._entries)
+            delta = self._change(key, pending.service, pending.slices)
+            if key not in self._pending:
+                deltas[key] = delta
+        return deltas
 
     def desired(self) -> LbState:
         """The full desired contents of the five maps."""
@@ -371,6 +457,30 @@ class ServiceCompiler:
             addresses.add(NODEPORT_WILDCARD)
         return tuple(sorted(addresses))
 
+    def _change(self, key: str, service: Service | None, slices: tuple[EndpointSlice, ...]) -> LbDelta:
+        """Recompile one service and hand the frontends it gave up to the services waiting for them."""
+        delta, released = self._update(key, service, slices)
+        return merge_deltas([delta, *self._hand_over(released)])
+
+    def _not_programmed(self, key: str, previous: _Compiled, current: _Compiled, error: MapFull) -> LbDelta:
+        """Record a change that did not fit (for `problems` and `retry`); a delta that changes nothing."""
+        assert current.service is not None
+        what = "change not programmed, the previous version stays" if previous.service else "not programmed"
+        reason = f"{what}: {error}"
+        self._problems[key] = reason
+        self._pending[key] = _Pending(current.service, current.slices, frozenset(current.frontends),
+                                      frozenset(current.backends), dict(current.counts))
+        return LbDelta(unprogrammed=((key, reason),))
+
+    def _may_fit(self, key: str, pending: _Pending) -> bool:
+        """Whether a pending change can fit now (necessary, not sufficient: the compile decides)."""
+        if sum(f not in self._revnat_ids.ids for f in pending.frontends) > self._revnat_ids.room:
+            return False
+        if sum(b not in self._backend_ids.ids for b in pending.backends) > self._backend_ids.room:
+            return False
+        held = _held(self._compiled.get(key) or _Compiled())
+        return all(self._entries[m] - len(held[m]) + pending.entries[m] <= self._capacity[m] for m in held)
+
     def _update(self, key: str, service: Service | None, slices: tuple[EndpointSlice, ...]
                 ) -> tuple[LbDelta, list[Address]]:
         """Recompile one service; also returns the frontends it gave up, which others may be waiting for."""
@@ -380,10 +490,15 @@ class ServiceCompiler:
             try:
                 self._compile(key, previous, current)
             except MapFull as error:
-                return LbDelta(unprogrammed=((key, str(error)),)), []
+                return self._not_programmed(key, previous, current, error), []
             self._compiled[key] = current
         else:
             self._compiled.pop(key, None)
+        self._pending.pop(key, None)
+        self._problems.pop(key, None)
+        before = _held(previous)
+        for name, now in _held(current).items():
+            self._entries[name] += len(now) - len(before[name])
         for frontend in previous.waiting - current.waiting:
             waiters = self._waiters[frontend]
             waiters.discard(key)
@@ -527,7 +642,7 @@ class ServiceCompiler:
     def _compile(self, key: str, previous: _Compiled, current: _Compiled) -> None:
         """Fill `current` with the entries of its service, acquiring ids for new backends and frontends.
 
-        Raises MapFull, having changed nothing, when the ids it needs are not free.
+        Raises MapFull, having changed nothing, when the ids or the map room it needs are not free.
         """
         service = current.service
         assert service is not None
@@ -538,11 +653,24 @@ class ServiceCompiler:
             current.frontends[frontend] = spec.usable
             for backend in spec.usable:
                 current.backends[backend] = backend in terminating
+        ranges = source_ranges(service)
+        current.counts = _entry_counts(frontends, ranges)
         self._revnat_ids.ensure_free(sum(f not in self._revnat_ids.ids for f in frontends))
         self._backend_ids.ensure_free(sum(b not in self._backend_ids.ids for b in current.backends))
         self._owners.update(dict.fromkeys(frontends, key))
         self._acquire_backends(previous, current)
-        ranges = sorted({c for c in map(_ipv4_cidr, service.spec.load_balancer_source_ranges) if c})
+        self._fill(frontends, ranges, previous, current)
+        try:
+            self._take_room(previous, current)
+        except MapFull:
+            self._undo(previous, current)
+            raise
+
+    def _fill(self, frontends: Mapping[Address, _Frontend], ranges: Sequence[str], previous: _Compiled,
+              current: _Compiled) -> None:
+        """Write the entries of `frontends` into `current`, acquiring rev-NAT ids for new frontends."""
+        service = current.service
+        assert service is not None
         timeout = service.spec.affinity_timeout_seconds
         ids = self._backend_ids.ids
         for frontend, spec in frontends.items():
@@ -567,6 +695,31 @@ class ServiceCompiler:
                         ids[backend], 0, 0, index)
             if flags & _MAGLEV and spec.external:
                 current.maglev[index] = self._maglev_table(spec.external, previous, current)
+
+    def _take_room(self, previous: _Compiled, current: _Compiled) -> None:
+        """Count the entries `current` adds while its delta is applied (upserts before deletes).
+
+        Raises MapFull, counting nothing, when a map would overflow.
+        """
+        before = _held(previous)
+        added = {m: sum(k not in before[m] for k in now) for m, now in _held(current).items()}
+        for name, count in added.items():
+            if self._peak[name] + count > self._capacity[name]:
+                raise MapFull(name.value, self._capacity[name], self._peak[name] + count)
+        for name, count in added.items():
+            self._peak[name] += count
+
+    def _undo(self, previous: _Compiled, current: _Compiled) -> None:
+        """Give back the ids and references a compile of `current` that did not fit took."""
+        for frontend in current.frontends.keys() - previous.frontends.keys():
+            self._revnat_ids.release(frontend)
+            del self._owners[frontend]
+        votes = self._terminating_votes
+        for backend, terminating in current.backends.items():
+            before = previous.backends.get(backend)
+            votes[backend] -= terminating - bool(before)
+            if before is None and self._backend_ids.release(backend):
+                del votes[backend]
 
     def _maglev_table(self, backends: Sequence[Address], previous: _Compiled, current: _Compiled
                       ) -> tuple[int, ...]:
@@ -614,3 +767,20 @@ class ServiceCompiler:
                 self._backend_states[backend] = state
                 upserts[self._backend_ids.ids[backend]] = BackendValue(*backend, state)
         return MapPlan(upserts, deletes)
+
+
+def _held(compiled: _Compiled) -> dict[LbMap, Mapping[Any, object]]:
+    """The entries a compiled service holds in each map whose room is counted in entries."""
+    return {LbMap.SERVICES: compiled.services, LbMap.SRC_RANGE: compiled.src_range,
+            LbMap.MAGLEV: compiled.maglev}
+
+
+def _entry_counts(frontends: Mapping[Address, _Frontend], ranges: Sequence[str]) -> dict[LbMap, int]:
+    """How many entries of each counted map the frontends fill (as `_fill` writes them)."""
+    specs = frontends.values()
+    return {
+        LbMap.SERVICES: sum(1 + len(f.external) + (1 + len(f.internal) if f.internal is not None else 0)
+                            for f in specs),
+        LbMap.SRC_RANGE: len(ranges) * sum(1 for f in specs if f.flags & _LOADBALANCER),
+        LbMap.MAGLEV: sum(1 for f in specs if f.flags & _MAGLEV and f.external),
+    }
