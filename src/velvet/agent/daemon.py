@@ -33,8 +33,7 @@ async def reconcile_loop(handlers: AgentHandlers) -> None:
 
     async def follow() -> None:
         async for delta in watch:
-            Agent.mark(handlers.dirty, delta)
-            handlers.wake.set()
+            handlers.mark(delta)
 
     follower = asyncio.create_task(follow())
     try:
@@ -42,7 +41,7 @@ async def reconcile_loop(handlers: AgentHandlers) -> None:
             await handlers.wake.wait()
             await asyncio.sleep(RECONCILE_DEBOUNCE_SECONDS)
             handlers.wake.clear()
-            dirty, handlers.dirty = handlers.dirty, Dirty()
+            dirty, version = handlers.take_dirty()
             try:
                 retry = await handlers.run(agent.reconcile, dirty)
             except Exception:
@@ -50,6 +49,7 @@ async def reconcile_loop(handlers: AgentHandlers) -> None:
                 retry = Dirty(policy=True)
             handlers.dirty.services |= retry.services
             handlers.dirty.policy |= retry.policy
+            await handlers.passed(version)
     finally:
         follower.cancel()
         watch.close()

@@ -17,8 +17,10 @@ from velvet.agent import queries
 from velvet.agent.node import Agent, Dirty
 from velvet.observe.filters import FlowQuery
 from velvet.observe.pipeline import event_types
+from velvet.sources.delta import Delta
 
 T = TypeVar("T")
+PROGRAM_WAIT_SECONDS = 60.0
 
 
 class AgentHandlers:
@@ -28,6 +30,8 @@ class AgentHandlers:
         self.agent = agent
         self.dirty = Dirty()
         self.wake = asyncio.Event()
+        self.marked = self.reconciled = agent.store.version  # store versions: in `dirty`, programmed
+        self._progress = asyncio.Condition()
         self.http_address: str | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="velvet-state")
 
@@ -38,6 +42,33 @@ class AgentHandlers:
     def close(self) -> None:
         """Finish the queued state work and stop the worker."""
         self._worker.shutdown(wait=True)
+
+    def mark(self, delta: Delta) -> None:
+        """A store change: make what it touches dirty and wake the reconcile loop."""
+        Agent.mark(self.dirty, delta)
+        self.marked = max(self.marked, delta.obj.metadata.resource_version)
+        self.wake.set()
+
+    def take_dirty(self) -> tuple[Dirty, int]:
+        """What the next reconcile pass must do, and the store version it brings the datapath to."""
+        dirty, self.dirty = self.dirty, Dirty()
+        return dirty, self.marked
+
+    async def passed(self, version: int) -> None:
+        """A reconcile pass brought the datapath to store `version`."""
+        async with self._progress:
+            self.reconciled = max(self.reconciled, version)
+            self._progress.notify_all()
+
+    async def programmed(self, version: int) -> bool:
+        """Wait until a reconcile pass has covered store `version`; False after PROGRAM_WAIT_SECONDS."""
+        async with self._progress:
+            try:
+                await asyncio.wait_for(self._progress.wait_for(lambda: self.reconciled >= version),
+                                       PROGRAM_WAIT_SECONDS)
+            except TimeoutError:
+                return False
+        return True
 
     def _policy_changed(self) -> None:
         self.dirty.policy = True
@@ -60,12 +91,21 @@ class AgentHandlers:
         return answer
 
     async def apply(self, documents: list[Mapping[str, str]]) -> Any:
-        """velvet apply."""
-        return await self.run(self.agent.apply, documents)
+        """velvet apply: answered once the datapath has the change, with the services that do not fit."""
+        answer = await self.run(self.agent.apply, documents)
+        services = set(answer.pop("services"))
+        if not await self.programmed(answer.pop("version")):
+            answer["warnings"].append(f"not yet programmed after {PROGRAM_WAIT_SECONDS:.0f} s: "
+                                      "see velvet status")
+        problems = await self.run(self.agent.services.problems)
+        answer["problems"] = {key: why for key, why in problems.items() if key in services}
+        return answer
 
     async def delete(self, documents: list[Mapping[str, str]], grace_seconds: int | None) -> Any:
-        """velvet delete."""
-        return await self.run(self.agent.delete, documents, grace_seconds)
+        """velvet delete: answered once the datapath no longer has what was deleted."""
+        answer = await self.run(self.agent.delete, documents, grace_seconds)
+        await self.programmed(answer.pop("version"))
+        return answer
 
     async def get_objects(self, kind: str, namespace: str | None, name: str | None) -> Any:
         """velvet get."""

@@ -147,7 +147,9 @@ class Agent:
             results = self.store.apply(objects, source=documents[0]["path"] if documents else "<apply>")
         except InvalidManifest as exc:
             raise relocate(exc, origins) from None
-        return {"results": [str(r) for r in results], "warnings": self._sctp_warnings(objects)}
+        return {"results": [str(r) for r in results], "warnings": self._sctp_warnings(objects),
+                "version": self.store.version,
+                "services": [obj.metadata.key for obj in objects if isinstance(obj, Service)]}
 
     def _sctp_warnings(self, objects: Sequence[Any]) -> list[str]:
         """Applied SCTP ports this kernel cannot carry (kubectl shows such server notes as warnings)."""
@@ -169,7 +171,7 @@ class Agent:
         """Delete the objects the documents name (missing ones are reported, not fatal)."""
         objects, _ = parse_all(documents)
         results = self.store.delete(objects, grace_seconds, ignore_not_found=True)
-        return {"results": [str(r) for r in results]}
+        return {"results": [str(r) for r in results], "version": self.store.version}
 
     def get_objects(self, kind: str, namespace: str | None, name: str | None) -> Any:
         """Objects of a kind as kubectl prints them."""

@@ -38,6 +38,7 @@ def status(agent: Agent) -> dict[str, Any]:
             "maps": [asdict(m) for m in dp.maps],
             "counters": dict(dp.counters),
         },
+        "problems": [{"service": key, "reason": why} for key, why in agent.services.problems().items()],
         "counts": {
             "endpoints": len(agent.endpoints),
             "services": len(services),
@@ -68,6 +69,7 @@ def service_list(agent: Agent) -> list[dict[str, Any]]:
     """Frontends with their backends, like `cilium service list`."""
     desired = agent.services.compiler.desired()
     names = _service_names(agent)
+    problems = agent.services.problems()
     rows = []
     for key, value in sorted(desired.services.items(), key=lambda kv: (kv[1].rev_nat_index, kv[0].scope)):
         if key.backend_slot:
@@ -82,17 +84,22 @@ def service_list(agent: Agent) -> list[dict[str, Any]]:
                 backends.append({"id": slot.backend_id if slot else 0,
                                  "address": f"{backend.address}:{backend.port}", "state": state})
         kinds = [name for flag, name in FLAG_NAMES if value.flags & flag]
+        service = names.get((key.address, key.dport, key.proto)) or names.get(("*", key.dport, key.proto), "")
         rows.append({
             "id": value.rev_nat_index,
             "frontend": f"{key.address}:{key.dport}/{PROTO_NAMES.get(key.proto, key.proto)}",
             "type": "/".join(kinds) or "ClusterIP",
             "scope": "internal" if key.scope else "external",
-            "service": names.get((key.address, key.dport, key.proto))
-            or names.get(("*", key.dport, key.proto), ""),
+            "service": service,
             "flags": [f.name for f in SvcFlag if value.flags & f and f not in dict(FLAG_NAMES)],
             "session_affinity_timeout": value.affinity_timeout if value.flags & SvcFlag.AFFINITY else 0,
             "backends": backends,
+            "problem": problems.get(service),
         })
+    shown = {row["service"] for row in rows}
+    rows += [{"id": None, "frontend": None, "type": None, "scope": None, "service": key, "flags": [],
+              "session_affinity_timeout": 0, "backends": [], "problem": why}
+             for key, why in problems.items() if key not in shown]  # never programmed: no frontend
     return rows
 
 

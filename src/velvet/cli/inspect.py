@@ -25,7 +25,10 @@ def _labels(labels: dict[str, str]) -> str:
 def render_services(rows: list[dict[str, Any]]) -> str:
     """`cilium service list` layout: one line per backend under its frontend."""
     out = []
+    problems = [f"service {row['service']}: {row['problem']}" for row in rows if row["problem"]]
     for row in rows:
+        if row["frontend"] is None:
+            continue  # not programmed: named below the table
         extra = [*row["flags"]]
         if row["session_affinity_timeout"]:
             extra.append(f"affinity {row['session_affinity_timeout']}s")
@@ -38,7 +41,8 @@ def render_services(rows: list[dict[str, Any]]) -> str:
                 kind if first else "", row["service"] if first else "",
                 f"{i + 1} => {b['address']} ({b['state']})" if b else "(no backends)",
             ])
-    return table(["ID", "FRONTEND", "SERVICE TYPE", "SERVICE", "BACKEND"], out)
+    text = table(["ID", "FRONTEND", "SERVICE TYPE", "SERVICE", "BACKEND"], out)
+    return "\n".join([text, *(f"Problem: {p}" for p in dict.fromkeys(problems))])
 
 
 def cmd_service_list(args: argparse.Namespace) -> int:

@@ -30,13 +30,17 @@ def read_manifests(paths: list[str]) -> list[dict[str, str]]:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    """Apply manifests all-or-nothing; prints one kubectl-like line per object."""
+    """Apply manifests all-or-nothing; one kubectl-like line per object, then an error per service that
+    does not fit in the datapath's maps (exit code 1)."""
     results = client(args.sandbox).post("/v1/apply", {"documents": read_manifests(args.filename)})
     for warning in results.get("warnings", []):
         print(f"Warning: {warning}", file=sys.stderr)
     for line in results["results"]:
         print(line)
-    return 0
+    for service, why in results.get("problems", {}).items():
+        print(f"Error: service {service} is stored but {why}; it is programmed as soon as the maps have room",
+              file=sys.stderr)
+    return 1 if results.get("problems") else 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:

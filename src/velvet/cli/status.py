@@ -28,6 +28,8 @@ def render(status: dict[str, Any], verbose: bool = False) -> str:
         f"Identities:    {counts['identities']}",
         f"Policies:      {counts['policies']} ({counts['policy_entries']} datapath entries)",
     ]
+    for problem in status["problems"]:
+        lines.append(f"Problem:       service {problem['service']}: {problem['reason']}")
     flows = status.get("flows") or {}
     if flows:
         lines.append(f"Flows:         {flows.get('seen', 0)} seen, {flows.get('stored', 0)} stored "

@@ -48,6 +48,7 @@ class ServiceController:
             key = obj.metadata.key
             self._name(self.compiler.update(obj, slices.get(key, []), key), key)
         self._writer.write_lb(self.compiler.resync(current))
+        self._retry()
 
     def reconcile(self, keys: Iterable[str]) -> set[str]:
         """Recompile the services named by `keys`; the keys that failed, to retry on the next pass."""
@@ -64,7 +65,18 @@ class ServiceController:
             except VelvetError:
                 log.exception("service %s not programmed; retried on the next change", key)
                 failed.add(key)
+        self._retry()
         return failed
+
+    def problems(self) -> dict[str, str]:
+        """Services whose last change is not programmed for lack of map room: key -> why."""
+        return dict(self.compiler.problems())
+
+    def _retry(self) -> None:
+        """Program the services that did not fit before and fit now (room freed by this pass)."""
+        for key, delta in self.compiler.retry().items():
+            self._name(delta, key)
+            self._writer.write_lb(delta)
 
     def _slices_by_service(self) -> dict[str, list[EndpointSlice]]:
         """Every EndpointSlice by its service's key, in one pass (not one pass per service)."""
@@ -77,7 +89,7 @@ class ServiceController:
     def _name(self, delta: LbDelta, key: str) -> None:
         """Tell flow enrichment which Service the delta's rev-NAT ids stand for, and forget released ones."""
         for unprogrammed, why in delta.unprogrammed:
-            log.error("service %s not programmed: %s", unprogrammed, why)
+            log.error("service %s: %s", unprogrammed, why)
         ref = NamedRef.parse(key)
         for front, value in delta.services.upserts.items():
             if not front.backend_slot:
