@@ -5,23 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from velvet.durable import StorageError, private_dir, write_atomic
 from velvet.errors import VelvetError
-
-
-@pytest.fixture
-def open_umask() -> Iterator[None]:
-    """A umask that would leave new files world-readable and -writable."""
-    old = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def mode(path: Path) -> int:

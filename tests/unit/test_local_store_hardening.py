@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,16 +65,6 @@ def failing(store: LocalStore, change: Callable[[], object]) -> tuple[StoreError
         watch.close()
         return caught.value, [d async for d in watch]
     return asyncio.run(scenario())
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def store(state: Path) -> LocalStore:
-    return LocalStore.open(state)
 
 
 def big_service_store(state: Path, ports: int = 101, pods: int = 2) -> LocalStore:
@@ -346,15 +336,6 @@ def test_a_journal_that_does_not_follow_its_snapshot_is_refused(state: Path) -> 
 
 
 # -- state files are private ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def open_umask() -> Iterator[None]:
-    old = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def mode(path: Path) -> int:

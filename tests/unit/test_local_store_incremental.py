@@ -38,16 +38,6 @@ def running(ip: str, ready: bool = True) -> PodStatus:
     return PodStatus(phase="Running", pod_ip=ip, conditions=(PodCondition("Ready", str(ready)),))
 
 
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def store(state: Path) -> LocalStore:
-    return LocalStore.open(state)
-
-
 def watched(store: LocalStore, change: Callable[[], object]) -> list[Delta]:
     """The deltas `change` publishes."""
     async def scenario() -> list[Delta]:
