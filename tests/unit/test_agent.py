@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,38 @@ def test_sctp_policy_is_applied_with_a_warning_when_the_kernel_lacks_sctp(tmp_pa
         "networkpolicy shop/deny-all: SCTP is not supported by this kernel (CONFIG_IP_SCTP unset); "
         "the policy still isolates its pods, and its SCTP ports can never match"]
     assert "networkpolicy.networking.k8s.io/deny-all created" in answer["results"]
+
+
+def test_a_bad_status_report_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    """Test that a kubelet report with a podIP that is no IP is one clear error, stores nothing, and
+    neither the next reconcile nor the next start trips over it."""
+    agent, _ = make_agent(tmp_path)
+    apply(agent, MANIFEST)
+    before = agent.store.get("pods", "shop", "web")
+    with pytest.raises(InvalidManifest, match=r"pod status report for shop/web: podIP: .*not-an-ip"):
+        agent.report_pod("shop", "web", {"phase": "Running", "podIP": "not-an-ip"})
+    with pytest.raises(InvalidManifest, match=r"endpoint report for shop/web: ip"):
+        agent.add_endpoint("shop", "web", {"ip": "10.244.0.300", "ifname": "vv00000001", "ifindex": 7})
+    assert agent.store.get("pods", "shop", "web") == before
+    reconcile_all(agent)
+    agent.store.close()
+    restarted, _ = make_agent(tmp_path)
+    assert restarted.store.get("pods", "shop", "web") == before
+
+
+def test_a_torn_endpoint_state_file_is_set_aside_and_the_agent_starts(tmp_path: Path) -> None:
+    """Test that an endpoints.json cut short by a crash does not stop the next start: it is moved
+    aside, and the node runtime's next report wires the pod again."""
+    agent, dp = make_agent(tmp_path)
+    apply(agent, MANIFEST)
+    run_pod(agent)
+    agent.store.close()
+    state = tmp_path / "endpoints.json"
+    torn = state.read_bytes()[:20]
+    state.write_bytes(torn)
+    restarted, _ = make_agent(tmp_path, dp)
+    assert list(restarted.endpoints) == []
+    assert (tmp_path / "endpoints.json.unreadable").read_bytes() == torn
+    run_pod(restarted)
+    assert [r.key for r in restarted.endpoints] == ["shop/web"]
+    assert stat.S_IMODE((tmp_path / "endpoints.json").stat().st_mode) == 0o600
