@@ -179,7 +179,7 @@ def test_a_flood_of_half_open_requests_leaves_the_agent_answering(tmp_path: Path
 class Healthy:
     """An agent that only answers health."""
 
-    def health(self) -> Any:
+    async def health(self) -> Any:
         return {"ok": True}
 
 
