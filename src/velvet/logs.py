@@ -2,8 +2,9 @@
 
 `RepeatLimiter` wraps a handler. A WARNING-or-worse record from the same place with the same message
 template and exception type as one written less than `interval` seconds ago is counted, not written;
-once the interval is over, one line says "(repeated N more times in Xs)" — on the next record, on
-flush and on close. So an error that repeats a thousand times a second costs two lines per interval.
+once the interval is over, one line says "(repeated N more times in Xs)" (a timer thread writes it
+if nothing else is logged). So an error that repeats a thousand times a second costs two lines per
+interval.
 
 `LogFile` is the stdlib RotatingFileHandler that also points the process's stdout and stderr at the
 current file, so a crash traceback (or a faulthandler dump) lands in the same bounded set of files:
@@ -16,6 +17,7 @@ import faulthandler
 import logging
 import os
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -62,6 +64,8 @@ class RepeatLimiter(logging.Handler):
         self.limit_level = level
         self._clock = clock
         self._windows: OrderedDict[_Key, _Window] = OrderedDict()
+        self._timer: threading.Timer | None = None
+        self._closed = False
 
     def emit(self, record: logging.LogRecord) -> None:
         """Write `record` unless it repeats one written less than `interval` seconds ago."""
@@ -73,6 +77,7 @@ class RepeatLimiter(logging.Handler):
             if window is not None:
                 window.held += 1
                 window.last_message, window.last_created = record.getMessage(), record.created
+                self._arm(window.start + self.interval - now)
                 return
             self._windows[key] = _Window(now, record)
             if len(self._windows) > _MAX_KEYS:
@@ -93,11 +98,34 @@ class RepeatLimiter(logging.Handler):
         """Summarise every interval, finished or not, and close the target."""
         self.acquire()
         try:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
             self._close_windows(lambda _: True)
         finally:
             self.release()
         self.target.close()
         super().close()
+
+    def _arm(self, delay: float) -> None:
+        """Have the timer summarise finished intervals in `delay` seconds (one timer at a time)."""
+        if self._timer is None and not self._closed:
+            self._timer = threading.Timer(max(delay, 0.0), self._tick)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _tick(self) -> None:
+        """The timer: summarise what finished, and come back for intervals still holding records."""
+        self.acquire()
+        try:
+            self._timer = None
+            now = self._clock()
+            self._close_windows(lambda w: now - w.start >= self.interval)
+            holding = [w.start for w in self._windows.values() if w.held]
+            if holding:
+                self._arm(min(holding) + self.interval - now)
+        finally:
+            self.release()
 
     def _close_windows(self, over: Callable[[_Window], bool]) -> None:
         """Summarise and forget the windows `over` says are done (they are in order of start)."""

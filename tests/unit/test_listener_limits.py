@@ -7,6 +7,7 @@ from a child process that drops to `nobody` when the tests run as root.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -34,6 +35,15 @@ from velvet.observe.ui import http_app, serve_http
 HALFOPEN = Path(__file__).with_name("halfopen.py")
 BUSY = refusal("text/plain", b"busy\n")
 WAIT_SECONDS = 60.0
+
+
+def _sockets() -> int:
+    """Sockets this process holds open."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
 
 
 def _listener() -> tuple[socket.socket, int]:
@@ -123,8 +133,9 @@ def test_a_half_open_request_is_closed_after_idle_seconds_even_if_it_trickles() 
 def test_a_flood_of_half_open_requests_leaves_the_agent_answering(tmp_path: Path) -> None:
     """Test 1,100 half-open requests from an unprivileged user against the service map listener.
 
-    The API still answers meanwhile, this process's descriptors stay within the listener's cap, the
-    log stays a few lines, and once the listener has closed the stalled requests /metrics answers.
+    The API still answers meanwhile, this process's sockets stay within the listener's cap, the
+    listener closes the stalled requests while their sender still holds them, /metrics answers
+    again, and the log stays a few lines.
     """
     loop = BackgroundLoop()
     directory = Path(tempfile.mkdtemp(prefix="vapi", dir="/tmp"))
@@ -136,14 +147,14 @@ def test_a_flood_of_half_open_requests_leaves_the_agent_answering(tmp_path: Path
 
     def sample() -> None:
         while not sampling.wait(0.005):
-            peak[0] = max(peak[0], len(os.listdir("/proc/self/fd")))
+            peak[0] = max(peak[0], _sockets())
 
     with agent_log() as log:
         api_runner = loop.run(serve_unix(build_app(Healthy()), api.socket_path))  # type: ignore[arg-type]
         ui_runner = loop.run(serve_http(app, sock))
         server = ui_runner.server
         assert server is not None
-        baseline = len(os.listdir("/proc/self/fd"))
+        baseline = _sockets()
         sampler = threading.Thread(target=sample)
         sampler.start()
         attacker = subprocess.Popen([sys.executable, str(HALFOPEN), "127.0.0.1", str(port), "1100"],
@@ -155,10 +166,8 @@ def test_a_flood_of_half_open_requests_leaves_the_agent_answering(tmp_path: Path
             assert opened["uid"] != 0
             assert opened["open"] + opened["failed"] == 1100
             assert api.get("/v1/health") == {"ok": True}
-            loop.run(_eventually(lambda: not server.connections))
-            attacker.stdin.write("check\n")
-            attacker.stdin.flush()
-            assert json.loads(attacker.stdout.readline())["still_open"] == 0
+            loop.run(_eventually(lambda: not server.connections))  # the stalled requests are closed
+            loop.run(_eventually(lambda: _sockets() == baseline))
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
                 assert resp.status == 200
         finally:
@@ -169,7 +178,7 @@ def test_a_flood_of_half_open_requests_leaves_the_agent_answering(tmp_path: Path
             loop.run(api_runner.cleanup())
             loop.close()
             shutil.rmtree(directory)
-    assert peak[0] <= baseline + UI_LIMITS.max_connections + 8
+    assert peak[0] <= baseline + UI_LIMITS.max_connections + 2, (baseline, peak[0])
     text = log.getvalue()
     assert "Traceback" not in text
     assert len(text.splitlines()) <= 4, text

@@ -68,6 +68,22 @@ def test_a_flood_of_one_error_is_one_traceback_and_one_count_per_interval() -> N
     assert out.lines[2] == "INFO reconcile done"
     _fail(log, 9000)  # a new interval: shown again, with its traceback
     assert out.lines[3].startswith("ERROR cannot accept on port 9000\nTraceback")
+    limiter.close()
+
+
+def test_the_count_is_written_when_the_repeats_stop_and_nothing_else_is_logged() -> None:
+    """Test the timer: after a burst, the 'repeated' line comes without another record to carry it."""
+    out = Collect()
+    limiter = RepeatLimiter(out, interval=0.2)
+    log = _logger(limiter)
+    for _ in range(5):
+        log.warning("refused a connection")
+    deadline = time.monotonic() + 60
+    while len(out.lines) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert re.fullmatch(r"WARNING refused a connection \(repeated 4 more times in \d+s\)", out.lines[1])
+    limiter.close()
 
 
 def test_other_errors_and_info_lines_pass_and_close_reports_what_was_held() -> None:
