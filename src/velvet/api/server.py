@@ -26,15 +26,14 @@ from aiohttp.typedefs import Handler
 from velvet.api.limits import API_BODY_SECONDS, API_LIMITS, API_MAX_BODY
 from velvet.api.listener import refusal, serve
 from velvet.errors import BadRequest, InvalidManifest, NotFound, VelvetError
-from velvet.model.codec import resolve_kind
-from velvet.sources.local import StoreError
 
 Json = Any
 log = logging.getLogger("velvet.api")
 
 DECODE_IN_THREAD_BYTES = 1024 * 1024
 """Bodies at least this large are decoded in a worker thread, so that the loop keeps answering."""
-_STORE_STATUS = {"NotFound": 404, "Forbidden": 403}
+_REASON_STATUS = {"NotFound": 404, "Forbidden": 403, "AlreadyExists": 409, "Conflict": 409}
+"""HTTP status of a Kubernetes status reason, which a store error carries as `reason`."""
 
 
 class AgentApi(Protocol):
@@ -74,14 +73,16 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
 
 
 def _status_of(exc: VelvetError | ValueError) -> int:
-    """400 for what the request got wrong, 404 for what does not exist, 500 for the agent's faults."""
+    """400 for what the request got wrong, 404 for what does not exist, 500 for the agent's faults.
+
+    The store's refusals (sources.local.StoreError, which this layer does not import) carry the
+    Kubernetes status reason the API server would answer with.
+    """
     if isinstance(exc, BadRequest | InvalidManifest | ValueError):
         return 400
     if isinstance(exc, NotFound):
         return 404
-    if isinstance(exc, StoreError):
-        return _STORE_STATUS.get(exc.reason, 409)
-    return 500
+    return _REASON_STATUS.get(str(getattr(exc, "reason", "")), 500)
 
 
 @web.middleware
@@ -281,12 +282,8 @@ def build_app(agent: AgentApi) -> web.Application:
 
     @routes.get("/v1/objects/{kind}")
     async def get_objects(request: web.Request) -> web.StreamResponse:
-        kind, q = request.match_info["kind"], request.query
-        try:
-            resolve_kind(kind)
-        except KeyError as exc:
-            raise NotFound(str(exc.args[0])) from None
-        return await _ok(agent.get_objects(kind, q.get("namespace"), q.get("name")))
+        q = request.query
+        return await _ok(agent.get_objects(request.match_info["kind"], q.get("namespace"), q.get("name")))
 
     @routes.get("/v1/node/pods")
     async def node_pods(_: web.Request) -> web.StreamResponse:
