@@ -14,7 +14,7 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from velvet.api.client import ApiClient
 from velvet.api.limits import API_MAX_BODY
 from velvet.cli.main import main
 from velvet.datapath.fake import FakeDatapath
-from velvet.errors import ApiError
+from velvet.errors import AgentUnavailable, ApiError
 
 NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"
 
@@ -256,31 +256,54 @@ def test_the_cli_prints_an_api_error_as_one_line(agent: AgentHandlers, monkeypat
     assert err == 'Error: Error from server (NotFound): pods "nosuch" not found\n'
 
 
+def _error_page(conn: socket.socket) -> None:
+    conn.recv(65536)
+    page = b"<html>\n<h1>oops</h1>\n</html>"
+    conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: %d\r\n\r\n%s" % (len(page), page))
+
+
 def test_a_non_json_error_answer_is_one_line() -> None:
     """Test that an error page that is not our JSON (a proxy, a crash) is still one line."""
+    with fake_agent_socket(_error_page) as path, pytest.raises(ApiError) as caught:
+        next(ApiClient(path).stream("/v1/stream/flows"))
+    assert str(caught.value) == "the agent answered GET /v1/stream/flows with HTTP 502: <html>"
+
+
+@contextmanager
+def fake_agent_socket(behave: Callable[[socket.socket], object]) -> Iterator[Path]:
+    """A unix socket whose one connection is handled by `behave` (an agent that misbehaves)."""
     directory = Path(tempfile.mkdtemp(prefix="vapi", dir="/tmp"))
     path = directory / "api.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(1)
 
-    def answer() -> None:
+    def serve() -> None:
         conn, _ = listener.accept()
-        conn.recv(65536)
-        page = b"<html>\n<h1>oops</h1>\n</html>"
-        conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: %d\r\n\r\n%s" % (len(page), page))
-        conn.close()
+        with conn:
+            behave(conn)
 
-    thread = threading.Thread(target=answer)
+    thread = threading.Thread(target=serve)
     thread.start()
     try:
-        with pytest.raises(ApiError) as caught:
-            next(ApiClient(path).stream("/v1/stream/flows"))
+        yield path
     finally:
         thread.join()
         listener.close()
         shutil.rmtree(directory)
-    assert str(caught.value) == "the agent answered GET /v1/stream/flows with HTTP 502: <html>"
+
+
+def test_an_agent_that_hangs_up_or_stays_silent_is_one_line() -> None:
+    """Test the client's one-line errors for a connection closed without an answer, and for silence."""
+    with fake_agent_socket(lambda conn: conn.recv(65536)) as path, \
+            pytest.raises(ApiError, match=r"^the agent broke off GET /v1/health: Remote end closed"):
+        ApiClient(path).get("/v1/health")
+    release = threading.Event()
+    with fake_agent_socket(lambda conn: release.wait(30)) as path:
+        with pytest.raises(AgentUnavailable) as caught:
+            ApiClient(path, timeout=0.2).get("/v1/health")
+        release.set()
+    assert str(caught.value) == f"the agent on {path} did not answer GET /v1/health within 0.2 s"
 
 
 class SlowAgent:

@@ -90,7 +90,7 @@ class ApiClient:
         except TimeoutError as exc:
             conn.close()
             raise AgentUnavailable(f"the agent on {self.socket_path} did not answer {method} {path} "
-                                   f"within {timeout or 0:.0f} s") from exc
+                                   f"within {timeout or 0:g} s") from exc
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise ApiError(f"the agent broke off {method} {path}: {exc}") from exc

@@ -24,6 +24,10 @@ from velvet.api.limits import ACCEPT_PAUSE_SECONDS, ListenerLimits
 
 log = logging.getLogger("velvet.listen")
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_PEER_GAVE_UP = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENOPROTOOPT,
+                           errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP,
+                           errno.ENETUNREACH})
+"""accept(2) errors about one pending connection: retry at once (Linux passes network errors on)."""
 
 
 class _ClientFaultsInOneLine(logging.Filter):
@@ -101,8 +105,11 @@ class BoundedSite(web.BaseSite):
             try:
                 conn, _ = await loop.sock_accept(self._sock)
             except OSError as exc:
+                if exc.errno in _PEER_GAVE_UP:
+                    continue
                 if exc.errno not in _OUT_OF_RESOURCES:
-                    continue  # the peer gave up before we accepted (ECONNABORTED, EPROTO...)
+                    log.error("%s: stopped accepting connections: %s", self.name, exc)
+                    return
                 self.accept_failures += 1
                 log.warning("%s: cannot accept connections: %s (%d open); pausing %.1f s", self.name,
                             exc.strerror, len(server.connections), ACCEPT_PAUSE_SECONDS)
