@@ -91,11 +91,9 @@ def agent(tmp_path: Path) -> Iterator[AgentHandlers]:
     (b"\xff\xfe\x00garbage", "request body is not JSON: "),
     (b"[" * 10_000 + b"]" * 10_000, "nested too deeply"),
     (b"[]", "request body must be a JSON object, not array"),
-    (b"{}", "request body: documents is missing"),
-    (b'{"documents": "a.yaml"}', "request body: documents must be array, not string"),
-    (b'{"documents": [7]}', "request body: documents[0] must be an object, not integer"),
-    (b'{"documents": [{"path": "a.yaml"}]}', "request body: documents[0].text is missing"),
-    (b'{"documents": [{"path": 1, "text": ""}]}', "documents[0].path must be string, not integer"),
+    (b"{}", "<request>: document 0: documents: must be a list"),
+    (b'{"documents": "a.yaml"}', "<request>: document 0: documents: must be a list"),
+    (b'{"documents": [{"path": 1, "text": ""}]}', "documents[0]: must be an object with string fields"),
 ])
 def test_malformed_apply_bodies_get_400_with_the_reason(agent: AgentHandlers, body: bytes,
                                                         reason: str) -> None:
@@ -106,45 +104,32 @@ def test_malformed_apply_bodies_get_400_with_the_reason(agent: AgentHandlers, bo
     assert reason in answer["error"]
 
 
-@pytest.mark.parametrize(("report", "reason"), [
-    ({"ifname": "vv1", "ifindex": 7}, "ip is missing"),
-    ({"ip": "banana", "ifname": "vv1", "ifindex": 7}, "ip: "),
-    ({"ip": "10.244.0.9", "ifname": "vv1", "ifindex": "7"}, "ifindex must be integer, not string"),
-    ({"ip": "10.244.0.9", "ifname": "vv1", "ifindex": True}, "ifindex must be integer, not boolean"),
-    ({"ip": "10.244.0.9", "ifname": "vv1", "ifindex": -1}, "ifindex must be positive"),
-    ({"ip": "10.244.0.9", "ifname": "x" * 16, "ifindex": 7}, "is not an interface name"),
-    ({"ip": "10.244.0.9", "ifname": "vv1", "ifindex": 7, "cgroup_id": "x"}, "cgroup_id must be integer"),
+@pytest.mark.parametrize(("url", "report", "reason"), [
+    ("/v1/node/endpoints/shop/web", {"ifname": "vv1", "ifindex": 7}, "ip: Required value"),
+    ("/v1/node/endpoints/shop/web", {"ip": "10.0.0.9", "ifname": "vv1", "ifindex": "7"}, "ifindex: must be"),
+    ("/v1/node/endpoints/shop/web", [], "must be"),
+    ("/v1/node/pods/shop/web", {}, "phase: Required value"),
+    ("/v1/node/pods/shop/web", {"phase": "Running", "podIP": 10}, "podIP: must be a string"),
 ])
-def test_bad_endpoint_reports_get_400_and_change_nothing(agent: AgentHandlers, report: dict[str, Any],
-                                                         reason: str) -> None:
-    """Test that a CNI ADD report with a missing or mistyped field is refused before the agent sees it."""
+def test_bad_node_reports_get_400_and_change_nothing(agent: AgentHandlers, url: str, report: Any,
+                                                     reason: str) -> None:
+    """Test that a kubelet or CNI report the agent refuses is a 400 naming the field, and changes nothing."""
     with served(agent) as (path, _):
-        status, _, answer = raw(path, "PUT", "/v1/node/endpoints/shop/web", json.dumps(report).encode())
+        status, _, answer = raw(path, "PUT", url, json.dumps(report).encode())
     assert (status, reason in answer["error"]) == (400, True), answer
     assert list(agent.agent.endpoints) == []
-
-
-@pytest.mark.parametrize(("report", "reason"), [
-    ({}, "phase is missing"),
-    ({"phase": "Running", "podIP": 10}, "podIP must be string or null, not integer"),
-    ({"phase": "Running", "conditions": {"Ready": "True"}}, "conditions must be array, not object"),
-    ({"phase": "Running", "conditions": [{"type": "Ready"}]}, "conditions[0].status is missing"),
-])
-def test_bad_pod_reports_get_400(agent: AgentHandlers, report: dict[str, Any], reason: str) -> None:
-    """Test that a kubelet status report of the wrong shape is a 400 naming the field."""
-    with served(agent) as (path, _):
-        status, _, answer = raw(path, "PUT", "/v1/node/pods/shop/web", json.dumps(report).encode())
-    assert (status, reason in answer["error"]) == (400, True), answer
 
 
 def test_delete_grace_must_be_a_non_negative_integer(agent: AgentHandlers) -> None:
     """Test that grace_seconds of the wrong type or sign is a 400."""
     docs = [{"path": "ns.yaml", "text": NAMESPACE}]
     with served(agent) as (path, _):
-        for grace, reason in (("5", "must be integer or null, not string"), (-1, "must be 0 or more")):
+        for grace in ("5", -1, 2.5, True):
             body = json.dumps({"documents": docs, "grace_seconds": grace}).encode()
             status, _, answer = raw(path, "POST", "/v1/delete", body)
-            assert (status, reason in answer["error"]) == (400, True), answer
+            assert status == 400
+            assert answer == {"error": "request body: grace_seconds must be an integer of 0 or more or null, "
+                                       f"not {json.dumps(grace)}"}
     assert agent.agent.store.get("namespaces", None, "shop")
 
 
