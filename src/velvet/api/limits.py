@@ -3,7 +3,7 @@
 A listener (the root-only API socket, the loopback /metrics + service map) holds at most
 `max_connections` connections: beyond that a connection gets a one-line 503 and is closed. A
 connection that does not complete a request within `idle_seconds` (a half-open request, or an idle
-keep-alive) is closed by aiohttp's own `keepalive_timeout`, which since aiohttp 3.14 also runs before
+keep-alive) is closed by aiohttp's own `keepalive_timeout`, which in aiohttp >= 3.14.5 also runs before
 the first request. Request lines and headers are bounded by aiohttp's parser limits.
 `velvet.api.listener` enforces them.
 """
