@@ -11,6 +11,8 @@ VelvetError
 │   └── InvalidReport          a node runtime report (pod status, CNI endpoint) failed validation
 ├── SandboxError               the sandbox could not create or remove something
 ├── NeedsRoot                  the command needs root and runs as another user
+├── BadRequest                 a request to the agent is malformed (API answers 400)
+├── NotFound                   a named object or resource does not exist (API answers 404)
 ├── AgentUnavailable           no agent answers on the API socket
 ├── ApiError                   the agent answered with an error
 └── CommandFailed              a `velvet` command run as a subprocess failed (carries its output)
@@ -105,6 +107,14 @@ class NeedsRoot(VelvetError):
     def __init__(self, why: str) -> None:
         super().__init__(f"velvet must run as root: {why}")
         self.why = why
+
+
+class BadRequest(VelvetError):
+    """A request to the agent is malformed: not JSON, the wrong shape, a missing or mistyped field."""
+
+
+class NotFound(VelvetError):
+    """A named object or resource does not exist."""
 
 
 class AgentUnavailable(VelvetError):

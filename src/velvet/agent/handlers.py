@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from velvet.agent import queries
 from velvet.agent.node import Agent, Dirty
+from velvet.errors import NotFound
 from velvet.observe.filters import FlowQuery
 from velvet.observe.pipeline import event_types
 from velvet.sources.delta import Delta
@@ -143,4 +144,4 @@ class AgentHandlers:
             return self.agent.flows.stream(FlowQuery.from_params(params))
         if what == "events":
             return self.agent.flows.stream_events(event_types(params.get("type", "")))
-        raise KeyError(f"unknown stream {what!r}")
+        raise NotFound(f"unknown stream {what!r}")

@@ -31,7 +31,7 @@ from velvet.datapath.protocol import Datapath
 from velvet.datapath.tables import LbState
 from velvet.datapath.writer import TableWriter
 from velvet.durable import private_dir
-from velvet.errors import InvalidManifest
+from velvet.errors import InvalidManifest, NotFound
 from velvet.model import NetworkPolicy, Pod, Service
 from velvet.model.codec import resolve_kind, to_dict
 from velvet.model.decode_report import decode_endpoint_report, decode_pod_status_report
@@ -175,10 +175,13 @@ class Agent:
 
     def get_objects(self, kind: str, namespace: str | None, name: str | None) -> Any:
         """Objects of a kind as kubectl prints them."""
-        info = resolve_kind(kind)
+        try:
+            info = resolve_kind(kind)
+        except KeyError as exc:
+            raise NotFound(str(exc.args[0])) from None
         items = self.store.get(info.plural, namespace, name)
         if name and not items:
-            raise KeyError(f'{info.plural} "{name}" not found')
+            raise NotFound(f'{info.plural} "{name}" not found')
         return {"kind": info.kind, "namespaced": info.namespaced, "items": [to_dict(o) for o in items]}
 
     # -- the node runtime (kubelet + CNI) --------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from velvet.control.policy_lookup import describe_key, trace
 from velvet.datapath.structs import BackendState, SvcFlag
 from velvet.datapath.tables import Proto
+from velvet.errors import BadRequest, NotFound
 from velvet.model import NetworkPolicy, Pod, Service
 from velvet.sources.local import ALL_NAMESPACES
 
@@ -152,8 +153,15 @@ def _pod(agent: Agent, ref: str) -> Pod:
     namespace, _, name = ref.rpartition("/")
     found = agent.store.get("pods", namespace or "default", name)
     if not found or not isinstance(found[0], Pod):
-        raise KeyError(f"pod {namespace or 'default'}/{name} not found")
+        raise NotFound(f"pod {namespace or 'default'}/{name} not found")
     return found[0]
+
+
+def _param(params: Mapping[str, str], name: str) -> str:
+    """A query parameter the query needs."""
+    if name not in params:
+        raise BadRequest(f"missing query parameter {name!r}")
+    return params[name]
 
 
 def policy_trace(agent: Agent, params: Mapping[str, str]) -> dict[str, Any]:
@@ -161,8 +169,8 @@ def policy_trace(agent: Agent, params: Mapping[str, str]) -> dict[str, Any]:
     compiled = agent.policy.compiled
     if compiled is None:
         raise ValueError("policy not compiled yet")
-    src, dst = _pod(agent, params["from"]), _pod(agent, params["to"])
-    port, _, proto = params["port"].partition("/")
+    src, dst = _pod(agent, _param(params, "from")), _pod(agent, _param(params, "to"))
+    port, _, proto = _param(params, "port").partition("/")
     result = trace(compiled, src, dst, int(port), (proto or "tcp").upper())
     def verdict(v: Any) -> Any:
         if v is None:
@@ -190,5 +198,5 @@ def query(agent: Agent, what: str, params: Mapping[str, str]) -> Any:
     if what == "trace":
         return policy_trace(agent, params)
     if what == "bpf":
-        return agent.datapath.dump(params["map"])
-    raise KeyError(f"unknown query {what!r}")
+        return agent.datapath.dump(_param(params, "map"))
+    raise NotFound(f"unknown query {what!r}")

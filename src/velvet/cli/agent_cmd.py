@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from velvet.cli.common import require_root
+from velvet.logs import LOG_BACKUPS, LOG_MAX_BYTES, setup_logging
 from velvet.paths import current_sandbox
 
 
@@ -16,7 +17,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from velvet.agent.daemon import main
 
     require_root("the agent loads eBPF programs, pins maps and keeps its state under /var/lib/velvet")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(Path(args.log_file) if args.log_file else None, args.log_max_bytes, args.log_backups)
     sandbox = current_sandbox(args.sandbox)
     config = AgentConfig(
         sandbox=sandbox, node_name=args.node_name, node_ips=tuple(args.node_ip), pod_cidr=args.pod_cidr,
@@ -27,6 +28,21 @@ def cmd_agent(args: argparse.Namespace) -> int:
     )
     main(config, fake_datapath=args.fake_datapath)
     return 0
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= low (a log that never rotates would grow without bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+
+    return parse
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,5 +61,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="loopback address of /metrics and the service map /ui/ (empty: off)")
     p.add_argument("--metrics-netns", default=None,
                    help="network namespace file to open that listener in (default: the agent's)")
+    p.add_argument("--log-file", default=None,
+                   help="write the log (and stdout/stderr) to this file, rotated by size (default: stderr)")
+    p.add_argument("--log-max-bytes", type=_at_least(4096), default=LOG_MAX_BYTES,
+                   help="size at which the log file rotates")
+    p.add_argument("--log-backups", type=_at_least(1), default=LOG_BACKUPS, help="rotated log files kept")
     p.add_argument("--fake-datapath", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_agent)

@@ -132,7 +132,8 @@ def cmd_node_daemon(args: argparse.Namespace) -> int:
                   "--cgroup", str(names.cgroup_node), "--uplink", NODE_UPLINK_IF,
                   "--node-ip", cfg.node_uplink_ip, "--pod-cidr", cfg.pod_cidr,
                   "--metrics-address", f"127.0.0.1:{names.http_port}",
-                  "--metrics-netns", f"/proc/self/fd/{host_netns}"]
+                  "--metrics-netns", f"/proc/self/fd/{host_netns}",
+                  "--log-file", str(names.log_file("agent"))]
     if args.policy_audit_mode:
         agent_argv.append("--policy-audit-mode")
     supervisor = Supervisor(agent_argv, netns=None, cgroup=names.cgroup_node, log=names.log_file("agent"),

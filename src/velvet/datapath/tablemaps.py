@@ -19,7 +19,7 @@ from velvet.datapath.maps import Map
 from velvet.datapath.structs import BE32
 from velvet.datapath.tables import StaleBackend
 from velvet.datapath.views import AffinityMap, ConntrackMap, MapView, Views
-from velvet.errors import DatapathError
+from velvet.errors import DatapathError, NotFound
 
 EXTRA_DUMPS = ("ct4", "lb4_affinity", "lb4_sock_revnat", "metrics")
 """Maps the programs fill themselves that `velvet bpf … list` can also show."""
@@ -70,7 +70,7 @@ class TableMaps:
     def dump(self, table: str) -> list[dict[str, Any]]:
         """Raw entries of one map, fields by name (for `velvet bpf … list`)."""
         if table not in CODECS and table not in EXTRA_DUMPS:
-            raise KeyError(f"no map {table}")
+            raise NotFound(f"no map {table}")
         return [{"key": _fields(k), "value": _fields(v)} for k, v in self._map(table).items()]
 
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics with Hubble's names, counted per batch with numpy, served on 127.0.0.1:9962."""
+"""Prometheus metrics with Hubble's names, counted per batch with numpy (served by observe/ui.py)."""
 
 from __future__ import annotations
 
@@ -33,9 +33,6 @@ from velvet.observe.codes import (
     verdict_name,
 )
 from velvet.observe.store import StoreStats
-
-DEFAULT_METRICS_HOST = "127.0.0.1"
-DEFAULT_METRICS_PORT = 9962
 
 _TCP_FLAG_LABELS = (("SYN", TcpFlag.SYN, TcpFlag.ACK), ("SYN-ACK", TcpFlag.SYN | TcpFlag.ACK, 0),
                     ("FIN", TcpFlag.FIN, 0), ("RST", TcpFlag.RST, 0))
@@ -147,12 +144,3 @@ def metrics_app(registry: CollectorRegistry) -> web.Application:
     app = web.Application()
     app.router.add_get("/metrics", handler)
     return app
-
-
-async def serve_metrics(registry: CollectorRegistry, host: str = DEFAULT_METRICS_HOST,
-                        port: int = DEFAULT_METRICS_PORT) -> web.AppRunner:
-    """Serve /metrics on host:port (loopback by default); `await runner.cleanup()` stops it."""
-    runner = web.AppRunner(metrics_app(registry), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner

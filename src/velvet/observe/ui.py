@@ -7,7 +7,10 @@ recent flows of one node). Both read the store's records and build one Flow per 
 that draw alike, not one per record.
 
 The agent runs in its node's network namespace; the listener can be opened in another one (the
-host's, where the user's browser and Prometheus are), always on a loopback address.
+host's, where the user's browser and Prometheus are), always on a loopback address. Any local user
+can connect to it, so it runs within `velvet.api.limits.UI_LIMITS`, and it answers the service map
+only to requests naming it (Host: its own address or localhost, with its port), so that a web page
+whose name resolves to 127.0.0.1 (DNS rebinding) cannot read the flows; /metrics answers any Host.
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
+from yarl import URL
 
+from velvet.api.limits import UI_LIMITS
+from velvet.api.listener import refusal, serve
 from velvet.observe.codes import RESERVED_IDENTITY_NAMES, EventType, ObsPoint, Verdict
 from velvet.observe.decode import take
 from velvet.observe.enrich import NamedRef
@@ -193,9 +200,43 @@ def _page() -> bytes:
     return files("velvet.observe").joinpath("web", "index.html").read_bytes()
 
 
+ANY_HOST_PATHS = frozenset({"/metrics"})
+"""Paths answered whatever the Host header: Prometheus scrapes by IP or by any name it was given."""
+
+
+def host_allowed(host: str, listener: tuple[str, int]) -> bool:
+    """Whether a Host header names `listener` (ip, port): its own address or localhost, its port."""
+    try:
+        url = URL(f"http://{host}/")
+        name, port = url.host, url.port
+    except ValueError:
+        return False
+    return port == listener[1] and name is not None and name.rstrip(".").lower() in (listener[0], "localhost")
+
+
+def _address(sockname: tuple[str, int]) -> str:
+    host, port = sockname
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@web.middleware
+async def _own_host_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """403 in one line for a request whose Host is not this listener (except ANY_HOST_PATHS)."""
+    if request.path in ANY_HOST_PATHS:
+        return await handler(request)
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    host = request.headers.get("Host", "")
+    if sockname is None or not host_allowed(host, sockname[:2]):
+        own = _address(sockname[:2]) if sockname else "its own address"
+        return web.Response(status=403, text=f"403 Forbidden: Host {host!r} is not this listener; the "
+                            f"service map answers Host {own} or localhost (/metrics answers any Host)\n")
+    return await handler(request)
+
+
 def http_app(registry: CollectorRegistry, store: FlowStore, stats: Callable[[], Json]) -> web.Application:
     """/metrics, the service map page and its JSON API over the flows of `store`."""
     app = metrics_app(registry)
+    app.middlewares.append(_own_host_only)
     page = _page()
 
     async def index(_: web.Request) -> web.StreamResponse:
@@ -280,13 +321,10 @@ def loopback_listener(address: str, netns: str | None = None) -> socket.socket:
 
 def listen_address(sock: socket.socket) -> str:
     """"host:port" a listener is bound to ("[::1]:port" for IPv6)."""
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return _address(sock.getsockname()[:2])
 
 
 async def serve_http(app: web.Application, sock: socket.socket) -> web.AppRunner:
-    """Serve `app` on an already listening socket; `await runner.cleanup()` stops it."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
-    return runner
+    """Serve `app` on an already listening socket within UI_LIMITS; `await runner.cleanup()` stops it."""
+    busy = b"503: too many connections to this listener; retry in a few seconds\n"
+    return await serve(app, sock, UI_LIMITS, refusal("text/plain; charset=utf-8", busy))

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from velvet.logs import LOG_BACKUPS, LOG_MAX_BYTES, rotate_if_full
 from velvet.sandbox import process
 from velvet.sandbox.cleanup import read_pid
 from velvet.sandbox.linux import send_signal
@@ -45,16 +46,23 @@ class Supervisor:
         min_backoff: float = 0.5,
         max_backoff: float = 5.0,
         stable_after: float = 10.0,
+        log_max_bytes: int = LOG_MAX_BYTES,
+        log_backups: int = LOG_BACKUPS,
     ) -> None:
         """Configure; nothing runs before `start()`. A run longer than `stable_after` resets the backoff.
 
-        `pass_fds` stay open in the daemon under the same numbers (e.g. a namespace it needs).
+        `pass_fds` stay open in the daemon under the same numbers (e.g. a namespace it needs). The
+        daemon's stdout and stderr are appended to `log`, which is rolled over (log.1 ..
+        log.<log_backups>, as velvet.logs.LogFile does) before a start finds it holding `log_max_bytes`:
+        a daemon crashing before it rotates its own log cannot grow it without bound.
         """
         self.argv = list(argv)
         self.pass_fds = tuple(pass_fds)
         self.netns = netns
         self.cgroup = cgroup
         self.log = log
+        self.log_max_bytes = log_max_bytes
+        self.log_backups = log_backups
         self.pid_file = pid_file
         self.env = dict(env) if env is not None else None
         self.min_backoff = min_backoff
@@ -117,6 +125,7 @@ class Supervisor:
     def _run_child(self) -> None:
         """Start the daemon as a child in its own session and wait for it."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        rotate_if_full(self.log, self.log_max_bytes, self.log_backups)
         with open(self.log, "ab") as out:
             proc = subprocess.Popen(
                 self.argv,
