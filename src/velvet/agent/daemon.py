@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
+import sys
 from collections.abc import Callable
 
 from aiohttp import web
@@ -24,6 +26,30 @@ RECONCILE_DEBOUNCE_SECONDS = 0.02
 EVENT_POLL_SECONDS = 0.25
 MAP_FILL_PERIOD_SECONDS = 5.0
 EXPIRY_PERIOD_SECONDS = 1.0
+FULL_GC_PERIOD_SECONDS = 600.0
+SWITCH_INTERVAL_SECONDS = 0.001
+NEVER = 2**31 - 1
+
+
+def keep_the_loop_responsive() -> None:
+    """Let the event loop answer within milliseconds while the state worker computes.
+
+    Measured with a 10k-service apply: the loop waited up to 5 ms per turn for the GIL (the default
+    switch interval), and full cyclic collections over the store held it for 40-320 ms. The loop now
+    takes the GIL within 1 ms, and full collections run only when no state work is queued
+    (`collect_when_idle`); young generations are still collected as usual.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, NEVER)
+
+
+async def collect_when_idle(handlers: AgentHandlers) -> None:
+    """A full cyclic garbage collection now and then, on the state worker, when it has nothing to do."""
+    while True:
+        await asyncio.sleep(FULL_GC_PERIOD_SECONDS)
+        if handlers.idle:
+            await handlers.run(gc.collect)
 
 
 async def reconcile_loop(handlers: AgentHandlers) -> None:
@@ -105,6 +131,7 @@ async def _serve_http(handlers: AgentHandlers) -> web.AppRunner | None:
 
 async def run_agent(agent: Agent) -> None:
     """Start the agent and serve until SIGTERM/SIGINT; attachments and pins stay when it exits."""
+    keep_the_loop_responsive()
     agent.start()
     handlers = AgentHandlers(agent)
     runner = await serve_unix(build_app(handlers), agent.paths.socket)
@@ -115,7 +142,7 @@ async def run_agent(agent: Agent) -> None:
     log.info("agent up: API on %s", agent.paths.socket)
     http_runner = await _serve_http(handlers)
     tasks = [asyncio.create_task(coro) for coro in (
-        reconcile_loop(handlers), event_loop(agent),
+        reconcile_loop(handlers), event_loop(agent), collect_when_idle(handlers),
         every(EXPIRY_PERIOD_SECONDS, handlers, agent.expire_terminating),
         every(MAP_FILL_PERIOD_SECONDS, handlers, agent.refresh_map_fill))]
     try:

@@ -35,10 +35,20 @@ class AgentHandlers:
         self._progress = asyncio.Condition()
         self.http_address: str | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="velvet-state")
+        self._queued = 0
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the state worker, after every call queued before it."""
-        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        self._queued += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        finally:
+            self._queued -= 1
+
+    @property
+    def idle(self) -> bool:
+        """No state work is queued or running."""
+        return self._queued == 0
 
     def close(self) -> None:
         """Finish the queued state work and stop the worker."""
