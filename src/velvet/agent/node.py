@@ -51,9 +51,6 @@ class Dirty:
     services: set[str] = field(default_factory=set)
     policy: bool = False
 
-    def __bool__(self) -> bool:
-        return bool(self.services) or self.policy
-
 
 class Agent:
     """State and behaviour of one node agent; `handlers.AgentHandlers` serves it over the API."""
