@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from harness import EXAMPLES, Sandbox, sandbox
+from test_foundation import STREAM_CLIENT, next_line, stdout_lines
 
-from tests.e2e.harness import EXAMPLES, Sandbox, sandbox
-from tests.e2e.test_foundation import STREAM_CLIENT, next_line, stdout_lines
 from velvet.errors import CommandFailed
 from velvet.paths import AgentPaths
 from velvet.sandbox.naming import SandboxNames
