@@ -25,6 +25,9 @@ class AgentConfig:
     state_dir: Path | None = None  # default: /var/lib/velvet/<sandbox>/agent
     identity_exclude_labels: tuple[str, ...] = ()
     """Regexes of pod label keys left out of identities, on top of Cilium's default list."""
+    store: str = "local"
+    """Where applied objects are kept: "local" (files under state_dir) or "etcd" (at etcd_endpoint)."""
+    etcd_endpoint: str = "http://127.0.0.1:2379"
 
     @property
     def host_ips(self) -> tuple[str, ...]:

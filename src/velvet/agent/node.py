@@ -38,7 +38,10 @@ from velvet.model.decode_report import decode_endpoint_report, decode_pod_status
 from velvet.observe.enrich import DictResolver
 from velvet.observe.pipeline import FlowPipeline
 from velvet.paths import AgentPaths
+from velvet.sources.backend import Backend
 from velvet.sources.delta import Delta
+from velvet.sources.etcd_client import EtcdClient
+from velvet.sources.etcd_store import EtcdBackend
 from velvet.sources.local import ALL_NAMESPACES, LocalStore
 
 SCTP_UNSUPPORTED = "SCTP is not supported by this kernel (CONFIG_IP_SCTP unset)"
@@ -61,8 +64,11 @@ class Agent:
         self.state_dir = config.state_dir or self.paths.state_dir
         self.datapath = datapath
         private_dir(self.state_dir)
+        backend: Backend | None = None
+        if config.store == "etcd":
+            backend = EtcdBackend(EtcdClient(config.etcd_endpoint))
         self.store = LocalStore.open(self.state_dir / "store", service_cidr=config.service_cidr,
-                                     node_name=config.node_name)
+                                     node_name=config.node_name, backend=backend)
         self.started_at = time.time()
         self.resolver = DictResolver()
         self.metrics_registry = CollectorRegistry()

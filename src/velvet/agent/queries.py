@@ -39,6 +39,7 @@ def status(agent: Agent) -> dict[str, Any]:
             "maps": [asdict(m) for m in dp.maps],
             "counters": dict(dp.counters),
         },
+        "store": agent.store.storage_status(),
         "problems": [{"service": key, "reason": why} for key, why in agent.services.problems().items()],
         "counts": {
             "endpoints": len(agent.endpoints),

@@ -15,7 +15,17 @@ from velvet.api.client import ApiClient
 from velvet.cli.common import print_json, require_root
 from velvet.errors import SandboxError
 from velvet.paths import current_sandbox
-from velvet.sandbox import Node, PodRuntime, SandboxConfig, Supervisor, cleanup, exec_in_pod, spawn_detached
+from velvet.sandbox import (
+    Node,
+    PodRuntime,
+    SandboxConfig,
+    Supervisor,
+    cleanup,
+    etcd,
+    exec_in_pod,
+    spawn_detached,
+)
+from velvet.sandbox.cgroups import create as create_cgroup
 from velvet.sandbox.kubelet import Kubelet, container_path
 from velvet.sandbox.naming import NODE_UPLINK_IF
 from velvet.sandbox.process import alive
@@ -44,6 +54,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", cfg.sandbox, "sandbox", "node-daemon"]
         if args.policy_audit_mode:
             argv.append("--policy-audit-mode")
+        if args.store == "etcd":
+            etcd.etcd_binary()  # fail here, in one line, when etcd is not installed
+            argv += ["--store", "etcd"]
         # The daemon starts in the caller's netns and moves itself into the node's (see node-daemon).
         pid = spawn_detached(argv, netns=None, cgroup=node.cgroup, log=cfg.names.log_file("node"))
         write_pid(cfg.names.pid_file("node"), pid)
@@ -56,6 +69,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         time.sleep(0.2)
     print(f"sandbox {cfg.sandbox} is up: node netns {node.netns}, pods from {cfg.pod_cidr}, "
           f"node IP {cfg.node_uplink_ip}, external client netns {node.ext_netns}")
+    if args.store == "etcd":
+        print(f"objects are kept in etcd at {etcd.CLIENT_URL} inside {node.netns}")
     print("apply manifests with `velvet apply -f FILE`; tear down with `velvet sandbox down`")
     return 0
 
@@ -136,6 +151,14 @@ def cmd_node_daemon(args: argparse.Namespace) -> int:
                   "--log-file", str(names.log_file("agent"))]
     if args.policy_audit_mode:
         agent_argv.append("--policy-audit-mode")
+    etcd_supervisor = None
+    if args.store == "etcd":
+        etcd.prepare(names)
+        create_cgroup(etcd.cgroup(names))
+        etcd_supervisor = Supervisor(etcd.argv(names), netns=None, cgroup=etcd.cgroup(names),
+                                     log=names.log_file("etcd"), pid_file=names.pid_file("etcd"))
+        etcd_supervisor.start()
+        agent_argv += ["--store", "etcd", "--etcd-endpoint", etcd.CLIENT_URL]
     supervisor = Supervisor(agent_argv, netns=None, cgroup=names.cgroup_node, log=names.log_file("agent"),
                             pid_file=names.pid_file("agent"), pass_fds=(host_netns,))
     stop = threading.Event()
@@ -146,6 +169,8 @@ def cmd_node_daemon(args: argparse.Namespace) -> int:
     runtime.adopt()
     Kubelet(ApiClient(names.agent_socket, timeout=10.0), runtime, cfg.node_uplink_ip).run(stop)
     supervisor.stop()
+    if etcd_supervisor is not None:
+        etcd_supervisor.stop()
     return 0
 
 
@@ -155,6 +180,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = p.add_subparsers(dest="sandbox_command", required=True, metavar="ACTION")
     up = group.add_parser("up", help="create the node and start its agent")
     up.add_argument("--policy-audit-mode", action="store_true", help="report policy verdicts, drop nothing")
+    up.add_argument("--store", choices=["local", "etcd"], default="local",
+                    help="keep applied objects in local files (default) or in an etcd the sandbox runs")
     up.set_defaults(func=cmd_up)
     group.add_parser("down", help="remove everything the sandbox made").set_defaults(func=cmd_down)
     st = group.add_parser("status", help="list what exists of the sandbox")
@@ -166,4 +193,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ex.set_defaults(func=cmd_exec)
     nd = group.add_parser("node-daemon", help=argparse.SUPPRESS)
     nd.add_argument("--policy-audit-mode", action="store_true")
+    nd.add_argument("--store", choices=["local", "etcd"], default="local")
     nd.set_defaults(func=cmd_node_daemon)

@@ -9,6 +9,13 @@ from velvet.cli.common import client, print_json, table
 from velvet.errors import VelvetError
 
 
+def _store_line(store: dict[str, Any]) -> str:
+    """`Store: etcd http://... connected, version N` (or `disconnected: why`), or `local <dir>`."""
+    where = store.get("endpoint") or store.get("directory") or ""
+    state = "connected" if store.get("connected") else f"DISCONNECTED: {store.get('error') or 'no answer'}"
+    return f"Store:         {store['kind']} {where}  {state}, version {store.get('version', 0)}"
+
+
 def render(status: dict[str, Any], verbose: bool = False) -> str:
     """The human form of the status answer, in the spirit of `cilium status`."""
     kernel, agent, dp, counts = status["kernel"], status["agent"], status["datapath"], status["counts"]
@@ -23,6 +30,7 @@ def render(status: dict[str, Any], verbose: bool = False) -> str:
         f"Agent:         Ok  v{agent['version']}  up {agent['uptime_seconds']:.0f}s  node {agent['node']}  "
         f"sandbox {agent['sandbox']}" + ("  POLICY AUDIT MODE" if agent["policy_audit_mode"] else ""),
         f"Datapath:      {dp['kind']}, {len(dp['programs'])} programs, {len(dp['maps'])} maps",
+        _store_line(status.get("store") or {"kind": "local", "connected": True}),
         f"Endpoints:     {counts['endpoints']}",
         f"Services:      {counts['services']}",
         f"Identities:    {counts['identities']}",

@@ -3,9 +3,12 @@
 It behaves like the parts of kube-apiserver (plus scheduler, EndpointSlice and namespace controllers)
 that a single node needs: all-or-nothing apply with created/configured/unchanged results, ClusterIP
 and node-port allocation, graceful pod deletion, namespace deletion, a store-wide resourceVersion, and
-a watch that streams every change as a `Delta`. State is a snapshot plus a journal of changes
-(`state_files`), so it survives an agent restart and a change costs what it touched; a change is
-journaled before it is applied, so one that cannot be saved changes nothing. Start-up on saved
+a watch that streams every change as a `Delta`. Where the objects are kept is a `Backend`: by
+default a snapshot plus a journal of changes (`state_files`), or etcd (`etcd_store`), shared with
+other writers; either way a change is saved before it is applied, so one that cannot be saved
+changes nothing, and survives an agent restart. A change made while another writer moved the
+store on is made again on the new state (up to `CONFLICT_ATTEMPTS` times); what other writers
+commit is applied before every read or write (`_catch_up`). Start-up on saved
 state never fails on one bad object: it is quarantined and the slices it fed are derived again.
 Lookups go through indexes (`index`), and the EndpointSlice controller recomputes only the services
 a change may affect (`slice_sync`). Only file I/O; no networking.
@@ -19,7 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from velvet.durable import StorageError
 from velvet.errors import InvalidManifest, VelvetError
@@ -36,15 +39,19 @@ from velvet.model import (
 from velvet.model.codec import KINDS, KindInfo, kind_of, resolve_kind
 from velvet.model.service import SERVICE_NAME_LABEL
 from velvet.sources.allocation import FieldError, ServiceAllocator
-from velvet.sources.delta import DeltaFanout, Watch
+from velvet.sources.backend import Backend, Batch, Conflict
+from velvet.sources.delta import Delta, DeltaFanout, Watch
 from velvet.sources.index import Key, ObjectIndex, key_of
 from velvet.sources.slice_sync import sync_slices
-from velvet.sources.state_files import StateFiles
+from velvet.sources.state_files import FileBackend
 from velvet.sources.txn import NAMESPACED_KINDS, Txn, format_time
 
 ALL_NAMESPACES = "all"
 INITIAL_NAMESPACES = ("default", "kube-system")
 KIND_ORDER = ("Namespace", "Pod", "Service", "EndpointSlice", "NetworkPolicy")
+CONFLICT_ATTEMPTS = 3
+CONFLICT_WAIT_SECONDS = 5.0
+T = TypeVar("T")
 LATEST = datetime.max.replace(microsecond=0, tzinfo=UTC)  # deadlines beyond it are clamped to it
 
 log = logging.getLogger("velvet.store")
@@ -106,53 +113,54 @@ class LocalStore:
 
     def __init__(self, state_dir: Path, *, service_cidr: str = "10.96.0.0/16",
                  node_port_range: tuple[int, int] = (30000, 32767), node_name: str = "velvet-node",
-                 clock: Callable[[], datetime] = _now) -> None:
-        self._files = StateFiles(state_dir)
+                 clock: Callable[[], datetime] = _now, backend: Backend | None = None) -> None:
+        self._backend: Backend = backend or FileBackend(state_dir)
         self.service_cidr = service_cidr
         self.node_port_range = node_port_range
         self.node_name = node_name
         self._clock = clock
         self._index = ObjectIndex()
         self._version = 0
+        self._seen = 0  # the backend revision the index holds everything up to
         self._fanout = DeltaFanout()
-        self._files.prepare()
         quarantined: list[object] = []
-        fresh = not self._files.exists()
-        if not fresh:
-            loaded = self._files.load()
+        loaded = self._backend.open()
+        if loaded is not None:
             self._version, quarantined = loaded.version, loaded.quarantined
             self._index.load(loaded.objects)
         services = [o for o in self._index.objects.values() if isinstance(o, Service)]
         self._allocator = ServiceAllocator(service_cidr, node_port_range, services)
-        if fresh:
-            if self._files.journal_path.exists():
-                log.warning("%s: no snapshot and an empty journal: starting an empty store",
-                            self._files.directory)
-            txn = self._txn()
-            for name in INITIAL_NAMESPACES:
-                txn.create(Namespace(ObjectMeta(name=name, labels=MappingProxyType({NAME_LABEL: name}))))
-            self._commit(txn)
+        if loaded is None:
+            self._write(self._create_initial_namespaces)
         elif quarantined:
             self._resync(quarantined)
 
     @classmethod
     def open(cls, state_dir: Path, *, service_cidr: str = "10.96.0.0/16",
              node_port_range: tuple[int, int] = (30000, 32767), node_name: str = "velvet-node",
-             clock: Callable[[], datetime] = _now) -> LocalStore:
-        """Create `state_dir` (0700) if needed and load the saved state (or start, and save, a fresh one)."""
+             clock: Callable[[], datetime] = _now, backend: Backend | None = None) -> LocalStore:
+        """Load the saved state (or start, and save, a fresh one) from `backend`, by default files.
+
+        The file backend creates `state_dir` (0700) if needed.
+        """
         return cls(state_dir, service_cidr=service_cidr, node_port_range=node_port_range,
-                   node_name=node_name, clock=clock)
+                   node_name=node_name, clock=clock, backend=backend)
 
     @property
     def version(self) -> int:
         """The store-wide resourceVersion: bumped by every change of any object."""
         return self._version
 
+    def storage_status(self) -> dict[str, Any]:
+        """Where the objects are kept and whether that storage answers (for `velvet status`)."""
+        return {**self._backend.status(), "version": self._version}
+
     # -- reading ---------------------------------------------------------------------------------
 
     def get(self, kind: str, namespace: str | None = None, name: str | None = None) -> list[KubeObject]:
         """Objects of `kind` (any kubectl name) in `namespace` (None = "default", "all" = every one)."""
         info = _resolve(kind)
+        self._catch_up()
         ns = (namespace or "default") if info.namespaced else ""
         if ns == ALL_NAMESPACES:
             by_namespace = sorted(self._index.namespaces_of(info.kind), key=lambda item: item[0])
@@ -174,10 +182,12 @@ class LocalStore:
     def find(self, kind: str, namespace: str, name: str) -> KubeObject | None:
         """One object, or None (see `ObjectCache`)."""
         info = _resolve(kind)
+        self._catch_up()
         return self._index.objects.get((info.kind, namespace if info.namespaced else "", name))
 
     def snapshot(self) -> list[KubeObject]:
         """Every object, namespaces first then by kind, namespace and name (the initial list of a watch)."""
+        self._catch_up()
         return sorted(self._index.objects.values(),
                       key=lambda o: (KIND_ORDER.index(type(o).__name__), key_of(o)))
 
@@ -186,7 +196,8 @@ class LocalStore:
         return self._fanout.subscribe()
 
     def close(self) -> None:
-        """End every watch."""
+        """End every watch and stop following the backend."""
+        self._backend.close()
         self._fanout.close()
 
     # -- writing ---------------------------------------------------------------------------------
@@ -198,16 +209,19 @@ class LocalStore:
         namespace does not exist (and is not created earlier in `objects`) or is terminating; a
         change that cannot be saved raises `StoreError`.
         """
-        txn = self._txn()
-        allocator = self._allocator.fork()
-        results: list[ApplyResult] = []
-        for index, obj in enumerate(objects, start=1):
-            try:
-                results.append(self._apply_one(txn, allocator, obj))
-            except FieldError as err:
-                raise InvalidManifest(source, index, err.field, err.reason) from None
-        self._commit(txn)
-        return results
+        def attempt() -> list[ApplyResult]:
+            txn = self._txn()
+            allocator = self._allocator.fork()
+            results: list[ApplyResult] = []
+            for index, obj in enumerate(objects, start=1):
+                try:
+                    results.append(self._apply_one(txn, allocator, obj))
+                except FieldError as err:
+                    raise InvalidManifest(source, index, err.field, err.reason) from None
+            self._commit(txn)
+            return results
+
+        return self._write(attempt)
 
     def delete(self, targets: Sequence[KubeObject | ObjectRef], grace_seconds: int | None = None, *,
                ignore_not_found: bool = False) -> list[DeleteResult]:
@@ -218,61 +232,123 @@ class LocalStore:
         terminationGracePeriodSeconds; 0 removes pods at once.
         """
         keys = [self._target_key(t) for t in targets]
-        missing = [k for k in keys if k not in self._index.objects]
-        if missing and not ignore_not_found:
-            kind, _, name = missing[0]
-            raise StoreError("NotFound", f'{KINDS[kind].plural} "{name}" not found')
-        txn = self._txn()
-        results: list[DeleteResult] = []
-        for key in keys:
-            obj = txn.get(key)
-            if obj is None:
-                continue
-            if isinstance(obj, Namespace):
-                self._delete_namespace(txn, obj)
-            elif isinstance(obj, Pod):
-                self._delete_pod(txn, obj, grace_seconds)
-            else:
-                txn.remove(key)
-            results.append(DeleteResult(*key))
-        self._commit(txn)
-        return results
+
+        def attempt() -> list[DeleteResult]:
+            missing = [k for k in keys if k not in self._index.objects]
+            if missing and not ignore_not_found:
+                kind, _, name = missing[0]
+                raise StoreError("NotFound", f'{KINDS[kind].plural} "{name}" not found')
+            txn = self._txn()
+            results: list[DeleteResult] = []
+            for key in keys:
+                obj = txn.get(key)
+                if obj is None:
+                    continue
+                if isinstance(obj, Namespace):
+                    self._delete_namespace(txn, obj)
+                elif isinstance(obj, Pod):
+                    self._delete_pod(txn, obj, grace_seconds)
+                else:
+                    txn.remove(key)
+                results.append(DeleteResult(*key))
+            self._commit(txn)
+            return results
+
+        return self._write(attempt)
 
     def update_pod_status(self, namespace: str, name: str, status: PodStatus) -> bool:
         """Record what the node runtime reports about a pod; False when the pod no longer exists."""
-        pod = self._index.objects.get(("Pod", namespace, name))
-        if not isinstance(pod, Pod):
-            return False
-        if pod.status != status:
-            txn = self._txn()
-            txn.put(replace(pod, status=status))
-            self._commit(txn)
-        return True
+        def attempt() -> bool:
+            pod = self._index.objects.get(("Pod", namespace, name))
+            if not isinstance(pod, Pod):
+                return False
+            if pod.status != status:
+                txn = self._txn()
+                txn.put(replace(pod, status=status))
+                self._commit(txn)
+            return True
+
+        return self._write(attempt)
 
     def finalize_pod_deletion(self, namespace: str, name: str) -> bool:
         """Remove a terminating pod whose processes the runtime has stopped; False if there is none."""
-        pod = self._index.objects.get(("Pod", namespace, name))
-        if not isinstance(pod, Pod) or not pod.terminating:
-            return False
-        txn = self._txn()
-        txn.remove(key_of(pod))
-        self._commit(txn)
-        return True
+        def attempt() -> bool:
+            pod = self._index.objects.get(("Pod", namespace, name))
+            if not isinstance(pod, Pod) or not pod.terminating:
+                return False
+            txn = self._txn()
+            txn.remove(key_of(pod))
+            self._commit(txn)
+            return True
+
+        return self._write(attempt)
 
     def expire_terminating(self, now: datetime | None = None) -> list[Pod]:
         """Remove the terminating pods whose grace period ended by `now`; returns them."""
         moment = now or self._clock()
-        terminating = sorted(self._index.terminating, key=self._index.position)
-        expired = [o for k in terminating if isinstance(o := self._index.objects[k], Pod)
-                   and o.metadata.deletion_timestamp and parse_time(o.metadata.deletion_timestamp) <= moment]
-        if expired:
-            txn = self._txn()
-            for pod in expired:
-                txn.remove(key_of(pod))
-            self._commit(txn)
-        return expired
+
+        def attempt() -> list[Pod]:
+            terminating = sorted(self._index.terminating, key=self._index.position)
+            expired = [o for k in terminating if isinstance(o := self._index.objects[k], Pod) and
+                       o.metadata.deletion_timestamp and parse_time(o.metadata.deletion_timestamp) <= moment]
+            if expired:
+                txn = self._txn()
+                for pod in expired:
+                    txn.remove(key_of(pod))
+                self._commit(txn)
+            return expired
+
+        return self._write(attempt)
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _create_initial_namespaces(self) -> None:
+        if self._version:
+            return  # another writer created the store meanwhile
+        txn = self._txn()
+        for name in INITIAL_NAMESPACES:
+            txn.create(Namespace(ObjectMeta(name=name, labels=MappingProxyType({NAME_LABEL: name}))))
+        self._commit(txn)
+
+    def _write(self, attempt: Callable[[], T]) -> T:
+        """Run `attempt` on the current state; when another writer won meanwhile, catch up and rerun it."""
+        for _ in range(CONFLICT_ATTEMPTS):
+            self._catch_up()
+            try:
+                return attempt()
+            except Conflict as conflict:
+                current = conflict.current
+            if not self._backend.wait_for(current, CONFLICT_WAIT_SECONDS):
+                break
+        raise StoreError("Conflict", "the store kept changing under this request (other writers); "
+                         "nothing was changed, try again")
+
+    def _catch_up(self) -> None:
+        """Apply what other writers committed (queued by the backend), publishing it as deltas."""
+        for batch in self._backend.incoming():
+            if batch.revision <= self._seen:
+                continue  # this store's own change, or older than what it listed
+            self._apply_batch(batch)
+
+    def _apply_batch(self, batch: Batch) -> None:
+        changes = dict(batch.changes)
+        if batch.reset:
+            changes = {**{key: None for key in self._index.objects}, **changes}
+        deltas: list[Delta] = []
+        for key, obj in changes.items():
+            old = self._index.objects.get(key)
+            if old is None and obj is None or old == obj:
+                continue
+            self._index.put(key, obj)
+            if key[0] == "Service":
+                self._allocator.follow(old if isinstance(old, Service) else None,
+                                       obj if isinstance(obj, Service) else None)
+            if obj is not None:
+                deltas.append(Delta(key[0], "upsert", obj))
+            elif old is not None:
+                deltas.append(Delta(key[0], "delete", _stamped(old, batch.version)))
+        self._version, self._seen = max(self._version, batch.version), batch.revision
+        self._fanout.publish(deltas)
 
     def _txn(self) -> Txn:
         return Txn(self._index, self._version, self._clock())
@@ -358,26 +434,30 @@ class LocalStore:
         changes = [(key, old, obj) for key, obj in txn.changes.items()
                    if (old := self._index.objects.get(key)) is not None or obj is not None]
         try:
-            self._files.record(self._version, txn.version, [obj for _, _, obj in changes if obj is not None],
-                               [key for key, _, obj in changes if obj is None])
+            version = self._backend.record(self._version, txn.version,
+                                           [obj for _, _, obj in changes if obj is not None],
+                                           [key for key, _, obj in changes if obj is None])
         except StorageError as err:
-            raise StoreError("InternalError", f"{err} (nothing was changed)") from err
+            text = str(err)
+            raise StoreError("InternalError", text if "nothing was changed" in text
+                             else f"{text} (nothing was changed)") from err
+        if version != txn.version:  # the backend numbers versions itself (etcd: the revision)
+            changes = [(key, old, None if obj is None else _stamped(obj, version))
+                       for key, old, obj in changes]
+            txn.deltas = [replace(d, obj=_stamped(d.obj, version)) for d in txn.deltas]
         for key, old, obj in changes:
             self._index.put(key, obj)
             if key[0] == "Service":
                 self._allocator.follow(old if isinstance(old, Service) else None,
                                        obj if isinstance(obj, Service) else None)
-        self._version = txn.version
+        self._version = version
+        self._seen = max(self._seen, version)
         self._fanout.publish(txn.deltas)
-        if self._files.oversized:
-            self._compact()
+        self._backend.committed(version, self.snapshot)
 
     def _compact(self) -> None:
-        """Fold the journal into a new snapshot; a failure is logged and retried after the next change."""
-        try:
-            self._files.compact(self._version, self.snapshot())
-        except StorageError as err:
-            log.warning("%s; the journal keeps every change and compaction is retried later", err)
+        """Rewrite the saved state from the index (documents set aside at load are left out)."""
+        self._backend.compact(self._version, self.snapshot())
 
     def _resync(self, quarantined: Sequence[object]) -> None:
         """Derive again the slices the quarantined documents fed, then compact them out of the files."""
@@ -411,6 +491,11 @@ class LocalStore:
             return key_of(target)
         info = _resolve(target.kind)
         return (info.kind, target.namespace if info.namespaced else "", target.name)
+
+
+def _stamped(obj: KubeObject, version: int) -> KubeObject:
+    """`obj` with resourceVersion `version`."""
+    return replace(obj, metadata=replace(obj.metadata, resource_version=version))
 
 
 def _resolve(kind: str) -> KindInfo:

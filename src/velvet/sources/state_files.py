@@ -25,7 +25,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,6 +305,54 @@ class StateFiles:
             raise StorageError(self.journal_path, "truncate", err) from err
         finally:
             os.close(fd)
+
+
+class FileBackend:
+    """The `Backend` of a single agent: a `StateFiles` directory; nobody else writes there."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.files = StateFiles(state_dir)
+
+    def open(self) -> Loaded | None:
+        """Prepare the directory; the saved state, or None when nothing was saved."""
+        self.files.prepare()
+        if self.files.exists():
+            return self.files.load()
+        if self.files.journal_path.exists():
+            log.warning("%s: no snapshot and an empty journal: starting an empty store", self.files.directory)
+        return None
+
+    def record(self, since: int, version: int, upserts: Sequence[KubeObject], deletes: Sequence[Key]) -> int:
+        """Journal the change (`StorageError` when it cannot be); it keeps the version it was given."""
+        self.files.record(since, version, upserts, deletes)
+        return version
+
+    def committed(self, version: int, snapshot: Callable[[], list[KubeObject]]) -> None:
+        """Compact once the journal outgrew the snapshot."""
+        if self.files.oversized:
+            self.compact(version, snapshot())
+
+    def compact(self, version: int, objects: Sequence[KubeObject]) -> None:
+        """Fold the journal into a new snapshot; a failure is logged and retried after the next change."""
+        try:
+            self.files.compact(version, objects)
+        except StorageError as err:
+            log.warning("%s; the journal keeps every change and compaction is retried later", err)
+
+    def incoming(self) -> list[Any]:
+        """Nobody else writes here."""
+        return []
+
+    def wait_for(self, version: int, timeout: float) -> bool:
+        """Always up to date."""
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """The store kind and its directory."""
+        return {"kind": "local", "directory": str(self.files.directory), "connected": True}
+
+    def close(self) -> None:
+        """Nothing to stop."""
 
 
 def _dump(obj: KubeObject) -> str:

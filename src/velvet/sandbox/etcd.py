@@ -1,0 +1,55 @@
+"""The sandbox's etcd: a plain `etcd` process (Debian's etcd-server) inside the node's network namespace.
+
+For now it runs in the node namespace and listens on that namespace's loopback only (client
+127.0.0.1:2379, peer 127.0.0.1:2380): with one node the agent is its only client, and nothing of it
+is reachable from the host or any other namespace. When the sandbox grows to several nodes it moves
+to a namespace of its own on the nodes' shared segment. Its data lives in
+`/var/lib/velvet/<sb>/etcd` (0700), removed with the sandbox; the node daemon supervises it like
+the agent and stops it by its pid.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from velvet.errors import SandboxError
+from velvet.sandbox.naming import SandboxNames
+
+CLIENT_URL = "http://127.0.0.1:2379"
+PEER_URL = "http://127.0.0.1:2380"
+MEMBER = "velvet"
+
+
+def etcd_binary() -> str:
+    """Path of the etcd server, or a `SandboxError` saying how to install it."""
+    found = shutil.which("etcd")
+    if found is None:
+        raise SandboxError("etcd is not installed: run scripts/setup.sh (Debian package etcd-server)")
+    return found
+
+
+def data_dir(names: SandboxNames) -> Path:
+    """Where the sandbox's etcd keeps its data."""
+    return names.state_dir / "etcd"
+
+
+def cgroup(names: SandboxNames) -> Path:
+    """The cgroup etcd runs in (beside the node's, so the node's socket programs do not see it)."""
+    return names.cgroup_sandbox / "etcd"
+
+
+def argv(names: SandboxNames) -> list[str]:
+    """The etcd command line of one single-member cluster on the node namespace's loopback."""
+    return [etcd_binary(), "--name", MEMBER, "--data-dir", str(data_dir(names)),
+            "--listen-client-urls", CLIENT_URL, "--advertise-client-urls", CLIENT_URL,
+            "--listen-peer-urls", PEER_URL, "--initial-advertise-peer-urls", PEER_URL,
+            "--initial-cluster", f"{MEMBER}={PEER_URL}", "--initial-cluster-state", "new",
+            "--log-level", "warn"]
+
+
+def prepare(names: SandboxNames) -> None:
+    """Create the data directory, private to root (0700)."""
+    path = data_dir(names)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)

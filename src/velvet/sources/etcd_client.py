@@ -1,0 +1,212 @@
+"""A small blocking client for etcd v3 through its JSON gateway (`/v3/...`), on the standard library.
+
+Why the gateway and http.client: the maintained-looking Python clients for etcd v3 are gRPC stubs
+that pin old protobuf releases (python-etcd3 has had no release since 2020), while etcd itself
+serves every call we need as JSON (etcd >= 3.4: kv/range, kv/txn, kv/compaction, lease/grant,
+maintenance/status, and watch as a streaming POST; keys and values base64, int64 as strings). The
+store calls it from the agent's state worker, which blocks anyway, and the watch runs on its own
+thread, so a blocking client fits without handing requests to the event loop; aiohttp would add
+nothing but that hand-off. Every failure is one `EtcdError` line naming the endpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from velvet.errors import VelvetError
+
+
+class EtcdError(VelvetError):
+    """etcd could not be asked, or answered with an error."""
+
+
+class EtcdUnavailable(EtcdError):
+    """etcd does not answer (refused, timed out, connection lost)."""
+
+
+class EtcdIdle(EtcdUnavailable):
+    """A watch heard nothing for its idle timeout (etcd may just be quiet: resume it)."""
+
+
+class EtcdCompacted(EtcdError):
+    """A watch asked for a revision etcd has compacted away; relist from `compact_revision` or later."""
+
+    def __init__(self, endpoint: str, compact_revision: int) -> None:
+        super().__init__(f"etcd at {endpoint}: required revision has been compacted "
+                         f"(oldest kept: {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    """One key as etcd holds it."""
+
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class Event:
+    """A watched change: a put (the new value) or a delete (`prev`: the value before, when asked)."""
+
+    kind: str  # "PUT" or "DELETE"
+    kv: KeyValue
+    prev: KeyValue | None
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of a transaction: put `value` under `key`, or delete `key` (value None)."""
+
+    key: str
+    value: bytes | None
+
+
+def prefix_end(prefix: str) -> str:
+    """The range end that covers every key starting with `prefix` (its last byte plus one)."""
+    raw = prefix.encode()
+    return (raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+def _b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def _kv(raw: dict[str, Any]) -> KeyValue:
+    return KeyValue(base64.b64decode(raw.get("key", "")).decode(), base64.b64decode(raw.get("value", "")),
+                    int(raw.get("create_revision", 0)), int(raw.get("mod_revision", 0)))
+
+
+class EtcdClient:
+    """Calls one etcd member at `endpoint` (http://host:port); each call opens its own connection."""
+
+    def __init__(self, endpoint: str, timeout: float = 5.0) -> None:
+        parts = urlsplit(endpoint)
+        if parts.scheme != "http" or not parts.hostname or parts.port is None:
+            raise EtcdError(f"etcd endpoint {endpoint!r}: expected http://HOST:PORT")
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._host, self._port = parts.hostname, parts.port
+
+    def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+    def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST `body` to `/v3/<path>`; the decoded answer, or `EtcdError`."""
+        conn = self._connect(self.timeout)
+        try:
+            conn.request("POST", f"/v3/{path}", json.dumps(body), {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as err:
+            raise EtcdUnavailable(f"etcd at {self.endpoint} does not answer: {_why(err)}") from None
+        finally:
+            conn.close()
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            answer = None
+        if resp.status != 200 or not isinstance(answer, dict):
+            message = answer.get("message") or answer.get("error") if isinstance(answer, dict) else None
+            raise EtcdError(f"etcd at {self.endpoint}: /v3/{path} answered {resp.status}: "
+                            f"{message or data[:200]!r}")
+        return answer
+
+    def status(self) -> dict[str, Any]:
+        """The member's status (version, revision in `header`)."""
+        return self.call("maintenance/status", {})
+
+    def range_prefix(self, prefix: str) -> tuple[int, list[KeyValue]]:
+        """Every key under `prefix` (sorted by key) and the revision they were read at."""
+        answer = self.call("kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
+        return int(answer["header"]["revision"]), [_kv(kv) for kv in answer.get("kvs", [])]
+
+    def get(self, key: str) -> KeyValue | None:
+        """One key, or None."""
+        kvs = self.call("kv/range", {"key": _b64(key)}).get("kvs", [])
+        return _kv(kvs[0]) if kvs else None
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        """Put one key (attached to `lease` when not 0); the revision it got."""
+        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        return int(self.call("kv/put", body)["header"]["revision"])
+
+    def txn_if_mod(self, guard: str, mod_revision: int, ops: Sequence[Op]) -> tuple[bool, int, int]:
+        """Run `ops` if `guard`'s mod revision is `mod_revision` (0: absent), all or none.
+
+        Returns (succeeded, revision after, guard's current mod revision on failure).
+        """
+        compare = [{"key": _b64(guard), "target": "MOD", "result": "EQUAL",
+                    "mod_revision": str(mod_revision)}]
+        success = [{"request_put": {"key": _b64(op.key), "value": _b64(op.value)}} if op.value is not None
+                   else {"request_delete_range": {"key": _b64(op.key)}} for op in ops]
+        answer = self.call("kv/txn", {"compare": compare, "success": success,
+                                      "failure": [{"request_range": {"key": _b64(guard)}}]})
+        revision = int(answer["header"]["revision"])
+        if answer.get("succeeded"):
+            return True, revision, revision
+        kvs = answer.get("responses", [{}])[0].get("response_range", {}).get("kvs", [])
+        return False, revision, int(kvs[0]["mod_revision"]) if kvs else 0
+
+    def grant(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds; its id."""
+        return int(self.call("lease/grant", {"TTL": str(ttl)})["ID"])
+
+    def compact(self, revision: int) -> None:
+        """Forget the history before `revision`."""
+        self.call("kv/compaction", {"revision": str(revision)})
+
+    def watch(self, prefix: str, start_revision: int, idle_timeout: float = 30.0) -> Iterator[
+            tuple[int, list[Event]]]:
+        """Stream (revision, events) under `prefix` from `start_revision` on, until the connection ends.
+
+        The first item, once etcd created the watch, has no events. Raises `EtcdCompacted` when that
+        revision is gone, `EtcdUnavailable` when etcd is unreachable
+        (`EtcdIdle` when it was silent for `idle_timeout` seconds); the caller resumes from the last
+        revision it saw.
+        """
+        create = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
+                  "start_revision": str(start_revision), "prev_kv": True}
+        conn = self._connect(idle_timeout)
+        try:
+            conn.request("POST", "/v3/watch", json.dumps({"create_request": create}),
+                         {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise EtcdError(f"etcd at {self.endpoint}: /v3/watch answered {resp.status}")
+            while line := resp.readline():
+                result = json.loads(line).get("result", {})
+                if result.get("compact_revision"):
+                    raise EtcdCompacted(self.endpoint, int(result["compact_revision"]))
+                if result.get("canceled"):
+                    raise EtcdError(f"etcd at {self.endpoint} cancelled the watch: "
+                                    f"{result.get('cancel_reason', 'no reason given')}")
+                events = [Event(e.get("type", "PUT"), _kv(e["kv"]), 
+                                _kv(e["prev_kv"]) if "prev_kv" in e else None)
+                          for e in result.get("events", [])]
+                if events or result.get("created"):
+                    yield int(result["header"].get("revision", 0)), events
+        except TimeoutError:
+            raise EtcdIdle(f"etcd at {self.endpoint}: the watch heard nothing for {idle_timeout:.0f} s") \
+                from None
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            raise EtcdUnavailable(f"etcd at {self.endpoint}: the watch ended: {_why(err)}") from None
+        finally:
+            conn.close()
+        raise EtcdUnavailable(f"etcd at {self.endpoint}: the watch ended: connection closed")
+
+
+def _why(err: BaseException) -> str:
+    if isinstance(err, TimeoutError):
+        return "timed out"
+    return str(err) or type(err).__name__

@@ -1,0 +1,232 @@
+"""The store's objects in etcd: one key per object, every change one transaction, followed by list + watch.
+
+Keys are `<prefix><Kind>/<namespace>/<name>` (namespace empty for cluster-scoped kinds), values the
+object as `kubectl get -o json` prints it. Beside them, `<prefix>_head` is written by every change:
+its mod revision is the store's version, and a change commits only if `_head` still has the mod
+revision the writer's view was at, so two writers never both win (the loser catches up and
+retries, see `LocalStore`). An object's resourceVersion is the etcd revision that last wrote it.
+
+A thread follows etcd: it lists the prefix, then watches from the next revision, and lists again
+when etcd answers that the revision was compacted; when etcd is unreachable it retries with
+backoff (0.5 s doubling to 5 s) and the store keeps serving what it last saw. What it sees is
+queued as `Batch`es that the store applies on its own thread (`LocalStore`'s reads catch up first).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from velvet.durable import StorageError
+from velvet.model import KubeObject
+from velvet.model.codec import from_dict, to_dict
+from velvet.sources.backend import Batch, Conflict
+from velvet.sources.etcd_client import EtcdClient, EtcdCompacted, EtcdError, EtcdIdle, Event, KeyValue, Op
+from velvet.sources.index import Key, key_of
+from velvet.sources.state_files import Loaded
+
+DEFAULT_PREFIX = "/velvet/registry/"
+HEAD = "_head"
+MIN_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 5.0
+OPEN_TIMEOUT_SECONDS = 30.0
+
+log = logging.getLogger("velvet.store")
+
+
+class EtcdStorageError(StorageError):
+    """etcd did not take a change; the message is the one line the user sees."""
+
+    def __init__(self, message: str) -> None:
+        Exception.__init__(self, message)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def object_key(prefix: str, key: Key) -> str:
+    """The etcd key of a store key."""
+    kind, namespace, name = key
+    return f"{prefix}{kind}/{namespace}/{name}"
+
+
+def store_key(prefix: str, etcd_key: str) -> Key | None:
+    """The store key of an etcd key under `prefix`, or None (the head, or a foreign key)."""
+    parts = etcd_key[len(prefix):].split("/")
+    return (parts[0], parts[1], parts[2]) if etcd_key.startswith(prefix) and len(parts) == 3 else None
+
+
+def encode(obj: KubeObject) -> bytes:
+    """An object as stored (its resourceVersion is left out: etcd's mod revision is it)."""
+    doc = to_dict(obj)
+    doc.get("metadata", {}).pop("resourceVersion", None)
+    return json.dumps(doc, sort_keys=True).encode()
+
+
+def decode(kv: KeyValue) -> KubeObject | None:
+    """The object under `kv`, its mod revision as resourceVersion; None (logged) when it does not decode."""
+    try:
+        obj = from_dict(json.loads(kv.value), path=kv.key, document=1, trusted=True)
+    except Exception as err:  # a bad value written by someone else must not stop the agent
+        log.warning("etcd key %s: cannot decode the object (%s); left out", kv.key, err)
+        return None
+    return replace(obj, metadata=replace(obj.metadata, resource_version=kv.mod_revision))
+
+
+class EtcdBackend:
+    """A `Backend` on etcd under `prefix`; `open()` lists it and starts following it."""
+
+    def __init__(self, client: EtcdClient, prefix: str = DEFAULT_PREFIX, *,
+                 open_timeout: float = OPEN_TIMEOUT_SECONDS) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.open_timeout = open_timeout
+        self._lock = threading.Condition()
+        self._queue: list[Batch] = []
+        self._queued_version = 0  # store version of the newest batch queued (or listed at open)
+        self._revision = 0  # etcd revision the follower has seen up to
+        self._connected = False
+        self._error = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- Backend ---------------------------------------------------------------------------------
+
+    def open(self) -> Loaded | None:
+        """List the prefix (waiting up to `open_timeout` for etcd to answer) and start the follower."""
+        listed = self._list_until_answered()
+        revision, version, objects = listed
+        self._revision, self._queued_version = revision, version
+        self._thread = threading.Thread(target=self._follow, name="velvet-etcd-watch", daemon=True)
+        self._thread.start()
+        return Loaded(version, objects) if version else None
+
+    def record(self, since: int, version: int, upserts: Sequence[KubeObject], deletes: Sequence[Key]) -> int:
+        """One transaction: the objects and the head, if the head is still at `since`."""
+        ops = [Op(object_key(self.prefix, key_of(obj)), encode(obj)) for obj in upserts]
+        ops += [Op(object_key(self.prefix, key), None) for key in deletes]
+        ops.append(Op(self.prefix + HEAD, b"{}"))
+        try:
+            ok, revision, current = self.client.txn_if_mod(self.prefix + HEAD, since, ops)
+        except EtcdError as err:
+            raise EtcdStorageError(f"{err} (nothing was changed)") from err
+        if not ok:
+            raise Conflict(current)
+        return revision
+
+    def committed(self, version: int, snapshot: Callable[[], list[KubeObject]]) -> None:
+        """etcd compacts its own history; nothing to do."""
+
+    def compact(self, version: int, objects: Sequence[KubeObject]) -> None:
+        """Nothing to rewrite: undecodable values were left out and stay in etcd for inspection."""
+
+    def incoming(self) -> list[Batch]:
+        """The batches the follower queued since the last call."""
+        with self._lock:
+            batches, self._queue = self._queue, []
+        return batches
+
+    def wait_for(self, version: int, timeout: float) -> bool:
+        """Wait until the follower queued store `version`."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._queued_version >= version, timeout)
+
+    def status(self) -> dict[str, Any]:
+        """Kind, endpoint, prefix, whether etcd answers now (a 1 s probe), and the last error."""
+        try:
+            EtcdClient(self.client.endpoint, timeout=1.0).status()
+            answers, error = True, ""
+        except EtcdError as err:
+            answers, error = False, str(err)
+        with self._lock:
+            return {"kind": "etcd", "endpoint": self.client.endpoint, "prefix": self.prefix,
+                    "connected": answers and self._connected, "revision": self._revision,
+                    "error": error or self._error}
+
+    def close(self) -> None:
+        """Stop the follower (it ends at its next read, within the watch's idle timeout)."""
+        self._stop.set()
+
+    # -- following ------------------------------------------------------------------------------
+
+    def _list(self) -> tuple[int, int, list[KubeObject]]:
+        """(etcd revision, store version, objects in creation order) as etcd holds them now."""
+        revision, kvs = self.client.range_prefix(self.prefix)
+        head = next((kv for kv in kvs if kv.key == self.prefix + HEAD), None)
+        ordered = sorted((kv for kv in kvs if store_key(self.prefix, kv.key)),
+                         key=lambda kv: (kv.create_revision, kv.key))
+        objects = [obj for kv in ordered if (obj := decode(kv)) is not None]
+        return revision, head.mod_revision if head else 0, objects
+
+    def _list_until_answered(self) -> tuple[int, int, list[KubeObject]]:
+        delay = MIN_BACKOFF_SECONDS
+        waited = 0.0
+        while True:
+            try:
+                return self._list()
+            except EtcdError as err:
+                if waited >= self.open_timeout:
+                    raise EtcdStorageError(f"{err} (waited {waited:.0f} s)") from err
+                log.info("%s; retrying in %.1f s", err, delay)
+                self._stop.wait(delay)
+                waited += delay
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+    def _follow(self) -> None:
+        """Watch from the last revision seen; relist on compaction; back off while etcd is unreachable."""
+        delay = MIN_BACKOFF_SECONDS
+        relist = False
+        while not self._stop.is_set():
+            try:
+                if relist:
+                    revision, version, objects = self._list()
+                    self._queue_batch(revision, Batch(version, [(key_of(o), o) for o in objects], reset=True))
+                    log.info("etcd: listed %d objects again at revision %d", len(objects), revision)
+                    relist = False
+                for revision, events in self.client.watch(self.prefix, self._revision + 1):
+                    self._set_connected(True, "")
+                    delay = MIN_BACKOFF_SECONDS
+                    if events:
+                        self._queue_batch(revision, self._batch(events))
+                    if self._stop.is_set():
+                        return
+            except EtcdIdle:
+                continue  # quiet, or stopped: the next watch request finds out
+            except EtcdCompacted as err:
+                log.warning("%s: listing everything again", err)
+                relist = True
+                continue
+            except EtcdError as err:
+                if self._connected or not self._error:
+                    log.warning("%s; retrying with backoff, the datapath keeps its state", err)
+                self._set_connected(False, str(err))
+            self._stop.wait(delay)
+            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+    def _batch(self, events: Sequence[Event]) -> Batch:
+        changes: list[tuple[Key, KubeObject | None]] = []
+        version = self._queued_version
+        for event in events:
+            if event.kv.key == self.prefix + HEAD:
+                version = event.kv.mod_revision
+                continue
+            key = store_key(self.prefix, event.kv.key)
+            if key is None:
+                continue
+            changes.append((key, None if event.kind == "DELETE" else decode(event.kv)))
+        return Batch(version, changes)
+
+    def _queue_batch(self, revision: int, batch: Batch) -> None:
+        with self._lock:
+            self._revision = max(self._revision, revision)
+            self._queue.append(replace(batch, revision=revision))
+            self._queued_version = max(self._queued_version, batch.version)
+            self._lock.notify_all()
+
+    def _set_connected(self, connected: bool, error: str) -> None:
+        with self._lock:
+            self._connected, self._error = connected, error

@@ -1,0 +1,264 @@
+"""Test the etcd client and the etcd-backed store against a real etcd, in a network namespace of the test.
+
+Each test starts its own etcd (Debian's etcd-server) on the loopback of a namespace it creates,
+with a private temporary data dir; the test thread works inside that namespace, and the etcd
+process is stopped by its pid and the namespace removed by name, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from velvet.durable import StorageError
+from velvet.model import Namespace, ObjectMeta, Service
+from velvet.model.service import ServicePort, ServiceSpec
+from velvet.sandbox import netlink
+from velvet.sources.delta import Delta
+from velvet.sources.etcd_client import EtcdClient, EtcdCompacted, EtcdError, Event, Op
+from velvet.sources.etcd_store import DEFAULT_PREFIX, HEAD, EtcdBackend
+from velvet.sources.local import LocalStore, StoreError
+from velvet.system.netns import in_netns
+
+pytestmark = pytest.mark.privileged
+
+URL = "http://127.0.0.1:2379"
+
+
+@dataclass
+class Etcd:
+    """A running etcd of one test: where it listens, its data, its process."""
+
+    netns: str
+    data: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start etcd (again, on the same data) and wait until it answers."""
+        peer = "http://127.0.0.1:2380"
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, "etcd", "--name", "t", "--data-dir", str(self.data),
+             "--listen-client-urls", URL, "--advertise-client-urls", URL, "--listen-peer-urls", peer,
+             "--initial-advertise-peer-urls", peer, "--initial-cluster", f"t={peer}", "--log-level", "error"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                EtcdClient(URL, timeout=1).status()
+                return
+            except EtcdError:
+                assert time.monotonic() < deadline, "etcd did not answer within 30 s"
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Stop etcd by its pid."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[Etcd]:
+    """An etcd in a fresh namespace; the test runs inside that namespace."""
+    assert shutil.which("etcd"), "etcd is not installed: run scripts/setup.sh"
+    name = f"vtest-etcd-{secrets.token_hex(3)}"
+    data = tmp_path / "etcd"
+    data.mkdir(mode=0o700)
+    netlink.create_netns(name)
+    server = Etcd(name, data)
+    try:
+        with netlink.ipr(name) as ipr:
+            netlink.set_up(ipr, "lo")
+        with in_netns(name):
+            server.start()
+            yield server
+    finally:
+        server.stop()
+        netlink.remove_netns(name)
+
+
+def open_store(tmp_path: Path, client: EtcdClient | None = None) -> LocalStore:
+    """A store on the test's etcd."""
+    return LocalStore.open(tmp_path / "unused", backend=EtcdBackend(client or EtcdClient(URL, timeout=2)))
+
+
+def namespace(name: str) -> Namespace:
+    """A namespace object as apply receives it."""
+    return Namespace(ObjectMeta(name=name))
+
+
+def service(name: str, ns: str = "default") -> Service:
+    """A ClusterIP service with one port."""
+    return Service(ObjectMeta(name=name, namespace=ns), ServiceSpec(ports=(ServicePort(port=80),)))
+
+
+def wait_until(what: str, ok: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `ok` until true; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not ok():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+def drained(store: LocalStore, watch_queue: asyncio.Queue[Delta | None]) -> list[Delta]:
+    """The deltas queued so far on a watch taken without an event loop."""
+    found = []
+    while not watch_queue.empty():
+        item = watch_queue.get_nowait()
+        if item is not None:
+            found.append(item)
+    return found
+
+
+def test_a_stale_transaction_loses_and_changes_nothing(etcd: Etcd) -> None:
+    """Test that a transaction made on an old head revision fails, writes nothing, names the current one."""
+    client = EtcdClient(URL)
+    ok, first, _ = client.txn_if_mod("/t/head", 0, [Op("/t/a", b"1"), Op("/t/head", b"")])
+    assert ok
+    ok, _, current = client.txn_if_mod("/t/head", 0, [Op("/t/b", b"2"), Op("/t/head", b"")])
+    assert not ok
+    assert current == first
+    assert client.get("/t/b") is None
+    assert [kv.key for kv in client.range_prefix("/t/")[1]] == ["/t/a", "/t/head"]
+
+
+def test_two_writers_never_both_win_the_loser_retries_on_the_new_state(etcd: Etcd, tmp_path: Path) -> None:
+    """Test that a store whose view is stale is refused by etcd, catches up and applies on the new state;
+    resourceVersions are etcd revisions."""
+    a, b = open_store(tmp_path), open_store(tmp_path)
+    try:
+        assert a.version == b.version > 0  # one of them created the initial namespaces, the other listed them
+        a.apply([service("one")])
+        version_a = a.version
+        # b has not caught up with a's write yet (its follower may lag): its write must still be correct
+        b.apply([service("two")])
+        assert b.version > version_a
+        one, two = b.find("Service", "default", "one"), b.find("Service", "default", "two")
+        assert isinstance(one, Service)
+        assert isinstance(two, Service)
+        assert one.spec.cluster_ip != two.spec.cluster_ip  # b allocated on a's state
+        _, kvs = EtcdClient(URL).range_prefix(DEFAULT_PREFIX)
+        revisions = {kv.key: kv.mod_revision for kv in kvs}
+        assert revisions[f"{DEFAULT_PREFIX}Service/default/two"] == two.metadata.resource_version == b.version
+        assert revisions[DEFAULT_PREFIX + HEAD] == b.version
+        wait_until("a sees b's service", lambda: a.find("Service", "default", "two") is not None)
+        seen = a.find("Service", "default", "two")
+        assert isinstance(seen, Service)
+        assert (seen.spec.cluster_ip, seen.metadata.resource_version) == (two.spec.cluster_ip, b.version)
+        assert a.version == b.version
+    finally:
+        a.close()
+        b.close()
+
+
+def test_another_writers_changes_reach_the_watch(etcd: Etcd, tmp_path: Path) -> None:
+    """Test that what one store writes is streamed as deltas by another store on the same etcd."""
+    a, b = open_store(tmp_path), open_store(tmp_path)
+    try:
+        watch = b.watch()
+        a.apply([namespace("blue"), service("echo", "blue")])
+        a.delete([service("echo", "blue")])
+        deltas: list[Delta] = []
+
+        def streamed() -> bool:
+            gone = b.objects("Service") == []  # a read catches up, publishing what the follower queued
+            deltas.extend(drained(b, watch._queue))
+            return gone and len(deltas) >= 3
+
+        wait_until("b streams a's changes", streamed)
+        seen = [(d.kind, d.op, d.obj.metadata.name) for d in deltas]
+        assert ("Namespace", "upsert", "blue") in seen
+        assert ("Service", "upsert", "echo") in seen
+        assert seen[-1] == ("Service", "delete", "echo")
+    finally:
+        a.close()
+        b.close()
+
+
+class GatedClient(EtcdClient):
+    """A real client whose watch waits for `gate` (so the test can compact etcd while it is behind)."""
+
+    gate = threading.Event()
+
+    def watch(self, prefix: str, start_revision: int, idle_timeout: float = 30.0) -> Iterator[
+            tuple[int, list[Event]]]:
+        self.gate.wait()
+        return super().watch(prefix, start_revision, idle_timeout)
+
+
+def test_compaction_makes_the_follower_list_everything_again(etcd: Etcd, tmp_path: Path) -> None:
+    """Test that a watch from a compacted revision fails with EtcdCompacted, and that the store then
+    relists: objects removed meanwhile disappear from its view, with a delete delta."""
+    a = open_store(tmp_path)
+    a.apply([service("old")])
+    gated = GatedClient(URL, timeout=2)
+    gated.gate.clear()
+    b = open_store(tmp_path, gated)
+    try:
+        watch = b.watch()
+        assert b.find("Service", "default", "old") is not None
+        a.delete([service("old")])
+        a.apply([service("new")])
+        client = EtcdClient(URL)
+        client.compact(a.version)
+        with pytest.raises(EtcdCompacted):
+            for _ in client.watch(DEFAULT_PREFIX, 2, idle_timeout=5):
+                pass  # the first answer says the watch was created, the next that its revision is gone
+        gated.gate.set()
+        wait_until("b relists", lambda: b.find("Service", "default", "new") is not None)
+        assert b.find("Service", "default", "old") is None
+        ops = [(d.op, d.obj.metadata.name) for d in drained(b, watch._queue)]
+        assert ("delete", "old") in ops
+        assert ("upsert", "new") in ops
+        assert b.version == a.version
+    finally:
+        gated.gate.set()
+        a.close()
+        b.close()
+
+
+def test_etcd_down_fails_writes_in_one_line_and_keeps_reads(etcd: Etcd, tmp_path: Path) -> None:
+    """Test that with etcd stopped a write fails with one line and changes nothing, reads keep answering,
+    status says disconnected, and the same store writes again once etcd is back."""
+    store = open_store(tmp_path)
+    try:
+        store.apply([service("kept")])
+        etcd.stop()
+        with pytest.raises(StoreError) as failure:
+            store.apply([service("lost")])
+        message = str(failure.value)
+        assert "\n" not in message
+        assert "etcd at" in message
+        assert "nothing was changed" in message
+        assert store.find("Service", "default", "lost") is None
+        assert store.find("Service", "default", "kept") is not None
+        assert store.storage_status()["connected"] is False
+        etcd.start()
+        store.apply([service("back")])
+        assert store.find("Service", "default", "back") is not None
+        wait_until("the follower reconnects", lambda: store.storage_status()["connected"] is True, 30)
+    finally:
+        store.close()
+
+
+def test_the_store_starts_on_etcd_it_waits_for(tmp_path: Path) -> None:
+    """Test that a store whose etcd never answers fails to open with one line naming the endpoint."""
+    backend = EtcdBackend(EtcdClient("http://127.0.0.1:9", timeout=0.5), open_timeout=1)
+    with pytest.raises(StorageError) as failure:
+        LocalStore.open(tmp_path / "unused", backend=backend)
+    assert "etcd at http://127.0.0.1:9" in str(failure.value)
+    assert "\n" not in str(failure.value)
