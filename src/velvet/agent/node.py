@@ -247,9 +247,10 @@ class Agent:
 
     def _unknown_runtime_pods(self, namespace: str | None, name: str | None) -> list[dict[str, Any]]:
         """Runtime pods the store does not know, as `velvet get pods` shows them (identity reserved:init)."""
+        known = {p.metadata.key for p in self.store.get("pods", ALL_NAMESPACES)}
         return [_runtime_pod(a, self.config.node_name) for a in self.cni
-                if namespace in (None, ALL_NAMESPACES, a.namespace) and name in (None, a.name)
-                and not self.store.get("pods", a.namespace, a.name)]
+                if (namespace or "default") in (ALL_NAMESPACES, a.namespace) and name in (None, a.name)
+                and a.pod not in known]
 
 
 def _runtime_pod(attachment: Attachment, node_name: str) -> dict[str, Any]:
