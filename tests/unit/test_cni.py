@@ -123,11 +123,14 @@ def test_add_with_a_previous_result_says_velvet_does_not_chain(tmp_path: Path) -
 
 
 def test_no_agent_is_try_again_later_and_del_is_queued(tmp_path: Path) -> None:
-    """Test that ADD without an agent is code 11, and DEL succeeds by queueing itself on disk."""
+    """Test that ADD without an agent is code 11, STATUS 50, and DEL succeeds by queueing itself on disk."""
     config = {**CONFIG, "socket": str(tmp_path / "none.sock"), "deleteQueue": str(tmp_path / "queue")}
     out = io.StringIO()
     assert plugin.run(ENV, io.BytesIO(json.dumps(config).encode()), out) == 1
     assert json.loads(out.getvalue())["code"] == 11
+    out = io.StringIO()
+    assert plugin.run({"CNI_COMMAND": "STATUS"}, io.BytesIO(json.dumps(config).encode()), out) == 1
+    assert json.loads(out.getvalue())["code"] == 50
     out = io.StringIO()
     delete = {**ENV, "CNI_COMMAND": "DEL", "CNI_NETNS": ""}
     assert plugin.run(delete, io.BytesIO(json.dumps(config).encode()), out) == 0

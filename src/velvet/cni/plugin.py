@@ -19,6 +19,7 @@ from velvet.api.client import ApiClient
 from velvet.cni.spec import (
     AGENT_REFUSED,
     IO_FAILURE,
+    NOT_READY,
     SUPPORTED_VERSIONS,
     TRY_AGAIN_LATER,
     UNSUPPORTED_FIELD,
@@ -71,7 +72,8 @@ def invoke(env: Mapping[str, str], stdin: bytes) -> dict[str, Any] | None:
             private_dir(queue)
             write_atomic(queue_file(queue, container_id, ifname), json.dumps(invocation.to_json()).encode())
             return None
-        raise CniError(TRY_AGAIN_LATER, f"the Velvet agent is not ready: {exc}") from None
+        code = NOT_READY if command == "STATUS" else TRY_AGAIN_LATER
+        raise CniError(code, f"the Velvet agent is not ready: {exc}") from None
     except ApiError as exc:
         raise CniError(AGENT_REFUSED, f"the Velvet agent refused {command}: {exc}") from None
     if not isinstance(answer, dict):
