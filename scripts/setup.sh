@@ -2,7 +2,8 @@
 # Install what Velvet needs on Debian 12 (apt packages, the .venv); idempotent and quiet when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-APT_PACKAGES="clang llvm libbpf-dev libbpf1 bpftool iproute2 iptables nftables make socat procps python3-venv chromium etcd-server"
+APT_PACKAGES="clang llvm libbpf-dev libbpf1 bpftool iproute2 iptables nftables make socat procps python3-venv chromium
+    etcd-server podman runc containernetworking-plugins busybox-static"
 missing=""
 for p in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

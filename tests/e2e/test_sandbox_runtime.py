@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from velvet.errors import SandboxError
+from velvet.ipam import PodIpam
 from velvet.sandbox import (
     ContainerLite,
     Node,
@@ -38,7 +39,6 @@ from velvet.sandbox import (
     spawn_detached,
 )
 from velvet.sandbox import cgroups as cg
-from velvet.sandbox.ipam import PodIpam
 from velvet.sandbox.naming import SandboxNames
 from velvet.sandbox.process import alive
 from velvet.system.netns import call_in_netns

@@ -142,6 +142,10 @@ class AgentHandlers:
         self._policy_changed()
         return answer
 
+    async def cni(self, request: Mapping[str, Any]) -> Any:
+        """A call of velvet-cni (ADD, DEL, CHECK, GC, STATUS), answered once the datapath has it."""
+        return await self.run(self.agent.cni_call, request)
+
     async def query(self, what: str, params: Mapping[str, str]) -> Any:
         """Named read-only queries; flows are answered on the loop, the rest on the worker."""
         if what == "flows":

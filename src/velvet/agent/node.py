@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry
 from velvet import __version__
 from velvet.agent.config import AgentConfig
 from velvet.agent.manifests import parse_all, relocate
+from velvet.cni.attachments import RUNTIME_ANNOTATION, Attachment, CniAttachments
+from velvet.cni.wiring import NetlinkWiring, Wiring
 from velvet.control.identity import IdentityAllocator
 from velvet.control.labels import DEFAULT_EXCLUDED_LABELS, LabelFilter
 from velvet.control.policy import PolicyCompiler
@@ -32,9 +34,11 @@ from velvet.datapath.tables import LbState
 from velvet.datapath.writer import TableWriter
 from velvet.durable import private_dir
 from velvet.errors import InvalidManifest, NotFound
+from velvet.ipam import FIRST_POD_HOST, PodIpam, ipam_file
 from velvet.model import NetworkPolicy, Pod, Service
 from velvet.model.codec import resolve_kind, to_dict
 from velvet.model.decode_report import decode_endpoint_report, decode_pod_status_report
+from velvet.model.pod import PodCondition, PodStatus
 from velvet.observe.enrich import DictResolver
 from velvet.observe.pipeline import FlowPipeline
 from velvet.paths import AgentPaths
@@ -58,7 +62,8 @@ class Dirty:
 class Agent:
     """State and behaviour of one node agent; `handlers.AgentHandlers` serves it over the API."""
 
-    def __init__(self, config: AgentConfig, datapath: Datapath) -> None:
+    def __init__(self, config: AgentConfig, datapath: Datapath, wiring: Wiring | None = None) -> None:
+        """An agent over `datapath`; `wiring` makes the veths of runtime pods (netlink unless given)."""
         self.config = config
         self.paths = AgentPaths(config.sandbox)
         self.state_dir = config.state_dir or self.paths.state_dir
@@ -76,6 +81,11 @@ class Agent:
                                   kernel_lost=datapath.events_lost, registry=self.metrics_registry)
         writer = TableWriter(datapath)
         self.endpoints = EndpointController(self.state_dir / "endpoints.json", datapath)
+        gateway = config.host_ips[-1]
+        # The node's one allocator: the sandbox kubelet leases from the same file (one level up).
+        ipam = PodIpam(ipam_file(self.state_dir.parent), config.pod_cidr, FIRST_POD_HOST, (gateway,))
+        self.cni = CniAttachments(self.state_dir / "cni.json", ipam, wiring or NetlinkWiring(),
+                                  self.endpoints, gateway)
         self.identities = IdentityAllocator()
         labels = LabelFilter((*DEFAULT_EXCLUDED_LABELS, *config.identity_exclude_labels))
         self.policy = PolicyController(self.store, self.endpoints, PolicyCompiler(self.identities, labels),
@@ -91,6 +101,7 @@ class Agent:
         """Load/adopt the datapath, re-attach endpoints, and converge every table to the store."""
         self.datapath.start()
         self.endpoints.restore()
+        self.cni.drain(self.state_dir / "cni-delete-queue")
         self.policy.adopt()
         self.services.adopt(LbState(*(self.datapath.read(t) for t in LB_TABLES)))
         self.reconcile(Dirty(policy=True))
@@ -114,6 +125,7 @@ class Agent:
             retry.services = self.services.reconcile(dirty.services)
             self._took("services", started)
         if dirty.policy:
+            self._report_runtime_pods()
             started = time.perf_counter()
             try:
                 self.policy.reconcile()
@@ -183,16 +195,20 @@ class Agent:
         except KeyError as exc:
             raise NotFound(str(exc.args[0])) from None
         items = self.store.get(info.plural, namespace, name)
-        if name and not items:
+        runtime = self._unknown_runtime_pods(namespace, name) if info.kind == "Pod" else []
+        if name and not items and not runtime:
             raise NotFound(f'{info.plural} "{name}" not found')
-        return {"kind": info.kind, "namespaced": info.namespaced, "items": [to_dict(o) for o in items]}
+        return {"kind": info.kind, "namespaced": info.namespaced,
+                "items": [to_dict(o) for o in items] + runtime}
 
     # -- the node runtime (kubelet + CNI) --------------------------------------------------------
 
     def list_node_pods(self) -> Any:
         """Pods scheduled to this node, for the kubelet."""
         return [to_dict(p) for p in self.store.get("pods", ALL_NAMESPACES)
-                if isinstance(p, Pod) and p.spec.node_name == self.config.node_name]
+                if isinstance(p, Pod) and p.spec.node_name == self.config.node_name
+                and p.metadata.annotations.get(RUNTIME_ANNOTATION) != "cni"
+                and self.cni.by_pod(p.metadata.key) is None]
 
     def add_endpoint(self, namespace: str, name: str, report: object) -> Any:
         """CNI ADD, validated: attach the datapath to the pod's veth; its policy follows on the next pass."""
@@ -208,3 +224,43 @@ class Agent:
         """The kubelet finished deleting a pod: drop its endpoint, let the store forget it."""
         self.endpoints.remove(f"{namespace}/{name}")
         return {"removed": self.store.finalize_pod_deletion(namespace, name)}
+
+    # -- runtime pods (velvet-cni) -----------------------------------------------------------------
+
+    def cni_call(self, request: object) -> Any:
+        """A CNI call relayed by velvet-cni; the endpoint's policy is programmed before it answers."""
+        answer = self.cni.handle(request)
+        if "error" not in answer:
+            self._report_runtime_pods()
+            self.reconcile(Dirty(policy=True))
+        return answer
+
+    def _report_runtime_pods(self) -> None:
+        """Give known runtime pods their address and readiness in the store, take it from departed ones."""
+        for pod in self.store.get("pods", ALL_NAMESPACES):
+            if not isinstance(pod, Pod):
+                continue
+            attachment = self.cni.by_pod(pod.metadata.key)
+            if attachment is None and pod.metadata.annotations.get(RUNTIME_ANNOTATION) != "cni":
+                continue
+            status = PodStatus() if attachment is None else PodStatus(
+                phase="Running", pod_ip=attachment.ip, host_ip=(self.config.node_ips or (None,))[0],
+                conditions=(PodCondition("Ready", "True"), PodCondition("ContainersReady", "True")))
+            self.store.update_pod_status(pod.metadata.namespace, pod.metadata.name, status)
+
+    def _unknown_runtime_pods(self, namespace: str | None, name: str | None) -> list[dict[str, Any]]:
+        """Runtime pods the store does not know, as `velvet get pods` shows them (identity reserved:init)."""
+        known = {p.metadata.key for p in self.store.get("pods", ALL_NAMESPACES)}
+        return [_runtime_pod(a, self.config.node_name) for a in self.cni
+                if (namespace or "default") in (ALL_NAMESPACES, a.namespace) and name in (None, a.name)
+                and a.pod not in known]
+
+
+def _runtime_pod(attachment: Attachment, node_name: str) -> dict[str, Any]:
+    """A pod known only from its runtime's CNI call, in the API's shape."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": attachment.namespace, "name": attachment.name, "uid": attachment.uid,
+                         "annotations": {RUNTIME_ANNOTATION: "cni", "velvet.io/identity": "reserved:init",
+                                         "velvet.io/container-id": attachment.container_id}},
+            "spec": {"nodeName": node_name, "containers": []},
+            "status": {"phase": "Running", "podIP": attachment.ip}}

@@ -11,6 +11,7 @@ from velvet.datapath.structs import BackendState, SvcFlag
 from velvet.datapath.tables import Proto
 from velvet.errors import BadRequest, NotFound
 from velvet.model import NetworkPolicy, Pod, Service
+from velvet.model.identity import ReservedIdentity
 from velvet.sources.local import ALL_NAMESPACES
 
 if TYPE_CHECKING:
@@ -112,13 +113,14 @@ def endpoint_list(agent: Agent) -> list[dict[str, Any]]:
     for record in agent.endpoints:
         enforced = "audit" if agent.policy.audited(record.key) else "enabled"
         ep = compiled.endpoints.get(record.ep_id) if compiled else None
-        identity = agent.identities.lookup(ep.identity) if ep else None
+        number = ep.identity if ep else int(ReservedIdentity.INIT)  # no pod in the store: a runtime's
+        identity = agent.identities.lookup(number)
         rows.append({
             "id": record.ep_id,
             "pod": record.key,
             "ipv4": record.ip,
             "interface": record.ifname,
-            "identity": ep.identity if ep else None,
+            "identity": number,
             "labels": dict(identity.labels) if identity else {},
             "ingress_enforcement": enforced if ep and ep.ingress_isolated else "disabled",
             "egress_enforcement": enforced if ep and ep.egress_isolated else "disabled",

@@ -13,7 +13,7 @@ from velvet.paths import current_sandbox
 
 def build_parser() -> argparse.ArgumentParser:
     """Every subcommand, registered by the module that implements it."""
-    from velvet.cli import agent_cmd, connectivity, demo, inspect, objects, observe, sandbox, status
+    from velvet.cli import agent_cmd, cni, connectivity, demo, inspect, objects, observe, sandbox, status
 
     parser = argparse.ArgumentParser(prog="velvet", description="eBPF networking, observability and security")
     parser.add_argument("--sandbox", default=None, help="sandbox (default: $VELVET_SANDBOX or default)")
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.register(sub)
     demo.register(sub)
     connectivity.register(sub)
+    cni.register(sub)
     return parser
 
 

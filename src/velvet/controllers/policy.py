@@ -10,6 +10,7 @@ from velvet.controllers.endpoints import EndpointController
 from velvet.datapath.tables import EP_POLICY_AUDIT, EP_POLICY_EGRESS, EP_POLICY_INGRESS, EndpointEntry
 from velvet.datapath.writer import TableWriter
 from velvet.model import Namespace, NetworkPolicy, Pod
+from velvet.model.identity import ReservedIdentity
 from velvet.observe.enrich import DictResolver, EndpointInfo, NamedRef
 from velvet.sources.informer import ObjectCache
 
@@ -60,9 +61,13 @@ class PolicyController:
     def _tables(self, compiled: CompiledPolicy) -> dict[str, dict[Any, Any]]:
         endpoints: dict[Any, Any] = {}
         policy: dict[Any, Any] = {}
+        ipcache = dict(compiled.ipcache)
         for record in self._endpoints:
             ep = compiled.endpoints.get(record.ep_id)
-            if ep is None:
+            if ep is None:  # a runtime's pod the store does not know (yet): reserved:init, like Cilium
+                init = int(ReservedIdentity.INIT)
+                endpoints[record.ip] = EndpointEntry(record.ifindex, init, record.ep_id, 0)
+                ipcache[f"{record.ip}/32"] = init
                 continue
             flags = (EP_POLICY_INGRESS if ep.ingress_isolated else 0) | (
                 EP_POLICY_EGRESS if ep.egress_isolated else 0) | (
@@ -71,7 +76,7 @@ class PolicyController:
             policy.update(ep.entries)
         return {
             "lxc_endpoints": endpoints,
-            "ipcache": dict(compiled.ipcache),
+            "ipcache": ipcache,
             "ipcache_cidr": dict(compiled.cidr_identities),
             "policy": policy,
         }
@@ -97,4 +102,9 @@ class PolicyController:
                 cgroups[record.cgroup_id] = pod.status.pod_ip
             identities[identity.id] = EndpointInfo(namespace=pod.metadata.namespace,
                                                    labels=tuple(sorted(labels)))
+        known = {pod.metadata.key for pod in pods}
+        for record in self._endpoints:
+            if record.key not in known:
+                endpoints[record.ip] = EndpointInfo(record.namespace, record.name, ("reserved:init",),
+                                                    record.ep_id, int(ReservedIdentity.INIT))
         self._resolver.sync_pods(endpoints, cgroups, identities, compiled.policy_sets)

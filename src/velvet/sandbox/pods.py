@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from velvet.errors import SandboxError
+from velvet.ipam import CNI_LEASE_PREFIX, PodIpam
 from velvet.sandbox import cgroups, netlink, process
-from velvet.sandbox.ipam import PodIpam
 from velvet.sandbox.naming import NETNS_RE, POD_IF, PodNames, SandboxConfig
 from velvet.sandbox.readiness import ReadinessTracker, check
 from velvet.sandbox.spec import (
@@ -125,7 +125,8 @@ class PodRuntime:
         """After a supervisor restart: keep the pods whose netns exists, remove remnants of the others.
 
         Also removes pod namespaces and cgroups that have no record (a create interrupted by a crash)
-        and IPAM leases of unknown uids. Kept pods may have exited: `pod_status` tells.
+        and IPAM leases of unknown uids (never the agent's leases of runtime pods). Kept pods may have
+        exited: `pod_status` tells.
         """
         kept = []
         for record in self.list_records():
@@ -139,7 +140,8 @@ class PodRuntime:
             self._teardown(self.names.pod_by_hash(h), None)
         uids = {r.uid for r in kept}
         for uid in set(self.ipam.leases()) - uids:
-            self.ipam.release(uid)
+            if not uid.startswith(CNI_LEASE_PREFIX):
+                self.ipam.release(uid)
         return kept
 
     def _build(self, spec: PodSpecLite, pn: PodNames) -> PodRecord:

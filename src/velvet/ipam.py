@@ -1,4 +1,8 @@
-"""Pod IP allocation from the node's pod CIDR, persisted as JSON and shared between processes via flock."""
+"""The node's one pod IP allocator: leases from the pod CIDR in a JSON file shared between processes (flock).
+
+The sandbox's kubelet leases by pod uid, the agent (the node's IPAM for runtimes calling `velvet-cni`)
+by `cni:<container id>/<ifname>`; both go through this file, so their addresses never collide.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from velvet.errors import SandboxError
+
+FIRST_POD_HOST = 10
+"""Host number of the first pod address in the pod CIDR (below it: the gateway and room for the node)."""
+CNI_LEASE_PREFIX = "cni:"
+"""Leases of runtime attachments (`velvet-cni`); the sandbox's kubelet never releases them."""
+
+
+def ipam_file(sandbox_dir: Path) -> Path:
+    """Where a sandbox node keeps its leases (its kubelet and its agent both read it)."""
+    return sandbox_dir / "ipam.json"
 
 
 class PodIpam:
@@ -39,6 +53,11 @@ class PodIpam:
         """Drop the lease of `uid` (no-op when it has none)."""
         with self._leases() as leases:
             leases.pop(uid, None)
+
+    def free(self) -> int:
+        """How many addresses are not leased."""
+        with self._leases() as leases:
+            return len(self._pool) - len(set(leases.values()))
 
     def leases(self) -> dict[str, str]:
         """A copy of every lease."""
