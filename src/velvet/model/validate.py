@@ -139,12 +139,6 @@ class Node:
             self.fail(f"must be a boolean, not {_type_name(self.value)}")
         return self.value
 
-    def as_int_or_str(self) -> int | str:
-        """This node as an IntOrString."""
-        if isinstance(self.value, str):
-            return self.value
-        return self.as_int()
-
     def as_str_list(self) -> tuple[str, ...]:
         """This node as a list of strings."""
         return tuple(item.as_str() for item in self.items())
