@@ -25,7 +25,16 @@ from velvet.durable import StorageError
 from velvet.model import KubeObject
 from velvet.model.codec import from_dict, to_dict
 from velvet.sources.backend import Batch, Conflict
-from velvet.sources.etcd_client import EtcdClient, EtcdCompacted, EtcdError, EtcdIdle, Event, KeyValue, Op
+from velvet.sources.etcd_client import (
+    EtcdClient,
+    EtcdCompacted,
+    EtcdError,
+    EtcdIdle,
+    EtcdUnavailable,
+    Event,
+    KeyValue,
+    Op,
+)
 from velvet.sources.index import Key, key_of
 from velvet.sources.state_files import Loaded
 
@@ -34,6 +43,7 @@ HEAD = "_head"
 MIN_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 5.0
 OPEN_TIMEOUT_SECONDS = 30.0
+PROBE_TIMEOUT_SECONDS = 1.0
 
 log = logging.getLogger("velvet.store")
 
@@ -110,8 +120,15 @@ class EtcdBackend:
         ops = [Op(object_key(self.prefix, key_of(obj)), encode(obj)) for obj in upserts]
         ops += [Op(object_key(self.prefix, key), None) for key in deletes]
         ops.append(Op(self.prefix + HEAD, b"{}"))
+        try:  # a quick question first: a hung etcd would otherwise apply the change once it wakes
+            EtcdClient(self.client.endpoint, timeout=PROBE_TIMEOUT_SECONDS).status()
+        except EtcdError as err:
+            raise EtcdStorageError(f"{err} (nothing was changed)") from err
         try:
             ok, revision, current = self.client.txn_if_mod(self.prefix + HEAD, since, ops)
+        except EtcdUnavailable as err:
+            raise EtcdStorageError(f"{err} (etcd did not confirm the change: it may still be applied when "
+                                   "etcd answers)") from err
         except EtcdError as err:
             raise EtcdStorageError(f"{err} (nothing was changed)") from err
         if not ok:
