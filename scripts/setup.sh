@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APT_PACKAGES="clang llvm libbpf-dev libbpf1 bpftool iproute2 iptables nftables make socat procps python3-venv chromium
-    etcd-server podman runc containernetworking-plugins busybox-static"
+    etcd-server podman containerd runc containernetworking-plugins busybox-static umoci skopeo"
 missing=""
 for p in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from velvet.agent import queries
 from velvet.agent.config import AgentConfig
 from velvet.agent.node import Agent, Dirty
 from velvet.cni import plugin
-from velvet.cni.install import conflist, install
+from velvet.cni.install import PACKAGE_HOME, conflist, install
 from velvet.cni.spec import CniError
 from velvet.cni.wiring import Veth, Wired
 from velvet.datapath.fake import FakeDatapath
@@ -254,7 +256,22 @@ def test_install_writes_an_executable_plugin_and_a_conflist(tmp_path: Path) -> N
     """Test that cni install writes an executable velvet-cni and a 1.0.0 conflist naming the socket."""
     plugin_path, conf = install(tmp_path / "conf", tmp_path / "bin", "blue")
     assert plugin_path.stat().st_mode & 0o111
+    version = subprocess.run([str(plugin_path)], input=b'{"cniVersion": "1.0.0"}', capture_output=True,
+                             env={"CNI_COMMAND": "VERSION"}, check=True)
+    assert json.loads(version.stdout)["supportedVersions"][-1] == "1.1.0"
     written = json.loads(conf.read_text())
     assert written == conflist("blue", "velvet")
     assert written["cniVersion"] == "1.0.0"
     assert written["plugins"][0]["socket"] == "/run/velvet/blue/agent.sock"
+
+
+def test_plugin_imports_neither_agent_nor_datapath_nor_yaml() -> None:
+    """Test that velvet-cni's import path stays small: every ADD pays for it (its budget is 100 ms)."""
+    code = (f"import sys; sys.path.insert(0, {str(PACKAGE_HOME)!r}); import velvet.cni.plugin; "
+            "print(' '.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True,
+                                check=True).stdout.split())
+    assert {m for m in loaded if m.startswith("velvet")} == {"velvet", "velvet.cni", "velvet.cni.plugin",
+                                                             "velvet.cni.spec", "velvet.errors"}
+    assert not loaded & {"yaml", "http.client", "ssl", "email", "typing", "dataclasses", "pathlib",
+                         "pyroute2", "numpy", "aiohttp"}

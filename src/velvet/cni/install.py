@@ -12,6 +12,8 @@ from velvet.cni.spec import DEFAULT_MTU, PLUGIN_TYPE
 from velvet.errors import VelvetError
 from velvet.paths import AgentPaths
 
+PACKAGE_HOME = Path(__file__).resolve().parents[2]
+"""The directory holding the `velvet` package (src/ of a checkout, or site-packages)."""
 CONF_VERSION = "1.0.0"
 """Version of the conflist: podman 4.3 refuses 1.1.0 results, so 1.0.0 (STATUS and GC are 1.1 only)."""
 
@@ -24,9 +26,14 @@ def conflist(sandbox: str, network: str, mtu: int = DEFAULT_MTU) -> dict[str, An
                          "deleteQueue": str(paths.state_dir / "cni-delete-queue"), "mtu": mtu}]}
 
 
-def plugin_script(python: str) -> str:
-    """The plugin executable: this interpreter running velvet.cni.plugin (the runtime clears PATH)."""
-    return f"#!{python}\nimport sys\nfrom velvet.cni.plugin import main\nsys.exit(main())\n"
+def plugin_script(python: str, home: Path = PACKAGE_HOME) -> str:
+    """The plugin executable: this interpreter running velvet.cni.plugin from `home` (runtimes clear PATH).
+
+    `-IS` (isolated, no site): the runtime's environment cannot redirect the interpreter, and the
+    plugin does not pay for site-packages on every call; `home` is put on sys.path instead.
+    """
+    return (f"#!{python} -IS\nimport sys\nsys.path.insert(0, {str(home)!r})\n"
+            "from velvet.cni.plugin import main\nsys.exit(main())\n")
 
 
 def _write(path: Path, text: str, mode: int) -> None:

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, BinaryIO, TextIO
 
-from velvet.api.client import ApiClient
 from velvet.cni.spec import (
     AGENT_REFUSED,
     IO_FAILURE,
@@ -28,20 +25,33 @@ from velvet.cni.spec import (
     parse_config,
     parse_environment,
 )
-from velvet.durable import private_dir, write_atomic
 from velvet.errors import AgentUnavailable, ApiError
-from velvet.paths import DEFAULT_SANDBOX, AgentPaths
+
+# Only what every call needs is imported at start (the plugin is one process per call, and ADD's
+# budget is 100 ms); `velvet.paths` and `velvet.durable` are imported on the paths that use them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+    from typing import Any, BinaryIO, TextIO
 
 AGENT_TIMEOUT_SECONDS = 20.0
+CNI_API_PATH = "/v1/cni"
 
 
-def default_socket() -> Path:
+def default_socket() -> str:
     """The default sandbox's agent socket, for a config that names none."""
-    return AgentPaths(DEFAULT_SANDBOX).socket
+    from velvet.paths import DEFAULT_SANDBOX, AgentPaths
+
+    return str(AgentPaths(DEFAULT_SANDBOX).socket)
 
 
 def delete_queue(config: Mapping[str, Any]) -> Path:
     """Where DELs wait for a stopped agent: the config's `deleteQueue`, else the default sandbox's."""
+    from pathlib import Path
+
+    from velvet.paths import DEFAULT_SANDBOX, AgentPaths
+
     given = config.get("deleteQueue")
     if isinstance(given, str) and given.startswith("/"):
         return Path(given)
@@ -51,6 +61,68 @@ def delete_queue(config: Mapping[str, Any]) -> Path:
 def queue_file(queue: Path, container_id: str, ifname: str) -> Path:
     """The queued DEL of one attachment (one file each, so a repeated DEL overwrites it)."""
     return queue / f"{container_id}_{ifname}.json"
+
+
+def _unchunk(data: bytes) -> bytes:
+    """The body of a chunked HTTP/1.1 answer."""
+    body, rest = b"", data
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            return body
+        body, rest = body + rest[:size], rest[size + 2:]
+
+
+def post_json(socket_path: str, path: str, body: object, timeout: float) -> Any:
+    """POST `body` as JSON to the agent's API on its unix socket; the decoded answer.
+
+    One HTTP/1.1 request on a fresh connection, read to its close: a few lines instead of the API's
+    client, because importing http.client (with email and ssl) cost the plugin ~30 ms on every call.
+    Raises AgentUnavailable when nobody answers in time, ApiError on an error or broken answer.
+    """
+    payload = json.dumps(body).encode()
+    request = (f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload
+    chunks = []
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(timeout)
+    try:
+        try:
+            conn.connect(socket_path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise AgentUnavailable(f"no Velvet agent answers on {socket_path}: start one with "
+                                   "`velvet sandbox up` (or `velvet agent` on a node)") from exc
+        except PermissionError as exc:
+            raise AgentUnavailable(f"permission denied on {socket_path}: the API is root-only") from exc
+        conn.sendall(request)
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    except TimeoutError as exc:
+        raise AgentUnavailable(f"the agent on {socket_path} did not answer POST {path} within "
+                               f"{timeout:g} s") from exc
+    except OSError as exc:
+        raise ApiError(f"the agent broke off POST {path}: {exc}") from exc
+    finally:
+        conn.close()
+    head, sep, data = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status = status_line.split(" ", 2)[1] if status_line.startswith("HTTP/1.") and " " in status_line else ""
+    if not sep or not status.isdigit():
+        raise ApiError(f"the agent answered POST {path} with no HTTP response: {head[:80]!r}")
+    headers = {k.strip().lower(): v.strip().lower() for k, _, v in (h.partition(":") for h in header_lines)}
+    try:
+        if headers.get("transfer-encoding") == "chunked":
+            data = _unchunk(data)
+        decoded = json.loads(data) if data else None
+    except ValueError:
+        raise ApiError(f"the agent answered POST {path} with HTTP {status} and no JSON: "
+                       f"{data[:80]!r}") from None
+    if int(status) >= 400:
+        if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
+            raise ApiError(decoded["error"])
+        raise ApiError(f"the agent answered POST {path} with HTTP {status}")
+    return decoded
 
 
 def invoke(env: Mapping[str, str], stdin: bytes) -> dict[str, Any] | None:
@@ -63,11 +135,13 @@ def invoke(env: Mapping[str, str], stdin: bytes) -> dict[str, Any] | None:
         raise CniError(UNSUPPORTED_FIELD, "prevResult: Velvet does not chain: make velvet-cni the first and "
                                           "only interface plugin of the network's plugin list")
     invocation = Invocation(command, container_id, netns, ifname, args, config)
-    socket = Path(str(config.get("socket") or default_socket()))
+    agent = str(config.get("socket") or default_socket())
     try:
-        answer = ApiClient(socket, timeout=AGENT_TIMEOUT_SECONDS).post("/v1/cni", invocation.to_json())
+        answer = post_json(agent, CNI_API_PATH, invocation.to_json(), AGENT_TIMEOUT_SECONDS)
     except AgentUnavailable as exc:
         if command == "DEL":
+            from velvet.durable import private_dir, write_atomic
+
             queue = delete_queue(config)
             private_dir(queue)
             write_atomic(queue_file(queue, container_id, ifname), json.dumps(invocation.to_json()).encode())

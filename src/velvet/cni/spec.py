@@ -1,17 +1,20 @@
 """The CNI contract as data: versions, error codes, and the checks of a runtime's environment and config.
 
-Pure and stdlib-only, so `velvet-cni` starts fast; the agent runs the same checks on what it is sent.
+Pure and stdlib-only, so `velvet-cni` starts fast (no dataclasses or typing at run time: they cost the
+plugin's every call more than its own work); the agent runs the same checks on what it is sent.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 from velvet.errors import VelvetError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 """Versions a result can be written in: 0.3.0 and later share the result shape Velvet answers with."""
@@ -52,16 +55,22 @@ class CniError(VelvetError):
         return answer
 
 
-@dataclass(frozen=True)
 class Invocation:
     """One call of the plugin: the command, its environment, and the network config from stdin."""
 
-    command: str
-    container_id: str = ""
-    netns: str = ""
-    ifname: str = ""
-    args: Mapping[str, str] = field(default_factory=dict)
-    config: Mapping[str, Any] = field(default_factory=dict)
+    __slots__ = ("args", "command", "config", "container_id", "ifname", "netns")
+
+    def __init__(self, command: str, container_id: str = "", netns: str = "", ifname: str = "",
+                 args: Mapping[str, str] | None = None, config: Mapping[str, Any] | None = None) -> None:
+        self.command = command
+        self.container_id = container_id
+        self.netns = netns
+        self.ifname = ifname
+        self.args: Mapping[str, str] = args or {}
+        self.config: Mapping[str, Any] = config or {}
+
+    def __repr__(self) -> str:
+        return f"Invocation({self.command} {self.container_id}/{self.ifname} in {self.netns!r})"
 
     @property
     def version(self) -> str:
