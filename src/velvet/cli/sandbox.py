@@ -94,9 +94,9 @@ def _wait_for_agent(cfg: SandboxConfig) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Create the node(s), start their daemons and wait for every agent."""
-    cfg = _config(args)
     if args.routing == "tunnel":
         raise SandboxError("--routing tunnel is not implemented yet: use --routing native (the default)")
+    cfg = _config(args)
     if args.nodes > 1:
         return _up_cluster(cfg.sandbox, args)
     if args.store == "etcd":
