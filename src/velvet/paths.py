@@ -18,6 +18,7 @@ from velvet.system.mounts import BPFFS
 
 DEFAULT_SANDBOX = "default"
 SANDBOX_NAME = re.compile(r"[a-z0-9]{1,16}")
+NODE_DIR = re.compile(r"node[1-7]")
 BPFFS_ROOT = BPFFS / "velvet"
 STATE_ROOT = Path("/var/lib/velvet")
 RUN_ROOT = Path("/run/velvet")
@@ -42,18 +43,26 @@ def current_sandbox(explicit: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class AgentPaths:
-    """Filesystem locations of one sandbox node and its agent."""
+    """Filesystem locations of one sandbox node and its agent.
+
+    `node` is "" for a sandbox's first node (its directories are the sandbox's own) and `node<k>` for
+    node k of a multi-node sandbox, whose directories nest below the sandbox's so that removing the
+    sandbox's removes every node's.
+    """
 
     sandbox: str
+    node: str = ""
 
     def __post_init__(self) -> None:
-        """Refuse a name that is not a sandbox name before it becomes a path."""
+        """Refuse a name that is not a sandbox name (or node directory) before it becomes a path."""
         check_sandbox_name(self.sandbox)
+        if self.node and not NODE_DIR.fullmatch(self.node):
+            raise SandboxError(f"node directory {self.node!r}: expected node1 .. node7")
 
     @property
     def run_dir(self) -> Path:
         """Runtime directory (socket, pid files)."""
-        return RUN_ROOT / self.sandbox
+        return RUN_ROOT / self.sandbox / self.node
 
     @property
     def socket(self) -> Path:
@@ -64,7 +73,7 @@ class AgentPaths:
     @property
     def sandbox_dir(self) -> Path:
         """Persistent state of the whole sandbox (pod records, IPAM leases, logs); the agent's is below."""
-        return STATE_ROOT / self.sandbox
+        return STATE_ROOT / self.sandbox / self.node
 
     @property
     def state_dir(self) -> Path:
@@ -74,4 +83,4 @@ class AgentPaths:
     @property
     def pin_dir(self) -> Path:
         """bpffs directory holding the pinned maps and links."""
-        return BPFFS_ROOT / self.sandbox
+        return BPFFS_ROOT / self.sandbox / self.node

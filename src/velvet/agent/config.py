@@ -11,6 +11,8 @@ class AgentConfig:
     """The agent's options (see `velvet agent --help`)."""
 
     sandbox: str
+    node_dir: str = ""
+    """"" for a sandbox's first node, `node<k>` for node k (see `velvet.paths.AgentPaths`)."""
     node_name: str = "velvet-node"
     node_ips: tuple[str, ...] = ()
     pod_cidr: str = "10.244.0.0/24"

@@ -129,9 +129,30 @@ async def _serve_http(handlers: AgentHandlers) -> web.AppRunner | None:
     return runner
 
 
+async def follow_remote(handlers: AgentHandlers, changed: asyncio.Event) -> None:
+    """When etcd's watch threads saw another writer's change, take it in on the state worker at once."""
+    while True:
+        await changed.wait()
+        changed.clear()
+        try:
+            await handlers.run(handlers.agent.catch_up)
+        except Exception:
+            log.exception("taking in etcd's changes failed; the next change or tick tries again")
+
+
+def _threadsafe_setter(loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> Callable[[], None]:
+    """A callable for other threads that sets `event` on `loop` (nothing once the loop closed)."""
+    def wake() -> None:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(event.set)
+    return wake
+
+
 async def run_agent(agent: Agent) -> None:
     """Start the agent and serve until SIGTERM/SIGINT; attachments and pins stay when it exits."""
     keep_the_loop_responsive()
+    changed = asyncio.Event()
+    agent.on_remote_change(_threadsafe_setter(asyncio.get_running_loop(), changed))
     agent.start()
     handlers = AgentHandlers(agent)
     runner = await serve_unix(build_app(handlers), agent.paths.socket)
@@ -143,6 +164,7 @@ async def run_agent(agent: Agent) -> None:
     http_runner = await _serve_http(handlers)
     tasks = [asyncio.create_task(coro) for coro in (
         reconcile_loop(handlers), event_loop(agent), collect_when_idle(handlers),
+        follow_remote(handlers, changed), every(EXPIRY_PERIOD_SECONDS, handlers, agent.reconcile_nodes),
         every(EXPIRY_PERIOD_SECONDS, handlers, agent.expire_terminating),
         every(MAP_FILL_PERIOD_SECONDS, handlers, agent.refresh_map_fill))]
     try:
@@ -155,7 +177,7 @@ async def run_agent(agent: Agent) -> None:
         if http_runner is not None:
             await http_runner.cleanup()
         handlers.close()
-        agent.store.close()
+        agent.close()
         agent.datapath.close()
 
 
@@ -165,5 +187,5 @@ def main(config: AgentConfig, *, fake_datapath: bool = False) -> None:
     from velvet.datapath.kernel import KernelDatapath
 
     datapath: Datapath = FakeDatapath() if fake_datapath else KernelDatapath(
-        AgentPaths(config.sandbox).pin_dir, cgroup=config.cgroup, uplink=config.uplink)
+        AgentPaths(config.sandbox, config.node_dir).pin_dir, cgroup=config.cgroup, uplink=config.uplink)
     asyncio.run(run_agent(Agent(config, datapath)))

@@ -11,8 +11,9 @@ while it restarts.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from velvet import __version__
 from velvet.agent.config import AgentConfig
 from velvet.agent.manifests import parse_all, relocate
+from velvet.agent.routes import NetlinkRoutes
 from velvet.cni.attachments import RUNTIME_ANNOTATION, Attachment, CniAttachments
 from velvet.cni.wiring import NetlinkWiring, Wiring
 from velvet.control.identity import IdentityAllocator
@@ -27,6 +29,7 @@ from velvet.control.labels import DEFAULT_EXCLUDED_LABELS, LabelFilter
 from velvet.control.policy import PolicyCompiler
 from velvet.control.services import ServiceCompiler
 from velvet.controllers.endpoints import EndpointController
+from velvet.controllers.nodes import NodeRouteController, RouteTable
 from velvet.controllers.policy import PolicyController
 from velvet.controllers.services import LB_TABLES, ServiceController
 from velvet.datapath.protocol import Datapath
@@ -38,6 +41,7 @@ from velvet.ipam import FIRST_POD_HOST, PodIpam, ipam_file
 from velvet.model import NetworkPolicy, Pod, Service
 from velvet.model.codec import resolve_kind, to_dict
 from velvet.model.decode_report import decode_endpoint_report, decode_pod_status_report
+from velvet.model.node import NodeRecord
 from velvet.model.pod import PodCondition, PodStatus
 from velvet.observe.enrich import DictResolver
 from velvet.observe.pipeline import FlowPipeline
@@ -45,9 +49,11 @@ from velvet.paths import AgentPaths
 from velvet.sources.backend import Backend
 from velvet.sources.delta import Delta
 from velvet.sources.etcd_client import EtcdClient
+from velvet.sources.etcd_nodes import NodeRegistry
 from velvet.sources.etcd_store import EtcdBackend
 from velvet.sources.local import ALL_NAMESPACES, LocalStore
 
+NODE_KIND_NAMES = ("node", "nodes", "no")
 SCTP_UNSUPPORTED = "SCTP is not supported by this kernel (CONFIG_IP_SCTP unset)"
 
 
@@ -62,18 +68,25 @@ class Dirty:
 class Agent:
     """State and behaviour of one node agent; `handlers.AgentHandlers` serves it over the API."""
 
-    def __init__(self, config: AgentConfig, datapath: Datapath, wiring: Wiring | None = None) -> None:
-        """An agent over `datapath`; `wiring` makes the veths of runtime pods (netlink unless given)."""
+    def __init__(self, config: AgentConfig, datapath: Datapath, wiring: Wiring | None = None,
+                 routes: RouteTable | None = None) -> None:
+        """An agent over `datapath`; `wiring` makes the veths of runtime pods, `routes` the routes to other
+        nodes (netlink in the agent's namespace unless given)."""
         self.config = config
-        self.paths = AgentPaths(config.sandbox)
+        self.paths = AgentPaths(config.sandbox, config.node_dir)
         self.state_dir = config.state_dir or self.paths.state_dir
         self.datapath = datapath
         private_dir(self.state_dir)
         backend: Backend | None = None
+        self.etcd: EtcdBackend | None = None
+        self.registry: NodeRegistry | None = None
         if config.store == "etcd":
-            backend = EtcdBackend(EtcdClient(config.etcd_endpoint))
+            backend = self.etcd = EtcdBackend(EtcdClient(config.etcd_endpoint))
+            self.registry = NodeRegistry(EtcdClient(config.etcd_endpoint))
         self.store = LocalStore.open(self.state_dir / "store", service_cidr=config.service_cidr,
                                      node_name=config.node_name, backend=backend)
+        self.store.nodes = self._node_names
+        self.node_routes = NodeRouteController(routes or NetlinkRoutes(), config.node_name, config.pod_cidr)
         self.started_at = time.time()
         self.resolver = DictResolver()
         self.metrics_registry = CollectorRegistry()
@@ -97,8 +110,17 @@ class Agent:
 
     # -- start: adopt what the previous agent left -----------------------------------------------
 
+    def on_remote_change(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (from another thread) when other writers changed etcd: objects or nodes."""
+        if self.etcd is not None:
+            self.etcd.on_change = wake
+        if self.registry is not None:
+            self.registry.on_change = wake
+
     def start(self) -> None:
-        """Load/adopt the datapath, re-attach endpoints, and converge every table to the store."""
+        """Load/adopt the datapath, re-attach endpoints, register the node, converge every table."""
+        if self.registry is not None and self.config.node_ips:
+            self.registry.start(self.own_node())
         self.datapath.start()
         self.endpoints.restore()
         self.cni.drain(self.state_dir / "cni-delete-queue")
@@ -137,6 +159,38 @@ class Agent:
     def _took(self, what: str, started: float) -> None:
         self.reconcile_stats[what] = time.perf_counter() - started
         self.flows.metrics.reconcile_duration.labels(what=what).observe(self.reconcile_stats[what])
+
+    def catch_up(self) -> None:
+        """Take in what other writers changed (their deltas mark what is dirty) and route to the nodes."""
+        self.store.refresh()
+        self.reconcile_nodes()
+
+    def reconcile_nodes(self) -> None:
+        """Routes to every other registered node's pod CIDR, none to a node that left (native routing)."""
+        if self.registry is not None:
+            self.node_routes.reconcile(self.registry.nodes())
+
+    def own_node(self) -> NodeRecord:
+        """This node as it registers itself."""
+        created = datetime.fromtimestamp(self.started_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return NodeRecord(self.config.node_name, (*self.config.node_ips, "")[0] or self.config.host_ips[-1],
+                          self.config.pod_cidr, created)
+
+    def nodes(self) -> list[NodeRecord]:
+        """The cluster's registered nodes; with no registry (local store), this node alone."""
+        if self.registry is None:
+            return [self.own_node()]
+        return self.registry.nodes()
+
+    def _node_names(self) -> list[str]:
+        """Nodes the store may schedule pods to: the registered ones, or this one before any is known."""
+        return [n.name for n in self.nodes()] or [self.config.node_name]
+
+    def close(self) -> None:
+        """Leave the cluster (revoke the node's lease) and stop following the store."""
+        if self.registry is not None:
+            self.registry.close()
+        self.store.close()
 
     def expire_terminating(self) -> None:
         """Remove pods whose grace period ran out without the node runtime finishing them."""
@@ -190,6 +244,11 @@ class Agent:
 
     def get_objects(self, kind: str, namespace: str | None, name: str | None) -> Any:
         """Objects of a kind as kubectl prints them."""
+        if kind.lower() in NODE_KIND_NAMES:
+            found = [n.to_v1() for n in self.nodes() if name in (None, n.name)]
+            if name and not found:
+                raise NotFound(f'nodes "{name}" not found')
+            return {"kind": "Node", "namespaced": False, "items": found}
         try:
             info = resolve_kind(kind)
         except KeyError as exc:

@@ -20,7 +20,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     setup_logging(Path(args.log_file) if args.log_file else None, args.log_max_bytes, args.log_backups)
     sandbox = current_sandbox(args.sandbox)
     config = AgentConfig(
-        sandbox=sandbox, node_name=args.node_name, node_ips=tuple(args.node_ip), pod_cidr=args.pod_cidr,
+        sandbox=sandbox, node_dir=args.node_dir, node_name=args.node_name,
+        node_ips=tuple(args.node_ip), pod_cidr=args.pod_cidr,
         cgroup=Path(args.cgroup) if args.cgroup else None, uplink=args.uplink,
         policy_audit_mode=args.policy_audit_mode, flow_capacity=args.flow_capacity,
         metrics_address=args.metrics_address or None,
@@ -50,6 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `velvet agent`."""
     p = sub.add_parser("agent", help="run the node agent (in the node's network namespace)")
     p.add_argument("--node-name", default="velvet-node")
+    p.add_argument("--node-dir", default="", help=argparse.SUPPRESS)
     p.add_argument("--node-ip", action="append", default=[], help="an address of this node (repeatable)")
     p.add_argument("--pod-cidr", default="10.244.0.0/24")
     p.add_argument("--cgroup", default=None, help="cgroup v2 directory for the socket load balancer")

@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--grace-period", type=int, default=None, help="seconds pods get to terminate")
     p.set_defaults(func=cmd_delete)
 
-    p = sub.add_parser("get", help="list pods, services, endpointslices, networkpolicies, namespaces")
+    p = sub.add_parser("get", help="list pods, services, endpointslices, networkpolicies, namespaces, nodes")
     p.add_argument("kind")
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--namespace", default=None)

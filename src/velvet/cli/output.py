@@ -72,7 +72,7 @@ def render_table(items: Sequence[Obj], *, wide: bool = False, all_namespaces: bo
     for kind, objs in kinds.items():
         columns, row_of = _TABLES[kind]
         header = list(columns) + (list(_WIDE[kind][0]) if wide and kind in _WIDE else [])
-        namespaced = kind != "Namespace"
+        namespaced = kind not in ("Namespace", "Node")
         if all_namespaces and namespaced:
             header.insert(0, "NAMESPACE")
         rows: list[Row] = [header]
@@ -225,14 +225,30 @@ def _namespace_row(obj: Obj, now: datetime) -> Row:
     return [_name(obj), obj.get("status", {}).get("phase", "Active"), _age(obj, now)]
 
 
+def _node_row(obj: Obj, now: datetime) -> Row:
+    status = obj.get("status", {})
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+    version = status.get("nodeInfo", {}).get("kubeletVersion", "<none>")
+    return [_name(obj), "Ready" if ready else "NotReady", "<none>", _age(obj, now), version]
+
+
+def _node_wide(obj: Obj) -> Row:
+    addresses = obj.get("status", {}).get("addresses", [])
+    internal = next((a["address"] for a in addresses if a.get("type") == "InternalIP"), "<none>")
+    external = next((a["address"] for a in addresses if a.get("type") == "ExternalIP"), "<none>")
+    return [internal, external]
+
+
 _TABLES: dict[str, tuple[tuple[str, ...], Callable[[Obj, datetime], Row]]] = {
     "Pod": (("NAME", "READY", "STATUS", "RESTARTS", "AGE"), _pod_row),
     "Service": (("NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"), _service_row),
     "EndpointSlice": (("NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"), _slice_row),
     "NetworkPolicy": (("NAME", "POD-SELECTOR", "AGE"), _policy_row),
     "Namespace": (("NAME", "STATUS", "AGE"), _namespace_row),
+    "Node": (("NAME", "STATUS", "ROLES", "AGE", "VERSION"), _node_row),
 }
 _WIDE: dict[str, tuple[tuple[str, ...], Callable[[Obj], Row]]] = {
     "Pod": (("IP", "NODE", "NOMINATED NODE", "READINESS GATES"), _pod_wide),
     "Service": (("SELECTOR",), _service_wide),
+    "Node": (("INTERNAL-IP", "EXTERNAL-IP"), _node_wide),
 }

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from velvet.api.client import ApiClient
 from velvet.cli.common import print_json, require_root
@@ -24,15 +25,17 @@ from velvet.sandbox import (
     etcd,
     exec_in_pod,
     spawn_detached,
+    underlay,
 )
 from velvet.sandbox.cgroups import create as create_cgroup
 from velvet.sandbox.kubelet import Kubelet, container_path
-from velvet.sandbox.naming import NODE_UPLINK_IF
+from velvet.sandbox.naming import MAX_NODES, NODE_UPLINK_IF, node_config, node_index
 from velvet.sandbox.process import alive
 from velvet.sandbox.supervisor import write_pid
 from velvet.system.netns import enter_netns
 
 AGENT_START_TIMEOUT = 60.0
+ETCD_DAEMON = "etcd-daemon"
 
 
 def _config(args: argparse.Namespace) -> SandboxConfig:
@@ -41,32 +44,66 @@ def _config(args: argparse.Namespace) -> SandboxConfig:
     return SandboxConfig(sandbox=current_sandbox(args.sandbox))
 
 
-def _node_daemon_pid(cfg: SandboxConfig) -> int | None:
-    pid = cleanup.read_pid(cfg.names.pid_file("node"))
+def _live_pid(path: Path) -> int | None:
+    pid = cleanup.read_pid(path)
     return pid if pid is not None and alive(pid) else None
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    """Create the node, start its daemon (kubelet + supervised agent) and wait for the agent."""
-    cfg = _config(args)
-    node = Node.create(cfg)
-    if _node_daemon_pid(cfg) is None:
-        argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", cfg.sandbox, "sandbox", "node-daemon"]
-        if args.policy_audit_mode:
-            argv.append("--policy-audit-mode")
-        if args.store == "etcd":
-            etcd.etcd_binary()  # fail here, in one line, when etcd is not installed
-            argv += ["--store", "etcd"]
-        # The daemon starts in the caller's netns and moves itself into the node's (see node-daemon).
-        pid = spawn_detached(argv, netns=None, cgroup=node.cgroup, log=cfg.names.log_file("node"))
-        write_pid(cfg.names.pid_file("node"), pid)
+def _node_daemon_pid(cfg: SandboxConfig) -> int | None:
+    return _live_pid(cfg.names.pid_file("node"))
+
+
+def _node_count(text: str) -> int:
+    """An argparse type: 1 to MAX_NODES nodes."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= MAX_NODES:
+        raise argparse.ArgumentTypeError(f"a sandbox has 1 to {MAX_NODES} nodes, not {value}")
+    return value
+
+
+def _start_node(cfg: SandboxConfig, args: argparse.Namespace, store: str, etcd_endpoint: str | None) -> None:
+    """Start the node's daemon (kubelet + supervised agent) unless it runs."""
+    if _node_daemon_pid(cfg) is not None:
+        return
+    argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", cfg.sandbox, "sandbox", "node-daemon",
+            "--node", str(cfg.node)]
+    if args.policy_audit_mode:
+        argv.append("--policy-audit-mode")
+    if store == "etcd":
+        argv += ["--store", "etcd"]
+    if etcd_endpoint is not None:
+        argv += ["--etcd-endpoint", etcd_endpoint]
+    # The daemon starts in the caller's netns and moves itself into the node's (see node-daemon).
+    pid = spawn_detached(argv, netns=None, cgroup=cfg.names.cgroup_node, log=cfg.names.log_file("node"))
+    write_pid(cfg.names.pid_file("node"), pid)
+
+
+def _wait_for_agent(cfg: SandboxConfig) -> None:
     api = ApiClient(cfg.names.agent_socket, timeout=5.0)
     deadline = time.monotonic() + AGENT_START_TIMEOUT
     while not api.healthy():
         if time.monotonic() > deadline:
-            raise SandboxError(f"the agent did not come up in {AGENT_START_TIMEOUT:.0f}s; "
+            raise SandboxError(f"the agent of {cfg.node_name} did not come up in "
+                               f"{AGENT_START_TIMEOUT:.0f}s; "
                                f"see {cfg.names.log_file('agent')}")
         time.sleep(0.2)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Create the node(s), start their daemons and wait for every agent."""
+    if args.routing == "tunnel":
+        raise SandboxError("--routing tunnel is not implemented yet: use --routing native (the default)")
+    cfg = _config(args)
+    if args.nodes > 1:
+        return _up_cluster(cfg.sandbox, args)
+    if args.store == "etcd":
+        etcd.etcd_binary()  # fail here, in one line, when etcd is not installed
+    node = Node.create(cfg)
+    _start_node(cfg, args, args.store, None)
+    _wait_for_agent(cfg)
     print(f"sandbox {cfg.sandbox} is up: node netns {node.netns}, pods from {cfg.pod_cidr}, "
           f"node IP {cfg.node_uplink_ip}, external client netns {node.ext_netns}")
     if args.store == "etcd":
@@ -75,15 +112,75 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up_cluster(sandbox: str, args: argparse.Namespace) -> int:
+    """N nodes on one underlay with etcd in its own namespace; native routing between them."""
+    etcd.etcd_binary()
+    configs = [node_config(sandbox, k) for k in range(args.nodes)]
+    names = configs[0].names
+    for d in (names.state_dir, names.run_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    names.run_dir.chmod(0o700)
+    underlay.create(sandbox, args.nodes)
+    if _live_pid(names.pid_file(ETCD_DAEMON)) is None:
+        create_cgroup(etcd.cgroup(names))
+        argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", sandbox, "sandbox", "etcd-daemon"]
+        pid = spawn_detached(argv, netns=None, cgroup=etcd.cgroup(names), log=names.log_file(ETCD_DAEMON))
+        write_pid(names.pid_file(ETCD_DAEMON), pid)
+    for cfg in configs:
+        Node.create(cfg, lan=True)
+        _start_node(cfg, args, "etcd", etcd.LAN_CLIENT_URL)
+    for cfg in configs:
+        _wait_for_agent(cfg)
+    print(f"sandbox {sandbox} is up: {args.nodes} nodes, native routing, etcd at {etcd.LAN_CLIENT_URL} "
+          f"in {names.etcd_netns}, external client netns {names.ext_netns}")
+    for cfg in configs:
+        print(f"  {cfg.node_name}: netns {cfg.names.node_netns}, node IP {cfg.node_uplink_ip}, "
+              f"pods from {cfg.pod_cidr}")
+    print("apply manifests with `velvet apply -f FILE`; tear down with `velvet sandbox down`")
+    return 0
+
+
+def _daemon_pids(cfg: SandboxConfig) -> list[int]:
+    """Every node daemon and the etcd daemon of the sandbox that still run."""
+    files = [cfg.names.pid_file("node"), cfg.names.pid_file(ETCD_DAEMON)]
+    files += sorted(cfg.names.run_dir.glob("node[1-7]/node.pid")) if cfg.names.run_dir.is_dir() else []
+    return [pid for path in files if (pid := _live_pid(path)) is not None]
+
+
+def _stop(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGTERM `pids` and wait (up to `timeout`) until they are gone."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def cmd_remove_node(args: argparse.Namespace) -> int:
+    """Take a node out of a multi-node sandbox: stop its daemon (its lease is revoked), remove its objects."""
+    cfg = _config(args)
+    index = node_index(args.node)
+    if index is None:
+        raise SandboxError(f"remove-node: {args.node!r} is not a sandbox node name (velvet-node-1 .. -7)")
+    if index == 0:
+        raise SandboxError("remove-node: velvet-node serves the API the CLI talks to; "
+                           "use `velvet sandbox down` to remove the whole sandbox")
+    node = node_config(cfg.sandbox, index)
+    if not Node.exists(node):
+        raise SandboxError(f"remove-node: sandbox {cfg.sandbox} has no node {args.node}")
+    pid = _node_daemon_pid(node)
+    if pid is not None:
+        _stop([pid])
+    cleanup.remove(cleanup.find_node_leftovers(node.names))
+    print(f"node {args.node} removed from sandbox {cfg.sandbox}")
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     """Stop the node daemon and agent, then remove everything of the sandbox, also after a crash."""
     cfg = _config(args)
-    pid = _node_daemon_pid(cfg)
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+    _stop(_daemon_pids(cfg))
     leftovers = cleanup.find_leftovers(cfg.sandbox)
     cleanup.remove(leftovers)
     _remove_empty_parents(cfg)
@@ -124,7 +221,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
     """Run a command in a pod's network namespace and cgroup, with the pod's environment (kubectl exec)."""
     cfg = _config(args)
     namespace, _, name = args.pod.rpartition("/")
-    record = PodRuntime(cfg).find(namespace or "default", name)
+    nodes = [node_config(cfg.sandbox, k) for k in range(MAX_NODES)]
+    found = (PodRuntime(n).find(namespace or "default", name) for n in nodes if Node.exists(n))
+    record = next((r for r in found if r is not None), None)
     if record is None:
         raise SandboxError(f"pod {namespace or 'default'}/{name} is not running in sandbox {cfg.sandbox}")
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
@@ -138,21 +237,25 @@ def cmd_exec(args: argparse.Namespace) -> int:
 def cmd_node_daemon(args: argparse.Namespace) -> int:
     """The node's daemon (inside the node netns): supervises the agent and runs the kubelet loop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = _config(args)
+    cfg = node_config(_config(args).sandbox, args.node)
     names = cfg.names
     # Keep the caller's (host) netns for the agent's loopback /metrics + service map, then enter the node.
     host_netns = os.open("/proc/self/ns/net", os.O_RDONLY)
     enter_netns(names.node_netns)
     agent_argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", cfg.sandbox, "agent",
                   "--cgroup", str(names.cgroup_node), "--uplink", NODE_UPLINK_IF,
-                  "--node-ip", cfg.node_uplink_ip, "--pod-cidr", cfg.pod_cidr,
+                  "--node-name", cfg.node_name, "--node-ip", cfg.node_uplink_ip, "--pod-cidr", cfg.pod_cidr,
                   "--metrics-address", f"127.0.0.1:{names.http_port}",
                   "--metrics-netns", f"/proc/self/fd/{host_netns}",
                   "--log-file", str(names.log_file("agent"))]
     if args.policy_audit_mode:
         agent_argv.append("--policy-audit-mode")
+    if names.node_dir:
+        agent_argv += ["--node-dir", names.node_dir]
     etcd_supervisor = None
-    if args.store == "etcd":
+    if args.etcd_endpoint:
+        agent_argv += ["--store", "etcd", "--etcd-endpoint", args.etcd_endpoint]
+    elif args.store == "etcd":
         etcd.prepare(names)
         create_cgroup(etcd.cgroup(names))
         etcd_supervisor = Supervisor(etcd.argv(names), netns=None, cgroup=etcd.cgroup(names),
@@ -174,6 +277,23 @@ def cmd_node_daemon(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_etcd_daemon(args: argparse.Namespace) -> int:
+    """etcd's daemon of a multi-node sandbox: keeps etcd running in its namespace on the underlay."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    names = _config(args).names
+    etcd.prepare(names)
+    supervisor = Supervisor(etcd.argv(names, etcd.LAN_CLIENT_URL, etcd.LAN_PEER_URL),
+                            netns=names.etcd_netns, cgroup=etcd.cgroup(names), log=names.log_file("etcd"),
+                            pid_file=names.pid_file("etcd"))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    supervisor.start()
+    stop.wait()
+    supervisor.stop()
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the sandbox command group."""
     p = sub.add_parser("sandbox", help="the embedded default cluster on this machine")
@@ -182,7 +302,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--policy-audit-mode", action="store_true", help="report policy verdicts, drop nothing")
     up.add_argument("--store", choices=["local", "etcd"], default="local",
                     help="keep applied objects in local files (default) or in an etcd the sandbox runs")
+    up.add_argument("--nodes", type=_node_count, default=1,
+                    help=f"nodes (1-{MAX_NODES}); more than one implies --store etcd")
+    up.add_argument("--routing", choices=["native", "tunnel"], default="native",
+                    help="how pods reach other nodes: routes via the nodes' IPs (native, the default)")
     up.set_defaults(func=cmd_up)
+    rm = group.add_parser("remove-node", help="take one node out of a multi-node sandbox")
+    rm.add_argument("node", help="the node's name, e.g. velvet-node-2")
+    rm.set_defaults(func=cmd_remove_node)
     group.add_parser("down", help="remove everything the sandbox made").set_defaults(func=cmd_down)
     st = group.add_parser("status", help="list what exists of the sandbox")
     st.add_argument("-o", "--output", choices=["json"], default=None)
@@ -194,4 +321,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     nd = group.add_parser("node-daemon", help=argparse.SUPPRESS)
     nd.add_argument("--policy-audit-mode", action="store_true")
     nd.add_argument("--store", choices=["local", "etcd"], default="local")
+    nd.add_argument("--node", type=int, default=0)
+    nd.add_argument("--etcd-endpoint", default=None)
     nd.set_defaults(func=cmd_node_daemon)
+    group.add_parser("etcd-daemon", help=argparse.SUPPRESS).set_defaults(func=cmd_etcd_daemon)

@@ -68,6 +68,21 @@ def find_leftovers(sandbox: str | None = None) -> Leftovers:
     )
 
 
+def find_node_leftovers(names: SandboxNames) -> Leftovers:
+    """Everything of one node of a multi-node sandbox: its namespace, pods, cgroup, pins, state, runtime."""
+    netns = [n for n in netlink.list_netns() if (m := NETNS_RE.fullmatch(n)) and m["sandbox"] == names.sandbox
+             and (n == names.node_netns or m["role"].startswith(names.pod_role))]
+    groups = [p for p in (names.cgroup_node,) if p.is_dir()]
+    pids = {pid for g in groups for pid in cgroups.procs(g)} | _pids_in_netns(netns)
+    pids.discard(os.getpid())
+
+    def existing(path: Path) -> tuple[Path, ...]:
+        return (path,) if path.is_dir() else ()
+
+    return Leftovers((names.sandbox,), tuple(netns), tuple(groups), tuple(sorted(pids)),
+                     existing(names.pin_dir), existing(names.state_dir), existing(names.run_dir))
+
+
 def remove(leftovers: Leftovers, timeout: float = 5.0) -> None:
     """Kill the processes, then remove namespaces, cgroups, pins and state; report what failed at the end.
 
@@ -102,7 +117,8 @@ def status(sandbox: str) -> dict[str, Any]:
     sn = SandboxNames(sandbox)
     left = find_leftovers(sandbox)
     pods = []
-    for path in sorted(sn.pods_dir.glob("*/record.json")) if sn.pods_dir.is_dir() else []:
+    records = [*sn.pods_dir.glob("*/record.json"), *sn.state_dir.glob("node[1-7]/pods/*/record.json")]
+    for path in sorted(records):
         try:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -110,9 +126,11 @@ def status(sandbox: str) -> dict[str, Any]:
         alive = {c: process.alive(pid) for c, pid in rec.get("pids", {}).items()}
         pods.append({"namespace": rec["namespace"], "name": rec["name"], "ip": rec["ip"], "running": alive})
     daemons = {}
-    for pid_file in sorted(sn.run_dir.glob("*.pid")) if sn.run_dir.is_dir() else []:
+    pid_files = [*sn.run_dir.glob("*.pid"), *sn.run_dir.glob("node[1-7]/*.pid")]
+    for pid_file in sorted(pid_files):
         pid = read_pid(pid_file)
-        daemons[pid_file.stem] = {"pid": pid, "running": pid is not None and process.alive(pid)}
+        node = f"{pid_file.parent.name}/" if pid_file.parent != sn.run_dir else ""
+        daemons[f"{node}{pid_file.stem}"] = {"pid": pid, "running": pid is not None and process.alive(pid)}
     return {
         "sandbox": sn.sandbox,
         "node": sn.node_netns in left.netns,

@@ -1,11 +1,11 @@
 """The sandbox's etcd: a plain `etcd` process (Debian's etcd-server) inside the node's network namespace.
 
-For now it runs in the node namespace and listens on that namespace's loopback only (client
-127.0.0.1:2379, peer 127.0.0.1:2380): with one node the agent is its only client, and nothing of it
-is reachable from the host or any other namespace. When the sandbox grows to several nodes it moves
-to a namespace of its own on the nodes' shared segment. Its data lives in
-`/var/lib/velvet/<sb>/etcd` (0700), removed with the sandbox; the node daemon supervises it like
-the agent and stops it by its pid.
+With one node it runs in the node namespace and listens on that namespace's loopback only (client
+127.0.0.1:2379, peer 127.0.0.1:2380): the agent is its only client, and nothing of it is reachable
+from the host or any other namespace; the node daemon supervises it like the agent. With several
+nodes it runs in `velvet-<sb>-etcd` on the nodes' underlay (client 192.168.77.250:2379), supervised
+by a daemon of its own (`sandbox etcd-daemon`), so that removing any node leaves it running. Its data
+lives in `/var/lib/velvet/<sb>/etcd` (0700), removed with the sandbox; it is stopped by its pid.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import shutil
 from pathlib import Path
 
 from velvet.errors import SandboxError
-from velvet.sandbox.naming import SandboxNames
+from velvet.sandbox.naming import ETCD_IP, SandboxNames
 
 CLIENT_URL = "http://127.0.0.1:2379"
 PEER_URL = "http://127.0.0.1:2380"
+LAN_CLIENT_URL = f"http://{ETCD_IP}:2379"
+LAN_PEER_URL = f"http://{ETCD_IP}:2380"
 MEMBER = "velvet"
 
 
@@ -39,12 +41,12 @@ def cgroup(names: SandboxNames) -> Path:
     return names.cgroup_sandbox / "etcd"
 
 
-def argv(names: SandboxNames) -> list[str]:
-    """The etcd command line of one single-member cluster on the node namespace's loopback."""
+def argv(names: SandboxNames, client_url: str = CLIENT_URL, peer_url: str = PEER_URL) -> list[str]:
+    """The etcd command line of one single-member cluster listening on `client_url` and `peer_url`."""
     return [etcd_binary(), "--name", MEMBER, "--data-dir", str(data_dir(names)),
-            "--listen-client-urls", CLIENT_URL, "--advertise-client-urls", CLIENT_URL,
-            "--listen-peer-urls", PEER_URL, "--initial-advertise-peer-urls", PEER_URL,
-            "--initial-cluster", f"{MEMBER}={PEER_URL}", "--initial-cluster-state", "new",
+            "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"{MEMBER}={peer_url}", "--initial-cluster-state", "new",
             "--log-level", "warn"]
 
 

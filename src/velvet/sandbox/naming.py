@@ -2,12 +2,17 @@
 
 A sandbox `<sb>` owns exactly these objects (nothing in the root network namespace):
 
-- network namespaces `velvet-<sb>-node`, `velvet-<sb>-ext` and `velvet-<sb>-p-<hash8>` per pod;
-- inside the node namespace: the veth pair `velvet_host`/`velvet_net` (pod gateway), `uplink0` (veth
-  to the external client's `eth0`) and one `vv<hash8>` veth per pod (its peer is `eth0` in the pod);
-- cgroup v2 directories `<cgroup2>/velvet/<sb>/node`, `.../node/pod-<hash8>` and `.../node/shims`;
+- network namespaces `velvet-<sb>-node` (node 0), `velvet-<sb>-node<k>` (node k of a multi-node
+  sandbox), `velvet-<sb>-ext` (the external client), `velvet-<sb>-lan` (the nodes' underlay bridge)
+  and `velvet-<sb>-etcd` (both only with several nodes), and `velvet-<sb>-p-<hash8>` per pod of node 0,
+  `velvet-<sb>-p<k>-<hash8>` per pod of node k;
+- inside a node namespace: the veth pair `velvet_host`/`velvet_net` (pod gateway), `uplink0` (veth
+  to the external client's `eth0`, or to port `n<k>` of the underlay bridge) and one `vv<hash8>` veth
+  per pod (its peer is `eth0` in the pod);
+- cgroup v2 directories `<cgroup2>/velvet/<sb>/node` (`.../node<k>`), `.../pod-<hash8>` and `.../shims`
+  below it, and `.../etcd`;
 - `/sys/fs/bpf/velvet/<sb>` (pins), `/var/lib/velvet/<sb>` (state), `/run/velvet/<sb>` (runtime), as
-  `velvet.paths` places them.
+  `velvet.paths` places them; node k's nest below them in `node<k>/`.
 
 `<hash8>` is the first 8 hex digits of sha256("<namespace>/<name>").
 """
@@ -33,8 +38,15 @@ NODE_NET_IF = "velvet_net"
 NODE_UPLINK_IF = "uplink0"
 EXT_UPLINK_IF = "eth0"
 POD_IF = "eth0"
+LAN_BRIDGE_IF = "br0"
+LAN_EXT_PORT = "ext"
+LAN_ETCD_PORT = "etcd"
+MAX_NODES = 8
+CLUSTER_POD_CIDR = "10.244.0.0/16"
+ETCD_IP = "192.168.77.250"
 
-NETNS_RE = re.compile(rf"velvet-(?P<sandbox>{SANDBOX_NAME.pattern})-(?P<role>node|ext|p-[0-9a-f]{{8}})")
+NETNS_RE = re.compile(
+    rf"velvet-(?P<sandbox>{SANDBOX_NAME.pattern})-(?P<role>node[1-7]?|ext|lan|etcd|p[1-7]?-[0-9a-f]{{8}})")
 
 
 def cgroup_root() -> Path:
@@ -59,6 +71,8 @@ class SandboxConfig:
     node_uplink_ip: str = "192.168.77.2"
     ext_uplink_ip: str = "192.168.77.1"
     uplink_prefix: int = 24
+    node: int = 0
+    """Which node of the sandbox this is (0 for the first, the only one of a one-node sandbox)."""
 
     def __post_init__(self) -> None:
         """Refuse a name that is not a sandbox name (see `velvet.paths`), and inconsistent addresses."""
@@ -68,11 +82,36 @@ class SandboxConfig:
             raise SandboxError(f"pod gateway {self.pod_gateway} is outside the pod CIDR {net}")
         if not 1 < self.first_pod_host < net.num_addresses - 1:
             raise SandboxError(f"first pod host {self.first_pod_host} does not fit in {net}")
+        if not 0 <= self.node < MAX_NODES:
+            raise SandboxError(f"node {self.node}: a sandbox has nodes 0 .. {MAX_NODES - 1}")
 
     @cached_property
     def names(self) -> SandboxNames:
-        """Names of this sandbox's objects."""
-        return SandboxNames(self.sandbox)
+        """Names of this sandbox's (this node's) objects."""
+        return SandboxNames(self.sandbox, self.node)
+
+    @property
+    def node_name(self) -> str:
+        """The node's Kubernetes name: `velvet-node`, then `velvet-node-1` .. `velvet-node-7`."""
+        return "velvet-node" if self.node == 0 else f"velvet-node-{self.node}"
+
+
+def node_config(sandbox: str, node: int) -> SandboxConfig:
+    """Node `node` of a sandbox: pod CIDR 10.244.<node>.0/24 of the cluster's /16, IP 192.168.77.<2+node>."""
+    if not 0 <= node < MAX_NODES:
+        raise SandboxError(f"--nodes: a sandbox has 1 to {MAX_NODES} nodes")
+    return SandboxConfig(sandbox=sandbox, pod_cidr=f"10.244.{node}.0/24", pod_gateway=f"10.244.{node}.1",
+                         node_uplink_ip=f"192.168.77.{2 + node}", node=node)
+
+
+def node_index(node_name: str) -> int | None:
+    """The index of a node named as `SandboxConfig.node_name` names them, or None."""
+    if node_name == "velvet-node":
+        return 0
+    head, _, tail = node_name.rpartition("-")
+    if head == "velvet-node" and tail.isdigit() and 1 <= int(tail) < MAX_NODES and tail == str(int(tail)):
+        return int(tail)
+    return None
 
 
 @dataclass(frozen=True)
@@ -109,15 +148,21 @@ class SandboxNames:
     """Every name of sandbox `sandbox`; pure computation except for locating the cgroup2 mount."""
 
     sandbox: str = DEFAULT_SANDBOX
+    node: int = 0
 
     def __post_init__(self) -> None:
         """Refuse a name that is not a sandbox name before it becomes a path."""
         check_sandbox_name(self.sandbox)
 
+    @property
+    def node_dir(self) -> str:
+        """"" for node 0, `node<k>` for node k: the node's part of its paths and names."""
+        return f"node{self.node}" if self.node else ""
+
     @cached_property
     def paths(self) -> AgentPaths:
-        """The sandbox's roots (state, runtime, pins), as the CLI and the agent find them."""
-        return AgentPaths(self.sandbox)
+        """The node's roots (state, runtime, pins), as the CLI and the agent find them."""
+        return AgentPaths(self.sandbox, self.node_dir)
 
     @property
     def prefix(self) -> str:
@@ -127,7 +172,27 @@ class SandboxNames:
     @property
     def node_netns(self) -> str:
         """The node's network namespace."""
-        return f"{self.prefix}node"
+        return f"{self.prefix}node{self.node or ''}"
+
+    @property
+    def lan_netns(self) -> str:
+        """The namespace of the nodes' underlay bridge (multi-node sandboxes)."""
+        return f"{self.prefix}lan"
+
+    @property
+    def etcd_netns(self) -> str:
+        """etcd's own namespace on the underlay (multi-node sandboxes)."""
+        return f"{self.prefix}etcd"
+
+    @property
+    def lan_port(self) -> str:
+        """This node's port on the underlay bridge (the peer of its uplink)."""
+        return f"n{self.node}"
+
+    @property
+    def pod_role(self) -> str:
+        """How this node's pod namespaces start after the sandbox prefix: `p-` or `p<k>-`."""
+        return f"p{self.node or ''}-"
 
     @property
     def ext_netns(self) -> str:
@@ -142,7 +207,7 @@ class SandboxNames:
     @property
     def cgroup_node(self) -> Path:
         """The node's cgroup (agent and supervisor run here)."""
-        return self.cgroup_sandbox / "node"
+        return self.cgroup_sandbox / f"node{self.node or ''}"
 
     @property
     def cgroup_shims(self) -> Path:
@@ -166,14 +231,14 @@ class SandboxNames:
 
     @property
     def http_port(self) -> int:
-        """Loopback port of the agent's /metrics and service map: 9962 for "default", else 10000-29999.
+        """Loopback port of /metrics and the service map: 9962 (+ node) for "default", else 10000-30006.
 
         Derived from the name so that sandboxes side by side do not collide (the agent moves to a free
         port if it is taken anyway, and reports the port it got).
         """
         if self.sandbox == DEFAULT_SANDBOX:
-            return DEFAULT_HTTP_PORT
-        return 10000 + int(hashlib.sha256(self.sandbox.encode()).hexdigest()[:8], 16) % 20000
+            return DEFAULT_HTTP_PORT + self.node
+        return 10000 + int(hashlib.sha256(self.sandbox.encode()).hexdigest()[:8], 16) % 20000 + self.node
 
     @property
     def agent_socket(self) -> Path:
@@ -208,4 +273,5 @@ class SandboxNames:
 
     def pod_by_hash(self, h: str) -> PodNames:
         """Names of the pod whose hash is `h` (for cleaning up pods known only by their objects)."""
-        return PodNames(h, f"{self.prefix}p-{h}", f"vv{h}", self.cgroup_node / f"pod-{h}", self.pods_dir / h)
+        return PodNames(h, f"{self.prefix}{self.pod_role}{h}", f"vv{h}", self.cgroup_node / f"pod-{h}",
+                        self.pods_dir / h)

@@ -22,6 +22,10 @@ Layout inside `velvet-<sb>-node` (net.ipv4.ip_forward=1 here only; rp_filter off
   client, which routes the pod CIDR, the service CIDR and everything else (its default route: the
   ExternalIPs and LoadBalancer IPs that the node serves are addresses of no interface) via
   192.168.77.2. The node has no default route: nothing leaves the machine.
+
+With several nodes (`underlay`), node k is `velvet-<sb>-node<k>` with pod CIDR 10.244.<k>.0/24 and
+`uplink0` 192.168.77.<2+k>, whose peer is a port of the bridge in `velvet-<sb>-lan`; the external
+client and etcd hang off the same bridge.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from velvet.sandbox import cgroups, netlink
 from velvet.sandbox.linux import set_sysctls
 from velvet.sandbox.naming import (
     EXT_UPLINK_IF,
+    LAN_BRIDGE_IF,
     NODE_HOST_IF,
     NODE_NET_IF,
     NODE_UPLINK_IF,
@@ -95,8 +100,12 @@ class Node:
         return cgroups.cgroup_id(self.cgroup)
 
     @classmethod
-    def create(cls, cfg: SandboxConfig | None = None) -> Node:
-        """Create the node or complete a partial one (idempotent). Needs root, netns, cgroup2, veth."""
+    def create(cls, cfg: SandboxConfig | None = None, *, lan: bool = False) -> Node:
+        """Create the node or complete a partial one (idempotent). Needs root, netns, cgroup2, veth.
+
+        `lan`: the uplink goes to the underlay bridge (`underlay.create` first) instead of straight to
+        the external client, whose side `underlay` wires then.
+        """
         cfg = cfg or SandboxConfig()
         names = cfg.names
         for d in (names.state_dir, names.pods_dir, names.run_dir):
@@ -106,10 +115,14 @@ class Node:
         cgroups.create(names.cgroup_shims)
         ensure_pin_dir(names.pin_dir)
         netlink.create_netns(names.node_netns)
-        netlink.create_netns(names.ext_netns)
         set_sysctls(names.netns_path(names.node_netns), NODE_SYSCTLS)
+        if lan:
+            _wire_node(cfg, names, names.lan_netns, names.lan_port)
+            attach_to_bridge(names.lan_netns, names.lan_port)
+            return cls(cfg)
+        netlink.create_netns(names.ext_netns)
         set_sysctls(names.netns_path(names.ext_netns), EXT_SYSCTLS)
-        _wire_node(cfg, names)
+        _wire_node(cfg, names, names.ext_netns, EXT_UPLINK_IF)
         _wire_ext(cfg, names)
         return cls(cfg)
 
@@ -127,8 +140,15 @@ class Node:
         cleanup.remove(cleanup.find_leftovers(cfg.sandbox))
 
 
-def _wire_node(cfg: SandboxConfig, names: SandboxNames) -> None:
-    """Inside the node: lo, the gateway pair with the service route, and the uplink veth pair."""
+def attach_to_bridge(lan_netns: str, port: str) -> None:
+    """Make `port` (in the underlay namespace) a port of its bridge, and up."""
+    with netlink.ipr(lan_netns) as ipr:
+        bridge = netlink.require_ifindex(ipr, LAN_BRIDGE_IF)
+        ipr.link("set", index=netlink.require_ifindex(ipr, port), master=bridge, state="up")
+
+
+def _wire_node(cfg: SandboxConfig, names: SandboxNames, peer_netns: str, peer: str) -> None:
+    """Inside the node: lo, the gateway pair with the service route, and the uplink veth pair to `peer`."""
     with netlink.ipr(names.node_netns) as ipr:
         netlink.set_up(ipr, "lo")
         host = netlink.add_link(ipr, NODE_HOST_IF, "veth", peer={"ifname": NODE_NET_IF})
@@ -145,19 +165,17 @@ def _wire_node(cfg: SandboxConfig, names: SandboxNames) -> None:
             scope="link",
             prefsrc=cfg.pod_gateway,
         )
-        if not _ext_has_uplink(names):
+        if not _has_link(peer_netns, peer):
             netlink.delete_link(ipr, NODE_UPLINK_IF)  # a half-built pair from a crash
-        up = netlink.add_link(
-            ipr, NODE_UPLINK_IF, "veth", peer={"ifname": EXT_UPLINK_IF, "net_ns_fd": names.ext_netns}
-        )
+        up = netlink.add_link(ipr, NODE_UPLINK_IF, "veth", peer={"ifname": peer, "net_ns_fd": peer_netns})
         netlink.add_address(ipr, up, cfg.node_uplink_ip, cfg.uplink_prefix)
         netlink.set_up(ipr, NODE_UPLINK_IF)
 
 
-def _ext_has_uplink(names: SandboxNames) -> bool:
-    """Whether the external client's end of the uplink exists."""
-    with netlink.ipr(names.ext_netns) as ipr:
-        return netlink.ifindex(ipr, EXT_UPLINK_IF) is not None
+def _has_link(netns: str, ifname: str) -> bool:
+    """Whether the far end of the uplink exists."""
+    with netlink.ipr(netns) as ipr:
+        return netlink.ifindex(ipr, ifname) is not None
 
 
 def _wire_ext(cfg: SandboxConfig, names: SandboxNames) -> None:

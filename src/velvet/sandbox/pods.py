@@ -256,8 +256,9 @@ class PodRuntime:
         found = set()
         for name in netlink.list_netns():
             m = NETNS_RE.fullmatch(name)
-            if m and m["sandbox"] == self.cfg.sandbox and m["role"].startswith("p-"):
-                found.add(m["role"][2:])
+            role = self.names.pod_role
+            if m and m["sandbox"] == self.cfg.sandbox and m["role"].startswith(role):
+                found.add(m["role"][len(role):])
         if self.names.cgroup_node.is_dir():
             found |= {p.name[4:] for p in self.names.cgroup_node.glob("pod-*")}
         if self.names.pods_dir.is_dir():

@@ -3,10 +3,11 @@
 Why the gateway and http.client: the maintained-looking Python clients for etcd v3 are gRPC stubs
 that pin old protobuf releases (python-etcd3 has had no release since 2020), while etcd itself
 serves every call we need as JSON (etcd >= 3.4: kv/range, kv/txn, kv/compaction, lease/grant,
-maintenance/status, and watch as a streaming POST; keys and values base64, int64 as strings). The
-store calls it from the agent's state worker, which blocks anyway, and the watch runs on its own
-thread, so a blocking client fits without handing requests to the event loop; aiohttp would add
-nothing but that hand-off. Every failure is one `EtcdError` line naming the endpoint.
+lease/keepalive, lease/revoke, maintenance/status, and watch as a streaming POST; keys and values
+base64, int64 as strings). The store calls it from the agent's state worker, which blocks anyway,
+and the watch runs on its own thread, so a blocking client fits without handing requests to the
+event loop; aiohttp would add nothing but that hand-off. Every failure is one `EtcdError` line
+naming the endpoint.
 """
 
 from __future__ import annotations
@@ -161,6 +162,15 @@ class EtcdClient:
     def grant(self, ttl: int) -> int:
         """A new lease of `ttl` seconds; its id."""
         return int(self.call("lease/grant", {"TTL": str(ttl)})["ID"])
+
+    def keepalive(self, lease: int) -> int:
+        """Renew `lease` once; its remaining TTL in seconds, 0 when etcd no longer has it (expired)."""
+        answer = self.call("lease/keepalive", {"ID": str(lease)})
+        return int(answer.get("result", {}).get("TTL", 0))
+
+    def revoke(self, lease: int) -> None:
+        """End `lease` now: etcd deletes every key attached to it."""
+        self.call("lease/revoke", {"ID": str(lease)})
 
     def compact(self, revision: int) -> None:
         """Forget the history before `revision`."""

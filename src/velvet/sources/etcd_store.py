@@ -9,7 +9,8 @@ retries, see `LocalStore`). An object's resourceVersion is the etcd revision tha
 A thread follows etcd: it lists the prefix, then watches from the next revision, and lists again
 when etcd answers that the revision was compacted; when etcd is unreachable it retries with
 backoff (0.5 s doubling to 5 s) and the store keeps serving what it last saw. What it sees is
-queued as `Batch`es that the store applies on its own thread (`LocalStore`'s reads catch up first).
+queued as `Batch`es that the store applies on its own thread (`LocalStore`'s reads catch up first);
+`on_change` tells the agent at once, so that it catches up without waiting for its next read.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ class EtcdBackend:
         self._error = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.on_change: Callable[[], None] = lambda: None
+        """Called from the watch thread when another writer's change was queued (the agent's wake-up)."""
 
     # -- Backend ---------------------------------------------------------------------------------
 
@@ -243,6 +246,7 @@ class EtcdBackend:
             self._queue.append(replace(batch, revision=revision))
             self._queued_version = max(self._queued_version, batch.version)
             self._lock.notify_all()
+        self.on_change()
 
     def _set_connected(self, connected: bool, error: str) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ a change may affect (`slice_sync`). Only file I/O; no networking.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -118,6 +119,9 @@ class LocalStore:
         self.service_cidr = service_cidr
         self.node_port_range = node_port_range
         self.node_name = node_name
+        self.nodes: Callable[[], Sequence[str]] = lambda: (node_name,)
+        """The nodes a pod without spec.nodeName may go to (the cluster's registered nodes)."""
+        self._tally: tuple[Txn, Counter[str]] | None = None  # pods per node in the transaction scheduling
         self._clock = clock
         self._index = ObjectIndex()
         self._version = 0
@@ -150,6 +154,10 @@ class LocalStore:
     def version(self) -> int:
         """The store-wide resourceVersion: bumped by every change of any object."""
         return self._version
+
+    def refresh(self) -> None:
+        """Apply what other writers committed now, publishing it as deltas (the agent's wake-up)."""
+        self._catch_up()
 
     def storage_status(self) -> dict[str, Any]:
         """Where the objects are kept and whether that storage answers (for `velvet status`)."""
@@ -358,7 +366,7 @@ class LocalStore:
         if info.namespaced:
             _check_namespace(txn, obj.metadata.namespace)
         existing = txn.get(key)
-        prepared = self._prepare(obj, existing, allocator)
+        prepared = self._prepare(obj, existing, allocator, txn)
         result = ApplyResult(info.kind, key[1], key[2], "created")
         if existing is None:
             txn.create(prepared)
@@ -373,20 +381,20 @@ class LocalStore:
         return replace(result, action="configured")
 
     def _prepare(self, obj: KubeObject, existing: KubeObject | None,
-                 allocator: ServiceAllocator) -> KubeObject:
+                 allocator: ServiceAllocator, txn: Txn) -> KubeObject:
         if isinstance(obj, Namespace):
             phase = existing.phase if isinstance(existing, Namespace) else "Active"
             labels = MappingProxyType({**obj.metadata.labels, NAME_LABEL: obj.metadata.name})
             return replace(obj, metadata=replace(obj.metadata, labels=labels), phase=phase)
         if isinstance(obj, Pod):
-            return self._prepare_pod(obj, existing if isinstance(existing, Pod) else None)
+            return self._prepare_pod(obj, existing if isinstance(existing, Pod) else None, txn)
         if isinstance(obj, Service):
             return allocator.prepare(obj, existing if isinstance(existing, Service) else None)
         return obj
 
-    def _prepare_pod(self, pod: Pod, existing: Pod | None) -> Pod:
+    def _prepare_pod(self, pod: Pod, existing: Pod | None, txn: Txn) -> Pod:
         if existing is None:
-            spec = replace(pod.spec, node_name=pod.spec.node_name or self.node_name)
+            spec = replace(pod.spec, node_name=pod.spec.node_name or self._schedule(txn))
             status = PodStatus(phase="Pending", conditions=(PodCondition("PodScheduled", "True"),))
             return replace(pod, spec=spec, status=status)
         spec = replace(pod.spec, node_name=pod.spec.node_name or existing.spec.node_name)
@@ -394,6 +402,21 @@ class LocalStore:
             raise FieldError("spec", "Forbidden: pod updates may not change fields other than "
                                   "metadata.labels and metadata.annotations (delete and re-create the pod)")
         return replace(pod, spec=spec, status=existing.status)
+
+    def _schedule(self, txn: Txn) -> str:
+        """The node with the fewest pods (as of `txn`) for a pod without spec.nodeName; ties by name."""
+        nodes = sorted(self.nodes())
+        if len(nodes) <= 1:
+            return nodes[0] if nodes else self.node_name
+        if self._tally is None or self._tally[0] is not txn:
+            pods = {("Pod", ns, name): obj for ns, objects in self._index.namespaces_of("Pod")
+                    for name, obj in objects.items()}
+            pods.update((key, obj) for key, obj in txn.changes.items() if key[0] == "Pod" and obj is not None)
+            self._tally = (txn, Counter(p.spec.node_name for p in pods.values() if isinstance(p, Pod)))
+        counts = self._tally[1]
+        chosen = min(nodes, key=lambda node: counts[node])
+        counts[chosen] += 1
+        return chosen
 
     def _delete_pod(self, txn: Txn, pod: Pod, grace_seconds: int | None) -> None:
         grace = pod.spec.termination_grace_period_seconds if grace_seconds is None else grace_seconds

@@ -1,0 +1,55 @@
+"""The node namespace's main routing table through netlink: the kernel side of `NodeRouteController`.
+
+Velvet's routes carry route protocol 198 (`ip route show proto 198`), so they are told apart from
+everything else in the table and adopted after a restart. The agent runs inside its node's network
+namespace; nothing here touches any other namespace.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Mapping
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from velvet.errors import DatapathError
+
+VELVET_ROUTE_PROTO = 198
+MAIN_TABLE = 254
+
+
+class NetlinkRoutes:
+    """Velvet's routes in the main table of the caller's network namespace."""
+
+    def owned(self) -> Mapping[str, str]:
+        """Every IPv4 route of Velvet's protocol in the main table, as CIDR -> gateway."""
+        with IPRoute() as ipr:
+            routes = ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE)
+        found = {}
+        for route in routes:
+            if route["proto"] != VELVET_ROUTE_PROTO:
+                continue
+            found[f"{route.get_attr('RTA_DST')}/{route['dst_len']}"] = str(route.get_attr("RTA_GATEWAY"))
+        return found
+
+    def replace(self, cidr: str, gateway: str) -> None:
+        """`ip route replace CIDR via GATEWAY proto 198`."""
+        dst, length = cidr.split("/")
+        self._call("replace", cidr, dst=dst, dst_len=int(length), gateway=gateway, proto=VELVET_ROUTE_PROTO)
+
+    def delete(self, cidr: str) -> None:
+        """`ip route del CIDR proto 198`; an absent route is fine."""
+        dst, length = cidr.split("/")
+        self._call("del", cidr, dst=dst, dst_len=int(length), proto=VELVET_ROUTE_PROTO)
+
+    @staticmethod
+    def _call(command: str, cidr: str, **attrs: object) -> None:
+        try:
+            with IPRoute() as ipr:
+                ipr.route(command, table=MAIN_TABLE, **attrs)
+        except NetlinkError as err:
+            if command == "del" and err.code == errno.ESRCH:
+                return
+            raise DatapathError(f"route {command} {cidr}: {err}") from None

@@ -1,0 +1,144 @@
+"""The cluster's nodes in etcd: each agent registers its own under a lease and follows everyone's.
+
+A node is the key `<prefix><name>` holding a `NodeRecord`, attached to a lease of `ttl` seconds that
+its agent renews every ttl/3 (`lease/keepalive`): a node whose agent dies disappears when the lease
+expires, and one that stops cleanly revokes it, so the others see it leave at once. When the lease
+was lost (etcd unreachable longer than the TTL) the agent registers again with a new one.
+
+A second thread follows the prefix as the object store does: list, watch from the next revision,
+list again after a compaction, back off (0.5 s doubling to 5 s) while etcd is unreachable, keeping
+the last view. `on_change` is called after every change it saw (the agent's wake-up).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from velvet.model.node import InvalidNode, NodeRecord
+from velvet.sources.etcd_client import EtcdClient, EtcdCompacted, EtcdError, EtcdIdle, KeyValue
+
+NODES_PREFIX = "/velvet/nodes/"
+LEASE_TTL_SECONDS = 5
+MIN_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 5.0
+
+log = logging.getLogger("velvet.nodes")
+
+
+class NodeRegistry:
+    """This agent's node registration and the view of every registered node."""
+
+    def __init__(self, client: EtcdClient, prefix: str = NODES_PREFIX, ttl: int = LEASE_TTL_SECONDS) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl = ttl
+        self.on_change: Callable[[], None] = lambda: None
+        self._lock = threading.Lock()
+        self._nodes: dict[str, NodeRecord] = {}
+        self._lease = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, own: NodeRecord) -> None:
+        """Register `own` (kept alive from now on) and start following every node."""
+        work = ((lambda: self._keep(own), "velvet-node-lease"), (self._follow, "velvet-node-watch"))
+        for target, name in work:
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def nodes(self) -> list[NodeRecord]:
+        """Every registered node, by name."""
+        with self._lock:
+            return [self._nodes[name] for name in sorted(self._nodes)]
+
+    def close(self) -> None:
+        """Stop both threads and revoke the lease, so the other nodes see this one leave now."""
+        self._stop.set()
+        with self._lock:
+            lease, self._lease = self._lease, 0
+        if lease:
+            try:
+                self.client.revoke(lease)
+            except EtcdError as err:
+                log.warning("could not revoke the node's lease (it expires in %d s): %s", self.ttl, err)
+
+    # -- registration -----------------------------------------------------------------------------
+
+    def _keep(self, own: NodeRecord) -> None:
+        """Register under a fresh lease, renew it every ttl/3, register again when it was lost."""
+        delay = MIN_BACKOFF_SECONDS
+        lease = 0
+        while not self._stop.is_set():
+            try:
+                if not lease or self.client.keepalive(lease) == 0:
+                    lease = self.client.grant(self.ttl)
+                    with self._lock:
+                        self._lease = lease
+                    self.client.put(self.prefix + own.name, own.encode(), lease=lease)
+                    log.info("node %s registered (%s, pods %s) under lease %x", own.name, own.internal_ip,
+                             own.pod_cidr, lease)
+                delay = MIN_BACKOFF_SECONDS
+                self._stop.wait(self.ttl / 3)
+            except EtcdError as err:
+                log.warning("node registration: %s; retrying in %.1f s", err, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+    # -- following --------------------------------------------------------------------------------
+
+    def _follow(self) -> None:
+        """List, then watch from the next revision; relist after compaction or a lost connection."""
+        delay = MIN_BACKOFF_SECONDS
+        revision = 0
+        listed = False
+        while not self._stop.is_set():
+            try:
+                if not listed:
+                    revision, kvs = self.client.range_prefix(self.prefix)
+                    self._reset(kvs)
+                    listed = True
+                for seen, events in self.client.watch(self.prefix, revision + 1, idle_timeout=self.ttl * 2):
+                    delay = MIN_BACKOFF_SECONDS
+                    revision = max(revision, seen)
+                    if events:
+                        self._update([(e.kv, e.kind == "DELETE") for e in events])
+                    if self._stop.is_set():
+                        return
+            except EtcdIdle:
+                continue
+            except EtcdCompacted as err:
+                log.warning("%s: listing the nodes again", err)
+                listed = False
+                continue
+            except EtcdError as err:
+                log.warning("following the nodes: %s; retrying in %.1f s", err, delay)
+                listed = False
+            self._stop.wait(delay)
+            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+    def _decode(self, kv: KeyValue) -> NodeRecord | None:
+        try:
+            return NodeRecord.decode(kv.value, kv.key)
+        except InvalidNode as err:
+            log.warning("%s; left out", err)
+            return None
+
+    def _reset(self, kvs: Sequence[KeyValue]) -> None:
+        nodes = {kv.key[len(self.prefix):]: node for kv in kvs if (node := self._decode(kv)) is not None}
+        with self._lock:
+            self._nodes = nodes
+        self.on_change()
+
+    def _update(self, changes: Sequence[tuple[KeyValue, bool]]) -> None:
+        with self._lock:
+            for kv, deleted in changes:
+                name = kv.key[len(self.prefix):]
+                node = None if deleted else self._decode(kv)
+                if node is None:
+                    self._nodes.pop(name, None)
+                else:
+                    self._nodes[name] = node
+        self.on_change()
