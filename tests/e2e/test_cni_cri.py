@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from harness import Sandbox, echo_pod, namespace, sandbox
+from runtime_manifests import deny_egress, runtime_pod, server_service
 
 from bench.cri import Containerd, PodSpec, build_image
 from velvet.cni.attachments import host_veth_of
@@ -28,35 +29,10 @@ from velvet.sandbox.naming import SandboxNames
 
 pytestmark = pytest.mark.privileged
 NS = "cri"
-SERVICE = f"""---
-apiVersion: v1
-kind: Service
-metadata: {{name: server, namespace: {NS}}}
-spec:
-  selector: {{app: server}}
-  ports: [{{port: 80, targetPort: {TCP_PORT}}}]
-"""
+SERVICE = server_service(NS)
 CLIENT = PodSpec("default", "criclient", "5b0c7a52-0000-4000-8000-00000000c71e", {"app": "criclient"})
-CLIENT_POD = """---
-apiVersion: v1
-kind: Pod
-metadata:
-  name: criclient
-  namespace: default
-  uid: 5b0c7a52-0000-4000-8000-00000000c71e
-  labels: {app: criclient}
-  annotations: {velvet.io/runtime: cni}
-spec:
-  containers: [{name: c, image: busybox}]
-"""
-DENY = """---
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: criclient-no-egress, namespace: default}
-spec:
-  podSelector: {matchLabels: {app: criclient}}
-  policyTypes: [Egress]
-"""
+CLIENT_POD = runtime_pod("default", "criclient", CLIENT.uid)
+DENY = deny_egress("default", "criclient")
 INIT_IDENTITY = 5
 
 

@@ -18,38 +18,15 @@ from typing import Any
 
 import pytest
 from harness import Sandbox, echo_pod, namespace, sandbox, unique_name
+from runtime_manifests import deny_egress, runtime_pod, server_service
 
 from velvet.connectivity.manifests import TCP_PORT
 
 pytestmark = pytest.mark.privileged
 NS = "cni"
-SERVICE = f"""---
-apiVersion: v1
-kind: Service
-metadata: {{name: server, namespace: {NS}}}
-spec:
-  selector: {{app: server}}
-  ports: [{{port: 80, targetPort: {TCP_PORT}}}]
-"""
-CLIENT = f"""---
-apiVersion: v1
-kind: Pod
-metadata:
-  name: client
-  namespace: {NS}
-  labels: {{app: client}}
-  annotations: {{velvet.io/runtime: cni}}
-spec:
-  containers: [{{name: c, image: busybox}}]
-"""
-DENY_CLIENT_EGRESS = f"""---
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {{name: client-no-egress, namespace: {NS}}}
-spec:
-  podSelector: {{matchLabels: {{app: client}}}}
-  policyTypes: [Egress]
-"""
+SERVICE = server_service(NS)
+CLIENT = runtime_pod(NS, "client")
+DENY_CLIENT_EGRESS = deny_egress(NS, "client")
 
 
 class Runtime:

@@ -18,38 +18,15 @@ from pathlib import Path
 
 import pytest
 from harness import Sandbox, echo_pod, namespace, sandbox
+from runtime_manifests import deny_egress, runtime_pod, server_service
 
 from velvet.connectivity.manifests import TCP_PORT
 
 pytestmark = pytest.mark.privileged
 NS = "pm"
-SERVICE = f"""---
-apiVersion: v1
-kind: Service
-metadata: {{name: server, namespace: {NS}}}
-spec:
-  selector: {{app: server}}
-  ports: [{{port: 80, targetPort: {TCP_PORT}}}]
-"""
-CLIENT = """---
-apiVersion: v1
-kind: Pod
-metadata:
-  name: pmclient
-  namespace: default
-  labels: {app: pmclient}
-  annotations: {velvet.io/runtime: cni}
-spec:
-  containers: [{name: c, image: busybox}]
-"""
-DENY = """---
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: pmclient-no-egress, namespace: default}
-spec:
-  podSelector: {matchLabels: {app: pmclient}}
-  policyTypes: [Egress]
-"""
+SERVICE = server_service(NS)
+CLIENT = runtime_pod("default", "pmclient")
+DENY = deny_egress("default", "pmclient")
 CONF = """[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 [network]
