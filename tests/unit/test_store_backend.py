@@ -10,7 +10,7 @@ import pytest
 
 from velvet.model import KubeObject, ObjectMeta, Service
 from velvet.model.service import ServicePort, ServiceSpec
-from velvet.sources.backend import Batch, Conflict
+from velvet.sources.backend import Batch, Conflict, Unconfirmed
 from velvet.sources.delta import Delta
 from velvet.sources.etcd_client import KeyValue, prefix_end
 from velvet.sources.etcd_store import DEFAULT_PREFIX, decode, encode, object_key, store_key
@@ -30,6 +30,7 @@ class MemoryBackend:
     def __init__(self) -> None:
         self.revision = 100
         self.conflicts = 0  # how many of the next writes are refused as conflicts
+        self.unconfirmed = False  # the next write gets no answer (it may land later)
         self.batches: list[Batch] = []
         self.waited: list[int] = []
 
@@ -40,6 +41,9 @@ class MemoryBackend:
         if self.conflicts:
             self.conflicts -= 1
             raise Conflict(self.revision)
+        if self.unconfirmed:
+            self.unconfirmed = False
+            raise Unconfirmed("the backend did not answer (it may still apply the change)")
         self.revision += 1
         return self.revision
 
@@ -132,6 +136,19 @@ def test_a_store_that_keeps_losing_fails_in_one_line(tmp_path: Path) -> None:
     assert failure.value.reason == "Conflict"
     assert "\n" not in str(failure.value)
     assert store.find("Service", "default", "mine") is None
+
+
+def test_an_unconfirmed_write_never_claims_that_nothing_changed(tmp_path: Path) -> None:
+    """Test that a write the backend took but never confirmed fails in one line that says it may land,
+    not that nothing was changed, and the store shows it only once the backend reports it."""
+    backend = MemoryBackend()
+    store = LocalStore.open(tmp_path, backend=backend)
+    backend.unconfirmed = True
+    with pytest.raises(StoreError) as failure:
+        store.apply([service("maybe")])
+    assert "may still apply" in str(failure.value)
+    assert "nothing was changed" not in str(failure.value)
+    assert store.find("Service", "default", "maybe") is None
 
 
 def test_a_relist_removes_what_is_gone_and_skips_what_the_store_already_has(tmp_path: Path) -> None:

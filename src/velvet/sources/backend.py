@@ -25,6 +25,10 @@ class Conflict(Exception):
         self.current = current
 
 
+class Unconfirmed(Exception):
+    """The backend took a change but never confirmed it: it may still be applied (e.g. a hung etcd)."""
+
+
 @dataclass(frozen=True)
 class Batch:
     """Changes committed to the storage, as of store `version` and storage `revision`.

@@ -25,7 +25,7 @@ from typing import Any
 from velvet.durable import StorageError
 from velvet.model import KubeObject
 from velvet.model.codec import from_dict, to_dict
-from velvet.sources.backend import Batch, Conflict
+from velvet.sources.backend import Batch, Conflict, Unconfirmed
 from velvet.sources.etcd_client import (
     EtcdClient,
     EtcdCompacted,
@@ -53,7 +53,9 @@ class EtcdStorageError(StorageError):
     """etcd did not take a change; the message is the one line the user sees."""
 
     def __init__(self, message: str) -> None:
-        Exception.__init__(self, message)
+        Exception.__init__(self, message)  # no file to name: etcd's own words say what and where
+        self.path = ""
+        self.errno = 0
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -130,8 +132,8 @@ class EtcdBackend:
         try:
             ok, revision, current = self.client.txn_if_mod(self.prefix + HEAD, since, ops)
         except EtcdUnavailable as err:
-            raise EtcdStorageError(f"{err} (etcd did not confirm the change: it may still be applied when "
-                                   "etcd answers)") from err
+            raise Unconfirmed(f"{err} (etcd did not confirm the change: it may still be applied when etcd "
+                              "answers)") from err
         except EtcdError as err:
             raise EtcdStorageError(f"{err} (nothing was changed)") from err
         if not ok:

@@ -40,7 +40,7 @@ from velvet.model import (
 from velvet.model.codec import KINDS, KindInfo, kind_of, resolve_kind
 from velvet.model.service import SERVICE_NAME_LABEL
 from velvet.sources.allocation import FieldError, ServiceAllocator
-from velvet.sources.backend import Backend, Batch, Conflict
+from velvet.sources.backend import Backend, Batch, Conflict, Unconfirmed
 from velvet.sources.delta import Delta, DeltaFanout, Watch
 from velvet.sources.index import Key, ObjectIndex, key_of
 from velvet.sources.slice_sync import sync_slices
@@ -460,6 +460,8 @@ class LocalStore:
             version = self._backend.record(self._version, txn.version,
                                            [obj for _, _, obj in changes if obj is not None],
                                            [key for key, _, obj in changes if obj is None])
+        except Unconfirmed as err:
+            raise StoreError("InternalError", str(err)) from err
         except StorageError as err:
             text = str(err)
             raise StoreError("InternalError", text if "nothing was changed" in text
