@@ -24,7 +24,7 @@ from velvet.agent.manifests import parse_all, relocate
 from velvet.agent.routes import NetlinkRoutes
 from velvet.cni.attachments import RUNTIME_ANNOTATION, Attachment, CniAttachments
 from velvet.cni.wiring import NetlinkWiring, Wiring
-from velvet.control.identity import IdentityAllocator
+from velvet.control.identity import LAST_LABEL_IDENTITY, IdentityAllocator
 from velvet.control.labels import DEFAULT_EXCLUDED_LABELS, LabelFilter
 from velvet.control.policy import PolicyCompiler
 from velvet.control.services import ServiceCompiler
@@ -38,7 +38,7 @@ from velvet.datapath.writer import TableWriter
 from velvet.durable import private_dir
 from velvet.errors import InvalidManifest, NotFound
 from velvet.ipam import FIRST_POD_HOST, PodIpam, ipam_file
-from velvet.model import NetworkPolicy, Pod, Service
+from velvet.model import FIRST_ALLOCATED_IDENTITY, NetworkPolicy, Pod, Service
 from velvet.model.codec import resolve_kind, to_dict
 from velvet.model.decode_report import decode_endpoint_report, decode_pod_status_report
 from velvet.model.node import NodeRecord
@@ -49,6 +49,7 @@ from velvet.paths import AgentPaths
 from velvet.sources.backend import Backend
 from velvet.sources.delta import Delta
 from velvet.sources.etcd_client import EtcdClient
+from velvet.sources.etcd_identities import EtcdIdentities
 from velvet.sources.etcd_nodes import NodeRegistry
 from velvet.sources.etcd_store import EtcdBackend
 from velvet.sources.local import ALL_NAMESPACES, LocalStore
@@ -80,9 +81,15 @@ class Agent:
         backend: Backend | None = None
         self.etcd: EtcdBackend | None = None
         self.registry: NodeRegistry | None = None
+        self.cluster_identities: EtcdIdentities | None = None
         if config.store == "etcd":
             backend = self.etcd = EtcdBackend(EtcdClient(config.etcd_endpoint))
             self.registry = NodeRegistry(EtcdClient(config.etcd_endpoint))
+            if config.node_ips:  # a registered node: its identities are the cluster's, refs under its lease
+                self.cluster_identities = EtcdIdentities(
+                    EtcdClient(config.etcd_endpoint), config.node_name,
+                    range(FIRST_ALLOCATED_IDENTITY, LAST_LABEL_IDENTITY + 1))
+                self.registry.on_lease = self.cluster_identities.use_lease
         self.store = LocalStore.open(self.state_dir / "store", service_cidr=config.service_cidr,
                                      node_name=config.node_name, backend=backend)
         self.store.nodes = self._node_names
@@ -99,7 +106,7 @@ class Agent:
         ipam = PodIpam(ipam_file(self.state_dir.parent), config.pod_cidr, FIRST_POD_HOST, (gateway,))
         self.cni = CniAttachments(self.state_dir / "cni.json", ipam, wiring or NetlinkWiring(),
                                   self.endpoints, gateway)
-        self.identities = IdentityAllocator()
+        self.identities = IdentityAllocator(self.cluster_identities)
         labels = LabelFilter((*DEFAULT_EXCLUDED_LABELS, *config.identity_exclude_labels))
         self.policy = PolicyController(self.store, self.endpoints, PolicyCompiler(self.identities, labels),
                                        writer, self.resolver, host_ips=config.host_ips,
@@ -119,6 +126,8 @@ class Agent:
 
     def start(self) -> None:
         """Load/adopt the datapath, re-attach endpoints, register the node, converge every table."""
+        if self.cluster_identities is not None:
+            self.cluster_identities.start()
         if self.registry is not None and self.config.node_ips:
             self.registry.start(self.own_node())
         self.datapath.start()
@@ -166,9 +175,15 @@ class Agent:
         self.reconcile_nodes()
 
     def reconcile_nodes(self) -> None:
-        """Routes to every other registered node's pod CIDR, none to a node that left (native routing)."""
+        """Routes to every other registered node's pod CIDR, none to a node that left (native routing);
+        the ipcache follows the other nodes' IPs."""
         if self.registry is not None:
-            self.node_routes.reconcile(self.registry.nodes())
+            nodes = self.registry.nodes()
+            self.node_routes.reconcile(nodes)
+            others = tuple(sorted(n.internal_ip for n in nodes if n.name != self.config.node_name))
+            if others != self.policy.remote_node_ips:  # the other nodes' IPs are remote-node in the ipcache
+                self.policy.remote_node_ips = others
+                self.reconcile(Dirty(policy=True))
 
     def own_node(self) -> NodeRecord:
         """This node as it registers itself."""
@@ -190,6 +205,8 @@ class Agent:
         """Leave the cluster (revoke the node's lease) and stop following the store."""
         if self.registry is not None:
             self.registry.close()
+        if self.cluster_identities is not None:
+            self.cluster_identities.close()
         self.store.close()
 
     def expire_terminating(self) -> None:

@@ -8,9 +8,12 @@ Three number spaces, as in Cilium:
   0.0.0.0/0 is not allocated: it is `reserved:world`.
 
 Within a space the lowest free number is handed out first, so a freshly started agent that sees
-the same objects allocates the same numbers. `snapshot()` / `restore()` carry the numbers across
-agent restarts even when objects come back in a different order: restored numbers are kept for
-their label sets until `forget_restored()` hands back those nobody re-acquired.
+the same objects allocates the same numbers. Given a `ClusterNumbers` source (a cluster store), label
+identities take their numbers from it instead, so the same labels mean the same number on every
+node; references are still counted here, and the source hears only of the first and the last.
+`snapshot()` / `restore()` carry the numbers across agent restarts even when objects come back in a
+different order: restored numbers are kept for their label sets until `forget_restored()` hands back
+those nobody re-acquired.
 
 Operations are O(1) except taking a previously freed number, O(log f) for f freed numbers.
 """
@@ -22,7 +25,7 @@ import ipaddress
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from velvet.control.labels import cidr_labels, reserved_labels
 from velvet.errors import VelvetError
@@ -36,6 +39,16 @@ WORLD_PREFIX = "0.0.0.0/0"
 
 LabelKey = tuple[tuple[str, str], ...]
 K = TypeVar("K", bound=Hashable)
+
+
+class ClusterNumbers(Protocol):
+    """Where label identities get cluster-wide numbers (implemented by a source, e.g. etcd)."""
+
+    def allocate(self, labels: Mapping[str, str]) -> int:
+        """The cluster's number for a label set, allocated if none exists; this node now uses it."""
+
+    def release(self, labels: Mapping[str, str], number: int) -> None:
+        """This node no longer uses the label set's identity (the cluster frees it when nobody does)."""
 
 
 def normalize_prefix(cidr: str) -> str:
@@ -54,10 +67,11 @@ class _Held:
 class _Space(Generic[K]):
     """One number space: key -> refcounted identity, lowest free number first, restorable."""
 
-    def __init__(self, name: str, first: int, last: int) -> None:
+    def __init__(self, name: str, first: int, last: int, cluster: ClusterNumbers | None = None) -> None:
         self.name = name
         self.first = first
         self.last = last
+        self.cluster = cluster
         self.held: dict[K, _Held] = {}
         self.by_id: dict[int, Identity] = {}
         self.restored: dict[K, int] = {}
@@ -69,7 +83,9 @@ class _Space(Generic[K]):
         held = self.held.get(key)
         if held is None:
             number = self.restored.pop(key, None)
-            identity = Identity(self._take() if number is None else number, labels)
+            if number is None:
+                number = self._take() if self.cluster is None else self._from_cluster(self.cluster, labels)
+            identity = Identity(number, labels)
             held = self.held[key] = _Held(identity, 0)
             self.by_id[identity.id] = identity
         held.refs += 1
@@ -85,7 +101,10 @@ class _Space(Generic[K]):
             return False
         del self.held[key]
         del self.by_id[held.identity.id]
-        heapq.heappush(self._free, held.identity.id)
+        if self.cluster is None:
+            heapq.heappush(self._free, held.identity.id)
+        else:
+            self.cluster.release(held.identity.labels, held.identity.id)
         return True
 
     def restore(self, entries: Mapping[K, int]) -> None:
@@ -107,6 +126,15 @@ class _Space(Generic[K]):
         self.restored.clear()
         return count
 
+    def _from_cluster(self, cluster: ClusterNumbers, labels: Mapping[str, str]) -> int:
+        """The cluster's number for `labels`, checked against this space and what is held here."""
+        number = cluster.allocate(labels)
+        if not self.first <= number <= self.last or number in self.by_id:
+            cluster.release(labels, number)
+            raise VelvetError(f"the cluster gave {self.name} identity {number} to {dict(labels)}, but it is "
+                              f"outside {self.first}..{self.last} or held here for other labels")
+        return number
+
     def _take(self) -> int:
         """The lowest free number."""
         if self._free:
@@ -118,15 +146,20 @@ class _Space(Generic[K]):
 
 
 class IdentityAllocator:
-    """Allocates label identities and local CIDR identities; reserved identities are always present."""
+    """Allocates label identities and local CIDR identities; reserved identities are always present.
 
-    def __init__(self) -> None:
+    With `cluster`, label identities are numbered by the cluster (CIDR identities stay node-local,
+    as in Cilium); `acquire` then raises the source's `VelvetError` when it cannot be asked.
+    """
+
+    def __init__(self, cluster: ClusterNumbers | None = None) -> None:
         self._reserved = {
             int(r): Identity(int(r), reserved_labels(r.name.lower().replace("_", "-")))
             for r in ReservedIdentity
             if r is not ReservedIdentity.UNKNOWN
         }
-        self._labels: _Space[LabelKey] = _Space("label", FIRST_ALLOCATED_IDENTITY, LAST_LABEL_IDENTITY)
+        self._labels: _Space[LabelKey] = _Space("label", FIRST_ALLOCATED_IDENTITY, LAST_LABEL_IDENTITY,
+                                                    cluster)
         self._cidrs: _Space[str] = _Space("CIDR", FIRST_LOCAL_CIDR_IDENTITY, LAST_LOCAL_CIDR_IDENTITY)
 
     def acquire(self, labels: Mapping[str, str]) -> Identity:

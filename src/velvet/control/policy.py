@@ -2,7 +2,8 @@
 
 Output shape (the datapath contract):
 
-- `ipcache`: pod IP/32 -> the pod's label identity, node IP/32 -> HOST; a miss means WORLD.
+- `ipcache`: pod IP/32 -> the pod's label identity (pods of every node), this node's IP/32 -> HOST,
+  the other nodes' IPs/32 -> REMOTE_NODE; a miss means WORLD.
 - `cidr_identities` (ipcache_cidr): every policy prefix -> its local CIDR identity, 0.0.0.0/0 ->
   WORLD. An ipBlock{cidr C, except E...} selects every CIDR identity whose prefix lies inside C and
   inside no E; since the datapath looks the remote IP up in both tries, a connection matches the
@@ -67,6 +68,7 @@ from velvet.datapath.tables import (
     PolicyKey,
     PolicyValue,
 )
+from velvet.errors import VelvetError
 from velvet.model import (
     Identity,
     IPBlock,
@@ -209,6 +211,7 @@ class PolicyCompiler:
         self._policy_list: list[NetworkPolicy] = []
         self._policies: dict[str, list[NetworkPolicy]] = {}
         self._host_ips: tuple[str, ...] = ()
+        self._remote_node_ips: tuple[str, ...] = ()
         self._policy_cidrs = _PolicyCidrs()
         self._cidrs: dict[str, int] = {}
         self._cidr_index = PrefixIndex({})
@@ -225,13 +228,23 @@ class PolicyCompiler:
         pods: Iterable[Pod],
         policies: Iterable[NetworkPolicy],
         host_ips: Iterable[str] = (),
+        remote_node_ips: Iterable[str] = (),
     ) -> None:
-        """Take the complete current state: (re)acquire pod identities and policy CIDR identities."""
+        """Take the complete current state: (re)acquire pod identities and policy CIDR identities.
+
+        When an identity cannot be acquired (a cluster allocator that cannot be asked), the error is
+        raised and the compiler keeps the state of the previous `sync`.
+        """
         ns_labels = {ns.metadata.name: ns.metadata.labels for ns in namespaces}
         by_key = sorted(pods, key=lambda p: p.metadata.key)
-        self._pods = {p.metadata.key: p for p in by_key if not p.spec.host_network}
+        before, self._pods = self._pods, {p.metadata.key: p for p in by_key if not p.spec.host_network}
+        try:
+            self._sync_identities(ns_labels)
+        except VelvetError:
+            self._pods = before
+            raise
         self._host_ips = tuple(host_ips)
-        self._sync_identities(ns_labels)
+        self._remote_node_ips = tuple(remote_node_ips)
         policy_list = sorted(policies, key=lambda p: p.metadata.key)
         if policy_list != self._policy_list:
             self._policy_list = policy_list
@@ -256,7 +269,8 @@ class PolicyCompiler:
         by_id = {ep.ep_id: ep for ep in endpoints}
         used = {v.policy_id for ep in by_id.values() for v in ep.entries.values()}
         self._sets.retain(used)
-        ipcache = {f"{ip}/32": int(ReservedIdentity.HOST) for ip in self._host_ips}
+        ipcache = {f"{ip}/32": int(ReservedIdentity.REMOTE_NODE) for ip in self._remote_node_ips}
+        ipcache.update((f"{ip}/32", int(ReservedIdentity.HOST)) for ip in self._host_ips)
         for key, pod in self._pods.items():
             if pod.status.pod_ip:
                 ipcache[f"{pod.status.pod_ip}/32"] = self._pod_identity[key].id
@@ -302,20 +316,29 @@ class PolicyCompiler:
     def _sync_identities(self, ns_labels: Mapping[str, Mapping[str, str]]) -> None:
         """Acquire identities for new or relabelled pods, then release the ones no longer used."""
         old_labels, old_identity = self._pod_labels, self._pod_identity
-        self._pod_labels, self._pod_identity = {}, {}
+        pod_labels: dict[str, Mapping[str, str]] = {}
+        pod_identity: dict[str, Identity] = {}
+        acquired: list[Mapping[str, str]] = []
         members: dict[int, list[Pod]] = defaultdict(list)
-        for key, pod in self._pods.items():
-            ns = pod.metadata.namespace
-            labels = endpoint_labels(pod.metadata.labels, ns, ns_labels.get(ns, {}), self.label_filter)
-            if old_labels.get(key) == labels:
-                identity = old_identity.pop(key)
-                del old_labels[key]
-            else:
-                identity = self.allocator.acquire(labels)
-            self._pod_labels[key], self._pod_identity[key] = labels, identity
-            members[identity.id].append(pod)
-        for labels in old_labels.values():
-            self.allocator.release(labels)
+        try:
+            for key, pod in self._pods.items():
+                ns = pod.metadata.namespace
+                labels = endpoint_labels(pod.metadata.labels, ns, ns_labels.get(ns, {}), self.label_filter)
+                if old_labels.get(key) == labels:
+                    identity = old_identity[key]
+                else:
+                    identity = self.allocator.acquire(labels)
+                    acquired.append(labels)
+                pod_labels[key], pod_identity[key] = labels, identity
+                members[identity.id].append(pod)
+        except VelvetError:  # all or nothing: hand back what this pass took
+            for labels in acquired:
+                self.allocator.release(labels)
+            raise
+        for key, labels in old_labels.items():
+            if pod_labels.get(key) != labels:
+                self.allocator.release(labels)
+        self._pod_labels, self._pod_identity = pod_labels, pod_identity
         self._identities, self._ns_identities, self._ns_labels = {}, defaultdict(list), {}
         for number, pods in members.items():
             labels = self._pod_labels[pods[0].metadata.key]

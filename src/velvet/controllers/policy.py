@@ -32,6 +32,7 @@ class PolicyController:
         self._resolver = resolver
         self._host_ips = list(host_ips)
         self._audit_all = audit_all
+        self.remote_node_ips: tuple[str, ...] = ()  # the other nodes' IPs (remote-node identity)
         self.compiled: CompiledPolicy | None = None
         self.audit_namespaces: frozenset[str] = frozenset()
 
@@ -48,7 +49,8 @@ class PolicyController:
         pods = [p for p in self.cache.objects("Pod") if isinstance(p, Pod)]
         namespaces = [n for n in self.cache.objects("Namespace") if isinstance(n, Namespace)]
         policies = [p for p in self.cache.objects("NetworkPolicy") if isinstance(p, NetworkPolicy)]
-        self.compiler.sync(namespaces, pods, policies, host_ips=self._host_ips)
+        self.compiler.sync(namespaces, pods, policies, host_ips=self._host_ips,
+                           remote_node_ips=self.remote_node_ips)
         self.audit_namespaces = frozenset(n.metadata.name for n in namespaces
                                           if n.metadata.annotations.get(POLICY_AUDIT_ANNOTATION) == "true")
         local = {pod.metadata.key for pod in pods}

@@ -35,6 +35,7 @@ class NodeRegistry:
         self.prefix = prefix
         self.ttl = ttl
         self.on_change: Callable[[], None] = lambda: None
+        self.on_lease: Callable[[int], None] = lambda lease: None  # the node is registered under `lease`
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeRecord] = {}
         self._lease = 0
@@ -78,6 +79,7 @@ class NodeRegistry:
                     with self._lock:
                         self._lease = lease
                     self.client.put(self.prefix + own.name, own.encode(), lease=lease)
+                    self.on_lease(lease)
                     log.info("node %s registered (%s, pods %s) under lease %x", own.name, own.internal_ip,
                              own.pod_cidr, lease)
                 delay = MIN_BACKOFF_SECONDS
