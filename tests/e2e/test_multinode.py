@@ -2,20 +2,27 @@
 
 One sandbox (`sandbox up --nodes 3`) for the story, torn down whatever happens: nodes registered in
 etcd, pods spread over the nodes, pod-to-pod TCP and UDP between nodes, a ClusterIP Service whose only
-backend is on another node, and a removed node's routes gone from the others. A second sandbox
-shows that `sandbox down` leaves nothing of any node.
+backend is on another node, identities that mean the same on every node and NetworkPolicy that holds
+across nodes, and a removed node's routes gone from the others. A second sandbox shows that
+`sandbox down` leaves nothing of any node.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+import yaml
 from harness import Sandbox, echo_pod, namespace, sandbox
 
-from velvet.paths import BPFFS_ROOT, RUN_ROOT, STATE_ROOT
+from velvet.api.client import ApiClient
+from velvet.paths import BPFFS_ROOT, RUN_ROOT, STATE_ROOT, AgentPaths
 from velvet.sandbox.cleanup import find_leftovers, read_pid
 from velvet.sandbox.naming import SandboxNames, node_config
 from velvet.sandbox.process import alive
@@ -42,6 +49,27 @@ spec:
     command: [python3, -c, "import time; time.sleep(3600)"]
 """
 
+CROSS_NODE_POLICIES = """apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-a, namespace: pol}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: a}}}]
+    ports: [{port: tcp-echo, protocol: TCP}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-to-web, namespace: pol}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: tcp-echo, protocol: TCP}]
+"""
+
 
 def manifests() -> str:
     """The namespace, three echo pods (spread by the scheduler) and a pod pinned by spec.nodeName."""
@@ -57,6 +85,52 @@ def sb() -> Iterator[Sandbox]:
         box.apply(FAR_SERVICE)
         box.wait_ready([f"mn/echo-{i}" for i in range(3)])
         yield box
+
+
+def policy_pods() -> str:
+    """Namespace pol: echo pods web on node 0, a on node 1, b on node 2 (pinned by spec.nodeName)."""
+    docs = [namespace("pol")]
+    for name, node in (("web", 0), ("a", 1), ("b", 2)):
+        pod = yaml.safe_load(echo_pod("pol", name, {"app": name}))
+        pod["spec"]["nodeName"] = NODES[node]
+        docs.append(yaml.safe_dump(pod))
+    return "\n---\n".join(doc.strip().removeprefix("---").strip() for doc in docs)
+
+
+def on_node(sb: Sandbox, node: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """`velvet ARGS` against node `node`'s agent (its socket, as a user on that node reaches it)."""
+    socket = AgentPaths(sb.name, f"node{node}" if node else "").socket
+    return subprocess.run(sb.argv(*args), capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "VELVET_API_SOCKET": str(socket)})
+
+
+def on_node_json(sb: Sandbox, node: int, *args: str) -> Any:
+    """A node's `velvet ARGS -o json`, decoded."""
+    done = on_node(sb, node, *args, "-o", "json")
+    assert done.stdout, done.stderr
+    return json.loads(done.stdout)
+
+
+def label_identities(sb: Sandbox, node: int) -> dict[int, dict[str, str]]:
+    """`velvet identity list` of one node: the label identities (no reserved, no node-local CIDR ones)."""
+    return {i["id"]: i["labels"] for i in on_node_json(sb, node, "identity", "list")
+            if 256 <= i["id"] < 1 << 24}
+
+
+def eventually(what: str, ok: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `ok` until true; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not ok():
+        assert time.monotonic() < deadline, f"{what} not within {timeout:.0f} s"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def pol(sb: Sandbox) -> dict[str, str]:
+    """The pol pods ready, web / a / b on nodes 0 / 1 / 2; their IPs by name."""
+    sb.apply(policy_pods())
+    ips = sb.wait_ready(["pol/web", "pol/a", "pol/b"])
+    return {key.split("/")[1]: ip for key, ip in ips.items()}
 
 
 def velvet_routes(sb: Sandbox, node: int) -> dict[str, str]:
@@ -134,6 +208,74 @@ def test_cluster_ip_reaches_a_backend_on_another_node(sb: Sandbox) -> None:
             reply = sb.query(f"mn/{client}", url)
             assert reply is not None, f"{client} -> {url}"
             assert reply.split()[0] == "echo-2"
+
+
+def restart_agent(sb: Sandbox, node: int) -> None:
+    """kill -9 node `node`'s agent and wait until its supervisor's new one answers."""
+    paths = AgentPaths(sb.name, f"node{node}" if node else "")
+    old = read_pid(paths.run_dir / "agent.pid")
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    pid_file = paths.run_dir / "agent.pid"
+    eventually(f"node {node}'s agent restarting",
+               lambda: read_pid(pid_file) not in (None, old) and ApiClient(paths.socket).healthy(),
+               timeout=30)
+
+
+def test_identities_are_the_same_on_every_node(sb: Sandbox, pol: dict[str, str]) -> None:
+    """Test that `velvet identity list` on each of the three nodes shows the same label identities, one
+    per label set, even on a node whose agent restarted and met the pods in another order (z was applied
+    before y), and that each node's ipcache maps every pod of every node to that number and the other
+    nodes' IPs to remote-node."""
+    sb.apply(echo_pod("pol", "z", {"app": "z"}))
+    sb.apply(echo_pod("pol", "y", {"app": "y"}))
+    sb.wait_ready(["pol/z", "pol/y"])
+    restart_agent(sb, 2)
+    eventually("the same identities on every node",
+               lambda: label_identities(sb, 0) == label_identities(sb, 1) == label_identities(sb, 2))
+    number = {labels["k8s:app"]: n for n, labels in label_identities(sb, 2).items()
+              if labels.get("k8s:io.kubernetes.pod.namespace") == "pol"}
+    assert sorted(number) == ["a", "b", "web", "y", "z"]
+    assert len(set(number.values())) == 5
+    for k in range(3):
+        dump = on_node_json(sb, k, "bpf", "ipcache", "list")["ipcache"]
+        ipcache = {f"{e['key']['ip']}/{e['key']['prefixlen']}": e["value"]["identity"] for e in dump}
+        assert {app: ipcache.get(f"{ip}/32") for app, ip in pol.items()} == \
+            {app: number[app] for app in pol}, f"node {k}"
+        for j in range(3):
+            assert ipcache[f"192.168.77.{2 + j}/32"] == (1 if j == k else 6), f"node {k}: node {j}'s IP"
+
+
+def trace(sb: Sandbox, node: int, src: str, dst: str, port: str) -> Any:
+    """`velvet policy trace` on one node, as JSON."""
+    return on_node_json(sb, node, "policy", "trace", "--from", f"pol/{src}", "--to", f"pol/{dst}",
+                        "--port", port)
+
+
+def test_policy_selects_remote_peers_by_identity_in_both_directions(sb: Sandbox, pol: dict[str, str]) -> None:
+    """Test that with web (node 0) taking ingress only from app=a on its named TCP port, and a (node 1)
+    sending only to app=web on that named port: a reaches web over TCP, b (node 2) does not, a's UDP to
+    web is denied, a cannot reach b, b still reaches a; `policy trace` on each node says the same."""
+    sb.apply(CROSS_NODE_POLICIES)
+    eventually("node 1 compiling a's egress",
+               lambda: trace(sb, 1, "a", "b", "8080/tcp")["verdict"] == "DENIED")
+    web, a, b = (f"tcp://{pol[n]}:8080" for n in ("web", "a", "b"))
+    reply = sb.query("pol/a", web)
+    assert reply is not None
+    assert reply.split()[0] == "web"
+    assert sb.query("pol/b", web) is None
+    assert sb.query("pol/a", f"udp://{pol['web']}:8081") is None
+    assert sb.query("pol/a", b) is None
+    assert sb.query("pol/b", a) is not None
+    at_web = trace(sb, 0, "a", "web", "8080/tcp")
+    assert at_web["ingress"]["allowed"]
+    assert at_web["ingress"]["policies"] == ["pol/web-from-a"]
+    assert trace(sb, 1, "a", "web", "8080/tcp")["egress"]["policies"] == ["pol/a-to-web"]
+    assert trace(sb, 1, "a", "web", "8080/tcp")["egress"]["allowed"]
+    assert not trace(sb, 0, "b", "web", "8080/tcp")["ingress"]["allowed"]
+    assert not trace(sb, 0, "a", "web", "8081/udp")["ingress"]["allowed"]
+    assert not trace(sb, 1, "a", "b", "8080/tcp")["egress"]["allowed"]
+    assert trace(sb, 2, "b", "a", "8080/tcp")["verdict"] == "ALLOWED"
 
 
 def test_removed_node_leaves_the_others_routes(sb: Sandbox) -> None:
