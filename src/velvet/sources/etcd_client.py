@@ -15,7 +15,9 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-from collections.abc import Iterator, Sequence
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -220,3 +222,47 @@ def _why(err: BaseException) -> str:
     if isinstance(err, TimeoutError):
         return "timed out"
     return str(err) or type(err).__name__
+
+
+FOLLOW_MIN_BACKOFF_SECONDS = 0.5
+FOLLOW_MAX_BACKOFF_SECONDS = 5.0
+_log = logging.getLogger("velvet.etcd")
+
+
+def follow_prefix(client: EtcdClient, prefix: str, stop: threading.Event, *, what: str,
+                  reset: Callable[[Sequence[KeyValue]], None],
+                  update: Callable[[Sequence[tuple[KeyValue, bool]]], None],
+                  idle_timeout: float = 30.0) -> None:
+    """List `prefix`, then watch it from the next revision until `stop` is set (an informer's loop).
+
+    `reset` gets every key of a (re)list, `update` each batch of changes as (kv, deleted). A compacted
+    revision or a lost connection means a relist; while etcd is unreachable the loop backs off
+    (0.5 s doubling to 5 s) and says so once per attempt, naming `what` it follows.
+    """
+    delay = FOLLOW_MIN_BACKOFF_SECONDS
+    revision = 0
+    listed = False
+    while not stop.is_set():
+        try:
+            if not listed:
+                revision, kvs = client.range_prefix(prefix)
+                reset(kvs)
+                listed = True
+            for seen, events in client.watch(prefix, revision + 1, idle_timeout=idle_timeout):
+                delay = FOLLOW_MIN_BACKOFF_SECONDS
+                revision = max(revision, seen)
+                if events:
+                    update([(e.kv, e.kind == "DELETE") for e in events])
+                if stop.is_set():
+                    return
+        except EtcdIdle:
+            continue
+        except EtcdCompacted as err:
+            _log.warning("%s: listing the %s again", err, what)
+            listed = False
+            continue
+        except EtcdError as err:
+            _log.warning("following the %s: %s; retrying in %.1f s", what, err, delay)
+            listed = False
+        stop.wait(delay)
+        delay = min(delay * 2, FOLLOW_MAX_BACKOFF_SECONDS)

@@ -32,14 +32,12 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from velvet.sources.etcd_client import EtcdClient, EtcdCompacted, EtcdError, EtcdIdle, KeyValue, prefix_end
+from velvet.sources.etcd_client import EtcdClient, EtcdError, KeyValue, follow_prefix, prefix_end
 
 IDENTITIES_PREFIX = "/velvet/identities/"
 MAX_ATTEMPTS = 64
 LEASE_WAIT_SECONDS = 10.0
 IDLE_TIMEOUT_SECONDS = 10.0
-MIN_BACKOFF_SECONDS = 0.5
-MAX_BACKOFF_SECONDS = 5.0
 
 log = logging.getLogger("velvet.identities")
 
@@ -249,34 +247,8 @@ class EtcdIdentities:
 
     def _follow(self) -> None:
         """List, then watch from the next revision; relist after compaction or a lost connection."""
-        delay = MIN_BACKOFF_SECONDS
-        revision = 0
-        listed = False
-        while not self._stop.is_set():
-            try:
-                if not listed:
-                    revision, kvs = self.client.range_prefix(self.prefix)
-                    self._reset(kvs)
-                    listed = True
-                watch = self.client.watch(self.prefix, revision + 1, idle_timeout=IDLE_TIMEOUT_SECONDS)
-                for seen, events in watch:
-                    delay = MIN_BACKOFF_SECONDS
-                    revision = max(revision, seen)
-                    if events:
-                        self._update([(e.kv, e.kind == "DELETE") for e in events])
-                    if self._stop.is_set():
-                        return
-            except EtcdIdle:
-                continue
-            except EtcdCompacted as err:
-                log.warning("%s: listing the identities again", err)
-                listed = False
-                continue
-            except EtcdError as err:
-                log.warning("following the identities: %s; retrying in %.1f s", err, delay)
-                listed = False
-            self._stop.wait(delay)
-            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+        follow_prefix(self.client, self.prefix, self._stop, what="identities", reset=self._reset,
+                      update=self._update, idle_timeout=IDLE_TIMEOUT_SECONDS)
 
     def _reset(self, kvs: Sequence[KeyValue]) -> None:
         with self._view_lock:

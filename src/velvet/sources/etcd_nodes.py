@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from velvet.model.node import InvalidNode, NodeRecord
-from velvet.sources.etcd_client import EtcdClient, EtcdCompacted, EtcdError, EtcdIdle, KeyValue
+from velvet.sources.etcd_client import EtcdClient, EtcdError, KeyValue, follow_prefix
 
 NODES_PREFIX = "/velvet/nodes/"
 LEASE_TTL_SECONDS = 5
@@ -93,33 +93,8 @@ class NodeRegistry:
 
     def _follow(self) -> None:
         """List, then watch from the next revision; relist after compaction or a lost connection."""
-        delay = MIN_BACKOFF_SECONDS
-        revision = 0
-        listed = False
-        while not self._stop.is_set():
-            try:
-                if not listed:
-                    revision, kvs = self.client.range_prefix(self.prefix)
-                    self._reset(kvs)
-                    listed = True
-                for seen, events in self.client.watch(self.prefix, revision + 1, idle_timeout=self.ttl * 2):
-                    delay = MIN_BACKOFF_SECONDS
-                    revision = max(revision, seen)
-                    if events:
-                        self._update([(e.kv, e.kind == "DELETE") for e in events])
-                    if self._stop.is_set():
-                        return
-            except EtcdIdle:
-                continue
-            except EtcdCompacted as err:
-                log.warning("%s: listing the nodes again", err)
-                listed = False
-                continue
-            except EtcdError as err:
-                log.warning("following the nodes: %s; retrying in %.1f s", err, delay)
-                listed = False
-            self._stop.wait(delay)
-            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+        follow_prefix(self.client, self.prefix, self._stop, what="nodes", reset=self._reset,
+                      update=self._update, idle_timeout=self.ttl * 2)
 
     def _decode(self, kv: KeyValue) -> NodeRecord | None:
         try:
