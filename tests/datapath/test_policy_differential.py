@@ -13,9 +13,10 @@ The connection passes iff neither program drops it; that must equal the verdict 
 evaluator written from the Kubernetes documentation (tests/unit/netpol_reference.py).
 
 Every probe uses its own source port, so each is a new connection for conntrack. Pods with the same
-labels in the same namespace share an identity, so they get the same container ports (identity-based
-enforcement cannot tell them apart; see control/policy.py). A pod's traffic to itself is left out:
-it loops back inside the pod and never reaches its veth.
+labels in the same namespace share an identity; the generator gives such a pod either the ports of the
+first pod of its identity or ports of its own, so a named egress port must resolve on each destination
+pod, not on its identity. A pod's traffic to itself is left out: it loops back inside the pod and never
+reaches its veth.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def _policy(draw: st.DrawFn, index: int) -> NetworkPolicy:
 
 @st.composite
 def _world(draw: st.DrawFn) -> World:
-    """Namespaces, pods (one identity -> one set of container ports) and policies."""
+    """Namespaces, pods (sharing an identity's ports, or not) and policies."""
     namespaces = [make_namespace(n, **draw(_labels({"team": NS_LABELS["team"]}))) for n in NAMESPACES]
     ips = draw(st.lists(st.sampled_from(POD_IPS), min_size=2, max_size=6, unique=True))
     ports_of: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[str | None, int, str]]] = {}
@@ -153,9 +154,12 @@ def _world(draw: st.DrawFn) -> World:
     for i, ip in enumerate(ips):
         ns, labels = draw(st.sampled_from(NAMESPACES)), draw(_labels(POD_LABELS))
         group = (ns, tuple(sorted(labels.items())))
-        if group not in ports_of:
-            ports_of[group] = [draw(st.sampled_from(v)) for v in NAMED_PORTS.values() if draw(st.booleans())]
-        pods.append(make_pod(ns, f"pod{i}", ip, labels, ports_of[group]))
+        ports: list[tuple[str | None, int, str]] = [
+            draw(st.sampled_from(v)) for v in NAMED_PORTS.values() if draw(st.booleans())]
+        if group in ports_of and draw(st.booleans()):
+            ports = ports_of[group]
+        ports_of.setdefault(group, ports)
+        pods.append(make_pod(ns, f"pod{i}", ip, labels, ports))
     policies = [draw(_policy(i)) for i in range(draw(st.integers(1, 4)))]
     return namespaces, pods, policies
 
