@@ -10,6 +10,7 @@ import threading
 import time
 from base64 import b64encode
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from test_etcd_store import URL, Etcd
@@ -140,3 +141,37 @@ def test_a_node_whose_lease_was_lost_refers_again_under_its_new_lease(
     a.use_lease(client.grant(30))
     assert keys() == [f"id/{web}", "labels/k8s:app=web;k8s:io.kubernetes.pod.namespace=shop",
                       f"refs/{web}/node-a"]
+
+
+def test_a_node_recreating_after_another_still_refers_to_the_identity(
+        nodes: tuple[EtcdIdentities, EtcdIdentities], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that when both nodes lost their leases (etcd was away longer than the TTL) and the identity
+    was collected, the node that finds it gone but loses the race to recreate it (the other node did
+    between its two transactions) still puts its own ref under its new lease: the identity lives while
+    either node uses it."""
+    a, b = nodes
+    client = EtcdClient(URL)
+    leases = [client.grant(30), client.grant(30)]
+    a.use_lease(leases[0])
+    b.use_lease(leases[1])
+    web = a.allocate(labels("web"))
+    assert b.allocate(labels("web")) == web
+    for lease in leases:
+        client.revoke(lease)
+    wipe = {"key": b64encode(IDENTITIES_PREFIX.encode()).decode(),
+            "range_end": b64encode(prefix_end(IDENTITIES_PREFIX).encode()).decode()}
+    client.call("kv/deleterange", wipe)  # collected while nobody referred to it
+    txn = a._txn
+    calls = []
+
+    def b_recreates_in_between(*args: Any) -> Any:
+        done = txn(*args)
+        calls.append(done[0])
+        if len(calls) == 1:
+            b.use_lease(client.grant(30))
+        return done
+    monkeypatch.setattr(a, "_txn", b_recreates_in_between)
+    a.use_lease(client.grant(30))
+    assert calls[:2] == [False, False]  # a found it gone, then b's recreation beat a's
+    assert keys() == [f"id/{web}", "labels/k8s:app=web;k8s:io.kubernetes.pod.namespace=shop",
+                      f"refs/{web}/node-a", f"refs/{web}/node-b"]

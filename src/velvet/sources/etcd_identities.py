@@ -200,14 +200,17 @@ class EtcdIdentities:
     def _reattach(self, text: str, labels: Mapping[str, str], number: int) -> None:
         """Put this node's ref under the current lease; recreate the identity if it was removed."""
         labels_key = self._labels_key(text)
-        ok, responses = self._txn([_holds(labels_key, str(number))],
-                                  [_put(self._ref_key(number), "", self._lease)], [_range(labels_key)])
+        for _ in range(MAX_ATTEMPTS):
+            ok, responses = self._txn([_holds(labels_key, str(number))],
+                                      [_put(self._ref_key(number), "", self._lease)], [_range(labels_key)])
+            if ok or _found(responses, 0) is not None:
+                break
+            ok, responses = self._txn(*self._creation(labels_key, labels, number), [_range(labels_key)])
+            if ok or _found(responses, 0) is None:
+                break
+            # Another node recreated the label set between the two transactions: refer to it if it is ours.
         if ok:
             return
-        if _found(responses, 0) is None:
-            ok, _ = self._txn(*self._creation(labels_key, labels, number))
-            if ok:
-                return
         log.warning("identity %d (%s) was removed while this node's lease was lost and its number or labels "
                     "were taken again; this node keeps %d until its pods change", number, text, number)
 
