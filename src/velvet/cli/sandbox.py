@@ -1,4 +1,4 @@
-"""`velvet sandbox up | down | status | exec`: the embedded default cluster on this machine."""
+"""`velvet sandbox up | add-node | remove-node | down | status | exec`: the embedded cluster here."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from velvet.sandbox import (
     cleanup,
     etcd,
     exec_in_pod,
+    netlink,
     spawn_detached,
     underlay,
 )
@@ -64,13 +65,13 @@ def _node_count(text: str) -> int:
     return value
 
 
-def _start_node(cfg: SandboxConfig, args: argparse.Namespace, store: str, etcd_endpoint: str | None) -> None:
+def _start_node(cfg: SandboxConfig, audit: bool, store: str, etcd_endpoint: str | None) -> None:
     """Start the node's daemon (kubelet + supervised agent) unless it runs."""
     if _node_daemon_pid(cfg) is not None:
         return
     argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", cfg.sandbox, "sandbox", "node-daemon",
             "--node", str(cfg.node)]
-    if args.policy_audit_mode:
+    if audit:
         argv.append("--policy-audit-mode")
     if store == "etcd":
         argv += ["--store", "etcd"]
@@ -102,7 +103,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.store == "etcd":
         etcd.etcd_binary()  # fail here, in one line, when etcd is not installed
     node = Node.create(cfg)
-    _start_node(cfg, args, args.store, None)
+    _start_node(cfg, args.policy_audit_mode, args.store, None)
     _wait_for_agent(cfg)
     print(f"sandbox {cfg.sandbox} is up: node netns {node.netns}, pods from {cfg.pod_cidr}, "
           f"node IP {cfg.node_uplink_ip}, external client netns {node.ext_netns}")
@@ -128,7 +129,7 @@ def _up_cluster(sandbox: str, args: argparse.Namespace) -> int:
         write_pid(names.pid_file(ETCD_DAEMON), pid)
     for cfg in configs:
         Node.create(cfg, lan=True)
-        _start_node(cfg, args, "etcd", etcd.LAN_CLIENT_URL)
+        _start_node(cfg, args.policy_audit_mode, "etcd", etcd.LAN_CLIENT_URL)
     for cfg in configs:
         _wait_for_agent(cfg)
     print(f"sandbox {sandbox} is up: {args.nodes} nodes, native routing, etcd at {etcd.LAN_CLIENT_URL} "
@@ -138,6 +139,50 @@ def _up_cluster(sandbox: str, args: argparse.Namespace) -> int:
               f"pods from {cfg.pod_cidr}")
     print("apply manifests with `velvet apply -f FILE`; tear down with `velvet sandbox down`")
     return 0
+
+
+def cmd_add_node(args: argparse.Namespace) -> int:
+    """Add a node to a multi-node sandbox, built as `up --nodes` builds its nodes; it joins through etcd."""
+    cfg = _config(args)
+    first = node_config(cfg.sandbox, 0)
+    if not netlink.netns_exists(first.names.lan_netns):
+        raise SandboxError(f"add-node: sandbox {cfg.sandbox} is not a multi-node sandbox "
+                           "(start one with `velvet sandbox up --nodes N`)")
+    present = {k for k in range(MAX_NODES) if Node.exists(node_config(cfg.sandbox, k))}
+    if args.name is None:
+        free = [k for k in range(1, MAX_NODES) if k not in present]
+        if not free:
+            raise SandboxError(f"add-node: sandbox {cfg.sandbox} already has {MAX_NODES} nodes")
+        index = free[0]
+    else:
+        found = node_index(args.name)
+        if found is None or found == 0:
+            raise SandboxError(f"add-node: {args.name!r} is not a name of an added node "
+                               f"(velvet-node-1 .. velvet-node-{MAX_NODES - 1})")
+        if found in present:
+            raise SandboxError(f"add-node: sandbox {cfg.sandbox} already has node {args.name}")
+        index = found
+    node = node_config(cfg.sandbox, index)
+    Node.create(node, lan=True)
+    underlay.route_to_node(cfg.sandbox, index)
+    _start_node(node, _audits(first), "etcd", etcd.LAN_CLIENT_URL)
+    _wait_for_agent(node)
+    print(f"node {node.node_name} added to sandbox {cfg.sandbox}: netns {node.names.node_netns}, "
+          f"node IP {node.node_uplink_ip}, pods from {node.pod_cidr}")
+    return 0
+
+
+def _audits(first: SandboxConfig) -> bool:
+    """Whether the sandbox's first node runs in policy audit mode (an added node runs as it does)."""
+    pid = _node_daemon_pid(first)
+    if pid is None:
+        raise SandboxError(f"add-node: the daemon of {first.node_name} does not run; "
+                           "the sandbox is down or half removed (`velvet sandbox down`)")
+    try:
+        return b"--policy-audit-mode" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError as err:
+        raise SandboxError(f"add-node: cannot read the command line of {first.node_name}'s daemon: "
+                           f"{err}") from None
 
 
 def _daemon_pids(cfg: SandboxConfig) -> list[int]:
@@ -307,6 +352,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--routing", choices=["native", "tunnel"], default="native",
                     help="how pods reach other nodes: routes via the nodes' IPs (native, the default)")
     up.set_defaults(func=cmd_up)
+    add = group.add_parser("add-node", help="add a node to a multi-node sandbox")
+    add.add_argument("--name", default=None,
+                     help=f"the node's name, velvet-node-1 .. -{MAX_NODES - 1} (default: the lowest free)")
+    add.set_defaults(func=cmd_add_node)
     rm = group.add_parser("remove-node", help="take one node out of a multi-node sandbox")
     rm.add_argument("node", help="the node's name, e.g. velvet-node-2")
     rm.set_defaults(func=cmd_remove_node)

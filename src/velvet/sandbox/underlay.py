@@ -39,17 +39,23 @@ def create(sandbox: str, nodes: int) -> None:
     _host_on_lan(names, names.ext_netns, EXT_UPLINK_IF, LAN_EXT_PORT, SandboxConfig(sandbox).ext_uplink_ip)
     set_sysctls(names.netns_path(names.ext_netns), EXT_SYSCTLS)
     _host_on_lan(names, names.etcd_netns, ETCD_IF, LAN_ETCD_PORT, ETCD_IP)
+    for k in range(nodes):
+        route_to_node(sandbox, k)
     with netlink.ipr(names.ext_netns) as ipr:
-        for k in range(nodes):
-            cfg = node_config(sandbox, k)
-            net = ipaddress.IPv4Network(cfg.pod_cidr)
-            netlink.replace_route(ipr, dst=str(net.network_address), dst_len=net.prefixlen,
-                                  gateway=cfg.node_uplink_ip)
         first = node_config(sandbox, 0)
         svc = ipaddress.IPv4Network(first.service_cidr)
         netlink.replace_route(ipr, dst=str(svc.network_address), dst_len=svc.prefixlen,
                               gateway=first.node_uplink_ip)
         netlink.replace_route(ipr, dst="0.0.0.0", dst_len=0, gateway=first.node_uplink_ip)
+
+
+def route_to_node(sandbox: str, node: int) -> None:
+    """Route node `node`'s pod CIDR from the external client via that node's IP (a node joining)."""
+    cfg = node_config(sandbox, node)
+    net = ipaddress.IPv4Network(cfg.pod_cidr)
+    with netlink.ipr(SandboxNames(sandbox).ext_netns) as ipr:
+        netlink.replace_route(ipr, dst=str(net.network_address), dst_len=net.prefixlen,
+                              gateway=cfg.node_uplink_ip)
 
 
 def _host_on_lan(names: SandboxNames, netns: str, ifname: str, port: str, address: str) -> None:
