@@ -31,7 +31,7 @@ from velvet.errors import CommandFailed
 from velvet.paths import AgentPaths
 from velvet.sandbox.cleanup import find_leftovers, read_pid
 from velvet.sandbox.etcd import LAN_CLIENT_URL
-from velvet.sandbox.naming import SandboxNames
+from velvet.sandbox.naming import SandboxNames, node_config
 from velvet.sources.etcd_nodes import LEASE_TTL_SECONDS
 
 pytestmark = pytest.mark.privileged
@@ -143,6 +143,28 @@ def etcd_keys(sb: Sandbox, prefix: str) -> list[str]:
     return done.stdout.split()
 
 
+class RouteWatch:
+    """`ip monitor route` in every node given: what happened to Velvet's routes (proto 198) meanwhile."""
+
+    def __init__(self, sb: Sandbox, nodes: range | tuple[int, ...]) -> None:
+        self.procs = {k: subprocess.Popen(["ip", "-n", node_config(sb.name, k).names.node_netns, "monitor",
+                                           "route"], stdout=subprocess.PIPE, text=True) for k in nodes}
+        self.seen: dict[int, list[str]] = {}
+
+    def changes(self) -> dict[int, list[str]]:
+        """Stop watching; each node's changes of Velvet's routes (none is the wanted answer)."""
+        self.stop()
+        return self.seen
+
+    def stop(self) -> None:
+        """End the monitors still running (the test's own processes, by their Popen)."""
+        for k, proc in self.procs.items():
+            if k not in self.seen:
+                proc.terminate()
+                out, _ = proc.communicate(timeout=10)
+                self.seen[k] = [line for line in out.splitlines() if "proto 198" in line]
+
+
 class Stream:
     """A long-lived TCP connection from a pod, driven one round trip at a time."""
 
@@ -182,6 +204,7 @@ def test_killed_agent_loses_no_connection_and_leaves_the_other_nodes_alone(sb: S
     and routes exactly as they were, also once the killed agent's lease has run out."""
     pod = ips(sb)
     streams = [Stream(sb, "ft/a1", pod["a2"], 8080), Stream(sb, "ft/a0", cluster_ip(sb, "back"), 80)]
+    watch = RouteWatch(sb, range(3))
     try:
         others = (0, 2)
         before = {k: (agent_pid(sb, k), datapath(sb, k), identities(sb, k), velvet_routes(sb, k))
@@ -203,8 +226,10 @@ def test_killed_agent_loses_no_connection_and_leaves_the_other_nodes_alone(sb: S
         for k in others:
             assert after[k] == before[k], f"node {k} changed"
         assert velvet_routes(sb, 1) == routes_1
+        assert watch.changes() == {0: [], 1: [], 2: []}  # not even for a moment
         assert all(node_names(sb, k) == list(NODES) for k in range(3))
     finally:
+        watch.stop()
         for stream in streams:
             stream.close()
 
@@ -225,6 +250,7 @@ def test_etcd_outage_keeps_every_datapath_and_the_cluster_converges_after(sb: Sa
     etcd = read_pid(SandboxNames(sb.name).pid_file("etcd"))
     assert etcd is not None
     stream = Stream(sb, "ft/a1", pod["a2"], 8080)
+    watch = RouteWatch(sb, range(3))
     try:
         os.kill(etcd, signal.SIGSTOP)
         stopped = time.monotonic()
@@ -256,18 +282,20 @@ def test_etcd_outage_keeps_every_datapath_and_the_cluster_converges_after(sb: Sa
         eventually("the identities referred to as before",
                    lambda: etcd_keys(sb, "/velvet/identities/") == refs)
         assert {k: velvet_routes(sb, k) for k in range(3)} == routes
+        assert watch.changes() == {0: [], 1: [], 2: []}  # not even while the nodes registered again
         assert {k: identities(sb, k) for k in range(3)} == ids
         assert {k: agent_pid(sb, k) for k in range(3)} == agents
         stream.round_trip("after the cluster converged")
     finally:
+        watch.stop()
         stream.close()
 
 
 def test_added_node_joins_and_receives_everything(sb: Sandbox) -> None:
     """Test that `sandbox add-node` makes velvet-node-3, which within 10 s every node lists and routes
-    to; a pod there reaches pods on the old nodes and Service back (its backend on node 1) and is
-    reached from them; policy guard, applied long before, holds for a guarded pod there (a1 in, a0 not);
-    the new node's identities are the others'."""
+    to (a second add-node of that name is refused in one line); a pod there reaches pods on the old
+    nodes and Service back (its backend on node 1) and is reached from them; policy guard, applied long
+    before, holds for a guarded pod there (a1 in, a0 not); the new node's identities are the others'."""
     done = sb.velvet("sandbox", "add-node")
     assert "velvet-node-3" in done.stdout
     joined = time.monotonic()
@@ -279,6 +307,13 @@ def test_added_node_joins_and_receives_everything(sb: Sandbox) -> None:
                lambda: all(velvet_routes(sb, k).get("10.244.3.0/24") == "192.168.77.5" for k in range(3)),
                timeout=max(0.0, 10 - (time.monotonic() - joined)))
     assert velvet_routes(sb, 3) == {f"10.244.{k}.0/24": f"192.168.77.{2 + k}" for k in range(3)}
+    ext = subprocess.run(["ip", "-n", SandboxNames(sb.name).ext_netns, "route", "show", "10.244.3.0/24"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert ext[:3] == ["10.244.3.0/24", "via", "192.168.77.5"]  # the external client routes to it too
+    with pytest.raises(CommandFailed) as taken:
+        sb.velvet("sandbox", "add-node", "--name", "velvet-node-3")
+    assert taken.value.stderr.strip().splitlines() == [
+        f"Error: add-node: sandbox {sb.name} already has node velvet-node-3"]
     sb.apply("\n---\n".join((pinned("n3", "velvet-node-3", {"app": "n3"}),
                              pinned("g3", "velvet-node-3", {"app": "g3", "role": "guarded"}))))
     ready = sb.wait_ready(["ft/n3", "ft/g3"])

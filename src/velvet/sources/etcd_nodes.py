@@ -2,8 +2,12 @@
 
 A node is the key `<prefix><name>` holding a `NodeRecord`, attached to a lease of `ttl` seconds that
 its agent renews every ttl/3 (`lease/keepalive`): a node whose agent dies disappears when the lease
-expires, and one that stops cleanly revokes it, so the others see it leave at once. When the lease
-was lost (etcd unreachable longer than the TTL) the agent registers again with a new one.
+expires, and one that stops cleanly revokes it. When the lease was lost (etcd unreachable longer than
+the TTL) the agent registers again with a new one, retrying every second at most while etcd is away.
+A node whose key went stays in the view for `grace` seconds (2 s) and leaves only if it did not
+register again meanwhile: when etcd comes back from such an outage it expires every lease at once and
+every agent registers again within about a second, which must not flap the routes, ipcache and
+backends of the whole cluster.
 
 A second thread follows the prefix as the object store does: list, watch from the next revision,
 list again after a compaction, back off (0.5 s doubling to 5 s) while etcd is unreachable, keeping
@@ -23,6 +27,8 @@ NODES_PREFIX = "/velvet/nodes/"
 LEASE_TTL_SECONDS = 5
 MIN_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 5.0
+REGISTER_MAX_BACKOFF_SECONDS = 1.0
+LEAVE_GRACE_SECONDS = 2.0
 
 log = logging.getLogger("velvet.nodes")
 
@@ -30,14 +36,17 @@ log = logging.getLogger("velvet.nodes")
 class NodeRegistry:
     """This agent's node registration and the view of every registered node."""
 
-    def __init__(self, client: EtcdClient, prefix: str = NODES_PREFIX, ttl: int = LEASE_TTL_SECONDS) -> None:
+    def __init__(self, client: EtcdClient, prefix: str = NODES_PREFIX, ttl: int = LEASE_TTL_SECONDS,
+                 grace: float = LEAVE_GRACE_SECONDS) -> None:
         self.client = client
         self.prefix = prefix
         self.ttl = ttl
+        self.grace = grace
         self.on_change: Callable[[], None] = lambda: None
         self.on_lease: Callable[[int], None] = lambda lease: None  # the node is registered under `lease`
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeRecord] = {}
+        self._leaving: dict[str, tuple[object, threading.Timer]] = {}  # key gone, within its grace
         self._lease = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -60,6 +69,8 @@ class NodeRegistry:
         self._stop.set()
         with self._lock:
             lease, self._lease = self._lease, 0
+            for _, timer in self._leaving.values():
+                timer.cancel()
         if lease:
             try:
                 self.client.revoke(lease)
@@ -87,7 +98,7 @@ class NodeRegistry:
             except EtcdError as err:
                 log.warning("node registration: %s; retrying in %.1f s", err, delay)
                 self._stop.wait(delay)
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                delay = min(delay * 2, REGISTER_MAX_BACKOFF_SECONDS)
 
     # -- following --------------------------------------------------------------------------------
 
@@ -106,7 +117,10 @@ class NodeRegistry:
     def _reset(self, kvs: Sequence[KeyValue]) -> None:
         nodes = {kv.key[len(self.prefix):]: node for kv in kvs if (node := self._decode(kv)) is not None}
         with self._lock:
-            self._nodes = nodes
+            for name in self._nodes.keys() - nodes.keys():
+                self._going(name)
+            for name, node in nodes.items():
+                self._registered(name, node)
         self.on_change()
 
     def _update(self, changes: Sequence[tuple[KeyValue, bool]]) -> None:
@@ -115,7 +129,34 @@ class NodeRegistry:
                 name = kv.key[len(self.prefix):]
                 node = None if deleted else self._decode(kv)
                 if node is None:
-                    self._nodes.pop(name, None)
+                    self._going(name)
                 else:
-                    self._nodes[name] = node
+                    self._registered(name, node)
+        self.on_change()
+
+    def _registered(self, name: str, node: NodeRecord) -> None:
+        """(Under the lock) `name` is registered: it stays, whatever its key did before."""
+        self._nodes[name] = node
+        _, timer = self._leaving.pop(name, (None, None))
+        if timer is not None:
+            timer.cancel()
+
+    def _going(self, name: str) -> None:
+        """(Under the lock) `name`'s key went: it leaves the view after the grace unless registered again."""
+        if name not in self._nodes or name in self._leaving:
+            return
+        token = object()
+        timer = threading.Timer(self.grace, self._leave, (name, token))
+        timer.daemon = True
+        self._leaving[name] = (token, timer)
+        timer.start()
+
+    def _leave(self, name: str, token: object) -> None:
+        """The grace of `name` ran out (timer thread): it leaves, unless it registered again meanwhile."""
+        with self._lock:
+            if self._leaving.get(name, (None,))[0] is not token:
+                return
+            del self._leaving[name]
+            self._nodes.pop(name, None)
+        log.info("node %s left the cluster", name)
         self.on_change()
