@@ -134,6 +134,14 @@ class KernelDatapath:
             return False
         return True
 
+    def endpoint_problems(self, endpoint: EndpointRecord) -> list[str]:
+        """The veth gone or renumbered, or a hook without this agent's program."""
+        if _ifnames().get(endpoint.ifindex) != endpoint.ifname:
+            return [f"interface {endpoint.ifname} (ifindex {endpoint.ifindex}) is gone"]
+        expected = {"ingress": self._lxc("lxc_from_pod").id, "egress": self._lxc("lxc_to_pod").id}
+        return [f"{endpoint.ifname} has no {hook} program" for hook, prog_id in expected.items()
+                if attach.tc_filter_program(endpoint.ifindex, hook) != prog_id]  # type: ignore[arg-type]
+
     def detach_endpoint(self, endpoint: EndpointRecord) -> None:
         """Remove the endpoint's filters if its veth is still there (a deleted veth took them along)."""
         if _ifnames().get(endpoint.ifindex) == endpoint.ifname:  # never another pod's reused ifindex
