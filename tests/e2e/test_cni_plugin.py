@@ -20,7 +20,9 @@ import pytest
 from harness import Sandbox, echo_pod, namespace, sandbox, unique_name
 from runtime_manifests import deny_egress, runtime_pod, server_service
 
+from velvet.cni.attachments import host_veth_of
 from velvet.connectivity.manifests import TCP_PORT
+from velvet.sandbox.naming import SandboxNames
 
 pytestmark = pytest.mark.privileged
 NS = "cni"
@@ -129,6 +131,13 @@ def test_runtime_pod_is_first_class(node: tuple[Sandbox, Runtime, str]) -> None:
         sb.delete(DENY_CLIENT_EGRESS)
 
     assert runtime.call("CHECK", "client0001", netns, f"{NS}/client", {"prevResult": result})[0] == 0
+    node_netns = SandboxNames(sb.name).node_netns  # CHECK reads the kernel: a filter taken off fails it
+    subprocess.run(["tc", "-n", node_netns, "filter", "del", "dev", host_veth_of("client0001/eth0"),
+                    "egress"], check=True)
+    code, error = runtime.call("CHECK", "client0001", netns, f"{NS}/client", {"prevResult": result})
+    assert code != 0
+    assert error["code"] == 100
+    assert "no egress program" in error["msg"]
     assert runtime.call("DEL", "client0001", netns, f"{NS}/client", {"prevResult": result}) == (0, None)
     assert runtime.call("DEL", "client0001", "", f"{NS}/client") == (0, None)  # containerd's second DEL
     assert f"{NS}/client" not in {row["pod"] for row in sb.json("endpoint", "list", "-o", "json")}

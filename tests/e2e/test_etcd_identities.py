@@ -88,6 +88,26 @@ def test_two_nodes_racing_get_one_number_per_label_set(nodes: tuple[EtcdIdentiti
         f"refs/{n}/{node}" for n in numbers.values() for node in ("node-a", "node-b")}
 
 
+def test_a_burst_of_new_label_sets_costs_one_transaction_each(
+        nodes: tuple[EtcdIdentities, EtcdIdentities], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that one node allocating 100 new label sets in a row, faster than any watch could tell it
+    (none runs), needs one transaction per label set: it starts past the numbers it took itself, where
+    walking up from the lowest would retry every taken number and give up after 64."""
+    node, _ = nodes
+    calls = 0
+    txn = node._txn
+
+    def counted(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return txn(*args)
+
+    monkeypatch.setattr(node, "_txn", counted)
+    numbers = [node.allocate(labels(f"burst{i}")) for i in range(100)]
+    assert numbers == list(range(FIRST_ALLOCATED_IDENTITY, FIRST_ALLOCATED_IDENTITY + 100))
+    assert calls == 100
+
+
 def test_an_identity_lives_while_a_node_refers_to_it(nodes: tuple[EtcdIdentities, EtcdIdentities]) -> None:
     """Test that releasing on one node keeps the identity for the other, releasing on the last removes
     every key, and the number is then handed out again."""

@@ -88,7 +88,7 @@ def apply(agent: Agent, text: str) -> None:
 
 
 def test_environment_and_config_errors_carry_the_spec_codes() -> None:
-    """Test that a missing variable is code 4, garbage stdin 6, an unknown version 1, a bad mtu 7."""
+    """Test that a missing variable is code 4, garbage stdin 6, an unknown version 1, a bad mtu or dns 7."""
     cases = [({**ENV, "CNI_CONTAINERID": ""}, json.dumps(CONFIG), 4, "CNI_CONTAINERID"),
              ({**ENV, "CNI_COMMAND": "BOOT"}, json.dumps(CONFIG), 4, "CNI_COMMAND"),
              ({**ENV, "CNI_CONTAINERID": "../x"}, json.dumps(CONFIG), 4, "CNI_CONTAINERID"),
@@ -96,7 +96,10 @@ def test_environment_and_config_errors_carry_the_spec_codes() -> None:
              (ENV, "{not json", 6, "not JSON"),
              (ENV, "[1]", 6, "not an object"),
              (ENV, json.dumps({**CONFIG, "cniVersion": "9.9.9"}), 1, "9.9.9"),
-             (ENV, json.dumps({**CONFIG, "mtu": "big"}), 7, "mtu")]
+             (ENV, json.dumps({**CONFIG, "mtu": "big"}), 7, "mtu"),
+             (ENV, json.dumps({**CONFIG, "dns": {"nameservers": ["10.96.0.300"]}}), 7, "dns.nameservers"),
+             (ENV, json.dumps({**CONFIG, "dns": {"search": "a.b"}}), 7, "dns.search"),
+             (ENV, json.dumps({**CONFIG, "dns": {"server": "x"}}), 7, "dns")]
     for env, stdin, code, named in cases:
         out = io.StringIO()
         assert plugin.run(env, io.BytesIO(stdin.encode()), out) == 1
@@ -167,6 +170,18 @@ def test_unknown_pod_gets_init_identity_then_its_own(node: tuple[Agent, FakeData
     assert agent.list_node_pods() == []  # the sandbox kubelet leaves it to the runtime
 
 
+def test_add_result_repeats_the_config_dns(node: tuple[Agent, FakeDatapath, FakeWiring]) -> None:
+    """Test that ADD's result carries the network config's dns, as the spec's plugins pass it on."""
+    agent, _, _ = node
+    dns = {"nameservers": ["10.96.0.10"], "domain": "cluster.local", "search": ["shop.svc.cluster.local"],
+           "options": ["ndots:5"]}
+    answer = agent.cni_call({**request("ADD"), "config": {**CONFIG, "dns": dns}})
+    assert answer["result"]["dns"] == dns
+    other = agent.cni_call(request("ADD", CNI_CONTAINERID="other", CNI_NETNS="/run/netns/cni-2",
+                                   CNI_ARGS="K8S_POD_NAME=other"))
+    assert other["result"]["dns"] == {}, other
+
+
 def test_del_is_idempotent_and_frees_everything(node: tuple[Agent, FakeDatapath, FakeWiring]) -> None:
     """Test that DEL (twice, the second without netns) removes veth, lease, endpoint and map entries."""
     agent, dp, wiring = node
@@ -183,11 +198,18 @@ def test_del_is_idempotent_and_frees_everything(node: tuple[Agent, FakeDatapath,
 
 
 def test_add_twice_and_check(node: tuple[Agent, FakeDatapath, FakeWiring]) -> None:
-    """Test that a second ADD of the same attachment errors, CHECK passes, and fails once the veth is gone."""
-    agent, _, wiring = node
+    """Test that a second ADD of the same attachment errors, CHECK passes, and fails once the datapath lost
+    the endpoint's map entry or programs, or the veth is gone."""
+    agent, dp, wiring = node
     agent.cni_call(request("ADD"))
     assert agent.cni_call(request("ADD"))["error"]["code"] == 100
     assert agent.cni_call(request("CHECK")) == {}
+    ip = next(iter(agent.cni)).ip
+    entry = dp.tables["lxc_endpoints"].pop(ip)
+    assert "endpoint map has no entry" in agent.cni_call(request("CHECK"))["error"]["msg"]
+    dp.tables["lxc_endpoints"][ip] = entry
+    dp.attached.clear()
+    assert "no programs attached" in agent.cni_call(request("CHECK"))["error"]["msg"]
     wiring.veths.clear()
     error = agent.cni_call(request("CHECK"))["error"]
     assert error["code"] == 100

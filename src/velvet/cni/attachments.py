@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class Attachment:
     mtu: int
     host_mac: str = ""
     pod_mac: str = ""
+    dns: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -74,14 +75,14 @@ class Attachment:
         return Veth(self.netns, self.ifname, self.host_veth, self.ip, self.gateway, self.mtu)
 
     def result(self) -> dict[str, Any]:
-        """The ADD result (without cniVersion): node end, pod end, address, default route."""
+        """The ADD result (no cniVersion): node end, pod end, address, default route, the config's dns."""
         return {
             "interfaces": [{"name": self.host_veth, "mac": self.host_mac, "mtu": self.mtu, "sandbox": ""},
                            {"name": self.ifname, "mac": self.pod_mac, "mtu": self.mtu,
                             "sandbox": self.netns}],
             "ips": [{"address": f"{self.ip}/32", "gateway": self.gateway, "interface": 1}],
             "routes": [{"dst": "0.0.0.0/0", "gw": self.gateway}],
-            "dns": {},
+            "dns": self.dns,
         }
 
 
@@ -172,7 +173,8 @@ class CniAttachments:
             raise CniError(AGENT_REFUSED, str(exc)) from None
         attachment = Attachment(invocation.container_id, invocation.ifname, invocation.netns, namespace, name,
                                 invocation.args.get("K8S_POD_UID", ""), ip, host_veth_of(key), self._gateway,
-                                int(invocation.config.get("mtu", 1500)))
+                                int(invocation.config.get("mtu", 1500)),
+                                dns=dict(invocation.config.get("dns", {})))
         try:
             wired = self._wiring.add(attachment.veth())
             attachment = Attachment(**{**asdict(attachment), "host_mac": wired.host_mac,
@@ -203,7 +205,8 @@ class CniAttachments:
         return attachment
 
     def check(self, invocation: Invocation) -> None:
-        """Error (3: unknown, else 100) unless ADD's veth, address, route, lease and endpoint all exist."""
+        """Error (3: unknown, else 100) unless ADD's veth, address, route, lease and endpoint all exist, the
+        endpoint's programs sit on the veth and the datapath's endpoint map holds it."""
         key = f"{invocation.container_id}/{invocation.ifname}"
         attachment = self._by_key.get(key)
         if attachment is None:
@@ -214,6 +217,8 @@ class CniAttachments:
         endpoint = self._endpoints.get(attachment.pod)
         if endpoint is None or endpoint.ip != attachment.ip:
             problems.append(f"the endpoint of pod {attachment.pod} is gone")
+        else:
+            problems.extend(self._endpoints.problems(attachment.pod))
         if problems:
             raise CniError(AGENT_REFUSED, f"CHECK {key}: " + "; ".join(problems))
 

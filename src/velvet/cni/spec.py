@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 
 from velvet.errors import VelvetError
 
@@ -143,10 +144,35 @@ def parse_config(raw: bytes) -> dict[str, Any]:
     mtu = config.get("mtu", DEFAULT_MTU)
     if isinstance(mtu, bool) or not isinstance(mtu, int) or not 576 <= mtu <= 65535:
         raise CniError(INVALID_CONFIG, f"mtu: {mtu!r} is not an MTU (an integer 576-65535)")
-    socket = config.get("socket")
-    if socket is not None and (not isinstance(socket, str) or not socket.startswith("/")):
-        raise CniError(INVALID_CONFIG, f"socket: {socket!r} is not the absolute path of the agent's socket")
+    path = config.get("socket")
+    if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+        raise CniError(INVALID_CONFIG, f"socket: {path!r} is not the absolute path of the agent's socket")
+    _check_dns(config.get("dns"))
     return config
+
+
+def _check_dns(dns: object) -> None:
+    """The config's dns (the spec's {nameservers, domain, search, options}), which ADD's result repeats."""
+    if dns is None:
+        return
+    if not isinstance(dns, dict) or not set(dns) <= {"nameservers", "domain", "search", "options"}:
+        raise CniError(INVALID_CONFIG, "dns: not an object of nameservers, domain, search and options")
+    for key in ("nameservers", "search", "options"):
+        if not isinstance(dns.get(key, []), list) or not all(isinstance(v, str) for v in dns.get(key, [])):
+            raise CniError(INVALID_CONFIG, f"dns.{key}: not a list of strings")
+    if not isinstance(dns.get("domain", ""), str):
+        raise CniError(INVALID_CONFIG, "dns.domain: not a string")
+    for server in dns.get("nameservers", []):
+        if not any(_is_address(family, server) for family in (socket.AF_INET, socket.AF_INET6)):
+            raise CniError(INVALID_CONFIG, f"dns.nameservers: {server!r} is not an IP address")
+
+
+def _is_address(family: int, text: str) -> bool:
+    try:
+        socket.inet_pton(family, text)
+    except OSError:
+        return False
+    return True
 
 
 def pod_of(invocation: Invocation) -> tuple[str, str]:

@@ -50,6 +50,17 @@ class EndpointController:
         self._save()
         return record
 
+    def problems(self, key: str) -> list[str]:
+        """What the datapath lacks of pod "namespace/name"'s endpoint: programs, its lxc_endpoints entry."""
+        record = self.registry.get(key)
+        if record is None:
+            return [f"pod {key} has no endpoint"]
+        problems = self._datapath.endpoint_problems(record)
+        entry = self._datapath.read("lxc_endpoints").get(record.ip)
+        if entry is None or entry.ifindex != record.ifindex:
+            problems.append(f"the datapath's endpoint map has no entry of {record.ip} on {record.ifname}")
+        return problems
+
     def remove(self, key: str) -> EndpointRecord | None:
         """Unwire a pod: detach its programs and forget it; None when it was not wired."""
         record = self.registry.remove(key)

@@ -222,15 +222,46 @@ def _tc_attach(prog: Program, where: _TcFilter) -> None:
     libbpf.check(libbpf.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts)), f"tc attach of {prog.name}")
 
 
+def _clsact(ifindex: int) -> None:
+    """Create the clsact qdisc of `ifindex` unless it has one."""
+    hook, _ = _tc_hook(ifindex, _TC_INGRESS | _TC_EGRESS)
+    with libbpf.capture_log():  # libbpf logs an existing qdisc (EEXIST) as an error; it is expected here
+        ret = libbpf.bpf_tc_hook_create(ctypes.byref(hook))
+    if ret != -errno.EEXIST:
+        libbpf.check(ret, f"creating clsact on ifindex {ifindex}")
+
+
 def attach_tc_legacy(prog: Program, ifindex: int, direction: Literal["ingress", "egress"]) -> Link:
     """Attach through clsact + a direct-action filter (Linux >= 4.5; no link, survives without a pin)."""
     where = _TcFilter(ifindex, _TC_INGRESS if direction == "ingress" else _TC_EGRESS)
-    hook, _ = _tc_hook(ifindex, where.attach_point)
-    ret = libbpf.bpf_tc_hook_create(ctypes.byref(hook))
-    if ret != -errno.EEXIST:
-        libbpf.check(ret, f"creating clsact on ifindex {ifindex}")
+    _clsact(ifindex)
     _tc_attach(prog, where)
     return Link(-1, None, tc_filter=where)
+
+
+def attach_tc_pair(ingress: Program, egress: Program, ifindex: int) -> None:
+    """Direct-action filters on both clsact hooks of `ifindex`, installed or replaced in place."""
+    _clsact(ifindex)
+    _tc_attach(ingress, _TcFilter(ifindex, _TC_INGRESS))
+    _tc_attach(egress, _TcFilter(ifindex, _TC_EGRESS))
+
+
+def tc_filter_program(ifindex: int, direction: Literal["ingress", "egress"]) -> int | None:
+    """Program id of Velvet's filter on one clsact hook of `ifindex`; None when it has none."""
+    hook, opts = _tc_hook(ifindex, _TC_INGRESS if direction == "ingress" else _TC_EGRESS)
+    with libbpf.capture_log():  # no clsact / no filter is an answer here, not an error to log
+        ret = libbpf.bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts))
+    return int(opts.prog_id) if ret == 0 else None
+
+
+def detach_tc_pair(ifindex: int) -> None:
+    """Remove Velvet's filters from both clsact hooks of `ifindex` (absent ones are fine)."""
+    for point in (_TC_INGRESS, _TC_EGRESS):
+        hook, opts = _tc_hook(ifindex, point)
+        with libbpf.capture_log():
+            ret = libbpf.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
+        if ret not in (0, -errno.ENOENT, -errno.EINVAL, -errno.ENODEV):
+            libbpf.check(ret, f"tc filter detach on ifindex {ifindex}")
 
 
 def attach_cgroup(prog: Program, cgroup_path: Path, attach_type: int, pin_path: Path) -> Link:

@@ -45,6 +45,10 @@ class FakeDatapath:
         """Forget the attachment."""
         self.attached.pop(endpoint.ifname, None)
 
+    def endpoint_problems(self, endpoint: EndpointRecord) -> list[str]:
+        """Nothing missing while attached."""
+        return [] if endpoint.ifname in self.attached else [f"{endpoint.ifname} has no programs attached"]
+
     def write(self, table: str, upserts: Mapping[Any, Any], deletes: Iterable[Any]) -> None:
         """Apply upserts then deletes to the table's dict."""
         contents = self.tables.setdefault(table, {})

@@ -79,6 +79,9 @@ class Datapath(Protocol):
     def detach_endpoint(self, endpoint: EndpointRecord) -> None:
         """Remove an endpoint's attachments (its interface may already be gone)."""
 
+    def endpoint_problems(self, endpoint: EndpointRecord) -> list[str]:
+        """What an attached endpoint lacks in the datapath: its interface, its programs on it."""
+
     def write(self, table: str, upserts: Mapping[Any, Any], deletes: Iterable[Any]) -> None:
         """Apply a difference to one table: batch upserts first, then deletes."""
 

@@ -1,0 +1,307 @@
+"""A cluster of sandbox nodes against plain routing, in one run: cross-node traffic, convergence, identities.
+
+    .venv/bin/python -m bench.cluster [--routing native,tunnel] [--connects 2000] [--mib 512]
+                                      [--services 1000] [--identities 500]
+
+Peers, each a client pod on one node and a server pod (probe.py serve) on another:
+
+- *routed*: the same shape without Velvet or BPF: two node namespaces on a bridge, each with a pod
+  namespace behind a veth (a /32 route to the pod, proxy ARP like a sandbox node), and
+  `podCIDR via nodeIP` routes; namespaces `velvet-bench-<run>-rt-*`, removed by exact name;
+- *velvet-native*, *velvet-tunnel*: `velvet sandbox up --store etcd --nodes 3 --routing MODE`, the client
+  pod pinned to node 0, the server to node 1 (spec.nodeName).
+
+Measured per peer (the client on CPU 0, the server on CPU 1): connect() latency to the server pod's IP,
+1-byte request/response rate, bulk TCP throughput; and, on the 3-node native sandbox, the convergence of
+`--services` services (apply on node 0 until every node's pinned lb4_services map holds the last one)
+and the identity allocation rate against the sandbox's etcd (sequential, then three nodes racing for the
+same label sets; every node must get the same numbers). Prints one JSON document; ratios are to routed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+from bench.peers import sh
+from bench.velvet_peer import PROBE, TCP, vip
+from velvet.cli.runner import SandboxCli, unique_name
+from velvet.datapath.structs import Lb4Key, ipv4
+from velvet.datapath.views import ServiceMap
+from velvet.sandbox.naming import node_config
+
+NS = "bench"
+PORT = 8080
+NODES = 3
+CLIENT_CPU, SERVER_CPU = 0, 1
+BENCH_PREFIX = "/velvet-bench/identities/"
+
+
+# -- traffic -------------------------------------------------------------------------------------------
+
+
+def traffic(client: list[str], target: str, connects: int, mib: int) -> dict[str, Any]:
+    """Connect latency, request/response rate and bulk throughput from `client` (an argv prefix)."""
+    def probe(*args: str) -> dict[str, Any]:
+        return dict(json.loads(sh(*client, "taskset", "-c", str(CLIENT_CPU), sys.executable, PROBE, *args)))
+    probe("connect", target, "--count", "200")  # warm-up: neighbours, conntrack, caches
+    return {"connect_us": probe("connect", target, "--count", str(connects)),
+            "rr": probe("rr", target, "--seconds", "3"),
+            "bulk": probe("bulk", target, "--mib", str(mib))}
+
+
+class Routed:
+    """Two nodes and two pods in plain namespaces: the same hops as the sandbox, no BPF, no Velvet."""
+
+    def __init__(self, run: str) -> None:
+        base = f"velvet-bench-{run}-rt"
+        self.lan = f"{base}-lan"
+        self.nodes, self.pods = (f"{base}-n0", f"{base}-n1"), (f"{base}-p0", f"{base}-p1")
+        self.server: subprocess.Popen[bytes] | None = None
+
+    def names(self) -> list[str]:
+        """Every namespace this peer owns."""
+        return [self.lan, *self.nodes, *self.pods]
+
+    def create(self) -> None:
+        """Bridge, uplinks, pod veths, routes; forwarding only inside the node namespaces."""
+        for ns in self.names():
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", self.lan, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.lan, "link", "set", "br0", "up")
+        for k, (node, pod) in enumerate(zip(self.nodes, self.pods, strict=True)):
+            node_ip, pod_ip, gateway = f"192.168.78.{2 + k}", f"10.245.{k}.10", f"10.245.{k}.1"
+            sh("ip", "-n", node, "link", "add", "uplink0", "type", "veth", "peer", "name", f"n{k}",
+               "netns", self.lan)
+            sh("ip", "-n", self.lan, "link", "set", f"n{k}", "master", "br0", "up")
+            sh("ip", "-n", node, "addr", "add", f"{node_ip}/24", "dev", "uplink0")
+            sh("ip", "-n", node, "link", "set", "uplink0", "up")
+            sh("ip", "-n", node, "link", "add", "lxc0", "type", "veth", "peer", "name", "eth0", "netns", pod)
+            sh("ip", "-n", node, "addr", "add", f"{gateway}/32", "dev", "lxc0")
+            sh("ip", "-n", node, "link", "set", "lxc0", "up")
+            sh("ip", "-n", node, "route", "add", f"{pod_ip}/32", "dev", "lxc0")
+            sh("ip", "-n", pod, "addr", "add", f"{pod_ip}/32", "dev", "eth0")
+            sh("ip", "-n", pod, "link", "set", "eth0", "up")
+            sh("ip", "-n", pod, "route", "add", f"{gateway}/32", "dev", "eth0")
+            sh("ip", "-n", pod, "route", "add", "default", "via", gateway)
+            sh("ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for k, node in enumerate(self.nodes):
+            other = 1 - k
+            sh("ip", "-n", node, "route", "add", f"10.245.{other}.0/24", "via", f"192.168.78.{2 + other}")
+        self.server = subprocess.Popen(
+            ["ip", "netns", "exec", self.pods[1], "taskset", "-c", str(SERVER_CPU), sys.executable, PROBE,
+             "serve", "--ports", str(PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+
+    def measure(self, connects: int, mib: int) -> dict[str, Any]:
+        """Traffic from pod 0 to pod 1's server."""
+        return traffic(["ip", "netns", "exec", self.pods[0]], f"10.245.1.10:{PORT}", connects, mib)
+
+    def remove(self) -> None:
+        """Stop the server, delete the namespaces by name (never raises)."""
+        if self.server is not None:
+            self.server.terminate()
+            self.server.wait(timeout=10)
+        for ns in self.names():
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+def pods_yaml() -> str:
+    """The namespace, the server pod on node 1 and the client pod on node 0."""
+    server = f'["taskset", "-c", "{SERVER_CPU}", "python3", "{PROBE}", "serve", "--ports", "{PORT}"]'
+    return (f"---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"
+            f"---\napiVersion: v1\nkind: Pod\n"
+            f"metadata: {{name: srv, namespace: {NS}, labels: {{app: srv}}}}\n"
+            f"spec:\n  nodeName: velvet-node-1\n  terminationGracePeriodSeconds: 1\n  containers:\n"
+            f"  - name: main\n    command: {server}\n    readinessProbe:\n      tcpSocket: {{port: {PORT}}}\n"
+            f"      periodSeconds: 1\n"
+            f"---\napiVersion: v1\nkind: Pod\n"
+            f"metadata: {{name: cli, namespace: {NS}, labels: {{app: cli}}}}\n"
+            f"spec:\n  nodeName: velvet-node\n  terminationGracePeriodSeconds: 1\n  containers:\n"
+            f"  - name: main\n    command: [sleep, infinity]\n")
+
+
+def services_yaml(count: int) -> str:
+    """`count` ClusterIP services selecting the server pod."""
+    return "".join(f"---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i:05d}, namespace: {NS}}}\n"
+                   f"spec:\n  clusterIP: {vip(i)}\n  selector: {{app: srv}}\n"
+                   f"  ports:\n  - {{name: tcp, port: 80, targetPort: {PORT}, protocol: TCP}}\n"
+                   for i in range(count))
+
+
+class Cluster:
+    """A 3-node sandbox with the client on node 0 and the server on node 1."""
+
+    def __init__(self, routing: str) -> None:
+        self.routing = routing
+        self.sb = SandboxCli(unique_name("bcl"))
+        self.server_ip = ""
+
+    def create(self) -> None:
+        """Up, pods ready."""
+        self.sb.up("--store", "etcd", "--nodes", str(NODES), "--routing", self.routing)
+        self.sb.apply(pods_yaml())
+        self.server_ip = self.sb.wait_ready([f"{NS}/srv", f"{NS}/cli"], timeout=180)[f"{NS}/srv"]
+
+    def measure(self, connects: int, mib: int) -> dict[str, Any]:
+        """Traffic from the client pod (node 0) to the server pod (node 1)."""
+        return traffic(self.sb.argv("sandbox", "exec", f"{NS}/cli", "--"), f"{self.server_ip}:{PORT}",
+                       connects, mib)
+
+    def convergence(self, count: int, budget: float = 120.0) -> dict[str, Any]:
+        """Seconds from `velvet apply` of `count` services on node 0 until every node serves the last."""
+        maps = [ServiceMap.from_pin(node_config(self.sb.name, k).names.pin_dir) for k in range(NODES)]
+        key = Lb4Key(address=ipv4(vip(count - 1)), dport=80, proto=TCP)
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write(services_yaml(count))
+        try:
+            started = time.monotonic()
+            applied = threading.Thread(target=self.sb.velvet, args=("apply", "-f", f.name),
+                                       kwargs={"timeout": budget})
+            applied.start()
+            seen: dict[str, float] = {}
+            while len(seen) < NODES and time.monotonic() - started < budget:
+                for k, services in enumerate(maps):
+                    if str(k) not in seen and services.map.lookup(key) is not None:
+                        seen[str(k)] = time.monotonic() - started
+                time.sleep(0.002)
+            applied.join()
+            answered = time.monotonic() - started
+        finally:
+            os.unlink(f.name)
+            for services in maps:
+                services.close()
+        if len(seen) < NODES:
+            return {"timeout": budget, "nodes_done": seen}
+        return {"services": count, "all_nodes_s": max(seen.values()), "per_node_s": seen,
+                "apply_answered_s": answered}
+
+    def identities(self, count: int) -> dict[str, Any]:
+        """Identity allocations per second against the sandbox's etcd, from inside node 0's namespace."""
+        netns = node_config(self.sb.name, 0).names.node_netns
+        out = sh("ip", "netns", "exec", netns, sys.executable, "-m", "bench.cluster", "identities",
+                 "--endpoint", "http://192.168.77.250:2379", "--count", str(count))
+        return dict(json.loads(out))
+
+    def remove(self) -> None:
+        """Take the sandbox down (never raises)."""
+        self.sb.down()
+
+
+# -- identities (run inside a node's namespace) -----------------------------------------------------------
+
+
+def identity_rate(endpoint: str, count: int) -> dict[str, Any]:
+    """Allocate `count` label sets on one node, then the same fresh sets on three racing nodes."""
+    from velvet.control.identity import LAST_LABEL_IDENTITY
+    from velvet.model.identity import FIRST_ALLOCATED_IDENTITY
+    from velvet.sources.etcd_client import EtcdClient, prefix_end
+    from velvet.sources.etcd_identities import EtcdIdentities
+
+    client = EtcdClient(endpoint)
+    numbers = range(FIRST_ALLOCATED_IDENTITY, LAST_LABEL_IDENTITY + 1)
+    lease = client.grant(60)
+
+    made: list[EtcdIdentities] = []
+
+    def node(name: str) -> EtcdIdentities:
+        ids = EtcdIdentities(EtcdClient(endpoint), name, numbers, prefix=BENCH_PREFIX)
+        ids.use_lease(lease)
+        ids.start()  # following the prefix, as an agent does
+        made.append(ids)
+        return ids
+
+    try:
+        one = node("bench-a")
+        started = time.perf_counter()
+        for i in range(count):
+            one.allocate({"k8s:app": f"solo{i}"})
+        sequential = count / (time.perf_counter() - started)
+        racers = [node(f"bench-r{k}") for k in range(3)]
+        got: list[list[int]] = [[] for _ in racers]
+
+        def race(k: int) -> None:
+            got[k] = [racers[k].allocate({"k8s:app": f"race{i}"}) for i in range(count)]
+
+        threads = [threading.Thread(target=race, args=(k,)) for k in range(len(racers))]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        raced = count / (time.perf_counter() - started)
+        return {"sequential_per_s": sequential, "three_nodes_racing_per_s": raced,
+                "same_numbers_everywhere": got[0] == got[1] == got[2], "count": count}
+    finally:
+        for ids in made:
+            ids.close()
+        client.call("kv/deleterange",
+                    {"key": _b64(BENCH_PREFIX), "range_end": _b64(prefix_end(BENCH_PREFIX))})
+        client.revoke(lease)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+# -- main ----------------------------------------------------------------------------------------------
+
+
+def ratio(value: float, base: float) -> float:
+    """value / base, rounded for the report."""
+    return round(value / base, 3) if base else float("nan")
+
+
+def main() -> None:
+    """Run every peer, then the control-plane rows; print one JSON document."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "identities"])
+    parser.add_argument("--routing", default="native,tunnel")
+    parser.add_argument("--connects", type=int, default=2000)
+    parser.add_argument("--mib", type=int, default=512)
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--identities", type=int, default=500)
+    parser.add_argument("--endpoint", default="")
+    parser.add_argument("--count", type=int, default=500)
+    args = parser.parse_args()
+    if args.command == "identities":
+        print(json.dumps(identity_rate(args.endpoint, args.count)))
+        return
+    machine = {"cpus": os.cpu_count(), "kernel": os.uname().release}
+    report: dict[str, Any] = {"traffic": {}, "machine": machine}
+    routed = Routed(unique_name("cl"))
+    try:
+        routed.create()
+        report["traffic"]["routed"] = routed.measure(args.connects, args.mib)
+    finally:
+        routed.remove()
+    for mode in [m for m in args.routing.split(",") if m]:
+        cluster = Cluster(mode)
+        try:
+            cluster.create()
+            report["traffic"][f"velvet-{mode}"] = cluster.measure(args.connects, args.mib)
+            if mode == "native":
+                report["convergence"] = cluster.convergence(args.services)
+                report["identities"] = cluster.identities(args.identities)
+        finally:
+            cluster.remove()
+    base = report["traffic"]["routed"]
+    report["ratios_to_routed"] = {
+        peer: {"connect_median": ratio(row["connect_us"]["median"], base["connect_us"]["median"]),
+               "rr_rate": ratio(row["rr"]["per_s"], base["rr"]["per_s"]),
+               "bulk_gbit": ratio(row["bulk"]["per_s"], base["bulk"]["per_s"])}
+        for peer, row in report["traffic"].items()}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
