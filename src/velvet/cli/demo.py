@@ -43,6 +43,14 @@ DROP_FIELDS = ("verdict", "drop_reason_desc", "traffic_direction")
 INTERRUPTED_EXIT = 130
 
 
+def node_socket(sandbox: str, node: str) -> Path:
+    """The API socket of node `node`'s agent (velvet-node's is the sandbox's own)."""
+    k = node_index(node)
+    if k is None:
+        raise VelvetError(f"{node!r} is not a node of sandbox {sandbox}")
+    return AgentPaths(sandbox, f"node{k}" if k else "").socket
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived: stop the show and clean up."""
 
@@ -92,10 +100,10 @@ class Demo:
                node: str = "") -> subprocess.CompletedProcess[str]:
         """Run one velvet command as a user would type it, against `node`'s agent when given (a command
         about one node: its flows, endpoints, policy verdicts); show it and its output."""
-        socket = AgentPaths(self.sandbox, f"node{node_index(node)}" if node_index(node) else "").socket
-        env = {"VELVET_API_SOCKET": str(socket)} if node else None
+        env = {"VELVET_API_SOCKET": str(node_socket(self.sandbox, node))} if node else None
         if show:
-            print(f"$ {f'VELVET_API_SOCKET={socket} ' if env else ''}velvet {' '.join(args)}", flush=True)
+            aimed = f"VELVET_API_SOCKET={env['VELVET_API_SOCKET']} " if env else ""
+            print(f"$ {aimed}velvet {' '.join(args)}", flush=True)
         done = self.cli.velvet(*args, check=check, timeout=None, env=env)
         if show and done.stdout.strip():
             print(done.stdout.rstrip(), flush=True)
@@ -317,7 +325,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         if args.keep and not interrupted:
             where = f"; service map: {found.service_map}" if found.service_map else ""
-            node1 = AgentPaths(demo.sandbox, "node1").socket
+            node1 = node_socket(demo.sandbox, "velvet-node-1")
             print(f"\nThe sandbox stays up for exploring, e.g.: velvet --sandbox {demo.sandbox} observe -f"
                   f" (velvet-node's flows; VELVET_API_SOCKET={node1} for velvet-node-1's){where}"
                   f"\nTear it down with: velvet --sandbox {demo.sandbox} sandbox down", flush=True)
