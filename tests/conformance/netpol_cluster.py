@@ -24,9 +24,10 @@ from velvet.api.objects import is_ready
 from velvet.cli.runner import SandboxCli as Sandbox
 from velvet.cli.runner import unique_name
 from velvet.errors import VelvetError
-from velvet.sandbox import PodRuntime, SandboxConfig, exec_in_pod
+from velvet.sandbox import PodRuntime, exec_in_pod
+from velvet.sandbox.naming import node_config, node_index
 
-__all__ = ["Cluster", "ClusterError", "ProbeSession", "Sandbox", "unique_name"]
+__all__ = ["Cluster", "ClusterError", "ProbeSession", "Sandbox", "round_robin", "unique_name"]
 
 PROBE_TIMEOUT = 1.0
 ROUND_TIMEOUT = 60.0
@@ -45,13 +46,14 @@ class ProbeSession:
     ends, the thread closes the write end of its output, so a reader sees end-of-file.
     """
 
-    def __init__(self, sandbox: str, pod: str) -> None:
-        """Start the session (its stderr goes to a temporary file, shown if it dies)."""
+    def __init__(self, sandbox: str, pod: str, node: int = 0) -> None:
+        """Start the session in `pod`, running on node `node` (its stderr goes to a temporary file,
+        shown if it dies)."""
         self.pod = pod
         namespace, _, name = pod.partition("/")
-        record = PodRuntime(SandboxConfig(sandbox=sandbox)).find(namespace, name)
+        record = PodRuntime(node_config(sandbox, node)).find(namespace, name)
         if record is None:
-            raise ClusterError(f"pod {pod} is not running in sandbox {sandbox}")
+            raise ClusterError(f"pod {pod} is not running on node {node} of sandbox {sandbox}")
         self._stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the session
         argv = [sys.executable, "-m", "velvet.sandbox.probe", "--serve", "--timeout", str(PROBE_TIMEOUT)]
         child_in, self._in = os.pipe()
@@ -103,14 +105,27 @@ class ProbeSession:
         self._stderr.close()
 
 
+def round_robin(pods: Sequence[str], nodes: Sequence[str]) -> dict[str, str]:
+    """The node (spec.nodeName) of each pod: round-robin over the nodes in the pods' order; "" (the only
+    node, no nodeName) when there is one."""
+    if len(nodes) == 1:
+        return dict.fromkeys(pods, "")
+    return {pod: nodes[i % len(nodes)] for i, pod in enumerate(pods)}
+
+
 class Cluster:
     """A sandbox driven for the runner: apply/delete manifests, pod facts, probe rounds."""
 
-    def __init__(self, sandbox: Sandbox) -> None:
-        """Drive `sandbox` (already up)."""
+    def __init__(self, sandbox: Sandbox, nodes: int = 1) -> None:
+        """Drive `sandbox` (already up, with `nodes` nodes)."""
         self.sandbox = sandbox
+        self.nodes = [node_config(sandbox.name, k).node_name for k in range(nodes)]
         self.sessions: dict[str, ProbeSession] = {}
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="probe")
+
+    def placement(self, pods: Sequence[str]) -> dict[str, str]:
+        """The node (spec.nodeName) of each pod on this sandbox."""
+        return round_robin(pods, self.nodes)
 
     def apply(self, manifests: Sequence[Mapping[str, Any]], what: str) -> None:
         """Create or update objects (all-or-nothing)."""
@@ -156,9 +171,10 @@ class Cluster:
         return ips
 
     def open_sessions(self, pods: Sequence[str]) -> None:
-        """Start one probe session per pod."""
+        """Start one probe session per pod, on the pod's node."""
         self.close_sessions()
-        self.sessions = {pod: ProbeSession(self.sandbox.name, pod) for pod in pods}
+        self.sessions = {pod: ProbeSession(self.sandbox.name, pod, node_index(node) or 0)
+                         for pod, node in self.placement(pods).items()}
 
     def close_sessions(self) -> None:
         """End every probe session."""

@@ -2,13 +2,14 @@
 
 A blocked cell passes only when the product also says why: a drop from the source pod to the
 destination pod on the probed port and protocol whose `drop_reason_desc` is POLICY_DENIED, as
-`velvet observe --type drop -o json` prints it. DropLog follows that command for the whole run (from
-the run's start, so nothing before it is mistaken for this run's drops).
+`velvet observe --type drop -o json` prints it. DropLog follows that command on every node for the whole
+run (from the run's start, so nothing before it is mistaken for this run's drops).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -17,6 +18,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from velvet.paths import AgentPaths
 
 POLICY_DENIED = "POLICY_DENIED"  # Hubble's drop_reason_desc of a packet NetworkPolicy denied
 REPLAY = 4095  # the flow store's capacity: replay everything since the start the follower may have missed
@@ -71,41 +74,55 @@ def unexplained(drops: Collection[Drop], wanted: Collection[Cell]) -> dict[Cell,
     return {cell: others.get(cell, []) for cell in wanted if cell not in denied}
 
 
-class DropLog:
-    """`velvet observe --follow --type drop -o json` of one sandbox, collected from the start of the run."""
+def drop_followers(sandbox: str, nodes: int, since: str) -> list[tuple[list[str], dict[str, str]]]:
+    """argv and environment of the `velvet observe --follow --type drop -o json` commands that together
+    see every node's drops: one per node, each aimed at that node's agent (a drop is recorded by the
+    node that drops: ingress at the destination's node, egress at the source's)."""
+    argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", sandbox, "observe", "--follow",
+            "--type", "drop", "--since", since, "--last", str(REPLAY), "-o", "json"]
+    if nodes == 1:
+        return [(argv, dict(os.environ))]
+    sockets = [AgentPaths(sandbox, f"node{k}" if k else "").socket for k in range(nodes)]
+    return [(argv, {**os.environ, "VELVET_API_SOCKET": str(socket)}) for socket in sockets]
 
-    def __init__(self, sandbox: str) -> None:
+
+class DropLog:
+    """The drops of every node of one sandbox (`velvet observe --follow --type drop -o json`), collected
+    from the start of the run."""
+
+    def __init__(self, sandbox: str, nodes: int = 1) -> None:
         """Start following (drops since now; earlier ones of a reused sandbox are left out)."""
         since = datetime.now(UTC).isoformat()
-        argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", sandbox, "observe", "--follow",
-                "--type", "drop", "--since", since, "--last", str(REPLAY), "-o", "json"]
-        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env=env) for argv, env in drop_followers(sandbox, nodes, since)]
         self._drops: list[Drop] = []
         self._said: list[str] = []
-        self._ended = False
+        self._ended: list[int | None] = []
         self._changed = threading.Condition()
-        self._threads = [threading.Thread(target=self._pump, name="drop log", daemon=True),
-                         threading.Thread(target=self._listen, name="drop log stderr", daemon=True)]
+        self._threads = [thread for proc in self._procs for thread in (
+            threading.Thread(target=self._pump, args=(proc,), name="drop log", daemon=True),
+            threading.Thread(target=self._listen, args=(proc,), name="drop log stderr", daemon=True))]
         for thread in self._threads:
             thread.start()
 
-    def _pump(self) -> None:
+    def _pump(self, proc: subprocess.Popen[str]) -> None:
         """Collect every drop line until the follower ends."""
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
+        assert proc.stdout is not None
+        for line in proc.stdout:
             drop = parse_drop(line) if line.strip() else None
             if drop is not None:
                 with self._changed:
                     self._drops.append(drop)
                     self._changed.notify_all()
+        code = proc.wait()
         with self._changed:
-            self._ended = True
+            self._ended.append(code)
             self._changed.notify_all()
 
-    def _listen(self) -> None:
+    def _listen(self, proc: subprocess.Popen[str]) -> None:
         """Keep what the follower says on stderr (lost events, errors)."""
-        assert self._proc.stderr is not None
-        for line in self._proc.stderr:
+        assert proc.stderr is not None
+        for line in proc.stderr:
             with self._changed:
                 self._said.append(line.strip())
 
@@ -127,23 +144,27 @@ class DropLog:
                 self._changed.wait(left)
 
     def problems(self) -> str:
-        """What the follower said on stderr (lost events, errors), and whether it ended early."""
+        """What the followers said on stderr (lost events, errors), and whether one ended early."""
         with self._changed:
             said = "; ".join(line for line in self._said if line)
-        ended = f"velvet observe --follow ended (exit {self._proc.poll()})" if self._ended else ""
+            ended = ", ".join(f"exit {code}" for code in self._ended)
+        ended = f"velvet observe --follow ended ({ended})" if ended else ""
         return "; ".join(p for p in (ended, said) if p)
 
     def close(self) -> None:
         """Stop following."""
-        if self._proc.poll() is None:
-            self._proc.terminate()
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         for thread in self._threads:
             thread.join(timeout=10)
-        for stream in (self._proc.stdout, self._proc.stderr):
-            if stream is not None:
-                stream.close()
+        for proc in self._procs:
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()

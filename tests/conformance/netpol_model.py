@@ -47,18 +47,22 @@ def namespace_manifest(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": dict(labels)}}
 
 
-def pod_manifest(pod: PodKey, labels: Mapping[str, str],
-                 servers: Sequence[tuple[int, str]]) -> dict[str, Any]:
-    """A pod with one server container per (port, protocol); ready once its first TCP server accepts."""
+def pod_manifest(pod: PodKey, labels: Mapping[str, str], servers: Sequence[tuple[int, str]],
+                 node: str = "") -> dict[str, Any]:
+    """A pod with one server container per (port, protocol), pinned to `node` by spec.nodeName when
+    given; ready once its first TCP server accepts."""
     ns, _, name = pod.partition("/")
     containers = [_container(port, proto) for port, proto in servers]
     tcp = [port for port, proto in servers if proto == "TCP"]
     if tcp:
         containers[0]["readinessProbe"] = {"tcpSocket": {"port": tcp[0]}, "periodSeconds": 1}
+    spec: dict[str, Any] = {"terminationGracePeriodSeconds": 1, "containers": containers}
+    if node:
+        spec["nodeName"] = node
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": ns, "labels": dict(labels)},
-        "spec": {"terminationGracePeriodSeconds": 1, "containers": containers},
+        "spec": spec,
     }
 
 

@@ -28,6 +28,7 @@ class ModelState:
         self.cluster = cluster
         self.model = model
         self.order = model.pod_order
+        self.nodes = cluster.placement(self.order)
         self.servers: Servers | None = None
         self.pod_ips: dict[str, str] = {}
         self.ns_labels = {ns: dict(labels) for ns, labels in model.namespaces.items()}
@@ -51,7 +52,7 @@ class ModelState:
         """(Re-)create every pod with these servers, and the Services; returns the ready pods' IPs."""
         self.servers = None
         self._remove_pods()
-        pods = [netpol_model.pod_manifest(p, self.pod_labels[p], servers) for p in self.order]
+        pods = [netpol_model.pod_manifest(p, self.pod_labels[p], servers, self.nodes[p]) for p in self.order]
         services = [netpol_model.service_manifest(p, servers) for p in self.order]
         self.cluster.apply(pods + services, "<model pods and services>")
         self.pod_ips = self.cluster.wait_pods(self.order, present=True)
@@ -118,7 +119,7 @@ class ModelState:
             pod = self._pod_key(value)
             self._relabel(self.pod_labels[pod], kind, value, self.model.pods[pod])
             assert self.servers is not None
-            manifest = netpol_model.pod_manifest(pod, self.pod_labels[pod], self.servers)
+            manifest = netpol_model.pod_manifest(pod, self.pod_labels[pod], self.servers, self.nodes[pod])
             self.cluster.apply([manifest], f"<{kind}>")
 
     def delete_policies(self) -> None:
@@ -142,7 +143,7 @@ class ModelState:
             self.pod_labels[pod] = dict(self.model.pods[pod])
         manifests = [netpol_model.namespace_manifest(ns, self.ns_labels[ns]) for ns in changed_ns]
         if changed_pods and self.servers is not None:
-            manifests += [netpol_model.pod_manifest(p, self.pod_labels[p], self.servers)
+            manifests += [netpol_model.pod_manifest(p, self.pod_labels[p], self.servers, self.nodes[p])
                           for p in changed_pods]
         if manifests:
             self.cluster.apply(manifests, "<reset labels>")

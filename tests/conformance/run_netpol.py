@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Run upstream Kubernetes NetworkPolicy e2e cases against Velvet's real datapath in a sandbox.
 
-    tests/conformance/run_netpol.py --cases FILE [--case ID ...] [--sandbox NAME] [--keep] [--via pod]
+    tests/conformance/run_netpol.py --cases FILE [--case ID ...] [--nodes N] [--sandbox NAME] [--keep]
+                                    [--via pod]
 
 Builds the upstream model (the file's namespaces and pods; one container per (port, protocol) of
 each case's servers running Velvet's echo server; one Service s-<ns>-<pod> per pod), then for each
 case applies its steps' actions in order (create_policy/update_policy, delete_policy,
 delete_all_policies, add/remove/set/reset_namespace_labels, add/remove/set/reset_pod_labels) and
 probes every ordered pair of pods through the destination's Service ClusterIP on each probe's
-port/protocol, from one long-lived probe session per source pod. A mismatching step is re-probed for
+port/protocol, from one long-lived probe session per source pod. With --nodes N (2 to 8) the sandbox
+is a cluster of N nodes on etcd and the pods are spread round-robin over them in the model's order
+(spec.nodeName velvet-node, velvet-node-1, ...), so every matrix mixes same-node and cross-node pairs;
+the drops are looked up in every node's flow log. A mismatching step is re-probed for
 up to 10 s (upstream polls too). Every blocked cell must also be a POLICY_DENIED drop of that pair
 in `velvet observe`. Probes of a protocol whose kernel feature `velvet status -o json` reports
 missing (SCTP here) are skipped, naming that feature. Pod-to-itself (the diagonal) is reported but
@@ -41,7 +45,7 @@ import argparse  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
+from collections.abc import Callable, Mapping, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 from netpol_cases import Case, CaseFileError, load  # noqa: E402
@@ -50,6 +54,7 @@ from netpol_flows import DropLog  # noqa: E402
 from netpol_runner import CaseReport, Runner, unsupported_protocols  # noqa: E402
 
 from velvet.errors import VelvetError  # noqa: E402
+from velvet.sandbox.naming import MAX_NODES  # noqa: E402
 
 SANDBOX_NAME = re.compile(r"^[a-z0-9]{1,16}$")
 
@@ -70,6 +75,14 @@ class Summary:
         """The final line: N passed, M failed, K skipped."""
         passed, failed, skipped = (self.count(s) for s in ("passed", "failed", "skipped"))
         return f"{passed} passed, {failed} failed, {skipped} skipped"
+
+
+def placement(nodes: Mapping[str, str]) -> str:
+    """Which pods run on which node, for people: "velvet-node: x/a, y/a; velvet-node-1: ..."."""
+    by_node: dict[str, list[str]] = {}
+    for pod, node in nodes.items():
+        by_node.setdefault(node, []).append(pod)
+    return "; ".join(f"{node}: {', '.join(pods)}" for node, pods in by_node.items())
 
 
 def describe(report: CaseReport) -> str:
@@ -98,8 +111,9 @@ def describe(report: CaseReport) -> str:
 
 
 def run(cases_file: Path, case_ids: Sequence[str] = (), sandbox: str | None = None, keep: bool = False,
-        via: str = "service", say: Callable[[str], None] = print) -> Summary:
-    """Run the cases (all, or those with these ids) on a sandbox that is removed at the end unless keep."""
+        via: str = "service", say: Callable[[str], None] = print, nodes: int = 1) -> Summary:
+    """Run the cases (all, or those with these ids) on a sandbox of `nodes` nodes that is removed at the
+    end unless keep."""
     started = time.monotonic()
     data = load(cases_file)
     unknown = sorted(set(case_ids) - {c.id for c in data.cases})
@@ -113,18 +127,22 @@ def run(cases_file: Path, case_ids: Sequence[str] = (), sandbox: str | None = No
     name = sandbox or unique_name("np")
     if not SANDBOX_NAME.match(name):
         raise CaseFileError(f"sandbox name {name!r}: want 1-16 characters of [a-z0-9]")
+    if not 1 <= nodes <= MAX_NODES:
+        raise CaseFileError(f"--nodes {nodes}: a sandbox has 1 to {MAX_NODES} nodes")
     box = Sandbox(name)
     reports: list[CaseReport] = []
     cluster: Cluster | None = None
     drops: DropLog | None = None
     try:
-        box.up()
+        box.up(*(("--nodes", str(nodes)) if nodes > 1 else ()))
         unsupported = unsupported_protocols(box.json("status")["kernel"]["features"])
-        drops = DropLog(name)
-        cluster = Cluster(box)
+        drops = DropLog(name, nodes)
+        cluster = Cluster(box, nodes)
         runner = Runner(cluster, data.model, unsupported, drops, via, say)
         say(f"{len(cases)} case(s) from {cases_file} on sandbox {name}, probing via "
             f"{'pod IPs' if via == 'pod' else 'Service ClusterIPs'}")
+        if nodes > 1:
+            say(f"pods round-robin over {nodes} nodes: " + placement(cluster.placement(data.model.pod_order)))
         runner.setup()
         for case in cases:
             report = runner.run_case(case)
@@ -152,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", required=True, type=Path, help="case file (netpol_cases.yaml format)")
     p.add_argument("--case", action="append", default=[], metavar="ID",
                    help="run only this case (repeatable)")
+    p.add_argument("--nodes", type=int, default=1, metavar="N",
+                   help=f"spread the pods round-robin over N nodes (1 to {MAX_NODES}; default 1)")
     p.add_argument("--sandbox", help="sandbox name (default: a fresh unique one)")
     p.add_argument("--keep", action="store_true", help="leave the sandbox up at the end")
     p.add_argument("--via", choices=("service", "pod"), default="service",
@@ -159,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        summary = run(args.cases, args.case, args.sandbox, args.keep, args.via)
+        summary = run(args.cases, args.case, args.sandbox, args.keep, args.via, nodes=args.nodes)
     except (CaseFileError, ClusterError, VelvetError, AssertionError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         message = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"

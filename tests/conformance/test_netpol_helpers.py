@@ -17,14 +17,17 @@ from typing import Any
 import pytest
 from cases_file import CASES_FILE
 from netpol_cases import CaseFileError, load, resolve_placeholders
-from netpol_cluster import ClusterError
-from netpol_flows import Drop, parse_drop, unexplained
+from netpol_cluster import ClusterError, round_robin
+from netpol_flows import Drop, drop_followers, parse_drop, unexplained
 from netpol_matrix import compare, render
+from netpol_model import pod_manifest
 from netpol_runner import Unsupported, unsupported_protocols
+from run_netpol import placement, run
 
 from velvet.observe import format as fmt
 from velvet.observe.codes import DropReason, EventType, ObsPoint, TcpFlag, Verdict
 from velvet.observe.flow import Endpoint, Flow
+from velvet.paths import AgentPaths
 from velvet.sandbox import probe
 
 MINI = """
@@ -86,6 +89,33 @@ def test_placeholders_become_pod_addresses_and_networks() -> None:
         "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/4", "except": ["10.244.0.11/32", "10.244.0.11"]}}]}]}
     with pytest.raises(CaseFileError, match="unknown pod"):
         resolve_placeholders("$(z/q)/8", ips)
+
+
+def test_pods_go_round_robin_over_the_nodes_and_are_pinned_by_node_name() -> None:
+    """Test that on three nodes the model's pods go round-robin in its order, each pod manifest naming
+    its node; on one node no pod names a node."""
+    pods = load(CASES_FILE).model.pod_order
+    nodes = round_robin(pods, ["velvet-node", "velvet-node-1", "velvet-node-2"])
+    assert placement(nodes) == ("velvet-node: x/a, y/a, z/a; velvet-node-1: x/b, y/b, z/b; "
+                                "velvet-node-2: x/c, y/c, z/c")
+    assert pod_manifest("y/b", {}, [(80, "TCP")], nodes["y/b"])["spec"]["nodeName"] == "velvet-node-1"
+    single = round_robin(pods, ["velvet-node"])
+    assert "nodeName" not in pod_manifest("y/b", {}, [(80, "TCP")], single["y/b"])["spec"]
+
+
+def test_drops_are_followed_on_every_node() -> None:
+    """Test that on three nodes one `observe --follow` per node is aimed at that node's agent socket."""
+    followers = drop_followers("npx", 3, "2026-01-01T00:00:00+00:00")
+    sockets = [env["VELVET_API_SOCKET"] for _, env in followers]
+    assert sockets == [str(AgentPaths("npx", d).socket) for d in ("", "node1", "node2")]
+    assert all(argv[argv.index("observe"):][:4] == ["observe", "--follow", "--type", "drop"]
+               for argv, _ in followers)
+
+
+def test_too_many_nodes_is_one_clear_error_before_any_sandbox(tmp_path: Path) -> None:
+    """Test that --nodes beyond the sandbox's limit fails naming the limit, before bringing anything up."""
+    with pytest.raises(CaseFileError, match=r"--nodes 9: a sandbox has 1 to 8 nodes"):
+        run(CASES_FILE, nodes=9, say=lambda line: None)
 
 
 def test_matrix_comparison_sets_the_diagonal_apart() -> None:
