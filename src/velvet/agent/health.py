@@ -151,6 +151,7 @@ class HealthProber:
         self._results: dict[str, tuple[Target, Probe, Probe | None, float]] = {}
         self._aimed_at = 0.0
         self._stop = threading.Event()
+        self._retarget = threading.Event()  # the nodes changed: probe now rather than at the next period
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._ident = os.getpid() & 0xFFFF
@@ -177,9 +178,11 @@ class HealthProber:
     def aim(self, targets: Sequence[Target]) -> None:
         """What the next rounds probe (the state worker's view of nodes and pods)."""
         with self._lock:
+            names = {t.node for t in targets}
+            if names != {t.node for t in self._targets}:
+                self._retarget.set()
             self._targets = list(targets)
             self._aimed_at = time.monotonic()
-            names = {t.node for t in targets}
             self._results = {n: r for n, r in self._results.items() if n in names}
 
     def report(self) -> list[dict[str, Any]]:
@@ -231,9 +234,12 @@ class HealthProber:
 
     def _serve_until(self, deadline: float) -> None:
         while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
-            if self._listener is None:
-                self._stop.wait(left)
+            if self._retarget.is_set():
+                self._retarget.clear()
                 return
+            if self._listener is None:
+                self._stop.wait(min(left, 0.5))
+                continue
             if select.select([self._listener], [], [], min(left, 0.5))[0]:
                 with contextlib.suppress(OSError):
                     conn, _ = self._listener.accept()
