@@ -21,6 +21,7 @@ from bench.flow_events import events
 from velvet.agent.config import AgentConfig
 from velvet.agent.handlers import AgentHandlers
 from velvet.agent.node import Agent
+from velvet.api import relay
 from velvet.api.client import ApiClient
 from velvet.api.relay import Peer, Relay
 from velvet.cli.main import main
@@ -186,6 +187,27 @@ def test_follow_reads_every_node_concurrently() -> None:
     assert got[-1] == "a3"
     assert sorted(got) == ["a1", "a3", "b2"]
     assert errors == []
+
+
+def test_follow_takes_in_a_node_that_joins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that a follow starts following a node that registered after it began (Hubble Relay's peers)."""
+    monkeypatch.setattr(relay, "DISCOVER_SECONDS", 0.05)
+    seen = threading.Event()
+    quiet = ScriptedApi([{"time": "1", "node_name": "a"}, {"time": "3", "node_name": "a"}], hold=1, gate=seen)
+    joined = Peer("b", ScriptedApi([{"time": "2", "node_name": "b"}]))
+    asked: list[int] = []
+
+    def discover() -> list[Peer]:
+        asked.append(len(asked))
+        return [Peer("a", quiet)] + ([joined] if len(asked) > 1 else [])
+
+    got = []
+    for item in Relay([Peer("a", quiet)], lambda n, e: None, discover).stream("/s", {}):
+        got.append(item["node_name"] + item["time"])
+        if item["node_name"] == "b":
+            seen.set()
+    assert got == ["a1", "b2", "a3"]
+    assert len(asked) >= 2
 
 
 def test_follow_names_a_failing_node_and_raises_when_none_answers() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from velvet.api.client import ApiClient
 from velvet.errors import AgentUnavailable, VelvetError
 
 Json = dict[str, Any]
+DISCOVER_SECONDS = 5.0
 ErrorSink = Callable[[str, VelvetError], None]
 
 
@@ -52,9 +54,12 @@ def _merged(answers: Sequence[Sequence[Json]], last: int | None) -> list[Json]:
 class Relay:
     """Fans one request out to every peer and merges what they answer."""
 
-    def __init__(self, peers: Sequence[Peer], on_error: ErrorSink) -> None:
+    def __init__(self, peers: Sequence[Peer], on_error: ErrorSink,
+                 discover: Callable[[], Sequence[Peer]] | None = None) -> None:
+        """Relay to `peers`; a follow also asks `discover` every DISCOVER_SECONDS for nodes that joined."""
         self.peers = list(peers)
         self.on_error = on_error
+        self.discover = discover
 
     def _report(self, failed: Sequence[tuple[Peer, VelvetError]]) -> None:
         """Every failure to `on_error`; the first one raised when no peer answered at all."""
@@ -76,8 +81,13 @@ class Relay:
         return _merged([a for a in answers if not isinstance(a, VelvetError)], last)
 
     def stream(self, path: str, params: Mapping[str, Any]) -> Iterator[Json]:
-        """Follow `path` on every peer concurrently: items interleaved as they come, until all streams end."""
+        """Follow `path` on every peer concurrently: items interleaved as they come, until all streams end.
+
+        Nodes that join meanwhile are followed too (`discover`, as Hubble Relay's peer service); a name
+        is followed once, so a node that left and came back under the same name is not followed again.
+        """
         items: queue.Queue[tuple[Peer, Json | VelvetError | None]] = queue.Queue()
+        started: set[str] = set()
 
         def follow(peer: Peer) -> None:
             try:
@@ -87,18 +97,38 @@ class Relay:
                 items.put((peer, err))
             items.put((peer, None))
 
-        for peer in self.peers:  # daemon threads: an interrupted follow ends with the process
-            name = f"velvet-relay-{peer.name}"
-            threading.Thread(target=follow, args=(peer,), name=name, daemon=True).start()
-        running, failed = len(self.peers), 0
+        def start(peers: Sequence[Peer]) -> int:
+            new = [p for p in peers if p.name not in started]
+            for peer in new:  # daemon threads: an interrupted follow ends with the process
+                started.add(peer.name)
+                name = f"velvet-relay-{peer.name}"
+                threading.Thread(target=follow, args=(peer,), name=name, daemon=True).start()
+            return len(new)
+
+        running, failed = start(self.peers), 0
+        next_discovery = time.monotonic() + DISCOVER_SECONDS
         while running:
-            peer, item = items.get()
+            try:
+                peer, item = items.get(timeout=max(0.0, next_discovery - time.monotonic()))
+            except queue.Empty:
+                running += self._discovered(start)
+                next_discovery = time.monotonic() + DISCOVER_SECONDS
+                continue
             if item is None:
                 running -= 1
             elif isinstance(item, VelvetError):
                 failed += 1
-                if failed == len(self.peers):
+                if failed == len(started):
                     raise item
                 self.on_error(peer.name, item)
             else:
                 yield item
+
+    def _discovered(self, start: Callable[[Sequence[Peer]], int]) -> int:
+        """Start following the nodes `discover` knows and the follow does not (0 when it cannot tell)."""
+        if self.discover is None:
+            return 0
+        try:
+            return start(self.discover())
+        except VelvetError:  # the node list is node 0's: its own stream reports it when it is gone
+            return 0

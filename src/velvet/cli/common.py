@@ -49,11 +49,14 @@ def node_client(api: ApiClient, node: str) -> ApiClient:
 
 
 def cluster_relay(api: ApiClient, on_error: ErrorSink) -> Relay:
-    """A relay over every registered node; with one node, over `api` itself."""
+    """A relay over every registered node (and those that join, for a follow); with one node, over `api`
+    itself."""
+    def discover() -> list[Peer]:
+        return peers_of(cluster_nodes(api), api.timeout)
     nodes = cluster_nodes(api)
     if len(nodes) <= 1:
-        return Relay([Peer(str(n["name"]), api) for n in nodes] or [Peer("", api)], on_error)
-    return Relay(peers_of(nodes, api.timeout), on_error)
+        return Relay([Peer(str(n["name"]), api) for n in nodes] or [Peer("", api)], on_error, discover)
+    return Relay(peers_of(nodes, api.timeout), on_error, discover)
 
 
 def warn_unreachable(node: str, err: VelvetError) -> None:
