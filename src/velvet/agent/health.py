@@ -129,6 +129,8 @@ def probe_icmp(ip: str, ident: int, seq: int, timeout: float) -> Probe:
                     break
                 data, (source, _) = sock.recvfrom(2048)
                 start = (data[0] & 0x0F) * 4  # past the IP header
+                if len(data) < start + 8:
+                    continue
                 kind, _, _, got_id, got_seq = struct.unpack("!BBHHH", data[start:start + 8])
                 if source == ip and kind == _ICMP_ECHO_REPLY and (got_id, got_seq) == (ident, seq):
                     return Probe(True, (time.perf_counter() - started) * 1000)
