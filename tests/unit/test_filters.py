@@ -21,16 +21,17 @@ from velvet.observe.filters import (
 )
 from velvet.observe.flow import Endpoint, Flow
 
-A_TO_B = make_flow()
-B_TO_A = make_flow(src_ip="10.0.0.2", dst_ip="10.0.0.1", src_port=80, dst_port=41234,
-                   source=A_TO_B.destination, destination=A_TO_B.source)
-OTHER = make_flow(src_ip="192.168.1.5", dst_ip="10.0.0.9", src_port=5353, dst_port=53, proto=17, tcp_flags=0,
+A_TO_B = make_flow(node_name="velvet-node")
+B_TO_A = make_flow(node_name="velvet-node", src_ip="10.0.0.2", dst_ip="10.0.0.1", src_port=80,
+                   dst_port=41234, source=A_TO_B.destination, destination=A_TO_B.source)
+OTHER = make_flow(node_name="velvet-node", src_ip="192.168.1.5", dst_ip="10.0.0.9", src_port=5353,
+                  dst_port=53, proto=17, tcp_flags=0,
                   source=Endpoint(2, labels=("reserved:world",)),
                   destination=Endpoint(300, "kube-system", "coredns-1", ("k8s:k8s-app=kube-dns",)),
                   destination_service=NamedRef("kube-system", "kube-dns"))
-DROP = make_flow(type=EventType.DROP, verdict=Verdict.DROPPED, drop_reason=133)
-VERDICT = make_flow(type=EventType.POLICY_VERDICT)
-FROM_EP = make_flow(obs_point=ObsPoint.FROM_ENDPOINT)
+DROP = make_flow(type=EventType.DROP, verdict=Verdict.DROPPED, drop_reason=133, node_name="velvet-node-1")
+VERDICT = make_flow(type=EventType.POLICY_VERDICT, node_name="velvet-node-1")
+FROM_EP = make_flow(obs_point=ObsPoint.FROM_ENDPOINT, node_name="velvet-node-12")
 ALL = [A_TO_B, B_TO_A, OTHER, DROP, VERDICT, FROM_EP]
 
 
@@ -85,6 +86,10 @@ def test_no_filter_shows_everything() -> None:
     ("type", "policy-verdict", [VERDICT]),
     ("type", "trace:from-endpoint", [FROM_EP]),
     ("type", "trace", [A_TO_B, B_TO_A, OTHER, FROM_EP]),
+    ("node-name", "velvet-node-1", [DROP, VERDICT]),
+    ("node-name", "velvet-node", [A_TO_B, B_TO_A, OTHER]),
+    ("node-name", "velvet-node-1*", [DROP, VERDICT, FROM_EP]),
+    ("node-name", "velvet-node-?", [DROP, VERDICT]),
 ])
 def test_each_filter(flag: str, value: str, expected: list[Flow]) -> None:
     """Test one filter flag against the sample flows."""
@@ -96,7 +101,7 @@ def test_every_flag_is_covered() -> None:
     covered = {"ip", "from-ip", "to-ip", "pod", "from-pod", "to-pod", "namespace", "from-namespace",
                "to-namespace", "label", "from-label", "to-label", "identity", "from-identity", "to-identity",
                "port", "from-port", "to-port", "service", "from-service", "to-service", "protocol", "verdict",
-               "type"}
+               "type", "node-name"}
     assert set(FILTER_FLAGS) == covered
 
 
@@ -131,6 +136,7 @@ def test_directional_only_spec_has_one_filter() -> None:
     ((("service", "kube-dns", True),), [A_TO_B, B_TO_A, DROP, VERDICT, FROM_EP]),
     ((("identity", "world", True),), [A_TO_B, B_TO_A, DROP, VERDICT, FROM_EP]),
     ((("namespace", "x", True),), [OTHER]),
+    ((("node-name", "velvet-node-1*", True),), [A_TO_B, B_TO_A, OTHER]),
 ])
 def test_not_negates_the_next_filter(args: tuple[tuple[str, str] | tuple[str, str, bool], ...],
                                      expected: list[Flow]) -> None:

@@ -28,6 +28,8 @@ class FakeClient:
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
 
     def get(self, path: str, **query: Any) -> Any:
+        if path == "/v1/query/nodes":  # one node: the relay asks this client itself
+            return [{"name": "velvet-node", "api": "/elsewhere.sock"}]
         self.calls.append(("get", path, query))
         return self.answer
 
@@ -40,6 +42,7 @@ def parse(*argv: str) -> argparse.Namespace:
     """Parse a `velvet` command line with only the observe and monitor commands registered."""
     parser = argparse.ArgumentParser(prog="velvet")
     parser.add_argument("--sandbox", default=None)
+    parser.add_argument("--node", default=None)
     sub = parser.add_subparsers(dest="command", required=True)
     observe.add_observe_parser(sub)
     observe.add_monitor_parser(sub)
@@ -50,7 +53,7 @@ def parse(*argv: str) -> argparse.Namespace:
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
     """A FakeClient installed as the CLI's API client."""
     client = FakeClient([FLOW, DROP], [FLOW, LOST, DROP])
-    monkeypatch.setattr(observe, "client", lambda sandbox=None: client)
+    monkeypatch.setattr(observe, "client", lambda sandbox=None, node=None: client)
     return client
 
 

@@ -193,3 +193,20 @@ def test_service_map_groups_draw_what_every_flow_draws() -> None:
     assert expected
     listed = [line["time"] for line in node_flows(p.store, node)]
     assert listed == [rfc3339_ns(f.time_ns) for f in reversed(expected)]
+
+
+def test_node_name_mask_is_the_whole_store_or_nothing() -> None:
+    """Test that --node-name selects every record of the node's store or none, as the predicate does."""
+    p = _mixed_pipeline()
+    p.decoder.node_name = "velvet-node-1"
+    records = p.store.records()
+    flows = p.store.flows(records)
+    for values, negated, hits in ((["velvet-node-1"], False, len(flows)), (["velvet-node-2"], False, 0),
+                                  (["velvet-node-2", "velvet-node-?"], False, len(flows)),
+                                  (["velvet-node-1"], True, 0)):
+        spec = build_spec([FilterArg("node-name", v, negated) for v in values])
+        match = spec_match(spec, p.decoder)
+        assert match is not None
+        expected = [compile_spec(spec)(f) for f in flows]
+        assert match(records).tolist() == expected
+        assert sum(expected) == hits, values

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from velvet import __version__
 from velvet.agent.config import AgentConfig
+from velvet.agent.health import HealthProber, choose_targets
 from velvet.agent.manifests import parse_all, relocate
 from velvet.agent.routes import NetlinkRoutes
 from velvet.cni.attachments import RUNTIME_ANNOTATION, Attachment, CniAttachments
@@ -90,6 +91,8 @@ class Agent:
                     EtcdClient(config.etcd_endpoint), config.node_name,
                     range(FIRST_ALLOCATED_IDENTITY, LAST_LABEL_IDENTITY + 1))
                 self.registry.on_lease = self.cluster_identities.use_lease
+        # a registered node probes the others and serves their probes on its InternalIP (cilium-health)
+        self.prober = HealthProber(config.node_ips[0]) if self.cluster_identities is not None else None
         self.store = LocalStore.open(self.state_dir / "store", service_cidr=config.service_cidr,
                                      node_name=config.node_name, backend=backend)
         self.store.nodes = self._node_names
@@ -130,6 +133,8 @@ class Agent:
             self.cluster_identities.start()
         if self.registry is not None and self.config.node_ips:
             self.registry.start(self.own_node())
+        if self.prober is not None:
+            self.prober.start()
         self.datapath.start()
         self.endpoints.restore()
         self.cni.drain(self.state_dir / "cni-delete-queue")
@@ -184,12 +189,17 @@ class Agent:
             if others != self.policy.remote_node_ips:  # the other nodes' IPs are remote-node in the ipcache
                 self.policy.remote_node_ips = others
                 self.reconcile(Dirty(policy=True))
+            if self.prober is not None and self.prober.due():  # the probes follow nodes and pods
+                pods = [p for p in self.store.get("pods", ALL_NAMESPACES) if isinstance(p, Pod)]
+                policies = [p for p in self.store.get("networkpolicies", ALL_NAMESPACES)
+                            if isinstance(p, NetworkPolicy)]
+                self.prober.aim(choose_targets(nodes, pods, policies))
 
     def own_node(self) -> NodeRecord:
         """This node as it registers itself."""
         created = datetime.fromtimestamp(self.started_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return NodeRecord(self.config.node_name, (*self.config.node_ips, "")[0] or self.config.host_ips[-1],
-                          self.config.pod_cidr, created)
+                          self.config.pod_cidr, created, api=str(self.paths.socket))
 
     def nodes(self) -> list[NodeRecord]:
         """The cluster's registered nodes; with no registry (local store), this node alone."""
@@ -203,6 +213,8 @@ class Agent:
 
     def close(self) -> None:
         """Leave the cluster (revoke the node's lease) and stop following the store."""
+        if self.prober is not None:
+            self.prober.close()
         if self.registry is not None:
             self.registry.close()
         if self.cluster_identities is not None:

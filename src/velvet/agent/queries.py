@@ -22,6 +22,24 @@ FLAG_NAMES = [(SvcFlag.CLUSTERIP, "ClusterIP"), (SvcFlag.NODEPORT, "NodePort"),
               (SvcFlag.EXTERNAL_IP, "ExternalIPs"), (SvcFlag.LOADBALANCER, "LoadBalancer")]
 
 
+def routing_mode(agent: Agent) -> str:
+    """How pods reach other nodes' pods; only native routing exists so far (the tunnel mode's config
+    field replaces this constant when it lands)."""
+    return "native"
+
+
+def nodes(agent: Agent) -> list[dict[str, Any]]:
+    """The registered nodes with the API address each agent advertises (the relay's peers)."""
+    return [{"name": n.name, "internal_ip": n.internal_ip, "pod_cidr": n.pod_cidr, "api": n.api}
+            for n in agent.nodes()]
+
+
+def cluster(agent: Agent) -> dict[str, Any]:
+    """The cluster as this node sees it: routing mode, registered nodes, health probes (cilium-health)."""
+    return {"routing": routing_mode(agent), "nodes": nodes(agent),
+            "health": agent.prober.report() if agent.prober is not None else None}
+
+
 def status(agent: Agent) -> dict[str, Any]:
     """Kernel checks, agent health, programs and their attachments, maps, object counts."""
     kernel = agent.datapath.kernel()
@@ -41,6 +59,7 @@ def status(agent: Agent) -> dict[str, Any]:
             "counters": dict(dp.counters),
         },
         "store": agent.store.storage_status(),
+        "cluster": cluster(agent),
         "problems": [{"service": key, "reason": why} for key, why in agent.services.problems().items()],
         "counts": {
             "endpoints": len(agent.endpoints),
@@ -200,6 +219,8 @@ def query(agent: Agent, what: str, params: Mapping[str, str]) -> Any:
         return policy_get(agent)
     if what == "trace":
         return policy_trace(agent, params)
+    if what == "nodes":
+        return nodes(agent)
     if what == "bpf":
         return agent.datapath.dump(_param(params, "map"))
     raise NotFound(f"unknown query {what!r}")

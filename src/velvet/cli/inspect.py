@@ -47,14 +47,14 @@ def render_services(rows: list[dict[str, Any]]) -> str:
 
 def cmd_service_list(args: argparse.Namespace) -> int:
     """Frontends → backends with state."""
-    rows = client(args.sandbox).get("/v1/query/services")
+    rows = client(args.sandbox, args.node).get("/v1/query/services")
     print_json(rows) if args.output == "json" else print(render_services(rows))
     return 0
 
 
 def cmd_endpoint_list(args: argparse.Namespace) -> int:
     """Local endpoints with identity and enforcement per direction."""
-    rows = client(args.sandbox).get("/v1/query/endpoints")
+    rows = client(args.sandbox, args.node).get("/v1/query/endpoints")
     if args.output == "json":
         print_json(rows)
         return 0
@@ -67,7 +67,7 @@ def cmd_endpoint_list(args: argparse.Namespace) -> int:
 
 def cmd_identity_list(args: argparse.Namespace) -> int:
     """Identities and their labels."""
-    rows = client(args.sandbox).get("/v1/query/identities")
+    rows = client(args.sandbox, args.node).get("/v1/query/identities")
     if args.output == "json":
         print_json(rows)
         return 0
@@ -77,7 +77,7 @@ def cmd_identity_list(args: argparse.Namespace) -> int:
 
 def cmd_policy_get(args: argparse.Namespace) -> int:
     """What policy is loaded and what it compiled to."""
-    answer = client(args.sandbox).get("/v1/query/policy")
+    answer = client(args.sandbox, args.node).get("/v1/query/policy")
     if args.output == "json":
         print_json(answer)
         return 0
@@ -95,7 +95,7 @@ def cmd_policy_get(args: argparse.Namespace) -> int:
 def cmd_policy_trace(args: argparse.Namespace) -> int:
     """Verdict for a connection between two pods and the policies that decide it."""
     query = {"from": args.src, "to": args.dst, "port": args.port}
-    answer = client(args.sandbox).get("/v1/query/trace", **query)
+    answer = client(args.sandbox, args.node).get("/v1/query/trace", **query)
     if args.output == "json":
         print_json(answer)
         return 0 if answer["verdict"] == "ALLOWED" else 1
@@ -110,7 +110,7 @@ def cmd_policy_trace(args: argparse.Namespace) -> int:
 
 def cmd_bpf(args: argparse.Namespace) -> int:
     """Raw map contents, like `cilium bpf <map> list`."""
-    api = client(args.sandbox)
+    api = client(args.sandbox, args.node)
     dumps = {name: api.get("/v1/query/bpf", map=name) for name in BPF_MAPS[args.map]}
     if args.output == "json":
         print_json(dumps)

@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="velvet", description="eBPF networking, observability and security")
     parser.add_argument("--sandbox", default=None, help="sandbox (default: $VELVET_SANDBOX or default)")
+    parser.add_argument("--node", default=None, metavar="NAME",
+                        help="run the command on this registered node (default: the first node)")
     parser.add_argument("--version", action="version", version=f"velvet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     agent_cmd.register(sub)

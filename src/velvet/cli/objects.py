@@ -32,7 +32,7 @@ def read_manifests(paths: list[str]) -> list[dict[str, str]]:
 def cmd_apply(args: argparse.Namespace) -> int:
     """Apply manifests all-or-nothing; one kubectl-like line per object, then an error per service that
     does not fit in the datapath's maps (exit code 1)."""
-    results = client(args.sandbox).post("/v1/apply", {"documents": read_manifests(args.filename)})
+    results = client(args.sandbox, args.node).post("/v1/apply", {"documents": read_manifests(args.filename)})
     for warning in results.get("warnings", []):
         print(f"Warning: {warning}", file=sys.stderr)
     for line in results["results"]:
@@ -46,7 +46,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     """Delete the objects the manifests name."""
     body = {"documents": read_manifests(args.filename), "grace_seconds": args.grace_period}
-    for line in client(args.sandbox).post("/v1/delete", body)["results"]:
+    for line in client(args.sandbox, args.node).post("/v1/delete", body)["results"]:
         print(line)
     return 0
 
@@ -54,7 +54,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     """List objects of a kind, printed as kubectl does."""
     namespace = "all" if args.all_namespaces else args.namespace
-    answer = client(args.sandbox).get(f"/v1/objects/{args.kind}", namespace=namespace, name=args.name)
+    api = client(args.sandbox, args.node)
+    answer = api.get(f"/v1/objects/{args.kind}", namespace=namespace, name=args.name)
     items = answer["items"]
     if not items and args.output in (None, "wide"):
         shown = None if args.all_namespaces or not answer["namespaced"] else (namespace or "default")

@@ -8,7 +8,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from velvet.cli.common import client, table
+from velvet.api.relay import Peer, Relay
+from velvet.cli.common import client, cluster_relay, table, warn_unreachable
 from velvet.errors import VelvetError
 from velvet.observe import format as fmt
 from velvet.observe.codes import EVENT_TYPE_NAMES
@@ -24,6 +25,7 @@ _FILTER_HELP = {
     "port": "source or destination port", "service": "source or destination service ([namespace/]name)",
     "protocol": "L4 protocol: tcp, udp, icmp", "verdict": "FORWARDED, DROPPED, AUDIT or TRANSLATED",
     "type": "event type: trace[:obs-point], drop, policy-verdict, sock",
+    "node-name": "the node that saw the flow (a name or a pattern with * and ?)",
 }
 
 
@@ -64,48 +66,54 @@ def query_from_args(args: argparse.Namespace, now_ns: int | None = None) -> Flow
     return FlowQuery(spec=build_spec(args.filters), last=last, since_ns=since, until_ns=until)
 
 
-def _table_line(row: Sequence[str]) -> str:
-    cells = [cell.ljust(width) for cell, width in zip(row, _TABLE_WIDTHS, strict=False)]
-    return "   ".join([*cells, *row[len(_TABLE_WIDTHS):]]).rstrip()
+def _table_line(row: Sequence[str], node_name: bool) -> str:
+    widths = (19, 16, *_TABLE_WIDTHS[1:]) if node_name else _TABLE_WIDTHS
+    cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+    return "   ".join([*cells, *row[len(widths):]]).rstrip()
 
 
-def _print_flows(items: Iterable[dict[str, Any]], output: str, follow: bool) -> None:
+def _print_flows(items: Iterable[dict[str, Any]], output: str, follow: bool, node_name: bool = False) -> None:
     rows: list[list[str]] = []
+    headers = fmt.table_headers(node_name)
     if output == "table" and follow:
-        print(_table_line(fmt.TABLE_HEADERS), flush=True)
+        print(_table_line(headers, node_name), flush=True)
     for item in items:
         if "lost_events" in item:
             print(fmt.lost_text(item), file=sys.stderr, flush=True)
         elif output == "json":
             print(fmt.json_line(item), flush=follow)
         elif output == "table" and follow:
-            print(_table_line(fmt.table_row(item)), flush=True)
+            print(_table_line(fmt.table_row(item, node_name=node_name), node_name), flush=True)
         elif output == "table":
-            rows.append(fmt.table_row(item))
+            rows.append(fmt.table_row(item, node_name=node_name))
         else:
-            print(fmt.compact(item), flush=follow)
+            print(fmt.compact(item, node_name=node_name), flush=follow)
     if rows:
-        print(table(fmt.TABLE_HEADERS, rows))
+        print(table(headers, rows))
 
 
 def cmd_observe(args: argparse.Namespace) -> int:
-    """Print stored flows, or follow new ones, that match the filters."""
+    """Print stored flows, or follow new ones, that match the filters: every node's, merged by time
+    (Hubble Relay's view), or one node's with `velvet --node NAME`."""
     try:
         query = query_from_args(args)
     except ValueError as exc:
         raise VelvetError(f"observe: {exc}") from None
-    api = client(args.sandbox)
+    api = client(args.sandbox, args.node)
+    relay = Relay([Peer(args.node, api)], warn_unreachable) if args.node else cluster_relay(
+        api, warn_unreachable)
     params = query.to_params()
     if args.follow:
-        _print_flows(api.stream("/v1/stream/flows", **params), args.output, follow=True)
+        items = relay.stream("/v1/stream/flows", params)
     else:
-        _print_flows(api.get("/v1/query/flows", **params), args.output, follow=False)
+        items = iter(relay.query("/v1/query/flows", params, query.last))
+    _print_flows(items, args.output, follow=args.follow, node_name=args.print_node_name)
     return 0
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     """Print raw datapath events as they come, like `cilium monitor`."""
-    api = client(args.sandbox)
+    api = client(args.sandbox, args.node)
     types = ",".join(args.types or ())
     if not args.json:
         print("Listening for events... Press Ctrl-C to quit", file=sys.stderr, flush=True)
@@ -124,12 +132,14 @@ def add_observe_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     p = subparsers.add_parser(
         "observe", help="show flows with Kubernetes context (like hubble observe)",
         description="Show stored flows (the last 20 by default) or follow new ones. Values of one filter "
-                    "are ORed, different filters ANDed; --not negates the filter that follows it.")
+                    "are ORed, different filters ANDed; --not negates the filter that follows it. The flows "
+                    "of every registered node are merged by time (velvet --node NAME observe: one node's).")
     p.add_argument("--last", type=int, default=None, metavar="N", help="the last N matching flows")
     p.add_argument("-f", "--follow", action="store_true", help="follow new flows")
     p.add_argument("--since", help="flows since a time: duration ago (5m, 1h30m) or RFC 3339")
     p.add_argument("--until", help="flows until a time: duration ago or RFC 3339")
     p.add_argument("-o", "--output", choices=["compact", "json", "table"], default="compact")
+    p.add_argument("--print-node-name", action="store_true", help="show the node that saw each flow")
     p.add_argument("--not", action=_Negate, nargs=0, help="negate the next filter")
     for flag in FILTER_FLAGS:
         short = ["-t"] if flag == "type" else []

@@ -16,9 +16,41 @@ def _store_line(store: dict[str, Any]) -> str:
     return f"Store:         {store['kind']} {where}  {state}, version {store.get('version', 0)}"
 
 
+def _probe_cells(probe: dict[str, Any] | None) -> list[str]:
+    """REACHABLE and LATENCY cells of one probe ("-" before the first round)."""
+    if probe is None:
+        return ["-", "-"]
+    if probe["reachable"]:
+        return ["yes", f"{probe['latency_ms']:.3f} ms"]
+    return [f"NO: {probe['error']}", "-"]
+
+
+def cluster_lines(cluster: dict[str, Any]) -> list[str]:
+    """The cluster as the answering node sees it: routing, nodes and the health probes (cilium-health)."""
+    health = {row["name"]: row for row in cluster.get("health") or ()}
+    nodes_ok = sum(1 for row in health.values() if (row["node"] or {}).get("reachable"))
+    pods = [row["pod"]["probe"] for row in health.values() if row["pod"]["name"]]
+    pods_ok = sum(1 for probe in pods if (probe or {}).get("reachable"))
+    lines = [f"Routing:       {cluster['routing']}",
+             f"Cluster:       {len(cluster['nodes'])} nodes; health: {nodes_ok}/{len(health)} nodes and "
+             f"{pods_ok}/{len(pods)} pods reachable"]
+    rows = []
+    for node in cluster["nodes"]:
+        row = health.get(node["name"]) or {"node": None, "pod": {"name": "", "probe": None, "why": "-"}}
+        pod = row["pod"]
+        target = f"{pod['name']} ({pod['ip']})" if pod["name"] else f"none: {pod.get('why', '-')}"
+        rows.append([node["name"], node["internal_ip"], node["pod_cidr"], *_probe_cells(row["node"]), target,
+                     *_probe_cells(pod["probe"])])
+    headers = ["NODE", "INTERNAL-IP", "POD-CIDR", "REACHABLE", "LATENCY", "HEALTH POD", "POD REACHABLE",
+               "POD LATENCY"]
+    lines += ["  " + line for line in table(headers, rows).splitlines()]
+    return lines
+
+
 def render(status: dict[str, Any], verbose: bool = False) -> str:
     """The human form of the status answer, in the spirit of `cilium status`."""
     kernel, agent, dp, counts = status["kernel"], status["agent"], status["datapath"], status["counts"]
+    cluster = status.get("cluster") or {}
     missing = [f for f in kernel["features"] if not f["ok"]]
     lines = [
         f"Kernel:        Linux {kernel['release']}, "
@@ -31,6 +63,7 @@ def render(status: dict[str, Any], verbose: bool = False) -> str:
         f"sandbox {agent['sandbox']}" + ("  POLICY AUDIT MODE" if agent["policy_audit_mode"] else ""),
         f"Datapath:      {dp['kind']}, {len(dp['programs'])} programs, {len(dp['maps'])} maps",
         _store_line(status.get("store") or {"kind": "local", "connected": True}),
+        *(cluster_lines(cluster) if cluster.get("health") is not None else ()),
         f"Endpoints:     {counts['endpoints']}",
         f"Services:      {counts['services']}",
         f"Identities:    {counts['identities']}",
@@ -67,7 +100,7 @@ def render(status: dict[str, Any], verbose: bool = False) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the agent's status."""
-    status = client(args.sandbox).get("/v1/status")
+    status = client(args.sandbox, args.node).get("/v1/status")
     if args.output == "json":
         print_json(status)
     else:
@@ -77,7 +110,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Print the service map's address (open it in a browser on this machine)."""
-    http = client(args.sandbox).get("/v1/status").get("http")
+    http = client(args.sandbox, args.node).get("/v1/status").get("http")
     if not http:
         raise VelvetError("the agent serves no service map (it runs with --metrics-address '')")
     print(http["ui"])
@@ -88,7 +121,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `velvet status` and `velvet ui`."""
     ui = sub.add_parser("ui", help="print the address of the service map (a web page on loopback)")
     ui.set_defaults(func=cmd_ui)
-    p = sub.add_parser("status", help="health of the agent and the datapath")
+    p = sub.add_parser("status", help="health of the agent, the datapath and the cluster's nodes")
     p.add_argument("-o", "--output", choices=["json"], default=None)
     p.add_argument("-v", "--verbose", action="store_true", help="list every kernel feature check")
     p.set_defaults(func=cmd_status)

@@ -1,4 +1,4 @@
-"""A cluster node as its agent registers it: name, InternalIP and pod CIDR; the v1 Node kubectl prints."""
+"""A cluster node as its agent registers it (name, InternalIP, pod CIDR, API address), and as a v1 Node."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ class InvalidNode(VelvetError):
 
 @dataclass(frozen=True)
 class NodeRecord:
-    """One registered node; `created` is when it registered (RFC 3339, UTC)."""
+    """One registered node; `created` is when it registered (RFC 3339, UTC), `api` where its agent's API
+    answers (a unix socket path in the sandbox, whose nodes share one filesystem; "" when not advertised)."""
 
     name: str
     internal_ip: str
     pod_cidr: str
     created: str = ""
+    api: str = ""
 
     def __post_init__(self) -> None:
         """Refuse a record whose address or CIDR is not IPv4 (it would become a route)."""
@@ -36,7 +38,7 @@ class NodeRecord:
     def encode(self) -> bytes:
         """The record as stored (JSON)."""
         return json.dumps({"name": self.name, "internalIP": self.internal_ip, "podCIDR": self.pod_cidr,
-                           "created": self.created}, sort_keys=True).encode()
+                           "created": self.created, "api": self.api}, sort_keys=True).encode()
 
     @classmethod
     def decode(cls, raw: bytes, where: str) -> NodeRecord:
@@ -44,7 +46,7 @@ class NodeRecord:
         try:
             doc = json.loads(raw)
             return cls(str(doc["name"]), str(doc["internalIP"]), str(doc["podCIDR"]),
-                       str(doc.get("created", "")))
+                       str(doc.get("created", "")), str(doc.get("api", "")))
         except (ValueError, KeyError, TypeError) as err:
             raise InvalidNode(f"{where}: not a node record ({err})") from None
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from ipaddress import IPv4Address, IPv4Network, ip_network
 from typing import Any
 
@@ -59,6 +60,7 @@ class FlowFilter:
     protocol: tuple[str, ...] = ()
     verdict: tuple[str, ...] = ()
     event_type: tuple[str, ...] = ()
+    node_name: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, list[str]]:
         """Non-empty fields only."""
@@ -100,7 +102,7 @@ _EITHER = {name: (f"source_{attr}", f"destination_{attr}") for name, attr in (
     ("identity", "identity"), ("port", "port"), ("service", "service"))}
 _BOTH = {**{f"from-{name}": src for name, (src, _) in _EITHER.items()},
          **{f"to-{name}": dst for name, (_, dst) in _EITHER.items()},
-         "protocol": "protocol", "verdict": "verdict", "type": "event_type"}
+         "protocol": "protocol", "verdict": "verdict", "type": "event_type", "node-name": "node_name"}
 
 FILTER_FLAGS: tuple[str, ...] = (*_EITHER, *_BOTH)
 """Every filter flag `velvet observe` accepts (without the leading dashes)."""
@@ -133,11 +135,16 @@ def _normalise(attr: str, value: str) -> str:
         if sub and sub not in {short for _, short, _ in OBS_POINTS.values()}:
             raise ValueError(f"unknown observation point {sub!r} in {value!r}")
         return value.lower()
+    if kind == "node_name" and not _NODE_NAME.fullmatch(value):
+        raise ValueError(f"invalid node name pattern {value!r} (a node name, * and ? as wildcards)")
     if kind == "label":
         _parse_selector(value)
     elif not value:
         raise ValueError(f"empty value for {attr}")
     return value
+
+
+_NODE_NAME = re.compile(r"[a-z0-9*?]([-a-z0-9.*?/]*[a-z0-9*?])?")
 
 
 class _Sides:
@@ -326,6 +333,9 @@ def compile_filter(f: FlowFilter) -> Predicate:
         checks.append(lambda flow: verdict_name(flow.verdict) in verdicts)
     if f.event_type:
         checks.append(_type_check(f.event_type))
+    if f.node_name:
+        patterns = f.node_name
+        checks.append(lambda flow: any(fnmatchcase(flow.node_name, p) for p in patterns))
     return lambda flow: all(check(flow) for check in checks)
 
 

@@ -94,23 +94,30 @@ def drop_text(flow: Json) -> str:
     return drop_reason_names(flow.get("drop_reason", 0))[1]
 
 
-def compact(flow: Json, tz: tzinfo | None = None) -> str:
-    """One line per flow, like `hubble observe -o compact`."""
+def compact(flow: Json, tz: tzinfo | None = None, node_name: bool = False) -> str:
+    """One line per flow, like `hubble observe -o compact` (`--print-node-name`: " [node]" after the time)."""
     src, dst, arrow = endpoint_text(flow, "source"), endpoint_text(flow, "destination"), "->"
     if flow.get("is_reply"):
         src, dst, arrow = dst, src, "<-"
-    line = (f"{timestamp(flow['time'], tz)}: {src} {arrow} {dst} {flow_type(flow)} {verdict_text(flow)} "
-            f"({flow.get('Summary', '')})")
+    node = f" [{flow.get('node_name', '')}]" if node_name else ""
+    line = (f"{timestamp(flow['time'], tz)}{node}: {src} {arrow} {dst} {flow_type(flow)} "
+            f"{verdict_text(flow)} ({flow.get('Summary', '')})")
     reason = drop_text(flow)
     return f"{line} {reason}" if reason else line
 
 
-def table_row(flow: Json, tz: tzinfo | None = None) -> list[str]:
-    """One row under `TABLE_HEADERS` (Hubble's -o table)."""
+def table_headers(node_name: bool = False) -> list[str]:
+    """Hubble's -o table columns; `--print-node-name` adds NODE after TIMESTAMP."""
+    return [TABLE_HEADERS[0], "NODE", *TABLE_HEADERS[1:]] if node_name else list(TABLE_HEADERS)
+
+
+def table_row(flow: Json, tz: tzinfo | None = None, node_name: bool = False) -> list[str]:
+    """One row under `table_headers(node_name)` (Hubble's -o table)."""
     reason = drop_text(flow)
     summary = f"{flow.get('Summary', '')} {reason}".strip()
-    return [timestamp(flow["time"], tz), endpoint_text(flow, "source"), endpoint_text(flow, "destination"),
-            flow_type(flow), verdict_text(flow), summary]
+    node = [str(flow.get("node_name", ""))] if node_name else []
+    return [timestamp(flow["time"], tz), *node, endpoint_text(flow, "source"),
+            endpoint_text(flow, "destination"), flow_type(flow), verdict_text(flow), summary]
 
 
 def json_line(item: Json) -> str:

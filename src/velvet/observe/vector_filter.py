@@ -140,6 +140,9 @@ def _field_masks(f: FlowFilter, decoder: FlowDecoder) -> list[RecordMatch]:
         masks.append(_code_mask(FlowFilter(verdict=f.verdict), "verdict"))
     if f.event_type:
         masks.append(_type_mask(FlowFilter(event_type=f.event_type)))
+    if f.node_name:  # every record of a store is its node's: the answer is the same for all
+        same = compile_filter(FlowFilter(node_name=f.node_name))(_probe(node_name=decoder.node_name))
+        masks.append(lambda records: np.full(len(records), same, np.bool_))
     return masks
 
 
