@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from harness import Sandbox, unique_name
 
-from velvet.paths import AgentPaths
 from velvet.sandbox.cleanup import find_leftovers
 from velvet.sandbox.naming import SandboxNames
 
@@ -76,8 +75,9 @@ def test_demo_shows_balancing_the_policy_drop_and_leaves_nothing(tmp_path: Path)
     assert int(counts[1]) > 0
     assert int(counts[2]) > 0
     assert int(counts[1]) + int(counts[2]) == 20
-    node1 = re.escape(f"VELVET_API_SOCKET={AgentPaths(name, 'node1').socket} velvet observe")
-    assert re.search(rf"\$ {node1} .*--from-pod empire/tiefighter", out), out
+    assert re.search(r"\$ velvet observe --node-name velvet-node-1 --print-node-name .*"
+                     r"--from-pod empire/tiefighter", out), out
+    assert re.search(r"\[velvet-node-1\]: empire/tiefighter:\d+", out), out
     assert re.search(r"empire/tiefighter:\d+ \(ID:\d+\) -> empire/deathstar-[12]:80 .* to-endpoint FORWARDED",
                      out)
     assert re.search(r"empire/xwing:\d+ \(ID:\d+\) -> empire/deathstar-[12]:80 .* DROPPED .*Policy denied",

@@ -25,8 +25,6 @@ from typing import Any
 from velvet.cli.common import require_root
 from velvet.cli.runner import SandboxCli
 from velvet.errors import VelvetError
-from velvet.paths import AgentPaths
-from velvet.sandbox.naming import node_index
 
 DEMO_SANDBOX = "demo"
 NODES = 2
@@ -41,14 +39,6 @@ FLOW_TIMEOUT = 10.0
 SHOWN_ANSWERS = 4
 DROP_FIELDS = ("verdict", "drop_reason_desc", "traffic_direction")
 INTERRUPTED_EXIT = 130
-
-
-def node_socket(sandbox: str, node: str) -> Path:
-    """The API socket of node `node`'s agent (velvet-node's is the sandbox's own)."""
-    k = node_index(node)
-    if k is None:
-        raise VelvetError(f"{node!r} is not a node of sandbox {sandbox}")
-    return AgentPaths(sandbox, f"node{k}" if k else "").socket
 
 
 class Interrupted(BaseException):
@@ -98,21 +88,19 @@ class Demo:
 
     def velvet(self, *args: str, check: bool = True, show: bool = True,
                node: str = "") -> subprocess.CompletedProcess[str]:
-        """Run one velvet command as a user would type it, against `node`'s agent when given (a command
-        about one node: its flows, endpoints, policy verdicts); show it and its output."""
-        env = {"VELVET_API_SOCKET": str(node_socket(self.sandbox, node))} if node else None
+        """Run one velvet command as a user would type it, on `node`'s agent when given (`velvet --node`:
+        a command about one node, its endpoints or policy verdicts); show it and its output."""
+        args = ("--node", node, *args) if node else args
         if show:
-            aimed = f"VELVET_API_SOCKET={env['VELVET_API_SOCKET']} " if env else ""
-            print(f"$ {aimed}velvet {' '.join(args)}", flush=True)
-        done = self.cli.velvet(*args, check=check, timeout=None, env=env)
+            print(f"$ velvet {' '.join(args)}", flush=True)
+        done = self.cli.velvet(*args, check=check, timeout=None)
         if show and done.stdout.strip():
             print(done.stdout.rstrip(), flush=True)
         return done
 
     def observe(self, receiver: str, *args: str, show: bool = True) -> subprocess.CompletedProcess[str]:
-        """`velvet observe ARGS` over the flows of pods on `receiver`, the node that recorded them (each
-        agent keeps the flows its own programs saw; a merged observe of every node replaces this)."""
-        return self.velvet("observe", *args, show=show, node=receiver)
+        """`velvet observe ARGS` over every node's flows (the relay merges them): those `receiver` saw."""
+        return self.velvet("observe", "--node-name", receiver, "--print-node-name", *args, show=show)
 
     def exec_lines(self, pod: str, *argv: str) -> list[str]:
         """Run a command in a pod (shown as typed); its output lines."""
@@ -325,9 +313,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         if args.keep and not interrupted:
             where = f"; service map: {found.service_map}" if found.service_map else ""
-            node1 = node_socket(demo.sandbox, "velvet-node-1")
             print(f"\nThe sandbox stays up for exploring, e.g.: velvet --sandbox {demo.sandbox} observe -f"
-                  f" (velvet-node's flows; VELVET_API_SOCKET={node1} for velvet-node-1's){where}"
+                  f" --print-node-name (every node's flows){where}"
                   f"\nTear it down with: velvet --sandbox {demo.sandbox} sandbox down", flush=True)
         elif not teardown(demo):
             found.problems.append(f"`velvet --sandbox {demo.sandbox} sandbox down` failed")

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,17 +54,15 @@ class SandboxCli:
 
     def velvet(self, *args: str, check: bool = True, stdin: str | None = None,
                timeout: float | None = COMMAND_TIMEOUT, new_session: bool = False,
-               env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+               ) -> subprocess.CompletedProcess[str]:
         """Run `velvet --sandbox NAME ARGS...`, capturing its output.
 
         `check`: a non-zero exit raises CommandFailed. A command still running after `timeout` seconds is
         killed and raises CommandFailed. `new_session`: a Ctrl-C at the terminal does not reach it.
-        `env`: variables added to this process's environment for the command.
         """
         try:
             done = subprocess.run(self.argv(*args), capture_output=True, text=True, input=stdin,
-                                  timeout=timeout, check=False, start_new_session=new_session,
-                                  env={**os.environ, **env} if env else None)
+                                  timeout=timeout, check=False, start_new_session=new_session)
         except subprocess.TimeoutExpired as exc:
             raise CommandFailed(("velvet", *args), None, _text(exc.stdout), _text(exc.stderr)) from None
         if check and done.returncode != 0:
