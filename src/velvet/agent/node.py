@@ -39,6 +39,7 @@ from velvet.durable import private_dir
 from velvet.errors import InvalidManifest, NotFound
 from velvet.ipam import FIRST_POD_HOST, PodIpam, ipam_file
 from velvet.model import FIRST_ALLOCATED_IDENTITY, NetworkPolicy, Pod, Service
+from velvet.model.cluster_endpoint import ClusterEndpoint
 from velvet.model.codec import resolve_kind, to_dict
 from velvet.model.decode_report import decode_endpoint_report, decode_pod_status_report
 from velvet.model.node import NodeRecord
@@ -49,6 +50,7 @@ from velvet.paths import AgentPaths
 from velvet.sources.backend import Backend
 from velvet.sources.delta import Delta
 from velvet.sources.etcd_client import EtcdClient
+from velvet.sources.etcd_endpoints import EtcdEndpoints
 from velvet.sources.etcd_identities import EtcdIdentities
 from velvet.sources.etcd_nodes import NodeRegistry
 from velvet.sources.etcd_store import EtcdBackend
@@ -82,17 +84,21 @@ class Agent:
         self.etcd: EtcdBackend | None = None
         self.registry: NodeRegistry | None = None
         self.cluster_identities: EtcdIdentities | None = None
+        self.cluster_endpoints: EtcdEndpoints | None = None
         if config.store == "etcd":
             backend = self.etcd = EtcdBackend(EtcdClient(config.etcd_endpoint))
-            self.registry = NodeRegistry(EtcdClient(config.etcd_endpoint))
-            if config.node_ips:  # a registered node: its identities are the cluster's, refs under its lease
+            self.registry = NodeRegistry(EtcdClient(config.etcd_endpoint),
+                                         lease_file=self.state_dir / "node-lease")
+            if config.node_ips:  # a registered node: identities, endpoints are the cluster's, under its lease
                 self.cluster_identities = EtcdIdentities(
                     EtcdClient(config.etcd_endpoint), config.node_name,
                     range(FIRST_ALLOCATED_IDENTITY, LAST_LABEL_IDENTITY + 1))
-                self.registry.on_lease = self.cluster_identities.use_lease
+                self.cluster_endpoints = EtcdEndpoints(EtcdClient(config.etcd_endpoint), config.node_name)
+                self.registry.on_lease = self._use_lease
         self.store = LocalStore.open(self.state_dir / "store", service_cidr=config.service_cidr,
                                      node_name=config.node_name, backend=backend)
         self.store.nodes = self._node_names
+        self.store.registered = self._registered
         self.node_routes = NodeRouteController(routes or NetlinkRoutes(), config.node_name, config.pod_cidr)
         self.started_at = time.time()
         self.resolver = DictResolver()
@@ -113,6 +119,7 @@ class Agent:
                                        audit_all=config.policy_audit_mode)
         self.services = ServiceController(self.store, ServiceCompiler(config.node_name, config.node_ips),
                                           writer, self.resolver)
+        self.policy.local_node = config.node_name
         self.reconcile_stats: dict[str, float] = {"services": 0.0, "policy": 0.0, "passes": 0}
 
     # -- start: adopt what the previous agent left -----------------------------------------------
@@ -123,11 +130,15 @@ class Agent:
             self.etcd.on_change = wake
         if self.registry is not None:
             self.registry.on_change = wake
+        if self.cluster_endpoints is not None:
+            self.cluster_endpoints.on_change = wake
 
     def start(self) -> None:
         """Load/adopt the datapath, re-attach endpoints, register the node, converge every table."""
         if self.cluster_identities is not None:
             self.cluster_identities.start()
+        if self.cluster_endpoints is not None:
+            self.cluster_endpoints.start()
         if self.registry is not None and self.config.node_ips:
             self.registry.start(self.own_node())
         self.datapath.start()
@@ -162,6 +173,7 @@ class Agent:
                 self.policy.reconcile()
             finally:
                 self._took("policy", started)
+            self._publish_endpoints()
         self.reconcile_stats["passes"] += 1
         return retry
 
@@ -176,20 +188,47 @@ class Agent:
 
     def reconcile_nodes(self) -> None:
         """Routes to every other registered node's pod CIDR, none to a node that left (native routing);
-        the ipcache follows the other nodes' IPs."""
+        the ipcache follows the other nodes' IPs and endpoints; the slices follow which nodes are left."""
         if self.registry is not None:
             nodes = self.registry.nodes()
             self.node_routes.reconcile(nodes)
             others = tuple(sorted(n.internal_ip for n in nodes if n.name != self.config.node_name))
-            if others != self.policy.remote_node_ips:  # the other nodes' IPs are remote-node in the ipcache
+            remote = self.cluster_endpoints.view() if self.cluster_endpoints is not None else None
+            # the other nodes' IPs are remote-node in the ipcache, their pods what they published
+            if others != self.policy.remote_node_ips or remote != self.policy.remote_endpoints:
                 self.policy.remote_node_ips = others
+                self.policy.remote_endpoints = remote
                 self.reconcile(Dirty(policy=True))
+            if self.cluster_endpoints is not None:
+                self.cluster_endpoints.retry()
+            self.store.follow_nodes()
 
     def own_node(self) -> NodeRecord:
         """This node as it registers itself."""
         created = datetime.fromtimestamp(self.started_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return NodeRecord(self.config.node_name, (*self.config.node_ips, "")[0] or self.config.host_ips[-1],
                           self.config.pod_cidr, created)
+
+    def _use_lease(self, lease: int) -> None:
+        """The node is registered under `lease`: hold this node's identity refs and endpoints under it."""
+        if self.cluster_identities is not None:
+            self.cluster_identities.use_lease(lease)
+        if self.cluster_endpoints is not None:
+            self.cluster_endpoints.use_lease(lease)
+
+    def _publish_endpoints(self) -> None:
+        """Publish this node's endpoints (IP, identity, pod) to the cluster, for every node's ipcache."""
+        compiled = self.policy.compiled
+        if self.cluster_endpoints is None or compiled is None:
+            return
+        node = self.config.node_name
+        self.cluster_endpoints.publish({ep.ip: ClusterEndpoint(ep.ip, ep.identity, node, ep.pod)
+                                        for ep in compiled.endpoints.values() if ep.ip})
+
+    def _registered(self) -> frozenset[str] | None:
+        """The cluster's registered nodes and this one; None when not known yet (or not a cluster)."""
+        names = self.registry.registered() if self.registry is not None and self.config.node_ips else None
+        return None if names is None else names | {self.config.node_name}
 
     def nodes(self) -> list[NodeRecord]:
         """The cluster's registered nodes; with no registry (local store), this node alone."""
@@ -207,6 +246,8 @@ class Agent:
             self.registry.close()
         if self.cluster_identities is not None:
             self.cluster_identities.close()
+        if self.cluster_endpoints is not None:
+            self.cluster_endpoints.close()
         self.store.close()
 
     def expire_terminating(self) -> None:
