@@ -199,8 +199,6 @@ class Agent:
                 self.policy.remote_node_ips = others
                 self.policy.remote_endpoints = remote
                 self.reconcile(Dirty(policy=True))
-            if self.cluster_endpoints is not None:
-                self.cluster_endpoints.retry()
             self.store.follow_nodes()
 
     def own_node(self) -> NodeRecord:

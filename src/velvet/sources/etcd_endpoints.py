@@ -3,11 +3,13 @@
 A key `<prefix><ip>` holds a `ClusterEndpoint` (identity number, node, pod), written by the agent
 whose node runs the pod and attached to that node's lease, as Cilium's kvstore ipcache does: when a
 node leaves (lease revoked) or dies (lease expired), etcd deletes its endpoints and every other
-node's ipcache loses them. `publish` takes the node's complete set after each policy pass and writes
-only the difference; what etcd did not take (unreachable, no lease yet) is written on the next call
-or when the lease arrives. The first publish of an agent's life lists the prefix and deletes this
-node's keys it no longer has (left by its previous life under a lease it re-used). A delete is
-guarded by "still this node's record", so a key another node took meanwhile stays.
+node's ipcache loses them. `publish` takes the node's complete set after each policy pass and returns
+at once; a thread of its own writes only the difference, retrying with backoff while etcd is
+unreachable (the state worker never waits for etcd here) and holding back until the node has a
+lease. Nothing is written before the first publish (a restarted agent does not know its endpoints
+before its first policy pass). The first write of an agent's life lists the
+prefix and deletes this node's keys it no longer has (left by its previous life under a lease it
+re-used). A delete is guarded by "still this node's record", so a key another node took stays.
 
 A thread follows the prefix (list + watch, relist after compaction, backoff while etcd is
 unreachable, keeping the last view) and calls `on_change` after every change it saw.
@@ -25,6 +27,8 @@ from velvet.sources.etcd_client import EtcdClient, EtcdError, KeyValue, follow_p
 
 ENDPOINTS_PREFIX = "/velvet/endpoints/"
 IDLE_TIMEOUT_SECONDS = 10.0
+MIN_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 5.0
 
 log = logging.getLogger("velvet.endpoints")
 
@@ -41,10 +45,12 @@ class EtcdEndpoints:
         self.node = node
         self.prefix = prefix
         self.on_change: Callable[[], None] = lambda: None
-        self._lock = threading.Lock()  # publish / use_lease, one at a time
+        self._lock = threading.Lock()  # guards what the publisher thread is asked to write
         self._lease = 0
-        self._desired: dict[str, ClusterEndpoint] = {}
-        self._published: dict[str, bytes] | None = None  # what etcd holds of ours; None: not listed yet
+        self._desired: dict[str, bytes] | None = None  # None: not known before the first publish
+        self._relist = True  # etcd's keys of this node must be listed again (a new life, a new lease)
+        self._published: dict[str, bytes] = {}  # what etcd holds of ours (the publisher thread's)
+        self._dirty = threading.Event()
         self._view_lock = threading.Lock()
         self._view: dict[str, ClusterEndpoint] = {}
         self._listed = False
@@ -56,41 +62,53 @@ class EtcdEndpoints:
         """Publish under `lease` (the node's; granted anew after it was lost, or re-used)."""
         with self._lock:
             if lease != self._lease:
-                self._lease = lease
-                self._published = None  # keys under another lease are gone or going: list again
-            self._write()
+                self._lease, self._relist = lease, True
+        self._dirty.set()
 
     def publish(self, endpoints: Mapping[str, ClusterEndpoint]) -> None:
-        """Make this node's published endpoints exactly `endpoints` (ip -> record); never raises."""
+        """Make this node's published endpoints exactly `endpoints` (ip -> record), soon; never blocks."""
         with self._lock:
-            self._desired = dict(endpoints)
-            self._write()
+            self._desired = {ip: record.encode() for ip, record in endpoints.items()}
+        self._dirty.set()
 
-    def retry(self) -> None:
-        """Write what etcd did not take yet (the agent's periodic tick)."""
-        with self._lock:
-            self._write()
-
-    def _encoded(self) -> dict[str, bytes]:
-        return {ip: record.encode() for ip, record in self._desired.items()}
+    def _publisher(self) -> None:
+        """Write what was asked whenever asked; after a failure try again (0.5 s doubling to 5 s)."""
+        delay = MIN_BACKOFF_SECONDS
+        while not self._stop.is_set():
+            self._dirty.wait()
+            self._dirty.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self._write()
+                delay = MIN_BACKOFF_SECONDS
+            except EtcdError as err:
+                log.warning("publishing this node's endpoints: %s; retrying in %.1f s", err, delay)
+                self._dirty.set()
+                self._stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     def _write(self) -> None:
         """Bring etcd to the desired set: put what changed under the lease, delete what went."""
-        if not self._lease:
-            return
-        wanted = self._encoded()
+        with self._lock:
+            lease, wanted, relist = self._lease, self._desired, self._relist
+            if not lease or wanted is None:
+                return
+            self._relist = False
         try:
-            if self._published is None:
+            if relist:
                 self._published = self._own_keys()
             for ip in sorted(self._published.keys() - wanted.keys()):
                 self._delete(ip, self._published[ip])
                 del self._published[ip]
             for ip, value in sorted(wanted.items()):
                 if self._published.get(ip) != value:
-                    self.client.put(self.prefix + ip, value, lease=self._lease)
+                    self.client.put(self.prefix + ip, value, lease=lease)
                     self._published[ip] = value
-        except EtcdError as err:
-            log.warning("publishing this node's endpoints: %s; trying again on the next pass", err)
+        except EtcdError:
+            with self._lock:
+                self._relist = self._relist or relist
+            raise
 
     def _own_keys(self) -> dict[str, bytes]:
         """This node's records as etcd holds them now."""
@@ -108,12 +126,15 @@ class EtcdEndpoints:
     # -- following every node's endpoints ------------------------------------------------------------
 
     def start(self) -> None:
-        """Start following the prefix."""
-        threading.Thread(target=self._follow, name="velvet-endpoint-watch", daemon=True).start()
+        """Start following the prefix and publishing this node's endpoints."""
+        for target, name in ((self._follow, "velvet-endpoint-watch"),
+                             (self._publisher, "velvet-endpoint-publish")):
+            threading.Thread(target=target, name=name, daemon=True).start()
 
     def close(self) -> None:
-        """Stop following."""
+        """Stop following and publishing."""
         self._stop.set()
+        self._dirty.set()
 
     def view(self) -> dict[str, ClusterEndpoint] | None:
         """Every endpoint of the cluster as the watch saw it, by IP; None before its first list."""
