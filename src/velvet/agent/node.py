@@ -10,6 +10,7 @@ while it restarts.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from velvet.observe.pipeline import FlowPipeline
 from velvet.paths import AgentPaths
 from velvet.sources.backend import Backend
 from velvet.sources.delta import Delta
-from velvet.sources.etcd_client import EtcdClient
+from velvet.sources.etcd_client import EtcdClient, EtcdError
 from velvet.sources.etcd_endpoints import EtcdEndpoints
 from velvet.sources.etcd_identities import EtcdIdentities
 from velvet.sources.etcd_nodes import NodeRegistry
@@ -58,6 +59,8 @@ from velvet.sources.local import ALL_NAMESPACES, LocalStore
 
 NODE_KIND_NAMES = ("node", "nodes", "no")
 SCTP_UNSUPPORTED = "SCTP is not supported by this kernel (CONFIG_IP_SCTP unset)"
+
+log = logging.getLogger("velvet.agent")
 
 
 @dataclass
@@ -121,6 +124,7 @@ class Agent:
                                           writer, self.resolver)
         self.policy.local_node = config.node_name
         self.reconcile_stats: dict[str, float] = {"services": 0.0, "policy": 0.0, "passes": 0}
+        self._refs_checked = False  # the previous life's stale identity refs were dropped
 
     # -- start: adopt what the previous agent left -----------------------------------------------
 
@@ -174,6 +178,7 @@ class Agent:
             finally:
                 self._took("policy", started)
             self._publish_endpoints()
+            self._drop_stale_refs()
         self.reconcile_stats["passes"] += 1
         return retry
 
@@ -222,6 +227,16 @@ class Agent:
         node = self.config.node_name
         self.cluster_endpoints.publish({ep.ip: ClusterEndpoint(ep.ip, ep.identity, node, ep.pod)
                                         for ep in compiled.endpoints.values() if ep.ip})
+
+    def _drop_stale_refs(self) -> None:
+        """Once, after the first full pass: drop identity refs of the previous agent life this one lacks."""
+        if self.cluster_identities is None or self._refs_checked:
+            return
+        try:
+            self.cluster_identities.drop_stale_refs()
+            self._refs_checked = True
+        except EtcdError as err:
+            log.warning("checking this node's identity references: %s; trying again on the next pass", err)
 
     def _registered(self) -> frozenset[str] | None:
         """The cluster's registered nodes and this one; None when not known yet (or not a cluster)."""
