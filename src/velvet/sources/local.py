@@ -496,7 +496,9 @@ class LocalStore:
             text = str(err)
             raise StoreError("InternalError", text if "nothing was changed" in text
                              else f"{text} (nothing was changed)") from err
-        if version != txn.version:  # the backend numbers versions itself (etcd: the revision)
+        # a backend numbering versions itself (etcd: the revision) stamps every object of the change, even
+        # when its number happens to equal the store's count (other keys moved etcd's revision on)
+        if self._backend.own_versions:
             changes = [(key, old, None if obj is None else _stamped(obj, version))
                        for key, old, obj in changes]
             txn.deltas = [replace(d, obj=_stamped(d.obj, version)) for d in txn.deltas]
