@@ -60,6 +60,7 @@ from velvet.sources.local import ALL_NAMESPACES, LocalStore
 NODE_KIND_NAMES = ("node", "nodes", "no")
 SCTP_UNSUPPORTED = "SCTP is not supported by this kernel (CONFIG_IP_SCTP unset)"
 
+CLUSTER_VIEW_WAIT_SECONDS = 2.0
 log = logging.getLogger("velvet.agent")
 
 
@@ -150,7 +151,19 @@ class Agent:
         self.cni.drain(self.state_dir / "cni-delete-queue")
         self.policy.adopt()
         self.services.adopt(LbState(*(self.datapath.read(t) for t in LB_TABLES)))
+        self._await_cluster_view()
         self.reconcile(Dirty(policy=True))
+
+    def _await_cluster_view(self) -> None:
+        """Let the first pass see the other nodes and their endpoints (listed within a short wait), so a
+        restarted agent does not take remote entries out of the pinned ipcache meanwhile."""
+        if self.registry is None or not self.config.node_ips:
+            return
+        deadline = time.monotonic() + CLUSTER_VIEW_WAIT_SECONDS
+        for follower in (self.registry, self.cluster_endpoints):
+            if follower is not None and not follower.wait_listed(max(0.0, deadline - time.monotonic())):
+                log.warning("the cluster's nodes or endpoints are not listed yet; the first pass is without")
+        self._follow_cluster(self.registry)
 
     # -- reconciliation --------------------------------------------------------------------------
 
@@ -195,16 +208,20 @@ class Agent:
         """Routes to every other registered node's pod CIDR, none to a node that left (native routing);
         the ipcache follows the other nodes' IPs and endpoints; the slices follow which nodes are left."""
         if self.registry is not None:
-            nodes = self.registry.nodes()
-            self.node_routes.reconcile(nodes)
-            others = tuple(sorted(n.internal_ip for n in nodes if n.name != self.config.node_name))
-            remote = self.cluster_endpoints.view() if self.cluster_endpoints is not None else None
-            # the other nodes' IPs are remote-node in the ipcache, their pods what they published
-            if others != self.policy.remote_node_ips or remote != self.policy.remote_endpoints:
-                self.policy.remote_node_ips = others
-                self.policy.remote_endpoints = remote
+            self.node_routes.reconcile(self.registry.nodes())
+            if self._follow_cluster(self.registry):
                 self.reconcile(Dirty(policy=True))
             self.store.follow_nodes()
+
+    def _follow_cluster(self, registry: NodeRegistry) -> bool:
+        """Give policy the other nodes' IPs (remote-node) and the endpoints they published; whether they
+        changed."""
+        others = tuple(sorted(n.internal_ip for n in registry.nodes() if n.name != self.config.node_name))
+        remote = self.cluster_endpoints.view() if self.cluster_endpoints is not None else None
+        if others == self.policy.remote_node_ips and remote == self.policy.remote_endpoints:
+            return False
+        self.policy.remote_node_ips, self.policy.remote_endpoints = others, remote
+        return True
 
     def own_node(self) -> NodeRecord:
         """This node as it registers itself."""

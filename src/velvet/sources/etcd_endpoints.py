@@ -53,7 +53,7 @@ class EtcdEndpoints:
         self._dirty = threading.Event()
         self._view_lock = threading.Lock()
         self._view: dict[str, ClusterEndpoint] = {}
-        self._listed = False
+        self._listed = threading.Event()  # the first list is in
         self._stop = threading.Event()
 
     # -- this node's endpoints ----------------------------------------------------------------------
@@ -136,10 +136,14 @@ class EtcdEndpoints:
         self._stop.set()
         self._dirty.set()
 
+    def wait_listed(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the first list of the endpoints; whether it is in."""
+        return self._listed.wait(timeout)
+
     def view(self) -> dict[str, ClusterEndpoint] | None:
         """Every endpoint of the cluster as the watch saw it, by IP; None before its first list."""
         with self._view_lock:
-            return dict(self._view) if self._listed else None
+            return dict(self._view) if self._listed.is_set() else None
 
     def _follow(self) -> None:
         follow_prefix(self.client, self.prefix, self._stop, what="endpoints", reset=self._reset,
@@ -155,7 +159,8 @@ class EtcdEndpoints:
     def _reset(self, kvs: Sequence[KeyValue]) -> None:
         view = {kv.key[len(self.prefix):]: record for kv in kvs if (record := self._decode(kv)) is not None}
         with self._view_lock:
-            self._view, self._listed = view, True
+            self._view = view
+            self._listed.set()
         self.on_change()
 
     def _update(self, changes: Sequence[tuple[KeyValue, bool]]) -> None:

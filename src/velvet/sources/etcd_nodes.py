@@ -46,7 +46,7 @@ class NodeRegistry:
         self.on_lease: Callable[[int], None] = lambda lease: None  # the node is registered under `lease`
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeRecord] = {}
-        self._listed = False
+        self._listed = threading.Event()  # the first list is in
         self._lease = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -67,7 +67,11 @@ class NodeRegistry:
     def registered(self) -> frozenset[str] | None:
         """Names of the registered nodes, or None before the first list (membership not known yet)."""
         with self._lock:
-            return frozenset(self._nodes) if self._listed else None
+            return frozenset(self._nodes) if self._listed.is_set() else None
+
+    def wait_listed(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the first list of the nodes; whether it is in."""
+        return self._listed.wait(timeout)
 
     def close(self) -> None:
         """Stop both threads and revoke the lease, so the other nodes see this one leave now."""
@@ -144,7 +148,8 @@ class NodeRegistry:
     def _reset(self, kvs: Sequence[KeyValue]) -> None:
         nodes = {kv.key[len(self.prefix):]: node for kv in kvs if (node := self._decode(kv)) is not None}
         with self._lock:
-            self._nodes, self._listed = nodes, True
+            self._nodes = nodes
+            self._listed.set()
         self.on_change()
 
     def _update(self, changes: Sequence[tuple[KeyValue, bool]]) -> None:
