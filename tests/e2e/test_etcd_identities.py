@@ -195,3 +195,22 @@ def test_a_node_recreating_after_another_still_refers_to_the_identity(
     assert calls[:2] == [False, False]  # a found it gone, then b's recreation beat a's
     assert keys() == [f"id/{web}", "labels/k8s:app=web;k8s:io.kubernetes.pod.namespace=shop",
                       f"refs/{web}/node-a", f"refs/{web}/node-b"]
+
+
+def test_a_restarted_agent_drops_the_refs_its_previous_life_held(
+        nodes: tuple[EtcdIdentities, EtcdIdentities]) -> None:
+    """Test that an agent re-using its previous life's lease, after taking the identities it needs,
+    drops that life's refs to the others, which the following nodes then collect."""
+    a, b = nodes
+    lease = EtcdClient(URL).grant(30)
+    a.use_lease(lease)
+    web, db = a.allocate(labels("web")), a.allocate(labels("db"))
+    b.start()
+    again = EtcdIdentities(EtcdClient(URL), "node-a", NUMBERS)  # node a's next life, same lease
+    again.use_lease(lease)
+    assert again.allocate(labels("web")) == web
+    assert again.drop_stale_refs() == 1
+    wait_until("db collected", lambda: f"id/{db}" not in keys())
+    assert set(keys()) == {f"id/{web}", "labels/k8s:app=web;k8s:io.kubernetes.pod.namespace=shop",
+                           f"refs/{web}/node-a"}
+    assert again.drop_stale_refs() == 0

@@ -3,8 +3,9 @@
 One sandbox (`sandbox up --nodes 3`) for the story, torn down whatever happens: nodes registered in
 etcd, pods spread over the nodes, pod-to-pod TCP and UDP between nodes, a ClusterIP Service whose only
 backend is on another node, identities that mean the same on every node and NetworkPolicy that holds
-across nodes, and a removed node's routes gone from the others. A second sandbox shows that
-`sandbox down` leaves nothing of any node.
+across nodes, an agent restart that does not take its node out of the cluster, and a removed node's
+routes, ipcache entries, backends and endpoint keys gone from the others. A second sandbox shows
+that `sandbox down` leaves nothing of any node.
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ from harness import Sandbox, echo_pod, namespace, sandbox
 from velvet.api.client import ApiClient
 from velvet.paths import BPFFS_ROOT, RUN_ROOT, STATE_ROOT, AgentPaths
 from velvet.sandbox.cleanup import find_leftovers, read_pid
+from velvet.sandbox.etcd import LAN_CLIENT_URL
 from velvet.sandbox.naming import SandboxNames, node_config
 from velvet.sandbox.process import alive
-from velvet.system.netns import NETNS_RUN_DIR
+from velvet.sources.etcd_client import EtcdClient, KeyValue
+from velvet.sources.etcd_endpoints import ENDPOINTS_PREFIX
+from velvet.sources.etcd_nodes import NODES_PREFIX
+from velvet.system.netns import NETNS_RUN_DIR, in_netns
 
 pytestmark = pytest.mark.privileged
 
@@ -85,16 +90,28 @@ def sb() -> Iterator[Sandbox]:
         box.apply(FAR_SERVICE)
         box.wait_ready([f"mn/echo-{i}" for i in range(3)])
         yield box
+EVERY_SERVICE = """apiVersion: v1
+kind: Service
+metadata: {name: every, namespace: mn}
+spec:
+  selector: {app: every}
+  ports: [{name: tcp, port: 80, targetPort: 8080}]
+"""
+
+
+def pinned_pods(ns: str, placed: tuple[tuple[str, int], ...], labels: dict[str, str] | None = None) -> str:
+    """Echo pods (name, node index) pinned to their node by spec.nodeName; labels app=<name> unless given."""
+    docs = []
+    for name, node in placed:
+        pod = yaml.safe_load(echo_pod(ns, name, labels or {"app": name}))
+        pod["spec"]["nodeName"] = NODES[node]
+        docs.append(yaml.safe_dump(pod))
+    return "\n---\n".join(doc.strip().removeprefix("---").strip() for doc in docs)
 
 
 def policy_pods() -> str:
     """Namespace pol: echo pods web on node 0, a on node 1, b on node 2 (pinned by spec.nodeName)."""
-    docs = [namespace("pol")]
-    for name, node in (("web", 0), ("a", 1), ("b", 2)):
-        pod = yaml.safe_load(echo_pod("pol", name, {"app": name}))
-        pod["spec"]["nodeName"] = NODES[node]
-        docs.append(yaml.safe_dump(pod))
-    return "\n---\n".join(doc.strip().removeprefix("---").strip() for doc in docs)
+    return namespace("pol").strip() + "\n---\n" + pinned_pods("pol", (("web", 0), ("a", 1), ("b", 2)))
 
 
 def on_node(sb: Sandbox, node: int, *args: str) -> subprocess.CompletedProcess[str]:
@@ -278,17 +295,113 @@ def test_policy_selects_remote_peers_by_identity_in_both_directions(sb: Sandbox,
     assert trace(sb, 2, "b", "a", "8080/tcp")["verdict"] == "ALLOWED"
 
 
-def test_removed_node_leaves_the_others_routes(sb: Sandbox) -> None:
-    """Test that `sandbox remove-node` takes the node out of `get nodes` and out of the other nodes'
-    routes within 10 s, and removes its namespace; the others still talk."""
+def etcd_keys(sb: Sandbox, prefix: str) -> dict[str, KeyValue]:
+    """The keys under `prefix` in the sandbox's etcd (asked from node 0's namespace), without the prefix."""
+    with in_netns(node_config(sb.name, 0).names.node_netns):
+        _, kvs = EtcdClient(LAN_CLIENT_URL).range_prefix(prefix)
+    return {kv.key[len(prefix):]: kv for kv in kvs}
+
+
+def published_on(sb: Sandbox, node: str) -> dict[str, KeyValue]:
+    """The endpoint keys (by IP) a node published in etcd."""
+    return {ip: kv for ip, kv in etcd_keys(sb, ENDPOINTS_PREFIX).items()
+            if json.loads(kv.value)["node"] == node}
+
+
+def ipcache_of(sb: Sandbox, node: int) -> dict[str, int]:
+    """A node's `velvet bpf ipcache list`: prefix -> identity."""
+    dump = on_node_json(sb, node, "bpf", "ipcache", "list")["ipcache"]
+    return {f"{e['key']['ip']}/{e['key']['prefixlen']}": e["value"]["identity"] for e in dump}
+
+
+def backends_of(sb: Sandbox, node: int, service: str) -> set[str]:
+    """The backend IPs a node's `velvet service list` gives `service` (namespace/name), any frontend."""
+    return {b["address"].split(":")[0] for row in on_node_json(sb, node, "service", "list")
+            if row["service"] == service for b in row["backends"]}
+
+
+@pytest.fixture(scope="module")
+def every(sb: Sandbox) -> dict[str, str]:
+    """Service mn/every with one backend on each node (every-0 .. every-2 on nodes 0 .. 2); IPs by name."""
+    sb.apply(pinned_pods("mn", tuple((f"every-{k}", k) for k in range(3)), {"app": "every"}))
+    sb.apply(EVERY_SERVICE)
+    ips = sb.wait_ready([f"mn/every-{k}" for k in range(3)])
+    return {key.split("/")[1]: ip for key, ip in ips.items()}
+
+
+def test_endpoints_are_published_under_each_nodes_lease(sb: Sandbox, every: dict[str, str]) -> None:
+    """Test that each node publishes its pods in etcd's endpoints prefix (IP -> identity, node, pod) and
+    that every node's ipcache gives each remote pod the identity its node published."""
+    eventually("every pod of every node published", lambda: {
+        ip: json.loads(kv.value)["pod"] for ip, kv in etcd_keys(sb, ENDPOINTS_PREFIX).items()
+        if ip in every.values()} == {ip: f"mn/{name}" for name, ip in every.items()})
+    published = {ip: json.loads(kv.value) for ip, kv in etcd_keys(sb, ENDPOINTS_PREFIX).items()}
+    for k in range(3):
+        assert published[every[f"every-{k}"]]["node"] == NODES[k]
+    for k in range(3):
+        ipcache = ipcache_of(sb, k)
+        for ip, record in published.items():
+            assert ipcache.get(f"{ip}/32") == record["identity"], f"node {k}: {record['pod']}"
+    eventually("mn/every with a backend on each node, on every node",
+               lambda: all(backends_of(sb, k, "mn/every") == set(every.values()) for k in range(3)))
+
+
+def test_a_restarted_agent_keeps_its_node_in_the_cluster(sb: Sandbox, every: dict[str, str]) -> None:
+    """Test that after kill -9 of node 2's agent and its restart, node 2's registration and endpoint
+    keys are the very keys they were (never deleted: the new agent renewed its predecessor's lease), and
+    the other nodes still have its pods in their ipcache and as backends."""
+    eventually("node 2's endpoints published", lambda: every["every-2"] in published_on(sb, NODES[2]))
+    node_key = etcd_keys(sb, NODES_PREFIX)[NODES[2]]
+    endpoints = published_on(sb, NODES[2])
+    restart_agent(sb, 2)
+    # a pod started after the restart: once the new agent published it, it published everything before
+    sb.apply(pinned_pods("mn", (("late", 2),)))
+    late = sb.wait_ready(["mn/late"])["mn/late"]
+    eventually("node 2's new agent publishing", lambda: late in published_on(sb, NODES[2]))
+    assert etcd_keys(sb, NODES_PREFIX)[NODES[2]].create_revision == node_key.create_revision
+    after = published_on(sb, NODES[2])
+    assert {ip: kv.create_revision for ip, kv in after.items() if ip != late} == \
+        {ip: kv.create_revision for ip, kv in endpoints.items()}
+    for k in (0, 1):
+        assert f"{every['every-2']}/32" in ipcache_of(sb, k)
+        assert every["every-2"] in backends_of(sb, k, "mn/every")
+
+
+def test_removed_node_leaves_the_others_routes_ipcache_and_backends(sb: Sandbox,
+                                                                    every: dict[str, str]) -> None:
+    """Test that `sandbox remove-node` takes the node out of `get nodes`, and within 10 s out of the other
+    nodes' routes, ipcaches (its pods' IPs and its own) and service backends, with none of its keys left
+    in etcd's endpoints prefix; a Service with a backend on each node then answers from the remaining
+    ones only, and the others still talk."""
+    gone = {p["status"]["podIP"] for p in sb.pods() if p["spec"]["nodeName"] == NODES[2]
+            and p["status"].get("podIP")}
+    assert every["every-2"] in gone
     sb.velvet("sandbox", "remove-node", "velvet-node-2")
     deadline = time.monotonic() + 10
-    want = {0: {"10.244.1.0/24": "192.168.77.3"}, 1: {"10.244.0.0/24": "192.168.77.2"}}
-    while {k: velvet_routes(sb, k) for k in (0, 1)} != want:
-        assert time.monotonic() < deadline, {k: velvet_routes(sb, k) for k in (0, 1)}
-        time.sleep(0.1)
+
+    def state() -> dict[str, Any]:
+        return {"routes": {k: velvet_routes(sb, k) for k in (0, 1)},
+                "ipcache": {k: sorted(gone & {p.split("/")[0] for p in ipcache_of(sb, k)}) for k in (0, 1)},
+                "node IP": {k: "192.168.77.4/32" in ipcache_of(sb, k) for k in (0, 1)},
+                "every": {k: sorted(backends_of(sb, k, "mn/every")) for k in (0, 1)},
+                "far": {k: sorted(backends_of(sb, k, "mn/far")) for k in (0, 1)},
+                "published": sorted(published_on(sb, NODES[2]))}
+
+    want = {"routes": {0: {"10.244.1.0/24": "192.168.77.3"}, 1: {"10.244.0.0/24": "192.168.77.2"}},
+            "ipcache": {0: [], 1: []}, "node IP": {0: False, 1: False},
+            "every": {k: sorted([every["every-0"], every["every-1"]]) for k in (0, 1)},
+            "far": {0: [], 1: []}, "published": []}
+    while (seen := state()) != want:
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.2)
     assert [n["metadata"]["name"] for n in sb.json("get", "nodes")["items"]] == list(NODES[:2])
     assert not (NETNS_RUN_DIR / node_config(sb.name, 2).names.node_netns).exists()
+    vip = sb.json("get", "services", "every", "-n", "mn")
+    vip = (vip["items"][0] if "items" in vip else vip)["spec"]["clusterIP"]
+    for client in ("echo-0", "echo-1"):
+        answers = [sb.query(f"mn/{client}", f"tcp://{vip}:80") for _ in range(8)]
+        assert all(a is not None for a in answers), f"{client}: {answers}"
+        assert {a.split()[0] for a in answers if a} <= {"every-0", "every-1"}, f"{client}: {answers}"
     pods = pods_by_name(sb)
     assert sb.query("mn/echo-0", f"tcp://{pods['echo-1']['ip']}:8080") is not None
 

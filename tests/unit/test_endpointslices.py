@@ -206,3 +206,53 @@ def test_store_keeps_user_slices_of_selectorless_services(store: LocalStore) -> 
     assert [s.metadata.name for s in slices_of(store)] == ["web-manual"]
     store.delete([ObjectRef("svc", "web")])
     assert [s.metadata.name for s in slices_of(store)] == ["web-manual"]
+
+
+def test_endpoints_on_nodes_not_registered_are_neither_ready_nor_serving() -> None:
+    """Test that with a view of the cluster's nodes, an endpoint on a node not in it is not ready and
+    not serving (terminating kept), while without a view (one node) every node counts as present."""
+    def on_n2(pod: Pod) -> Pod:
+        return replace(pod, spec=replace(pod.spec, node_name="n2"))
+
+    pods = [make_pod("a", "10.0.0.1"), on_n2(make_pod("b", "10.0.0.2")),
+            on_n2(make_pod("c", "10.0.0.3", terminating=True))]
+    (eps,) = desired_slices(make_svc(), pods, frozenset({"n1"}))
+    assert conditions(eps) == {"a": (True, True, False), "b": (False, False, False),
+                               "c": (False, False, True)}
+    (eps,) = desired_slices(make_svc(), pods)
+    assert conditions(eps) == {"a": (True, True, False), "b": (True, True, False),
+                               "c": (False, True, True)}
+
+
+def test_the_store_follows_nodes_leaving_and_joining(tmp_path: Path) -> None:
+    """Test that when the registered nodes change, the store derives the slices of the services with pods
+    on those nodes again in one change (not ready while the node is gone, ready once it is back), and
+    writes nothing when the view did not change or was never known."""
+    store = LocalStore.open(tmp_path)
+    registered: list[frozenset[str] | None] = [None]
+    store.registered = lambda: registered[0]
+    pod = from_dict({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": "b", "labels": {"app": "web"}},
+                     "spec": {"nodeName": "n2", "containers": [{"name": "c"}]}})
+    store.apply([make_svc(), pod])
+    store.update_pod_status("default", "b", PodStatus(phase="Running", pod_ip="10.244.2.5",
+                                                      conditions=(PodCondition("Ready", "True"),)))
+
+    def ready() -> bool | None:
+        (eps,) = [e for e in store.get("endpointslices") if isinstance(e, EndpointSlice)]
+        return eps.endpoints[0].conditions.ready
+
+    version = store.version
+    store.follow_nodes()
+    assert (ready(), store.version) == (True, version)
+    registered[0] = frozenset({"n1", "n2"})
+    store.follow_nodes()
+    assert (ready(), store.version) == (True, version)
+    registered[0] = frozenset({"n1"})
+    store.follow_nodes()
+    assert (ready(), store.version) == (False, version + 1)
+    store.follow_nodes()
+    assert store.version == version + 1
+    registered[0] = frozenset({"n1", "n2"})
+    store.follow_nodes()
+    assert (ready(), store.version) == (True, version + 2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,9 +57,10 @@ def recomputed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the services whose slices the store computes from now on."""
     names: list[str] = []
 
-    def spy(service: Service, pods: Iterable[Pod]) -> list[EndpointSlice]:
+    def spy(service: Service, pods: Iterable[Pod],
+            registered: Collection[str] | None = None) -> list[EndpointSlice]:
         names.append(service.metadata.name)
-        return desired_slices(service, pods)
+        return desired_slices(service, pods, registered)
 
     monkeypatch.setattr(slice_sync, "desired_slices", spy)
     return names

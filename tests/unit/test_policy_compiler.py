@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -29,6 +30,7 @@ from velvet.model import (
     Pod,
     ReservedIdentity,
 )
+from velvet.model.cluster_endpoint import ClusterEndpoint
 
 HOST_IP = "10.0.255.1"
 NAMESPACES = [make_namespace("shop", team="red"), make_namespace("ops", team="blue")]
@@ -711,3 +713,27 @@ def test_split_port_range_rejects_invalid_ranges() -> None:
     for start, end in ((2, 1), (-1, 5), (0, MAX_PORT + 1)):
         with pytest.raises(ValueError, match="invalid port range"):
             split_port_range(start, end)
+
+
+def test_remote_pods_ipcache_entries_come_from_their_nodes_endpoints() -> None:
+    """Test that in a cluster the ipcache takes this node's pods from the pod objects and every other
+    pod only from what its node published: a pod object of another node without a published endpoint
+    (its node left) has no entry, a published one has the identity its node gave, and a record this node
+    published itself does not override its pod object."""
+    here = replace(WEB, spec=replace(WEB.spec, node_name="n0"))
+    there = replace(DB, spec=replace(DB.spec, node_name="n1"))
+    gone = replace(MON, spec=replace(MON.spec, node_name="n2"))
+    compiler = PolicyCompiler(IdentityAllocator())
+    published = {"10.0.0.2": ClusterEndpoint("10.0.0.2", 4242, "n1", "shop/db"),
+                 "10.0.0.1": ClusterEndpoint("10.0.0.1", 4243, "n0", "shop/web"),
+                 "10.0.9.9": ClusterEndpoint("10.0.9.9", 4244, "n1", "shop/new")}
+    compiler.sync(NAMESPACES, [here, there, gone], [], host_ips=[HOST_IP], remote_node_ips=["10.0.254.2"],
+                  remote_endpoints=published, local_node="n0")
+    compiled = compiler.compile({"shop/web": 1})
+    web = compiler.identity_of("shop/web")
+    assert web is not None
+    assert dict(compiled.ipcache) == {"10.0.0.1/32": web.id, "10.0.0.2/32": 4242, "10.0.9.9/32": 4244,
+                                      f"{HOST_IP}/32": ReservedIdentity.HOST,
+                                      "10.0.254.2/32": ReservedIdentity.REMOTE_NODE}
+    compiler.sync(NAMESPACES, [here, there, gone], [], host_ips=[HOST_IP])
+    assert {"10.0.0.2/32", "10.0.1.1/32"} <= compiler.compile({"shop/web": 1}).ipcache.keys()

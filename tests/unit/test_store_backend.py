@@ -27,6 +27,8 @@ def service(name: str) -> Service:
 class MemoryBackend:
     """A backend in memory that numbers versions itself and can be told to refuse writes."""
 
+    own_versions = True
+
     def __init__(self) -> None:
         self.revision = 100
         self.conflicts = 0  # how many of the next writes are refused as conflicts
@@ -110,6 +112,19 @@ def test_the_backend_numbers_versions_and_deltas_carry_them(tmp_path: Path) -> N
     assert stored is not None
     assert stored.metadata.resource_version == backend.revision == store.version
     assert [d.obj.metadata.resource_version for d in queued(watch._queue)] == [backend.revision]
+
+
+def test_every_object_of_a_change_gets_its_revision_also_one_equal_to_the_stores_count(
+        tmp_path: Path) -> None:
+    """Test that when other keys moved the backend's revision on so that a change of two objects gets
+    exactly the number the store counted for its last object, both objects carry that revision (as they
+    will when listed again), not the store's own count."""
+    backend = MemoryBackend()
+    store = LocalStore.open(tmp_path, backend=backend)
+    backend.revision = store.version + 1  # etcd's revision moved on by one write elsewhere (an endpoint key)
+    store.apply([service("a"), service("b")])
+    assert store.version == backend.revision
+    assert [s.metadata.resource_version for s in store.get("services")] == [backend.revision] * 2
 
 
 def test_a_conflict_is_retried_on_the_caught_up_state(tmp_path: Path) -> None:

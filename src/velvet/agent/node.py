@@ -10,6 +10,7 @@ while it restarts.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from velvet.durable import private_dir
 from velvet.errors import InvalidManifest, NotFound
 from velvet.ipam import FIRST_POD_HOST, PodIpam, ipam_file
 from velvet.model import FIRST_ALLOCATED_IDENTITY, NetworkPolicy, Pod, Service
+from velvet.model.cluster_endpoint import ClusterEndpoint
 from velvet.model.codec import resolve_kind, to_dict
 from velvet.model.decode_report import decode_endpoint_report, decode_pod_status_report
 from velvet.model.node import NodeRecord
@@ -49,7 +51,8 @@ from velvet.observe.pipeline import FlowPipeline
 from velvet.paths import AgentPaths
 from velvet.sources.backend import Backend
 from velvet.sources.delta import Delta
-from velvet.sources.etcd_client import EtcdClient
+from velvet.sources.etcd_client import EtcdClient, EtcdError
+from velvet.sources.etcd_endpoints import EtcdEndpoints
 from velvet.sources.etcd_identities import EtcdIdentities
 from velvet.sources.etcd_nodes import NodeRegistry
 from velvet.sources.etcd_store import EtcdBackend
@@ -57,6 +60,9 @@ from velvet.sources.local import ALL_NAMESPACES, LocalStore
 
 NODE_KIND_NAMES = ("node", "nodes", "no")
 SCTP_UNSUPPORTED = "SCTP is not supported by this kernel (CONFIG_IP_SCTP unset)"
+
+CLUSTER_VIEW_WAIT_SECONDS = 2.0
+log = logging.getLogger("velvet.agent")
 
 
 @dataclass
@@ -83,19 +89,23 @@ class Agent:
         self.etcd: EtcdBackend | None = None
         self.registry: NodeRegistry | None = None
         self.cluster_identities: EtcdIdentities | None = None
+        self.cluster_endpoints: EtcdEndpoints | None = None
         if config.store == "etcd":
             backend = self.etcd = EtcdBackend(EtcdClient(config.etcd_endpoint))
-            self.registry = NodeRegistry(EtcdClient(config.etcd_endpoint))
-            if config.node_ips:  # a registered node: its identities are the cluster's, refs under its lease
+            self.registry = NodeRegistry(EtcdClient(config.etcd_endpoint),
+                                         lease_file=self.state_dir / "node-lease")
+            if config.node_ips:  # a registered node: identities, endpoints are the cluster's, under its lease
                 self.cluster_identities = EtcdIdentities(
                     EtcdClient(config.etcd_endpoint), config.node_name,
                     range(FIRST_ALLOCATED_IDENTITY, LAST_LABEL_IDENTITY + 1))
-                self.registry.on_lease = self.cluster_identities.use_lease
+                self.cluster_endpoints = EtcdEndpoints(EtcdClient(config.etcd_endpoint), config.node_name)
+                self.registry.on_lease = self._use_lease
         # a registered node probes the others and serves their probes on its InternalIP (cilium-health)
         self.prober = HealthProber(config.node_ips[0]) if self.cluster_identities is not None else None
         self.store = LocalStore.open(self.state_dir / "store", service_cidr=config.service_cidr,
                                      node_name=config.node_name, backend=backend)
         self.store.nodes = self._node_names
+        self.store.registered = self._registered
         self.node_routes = NodeRouteController(routes or NetlinkRoutes(), config.node_name, config.pod_cidr)
         self.started_at = time.time()
         self.resolver = DictResolver()
@@ -116,7 +126,9 @@ class Agent:
                                        audit_all=config.policy_audit_mode)
         self.services = ServiceController(self.store, ServiceCompiler(config.node_name, config.node_ips),
                                           writer, self.resolver)
+        self.policy.local_node = config.node_name
         self.reconcile_stats: dict[str, float] = {"services": 0.0, "policy": 0.0, "passes": 0}
+        self._refs_checked = False  # the previous life's stale identity refs were dropped
 
     # -- start: adopt what the previous agent left -----------------------------------------------
 
@@ -126,11 +138,15 @@ class Agent:
             self.etcd.on_change = wake
         if self.registry is not None:
             self.registry.on_change = wake
+        if self.cluster_endpoints is not None:
+            self.cluster_endpoints.on_change = wake
 
     def start(self) -> None:
         """Load/adopt the datapath, re-attach endpoints, register the node, converge every table."""
         if self.cluster_identities is not None:
             self.cluster_identities.start()
+        if self.cluster_endpoints is not None:
+            self.cluster_endpoints.start()
         if self.registry is not None and self.config.node_ips:
             self.registry.start(self.own_node())
         if self.prober is not None:
@@ -140,7 +156,19 @@ class Agent:
         self.cni.drain(self.state_dir / "cni-delete-queue")
         self.policy.adopt()
         self.services.adopt(LbState(*(self.datapath.read(t) for t in LB_TABLES)))
+        self._await_cluster_view()
         self.reconcile(Dirty(policy=True))
+
+    def _await_cluster_view(self) -> None:
+        """Let the first pass see the other nodes and their endpoints (listed within a short wait), so a
+        restarted agent does not take remote entries out of the pinned ipcache meanwhile."""
+        if self.registry is None or not self.config.node_ips:
+            return
+        deadline = time.monotonic() + CLUSTER_VIEW_WAIT_SECONDS
+        for follower in (self.registry, self.cluster_endpoints):
+            if follower is not None and not follower.wait_listed(max(0.0, deadline - time.monotonic())):
+                log.warning("the cluster's nodes or endpoints are not listed yet; the first pass is without")
+        self._follow_cluster(self.registry)
 
     # -- reconciliation --------------------------------------------------------------------------
 
@@ -167,6 +195,8 @@ class Agent:
                 self.policy.reconcile()
             finally:
                 self._took("policy", started)
+            self._publish_endpoints()
+            self._drop_stale_refs()
         self.reconcile_stats["passes"] += 1
         return retry
 
@@ -181,25 +211,64 @@ class Agent:
 
     def reconcile_nodes(self) -> None:
         """Routes to every other registered node's pod CIDR, none to a node that left (native routing);
-        the ipcache follows the other nodes' IPs."""
+        the ipcache follows the other nodes' IPs and endpoints; the slices follow which nodes are left."""
         if self.registry is not None:
-            nodes = self.registry.nodes()
-            self.node_routes.reconcile(nodes)
-            others = tuple(sorted(n.internal_ip for n in nodes if n.name != self.config.node_name))
-            if others != self.policy.remote_node_ips:  # the other nodes' IPs are remote-node in the ipcache
-                self.policy.remote_node_ips = others
+            self.node_routes.reconcile(self.registry.nodes())
+            if self._follow_cluster(self.registry):
                 self.reconcile(Dirty(policy=True))
             if self.prober is not None and self.prober.due():  # the probes follow nodes and pods
                 pods = [p for p in self.store.get("pods", ALL_NAMESPACES) if isinstance(p, Pod)]
                 policies = [p for p in self.store.get("networkpolicies", ALL_NAMESPACES)
                             if isinstance(p, NetworkPolicy)]
-                self.prober.aim(choose_targets(nodes, pods, policies))
+                self.prober.aim(choose_targets(self.registry.nodes(), pods, policies))
+            self.store.follow_nodes()
+
+    def _follow_cluster(self, registry: NodeRegistry) -> bool:
+        """Give policy the other nodes' IPs (remote-node) and the endpoints they published; whether they
+        changed."""
+        others = tuple(sorted(n.internal_ip for n in registry.nodes() if n.name != self.config.node_name))
+        remote = self.cluster_endpoints.view() if self.cluster_endpoints is not None else None
+        if others == self.policy.remote_node_ips and remote == self.policy.remote_endpoints:
+            return False
+        self.policy.remote_node_ips, self.policy.remote_endpoints = others, remote
+        return True
 
     def own_node(self) -> NodeRecord:
         """This node as it registers itself."""
         created = datetime.fromtimestamp(self.started_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return NodeRecord(self.config.node_name, (*self.config.node_ips, "")[0] or self.config.host_ips[-1],
                           self.config.pod_cidr, created, api=str(self.paths.socket))
+
+    def _use_lease(self, lease: int) -> None:
+        """The node is registered under `lease`: hold this node's identity refs and endpoints under it."""
+        if self.cluster_identities is not None:
+            self.cluster_identities.use_lease(lease)
+        if self.cluster_endpoints is not None:
+            self.cluster_endpoints.use_lease(lease)
+
+    def _publish_endpoints(self) -> None:
+        """Publish this node's endpoints (IP, identity, pod) to the cluster, for every node's ipcache."""
+        compiled = self.policy.compiled
+        if self.cluster_endpoints is None or compiled is None:
+            return
+        node = self.config.node_name
+        self.cluster_endpoints.publish({ep.ip: ClusterEndpoint(ep.ip, ep.identity, node, ep.pod)
+                                        for ep in compiled.endpoints.values() if ep.ip})
+
+    def _drop_stale_refs(self) -> None:
+        """Once, after the first full pass: drop identity refs of the previous agent life this one lacks."""
+        if self.cluster_identities is None or self._refs_checked:
+            return
+        try:
+            self.cluster_identities.drop_stale_refs()
+            self._refs_checked = True
+        except EtcdError as err:
+            log.warning("checking this node's identity references: %s; trying again on the next pass", err)
+
+    def _registered(self) -> frozenset[str] | None:
+        """The cluster's registered nodes and this one; None when not known yet (or not a cluster)."""
+        names = self.registry.registered() if self.registry is not None and self.config.node_ips else None
+        return None if names is None else names | {self.config.node_name}
 
     def nodes(self) -> list[NodeRecord]:
         """The cluster's registered nodes; with no registry (local store), this node alone."""
@@ -219,6 +288,8 @@ class Agent:
             self.registry.close()
         if self.cluster_identities is not None:
             self.cluster_identities.close()
+        if self.cluster_endpoints is not None:
+            self.cluster_endpoints.close()
         self.store.close()
 
     def expire_terminating(self) -> None:

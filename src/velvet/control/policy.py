@@ -3,7 +3,9 @@
 Output shape (the datapath contract):
 
 - `ipcache`: pod IP/32 -> the pod's label identity (pods of every node), this node's IP/32 -> HOST,
-  the other nodes' IPs/32 -> REMOTE_NODE; a miss means WORLD.
+  the other nodes' IPs/32 -> REMOTE_NODE; a miss means WORLD. In a cluster the pods of other nodes
+  come from what their nodes publish (`ClusterEndpoint`s, under their leases), not from the pod
+  objects, so a node that left takes its entries with it.
 - `cidr_identities` (ipcache_cidr): every policy prefix -> its local CIDR identity, 0.0.0.0/0 ->
   WORLD. An ipBlock{cidr C, except E...} selects every CIDR identity whose prefix lies inside C and
   inside no E; since the datapath looks the remote IP up in both tries, a connection matches the
@@ -79,6 +81,7 @@ from velvet.model import (
     Pod,
     ReservedIdentity,
 )
+from velvet.model.cluster_endpoint import ClusterEndpoint
 from velvet.model.policy import NetworkPolicyRule
 
 PROTOCOLS: Mapping[str, int] = MappingProxyType({"TCP": 6, "UDP": 17, "SCTP": 132})
@@ -212,6 +215,8 @@ class PolicyCompiler:
         self._policies: dict[str, list[NetworkPolicy]] = {}
         self._host_ips: tuple[str, ...] = ()
         self._remote_node_ips: tuple[str, ...] = ()
+        self._remote_endpoints: Mapping[str, ClusterEndpoint] | None = None
+        self._local_node = ""
         self._policy_cidrs = _PolicyCidrs()
         self._cidrs: dict[str, int] = {}
         self._cidr_index = PrefixIndex({})
@@ -229,8 +234,14 @@ class PolicyCompiler:
         policies: Iterable[NetworkPolicy],
         host_ips: Iterable[str] = (),
         remote_node_ips: Iterable[str] = (),
+        remote_endpoints: Mapping[str, ClusterEndpoint] | None = None,
+        local_node: str = "",
     ) -> None:
         """Take the complete current state: (re)acquire pod identities and policy CIDR identities.
+
+        `remote_endpoints` (IP -> record), when given, are the cluster's published endpoints: the
+        ipcache then takes the pods of `local_node` from the pod objects and every other pod from them.
+        Without it (one node) every pod object with an IP is in the ipcache.
 
         When an identity cannot be acquired (a cluster allocator that cannot be asked), the error is
         raised and the compiler keeps the state of the previous `sync`.
@@ -245,6 +256,8 @@ class PolicyCompiler:
             raise
         self._host_ips = tuple(host_ips)
         self._remote_node_ips = tuple(remote_node_ips)
+        self._remote_endpoints = None if remote_endpoints is None else dict(remote_endpoints)
+        self._local_node = local_node
         policy_list = sorted(policies, key=lambda p: p.metadata.key)
         if policy_list != self._policy_list:
             self._policy_list = policy_list
@@ -270,9 +283,13 @@ class PolicyCompiler:
         used = {v.policy_id for ep in by_id.values() for v in ep.entries.values()}
         self._sets.retain(used)
         ipcache = {f"{ip}/32": int(ReservedIdentity.REMOTE_NODE) for ip in self._remote_node_ips}
+        remote = self._remote_endpoints
+        for ip, endpoint in (remote or {}).items():
+            if endpoint.node != self._local_node:
+                ipcache[f"{ip}/32"] = remote_entry(endpoint)
         ipcache.update((f"{ip}/32", int(ReservedIdentity.HOST)) for ip in self._host_ips)
         for key, pod in self._pods.items():
-            if pod.status.pod_ip:
+            if pod.status.pod_ip and (remote is None or pod.spec.node_name == self._local_node):
                 ipcache[f"{pod.status.pod_ip}/32"] = self._pod_identity[key].id
         cidrs = {WORLD_PREFIX: int(ReservedIdentity.WORLD), **self._cidrs}
         return CompiledPolicy(
@@ -546,6 +563,11 @@ class PolicyCompiler:
                 _add_covering(names, any_peer, any_lengths, key, inclusive=True)
             values.append((key, PolicyValue(self._sets.intern(frozenset(names)))))
         return values
+
+
+def remote_entry(endpoint: ClusterEndpoint) -> int:
+    """The ipcache value of a pod another node published: its identity number."""
+    return endpoint.identity
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from velvet.control.policy import CompiledPolicy, PolicyCompiler
@@ -10,6 +10,7 @@ from velvet.controllers.endpoints import EndpointController
 from velvet.datapath.tables import EP_POLICY_AUDIT, EP_POLICY_EGRESS, EP_POLICY_INGRESS, EndpointEntry
 from velvet.datapath.writer import TableWriter
 from velvet.model import Namespace, NetworkPolicy, Pod
+from velvet.model.cluster_endpoint import ClusterEndpoint
 from velvet.model.identity import ReservedIdentity
 from velvet.observe.enrich import DictResolver, EndpointInfo, NamedRef
 from velvet.sources.informer import ObjectCache
@@ -33,6 +34,8 @@ class PolicyController:
         self._host_ips = list(host_ips)
         self._audit_all = audit_all
         self.remote_node_ips: tuple[str, ...] = ()  # the other nodes' IPs (remote-node identity)
+        self.remote_endpoints: Mapping[str, ClusterEndpoint] | None = None  # the cluster's, by IP (etcd)
+        self.local_node = ""  # this node's name: its pods' ipcache entries come from the pod objects
         self.compiled: CompiledPolicy | None = None
         self.audit_namespaces: frozenset[str] = frozenset()
 
@@ -50,7 +53,8 @@ class PolicyController:
         namespaces = [n for n in self.cache.objects("Namespace") if isinstance(n, Namespace)]
         policies = [p for p in self.cache.objects("NetworkPolicy") if isinstance(p, NetworkPolicy)]
         self.compiler.sync(namespaces, pods, policies, host_ips=self._host_ips,
-                           remote_node_ips=self.remote_node_ips)
+                           remote_node_ips=self.remote_node_ips, remote_endpoints=self.remote_endpoints,
+                           local_node=self.local_node)
         self.audit_namespaces = frozenset(n.metadata.name for n in namespaces
                                           if n.metadata.annotations.get(POLICY_AUDIT_ANNOTATION) == "true")
         local = {pod.metadata.key for pod in pods}

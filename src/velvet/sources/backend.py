@@ -45,6 +45,10 @@ class Batch:
 class Backend(Protocol):
     """Durable storage of a `LocalStore`'s objects."""
 
+    own_versions: bool
+    """The backend numbers a change itself (etcd: its revision, every object of it stamped with it);
+    False: it keeps the version of each object the store gave."""
+
     def open(self) -> Loaded | None:
         """The saved version and objects, or None when nothing was saved yet (a fresh store)."""
         ...

@@ -11,15 +11,18 @@ rejected the controller's slices (kubernetes#99382); the fix raised the limit to
 validation enforces (`MAX_SLICE_PORTS`) is split into consecutive runs of that many ports, each with
 the same endpoints: every slice the store writes is one its own reload accepts, and consumers that
 merge a service's slices by port name (kube-proxy, our service compiler) see the same backends.
-Slice names are `<service>-<5 chars>` derived from the slice's position (port sets in order, then
-port runs, then endpoint chunks), so recomputation is stable and the placeholder is updated in
-place, as upstream reuses it.
+An endpoint on a node that is not registered in the cluster any more (its agent left, or its lease
+expired) is neither ready nor serving, as the node lifecycle controller marks the pods of a node
+that stopped reporting not ready: every node stops sending it new connections, and it is ready
+again once its node registers again. Slice names are `<service>-<5 chars>` derived from the slice's
+position (port sets in order, then port runs, then endpoint chunks), so recomputation is stable and
+the placeholder is updated in place, as upstream reuses it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -54,14 +57,20 @@ def wants_slices(svc: Service) -> bool:
     return bool(svc.spec.selector) and svc.spec.type != "ExternalName"
 
 
-def desired_slices(svc: Service, pods: Iterable[Pod]) -> list[EndpointSlice]:
-    """The controller's slices for `svc` (metadata without uid, resourceVersion or timestamps)."""
+def desired_slices(svc: Service, pods: Iterable[Pod],
+                   registered: Collection[str] | None = None) -> list[EndpointSlice]:
+    """The controller's slices for `svc` (metadata without uid, resourceVersion or timestamps).
+
+    `registered` names the cluster's nodes (None: no cluster view, every node counts as present).
+    """
     if not wants_slices(svc):
         return []
     groups: dict[PortSet, list[tuple[str, Endpoint]]] = {}
     for pod in pods:
         if _selected(svc, pod):
-            groups.setdefault(_endpoint_ports(svc, pod), []).append((pod.metadata.name, _endpoint(svc, pod)))
+            present = registered is None or pod.spec.node_name in registered
+            groups.setdefault(_endpoint_ports(svc, pod), []).append(
+                (pod.metadata.name, _endpoint(svc, pod, present)))
     if not groups:
         return [_slice(svc, 0, (), ())]
     slices: list[EndpointSlice] = []
@@ -109,8 +118,8 @@ def _endpoint_ports(svc: Service, pod: Pod) -> PortSet:
     return tuple(ports)
 
 
-def _endpoint(svc: Service, pod: Pod) -> Endpoint:
-    pod_ready = pod.status.ready
+def _endpoint(svc: Service, pod: Pod, node_present: bool) -> Endpoint:
+    pod_ready = pod.status.ready and node_present
     publish = svc.spec.publish_not_ready_addresses
     assert pod.status.pod_ip is not None
     return Endpoint(

@@ -20,7 +20,9 @@ keys once the last ref expired — every agent does: it follows the prefix (list
 compaction, backoff while etcd is unreachable) and removes an identity left without refs, guarded
 by "still no refs" so racing agents are harmless. When the node's lease was lost and granted anew,
 `use_lease` attaches every ref this node holds to the new one (recreating an identity that was
-removed meanwhile, with its number when still free).
+removed meanwhile, with its number when still free). An agent that re-used its previous life's lease
+finds that life's refs still there: `drop_stale_refs`, after its first full pass, deletes those it
+does not hold, and the followers collect identities left without refs.
 """
 
 from __future__ import annotations
@@ -156,6 +158,20 @@ class EtcdIdentities:
             self._held.pop(text, None)
             self._unreleased[text] = (dict(labels), number)
             self._retry_releases()
+
+    def drop_stale_refs(self) -> int:
+        """Delete this node's refs to identities it does not hold now; how many there were."""
+        refs = f"{self.prefix}refs/"
+        with self._lock:
+            held = {number for _, number in self._held.values()}
+            _, kvs = self.client.range_prefix(refs)
+            stale = [kv.key for kv in kvs if (parts := kv.key[len(refs):].partition("/"))[2] == self.node
+                     and parts[0].isdigit() and int(parts[0]) not in held]
+            for key in stale:
+                self._txn([], [_delete(key)])
+        if stale:
+            log.info("dropped %d references this node's previous agent held", len(stale))
+        return len(stale)
 
     def _allocate(self, text: str, labels: Mapping[str, str]) -> int:
         """Create the identity or refer to the existing one; the loser of a race reads the winner's."""

@@ -4,10 +4,12 @@ A node is the key `<prefix><name>` holding a `NodeRecord`, attached to a lease o
 its agent renews every ttl/3 (`lease/keepalive`): a node whose agent dies disappears when the lease
 expires, and one that stops cleanly revokes it. When the lease was lost (etcd unreachable longer than
 the TTL) the agent registers again with a new one, retrying every second at most while etcd is away.
-A node whose key went stays in the view for `grace` seconds (2 s) and leaves only if it did not
-register again meanwhile: when etcd comes back from such an outage it expires every lease at once and
-every agent registers again within about a second, which must not flap the routes, ipcache and
-backends of the whole cluster.
+The lease id is kept in `lease_file`: an agent restarted within the TTL (kill -9, then its supervisor)
+renews its previous life's lease instead of granting one, so the node, its endpoints and identity refs
+never leave the cluster meanwhile. A node whose key went stays in the view for `grace` seconds (2 s)
+and leaves only if it did not register again meanwhile: when etcd comes back from such an outage it
+expires every lease at once and every agent registers again within about a second, which must not flap
+the routes, ipcache and backends of the whole cluster.
 
 A second thread follows the prefix as the object store does: list, watch from the next revision,
 list again after a compaction, back off (0.5 s doubling to 5 s) while etcd is unreachable, keeping
@@ -16,10 +18,13 @@ the last view. `on_change` is called after every change it saw (the agent's wake
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from velvet.durable import StorageError, write_atomic
 from velvet.model.node import InvalidNode, NodeRecord
 from velvet.sources.etcd_client import EtcdClient, EtcdError, KeyValue, follow_prefix
 
@@ -37,16 +42,18 @@ class NodeRegistry:
     """This agent's node registration and the view of every registered node."""
 
     def __init__(self, client: EtcdClient, prefix: str = NODES_PREFIX, ttl: int = LEASE_TTL_SECONDS,
-                 grace: float = LEAVE_GRACE_SECONDS) -> None:
+                 grace: float = LEAVE_GRACE_SECONDS, lease_file: Path | None = None) -> None:
         self.client = client
         self.prefix = prefix
         self.ttl = ttl
         self.grace = grace
+        self.lease_file = lease_file
         self.on_change: Callable[[], None] = lambda: None
         self.on_lease: Callable[[int], None] = lambda lease: None  # the node is registered under `lease`
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeRecord] = {}
         self._leaving: dict[str, tuple[object, threading.Timer]] = {}  # key gone, within its grace
+        self._listed = threading.Event()  # the first list is in
         self._lease = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -64,6 +71,15 @@ class NodeRegistry:
         with self._lock:
             return [self._nodes[name] for name in sorted(self._nodes)]
 
+    def registered(self) -> frozenset[str] | None:
+        """Names of the registered nodes, or None before the first list (membership not known yet)."""
+        with self._lock:
+            return frozenset(self._nodes) if self._listed.is_set() else None
+
+    def wait_listed(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the first list of the nodes; whether it is in."""
+        return self._listed.wait(timeout)
+
     def close(self) -> None:
         """Stop both threads and revoke the lease, so the other nodes see this one leave now."""
         self._stop.set()
@@ -76,29 +92,53 @@ class NodeRegistry:
                 self.client.revoke(lease)
             except EtcdError as err:
                 log.warning("could not revoke the node's lease (it expires in %d s): %s", self.ttl, err)
+        if self.lease_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.lease_file.unlink()
 
     # -- registration -----------------------------------------------------------------------------
 
     def _keep(self, own: NodeRecord) -> None:
-        """Register under a fresh lease, renew it every ttl/3, register again when it was lost."""
+        """Register under the previous life's lease if still alive, else a fresh one; renew it every
+        ttl/3, register again when it was lost."""
         delay = MIN_BACKOFF_SECONDS
         lease = 0
+        saved = self._saved_lease()
         while not self._stop.is_set():
             try:
                 if not lease or self.client.keepalive(lease) == 0:
-                    lease = self.client.grant(self.ttl)
+                    kept = bool(saved) and self.client.keepalive(saved) > 0
+                    lease, saved = (saved if kept else self.client.grant(self.ttl)), 0
+                    self._save_lease(lease)
                     with self._lock:
                         self._lease = lease
                     self.client.put(self.prefix + own.name, own.encode(), lease=lease)
                     self.on_lease(lease)
-                    log.info("node %s registered (%s, pods %s) under lease %x", own.name, own.internal_ip,
-                             own.pod_cidr, lease)
+                    log.info("node %s registered (%s, pods %s) under %s lease %x", own.name, own.internal_ip,
+                             own.pod_cidr, "its previous" if kept else "a new", lease)
                 delay = MIN_BACKOFF_SECONDS
                 self._stop.wait(self.ttl / 3)
             except EtcdError as err:
                 log.warning("node registration: %s; retrying in %.1f s", err, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, REGISTER_MAX_BACKOFF_SECONDS)
+
+    def _saved_lease(self) -> int:
+        """The lease id the previous agent of this node kept, or 0."""
+        if self.lease_file is None:
+            return 0
+        try:
+            return int(self.lease_file.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _save_lease(self, lease: int) -> None:
+        """Keep the lease id for the next agent of this node (a failure only costs that re-use)."""
+        if self.lease_file is not None:
+            try:
+                write_atomic(self.lease_file, f"{lease}\n".encode())
+            except StorageError as err:
+                log.warning("could not keep the node's lease id (a restart will register anew): %s", err)
 
     # -- following --------------------------------------------------------------------------------
 
@@ -121,6 +161,7 @@ class NodeRegistry:
                 self._going(name)
             for name, node in nodes.items():
                 self._registered(name, node)
+            self._listed.set()
         self.on_change()
 
     def _update(self, changes: Sequence[tuple[KeyValue, bool]]) -> None:

@@ -93,6 +93,8 @@ def decode(kv: KeyValue) -> KubeObject | None:
 class EtcdBackend:
     """A `Backend` on etcd under `prefix`; `open()` lists it and starts following it."""
 
+    own_versions = True
+
     def __init__(self, client: EtcdClient, prefix: str = DEFAULT_PREFIX, *,
                  open_timeout: float = OPEN_TIMEOUT_SECONDS) -> None:
         self.client = client

@@ -121,6 +121,10 @@ class LocalStore:
         self.node_name = node_name
         self.nodes: Callable[[], Sequence[str]] = lambda: (node_name,)
         """The nodes a pod without spec.nodeName may go to (the cluster's registered nodes)."""
+        self.registered: Callable[[], frozenset[str] | None] = lambda: None
+        """The cluster's registered nodes, None when not known (or one node): the slices derive the
+        endpoints of pods on any other node not ready."""
+        self._membership: frozenset[str] | None = None  # the registered nodes the slices follow
         self._tally: tuple[Txn, Counter[str]] | None = None  # pods per node in the transaction scheduling
         self._clock = clock
         self._index = ObjectIndex()
@@ -158,6 +162,32 @@ class LocalStore:
     def refresh(self) -> None:
         """Apply what other writers committed now, publishing it as deltas (the agent's wake-up)."""
         self._catch_up()
+
+    def follow_nodes(self) -> None:
+        """Derive again the slices of the services with pods on nodes that left or joined the cluster.
+
+        Every node's agent calls this when its view of the nodes changed; each change is one
+        transaction guarded by the store's head revision, so the first writer's slices win and the
+        others, once caught up, find nothing left to change.
+        """
+        now = self.registered()
+        if now == self._membership:
+            return
+        before = self._membership
+
+        def counted(node: str, view: frozenset[str] | None) -> bool:
+            return view is None or node in view
+
+        services: dict[str, set[str]] = {}
+        for ns, pods in self._index.namespaces_of("Pod"):
+            for pod in pods.values():
+                node = pod.spec.node_name if isinstance(pod, Pod) else ""
+                if node and counted(node, before) != counted(node, now):
+                    services.setdefault(ns, set()).update(
+                        self._index.services_selecting(ns, pod.metadata.labels))
+        if any(services.values()):
+            self._write(lambda: self._commit(self._txn(), resync=services))
+        self._membership = now
 
     def storage_status(self) -> dict[str, Any]:
         """Where the objects are kept and whether that storage answers (for `velvet status`)."""
@@ -359,7 +389,7 @@ class LocalStore:
         self._fanout.publish(deltas)
 
     def _txn(self) -> Txn:
-        return Txn(self._index, self._version, self._clock())
+        return Txn(self._index, self._version, self._clock(), self.registered())
 
     def _apply_one(self, txn: Txn, allocator: ServiceAllocator, obj: KubeObject) -> ApplyResult:
         info, key = kind_of(obj), key_of(obj)
@@ -466,7 +496,9 @@ class LocalStore:
             text = str(err)
             raise StoreError("InternalError", text if "nothing was changed" in text
                              else f"{text} (nothing was changed)") from err
-        if version != txn.version:  # the backend numbers versions itself (etcd: the revision)
+        # a backend numbering versions itself (etcd: the revision) stamps every object of the change, even
+        # when its number happens to equal the store's count (other keys moved etcd's revision on)
+        if self._backend.own_versions:
             changes = [(key, old, None if obj is None else _stamped(obj, version))
                        for key, old, obj in changes]
             txn.deltas = [replace(d, obj=_stamped(d.obj, version)) for d in txn.deltas]

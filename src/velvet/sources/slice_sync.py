@@ -2,7 +2,8 @@
 
 A pod changed, added or removed affects the services of its namespace whose selector matches its
 labels before or after; a changed or removed service affects itself; a namespace change affects its
-services; a changed controller-managed slice affects the service it names. Only those services'
+services; a changed controller-managed slice affects the service it names. Endpoints on nodes not in
+the transaction's view of the cluster (`Txn.registered`) are derived not ready. Only those services'
 slices are recomputed and compared; user-managed slices are never touched.
 """
 
@@ -46,7 +47,8 @@ def sync_slices(txn: Txn, also: Mapping[str, set[str]] | None = None) -> None:
         held: set[str] = set()
         for name in sorted(services, key=lambda n: (txn.position(("Service", ns, n)), n)):
             svc = txn.get(("Service", ns, name))
-            for want in desired_slices(svc, _pods_for(txn, changed, svc)) if isinstance(svc, Service) else []:
+            pods = _pods_for(txn, changed, svc) if isinstance(svc, Service) else []
+            for want in desired_slices(svc, pods, txn.registered) if isinstance(svc, Service) else []:
                 wanted.add(want.metadata.name)
                 have = txn.get(("EndpointSlice", ns, want.metadata.name))
                 if not isinstance(have, EndpointSlice) or not is_managed(have):

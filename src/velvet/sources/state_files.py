@@ -310,6 +310,8 @@ class StateFiles:
 class FileBackend:
     """The `Backend` of a single agent: a `StateFiles` directory; nobody else writes there."""
 
+    own_versions = False
+
     def __init__(self, state_dir: Path) -> None:
         self.files = StateFiles(state_dir)
 

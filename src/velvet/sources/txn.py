@@ -29,10 +29,12 @@ def format_time(when: datetime) -> str:
 class Txn:
     """Changes being made to the store's objects."""
 
-    def __init__(self, base: ObjectIndex, version: int, now: datetime) -> None:
+    def __init__(self, base: ObjectIndex, version: int, now: datetime,
+                 registered: frozenset[str] | None = None) -> None:
         self.base = base
         self.version = version
         self.now = now
+        self.registered = registered  # the cluster's nodes as the writer sees them (None: no cluster)
         self.changes: dict[Key, KubeObject | None] = {}
         self.deltas: list[Delta] = []
         self._new: dict[Key, int] = {}  # creation position of objects new in this transaction
