@@ -3,9 +3,12 @@
  * node.bpf.c - the node's uplink (tcx on the interface towards external clients).
  *
  *   node_from_uplink: tcx ingress. NodePort, ExternalIP and LoadBalancer frontends (the latter
- *                     checked against loadBalancerSourceRanges) are DNATed to a backend; the
- *                     client address is kept (no SNAT). The kernel then routes to the pod.
- *   node_to_uplink:   tcx egress. Replies of those connections get the frontend back as source.
+ *                     checked against loadBalancerSourceRanges) are DNATed to a backend. A local
+ *                     backend sees the client address (no SNAT) and the kernel routes to the pod;
+ *                     a backend on another node is reached SNATed to the node (lib/nodeport.h),
+ *                     and the replies of such connections, which come back here, are translated
+ *                     back and sent towards the client.
+ *   node_to_uplink:   tcx egress. Replies of local backends get the frontend back as source.
  *
  * A frontend without backends is refused from here (RST / ICMP port unreachable sent back out
  * of the uplink); eTP=Local without a local backend drops silently, as kube-proxy does.
@@ -20,6 +23,7 @@
 #include "lib/ipcache.h"
 #include "lib/events.h"
 #include "lib/reject.h"
+#include "lib/nodeport.h"
 
 /* Frontends reachable from outside the node. */
 #define UPLINK_FRONTEND_FLAGS (SVC_NODEPORT | SVC_EXTERNAL_IP | SVC_LOADBALANCER)
@@ -31,9 +35,99 @@ static __always_inline void node_fill_identities(struct pkt4 *pkt)
 	pkt->dst_identity = ipcache_identity(pkt->daddr);
 }
 
+/*
+ * A reply of a connection SNATed to a backend on another node (backend -> node address:port):
+ * the client back as destination, the frontend as source, forwarded towards the client. Returns
+ * the tc verdict, or -1 when pkt is no such reply.
+ */
+static __always_inline int node_snat_reply(struct __sk_buff *skb, struct pkt4 *pkt,
+					   const struct node_config *cfg, __u64 now)
+{
+	struct snat4_key key = {
+		.saddr = pkt->saddr,
+		.daddr = pkt->daddr,
+		.sport = pkt->sport,
+		.dport = pkt->dport,
+		.proto = pkt->proto,
+		.dir = SNAT_IN,
+	};
+	struct snat4_entry *in;
+	struct ct4_entry *e;
+	__u16 reason = 0;
+	int verdict = -1;
+	__be32 client;
+	__be16 cport;
+	bool report;
+
+	if (pkt->daddr != cfg->snat_addr || (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP))
+		return -1;
+	in = bpf_map_lookup_elem(&snat4, &key);
+	if (!in)
+		return -1;
+	client = in->addr;
+	cport = in->port;
+	/* the port is the connection's only while the connection lives */
+	e = nodeport_ct(client, cport, pkt->saddr, pkt->sport, pkt->proto, pkt->tcp_flags, now);
+	if (!e)
+		return -1;
+	pkt->ev_flags |= EV_F_REPLY;
+	report = ct_account(e, true, skb->len, pkt->tcp_flags, now);
+	/* events name the backend as source: resolve it before the translation */
+	pkt->src_identity = ipcache_identity(pkt->saddr);
+
+	if (nat4_rewrite(skb, pkt, true, client, cport) < 0) {
+		reason = DROP_WRITE_ERROR;
+	} else {
+		pkt->daddr = client;
+		pkt->dport = cport;
+		reason = svc_rev_nat(skb, pkt, e, now);
+	}
+	if (!reason) {
+		verdict = nodeport_forward(skb, pkt->saddr, pkt->daddr, pkt->proto);
+		if (verdict < 0)
+			reason = DROP_NO_FIB;
+	}
+	pkt->dst_identity = ipcache_identity(pkt->daddr);
+	if (reason)
+		return drop_pkt(skb, pkt, reason, OBS_TO_NETWORK, METRIC_EGRESS);
+	pass_pkt(skb, pkt, OBS_TO_NETWORK, METRIC_EGRESS, report);
+	return verdict;
+}
+
+/*
+ * A connection DNATed to a backend on another node: the source becomes the node's address and
+ * the connection's port, and the packet leaves towards the backend's node. Events keep the
+ * client as source (the connection as the client made it). Returns the tc verdict.
+ */
+static __always_inline int node_snat_forward(struct __sk_buff *skb, struct pkt4 *pkt,
+					     const struct node_config *cfg, bool report, __u64 now)
+{
+	__be16 port = 0;
+	int verdict = -1;
+	__u16 reason;
+
+	reason = snat_port(pkt, cfg, &port, now);
+	if (!reason && nat4_rewrite(skb, pkt, false, cfg->snat_addr, port) < 0)
+		reason = DROP_WRITE_ERROR;
+	if (!reason) {
+		verdict = nodeport_forward(skb, cfg->snat_addr, pkt->daddr, pkt->proto);
+		if (verdict < 0)
+			reason = DROP_NO_FIB;
+	}
+	if (reason) {
+		node_fill_identities(pkt);
+		return drop_pkt(skb, pkt, reason, OBS_FROM_NETWORK, METRIC_INGRESS);
+	}
+	if (report)
+		node_fill_identities(pkt);
+	pass_pkt(skb, pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report);
+	return verdict;
+}
+
 SEC("tc")
 int node_from_uplink(struct __sk_buff *skb)
 {
+	const struct node_config *cfg = nodeport_config();
 	struct pkt4 pkt = {};
 	struct ct4_entry *e;
 	struct ct4_key key;
@@ -49,6 +143,13 @@ int node_from_uplink(struct __sk_buff *skb)
 		return pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false);
 	if (ret < 0)
 		return drop_pkt(skb, &pkt, -ret, OBS_FROM_NETWORK, METRIC_INGRESS);
+
+	/* replies of connections SNATed to other nodes' backends */
+	if (cfg) {
+		ret = node_snat_reply(skb, &pkt, cfg, now);
+		if (ret >= 0)
+			return ret;
+	}
 
 	/* translate external frontends to a backend */
 	reason = svc_dnat(skb, &pkt, false, UPLINK_FRONTEND_FLAGS, true, CT_F_NODEPORT, &backend_id, now);
@@ -76,6 +177,11 @@ int node_from_uplink(struct __sk_buff *skb)
 		}
 		pkt.ev_flags |= EV_F_NEW_CT;
 	}
+	/* a backend that is neither a local endpoint nor the node itself lives elsewhere: SNAT, so that
+	 * its replies come back here */
+	if (cfg && !bpf_map_lookup_elem(&lxc_endpoints, &pkt.daddr) &&
+	    ipcache_identity(pkt.daddr) != IDENTITY_HOST)
+		return node_snat_forward(skb, &pkt, cfg, report, now);
 	if (report)
 		node_fill_identities(&pkt);
 	return pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report);

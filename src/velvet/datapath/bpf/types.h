@@ -87,6 +87,8 @@ enum drop_reason {
 	DROP_FRAG_NOT_FOUND = 175,     /* later IP fragment whose first fragment was not seen */
 	DROP_LB_SOURCE_RANGE = 177,    /* client not in loadBalancerSourceRanges */
 	DROP_NO_LOCAL_BACKEND = 230,   /* traffic policy Local and no node-local backend */
+	DROP_NO_FIB = 169,             /* no route to forward a NodePort packet SNATed to another node */
+	DROP_SNAT_NO_PORT = 231,       /* no free SNAT port towards that backend */
 };
 
 /* Non-drop reasons of the metrics map (drop reasons are >= 130). */
@@ -464,6 +466,51 @@ struct process_event {
 	__u8 pad;
 	char comm[16];
 	char filename[128]; /* PROC_EXEC: path of the executed file, NUL-terminated */
+};
+
+/* ---- NodePort to backends on other nodes (SNAT) --------------------------------------------- */
+
+/*
+ * A NodePort/ExternalIP/LoadBalancer connection (eTP=Cluster) whose backend is not a local
+ * endpoint is SNATed at the uplink: node_from_uplink rewrites the source to node_config.snat_addr
+ * and a port from [snat_port_min, snat_port_max] chosen for the connection (random start, then
+ * the next ports; a port whose connection has expired is free again), and forwards the packet
+ * itself after a FIB lookup (the kernel refuses to forward a packet whose source is its own).
+ * The reply comes back to the uplink addressed to that port: node_from_uplink restores the client
+ * as destination and the frontend as source and sends it back towards the client the same way.
+ * snat4 holds two entries per connection; both live exactly as long as the connection's
+ * CT_NODEPORT entry (client -> backend), which also records the frontend for the reverse NAT.
+ * snat_addr 0 disables SNAT (remote backends are then DNATed only, as on a single node).
+ */
+
+/* snat4_key.dir */
+enum snat_dir {
+	SNAT_OUT = 0, /* DNATed tuple client -> backend; entry: node address and port of the connection */
+	SNAT_IN = 1,  /* reply tuple backend -> node address:port; entry: the client's address and port */
+};
+
+struct snat4_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir; /* enum snat_dir */
+	__u16 pad;
+};
+
+struct snat4_entry {
+	__u64 created_ns;
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+};
+
+/* node_config (array, key 0): what the uplink programs need to know about the node. */
+struct node_config {
+	__be32 snat_addr;     /* the node's uplink address; 0: no SNAT */
+	__u16 snat_port_min;  /* SNAT source ports, host order, inclusive */
+	__u16 snat_port_max;
 };
 
 #endif /* VELVET_TYPES_H */

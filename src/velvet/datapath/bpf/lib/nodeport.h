@@ -1,0 +1,148 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * nodeport.h - external connections to backends on other nodes: SNAT to the node's address with
+ * a port of the connection's own, the reverse translation of replies, and forwarding of both
+ * through a FIB lookup and a redirect (see types.h, "NodePort to backends on other nodes").
+ *
+ * The redirect goes out of whatever interface the FIB names for the destination: the uplink in
+ * native routing, or any device a route points to (a tunnel, later).
+ */
+#ifndef VELVET_LIB_NODEPORT_H
+#define VELVET_LIB_NODEPORT_H
+
+#include "conntrack.h"
+#include "csum.h"
+
+#define AF_INET 2
+#define IP_TTL_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, ttl))
+#define SNAT_RETRIES 16
+
+/* The node's settings, or NULL when SNAT is off (no address configured). */
+static __always_inline const struct node_config *nodeport_config(void)
+{
+	__u32 zero = 0;
+	const struct node_config *cfg = bpf_map_lookup_elem(&node_config, &zero);
+
+	return cfg && cfg->snat_addr ? cfg : NULL;
+}
+
+/* The CT_NODEPORT entry (client -> backend) of a connection, if alive: the SNAT entries' lifetime. */
+static __always_inline struct ct4_entry *nodeport_ct(__be32 client, __be16 cport, __be32 backend,
+						     __be16 bport, __u8 proto, __u8 tcp_flags, __u64 now)
+{
+	struct ct4_key key = {
+		.saddr = client,
+		.daddr = backend,
+		.sport = cport,
+		.dport = bport,
+		.proto = proto,
+		.dir = CT_NODEPORT,
+	};
+
+	return ct_lookup(&key, tcp_flags, now);
+}
+
+/*
+ * The node port of pkt's connection (pkt DNATed: client -> backend): the one it has while its
+ * SNAT_IN entry still names it, else a newly allocated one. 0 or DROP_SNAT_NO_PORT.
+ */
+static __always_inline __u16 snat_port(const struct pkt4 *pkt, const struct node_config *cfg,
+				       __be16 *port, __u64 now)
+{
+	struct snat4_key out_key = {
+		.saddr = pkt->saddr,
+		.daddr = pkt->daddr,
+		.sport = pkt->sport,
+		.dport = pkt->dport,
+		.proto = pkt->proto,
+		.dir = SNAT_OUT,
+	};
+	struct snat4_key in_key = {
+		.saddr = pkt->daddr,
+		.daddr = cfg->snat_addr,
+		.sport = pkt->dport,
+		.proto = pkt->proto,
+		.dir = SNAT_IN,
+	};
+	struct snat4_entry want = { .created_ns = now, .addr = pkt->saddr, .port = pkt->sport };
+	struct snat4_entry *out, *in;
+	__u32 min = cfg->snat_port_min, max = cfg->snat_port_max, range, start, i;
+
+	/* an existing connection keeps its port while the reverse entry is still its own */
+	out = bpf_map_lookup_elem(&snat4, &out_key);
+	if (out && out->addr == cfg->snat_addr) {
+		in_key.dport = out->port;
+		in = bpf_map_lookup_elem(&snat4, &in_key);
+		if (in && in->addr == pkt->saddr && in->port == pkt->sport) {
+			*port = out->port;
+			return 0;
+		}
+	}
+
+	/* allocate: a random port, then the next ones; a port of an expired connection is free */
+	if (max < min)
+		return DROP_SNAT_NO_PORT;
+	range = max - min + 1;
+	start = bpf_get_prandom_u32();
+#pragma clang loop unroll(disable)
+	for (i = 0; i < SNAT_RETRIES; i++) {
+		in_key.dport = bpf_htons((__u16)(min + (start + i) % range));
+		if (bpf_map_update_elem(&snat4, &in_key, &want, BPF_NOEXIST) == 0)
+			goto found;
+		in = bpf_map_lookup_elem(&snat4, &in_key);
+		if (in && !nodeport_ct(in->addr, in->port, in_key.saddr, in_key.sport, in_key.proto, 0, now) &&
+		    bpf_map_update_elem(&snat4, &in_key, &want, BPF_ANY) == 0)
+			goto found;
+	}
+	return DROP_SNAT_NO_PORT;
+found:
+	want.addr = cfg->snat_addr;
+	want.port = in_key.dport;
+	if (bpf_map_update_elem(&snat4, &out_key, &want, BPF_ANY) < 0)
+		return DROP_SNAT_NO_PORT;
+	*port = in_key.dport;
+	return 0;
+}
+
+/*
+ * Forward a translated packet (now saddr -> daddr) as a router would: TTL decremented, out of the
+ * interface the FIB names, with the next hop's MAC (resolved by the neighbour subsystem when not
+ * known yet). Returns the tc verdict, or -1 when there is no route (DROP_NO_FIB).
+ */
+static __always_inline int nodeport_forward(struct __sk_buff *skb, __be32 saddr, __be32 daddr, __u8 proto)
+{
+	struct bpf_fib_lookup fib = {
+		.family = AF_INET,
+		.l4_protocol = proto,
+		.ifindex = skb->ifindex,
+		.ipv4_src = saddr,
+		.ipv4_dst = daddr,
+	};
+	__u8 hdr[2], dec[2];
+	long ret;
+
+	/* tot_len 0: the kernel checks the skb itself against the MTU (GSO included) */
+	ret = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (ret != BPF_FIB_LKUP_RET_SUCCESS && ret != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return -1;
+
+	/* TTL (and the protocol beside it, one checksum word) */
+	if (bpf_skb_load_bytes(skb, IP_TTL_OFF, hdr, sizeof(hdr)) < 0)
+		return -1;
+	if (hdr[0] > 1) {
+		dec[0] = hdr[0] - 1;
+		dec[1] = hdr[1];
+		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, *(__be16 *)hdr, *(__be16 *)dec, 2) < 0 ||
+		    bpf_skb_store_bytes(skb, IP_TTL_OFF, dec, sizeof(dec), 0) < 0)
+			return -1;
+	}
+
+	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+	if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0) < 0)
+		return -1;
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+#endif /* VELVET_LIB_NODEPORT_H */
