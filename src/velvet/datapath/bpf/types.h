@@ -24,10 +24,11 @@
  *    node-local backend set is empty: iTP/eTP=Local), the tc paths answer a TCP segment with a RST
  *    and a UDP datagram with ICMP port unreachable, sent straight back to the client; an empty
  *    node-local set at the tc paths drops silently (DROP_NO_LOCAL_BACKEND), like kube-proxy.
- *  - NodePort/ExternalIP/LoadBalancer from outside: node_from_uplink DNATs to the backend without
- *    SNAT (client IP preserved, as eTP=Local needs; with one node eTP=Cluster needs no SNAT
- *    either) and records two entries: CT_SERVICE on the original tuple (sticks the backend) and
- *    CT_NODEPORT on the translated tuple; the reverse NAT of replies happens in node_to_uplink.
+ *  - NodePort/ExternalIP/LoadBalancer from outside: node_from_uplink DNATs to the backend, without
+ *    SNAT when the backend is a local pod (client IP preserved, as eTP=Local needs), and records
+ *    two entries: CT_SERVICE on the original tuple (sticks the backend) and CT_NODEPORT on the
+ *    translated tuple; the reverse NAT of replies happens in node_to_uplink. A backend on another
+ *    node is reached SNATed to the node (see "NodePort to backends on other nodes" below).
  *    Reverse NAT (both tc paths) writes back the frontend the client used, recorded in the
  *    translated entry, as long as the frontend's lb4_revnat entry exists; without it replies are
  *    dropped (DROP_NAT_NO_MAPPING) instead of leaking untranslated.
