@@ -260,3 +260,12 @@ def test_without_snat_address_remote_backends_are_only_dnated(node: Loaded, upli
     seed(node, [(1, REMOTE_POD, 8080)], snat="0.0.0.0")
     result = run(node, uplink, tcp(CLIENT, NODE_IP, 50000, NODE_PORT, SYN))
     assert (result.retval, result.data_out) == (TC_ACT_OK, tcp(CLIENT, REMOTE_POD, 50000, 8080, SYN))
+
+
+def test_node_config_reads_back_what_was_written(node: Loaded) -> None:
+    """Test that the node's settings survive the codec and the array map both ways (a restarted agent
+    compares them before writing)."""
+    assert node.tables.read("node_config") == {0: NodeSettings("0.0.0.0", 0, 0)}
+    settings = NodeSettings("192.168.77.3", 61000, 65535)
+    node.tables.write("node_config", {0: settings}, ())
+    assert node.tables.read("node_config") == {0: settings}
