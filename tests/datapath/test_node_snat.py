@@ -10,6 +10,8 @@ frames they forward carry known MAC addresses.
 from __future__ import annotations
 
 import secrets
+import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +19,22 @@ from dataclasses import dataclass
 
 import pytest
 from fixtures_datapath import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, ct_key, node, sh
-from packets import ACK, SYN, TCP, UDP, checksums_ok, eth, ipv4, parse, tcp, tcp_segment, udp, udp_datagram
+from packets import (
+    ACK,
+    SYN,
+    TCP,
+    UDP,
+    checksums_ok,
+    csum,
+    eth,
+    icmp_error,
+    ipv4,
+    parse,
+    tcp,
+    tcp_segment,
+    udp,
+    udp_datagram,
+)
 from seeding import add_pods, lb_change, set_identity
 
 from velvet.datapath.structs import (
@@ -189,6 +206,52 @@ def test_udp_to_a_remote_backend_both_ways(node: Loaded, uplink: Uplink) -> None
     assert back.retval == TC_ACT_REDIRECT
     datagram = udp_datagram(NODE_IP, CLIENT, NODE_PORT, 50000, b"a")
     assert back.data_out == eth(ipv4(NODE_IP, CLIENT, UDP, datagram, ttl=63), dst=ROUTER_MAC, src=uplink.mac)
+
+
+def quoted_tuple(frame: bytes) -> tuple[str, str, int, int]:
+    """(source, destination, source port, destination port) quoted by an ICMP error frame, whose quoted
+    IPv4 header (20 bytes) must have a valid checksum."""
+    quoted = parse(frame).l4[8:]
+    assert csum(quoted[:20]) == 0
+    sport, dport = struct.unpack("!HH", quoted[20:24])
+    return socket.inet_ntoa(quoted[12:16]), socket.inet_ntoa(quoted[16:20]), sport, dport
+
+
+def test_icmp_error_about_a_snated_connection_reaches_the_client(node: Loaded, uplink: Uplink) -> None:
+    """Test that the backend's ICMP port unreachable about the SNATed datagram reaches the client as the
+    frontend's error about the client's own datagram (outer and quoted tuple translated, checksums valid),
+    reported as related."""
+    seed(node, [(1, REMOTE_POD, 5353)], proto=UDP)
+    port = parse(run(node, uplink, udp(CLIENT, NODE_IP, 50000, NODE_PORT, b"q")).data_out).sport
+    node.events()
+    error = icmp_error(REMOTE_POD, NODE_IP, udp(NODE_IP, REMOTE_POD, port, 5353, b"q"))
+    result = run(node, uplink, error)
+    assert result.retval == TC_ACT_REDIRECT
+    out = parse(result.data_out)
+    assert (out.src, out.dst, out.icmp_type, out.icmp_code) == (NODE_IP, CLIENT, 3, 3)
+    assert (result.data_out[:6], result.data_out[6:12]) == (ROUTER_MAC, uplink.mac)
+    assert checksums_ok(result.data_out)
+    assert quoted_tuple(result.data_out) == (CLIENT, NODE_IP, 50000, NODE_PORT)
+    events = node.events()
+    assert len(events) == 1
+    assert events[0]["flags"] & EventFlag.RELATED
+    assert events[0]["obs_point"] == ObsPoint.TO_NETWORK
+
+
+def test_icmp_error_of_a_local_backend_names_the_frontend(node: Loaded) -> None:
+    """Test that a local backend's ICMP port unreachable about a NodePort datagram leaves the uplink as
+    the frontend's error about the client's datagram (outer source and quoted destination translated)."""
+    seed(node, [(1, LOCAL_POD, 5353)], proto=UDP)
+    assert node.run(FROM, udp(CLIENT, NODE_IP, 50000, NODE_PORT, b"q")).retval == TC_ACT_OK
+    node.events()
+    error = icmp_error(LOCAL_POD, CLIENT, udp(CLIENT, LOCAL_POD, 50000, 5353, b"q"))
+    result = node.run("node_to_uplink", error)
+    assert result.retval == TC_ACT_OK
+    out = parse(result.data_out)
+    assert (out.src, out.dst, out.icmp_type) == (NODE_IP, CLIENT, 3)
+    assert checksums_ok(result.data_out)
+    assert quoted_tuple(result.data_out) == (CLIENT, NODE_IP, 50000, NODE_PORT)
+    assert [e["flags"] & EventFlag.RELATED for e in node.events()] == [EventFlag.RELATED]
 
 
 def test_local_backend_keeps_the_client_address(node: Loaded, uplink: Uplink) -> None:

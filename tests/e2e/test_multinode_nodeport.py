@@ -169,6 +169,27 @@ def test_load_balancer_ip_reaches_backends_on_other_nodes(sb: Sandbox) -> None:
     assert got == [(f"at-{k}", EXT_IP if k == 0 else NODE_IPS[0]) for k in range(3) for _ in range(2)]
 
 
+def test_closed_port_is_refused_through_every_node(sb: Sandbox) -> None:
+    """Test that a backend port nothing listens on is refused to the client through every node's nodePort:
+    the backend's RST (TCP) and its ICMP port unreachable (UDP), translated back on the way, whether the
+    backend is local or the node SNATed the connection."""
+    sb.apply(f"""apiVersion: v1
+kind: Service
+metadata: {{name: deaf-1, namespace: {NS}}}
+spec:
+  type: NodePort
+  selector: {{app: at-1}}
+  ports:
+  - {{name: tcp, port: 82, targetPort: 9999, protocol: TCP}}
+  - {{name: udp, port: 83, targetPort: 9999, protocol: UDP}}
+""")
+    tcp_port, udp_port = node_ports(sb, "deaf-1")
+    programmed_everywhere(sb, "deaf-1", tcp_port)
+    urls = [f"{proto}://{NODE_IPS[j]}:{port}"
+            for j in range(3) for proto, port in (("tcp", tcp_port), ("udp", udp_port))]
+    assert dict(zip(urls, ext_probe(sb, urls), strict=True)) == {url: "ERR ECONNREFUSED" for url in urls}
+
+
 def no_local_backend_drops(sb: Sandbox, node: int) -> int:
     """Packets node `node` dropped for want of a node-local backend (its `bpf metrics list`)."""
     total = 0

@@ -95,6 +95,56 @@ static __always_inline int node_snat_reply(struct __sk_buff *skb, struct pkt4 *p
 }
 
 /*
+ * An ICMP error about a connection SNATed to a backend on another node (the backend, or a router on
+ * the way, answering the node's address:port): turned into the error the client would get from the
+ * frontend about its own packet, and sent towards the client. Returns the tc verdict, or -1 when
+ * pkt is no such error.
+ */
+static __always_inline int node_snat_icmp_error(struct __sk_buff *skb, struct pkt4 *pkt,
+						const struct node_config *cfg, __u64 now)
+{
+	struct snat4_key key = {
+		.saddr = pkt->inner_daddr,
+		.daddr = pkt->inner_saddr,
+		.sport = pkt->inner_dport,
+		.dport = pkt->inner_sport,
+		.proto = pkt->inner_proto,
+		.dir = SNAT_IN,
+	};
+	struct snat4_entry *in;
+	struct ct4_entry *e;
+	__be32 client, frontend;
+	__be16 cport, fport;
+	int verdict;
+
+	if (pkt->daddr != cfg->snat_addr || pkt->inner_saddr != cfg->snat_addr ||
+	    (pkt->inner_proto != IPPROTO_TCP && pkt->inner_proto != IPPROTO_UDP))
+		return -1;
+	in = bpf_map_lookup_elem(&snat4, &key);
+	if (!in)
+		return -1;
+	client = in->addr;
+	cport = in->port;
+	e = nodeport_ct(client, cport, pkt->inner_daddr, pkt->inner_dport, pkt->inner_proto, 0, now);
+	if (!e)
+		return -1;
+	frontend = e->nat_addr;
+	fport = e->nat_port;
+	pkt->ev_flags |= EV_F_RELATED;
+	pkt->src_identity = ipcache_identity(pkt->saddr);
+	pkt->dst_identity = ipcache_identity(client);
+	if (icmp_error_rewrite(skb, pkt, frontend, client, client, cport, frontend, fport) < 0)
+		return drop_pkt(skb, pkt, DROP_WRITE_ERROR, OBS_TO_NETWORK, METRIC_EGRESS);
+	pkt->saddr = frontend;
+	pkt->daddr = client;
+	verdict = nodeport_forward(skb, frontend, client, IPPROTO_ICMP);
+	if (verdict < 0)
+		return drop_pkt(skb, pkt, DROP_NO_FIB, OBS_TO_NETWORK, METRIC_EGRESS);
+	pass_pkt(skb, pkt, OBS_TO_NETWORK, METRIC_EGRESS, true);
+	return verdict;
+}
+
+/*
  * A connection DNATed to a backend on another node: the source becomes the node's address and
  * the connection's port, and the packet leaves towards the backend's node. Events keep the
  * client as source (the connection as the client made it). Returns the tc verdict.
@@ -144,9 +194,12 @@ int node_from_uplink(struct __sk_buff *skb)
 	if (ret < 0)
 		return drop_pkt(skb, &pkt, -ret, OBS_FROM_NETWORK, METRIC_INGRESS);
 
-	/* replies of connections SNATed to other nodes' backends */
+	/* replies of connections SNATed to other nodes' backends, and ICMP errors about them */
 	if (cfg) {
-		ret = node_snat_reply(skb, &pkt, cfg, now);
+		if (pkt.icmp_error)
+			ret = node_snat_icmp_error(skb, &pkt, cfg, now);
+		else
+			ret = node_snat_reply(skb, &pkt, cfg, now);
 		if (ret >= 0)
 			return ret;
 	}
@@ -187,6 +240,43 @@ int node_from_uplink(struct __sk_buff *skb)
 	return pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report);
 }
 
+/*
+ * An ICMP error a local backend sends about a connection DNATed at the uplink (quoting client ->
+ * backend): it names the frontend instead, as outer source and quoted destination, so that the
+ * client matches it to its own packet. Returns TC_ACT_OK when translated, -1 when pkt is no such
+ * error.
+ */
+static __always_inline int node_local_icmp_error(struct __sk_buff *skb, struct pkt4 *pkt, __u64 now)
+{
+	struct ct4_key key = {
+		.saddr = pkt->inner_saddr,
+		.daddr = pkt->inner_daddr,
+		.sport = pkt->inner_sport,
+		.dport = pkt->inner_dport,
+		.proto = pkt->inner_proto,
+		.dir = CT_NODEPORT,
+	};
+	struct ct4_entry *e;
+	__be32 frontend;
+	__be16 fport;
+
+	if (pkt->inner_proto != IPPROTO_TCP && pkt->inner_proto != IPPROTO_UDP)
+		return -1;
+	e = ct_lookup(&key, 0, now);
+	if (!e || !e->rev_nat_index)
+		return -1;
+	frontend = e->nat_addr;
+	fport = e->nat_port;
+	pkt->ev_flags |= EV_F_RELATED;
+	pkt->src_identity = ipcache_identity(pkt->saddr);
+	pkt->dst_identity = ipcache_identity(pkt->daddr);
+	if (icmp_error_rewrite(skb, pkt, frontend, pkt->daddr, pkt->inner_saddr, pkt->inner_sport, frontend,
+			       fport) < 0)
+		return drop_pkt(skb, pkt, DROP_WRITE_ERROR, OBS_TO_NETWORK, METRIC_EGRESS);
+	pkt->saddr = frontend;
+	return pass_pkt(skb, pkt, OBS_TO_NETWORK, METRIC_EGRESS, true);
+}
+
 SEC("tc")
 int node_to_uplink(struct __sk_buff *skb)
 {
@@ -196,10 +286,18 @@ int node_to_uplink(struct __sk_buff *skb)
 	__u64 now = bpf_ktime_get_ns();
 	__u16 reason;
 	bool report;
+	int ret;
 
 	/* only well-formed IPv4 can be a reply we translated */
 	if (parse_ipv4(skb, &pkt) != 0)
 		return pass_pkt(skb, &pkt, OBS_TO_NETWORK, METRIC_EGRESS, false);
+
+	/* ICMP errors of local backends about such connections */
+	if (pkt.icmp_error) {
+		ret = node_local_icmp_error(skb, &pkt, now);
+		if (ret >= 0)
+			return ret;
+	}
 
 	/* reply of a connection DNATed at the uplink? */
 	ct_key_rev(&key, &pkt, CT_NODEPORT);

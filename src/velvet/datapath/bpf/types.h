@@ -41,7 +41,8 @@
  *    connection DNATed at the uplink -> frontend. Entries older than their lifetime count as
  *    absent; nothing deletes them on a timer (the LRU map evicts the least recently used when
  *    full, and the agent flushes the entries of backends a frontend dropped). ICMP errors
- *    quoting a tracked connection pass as related (not reverse-translated).
+ *    quoting a tracked connection pass as related (not reverse-translated), except at the
+ *    uplink: errors about connections DNATed there are translated back to name the frontend.
  *  - lxc_from_pod accepts only packets whose source is the endpoint registered for that address
  *    with this veth's ifindex (DROP_INVALID_SOURCE otherwise).
  *  - Policy is decided once per connection on the backend pod's IP and port; replies and

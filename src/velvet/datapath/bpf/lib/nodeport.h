@@ -105,6 +105,43 @@ found:
 }
 
 /*
+ * Rewrite an ICMP error (pkt, quoting an IPv4 header of 20 bytes and 8 bytes of TCP/UDP) to new outer
+ * addresses and a new quoted tuple. The quoted IPv4 header keeps its own checksum valid, so its
+ * changes cancel out in the ICMP checksum; only the quoted ports move it. The quoted transport
+ * checksum is left as it was (nobody verifies a quote). 0 on success.
+ */
+static __always_inline int icmp_error_rewrite(struct __sk_buff *skb, const struct pkt4 *pkt, __be32 saddr,
+					      __be32 daddr, __be32 in_saddr, __be16 in_sport, __be32 in_daddr,
+					      __be16 in_dport)
+{
+	__u32 icmp_csum = pkt->l4_off + 2, quote = pkt->l4_off + 8, quote_l4 = quote + sizeof(struct iphdr);
+	__u32 in_csum = quote + __builtin_offsetof(struct iphdr, check);
+	__be16 ports[2] = { in_sport, in_dport };
+	__u8 ihl;
+
+	if (bpf_skb_load_bytes(skb, quote, &ihl, 1) < 0 || (ihl & 0x0f) != 5)
+		return -1;
+	/* outer header */
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, pkt->saddr, saddr, 4) < 0 ||
+	    bpf_l3_csum_replace(skb, IP_CSUM_OFF, pkt->daddr, daddr, 4) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_SADDR_OFF, &saddr, 4, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_DADDR_OFF, &daddr, 4, 0) < 0)
+		return -1;
+	/* quoted header: addresses and its own checksum */
+	if (bpf_l3_csum_replace(skb, in_csum, pkt->inner_saddr, in_saddr, 4) < 0 ||
+	    bpf_l3_csum_replace(skb, in_csum, pkt->inner_daddr, in_daddr, 4) < 0 ||
+	    bpf_skb_store_bytes(skb, quote + __builtin_offsetof(struct iphdr, saddr), &in_saddr, 4, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, quote + __builtin_offsetof(struct iphdr, daddr), &in_daddr, 4, 0) < 0)
+		return -1;
+	/* quoted ports, and the ICMP checksum over them */
+	if (bpf_l4_csum_replace(skb, icmp_csum, pkt->inner_sport, in_sport, 2) < 0 ||
+	    bpf_l4_csum_replace(skb, icmp_csum, pkt->inner_dport, in_dport, 2) < 0 ||
+	    bpf_skb_store_bytes(skb, quote_l4, ports, sizeof(ports), 0) < 0)
+		return -1;
+	return 0;
+}
+
+/*
  * Forward a translated packet (now saddr -> daddr) as a router would: TTL decremented, out of the
  * interface the FIB names, with the next hop's MAC (resolved by the neighbour subsystem when not
  * known yet). Returns the tc verdict, or -1 when there is no route (DROP_NO_FIB).
