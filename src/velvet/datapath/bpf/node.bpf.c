@@ -35,145 +35,6 @@ static __always_inline void node_fill_identities(struct pkt4 *pkt)
 	pkt->dst_identity = ipcache_identity(pkt->daddr);
 }
 
-/*
- * A reply of a connection SNATed to a backend on another node (backend -> node address:port):
- * the client back as destination, the frontend as source, forwarded towards the client. Returns
- * the tc verdict, or -1 when pkt is no such reply.
- */
-static __always_inline int node_snat_reply(struct __sk_buff *skb, struct pkt4 *pkt,
-					   const struct node_config *cfg, __u64 now)
-{
-	struct snat4_key key = {
-		.saddr = pkt->saddr,
-		.daddr = pkt->daddr,
-		.sport = pkt->sport,
-		.dport = pkt->dport,
-		.proto = pkt->proto,
-		.dir = SNAT_IN,
-	};
-	struct snat4_entry *in;
-	struct ct4_entry *e;
-	__u16 reason = 0;
-	int verdict = -1;
-	__be32 client;
-	__be16 cport;
-	bool report;
-
-	if (pkt->daddr != cfg->snat_addr || (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP))
-		return -1;
-	in = bpf_map_lookup_elem(&snat4, &key);
-	if (!in)
-		return -1;
-	client = in->addr;
-	cport = in->port;
-	/* the port is the connection's only while the connection lives */
-	e = nodeport_ct(client, cport, pkt->saddr, pkt->sport, pkt->proto, pkt->tcp_flags, now);
-	if (!e)
-		return -1;
-	pkt->ev_flags |= EV_F_REPLY;
-	report = ct_account(e, true, skb->len, pkt->tcp_flags, now);
-	/* events name the backend as source: resolve it before the translation */
-	pkt->src_identity = ipcache_identity(pkt->saddr);
-
-	if (nat4_rewrite(skb, pkt, true, client, cport) < 0) {
-		reason = DROP_WRITE_ERROR;
-	} else {
-		pkt->daddr = client;
-		pkt->dport = cport;
-		reason = svc_rev_nat(skb, pkt, e, now);
-	}
-	if (!reason) {
-		verdict = nodeport_forward(skb, pkt->saddr, pkt->daddr, pkt->proto);
-		if (verdict < 0)
-			reason = DROP_NO_FIB;
-	}
-	pkt->dst_identity = ipcache_identity(pkt->daddr);
-	if (reason)
-		return drop_pkt(skb, pkt, reason, OBS_TO_NETWORK, METRIC_EGRESS);
-	pass_pkt(skb, pkt, OBS_TO_NETWORK, METRIC_EGRESS, report);
-	return verdict;
-}
-
-/*
- * An ICMP error about a connection SNATed to a backend on another node (the backend, or a router on
- * the way, answering the node's address:port): turned into the error the client would get from the
- * frontend about its own packet, and sent towards the client. Returns the tc verdict, or -1 when
- * pkt is no such error.
- */
-static __always_inline int node_snat_icmp_error(struct __sk_buff *skb, struct pkt4 *pkt,
-						const struct node_config *cfg, __u64 now)
-{
-	struct snat4_key key = {
-		.saddr = pkt->inner_daddr,
-		.daddr = pkt->inner_saddr,
-		.sport = pkt->inner_dport,
-		.dport = pkt->inner_sport,
-		.proto = pkt->inner_proto,
-		.dir = SNAT_IN,
-	};
-	struct snat4_entry *in;
-	struct ct4_entry *e;
-	__be32 client, frontend;
-	__be16 cport, fport;
-	int verdict;
-
-	if (pkt->daddr != cfg->snat_addr || pkt->inner_saddr != cfg->snat_addr ||
-	    (pkt->inner_proto != IPPROTO_TCP && pkt->inner_proto != IPPROTO_UDP))
-		return -1;
-	in = bpf_map_lookup_elem(&snat4, &key);
-	if (!in)
-		return -1;
-	client = in->addr;
-	cport = in->port;
-	e = nodeport_ct(client, cport, pkt->inner_daddr, pkt->inner_dport, pkt->inner_proto, 0, now);
-	if (!e)
-		return -1;
-	frontend = e->nat_addr;
-	fport = e->nat_port;
-	pkt->ev_flags |= EV_F_RELATED;
-	pkt->src_identity = ipcache_identity(pkt->saddr);
-	pkt->dst_identity = ipcache_identity(client);
-	if (icmp_error_rewrite(skb, pkt, frontend, client, client, cport, frontend, fport) < 0)
-		return drop_pkt(skb, pkt, DROP_WRITE_ERROR, OBS_TO_NETWORK, METRIC_EGRESS);
-	pkt->saddr = frontend;
-	pkt->daddr = client;
-	verdict = nodeport_forward(skb, frontend, client, IPPROTO_ICMP);
-	if (verdict < 0)
-		return drop_pkt(skb, pkt, DROP_NO_FIB, OBS_TO_NETWORK, METRIC_EGRESS);
-	pass_pkt(skb, pkt, OBS_TO_NETWORK, METRIC_EGRESS, true);
-	return verdict;
-}
-
-/*
- * A connection DNATed to a backend on another node: the source becomes the node's address and
- * the connection's port, and the packet leaves towards the backend's node. Events keep the
- * client as source (the connection as the client made it). Returns the tc verdict.
- */
-static __always_inline int node_snat_forward(struct __sk_buff *skb, struct pkt4 *pkt,
-					     const struct node_config *cfg, bool report, __u64 now)
-{
-	__be16 port = 0;
-	int verdict = -1;
-	__u16 reason;
-
-	reason = snat_port(pkt, cfg, &port, now);
-	if (!reason && nat4_rewrite(skb, pkt, false, cfg->snat_addr, port) < 0)
-		reason = DROP_WRITE_ERROR;
-	if (!reason) {
-		verdict = nodeport_forward(skb, cfg->snat_addr, pkt->daddr, pkt->proto);
-		if (verdict < 0)
-			reason = DROP_NO_FIB;
-	}
-	if (reason) {
-		node_fill_identities(pkt);
-		return drop_pkt(skb, pkt, reason, OBS_FROM_NETWORK, METRIC_INGRESS);
-	}
-	if (report)
-		node_fill_identities(pkt);
-	pass_pkt(skb, pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report);
-	return verdict;
-}
-
 SEC("tc")
 int node_from_uplink(struct __sk_buff *skb)
 {
@@ -196,10 +57,7 @@ int node_from_uplink(struct __sk_buff *skb)
 
 	/* replies of connections SNATed to other nodes' backends, and ICMP errors about them */
 	if (cfg) {
-		if (pkt.icmp_error)
-			ret = node_snat_icmp_error(skb, &pkt, cfg, now);
-		else
-			ret = node_snat_reply(skb, &pkt, cfg, now);
+		ret = nodeport_rev_snat(skb, &pkt, cfg, now);
 		if (ret >= 0)
 			return ret;
 	}
@@ -234,7 +92,7 @@ int node_from_uplink(struct __sk_buff *skb)
 	 * its replies come back here */
 	if (cfg && !bpf_map_lookup_elem(&lxc_endpoints, &pkt.daddr) &&
 	    ipcache_identity(pkt.daddr) != IDENTITY_HOST)
-		return node_snat_forward(skb, &pkt, cfg, report, now);
+		return nodeport_snat_forward(skb, &pkt, cfg, report, now);
 	if (report)
 		node_fill_identities(&pkt);
 	return pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report);
