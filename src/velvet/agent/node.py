@@ -35,7 +35,7 @@ from velvet.controllers.nodes import NodeRouteController, RouteTable
 from velvet.controllers.policy import PolicyController
 from velvet.controllers.services import LB_TABLES, ServiceController
 from velvet.datapath.protocol import Datapath
-from velvet.datapath.tables import LbState
+from velvet.datapath.tables import LbState, NodeSettings
 from velvet.datapath.writer import TableWriter
 from velvet.durable import private_dir
 from velvet.errors import InvalidManifest, NotFound
@@ -152,6 +152,9 @@ class Agent:
         if self.prober is not None:
             self.prober.start()
         self.datapath.start()
+        settings = self.node_settings()
+        if self.datapath.read("node_config").get(0) != settings:
+            self.datapath.write("node_config", {0: settings}, ())
         self.endpoints.restore()
         self.cni.drain(self.state_dir / "cni-delete-queue")
         self.policy.adopt()
@@ -232,6 +235,12 @@ class Agent:
             return False
         self.policy.remote_node_ips, self.policy.remote_endpoints = others, remote
         return True
+
+    def node_settings(self) -> NodeSettings:
+        """What the uplink programs need: the node address that external connections to backends on other
+        nodes are SNATed to (the first node IP; none without an uplink)."""
+        snat = self.config.node_ips[0] if self.config.uplink and self.config.node_ips else "0.0.0.0"
+        return NodeSettings(snat)
 
     def own_node(self) -> NodeRecord:
         """This node as it registers itself."""

@@ -10,6 +10,7 @@ from velvet.cli.common import client, print_json, table
 BPF_MAPS = {
     "lb": ("lb4_services", "lb4_backends", "lb4_revnat"),
     "ct": ("ct4",),
+    "nat": ("snat4", "node_config"),
     "policy": ("policy",),
     "ipcache": ("ipcache", "ipcache_cidr"),
     "endpoint": ("lxc_endpoints",),

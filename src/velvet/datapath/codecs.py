@@ -14,6 +14,7 @@ from velvet.datapath.tables import (
     BackendValue,
     Direction,
     EndpointEntry,
+    NodeSettings,
     PolicyKey,
     PolicyValue,
     RevNatValue,
@@ -121,6 +122,12 @@ CODECS: dict[str, TableCodec] = {
     "ipcache_cidr": TableCodec(
         "ipcache_cidr", _ipcache_key, lambda ident: s.IpcacheInfo(identity=ident),
         lambda k: f"{s.ipv4_str(k.ip)}/{k.prefixlen}", lambda v: v.identity),
+    "node_config": TableCodec(
+        "node_config", ctypes.c_uint32,
+        lambda v: s.NodeConfig(snat_addr=s.ipv4(v.snat_address), snat_port_min=v.snat_port_min,
+                               snat_port_max=v.snat_port_max),
+        _value,
+        lambda v: NodeSettings(s.ipv4_str(v.snat_addr), v.snat_port_min, v.snat_port_max)),
     "policy": TableCodec(
         "policy", _policy_key, lambda v: v,  # values need their key: see encode_items
         _decode_policy_key,

@@ -80,6 +80,8 @@ class DropReason(IntEnum):
     FRAG_NOT_FOUND = 175
     LB_SOURCE_RANGE = 177
     NO_LOCAL_BACKEND = 230
+    NO_FIB = 169
+    SNAT_NO_PORT = 231
 
     def describe(self) -> str:
         """Hubble-like human text ("Policy denied")."""
@@ -97,6 +99,8 @@ _DROP_TEXT: dict[DropReason, str] = {
     DropReason.FRAG_NOT_FOUND: "First fragment not found",
     DropReason.LB_SOURCE_RANGE: "Not in LB source range",
     DropReason.NO_LOCAL_BACKEND: "No node-local service backend",
+    DropReason.NO_FIB: "FIB lookup failed",
+    DropReason.SNAT_NO_PORT: "No free SNAT port",
 }
 
 
@@ -257,6 +261,13 @@ class ProcEventType(IntEnum):
     TCP_STATE = 3
 
 
+class SnatDir(IntEnum):
+    """enum snat_dir (SNAT_*): snat4_key.dir."""
+
+    OUT = 0
+    IN = 1
+
+
 C_ENUMS: dict[str, tuple[type[IntEnum] | type[IntFlag], str]] = {
     "drop_reason": (DropReason, "DROP_"),
     "metric_reason": (MetricReason, "METRIC_"),
@@ -276,6 +287,7 @@ C_ENUMS: dict[str, tuple[type[IntEnum] | type[IntFlag], str]] = {
     "policy_flags": (PolicyFlag, "POLICY_"),
     "reserved_identity": (ReservedIdentity, "IDENTITY_"),
     "proc_event_type": (ProcEventType, "PROC_"),
+    "snat_dir": (SnatDir, "SNAT_"),
 }
 """C enum name -> (Python enum, prefix of the C constant names)."""
 
@@ -413,6 +425,35 @@ class Ipv4FragPorts(Structure):
     """struct ipv4_frag_ports: ipv4_frags value."""
 
     _fields_ = [("sport", BE16), ("dport", BE16)]
+
+
+# --- NodePort SNAT ---------------------------------------------------------------------------------
+
+
+class Snat4Key(Structure):
+    """struct snat4_key: snat4 key (a tuple as the packet travels; dir is SnatDir)."""
+
+    _fields_ = [
+        ("saddr", BE32),
+        ("daddr", BE32),
+        ("sport", BE16),
+        ("dport", BE16),
+        ("proto", c_uint8),
+        ("dir", c_uint8),
+        ("pad", c_uint16),
+    ]
+
+
+class Snat4Entry(Structure):
+    """struct snat4_entry: snat4 value (SNAT_OUT: node address and port; SNAT_IN: the client)."""
+
+    _fields_ = [("created_ns", c_uint64), ("addr", BE32), ("port", BE16), ("pad", c_uint16)]
+
+
+class NodeConfig(Structure):
+    """struct node_config: node_config value (key: __u32 0)."""
+
+    _fields_ = [("snat_addr", BE32), ("snat_port_min", c_uint16), ("snat_port_max", c_uint16)]
 
 
 # --- identity, endpoints, policy --------------------------------------------------------------------
@@ -555,6 +596,9 @@ C_STRUCTS: dict[str, type[Structure]] = {
     "metrics_value": MetricsValue,
     "flow_event": FlowEvent,
     "process_event": ProcessEvent,
+    "snat4_key": Snat4Key,
+    "snat4_entry": Snat4Entry,
+    "node_config": NodeConfig,
 }
 """Every struct of types.h by its C name."""
 

@@ -21,7 +21,7 @@ from velvet.datapath.tables import StaleBackend
 from velvet.datapath.views import AffinityMap, ConntrackMap, MapView, Views
 from velvet.errors import DatapathError, NotFound
 
-EXTRA_DUMPS = ("ct4", "lb4_affinity", "lb4_sock_revnat", "metrics")
+EXTRA_DUMPS = ("ct4", "snat4", "lb4_affinity", "lb4_sock_revnat", "metrics")
 """Maps the programs fill themselves that `velvet bpf … list` can also show."""
 
 

@@ -106,6 +106,24 @@ class LbMap(StrEnum):
     MAGLEV = "lb4_maglev"
 
 
+# --- the node (node_config) ---------------------------------------------------------------------
+
+SNAT_PORT_MIN = 61000
+SNAT_PORT_MAX = 65535
+"""NodePort SNAT source ports: above the kernel's default ephemeral range (32768-60999), so that the
+node's own connections from its address never meet a port the datapath hands out."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """node_config value (key 0): the address external connections to other nodes' backends are SNATed
+    to ("0.0.0.0": no SNAT), and the source ports SNAT may use."""
+
+    snat_address: str
+    snat_port_min: int = SNAT_PORT_MIN
+    snat_port_max: int = SNAT_PORT_MAX
+
+
 # --- endpoints (lxc_endpoints) ------------------------------------------------------------------
 
 EP_POLICY_INGRESS = 1

@@ -47,8 +47,11 @@ from velvet.datapath.structs import (
     MetricDir,
     MetricsKey,
     MetricsValue,
+    NodeConfig,
     PolicyEntry,
     PolicyKey,
+    Snat4Entry,
+    Snat4Key,
     ipv4,
 )
 from velvet.errors import DatapathError
@@ -151,6 +154,14 @@ class PolicyMap(MapView[PolicyKey, PolicyEntry]):
     value_type = PolicyEntry
 
 
+class NodeConfigMap(MapView[ctypes.c_uint32, NodeConfig]):
+    """node_config (array, key 0): the node's SNAT address and ports for the uplink programs."""
+
+    name = "node_config"
+    key_type = ctypes.c_uint32
+    value_type = NodeConfig
+
+
 # --- what the programs keep for themselves ----------------------------------------------------------
 
 
@@ -206,6 +217,14 @@ class ConntrackMap(MapView[Ct4Key, Ct4Entry]):
                   and k.dport == port and frontend_ok(v.nat_addr, v.nat_port)):
                 stale.append(k)
         return self.map.delete_batch(stale)
+
+
+class SnatMap(MapView[Snat4Key, Snat4Entry]):
+    """snat4 (LRU): NodePort SNAT towards other nodes' backends, two entries per connection."""
+
+    name = "snat4"
+    key_type = Snat4Key
+    value_type = Snat4Entry
 
 
 @dataclass(frozen=True)
@@ -286,7 +305,7 @@ MAP_VIEWS: dict[str, type[MapView[Any, Any]] | type[RingView]] = {
     cls.name: cls
     for cls in (ServiceMap, BackendMap, RevNatMap, AffinityMap, SourceRangeMap, MaglevMap, SockRevNatMap,
                 ConntrackMap, IpcacheMap, IpcacheCidrMap, EndpointMap, PolicyMap, MetricsMap,
-                EventsRing, ProcEventsRing)
+                EventsRing, ProcEventsRing, SnatMap, NodeConfigMap)
 }
 """Map name -> its view class."""
 

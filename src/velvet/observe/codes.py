@@ -51,6 +51,8 @@ DROP_REASON_NAMES: dict[int, str] = {
     DropReason.FRAG_NOT_FOUND: "FRAG_NOT_FOUND",
     DropReason.LB_SOURCE_RANGE: "NOT_IN_SRC_RANGE",
     DropReason.NO_LOCAL_BACKEND: "NO_LOCAL_BACKEND",
+    DropReason.NO_FIB: "FIB_LOOKUP_FAILED",
+    DropReason.SNAT_NO_PORT: "SNAT_NO_PORT",
 }
 """drop reason number -> Hubble's `drop_reason_desc` (the `flow.DropReason` enum name)."""
 

@@ -3,9 +3,12 @@
  * node.bpf.c - the node's uplink (tcx on the interface towards external clients).
  *
  *   node_from_uplink: tcx ingress. NodePort, ExternalIP and LoadBalancer frontends (the latter
- *                     checked against loadBalancerSourceRanges) are DNATed to a backend; the
- *                     client address is kept (no SNAT). The kernel then routes to the pod.
- *   node_to_uplink:   tcx egress. Replies of those connections get the frontend back as source.
+ *                     checked against loadBalancerSourceRanges) are DNATed to a backend. A local
+ *                     backend sees the client address (no SNAT) and the kernel routes to the pod;
+ *                     a backend on another node is reached SNATed to the node (lib/nodeport.h),
+ *                     and the replies of such connections, which come back here, are translated
+ *                     back and sent towards the client.
+ *   node_to_uplink:   tcx egress. Replies of local backends get the frontend back as source.
  *
  * A frontend without backends is refused from here (RST / ICMP port unreachable sent back out
  * of the uplink); eTP=Local without a local backend drops silently, as kube-proxy does.
@@ -20,6 +23,7 @@
 #include "lib/ipcache.h"
 #include "lib/events.h"
 #include "lib/reject.h"
+#include "lib/nodeport.h"
 
 /* Frontends reachable from outside the node. */
 #define UPLINK_FRONTEND_FLAGS (SVC_NODEPORT | SVC_EXTERNAL_IP | SVC_LOADBALANCER)
@@ -34,6 +38,7 @@ static __always_inline void node_fill_identities(struct pkt4 *pkt)
 SEC("tc")
 int node_from_uplink(struct __sk_buff *skb)
 {
+	const struct node_config *cfg = nodeport_config();
 	struct pkt4 pkt = {};
 	struct ct4_entry *e;
 	struct ct4_key key;
@@ -49,6 +54,13 @@ int node_from_uplink(struct __sk_buff *skb)
 		return pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false);
 	if (ret < 0)
 		return drop_pkt(skb, &pkt, -ret, OBS_FROM_NETWORK, METRIC_INGRESS);
+
+	/* replies of connections SNATed to other nodes' backends, and ICMP errors about them */
+	if (cfg) {
+		ret = nodeport_rev_snat(skb, &pkt, cfg, now);
+		if (ret >= 0)
+			return ret;
+	}
 
 	/* translate external frontends to a backend */
 	reason = svc_dnat(skb, &pkt, false, UPLINK_FRONTEND_FLAGS, true, CT_F_NODEPORT, &backend_id, now);
@@ -76,9 +88,51 @@ int node_from_uplink(struct __sk_buff *skb)
 		}
 		pkt.ev_flags |= EV_F_NEW_CT;
 	}
+	/* a backend that is neither a local endpoint nor the node itself lives elsewhere: SNAT, so that
+	 * its replies come back here */
+	if (cfg && !bpf_map_lookup_elem(&lxc_endpoints, &pkt.daddr) &&
+	    ipcache_identity(pkt.daddr) != IDENTITY_HOST)
+		return nodeport_snat_forward(skb, &pkt, cfg, report, now);
 	if (report)
 		node_fill_identities(&pkt);
 	return pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report);
+}
+
+/*
+ * An ICMP error a local backend sends about a connection DNATed at the uplink (quoting client ->
+ * backend): it names the frontend instead, as outer source and quoted destination, so that the
+ * client matches it to its own packet. Returns TC_ACT_OK when translated, -1 when pkt is no such
+ * error.
+ */
+static __always_inline int node_local_icmp_error(struct __sk_buff *skb, struct pkt4 *pkt, __u64 now)
+{
+	struct ct4_key key = {
+		.saddr = pkt->inner_saddr,
+		.daddr = pkt->inner_daddr,
+		.sport = pkt->inner_sport,
+		.dport = pkt->inner_dport,
+		.proto = pkt->inner_proto,
+		.dir = CT_NODEPORT,
+	};
+	struct ct4_entry *e;
+	__be32 frontend;
+	__be16 fport;
+
+	if (pkt->inner_proto != IPPROTO_TCP && pkt->inner_proto != IPPROTO_UDP)
+		return -1;
+	e = ct_lookup(&key, 0, now);
+	if (!e || !e->rev_nat_index)
+		return -1;
+	frontend = e->nat_addr;
+	fport = e->nat_port;
+	pkt->ev_flags |= EV_F_RELATED;
+	pkt->src_identity = ipcache_identity(pkt->saddr);
+	pkt->dst_identity = ipcache_identity(pkt->daddr);
+	if (icmp_error_rewrite(skb, pkt, frontend, pkt->daddr, pkt->inner_saddr, pkt->inner_sport, frontend,
+			       fport) < 0)
+		return drop_pkt(skb, pkt, DROP_WRITE_ERROR, OBS_TO_NETWORK, METRIC_EGRESS);
+	pkt->saddr = frontend;
+	return pass_pkt(skb, pkt, OBS_TO_NETWORK, METRIC_EGRESS, true);
 }
 
 SEC("tc")
@@ -90,10 +144,18 @@ int node_to_uplink(struct __sk_buff *skb)
 	__u64 now = bpf_ktime_get_ns();
 	__u16 reason;
 	bool report;
+	int ret;
 
 	/* only well-formed IPv4 can be a reply we translated */
 	if (parse_ipv4(skb, &pkt) != 0)
 		return pass_pkt(skb, &pkt, OBS_TO_NETWORK, METRIC_EGRESS, false);
+
+	/* ICMP errors of local backends about such connections */
+	if (pkt.icmp_error) {
+		ret = node_local_icmp_error(skb, &pkt, now);
+		if (ret >= 0)
+			return ret;
+	}
 
 	/* reply of a connection DNATed at the uplink? */
 	ct_key_rev(&key, &pkt, CT_NODEPORT);

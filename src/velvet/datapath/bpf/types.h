@@ -24,10 +24,11 @@
  *    node-local backend set is empty: iTP/eTP=Local), the tc paths answer a TCP segment with a RST
  *    and a UDP datagram with ICMP port unreachable, sent straight back to the client; an empty
  *    node-local set at the tc paths drops silently (DROP_NO_LOCAL_BACKEND), like kube-proxy.
- *  - NodePort/ExternalIP/LoadBalancer from outside: node_from_uplink DNATs to the backend without
- *    SNAT (client IP preserved, as eTP=Local needs; with one node eTP=Cluster needs no SNAT
- *    either) and records two entries: CT_SERVICE on the original tuple (sticks the backend) and
- *    CT_NODEPORT on the translated tuple; the reverse NAT of replies happens in node_to_uplink.
+ *  - NodePort/ExternalIP/LoadBalancer from outside: node_from_uplink DNATs to the backend, without
+ *    SNAT when the backend is a local pod (client IP preserved, as eTP=Local needs), and records
+ *    two entries: CT_SERVICE on the original tuple (sticks the backend) and CT_NODEPORT on the
+ *    translated tuple; the reverse NAT of replies happens in node_to_uplink. A backend on another
+ *    node is reached SNATed to the node (see "NodePort to backends on other nodes" below).
  *    Reverse NAT (both tc paths) writes back the frontend the client used, recorded in the
  *    translated entry, as long as the frontend's lb4_revnat entry exists; without it replies are
  *    dropped (DROP_NAT_NO_MAPPING) instead of leaking untranslated.
@@ -40,7 +41,8 @@
  *    connection DNATed at the uplink -> frontend. Entries older than their lifetime count as
  *    absent; nothing deletes them on a timer (the LRU map evicts the least recently used when
  *    full, and the agent flushes the entries of backends a frontend dropped). ICMP errors
- *    quoting a tracked connection pass as related (not reverse-translated).
+ *    quoting a tracked connection pass as related (not reverse-translated), except at the
+ *    uplink: errors about connections DNATed there are translated back to name the frontend.
  *  - lxc_from_pod accepts only packets whose source is the endpoint registered for that address
  *    with this veth's ifindex (DROP_INVALID_SOURCE otherwise).
  *  - Policy is decided once per connection on the backend pod's IP and port; replies and
@@ -87,6 +89,8 @@ enum drop_reason {
 	DROP_FRAG_NOT_FOUND = 175,     /* later IP fragment whose first fragment was not seen */
 	DROP_LB_SOURCE_RANGE = 177,    /* client not in loadBalancerSourceRanges */
 	DROP_NO_LOCAL_BACKEND = 230,   /* traffic policy Local and no node-local backend */
+	DROP_NO_FIB = 169,             /* no route to forward a NodePort packet SNATed to another node */
+	DROP_SNAT_NO_PORT = 231,       /* no free SNAT port towards that backend */
 };
 
 /* Non-drop reasons of the metrics map (drop reasons are >= 130). */
@@ -464,6 +468,51 @@ struct process_event {
 	__u8 pad;
 	char comm[16];
 	char filename[128]; /* PROC_EXEC: path of the executed file, NUL-terminated */
+};
+
+/* ---- NodePort to backends on other nodes (SNAT) --------------------------------------------- */
+
+/*
+ * A NodePort/ExternalIP/LoadBalancer connection (eTP=Cluster) whose backend is not a local
+ * endpoint is SNATed at the uplink: node_from_uplink rewrites the source to node_config.snat_addr
+ * and a port from [snat_port_min, snat_port_max] chosen for the connection (random start, then
+ * the next ports; a port whose connection has expired is free again), and forwards the packet
+ * itself after a FIB lookup (the kernel refuses to forward a packet whose source is its own).
+ * The reply comes back to the uplink addressed to that port: node_from_uplink restores the client
+ * as destination and the frontend as source and sends it back towards the client the same way.
+ * snat4 holds two entries per connection; both live exactly as long as the connection's
+ * CT_NODEPORT entry (client -> backend), which also records the frontend for the reverse NAT.
+ * snat_addr 0 disables SNAT (remote backends are then DNATed only, as on a single node).
+ */
+
+/* snat4_key.dir */
+enum snat_dir {
+	SNAT_OUT = 0, /* DNATed tuple client -> backend; entry: node address and port of the connection */
+	SNAT_IN = 1,  /* reply tuple backend -> node address:port; entry: the client's address and port */
+};
+
+struct snat4_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir; /* enum snat_dir */
+	__u16 pad;
+};
+
+struct snat4_entry {
+	__u64 created_ns;
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+};
+
+/* node_config (array, key 0): what the uplink programs need to know about the node. */
+struct node_config {
+	__be32 snat_addr;     /* the node's uplink address; 0: no SNAT */
+	__u16 snat_port_min;  /* SNAT source ports, host order, inclusive */
+	__u16 snat_port_max;
 };
 
 #endif /* VELVET_TYPES_H */

@@ -25,6 +25,7 @@
 #define POLICY_MAX 65536
 #define METRICS_MAX 1024
 #define EVENTS_RINGBUF_BYTES (4 * 1024 * 1024)
+#define SNAT4_MAX 131072
 
 /* Service frontends (slot 0) and their backend slots. */
 struct {
@@ -151,5 +152,21 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, EVENTS_RINGBUF_BYTES);
 } events SEC(".maps");
+
+/* NodePort SNAT towards backends on other nodes: two entries per connection (enum snat_dir). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct snat4_key);
+	__type(value, struct snat4_entry);
+	__uint(max_entries, SNAT4_MAX);
+} snat4 SEC(".maps");
+
+/* The node's settings for the uplink programs (key 0), written by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct node_config);
+	__uint(max_entries, 1);
+} node_config SEC(".maps");
 
 #endif /* VELVET_LIB_MAPS_H */
