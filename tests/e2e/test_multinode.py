@@ -293,6 +293,11 @@ def test_policy_selects_remote_peers_by_identity_in_both_directions(sb: Sandbox,
     assert not trace(sb, 0, "a", "web", "8081/udp")["ingress"]["allowed"]
     assert not trace(sb, 1, "a", "b", "8080/tcp")["egress"]["allowed"]
     assert trace(sb, 2, "b", "a", "8080/tcp")["verdict"] == "ALLOWED"
+    elsewhere = trace(sb, 2, "a", "web", "8080/tcp")  # node 2 holds neither: each side asked where enforced
+    assert (elsewhere["verdict"], elsewhere["egress"]["policies"], elsewhere["ingress"]["policies"]) == (
+        "ALLOWED", ["pol/a-to-web"], ["pol/web-from-a"])
+    assert elsewhere["ingress"]["reason"].endswith("on velvet-node")
+    assert trace(sb, 1, "b", "web", "8080/tcp")["verdict"] == "DENIED"
 
 
 def etcd_keys(sb: Sandbox, prefix: str) -> dict[str, KeyValue]:

@@ -201,7 +201,8 @@ def policy_trace(agent: Agent, params: Mapping[str, str]) -> dict[str, Any]:
     egress, ingress = verdict(result.egress), verdict(result.ingress)
     return {
         "from": src.metadata.key, "to": dst.metadata.key, "port": int(port),
-        "protocol": (proto or "tcp").upper(),
+        "protocol": (proto or "tcp").upper(), "node": agent.config.node_name,
+        "from_node": src.spec.node_name, "to_node": dst.spec.node_name,
         "egress": egress, "ingress": ingress,
         "verdict": "ALLOWED" if egress["allowed"] and ingress["allowed"] else "DENIED",
     }

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from velvet.cli.common import client, print_json, table
+from velvet.api.client import ApiClient
+from velvet.cli.common import client, node_client, print_json, table
+from velvet.errors import NotFound
 
 BPF_MAPS = {
     "lb": ("lb4_services", "lb4_backends", "lb4_revnat"),
@@ -93,10 +95,26 @@ def cmd_policy_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _enforced_where(api: ApiClient, answer: dict[str, Any], query: dict[str, Any]) -> dict[str, Any]:
+    """Each direction as the node that enforces it decides: egress on the source pod's node, ingress
+    on the destination's (the answering node knows only its own endpoints' side)."""
+    for direction, node in (("egress", answer.get("from_node")), ("ingress", answer.get("to_node"))):
+        if node and node != answer.get("node"):
+            try:
+                there = node_client(api, node).get("/v1/query/trace", **query)[direction]
+            except NotFound:  # a pod bound to a node that left: nothing enforces its side
+                there = {"allowed": True, "policies": [], "reason": f"node {node} is not registered"}
+            answer[direction] = {**there, "reason": f"{there['reason']}, on {node}"}
+    both = answer["egress"]["allowed"] and answer["ingress"]["allowed"]
+    return {**answer, "verdict": "ALLOWED" if both else "DENIED"}
+
+
 def cmd_policy_trace(args: argparse.Namespace) -> int:
-    """Verdict for a connection between two pods and the policies that decide it."""
+    """Verdict for a connection between two pods and the policies that decide it, each direction asked
+    of the node that enforces it."""
     query = {"from": args.src, "to": args.dst, "port": args.port}
-    answer = client(args.sandbox, args.node).get("/v1/query/trace", **query)
+    api = client(args.sandbox, args.node)
+    answer = _enforced_where(api, api.get("/v1/query/trace", **query), query)
     if args.output == "json":
         print_json(answer)
         return 0 if answer["verdict"] == "ALLOWED" else 1
