@@ -22,6 +22,7 @@ from velvet import __version__
 from velvet.agent.config import AgentConfig
 from velvet.agent.manifests import parse_all, relocate
 from velvet.agent.routes import NetlinkRoutes
+from velvet.agent.tunnel import NetlinkVxlan, TunnelDevice
 from velvet.cni.attachments import RUNTIME_ANNOTATION, Attachment, CniAttachments
 from velvet.cni.wiring import NetlinkWiring, Wiring
 from velvet.control.identity import LAST_LABEL_IDENTITY, IdentityAllocator
@@ -70,9 +71,9 @@ class Agent:
     """State and behaviour of one node agent; `handlers.AgentHandlers` serves it over the API."""
 
     def __init__(self, config: AgentConfig, datapath: Datapath, wiring: Wiring | None = None,
-                 routes: RouteTable | None = None) -> None:
+                 routes: RouteTable | None = None, tunnel: TunnelDevice | None = None) -> None:
         """An agent over `datapath`; `wiring` makes the veths of runtime pods, `routes` the routes to other
-        nodes (netlink in the agent's namespace unless given)."""
+        nodes, `tunnel` the VXLAN device of tunnel mode (netlink in the agent's namespace unless given)."""
         self.config = config
         self.paths = AgentPaths(config.sandbox, config.node_dir)
         self.state_dir = config.state_dir or self.paths.state_dir
@@ -93,7 +94,11 @@ class Agent:
         self.store = LocalStore.open(self.state_dir / "store", service_cidr=config.service_cidr,
                                      node_name=config.node_name, backend=backend)
         self.store.nodes = self._node_names
-        self.node_routes = NodeRouteController(routes or NetlinkRoutes(), config.node_name, config.pod_cidr)
+        self.tunnel: TunnelDevice | None = None
+        if config.routing == "tunnel":
+            self.tunnel = tunnel or NetlinkVxlan(config.uplink)
+        self.node_routes = NodeRouteController(routes or NetlinkRoutes(), config.node_name, config.pod_cidr,
+                                               self.tunnel.name if self.tunnel else None)
         self.started_at = time.time()
         self.resolver = DictResolver()
         self.metrics_registry = CollectorRegistry()
@@ -110,7 +115,8 @@ class Agent:
         labels = LabelFilter((*DEFAULT_EXCLUDED_LABELS, *config.identity_exclude_labels))
         self.policy = PolicyController(self.store, self.endpoints, PolicyCompiler(self.identities, labels),
                                        writer, self.resolver, host_ips=config.host_ips,
-                                       audit_all=config.policy_audit_mode)
+                                       audit_all=config.policy_audit_mode, node_name=config.node_name,
+                                       tunnel=self.tunnel is not None)
         self.services = ServiceController(self.store, ServiceCompiler(config.node_name, config.node_ips),
                                           writer, self.resolver)
         self.reconcile_stats: dict[str, float] = {"services": 0.0, "policy": 0.0, "passes": 0}
@@ -130,6 +136,8 @@ class Agent:
             self.cluster_identities.start()
         if self.registry is not None and self.config.node_ips:
             self.registry.start(self.own_node())
+        if self.tunnel is not None:  # before the datapath, which attaches to it
+            self.tunnel.ensure()
         self.datapath.start()
         self.endpoints.restore()
         self.cni.drain(self.state_dir / "cni-delete-queue")
@@ -175,14 +183,16 @@ class Agent:
         self.reconcile_nodes()
 
     def reconcile_nodes(self) -> None:
-        """Routes to every other registered node's pod CIDR, none to a node that left (native routing);
-        the ipcache follows the other nodes' IPs."""
+        """Routes to every other registered node's pod CIDR, none to a node that left (via the node's IP,
+        or through the VXLAN device in tunnel mode); the ipcache follows the other nodes' IPs and their
+        pods' tunnel endpoints."""
         if self.registry is not None:
-            nodes = self.registry.nodes()
+            nodes = tuple(self.registry.nodes())
             self.node_routes.reconcile(nodes)
             others = tuple(sorted(n.internal_ip for n in nodes if n.name != self.config.node_name))
-            if others != self.policy.remote_node_ips:  # the other nodes' IPs are remote-node in the ipcache
-                self.policy.remote_node_ips = others
+            if (others, nodes) != (self.policy.remote_node_ips, self.policy.nodes):
+                self.policy.remote_node_ips = others  # the other nodes' IPs are remote-node in the ipcache
+                self.policy.nodes = nodes
                 self.reconcile(Dirty(policy=True))
 
     def own_node(self) -> NodeRecord:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from velvet.agent.tunnel import VXLAN_PORT
 from velvet.control.policy_lookup import describe_key, trace
 from velvet.datapath.structs import BackendState, SvcFlag
 from velvet.datapath.tables import Proto
@@ -33,6 +34,7 @@ def status(agent: Agent) -> dict[str, Any]:
         "kernel": {"release": kernel.release, "features": [asdict(c) for c in kernel.features]},
         "agent": {**agent.health(), "sandbox": agent.config.sandbox, "node": agent.config.node_name,
                   "policy_audit_mode": agent.config.policy_audit_mode, "socket": str(agent.paths.socket),
+                  "routing": routing(agent),
                   "reconcile": dict(agent.reconcile_stats)},
         "datapath": {
             "kind": dp.kind,
@@ -50,6 +52,14 @@ def status(agent: Agent) -> dict[str, Any]:
             "policy_entries": sum(len(ep.entries) for ep in compiled.endpoints.values()) if compiled else 0,
         },
     }
+
+
+def routing(agent: Agent) -> dict[str, Any]:
+    """How pods reach other nodes: the mode; in tunnel mode the device, its UDP port, what the VNI is."""
+    if agent.tunnel is None:
+        return {"mode": "native"}
+    return {"mode": "tunnel", "device": agent.tunnel.name, "protocol": "vxlan", "port": VXLAN_PORT,
+            "vni": "source identity"}
 
 
 def _service_names(agent: Agent) -> dict[tuple[str, int, int], str]:

@@ -76,6 +76,8 @@ def _start_node(cfg: SandboxConfig, args: argparse.Namespace, store: str, etcd_e
         argv += ["--store", "etcd"]
     if etcd_endpoint is not None:
         argv += ["--etcd-endpoint", etcd_endpoint]
+    if args.routing != "native":
+        argv += ["--routing", args.routing]
     # The daemon starts in the caller's netns and moves itself into the node's (see node-daemon).
     pid = spawn_detached(argv, netns=None, cgroup=cfg.names.cgroup_node, log=cfg.names.log_file("node"))
     write_pid(cfg.names.pid_file("node"), pid)
@@ -94,8 +96,6 @@ def _wait_for_agent(cfg: SandboxConfig) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Create the node(s), start their daemons and wait for every agent."""
-    if args.routing == "tunnel":
-        raise SandboxError("--routing tunnel is not implemented yet: use --routing native (the default)")
     cfg = _config(args)
     if args.nodes > 1:
         return _up_cluster(cfg.sandbox, args)
@@ -113,7 +113,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _up_cluster(sandbox: str, args: argparse.Namespace) -> int:
-    """N nodes on one underlay with etcd in its own namespace; native routing between them."""
+    """N nodes on one underlay with etcd in its own namespace; native or tunnel routing between them."""
     etcd.etcd_binary()
     configs = [node_config(sandbox, k) for k in range(args.nodes)]
     names = configs[0].names
@@ -131,7 +131,8 @@ def _up_cluster(sandbox: str, args: argparse.Namespace) -> int:
         _start_node(cfg, args, "etcd", etcd.LAN_CLIENT_URL)
     for cfg in configs:
         _wait_for_agent(cfg)
-    print(f"sandbox {sandbox} is up: {args.nodes} nodes, native routing, etcd at {etcd.LAN_CLIENT_URL} "
+    routing = "native routing" if args.routing == "native" else "tunnel routing (VXLAN, UDP 8472)"
+    print(f"sandbox {sandbox} is up: {args.nodes} nodes, {routing}, etcd at {etcd.LAN_CLIENT_URL} "
           f"in {names.etcd_netns}, external client netns {names.ext_netns}")
     for cfg in configs:
         print(f"  {cfg.node_name}: netns {cfg.names.node_netns}, node IP {cfg.node_uplink_ip}, "
@@ -250,6 +251,8 @@ def cmd_node_daemon(args: argparse.Namespace) -> int:
                   "--log-file", str(names.log_file("agent"))]
     if args.policy_audit_mode:
         agent_argv.append("--policy-audit-mode")
+    if args.routing != "native":
+        agent_argv += ["--routing", args.routing]
     if names.node_dir:
         agent_argv += ["--node-dir", names.node_dir]
     etcd_supervisor = None
@@ -305,7 +308,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--nodes", type=_node_count, default=1,
                     help=f"nodes (1-{MAX_NODES}); more than one implies --store etcd")
     up.add_argument("--routing", choices=["native", "tunnel"], default="native",
-                    help="how pods reach other nodes: routes via the nodes' IPs (native, the default)")
+                    help="how pods reach other nodes: routes via the nodes' IPs (native, the default) or "
+                         "VXLAN with VNI = the source's identity (tunnel)")
     up.set_defaults(func=cmd_up)
     rm = group.add_parser("remove-node", help="take one node out of a multi-node sandbox")
     rm.add_argument("node", help="the node's name, e.g. velvet-node-2")
@@ -323,5 +327,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     nd.add_argument("--store", choices=["local", "etcd"], default="local")
     nd.add_argument("--node", type=int, default=0)
     nd.add_argument("--etcd-endpoint", default=None)
+    nd.add_argument("--routing", choices=["native", "tunnel"], default="native")
     nd.set_defaults(func=cmd_node_daemon)
     group.add_parser("etcd-daemon", help=argparse.SUPPRESS).set_defaults(func=cmd_etcd_daemon)

@@ -16,6 +16,14 @@ def _store_line(store: dict[str, Any]) -> str:
     return f"Store:         {store['kind']} {where}  {state}, version {store.get('version', 0)}"
 
 
+def _routing_line(routing: dict[str, Any]) -> str:
+    """`Routing: native`, or `Routing: tunnel (vxlan velvet_vxlan, UDP 8472, VNI = source identity)`."""
+    if routing["mode"] != "tunnel":
+        return f"Routing:       {routing['mode']}"
+    return (f"Routing:       tunnel ({routing['protocol']} {routing['device']}, UDP {routing['port']}, "
+            f"VNI = {routing['vni']})")
+
+
 def render(status: dict[str, Any], verbose: bool = False) -> str:
     """The human form of the status answer, in the spirit of `cilium status`."""
     kernel, agent, dp, counts = status["kernel"], status["agent"], status["datapath"], status["counts"]
@@ -31,6 +39,7 @@ def render(status: dict[str, Any], verbose: bool = False) -> str:
         f"sandbox {agent['sandbox']}" + ("  POLICY AUDIT MODE" if agent["policy_audit_mode"] else ""),
         f"Datapath:      {dp['kind']}, {len(dp['programs'])} programs, {len(dp['maps'])} maps",
         _store_line(status.get("store") or {"kind": "local", "connected": True}),
+        _routing_line(agent.get("routing") or {"mode": "native"}),
         f"Endpoints:     {counts['endpoints']}",
         f"Services:      {counts['services']}",
         f"Identities:    {counts['identities']}",

@@ -49,6 +49,7 @@ from velvet.datapath.structs import (
     MetricsValue,
     PolicyEntry,
     PolicyKey,
+    TunnelConfig,
     ipv4,
 )
 from velvet.errors import DatapathError
@@ -149,6 +150,14 @@ class PolicyMap(MapView[PolicyKey, PolicyEntry]):
     name = "policy"
     key_type = PolicyKey
     value_type = PolicyEntry
+
+
+class TunnelConfigMap(MapView[ctypes.c_uint32, TunnelConfig]):
+    """tunnel_config (array of one): the VXLAN device of tunnel mode, ifindex 0 in native routing."""
+
+    name = "tunnel_config"
+    key_type = ctypes.c_uint32
+    value_type = TunnelConfig
 
 
 # --- what the programs keep for themselves ----------------------------------------------------------
@@ -285,7 +294,7 @@ View = MapView[Any, Any] | RingView
 MAP_VIEWS: dict[str, type[MapView[Any, Any]] | type[RingView]] = {
     cls.name: cls
     for cls in (ServiceMap, BackendMap, RevNatMap, AffinityMap, SourceRangeMap, MaglevMap, SockRevNatMap,
-                ConntrackMap, IpcacheMap, IpcacheCidrMap, EndpointMap, PolicyMap, MetricsMap,
+                ConntrackMap, IpcacheMap, IpcacheCidrMap, EndpointMap, PolicyMap, TunnelConfigMap, MetricsMap,
                 EventsRing, ProcEventsRing)
 }
 """Map name -> its view class."""
