@@ -43,6 +43,10 @@
  *    quoting a tracked connection pass as related (not reverse-translated).
  *  - lxc_from_pod accepts only packets whose source is the endpoint registered for that address
  *    with this veth's ifindex (DROP_INVALID_SOURCE otherwise).
+ *  - Tunnel mode (tunnel_config.ifindex != 0): what lxc_from_pod passes to an address whose
+ *    ipcache entry has a tunnel_endpoint is encapsulated there (VXLAN, VNI = the source's
+ *    identity) and redirected to the VXLAN device; the receiver takes the source identity from
+ *    the VNI (the sender's HOST becomes REMOTE_NODE) instead of the ipcache.
  *  - Policy is decided once per connection on the backend pod's IP and port; replies and
  *    established packets pass through conntrack. Every policy entry allows (NetworkPolicy has
  *    no deny): an isolated endpoint's new connection passes iff some entry matches.
