@@ -4,9 +4,10 @@ One sandbox for the story, torn down whatever happens: the nodes route each othe
 `velvet_vxlan` (VXLAN in external mode, UDP 8472) and have no native routes; pods talk TCP and UDP
 across nodes through the tunnel (its counters rise on both ends) and the server sees the client's pod
 IP; a ClusterIP's backend on another node answers; NetworkPolicy holds across nodes by identity in both
-directions with named ports. Finally, VXLAN packets crafted on the underlay show that the receiver
-takes the source identity from the VNI: an inner source no ipcache knows is admitted under the VNI of
-the identity the policy allows and dropped under another.
+directions with named ports. VXLAN packets crafted on the underlay show that the receiver takes the
+source identity from the VNI: an inner source no ipcache knows is admitted under the VNI of the
+identity the policy allows and dropped under another. A restarted agent adopts its device, and
+`sandbox down` leaves nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from test_multinode import (
     on_node_json,
     pods_by_name,
     policy_pods,
+    restart_agent,
     trace,
 )
 
@@ -210,6 +212,20 @@ def test_the_receiver_takes_the_source_identity_from_the_vni(sb: Sandbox, pol: d
 
     eventually("both crafted packets in web's node's flows", lambda: len(verdicts()) == 2)
     assert verdicts() == {41001: (number["a"], "FORWARDED"), 41002: (number["b"], "DROPPED")}
+
+
+def test_a_restarted_agent_adopts_its_tunnel(sb: Sandbox) -> None:
+    """Test that after kill -9 of node 1's agent its successor keeps the same VXLAN device (adopted, not
+    made anew), and pods on node 0 still reach node 1's pod through it."""
+    before = in_node(sb, 1, "ip", "-o", "link", "show", DEVICE).split(":")[0]
+    restart_agent(sb, 1)
+    assert in_node(sb, 1, "ip", "-o", "link", "show", DEVICE).split(":")[0] == before
+    pods = pods_by_name(sb)
+    far = next(n for n in range(3) if pods[f"echo-{n}"]["node"] == NODES[1])
+    near = next(n for n in range(3) if pods[f"echo-{n}"]["node"] == NODES[0])
+    reply = sb.query(f"mn/echo-{near}", f"tcp://{pods[f'echo-{far}']['ip']}:8080")
+    assert reply is not None
+    assert reply.split()[0] == f"echo-{far}"
 
 
 def test_sandbox_down_removes_every_node_and_its_tunnel(sb: Sandbox) -> None:
