@@ -108,6 +108,8 @@ def cmd_up(args: argparse.Namespace) -> int:
           f"node IP {cfg.node_uplink_ip}, external client netns {node.ext_netns}")
     if args.store == "etcd":
         print(f"objects are kept in etcd at {etcd.CLIENT_URL} inside {node.netns}")
+    if args.routing == "tunnel":
+        print("tunnel routing: VXLAN device velvet_vxlan (UDP 8472) is up; no other node to reach yet")
     print("apply manifests with `velvet apply -f FILE`; tear down with `velvet sandbox down`")
     return 0
 
