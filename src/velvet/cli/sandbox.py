@@ -64,6 +64,20 @@ def _node_count(text: str) -> int:
     return value
 
 
+def _routing_file(sandbox: str) -> Path:
+    """Where `sandbox up` records the sandbox's routing mode: every node's daemon reads it when it starts
+    its agent, so nodes added later and restarted daemons run in the same mode."""
+    return SandboxConfig(sandbox=sandbox).names.state_dir / "routing"
+
+
+def _saved_routing(sandbox: str) -> str:
+    """The routing mode `sandbox up` chose for the sandbox ("native" when none was recorded)."""
+    try:
+        return _routing_file(sandbox).read_text().strip() or "native"
+    except FileNotFoundError:
+        return "native"
+
+
 def _start_node(cfg: SandboxConfig, args: argparse.Namespace, store: str, etcd_endpoint: str | None) -> None:
     """Start the node's daemon (kubelet + supervised agent) unless it runs."""
     if _node_daemon_pid(cfg) is not None:
@@ -76,8 +90,6 @@ def _start_node(cfg: SandboxConfig, args: argparse.Namespace, store: str, etcd_e
         argv += ["--store", "etcd"]
     if etcd_endpoint is not None:
         argv += ["--etcd-endpoint", etcd_endpoint]
-    if args.routing != "native":
-        argv += ["--routing", args.routing]
     # The daemon starts in the caller's netns and moves itself into the node's (see node-daemon).
     pid = spawn_detached(argv, netns=None, cgroup=cfg.names.cgroup_node, log=cfg.names.log_file("node"))
     write_pid(cfg.names.pid_file("node"), pid)
@@ -102,6 +114,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.store == "etcd":
         etcd.etcd_binary()  # fail here, in one line, when etcd is not installed
     node = Node.create(cfg)
+    _routing_file(cfg.sandbox).write_text(args.routing)
     _start_node(cfg, args, args.store, None)
     _wait_for_agent(cfg)
     print(f"sandbox {cfg.sandbox} is up: node netns {node.netns}, pods from {cfg.pod_cidr}, "
@@ -122,6 +135,7 @@ def _up_cluster(sandbox: str, args: argparse.Namespace) -> int:
     for d in (names.state_dir, names.run_dir):
         d.mkdir(parents=True, exist_ok=True)
     names.run_dir.chmod(0o700)
+    _routing_file(sandbox).write_text(args.routing)
     underlay.create(sandbox, args.nodes)
     if _live_pid(names.pid_file(ETCD_DAEMON)) is None:
         create_cgroup(etcd.cgroup(names))
@@ -253,8 +267,8 @@ def cmd_node_daemon(args: argparse.Namespace) -> int:
                   "--log-file", str(names.log_file("agent"))]
     if args.policy_audit_mode:
         agent_argv.append("--policy-audit-mode")
-    if args.routing != "native":
-        agent_argv += ["--routing", args.routing]
+    if _saved_routing(cfg.sandbox) == "tunnel":
+        agent_argv += ["--routing", "tunnel"]
     if names.node_dir:
         agent_argv += ["--node-dir", names.node_dir]
     etcd_supervisor = None
@@ -329,6 +343,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     nd.add_argument("--store", choices=["local", "etcd"], default="local")
     nd.add_argument("--node", type=int, default=0)
     nd.add_argument("--etcd-endpoint", default=None)
-    nd.add_argument("--routing", choices=["native", "tunnel"], default="native")
     nd.set_defaults(func=cmd_node_daemon)
     group.add_parser("etcd-daemon", help=argparse.SUPPRESS).set_defaults(func=cmd_etcd_daemon)
