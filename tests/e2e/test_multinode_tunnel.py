@@ -80,18 +80,23 @@ def tunnel_counters(sb: Sandbox, node: int) -> tuple[int, int]:
 
 
 def test_nodes_route_through_the_vxlan_device_and_say_so(sb: Sandbox) -> None:
-    """Test that every node has an external-mode VXLAN device on UDP 8472, routes each other node's pod
-    CIDR through it (no route via a node IP), and that `velvet status` on every node names the mode."""
+    """Test that every node has an external-mode VXLAN device on UDP 8472 with room for VXLAN below the
+    underlay's MTU, as have the pods, routes each other node's pod CIDR through it (no route via a node
+    IP), and that `velvet status` on every node names the mode."""
     for k in range(3):
         device = in_node(sb, k, "ip", "-d", "link", "show", DEVICE)
         assert "vxlan external" in device
         assert f"dstport {VXLAN_PORT}" in device
+        assert " mtu 1450 " in device
+        assert " mtu 1500 " in in_node(sb, k, "ip", "link", "show", "uplink0")
         routes = in_node(sb, k, "ip", "route", "show", "proto", "198").splitlines()
         assert sorted(routes) == [f"10.244.{j}.0/24 dev {DEVICE} " for j in range(3) if j != k]
         status = on_node_json(sb, k, "status")
         assert status["agent"]["routing"]["mode"] == "tunnel"
         text = on_node(sb, k, "status").stdout
         assert "Routing:       tunnel (vxlan velvet_vxlan, UDP 8472, VNI = source identity)" in text
+    for i in range(3):
+        assert " mtu 1450 " in sb.exec(f"mn/echo-{i}", "ip", "link", "show", "eth0").stdout
 
 
 def test_pods_talk_tcp_and_udp_across_nodes_through_the_tunnel(sb: Sandbox) -> None:
@@ -114,6 +119,46 @@ def test_pods_talk_tcp_and_udp_across_nodes_through_the_tunnel(sb: Sandbox) -> N
                 (tx1, _), (_, rx1) = tunnel_counters(sb, here), tunnel_counters(sb, there)
                 assert tx1 > tx0, f"node {here} sent nothing through {DEVICE} for {url}"
                 assert rx1 > rx0, f"node {there} received nothing through {DEVICE} for {url}"
+
+
+SINK = """
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9000))
+s.listen(1)
+c, _ = s.accept(); n = 0
+while data := c.recv(1 << 16):
+    n += len(data)
+print(n)
+"""
+LISTENING = """
+rows = [line.split() for line in open("/proc/net/tcp").readlines()[1:]]
+print(any(r[1].endswith(":2328") and r[3] == "0A" for r in rows))
+"""
+SOURCE = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 9000), timeout=10); s.sendall(b"v" * 4_000_000); s.close()
+"""
+
+
+def test_bulk_tcp_crosses_the_tunnel(sb: Sandbox) -> None:
+    """Test that 4 MB of TCP (full-size segments) from a pod on one node arrive whole at a pod on
+    another through the tunnel."""
+    pods = pods_by_name(sb)
+    server = next(n for n in range(3) if pods[f"echo-{n}"]["node"] == NODES[1])
+    client = next(n for n in range(3) if pods[f"echo-{n}"]["node"] == NODES[0])
+    sink = subprocess.Popen(sb.argv("sandbox", "exec", f"mn/echo-{server}", "--", "python3", "-c", SINK),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        eventually("the sink listening on port 9000",
+                   lambda: sb.exec(f"mn/echo-{server}", "python3", "-c", LISTENING).stdout.strip() == "True")
+        sent = sb.exec(f"mn/echo-{client}", "python3", "-c", SOURCE, pods[f"echo-{server}"]["ip"])
+        assert sent.returncode == 0, sent.stderr
+        out, _ = sink.communicate(timeout=30)
+    finally:
+        sink.kill()
+    assert out.strip() == "4000000"
 
 
 def test_cluster_ip_reaches_a_backend_on_another_node(sb: Sandbox) -> None:

@@ -24,6 +24,7 @@ from velvet.sandbox import (
     cleanup,
     etcd,
     exec_in_pod,
+    routing,
     spawn_detached,
     underlay,
 )
@@ -64,20 +65,6 @@ def _node_count(text: str) -> int:
     return value
 
 
-def _routing_file(sandbox: str) -> Path:
-    """Where `sandbox up` records the sandbox's routing mode: every node's daemon reads it when it starts
-    its agent, so nodes added later and restarted daemons run in the same mode."""
-    return SandboxConfig(sandbox=sandbox).names.state_dir / "routing"
-
-
-def _saved_routing(sandbox: str) -> str:
-    """The routing mode `sandbox up` chose for the sandbox ("native" when none was recorded)."""
-    try:
-        return _routing_file(sandbox).read_text().strip() or "native"
-    except FileNotFoundError:
-        return "native"
-
-
 def _start_node(cfg: SandboxConfig, args: argparse.Namespace, store: str, etcd_endpoint: str | None) -> None:
     """Start the node's daemon (kubelet + supervised agent) unless it runs."""
     if _node_daemon_pid(cfg) is not None:
@@ -114,7 +101,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.store == "etcd":
         etcd.etcd_binary()  # fail here, in one line, when etcd is not installed
     node = Node.create(cfg)
-    _routing_file(cfg.sandbox).write_text(args.routing)
+    routing.record(cfg.sandbox, args.routing)
     _start_node(cfg, args, args.store, None)
     _wait_for_agent(cfg)
     print(f"sandbox {cfg.sandbox} is up: node netns {node.netns}, pods from {cfg.pod_cidr}, "
@@ -135,7 +122,7 @@ def _up_cluster(sandbox: str, args: argparse.Namespace) -> int:
     for d in (names.state_dir, names.run_dir):
         d.mkdir(parents=True, exist_ok=True)
     names.run_dir.chmod(0o700)
-    _routing_file(sandbox).write_text(args.routing)
+    routing.record(sandbox, args.routing)
     underlay.create(sandbox, args.nodes)
     if _live_pid(names.pid_file(ETCD_DAEMON)) is None:
         create_cgroup(etcd.cgroup(names))
@@ -147,8 +134,8 @@ def _up_cluster(sandbox: str, args: argparse.Namespace) -> int:
         _start_node(cfg, args, "etcd", etcd.LAN_CLIENT_URL)
     for cfg in configs:
         _wait_for_agent(cfg)
-    routing = "native routing" if args.routing == "native" else "tunnel routing (VXLAN, UDP 8472)"
-    print(f"sandbox {sandbox} is up: {args.nodes} nodes, {routing}, etcd at {etcd.LAN_CLIENT_URL} "
+    mode = "native routing" if args.routing == "native" else "tunnel routing (VXLAN, UDP 8472)"
+    print(f"sandbox {sandbox} is up: {args.nodes} nodes, {mode}, etcd at {etcd.LAN_CLIENT_URL} "
           f"in {names.etcd_netns}, external client netns {names.ext_netns}")
     for cfg in configs:
         print(f"  {cfg.node_name}: netns {cfg.names.node_netns}, node IP {cfg.node_uplink_ip}, "
@@ -267,7 +254,7 @@ def cmd_node_daemon(args: argparse.Namespace) -> int:
                   "--log-file", str(names.log_file("agent"))]
     if args.policy_audit_mode:
         agent_argv.append("--policy-audit-mode")
-    if _saved_routing(cfg.sandbox) == "tunnel":
+    if routing.recorded(cfg.sandbox) == "tunnel":
         agent_argv += ["--routing", "tunnel"]
     if names.node_dir:
         agent_argv += ["--node-dir", names.node_dir]
