@@ -94,7 +94,7 @@ def probe(ms: float | None, error: str = "") -> dict[str, Any]:
     return {"reachable": ms is not None, "latency_ms": ms, "error": error}
 
 
-def test_status_shows_nodes_routing_and_probes() -> None:
+def test_status_shows_nodes_and_probes() -> None:
     """Test the cluster lines of `velvet status`: counts, one row per node with both probes."""
     cluster = {
         "routing": "native",
@@ -108,12 +108,11 @@ def test_status_shows_nodes_routing_and_probes() -> None:
             {"name": "velvet-node-2", "ip": "192.168.77.4", "node": probe(0.2),
              "pod": {"name": "", "ip": "", "probe": None, "why": "no running pod"}}]}
     lines = cluster_lines(cluster)
-    assert lines[0] == "Routing:       native"
-    assert lines[1] == "Cluster:       3 nodes; health: 2/3 nodes and 1/2 pods reachable"
-    assert lines[2].split() == ["NODE", "INTERNAL-IP", "POD-CIDR", "REACHABLE", "LATENCY", "HEALTH", "POD",
+    assert lines[0] == "Cluster:       3 nodes; health: 2/3 nodes and 1/2 pods reachable"
+    assert lines[1].split() == ["NODE", "INTERNAL-IP", "POD-CIDR", "REACHABLE", "LATENCY", "HEALTH", "POD",
                                 "POD", "REACHABLE", "POD", "LATENCY"]
-    assert lines[3].split() == ["velvet-node", "192.168.77.2", "10.244.0.0/24", "yes", "0.081", "ms",
+    assert lines[2].split() == ["velvet-node", "192.168.77.2", "10.244.0.0/24", "yes", "0.081", "ms",
                                 "ns/b", "(10.244.0.6)", "yes", "0.050", "ms"]
-    assert "NO: no answer within 1 s" in lines[4]
-    assert "NO: no echo reply within 1 s" in lines[4]
-    assert "none: no running pod" in lines[5]
+    assert "NO: no answer within 1 s" in lines[3]
+    assert "NO: no echo reply within 1 s" in lines[3]
+    assert "none: no running pod" in lines[4]

@@ -151,8 +151,9 @@ def test_pods_without_a_node_go_to_the_node_with_fewest_pods(tmp_path: Path) -> 
     assert placement(store)["e"] == "velvet-node-2"
 
 
-def test_sandbox_up_refuses_tunnel_and_too_many_nodes_in_one_line() -> None:
-    """Test that `--routing tunnel` (not built yet) and `--nodes 9` are refused in one line."""
+def test_sandbox_up_refuses_unknown_routing_and_too_many_nodes_in_one_line() -> None:
+    """Test that `--routing` other than native|tunnel and `--nodes 9` are refused in one line, and
+    nothing of the sandbox is made."""
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", "nodesrefused", "sandbox", "up", *args]
         return subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -161,9 +162,8 @@ def test_sandbox_up_refuses_tunnel_and_too_many_nodes_in_one_line() -> None:
         done = run(*args)
         assert done.returncode == 2
         assert "a sandbox has 1 to 8 nodes" in done.stderr
-    done = run("--nodes", "3", "--routing", "tunnel")
-    assert done.returncode == 1
-    assert done.stderr.strip().count("\n") == 0
-    assert "--routing tunnel is not implemented yet" in done.stderr
+    done = run("--nodes", "3", "--routing", "geneve")
+    assert done.returncode == 2
+    assert "invalid choice: 'geneve' (choose from 'native', 'tunnel')" in done.stderr
     assert not (STATE_ROOT / "nodesrefused").exists()
     assert not (RUN_ROOT / "nodesrefused").exists()

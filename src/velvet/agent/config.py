@@ -30,6 +30,8 @@ class AgentConfig:
     store: str = "local"
     """Where applied objects are kept: "local" (files under state_dir) or "etcd" (at etcd_endpoint)."""
     etcd_endpoint: str = "http://127.0.0.1:2379"
+    routing: str = "native"
+    """How pods reach other nodes: "native" (podCIDR via nodeIP) or "tunnel" (VXLAN, VNI = identity)."""
 
     @property
     def host_ips(self) -> tuple[str, ...]:

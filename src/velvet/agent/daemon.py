@@ -15,6 +15,7 @@ from aiohttp import web
 from velvet.agent.config import AgentConfig
 from velvet.agent.handlers import AgentHandlers
 from velvet.agent.node import Agent, Dirty
+from velvet.agent.tunnel import TUNNEL_DEVICE
 from velvet.api.server import build_app, serve_unix
 from velvet.datapath.protocol import Datapath
 from velvet.errors import VelvetError
@@ -187,5 +188,6 @@ def main(config: AgentConfig, *, fake_datapath: bool = False) -> None:
     from velvet.datapath.kernel import KernelDatapath
 
     datapath: Datapath = FakeDatapath() if fake_datapath else KernelDatapath(
-        AgentPaths(config.sandbox, config.node_dir).pin_dir, cgroup=config.cgroup, uplink=config.uplink)
+        AgentPaths(config.sandbox, config.node_dir).pin_dir, cgroup=config.cgroup, uplink=config.uplink,
+        tunnel=TUNNEL_DEVICE if config.routing == "tunnel" else None)
     asyncio.run(run_agent(Agent(config, datapath)))

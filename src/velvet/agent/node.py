@@ -24,6 +24,7 @@ from velvet.agent.config import AgentConfig
 from velvet.agent.health import HealthProber, choose_targets
 from velvet.agent.manifests import parse_all, relocate
 from velvet.agent.routes import NetlinkRoutes
+from velvet.agent.tunnel import NetlinkVxlan, TunnelDevice
 from velvet.cni.attachments import RUNTIME_ANNOTATION, Attachment, CniAttachments
 from velvet.cni.wiring import NetlinkWiring, Wiring
 from velvet.control.identity import LAST_LABEL_IDENTITY, IdentityAllocator
@@ -77,9 +78,9 @@ class Agent:
     """State and behaviour of one node agent; `handlers.AgentHandlers` serves it over the API."""
 
     def __init__(self, config: AgentConfig, datapath: Datapath, wiring: Wiring | None = None,
-                 routes: RouteTable | None = None) -> None:
+                 routes: RouteTable | None = None, tunnel: TunnelDevice | None = None) -> None:
         """An agent over `datapath`; `wiring` makes the veths of runtime pods, `routes` the routes to other
-        nodes (netlink in the agent's namespace unless given)."""
+        nodes, `tunnel` the VXLAN device of tunnel mode (netlink in the agent's namespace unless given)."""
         self.config = config
         self.paths = AgentPaths(config.sandbox, config.node_dir)
         self.state_dir = config.state_dir or self.paths.state_dir
@@ -107,6 +108,11 @@ class Agent:
         self.store.nodes = self._node_names
         self.store.registered = self._registered
         self.node_routes = NodeRouteController(routes or NetlinkRoutes(), config.node_name, config.pod_cidr)
+        self.tunnel: TunnelDevice | None = None
+        if config.routing == "tunnel":
+            self.tunnel = tunnel or NetlinkVxlan(config.uplink)
+        self.node_routes = NodeRouteController(routes or NetlinkRoutes(), config.node_name, config.pod_cidr,
+                                               self.tunnel.name if self.tunnel else None)
         self.started_at = time.time()
         self.resolver = DictResolver()
         self.metrics_registry = CollectorRegistry()
@@ -123,7 +129,8 @@ class Agent:
         labels = LabelFilter((*DEFAULT_EXCLUDED_LABELS, *config.identity_exclude_labels))
         self.policy = PolicyController(self.store, self.endpoints, PolicyCompiler(self.identities, labels),
                                        writer, self.resolver, host_ips=config.host_ips,
-                                       audit_all=config.policy_audit_mode)
+                                       audit_all=config.policy_audit_mode, node_name=config.node_name,
+                                       tunnel=self.tunnel is not None)
         self.services = ServiceController(self.store, ServiceCompiler(config.node_name, config.node_ips),
                                           writer, self.resolver)
         self.policy.local_node = config.node_name
@@ -151,6 +158,8 @@ class Agent:
             self.registry.start(self.own_node())
         if self.prober is not None:
             self.prober.start()
+        if self.tunnel is not None:  # before the datapath, which attaches to it
+            self.tunnel.ensure()
         self.datapath.start()
         settings = self.node_settings()
         if self.datapath.read("node_config").get(0) != settings:
@@ -171,7 +180,7 @@ class Agent:
         for follower in (self.registry, self.cluster_endpoints):
             if follower is not None and not follower.wait_listed(max(0.0, deadline - time.monotonic())):
                 log.warning("the cluster's nodes or endpoints are not listed yet; the first pass is without")
-        self._follow_cluster(self.registry)
+        self._follow_cluster(tuple(self.registry.nodes()))
 
     # -- reconciliation --------------------------------------------------------------------------
 
@@ -213,27 +222,30 @@ class Agent:
         self.reconcile_nodes()
 
     def reconcile_nodes(self) -> None:
-        """Routes to every other registered node's pod CIDR, none to a node that left (native routing);
-        the ipcache follows the other nodes' IPs and endpoints; the slices follow which nodes are left."""
+        """Routes to every other registered node's pod CIDR, none to a node that left (via the node's IP,
+        or through the VXLAN device in tunnel mode); the ipcache follows the other nodes' IPs, endpoints
+        and their tunnel endpoints; the slices follow which nodes are left."""
         if self.registry is not None:
-            self.node_routes.reconcile(self.registry.nodes())
-            if self._follow_cluster(self.registry):
+            nodes = tuple(self.registry.nodes())
+            self.node_routes.reconcile(nodes)
+            if self._follow_cluster(nodes):
                 self.reconcile(Dirty(policy=True))
             if self.prober is not None and self.prober.due():  # the probes follow nodes and pods
                 pods = [p for p in self.store.get("pods", ALL_NAMESPACES) if isinstance(p, Pod)]
                 policies = [p for p in self.store.get("networkpolicies", ALL_NAMESPACES)
                             if isinstance(p, NetworkPolicy)]
-                self.prober.aim(choose_targets(self.registry.nodes(), pods, policies))
+                self.prober.aim(choose_targets(nodes, pods, policies))
             self.store.follow_nodes()
 
-    def _follow_cluster(self, registry: NodeRegistry) -> bool:
-        """Give policy the other nodes' IPs (remote-node) and the endpoints they published; whether they
-        changed."""
-        others = tuple(sorted(n.internal_ip for n in registry.nodes() if n.name != self.config.node_name))
+    def _follow_cluster(self, nodes: tuple[NodeRecord, ...]) -> bool:
+        """Give policy the nodes (their IPs are remote-node, and tunnel endpoints) and the endpoints they
+        published; whether they changed."""
+        others = tuple(sorted(n.internal_ip for n in nodes if n.name != self.config.node_name))
         remote = self.cluster_endpoints.view() if self.cluster_endpoints is not None else None
-        if others == self.policy.remote_node_ips and remote == self.policy.remote_endpoints:
+        policy = self.policy
+        if (others, nodes, remote) == (policy.remote_node_ips, policy.nodes, policy.remote_endpoints):
             return False
-        self.policy.remote_node_ips, self.policy.remote_endpoints = others, remote
+        self.policy.remote_node_ips, self.policy.nodes, self.policy.remote_endpoints = others, nodes, remote
         return True
 
     def node_settings(self) -> NodeSettings:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from velvet.agent.tunnel import VXLAN_PORT
 from velvet.control.policy_lookup import describe_key, trace
 from velvet.datapath.structs import BackendState, SvcFlag
 from velvet.datapath.tables import Proto
@@ -22,12 +23,6 @@ FLAG_NAMES = [(SvcFlag.CLUSTERIP, "ClusterIP"), (SvcFlag.NODEPORT, "NodePort"),
               (SvcFlag.EXTERNAL_IP, "ExternalIPs"), (SvcFlag.LOADBALANCER, "LoadBalancer")]
 
 
-def routing_mode(agent: Agent) -> str:
-    """How pods reach other nodes' pods; only native routing exists so far (the tunnel mode's config
-    field replaces this constant when it lands)."""
-    return "native"
-
-
 def nodes(agent: Agent) -> list[dict[str, Any]]:
     """The registered nodes with the API address each agent advertises (the relay's peers)."""
     return [{"name": n.name, "internal_ip": n.internal_ip, "pod_cidr": n.pod_cidr, "api": n.api}
@@ -36,7 +31,7 @@ def nodes(agent: Agent) -> list[dict[str, Any]]:
 
 def cluster(agent: Agent) -> dict[str, Any]:
     """The cluster as this node sees it: routing mode, registered nodes, health probes (cilium-health)."""
-    return {"routing": routing_mode(agent), "nodes": nodes(agent),
+    return {"routing": routing(agent)["mode"], "nodes": nodes(agent),
             "health": agent.prober.report() if agent.prober is not None else None}
 
 
@@ -51,6 +46,7 @@ def status(agent: Agent) -> dict[str, Any]:
         "kernel": {"release": kernel.release, "features": [asdict(c) for c in kernel.features]},
         "agent": {**agent.health(), "sandbox": agent.config.sandbox, "node": agent.config.node_name,
                   "policy_audit_mode": agent.config.policy_audit_mode, "socket": str(agent.paths.socket),
+                  "routing": routing(agent),
                   "reconcile": dict(agent.reconcile_stats)},
         "datapath": {
             "kind": dp.kind,
@@ -69,6 +65,14 @@ def status(agent: Agent) -> dict[str, Any]:
             "policy_entries": sum(len(ep.entries) for ep in compiled.endpoints.values()) if compiled else 0,
         },
     }
+
+
+def routing(agent: Agent) -> dict[str, Any]:
+    """How pods reach other nodes: the mode; in tunnel mode the device, its UDP port, what the VNI is."""
+    if agent.tunnel is None:
+        return {"mode": "native"}
+    return {"mode": "tunnel", "device": agent.tunnel.name, "protocol": "vxlan", "port": VXLAN_PORT,
+            "vni": "source identity"}
 
 
 def _service_names(agent: Agent) -> dict[tuple[str, int, int], str]:

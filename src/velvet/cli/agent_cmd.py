@@ -26,7 +26,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         policy_audit_mode=args.policy_audit_mode, flow_capacity=args.flow_capacity,
         metrics_address=args.metrics_address or None,
         identity_exclude_labels=tuple(args.identity_exclude_label), metrics_netns=args.metrics_netns or None,
-        store=args.store, etcd_endpoint=args.etcd_endpoint,
+        store=args.store, etcd_endpoint=args.etcd_endpoint, routing=args.routing,
     )
     main(config, fake_datapath=args.fake_datapath)
     return 0
@@ -72,5 +72,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--store", choices=["local", "etcd"], default="local",
                    help="where applied objects are kept: local files, or etcd (see --etcd-endpoint)")
     p.add_argument("--etcd-endpoint", default="http://127.0.0.1:2379", help="etcd's client URL (http)")
+    p.add_argument("--routing", choices=["native", "tunnel"], default="native",
+                   help="reach other nodes' pods via their IPs (native) or VXLAN, VNI = identity (tunnel)")
     p.add_argument("--fake-datapath", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_agent)

@@ -25,6 +25,7 @@ from velvet.sandbox import (
     etcd,
     exec_in_pod,
     netlink,
+    routing,
     spawn_detached,
     underlay,
 )
@@ -95,32 +96,34 @@ def _wait_for_agent(cfg: SandboxConfig) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Create the node(s), start their daemons and wait for every agent."""
-    if args.routing == "tunnel":
-        raise SandboxError("--routing tunnel is not implemented yet: use --routing native (the default)")
     cfg = _config(args)
     if args.nodes > 1:
         return _up_cluster(cfg.sandbox, args)
     if args.store == "etcd":
         etcd.etcd_binary()  # fail here, in one line, when etcd is not installed
     node = Node.create(cfg)
+    routing.record(cfg.sandbox, args.routing)
     _start_node(cfg, args.policy_audit_mode, args.store, None)
     _wait_for_agent(cfg)
     print(f"sandbox {cfg.sandbox} is up: node netns {node.netns}, pods from {cfg.pod_cidr}, "
           f"node IP {cfg.node_uplink_ip}, external client netns {node.ext_netns}")
     if args.store == "etcd":
         print(f"objects are kept in etcd at {etcd.CLIENT_URL} inside {node.netns}")
+    if args.routing == "tunnel":
+        print("tunnel routing: VXLAN device velvet_vxlan (UDP 8472) is up; no other node to reach yet")
     print("apply manifests with `velvet apply -f FILE`; tear down with `velvet sandbox down`")
     return 0
 
 
 def _up_cluster(sandbox: str, args: argparse.Namespace) -> int:
-    """N nodes on one underlay with etcd in its own namespace; native routing between them."""
+    """N nodes on one underlay with etcd in its own namespace; native or tunnel routing between them."""
     etcd.etcd_binary()
     configs = [node_config(sandbox, k) for k in range(args.nodes)]
     names = configs[0].names
     for d in (names.state_dir, names.run_dir):
         d.mkdir(parents=True, exist_ok=True)
     names.run_dir.chmod(0o700)
+    routing.record(sandbox, args.routing)
     underlay.create(sandbox, args.nodes)
     if _live_pid(names.pid_file(ETCD_DAEMON)) is None:
         create_cgroup(etcd.cgroup(names))
@@ -132,7 +135,8 @@ def _up_cluster(sandbox: str, args: argparse.Namespace) -> int:
         _start_node(cfg, args.policy_audit_mode, "etcd", etcd.LAN_CLIENT_URL)
     for cfg in configs:
         _wait_for_agent(cfg)
-    print(f"sandbox {sandbox} is up: {args.nodes} nodes, native routing, etcd at {etcd.LAN_CLIENT_URL} "
+    mode = "native routing" if args.routing == "native" else "tunnel routing (VXLAN, UDP 8472)"
+    print(f"sandbox {sandbox} is up: {args.nodes} nodes, {mode}, etcd at {etcd.LAN_CLIENT_URL} "
           f"in {names.etcd_netns}, external client netns {names.ext_netns}")
     for cfg in configs:
         print(f"  {cfg.node_name}: netns {cfg.names.node_netns}, node IP {cfg.node_uplink_ip}, "
@@ -295,6 +299,8 @@ def cmd_node_daemon(args: argparse.Namespace) -> int:
                   "--log-file", str(names.log_file("agent"))]
     if args.policy_audit_mode:
         agent_argv.append("--policy-audit-mode")
+    if routing.recorded(cfg.sandbox) == "tunnel":
+        agent_argv += ["--routing", "tunnel"]
     if names.node_dir:
         agent_argv += ["--node-dir", names.node_dir]
     etcd_supervisor = None
@@ -350,7 +356,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--nodes", type=_node_count, default=1,
                     help=f"nodes (1-{MAX_NODES}); more than one implies --store etcd")
     up.add_argument("--routing", choices=["native", "tunnel"], default="native",
-                    help="how pods reach other nodes: routes via the nodes' IPs (native, the default)")
+                    help="how pods reach other nodes: routes via the nodes' IPs (native, the default) or "
+                         "VXLAN with VNI = the source's identity (tunnel)")
     up.set_defaults(func=cmd_up)
     add = group.add_parser("add-node", help="add a node to a multi-node sandbox")
     add.add_argument("--name", default=None,

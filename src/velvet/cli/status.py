@@ -26,13 +26,12 @@ def _probe_cells(probe: dict[str, Any] | None) -> list[str]:
 
 
 def cluster_lines(cluster: dict[str, Any]) -> list[str]:
-    """The cluster as the answering node sees it: routing, nodes and the health probes (cilium-health)."""
+    """The cluster as the answering node sees it: nodes and the health probes (cilium-health)."""
     health = {row["name"]: row for row in cluster.get("health") or ()}
     nodes_ok = sum(1 for row in health.values() if (row["node"] or {}).get("reachable"))
     pods = [row["pod"]["probe"] for row in health.values() if row["pod"]["name"]]
     pods_ok = sum(1 for probe in pods if (probe or {}).get("reachable"))
-    lines = [f"Routing:       {cluster['routing']}",
-             f"Cluster:       {len(cluster['nodes'])} nodes; health: {nodes_ok}/{len(health)} nodes and "
+    lines = [f"Cluster:       {len(cluster['nodes'])} nodes; health: {nodes_ok}/{len(health)} nodes and "
              f"{pods_ok}/{len(pods)} pods reachable"]
     rows = []
     for node in cluster["nodes"]:
@@ -45,6 +44,12 @@ def cluster_lines(cluster: dict[str, Any]) -> list[str]:
                "POD LATENCY"]
     lines += ["  " + line for line in table(headers, rows).splitlines()]
     return lines
+def _routing_line(routing: dict[str, Any]) -> str:
+    """`Routing: native`, or `Routing: tunnel (vxlan velvet_vxlan, UDP 8472, VNI = source identity)`."""
+    if routing["mode"] != "tunnel":
+        return f"Routing:       {routing['mode']}"
+    return (f"Routing:       tunnel ({routing['protocol']} {routing['device']}, UDP {routing['port']}, "
+            f"VNI = {routing['vni']})")
 
 
 def render(status: dict[str, Any], verbose: bool = False) -> str:
@@ -63,6 +68,7 @@ def render(status: dict[str, Any], verbose: bool = False) -> str:
         f"sandbox {agent['sandbox']}" + ("  POLICY AUDIT MODE" if agent["policy_audit_mode"] else ""),
         f"Datapath:      {dp['kind']}, {len(dp['programs'])} programs, {len(dp['maps'])} maps",
         _store_line(status.get("store") or {"kind": "local", "connected": True}),
+        _routing_line(agent.get("routing") or {"mode": "native"}),
         *(cluster_lines(cluster) if cluster.get("health") is not None else ()),
         f"Endpoints:     {counts['endpoints']}",
         f"Services:      {counts['services']}",

@@ -1,4 +1,5 @@
-"""Native routing: a `podCIDR via nodeIP` route for every other registered node, and none for a node gone.
+"""Routes to the other nodes' pod CIDRs: `podCIDR via nodeIP` (native routing) or `podCIDR dev
+velvet_vxlan` (tunnel mode) for every other registered node, and none for a node gone.
 
 The controller works on a `RouteTable` (the node namespace's main table through netlink in the agent,
 a dict in unit tests): it reads the routes it owns, which carry Velvet's route protocol number, and
@@ -19,14 +20,15 @@ log = logging.getLogger("velvet.routes")
 
 
 class RouteTable(Protocol):
-    """The routes Velvet owns in one node's routing table: pod CIDR -> gateway (a node's IP)."""
+    """The routes Velvet owns in one node's routing table: pod CIDR -> next hop (a node's IP, or a
+    device's name)."""
 
     def owned(self) -> Mapping[str, str]:
-        """Every route of Velvet's protocol, as pod CIDR -> gateway."""
+        """Every route of Velvet's protocol, as pod CIDR -> next hop."""
         ...
 
     def replace(self, cidr: str, gateway: str) -> None:
-        """Route `cidr` via `gateway` (created or replaced)."""
+        """Route `cidr` via `gateway` (an IP), or through the device it names (created or replaced)."""
         ...
 
     def delete(self, cidr: str) -> None:
@@ -37,14 +39,17 @@ class RouteTable(Protocol):
 class NodeRouteController:
     """Keeps the routes to the other nodes' pod CIDRs in line with the registered nodes."""
 
-    def __init__(self, table: RouteTable, own_name: str, own_pod_cidr: str) -> None:
+    def __init__(self, table: RouteTable, own_name: str, own_pod_cidr: str,
+                 device: str | None = None) -> None:
+        """Routes in `table`; through `device` (tunnel mode) instead of via the nodes' IPs when given."""
         self.table = table
+        self.device = device
         self.own_name = own_name
         self.own_pod_cidr = ipaddress.IPv4Network(own_pod_cidr)
         self._refused: set[tuple[str, str]] = set()
 
     def desired(self, nodes: Iterable[NodeRecord]) -> dict[str, str]:
-        """The routes the nodes ask for: every other node's pod CIDR via its InternalIP.
+        """The routes the nodes ask for: every other node's pod CIDR via its InternalIP (or the device).
 
         A node whose pod CIDR overlaps this node's would take this node's pods' traffic: it is left
         out, with one log line naming it.
@@ -60,7 +65,7 @@ class NodeRouteController:
                               node.pod_cidr, self.own_pod_cidr)
                     self._refused.add((node.name, node.pod_cidr))
                 continue
-            routes[str(cidr)] = node.internal_ip
+            routes[str(cidr)] = self.device or node.internal_ip
         return routes
 
     def reconcile(self, nodes: Iterable[NodeRecord]) -> tuple[list[str], list[str]]:

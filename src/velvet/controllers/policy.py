@@ -6,12 +6,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from velvet.control.policy import CompiledPolicy, PolicyCompiler
+from velvet.control.tunnel import with_tunnel_endpoints
 from velvet.controllers.endpoints import EndpointController
 from velvet.datapath.tables import EP_POLICY_AUDIT, EP_POLICY_EGRESS, EP_POLICY_INGRESS, EndpointEntry
 from velvet.datapath.writer import TableWriter
 from velvet.model import Namespace, NetworkPolicy, Pod
 from velvet.model.cluster_endpoint import ClusterEndpoint
 from velvet.model.identity import ReservedIdentity
+from velvet.model.node import NodeRecord
 from velvet.observe.enrich import DictResolver, EndpointInfo, NamedRef
 from velvet.sources.informer import ObjectCache
 
@@ -25,7 +27,8 @@ class PolicyController:
 
     def __init__(self, cache: ObjectCache, endpoints: EndpointController, compiler: PolicyCompiler,
                  writer: TableWriter, resolver: DictResolver, *, host_ips: Sequence[str],
-                 audit_all: bool) -> None:
+                 audit_all: bool, node_name: str = "", tunnel: bool = False) -> None:
+        """`node_name` is this node's (its pods need no tunnel endpoint); `tunnel`: tunnel mode."""
         self.cache = cache
         self.compiler = compiler
         self._endpoints = endpoints
@@ -35,7 +38,9 @@ class PolicyController:
         self._audit_all = audit_all
         self.remote_node_ips: tuple[str, ...] = ()  # the other nodes' IPs (remote-node identity)
         self.remote_endpoints: Mapping[str, ClusterEndpoint] | None = None  # the cluster's, by IP (etcd)
-        self.local_node = ""  # this node's name: its pods' ipcache entries come from the pod objects
+        self.local_node = node_name  # its pods' ipcache entries come from the pod objects
+        self.nodes: tuple[NodeRecord, ...] = ()  # the registered nodes: tunnel endpoints of remote pods
+        self._tunnel = tunnel
         self.compiled: CompiledPolicy | None = None
         self.audit_namespaces: frozenset[str] = frozenset()
 
@@ -60,14 +65,19 @@ class PolicyController:
         local = {pod.metadata.key for pod in pods}
         compiled = self.compiler.compile({r.key: r.ep_id for r in self._endpoints if r.key in local})
         self.compiled = compiled
-        for table, desired in self._tables(compiled).items():
+        for table, desired in self._tables(compiled, pods).items():
             self._writer.sync(table, desired)
         self._resolve(pods, compiled)
 
-    def _tables(self, compiled: CompiledPolicy) -> dict[str, dict[Any, Any]]:
+    def _tables(self, compiled: CompiledPolicy, pods: Sequence[Pod]) -> dict[str, dict[Any, Any]]:
         endpoints: dict[Any, Any] = {}
         policy: dict[Any, Any] = {}
-        ipcache = dict(compiled.ipcache)
+        placement = ({ip: ep.node for ip, ep in self.remote_endpoints.items()}
+                     if self.remote_endpoints is not None else
+                     {p.status.pod_ip: p.spec.node_name for p in pods
+                      if p.status.pod_ip and not p.spec.host_network})  # hostNetwork: its node's IP
+        ipcache: dict[str, Any] = with_tunnel_endpoints(compiled.ipcache, placement, self.nodes,
+                                                        self.local_node, pod_cidrs=self._tunnel)
         for record in self._endpoints:
             ep = compiled.endpoints.get(record.ep_id)
             if ep is None:  # a runtime's pod the store does not know (yet): reserved:init, like Cilium

@@ -17,6 +17,7 @@ from velvet.datapath.tables import (
     NodeSettings,
     PolicyKey,
     PolicyValue,
+    RemoteIdentity,
     RevNatValue,
     ServiceKey,
     ServiceValue,
@@ -60,6 +61,18 @@ def _maglev(table: tuple[int, ...]) -> s.Lb4MaglevLut:
 def _ipcache_key(cidr: str) -> s.IpcacheKey:
     address, length = s.ipv4_cidr(cidr)
     return s.IpcacheKey(prefixlen=length, ip=address)
+
+
+def _ipcache_value(value: int | RemoteIdentity) -> s.IpcacheInfo:
+    if isinstance(value, RemoteIdentity):
+        return s.IpcacheInfo(identity=value.identity, tunnel_endpoint=s.ipv4(value.tunnel_endpoint))
+    return s.IpcacheInfo(identity=value)
+
+
+def _decode_ipcache_value(v: s.IpcacheInfo) -> int | RemoteIdentity:
+    if v.tunnel_endpoint:
+        return RemoteIdentity(v.identity, s.ipv4_str(v.tunnel_endpoint))
+    return int(v.identity)
 
 
 def _policy_key(k: PolicyKey) -> s.PolicyKey:
@@ -117,8 +130,8 @@ CODECS: dict[str, TableCodec] = {
         lambda k: s.ipv4_str(k.value),
         lambda v: EndpointEntry(v.ifindex, v.identity, v.ep_id, v.flags)),
     "ipcache": TableCodec(
-        "ipcache", _ipcache_key, lambda ident: s.IpcacheInfo(identity=ident),
-        lambda k: f"{s.ipv4_str(k.ip)}/{k.prefixlen}", lambda v: v.identity),
+        "ipcache", _ipcache_key, _ipcache_value,
+        lambda k: f"{s.ipv4_str(k.ip)}/{k.prefixlen}", _decode_ipcache_value),
     "ipcache_cidr": TableCodec(
         "ipcache_cidr", _ipcache_key, lambda ident: s.IpcacheInfo(identity=ident),
         lambda k: f"{s.ipv4_str(k.ip)}/{k.prefixlen}", lambda v: v.identity),
@@ -128,6 +141,9 @@ CODECS: dict[str, TableCodec] = {
                                snat_port_max=v.snat_port_max),
         _value,
         lambda v: NodeSettings(s.ipv4_str(v.snat_addr), v.snat_port_min, v.snat_port_max)),
+    "tunnel_config": TableCodec(
+        "tunnel_config", ctypes.c_uint32, lambda ifindex: s.TunnelConfig(ifindex=ifindex),
+        _value, lambda v: int(v.ifindex)),
     "policy": TableCodec(
         "policy", _policy_key, lambda v: v,  # values need their key: see encode_items
         _decode_policy_key,

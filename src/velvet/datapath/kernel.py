@@ -26,7 +26,7 @@ from velvet.model.endpoint import EndpointRecord
 from velvet.system import mounts
 
 log = logging.getLogger("velvet.datapath")
-OBJECTS = ("lxc", "sock", "node")  # proc.bpf.o (runtime security) is built but not loaded yet
+OBJECTS = ("lxc", "sock", "node", "overlay")  # proc.bpf.o (runtime security) is built but not loaded yet
 SOCK_HOOKS = {
     "sock_connect4": attach.BPF_CGROUP_INET4_CONNECT,
     "sock_sendmsg4": attach.BPF_CGROUP_UDP4_SENDMSG,
@@ -38,11 +38,14 @@ SOCK_HOOKS = {
 class KernelDatapath:
     """Velvet's programs in this kernel, for one node (the agent runs in the node's network namespace)."""
 
-    def __init__(self, pin_dir: Path, *, cgroup: Path | None, uplink: str | None) -> None:
+    def __init__(self, pin_dir: Path, *, cgroup: Path | None, uplink: str | None,
+                 tunnel: str | None = None) -> None:
+        """Programs pinned under `pin_dir`; `tunnel` names the VXLAN device of tunnel mode (None: native)."""
         self.pin_dir = pin_dir
         self.links_dir = pin_dir / "links"
         self.cgroup = cgroup
         self.uplink = uplink
+        self.tunnel = tunnel
         self.objects: dict[str, BpfObject] = {}
         self.views: Views | None = None
         self.tables = TableMaps(Views({}))
@@ -74,6 +77,22 @@ class KernelDatapath:
                 attach.attach_tcx(node.program(prog_name), ifindex, direction,  # type: ignore[arg-type]
                                   self.links_dir / f"uplink-{direction}")
                 self._attachments[prog_name] = [f"{self.uplink} ({direction})"]
+        self._attach_tunnel()
+
+    def _attach_tunnel(self) -> None:
+        """Tunnel mode: the overlay programs on the VXLAN device and its ifindex in tunnel_config, which
+        makes lxc_from_pod encapsulate; native routing: neither (a previous tunnel mode's are removed)."""
+        ifindex = 0
+        if self.tunnel is not None:
+            ifindex = socket.if_nametoindex(self.tunnel)
+            overlay = self.objects["overlay"]
+            for prog_name, direction in (("overlay_from_tunnel", "ingress"), ("overlay_to_tunnel", "egress")):
+                attach.attach_tcx(overlay.program(prog_name), ifindex, direction,  # type: ignore[arg-type]
+                                  self.links_dir / f"tunnel-{direction}")
+        else:
+            for direction in ("ingress", "egress"):
+                attach.detach_pinned(self.links_dir / f"tunnel-{direction}")
+        self.tables.write("tunnel_config", {0: ifindex}, ())
 
     def kernel(self) -> KernelInfo:
         """The release, and the feature checks `start` ran."""

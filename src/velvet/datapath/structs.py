@@ -76,6 +76,7 @@ class DropReason(IntEnum):
     CT_MAP_FULL = 138
     WRITE_ERROR = 141
     NO_SERVICE_BACKEND = 158
+    NO_TUNNEL_ENDPOINT = 160
     NAT_NO_MAPPING = 167
     FRAG_NOT_FOUND = 175
     LB_SOURCE_RANGE = 177
@@ -95,6 +96,7 @@ _DROP_TEXT: dict[DropReason, str] = {
     DropReason.CT_MAP_FULL: "CT: Map insertion failed",
     DropReason.WRITE_ERROR: "Error writing to packet",
     DropReason.NO_SERVICE_BACKEND: "Service backend not found",
+    DropReason.NO_TUNNEL_ENDPOINT: "No tunnel/encapsulation endpoint",
     DropReason.NAT_NO_MAPPING: "No mapping for NAT masquerade",
     DropReason.FRAG_NOT_FOUND: "First fragment not found",
     DropReason.LB_SOURCE_RANGE: "Not in LB source range",
@@ -471,6 +473,12 @@ class IpcacheInfo(Structure):
     _fields_ = [("identity", c_uint32), ("tunnel_endpoint", BE32), ("flags", c_uint32)]
 
 
+class TunnelConfig(Structure):
+    """struct tunnel_config: tunnel_config value (key 0): the VXLAN device, 0 in native routing."""
+
+    _fields_ = [("ifindex", c_uint32), ("pad", c_uint32)]
+
+
 class EndpointInfo(Structure):
     """struct endpoint_info: lxc_endpoints value (key: __be32 pod IPv4)."""
 
@@ -589,6 +597,7 @@ C_STRUCTS: dict[str, type[Structure]] = {
     "ipv4_frag_ports": Ipv4FragPorts,
     "ipcache_key": IpcacheKey,
     "ipcache_info": IpcacheInfo,
+    "tunnel_config": TunnelConfig,
     "endpoint_info": EndpointInfo,
     "policy_key": PolicyKey,
     "policy_entry": PolicyEntry,

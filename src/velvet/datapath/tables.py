@@ -141,6 +141,18 @@ class EndpointEntry:
     flags: int
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteIdentity:
+    """An ipcache value for an address on another node: its identity and that node's underlay IP.
+
+    Other ipcache values are plain identities (ints); tunnel mode encapsulates packets to a
+    `RemoteIdentity` address towards `tunnel_endpoint`.
+    """
+
+    identity: int
+    tunnel_endpoint: str
+
+
 # --- policy (policy LPM map) --------------------------------------------------------------------
 
 ANY_IDENTITY = 0

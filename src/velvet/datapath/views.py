@@ -52,6 +52,7 @@ from velvet.datapath.structs import (
     PolicyKey,
     Snat4Entry,
     Snat4Key,
+    TunnelConfig,
     ipv4,
 )
 from velvet.errors import DatapathError
@@ -160,6 +161,14 @@ class NodeConfigMap(MapView[ctypes.c_uint32, NodeConfig]):
     name = "node_config"
     key_type = ctypes.c_uint32
     value_type = NodeConfig
+
+
+class TunnelConfigMap(MapView[ctypes.c_uint32, TunnelConfig]):
+    """tunnel_config (array of one): the VXLAN device of tunnel mode, ifindex 0 in native routing."""
+
+    name = "tunnel_config"
+    key_type = ctypes.c_uint32
+    value_type = TunnelConfig
 
 
 # --- what the programs keep for themselves ----------------------------------------------------------
@@ -305,7 +314,7 @@ MAP_VIEWS: dict[str, type[MapView[Any, Any]] | type[RingView]] = {
     cls.name: cls
     for cls in (ServiceMap, BackendMap, RevNatMap, AffinityMap, SourceRangeMap, MaglevMap, SockRevNatMap,
                 ConntrackMap, IpcacheMap, IpcacheCidrMap, EndpointMap, PolicyMap, MetricsMap,
-                EventsRing, ProcEventsRing, SnatMap, NodeConfigMap)
+                TunnelConfigMap, EventsRing, ProcEventsRing, SnatMap, NodeConfigMap)
 }
 """Map name -> its view class."""
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from velvet.errors import SandboxError
 from velvet.ipam import CNI_LEASE_PREFIX, PodIpam
-from velvet.sandbox import cgroups, netlink, process
+from velvet.sandbox import cgroups, netlink, process, routing
 from velvet.sandbox.naming import NETNS_RE, POD_IF, PodNames, SandboxConfig
 from velvet.sandbox.readiness import ReadinessTracker, check
 from velvet.sandbox.spec import (
@@ -50,6 +50,7 @@ class PodRuntime:
             self.names.ipam_file, self.cfg.pod_cidr, self.cfg.first_pod_host, (self.cfg.pod_gateway,)
         )
         self.readiness = ReadinessTracker()
+        self.mtu = routing.pod_mtu(self.cfg.sandbox)
 
     def create_pod(self, spec: PodSpecLite) -> PodRecord:
         """Create pod `spec` and start its containers; return its record (idempotent per uid).
@@ -177,9 +178,11 @@ class PodRuntime:
         return record
 
     def _wire_host_side(self, pn: PodNames, ip: str) -> int:
-        """In the node: the veth (peer created directly in the pod as eth0), up, /32 route to the pod."""
+        """In the node: the veth (peer created directly in the pod as eth0, both at the sandbox's pod MTU),
+        up, /32 route to the pod."""
         with netlink.ipr(self.names.node_netns) as ipr:
-            idx = netlink.add_link(ipr, pn.host_veth, "veth", peer={"ifname": POD_IF, "net_ns_fd": pn.netns})
+            idx = netlink.add_link(ipr, pn.host_veth, "veth", mtu=self.mtu,
+                                   peer={"ifname": POD_IF, "net_ns_fd": pn.netns, "mtu": self.mtu})
             netlink.set_up(ipr, pn.host_veth)
             netlink.replace_route(
                 ipr, dst=ip, dst_len=32, oif=idx, scope="link", prefsrc=self.cfg.pod_gateway

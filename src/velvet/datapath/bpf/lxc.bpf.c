@@ -7,7 +7,10 @@
  *
  * What they pass returns TC_ACT_OK for the node's routing to forward, what they drop
  * TC_ACT_SHOT; lxc_from_pod redirects its rejections (RST / ICMP unreachable for service
- * frontends without backends) straight back into the pod with bpf_redirect_peer.
+ * frontends without backends) straight back into the pod with bpf_redirect_peer. In tunnel
+ * mode lxc_from_pod sends what it passes to another node's pod straight to the VXLAN device
+ * (VNI = the pod's identity), and lxc_to_pod takes the source identity of a packet that came
+ * through the tunnel from its VNI instead of the ipcache.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -20,6 +23,7 @@
 #include "lib/ipcache.h"
 #include "lib/events.h"
 #include "lib/reject.h"
+#include "lib/tunnel.h"
 
 /* Frontends pods reach through the per-packet fallback of the socket LB. */
 #define LXC_FRONTEND_FLAGS (SVC_CLUSTERIP | SVC_NODEPORT | SVC_EXTERNAL_IP | SVC_LOADBALANCER)
@@ -75,6 +79,7 @@ int lxc_from_pod(struct __sk_buff *skb)
 	__u64 now = bpf_ktime_get_ns();
 	__u32 backend_id = 0;
 	__u16 reason = 0;
+	bool report = false;
 	int ret, verdict;
 
 	/* parse; other ethertypes (ARP, IPv6) pass */
@@ -93,7 +98,7 @@ int lxc_from_pod(struct __sk_buff *skb)
 	/* ICMP errors about a connection of this pod pass as related */
 	if (pkt.icmp_error && ct_icmp_related(&pkt, CT_INGRESS, CT_EGRESS, now)) {
 		pkt.ev_flags |= EV_F_RELATED;
-		return lxc_pass(skb, &pkt, OBS_FROM_ENDPOINT, METRIC_EGRESS, false);
+		goto forward;
 	}
 
 	/* reply of a connection this pod accepted */
@@ -101,8 +106,8 @@ int lxc_from_pod(struct __sk_buff *skb)
 	e = ct_lookup(&key, pkt.tcp_flags, now);
 	if (e) {
 		pkt.ev_flags |= EV_F_REPLY;
-		return lxc_pass(skb, &pkt, OBS_FROM_ENDPOINT, METRIC_EGRESS,
-				ct_account(e, true, skb->len, pkt.tcp_flags, now));
+		report = ct_account(e, true, skb->len, pkt.tcp_flags, now);
+		goto forward;
 	}
 
 	/* service frontends the socket LB did not translate: DNAT here */
@@ -118,9 +123,10 @@ int lxc_from_pod(struct __sk_buff *skb)
 	/* established connection this pod opened */
 	ct_key_fwd(&key, &pkt, CT_EGRESS);
 	e = ct_lookup(&key, pkt.tcp_flags, now);
-	if (e)
-		return lxc_pass(skb, &pkt, OBS_FROM_ENDPOINT, METRIC_EGRESS,
-				ct_account(e, false, skb->len, pkt.tcp_flags, now));
+	if (e) {
+		report = ct_account(e, false, skb->len, pkt.tcp_flags, now);
+		goto forward;
+	}
 
 	/* new connection: egress policy of the pod against the destination's identity */
 	pkt.dst_identity = ipcache_identity(pkt.daddr);
@@ -135,7 +141,12 @@ int lxc_from_pod(struct __sk_buff *skb)
 		      pkt.orig_daddr, pkt.orig_dport, backend_id) < 0)
 		return drop_pkt(skb, &pkt, DROP_CT_MAP_FULL, OBS_FROM_ENDPOINT, METRIC_EGRESS);
 	pkt.ev_flags |= EV_F_NEW_CT;
-	return lxc_pass(skb, &pkt, OBS_FROM_ENDPOINT, METRIC_EGRESS, true);
+	report = true;
+
+forward:
+	/* to the node's routing, or in tunnel mode through the tunnel to the destination's node */
+	ret = lxc_pass(skb, &pkt, OBS_FROM_ENDPOINT, METRIC_EGRESS, report);
+	return tunnel_redirect(skb, pkt.daddr, pkt.src_identity, ret);
 }
 
 SEC("tc")
@@ -161,6 +172,8 @@ int lxc_to_pod(struct __sk_buff *skb)
 	ep = bpf_map_lookup_elem(&lxc_endpoints, &pkt.daddr);
 	if (ep)
 		pkt.dst_identity = ep->identity;
+	/* through the tunnel, the sender named the source's identity (the VNI) */
+	pkt.src_identity = tunnel_source_identity(skb);
 
 	/* ICMP errors about a connection of this pod pass as related */
 	if (pkt.icmp_error && ct_icmp_related(&pkt, CT_EGRESS, CT_INGRESS, now)) {
@@ -192,7 +205,8 @@ int lxc_to_pod(struct __sk_buff *skb)
 				ct_account(e, false, skb->len, pkt.tcp_flags, now));
 
 	/* new connection: ingress policy of the pod against the source's identity */
-	pkt.src_identity = ipcache_identity(pkt.saddr);
+	if (!pkt.src_identity)
+		pkt.src_identity = ipcache_identity(pkt.saddr);
 	verdict = policy_decide(ep, POLICY_INGRESS, pkt.src_identity, ipcache_cidr_identity(pkt.saddr),
 				&pkt);
 	lxc_policy_event(skb, &pkt, ep, EP_POLICY_INGRESS, verdict, OBS_TO_ENDPOINT, METRIC_INGRESS);

@@ -45,6 +45,10 @@
  *    uplink: errors about connections DNATed there are translated back to name the frontend.
  *  - lxc_from_pod accepts only packets whose source is the endpoint registered for that address
  *    with this veth's ifindex (DROP_INVALID_SOURCE otherwise).
+ *  - Tunnel mode (tunnel_config.ifindex != 0): what lxc_from_pod passes to an address whose
+ *    ipcache entry has a tunnel_endpoint is encapsulated there (VXLAN, VNI = the source's
+ *    identity) and redirected to the VXLAN device; the receiver takes the source identity from
+ *    the VNI (the sender's HOST becomes REMOTE_NODE) instead of the ipcache.
  *  - Policy is decided once per connection on the backend pod's IP and port; replies and
  *    established packets pass through conntrack. Every policy entry allows (NetworkPolicy has
  *    no deny): an isolated endpoint's new connection passes iff some entry matches.
@@ -85,6 +89,7 @@ enum drop_reason {
 	DROP_CT_MAP_FULL = 138,        /* the conntrack entry could not be created */
 	DROP_WRITE_ERROR = 141,        /* rewriting the packet failed */
 	DROP_NO_SERVICE_BACKEND = 158, /* service frontend without backends (rejected) */
+	DROP_NO_TUNNEL_ENDPOINT = 160, /* tunnel mode: no node to send the destination to */
 	DROP_NAT_NO_MAPPING = 167,     /* reply of a translated flow whose reverse NAT is gone */
 	DROP_FRAG_NOT_FOUND = 175,     /* later IP fragment whose first fragment was not seen */
 	DROP_LB_SOURCE_RANGE = 177,    /* client not in loadBalancerSourceRanges */
@@ -373,8 +378,18 @@ struct ipcache_key {
 
 struct ipcache_info {
 	__u32 identity;
-	__be32 tunnel_endpoint;
+	__be32 tunnel_endpoint; /* underlay IP of the node the address lives on; 0 for local or outside */
 	__u32 flags;
+};
+
+/*
+ * tunnel_config value (an array of one, key 0). Tunnel mode when ifindex != 0: packets to an
+ * address whose ipcache entry names a tunnel_endpoint are encapsulated (VXLAN, VNI = source
+ * identity) towards that node through the device ifindex; native routing when 0.
+ */
+struct tunnel_config {
+	__u32 ifindex; /* the node's VXLAN device (external / collect_md mode) */
+	__u32 pad;
 };
 
 /* lxc_endpoints value, keyed by the pod's __be32 IPv4 address. */

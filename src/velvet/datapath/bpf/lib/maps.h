@@ -122,6 +122,14 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } ipcache_cidr SEC(".maps");
 
+/* Tunnel mode: key 0 names the VXLAN device (ifindex 0: native routing). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct tunnel_config);
+	__uint(max_entries, 1);
+} tunnel_config SEC(".maps");
+
 /* Local pods by IPv4 address. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * overlay.bpf.c - the node's VXLAN device in tunnel mode (tcx on velvet_vxlan, external mode).
+ *
+ *   overlay_from_tunnel: tcx ingress = decapsulated packets from another node. The VNI is the
+ *                        source's identity (the sending node's HOST becomes REMOTE_NODE here): it
+ *                        is handed to lxc_to_pod in skb->mark; the node's routing forwards.
+ *   overlay_to_tunnel:   tcx egress. Packets lxc_from_pod addressed already pass; what the node
+ *                        itself routes to another node's pods (dev velvet_vxlan) gets its tunnel
+ *                        key here: the destination's node from the ipcache, VNI = the source's
+ *                        identity (HOST for the node's own addresses).
+ */
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/ipcache.h"
+#include "lib/events.h"
+#include "lib/tunnel.h"
+
+SEC("tc")
+int overlay_from_tunnel(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+	__u32 identity;
+
+	/* only the tunnel delivers here: no key, no packet */
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return TC_ACT_SHOT;
+
+	/* the sender's identity; its own node is remote-node here, VNI 0 names nobody */
+	identity = key.tunnel_id;
+	if (identity == IDENTITY_HOST)
+		identity = IDENTITY_REMOTE_NODE;
+	else if (!identity)
+		identity = IDENTITY_WORLD;
+	skb->mark = (identity << TUNNEL_MARK_SHIFT) | TUNNEL_MARK_MAGIC;
+
+	/* the inner frame names the sender's MAC as destination: deliver it to this node */
+	bpf_skb_change_type(skb, PACKET_HOST);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int overlay_to_tunnel(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+	struct pkt4 pkt = {};
+	__be32 endpoint;
+	int ret;
+
+	/* a pod's packet that lxc_from_pod addressed already */
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) == 0)
+		return TC_ACT_OK;
+
+	/* the tunnel carries IPv4 only (no ARP: the device is NOARP; no IPv6) */
+	ret = parse_ipv4(skb, &pkt);
+	if (ret == PARSE_NOT_IPV4)
+		return TC_ACT_SHOT;
+	if (ret < 0)
+		return drop_pkt(skb, &pkt, -ret, OBS_TO_NETWORK, METRIC_EGRESS);
+
+	/* the node the destination lives on; VNI = the source's identity */
+	pkt.src_identity = ipcache_identity(pkt.saddr);
+	pkt.dst_identity = ipcache_identity(pkt.daddr);
+	endpoint = ipcache_tunnel_endpoint(pkt.daddr);
+	if (!endpoint)
+		return drop_pkt(skb, &pkt, DROP_NO_TUNNEL_ENDPOINT, OBS_TO_NETWORK, METRIC_EGRESS);
+	if (tunnel_set_key(skb, endpoint, pkt.src_identity) < 0)
+		return drop_pkt(skb, &pkt, DROP_WRITE_ERROR, OBS_TO_NETWORK, METRIC_EGRESS);
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "GPL";

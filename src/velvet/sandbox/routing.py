@@ -1,0 +1,40 @@
+"""The sandbox's routing mode: recorded by `sandbox up`, read by every node daemon and pod runtime.
+
+Nodes started later (restarted daemons, added nodes) read the same record, so the whole sandbox runs
+in one mode. In tunnel mode pods get an MTU 50 bytes below the underlay's, the room VXLAN over IPv4
+takes (as Cilium does), so a full-size pod frame fits one outer packet instead of two fragments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from velvet.sandbox.naming import SandboxConfig
+
+MODES = ("native", "tunnel")
+UNDERLAY_MTU = 1500  # the sandbox's veths keep the kernel's default
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+
+
+def _record_file(sandbox: str) -> Path:
+    """The record, in the sandbox's (node 0's) state directory; `sandbox down` removes it with it."""
+    return SandboxConfig(sandbox=sandbox).names.state_dir / "routing"
+
+
+def record(sandbox: str, mode: str) -> None:
+    """Remember the routing mode `sandbox up` was given (the state directory exists by then)."""
+    _record_file(sandbox).write_text(mode)
+
+
+def recorded(sandbox: str) -> str:
+    """The sandbox's routing mode ("native" when none was recorded)."""
+    try:
+        mode = _record_file(sandbox).read_text().strip()
+    except FileNotFoundError:
+        return "native"
+    return mode if mode in MODES else "native"
+
+
+def pod_mtu(sandbox: str) -> int:
+    """The MTU of the sandbox's pod veths: the underlay's, less VXLAN's overhead in tunnel mode."""
+    return UNDERLAY_MTU - VXLAN_OVERHEAD if recorded(sandbox) == "tunnel" else UNDERLAY_MTU
