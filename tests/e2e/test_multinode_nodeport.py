@@ -127,10 +127,11 @@ def answer(text: str) -> tuple[str, str]:
     return pod, source.rsplit(":", 1)[0]
 
 
-@pytest.fixture(scope="module")
-def sb() -> Iterator[Sandbox]:
-    """Three nodes, at-<k> pinned to node k, a LoadBalancer Service `svc-<k>` per pod, all programmed."""
-    with sandbox("npx", "--nodes", "3") as box:
+@pytest.fixture(scope="module", params=["native", "tunnel"])
+def sb(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """Three nodes in each routing mode, at-<k> pinned to node k, a LoadBalancer Service `svc-<k>` per pod,
+    all programmed."""
+    with sandbox("npx", "--nodes", "3", "--routing", request.param) as box:
         docs = [namespace(NS), *(pinned_pod(f"at-{k}", k) for k in range(3)),
                 *(lb_service(f"svc-{k}", f"at-{k}", LB_IPS[k]) for k in range(3))]
         box.apply("\n---\n".join(doc.strip().removeprefix("---").strip() for doc in docs))
