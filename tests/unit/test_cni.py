@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import subprocess
@@ -19,6 +20,7 @@ from velvet.cni.install import PACKAGE_HOME, conflist, install
 from velvet.cni.spec import CniError
 from velvet.cni.wiring import Veth, Wired
 from velvet.datapath.fake import FakeDatapath
+from velvet.errors import VelvetError
 from velvet.ipam import FIRST_POD_HOST, PodIpam, ipam_file
 from velvet.model.identity import ReservedIdentity
 from velvet.sandbox.naming import SandboxConfig
@@ -285,6 +287,29 @@ def test_install_writes_an_executable_plugin_and_a_conflist(tmp_path: Path) -> N
     assert written == conflist("blue", "velvet")
     assert written["cniVersion"] == "1.0.0"
     assert written["plugins"][0]["socket"] == "/run/velvet/blue/agent.sock"
+
+
+def test_install_takes_the_pod_mtu_of_the_sandbox_s_routing_mode(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that `velvet cni install` gives runtime pods the sandbox pods' MTU (1450 in tunnel mode, room for
+    VXLAN), that --mtu overrides it, and that an MTU out of range is one error before anything is written."""
+    from velvet.cli import cni as cni_cli
+    from velvet.sandbox import routing
+
+    def run(mtu: int) -> int:
+        args = argparse.Namespace(sandbox="blue", conf_dir=str(tmp_path / "conf"),
+                                  bin_dir=str(tmp_path / "bin"), network="velvet", mtu=mtu)
+        cni_cli.cmd_install(args)
+        return int(json.loads((tmp_path / "conf" / "10-velvet.conflist").read_text())["plugins"][0]["mtu"])
+
+    monkeypatch.setattr(routing, "recorded", lambda sandbox: "tunnel")
+    assert run(0) == 1450
+    assert run(9000) == 9000
+    monkeypatch.setattr(routing, "recorded", lambda sandbox: "native")
+    assert run(0) == 1500
+    with pytest.raises(VelvetError, match="--mtu 100"):
+        run(100)
+    assert run(0) == 1500
 
 
 def test_plugin_imports_neither_agent_nor_datapath_nor_yaml() -> None:

@@ -44,15 +44,17 @@ def _write(path: Path, text: str, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def install(conf_dir: Path, bin_dir: Path, sandbox: str, network: str = "velvet") -> tuple[Path, Path]:
-    """Write `<bin_dir>/velvet-cni` and `<conf_dir>/10-<network>.conflist`; returns both paths."""
+def install(conf_dir: Path, bin_dir: Path, sandbox: str, network: str = "velvet",
+            mtu: int = DEFAULT_MTU) -> tuple[Path, Path]:
+    """Write `<bin_dir>/velvet-cni` and `<conf_dir>/10-<network>.conflist` (pods get `mtu`); returns both
+    paths."""
     try:
         conf_dir.mkdir(parents=True, exist_ok=True)
         bin_dir.mkdir(parents=True, exist_ok=True)
         plugin = bin_dir / PLUGIN_TYPE
         _write(plugin, plugin_script(sys.executable), 0o755)
         conf = conf_dir / f"10-{network}.conflist"
-        _write(conf, json.dumps(conflist(sandbox, network), indent=2) + "\n", 0o644)
+        _write(conf, json.dumps(conflist(sandbox, network, mtu), indent=2) + "\n", 0o644)
     except OSError as exc:
         raise VelvetError(f"cni install: {exc.filename or ''}: {exc.strerror}") from None
     return plugin, conf
