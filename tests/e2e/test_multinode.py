@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -225,6 +226,34 @@ def test_cluster_ip_reaches_a_backend_on_another_node(sb: Sandbox) -> None:
             reply = sb.query(f"mn/{client}", url)
             assert reply is not None, f"{client} -> {url}"
             assert reply.split()[0] == "echo-2"
+
+
+def query_per_packet(sb: Sandbox, pod: str, url: str) -> str | None:
+    """Ask an echo server from mn/`pod`'s network namespace but from outside its cgroup: the socket LB
+    (attached to the node's cgroup) does not see the connect, so a Service address meets the per-packet
+    LB of lxc_from_pod."""
+    node = NODES.index(pods_by_name(sb)[pod]["node"])
+    netns = node_config(sb.name, node).names.pod("mn", pod).netns
+    done = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "velvet.sandbox.echo",
+                           "--query", url, "--timeout", "2"], capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def check_cluster_ip_per_packet(sb: Sandbox) -> None:
+    """The far Service (its backend echo-2) answers TCP and UDP from the other nodes' pods without the
+    socket LB: lxc_from_pod translates, the packets cross nodes, lxc_to_pod reverses the translation."""
+    far = sb.json("get", "services", "far", "-n", "mn")
+    vip = (far["items"][0] if "items" in far else far)["spec"]["clusterIP"]
+    for client in ("echo-0", "echo-1"):
+        for url in (f"tcp://{vip}:80", f"udp://{vip}:53"):
+            reply = query_per_packet(sb, client, url)
+            assert reply is not None, f"{client} -> {url} without the socket LB"
+            assert reply.split()[0] == "echo-2"
+
+
+def test_cluster_ip_reaches_a_backend_on_another_node_without_the_socket_lb(sb: Sandbox) -> None:
+    """Test that the tc path of a ClusterIP reaches a backend on another node over TCP and UDP."""
+    check_cluster_ip_per_packet(sb)
 
 
 def restart_agent(sb: Sandbox, node: int) -> None:

@@ -25,6 +25,7 @@ from test_multinode import (
     CROSS_NODE_POLICIES,
     FAR_SERVICE,
     NODES,
+    check_cluster_ip_per_packet,
     eventually,
     manifests,
     on_node,
@@ -171,6 +172,12 @@ def test_cluster_ip_reaches_a_backend_on_another_node(sb: Sandbox) -> None:
             reply = sb.query(f"mn/{client}", url)
             assert reply is not None, f"{client} -> {url}"
             assert reply.split()[0] == "echo-2"
+
+
+def test_cluster_ip_reaches_a_backend_on_another_node_without_the_socket_lb(sb: Sandbox) -> None:
+    """Test that the tc path of a ClusterIP (lxc_from_pod's translation) reaches a backend on another
+    node through the tunnel, TCP and UDP."""
+    check_cluster_ip_per_packet(sb)
 
 
 def identities(sb: Sandbox) -> dict[str, int]:
