@@ -29,6 +29,7 @@ from test_multinode import eventually, label_identities, on_node_json, velvet_ro
 from velvet.api.client import ApiClient
 from velvet.errors import CommandFailed
 from velvet.paths import AgentPaths
+from velvet.sandbox import routing
 from velvet.sandbox.cleanup import find_leftovers, read_pid
 from velvet.sandbox.etcd import LAN_CLIENT_URL
 from velvet.sandbox.naming import SandboxNames, node_config
@@ -84,10 +85,11 @@ def manifests() -> str:
     return "\n---\n".join(doc.strip().removeprefix("---").strip() for doc in docs)
 
 
-@pytest.fixture(scope="module")
-def sb() -> Iterator[Sandbox]:
-    """The three-node sandbox with a0, a1, a2 ready; after the module, nothing of it may be left."""
-    with sandbox("ft", "--nodes", "3") as box:
+@pytest.fixture(scope="module", params=["native", "tunnel"])
+def sb(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """The three-node sandbox in each routing mode with a0, a1, a2 ready; after the module, nothing of
+    it may be left."""
+    with sandbox("ft", "--nodes", "3", "--routing", request.param) as box:
         box.apply(manifests())
         box.wait_ready(["ft/a0", "ft/a1", "ft/a2"])
         yield box
@@ -303,10 +305,14 @@ def test_added_node_joins_and_receives_everything(sb: Sandbox) -> None:
     eventually("every node listing velvet-node-3",
                lambda: all(node_names(sb, k) == everyone for k in range(4)),
                timeout=max(0.0, 10 - (time.monotonic() - joined)))
+    tunnel = routing.recorded(sb.name) == "tunnel"
+
+    def via(k: int) -> str:  # the next hop of Velvet's route to node k: its IP, or the VXLAN device
+        return "velvet_vxlan" if tunnel else f"192.168.77.{2 + k}"
     eventually("the old nodes routing to velvet-node-3",
-               lambda: all(velvet_routes(sb, k).get("10.244.3.0/24") == "192.168.77.5" for k in range(3)),
+               lambda: all(velvet_routes(sb, k).get("10.244.3.0/24") == via(3) for k in range(3)),
                timeout=max(0.0, 10 - (time.monotonic() - joined)))
-    assert velvet_routes(sb, 3) == {f"10.244.{k}.0/24": f"192.168.77.{2 + k}" for k in range(3)}
+    assert velvet_routes(sb, 3) == {f"10.244.{k}.0/24": via(k) for k in range(3)}
     ext = subprocess.run(["ip", "-n", SandboxNames(sb.name).ext_netns, "route", "show", "10.244.3.0/24"],
                          capture_output=True, text=True, check=True).stdout.split()
     assert ext[:3] == ["10.244.3.0/24", "via", "192.168.77.5"]  # the external client routes to it too
