@@ -255,6 +255,26 @@ def test_etcd_down_fails_writes_in_one_line_and_keeps_reads(etcd: Etcd, tmp_path
         store.close()
 
 
+def test_a_change_etcd_refuses_as_too_big_is_one_line_and_changes_nothing(etcd: Etcd, tmp_path: Path) -> None:
+    """Test that an apply of more objects than one etcd transaction may hold (this etcd keeps the default
+    --max-txn-ops, 128; the sandbox's etcd takes 65,536) fails in one line saying so, and nothing of it
+    is stored, in the store or in etcd."""
+    store = open_store(tmp_path)
+    try:
+        with pytest.raises(StoreError) as failure:
+            store.apply([service(f"s{i:03d}") for i in range(200)])
+        message = str(failure.value)
+        assert "\n" not in message
+        assert "apply fewer objects at once (nothing was changed)" in message
+        assert store.find("Service", "default", "s000") is None
+        _, stored = EtcdClient(URL).range_prefix("/velvet/registry/")
+        assert not [kv for kv in stored if "/Service/" in kv.key]
+        store.apply([service(f"s{i:03d}") for i in range(100)])
+        assert store.find("Service", "default", "s099") is not None
+    finally:
+        store.close()
+
+
 def test_the_store_starts_on_etcd_it_waits_for(tmp_path: Path) -> None:
     """Test that a store whose etcd never answers fails to open with one line naming the endpoint."""
     backend = EtcdBackend(EtcdClient("http://127.0.0.1:9", timeout=0.5), open_timeout=1)

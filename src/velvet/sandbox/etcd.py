@@ -21,6 +21,8 @@ PEER_URL = "http://127.0.0.1:2380"
 LAN_CLIENT_URL = f"http://{ETCD_IP}:2379"
 LAN_PEER_URL = f"http://{ETCD_IP}:2380"
 MEMBER = "velvet"
+MAX_TXN_OPS = 65536  # etcd's default, 128, is less than one apply of 64 Services with their slices
+MAX_REQUEST_BYTES = 64 << 20  # etcd's default is 1.5 MiB; the agent takes 32 MiB requests (base64 grows)
 
 
 def etcd_binary() -> str:
@@ -42,11 +44,13 @@ def cgroup(names: SandboxNames) -> Path:
 
 
 def argv(names: SandboxNames, client_url: str = CLIENT_URL, peer_url: str = PEER_URL) -> list[str]:
-    """The etcd command line of one single-member cluster listening on `client_url` and `peer_url`."""
+    """The etcd command line of one single-member cluster listening on `client_url` and `peer_url`, taking
+    an apply of every object the agent's API accepts in one transaction (`velvet apply` is all-or-nothing)."""
     return [etcd_binary(), "--name", MEMBER, "--data-dir", str(data_dir(names)),
             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
             "--initial-cluster", f"{MEMBER}={peer_url}", "--initial-cluster-state", "new",
+            "--max-txn-ops", str(MAX_TXN_OPS), "--max-request-bytes", str(MAX_REQUEST_BYTES),
             "--log-level", "warn"]
 
 

@@ -137,6 +137,10 @@ class EtcdBackend:
             raise Unconfirmed(f"{err} (etcd did not confirm the change: it may still be applied when etcd "
                               "answers)") from err
         except EtcdError as err:
+            if "too many operations" in str(err) or "request is too large" in str(err):
+                raise EtcdStorageError(f"etcd at {self.client.endpoint} refused one transaction of "
+                                       f"{len(ops)} operations (its --max-txn-ops / --max-request-bytes): "
+                                       "apply fewer objects at once (nothing was changed)") from err
             raise EtcdStorageError(f"{err} (nothing was changed)") from err
         if not ok:
             raise Conflict(current)
