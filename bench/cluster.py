@@ -1,7 +1,7 @@
 """A cluster of sandbox nodes against plain routing, in one run: cross-node traffic, convergence, identities.
 
-    .venv/bin/python -m bench.cluster [--routing native,tunnel] [--connects 2000] [--mib 512]
-                                      [--services 1000] [--identities 500]
+    .venv/bin/python -m bench.cluster [--routing native,tunnel] [--rounds 5] [--connects 1000]
+                                      [--mib 256] [--services 1000] [--identities 500]
 
 Peers, each a client pod on one node and a server pod (probe.py serve) on another:
 
@@ -11,11 +11,13 @@ Peers, each a client pod on one node and a server pod (probe.py serve) on anothe
 - *velvet-native*, *velvet-tunnel*: `velvet sandbox up --store etcd --nodes 3 --routing MODE`, the client
   pod pinned to node 0, the server to node 1 (spec.nodeName).
 
-Measured per peer (the client on CPU 0, the server on CPU 1): connect() latency to the server pod's IP,
-1-byte request/response rate, bulk TCP throughput; and, on the 3-node native sandbox, the convergence of
-`--services` services (apply on node 0 until every node's pinned lb4_services map holds the last one)
-and the identity allocation rate against the sandbox's etcd (sequential, then three nodes racing for the
-same label sets; every node must get the same numbers). Prints one JSON document; ratios are to routed.
+Measured per peer (the client on CPU 0, the server on CPU 1), in `--rounds` rounds with the peers
+interleaved and their order rotated, each round's value reported and the median over rounds compared:
+median connect() latency to the server pod's IP, 1-byte request/response rate, bulk TCP throughput.
+On the 3-node native sandbox also: the convergence of `--services` services (apply on node 0 until
+every node's pinned lb4_services map holds the last one) and the identity allocation rate against the
+sandbox's etcd (sequential, then three nodes racing for the same label sets; every node must get the
+same numbers). Prints one JSON document; ratios are to routed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import base64
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,14 +51,15 @@ BENCH_PREFIX = "/velvet-bench/identities/"
 # -- traffic -------------------------------------------------------------------------------------------
 
 
-def traffic(client: list[str], target: str, connects: int, mib: int) -> dict[str, Any]:
-    """Connect latency, request/response rate and bulk throughput from `client` (an argv prefix)."""
+def traffic(client: list[str], target: str, connects: int, mib: int) -> dict[str, float]:
+    """One round: median connect() latency (µs), request/response rate (1/s) and bulk throughput (Gbit/s)
+    from `client` (an argv prefix)."""
     def probe(*args: str) -> dict[str, Any]:
         return dict(json.loads(sh(*client, "taskset", "-c", str(CLIENT_CPU), sys.executable, PROBE, *args)))
     probe("connect", target, "--count", "200")  # warm-up: neighbours, conntrack, caches
-    return {"connect_us": probe("connect", target, "--count", str(connects)),
-            "rr": probe("rr", target, "--seconds", "3"),
-            "bulk": probe("bulk", target, "--mib", str(mib))}
+    return {"connect_us": float(probe("connect", target, "--count", str(connects))["median"]),
+            "rr_per_s": float(probe("rr", target, "--seconds", "1")["per_s"]),
+            "bulk_gbit": float(probe("bulk", target, "--mib", str(mib))["per_s"])}
 
 
 class Routed:
@@ -102,7 +106,7 @@ class Routed:
              "serve", "--ports", str(PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
 
-    def measure(self, connects: int, mib: int) -> dict[str, Any]:
+    def measure(self, connects: int, mib: int) -> dict[str, float]:
         """Traffic from pod 0 to pod 1's server."""
         return traffic(["ip", "netns", "exec", self.pods[0]], f"10.245.1.10:{PORT}", connects, mib)
 
@@ -152,7 +156,7 @@ class Cluster:
         self.sb.apply(pods_yaml())
         self.server_ip = self.sb.wait_ready([f"{NS}/srv", f"{NS}/cli"], timeout=180)[f"{NS}/srv"]
 
-    def measure(self, connects: int, mib: int) -> dict[str, Any]:
+    def measure(self, connects: int, mib: int) -> dict[str, float]:
         """Traffic from the client pod (node 0) to the server pod (node 1)."""
         return traffic(self.sb.argv("sandbox", "exec", f"{NS}/cli", "--"), f"{self.server_ip}:{PORT}",
                        connects, mib)
@@ -266,8 +270,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("command", nargs="?", default="run", choices=["run", "identities"])
     parser.add_argument("--routing", default="native,tunnel")
-    parser.add_argument("--connects", type=int, default=2000)
-    parser.add_argument("--mib", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connects", type=int, default=1000)
+    parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--identities", type=int, default=500)
     parser.add_argument("--endpoint", default="")
@@ -277,29 +282,31 @@ def main() -> None:
         print(json.dumps(identity_rate(args.endpoint, args.count)))
         return
     machine = {"cpus": os.cpu_count(), "kernel": os.uname().release}
-    report: dict[str, Any] = {"traffic": {}, "machine": machine}
     routed = Routed(unique_name("cl"))
+    clusters = {f"velvet-{mode}": Cluster(mode) for mode in args.routing.split(",") if mode}
+    peers: dict[str, Routed | Cluster] = {"routed": routed, **clusters}
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in peers}
+    report: dict[str, Any] = {"machine": machine, "rounds": args.rounds}
     try:
-        routed.create()
-        report["traffic"]["routed"] = routed.measure(args.connects, args.mib)
+        for peer in peers.values():
+            peer.create()
+        for r in range(args.rounds):  # interleaved, the order rotated every round
+            names = list(peers)[r % len(peers):] + list(peers)[:r % len(peers)]
+            for name in names:
+                rounds[name].append(peers[name].measure(args.connects, args.mib))
+        native = clusters.get("velvet-native")
+        if native is not None:
+            report["convergence"] = native.convergence(args.services)
+            report["identities"] = native.identities(args.identities)
     finally:
-        routed.remove()
-    for mode in [m for m in args.routing.split(",") if m]:
-        cluster = Cluster(mode)
-        try:
-            cluster.create()
-            report["traffic"][f"velvet-{mode}"] = cluster.measure(args.connects, args.mib)
-            if mode == "native":
-                report["convergence"] = cluster.convergence(args.services)
-                report["identities"] = cluster.identities(args.identities)
-        finally:
-            cluster.remove()
+        for peer in peers.values():
+            peer.remove()
+    report["traffic"] = {name: {metric: statistics.median(row[metric] for row in rows) for metric in rows[0]}
+                         for name, rows in rounds.items()}
+    report["traffic_rounds"] = rounds
     base = report["traffic"]["routed"]
-    report["ratios_to_routed"] = {
-        peer: {"connect_median": ratio(row["connect_us"]["median"], base["connect_us"]["median"]),
-               "rr_rate": ratio(row["rr"]["per_s"], base["rr"]["per_s"]),
-               "bulk_gbit": ratio(row["bulk"]["per_s"], base["bulk"]["per_s"])}
-        for peer, row in report["traffic"].items()}
+    report["ratios_to_routed"] = {name: {metric: ratio(value, base[metric]) for metric, value in row.items()}
+                                  for name, row in report["traffic"].items()}
     print(json.dumps(report, indent=2))
 
 
