@@ -127,6 +127,12 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `velvet observe` and `velvet monitor`."""
+    add_observe_parser(subparsers)
+    add_monitor_parser(subparsers)
+
+
 def add_observe_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `velvet observe`."""
     p = subparsers.add_parser(

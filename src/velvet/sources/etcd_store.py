@@ -104,6 +104,7 @@ class EtcdBackend:
         self._queue: list[Batch] = []
         self._queued_version = 0  # store version of the newest batch queued (or listed at open)
         self._revision = 0  # etcd revision the follower has seen up to
+        self._own: set[int] = set()  # revisions this backend committed, until the watch passed them
         self._connected = False
         self._error = ""
         self._stop = threading.Event()
@@ -144,6 +145,8 @@ class EtcdBackend:
             raise EtcdStorageError(f"{err} (nothing was changed)") from err
         if not ok:
             raise Conflict(current)
+        with self._lock:
+            self._own.add(revision)
         return revision
 
     def committed(self, version: int, snapshot: Callable[[], list[KubeObject]]) -> None:
@@ -236,16 +239,23 @@ class EtcdBackend:
             delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     def _batch(self, events: Sequence[Event]) -> Batch:
+        """The store's changes in `events`; this backend's own writes are not decoded again (the store
+        applied them when it committed, and skips them by revision)."""
         changes: list[tuple[Key, KubeObject | None]] = []
         version = self._queued_version
+        with self._lock:
+            own = set(self._own)
         for event in events:
             if event.kv.key == self.prefix + HEAD:
                 version = event.kv.mod_revision
                 continue
             key = store_key(self.prefix, event.kv.key)
-            if key is None:
+            if key is None or event.kv.mod_revision in own:
                 continue
             changes.append((key, None if event.kind == "DELETE" else decode(event.kv)))
+        if events:
+            with self._lock:
+                self._own = {r for r in self._own if r > events[-1].kv.mod_revision}
         return Batch(version, changes)
 
     def _queue_batch(self, revision: int, batch: Batch) -> None:
