@@ -109,10 +109,11 @@ def test_status_shows_programs_on_every_veth_and_the_cgroup(sb: Sandbox, ips: di
     assert {p["id"] for p in programs.values() if p["attached_to"]} <= kernel_ids
 
 
-# A TCP client in a pod: one echo round trip, "connected", then one round trip per line of stdin.
+# A TCP client in a pod (argv: host [port, 8080]): one echo round trip, "connected", then one round
+# trip per line of stdin.
 STREAM_CLIENT = """
 import socket, sys
-s = socket.create_connection((sys.argv[1], 8080), timeout=5)
+s = socket.create_connection((sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 8080), timeout=5)
 f = s.makefile("rw")
 def round_trip(i):
     f.write("x\\n"); f.flush()

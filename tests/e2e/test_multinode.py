@@ -216,16 +216,21 @@ def test_pods_talk_tcp_and_udp_across_nodes(sb: Sandbox) -> None:
                 assert source.split(":")[0] == pods[f"echo-{i}"]["ip"]
 
 
-def test_cluster_ip_reaches_a_backend_on_another_node(sb: Sandbox) -> None:
-    """Test that a ClusterIP Service whose only backend runs on another node answers over TCP and UDP
-    from pods on both other nodes."""
+def check_far_service(sb: Sandbox, query: Callable[[str, str], str | None], how: str) -> None:
+    """The far Service (its backend echo-2) answers TCP and UDP from the other nodes' pods, each asked
+    through `query(pod, url)`."""
     far = sb.json("get", "services", "far", "-n", "mn")
     vip = (far["items"][0] if "items" in far else far)["spec"]["clusterIP"]
     for client in ("echo-0", "echo-1"):
         for url in (f"tcp://{vip}:80", f"udp://{vip}:53"):
-            reply = sb.query(f"mn/{client}", url)
-            assert reply is not None, f"{client} -> {url}"
+            reply = query(client, url)
+            assert reply is not None, f"{client} -> {url} {how}"
             assert reply.split()[0] == "echo-2"
+
+
+def check_cluster_ip(sb: Sandbox) -> None:
+    """The far Service answers pods through the socket LB (the connect is translated)."""
+    check_far_service(sb, lambda pod, url: sb.query(f"mn/{pod}", url), "through the socket LB")
 
 
 def query_per_packet(sb: Sandbox, pod: str, url: str) -> str | None:
@@ -240,15 +245,15 @@ def query_per_packet(sb: Sandbox, pod: str, url: str) -> str | None:
 
 
 def check_cluster_ip_per_packet(sb: Sandbox) -> None:
-    """The far Service (its backend echo-2) answers TCP and UDP from the other nodes' pods without the
-    socket LB: lxc_from_pod translates, the packets cross nodes, lxc_to_pod reverses the translation."""
-    far = sb.json("get", "services", "far", "-n", "mn")
-    vip = (far["items"][0] if "items" in far else far)["spec"]["clusterIP"]
-    for client in ("echo-0", "echo-1"):
-        for url in (f"tcp://{vip}:80", f"udp://{vip}:53"):
-            reply = query_per_packet(sb, client, url)
-            assert reply is not None, f"{client} -> {url} without the socket LB"
-            assert reply.split()[0] == "echo-2"
+    """The far Service answers without the socket LB: lxc_from_pod translates, the packets cross nodes,
+    lxc_to_pod reverses the translation."""
+    check_far_service(sb, lambda pod, url: query_per_packet(sb, pod, url), "without the socket LB")
+
+
+def test_cluster_ip_reaches_a_backend_on_another_node(sb: Sandbox) -> None:
+    """Test that a ClusterIP Service whose only backend runs on another node answers over TCP and UDP
+    from pods on both other nodes."""
+    check_cluster_ip(sb)
 
 
 def test_cluster_ip_reaches_a_backend_on_another_node_without_the_socket_lb(sb: Sandbox) -> None:

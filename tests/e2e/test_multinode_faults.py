@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from harness import Sandbox, echo_pod, namespace, sandbox
-from test_foundation import next_line, stdout_lines
+from test_foundation import STREAM_CLIENT, next_line, stdout_lines
 from test_multinode import eventually, label_identities, on_node_json, velvet_routes
 
 from velvet.api.client import ApiClient
@@ -54,20 +54,6 @@ metadata: {name: %s, namespace: ft}
 spec:
   selector: {app: %s}
   ports: [{port: 80, targetPort: 8080}]
-"""
-# A long-lived TCP connection: one line there and back per line on stdin, "ok N" after each.
-STREAM_CLIENT = """
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-f = s.makefile("rw")
-def round_trip(i):
-    f.write("x\\n"); f.flush()
-    if not f.readline(): sys.exit(f"broken at round trip {i}")
-round_trip(0)
-print("connected", flush=True)
-for i, _ in enumerate(sys.stdin, 1):
-    round_trip(i)
-    print("ok", i, flush=True)
 """
 
 

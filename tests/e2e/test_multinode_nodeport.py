@@ -14,13 +14,14 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 import yaml
 from harness import Sandbox, echo_pod, namespace, sandbox
+from test_multinode import eventually as poll_until
 
 from velvet.datapath.structs import DropReason, SnatDir
 from velvet.paths import AgentPaths
@@ -87,12 +88,7 @@ def on_node_json(sb: Sandbox, node: int, *args: str) -> Any:
     return json.loads(done.stdout)
 
 
-def eventually(what: str, ok: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Poll `ok` until true; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while not ok():
-        assert time.monotonic() < deadline, f"{what} not within {timeout:.0f} s"
-        time.sleep(0.3)
+eventually = partial(poll_until, timeout=30.0)  # this module's changes take up to 30 s
 
 
 def node_ports(sb: Sandbox, name: str) -> tuple[int, int]:

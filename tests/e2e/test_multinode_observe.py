@@ -14,12 +14,14 @@ import queue
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 import yaml
 from harness import Sandbox, echo_pod, namespace, sandbox
+from test_multinode import eventually as poll_until
 
 pytestmark = pytest.mark.privileged
 
@@ -61,12 +63,7 @@ def ips(sb: Sandbox) -> dict[str, str]:
     return {p["metadata"]["name"]: p["status"]["podIP"] for p in sb.pods("obs")}
 
 
-def eventually(what: str, ok: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Poll `ok` until true; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while not ok():
-        assert time.monotonic() < deadline, f"{what} not within {timeout:.0f} s"
-        time.sleep(0.3)
+eventually = partial(poll_until, timeout=20.0)  # this module's changes take up to 20 s
 
 
 def observe(sb: Sandbox, *args: str) -> list[dict[str, Any]]:

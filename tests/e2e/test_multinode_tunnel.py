@@ -25,6 +25,7 @@ from test_multinode import (
     CROSS_NODE_POLICIES,
     FAR_SERVICE,
     NODES,
+    check_cluster_ip,
     check_cluster_ip_per_packet,
     eventually,
     manifests,
@@ -165,13 +166,7 @@ def test_bulk_tcp_crosses_the_tunnel(sb: Sandbox) -> None:
 def test_cluster_ip_reaches_a_backend_on_another_node(sb: Sandbox) -> None:
     """Test that a ClusterIP Service whose only backend runs on another node answers over TCP and UDP
     from pods on both other nodes."""
-    far = sb.json("get", "services", "far", "-n", "mn")
-    vip = (far["items"][0] if "items" in far else far)["spec"]["clusterIP"]
-    for client in ("echo-0", "echo-1"):
-        for url in (f"tcp://{vip}:80", f"udp://{vip}:53"):
-            reply = sb.query(f"mn/{client}", url)
-            assert reply is not None, f"{client} -> {url}"
-            assert reply.split()[0] == "echo-2"
+    check_cluster_ip(sb)
 
 
 def test_cluster_ip_reaches_a_backend_on_another_node_without_the_socket_lb(sb: Sandbox) -> None:
