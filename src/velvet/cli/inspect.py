@@ -98,13 +98,19 @@ def cmd_policy_get(args: argparse.Namespace) -> int:
 def _enforced_where(api: ApiClient, answer: dict[str, Any], query: dict[str, Any]) -> dict[str, Any]:
     """Each direction as the node that enforces it decides: egress on the source pod's node, ingress
     on the destination's (the answering node knows only its own endpoints' side)."""
+    asked: dict[str, dict[str, Any] | None] = {}  # node -> its trace; None: not registered
     for direction, node in (("egress", answer.get("from_node")), ("ingress", answer.get("to_node"))):
-        if node and node != answer.get("node"):
+        if not node or node == answer.get("node"):
+            continue
+        if node not in asked:  # both pods on one other node: that node is asked once
             try:
-                there = node_client(api, node).get("/v1/query/trace", **query)[direction]
+                asked[node] = node_client(api, node).get("/v1/query/trace", **query)
             except NotFound:  # a pod bound to a node that left: nothing enforces its side
-                there = {"allowed": True, "policies": [], "reason": f"node {node} is not registered"}
-            answer[direction] = {**there, "reason": f"{there['reason']}, on {node}"}
+                asked[node] = None
+        found = asked[node]
+        there = found[direction] if found is not None else {
+            "allowed": True, "policies": [], "reason": f"node {node} is not registered"}
+        answer[direction] = {**there, "reason": f"{there['reason']}, on {node}"}
     both = answer["egress"]["allowed"] and answer["ingress"]["allowed"]
     return {**answer, "verdict": "ALLOWED" if both else "DENIED"}
 
