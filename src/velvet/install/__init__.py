@@ -1,0 +1,1 @@
+"""Installing Velvet on a Kubernetes cluster: the agent's manifests, rendered with install options."""
