@@ -199,7 +199,8 @@ def test_render_applies_every_option(capsys: pytest.CaptureFixture[str]) -> None
     still validates (a new namespace comes first, labelled for privileged pods)."""
     image = "registry.example:5000/velvet/agent:1.2@sha256:" + "a" * 64
     assert main(["install", "--render", "--routing", "tunnel", "--pod-cidr-pool", "10.32.0.0/12",
-                 "--policy-audit-mode", "--image", image, "--namespace", "velvet-system"]) == 0
+                 "--policy-audit-mode", "--uplink", "ens5", "--api-server-host", "api.example",
+                 "--image", image, "--namespace", "velvet-system"]) == 0
     objects = [doc for doc in yaml.safe_load_all(capsys.readouterr().out) if doc]
     assert strict_errors(objects) == []
     assert objects[0] == {"apiVersion": "v1", "kind": "Namespace", "metadata": {
@@ -208,7 +209,8 @@ def test_render_applies_every_option(capsys: pytest.CaptureFixture[str]) -> None
     config = find(objects, "ConfigMap", "velvet-config")
     assert config["data"] | {} == {**find(kustomize(), "ConfigMap", "velvet-config")["data"],
                                    "routing": "tunnel", "pod-cidr-pool": "10.32.0.0/12",
-                                   "policy-audit-mode": "true"}
+                                   "policy-audit-mode": "true", "uplink": "ens5",
+                                   "api-server-host": "api.example", "api-server-port": "6443"}
     pod = find(objects, "DaemonSet", "velvet")["spec"]["template"]["spec"]
     assert {c["image"] for c in pod["initContainers"] + pod["containers"]} == {image}
     assert {o["metadata"].get("namespace") for o in objects if o["kind"] in
@@ -221,6 +223,14 @@ def test_render_applies_every_option(capsys: pytest.CaptureFixture[str]) -> None
     (["--pod-cidr-pool", "10.244.0.1/16"], "--pod-cidr-pool '10.244.0.1/16': 10.244.0.1/16 has host bits"),
     (["--pod-cidr-pool", "fd00::/64"], "--pod-cidr-pool 'fd00::/64': expected an IPv4 CIDR such as 10.24"),
     (["--pod-cidr-pool", "10.244.0.0"], "--pod-cidr-pool '10.244.0.0': expected an IPv4 CIDR"),
+    (["--uplink", "eth0/1"], "--uplink 'eth0/1': not an interface name"),
+    (["--uplink", "a-very-long-ifname"], "--uplink 'a-very-long-ifname': not an interface name"),
+    (["--api-server-host", "api_server"], "--api-server-host 'api_server': expected an IP address or a DNS"),
+    (["--api-server-port", "6443"], "--api-server-port needs --api-server-host"),
+    (["--api-server-host", "10.0.0.1", "--api-server-port", "https"],
+     "--api-server-port 'https': expected a port, 1-65535"),
+    (["--api-server-host", "api.example", "--api-server-port", "65536"],
+     "--api-server-port '65536': expected a port, 1-65535"),
     (["--image", "Velvet Agent"], "--image 'Velvet Agent': not an image reference"),
     (["--namespace", "Kube_System"], "--namespace 'Kube_System': not a namespace name"),
 ])

@@ -85,13 +85,18 @@ def test_the_agent_gets_the_default_config_as_flags(tmp_path: Path) -> None:
 
 
 def test_rendered_options_reach_the_agent(tmp_path: Path) -> None:
-    """Test that --routing tunnel and --policy-audit-mode, and an uplink set in velvet-config, become the
-    agent's flags."""
-    objects = render(InstallOptions(routing="tunnel", policy_audit_mode=True))
-    done, argv = run_agent_script(objects, tmp_path, UPLINK="eth0")
+    """Test that --routing tunnel, --policy-audit-mode and --uplink become the agent's flags, and
+    --api-server-host/--api-server-port the service address its in-cluster config reads."""
+    objects = render(InstallOptions(routing="tunnel", policy_audit_mode=True, uplink="eth0",
+                                    api_server_host="10.0.0.1", api_server_port="443"))
+    done, argv = run_agent_script(objects, tmp_path)
     assert done.returncode == 0, done.stderr
     args, _ = build_parser("agent").parse_known_args(argv)
     assert (args.routing, args.policy_audit_mode, args.uplink) == ("tunnel", True, "eth0")
+    (agent,) = pod_spec(objects)["containers"]
+    env = container_env(agent, objects)
+    assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == ("10.0.0.1", "443")
+    assert "KUBERNETES_SERVICE_HOST" not in container_env(agent, kustomize())
 
 
 def test_turning_kube_proxy_replacement_off_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -23,6 +23,9 @@ CONFIG_MAP = "velvet-config"
 DAEMON_SET = "velvet"
 ROUTING_MODES = ("native", "tunnel")
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
+_INTERFACE = re.compile(r"[^/:\s]{1,15}")
+DEFAULT_API_SERVER_PORT = "6443"
 _PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _IMAGE = re.compile(rf"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
                     r"(?::\w[\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
@@ -42,6 +45,9 @@ class InstallOptions:
     routing: str | None = None
     pod_cidr_pool: str | None = None
     policy_audit_mode: bool = False
+    uplink: str | None = None
+    api_server_host: str | None = None
+    api_server_port: str | None = None
     image: str | None = None
     namespace: str = DEFAULT_NAMESPACE
 
@@ -50,19 +56,44 @@ class InstallOptions:
         if self.routing is not None and self.routing not in ROUTING_MODES:
             raise InstallOptionError(f"--routing {self.routing!r}: expected native or tunnel")
         if self.pod_cidr_pool is not None:
-            try:
-                pool = ipaddress.ip_network(self.pod_cidr_pool, strict=True)
-            except ValueError as exc:
-                raise InstallOptionError(f"--pod-cidr-pool {self.pod_cidr_pool!r}: {exc}") from None
-            if pool.version != 4 or "/" not in self.pod_cidr_pool:
-                raise InstallOptionError(f"--pod-cidr-pool {self.pod_cidr_pool!r}: expected an IPv4 CIDR "
-                                         "such as 10.244.0.0/16")
+            _check_pool(self.pod_cidr_pool)
+        if self.uplink is not None and (not _INTERFACE.fullmatch(self.uplink) or self.uplink in (".", "..")):
+            raise InstallOptionError(f"--uplink {self.uplink!r}: not an interface name (1-15 characters, "
+                                     "no '/', ':' or blanks)")
+        if self.api_server_host is not None and not _is_host(self.api_server_host):
+            raise InstallOptionError(f"--api-server-host {self.api_server_host!r}: expected an IP address or "
+                                     "a DNS name")
+        if self.api_server_port is not None:
+            if self.api_server_host is None:
+                raise InstallOptionError("--api-server-port needs --api-server-host")
+            port = self.api_server_port
+            if not (re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535):
+                raise InstallOptionError(f"--api-server-port {port!r}: expected a port, 1-65535")
         if self.image is not None and not _IMAGE.fullmatch(self.image):
             raise InstallOptionError(f"--image {self.image!r}: not an image reference "
                                      "([registry/]name[:tag][@sha256:digest])")
         if not _NAMESPACE.fullmatch(self.namespace):
             raise InstallOptionError(f"--namespace {self.namespace!r}: not a namespace name (1-63 characters "
                                      "of [a-z0-9-], starting and ending with a letter or digit)")
+
+
+def _check_pool(text: str) -> None:
+    """Refuse a pod CIDR pool that is not an IPv4 network with its prefix length."""
+    try:
+        pool = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise InstallOptionError(f"--pod-cidr-pool {text!r}: {exc}") from None
+    if pool.version != 4 or "/" not in text:
+        raise InstallOptionError(f"--pod-cidr-pool {text!r}: expected an IPv4 CIDR such as 10.244.0.0/16")
+
+
+def _is_host(text: str) -> bool:
+    """Whether `text` is an IP address or a DNS name (RFC 1123)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return len(text) <= 253 and _DNS_NAME.fullmatch(text) is not None
+    return True
 
 
 def load_manifests() -> list[Manifest]:
@@ -91,6 +122,11 @@ def render(options: InstallOptions) -> list[Manifest]:
         config["pod-cidr-pool"] = options.pod_cidr_pool
     if options.policy_audit_mode:
         config["policy-audit-mode"] = "true"
+    if options.uplink is not None:
+        config["uplink"] = options.uplink
+    if options.api_server_host is not None:
+        config["api-server-host"] = options.api_server_host
+        config["api-server-port"] = options.api_server_port or DEFAULT_API_SERVER_PORT
     if options.image is not None:
         pod = _find(objects, "DaemonSet", DAEMON_SET)["spec"]["template"]["spec"]
         for container in (*pod.get("initContainers", ()), *pod["containers"]):
