@@ -151,9 +151,21 @@ def _move_to(objects: list[Manifest], namespace: str) -> None:
                                       "pod-security.kubernetes.io/enforce": "privileged"}}})
 
 
+class _Dumper(yaml.SafeDumper):
+    """YAML as the manifests are written: multi-line strings (the containers' scripts) as literal blocks."""
+
+
+def _string(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    """A string node; a literal block (|) when it spans lines."""
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None)
+
+
+_Dumper.add_representer(str, _string)
+
+
 def to_yaml(objects: list[Manifest]) -> str:
     """The objects as one multi-document YAML stream, for `kubectl apply -f -`."""
-    return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False)
+    return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
 
 
 def rbac_rules(objects: list[Manifest]) -> set[tuple[str, str, str]]:
