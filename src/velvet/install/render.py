@@ -152,7 +152,12 @@ def _move_to(objects: list[Manifest], namespace: str) -> None:
 
 
 class _Dumper(yaml.SafeDumper):
-    """YAML as the manifests are written: multi-line strings (the containers' scripts) as literal blocks."""
+    """YAML as the manifests are written: multi-line strings (the containers' scripts) as literal blocks,
+    and a value used twice (the probes' command) written out twice rather than as an alias."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        """Never emit anchors and aliases."""
+        return True
 
 
 def _string(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
