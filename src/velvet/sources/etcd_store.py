@@ -84,11 +84,13 @@ def encode(obj: KubeObject) -> bytes:
 def decode(kv: KeyValue) -> KubeObject | None:
     """The object under `kv`, its mod revision as resourceVersion; None (logged) when it does not decode."""
     try:
-        obj = from_dict(orjson.loads(kv.value), path=kv.key, document=1, trusted=True)
+        doc = orjson.loads(kv.value)
+        if isinstance(doc, dict) and isinstance(doc.get("metadata"), dict):
+            doc["metadata"]["resourceVersion"] = str(kv.mod_revision)  # read as the stored one is
+        return from_dict(doc, path=kv.key, document=1, trusted=True)
     except Exception as err:  # a bad value written by someone else must not stop the agent
         log.warning("etcd key %s: cannot decode the object (%s); left out", kv.key, err)
         return None
-    return replace(obj, metadata=replace(obj.metadata, resource_version=kv.mod_revision))
 
 
 class EtcdBackend:

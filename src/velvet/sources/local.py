@@ -499,9 +499,10 @@ class LocalStore:
         # a backend numbering versions itself (etcd: the revision) stamps every object of the change, even
         # when its number happens to equal the store's count (other keys moved etcd's revision on)
         if self._backend.own_versions:
-            changes = [(key, old, None if obj is None else _stamped(obj, version))
-                       for key, old, obj in changes]
-            txn.deltas = [replace(d, obj=_stamped(d.obj, version)) for d in txn.deltas]
+            stamped = {id(obj): _stamped(obj, version) for _, _, obj in changes if obj is not None}
+            changes = [(key, old, None if obj is None else stamped[id(obj)]) for key, old, obj in changes]
+            txn.deltas = [replace(d, obj=stamped.get(id(d.obj)) or _stamped(d.obj, version))
+                          for d in txn.deltas]
         for key, old, obj in changes:
             self._index.put(key, obj)
             if key[0] == "Service":

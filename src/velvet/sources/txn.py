@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 from velvet.model import KubeObject
 from velvet.sources.delta import Delta
@@ -75,10 +76,10 @@ class Txn:
             return self.base.position(key)
         return self._new.get(key, sys.maxsize)
 
-    def put(self, obj: KubeObject) -> KubeObject:
-        """Store `obj` with the next resourceVersion; the stored object."""
+    def put(self, obj: KubeObject, **metadata: Any) -> KubeObject:
+        """Store `obj` with the next resourceVersion (and `metadata` fields changed); the stored object."""
         self.version += 1
-        stored = replace(obj, metadata=replace(obj.metadata, resource_version=self.version))
+        stored = replace(obj, metadata=replace(obj.metadata, resource_version=self.version, **metadata))
         key = key_of(stored)
         if key not in self.base.objects and key not in self._new:
             self._new[key] = self.base.next_position + len(self._new)
@@ -88,8 +89,7 @@ class Txn:
 
     def create(self, obj: KubeObject) -> KubeObject:
         """Store a new object with a fresh uid and creationTimestamp."""
-        meta = replace(obj.metadata, uid=str(uuid.uuid4()), creation_timestamp=format_time(self.now))
-        return self.put(replace(obj, metadata=meta))
+        return self.put(obj, uid=str(uuid.uuid4()), creation_timestamp=format_time(self.now))
 
     def remove(self, key: Key) -> None:
         """Remove the object under `key` (which must exist)."""
