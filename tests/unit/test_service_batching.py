@@ -79,3 +79,30 @@ def test_a_pass_that_deletes_and_adds_ends_as_one_by_one(tmp_path: Path) -> None
     fronts = {(k.address, k.dport) for k in dp.tables["lb4_services"] if not k.backend_slot}
     assert len(fronts) == 20
     assert {port for _, port in fronts} == {81}
+
+
+class CountingCache:
+    """The store as the service controller reads it, counting whole-kind listings."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.listings = 0
+
+    def objects(self, kind: str) -> Any:
+        self.listings += 1
+        return self.store.objects(kind)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_a_pass_over_one_service_lists_no_kind(tmp_path: Path) -> None:
+    """Test that recompiling one service among 300 reads its own objects, never a whole kind."""
+    agent, dp = agent_with(tmp_path)
+    apply_and_reconcile(agent, services(range(300)))
+    cache = CountingCache(agent.store)
+    agent.services.cache = cache
+    agent.apply([{"path": "one.yaml", "text": services([300])}])
+    agent.reconcile(Dirty({"default/s300"}))
+    assert cache.listings == 0
+    assert len([k for k in dp.tables["lb4_services"] if not k.backend_slot]) == 301

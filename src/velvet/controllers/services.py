@@ -57,15 +57,14 @@ class ServiceController:
         pass; a change that deletes anything (an id it frees may be taken by the next one) is written
         on its own, after those before it, so the maps go through the same safe states as one by one.
         """
-        slices = self._slices_by_service()
         failed: set[str] = set()
         held: list[tuple[str, LbDelta]] = []  # add-only changes not written yet
         for key in sorted(keys):
             namespace, name = key.split("/", 1)
             service = self.cache.find("Service", namespace, name)
+            slices = self.cache.slices_of(namespace, name)  # from the index: a pass costs what it touches
             try:
-                delta = self.compiler.update(service if isinstance(service, Service) else None,
-                                             slices.get(key, []), key)
+                delta = self.compiler.update(service if isinstance(service, Service) else None, slices, key)
             except VelvetError:
                 log.exception("service %s not programmed; retried on the next change", key)
                 failed.add(key)

@@ -29,6 +29,7 @@ from velvet.durable import StorageError
 from velvet.errors import InvalidManifest, VelvetError
 from velvet.model import (
     NAME_LABEL,
+    EndpointSlice,
     KubeObject,
     Namespace,
     ObjectMeta,
@@ -222,6 +223,13 @@ class LocalStore:
         info = _resolve(kind)
         self._catch_up()
         return self._index.objects.get((info.kind, namespace if info.namespaced else "", name))
+
+    def slices_of(self, namespace: str, service: str) -> list[EndpointSlice]:
+        """The EndpointSlices of one service by name, from the index (see `ObjectCache`)."""
+        self._catch_up()
+        slices = self._index.of_kind("EndpointSlice", namespace)
+        return [eps for name in sorted(self._index.slices_of(namespace, service))
+                if isinstance(eps := slices[name], EndpointSlice)]
 
     def snapshot(self) -> list[KubeObject]:
         """Every object, namespaces first then by kind, namespace and name (the initial list of a watch)."""
