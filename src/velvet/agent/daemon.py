@@ -66,8 +66,10 @@ async def reconcile_loop(handlers: AgentHandlers) -> None:
     try:
         while True:
             await handlers.wake.wait()
-            await asyncio.sleep(RECONCILE_DEBOUNCE_SECONDS)
+            with contextlib.suppress(TimeoutError):  # gather a burst of changes, unless a request waits
+                await asyncio.wait_for(handlers.waited.wait(), RECONCILE_DEBOUNCE_SECONDS)
             handlers.wake.clear()
+            handlers.waited.clear()
             dirty, version = handlers.take_dirty()
             try:
                 retry = await handlers.run(agent.reconcile, dirty)
