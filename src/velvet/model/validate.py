@@ -214,6 +214,8 @@ _NAME_SETS: dict[tuple[str, ...], frozenset[str]] = {}
 
 def _names(names: Iterable[str]) -> frozenset[str]:
     """`names` as a set; the decoders' constant tuples are converted once."""
+    if isinstance(names, frozenset):
+        return names
     if not isinstance(names, tuple):
         return frozenset(names)
     found = _NAME_SETS.get(names)
