@@ -46,7 +46,7 @@ from velvet.sources.delta import Delta, DeltaFanout, Watch
 from velvet.sources.index import Key, ObjectIndex, key_of
 from velvet.sources.slice_sync import sync_slices
 from velvet.sources.state_files import FileBackend
-from velvet.sources.txn import NAMESPACED_KINDS, Txn, format_time
+from velvet.sources.txn import NAMESPACED_KINDS, Txn, format_time, with_metadata
 
 ALL_NAMESPACES = "all"
 INITIAL_NAMESPACES = ("default", "kube-system")
@@ -561,7 +561,7 @@ class LocalStore:
 
 def _stamped(obj: KubeObject, version: int) -> KubeObject:
     """`obj` with resourceVersion `version`."""
-    return replace(obj, metadata=replace(obj.metadata, resource_version=version))
+    return with_metadata(obj, resource_version=version)
 
 
 def _resolve(kind: str) -> KindInfo:
