@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.cluster [--routing native,tunnel] [--rounds 5] [--connects 1000]
                                       [--mib 256] [--services 1000] [--identities 500]
+    .venv/bin/python -m bench.cluster convergence [--rounds 3] [--services 1000]
 
 Peers, each a client pod on one node and a server pod (probe.py serve) on another:
 
@@ -17,7 +18,8 @@ median connect() latency to the server pod's IP, 1-byte request/response rate, b
 On the 3-node native sandbox also: the convergence of `--services` services (apply on node 0 until
 every node's pinned lb4_services map holds the last one) and the identity allocation rate against the
 sandbox's etcd (sequential, then three nodes racing for the same label sets; every node must get the
-same numbers). Prints one JSON document; ratios are to routed.
+same numbers). Prints one JSON document; ratios are to routed. `convergence` runs only the convergence
+on one 3-node native sandbox, `--rounds` times (the services deleted, every map emptied, between rounds).
 """
 
 from __future__ import annotations
@@ -189,6 +191,21 @@ class Cluster:
         return {"services": count, "all_nodes_s": max(seen.values()), "per_node_s": seen,
                 "apply_answered_s": answered}
 
+    def forget(self, count: int, budget: float = 120.0) -> None:
+        """Delete the services of `convergence` and wait until no node serves the last one."""
+        self.sb.delete(services_yaml(count))
+        key = Lb4Key(address=ipv4(vip(count - 1)), dport=80, proto=TCP)
+        maps = [ServiceMap.from_pin(node_config(self.sb.name, k).names.pin_dir) for k in range(NODES)]
+        started = time.monotonic()
+        try:
+            while any(m.map.lookup(key) is not None for m in maps):
+                if time.monotonic() - started > budget:
+                    raise TimeoutError(f"services still programmed {budget:g} s after delete")
+                time.sleep(0.05)
+        finally:
+            for services in maps:
+                services.close()
+
     def identities(self, count: int) -> dict[str, Any]:
         """Identity allocations per second against the sandbox's etcd, from inside node 0's namespace."""
         netns = node_config(self.sb.name, 0).names.node_netns
@@ -265,10 +282,27 @@ def ratio(value: float, base: float) -> float:
     return round(value / base, 3) if base else float("nan")
 
 
+def convergence_only(services: int, rounds: int) -> dict[str, Any]:
+    """The convergence rows alone on one native sandbox, `rounds` times, and their median."""
+    cluster = Cluster("native")
+    runs: list[dict[str, Any]] = []
+    try:
+        cluster.create()
+        for r in range(rounds):
+            if r:
+                cluster.forget(services)
+            runs.append(cluster.convergence(services))
+    finally:
+        cluster.remove()
+    done = [run["all_nodes_s"] for run in runs if "all_nodes_s" in run]
+    return {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}, "services": services,
+            "all_nodes_s_median": statistics.median(done) if done else None, "rounds": runs}
+
+
 def main() -> None:
     """Run every peer, then the control-plane rows; print one JSON document."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "identities"])
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "identities", "convergence"])
     parser.add_argument("--routing", default="native,tunnel")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connects", type=int, default=1000)
@@ -280,6 +314,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "identities":
         print(json.dumps(identity_rate(args.endpoint, args.count)))
+        return
+    if args.command == "convergence":
+        print(json.dumps(convergence_only(args.services, args.rounds), indent=2))
         return
     machine = {"cpus": os.cpu_count(), "kernel": os.uname().release}
     routed = Routed(unique_name("cl"))

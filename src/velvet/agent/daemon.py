@@ -63,11 +63,16 @@ async def reconcile_loop(handlers: AgentHandlers) -> None:
             handlers.mark(delta)
 
     follower = asyncio.create_task(follow())
+    clock = asyncio.get_running_loop().time
+    last_pass = -RECONCILE_DEBOUNCE_SECONDS
     try:
         while True:
             await handlers.wake.wait()
-            await asyncio.sleep(RECONCILE_DEBOUNCE_SECONDS)
+            if clock() - last_pass < RECONCILE_DEBOUNCE_SECONDS:  # a burst: gather it, unless a request waits
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(handlers.waited.wait(), RECONCILE_DEBOUNCE_SECONDS)
             handlers.wake.clear()
+            handlers.waited.clear()
             dirty, version = handlers.take_dirty()
             try:
                 retry = await handlers.run(agent.reconcile, dirty)
@@ -76,6 +81,7 @@ async def reconcile_loop(handlers: AgentHandlers) -> None:
                 retry = Dirty(policy=True)
             handlers.dirty.services |= retry.services
             handlers.dirty.policy |= retry.policy
+            last_pass = clock()
             await handlers.passed(version)
     finally:
         follower.cancel()

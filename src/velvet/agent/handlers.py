@@ -31,6 +31,7 @@ class AgentHandlers:
         self.agent = agent
         self.dirty = Dirty()
         self.wake = asyncio.Event()
+        self.waited = asyncio.Event()  # a request waits for the next pass: it starts without the debounce
         self.marked = self.reconciled = agent.store.version  # store versions: in `dirty`, programmed
         self._progress = asyncio.Condition()
         self.http_address: str | None = None
@@ -73,6 +74,8 @@ class AgentHandlers:
 
     async def programmed(self, version: int) -> bool:
         """Wait until a reconcile pass has covered store `version`; False after PROGRAM_WAIT_SECONDS."""
+        if self.reconciled < version:
+            self.waited.set()
         async with self._progress:
             try:
                 await asyncio.wait_for(self._progress.wait_for(lambda: self.reconciled >= version),

@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from velvet.cli import output
 from velvet.cli.common import client
 from velvet.errors import VelvetError
 from velvet.model.codec import MANIFEST_SUFFIXES, read_manifest_file
@@ -53,6 +52,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_get(args: argparse.Namespace) -> int:
     """List objects of a kind, printed as kubectl does."""
+    from velvet.cli import output  # only `get` prints tables: apply and delete start without it
+
     namespace = "all" if args.all_namespaces else args.namespace
     api = client(args.sandbox, args.node)
     answer = api.get(f"/v1/objects/{args.kind}", namespace=namespace, name=args.name)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 
 from velvet.control.services import ServiceCompiler
-from velvet.datapath.delta import LbDelta
+from velvet.datapath.delta import LbDelta, merge_deltas
 from velvet.datapath.tables import LbMap, LbState
 from velvet.datapath.writer import TableWriter
 from velvet.errors import VelvetError
@@ -51,22 +51,46 @@ class ServiceController:
         self._retry()
 
     def reconcile(self, keys: Iterable[str]) -> set[str]:
-        """Recompile the services named by `keys`; the keys that failed, to retry on the next pass."""
-        slices = self._slices_by_service()
+        """Recompile the services named by `keys`; the keys that failed, to retry on the next pass.
+
+        Changes that only add or overwrite entries are written together, a few batches for the whole
+        pass; a change that deletes anything (an id it frees may be taken by the next one) is written
+        on its own, after those before it, so the maps go through the same safe states as one by one.
+        """
         failed: set[str] = set()
+        held: list[tuple[str, LbDelta]] = []  # add-only changes not written yet
         for key in sorted(keys):
             namespace, name = key.split("/", 1)
             service = self.cache.find("Service", namespace, name)
+            slices = self.cache.slices_of(namespace, name)  # from the index: a pass costs what it touches
             try:
-                delta = self.compiler.update(service if isinstance(service, Service) else None,
-                                             slices.get(key, []), key)
-                self._name(delta, key)
-                self._writer.write_lb(delta)
+                delta = self.compiler.update(service if isinstance(service, Service) else None, slices, key)
             except VelvetError:
                 log.exception("service %s not programmed; retried on the next change", key)
                 failed.add(key)
+                continue
+            self._name(delta, key)
+            if _adds_only(delta):
+                held.append((key, delta))
+                continue
+            failed |= self._write(held)
+            held = []
+            failed |= self._write([(key, delta)])
+        failed |= self._write(held)
         self._retry()
         return failed
+
+    def _write(self, deltas: list[tuple[str, LbDelta]]) -> set[str]:
+        """Write `deltas` as one change; the keys it was for when that failed."""
+        if not deltas:
+            return set()
+        try:
+            self._writer.write_lb(merge_deltas([delta for _, delta in deltas]))
+        except VelvetError:
+            keys = ", ".join(key for key, _ in deltas[:5]) + (", ..." if len(deltas) > 5 else "")
+            log.exception("service(s) %s not programmed; retried on the next change", keys)
+            return {key for key, _ in deltas}
+        return set()
 
     def problems(self) -> dict[str, str]:
         """Services whose last change is not programmed for lack of map room: key -> why."""
@@ -96,3 +120,9 @@ class ServiceController:
                 self._resolver.set_service(value.rev_nat_index, ref)
         for rev_nat_index in delta.revnat.deletes:
             self._resolver.remove_service(rev_nat_index)
+
+
+def _adds_only(delta: LbDelta) -> bool:
+    """Whether a change only writes entries: nothing deleted, no conntrack entry made stale."""
+    plans = (delta.services, delta.backends, delta.revnat, delta.src_range, delta.maglev)
+    return not delta.stale and not any(p.deletes for p in plans)

@@ -226,7 +226,39 @@ class _StrictLoader(_SafeLoader):  # type: ignore[misc]
 
     def construct_document(self, node: yaml.Node) -> Any:
         check_yaml_document(node)  # before anything is built: alias bombs never expand
-        return super().construct_document(node)
+        try:
+            return self._build_plain(node, set())
+        except _NotPlain:  # aliases, merge keys, other tags: the full constructor, which says what is wrong
+            return super().construct_document(node)
+
+    def _build_plain(self, node: yaml.Node, seen: set[int]) -> Any:
+        """The value of a document of only maps, lists and JSON scalars, by the rules below, without the
+        base class's generic machinery (about 3x faster); raises _NotPlain at anything else."""
+        if id(node) in seen:
+            raise _NotPlain  # an alias: the base class keeps the shared value shared
+        seen.add(id(node))
+        kind, tag = type(node), node.tag
+        if isinstance(node, yaml.ScalarNode):
+            if tag == _STR_TAG:
+                return node.value
+            if tag == _NULL_TAG:
+                return None
+            if tag in _SCALAR_CONSTRUCTORS:
+                return self.construct_checked_scalar(node)
+            raise _NotPlain
+        if kind is yaml.SequenceNode and tag == _SEQ_TAG:
+            return [self._build_plain(child, seen) for child in node.value]
+        if kind is not yaml.MappingNode or tag != _MAP_TAG:
+            raise _NotPlain
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if type(key_node) is not yaml.ScalarNode or key_node.tag == _MERGE_TAG:
+                raise _NotPlain
+            key = self._build_plain(key_node, seen)
+            if key in mapping:
+                raise Refused(_line(key_node), f"duplicate field {quote(key)}")
+            mapping[key] = self._build_plain(value_node, seen)
+        return mapping
 
     def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
         if not isinstance(node, yaml.MappingNode):  # `!!map [a]`: the base class says so with the line
@@ -261,12 +293,17 @@ class _StrictLoader(_SafeLoader):  # type: ignore[misc]
         raise Refused(_line(node), f"unsupported YAML tag {quote(node.tag.replace(_YAML, '!!'))}")
 
 
+class _NotPlain(Exception):
+    """A document the plain builder leaves to PyYAML's constructor."""
+
+
 def _line(node: yaml.Node) -> str:
     return f"line {node.start_mark.line + 1}"
 
 
 _YAML = "tag:yaml.org,2002:"
 _MERGE_TAG, _INT_TAG = _YAML + "merge", _YAML + "int"
+_STR_TAG, _NULL_TAG, _SEQ_TAG, _MAP_TAG = (_YAML + name for name in ("str", "null", "seq", "map"))
 _SCALAR_CONSTRUCTORS = {_YAML + name: yaml.SafeLoader.yaml_constructors[_YAML + name]
                         for name in ("int", "float", "bool")}
 for _tag in _SCALAR_CONSTRUCTORS:

@@ -25,6 +25,9 @@ SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "deletionTimes
                    "deletionGracePeriodSeconds", "generation", "managedFields", "selfLink",
                    "ownerReferences", "finalizers")
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+_USER_METADATA = frozenset(("name", "namespace", "labels", "annotations", "generateName"))
+_STORED_METADATA = _USER_METADATA | frozenset(SERVER_METADATA)  # what the store's own values carry
+_IGNORED_METADATA = frozenset(SERVER_METADATA)
 
 
 def decode_meta(
@@ -34,9 +37,8 @@ def decode_meta(
 
     `trusted` input (the store's own files) also carries uid, resourceVersion and timestamps.
     """
-    known = ["name", "namespace", "labels", "annotations", "generateName"]
-    fields = node.obj(known=known + list(SERVER_METADATA) if trusted else known,
-                      ignored=() if trusted else SERVER_METADATA)
+    fields = node.obj(known=_STORED_METADATA if trusted else _USER_METADATA,
+                      ignored=() if trusted else _IGNORED_METADATA)
     generate = fields.opt("generateName")
     if generate is not None:
         generate.fail("Forbidden: generateName is not supported; set metadata.name")

@@ -69,31 +69,51 @@ class Where:
     document: int
 
 
-@dataclass(frozen=True)
 class Node:
-    """A value at `path` in a document; accessors check its type and fail with the path."""
+    """A value at `path` in a document; accessors check its type and fail with the path.
 
-    value: object
-    path: str
-    where: Where
+    A child keeps its parent and key, not its path: the path is spelled out only when asked (an error
+    names it), so decoding a valid document builds no path strings.
+    """
+
+    __slots__ = ("value", "where", "_parent", "_key", "_path")
+
+    def __init__(self, value: object, path: str, where: Where) -> None:
+        self.value, self.where = value, where
+        self._parent: Node | None = None
+        self._key: str | int = ""
+        self._path = path
+
+    @property
+    def path(self) -> str:
+        """The field path as the API server names it (`spec.ports[0].port`; "" for the document)."""
+        if self._parent is None:
+            return self._path
+        parent = self._parent.path
+        if isinstance(self._key, int):
+            return f"{parent}[{self._key}]"
+        return f"{parent}.{self._key}" if parent else self._key
 
     def fail(self, reason: str) -> NoReturn:
         """Raise InvalidManifest for this node."""
-        field = one_line(self.path) if self.path else "<document>"
+        path = self.path
+        field = one_line(path) if path else "<document>"
         raise InvalidManifest(self.where.path, self.where.document, field, one_line(reason))
 
     def at(self, key: str | int, value: object) -> Node:
         """The child node `key` (a field name or a list index) holding `value`."""
-        if isinstance(key, int):
-            return Node(value, f"{self.path}[{key}]", self.where)
-        return Node(value, f"{self.path}.{key}" if self.path else key, self.where)
+        child = Node(value, "", self.where)
+        child._parent, child._key = self, key
+        return child
 
     def obj(self, known: Iterable[str], ignored: Iterable[str] = ()) -> Obj:
         """This node as a mapping whose keys must all be `known` or `ignored` (strict decoding)."""
         if not isinstance(self.value, dict):
             self.fail(f"must be an object, not {_type_name(self.value)}")
-        known_set, ignored_set = frozenset(known), frozenset(ignored)
-        fields: dict[str, Node] = {}
+        known_set, ignored_set = _names(known), _names(ignored)
+        if not ignored_set and known_set.issuperset(self.value):  # the common case: one C-level check
+            return Obj(self, self.value)
+        fields: dict[str, object] = {}
         for key, value in self.value.items():
             if not isinstance(key, str):
                 self.fail(f"field names must be strings, not {_type_name(key)}")
@@ -101,8 +121,7 @@ class Node:
                 continue
             if key not in known_set:
                 self.at(key, value).fail(f"unknown field {quote(key)}")
-            if value is not None:
-                fields[key] = self.at(key, value)
+            fields[key] = value
         return Obj(self, fields)
 
     def items(self) -> list[Node]:
@@ -164,23 +183,45 @@ class Node:
         return value
 
 
-@dataclass(frozen=True)
 class Obj:
-    """A checked mapping node: optional and required field access by name."""
+    """A checked mapping node: optional and required field access by name (child nodes made on access)."""
 
-    node: Node
-    fields: dict[str, Node]
+    __slots__ = ("node", "_values")
+
+    def __init__(self, node: Node, values: dict[str, object]) -> None:
+        self.node, self._values = node, values
+
+    @property
+    def fields(self) -> dict[str, Node]:
+        """Every field that is not null, as a node."""
+        return {key: self.node.at(key, value) for key, value in self._values.items() if value is not None}
 
     def opt(self, key: str) -> Node | None:
         """The field `key`, or None when absent or null."""
-        return self.fields.get(key)
+        value = self._values.get(key)
+        return None if value is None else self.node.at(key, value)
 
     def req(self, key: str) -> Node:
         """The field `key`, failing with "Required value" when absent or null."""
-        found = self.fields.get(key)
-        if found is None:
+        value = self._values.get(key)
+        if value is None:
             self.node.at(key, None).fail("Required value")
-        return found
+        return self.node.at(key, value)
+
+
+_NAME_SETS: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def _names(names: Iterable[str]) -> frozenset[str]:
+    """`names` as a set; the decoders' constant tuples are converted once."""
+    if isinstance(names, frozenset):
+        return names
+    if not isinstance(names, tuple):
+        return frozenset(names)
+    found = _NAME_SETS.get(names)
+    if found is None:
+        found = _NAME_SETS[names] = frozenset(names)
+    return found
 
 
 def _any_key(value: object) -> Iterable[str]:

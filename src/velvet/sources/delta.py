@@ -51,9 +51,17 @@ class Watch:
 
     def put(self, delta: Delta | None) -> None:
         """Queue a delta (None ends the stream); safe from any thread."""
+        self.put_all([delta])
+
+    def put_all(self, deltas: list[Delta | None]) -> None:
+        """Queue deltas in order, handed to the watcher's loop at once (one wake-up, not one per delta)."""
         if self._loop is not None and _running_loop() is not self._loop:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, delta)
+            self._loop.call_soon_threadsafe(self._queue_all, deltas)
         else:
+            self._queue_all(deltas)
+
+    def _queue_all(self, deltas: list[Delta | None]) -> None:
+        for delta in deltas:
             self._queue.put_nowait(delta)
 
     def close(self) -> None:
@@ -81,10 +89,10 @@ class DeltaFanout:
 
     def publish(self, deltas: Iterable[Delta]) -> None:
         """Queue `deltas` for every watch."""
-        batch = list(deltas)
-        for watch in self._watches:
-            for delta in batch:
-                watch.put(delta)
+        batch: list[Delta | None] = list(deltas)
+        if batch:
+            for watch in self._watches:
+                watch.put_all(batch)
 
     def close(self) -> None:
         """End every watch."""

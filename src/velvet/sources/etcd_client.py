@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import base64
 import http.client
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+import orjson
 
 from velvet.errors import VelvetError
 
@@ -106,7 +107,7 @@ class EtcdClient:
         """POST `body` to `/v3/<path>`; the decoded answer, or `EtcdError`."""
         conn = self._connect(self.timeout)
         try:
-            conn.request("POST", f"/v3/{path}", json.dumps(body), {"Content-Type": "application/json"})
+            conn.request("POST", f"/v3/{path}", orjson.dumps(body), {"Content-Type": "application/json"})
             resp = conn.getresponse()
             data = resp.read()
         except (OSError, http.client.HTTPException) as err:
@@ -114,8 +115,8 @@ class EtcdClient:
         finally:
             conn.close()
         try:
-            answer = json.loads(data)
-        except ValueError:
+            answer = orjson.loads(data)
+        except orjson.JSONDecodeError:
             answer = None
         if resp.status != 200 or not isinstance(answer, dict):
             message = answer.get("message") or answer.get("error") if isinstance(answer, dict) else None
@@ -191,13 +192,13 @@ class EtcdClient:
                   "start_revision": str(start_revision), "prev_kv": True}
         conn = self._connect(idle_timeout)
         try:
-            conn.request("POST", "/v3/watch", json.dumps({"create_request": create}),
+            conn.request("POST", "/v3/watch", orjson.dumps({"create_request": create}),
                          {"Content-Type": "application/json"})
             resp = conn.getresponse()
             if resp.status != 200:
                 raise EtcdError(f"etcd at {self.endpoint}: /v3/watch answered {resp.status}")
             while line := resp.readline():
-                result = json.loads(line).get("result", {})
+                result = orjson.loads(line).get("result", {})
                 if result.get("compact_revision"):
                     raise EtcdCompacted(self.endpoint, int(result["compact_revision"]))
                 if result.get("canceled"):

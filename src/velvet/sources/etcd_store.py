@@ -15,12 +15,13 @@ queued as `Batch`es that the store applies on its own thread (`LocalStore`'s rea
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
+
+import orjson
 
 from velvet.durable import StorageError
 from velvet.model import KubeObject
@@ -77,17 +78,19 @@ def encode(obj: KubeObject) -> bytes:
     """An object as stored (its resourceVersion is left out: etcd's mod revision is it)."""
     doc = to_dict(obj)
     doc.get("metadata", {}).pop("resourceVersion", None)
-    return json.dumps(doc, sort_keys=True).encode()
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
 
 def decode(kv: KeyValue) -> KubeObject | None:
     """The object under `kv`, its mod revision as resourceVersion; None (logged) when it does not decode."""
     try:
-        obj = from_dict(json.loads(kv.value), path=kv.key, document=1, trusted=True)
+        doc = orjson.loads(kv.value)
+        if isinstance(doc, dict) and isinstance(doc.get("metadata"), dict):
+            doc["metadata"]["resourceVersion"] = str(kv.mod_revision)  # read as the stored one is
+        return from_dict(doc, path=kv.key, document=1, trusted=True)
     except Exception as err:  # a bad value written by someone else must not stop the agent
         log.warning("etcd key %s: cannot decode the object (%s); left out", kv.key, err)
         return None
-    return replace(obj, metadata=replace(obj.metadata, resource_version=kv.mod_revision))
 
 
 class EtcdBackend:

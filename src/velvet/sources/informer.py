@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from velvet.model import KubeObject
+from velvet.model import EndpointSlice, KubeObject
 from velvet.sources.delta import Watch
 
 
@@ -21,6 +21,10 @@ class ObjectCache(Protocol):
 
     def find(self, kind: str, namespace: str, name: str) -> KubeObject | None:
         """One object of `kind`, or None ("" is the namespace of cluster-scoped kinds)."""
+        ...
+
+    def slices_of(self, namespace: str, service: str) -> list[EndpointSlice]:
+        """The EndpointSlices of `namespace` labelled kubernetes.io/service-name=`service`, by name."""
         ...
 
     def watch(self) -> Watch:

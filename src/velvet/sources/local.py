@@ -29,6 +29,7 @@ from velvet.durable import StorageError
 from velvet.errors import InvalidManifest, VelvetError
 from velvet.model import (
     NAME_LABEL,
+    EndpointSlice,
     KubeObject,
     Namespace,
     ObjectMeta,
@@ -45,7 +46,7 @@ from velvet.sources.delta import Delta, DeltaFanout, Watch
 from velvet.sources.index import Key, ObjectIndex, key_of
 from velvet.sources.slice_sync import sync_slices
 from velvet.sources.state_files import FileBackend
-from velvet.sources.txn import NAMESPACED_KINDS, Txn, format_time
+from velvet.sources.txn import NAMESPACED_KINDS, Txn, format_time, with_metadata
 
 ALL_NAMESPACES = "all"
 INITIAL_NAMESPACES = ("default", "kube-system")
@@ -222,6 +223,13 @@ class LocalStore:
         info = _resolve(kind)
         self._catch_up()
         return self._index.objects.get((info.kind, namespace if info.namespaced else "", name))
+
+    def slices_of(self, namespace: str, service: str) -> list[EndpointSlice]:
+        """The EndpointSlices of one service by name, from the index (see `ObjectCache`)."""
+        self._catch_up()
+        slices = self._index.of_kind("EndpointSlice", namespace)
+        return [eps for name in sorted(self._index.slices_of(namespace, service))
+                if isinstance(eps := slices[name], EndpointSlice)]
 
     def snapshot(self) -> list[KubeObject]:
         """Every object, namespaces first then by kind, namespace and name (the initial list of a watch)."""
@@ -499,9 +507,10 @@ class LocalStore:
         # a backend numbering versions itself (etcd: the revision) stamps every object of the change, even
         # when its number happens to equal the store's count (other keys moved etcd's revision on)
         if self._backend.own_versions:
-            changes = [(key, old, None if obj is None else _stamped(obj, version))
-                       for key, old, obj in changes]
-            txn.deltas = [replace(d, obj=_stamped(d.obj, version)) for d in txn.deltas]
+            stamped = {id(obj): _stamped(obj, version) for _, _, obj in changes if obj is not None}
+            changes = [(key, old, None if obj is None else stamped[id(obj)]) for key, old, obj in changes]
+            txn.deltas = [replace(d, obj=stamped.get(id(d.obj)) or _stamped(d.obj, version))
+                          for d in txn.deltas]
         for key, old, obj in changes:
             self._index.put(key, obj)
             if key[0] == "Service":
@@ -552,7 +561,7 @@ class LocalStore:
 
 def _stamped(obj: KubeObject, version: int) -> KubeObject:
     """`obj` with resourceVersion `version`."""
-    return replace(obj, metadata=replace(obj.metadata, resource_version=version))
+    return with_metadata(obj, resource_version=version)
 
 
 def _resolve(kind: str) -> KindInfo:

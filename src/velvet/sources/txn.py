@@ -11,14 +11,46 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from velvet.model import KubeObject
 from velvet.sources.delta import Delta
 from velvet.sources.index import Key, ObjectIndex, key_of
 
 NAMESPACED_KINDS = ("Pod", "Service", "EndpointSlice", "NetworkPolicy")
+
+
+def with_metadata(obj: KubeObject, **changes: Any) -> KubeObject:
+    """`obj` with metadata fields changed: `dataclasses.replace` of both, at a fifth of its cost.
+
+    The store stamps every object it writes (a version, a uid); replace() re-runs the generated __init__
+    with every field, five times slower than copying the instance dict. The model's objects are plain
+    frozen dataclasses without __post_init__, which `_plain` checks once per class.
+    """
+    meta = obj.metadata
+    if not (_plain(type(obj)) and _plain(type(meta))):
+        return replace(obj, metadata=replace(meta, **changes))
+    unknown = changes.keys() - _FIELDS[type(meta)]
+    if unknown:
+        raise TypeError(f"{type(meta).__name__} has no field {sorted(unknown)[0]}")
+    new_meta = object.__new__(type(meta))
+    new_meta.__dict__.update(meta.__dict__, **changes)
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__, metadata=new_meta)
+    return new
+
+
+_FIELDS: dict[type, frozenset[str]] = {}
+
+
+def _plain(cls: type) -> bool:
+    """A dataclass whose instances keep their fields in __dict__ and that checks nothing on creation."""
+    if cls not in _FIELDS:
+        plain = not hasattr(cls, "__post_init__") and not hasattr(cls, "__slots__")
+        _FIELDS[cls] = frozenset(f.name for f in fields(cls)) if plain else frozenset()
+    return bool(_FIELDS[cls])
 
 
 def format_time(when: datetime) -> str:
@@ -75,10 +107,10 @@ class Txn:
             return self.base.position(key)
         return self._new.get(key, sys.maxsize)
 
-    def put(self, obj: KubeObject) -> KubeObject:
-        """Store `obj` with the next resourceVersion; the stored object."""
+    def put(self, obj: KubeObject, **metadata: Any) -> KubeObject:
+        """Store `obj` with the next resourceVersion (and `metadata` fields changed); the stored object."""
         self.version += 1
-        stored = replace(obj, metadata=replace(obj.metadata, resource_version=self.version))
+        stored = with_metadata(obj, resource_version=self.version, **metadata)
         key = key_of(stored)
         if key not in self.base.objects and key not in self._new:
             self._new[key] = self.base.next_position + len(self._new)
@@ -88,8 +120,7 @@ class Txn:
 
     def create(self, obj: KubeObject) -> KubeObject:
         """Store a new object with a fresh uid and creationTimestamp."""
-        meta = replace(obj.metadata, uid=str(uuid.uuid4()), creation_timestamp=format_time(self.now))
-        return self.put(replace(obj, metadata=meta))
+        return self.put(obj, uid=str(uuid.uuid4()), creation_timestamp=format_time(self.now))
 
     def remove(self, key: Key) -> None:
         """Remove the object under `key` (which must exist)."""
@@ -98,7 +129,7 @@ class Txn:
             raise KeyError(key)
         self._record(key, None)
         self.version += 1
-        gone = replace(obj, metadata=replace(obj.metadata, resource_version=self.version))
+        gone = with_metadata(obj, resource_version=self.version)
         self.deltas.append(Delta(key[0], "delete", gone))
 
     def _record(self, key: Key, obj: KubeObject | None) -> None:
