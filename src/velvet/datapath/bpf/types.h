@@ -94,7 +94,7 @@ enum drop_reason {
 	DROP_FRAG_NOT_FOUND = 175,     /* later IP fragment whose first fragment was not seen */
 	DROP_LB_SOURCE_RANGE = 177,    /* client not in loadBalancerSourceRanges */
 	DROP_NO_LOCAL_BACKEND = 230,   /* traffic policy Local and no node-local backend */
-	DROP_NO_FIB = 169,             /* no route to forward a NodePort packet SNATed to another node */
+	DROP_NO_FIB = 169,             /* a NodePort packet SNATed to another node has no route (or TTL 1) */
 	DROP_SNAT_NO_PORT = 231,       /* no free SNAT port towards that backend */
 };
 
