@@ -1,7 +1,7 @@
 """A cluster of sandbox nodes against plain routing, in one run: cross-node traffic, convergence, identities.
 
-    .venv/bin/python -m bench.cluster [--routing native,tunnel] [--rounds 5] [--connects 1000]
-                                      [--mib 256] [--services 1000] [--identities 500]
+    .venv/bin/python -m bench.cluster [--routing native,tunnel] [--host-routing auto] [--rounds 5]
+                                      [--connects 1000] [--mib 256] [--services 1000] [--identities 500]
     .venv/bin/python -m bench.cluster convergence [--rounds 3] [--services 1000]
 
 Peers, each a client pod on one node and a server pod (probe.py serve) on another:
@@ -10,7 +10,8 @@ Peers, each a client pod on one node and a server pod (probe.py serve) on anothe
   namespace behind a veth (a /32 route to the pod, proxy ARP like a sandbox node), and
   `podCIDR via nodeIP` routes; namespaces `velvet-bench-<run>-rt-*`, removed by exact name;
 - *velvet-native*, *velvet-tunnel*: `velvet sandbox up --store etcd --nodes 3 --routing MODE`, the client
-  pod pinned to node 0, the server to node 1 (spec.nodeName).
+  pod pinned to node 0, the server to node 1 (spec.nodeName). With several `--host-routing` modes
+  (e.g. `bpf,legacy`) one such peer per routing and host routing mode, named `velvet-native-bpf` etc.
 
 Measured per peer (the client on CPU 0, the server on CPU 1), in `--rounds` rounds with the peers
 interleaved and their order rotated, each round's value reported and the median over rounds compared:
@@ -147,14 +148,16 @@ def services_yaml(count: int) -> str:
 class Cluster:
     """A 3-node sandbox with the client on node 0 and the server on node 1."""
 
-    def __init__(self, routing: str) -> None:
+    def __init__(self, routing: str, host_routing: str = "auto") -> None:
         self.routing = routing
+        self.host_routing = host_routing
         self.sb = SandboxCli(unique_name("bcl"))
         self.server_ip = ""
 
     def create(self) -> None:
         """Up, pods ready."""
-        self.sb.up("--store", "etcd", "--nodes", str(NODES), "--routing", self.routing)
+        self.sb.up("--store", "etcd", "--nodes", str(NODES), "--routing", self.routing,
+                   "--host-routing", self.host_routing)
         self.sb.apply(pods_yaml())
         self.server_ip = self.sb.wait_ready([f"{NS}/srv", f"{NS}/cli"], timeout=180)[f"{NS}/srv"]
 
@@ -304,6 +307,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("command", nargs="?", default="run", choices=["run", "identities", "convergence"])
     parser.add_argument("--routing", default="native,tunnel")
+    parser.add_argument("--host-routing", default="auto", help="auto, bpf, legacy, or several: bpf,legacy")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connects", type=int, default=1000)
     parser.add_argument("--mib", type=int, default=256)
@@ -320,7 +324,9 @@ def main() -> None:
         return
     machine = {"cpus": os.cpu_count(), "kernel": os.uname().release}
     routed = Routed(unique_name("cl"))
-    clusters = {f"velvet-{mode}": Cluster(mode) for mode in args.routing.split(",") if mode}
+    host_modes = [mode for mode in args.host_routing.split(",") if mode]
+    clusters = {f"velvet-{mode}" + (f"-{hr}" if len(host_modes) > 1 else ""): Cluster(mode, hr)
+                for mode in args.routing.split(",") if mode for hr in host_modes}
     peers: dict[str, Routed | Cluster] = {"routed": routed, **clusters}
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in peers}
     report: dict[str, Any] = {"machine": machine, "rounds": args.rounds}
@@ -331,7 +337,7 @@ def main() -> None:
             names = list(peers)[r % len(peers):] + list(peers)[:r % len(peers)]
             for name in names:
                 rounds[name].append(peers[name].measure(args.connects, args.mib))
-        native = clusters.get("velvet-native")
+        native = next((c for c in clusters.values() if c.routing == "native"), None)
         if native is not None:
             report["convergence"] = native.convergence(args.services)
             report["identities"] = native.identities(args.identities)

@@ -317,6 +317,15 @@ def test_backend_without_route_is_dropped(node: Loaded, uplink: Uplink) -> None:
     assert [e["drop_reason"] for e in node.events()] == [DropReason.NO_FIB]
 
 
+def test_packet_whose_ttl_would_expire_is_not_forwarded(node: Loaded, uplink: Uplink) -> None:
+    """Test that a NodePort packet arriving with TTL 1 for a remote backend is dropped (NO_FIB) rather
+    than forwarded with its TTL left at 1, as a router would not pass it on."""
+    seed(node, [(1, REMOTE_POD, 8080)])
+    segment = tcp_segment(CLIENT, NODE_IP, 50000, NODE_PORT, SYN)
+    assert run(node, uplink, eth(ipv4(CLIENT, NODE_IP, TCP, segment, ttl=1))).retval == TC_ACT_SHOT
+    assert [e["drop_reason"] for e in node.events()] == [DropReason.NO_FIB]
+
+
 def test_without_snat_address_remote_backends_are_only_dnated(node: Loaded, uplink: Uplink) -> None:
     """Test that with no SNAT address configured (0.0.0.0) a remote backend is DNATed and handed to the
     kernel, as on a single node."""

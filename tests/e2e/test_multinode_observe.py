@@ -4,7 +4,8 @@ One sandbox (`sandbox up --nodes 3`), torn down whatever happens, with an echo p
 (z on node 0, a on node 1, b on node 2) and a NodePort Service in front of b. `velvet observe` run
 against node 0 shows the flows nodes 1 and 2 saw, each with its node_name; `--node-name` keeps one
 node's; `--follow` sees a new flow made on node 2; `velvet --node velvet-node-2 ...` answers from node
-2; `velvet status` lists the nodes with health probes; a removed node leaves the list.
+2; `velvet status` lists the nodes with health probes; a removed node leaves the list. The nodes run
+with `--host-routing legacy` (their IP stacks forward), which this module also checks.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 import yaml
 from harness import Sandbox, echo_pod, namespace, sandbox
 from test_multinode import eventually as poll_until
+from test_multinode import forwarded_datagrams, on_node, on_node_json
 
 pytestmark = pytest.mark.privileged
 
@@ -50,8 +52,9 @@ def manifests() -> str:
 
 @pytest.fixture(scope="module")
 def sb() -> Iterator[Sandbox]:
-    """A three-node sandbox with z, a, b ready."""
-    with sandbox("mo", "--nodes", "3") as box:
+    """A three-node sandbox with z, a, b ready; the node's IP stacks forward (legacy host routing), so the
+    cluster view is also seen working without host routing."""
+    with sandbox("mo", "--nodes", "3", "--host-routing", "legacy") as box:
         box.apply(manifests())
         box.wait_ready(["obs/z", "obs/a", "obs/b"])
         yield box
@@ -95,6 +98,21 @@ def test_observe_on_node_0_shows_flows_of_nodes_1_and_2(sb: Sandbox, ips: dict[s
                         "--from-pod", "obs/a", "--protocol", "tcp").stdout.splitlines()
     assert compact
     assert all(f" [{NODES[2]}]: obs/a:" in line for line in compact)
+
+
+def test_legacy_host_routing_leaves_forwarding_to_the_ip_stack(sb: Sandbox, ips: dict[str, str]) -> None:
+    """Test that with `--host-routing legacy` every node says so in `velvet status`, and that a's
+    connections to b (nodes 1 and 2) are forwarded by both nodes' IP stacks (Ip ForwDatagrams grows by
+    at least a packet per connection and direction): the counter the BPF mode leaves unchanged."""
+    for k in range(3):
+        host_routing = on_node_json(sb, k, "status")["agent"]["host_routing"]
+        assert host_routing == {"mode": "Legacy", "requested": "legacy"}
+        assert "Host Routing:  Legacy" in on_node(sb, k, "status").stdout.splitlines()
+    before = [forwarded_datagrams(sb, k) for k in (1, 2)]
+    for _ in range(5):
+        assert sb.query("obs/a", f"tcp://{ips['b']}:8080") is not None
+    grown = [forwarded_datagrams(sb, k) - was for k, was in zip((1, 2), before, strict=True)]
+    assert min(grown) >= 5 * 2, grown
 
 
 def _lines(process: subprocess.Popen[str], into: queue.Queue[str]) -> None:

@@ -28,6 +28,7 @@ from test_multinode import (
     check_cluster_ip,
     check_cluster_ip_per_packet,
     eventually,
+    forwarded_datagrams,
     manifests,
     on_node,
     on_node_json,
@@ -121,6 +122,20 @@ def test_pods_talk_tcp_and_udp_across_nodes_through_the_tunnel(sb: Sandbox) -> N
                 (tx1, _), (_, rx1) = tunnel_counters(sb, here), tunnel_counters(sb, there)
                 assert tx1 > tx0, f"node {here} sent nothing through {DEVICE} for {url}"
                 assert rx1 > rx0, f"node {there} received nothing through {DEVICE} for {url}"
+
+
+def test_host_routing_delivers_tunnel_traffic_without_the_nodes_ip_stack(sb: Sandbox) -> None:
+    """Test that in tunnel mode with host routing (BPF here) what comes out of the tunnel for a local pod
+    goes straight to the pod's veth: pods talk across nodes in both directions while no node's IP stack
+    forwards a packet (Ip ForwDatagrams unchanged everywhere)."""
+    pods = pods_by_name(sb)
+    assert on_node_json(sb, 0, "status")["agent"]["host_routing"]["mode"] == "BPF"
+    before = [forwarded_datagrams(sb, k) for k in range(3)]
+    for i, j in ((0, 1), (1, 0), (2, 1)):
+        reply = sb.query(f"mn/echo-{i}", f"tcp://{pods[f'echo-{j}']['ip']}:8080")
+        assert reply is not None, f"echo-{i} -> echo-{j}"
+        assert reply.split()[0] == f"echo-{j}"
+    assert [forwarded_datagrams(sb, k) for k in range(3)] == before
 
 
 SINK = """

@@ -32,6 +32,9 @@ class AgentConfig:
     etcd_endpoint: str = "http://127.0.0.1:2379"
     routing: str = "native"
     """How pods reach other nodes: "native" (podCIDR via nodeIP) or "tunnel" (VXLAN, VNI = identity)."""
+    host_routing: str = "auto"
+    """Who forwards pod traffic: "bpf" (the tc programs, FIB lookup + redirect), "legacy" (the node's IP
+    stack), "auto" (bpf when the kernel probe passes)."""
 
     @property
     def host_ips(self) -> tuple[str, ...]:

@@ -35,6 +35,7 @@ from velvet.controllers.endpoints import EndpointController
 from velvet.controllers.nodes import NodeRouteController, RouteTable
 from velvet.controllers.policy import PolicyController
 from velvet.controllers.services import LB_TABLES, ServiceController
+from velvet.datapath.host_routing import host_routing_active
 from velvet.datapath.protocol import Datapath
 from velvet.datapath.tables import LbState, NodeSettings
 from velvet.datapath.writer import TableWriter
@@ -249,10 +250,11 @@ class Agent:
         return True
 
     def node_settings(self) -> NodeSettings:
-        """What the uplink programs need: the node address that external connections to backends on other
-        nodes are SNATed to (the first node IP; none without an uplink)."""
+        """What the programs need: the node address that external connections to backends on other nodes
+        are SNATed to (the first node IP; none without an uplink), and whether they forward themselves."""
         snat = self.config.node_ips[0] if self.config.uplink and self.config.node_ips else "0.0.0.0"
-        return NodeSettings(snat)
+        bpf = host_routing_active(self.config.host_routing, self.datapath.kernel())
+        return NodeSettings(snat, host_routing=bpf)
 
     def own_node(self) -> NodeRecord:
         """This node as it registers itself."""

@@ -46,7 +46,7 @@ def status(agent: Agent) -> dict[str, Any]:
         "kernel": {"release": kernel.release, "features": [asdict(c) for c in kernel.features]},
         "agent": {**agent.health(), "sandbox": agent.config.sandbox, "node": agent.config.node_name,
                   "policy_audit_mode": agent.config.policy_audit_mode, "socket": str(agent.paths.socket),
-                  "routing": routing(agent),
+                  "routing": routing(agent), "host_routing": host_routing(agent),
                   "reconcile": dict(agent.reconcile_stats)},
         "datapath": {
             "kind": dp.kind,
@@ -73,6 +73,14 @@ def routing(agent: Agent) -> dict[str, Any]:
         return {"mode": "native"}
     return {"mode": "tunnel", "device": agent.tunnel.name, "protocol": "vxlan", "port": VXLAN_PORT,
             "vni": "source identity"}
+
+
+def host_routing(agent: Agent) -> dict[str, str]:
+    """Who forwards pod traffic, as the datapath was told (node_config): "BPF" (the tc programs, FIB
+    lookup + redirect) or "Legacy" (the node's IP stack); and the mode the agent was asked for."""
+    settings = agent.datapath.read("node_config").get(0)
+    active = settings is not None and settings.host_routing
+    return {"mode": "BPF" if active else "Legacy", "requested": agent.config.host_routing}
 
 
 def _service_names(agent: Agent) -> dict[tuple[str, int, int], str]:

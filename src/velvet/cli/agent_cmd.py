@@ -27,6 +27,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         metrics_address=args.metrics_address or None,
         identity_exclude_labels=tuple(args.identity_exclude_label), metrics_netns=args.metrics_netns or None,
         store=args.store, etcd_endpoint=args.etcd_endpoint, routing=args.routing,
+        host_routing=args.host_routing,
     )
     main(config, fake_datapath=args.fake_datapath)
     return 0
@@ -74,5 +75,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--etcd-endpoint", default="http://127.0.0.1:2379", help="etcd's client URL (http)")
     p.add_argument("--routing", choices=["native", "tunnel"], default="native",
                    help="reach other nodes' pods via their IPs (native) or VXLAN, VNI = identity (tunnel)")
+    p.add_argument("--host-routing", choices=["auto", "bpf", "legacy"], default="auto",
+                   help="forward pod traffic from the tc programs, bypassing the node's IP stack (bpf), "
+                        "through the stack (legacy), or bpf when the kernel has the helpers (auto)")
     p.add_argument("--fake-datapath", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_agent)

@@ -103,6 +103,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         etcd.etcd_binary()  # fail here, in one line, when etcd is not installed
     node = Node.create(cfg)
     routing.record(cfg.sandbox, args.routing)
+    routing.record_host_routing(cfg.sandbox, args.host_routing)
     _start_node(cfg, args.policy_audit_mode, args.store, None)
     _wait_for_agent(cfg)
     print(f"sandbox {cfg.sandbox} is up: node netns {node.netns}, pods from {cfg.pod_cidr}, "
@@ -124,6 +125,7 @@ def _up_cluster(sandbox: str, args: argparse.Namespace) -> int:
         d.mkdir(parents=True, exist_ok=True)
     names.run_dir.chmod(0o700)
     routing.record(sandbox, args.routing)
+    routing.record_host_routing(sandbox, args.host_routing)
     underlay.create(sandbox, args.nodes)
     if _live_pid(names.pid_file(ETCD_DAEMON)) is None:
         create_cgroup(etcd.cgroup(names))
@@ -301,6 +303,7 @@ def cmd_node_daemon(args: argparse.Namespace) -> int:
         agent_argv.append("--policy-audit-mode")
     if routing.recorded(cfg.sandbox) == "tunnel":
         agent_argv += ["--routing", "tunnel"]
+    agent_argv += ["--host-routing", routing.recorded_host_routing(cfg.sandbox)]
     if names.node_dir:
         agent_argv += ["--node-dir", names.node_dir]
     etcd_supervisor = None
@@ -358,6 +361,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--routing", choices=["native", "tunnel"], default="native",
                     help="how pods reach other nodes: routes via the nodes' IPs (native, the default) or "
                          "VXLAN with VNI = the source's identity (tunnel)")
+    up.add_argument("--host-routing", choices=list(routing.HOST_ROUTING_MODES), default="auto",
+                    help="who forwards pod traffic on each node: the tc programs (bpf), the node's IP "
+                         "stack (legacy), or bpf when the kernel allows (auto, the default)")
     up.set_defaults(func=cmd_up)
     add = group.add_parser("add-node", help="add a node to a multi-node sandbox")
     add.add_argument("--name", default=None,

@@ -69,6 +69,7 @@ def render(status: dict[str, Any], verbose: bool = False) -> str:
         f"Datapath:      {dp['kind']}, {len(dp['programs'])} programs, {len(dp['maps'])} maps",
         _store_line(status.get("store") or {"kind": "local", "connected": True}),
         _routing_line(agent.get("routing") or {"mode": "native"}),
+        f"Host Routing:  {(agent.get('host_routing') or {'mode': 'Legacy'})['mode']}",
         *(cluster_lines(cluster) if cluster.get("health") is not None else ()),
         f"Endpoints:     {counts['endpoints']}",
         f"Services:      {counts['services']}",

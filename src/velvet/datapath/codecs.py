@@ -138,9 +138,11 @@ CODECS: dict[str, TableCodec] = {
     "node_config": TableCodec(
         "node_config", ctypes.c_uint32,
         lambda v: s.NodeConfig(snat_addr=s.ipv4(v.snat_address), snat_port_min=v.snat_port_min,
-                               snat_port_max=v.snat_port_max),
+                               snat_port_max=v.snat_port_max,
+                               flags=s.NodeFlag.HOST_ROUTING if v.host_routing else 0),
         _value,
-        lambda v: NodeSettings(s.ipv4_str(v.snat_addr), v.snat_port_min, v.snat_port_max)),
+        lambda v: NodeSettings(s.ipv4_str(v.snat_addr), v.snat_port_min, v.snat_port_max,
+                               bool(v.flags & s.NodeFlag.HOST_ROUTING))),
     "tunnel_config": TableCodec(
         "tunnel_config", ctypes.c_uint32, lambda ifindex: s.TunnelConfig(ifindex=ifindex),
         _value, lambda v: int(v.ifindex)),

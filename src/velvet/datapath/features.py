@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from velvet.datapath import libbpf
+from velvet.datapath import host_routing, libbpf
 from velvet.datapath.attach import BPF_TCX_INGRESS
 from velvet.datapath.protocol import FeatureCheck
 from velvet.errors import DatapathError
@@ -33,6 +33,8 @@ MAP_TYPES_NEEDED: dict[str, tuple[int, str]] = {
     "array": (2, "counters and settings"),
 }
 MIN_KERNEL = (5, 10)
+HOST_ROUTING_HELPERS = {"bpf_fib_lookup": 69, "bpf_redirect_neigh": 152}
+_SCHED_CLS = 3
 _CLONE_NEWNET = 0x40000000
 _TRIVIAL_PROG = bytes.fromhex("b700000000000000" "9500000000000000")  # r0 = 0; exit
 
@@ -84,6 +86,19 @@ def _tcx_probe() -> tuple[bool, str]:
     return result[0]
 
 
+def _host_routing_check() -> FeatureCheck:
+    """Whether tc programs may call the helpers of host routing (libbpf_probe_bpf_helper)."""
+    missing = []
+    for name, func_id in HOST_ROUTING_HELPERS.items():
+        ret = int(libbpf.libbpf_probe_bpf_helper(_SCHED_CLS, func_id, None))
+        if ret != 1:
+            missing.append(name if ret == 0 else f"{name} (probe failed: {libbpf.strerror(-ret)})")
+    detail = ("bpf_fib_lookup and bpf_redirect_neigh work in tc programs" if not missing
+              else f"missing {', '.join(missing)} (need Linux >= {host_routing.MIN_KERNEL})")
+    disables = "BPF host routing (the node's IP stack forwards)"
+    return FeatureCheck(host_routing.CHECK, not missing, detail, disables)
+
+
 def _path_check(name: str, find: Callable[[], Path], disables: str) -> FeatureCheck:
     """A check that finds (or mounts) a path."""
     try:
@@ -113,6 +128,7 @@ def probe() -> list[FeatureCheck]:
         checks.append(FeatureCheck(f"map type {name}", ok, detail, disables))
     ok, detail = _tcx_probe()
     checks.append(FeatureCheck("tcx", ok, detail, "link-based tc attach (falls back to clsact filters)"))
+    checks.append(_host_routing_check())
     sctp = sctp_supported()
     detail = "present" if sctp else "no /proc/net/sctp (CONFIG_IP_SCTP unset)"
     checks.append(FeatureCheck("SCTP", sctp, detail, "SCTP NetworkPolicy ports"))

@@ -178,6 +178,7 @@ bpf_tc_detach = _fn("bpf_tc_detach", c_int, POINTER(TcHook), POINTER(TcOpts))
 bpf_tc_query = _fn("bpf_tc_query", c_int, POINTER(TcHook), POINTER(TcOpts))
 libbpf_probe_bpf_prog_type = _fn("libbpf_probe_bpf_prog_type", c_int, c_int, c_void_p)
 libbpf_probe_bpf_map_type = _fn("libbpf_probe_bpf_map_type", c_int, c_int, c_void_p)
+libbpf_probe_bpf_helper = _fn("libbpf_probe_bpf_helper", c_int, c_int, c_int, c_void_p)
 libbpf_num_possible_cpus = _fn("libbpf_num_possible_cpus", c_int)
 
 _PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)

@@ -270,6 +270,12 @@ class SnatDir(IntEnum):
     IN = 1
 
 
+class NodeFlag(IntFlag):
+    """enum node_flags (NODE_F_*): node_config.flags."""
+
+    HOST_ROUTING = 1
+
+
 C_ENUMS: dict[str, tuple[type[IntEnum] | type[IntFlag], str]] = {
     "drop_reason": (DropReason, "DROP_"),
     "metric_reason": (MetricReason, "METRIC_"),
@@ -290,6 +296,7 @@ C_ENUMS: dict[str, tuple[type[IntEnum] | type[IntFlag], str]] = {
     "reserved_identity": (ReservedIdentity, "IDENTITY_"),
     "proc_event_type": (ProcEventType, "PROC_"),
     "snat_dir": (SnatDir, "SNAT_"),
+    "node_flags": (NodeFlag, "NODE_F_"),
 }
 """C enum name -> (Python enum, prefix of the C constant names)."""
 
@@ -455,7 +462,8 @@ class Snat4Entry(Structure):
 class NodeConfig(Structure):
     """struct node_config: node_config value (key: __u32 0)."""
 
-    _fields_ = [("snat_addr", BE32), ("snat_port_min", c_uint16), ("snat_port_max", c_uint16)]
+    _fields_ = [("snat_addr", BE32), ("snat_port_min", c_uint16), ("snat_port_max", c_uint16),
+                ("flags", c_uint32)]
 
 
 # --- identity, endpoints, policy --------------------------------------------------------------------

@@ -117,11 +117,13 @@ node's own connections from its address never meet a port the datapath hands out
 @dataclass(frozen=True, slots=True)
 class NodeSettings:
     """node_config value (key 0): the address external connections to other nodes' backends are SNATed
-    to ("0.0.0.0": no SNAT), and the source ports SNAT may use."""
+    to ("0.0.0.0": no SNAT), the source ports SNAT may use, and whether the tc programs forward
+    themselves (host routing, bypassing the node's IP stack)."""
 
     snat_address: str
     snat_port_min: int = SNAT_PORT_MIN
     snat_port_max: int = SNAT_PORT_MAX
+    host_routing: bool = False
 
 
 # --- endpoints (lxc_endpoints) ------------------------------------------------------------------

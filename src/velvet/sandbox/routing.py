@@ -1,4 +1,5 @@
-"""The sandbox's routing mode: recorded by `sandbox up`, read by every node daemon and pod runtime.
+"""The sandbox's routing and host routing modes: recorded by `sandbox up`, read by every node daemon
+and pod runtime.
 
 Nodes started later (restarted daemons, added nodes) read the same record, so the whole sandbox runs
 in one mode. In tunnel mode pods get an MTU 50 bytes below the underlay's, the room VXLAN over IPv4
@@ -12,6 +13,7 @@ from pathlib import Path
 from velvet.sandbox.naming import SandboxConfig
 
 MODES = ("native", "tunnel")
+HOST_ROUTING_MODES = ("auto", "bpf", "legacy")
 UNDERLAY_MTU = 1500  # the sandbox's veths keep the kernel's default
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
@@ -33,6 +35,25 @@ def recorded(sandbox: str) -> str:
     except FileNotFoundError:
         return "native"
     return mode if mode in MODES else "native"
+
+
+def _host_routing_file(sandbox: str) -> Path:
+    """The host routing record, beside the routing one."""
+    return SandboxConfig(sandbox=sandbox).names.state_dir / "host-routing"
+
+
+def record_host_routing(sandbox: str, mode: str) -> None:
+    """Remember the --host-routing `sandbox up` was given, for every agent of the sandbox."""
+    _host_routing_file(sandbox).write_text(mode)
+
+
+def recorded_host_routing(sandbox: str) -> str:
+    """The sandbox's --host-routing for its agents ("auto" when none was recorded)."""
+    try:
+        mode = _host_routing_file(sandbox).read_text().strip()
+    except FileNotFoundError:
+        return "auto"
+    return mode if mode in HOST_ROUTING_MODES else "auto"
 
 
 def pod_mtu(sandbox: str) -> int:

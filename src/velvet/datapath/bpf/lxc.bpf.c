@@ -10,7 +10,9 @@
  * frontends without backends) straight back into the pod with bpf_redirect_peer. In tunnel
  * mode lxc_from_pod sends what it passes to another node's pod straight to the VXLAN device
  * (VNI = the pod's identity), and lxc_to_pod takes the source identity of a packet that came
- * through the tunnel from its VNI instead of the ipcache.
+ * through the tunnel from its VNI instead of the ipcache. With host routing lxc_from_pod forwards
+ * the rest itself (FIB lookup + redirect, lib/fib.h): to another node's pods out of the uplink, to
+ * a local pod out of its host veth, where lxc_to_pod runs as for any packet.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -24,6 +26,7 @@
 #include "lib/events.h"
 #include "lib/reject.h"
 #include "lib/tunnel.h"
+#include "lib/fib.h"
 
 /* Frontends pods reach through the per-packet fallback of the socket LB. */
 #define LXC_FRONTEND_FLAGS (SVC_CLUSTERIP | SVC_NODEPORT | SVC_EXTERNAL_IP | SVC_LOADBALANCER)
@@ -144,9 +147,11 @@ int lxc_from_pod(struct __sk_buff *skb)
 	report = true;
 
 forward:
-	/* to the node's routing, or in tunnel mode through the tunnel to the destination's node */
+	/* in tunnel mode through the tunnel to the destination's node; else with host routing out of
+	 * the interface the FIB names; else to the node's routing */
 	ret = lxc_pass(skb, &pkt, OBS_FROM_ENDPOINT, METRIC_EGRESS, report);
-	return tunnel_redirect(skb, pkt.daddr, pkt.src_identity, ret);
+	ret = tunnel_redirect(skb, pkt.daddr, pkt.src_identity, ret);
+	return host_route(skb, pkt.saddr, pkt.daddr, pkt.proto, ret);
 }
 
 SEC("tc")

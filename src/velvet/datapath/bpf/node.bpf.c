@@ -7,7 +7,8 @@
  *                     backend sees the client address (no SNAT) and the kernel routes to the pod;
  *                     a backend on another node is reached SNATed to the node (lib/nodeport.h),
  *                     and the replies of such connections, which come back here, are translated
- *                     back and sent towards the client.
+ *                     back and sent towards the client. With host routing, what it passes to a
+ *                     local pod goes straight out of the pod's host veth (lib/fib.h).
  *   node_to_uplink:   tcx egress. Replies of local backends get the frontend back as source.
  *
  * A frontend without backends is refused from here (RST / ICMP port unreachable sent back out
@@ -73,7 +74,8 @@ int node_from_uplink(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	if (!pkt.rev_nat_index)
-		return pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false);
+		return host_route_local(skb, pkt.saddr, pkt.daddr, pkt.proto,
+					pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false));
 
 	/* the translated tuple leads node_to_uplink back to the frontend */
 	ct_key_fwd(&key, &pkt, CT_NODEPORT);
@@ -95,7 +97,8 @@ int node_from_uplink(struct __sk_buff *skb)
 		return nodeport_snat_forward(skb, &pkt, cfg, report, now);
 	if (report)
 		node_fill_identities(&pkt);
-	return pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report);
+	return host_route_local(skb, pkt.saddr, pkt.daddr, pkt.proto,
+				pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report));
 }
 
 /*

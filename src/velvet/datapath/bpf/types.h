@@ -94,7 +94,7 @@ enum drop_reason {
 	DROP_FRAG_NOT_FOUND = 175,     /* later IP fragment whose first fragment was not seen */
 	DROP_LB_SOURCE_RANGE = 177,    /* client not in loadBalancerSourceRanges */
 	DROP_NO_LOCAL_BACKEND = 230,   /* traffic policy Local and no node-local backend */
-	DROP_NO_FIB = 169,             /* no route to forward a NodePort packet SNATed to another node */
+	DROP_NO_FIB = 169,             /* a NodePort packet SNATed to another node has no route (or TTL 1) */
 	DROP_SNAT_NO_PORT = 231,       /* no free SNAT port towards that backend */
 };
 
@@ -523,11 +523,33 @@ struct snat4_entry {
 	__u16 pad;
 };
 
-/* node_config (array, key 0): what the uplink programs need to know about the node. */
+/* ---- Host routing ------------------------------------------------------------------------- */
+
+/*
+ * With NODE_F_HOST_ROUTING (the agent's --host-routing bpf, or auto on a kernel that has the
+ * helpers), the tc programs forward what they pass themselves, as Cilium's BPF host routing does:
+ * bpf_fib_lookup in the node's namespace, TTL decremented, bpf_redirect / bpf_redirect_neigh out of
+ * the interface the FIB names (lib/fib.h), so the node's IP stack never sees the packet.
+ *  - lxc_from_pod: everything it passes (after the tunnel redirect in tunnel mode), to another
+ *    node's pods through the uplink, to a local pod through its host veth, whose tc egress
+ *    (lxc_to_pod) then decides ingress policy and reports the packet as before.
+ *  - node_from_uplink, overlay_from_tunnel: what they pass to a local endpoint (lxc_endpoints),
+ *    out of its host veth (lxc_to_pod again).
+ * Whatever the FIB does not forward (the node's own addresses, no route, MTU exceeded, TTL about
+ * to expire, forwarding off) goes to the node's stack as without the flag.
+ */
+
+/* node_config.flags */
+enum node_flags {
+	NODE_F_HOST_ROUTING = 1, /* forward with FIB lookups and redirects (above) */
+};
+
+/* node_config (array, key 0): what the programs need to know about the node. */
 struct node_config {
 	__be32 snat_addr;     /* the node's uplink address; 0: no SNAT */
 	__u16 snat_port_min;  /* SNAT source ports, host order, inclusive */
 	__u16 snat_port_max;
+	__u32 flags;          /* enum node_flags */
 };
 
 #endif /* VELVET_TYPES_H */

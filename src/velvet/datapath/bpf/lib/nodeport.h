@@ -14,11 +14,10 @@
 #include "conntrack.h"
 #include "csum.h"
 #include "events.h"
+#include "fib.h"
 #include "ipcache.h"
 #include "service.h"
 
-#define AF_INET 2
-#define IP_TTL_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, ttl))
 #define SNAT_RETRIES 16
 
 /* The node's settings, or NULL when SNAT is off (no address configured). */
@@ -146,47 +145,6 @@ static __always_inline int icmp_error_rewrite(struct __sk_buff *skb, const struc
 }
 
 /*
- * Forward a translated packet (now saddr -> daddr) as a router would: TTL decremented, out of the
- * interface the FIB names, with the next hop's MAC (resolved by the neighbour subsystem when not
- * known yet). Returns the tc verdict, or -1 when there is no route (DROP_NO_FIB).
- */
-static __always_inline int nodeport_forward(struct __sk_buff *skb, __be32 saddr, __be32 daddr, __u8 proto)
-{
-	struct bpf_fib_lookup fib = {
-		.family = AF_INET,
-		.l4_protocol = proto,
-		.ifindex = skb->ifindex,
-		.ipv4_src = saddr,
-		.ipv4_dst = daddr,
-	};
-	__u8 hdr[2], dec[2];
-	long ret;
-
-	/* tot_len 0: the kernel checks the skb itself against the MTU (GSO included) */
-	ret = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (ret != BPF_FIB_LKUP_RET_SUCCESS && ret != BPF_FIB_LKUP_RET_NO_NEIGH)
-		return -1;
-
-	/* TTL (and the protocol beside it, one checksum word) */
-	if (bpf_skb_load_bytes(skb, IP_TTL_OFF, hdr, sizeof(hdr)) < 0)
-		return -1;
-	if (hdr[0] > 1) {
-		dec[0] = hdr[0] - 1;
-		dec[1] = hdr[1];
-		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, *(__be16 *)hdr, *(__be16 *)dec, 2) < 0 ||
-		    bpf_skb_store_bytes(skb, IP_TTL_OFF, dec, sizeof(dec), 0) < 0)
-			return -1;
-	}
-
-	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
-	if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0) < 0)
-		return -1;
-	return bpf_redirect(fib.ifindex, 0);
-}
-
-/*
  * A reply of a connection SNATed to a backend on another node (backend -> node address:port):
  * the client back as destination, the frontend as source, forwarded towards the client. Returns
  * the tc verdict, or -1 when pkt is no such reply.
@@ -234,7 +192,7 @@ static __always_inline int nodeport_snat_reply(struct __sk_buff *skb, struct pkt
 		reason = svc_rev_nat(skb, pkt, e, now);
 	}
 	if (!reason) {
-		verdict = nodeport_forward(skb, pkt->saddr, pkt->daddr, pkt->proto);
+		verdict = fib_redirect(skb, pkt->saddr, pkt->daddr, pkt->proto);
 		if (verdict < 0)
 			reason = DROP_NO_FIB;
 	}
@@ -288,7 +246,7 @@ static __always_inline int nodeport_snat_icmp_error(struct __sk_buff *skb, struc
 		return drop_pkt(skb, pkt, DROP_WRITE_ERROR, OBS_TO_NETWORK, METRIC_EGRESS);
 	pkt->saddr = frontend;
 	pkt->daddr = client;
-	verdict = nodeport_forward(skb, frontend, client, IPPROTO_ICMP);
+	verdict = fib_redirect(skb, frontend, client, IPPROTO_ICMP);
 	if (verdict < 0)
 		return drop_pkt(skb, pkt, DROP_NO_FIB, OBS_TO_NETWORK, METRIC_EGRESS);
 	pass_pkt(skb, pkt, OBS_TO_NETWORK, METRIC_EGRESS, true);
@@ -311,7 +269,7 @@ static __always_inline int nodeport_snat_forward(struct __sk_buff *skb, struct p
 	if (!reason && nat4_rewrite(skb, pkt, false, cfg->snat_addr, port) < 0)
 		reason = DROP_WRITE_ERROR;
 	if (!reason) {
-		verdict = nodeport_forward(skb, cfg->snat_addr, pkt->daddr, pkt->proto);
+		verdict = fib_redirect(skb, cfg->snat_addr, pkt->daddr, pkt->proto);
 		if (verdict < 0)
 			reason = DROP_NO_FIB;
 	}

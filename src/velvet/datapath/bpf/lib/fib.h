@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * fib.h - forwarding as a router would, from a tc program: a FIB lookup in the node's namespace,
+ * the TTL decremented (checksum fixed) and a redirect out of the interface the FIB names, with the
+ * next hop's MAC (resolved by the neighbour subsystem when not known yet). Used by NodePort SNAT
+ * (lib/nodeport.h) and by host routing (see types.h, "Host routing").
+ */
+#ifndef VELVET_LIB_FIB_H
+#define VELVET_LIB_FIB_H
+
+#include "common.h"
+#include "maps.h"
+#include "csum.h"
+
+#define AF_INET 2
+#define IP_TTL_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, ttl))
+
+/* Whether the agent turned host routing on (node_config.flags). */
+static __always_inline bool host_routing_enabled(void)
+{
+	__u32 zero = 0;
+	const struct node_config *cfg = bpf_map_lookup_elem(&node_config, &zero);
+
+	return cfg && (cfg->flags & NODE_F_HOST_ROUTING);
+}
+
+/*
+ * Forward the packet (saddr -> daddr, as it is now) out of the interface the FIB names for it.
+ * Returns the tc verdict, or -1 when the FIB has no forwarding answer (no route, a local
+ * address, forwarding off, MTU exceeded) or the TTL would expire: the node's stack is then the
+ * one to answer (ICMP errors, local delivery).
+ */
+static __always_inline int fib_redirect(struct __sk_buff *skb, __be32 saddr, __be32 daddr, __u8 proto)
+{
+	struct bpf_fib_lookup fib = {
+		.family = AF_INET,
+		.l4_protocol = proto,
+		.ifindex = skb->ifindex,
+		.ipv4_src = saddr,
+		.ipv4_dst = daddr,
+	};
+	__u8 hdr[2], dec[2];
+	long ret;
+
+	/* tot_len 0: the kernel checks the skb itself against the MTU (GSO included) */
+	ret = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (ret != BPF_FIB_LKUP_RET_SUCCESS && ret != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return -1;
+
+	/* TTL (and the protocol beside it, one checksum word); the stack sends time-exceeded */
+	if (bpf_skb_load_bytes(skb, IP_TTL_OFF, hdr, sizeof(hdr)) < 0 || hdr[0] <= 1)
+		return -1;
+	dec[0] = hdr[0] - 1;
+	dec[1] = hdr[1];
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, *(__be16 *)hdr, *(__be16 *)dec, 2) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_TTL_OFF, dec, sizeof(dec), 0) < 0)
+		return -1;
+
+	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+	if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0) < 0)
+		return -1;
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+/* Host routing: forward a packet the program passed (verdict TC_ACT_OK) itself; else, or when the
+ * FIB says no, return verdict for the node's stack. */
+static __always_inline int host_route(struct __sk_buff *skb, __be32 saddr, __be32 daddr, __u8 proto,
+				      int verdict)
+{
+	int ret;
+
+	if (verdict != TC_ACT_OK || !host_routing_enabled())
+		return verdict;
+	ret = fib_redirect(skb, saddr, daddr, proto);
+	return ret < 0 ? verdict : ret;
+}
+
+/* Host routing of a packet from outside the node: only to a local endpoint (its host veth). */
+static __always_inline int host_route_local(struct __sk_buff *skb, __be32 saddr, __be32 daddr, __u8 proto,
+					    int verdict)
+{
+	if (verdict != TC_ACT_OK || !bpf_map_lookup_elem(&lxc_endpoints, &daddr))
+		return verdict;
+	return host_route(skb, saddr, daddr, proto, verdict);
+}
+
+#endif /* VELVET_LIB_FIB_H */

@@ -1,0 +1,174 @@
+"""Datapath tests of host routing (node_config NODE_F_HOST_ROUTING): lxc_from_pod and node_from_uplink
+forward what they pass themselves, FIB lookup + redirect, or leave it to the node's stack
+(BPF_PROG_TEST_RUN).
+
+The programs run inside a namespace of the test's own shaped like a node: two pod host veths `lxc0`
+(pod 10.244.0.20) and `lxc1` (pod 10.244.0.30), each with its /32 route and the pod's MAC as a permanent
+neighbour, the pod gateway 10.244.0.1 on `gw0`, and the uplink `up0` (192.168.77.2/24) with the other
+node's pod CIDR 10.244.1.0/24 via 192.168.77.3 (a permanent neighbour too).
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from fixtures_datapath import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, lxc, node, sh
+from packets import SYN, TCP, checksums_ok, eth, ipv4, tcp, tcp_segment
+from seeding import add_pods, set_identity
+
+from velvet.datapath.structs import DropReason, EndpointFlag, EventType, ObsPoint, ReservedIdentity, Verdict
+from velvet.datapath.tables import NodeSettings
+from velvet.datapath.testrun import TestRunResult, skb_ctx, test_run
+from velvet.system.netns import in_netns
+
+pytestmark = [pytest.mark.privileged]
+__all__ = ["lxc", "node"]  # the fixtures, imported for pytest
+
+NODE_IP, PEER_NODE, GATEWAY = "192.168.77.2", "192.168.77.3", "10.244.0.1"
+POD, OTHER_POD, REMOTE_POD = "10.244.0.20", "10.244.0.30", "10.244.1.20"
+POD_MAC, OTHER_POD_MAC = bytes.fromhex("0a00000000a0"), bytes.fromhex("0a00000000a1")
+PEER_MAC = bytes.fromhex("0a00000000b3")
+ID_POD, ID_OTHER, ID_REMOTE = 2001, 2002, 2000
+EP_POD, EP_OTHER = 7, 8
+
+
+@dataclass(frozen=True)
+class Node:
+    """The test namespace: its interfaces' ifindex and MAC by name."""
+
+    netns: str
+    ifindex: dict[str, int]
+    mac: dict[str, bytes]
+
+
+@pytest.fixture
+def topo() -> Iterator[Node]:
+    """A namespace shaped like a node (see the module docstring), forwarding on."""
+    ns = f"velvet-dp-{secrets.token_hex(3)}-hr"
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for dev in ("lxc0", "lxc1", "gw0", "up0"):
+            sh("ip", "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", f"{dev}p")
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", f"{dev}p", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{GATEWAY}/32", "dev", "gw0")
+        sh("ip", "-n", ns, "addr", "add", f"{NODE_IP}/24", "dev", "up0")
+        for pod, lladdr, dev in ((POD, POD_MAC, "lxc0"), (OTHER_POD, OTHER_POD_MAC, "lxc1"),
+                                 (PEER_NODE, PEER_MAC, "up0")):
+            sh("ip", "-n", ns, "neigh", "replace", pod, "lladdr", lladdr.hex(":"), "dev", dev,
+               "nud", "permanent")
+            if dev != "up0":
+                sh("ip", "-n", ns, "route", "add", f"{pod}/32", "dev", dev, "src", GATEWAY)
+        sh("ip", "-n", ns, "route", "add", "10.244.1.0/24", "via", PEER_NODE, "dev", "up0")
+        ifindex: dict[str, int] = {}
+        mac: dict[str, bytes] = {}
+        for dev in ("lxc0", "lxc1", "up0"):
+            ifindex[dev] = int(sh("ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/ifindex"))
+            mac[dev] = bytes.fromhex(sh("ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/address")
+                                     .strip().replace(":", ""))
+        yield Node(ns, ifindex, mac)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def seed(obj: Loaded, topo: Node, *, host_routing: bool = True, pod_flags: int = 0) -> None:
+    """The two local pods, the remote pod's identity, the node's address, and the host routing flag."""
+    add_pods(obj.tables, [(POD, topo.ifindex["lxc0"], ID_POD, EP_POD, pod_flags),
+                          (OTHER_POD, topo.ifindex["lxc1"], ID_OTHER, EP_OTHER, 0)])
+    set_identity(obj.tables, f"{REMOTE_POD}/32", ID_REMOTE)
+    set_identity(obj.tables, f"{NODE_IP}/32", ReservedIdentity.HOST)
+    obj.tables.write("node_config", {0: NodeSettings(NODE_IP, host_routing=host_routing)}, ())
+
+
+def run(obj: Loaded, topo: Node, program: str, dev: str, frame: bytes) -> TestRunResult:
+    """A program on a frame received by `dev`, inside the test namespace."""
+    with in_netns(topo.netns):
+        return test_run(obj.obj.program(program), frame, ctx=skb_ctx(ifindex=topo.ifindex[dev]))
+
+
+def forwarded(src: str, dst: str, dst_mac: bytes, src_mac: bytes) -> bytes:
+    """The SYN src:40000 -> dst:8080 as a router sends it on: TTL 63, the next hop's MAC."""
+    segment = tcp_segment(src, dst, 40000, 8080, SYN)
+    return eth(ipv4(src, dst, TCP, segment, ttl=63), dst=dst_mac, src=src_mac)
+
+
+@pytest.mark.parametrize(("dst", "dev", "dst_mac"), [(REMOTE_POD, "up0", PEER_MAC),
+                                                      (OTHER_POD, "lxc1", OTHER_POD_MAC)],
+                         ids=["remote-pod", "local-pod"])
+def test_pod_traffic_is_forwarded_by_the_program(lxc: Loaded, topo: Node, dst: str, dev: str,
+                                                 dst_mac: bytes) -> None:
+    """Test that with host routing lxc_from_pod redirects a pod's packet out of the interface the FIB
+    names (the uplink towards another node's pod, a local pod's host veth) as a router would: TTL
+    decremented with a valid checksum, the next hop's MAC, the interface's own as source, and that the
+    packet is still reported once (a new connection's trace event)."""
+    seed(lxc, topo)
+    result = run(lxc, topo, "lxc_from_pod", "lxc0", tcp(POD, dst, 40000, 8080))
+    assert result.retval == TC_ACT_REDIRECT
+    assert result.data_out == forwarded(POD, dst, dst_mac, topo.mac[dev])
+    assert checksums_ok(result.data_out)
+    events = lxc.events()
+    assert [(e["type"], e["obs_point"], e["verdict"]) for e in events] == [
+        (EventType.TRACE, ObsPoint.FROM_ENDPOINT, Verdict.FORWARDED)]
+
+
+@pytest.mark.parametrize(("desc", "dst", "ttl"), [
+    ("the node's own address is delivered by the stack", GATEWAY, 64),
+    ("a destination without a route gets the stack's unreachable", "203.0.113.9", 64),
+    ("a TTL about to expire gets the stack's time-exceeded", REMOTE_POD, 1),
+], ids=["node-address", "no-route", "ttl-1"])
+def test_what_the_fib_does_not_forward_goes_to_the_stack(lxc: Loaded, topo: Node, desc: str, dst: str,
+                                                         ttl: int) -> None:
+    """Test that with host routing a packet the FIB does not forward passes to the node's stack
+    untouched (TC_ACT_OK, the same bytes)."""
+    seed(lxc, topo)
+    frame = eth(ipv4(POD, dst, TCP, tcp_segment(POD, dst, 40000, 8080, SYN), ttl=ttl))
+    result = run(lxc, topo, "lxc_from_pod", "lxc0", frame)
+    assert (result.retval, result.data_out) == (TC_ACT_OK, frame), desc
+
+
+def test_legacy_host_routing_leaves_forwarding_to_the_stack(lxc: Loaded, topo: Node) -> None:
+    """Test that without the flag lxc_from_pod passes a packet to another node's pod to the node's
+    stack unchanged, as before host routing."""
+    seed(lxc, topo, host_routing=False)
+    frame = tcp(POD, REMOTE_POD, 40000, 8080)
+    result = run(lxc, topo, "lxc_from_pod", "lxc0", frame)
+    assert (result.retval, result.data_out) == (TC_ACT_OK, frame)
+
+
+def test_policy_still_drops_with_host_routing(lxc: Loaded, topo: Node) -> None:
+    """Test that a pod isolated for egress with no rule is still dropped (and reported) with host
+    routing on: the redirect comes after the verdict."""
+    seed(lxc, topo, pod_flags=EndpointFlag.POLICY_EGRESS)
+    result = run(lxc, topo, "lxc_from_pod", "lxc0", tcp(POD, REMOTE_POD, 40000, 8080))
+    assert result.retval == TC_ACT_SHOT
+    drops = [e for e in lxc.events() if e["type"] == EventType.DROP]
+    assert [e["drop_reason"] for e in drops] == [DropReason.POLICY_DENIED]
+
+
+@pytest.mark.parametrize("host_routing", [True, False], ids=["bpf", "legacy"])
+def test_uplink_sends_a_local_pods_packet_to_its_veth(node: Loaded, topo: Node, host_routing: bool) -> None:
+    """Test that node_from_uplink redirects a packet from another node's pod to a local pod out of the
+    pod's host veth (TTL 63, the pod's MAC) with host routing, and leaves it to the stack without."""
+    seed(node, topo, host_routing=host_routing)
+    frame = tcp(REMOTE_POD, POD, 40000, 8080)
+    result = run(node, topo, "node_from_uplink", "up0", frame)
+    if host_routing:
+        assert result.retval == TC_ACT_REDIRECT
+        assert result.data_out == forwarded(REMOTE_POD, POD, POD_MAC, topo.mac["lxc0"])
+    else:
+        assert (result.retval, result.data_out) == (TC_ACT_OK, frame)
+
+
+def test_uplink_leaves_what_is_not_for_a_local_pod_to_the_stack(node: Loaded, topo: Node) -> None:
+    """Test that node_from_uplink does not route for others: a packet to the node itself, or to an
+    address that is no local endpoint, passes to the stack untouched even with host routing."""
+    seed(node, topo)
+    for dst in (NODE_IP, REMOTE_POD):
+        frame = tcp("192.168.77.9", dst, 40000, 8080)
+        result = run(node, topo, "node_from_uplink", "up0", frame)
+        assert (result.retval, result.data_out) == (TC_ACT_OK, frame), dst
