@@ -1,0 +1,108 @@
+"""Process events from the kernel: proc.bpf.o loaded, limited to the node's cgroup, attached as pinned links.
+
+Needs root, bpffs, tracefs, BTF (CO-RE) and cgroup v2. The ring and the config map are pinned beside the
+node's other maps and the links under its `links/` directory (`proc-exec`, `proc-fork`, `proc-exit`): a
+restarted agent re-opens the same ring, so events of processes that ran while it was down are still
+read (up to the ring's 4 MiB), and replaces the links with its fresh programs (tracepoint links cannot be
+updated in place).
+"""
+
+from __future__ import annotations
+
+from ctypes import c_uint32
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from velvet.datapath import attach, build
+from velvet.datapath.bpfobject import BpfObject
+from velvet.datapath.structs import PROCESS_EVENT_DTYPE, ProcConfig
+from velvet.datapath.views import ProcEventsRing
+from velvet.system import mounts
+from velvet.system.mounts import cgroup2_mount
+
+# program -> (tracepoint category or "raw", tracepoint name)
+TRACEPOINTS = {
+    "proc_exec": ("sched", "sched_process_exec"),
+    "proc_fork": ("raw", "sched_process_fork"),
+    "proc_exit": ("sched", "sched_process_exit"),
+}
+
+
+class ProcessSource(Protocol):
+    """Where process events come from: the kernel, or a list in unit tests."""
+
+    def start(self) -> None:
+        """Begin producing events."""
+
+    def read(self, max_records: int = 4096) -> Any:
+        """Committed records (a numpy array of PROCESS_EVENT_DTYPE), oldest first."""
+
+    def fileno(self) -> int | None:
+        """A pollable fd that is readable while records are pending (None: poll)."""
+
+    def close(self) -> None:
+        """Release fds; pinned links keep reporting into the pinned ring."""
+
+
+def cgroup_level(cgroup: Path) -> int:
+    """Depth of a cgroup v2 directory below the hierarchy's root (the root is level 0)."""
+    return len(cgroup.resolve().relative_to(cgroup2_mount().resolve()).parts)
+
+
+class KernelProcSource:
+    """proc.bpf.o for one node: every process in `cgroup`'s subtree (every process when None)."""
+
+    def __init__(self, pin_dir: Path, cgroup: Path | None) -> None:
+        self.pin_dir = pin_dir
+        self.links_dir = pin_dir / "links"
+        self.cgroup = cgroup
+        self._obj: BpfObject | None = None
+        self._ring: ProcEventsRing | None = None
+
+    def start(self) -> None:
+        """Load (re-adopting the pinned ring), aim at the node's cgroup, attach the three programs."""
+        mounts.ensure_bpffs()
+        mounts.ensure_pin_dir(self.pin_dir)
+        obj = BpfObject.open(build.object_path("proc"), pin_dir=self.pin_dir,
+                             autoload={"proc_tcp_state": False})
+        self._obj = obj.load()
+        config = ProcConfig()
+        if self.cgroup is not None:
+            config.cgroup_id = self.cgroup.stat().st_ino
+            config.level = cgroup_level(self.cgroup)
+        with self._obj.map("proc_config") as untyped, untyped.typed(c_uint32, ProcConfig) as config_map:
+            config_map.update(c_uint32(0), config)
+        for prog_name, (category, name) in TRACEPOINTS.items():
+            pin = self.links_dir / prog_name.replace("_", "-")
+            if category == "raw":
+                attach.attach_raw_tracepoint(self._obj.program(prog_name), name, pin).close()
+            else:
+                attach.attach_tracepoint(self._obj.program(prog_name), category, name, pin).close()
+        with self._obj.map("proc_events") as untyped:
+            self._ring = ProcEventsRing(untyped)
+
+    def read(self, max_records: int = 4096) -> Any:
+        """See `ProcessSource.read`."""
+        if self._ring is None:
+            return np.empty(0, dtype=PROCESS_EVENT_DTYPE)
+        return self._ring.read(max_records)
+
+    def fileno(self) -> int | None:
+        """See `ProcessSource.fileno`."""
+        return self._ring.ring.fileno() if self._ring is not None else None
+
+    def close(self) -> None:
+        """See `ProcessSource.close`."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+    def detach(self) -> None:
+        """Remove the pinned links (the node is going away: nothing reads the ring any more)."""
+        for prog_name in TRACEPOINTS:
+            attach.detach_pinned(self.links_dir / prog_name.replace("_", "-"))
