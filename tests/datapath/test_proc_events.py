@@ -75,17 +75,19 @@ def monitored() -> Iterator[Monitored]:
     finally:
         sleeper.kill()
         sleeper.wait()
-        monitor.close()
-        source.detach()
-        for name in ("proc_events", "proc_config"):
-            (pin_dir / name).unlink(missing_ok=True)
-        for directory in (pin_dir / "links", pin_dir):
-            if directory.exists():
-                directory.rmdir()
-        deadline = time.monotonic() + 5
-        while "populated 1" in (cgroup / "cgroup.events").read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        cgroup.rmdir()
+        try:
+            monitor.close()
+            source.detach()
+            for name in ("proc_events", "proc_config", "proc_lost"):
+                (pin_dir / name).unlink(missing_ok=True)
+            for directory in (pin_dir / "links", pin_dir):
+                if directory.exists():
+                    directory.rmdir()
+        finally:
+            deadline = time.monotonic() + 5
+            while "populated 1" in (cgroup / "cgroup.events").read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            cgroup.rmdir()
 
 
 def _of(events: list[Json], kind: str, **match: Any) -> list[Json]:
@@ -186,3 +188,21 @@ def test_processes_running_before_the_start_are_read_from_proc_with_their_parent
     assert sleeper["parent_exec_id"]
     assert found[0]["parent"]["pid"] == os.getpid()
     assert found[0]["parent"]["exec_id"] == sleeper["parent_exec_id"]
+
+
+def test_a_burst_bigger_than_the_ring_is_counted_as_lost_never_silent(monitored: Monitored) -> None:
+    """Test that when forks outrun the reader (nothing polls during the burst), every event the ring could
+    not hold is counted: events taken in + lost >= the fork and exit events of the burst."""
+    while monitored.monitor.poll():
+        pass
+    seen_before, lost_before = monitored.monitor.seen, monitored.monitor.lost()
+    forks = 4000  # two events each (fork, exit) of ~1.3 KiB: more than the 4 MiB ring holds
+    script = (f"import os\nfor _ in range({forks}):\n    pid = os.fork()\n    if pid == 0: os._exit(0)\n"
+              "    os.waitpid(pid, 0)\n")
+    subprocess.run([sys.executable, "-c", script], preexec_fn=monitored.enter(), check=True)
+    while monitored.monitor.poll():
+        pass
+    lost = monitored.monitor.lost() - lost_before
+    assert lost > 0
+    assert (monitored.monitor.seen - seen_before) + lost >= 2 * forks
+    assert monitored.monitor.status()["lost"] == monitored.monitor.lost()

@@ -120,10 +120,12 @@ async def process_loop(agent: Agent) -> None:
         loop.add_reader(fd, ready.set)
     try:
         while True:
+            if agent.processes.poll():
+                await asyncio.sleep(0)  # a burst is taken in batches between the loop's other work
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ready.wait(), EVENT_POLL_SECONDS)
             ready.clear()
-            agent.processes.poll()
     finally:
         if fd is not None:
             loop.remove_reader(fd)

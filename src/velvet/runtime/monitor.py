@@ -21,12 +21,14 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from velvet.datapath.structs import ProcEventFlag, ProcEventType
 from velvet.errors import VelvetError
@@ -133,6 +135,8 @@ class ProcessMonitor:
         self._clock_offset_ns = time.time_ns() - time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
         self.execs = Counter("velvet_process_execs", "Process executions seen, by pod (node: empty labels)",
                              ["namespace", "pod"], registry=registry)
+        if registry is not None:
+            registry.register(_LostCollector(self))
 
     # -- start: the kernel's programs, then what already runs -------------------------------------
 
@@ -152,7 +156,8 @@ class ProcessMonitor:
             self.source.close()
             self.source = None
             return
-        self.poll()
+        while self.poll():
+            pass
         self.scan_proc()
 
     def scan_proc(self) -> None:
@@ -205,16 +210,18 @@ class ProcessMonitor:
         """The source's pollable fd."""
         return self.source.fileno() if self.source is not None else None
 
-    def poll(self) -> int:
-        """Take every pending record; how many were taken."""
+    def poll(self, max_records: int = 4096) -> int:
+        """Take up to `max_records` pending records; how many were taken (call again while it is > 0)."""
         if self.source is None:
             return 0
-        taken = 0
-        while len(batch := self.source.read()):
-            self.ingest(batch)
-            taken += len(batch)
+        batch = self.source.read(max_records)
+        self.ingest(batch)
         self.tree.expire()
-        return taken
+        return len(batch)
+
+    def lost(self) -> int:
+        """Events the kernel could not write (its ring was full)."""
+        return self.source.lost() if self.source is not None else 0
 
     def ingest(self, batch: Any) -> None:
         """Take a batch of `struct process_event` records (numpy, PROCESS_EVENT_DTYPE)."""
@@ -319,8 +326,8 @@ class ProcessMonitor:
 
     def status(self) -> Json:
         """Counters for `velvet status`: events seen and stored, processes known."""
-        return {"seen": self.seen, "stored": len(self.events), "capacity": self.events.maxlen,
-                "processes": len(self.tree), "evicted": self.tree.evicted,
+        return {"seen": self.seen, "lost": self.lost(), "stored": len(self.events),
+                "capacity": self.events.maxlen, "processes": len(self.tree), "evicted": self.tree.evicted,
                 "attached": self.source is not None, "error": self.error}
 
     def close(self) -> None:
@@ -347,3 +354,14 @@ def _cgroup_id(path: str) -> int:
     except OSError:
         return 0
 
+
+class _LostCollector(Collector):
+    """velvet_process_events_lost_total: read from the kernel's counter at scrape time."""
+
+    def __init__(self, monitor: ProcessMonitor) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        """The one counter."""
+        yield CounterMetricFamily("velvet_process_events_lost",
+                                  "Process events the kernel ring had no room for", value=self.monitor.lost())

@@ -9,7 +9,8 @@ updated in place).
 
 from __future__ import annotations
 
-from ctypes import c_uint32
+import logging
+from ctypes import c_uint32, c_uint64
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,9 +20,12 @@ from velvet.datapath import attach, build
 from velvet.datapath.bpfobject import BpfObject
 from velvet.datapath.structs import PROCESS_EVENT_DTYPE, ProcConfig
 from velvet.datapath.views import ProcEventsRing
+from velvet.errors import DatapathError
 from velvet.system import mounts
 from velvet.system.mounts import cgroup2_mount
 
+log = logging.getLogger("velvet.runtime")
+PINNED_MAPS = ("proc_events", "proc_config", "proc_lost")
 # program -> (tracepoint category or "raw", tracepoint name)
 TRACEPOINTS = {
     "proc_exec": ("sched", "sched_process_exec"),
@@ -41,6 +45,9 @@ class ProcessSource(Protocol):
 
     def fileno(self) -> int | None:
         """A pollable fd that is readable while records are pending (None: poll)."""
+
+    def lost(self) -> int:
+        """Events the kernel had no room for since the ring was made (it survives agent restarts)."""
 
     def close(self) -> None:
         """Release fds; pinned links keep reporting into the pinned ring."""
@@ -65,9 +72,7 @@ class KernelProcSource:
         """Load (re-adopting the pinned ring), aim at the node's cgroup, attach the three programs."""
         mounts.ensure_bpffs()
         mounts.ensure_pin_dir(self.pin_dir)
-        obj = BpfObject.open(build.object_path("proc"), pin_dir=self.pin_dir,
-                             autoload={"proc_tcp_state": False})
-        self._obj = obj.load()
+        self._obj = self._load()
         config = ProcConfig()
         if self.cgroup is not None:
             config.cgroup_id = self.cgroup.stat().st_ino
@@ -83,6 +88,21 @@ class KernelProcSource:
         with self._obj.map("proc_events") as untyped:
             self._ring = ProcEventsRing(untyped)
 
+    def _load(self) -> BpfObject:
+        """Load, re-adopting the pinned maps; pins of an older layout are replaced (their events lost)."""
+        path = build.object_path("proc")
+        obj = BpfObject.open(path, pin_dir=self.pin_dir, autoload={"proc_tcp_state": False})
+        try:
+            return obj.load()
+        except DatapathError as exc:
+            obj.close()
+            if "reuse" not in str(exc):
+                raise
+        log.warning("pinned process maps no longer match proc.bpf.o: replacing them")
+        for name in PINNED_MAPS:
+            (self.pin_dir / name).unlink(missing_ok=True)
+        return BpfObject.open(path, pin_dir=self.pin_dir, autoload={"proc_tcp_state": False}).load()
+
     def read(self, max_records: int = 4096) -> Any:
         """See `ProcessSource.read`."""
         if self._ring is None:
@@ -92,6 +112,14 @@ class KernelProcSource:
     def fileno(self) -> int | None:
         """See `ProcessSource.fileno`."""
         return self._ring.ring.fileno() if self._ring is not None else None
+
+    def lost(self) -> int:
+        """See `ProcessSource.lost`."""
+        if self._obj is None:
+            return 0
+        with self._obj.map("proc_lost") as untyped, untyped.typed(c_uint32, c_uint64) as lost_map:
+            per_cpu = lost_map.lookup_percpu(c_uint32(0)) or []
+        return sum(int(v.value) for v in per_cpu)
 
     def close(self) -> None:
         """See `ProcessSource.close`."""

@@ -32,6 +32,14 @@ struct {
 	__type(value, struct proc_config);
 } proc_config SEC(".maps");
 
+/* Process events the ring had no room for (one counter per CPU; the agent reports the sum). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} proc_lost SEC(".maps");
+
 /*
  * The current directory of `task` as path components, innermost first, into ev->cwd: a bounded walk up
  * the dentries that crosses mount points (a tracepoint may not call bpf_d_path). Stops at the task's
@@ -93,10 +101,15 @@ static __always_inline struct process_event *proc_event_reserve(__u8 type)
 {
 	struct process_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
 	struct task_struct *task;
-	__u64 pid_tgid;
+	__u64 pid_tgid, *lost;
+	__u32 zero = 0;
 
-	if (!ev)
+	if (!ev) {
+		lost = bpf_map_lookup_elem(&proc_lost, &zero);
+		if (lost)
+			*lost += 1;
 		return NULL;
+	}
 	/* zero up to the strings; those are valid up to their NUL, args_len and cwd_depth */
 	__builtin_memset(ev, 0, __builtin_offsetof(struct process_event, filename));
 	ev->filename[0] = 0;
