@@ -78,6 +78,9 @@ def test_exec_in_a_pod_names_pod_binary_arguments_and_parent_and_its_exit_the_co
                         _with("process_exit", binary="/bin/sh", arguments="-c 'exit 5'"))
     assert [e["status"] for e in shells] == [5]
     assert not _with("process_exec", arguments="hello e2e-1")(events(sb, "--namespace", "other"))
+    servers = [e for e in _with("process_exec")(events(sb, "--pod", "web-1"))
+               if "velvet.sandbox.echo" in e["process"]["arguments"] and "execve" in e["process"]["flags"]]
+    assert len(servers) == 1  # the pod's server, started before the agent knew the pod's cgroup
 
 
 def test_a_process_killed_by_sigkill_exits_with_the_signal(sb: Sandbox) -> None:

@@ -171,3 +171,14 @@ def test_tree_keeps_exited_processes_for_a_grace_period_and_stays_bounded() -> N
     tree.exit(3, now=200.0)
     tree.expire(now=210.0)
     assert tree.get(3) is None
+
+
+def test_a_pod_learnt_after_its_first_exec_names_the_stored_event() -> None:
+    """Test that an exec in a cgroup the agent did not know yet names the pod once the agent knows it."""
+    resolver = DictResolver()
+    mon = ProcessMonitor(None, resolver, "node-a", cgroup=None)
+    feed(mon, record(ProcEventType.EXEC, 1, 0, 1, filename="/srv", cgroup=900))
+    assert "pod" not in mon.query(EventQuery())[0]["process_exec"]["process"]
+    resolver.set_cgroup(900, "10.0.0.8")
+    resolver.set_endpoint("10.0.0.8", EndpointInfo("ns2", "late-1"))
+    assert mon.query(EventQuery(pod="late-1"))[0]["process_exec"]["process"]["pod"]["name"] == "late-1"

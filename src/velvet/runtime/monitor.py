@@ -293,19 +293,25 @@ class ProcessMonitor:
     def _emit(self, event: ProcessEvent) -> None:
         """Store the event and hand it to every follower that wants it (one that is full loses it)."""
         self.seen += 1
-        if event.process.pod is None and event.process.cgroup_id:  # a pod not known yet when it started
-            event.process.pod = self._pod(event.process.cgroup_id)
         self.events.append(event)
         for follower in self._followers:
-            if follower.query.matches(event):
+            if follower.query.matches(self._named(event)):
                 try:
                     follower.queue.put_nowait(event)
                 except asyncio.QueueFull:
                     follower.lost += 1
 
+    def _named(self, event: ProcessEvent) -> ProcessEvent:
+        """`event` with its processes' pods looked up again where unknown: a pod's first processes start
+        before the agent has learnt its cgroup (the pod's address comes with the kubelet's next report)."""
+        for proc in (event.process, event.parent):
+            if proc is not None and proc.pod is None and proc.cgroup_id:
+                proc.pod = self._pod(proc.cgroup_id)
+        return event
+
     def query(self, query: EventQuery) -> list[Json]:
         """The last `query.last` stored events that match, oldest first."""
-        found = [e for e in self.events if query.matches(e)]
+        found = [e for e in self.events if query.matches(self._named(e))]
         return [e.to_json(self.node_name) for e in found[-query.last:]] if query.last else []
 
     async def stream(self, query: EventQuery) -> AsyncGenerator[Json]:
