@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from harness import Sandbox, echo_pod, namespace, sandbox
 
+from velvet.datapath.attach import list_pinned_links
 from velvet.paths import AgentPaths
 
 pytestmark = pytest.mark.privileged
@@ -127,7 +128,8 @@ def test_metrics_count_execs_per_pod(sb: Sandbox) -> None:
 
 def test_processes_running_before_a_restarted_agent_appear_with_their_ancestry(sb: Sandbox) -> None:
     """Test that after `kill -9` of the agent and its restart, the pod's server process (started long
-    before) is a procFS process_exec naming the pod, whose parent is known, and that status says so."""
+    before) is a procFS process_exec naming the pod, whose parent is known, and that status shows the
+    programs and where they are attached."""
     pid_file = AgentPaths(sb.name).run_dir / "agent.pid"
     old_pid = int(pid_file.read_text())
     os.kill(old_pid, 9)
@@ -146,3 +148,10 @@ def test_processes_running_before_a_restarted_agent_appear_with_their_ancestry(s
     status = sb.json("status")["processes"]
     assert status["attached"]
     assert status["processes"] > 0
+    assert {p["name"]: p["attached_to"] for p in status["programs"]} == {
+        "proc_exec": "tracepoint sched:sched_process_exec", "proc_fork": "raw_tracepoint:sched_process_fork",
+        "proc_exit": "tracepoint sched:sched_process_exit"}
+    links = list_pinned_links(AgentPaths(sb.name).pin_dir / "links")
+    pinned = {path.name: info.prog_id for path, info in links  # the restarted agent's programs are in them
+              if path.name.startswith("proc-")}
+    assert pinned == {p["name"].replace("_", "-"): p["id"] for p in status["programs"]}

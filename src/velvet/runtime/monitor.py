@@ -334,7 +334,8 @@ class ProcessMonitor:
         """Counters for `velvet status`: events seen and stored, processes known."""
         return {"seen": self.seen, "lost": self.lost(), "stored": len(self.events),
                 "capacity": self.events.maxlen, "processes": len(self.tree), "evicted": self.tree.evicted,
-                "attached": self.source is not None, "error": self.error}
+                "attached": self.source is not None, "error": self.error,
+                "programs": self.source.programs() if self.source is not None else []}
 
     def close(self) -> None:
         """End every stream and release the source (pinned links stay attached)."""

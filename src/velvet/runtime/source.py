@@ -49,6 +49,9 @@ class ProcessSource(Protocol):
     def lost(self) -> int:
         """Events the kernel had no room for since the ring was made (it survives agent restarts)."""
 
+    def programs(self) -> list[dict[str, Any]]:
+        """The loaded programs: name, id and the tracepoint each is attached to."""
+
     def close(self) -> None:
         """Release fds; pinned links keep reporting into the pinned ring."""
 
@@ -112,6 +115,14 @@ class KernelProcSource:
     def fileno(self) -> int | None:
         """See `ProcessSource.fileno`."""
         return self._ring.ring.fileno() if self._ring is not None else None
+
+    def programs(self) -> list[dict[str, Any]]:
+        """See `ProcessSource.programs`."""
+        if self._obj is None:
+            return []
+        return [{"name": name, "id": self._obj.program(name).id,
+                 "attached_to": f"{'raw_tracepoint' if category == 'raw' else 'tracepoint ' + category}:{tp}"}
+                for name, (category, tp) in TRACEPOINTS.items()]
 
     def lost(self) -> int:
         """See `ProcessSource.lost`."""
