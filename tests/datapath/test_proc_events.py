@@ -10,6 +10,7 @@ import os
 import secrets
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from velvet.observe.enrich import DictResolver, EndpointInfo
+from velvet.observe.flow import Endpoint, Flow
 from velvet.runtime.monitor import EventQuery, ProcessMonitor
 from velvet.runtime.source import KernelProcSource
 from velvet.system import mounts
@@ -78,7 +80,7 @@ def monitored() -> Iterator[Monitored]:
         try:
             monitor.close()
             source.detach()
-            for name in ("proc_events", "proc_config", "proc_lost"):
+            for name in ("proc_events", "proc_config", "proc_lost", "proc_socks"):
                 (pin_dir / name).unlink(missing_ok=True)
             for directory in (pin_dir / "links", pin_dir):
                 if directory.exists():
@@ -189,6 +191,45 @@ def test_processes_running_before_the_start_are_read_from_proc_with_their_parent
     assert found[0]["parent"]["pid"] == os.getpid()
     assert found[0]["parent"]["exec_id"] == sleeper["parent_exec_id"]
 
+
+def test_a_connection_names_the_process_that_opened_it(monitored: Monitored) -> None:
+    """Test that a TCP connection opened by a process in the cgroup is attributed to that process (its
+    flows' source, its replies' destination), and that the accepting side outside the cgroup is not."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    script = (f"import socket; c = socket.create_connection(('127.0.0.1', {port})); "
+              "print(c.getsockname()[1], flush=True); c.recv(1)")
+    client = subprocess.Popen([sys.executable, "-c", script], preexec_fn=monitored.enter(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        conn, _ = server.accept()
+        assert client.stdout is not None
+        sport = int(client.stdout.readline())
+        monitored.events(lambda ev: bool(_of(ev, "process_exec", pid=client.pid)))
+        forward = _tcp_flow("127.0.0.1", sport, "127.0.0.1", port)
+        deadline = time.monotonic() + 10
+        while monitored.monitor.flow_processes(forward) == (None, None) and time.monotonic() < deadline:
+            monitored.monitor.poll()
+        source, destination = monitored.monitor.flow_processes(forward)
+        exec_event = _of(monitored.monitor.query(EventQuery(last=100000)), "process_exec", pid=client.pid)[0]
+        assert source == {"exec_id": exec_event["process"]["exec_id"], "pid": client.pid,
+                          "binary": sys.executable}
+        assert destination is None  # the accepting test process is outside the cgroup
+        assert monitored.monitor.flow_processes(_tcp_flow("127.0.0.1", port, "127.0.0.1", sport)) == \
+            (None, source)
+        conn.close()
+    finally:
+        client.kill()
+        client.wait()
+        server.close()
+
+
+def _tcp_flow(src: str, sport: int, dst: str, dport: int) -> Flow:
+    """A TCP flow between two addresses, as the flow pipeline hands it to the process lookup."""
+    return Flow(time_ns=0, type=0, obs_point=0, verdict=0, drop_reason=0, proto=6, tcp_flags=0, src_ip=src,
+                dst_ip=dst, src_port=sport, dst_port=dport, source=Endpoint(0), destination=Endpoint(0))
 
 def test_a_burst_bigger_than_the_ring_is_counted_as_lost_never_silent(monitored: Monitored) -> None:
     """Test that when forks outrun the reader (nothing polls during the burst), every event the ring could

@@ -150,8 +150,34 @@ def test_processes_running_before_a_restarted_agent_appear_with_their_ancestry(s
     assert status["processes"] > 0
     assert {p["name"]: p["attached_to"] for p in status["programs"]} == {
         "proc_exec": "tracepoint sched:sched_process_exec", "proc_fork": "raw_tracepoint:sched_process_fork",
-        "proc_exit": "tracepoint sched:sched_process_exit"}
+        "proc_exit": "tracepoint sched:sched_process_exit",
+        "proc_tcp_connect": "tracepoint sock:inet_sock_set_state"}
     links = list_pinned_links(AgentPaths(sb.name).pin_dir / "links")
     pinned = {path.name: info.prog_id for path, info in links  # the restarted agent's programs are in them
               if path.name.startswith("proc-")}
     assert pinned == {p["name"].replace("_", "-"): p["id"] for p in status["programs"]}
+
+
+def test_flows_name_the_process_that_opened_the_connection(sb: Sandbox) -> None:
+    """Test that the flows of a TCP connection a pod's process opened name that process (pid, binary,
+    exec_id of its process_exec) as source, their replies as destination, and that `velvet observe
+    --from-process` / `--to-process` select them."""
+    db = sb.wait_ready(["other/db-1"])["other/db-1"]
+    assert sb.query("proc/web-1", f"tcp://{db}:8080") is not None
+
+    def observe(*args: str) -> list[Event]:
+        out = sb.velvet("observe", "--last", "4095", "--protocol", "tcp", *args, "-o", "json").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    sent = observe("--from-pod", "proc/web-1", "--to-pod", "other/db-1", "--from-process", "*python3*")
+    assert sent
+    opener = sent[0]["source_process"]
+    assert {f["source_process"]["exec_id"] for f in sent} == {opener["exec_id"]}
+    queries = [e for e in _with("process_exec", pid=opener["pid"])(events(sb, "--pod", "web-1"))
+               if "--query" in e["process"]["arguments"]]
+    assert [(e["process"]["exec_id"], e["process"]["binary"]) for e in queries] == \
+        [(opener["exec_id"], opener["binary"])]
+    replies = observe("--from-pod", "other/db-1", "--to-pod", "proc/web-1", "--to-process", opener["exec_id"])
+    assert replies
+    assert all(f["destination_process"] == opener and "source_process" not in f for f in replies)
+    assert observe("--from-pod", "proc/web-1", "--from-process", "/no/such/binary") == []

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bench.flow_events import events
 from velvet.datapath.structs import PROCESS_EVENT_DTYPE, ProcEventFlag, ProcEventType
 from velvet.observe.enrich import DictResolver, EndpointInfo
+from velvet.observe.filters import FlowQuery
+from velvet.observe.pipeline import FlowPipeline
 from velvet.runtime.compact import compact_line
 from velvet.runtime.monitor import EventQuery, ProcessMonitor
 from velvet.runtime.process import Process
@@ -182,3 +185,33 @@ def test_a_pod_learnt_after_its_first_exec_names_the_stored_event() -> None:
     resolver.set_cgroup(900, "10.0.0.8")
     resolver.set_endpoint("10.0.0.8", EndpointInfo("ns2", "late-1"))
     assert mon.query(EventQuery(pod="late-1"))[0]["process_exec"]["process"]["pod"]["name"] == "late-1"
+
+
+def test_flows_name_the_process_of_their_connection_and_filter_by_it() -> None:
+    """Test that a TCP flow whose connection a process opened names it as source (its replies as
+    destination), and that --from-process / --to-process select by binary pattern, pid or exec_id."""
+    mon = monitor()
+    feed(mon, record(ProcEventType.EXEC, 40, 1, 1, filename="/usr/bin/curl", argv=("curl",)))
+    connect = record(ProcEventType.TCP_CONNECT, 40, 0, 2)
+    connect["saddr"], connect["sport"], connect["daddr"], connect["dport"] = 0x0A000001, 40000, 0x0A000002, 80
+    connect["new_state"] = 1  # TCP_ESTABLISHED
+    mon.ingest(connect)
+    flows = FlowPipeline(DictResolver(), node_name="n1", clock_offset_ns=0)
+    flows.processes = mon.flow_processes
+    flows.ingest(events({"ts_ns": 1, "saddr": "10.0.0.1", "daddr": "10.0.0.2", "sport": 40000, "dport": 80,
+                         "proto": 6},
+                        {"ts_ns": 2, "saddr": "10.0.0.2", "daddr": "10.0.0.1", "sport": 80, "dport": 40000,
+                         "proto": 6},
+                        {"ts_ns": 3, "saddr": "10.0.0.3", "daddr": "10.0.0.2", "sport": 40000, "dport": 80,
+                         "proto": 6}))
+    known = mon.tree.get(40)
+    assert known is not None
+    curl = {"exec_id": known.exec_id, "pid": 40, "binary": "/usr/bin/curl"}
+    out = flows.query(FlowQuery())
+    assert [(f.get("source_process"), f.get("destination_process")) for f in out] == [
+        (curl, None), (None, curl), (None, None)]
+    assert [f["time"][-4:] for f in flows.query(FlowQuery(from_process=("*/curl",)))] == ["001Z"]
+    assert [f["time"][-4:] for f in flows.query(FlowQuery(to_process=("40",)))] == ["002Z"]
+    assert flows.query(FlowQuery(from_process=(known.exec_id,)))[0]["source_process"] == curl
+    assert flows.query(FlowQuery(from_process=("/bin/sh",))) == []
+    assert FlowQuery.from_params(FlowQuery(from_process=("a,b",)).to_params()).from_process == ("a,b",)

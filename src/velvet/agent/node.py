@@ -124,6 +124,7 @@ class Agent:
                                   kernel_lost=datapath.events_lost, registry=self.metrics_registry)
         self.processes = ProcessMonitor(proc_source, self.resolver, config.node_name, cgroup=config.cgroup,
                                         registry=self.metrics_registry)
+        self.flows.processes = self.processes.flow_processes  # flows name the process of their connection
         writer = TableWriter(datapath)
         self.endpoints = EndpointController(self.state_dir / "endpoints.json", datapath)
         gateway = config.host_ips[-1]

@@ -266,6 +266,7 @@ class ProcEventType(IntEnum):
     EXIT = 2
     TCP_STATE = 3
     FORK = 4
+    TCP_CONNECT = 5
 
 
 class ProcEventFlag(IntFlag):

@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from prometheus_client.registry import Collector
 from velvet.datapath.structs import ProcEventFlag, ProcEventType
 from velvet.errors import VelvetError
 from velvet.observe.enrich import EndpointResolver
+from velvet.observe.flow import Flow
 from velvet.runtime.process import (
     Json,
     PodRef,
@@ -45,13 +47,15 @@ from velvet.runtime.process import (
     rfc3339,
 )
 from velvet.runtime.source import ProcessSource
-from velvet.runtime.tree import ProcessTree
+from velvet.runtime.tree import ConnectionTable, ProcessTree
 from velvet.system.mounts import cgroup2_mount
 
 log = logging.getLogger("velvet.runtime")
 EVENT_TYPES = ("process_exec", "process_exit", "process_fork")
 DEFAULT_CAPACITY = 4096
 FOLLOWER_QUEUE = 4096
+TCP_ESTABLISHED = 1
+IPPROTO_TCP = 6
 _HIDDEN_LABEL_PREFIXES = ("io.kubernetes.", "io.cilium.")
 
 
@@ -128,6 +132,7 @@ class ProcessMonitor:
         self.node_name = node_name
         self.cgroup = cgroup
         self.tree = tree or ProcessTree()
+        self.connections = ConnectionTable()
         self.events: deque[ProcessEvent] = deque(maxlen=capacity)
         self.seen = 0
         self.error = ""
@@ -217,6 +222,7 @@ class ProcessMonitor:
         batch = self.source.read(max_records)
         self.ingest(batch)
         self.tree.expire()
+        self.connections.expire()
         return len(batch)
 
     def lost(self) -> int:
@@ -233,6 +239,8 @@ class ProcessMonitor:
                 self._on_fork(record)
             elif kind == ProcEventType.EXIT:
                 self._on_exit(record)
+            elif kind == ProcEventType.TCP_CONNECT:
+                self._on_connect(record)
 
     def _on_exec(self, r: Any) -> None:
         pid, ts = int(r["pid"]), int(r["ts_ns"])
@@ -287,6 +295,26 @@ class ProcessMonitor:
                                 self.tree.get(proc.ppid), status=(code >> 8) & 0xFF,
                                 signal=signal.Signals(sig).name if sig in _SIGNALS else ""))
         self.tree.exit(pid)
+
+    def _on_connect(self, r: Any) -> None:
+        """A connection a process opened is established (remember who) or closed (forget, after a grace)."""
+        key = (str(IPv4Address(int(r["saddr"]))), int(r["sport"]), str(IPv4Address(int(r["daddr"]))),
+               int(r["dport"]))
+        if int(r["new_state"]) == TCP_ESTABLISHED:
+            proc = self.tree.get(int(r["pid"])) or self._parent(int(r["pid"]))
+            if proc is not None:
+                self.connections.put(key, proc)
+        else:
+            self.connections.close(key)
+
+    def flow_processes(self, flow: Flow) -> tuple[Json | None, Json | None]:
+        """The processes at a TCP flow's source and destination: the one that opened the connection is
+        the source of its packets and the destination of the replies (None where unknown)."""
+        if flow.proto != IPPROTO_TCP:
+            return None, None
+        forward = self.connections.get((flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port))
+        reverse = self.connections.get((flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port))
+        return (forward.flow_json() if forward else None), (reverse.flow_json() if reverse else None)
 
     # -- events out -------------------------------------------------------------------------------
 

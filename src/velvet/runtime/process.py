@@ -64,6 +64,10 @@ class Process:
     pod: PodRef | None = None
     exited: bool = False
 
+    def flow_json(self) -> Json:
+        """What a flow says of the process at one of its ends."""
+        return {"exec_id": self.exec_id, "pid": self.pid, "binary": self.binary}
+
     def to_json(self) -> Json:
         """Tetragon's `process` object."""
         out: Json = {

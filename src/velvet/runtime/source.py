@@ -1,7 +1,8 @@
 """Process events from the kernel: proc.bpf.o loaded, limited to the node's cgroup, attached as pinned links.
 
 Needs root, bpffs, tracefs, BTF (CO-RE) and cgroup v2. The ring and the config map are pinned beside the
-node's other maps and the links under its `links/` directory (`proc-exec`, `proc-fork`, `proc-exit`): a
+node's other maps and the links under its `links/` directory (`proc-exec`, `proc-fork`, `proc-exit`,
+`proc-tcp-connect`): a
 restarted agent re-opens the same ring, so events of processes that ran while it was down are still
 read (up to the ring's 4 MiB), and replaces the links with its fresh programs (tracepoint links cannot be
 updated in place).
@@ -25,12 +26,13 @@ from velvet.system import mounts
 from velvet.system.mounts import cgroup2_mount
 
 log = logging.getLogger("velvet.runtime")
-PINNED_MAPS = ("proc_events", "proc_config", "proc_lost")
+PINNED_MAPS = ("proc_events", "proc_config", "proc_lost", "proc_socks")
 # program -> (tracepoint category or "raw", tracepoint name)
 TRACEPOINTS = {
     "proc_exec": ("sched", "sched_process_exec"),
     "proc_fork": ("raw", "sched_process_fork"),
     "proc_exit": ("sched", "sched_process_exit"),
+    "proc_tcp_connect": ("sock", "inet_sock_set_state"),
 }
 
 

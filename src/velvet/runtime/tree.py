@@ -14,6 +14,9 @@ from velvet.runtime.process import Process
 
 DEFAULT_CAPACITY = 32768
 DEFAULT_GRACE_SECONDS = 30.0
+CONNECTION_CAPACITY = 65536
+CONNECTION_GRACE_SECONDS = 300.0
+ConnKey = tuple[str, int, str, int]
 
 
 class ProcessTree:
@@ -68,3 +71,46 @@ class ProcessTree:
                 return
         del self._procs[next(iter(self._procs))]
         self.evicted += 1
+
+
+class ConnectionTable:
+    """TCP connections (saddr, sport, daddr, dport) -> the process that opened them, bounded.
+
+    A closed connection is kept for a grace period, so the flows stored before it closed still name their
+    process when they are read; beyond the capacity the oldest connections go first.
+    """
+
+    def __init__(self, capacity: int = CONNECTION_CAPACITY, grace_seconds: float = CONNECTION_GRACE_SECONDS,
+                 ) -> None:
+        self.capacity = capacity
+        self.grace_seconds = grace_seconds
+        self._conns: dict[ConnKey, Process] = {}
+        self._closed: deque[tuple[float, ConnKey, Process]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def get(self, key: ConnKey) -> Process | None:
+        """The process that opened the connection, if known."""
+        return self._conns.get(key)
+
+    def put(self, key: ConnKey, proc: Process) -> None:
+        """Remember that `proc` opened the connection `key`."""
+        self._conns.pop(key, None)
+        self._conns[key] = proc
+        while len(self._conns) > self.capacity:
+            del self._conns[next(iter(self._conns))]
+
+    def close(self, key: ConnKey, now: float | None = None) -> None:
+        """The connection closed: forget it after the grace period."""
+        proc = self._conns.get(key)
+        if proc is not None:
+            self._closed.append(((time.monotonic() if now is None else now) + self.grace_seconds, key, proc))
+
+    def expire(self, now: float | None = None) -> None:
+        """Forget closed connections whose grace period is over (unless the tuple was reused since)."""
+        now = time.monotonic() if now is None else now
+        while self._closed and self._closed[0][0] <= now:
+            _, key, proc = self._closed.popleft()
+            if self._conns.get(key) is proc:
+                del self._conns[key]

@@ -5,7 +5,9 @@
  *   proc_exec:      tracepoint sched/sched_process_exec (binary path, argv from mm->arg_start)
  *   proc_fork:      raw tracepoint sched_process_fork (new processes only, not threads)
  *   proc_exit:      tracepoint sched/sched_process_exit (when the last thread of a process exits)
- *   proc_tcp_state: tracepoint sock/inet_sock_set_state (IPv4 TCP)
+ *   proc_tcp_state: tracepoint sock/inet_sock_set_state (IPv4 TCP, every change; not used by the agent)
+ *   proc_tcp_connect: the same tracepoint: the process that connect()s, for its connection's
+ *                   ESTABLISHED and CLOSE (IPv4 TCP; what names a flow's process)
  *
  * Every event carries the network namespace inode and the cgroup id, which attribute it to a
  * pod. Records are struct process_event in the proc_events ring buffer (own map: the object
@@ -31,6 +33,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct proc_config);
 } proc_config SEC(".maps");
+
+/* TCP sockets being connected or connected by a monitored process (socket address -> tgid). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u32);
+} proc_socks SEC(".maps");
 
 /* Process events the ring had no room for (one counter per CPU; the agent reports the sum). */
 struct {
@@ -220,6 +230,56 @@ int proc_tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	ev->type = PROC_TCP_STATE;
 	ev->netns_ino = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	ev->cgroup_id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	ev->old_state = ctx->oldstate;
+	ev->new_state = ctx->newstate;
+	__builtin_memcpy(&ev->saddr, ctx->saddr, sizeof(ev->saddr));
+	__builtin_memcpy(&ev->daddr, ctx->daddr, sizeof(ev->daddr));
+	ev->sport = bpf_htons(ctx->sport);
+	ev->dport = bpf_htons(ctx->dport);
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int proc_tcp_connect(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	__u64 sk = (__u64)ctx->skaddr;
+	struct process_event *ev;
+	__u32 tgid, *owner;
+
+	if (ctx->family != AF_INET || ctx->protocol != IPPROTO_TCP)
+		return 0;
+	if (ctx->newstate == TCP_SYN_SENT) {
+		/* inside connect(): the current task is the process that opens the connection */
+		if (!proc_monitored())
+			return 0;
+		tgid = bpf_get_current_pid_tgid() >> 32;
+		bpf_map_update_elem(&proc_socks, &sk, &tgid, BPF_ANY);
+		return 0;
+	}
+	if (ctx->newstate != TCP_ESTABLISHED && ctx->newstate != TCP_CLOSE)
+		return 0;
+	/* later states often change in softirq: the owner comes from the connect */
+	owner = bpf_map_lookup_elem(&proc_socks, &sk);
+	if (!owner)
+		return 0;
+	tgid = *owner;
+	if (ctx->newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&proc_socks, &sk);
+	ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
+	if (!ev) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&proc_lost, &zero);
+
+		if (lost)
+			*lost += 1;
+		return 0;
+	}
+	__builtin_memset(ev, 0, __builtin_offsetof(struct process_event, filename));
+	ev->filename[0] = 0;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->type = PROC_TCP_CONNECT;
+	ev->pid = tgid;
 	ev->old_state = ctx->oldstate;
 	ev->new_state = ctx->newstate;
 	__builtin_memcpy(&ev->saddr, ctx->saddr, sizeof(ev->saddr));

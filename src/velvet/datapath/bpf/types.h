@@ -235,6 +235,7 @@ enum proc_event_type {
 	PROC_EXIT = 2,
 	PROC_TCP_STATE = 3,
 	PROC_FORK = 4,
+	PROC_TCP_CONNECT = 5, /* a monitored process's TCP connection became ESTABLISHED or CLOSE */
 };
 
 /* process_event.flags */
