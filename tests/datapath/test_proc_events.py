@@ -226,6 +226,36 @@ def test_a_connection_names_the_process_that_opened_it(monitored: Monitored) -> 
         server.close()
 
 
+def test_an_accepted_connection_names_the_listening_process(monitored: Monitored) -> None:
+    """Test that a connection accepted by a server in the cgroup is attributed to the server: the
+    destination of the client's packets and the source of the replies; a client in the cgroup before
+    (whose SYN clones the listener in its own context) leaves the listener known."""
+    script = ("import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
+              "print(s.getsockname()[1], flush=True)\nfor _ in range(2): c, _ = s.accept(); c.recv(1)")
+    server = subprocess.Popen([sys.executable, "-c", script], preexec_fn=monitored.enter(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        inside = f"import socket; socket.create_connection(('127.0.0.1', {port})).close()"
+        subprocess.run([sys.executable, "-c", inside], preexec_fn=monitored.enter(), check=True)
+        client = socket.create_connection(("127.0.0.1", port))
+        cport = client.getsockname()[1]
+        forward = _tcp_flow("127.0.0.1", cport, "127.0.0.1", port)
+        deadline = time.monotonic() + 10
+        while monitored.monitor.flow_processes(forward) == (None, None) and time.monotonic() < deadline:
+            monitored.monitor.poll()
+        source, destination = monitored.monitor.flow_processes(forward)
+        assert source is None  # the connecting test process is outside the cgroup
+        assert destination is not None
+        assert (destination["pid"], destination["binary"]) == (server.pid, sys.executable)
+        assert monitored.monitor.flow_processes(_tcp_flow("127.0.0.1", port, "127.0.0.1", cport)) == \
+            (destination, None)
+        client.close()
+    finally:
+        server.kill()
+        server.wait()
+
 def _tcp_flow(src: str, sport: int, dst: str, dport: int) -> Flow:
     """A TCP flow between two addresses, as the flow pipeline hands it to the process lookup."""
     return Flow(time_ns=0, type=0, obs_point=0, verdict=0, drop_reason=0, proto=6, tcp_flags=0, src_ip=src,

@@ -145,6 +145,12 @@ def test_processes_running_before_a_restarted_agent_appear_with_their_ancestry(s
     assert server["process"]["pod"]["name"] == "web-1"
     assert server["parent"]["exec_id"] == server["process"]["parent_exec_id"]
     assert server["parent"]["pid"] > 0
+    # connections accepted by servers that listened before the restart name them (listeners from /proc)
+    db = sb.wait_ready(["other/db-1"])["other/db-1"]
+    assert sb.query("proc/web-1", f"tcp://{db}:8080") is not None
+    out = sb.velvet("observe", "--last", "4095", "--protocol", "tcp", "--from-pod", "other/db-1",
+                    "--from-process", server_process(sb, "db-1")["exec_id"], "-o", "json").stdout
+    assert [json.loads(line) for line in out.splitlines() if line.strip()]
     status = sb.json("status")["processes"]
     assert status["attached"]
     assert status["processes"] > 0
@@ -163,11 +169,13 @@ def test_flows_name_the_process_that_opened_the_connection(sb: Sandbox) -> None:
     exec_id of its process_exec) as source, their replies as destination, and that `velvet observe
     --from-process` / `--to-process` select them."""
     db = sb.wait_ready(["other/db-1"])["other/db-1"]
-    assert sb.query("proc/web-1", f"tcp://{db}:8080") is not None
+    answer = sb.query("proc/web-1", f"tcp://{db}:8080")  # "db-1 <client ip>:<client port>"
+    assert answer is not None
+    port = int(answer.rsplit(":", 1)[1])
 
-    def observe(*args: str) -> list[Event]:
+    def observe(*args: str) -> list[Event]:  # this connection's flows
         out = sb.velvet("observe", "--last", "4095", "--protocol", "tcp", *args, "-o", "json").stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+        return [f for f in map(json.loads, filter(None, out.splitlines())) if port in ports(f)]
 
     sent = observe("--from-pod", "proc/web-1", "--to-pod", "other/db-1", "--from-process", "*python3*")
     assert sent
@@ -179,5 +187,22 @@ def test_flows_name_the_process_that_opened_the_connection(sb: Sandbox) -> None:
         [(opener["exec_id"], opener["binary"])]
     replies = observe("--from-pod", "other/db-1", "--to-pod", "proc/web-1", "--to-process", opener["exec_id"])
     assert replies
-    assert all(f["destination_process"] == opener and "source_process" not in f for f in replies)
+    assert all(f["destination_process"] == opener for f in replies)
     assert observe("--from-pod", "proc/web-1", "--from-process", "/no/such/binary") == []
+    server = server_process(sb, "db-1")
+    assert {f["destination_process"]["exec_id"] for f in sent} == {server["exec_id"]}
+    assert {f["source_process"]["exec_id"] for f in replies} == {server["exec_id"]}
+
+
+def ports(flow: Event) -> tuple[int, int]:
+    """A TCP flow's source and destination ports."""
+    tcp = flow["l4"]["TCP"]
+    return tcp["source_port"], tcp["destination_port"]
+
+
+def server_process(sb: Sandbox, pod: str) -> Event:
+    """The process of a pod's echo server (its latest process_exec), as flows name processes."""
+    servers = [e["process"] for e in _with("process_exec")(events(sb, "--pod", pod))
+               if "velvet.sandbox.echo" in e["process"]["arguments"]
+               and "--query" not in e["process"]["arguments"]]
+    return {k: servers[-1][k] for k in ("exec_id", "pid", "binary")}

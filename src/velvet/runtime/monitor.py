@@ -42,6 +42,7 @@ from velvet.runtime.process import (
     ProcStat,
     cwd_of,
     exec_id,
+    listening_sockets,
     live_pids,
     read_proc,
     rfc3339,
@@ -55,6 +56,9 @@ EVENT_TYPES = ("process_exec", "process_exit", "process_fork")
 DEFAULT_CAPACITY = 4096
 FOLLOWER_QUEUE = 4096
 TCP_ESTABLISHED = 1
+TCP_SYN_RECV = 3
+TCP_CLOSE = 7
+TCP_LISTEN = 10
 IPPROTO_TCP = 6
 _HIDDEN_LABEL_PREFIXES = ("io.kubernetes.", "io.cilium.")
 
@@ -133,6 +137,7 @@ class ProcessMonitor:
         self.cgroup = cgroup
         self.tree = tree or ProcessTree()
         self.connections = ConnectionTable()
+        self.listeners: dict[tuple[int, int], Process] = {}  # (netns inode, port) -> the listening process
         self.events: deque[ProcessEvent] = deque(maxlen=capacity)
         self.seen = 0
         self.error = ""
@@ -170,10 +175,13 @@ class ProcessMonitor:
         prefix = "" if self.cgroup is None else "/" + str(self.cgroup.relative_to(cgroup2_mount()))
         found = [s for s in map(read_proc, live_pids()) if s is not None and _under(s.cgroup, prefix)]
         for stat in sorted(found, key=lambda s: (s.start_ticks, s.pid)):
-            if self.tree.get(stat.pid) is None:
+            proc = self.tree.get(stat.pid)
+            if proc is None:
                 proc = self._from_proc(stat)
                 self.tree.put(proc)
                 self._emit(ProcessEvent("process_exec", proc.start_ns, proc, self._parent(proc.ppid)))
+            for listener in listening_sockets(stat.pid):  # servers started before the agent
+                self.listeners.setdefault(listener, proc)
 
     def _from_proc(self, stat: ProcStat) -> Process:
         """A Process from /proc: its exec_id from its start time, its parent's from the parent's."""
@@ -297,11 +305,24 @@ class ProcessMonitor:
         self.tree.exit(pid)
 
     def _on_connect(self, r: Any) -> None:
-        """A connection a process opened is established (remember who) or closed (forget, after a grace)."""
+        """A socket of the node's processes: a listener opened or closed (remember its owner by netns and
+        port), a connection established (remember its process: the connecting one, or the listener's owner
+        for an accepted one) or closed (forget it after a grace period)."""
+        old, new, pid = int(r["old_state"]), int(r["new_state"]), int(r["pid"])
         key = (str(IPv4Address(int(r["saddr"]))), int(r["sport"]), str(IPv4Address(int(r["daddr"]))),
                int(r["dport"]))
-        if int(r["new_state"]) == TCP_ESTABLISHED:
-            proc = self.tree.get(int(r["pid"])) or self._parent(int(r["pid"]))
+        listener = (int(r["netns_ino"]), int(r["sport"]))
+        if new == TCP_LISTEN:
+            proc = self.tree.get(pid) or self._parent(pid)
+            if proc is not None:
+                self.listeners[listener] = proc
+        elif old == TCP_LISTEN and new == TCP_CLOSE:
+            self.listeners.pop(listener, None)
+        elif new == TCP_ESTABLISHED:
+            if old == TCP_SYN_RECV:
+                proc = self.listeners.get(listener)
+            else:
+                proc = self.tree.get(pid) or self._parent(pid)
             if proc is not None:
                 self.connections.put(key, proc)
         else:
@@ -361,7 +382,9 @@ class ProcessMonitor:
     def status(self) -> Json:
         """Counters for `velvet status`: events seen and stored, processes known."""
         return {"seen": self.seen, "lost": self.lost(), "stored": len(self.events),
-                "capacity": self.events.maxlen, "processes": len(self.tree), "evicted": self.tree.evicted,
+                "capacity": self.events.maxlen, "listeners": len(self.listeners),
+                "connections": len(self.connections), "processes": len(self.tree),
+                "evicted": self.tree.evicted,
                 "attached": self.source is not None, "error": self.error,
                 "programs": self.source.programs() if self.source is not None else []}
 

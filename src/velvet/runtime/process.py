@@ -136,3 +136,20 @@ def cwd_of(pid: int) -> str | None:
         return os.readlink(PROC / str(pid) / "cwd")
     except OSError:
         return None
+
+
+def listening_sockets(pid: int) -> list[tuple[int, int]]:
+    """(netns inode, port) of every IPv4 TCP socket process `pid` listens on (empty when it is gone)."""
+    base = PROC / str(pid)
+    try:
+        netns = os.stat(base / "ns" / "net").st_ino
+        lines = _read(base / "net" / "tcp").splitlines()[1:]
+        fds = {os.readlink(base / "fd" / fd) for fd in os.listdir(base / "fd")}
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 9 and fields[3] == "0A" and f"socket:[{fields[9]}]" in fds:  # 0A: TCP_LISTEN
+            found.append((netns, int(fields[1].rsplit(":", 1)[1], 16)))
+    return found

@@ -6,8 +6,10 @@
  *   proc_fork:      raw tracepoint sched_process_fork (new processes only, not threads)
  *   proc_exit:      tracepoint sched/sched_process_exit (when the last thread of a process exits)
  *   proc_tcp_state: tracepoint sock/inet_sock_set_state (IPv4 TCP, every change; not used by the agent)
- *   proc_tcp_connect: the same tracepoint: the process that connect()s, for its connection's
- *                   ESTABLISHED and CLOSE (IPv4 TCP; what names a flow's process)
+ *   proc_tcp_connect: the same tracepoint, what names a flow's process (IPv4 TCP): the process that
+ *                   connect()s, reported when its connection is ESTABLISHED and CLOSE; listen() and
+ *                   the listener's close (in the owner); passive opens ESTABLISHED (in softirq, kept
+ *                   when the socket's cgroup, the listener's, is monitored) and their CLOSE
  *
  * Every event carries the network namespace inode and the cgroup id, which attribute it to a
  * pod. Records are struct process_event in the proc_events ring buffer (own map: the object
@@ -93,6 +95,53 @@ static __always_inline void proc_read_cwd(struct task_struct *task, struct proce
 		dentry = parent;
 	}
 	ev->cwd_depth = depth;
+}
+
+/* Whether a socket's cgroup (its creator's; an accepted socket's is its listener's) is monitored. */
+static __always_inline bool proc_sk_monitored(struct sock *sk)
+{
+	__u32 zero = 0;
+	struct proc_config *cfg = bpf_map_lookup_elem(&proc_config, &zero);
+	struct cgroup *cgrp, *ancestor = NULL;
+	__u32 level;
+
+	if (!cfg || !cfg->cgroup_id)
+		return true;
+	cgrp = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	level = cfg->level;
+	if (!cgrp || level > 255 || BPF_CORE_READ(cgrp, level) < (int)level)
+		return false;
+	bpf_probe_read_kernel(&ancestor, sizeof(ancestor), &cgrp->ancestors[level]);
+	return ancestor && BPF_CORE_READ(ancestor, kn, id) == cfg->cgroup_id;
+}
+
+/* Report a TCP socket's state change for the process `tgid` (0: not known in this context). */
+static __always_inline void proc_report_sock(struct trace_event_raw_inet_sock_set_state *ctx, __u32 tgid)
+{
+	struct sock *sk = (struct sock *)ctx->skaddr;
+	struct process_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
+	__u32 zero = 0;
+	__u64 *lost;
+
+	if (!ev) {
+		lost = bpf_map_lookup_elem(&proc_lost, &zero);
+		if (lost)
+			*lost += 1;
+		return;
+	}
+	__builtin_memset(ev, 0, __builtin_offsetof(struct process_event, filename));
+	ev->filename[0] = 0;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->type = PROC_TCP_CONNECT;
+	ev->pid = tgid;
+	ev->netns_ino = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	ev->old_state = ctx->oldstate;
+	ev->new_state = ctx->newstate;
+	__builtin_memcpy(&ev->saddr, ctx->saddr, sizeof(ev->saddr));
+	__builtin_memcpy(&ev->daddr, ctx->daddr, sizeof(ev->daddr));
+	ev->sport = bpf_htons(ctx->sport);
+	ev->dport = bpf_htons(ctx->dport);
+	bpf_ringbuf_submit(ev, 0);
 }
 
 /* Whether the current task is in the monitored cgroup subtree (every task when none is set). */
@@ -244,7 +293,6 @@ SEC("tracepoint/sock/inet_sock_set_state")
 int proc_tcp_connect(struct trace_event_raw_inet_sock_set_state *ctx)
 {
 	__u64 sk = (__u64)ctx->skaddr;
-	struct process_event *ev;
 	__u32 tgid, *owner;
 
 	if (ctx->family != AF_INET || ctx->protocol != IPPROTO_TCP)
@@ -257,6 +305,22 @@ int proc_tcp_connect(struct trace_event_raw_inet_sock_set_state *ctx)
 		bpf_map_update_elem(&proc_socks, &sk, &tgid, BPF_ANY);
 		return 0;
 	}
+	if (ctx->newstate == TCP_LISTEN || (ctx->oldstate == TCP_LISTEN && ctx->newstate == TCP_CLOSE)) {
+		/* listen() and the listener's close() run in the owning process (an accepted socket is cloned
+		 * from its listener: its LISTEN -> SYN_RECV runs in softirq and is no listener's close) */
+		if (proc_monitored())
+			proc_report_sock(ctx, bpf_get_current_pid_tgid() >> 32);
+		return 0;
+	}
+	if (ctx->oldstate == TCP_SYN_RECV && ctx->newstate == TCP_ESTABLISHED) {
+		/* a passive open completes in softirq: its listener's owner names it in user space */
+		if (!proc_sk_monitored((struct sock *)ctx->skaddr))
+			return 0;
+		tgid = 0;
+		bpf_map_update_elem(&proc_socks, &sk, &tgid, BPF_ANY);
+		proc_report_sock(ctx, 0);
+		return 0;
+	}
 	if (ctx->newstate != TCP_ESTABLISHED && ctx->newstate != TCP_CLOSE)
 		return 0;
 	/* later states often change in softirq: the owner comes from the connect */
@@ -266,27 +330,7 @@ int proc_tcp_connect(struct trace_event_raw_inet_sock_set_state *ctx)
 	tgid = *owner;
 	if (ctx->newstate == TCP_CLOSE)
 		bpf_map_delete_elem(&proc_socks, &sk);
-	ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
-	if (!ev) {
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&proc_lost, &zero);
-
-		if (lost)
-			*lost += 1;
-		return 0;
-	}
-	__builtin_memset(ev, 0, __builtin_offsetof(struct process_event, filename));
-	ev->filename[0] = 0;
-	ev->ts_ns = bpf_ktime_get_ns();
-	ev->type = PROC_TCP_CONNECT;
-	ev->pid = tgid;
-	ev->old_state = ctx->oldstate;
-	ev->new_state = ctx->newstate;
-	__builtin_memcpy(&ev->saddr, ctx->saddr, sizeof(ev->saddr));
-	__builtin_memcpy(&ev->daddr, ctx->daddr, sizeof(ev->daddr));
-	ev->sport = bpf_htons(ctx->sport);
-	ev->dport = bpf_htons(ctx->dport);
-	bpf_ringbuf_submit(ev, 0);
+	proc_report_sock(ctx, tgid);
 	return 0;
 }
 

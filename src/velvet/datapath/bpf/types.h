@@ -235,7 +235,7 @@ enum proc_event_type {
 	PROC_EXIT = 2,
 	PROC_TCP_STATE = 3,
 	PROC_FORK = 4,
-	PROC_TCP_CONNECT = 5, /* a monitored process's TCP connection became ESTABLISHED or CLOSE */
+	PROC_TCP_CONNECT = 5, /* a monitored socket: connect()ed or accepted ESTABLISHED, CLOSE, LISTEN */
 };
 
 /* process_event.flags */
