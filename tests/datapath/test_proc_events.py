@@ -23,7 +23,7 @@ import pytest
 from velvet.observe.enrich import DictResolver, EndpointInfo
 from velvet.observe.flow import Endpoint, Flow
 from velvet.runtime.monitor import EventQuery, ProcessMonitor
-from velvet.runtime.source import KernelProcSource
+from velvet.runtime.source import PINNED_MAPS, KernelProcSource
 from velvet.system import mounts
 
 NODE = "dp-node"
@@ -80,7 +80,7 @@ def monitored() -> Iterator[Monitored]:
         try:
             monitor.close()
             source.detach()
-            for name in ("proc_events", "proc_config", "proc_lost", "proc_socks"):
+            for name in PINNED_MAPS:
                 (pin_dir / name).unlink(missing_ok=True)
             for directory in (pin_dir / "links", pin_dir):
                 if directory.exists():

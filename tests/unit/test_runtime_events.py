@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bench.flow_events import events
-from velvet.datapath.structs import PROCESS_EVENT_DTYPE, ProcEventFlag, ProcEventType
+from velvet.datapath.structs import PROCESS_EVENT_DTYPE, SOCK_EVENT_DTYPE, ProcEventFlag, ProcEventType
 from velvet.observe.enrich import DictResolver, EndpointInfo
 from velvet.observe.filters import FlowQuery
 from velvet.observe.pipeline import FlowPipeline
@@ -192,10 +192,10 @@ def test_flows_name_the_process_of_their_connection_and_filter_by_it() -> None:
     destination), and that --from-process / --to-process select by binary pattern, pid or exec_id."""
     mon = monitor()
     feed(mon, record(ProcEventType.EXEC, 40, 1, 1, filename="/usr/bin/curl", argv=("curl",)))
-    connect = record(ProcEventType.TCP_CONNECT, 40, 0, 2)
+    connect = np.zeros(1, dtype=SOCK_EVENT_DTYPE)
+    connect["pid"], connect["new_state"] = 40, 1  # TCP_ESTABLISHED, from connect()
     connect["saddr"], connect["sport"], connect["daddr"], connect["dport"] = 0x0A000001, 40000, 0x0A000002, 80
-    connect["new_state"] = 1  # TCP_ESTABLISHED
-    mon.ingest(connect)
+    mon.ingest_sockets(connect)
     flows = FlowPipeline(DictResolver(), node_name="n1", clock_offset_ns=0)
     flows.processes = mon.flow_processes
     flows.ingest(events({"ts_ns": 1, "saddr": "10.0.0.1", "daddr": "10.0.0.2", "sport": 40000, "dport": 80,

@@ -114,9 +114,9 @@ async def event_loop(agent: Agent) -> None:
 async def process_loop(agent: Agent) -> None:
     """Move process events into the process monitor, woken by its ring's fd (or polling without one)."""
     ready = asyncio.Event()
-    fd = agent.processes.fileno()
+    fds = agent.processes.filenos()
     loop = asyncio.get_running_loop()
-    if fd is not None:
+    for fd in fds:
         loop.add_reader(fd, ready.set)
     try:
         while True:
@@ -127,7 +127,7 @@ async def process_loop(agent: Agent) -> None:
                 await asyncio.wait_for(ready.wait(), EVENT_POLL_SECONDS)
             ready.clear()
     finally:
-        if fd is not None:
+        for fd in fds:
             loop.remove_reader(fd)
 
 

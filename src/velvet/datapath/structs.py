@@ -266,7 +266,6 @@ class ProcEventType(IntEnum):
     EXIT = 2
     TCP_STATE = 3
     FORK = 4
-    TCP_CONNECT = 5
 
 
 class ProcEventFlag(IntFlag):
@@ -600,6 +599,23 @@ class ProcessEvent(Structure):
     ]
 
 
+class SockEvent(Structure):
+    """struct sock_event: a record of the proc_sock_events ring buffer."""
+
+    _fields_ = [
+        ("ts_ns", c_uint64),
+        ("netns_ino", c_uint32),
+        ("pid", c_uint32),
+        ("saddr", BE32),
+        ("daddr", BE32),
+        ("sport", BE16),
+        ("dport", BE16),
+        ("old_state", c_uint8),
+        ("new_state", c_uint8),
+        ("pad", c_uint8 * 2),
+    ]
+
+
 class ProcConfig(Structure):
     """struct proc_config: the one proc_config entry (the monitored cgroup subtree)."""
 
@@ -632,6 +648,7 @@ C_STRUCTS: dict[str, type[Structure]] = {
     "flow_event": FlowEvent,
     "process_event": ProcessEvent,
     "proc_config": ProcConfig,
+    "sock_event": SockEvent,
     "snat4_key": Snat4Key,
     "snat4_entry": Snat4Entry,
     "node_config": NodeConfig,
@@ -670,3 +687,6 @@ FLOW_EVENT_DTYPE: np.dtype[np.void] = numpy_dtype(FlowEvent)
 
 PROCESS_EVENT_DTYPE: np.dtype[np.void] = numpy_dtype(ProcessEvent)
 """struct process_event as a numpy dtype."""
+
+SOCK_EVENT_DTYPE: np.dtype[np.void] = numpy_dtype(SockEvent)
+"""struct sock_event as a numpy dtype."""

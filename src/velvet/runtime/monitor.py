@@ -219,19 +219,21 @@ class ProcessMonitor:
 
     # -- records in -------------------------------------------------------------------------------
 
-    def fileno(self) -> int | None:
-        """The source's pollable fd."""
-        return self.source.fileno() if self.source is not None else None
+    def filenos(self) -> list[int]:
+        """The source's pollable fds."""
+        return self.source.filenos() if self.source is not None else []
 
     def poll(self, max_records: int = 4096) -> int:
         """Take up to `max_records` pending records; how many were taken (call again while it is > 0)."""
         if self.source is None:
             return 0
         batch = self.source.read(max_records)
-        self.ingest(batch)
+        self.ingest(batch)  # first: a connection's process has exec'd before it
+        sockets = self.source.read_sockets(max_records)
+        self.ingest_sockets(sockets)
         self.tree.expire()
         self.connections.expire()
-        return len(batch)
+        return len(batch) + len(sockets)
 
     def lost(self) -> int:
         """Events the kernel could not write (its ring was full)."""
@@ -247,8 +249,11 @@ class ProcessMonitor:
                 self._on_fork(record)
             elif kind == ProcEventType.EXIT:
                 self._on_exit(record)
-            elif kind == ProcEventType.TCP_CONNECT:
-                self._on_connect(record)
+
+    def ingest_sockets(self, batch: Any) -> None:
+        """Take a batch of `struct sock_event` records (numpy, SOCK_EVENT_DTYPE)."""
+        for record in batch:
+            self._on_connect(record)
 
     def _on_exec(self, r: Any) -> None:
         pid, ts = int(r["pid"]), int(r["ts_ns"])

@@ -1,7 +1,8 @@
 """Process events from the kernel: proc.bpf.o loaded, limited to the node's cgroup, attached as pinned links.
 
 Needs root, bpffs, tracefs, BTF (CO-RE) and cgroup v2. The ring and the config map are pinned beside the
-node's other maps and the links under its `links/` directory (`proc-exec`, `proc-fork`, `proc-exit`,
+node's other maps (connections' socket events have their own small ring, `proc_sock_events`) and the
+links under its `links/` directory (`proc-exec`, `proc-fork`, `proc-exit`,
 `proc-tcp-connect`): a
 restarted agent re-opens the same ring, so events of processes that ran while it was down are still
 read (up to the ring's 4 MiB), and replaces the links with its fresh programs (tracepoint links cannot be
@@ -19,14 +20,14 @@ import numpy as np
 
 from velvet.datapath import attach, build
 from velvet.datapath.bpfobject import BpfObject
-from velvet.datapath.structs import PROCESS_EVENT_DTYPE, ProcConfig
-from velvet.datapath.views import ProcEventsRing
+from velvet.datapath.structs import PROCESS_EVENT_DTYPE, SOCK_EVENT_DTYPE, ProcConfig
+from velvet.datapath.views import ProcEventsRing, RingView
 from velvet.errors import DatapathError
 from velvet.system import mounts
 from velvet.system.mounts import cgroup2_mount
 
 log = logging.getLogger("velvet.runtime")
-PINNED_MAPS = ("proc_events", "proc_config", "proc_lost", "proc_socks")
+PINNED_MAPS = ("proc_events", "proc_sock_events", "proc_config", "proc_lost", "proc_socks")
 # program -> (tracepoint category or "raw", tracepoint name)
 TRACEPOINTS = {
     "proc_exec": ("sched", "sched_process_exec"),
@@ -45,8 +46,11 @@ class ProcessSource(Protocol):
     def read(self, max_records: int = 4096) -> Any:
         """Committed records (a numpy array of PROCESS_EVENT_DTYPE), oldest first."""
 
-    def fileno(self) -> int | None:
-        """A pollable fd that is readable while records are pending (None: poll)."""
+    def read_sockets(self, max_records: int = 4096) -> Any:
+        """Committed socket records (a numpy array of SOCK_EVENT_DTYPE), oldest first."""
+
+    def filenos(self) -> list[int]:
+        """Pollable fds, readable while records are pending (none: poll)."""
 
     def lost(self) -> int:
         """Events the kernel had no room for since the ring was made (it survives agent restarts)."""
@@ -56,6 +60,13 @@ class ProcessSource(Protocol):
 
     def close(self) -> None:
         """Release fds; pinned links keep reporting into the pinned ring."""
+
+
+class SockEventsRing(RingView):
+    """proc_sock_events: struct sock_event records (SOCK_EVENT_DTYPE) of proc.bpf.o."""
+
+    name = "proc_sock_events"
+    dtype = SOCK_EVENT_DTYPE
 
 
 def cgroup_level(cgroup: Path) -> int:
@@ -72,6 +83,7 @@ class KernelProcSource:
         self.cgroup = cgroup
         self._obj: BpfObject | None = None
         self._ring: ProcEventsRing | None = None
+        self._sock_ring: SockEventsRing | None = None
 
     def start(self) -> None:
         """Load (re-adopting the pinned ring), aim at the node's cgroup, attach the three programs."""
@@ -92,6 +104,8 @@ class KernelProcSource:
                 attach.attach_tracepoint(self._obj.program(prog_name), category, name, pin).close()
         with self._obj.map("proc_events") as untyped:
             self._ring = ProcEventsRing(untyped)
+        with self._obj.map("proc_sock_events") as untyped:
+            self._sock_ring = SockEventsRing(untyped)
 
     def _load(self) -> BpfObject:
         """Load, re-adopting the pinned maps; pins of an older layout are replaced (their events lost)."""
@@ -114,9 +128,15 @@ class KernelProcSource:
             return np.empty(0, dtype=PROCESS_EVENT_DTYPE)
         return self._ring.read(max_records)
 
-    def fileno(self) -> int | None:
-        """See `ProcessSource.fileno`."""
-        return self._ring.ring.fileno() if self._ring is not None else None
+    def read_sockets(self, max_records: int = 4096) -> Any:
+        """See `ProcessSource.read_sockets`."""
+        if self._sock_ring is None:
+            return np.empty(0, dtype=SOCK_EVENT_DTYPE)
+        return self._sock_ring.read(max_records)
+
+    def filenos(self) -> list[int]:
+        """See `ProcessSource.filenos`."""
+        return [view.ring.fileno() for view in (self._ring, self._sock_ring) if view is not None]
 
     def programs(self) -> list[dict[str, Any]]:
         """See `ProcessSource.programs`."""
@@ -136,9 +156,10 @@ class KernelProcSource:
 
     def close(self) -> None:
         """See `ProcessSource.close`."""
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
+        for view in (self._ring, self._sock_ring):
+            if view is not None:
+                view.close()
+        self._ring = self._sock_ring = None
         if self._obj is not None:
             self._obj.close()
             self._obj = None

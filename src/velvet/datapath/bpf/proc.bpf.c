@@ -13,7 +13,8 @@
  *
  * Every event carries the network namespace inode and the cgroup id, which attribute it to a
  * pod. Records are struct process_event in the proc_events ring buffer (own map: the object
- * shares nothing with the packet datapath). proc_config limits the process events to one
+ * shares nothing with the packet datapath); proc_tcp_connect writes struct sock_event records to
+ * proc_sock_events. proc_config limits the process events to one
  * cgroup subtree (the node's): several nodes' agents on one machine each see their own.
  * The agent's process monitor (velvet.runtime) loads it and reads proc_events.
  */
@@ -22,12 +23,18 @@
 
 #define PROC_EVENTS_RINGBUF_BYTES (4 * 1024 * 1024)
 #define AF_INET 2
+#define PROC_SOCK_EVENTS_RINGBUF_BYTES (1024 * 1024)
 #define PROC_ARGS_MAX 512 /* sizeof(process_event.args), a power of 2 */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, PROC_EVENTS_RINGBUF_BYTES);
 } proc_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, PROC_SOCK_EVENTS_RINGBUF_BYTES);
+} proc_sock_events SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -119,7 +126,7 @@ static __always_inline bool proc_sk_monitored(struct sock *sk)
 static __always_inline void proc_report_sock(struct trace_event_raw_inet_sock_set_state *ctx, __u32 tgid)
 {
 	struct sock *sk = (struct sock *)ctx->skaddr;
-	struct process_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
+	struct sock_event *ev = bpf_ringbuf_reserve(&proc_sock_events, sizeof(*ev), 0);
 	__u32 zero = 0;
 	__u64 *lost;
 
@@ -129,10 +136,8 @@ static __always_inline void proc_report_sock(struct trace_event_raw_inet_sock_se
 			*lost += 1;
 		return;
 	}
-	__builtin_memset(ev, 0, __builtin_offsetof(struct process_event, filename));
-	ev->filename[0] = 0;
+	__builtin_memset(ev, 0, sizeof(*ev));
 	ev->ts_ns = bpf_ktime_get_ns();
-	ev->type = PROC_TCP_CONNECT;
 	ev->pid = tgid;
 	ev->netns_ino = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	ev->old_state = ctx->oldstate;

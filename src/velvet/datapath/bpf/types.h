@@ -235,7 +235,6 @@ enum proc_event_type {
 	PROC_EXIT = 2,
 	PROC_TCP_STATE = 3,
 	PROC_FORK = 4,
-	PROC_TCP_CONNECT = 5, /* a monitored socket: connect()ed or accepted ESTABLISHED, CLOSE, LISTEN */
 };
 
 /* process_event.flags */
@@ -503,6 +502,24 @@ struct process_event {
 	char filename[256]; /* PROC_EXEC: path of the executed file as given to execve, NUL-terminated */
 	char args[512];     /* PROC_EXEC: argv NUL-separated (argv[0] included), from mm->arg_start */
 	char cwd[PROC_CWD_DEPTH][PROC_CWD_NAME]; /* PROC_EXEC: cwd components, the innermost first */
+};
+
+/*
+ * proc_sock_events ring buffer record (proc_tcp_connect): a TCP socket of a monitored process was
+ * connected or accepted (ESTABLISHED), closed (CLOSE), or is a listener (LISTEN, its close). Its own
+ * small record: connection storms must not fill the process events' ring.
+ */
+struct sock_event {
+	__u64 ts_ns;
+	__u32 netns_ino;
+	__u32 pid;       /* the connecting or listening process; 0 for an accepted connection */
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 old_state;  /* kernel TCP states */
+	__u8 new_state;
+	__u8 pad[2];
 };
 
 /* proc_config value (one entry): which processes the node's monitor reports. */
