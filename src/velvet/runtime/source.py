@@ -1,13 +1,10 @@
 """Process events from the kernel: proc.bpf.o loaded, limited to the node's cgroup, attached as pinned links.
 
-Needs root, bpffs, tracefs, BTF (CO-RE) and cgroup v2. The ring and the config map are pinned beside the
-node's other maps (connections' socket events have their own small ring, `proc_sock_events`) and the
-links under its `links/` directory (`proc-exec`, `proc-fork`, `proc-exit`,
-`proc-tcp-connect`): a
-restarted agent re-opens the same ring, so events of processes that ran while it was down are still
-read (up to the ring's 4 MiB), and replaces the links with its fresh programs (tracepoint links cannot be
-updated in place).
-"""
+Needs root, bpffs, tracefs, BTF (CO-RE) and cgroup v2. The rings (`proc_events`, 4 MiB; socket events in
+their own small `proc_sock_events`) and the maps are pinned beside the node's other maps, the links under
+its `links/` directory (`proc-exec`, `proc-fork`, `proc-exit`, `proc-tcp-connect`): a restarted agent
+re-opens the same rings, so events of processes that ran while it was down are still read, and replaces
+the links with its fresh programs (tracepoint links cannot be updated in place)."""
 
 from __future__ import annotations
 
