@@ -1,8 +1,8 @@
 """Tests of sock.bpf.o (socket LB) attached for real: BPF_PROG_TEST_RUN does not run cgroup sock_addr
 programs, so each test attaches them to a cgroup of its own, runs a client and its servers (all on
 127.0.0.x in a network namespace of its own) inside that cgroup, and checks what the sockets saw.
-The tracepoint programs of proc.bpf.o (built, but not loaded by the agent yet) are tested the same
-way, at the end.
+The tracepoint programs of proc.bpf.o are tested the same way at the end (unfiltered, TCP states
+included); test_proc_events.py tests them as the agent's process monitor uses them.
 
 Needs root, cgroup v2, bpffs and tracefs; every cgroup, netns and pin is removed by its exact name.
 """

@@ -18,6 +18,7 @@ from velvet.agent.node import Agent, Dirty
 from velvet.errors import NotFound
 from velvet.observe.filters import FlowQuery
 from velvet.observe.pipeline import event_types
+from velvet.runtime.monitor import EventQuery
 from velvet.sources.delta import Delta
 
 T = TypeVar("T")
@@ -99,6 +100,7 @@ class AgentHandlers:
         answer = await self.run(queries.status, self.agent)
         address = self.http_address
         answer["flows"] = self.agent.flows.status()
+        answer["processes"] = self.agent.processes.status()
         answer["http"] = None if address is None else {
             "address": address, "netns": self.agent.config.metrics_netns or "agent",
             "metrics": f"http://{address}/metrics", "ui": f"http://{address}/ui/"}
@@ -153,6 +155,8 @@ class AgentHandlers:
         """Named read-only queries; flows are answered on the loop, the rest on the worker."""
         if what == "flows":
             return self.agent.flows.query(FlowQuery.from_params(params))
+        if what == "process_events":
+            return self.agent.processes.query(EventQuery.from_params(params))
         return await self.run(queries.query, self.agent, what, params)
 
     def stream(self, what: str, params: Mapping[str, str]) -> AsyncIterator[Any]:
@@ -161,4 +165,6 @@ class AgentHandlers:
             return self.agent.flows.stream(FlowQuery.from_params(params))
         if what == "events":
             return self.agent.flows.stream_events(event_types(params.get("type", "")))
+        if what == "process_events":
+            return self.agent.processes.stream(EventQuery.from_params(params))
         raise NotFound(f"unknown stream {what!r}")

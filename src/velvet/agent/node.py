@@ -51,6 +51,8 @@ from velvet.model.pod import PodCondition, PodStatus
 from velvet.observe.enrich import DictResolver
 from velvet.observe.pipeline import FlowPipeline
 from velvet.paths import AgentPaths
+from velvet.runtime.monitor import ProcessMonitor
+from velvet.runtime.source import ProcessSource
 from velvet.sources.backend import Backend
 from velvet.sources.delta import Delta
 from velvet.sources.etcd_client import EtcdClient, EtcdError
@@ -79,9 +81,11 @@ class Agent:
     """State and behaviour of one node agent; `handlers.AgentHandlers` serves it over the API."""
 
     def __init__(self, config: AgentConfig, datapath: Datapath, wiring: Wiring | None = None,
-                 routes: RouteTable | None = None, tunnel: TunnelDevice | None = None) -> None:
+                 routes: RouteTable | None = None, tunnel: TunnelDevice | None = None,
+                 proc_source: ProcessSource | None = None) -> None:
         """An agent over `datapath`; `wiring` makes the veths of runtime pods, `routes` the routes to other
-        nodes, `tunnel` the VXLAN device of tunnel mode (netlink in the agent's namespace unless given)."""
+        nodes, `tunnel` the VXLAN device of tunnel mode (netlink in the agent's namespace unless given),
+        `proc_source` the process events (None: no process monitor)."""
         self.config = config
         self.paths = AgentPaths(config.sandbox, config.node_dir)
         self.state_dir = config.state_dir or self.paths.state_dir
@@ -119,6 +123,9 @@ class Agent:
         self.metrics_registry = CollectorRegistry()
         self.flows = FlowPipeline(self.resolver, node_name=config.node_name, capacity=config.flow_capacity,
                                   kernel_lost=datapath.events_lost, registry=self.metrics_registry)
+        self.processes = ProcessMonitor(proc_source, self.resolver, config.node_name, cgroup=config.cgroup,
+                                        registry=self.metrics_registry)
+        self.flows.processes = self.processes.flow_processes  # flows name the process of their connection
         writer = TableWriter(datapath)
         self.endpoints = EndpointController(self.state_dir / "endpoints.json", datapath)
         gateway = config.host_ips[-1]
@@ -171,6 +178,7 @@ class Agent:
         self.services.adopt(LbState(*(self.datapath.read(t) for t in LB_TABLES)))
         self._await_cluster_view()
         self.reconcile(Dirty(policy=True))
+        self.processes.start()  # after the first pass: the pods' cgroups name the processes found in /proc
 
     def _await_cluster_view(self) -> None:
         """Let the first pass see the other nodes and their endpoints (listed within a short wait), so a
@@ -305,6 +313,7 @@ class Agent:
 
     def close(self) -> None:
         """Leave the cluster (revoke the node's lease) and stop following the store."""
+        self.processes.close()
         if self.prober is not None:
             self.prober.close()
         if self.registry is not None:

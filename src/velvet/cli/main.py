@@ -15,7 +15,7 @@ COMMAND_MODULES = {
     "agent": "agent_cmd", "apply": "objects", "delete": "objects", "get": "objects", "ui": "status",
     "status": "status", "service": "inspect", "endpoint": "inspect", "identity": "inspect",
     "policy": "inspect", "bpf": "inspect", "observe": "observe", "monitor": "observe", "sandbox": "sandbox",
-    "demo": "demo", "connectivity": "connectivity", "cni": "cni", "install": "install",
+    "demo": "demo", "connectivity": "connectivity", "cni": "cni", "install": "install", "events": "events",
 }
 """The module of `velvet.cli` that registers and runs each command: a command imports only its own (the
 others pull in pyroute2, numpy, libbpf: 0.3 s of every call); tests/unit/test_cli_main.py keeps it true."""

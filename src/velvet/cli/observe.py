@@ -63,7 +63,8 @@ def query_from_args(args: argparse.Namespace, now_ns: int | None = None) -> Flow
     last = args.last
     if last is None and not args.follow and since is None:
         last = DEFAULT_LAST
-    return FlowQuery(spec=build_spec(args.filters), last=last, since_ns=since, until_ns=until)
+    return FlowQuery(spec=build_spec(args.filters), last=last, since_ns=since, until_ns=until,
+                     from_process=tuple(args.from_process or ()), to_process=tuple(args.to_process or ()))
 
 
 def _table_line(row: Sequence[str], node_name: bool) -> str:
@@ -147,6 +148,10 @@ def add_observe_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     p.add_argument("-o", "--output", choices=["compact", "json", "table"], default="compact")
     p.add_argument("--print-node-name", action="store_true", help="show the node that saw each flow")
     p.add_argument("--not", action=_Negate, nargs=0, help="negate the next filter")
+    for side, who in (("from", "sends"), ("to", "receives")):
+        p.add_argument(f"--{side}-process", action="append", metavar="BINARY|PID|EXEC_ID",
+                       help=f"TCP flows the process that opened the connection {who} (binary: * ? patterns; "
+                            "repeatable, ORed)")
     for flag in FILTER_FLAGS:
         short = ["-t"] if flag == "type" else []
         p.add_argument(*short, f"--{flag}", dest=flag, action=_Filter, metavar="VALUE",

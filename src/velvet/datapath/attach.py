@@ -312,6 +312,15 @@ def attach_tracepoint(prog: Program, category: str, name: str, pin_path: Path | 
     return _pin(fd, pin_path)
 
 
+def attach_raw_tracepoint(prog: Program, name: str, pin_path: Path | None = None) -> Link:
+    """Attach a raw tracepoint program (BPF_RAW_TRACEPOINT_OPEN gives a link, pinned at pin_path if given)."""
+    if pin_path is not None:
+        detach_pinned(pin_path)  # raw tracepoint links cannot be updated: replace
+    fd = libbpf.check(libbpf.bpf_raw_tracepoint_open(name.encode(), prog.fd),
+                      f"attaching {prog.name} to raw tracepoint {name}")
+    return _pin(fd, pin_path)
+
+
 def detach_pinned(pin_path: Path) -> bool:
     """Remove the attachment pinned at `pin_path`; False if nothing was pinned there."""
     try:

@@ -26,7 +26,7 @@ from velvet.model.endpoint import EndpointRecord
 from velvet.system import mounts
 
 log = logging.getLogger("velvet.datapath")
-OBJECTS = ("lxc", "sock", "node", "overlay")  # proc.bpf.o (runtime security) is built but not loaded yet
+OBJECTS = ("lxc", "sock", "node", "overlay")  # proc.bpf.o is the process monitor's (velvet.runtime.source)
 SOCK_HOOKS = {
     "sock_connect4": attach.BPF_CGROUP_INET4_CONNECT,
     "sock_sendmsg4": attach.BPF_CGROUP_UDP4_SENDMSG,

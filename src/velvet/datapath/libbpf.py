@@ -171,6 +171,7 @@ bpf_obj_get_info_by_fd = _fn("bpf_obj_get_info_by_fd", c_int, c_int, c_void_p, P
 bpf_link_create = _fn("bpf_link_create", c_int, c_int, c_int, c_int, c_void_p)
 bpf_link_update = _fn("bpf_link_update", c_int, c_int, c_int, c_void_p)
 bpf_link_detach = _fn("bpf_link_detach", c_int, c_int)
+bpf_raw_tracepoint_open = _fn("bpf_raw_tracepoint_open", c_int, c_char_p, c_int)
 bpf_prog_test_run_opts = _fn("bpf_prog_test_run_opts", c_int, c_int, POINTER(TestRunOpts))
 bpf_tc_hook_create = _fn("bpf_tc_hook_create", c_int, POINTER(TcHook))
 bpf_tc_attach = _fn("bpf_tc_attach", c_int, POINTER(TcHook), POINTER(TcOpts))

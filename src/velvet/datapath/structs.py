@@ -52,6 +52,8 @@ CT_LIFETIME_SYN_S = 60
 CT_LIFETIME_NONTCP_S = 60
 CT_LIFETIME_CLOSE_S = 10
 CT_REPORT_INTERVAL_S = 5
+PROC_CWD_DEPTH = 12
+PROC_CWD_NAME = 32
 
 C_DEFINES: dict[str, int] = {
     "LB_MAGLEV_LUT_SIZE": LB_MAGLEV_LUT_SIZE,
@@ -60,6 +62,8 @@ C_DEFINES: dict[str, int] = {
     "CT_LIFETIME_NONTCP_S": CT_LIFETIME_NONTCP_S,
     "CT_LIFETIME_CLOSE_S": CT_LIFETIME_CLOSE_S,
     "CT_REPORT_INTERVAL_S": CT_REPORT_INTERVAL_S,
+    "PROC_CWD_DEPTH": PROC_CWD_DEPTH,
+    "PROC_CWD_NAME": PROC_CWD_NAME,
 }
 """Every shared #define of types.h, by its C name."""
 
@@ -261,6 +265,15 @@ class ProcEventType(IntEnum):
     EXEC = 1
     EXIT = 2
     TCP_STATE = 3
+    FORK = 4
+
+
+class ProcEventFlag(IntFlag):
+    """enum proc_event_flags (PROC_F_*): process_event.flags."""
+
+    ARGS_TRUNC = 1
+    ARGS_ERROR = 2
+    CWD_TRUNC = 4
 
 
 class SnatDir(IntEnum):
@@ -295,6 +308,7 @@ C_ENUMS: dict[str, tuple[type[IntEnum] | type[IntFlag], str]] = {
     "policy_flags": (PolicyFlag, "POLICY_"),
     "reserved_identity": (ReservedIdentity, "IDENTITY_"),
     "proc_event_type": (ProcEventType, "PROC_"),
+    "proc_event_flags": (ProcEventFlag, "PROC_F_"),
     "snat_dir": (SnatDir, "SNAT_"),
     "node_flags": (NodeFlag, "NODE_F_"),
 }
@@ -582,10 +596,38 @@ class ProcessEvent(Structure):
         ("type", c_uint8),
         ("old_state", c_uint8),
         ("new_state", c_uint8),
-        ("pad", c_uint8),
+        ("flags", c_uint8),
+        ("args_len", c_uint32),
+        ("cwd_depth", c_uint8),
+        ("pad", c_uint8 * 3),
         ("comm", c_char * 16),
-        ("filename", c_char * 128),
+        ("filename", c_char * 256),
+        ("args", c_char * 512),
+        ("cwd", c_char * PROC_CWD_NAME * PROC_CWD_DEPTH),
     ]
+
+
+class SockEvent(Structure):
+    """struct sock_event: a record of the proc_sock_events ring buffer."""
+
+    _fields_ = [
+        ("ts_ns", c_uint64),
+        ("netns_ino", c_uint32),
+        ("pid", c_uint32),
+        ("saddr", BE32),
+        ("daddr", BE32),
+        ("sport", BE16),
+        ("dport", BE16),
+        ("old_state", c_uint8),
+        ("new_state", c_uint8),
+        ("pad", c_uint8 * 2),
+    ]
+
+
+class ProcConfig(Structure):
+    """struct proc_config: the one proc_config entry (the monitored cgroup subtree)."""
+
+    _fields_ = [("cgroup_id", c_uint64), ("level", c_uint32), ("pad", c_uint32)]
 
 
 C_STRUCTS: dict[str, type[Structure]] = {
@@ -613,6 +655,8 @@ C_STRUCTS: dict[str, type[Structure]] = {
     "metrics_value": MetricsValue,
     "flow_event": FlowEvent,
     "process_event": ProcessEvent,
+    "proc_config": ProcConfig,
+    "sock_event": SockEvent,
     "snat4_key": Snat4Key,
     "snat4_entry": Snat4Entry,
     "node_config": NodeConfig,
@@ -651,3 +695,6 @@ FLOW_EVENT_DTYPE: np.dtype[np.void] = numpy_dtype(FlowEvent)
 
 PROCESS_EVENT_DTYPE: np.dtype[np.void] = numpy_dtype(ProcessEvent)
 """struct process_event as a numpy dtype."""
+
+SOCK_EVENT_DTYPE: np.dtype[np.void] = numpy_dtype(SockEvent)
+"""struct sock_event as a numpy dtype."""

@@ -296,11 +296,7 @@ class EventsRing(RingView):
 
 
 class ProcEventsRing(RingView):
-    """proc_events: struct process_event records (PROCESS_EVENT_DTYPE) of proc.bpf.o.
-
-    The agent does not load proc.bpf.o yet (it is built and tested, for runtime security): only the
-    datapath tests read this ring today.
-    """
+    """proc_events: struct process_event records (PROCESS_EVENT_DTYPE) of proc.bpf.o (`velvet.runtime`)."""
 
     name = "proc_events"
     dtype = PROCESS_EVENT_DTYPE

@@ -385,6 +385,10 @@ class FlowQuery:
     last: int | None = None
     since_ns: int | None = None
     until_ns: int | None = None
+    from_process: tuple[str, ...] = ()
+    """The process that opened the connection sends the flow: binary (* ? patterns), pid or exec_id."""
+    to_process: tuple[str, ...] = ()
+    """The process that opened the connection receives the flow (the replies)."""
 
     def to_params(self) -> dict[str, str]:
         """Query parameters for `/v1/query/flows` and `/v1/stream/flows`."""
@@ -392,6 +396,9 @@ class FlowQuery:
         for name, value in (("last", self.last), ("since", self.since_ns), ("until", self.until_ns)):
             if value is not None:
                 params[name] = str(value)
+        for name, values in (("from_process", self.from_process), ("to_process", self.to_process)):
+            if values:
+                params[name] = json.dumps(list(values))
         return params
 
     @classmethod
@@ -403,4 +410,10 @@ class FlowQuery:
         def number(name: str) -> int | None:
             value = params.get(name)
             return int(value) if value not in (None, "") else None
-        return cls(spec=spec, last=number("last"), since_ns=number("since"), until_ns=number("until"))
+        def processes(name: str) -> tuple[str, ...]:
+            raw_values = json.loads(params.get(name) or "[]")
+            if not isinstance(raw_values, list) or not all(isinstance(v, str) for v in raw_values):
+                raise ValueError(f"{name} must be a JSON list of strings")
+            return tuple(raw_values)
+        return cls(spec=spec, last=number("last"), since_ns=number("since"), until_ns=number("until"),
+                   from_process=processes("from_process"), to_process=processes("to_process"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import AsyncGenerator, Callable, Collection
 from typing import Any
 
@@ -11,13 +12,14 @@ from prometheus_client import CollectorRegistry
 from velvet.observe.codes import EVENT_TYPE_ALIASES
 from velvet.observe.decode import FlowDecoder
 from velvet.observe.enrich import EndpointResolver
-from velvet.observe.filters import FlowQuery, compile_spec
+from velvet.observe.filters import FlowQuery, Predicate, compile_spec
 from velvet.observe.flow import Flow
 from velvet.observe.metrics import FlowMetrics
 from velvet.observe.store import DEFAULT_CAPACITY, DEFAULT_FOLLOWER_QUEUE, FlowStore, Subscription
 from velvet.observe.vector_filter import spec_match, types_match
 
 Json = dict[str, Any]
+ProcessLookup = Callable[[Flow], tuple[Json | None, Json | None]]
 
 
 def event_types(text: str) -> frozenset[int]:
@@ -27,6 +29,16 @@ def event_types(text: str) -> frozenset[int]:
     if unknown:
         raise ValueError(f"unknown event types {unknown} (one of {', '.join(EVENT_TYPE_ALIASES)})")
     return frozenset(EVENT_TYPE_ALIASES[n] for n in names)
+
+
+def _process_matches(process: Json | None, wanted: tuple[str, ...]) -> bool:
+    """Whether a flow end's process is one of `wanted` (binary pattern, pid or exec_id); no filter: yes."""
+    if not wanted:
+        return True
+    if process is None:
+        return False
+    return any(w in (str(process["pid"]), process["exec_id"]) or fnmatch.fnmatchcase(process["binary"], w)
+               for w in wanted)
 
 
 def _lost_notice(lost: int) -> Json:
@@ -47,6 +59,8 @@ class FlowPipeline:
         self.decoder = FlowDecoder(resolver, node_name, clock_offset_ns)
         self.store = FlowStore(capacity, kernel_lost, follower_queue, self.decoder)
         self.metrics = FlowMetrics(registry, self.store.stats)
+        self.processes: ProcessLookup | None = None
+        """The processes at a flow's ends (source, destination) as JSON; the agent's process monitor."""
 
     def ingest(self, batch: npt.NDArray[Any]) -> None:
         """Take one ring-buffer batch of `struct flow_event` records (a numpy structured array).
@@ -60,12 +74,37 @@ class FlowPipeline:
         keep = batch if self.store.has_followers else batch[-self.store.capacity:]
         self.store.add(self.decoder.enrich(keep), seen=len(batch))
 
+    def _predicate(self, query: FlowQuery) -> Predicate:
+        """The query's filters, and its process filters (which need the process monitor's connections)."""
+        spec = compile_spec(query.spec)
+        if not (query.from_process or query.to_process):
+            return spec
+
+        def matches(flow: Flow) -> bool:
+            if not spec(flow):
+                return False
+            source, destination = self.processes(flow) if self.processes is not None else (None, None)
+            return (_process_matches(source, query.from_process)
+                    and _process_matches(destination, query.to_process))
+        return matches
+
+    def _json(self, flow: Flow) -> Json:
+        """Hubble JSON of a flow, with the processes at its ends where the process monitor knows them."""
+        out = flow.to_hubble_json()
+        if self.processes is not None:
+            source, destination = self.processes(flow)
+            if source is not None:
+                out["source_process"] = source
+            if destination is not None:
+                out["destination_process"] = destination
+        return out
+
     def query(self, query: FlowQuery) -> list[Json]:
         """Stored flows matching `query`, oldest first, as Hubble JSON."""
-        predicate = compile_spec(query.spec)
+        predicate = self._predicate(query)
         match = spec_match(query.spec, self.decoder)
         flows = self.store.last(query.last, match, predicate, query.since_ns, query.until_ns)
-        return [f.to_hubble_json() for f in flows]
+        return [self._json(f) for f in flows]
 
     async def stream(self, query: FlowQuery) -> AsyncGenerator[Json]:
         """The last `query.last` matching flows, then new ones as they come (`observe --follow`).
@@ -73,20 +112,20 @@ class FlowPipeline:
         Yields `{"lost_events": {...}}` before a flow when this follower fell behind and lost some;
         ends when a flow is newer than `query.until_ns`.
         """
-        predicate = compile_spec(query.spec)
+        predicate = self._predicate(query)
         match = spec_match(query.spec, self.decoder)
         sub = self.store.subscribe(match, predicate)
         try:
             if query.last:
                 for flow in self.store.last(query.last, match, predicate, query.since_ns, query.until_ns):
-                    yield flow.to_hubble_json()
+                    yield self._json(flow)
             async for item in self._follow(sub):
                 if isinstance(item, int):
                     yield _lost_notice(item)
                 elif query.until_ns is not None and item.time_ns > query.until_ns:
                     return
                 else:
-                    yield item.to_hubble_json()
+                    yield self._json(item)
         finally:
             sub.close()
 

@@ -2,39 +2,181 @@
 /*
  * proc.bpf.c - process and TCP socket lifecycle events (tracepoints, CO-RE).
  *
- *   proc_exec:      tracepoint sched/sched_process_exec
- *   proc_exit:      tracepoint sched/sched_process_exit (thread-group leaders only)
- *   proc_tcp_state: tracepoint sock/inet_sock_set_state (IPv4 TCP)
+ *   proc_exec:      tracepoint sched/sched_process_exec (binary path, argv from mm->arg_start)
+ *   proc_fork:      raw tracepoint sched_process_fork (new processes only, not threads)
+ *   proc_exit:      tracepoint sched/sched_process_exit (when the last thread of a process exits)
+ *   proc_tcp_state: tracepoint sock/inet_sock_set_state (IPv4 TCP, every change; not used by the agent)
+ *   proc_tcp_connect: the same tracepoint, what names a flow's process (IPv4 TCP): the process that
+ *                   connect()s, reported when its connection is ESTABLISHED and CLOSE; listen() and
+ *                   the listener's close (in the owner); passive opens ESTABLISHED (in softirq, kept
+ *                   when the socket's cgroup, the listener's, is monitored) and their CLOSE
  *
  * Every event carries the network namespace inode and the cgroup id, which attribute it to a
  * pod. Records are struct process_event in the proc_events ring buffer (own map: the object
- * shares nothing with the packet datapath).
- *
- * Groundwork for runtime security: the object is built with the others and its programs are
- * tested attached for real (tests/datapath/test_sock.py), but the agent does not load or attach
- * it yet, so nothing reads proc_events in a running node.
+ * shares nothing with the packet datapath); proc_tcp_connect writes struct sock_event records to
+ * proc_sock_events. proc_config limits the process events to one
+ * cgroup subtree (the node's): several nodes' agents on one machine each see their own.
+ * The agent's process monitor (velvet.runtime) loads it and reads proc_events.
  */
 #include "lib/common.h"
 #include <bpf/bpf_core_read.h>
 
-#define PROC_EVENTS_RINGBUF_BYTES (1024 * 1024)
+#define PROC_EVENTS_RINGBUF_BYTES (4 * 1024 * 1024)
 #define AF_INET 2
+#define PROC_SOCK_EVENTS_RINGBUF_BYTES (1024 * 1024)
+#define PROC_ARGS_MAX 512 /* sizeof(process_event.args), a power of 2 */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, PROC_EVENTS_RINGBUF_BYTES);
 } proc_events SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, PROC_SOCK_EVENTS_RINGBUF_BYTES);
+} proc_sock_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct proc_config);
+} proc_config SEC(".maps");
+
+/* TCP sockets being connected or connected by a monitored process (socket address -> tgid). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u32);
+} proc_socks SEC(".maps");
+
+/* Process events the ring had no room for (one counter per CPU; the agent reports the sum). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} proc_lost SEC(".maps");
+
+/*
+ * The current directory of `task` as path components, innermost first, into ev->cwd: a bounded walk up
+ * the dentries that crosses mount points (a tracepoint may not call bpf_d_path). Stops at the task's
+ * root; deeper paths set PROC_F_CWD_TRUNC.
+ */
+static __always_inline void proc_read_cwd(struct task_struct *task, struct process_event *ev)
+{
+	struct dentry *dentry = BPF_CORE_READ(task, fs, pwd.dentry);
+	struct vfsmount *vfsmnt = BPF_CORE_READ(task, fs, pwd.mnt);
+	struct dentry *root = BPF_CORE_READ(task, fs, root.dentry);
+	struct vfsmount *root_mnt = BPF_CORE_READ(task, fs, root.mnt);
+	struct mount *mnt = container_of(vfsmnt, struct mount, mnt);
+	struct dentry *parent, *mnt_root;
+	struct mount *mnt_parent;
+	__u32 depth = 0;
+
+#pragma unroll
+	for (int i = 0; i < PROC_CWD_DEPTH * 2; i++) {
+		if (dentry == root && vfsmnt == root_mnt)
+			break;
+		mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+		if (dentry == mnt_root) {
+			/* the top of a mount: continue from where it is mounted */
+			mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
+			if (mnt_parent == mnt)
+				break;
+			dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+			mnt = mnt_parent;
+			vfsmnt = &mnt->mnt;
+			continue;
+		}
+		parent = BPF_CORE_READ(dentry, d_parent);
+		if (parent == dentry)
+			break;
+		if (depth >= PROC_CWD_DEPTH) {
+			ev->flags |= PROC_F_CWD_TRUNC;
+			break;
+		}
+		bpf_probe_read_kernel_str(ev->cwd[depth], PROC_CWD_NAME, BPF_CORE_READ(dentry, d_name.name));
+		depth++;
+		dentry = parent;
+	}
+	ev->cwd_depth = depth;
+}
+
+/* Whether a socket's cgroup (its creator's; an accepted socket's is its listener's) is monitored. */
+static __always_inline bool proc_sk_monitored(struct sock *sk)
+{
+	__u32 zero = 0;
+	struct proc_config *cfg = bpf_map_lookup_elem(&proc_config, &zero);
+	struct cgroup *cgrp, *ancestor = NULL;
+	__u32 level;
+
+	if (!cfg || !cfg->cgroup_id)
+		return true;
+	cgrp = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	level = cfg->level;
+	if (!cgrp || level > 255 || BPF_CORE_READ(cgrp, level) < (int)level)
+		return false;
+	bpf_probe_read_kernel(&ancestor, sizeof(ancestor), &cgrp->ancestors[level]);
+	return ancestor && BPF_CORE_READ(ancestor, kn, id) == cfg->cgroup_id;
+}
+
+/* Report a TCP socket's state change for the process `tgid` (0: not known in this context). */
+static __always_inline void proc_report_sock(struct trace_event_raw_inet_sock_set_state *ctx, __u32 tgid)
+{
+	struct sock *sk = (struct sock *)ctx->skaddr;
+	struct sock_event *ev = bpf_ringbuf_reserve(&proc_sock_events, sizeof(*ev), 0);
+	__u32 zero = 0;
+	__u64 *lost;
+
+	if (!ev) {
+		lost = bpf_map_lookup_elem(&proc_lost, &zero);
+		if (lost)
+			*lost += 1;
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->pid = tgid;
+	ev->netns_ino = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	ev->old_state = ctx->oldstate;
+	ev->new_state = ctx->newstate;
+	__builtin_memcpy(&ev->saddr, ctx->saddr, sizeof(ev->saddr));
+	__builtin_memcpy(&ev->daddr, ctx->daddr, sizeof(ev->daddr));
+	ev->sport = bpf_htons(ctx->sport);
+	ev->dport = bpf_htons(ctx->dport);
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* Whether the current task is in the monitored cgroup subtree (every task when none is set). */
+static __always_inline bool proc_monitored(void)
+{
+	__u32 zero = 0;
+	struct proc_config *cfg = bpf_map_lookup_elem(&proc_config, &zero);
+
+	if (!cfg || !cfg->cgroup_id)
+		return true;
+	return bpf_get_current_ancestor_cgroup_id(cfg->level) == cfg->cgroup_id;
+}
+
 /* Reserve a zeroed event with the time and the current task's identity filled in. */
 static __always_inline struct process_event *proc_event_reserve(__u8 type)
 {
 	struct process_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
 	struct task_struct *task;
-	__u64 pid_tgid;
+	__u64 pid_tgid, *lost;
+	__u32 zero = 0;
 
-	if (!ev)
+	if (!ev) {
+		lost = bpf_map_lookup_elem(&proc_lost, &zero);
+		if (lost)
+			*lost += 1;
 		return NULL;
-	__builtin_memset(ev, 0, sizeof(*ev));
+	}
+	/* zero up to the strings; those are valid up to their NUL, args_len and cwd_depth */
+	__builtin_memset(ev, 0, __builtin_offsetof(struct process_event, filename));
+	ev->filename[0] = 0;
 	task = (struct task_struct *)bpf_get_current_task();
 	pid_tgid = bpf_get_current_pid_tgid();
 	ev->ts_ns = bpf_ktime_get_ns();
@@ -52,14 +194,55 @@ static __always_inline struct process_event *proc_event_reserve(__u8 type)
 SEC("tracepoint/sched/sched_process_exec")
 int proc_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
-	struct process_event *ev = proc_event_reserve(PROC_EXEC);
+	struct task_struct *task;
+	struct process_event *ev;
+	__u64 start, end, len;
 	__u32 loc;
 
+	if (!proc_monitored())
+		return 0;
+	ev = proc_event_reserve(PROC_EXEC);
 	if (!ev)
 		return 0;
 	/* filename is a __data_loc string: offset in the low 16 bits */
 	loc = ctx->__data_loc_filename & 0xffff;
 	bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), (void *)ctx + loc);
+	/* argv as the new image has it on its stack: freshly written, so its pages are present */
+	task = (struct task_struct *)bpf_get_current_task();
+	start = BPF_CORE_READ(task, mm, arg_start);
+	end = BPF_CORE_READ(task, mm, arg_end);
+	len = end > start ? end - start : 0;
+	if (len > PROC_ARGS_MAX) {
+		ev->flags |= PROC_F_ARGS_TRUNC;
+		len = PROC_ARGS_MAX;
+	}
+	if (len && bpf_probe_read_user(ev->args, len, (void *)start) == 0)
+		ev->args_len = len;
+	else if (len)
+		ev->flags |= PROC_F_ARGS_ERROR;
+	proc_read_cwd(task, ev);
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+SEC("raw_tp/sched_process_fork")
+int proc_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	struct process_event *ev;
+	__u32 tgid, pid;
+
+	/* a new thread shares its creator's thread group: only new processes are events */
+	tgid = BPF_CORE_READ(child, tgid);
+	pid = BPF_CORE_READ(child, pid);
+	if (tgid != pid || !proc_monitored())
+		return 0;
+	ev = proc_event_reserve(PROC_FORK);
+	if (!ev)
+		return 0;
+	ev->ppid = ev->pid; /* the forking process */
+	ev->pid = tgid;
+	ev->tid = pid;
 	bpf_ringbuf_submit(ev, 0);
 	return 0;
 }
@@ -68,11 +251,10 @@ SEC("tracepoint/sched/sched_process_exit")
 int proc_exit(struct trace_event_raw_sched_process_template *ctx)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct process_event *ev;
 
-	/* one event per process: when its thread-group leader exits */
-	if ((__u32)pid_tgid != (__u32)(pid_tgid >> 32))
+	/* one event per process: when its last thread exits (signal->live already counts it out) */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0 || !proc_monitored())
 		return 0;
 	ev = proc_event_reserve(PROC_EXIT);
 	if (!ev)
@@ -94,7 +276,9 @@ int proc_tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
 	if (!ev)
 		return 0;
-	__builtin_memset(ev, 0, sizeof(*ev));
+	/* zero up to the strings; those are valid up to their NUL, args_len and cwd_depth */
+	__builtin_memset(ev, 0, __builtin_offsetof(struct process_event, filename));
+	ev->filename[0] = 0;
 	/* state changes often run in softirq: attribute through the socket, not the task */
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->type = PROC_TCP_STATE;
@@ -107,6 +291,51 @@ int proc_tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	ev->sport = bpf_htons(ctx->sport);
 	ev->dport = bpf_htons(ctx->dport);
 	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int proc_tcp_connect(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	__u64 sk = (__u64)ctx->skaddr;
+	__u32 tgid, *owner;
+
+	if (ctx->family != AF_INET || ctx->protocol != IPPROTO_TCP)
+		return 0;
+	if (ctx->newstate == TCP_SYN_SENT) {
+		/* inside connect(): the current task is the process that opens the connection */
+		if (!proc_monitored())
+			return 0;
+		tgid = bpf_get_current_pid_tgid() >> 32;
+		bpf_map_update_elem(&proc_socks, &sk, &tgid, BPF_ANY);
+		return 0;
+	}
+	if (ctx->newstate == TCP_LISTEN || (ctx->oldstate == TCP_LISTEN && ctx->newstate == TCP_CLOSE)) {
+		/* listen() and the listener's close() run in the owning process (an accepted socket is cloned
+		 * from its listener: its LISTEN -> SYN_RECV runs in softirq and is no listener's close) */
+		if (proc_monitored())
+			proc_report_sock(ctx, bpf_get_current_pid_tgid() >> 32);
+		return 0;
+	}
+	if (ctx->oldstate == TCP_SYN_RECV && ctx->newstate == TCP_ESTABLISHED) {
+		/* a passive open completes in softirq: its listener's owner names it in user space */
+		if (!proc_sk_monitored((struct sock *)ctx->skaddr))
+			return 0;
+		tgid = 0;
+		bpf_map_update_elem(&proc_socks, &sk, &tgid, BPF_ANY);
+		proc_report_sock(ctx, 0);
+		return 0;
+	}
+	if (ctx->newstate != TCP_ESTABLISHED && ctx->newstate != TCP_CLOSE)
+		return 0;
+	/* later states often change in softirq: the owner comes from the connect */
+	owner = bpf_map_lookup_elem(&proc_socks, &sk);
+	if (!owner)
+		return 0;
+	tgid = *owner;
+	if (ctx->newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&proc_socks, &sk);
+	proc_report_sock(ctx, tgid);
 	return 0;
 }
 

@@ -234,7 +234,18 @@ enum proc_event_type {
 	PROC_EXEC = 1,
 	PROC_EXIT = 2,
 	PROC_TCP_STATE = 3,
+	PROC_FORK = 4,
 };
+
+/* process_event.flags */
+enum proc_event_flags {
+	PROC_F_ARGS_TRUNC = 1,  /* the arguments were longer than process_event.args */
+	PROC_F_ARGS_ERROR = 2,  /* the arguments could not be read (page not present) */
+	PROC_F_CWD_TRUNC = 4,   /* the cwd had more components than process_event.cwd holds */
+};
+
+#define PROC_CWD_DEPTH 12 /* path components of process_event.cwd */
+#define PROC_CWD_NAME 32  /* bytes per component (longer names are cut, NUL-terminated) */
 
 /* ---- service load balancing ---------------------------------------------------------------- */
 
@@ -463,14 +474,17 @@ struct flow_event {
 	__u8 flags;         /* enum event_flags */
 };
 
-/* proc_events ring buffer record (proc.bpf.o: built and tested, not loaded by the agent yet). */
+/*
+ * proc_events ring buffer record (proc.bpf.o, loaded by the agent's process monitor). Bytes after the
+ * filename's NUL, past args_len in args and past cwd_depth in cwd are undefined.
+ */
 struct process_event {
-	__u64 ts_ns;
+	__u64 ts_ns;     /* bpf_ktime_get_ns() of the exec, fork or exit */
 	__u64 cgroup_id;
 	__u32 netns_ino; /* inode of the network namespace: attributes the process to its pod */
-	__u32 pid;       /* thread-group id; 0 for TCP state changes (may run in softirq) */
+	__u32 pid;       /* thread-group id (the child's for PROC_FORK); 0 for TCP state changes */
 	__u32 tid;
-	__u32 ppid;
+	__u32 ppid;      /* the parent's thread-group id (the forking process for PROC_FORK) */
 	__u32 uid;
 	__s32 exit_code; /* PROC_EXIT: wait(2) status (code << 8 | signal) */
 	__be32 saddr;    /* PROC_TCP_STATE: the socket's addresses and ports */
@@ -480,9 +494,39 @@ struct process_event {
 	__u8 type;       /* enum proc_event_type */
 	__u8 old_state;  /* PROC_TCP_STATE: kernel TCP states (TCP_ESTABLISHED = 1, ...) */
 	__u8 new_state;
-	__u8 pad;
+	__u8 flags;      /* enum proc_event_flags */
+	__u32 args_len;  /* PROC_EXEC: bytes of args used */
+	__u8 cwd_depth;  /* PROC_EXEC: components used in cwd */
+	__u8 pad[3];
 	char comm[16];
-	char filename[128]; /* PROC_EXEC: path of the executed file, NUL-terminated */
+	char filename[256]; /* PROC_EXEC: path of the executed file as given to execve, NUL-terminated */
+	char args[512];     /* PROC_EXEC: argv NUL-separated (argv[0] included), from mm->arg_start */
+	char cwd[PROC_CWD_DEPTH][PROC_CWD_NAME]; /* PROC_EXEC: cwd components, the innermost first */
+};
+
+/*
+ * proc_sock_events ring buffer record (proc_tcp_connect): a TCP socket of a monitored process was
+ * connected or accepted (ESTABLISHED), closed (CLOSE), or is a listener (LISTEN, its close). Its own
+ * small record: connection storms must not fill the process events' ring.
+ */
+struct sock_event {
+	__u64 ts_ns;
+	__u32 netns_ino;
+	__u32 pid;       /* the connecting or listening process; 0 for an accepted connection */
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 old_state;  /* kernel TCP states */
+	__u8 new_state;
+	__u8 pad[2];
+};
+
+/* proc_config value (one entry): which processes the node's monitor reports. */
+struct proc_config {
+	__u64 cgroup_id; /* the node's cgroup: only its subtree is reported; 0: every process */
+	__u32 level;     /* depth of that cgroup below the cgroup v2 root */
+	__u32 pad;
 };
 
 /* ---- NodePort to backends on other nodes (SNAT) --------------------------------------------- */

@@ -1,0 +1,34 @@
+"""`velvet events -o compact`: one line per process event, as `tetra getevents -o compact` prints them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Json = dict[str, Any]
+_ICONS = {"process_exec": ("🚀", "process"), "process_fork": ("🔀", "fork   "),
+          "process_exit": ("💥", "exit   ")}
+
+
+def compact_line(event: Json, *, node_name: bool = False) -> str:
+    """`🚀 process ns/pod /usr/bin/curl -s x`, `💥 exit    ns/pod /usr/bin/curl -s x 0` (or the signal).
+
+    A node process has no pod: the node's name stands there. A lost-events notice is a line of its own.
+    """
+    if "lost_events" in event:
+        return f"⚠️  {event['lost_events'].get('num_events_lost', 0)} events lost (follower too slow)"
+    kind = next((k for k in _ICONS if k in event), "")
+    if not kind:
+        return f"?  unknown event {sorted(event)}"
+    body = event[kind]
+    proc = body.get("process", {})
+    icon, word = _ICONS[kind]
+    pod = proc.get("pod")
+    where = f"{pod['namespace']}/{pod['name']}" if pod else str(event.get("node_name", ""))
+    line = f"{icon} {word} {where} {proc.get('binary', '')}"
+    if proc.get("arguments"):
+        line += f" {proc['arguments']}"
+    if kind == "process_exit":
+        line += f" {body['signal']}" if body.get("signal") else f" {body.get('status', 0)}"
+    if node_name:
+        line = f"{event.get('node_name', '')}: {line}"
+    return line

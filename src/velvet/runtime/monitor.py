@@ -1,0 +1,430 @@
+"""Process events of one node: records from the kernel in, the process tree kept, Tetragon-shaped events out.
+
+Arguments and the current directory come from the kernel, because a short-lived process has exited
+long before the agent could read /proc/<pid>/cmdline or cwd: argv is read from the new image's
+`mm->arg_start..arg_end` at the exec tracepoint (up to 512 bytes, flag `truncArgs` beyond), the cwd by a
+bounded walk up its dentries across mount points (a tracepoint may not call `bpf_d_path`; up to 12
+components of up to 31 bytes each, flag `truncCWD` and a leading "..." beyond). A fork's cwd is read from
+/proc (its parent's when it is gone). Processes running when the agent starts are read from /proc (flag
+`procFS`, exec_id from their start time, ancestry from their ppid).
+
+Call every method but `start` from the agent's event loop thread: the tree, the store and the followers'
+queues are not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from velvet.datapath.structs import ProcEventFlag, ProcEventType
+from velvet.errors import VelvetError
+from velvet.observe.enrich import EndpointResolver
+from velvet.observe.flow import Flow
+from velvet.runtime.process import (
+    Json,
+    PodRef,
+    Process,
+    ProcStat,
+    cwd_of,
+    exec_id,
+    listening_sockets,
+    live_pids,
+    read_proc,
+    rfc3339,
+)
+from velvet.runtime.source import ProcessSource
+from velvet.runtime.tree import ConnectionTable, ProcessTree
+from velvet.system.mounts import cgroup2_mount
+
+log = logging.getLogger("velvet.runtime")
+EVENT_TYPES = ("process_exec", "process_exit", "process_fork")
+DEFAULT_CAPACITY = 4096
+FOLLOWER_QUEUE = 4096
+TCP_ESTABLISHED = 1
+TCP_SYN_RECV = 3
+TCP_CLOSE = 7
+TCP_LISTEN = 10
+IPPROTO_TCP = 6
+_HIDDEN_LABEL_PREFIXES = ("io.kubernetes.", "io.cilium.")
+
+
+@dataclass
+class ProcessEvent:
+    """One event: its type, the process and its parent as they were, and the exit's status."""
+
+    type: str
+    time_ns: int  # wall clock
+    process: Process
+    parent: Process | None
+    status: int = 0
+    signal: str = ""
+
+    def to_json(self, node_name: str) -> Json:
+        """Tetragon's event JSON: {"process_exec": {"process": …, "parent": …}, "node_name", "time"}."""
+        body: Json = {"process": self.process.to_json()}
+        if self.parent is not None:
+            body["parent"] = self.parent.to_json()
+        if self.type == "process_exit":
+            body.update(status=self.status, signal=self.signal, time=rfc3339(self.time_ns))
+        return {self.type: body, "node_name": node_name, "time": rfc3339(self.time_ns)}
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Which events `velvet events` asks for: types, pod (glob) and namespace, the last N."""
+
+    types: frozenset[str] = frozenset()
+    pod: str = ""
+    namespace: str = ""
+    last: int = 20
+
+    @classmethod
+    def from_params(cls, params: dict[str, str] | Any) -> EventQuery:
+        """From the API's query parameters (`type` comma-separated); bad values raise ValueError."""
+        types = frozenset(t for t in str(params.get("type", "")).split(",") if t)
+        unknown = sorted(types - set(EVENT_TYPES))
+        if unknown:
+            raise ValueError(f"unknown event types {unknown} (one of {', '.join(EVENT_TYPES)})")
+        last = int(params.get("last", 20))
+        if last < 0:
+            raise ValueError(f"last must be >= 0, not {last}")
+        return cls(types, str(params.get("pod", "")), str(params.get("namespace", "")), last)
+
+    def matches(self, event: ProcessEvent) -> bool:
+        """Whether `event` is of a wanted type and in the wanted pod and namespace."""
+        if self.types and event.type not in self.types:
+            return False
+        pod = event.process.pod
+        if self.namespace and (pod is None or pod.namespace != self.namespace):
+            return False
+        return not self.pod or (pod is not None and fnmatch.fnmatchcase(pod.name, self.pod))
+
+
+class _Follower:
+    """One `velvet events --follow`: a bounded queue, and how many events it lost while full."""
+
+    def __init__(self, query: EventQuery) -> None:
+        self.query = query
+        self.queue: asyncio.Queue[ProcessEvent | None] = asyncio.Queue(FOLLOWER_QUEUE)
+        self.lost = 0
+
+
+class ProcessMonitor:
+    """Takes `struct process_event` records, keeps the tree and the last events, counts execs per pod."""
+
+    def __init__(self, source: ProcessSource | None, resolver: EndpointResolver, node_name: str, *,
+                 cgroup: Path | None, registry: CollectorRegistry | None = None,
+                 capacity: int = DEFAULT_CAPACITY, tree: ProcessTree | None = None) -> None:
+        """Events of `cgroup`'s subtree (the node's; every process when None) from `source` (None: none)."""
+        self.source = source
+        self.resolver = resolver
+        self.node_name = node_name
+        self.cgroup = cgroup
+        self.tree = tree or ProcessTree()
+        self.connections = ConnectionTable()
+        self.listeners: dict[tuple[int, int], Process] = {}  # (netns inode, port) -> the listening process
+        self.events: deque[ProcessEvent] = deque(maxlen=capacity)
+        self.seen = 0
+        self.error = ""
+        self._followers: set[_Follower] = set()
+        self._clock_offset_ns = time.time_ns() - time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
+        self.execs = Counter("velvet_process_execs", "Process executions seen, by pod (node: empty labels)",
+                             ["namespace", "pod"], registry=registry)
+        if registry is not None:
+            registry.register(_LostCollector(self))
+
+    # -- start: the kernel's programs, then what already runs -------------------------------------
+
+    def start(self) -> None:
+        """Attach the programs, take in what the pinned ring holds, then the node's live processes.
+
+        A kernel that refuses the programs leaves the agent running without process events: one error
+        line in the log, and `velvet status` says why.
+        """
+        if self.source is None:
+            return
+        try:
+            self.source.start()
+        except VelvetError as exc:
+            log.error("no process events: %s", exc)
+            self.error = str(exc)
+            self.source.close()
+            self.source = None
+            return
+        while self.poll():
+            pass
+        self.scan_proc()
+
+    def scan_proc(self) -> None:
+        """Every live process of the node's cgroup subtree not yet known, parents first (flag procFS)."""
+        prefix = "" if self.cgroup is None else "/" + str(self.cgroup.relative_to(cgroup2_mount()))
+        found = [s for s in map(read_proc, live_pids()) if s is not None and _under(s.cgroup, prefix)]
+        for stat in sorted(found, key=lambda s: (s.start_ticks, s.pid)):
+            proc = self.tree.get(stat.pid)
+            if proc is None:
+                proc = self._from_proc(stat)
+                self.tree.put(proc)
+                self._emit(ProcessEvent("process_exec", proc.start_ns, proc, self._parent(proc.ppid)))
+            for listener in listening_sockets(stat.pid):  # servers started before the agent
+                self.listeners.setdefault(listener, proc)
+
+    def _from_proc(self, stat: ProcStat) -> Process:
+        """A Process from /proc: its exec_id from its start time, its parent's from the parent's."""
+        parent = self.tree.get(stat.ppid)
+        if parent is not None:
+            parent_id = parent.exec_id
+        else:
+            pstat = read_proc(stat.ppid) if stat.ppid else None
+            parent_id = exec_id(self.node_name, pstat.start_ktime_ns, pstat.pid) if pstat else ""
+        boot_wall_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        cgroup_id = _cgroup_id(stat.cgroup)
+        return Process(exec_id(self.node_name, stat.start_ktime_ns, stat.pid), stat.pid, stat.ppid, stat.uid,
+                       stat.binary, stat.argv, stat.cwd, boot_wall_ns + stat.start_ktime_ns, ["procFS"],
+                       parent_id, cgroup_id, self._pod(cgroup_id))
+
+    def _parent(self, ppid: int) -> Process | None:
+        """The parent from the tree, else read from /proc and remembered (a parent outside the node)."""
+        parent = self.tree.get(ppid)
+        if parent is None and ppid:
+            stat = read_proc(ppid)
+            if stat is not None:
+                parent = self._from_proc(stat)
+                self.tree.put(parent)
+        return parent
+
+    def _pod(self, cgroup_id: int) -> PodRef | None:
+        """The pod whose cgroup this is (None: a node process, or a pod not known yet)."""
+        ip = self.resolver.by_cgroup(cgroup_id)
+        info = self.resolver.by_ip(ip) if ip is not None else None
+        if info is None or not info.pod_name:
+            return None
+        pairs = (label.removeprefix("k8s:").partition("=") for label in info.labels)
+        labels = tuple((k, v) for k, sep, v in pairs if sep and not k.startswith(_HIDDEN_LABEL_PREFIXES))
+        return PodRef(info.namespace, info.pod_name, labels)
+
+    # -- records in -------------------------------------------------------------------------------
+
+    def filenos(self) -> list[int]:
+        """The source's pollable fds."""
+        return self.source.filenos() if self.source is not None else []
+
+    def poll(self, max_records: int = 4096) -> int:
+        """Take up to `max_records` pending records; how many were taken (call again while it is > 0)."""
+        if self.source is None:
+            return 0
+        batch = self.source.read(max_records)
+        self.ingest(batch)  # first: a connection's process has exec'd before it
+        sockets = self.source.read_sockets(max_records)
+        self.ingest_sockets(sockets)
+        self.tree.expire()
+        self.connections.expire()
+        return len(batch) + len(sockets)
+
+    def lost(self) -> int:
+        """Events the kernel could not write (its ring was full)."""
+        return self.source.lost() if self.source is not None else 0
+
+    def ingest(self, batch: Any) -> None:
+        """Take a batch of `struct process_event` records (numpy, PROCESS_EVENT_DTYPE)."""
+        for record in batch:
+            kind = int(record["type"])
+            if kind == ProcEventType.EXEC:
+                self._on_exec(record)
+            elif kind == ProcEventType.FORK:
+                self._on_fork(record)
+            elif kind == ProcEventType.EXIT:
+                self._on_exit(record)
+
+    def ingest_sockets(self, batch: Any) -> None:
+        """Take a batch of `struct sock_event` records (numpy, SOCK_EVENT_DTYPE)."""
+        for record in batch:
+            self._on_connect(record)
+
+    def _on_exec(self, r: Any) -> None:
+        pid, ts = int(r["pid"]), int(r["ts_ns"])
+        flags = ["execve"]
+        names = [bytes(n).decode(errors="replace") for n in r["cwd"][:int(r["cwd_depth"])]]
+        cwd = "/" + "/".join(reversed(names))
+        if int(r["flags"]) & ProcEventFlag.CWD_TRUNC:
+            cwd, flags = "..." + cwd, [*flags, "truncCWD"]
+        elif not names:
+            flags.append("rootcwd")
+        argv = [a.decode(errors="replace") for a in bytes(r["args"])[:int(r["args_len"])].split(b"\0")]
+        if argv and argv[-1] == "":
+            argv.pop()
+        if int(r["flags"]) & ProcEventFlag.ARGS_TRUNC:
+            flags.append("truncArgs")
+        if int(r["flags"]) & ProcEventFlag.ARGS_ERROR:
+            flags.append("errorArgs")
+        binary = bytes(r["filename"]).decode(errors="replace")
+        if not binary.startswith("/") and cwd:
+            binary = str(Path(cwd, binary))
+        parent = self._parent(int(r["ppid"]))
+        cgroup_id = int(r["cgroup_id"])
+        proc = Process(exec_id(self.node_name, ts, pid), pid, int(r["ppid"]), int(r["uid"]), binary, argv,
+                       cwd, ts + self._clock_offset_ns, flags, parent.exec_id if parent else "", cgroup_id,
+                       self._pod(cgroup_id))
+        self.tree.put(proc)
+        pod = proc.pod
+        self.execs.labels(namespace=pod.namespace if pod else "", pod=pod.name if pod else "").inc()
+        self._emit(ProcessEvent("process_exec", proc.start_ns, proc, parent))
+
+    def _on_fork(self, r: Any) -> None:
+        pid, ts = int(r["pid"]), int(r["ts_ns"])
+        parent = self._parent(int(r["ppid"]))
+        cwd = cwd_of(pid) or (parent.cwd if parent is not None else "")
+        cgroup_id = int(r["cgroup_id"])
+        binary = parent.binary if parent is not None else bytes(r["comm"]).decode(errors="replace")
+        proc = Process(exec_id(self.node_name, ts, pid), pid, int(r["ppid"]), int(r["uid"]), binary,
+                       list(parent.argv) if parent is not None else [], cwd, ts + self._clock_offset_ns,
+                       ["clone"], parent.exec_id if parent else "", cgroup_id, self._pod(cgroup_id))
+        self.tree.put(proc)
+        self._emit(ProcessEvent("process_fork", proc.start_ns, proc, parent))
+
+    def _on_exit(self, r: Any) -> None:
+        pid, code = int(r["pid"]), int(r["exit_code"])
+        proc = self.tree.get(pid)
+        if proc is None:  # never seen (lost, or evicted): what the record says
+            cgroup_id = int(r["cgroup_id"])
+            proc = Process("", pid, int(r["ppid"]), int(r["uid"]), bytes(r["comm"]).decode(errors="replace"),
+                           [], "", 0, ["miss"], "", cgroup_id, self._pod(cgroup_id))
+        sig = code & 0x7F
+        self._emit(ProcessEvent("process_exit", int(r["ts_ns"]) + self._clock_offset_ns, proc,
+                                self.tree.get(proc.ppid), status=(code >> 8) & 0xFF,
+                                signal=signal.Signals(sig).name if sig in _SIGNALS else ""))
+        self.tree.exit(pid)
+
+    def _on_connect(self, r: Any) -> None:
+        """A socket of the node's processes: a listener opened or closed (remember its owner by netns and
+        port), a connection established (remember its process: the connecting one, or the listener's owner
+        for an accepted one) or closed (forget it after a grace period)."""
+        old, new, pid = int(r["old_state"]), int(r["new_state"]), int(r["pid"])
+        key = (str(IPv4Address(int(r["saddr"]))), int(r["sport"]), str(IPv4Address(int(r["daddr"]))),
+               int(r["dport"]))
+        listener = (int(r["netns_ino"]), int(r["sport"]))
+        if new == TCP_LISTEN:
+            proc = self.tree.get(pid) or self._parent(pid)
+            if proc is not None:
+                self.listeners[listener] = proc
+        elif old == TCP_LISTEN and new == TCP_CLOSE:
+            self.listeners.pop(listener, None)
+        elif new == TCP_ESTABLISHED:
+            if old == TCP_SYN_RECV:
+                proc = self.listeners.get(listener)
+            else:
+                proc = self.tree.get(pid) or self._parent(pid)
+            if proc is not None:
+                self.connections.put(key, proc)
+        else:
+            self.connections.close(key)
+
+    def flow_processes(self, flow: Flow) -> tuple[Json | None, Json | None]:
+        """The processes at a TCP flow's source and destination: the one that opened the connection is
+        the source of its packets and the destination of the replies (None where unknown)."""
+        if flow.proto != IPPROTO_TCP:
+            return None, None
+        forward = self.connections.get((flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port))
+        reverse = self.connections.get((flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port))
+        return (forward.flow_json() if forward else None), (reverse.flow_json() if reverse else None)
+
+    # -- events out -------------------------------------------------------------------------------
+
+    def _emit(self, event: ProcessEvent) -> None:
+        """Store the event and hand it to every follower that wants it (one that is full loses it)."""
+        self.seen += 1
+        self.events.append(event)
+        for follower in self._followers:
+            if follower.query.matches(self._named(event)):
+                try:
+                    follower.queue.put_nowait(event)
+                except asyncio.QueueFull:
+                    follower.lost += 1
+
+    def _named(self, event: ProcessEvent) -> ProcessEvent:
+        """`event` with its processes' pods looked up again where unknown: a pod's first processes start
+        before the agent has learnt its cgroup (the pod's address comes with the kubelet's next report)."""
+        for proc in (event.process, event.parent):
+            if proc is not None and proc.pod is None and proc.cgroup_id:
+                proc.pod = self._pod(proc.cgroup_id)
+        return event
+
+    def query(self, query: EventQuery) -> list[Json]:
+        """The last `query.last` stored events that match, oldest first."""
+        found = [e for e in self.events if query.matches(self._named(e))]
+        return [e.to_json(self.node_name) for e in found[-query.last:]] if query.last else []
+
+    async def stream(self, query: EventQuery) -> AsyncGenerator[Json]:
+        """The last `query.last` matching events, then new ones as they come; a loss is one notice."""
+        follower = _Follower(query)
+        self._followers.add(follower)
+        try:
+            for item in self.query(query):
+                yield item
+            while (event := await follower.queue.get()) is not None:
+                yield event.to_json(self.node_name)
+                if follower.lost and follower.queue.empty():
+                    yield {"lost_events": {"source": "PROCESS_EVENTS_QUEUE",
+                                           "num_events_lost": follower.lost}}
+                    follower.lost = 0
+        finally:
+            self._followers.discard(follower)
+
+    def status(self) -> Json:
+        """Counters for `velvet status`: events seen and stored, processes known."""
+        return {"seen": self.seen, "lost": self.lost(), "stored": len(self.events),
+                "capacity": self.events.maxlen, "listeners": len(self.listeners),
+                "connections": len(self.connections), "processes": len(self.tree),
+                "evicted": self.tree.evicted,
+                "attached": self.source is not None, "error": self.error,
+                "programs": self.source.programs() if self.source is not None else []}
+
+    def close(self) -> None:
+        """End every stream and release the source (pinned links stay attached)."""
+        for follower in self._followers:
+            with contextlib.suppress(asyncio.QueueFull):
+                follower.queue.put_nowait(None)
+        if self.source is not None:
+            self.source.close()
+
+
+_SIGNALS = {int(s) for s in signal.Signals}
+
+
+def _under(cgroup: str, prefix: str) -> bool:
+    """Whether cgroup path `cgroup` is `prefix` or below it ("" is the root: everything)."""
+    return not prefix or cgroup == prefix or cgroup.startswith(prefix + "/")
+
+
+def _cgroup_id(path: str) -> int:
+    """The id (inode) of a cgroup v2 path relative to the hierarchy's root; 0 when it is gone."""
+    try:
+        return (cgroup2_mount() / path.lstrip("/")).stat().st_ino
+    except OSError:
+        return 0
+
+
+class _LostCollector(Collector):
+    """velvet_process_events_lost_total: read from the kernel's counter at scrape time."""
+
+    def __init__(self, monitor: ProcessMonitor) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        """The one counter."""
+        yield CounterMetricFamily("velvet_process_events_lost",
+                                  "Process events the kernel ring had no room for", value=self.monitor.lost())

@@ -1,0 +1,167 @@
+"""Process events from the kernel: proc.bpf.o loaded, limited to the node's cgroup, attached as pinned links.
+
+Needs root, bpffs, tracefs, BTF (CO-RE) and cgroup v2. The rings (`proc_events`, 4 MiB; socket events in
+their own small `proc_sock_events`) and the maps are pinned beside the node's other maps, the links under
+its `links/` directory (`proc-exec`, `proc-fork`, `proc-exit`, `proc-tcp-connect`): a restarted agent
+re-opens the same rings, so events of processes that ran while it was down are still read, and replaces
+the links with its fresh programs (tracepoint links cannot be updated in place)."""
+
+from __future__ import annotations
+
+import logging
+from ctypes import c_uint32, c_uint64
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from velvet.datapath import attach, build
+from velvet.datapath.bpfobject import BpfObject
+from velvet.datapath.structs import PROCESS_EVENT_DTYPE, SOCK_EVENT_DTYPE, ProcConfig
+from velvet.datapath.views import ProcEventsRing, RingView
+from velvet.errors import DatapathError
+from velvet.system import mounts
+from velvet.system.mounts import cgroup2_mount
+
+log = logging.getLogger("velvet.runtime")
+PINNED_MAPS = ("proc_events", "proc_sock_events", "proc_config", "proc_lost", "proc_socks")
+# program -> (tracepoint category or "raw", tracepoint name)
+TRACEPOINTS = {
+    "proc_exec": ("sched", "sched_process_exec"),
+    "proc_fork": ("raw", "sched_process_fork"),
+    "proc_exit": ("sched", "sched_process_exit"),
+    "proc_tcp_connect": ("sock", "inet_sock_set_state"),
+}
+
+
+class ProcessSource(Protocol):
+    """Where process events come from: the kernel, or a list in unit tests."""
+
+    def start(self) -> None:
+        """Begin producing events."""
+
+    def read(self, max_records: int = 4096) -> Any:
+        """Committed records (a numpy array of PROCESS_EVENT_DTYPE), oldest first."""
+
+    def read_sockets(self, max_records: int = 4096) -> Any:
+        """Committed socket records (a numpy array of SOCK_EVENT_DTYPE), oldest first."""
+
+    def filenos(self) -> list[int]:
+        """Pollable fds, readable while records are pending (none: poll)."""
+
+    def lost(self) -> int:
+        """Events the kernel had no room for since the ring was made (it survives agent restarts)."""
+
+    def programs(self) -> list[dict[str, Any]]:
+        """The loaded programs: name, id and the tracepoint each is attached to."""
+
+    def close(self) -> None:
+        """Release fds; pinned links keep reporting into the pinned ring."""
+
+
+class SockEventsRing(RingView):
+    """proc_sock_events: struct sock_event records (SOCK_EVENT_DTYPE) of proc.bpf.o."""
+
+    name = "proc_sock_events"
+    dtype = SOCK_EVENT_DTYPE
+
+
+def cgroup_level(cgroup: Path) -> int:
+    """Depth of a cgroup v2 directory below the hierarchy's root (the root is level 0)."""
+    return len(cgroup.resolve().relative_to(cgroup2_mount().resolve()).parts)
+
+
+class KernelProcSource:
+    """proc.bpf.o for one node: every process in `cgroup`'s subtree (every process when None)."""
+
+    def __init__(self, pin_dir: Path, cgroup: Path | None) -> None:
+        self.pin_dir = pin_dir
+        self.links_dir = pin_dir / "links"
+        self.cgroup = cgroup
+        self._obj: BpfObject | None = None
+        self._ring: ProcEventsRing | None = None
+        self._sock_ring: SockEventsRing | None = None
+
+    def start(self) -> None:
+        """Load (re-adopting the pinned ring), aim at the node's cgroup, attach the three programs."""
+        mounts.ensure_bpffs()
+        mounts.ensure_pin_dir(self.pin_dir)
+        self._obj = self._load()
+        config = ProcConfig()
+        if self.cgroup is not None:
+            config.cgroup_id = self.cgroup.stat().st_ino
+            config.level = cgroup_level(self.cgroup)
+        with self._obj.map("proc_config") as untyped, untyped.typed(c_uint32, ProcConfig) as config_map:
+            config_map.update(c_uint32(0), config)
+        for prog_name, (category, name) in TRACEPOINTS.items():
+            pin = self.links_dir / prog_name.replace("_", "-")
+            if category == "raw":
+                attach.attach_raw_tracepoint(self._obj.program(prog_name), name, pin).close()
+            else:
+                attach.attach_tracepoint(self._obj.program(prog_name), category, name, pin).close()
+        with self._obj.map("proc_events") as untyped:
+            self._ring = ProcEventsRing(untyped)
+        with self._obj.map("proc_sock_events") as untyped:
+            self._sock_ring = SockEventsRing(untyped)
+
+    def _load(self) -> BpfObject:
+        """Load, re-adopting the pinned maps; pins of an older layout are replaced (their events lost)."""
+        path = build.object_path("proc")
+        obj = BpfObject.open(path, pin_dir=self.pin_dir, autoload={"proc_tcp_state": False})
+        try:
+            return obj.load()
+        except DatapathError as exc:
+            obj.close()
+            if "reuse" not in str(exc):
+                raise
+        log.warning("pinned process maps no longer match proc.bpf.o: replacing them")
+        for name in PINNED_MAPS:
+            (self.pin_dir / name).unlink(missing_ok=True)
+        return BpfObject.open(path, pin_dir=self.pin_dir, autoload={"proc_tcp_state": False}).load()
+
+    def read(self, max_records: int = 4096) -> Any:
+        """See `ProcessSource.read`."""
+        if self._ring is None:
+            return np.empty(0, dtype=PROCESS_EVENT_DTYPE)
+        return self._ring.read(max_records)
+
+    def read_sockets(self, max_records: int = 4096) -> Any:
+        """See `ProcessSource.read_sockets`."""
+        if self._sock_ring is None:
+            return np.empty(0, dtype=SOCK_EVENT_DTYPE)
+        return self._sock_ring.read(max_records)
+
+    def filenos(self) -> list[int]:
+        """See `ProcessSource.filenos`."""
+        return [view.ring.fileno() for view in (self._ring, self._sock_ring) if view is not None]
+
+    def programs(self) -> list[dict[str, Any]]:
+        """See `ProcessSource.programs`."""
+        if self._obj is None:
+            return []
+        return [{"name": name, "id": self._obj.program(name).id,
+                 "attached_to": f"{'raw_tracepoint' if category == 'raw' else 'tracepoint ' + category}:{tp}"}
+                for name, (category, tp) in TRACEPOINTS.items()]
+
+    def lost(self) -> int:
+        """See `ProcessSource.lost`."""
+        if self._obj is None:
+            return 0
+        with self._obj.map("proc_lost") as untyped, untyped.typed(c_uint32, c_uint64) as lost_map:
+            per_cpu = lost_map.lookup_percpu(c_uint32(0)) or []
+        return sum(int(v.value) for v in per_cpu)
+
+    def close(self) -> None:
+        """See `ProcessSource.close`."""
+        for view in (self._ring, self._sock_ring):
+            if view is not None:
+                view.close()
+        self._ring = self._sock_ring = None
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+    def detach(self) -> None:
+        """Remove the pinned links (the node is going away: nothing reads the ring any more)."""
+        for prog_name in TRACEPOINTS:
+            attach.detach_pinned(self.links_dir / prog_name.replace("_", "-"))

@@ -1,0 +1,116 @@
+"""The node's process tree: the current image of every known process by pid, bounded.
+
+An exited process stays for a grace period after its exit event, so events that arrive late (a child's
+exit after its parent's) still find their parent; then it is dropped. Beyond the capacity the oldest
+exited processes go first, then the oldest live ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from velvet.runtime.process import Process
+
+DEFAULT_CAPACITY = 32768
+DEFAULT_GRACE_SECONDS = 30.0
+CONNECTION_CAPACITY = 65536
+CONNECTION_GRACE_SECONDS = 300.0
+ConnKey = tuple[str, int, str, int]
+
+
+class ProcessTree:
+    """pid -> Process; not thread-safe (the agent's event loop owns it)."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY,
+                 grace_seconds: float = DEFAULT_GRACE_SECONDS) -> None:
+        self.capacity = capacity
+        self.grace_seconds = grace_seconds
+        self._procs: dict[int, Process] = {}
+        self._exited: deque[tuple[float, Process]] = deque()
+        self.evicted = 0  # live processes dropped for room
+
+    def __len__(self) -> int:
+        return len(self._procs)
+
+    def get(self, pid: int) -> Process | None:
+        """The current image of `pid` (an exited one during its grace period), if known."""
+        return self._procs.get(pid)
+
+    def put(self, proc: Process) -> None:
+        """Record `proc` as the current image of its pid (an exec replaces the fork's image)."""
+        self._procs.pop(proc.pid, None)  # re-insert: dict order is the age order for eviction
+        self._procs[proc.pid] = proc
+        while len(self._procs) > self.capacity:
+            self._evict_one()
+
+    def exit(self, pid: int, now: float | None = None) -> None:
+        """Mark `pid` exited; it is dropped after the grace period."""
+        proc = self._procs.get(pid)
+        if proc is not None and not proc.exited:
+            proc.exited = True
+            self._exited.append(((time.monotonic() if now is None else now) + self.grace_seconds, proc))
+
+    def expire(self, now: float | None = None) -> None:
+        """Drop exited processes whose grace period is over."""
+        now = time.monotonic() if now is None else now
+        while self._exited and self._exited[0][0] <= now:
+            self._forget(self._exited.popleft()[1])
+
+    def _forget(self, proc: Process) -> None:
+        """Drop `proc` unless its pid already has a newer image."""
+        if self._procs.get(proc.pid) is proc:
+            del self._procs[proc.pid]
+
+    def _evict_one(self) -> None:
+        """Make room: the oldest exited process, else the oldest live one."""
+        while self._exited:
+            proc = self._exited.popleft()[1]
+            if self._procs.get(proc.pid) is proc:
+                del self._procs[proc.pid]
+                return
+        del self._procs[next(iter(self._procs))]
+        self.evicted += 1
+
+
+class ConnectionTable:
+    """TCP connections (saddr, sport, daddr, dport) -> the process that opened them, bounded.
+
+    A closed connection is kept for a grace period, so the flows stored before it closed still name their
+    process when they are read; beyond the capacity the oldest connections go first.
+    """
+
+    def __init__(self, capacity: int = CONNECTION_CAPACITY, grace_seconds: float = CONNECTION_GRACE_SECONDS,
+                 ) -> None:
+        self.capacity = capacity
+        self.grace_seconds = grace_seconds
+        self._conns: dict[ConnKey, Process] = {}
+        self._closed: deque[tuple[float, ConnKey, Process]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def get(self, key: ConnKey) -> Process | None:
+        """The process that opened the connection, if known."""
+        return self._conns.get(key)
+
+    def put(self, key: ConnKey, proc: Process) -> None:
+        """Remember that `proc` opened the connection `key`."""
+        self._conns.pop(key, None)
+        self._conns[key] = proc
+        while len(self._conns) > self.capacity:
+            del self._conns[next(iter(self._conns))]
+
+    def close(self, key: ConnKey, now: float | None = None) -> None:
+        """The connection closed: forget it after the grace period."""
+        proc = self._conns.get(key)
+        if proc is not None:
+            self._closed.append(((time.monotonic() if now is None else now) + self.grace_seconds, key, proc))
+
+    def expire(self, now: float | None = None) -> None:
+        """Forget closed connections whose grace period is over (unless the tuple was reused since)."""
+        now = time.monotonic() if now is None else now
+        while self._closed and self._closed[0][0] <= now:
+            _, key, proc = self._closed.popleft()
+            if self._conns.get(key) is proc:
+                del self._conns[key]

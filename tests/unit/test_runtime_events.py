@@ -1,0 +1,217 @@
+"""Unit tests of the process monitor over hand-made `struct process_event` records: events, tree, output."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from bench.flow_events import events
+from velvet.datapath.structs import PROCESS_EVENT_DTYPE, SOCK_EVENT_DTYPE, ProcEventFlag, ProcEventType
+from velvet.observe.enrich import DictResolver, EndpointInfo
+from velvet.observe.filters import FlowQuery
+from velvet.observe.pipeline import FlowPipeline
+from velvet.runtime.compact import compact_line
+from velvet.runtime.monitor import EventQuery, ProcessMonitor
+from velvet.runtime.process import Process
+from velvet.runtime.tree import ProcessTree
+
+POD_CGROUP = 777
+NODE_CGROUP = 5
+
+
+def record(kind: ProcEventType, pid: int, ppid: int, ts: int, *, filename: str = "",
+           argv: tuple[str, ...] = (), cwd: str = "/", code: int = 0, cgroup: int = POD_CGROUP,
+           flags: int = 0) -> Any:
+    """One process_event record as the kernel writes it."""
+    rec = np.zeros(1, dtype=PROCESS_EVENT_DTYPE)
+    args = b"".join(a.encode() + b"\0" for a in argv)
+    names = [n.encode() for n in reversed(cwd.strip("/").split("/")) if n]
+    rec["type"], rec["pid"], rec["ppid"], rec["ts_ns"], rec["cgroup_id"] = kind, pid, ppid, ts, cgroup
+    rec["filename"], rec["args"], rec["args_len"], rec["exit_code"] = filename.encode(), args, len(args), code
+    rec["cwd_depth"], rec["flags"], rec["comm"] = len(names), flags, filename.rsplit("/", 1)[-1].encode()
+    for i, name in enumerate(names):
+        rec["cwd"][0][i] = name
+    return rec
+
+
+def monitor(registry: CollectorRegistry | None = None) -> ProcessMonitor:
+    """A monitor with no source whose pod cgroup is ns1/web-1."""
+    resolver = DictResolver()
+    resolver.set_cgroup(POD_CGROUP, "10.0.0.7")
+    labels = ("k8s:app=web", "k8s:io.kubernetes.pod.namespace=ns1")
+    resolver.set_endpoint("10.0.0.7", EndpointInfo("ns1", "web-1", labels))
+    return ProcessMonitor(None, resolver, "node-a", cgroup=None, registry=registry)
+
+
+def feed(mon: ProcessMonitor, *records: Any) -> list[dict[str, Any]]:
+    """Ingest the records; every stored event as JSON."""
+    mon.ingest(np.concatenate(records))
+    return mon.query(EventQuery(last=1000))
+
+
+def test_exec_fork_exec_exit_chain_carries_exec_ids_pod_and_status() -> None:
+    """Test that a shell's exec, its fork, the child's exec and exits link by exec_id, name the pod (labels
+    without Kubernetes' own), and carry the exit status or the signal."""
+    registry = CollectorRegistry()
+    mon = monitor(registry)
+    events = feed(
+        mon,
+        record(ProcEventType.EXEC, 100, 1, 1_000, filename="/bin/sh", argv=("sh", "-c", "curl x"),
+               cwd="/app"),
+        record(ProcEventType.FORK, 101, 100, 2_000),
+        record(ProcEventType.EXEC, 101, 100, 3_000, filename="/usr/bin/curl", argv=("curl", "-s", "a b"),
+               cwd="/app/data"),
+        record(ProcEventType.EXIT, 101, 100, 4_000, code=9),  # SIGKILL
+        record(ProcEventType.EXIT, 100, 1, 5_000, code=3 << 8),
+    )
+    kinds = [next(iter(e)) for e in events]
+    assert kinds == ["process_exec", "process_fork", "process_exec", "process_exit", "process_exit"]
+    shell = events[0]["process_exec"]["process"]
+    assert base64.b64decode(shell["exec_id"]).decode() == "node-a:1000:100"
+    assert shell["pod"] == {"namespace": "ns1", "name": "web-1", "pod_labels": {"app": "web"}}
+    assert shell["cwd"] == "/app"
+    fork = events[1]["process_fork"]
+    assert fork["process"]["flags"] == "clone"
+    assert fork["process"]["binary"] == "/bin/sh"
+    assert fork["parent"]["exec_id"] == shell["exec_id"]
+    curl = events[2]["process_exec"]
+    assert curl["process"]["arguments"] == "-s 'a b'"
+    assert curl["process"]["cwd"] == "/app/data"
+    assert curl["process"]["parent_exec_id"] == shell["exec_id"]
+    killed = events[3]["process_exit"]
+    assert (killed["process"]["exec_id"], killed["signal"]) == (curl["process"]["exec_id"], "SIGKILL")
+    assert (events[4]["process_exit"]["status"], events[4]["process_exit"]["signal"]) == (3, "")
+    assert registry.get_sample_value("velvet_process_execs_total", {"namespace": "ns1", "pod": "web-1"}) == 2
+
+
+def test_flags_name_truncated_arguments_and_cwd_and_relative_binaries_resolve_against_cwd() -> None:
+    """Test that truncation flags become Tetragon-style flags and a relative path is made absolute."""
+    mon = monitor()
+    trunc = ProcEventFlag.ARGS_TRUNC | ProcEventFlag.CWD_TRUNC
+    events = feed(mon, record(ProcEventType.EXEC, 10, 1, 1, filename="./run", argv=("run",), cwd="/a/b",
+                              flags=trunc))
+    proc = events[0]["process_exec"]["process"]
+    assert proc["flags"] == "execve truncCWD truncArgs"
+    assert proc["cwd"] == ".../a/b"
+    assert proc["binary"] == ".../a/b/run"
+
+
+def test_node_processes_have_no_pod_and_compact_lines_name_pod_or_node() -> None:
+    """Test the compact lines of `velvet events`: pod or node, binary, arguments, exit code or signal."""
+    mon = monitor()
+    events = feed(
+        mon,
+        record(ProcEventType.EXEC, 200, 1, 1, filename="/usr/bin/curl", argv=("curl", "-s", "x")),
+        record(ProcEventType.EXIT, 200, 1, 2, code=0),
+        record(ProcEventType.EXEC, 300, 1, 3, filename="/usr/bin/ls", argv=("ls",), cgroup=NODE_CGROUP),
+        record(ProcEventType.EXIT, 300, 1, 4, code=15, cgroup=NODE_CGROUP),
+    )
+    assert [compact_line(e) for e in events] == [
+        "🚀 process ns1/web-1 /usr/bin/curl -s x",
+        "💥 exit    ns1/web-1 /usr/bin/curl -s x 0",
+        "🚀 process node-a /usr/bin/ls",
+        "💥 exit    node-a /usr/bin/ls SIGTERM",
+    ]
+    assert "pod" not in events[2]["process_exec"]["process"]
+
+
+def test_queries_filter_by_type_namespace_and_pod_pattern() -> None:
+    """Test that --type, --namespace and --pod (glob) select events, and bad types are refused."""
+    mon = monitor()
+    feed(mon, record(ProcEventType.EXEC, 1, 0, 1, filename="/a"),
+         record(ProcEventType.EXEC, 2, 0, 2, filename="/b", cgroup=NODE_CGROUP),
+         record(ProcEventType.EXIT, 1, 0, 3))
+    assert len(mon.query(EventQuery(types=frozenset({"process_exit"})))) == 1
+    assert len(mon.query(EventQuery(namespace="ns1"))) == 2
+    assert len(mon.query(EventQuery(pod="web-*"))) == 2
+    assert mon.query(EventQuery(pod="db-*")) == []
+    assert len(mon.query(EventQuery(last=1))) == 1
+    with pytest.raises(ValueError, match="unknown event types"):
+        EventQuery.from_params({"type": "process_kprobe"})
+
+
+def test_follow_gets_new_matching_events() -> None:
+    """Test that a follower sees the stored events, then new ones that match its filter only."""
+    mon = monitor()
+    feed(mon, record(ProcEventType.EXEC, 1, 0, 1, filename="/a"))
+
+    async def follow() -> list[str]:
+        stream = mon.stream(EventQuery(namespace="ns1", last=5))
+        got = [await anext(stream)]
+        mon.ingest(np.concatenate([record(ProcEventType.EXEC, 2, 0, 2, filename="/node", cgroup=NODE_CGROUP),
+                                   record(ProcEventType.EXEC, 3, 0, 3, filename="/b")]))
+        got.append(await anext(stream))
+        await stream.aclose()
+        return [e["process_exec"]["process"]["binary"] for e in got]
+
+    assert asyncio.run(follow()) == ["/a", "/b"]
+
+
+def _proc(pid: int) -> Process:
+    return Process(f"id{pid}", pid, 1, 0, "/x", [], "/", 0, [])
+
+
+def test_tree_keeps_exited_processes_for_a_grace_period_and_stays_bounded() -> None:
+    """Test that an exited process resolves until its grace ends, and that over capacity the exited go
+    before the live ones."""
+    tree = ProcessTree(capacity=3, grace_seconds=10)
+    for pid in (1, 2, 3):
+        tree.put(_proc(pid))
+    tree.exit(2, now=100.0)
+    tree.expire(now=105.0)
+    assert tree.get(2) is not None
+    tree.put(_proc(4))  # over capacity: the exited 2 goes first
+    assert tree.get(2) is None
+    assert [tree.get(p) is not None for p in (1, 3, 4)] == [True, True, True]
+    tree.put(_proc(5))  # nothing exited: the oldest live one goes, counted
+    assert tree.get(1) is None
+    assert tree.evicted == 1
+    tree.exit(3, now=200.0)
+    tree.expire(now=210.0)
+    assert tree.get(3) is None
+
+
+def test_a_pod_learnt_after_its_first_exec_names_the_stored_event() -> None:
+    """Test that an exec in a cgroup the agent did not know yet names the pod once the agent knows it."""
+    resolver = DictResolver()
+    mon = ProcessMonitor(None, resolver, "node-a", cgroup=None)
+    feed(mon, record(ProcEventType.EXEC, 1, 0, 1, filename="/srv", cgroup=900))
+    assert "pod" not in mon.query(EventQuery())[0]["process_exec"]["process"]
+    resolver.set_cgroup(900, "10.0.0.8")
+    resolver.set_endpoint("10.0.0.8", EndpointInfo("ns2", "late-1"))
+    assert mon.query(EventQuery(pod="late-1"))[0]["process_exec"]["process"]["pod"]["name"] == "late-1"
+
+
+def test_flows_name_the_process_of_their_connection_and_filter_by_it() -> None:
+    """Test that a TCP flow whose connection a process opened names it as source (its replies as
+    destination), and that --from-process / --to-process select by binary pattern, pid or exec_id."""
+    mon = monitor()
+    feed(mon, record(ProcEventType.EXEC, 40, 1, 1, filename="/usr/bin/curl", argv=("curl",)))
+    connect = np.zeros(1, dtype=SOCK_EVENT_DTYPE)
+    connect["pid"], connect["new_state"] = 40, 1  # TCP_ESTABLISHED, from connect()
+    connect["saddr"], connect["sport"], connect["daddr"], connect["dport"] = 0x0A000001, 40000, 0x0A000002, 80
+    mon.ingest_sockets(connect)
+    flows = FlowPipeline(DictResolver(), node_name="n1", clock_offset_ns=0)
+    flows.processes = mon.flow_processes
+    flows.ingest(events({"ts_ns": 1, "saddr": "10.0.0.1", "daddr": "10.0.0.2", "sport": 40000, "dport": 80,
+                         "proto": 6},
+                        {"ts_ns": 2, "saddr": "10.0.0.2", "daddr": "10.0.0.1", "sport": 80, "dport": 40000,
+                         "proto": 6},
+                        {"ts_ns": 3, "saddr": "10.0.0.3", "daddr": "10.0.0.2", "sport": 40000, "dport": 80,
+                         "proto": 6}))
+    known = mon.tree.get(40)
+    assert known is not None
+    curl = {"exec_id": known.exec_id, "pid": 40, "binary": "/usr/bin/curl"}
+    out = flows.query(FlowQuery())
+    assert [(f.get("source_process"), f.get("destination_process")) for f in out] == [
+        (curl, None), (None, curl), (None, None)]
+    assert [f["time"][-4:] for f in flows.query(FlowQuery(from_process=("*/curl",)))] == ["001Z"]
+    assert [f["time"][-4:] for f in flows.query(FlowQuery(to_process=("40",)))] == ["002Z"]
+    assert flows.query(FlowQuery(from_process=(known.exec_id,)))[0]["source_process"] == curl
+    assert flows.query(FlowQuery(from_process=("/bin/sh",))) == []
+    assert FlowQuery.from_params(FlowQuery(from_process=("a,b",)).to_params()).from_process == ("a,b",)
