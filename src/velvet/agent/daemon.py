@@ -24,7 +24,9 @@ from velvet.paths import AgentPaths
 
 log = logging.getLogger("velvet.agent")
 RECONCILE_DEBOUNCE_SECONDS = 0.02
-EVENT_POLL_SECONDS = 0.25
+# The kernel wakes a ring's reader only once a quarter of it is pending (ringbuf_submit_lazy): the
+# readers drain this often, so a flow or process event is seen within it.
+EVENT_POLL_SECONDS = 0.05
 MAP_FILL_PERIOD_SECONDS = 5.0
 EXPIRY_PERIOD_SECONDS = 1.0
 FULL_GC_PERIOD_SECONDS = 600.0

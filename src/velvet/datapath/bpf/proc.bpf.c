@@ -146,7 +146,7 @@ static __always_inline void proc_report_sock(struct trace_event_raw_inet_sock_se
 	__builtin_memcpy(&ev->daddr, ctx->daddr, sizeof(ev->daddr));
 	ev->sport = bpf_htons(ctx->sport);
 	ev->dport = bpf_htons(ctx->dport);
-	bpf_ringbuf_submit(ev, 0);
+	ringbuf_submit_lazy(ev, &proc_sock_events, PROC_SOCK_EVENTS_RINGBUF_BYTES);
 }
 
 /* Whether the current task is in the monitored cgroup subtree (every task when none is set). */
@@ -221,7 +221,7 @@ int proc_exec(struct trace_event_raw_sched_process_exec *ctx)
 	else if (len)
 		ev->flags |= PROC_F_ARGS_ERROR;
 	proc_read_cwd(task, ev);
-	bpf_ringbuf_submit(ev, 0);
+	ringbuf_submit_lazy(ev, &proc_events, PROC_EVENTS_RINGBUF_BYTES);
 	return 0;
 }
 
@@ -243,7 +243,7 @@ int proc_fork(struct bpf_raw_tracepoint_args *ctx)
 	ev->ppid = ev->pid; /* the forking process */
 	ev->pid = tgid;
 	ev->tid = pid;
-	bpf_ringbuf_submit(ev, 0);
+	ringbuf_submit_lazy(ev, &proc_events, PROC_EVENTS_RINGBUF_BYTES);
 	return 0;
 }
 
@@ -260,7 +260,7 @@ int proc_exit(struct trace_event_raw_sched_process_template *ctx)
 	if (!ev)
 		return 0;
 	ev->exit_code = BPF_CORE_READ(task, exit_code);
-	bpf_ringbuf_submit(ev, 0);
+	ringbuf_submit_lazy(ev, &proc_events, PROC_EVENTS_RINGBUF_BYTES);
 	return 0;
 }
 
@@ -290,7 +290,7 @@ int proc_tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	__builtin_memcpy(&ev->daddr, ctx->daddr, sizeof(ev->daddr));
 	ev->sport = bpf_htons(ctx->sport);
 	ev->dport = bpf_htons(ctx->dport);
-	bpf_ringbuf_submit(ev, 0);
+	ringbuf_submit_lazy(ev, &proc_events, PROC_EVENTS_RINGBUF_BYTES);
 	return 0;
 }
 

@@ -54,7 +54,7 @@ static __always_inline void sock_event(struct bpf_sock_addr *ctx, __be32 fronten
 		ev->type = EVENT_SOCK;
 		ev->verdict = VERDICT_TRANSLATED;
 	}
-	bpf_ringbuf_submit(ev, 0);
+	ringbuf_submit_lazy(ev, &events, EVENTS_RINGBUF_BYTES);
 }
 
 /* Translate a destination frontend to a backend. Returns the sock_addr verdict (1 = go on). */

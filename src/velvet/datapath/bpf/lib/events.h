@@ -70,7 +70,7 @@ static __always_inline void emit_pkt_event(struct __sk_buff *skb, const struct p
 	ev->tcp_flags = pkt->tcp_flags;
 	ev->verdict = verdict;
 	ev->flags = pkt->ev_flags;
-	bpf_ringbuf_submit(ev, 0);
+	ringbuf_submit_lazy(ev, &events, EVENTS_RINGBUF_BYTES);
 }
 
 /* Count and report a forwarded packet; the event only when the caller's aggregation says so. */
