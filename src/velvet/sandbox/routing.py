@@ -18,42 +18,38 @@ UNDERLAY_MTU = 1500  # the sandbox's veths keep the kernel's default
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
 
-def _record_file(sandbox: str) -> Path:
-    """The record, in the sandbox's (node 0's) state directory; `sandbox down` removes it with it."""
-    return SandboxConfig(sandbox=sandbox).names.state_dir / "routing"
+def _record(sandbox: str, name: str) -> Path:
+    """A record, in the sandbox's (node 0's) state directory; `sandbox down` removes it with it."""
+    return SandboxConfig(sandbox=sandbox).names.state_dir / name
+
+
+def _recorded(sandbox: str, name: str, choices: tuple[str, ...]) -> str:
+    """A recorded mode; the first of `choices` when none (or none of them) was recorded."""
+    try:
+        mode = _record(sandbox, name).read_text().strip()
+    except FileNotFoundError:
+        return choices[0]
+    return mode if mode in choices else choices[0]
 
 
 def record(sandbox: str, mode: str) -> None:
     """Remember the routing mode `sandbox up` was given (the state directory exists by then)."""
-    _record_file(sandbox).write_text(mode)
+    _record(sandbox, "routing").write_text(mode)
 
 
 def recorded(sandbox: str) -> str:
     """The sandbox's routing mode ("native" when none was recorded)."""
-    try:
-        mode = _record_file(sandbox).read_text().strip()
-    except FileNotFoundError:
-        return "native"
-    return mode if mode in MODES else "native"
-
-
-def _host_routing_file(sandbox: str) -> Path:
-    """The host routing record, beside the routing one."""
-    return SandboxConfig(sandbox=sandbox).names.state_dir / "host-routing"
+    return _recorded(sandbox, "routing", MODES)
 
 
 def record_host_routing(sandbox: str, mode: str) -> None:
     """Remember the --host-routing `sandbox up` was given, for every agent of the sandbox."""
-    _host_routing_file(sandbox).write_text(mode)
+    _record(sandbox, "host-routing").write_text(mode)
 
 
 def recorded_host_routing(sandbox: str) -> str:
     """The sandbox's --host-routing for its agents ("auto" when none was recorded)."""
-    try:
-        mode = _host_routing_file(sandbox).read_text().strip()
-    except FileNotFoundError:
-        return "auto"
-    return mode if mode in HOST_ROUTING_MODES else "auto"
+    return _recorded(sandbox, "host-routing", HOST_ROUTING_MODES)
 
 
 def pod_mtu(sandbox: str) -> int:
