@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import weakref
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ PROG_TYPES: dict[int, str] = dict(enumerate((
     "struct_ops", "ext", "lsm", "sk_lookup", "syscall", "netfilter",
 )))
 _VERIFIER_MARK = "-- BEGIN PROG LOAD LOG --"
+log = logging.getLogger("velvet.datapath")
 
 
 def prog_id(fd: int) -> int:
@@ -45,7 +48,7 @@ class Program:
 
     @property
     def fd(self) -> int:
-        """The program fd; raises if the object is not loaded (or this program was not autoloaded)."""
+        """The program fd; raises if the object is not loaded."""
         self._obj._check_open()
         fd = int(libbpf.bpf_program__fd(self.handle))
         if fd < 0:
@@ -95,8 +98,7 @@ class BpfObject:
         return found
 
     @classmethod
-    def open(cls, path: Path, *, pin_dir: Path | None = None,
-             autoload: dict[str, bool] | None = None) -> BpfObject:
+    def open(cls, path: Path, *, pin_dir: Path | None = None) -> BpfObject:
         """Parse an object file; with pin_dir, every map is pinned at pin_dir/<name> and reused if there.
 
         libbpf's internal maps (.rodata, .data, .bss) are never pinned: reusing them would keep
@@ -109,9 +111,6 @@ class BpfObject:
             raise DatapathError(f"opening BPF object {path}: {libbpf.strerror(err)}\n{''.join(lines)}", err)
         obj = cls(path, handle)
         try:
-            for name, enabled in (autoload or {}).items():
-                libbpf.check(libbpf.bpf_program__set_autoload(obj.program(name).handle, enabled),
-                             f"autoload of {name}")
             if pin_dir is not None:
                 mounts.ensure_pin_dir(pin_dir)
                 for name, mh in obj._map_handles.items():
@@ -180,3 +179,18 @@ class BpfObject:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+def load_over_pins(path: Path, pin_dir: Path, stale: Callable[[], Iterable[Path]]) -> BpfObject:
+    """Load `path` reusing the maps pinned in `pin_dir`; when they no longer match the object's layout,
+    remove the pins `stale()` names and load with fresh maps (their entries are lost; logged)."""
+    obj = BpfObject.open(path, pin_dir=pin_dir)
+    try:
+        return obj.load()
+    except DatapathError as exc:
+        obj.close()
+        if "reuse" not in str(exc):
+            raise
+    log.warning("pinned maps no longer match %s: replacing them (their entries are lost)", path.name)
+    for pinned in stale():
+        pinned.unlink(missing_ok=True)
+    return BpfObject.open(path, pin_dir=pin_dir).load()

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from velvet.datapath import attach, build, features
-from velvet.datapath.bpfobject import BpfObject, Program
+from velvet.datapath.bpfobject import BpfObject, Program, load_over_pins
 from velvet.datapath.protocol import DatapathStatus, KernelInfo, MapStatus, ProgramStatus
 from velvet.datapath.structs import MetricReason
 from velvet.datapath.tablemaps import TableMaps
 from velvet.datapath.tables import StaleBackend
 from velvet.datapath.views import EventsRing, MetricsMap, Views, open_views
-from velvet.errors import DatapathError
 from velvet.model.endpoint import EndpointRecord
 from velvet.system import mounts
 
@@ -100,19 +99,8 @@ class KernelDatapath:
 
     def _load(self, name: str) -> BpfObject:
         """Open and load one object reusing pinned maps; pins of an older map layout are replaced."""
-        path = build.object_path(name)
-        obj = BpfObject.open(path, pin_dir=self.pin_dir)
-        try:
-            return obj.load()
-        except DatapathError as exc:
-            obj.close()
-            if "reuse" not in str(exc):
-                raise
-        log.warning("pinned maps no longer match %s: replacing them (their entries are lost)", name)
-        for pinned in self.pin_dir.iterdir():
-            if pinned.is_file():
-                pinned.unlink()
-        return BpfObject.open(path, pin_dir=self.pin_dir).load()
+        return load_over_pins(build.object_path(name), self.pin_dir,
+                              lambda: [pinned for pinned in self.pin_dir.iterdir() if pinned.is_file()])
 
     def _drop_dead_links(self) -> None:
         """Remove pinned pod-veth links whose interface is gone (pods deleted while no agent ran)."""

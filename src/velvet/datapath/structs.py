@@ -264,7 +264,6 @@ class ProcEventType(IntEnum):
 
     EXEC = 1
     EXIT = 2
-    TCP_STATE = 3
     FORK = 4
 
 
@@ -589,14 +588,9 @@ class ProcessEvent(Structure):
         ("ppid", c_uint32),
         ("uid", c_uint32),
         ("exit_code", c_int32),
-        ("saddr", BE32),
-        ("daddr", BE32),
-        ("sport", BE16),
-        ("dport", BE16),
         ("type", c_uint8),
-        ("old_state", c_uint8),
-        ("new_state", c_uint8),
         ("flags", c_uint8),
+        ("pad0", c_uint8 * 2),
         ("args_len", c_uint32),
         ("cwd_depth", c_uint8),
         ("pad", c_uint8 * 3),

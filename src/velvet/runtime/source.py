@@ -16,10 +16,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from velvet.datapath import attach, build
-from velvet.datapath.bpfobject import BpfObject
+from velvet.datapath.bpfobject import BpfObject, load_over_pins
 from velvet.datapath.structs import PROCESS_EVENT_DTYPE, SOCK_EVENT_DTYPE, ProcConfig
 from velvet.datapath.views import ProcEventsRing, RingView
-from velvet.errors import DatapathError
 from velvet.system import mounts
 from velvet.system.mounts import cgroup2_mount
 
@@ -106,18 +105,8 @@ class KernelProcSource:
 
     def _load(self) -> BpfObject:
         """Load, re-adopting the pinned maps; pins of an older layout are replaced (their events lost)."""
-        path = build.object_path("proc")
-        obj = BpfObject.open(path, pin_dir=self.pin_dir, autoload={"proc_tcp_state": False})
-        try:
-            return obj.load()
-        except DatapathError as exc:
-            obj.close()
-            if "reuse" not in str(exc):
-                raise
-        log.warning("pinned process maps no longer match proc.bpf.o: replacing them")
-        for name in PINNED_MAPS:
-            (self.pin_dir / name).unlink(missing_ok=True)
-        return BpfObject.open(path, pin_dir=self.pin_dir, autoload={"proc_tcp_state": False}).load()
+        return load_over_pins(build.object_path("proc"), self.pin_dir,
+                              lambda: [self.pin_dir / name for name in PINNED_MAPS])
 
     def read(self, max_records: int = 4096) -> Any:
         """See `ProcessSource.read`."""

@@ -5,8 +5,7 @@
  *   proc_exec:      tracepoint sched/sched_process_exec (binary path, argv from mm->arg_start)
  *   proc_fork:      raw tracepoint sched_process_fork (new processes only, not threads)
  *   proc_exit:      tracepoint sched/sched_process_exit (when the last thread of a process exits)
- *   proc_tcp_state: tracepoint sock/inet_sock_set_state (IPv4 TCP, every change; not used by the agent)
- *   proc_tcp_connect: the same tracepoint, what names a flow's process (IPv4 TCP): the process that
+ *   proc_tcp_connect: tracepoint sock/inet_sock_set_state, what names a flow's process (IPv4 TCP): the process that
  *                   connect()s, reported when its connection is ESTABLISHED and CLOSE; listen() and
  *                   the listener's close (in the owner); passive opens ESTABLISHED (in softirq, kept
  *                   when the socket's cgroup, the listener's, is monitored) and their CLOSE
@@ -260,36 +259,6 @@ int proc_exit(struct trace_event_raw_sched_process_template *ctx)
 	if (!ev)
 		return 0;
 	ev->exit_code = BPF_CORE_READ(task, exit_code);
-	ringbuf_submit_lazy(ev, &proc_events, PROC_EVENTS_RINGBUF_BYTES);
-	return 0;
-}
-
-SEC("tracepoint/sock/inet_sock_set_state")
-int proc_tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
-{
-	struct sock *sk = (struct sock *)ctx->skaddr;
-	struct process_event *ev;
-
-	/* IPv4 TCP only */
-	if (ctx->family != AF_INET || ctx->protocol != IPPROTO_TCP)
-		return 0;
-	ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
-	if (!ev)
-		return 0;
-	/* zero up to the strings; those are valid up to their NUL, args_len and cwd_depth */
-	__builtin_memset(ev, 0, __builtin_offsetof(struct process_event, filename));
-	ev->filename[0] = 0;
-	/* state changes often run in softirq: attribute through the socket, not the task */
-	ev->ts_ns = bpf_ktime_get_ns();
-	ev->type = PROC_TCP_STATE;
-	ev->netns_ino = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	ev->cgroup_id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
-	ev->old_state = ctx->oldstate;
-	ev->new_state = ctx->newstate;
-	__builtin_memcpy(&ev->saddr, ctx->saddr, sizeof(ev->saddr));
-	__builtin_memcpy(&ev->daddr, ctx->daddr, sizeof(ev->daddr));
-	ev->sport = bpf_htons(ctx->sport);
-	ev->dport = bpf_htons(ctx->dport);
 	ringbuf_submit_lazy(ev, &proc_events, PROC_EVENTS_RINGBUF_BYTES);
 	return 0;
 }

@@ -233,7 +233,6 @@ enum reserved_identity {
 enum proc_event_type {
 	PROC_EXEC = 1,
 	PROC_EXIT = 2,
-	PROC_TCP_STATE = 3,
 	PROC_FORK = 4,
 };
 
@@ -482,19 +481,14 @@ struct process_event {
 	__u64 ts_ns;     /* bpf_ktime_get_ns() of the exec, fork or exit */
 	__u64 cgroup_id;
 	__u32 netns_ino; /* inode of the network namespace: attributes the process to its pod */
-	__u32 pid;       /* thread-group id (the child's for PROC_FORK); 0 for TCP state changes */
+	__u32 pid;       /* thread-group id (the child's for PROC_FORK) */
 	__u32 tid;
 	__u32 ppid;      /* the parent's thread-group id (the forking process for PROC_FORK) */
 	__u32 uid;
 	__s32 exit_code; /* PROC_EXIT: wait(2) status (code << 8 | signal) */
-	__be32 saddr;    /* PROC_TCP_STATE: the socket's addresses and ports */
-	__be32 daddr;
-	__be16 sport;
-	__be16 dport;
 	__u8 type;       /* enum proc_event_type */
-	__u8 old_state;  /* PROC_TCP_STATE: kernel TCP states (TCP_ESTABLISHED = 1, ...) */
-	__u8 new_state;
 	__u8 flags;      /* enum proc_event_flags */
+	__u8 pad0[2];
 	__u32 args_len;  /* PROC_EXEC: bytes of args used */
 	__u8 cwd_depth;  /* PROC_EXEC: components used in cwd */
 	__u8 pad[3];
