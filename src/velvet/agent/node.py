@@ -1,9 +1,10 @@
 """One node's agent: a source of objects, the controllers that follow it, the datapath they write.
 
-Data flows one way: the local store (the source) → deltas mark services or policy dirty → a reconcile
-pass runs the controllers, which compile only what is dirty → the table writer hands the difference
-to the `Datapath`. Everything here is synchronous and runs on one thread at a time (the handlers put
-it on the agent's state worker); the event loop keeps serving health, flows and metrics meanwhile.
+Data flows one way: the source (the local store, or the Kubernetes API with `source="kubernetes"`)
+→ deltas mark services or policy dirty → a reconcile pass runs the controllers, which compile only
+what is dirty → the table writer hands the difference to the `Datapath`. Everything here is
+synchronous and runs on one thread at a time (the handlers put it on the agent's state worker); the
+event loop keeps serving health, flows and metrics meanwhile.
 On start the agent re-adopts the pinned maps and links of its previous life, so traffic never stops
 while it restarts.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,7 +58,10 @@ from velvet.sources.etcd_endpoints import EtcdEndpoints
 from velvet.sources.etcd_identities import EtcdIdentities
 from velvet.sources.etcd_nodes import NodeRegistry
 from velvet.sources.etcd_store import EtcdBackend
+from velvet.sources.kube_client import load_config
+from velvet.sources.kube_source import KubeSource, node_pod_cidr
 from velvet.sources.local import ALL_NAMESPACES, LocalStore
+from velvet.sources.source import AgentSource, NodeView
 
 NODE_KIND_NAMES = ("node", "nodes", "no")
 SCTP_UNSUPPORTED = "SCTP is not supported by this kernel (CONFIG_IP_SCTP unset)"
@@ -80,7 +84,14 @@ class Agent:
     def __init__(self, config: AgentConfig, datapath: Datapath, wiring: Wiring | None = None,
                  routes: RouteTable | None = None, tunnel: TunnelDevice | None = None) -> None:
         """An agent over `datapath`; `wiring` makes the veths of runtime pods, `routes` the routes to other
-        nodes, `tunnel` the VXLAN device of tunnel mode (netlink in the agent's namespace unless given)."""
+        nodes, `tunnel` the VXLAN device of tunnel mode (netlink in the agent's namespace unless given).
+
+        With the Kubernetes source the node's pod CIDR is its Node's (waited for until it has one)."""
+        self.kube: KubeSource | None = None
+        if config.source == "kubernetes":
+            kube_config = load_config(config.kubeconfig)
+            config = replace(config, pod_cidr=node_pod_cidr(kube_config, config.node_name))
+            self.kube = KubeSource(kube_config, config.node_name)
         self.config = config
         self.paths = AgentPaths(config.sandbox, config.node_dir)
         self.state_dir = config.state_dir or self.paths.state_dir
@@ -103,11 +114,16 @@ class Agent:
                 self.registry.on_lease = self._use_lease
         # a registered node probes the others and serves their probes on its InternalIP (cilium-health)
         self.prober = HealthProber(config.node_ips[0]) if self.cluster_identities is not None else None
-        self.store = LocalStore.open(self.state_dir / "store", service_cidr=config.service_cidr,
-                                     node_name=config.node_name, backend=backend)
-        self.store.nodes = self._node_names
-        self.store.registered = self._registered
-        self.node_routes = NodeRouteController(routes or NetlinkRoutes(), config.node_name, config.pod_cidr)
+        self.store: AgentSource
+        self.node_view: NodeView | None = self.registry if self.registry is not None else self.kube
+        if self.kube is not None:
+            self.store = self.kube
+        else:
+            local = LocalStore.open(self.state_dir / "store", service_cidr=config.service_cidr,
+                                    node_name=config.node_name, backend=backend)
+            local.nodes = self._node_names
+            local.registered = self._registered
+            self.store = local
         self.tunnel: TunnelDevice | None = None
         if config.routing == "tunnel":
             self.tunnel = tunnel or NetlinkVxlan(config.uplink)
@@ -147,6 +163,8 @@ class Agent:
             self.registry.on_change = wake
         if self.cluster_endpoints is not None:
             self.cluster_endpoints.on_change = wake
+        if self.kube is not None:
+            self.kube.on_change = wake
 
     def start(self) -> None:
         """Load/adopt the datapath, re-attach endpoints, register the node, converge every table."""
@@ -158,6 +176,8 @@ class Agent:
             self.registry.start(self.own_node())
         if self.prober is not None:
             self.prober.start()
+        if self.kube is not None:
+            self.kube.start()
         if self.tunnel is not None:  # before the datapath, which attaches to it
             self.tunnel.ensure()
         self.datapath.start()
@@ -174,13 +194,15 @@ class Agent:
     def _await_cluster_view(self) -> None:
         """Let the first pass see the other nodes and their endpoints (listed within a short wait), so a
         restarted agent does not take remote entries out of the pinned ipcache meanwhile."""
-        if self.registry is None or not self.config.node_ips:
+        if self.node_view is None or (self.kube is None and not self.config.node_ips):
             return
         deadline = time.monotonic() + CLUSTER_VIEW_WAIT_SECONDS
-        for follower in (self.registry, self.cluster_endpoints):
+        for follower in (self.node_view, self.cluster_endpoints):
             if follower is not None and not follower.wait_listed(max(0.0, deadline - time.monotonic())):
-                log.warning("the cluster's nodes or endpoints are not listed yet; the first pass is without")
-        self._follow_cluster(tuple(self.registry.nodes()))
+                log.warning("the cluster's objects, nodes or endpoints are not listed yet; the first pass "
+                            "is without them")
+        self.store.refresh()
+        self._follow_cluster(tuple(self.node_view.nodes()))
 
     # -- reconciliation --------------------------------------------------------------------------
 
@@ -225,8 +247,8 @@ class Agent:
         """Routes to every other registered node's pod CIDR, none to a node that left (via the node's IP,
         or through the VXLAN device in tunnel mode); the ipcache follows the other nodes' IPs, endpoints
         and their tunnel endpoints; the slices follow which nodes are left."""
-        if self.registry is not None:
-            nodes = tuple(self.registry.nodes())
+        if self.node_view is not None:
+            nodes = tuple(self.node_view.nodes())
             self.node_routes.reconcile(nodes)
             if self._follow_cluster(nodes):
                 self.reconcile(Dirty(policy=True))
@@ -293,9 +315,9 @@ class Agent:
 
     def nodes(self) -> list[NodeRecord]:
         """The cluster's registered nodes; with no registry (local store), this node alone."""
-        if self.registry is None:
+        if self.node_view is None:
             return [self.own_node()]
-        return self.registry.nodes()
+        return self.node_view.nodes()
 
     def _node_names(self) -> list[str]:
         """Nodes the store may schedule pods to: the registered ones, or this one before any is known."""
