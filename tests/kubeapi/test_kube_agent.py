@@ -8,13 +8,14 @@ routes to the other Nodes, and `velvet status` says whether its source is connec
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_apiserver import KubeApiServer, kubeconfig
+from kube_apiserver import KubeApiServer, kubeconfig, status
 from test_agent import MANIFEST, POLICY, apply, run_pod
 from test_kube_source import node
 from test_nodes import DictRoutes
@@ -154,3 +155,39 @@ def eventually(done: Callable[[], bool]) -> None:
             return
         time.sleep(0.02)
     raise AssertionError("never happened")
+
+
+def test_a_restarted_agent_keeps_the_datapath_until_the_api_server_lists(api: KubeApiServer,
+                                                                        tmp_path: Path) -> None:
+    """Test that an agent restarted while the API server answers no list leaves the pinned tables as they
+    were (no pass over an empty cache), and once the lists come, writes nothing: nothing changed."""
+    local, _ = local_agent(tmp_path)
+    apply(local, MANIFEST + "---" + SECOND_SERVICE)
+    run_pod(local)
+    for kind in ("Namespace", "Pod", "Service", "EndpointSlice"):
+        for obj in local.store.objects(kind):
+            api.put(to_dict(obj))
+    local.close()
+    first, dp, _ = kube_agent(api, tmp_path)
+    first.add_endpoint("shop", "web", {"ip": "10.244.0.10", "ifname": "vv00000001", "ifindex": 7})
+    settle(first)
+    first.close()
+    before, writes = tables(dp), dp.writes
+    api.refuse_lists = status(500, "InternalError", "etcdserver: request timed out")
+    path = tmp_path / "kubeconfig"
+    again = Agent(AgentConfig(sandbox="unit", node_ips=("192.168.77.2",), state_dir=tmp_path / "kube",
+                              source="kubernetes", kubeconfig=path), dp, routes=DictRoutes())
+    starting = threading.Thread(target=again.start)
+    starting.start()
+    eventually(lambda: api.count("list", "services") >= 3)  # lists refused, tried again
+    assert starting.is_alive()
+    assert tables(dp) == before
+    api.refuse_lists = None
+    starting.join(30)
+    assert not starting.is_alive()
+    try:
+        settle(again)
+        assert tables(dp) == before
+        assert dp.writes == writes
+    finally:
+        again.close()

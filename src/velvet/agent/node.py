@@ -67,6 +67,7 @@ NODE_KIND_NAMES = ("node", "nodes", "no")
 SCTP_UNSUPPORTED = "SCTP is not supported by this kernel (CONFIG_IP_SCTP unset)"
 
 CLUSTER_VIEW_WAIT_SECONDS = 2.0
+KUBE_LIST_LOG_SECONDS = 10.0
 log = logging.getLogger("velvet.agent")
 
 
@@ -186,10 +187,21 @@ class Agent:
             self.datapath.write("node_config", {0: settings}, ())
         self.endpoints.restore()
         self.cni.drain(self.state_dir / "cni-delete-queue")
+        self._await_kube_lists()
         self.policy.adopt()
         self.services.adopt(LbState(*(self.datapath.read(t) for t in LB_TABLES)))
         self._await_cluster_view()
         self.reconcile(Dirty(policy=True))
+
+    def _await_kube_lists(self) -> None:
+        """Wait until the Kubernetes source listed every resource once, then take the lists in: adopting
+        the pinned maps against an empty cache would take every service and policy out of them."""
+        if self.kube is None:
+            return
+        while not self.kube.wait_listed(KUBE_LIST_LOG_SECONDS):
+            log.warning("waiting for the first list of every resource from %s: %s", self.kube.server,
+                        self.kube.storage_status()["error"] or "no answer yet")
+        self.store.refresh()
 
     def _await_cluster_view(self) -> None:
         """Let the first pass see the other nodes and their endpoints (listed within a short wait), so a
