@@ -39,6 +39,8 @@ from typing import Any
 
 from aiohttp import web
 
+from velvet.system.netns import enter_netns
+
 Json = dict[str, Any]
 
 
@@ -173,8 +175,10 @@ class Selector:
 class KubeApiServer:
     """The stand-in: `start()` it, point a kubeconfig at `url`, drive it from the test's thread."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", netns: str | None = None) -> None:
+        """Listen on `host` (port chosen at the first start), inside network namespace `netns` if given."""
         self.host = host
+        self.netns = netns
         self.port = 0
         self.state = State()
         self.requests: list[tuple[str, str, str]] = []
@@ -202,6 +206,8 @@ class KubeApiServer:
             raise RuntimeError("the stand-in API server did not start")
 
     def _serve(self, ready: threading.Event) -> None:
+        if self.netns is not None:  # this thread only; its listening socket stays in that namespace
+            enter_netns(self.netns)
         loop = self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         app = web.Application()
