@@ -58,7 +58,9 @@ from velvet.sources.etcd_endpoints import EtcdEndpoints
 from velvet.sources.etcd_identities import EtcdIdentities
 from velvet.sources.etcd_nodes import NodeRegistry
 from velvet.sources.etcd_store import EtcdBackend
-from velvet.sources.kube_client import load_config
+from velvet.sources.kube_client import KubeCalls, load_config
+from velvet.sources.kube_endpoints import KubeEndpoints
+from velvet.sources.kube_identities import KubeIdentities
 from velvet.sources.kube_source import KubeSource, node_pod_cidr
 from velvet.sources.local import ALL_NAMESPACES, LocalStore
 from velvet.sources.source import AgentSource, NodeView
@@ -92,7 +94,7 @@ class Agent:
         if config.source == "kubernetes":
             kube_config = load_config(config.kubeconfig)
             config = replace(config, pod_cidr=node_pod_cidr(kube_config, config.node_name))
-            self.kube = KubeSource(kube_config, config.node_name)
+            self.kube = KubeSource(kube_config, config.node_name, crds=bool(config.node_ips))
         self.config = config
         self.paths = AgentPaths(config.sandbox, config.node_dir)
         self.state_dir = config.state_dir or self.paths.state_dir
@@ -101,8 +103,8 @@ class Agent:
         backend: Backend | None = None
         self.etcd: EtcdBackend | None = None
         self.registry: NodeRegistry | None = None
-        self.cluster_identities: EtcdIdentities | None = None
-        self.cluster_endpoints: EtcdEndpoints | None = None
+        self.cluster_identities: EtcdIdentities | KubeIdentities | None = None
+        self.cluster_endpoints: EtcdEndpoints | KubeEndpoints | None = None
         if config.store == "etcd":
             backend = self.etcd = EtcdBackend(EtcdClient(config.etcd_endpoint))
             self.registry = NodeRegistry(EtcdClient(config.etcd_endpoint),
@@ -115,6 +117,8 @@ class Agent:
                 self.registry.on_lease = self._use_lease
         # a registered node probes the others and serves their probes on its InternalIP (cilium-health)
         self.prober = HealthProber(config.node_ips[0]) if self.cluster_identities is not None else None
+        if self.kube is not None and config.node_ips:
+            self._use_crds(self.kube)
         self.store: AgentSource
         self.node_view: NodeView | None = self.registry if self.registry is not None else self.kube
         if self.kube is not None:
@@ -153,6 +157,16 @@ class Agent:
         self.policy.local_node = config.node_name
         self.reconcile_stats: dict[str, float] = {"services": 0.0, "policy": 0.0, "passes": 0}
         self._refs_checked = False  # the previous life's stale identity refs were dropped
+
+    def _use_crds(self, kube: KubeSource) -> None:
+        """Number identities and publish endpoints through VelvetIdentity and VelvetEndpoint objects."""
+        cache = kube.cache
+        self.cluster_identities = KubeIdentities(
+            KubeCalls(kube.config), range(FIRST_ALLOCATED_IDENTITY, LAST_LABEL_IDENTITY + 1),
+            lambda: cache.raw("VelvetIdentity"), lambda: cache.raw("VelvetEndpoint"))
+        self.cluster_endpoints = KubeEndpoints(
+            KubeCalls(kube.config), self.config.node_name, lambda: cache.raw("VelvetEndpoint"),
+            lambda timeout: kube.wait_listed(timeout, ("VelvetEndpoint",)))
 
     # -- start: adopt what the previous agent left -----------------------------------------------
 
@@ -270,6 +284,8 @@ class Agent:
                             if isinstance(p, NetworkPolicy)]
                 self.prober.aim(choose_targets(nodes, pods, policies))
             self.store.follow_nodes()
+        if isinstance(self.cluster_identities, KubeIdentities):
+            self.cluster_identities.collect()
 
     def _follow_cluster(self, nodes: tuple[NodeRecord, ...]) -> bool:
         """Give policy the nodes (their IPs are remote-node, and tunnel endpoints) and the endpoints they
@@ -296,9 +312,9 @@ class Agent:
 
     def _use_lease(self, lease: int) -> None:
         """The node is registered under `lease`: hold this node's identity refs and endpoints under it."""
-        if self.cluster_identities is not None:
+        if isinstance(self.cluster_identities, EtcdIdentities):
             self.cluster_identities.use_lease(lease)
-        if self.cluster_endpoints is not None:
+        if isinstance(self.cluster_endpoints, EtcdEndpoints):
             self.cluster_endpoints.use_lease(lease)
 
     def _publish_endpoints(self) -> None:

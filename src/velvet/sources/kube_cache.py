@@ -5,7 +5,8 @@ Informers hand changes over from their own thread (`put`); the state worker take
 object listed again with the resourceVersion it had is not a change. Objects are decoded with the
 model's decoders, as the API server returned them; one that does not decode is logged in one line
 and skipped (the cache keeps what it had). Nodes become `NodeRecord`s (InternalIP, first IPv4
-podCIDR) for native routing, as the etcd node registry gives them.
+podCIDR) for native routing, as the etcd node registry gives them; they and the VelvetIdentities and
+VelvetEndpoints are kept as the API returned them (`raw`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from velvet.sources.kube_informer import Change
 
 log = logging.getLogger("velvet.kube")
 ALL_NAMESPACES = "all"
+RAW_KINDS = ("Node", "VelvetIdentity", "VelvetEndpoint")  # kept as the API returned them
 
 
 def decode_object(raw: dict[str, Any], where: str) -> KubeObject:
@@ -62,7 +64,7 @@ class KubeCache:
     def __init__(self, server: str = "") -> None:
         self.server = server
         self._objects: dict[str, dict[str, KubeObject]] = {}
-        self._nodes: dict[str, dict[str, Any]] = {}
+        self._raw: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in RAW_KINDS}
         self._pending: list[Change] = []
         self._lock = threading.Lock()
         self._fanout = DeltaFanout()
@@ -90,11 +92,12 @@ class KubeCache:
         return deltas
 
     def _take(self, change: Change) -> Delta | None:
-        if change.kind == "Node":
-            if change.obj is None:
-                self._nodes.pop(change.key, None)
-            else:
-                self._nodes[change.key] = change.obj
+        if change.kind in self._raw:
+            with self._lock:  # read by other threads (the endpoint publisher)
+                if change.obj is None:
+                    self._raw[change.kind].pop(change.key, None)
+                else:
+                    self._raw[change.kind][change.key] = change.obj
             return None
         known = self._objects.setdefault(change.kind, {})
         if change.obj is None:
@@ -142,16 +145,19 @@ class KubeCache:
 
     # -- nodes ------------------------------------------------------------------------------------
 
-    def node(self, name: str) -> dict[str, Any] | None:
-        """The Node object `name` as the API returned it."""
-        return self._nodes.get(name)
+    def raw(self, kind: str) -> dict[str, dict[str, Any]]:
+        """The objects of a kind kept as the API returned them (Node, VelvetIdentity, VelvetEndpoint), by
+        key; a copy, safe to read from any thread."""
+        with self._lock:
+            return dict(self._raw[kind])
 
     def nodes(self) -> list[NodeRecord]:
         """Every Node that has an InternalIP and an IPv4 pod CIDR, by name."""
         records = []
-        for name in sorted(self._nodes):
+        nodes = self.raw("Node")
+        for name in sorted(nodes):
             try:
-                record = node_record(self._nodes[name])
+                record = node_record(nodes[name])
             except VelvetError as err:
                 log.warning("skipped node %s from the Kubernetes API: %s", name, err)
                 continue
@@ -161,4 +167,4 @@ class KubeCache:
 
     def node_names(self) -> frozenset[str]:
         """Every Node's name."""
-        return frozenset(self._nodes)
+        return frozenset(self.raw("Node"))

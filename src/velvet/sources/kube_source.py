@@ -34,6 +34,8 @@ from velvet.sources.kube_client import (
     NODES,
     PODS,
     SERVICES,
+    VELVET_ENDPOINTS,
+    VELVET_IDENTITIES,
     KubeApi,
     KubeCalls,
     KubeError,
@@ -50,8 +52,10 @@ READ_ONLY = ("objects come from the Kubernetes API with --source kubernetes: "
 class KubeSource:
     """Informers for what the agent follows, their cache, and the agent's calls on its source."""
 
-    def __init__(self, config: SingleConfig, node_name: str) -> None:
+    def __init__(self, config: SingleConfig, node_name: str, *, crds: bool = False) -> None:
+        """Follow the built-in resources, and with `crds` the VelvetIdentities and VelvetEndpoints."""
         self.config = config
+        self.crds = crds
         self.node_name = node_name
         self.server = server_of(config)
         self.cache = KubeCache(self.server)
@@ -93,6 +97,8 @@ class KubeSource:
         self.informers = [Informer(api, res, put) for res in (NAMESPACES, SERVICES, ENDPOINTSLICES,
                                                                 NETWORKPOLICIES, NODES)]
         self.informers.insert(1, Informer(api, PODS, put, field_selector=f"spec.nodeName={self.node_name}"))
+        if self.crds:
+            self.informers += [Informer(api, res, put) for res in (VELVET_IDENTITIES, VELVET_ENDPOINTS)]
         tasks = [asyncio.create_task(i.run(), name=f"informer-{i.resource.plural}") for i in self.informers]
         self._ready.set()
         try:
@@ -103,10 +109,13 @@ class KubeSource:
             await asyncio.gather(*tasks, return_exceptions=True)
             await api.close()
 
-    def wait_listed(self, timeout: float) -> bool:
-        """Wait until every informer has listed once; whether they did within `timeout` seconds."""
+    def wait_listed(self, timeout: float, kinds: tuple[str, ...] = ()) -> bool:
+        """Wait until every informer (of `kinds`, if given) has listed once; whether they did within
+        `timeout` seconds."""
         deadline = time.monotonic() + timeout
         for informer in self.informers:
+            if kinds and informer.resource.kind not in kinds:
+                continue
             if self._loop is None:
                 return False
             done = asyncio.run_coroutine_threadsafe(informer.listed.wait(), self._loop)
