@@ -163,8 +163,9 @@ def test_the_publisher_writes_only_the_difference_and_only_its_nodes(api: KubeAp
 def test_two_agents_number_the_same_labels_alike_and_see_each_others_pods(api: KubeApiServer,
                                                                           tmp_path: Path) -> None:
     """Test that agents on two nodes, each following only its own pods, give pods with the same labels the
-    same identity, and that each has the other's pod in its ipcache with that identity (from the
-    VelvetEndpoint the other published)."""
+    same identity, that each has the other's pod in its ipcache with that identity (from the
+    VelvetEndpoint the other published), and that a policy on node-a admits db, whose only pod runs on
+    node-b (its labels come from its VelvetIdentity)."""
     api.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
     agents: list[tuple[Agent, FakeDatapath]] = []
     for k, name in enumerate(("node-a", "node-b")):
@@ -175,6 +176,10 @@ def test_two_agents_number_the_same_labels_alike_and_see_each_others_pods(api: K
     db = pod("db-1x", node="node-b", ip="10.244.1.6")  # numbered first on node-b when alone (db < web)
     db["metadata"].update(namespace="shop", labels={"app": "db"})
     api.put(db)
+    api.put({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+             "metadata": {"name": "web-from-db", "namespace": "shop"},
+             "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
+                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "db"}}}]}]}})
     path = tmp_path / "kubeconfig"
     path.write_text(kubeconfig(api.url))
     try:
@@ -205,6 +210,13 @@ def test_two_agents_number_the_same_labels_alike_and_see_each_others_pods(api: K
         for _, dp in agents:
             assert {identity_of(dp.tables["ipcache"][ip]) for ip in ("10.244.0.5/32", "10.244.1.5/32")} == {a}
         assert set(api.requests) <= CLUSTER_ROLE, set(api.requests) - CLUSTER_ROLE
+        node_a = agents[0][0].policy.compiled
+        assert node_a is not None
+        web_a = next(ep for ep in node_a.endpoints.values() if ep.pod == "shop/web-0x")
+        assert web_a.ingress_isolated
+        admitted = {key.identity for key in web_a.entries}
+        assert identities["node-b"]["shop/db-1x"] in admitted
+        assert a not in admitted
         db_identity = identities["node-b"]["shop/db-1x"]
         assert db_identity != a
         assert sorted(objects(api, "velvetidentities")) == sorted([str(a), str(db_identity)])

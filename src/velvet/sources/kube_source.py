@@ -17,16 +17,20 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from lightkube.config.kubeconfig import SingleConfig
 
 from velvet.errors import BadRequest
 from velvet.model import KubeObject, Pod
+from velvet.model.codec import resolve_kind
+from velvet.model.meta import ObjectMeta
 from velvet.model.node import NodeRecord
+from velvet.model.pod import PodCondition, PodSpec, PodStatus
 from velvet.sources.delta import Watch
-from velvet.sources.kube_cache import KubeCache, node_record
+from velvet.sources.kube_cache import ALL_NAMESPACES, KubeCache, node_record
 from velvet.sources.kube_client import (
     ENDPOINTSLICES,
     NAMESPACES,
@@ -42,9 +46,14 @@ from velvet.sources.kube_client import (
     Missing,
     server_of,
 )
+from velvet.sources.kube_endpoints import parse_endpoint
+from velvet.sources.kube_identities import parse_identity
 from velvet.sources.kube_informer import BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS, Informer
 
 log = logging.getLogger("velvet.kube")
+K8S = "k8s:"  # the identity labels' source prefix (control.labels)
+POD_NAMESPACE_KEY = "io.kubernetes.pod.namespace"
+NAMESPACE_LABELS_PREFIX = "io.cilium.k8s.namespace.labels."
 READ_ONLY = ("objects come from the Kubernetes API with --source kubernetes: "
              "use kubectl to {what} them")
 
@@ -146,8 +155,35 @@ class KubeSource:
         self.cache.refresh()
 
     def objects(self, kind: str) -> list[KubeObject]:
-        """Every object of `kind` (see `ObjectCache`)."""
-        return self.cache.objects(kind)
+        """Every object of `kind` (see `ObjectCache`); Pods are this node's and, in CRD mode, every other
+        node's endpoint as a pod with its identity's labels (policy selects peers on other nodes by them)."""
+        found = self.cache.objects(kind)
+        if self.crds and resolve_kind(kind).kind == "Pod":
+            found += self.remote_pods()
+        return found
+
+    def remote_pods(self) -> list[KubeObject]:
+        """Other nodes' VelvetEndpoints whose identity is known, as running pods with its labels."""
+        identities = {}
+        for raw in self.cache.raw("VelvetIdentity").values():
+            parsed = parse_identity(raw)
+            if parsed is not None:
+                identities[parsed[0]] = parsed[1]
+        pods: list[KubeObject] = []
+        for key, raw in sorted(self.cache.raw("VelvetEndpoint").items()):
+            endpoint = parse_endpoint(raw)
+            labels = identities.get(endpoint.identity) if endpoint is not None else None
+            if endpoint is None or labels is None or endpoint.node == self.node_name:
+                continue
+            namespace, _, name = key.rpartition("/")
+            meta = raw.get("metadata") or {}
+            pods.append(Pod(
+                ObjectMeta(name=name, namespace=namespace, uid=str(meta.get("uid") or ""),
+                           labels=MappingProxyType(pod_labels(labels)),
+                           resource_version=int(meta.get("resourceVersion") or 0)),
+                PodSpec(containers=(), node_name=endpoint.node),
+                PodStatus(phase="Running", pod_ip=endpoint.ip, conditions=(PodCondition("Ready", "True"),))))
+        return pods
 
     def find(self, kind: str, namespace: str, name: str) -> KubeObject | None:
         """One object, or None (see `ObjectCache`)."""
@@ -159,7 +195,10 @@ class KubeSource:
 
     def get(self, kind: str, namespace: str | None = None, name: str | None = None) -> list[KubeObject]:
         """Objects of `kind` in `namespace` ("all" = every one), as `velvet get` lists them."""
-        return self.cache.get(kind, namespace, name)
+        info = resolve_kind(kind)
+        ns = (namespace or "default") if info.namespaced else ""
+        return [o for o in self.objects(info.kind)
+                if ns in (ALL_NAMESPACES, o.metadata.namespace) and name in (None, o.metadata.name)]
 
     def storage_status(self) -> dict[str, Any]:
         """`velvet status`'s source line: the API server, and whether every informer is connected."""
@@ -205,6 +244,13 @@ class KubeSource:
                ignore_not_found: bool = False) -> list[Any]:
         """Refused in one line: kubectl writes to the API server."""
         raise BadRequest(READ_ONLY.format(what="delete"))
+
+
+def pod_labels(identity_labels: Mapping[str, str]) -> dict[str, str]:
+    """The pod labels an identity's labels carry: `k8s:<key>` without the namespace's own labels."""
+    return {key[len(K8S):]: value for key, value in identity_labels.items()
+            if key.startswith(K8S) and key != K8S + POD_NAMESPACE_KEY
+            and not key.startswith(K8S + NAMESPACE_LABELS_PREFIX)}
 
 
 def node_pod_cidr(config: SingleConfig, node_name: str, *, attempts: int | None = None,
