@@ -10,6 +10,7 @@ sandbox's run and state directories.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kube_apiserver import KubeApiServer, kubeconfig
 from test_kube_source import node, service
 
@@ -29,6 +31,7 @@ from velvet.sandbox import netlink
 
 pytestmark = pytest.mark.privileged
 NODE = "node-a"
+SERVICES = Path(__file__).with_name("services.yaml")  # selector-less, with their slices
 
 
 def slice_for(name: str, ip: str) -> dict[str, object]:
@@ -61,49 +64,72 @@ def wait_for(sandbox: str, args: tuple[str, ...], text: str, present: bool = Tru
     raise AssertionError(f"velvet {' '.join(args)} never {'showed' if present else 'lost'} {text!r}:\n{out}")
 
 
+class Agents:
+    """Agent processes started in one namespace, each its own sandbox name; all stopped and removed."""
+
+    def __init__(self, netns: str, logs: Path) -> None:
+        self.netns = netns
+        self.logs = logs
+        self.started: list[tuple[subprocess.Popen[bytes], str]] = []
+
+    def start(self, *args: str) -> str:
+        """An agent with `args` (besides its sandbox, node and log options), up; its sandbox name."""
+        sandbox = unique_name("k")
+        self.started.append((subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, sys.executable, "-m", "velvet.cli.main", "--sandbox", sandbox,
+             "agent", "--node-name", NODE, "--node-ip", "192.168.77.2", "--metrics-address", "",
+             "--log-file", str(self.logs / f"{sandbox}.log"), *args]), sandbox))
+        client = ApiClient(AgentPaths(sandbox).socket, timeout=2.0)
+        for _ in range(300):
+            if client.healthy() or self.started[-1][0].poll() is not None:
+                break
+            time.sleep(0.1)
+        assert client.healthy(), (self.logs / f"{sandbox}.log").read_text()
+        return sandbox
+
+    def close(self) -> None:
+        for process, sandbox in self.started:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            paths = AgentPaths(sandbox)
+            for directory in (paths.run_dir, paths.sandbox_dir, paths.pin_dir):
+                shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[KubeApiServer, str]]:
-    """The stand-in in a fresh namespace, an agent on it there; (server, sandbox name)."""
-    sandbox = unique_name("k")
-    netns = f"velvet-{sandbox}-kapi"
-    paths = AgentPaths(sandbox)
+def netns_api(tmp_path: Path) -> Iterator[tuple[KubeApiServer, Agents, Path]]:
+    """The stand-in on the loopback of a fresh namespace, and agents to start there; (server, agents,
+    kubeconfig)."""
+    netns = f"velvet-{unique_name('t')}-kapi"
     netlink.create_netns(netns)
-    agent: subprocess.Popen[bytes] | None = None
     api = KubeApiServer(netns=f"/run/netns/{netns}")
+    agents = Agents(netns, tmp_path)
     try:
         with netlink.ipr(netns) as route:
             netlink.set_up(route, "lo")
         api.start()
         api.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
         api.put(node(NODE, "192.168.77.2", "10.244.0.0/24"))
-        api.put(service("web"))
-        api.put(slice_for("web", "10.244.0.5"))
         config = tmp_path / "kubeconfig"
         config.write_text(kubeconfig(api.url))
-        agent = subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, "-m", "velvet.cli.main", "--sandbox", sandbox,
-             "agent", "--source", "kubernetes", "--kubeconfig", str(config), "--node-name", NODE,
-             "--node-ip", "192.168.77.2", "--fake-datapath", "--metrics-address", "",
-             "--log-file", str(tmp_path / "agent.log")])
-        client = ApiClient(paths.socket, timeout=2.0)
-        for _ in range(300):
-            if client.healthy() or agent.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert client.healthy(), (tmp_path / "agent.log").read_text()
-        yield api, sandbox
+        yield api, agents, config
     finally:
-        if agent is not None:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(20)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
+        agents.close()
         api.stop()
         netlink.remove_netns(netns)
-        for directory in (paths.run_dir, paths.sandbox_dir):
-            shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(netns_api: tuple[KubeApiServer, Agents, Path]) -> tuple[KubeApiServer, str]:
+    """The stand-in with Service web and its slice, an agent on it (in-memory datapath); (server, sandbox)."""
+    api, agents, config = netns_api
+    api.put(service("web"))
+    api.put(slice_for("web", "10.244.0.5"))
+    return api, agents.start("--source", "kubernetes", "--kubeconfig", str(config), "--fake-datapath")
 
 
 def test_the_agent_process_follows_the_api_server(cluster: tuple[KubeApiServer, str], tmp_path: Path) -> None:
@@ -129,3 +155,43 @@ def test_the_agent_process_follows_the_api_server(cluster: tuple[KubeApiServer, 
     api.stop()
     wait_for(sandbox, ("status",), f"Source:        kubernetes {api.url}  DISCONNECTED")
     assert velvet(sandbox, "service", "list").stdout == before
+
+
+def test_the_kernel_datapath_of_the_kubernetes_source_is_the_local_stores(
+        netns_api: tuple[KubeApiServer, Agents, Path]) -> None:
+    """Test that two agents with the kernel datapath, one given Services and EndpointSlices (ClusterIP and
+    NodePort) by `velvet apply`, the other reading the same objects from the API server, hold the same
+    load-balancing maps (`velvet bpf lb list`)."""
+    api, agents, config = netns_api
+    local = agents.start()
+    applied = velvet(local, "apply", "-f", str(SERVICES))
+    assert applied.returncode == 0, applied.stderr
+    for doc in yaml.safe_load_all(SERVICES.read_text()):
+        api.put(doc)
+    kube = agents.start("--source", "kubernetes", "--kubeconfig", str(config))
+    want = velvet(local, "bpf", "lb", "list", "-o", "json")
+    assert want.returncode == 0, want.stderr
+    assert len(json.loads(want.stdout)["lb4_services"]) == 9
+    expected = lb_maps(want.stdout)
+    for _ in range(100):
+        got = lb_maps(velvet(kube, "bpf", "lb", "list", "-o", "json").stdout or '{"lb4_services": []}')
+        if got == expected:
+            break
+        time.sleep(0.1)
+    assert got == expected
+    assert sum("10.244.0.5" in row for row in got) == 1  # the slot of web's ClusterIP that names it
+
+
+def lb_maps(dump: str) -> list[str]:
+    """The load-balancing maps with backend ids and rev-NAT indexes replaced by what they name (each
+    agent numbers them in the order it met the services), as sorted JSON lines."""
+    maps = json.loads(dump)
+    backends = {row["key"]: row["value"] for row in maps.get("lb4_backends", [])}
+    revnat = {row["key"]: row["value"] for row in maps.get("lb4_revnat", [])}
+    rows = []
+    for row in maps["lb4_services"]:
+        value = dict(row["value"])
+        value["backend_id"] = backends.get(value["backend_id"]) if value["backend_id"] else 0
+        value["rev_nat_index"] = revnat.get(value["rev_nat_index"])
+        rows.append(json.dumps({"key": row["key"], "value": value}, sort_keys=True))
+    return sorted(rows)
