@@ -175,11 +175,12 @@ class Selector:
 class KubeApiServer:
     """The stand-in: `start()` it, point a kubeconfig at `url`, drive it from the test's thread."""
 
-    def __init__(self, host: str = "127.0.0.1", netns: str | None = None) -> None:
-        """Listen on `host` (port chosen at the first start), inside network namespace `netns` if given."""
+    def __init__(self, host: str = "127.0.0.1", netns: str | None = None, port: int = 0) -> None:
+        """Listen on `host`:`port` (0: chosen at the first start), inside network namespace `netns` if
+        given."""
         self.host = host
         self.netns = netns
-        self.port = 0
+        self.port = port
         self.state = State()
         self.requests: list[tuple[str, str, str]] = []
         self.delay = 0.0  # seconds before every answer (a slow API server)
