@@ -260,6 +260,11 @@ class KubeApiServer:
         k = self._kind(kind)
         return self.state.objects.get((k.plural, namespace if k.namespaced else "", name))
 
+    def items(self, plural: str) -> list[Json]:
+        """Copies of the stored objects of a resource, read on the server's loop (safe from any thread)."""
+        return self._call(lambda: [copy.deepcopy(o) for k, o in sorted(self.state.objects.items())  # type: ignore[no-any-return]
+                                   if k[0] == plural])
+
     def bookmark(self) -> None:
         """Send every watcher that asked for bookmarks one at the current revision."""
         self._call(lambda: self._broadcast(Event(self.state.revision, "BOOKMARK", KINDS[0], {})))

@@ -1,11 +1,11 @@
 """Test `velvet agent --source kubernetes` as a process, driven through the CLI as a user would.
 
-The stand-in API server listens on the loopback of a network namespace this test creates; the agent
-runs in that namespace (`ip netns exec`), with the in-memory datapath: this checks the command line,
-the daemon's wake-up on the informers' changes, `velvet apply`'s answer, `velvet status` and
-`velvet service list`, not the kernel (tests/kubeapi/test_kube_agent.py compares the tables with the
-local store's). Everything it made is removed by exact name: the process, the namespace, the
-sandbox's run and state directories.
+The stand-in API server listens on the loopback of a network namespace this test creates; the agents
+run in that namespace (`ip netns exec`). With the in-memory datapath: the command line, the daemon's
+wake-up on the informers' changes, `velvet apply`'s answer, `velvet status` and `velvet service list`.
+With the kernel datapath: the load-balancing maps of an agent fed by `velvet apply` and of one fed by
+the API server. Everything made is removed by exact name: the processes, the namespace, the
+sandboxes' run, state and bpffs directories.
 """
 
 from __future__ import annotations
