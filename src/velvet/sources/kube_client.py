@@ -14,6 +14,7 @@ bookmarks and the relist; this module gives it exactly those calls.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ Json = dict[str, Any]
 REQUEST_TIMEOUT_SECONDS = 10.0
 WATCH_TIMEOUT_SECONDS = 300  # the API server ends a watch after this; the informer watches again
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per request would flood the agent's log
 
 
 class KubeError(VelvetError):
@@ -185,11 +187,12 @@ class KubeApi:
                     try:
                         event = json.loads(line)
                         kind, obj = str(event["type"]), event["object"]
+                        if kind == "ERROR":
+                            raise _status_error(obj if isinstance(obj, dict) else {}, 500, what)
+                        typed = _typed(obj, res)
                     except (ValueError, KeyError, TypeError) as err:
                         raise KubeError(f"{what}: not a watch event ({err})") from None
-                    if kind == "ERROR":
-                        raise _status_error(obj if isinstance(obj, dict) else {}, 500, what)
-                    yield kind, _typed(obj, res)
+                    yield kind, typed
         except httpx.HTTPError as err:
             raise Unreachable(f"{what}: {self.server}: {err or type(err).__name__}") from None
 

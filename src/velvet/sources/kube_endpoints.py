@@ -72,6 +72,7 @@ class KubeEndpoints:
         self._dirty.set()
         if self._thread is not None:
             self._thread.join(5)
+        self.calls.close()
 
     def publish(self, endpoints: Mapping[str, ClusterEndpoint]) -> None:
         """This node's complete set of endpoints, by IP; written by the publisher thread."""

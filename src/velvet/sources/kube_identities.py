@@ -143,7 +143,8 @@ class KubeIdentities:
         """Nothing to start: the source's informer follows the identities."""
 
     def close(self) -> None:
-        """Nothing to stop."""
+        """Close the client's connections."""
+        self.calls.close()
 
     def drop_stale_refs(self) -> int:
         """Nothing to drop: references are the VelvetEndpoints, which the endpoints publisher keeps."""
