@@ -30,6 +30,10 @@ class AgentConfig:
     store: str = "local"
     """Where applied objects are kept: "local" (files under state_dir) or "etcd" (at etcd_endpoint)."""
     etcd_endpoint: str = "http://127.0.0.1:2379"
+    source: str = "local"
+    """Where objects come from: "local" (the embedded API server, kept per `store`) or "kubernetes"."""
+    kubeconfig: Path | None = None
+    """The Kubernetes source's kubeconfig; None: the pod's service account (in-cluster)."""
     routing: str = "native"
     """How pods reach other nodes: "native" (podCIDR via nodeIP) or "tunnel" (VXLAN, VNI = identity)."""
     host_routing: str = "auto"

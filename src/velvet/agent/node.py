@@ -1,9 +1,10 @@
 """One node's agent: a source of objects, the controllers that follow it, the datapath they write.
 
-Data flows one way: the local store (the source) → deltas mark services or policy dirty → a reconcile
-pass runs the controllers, which compile only what is dirty → the table writer hands the difference
-to the `Datapath`. Everything here is synchronous and runs on one thread at a time (the handlers put
-it on the agent's state worker); the event loop keeps serving health, flows and metrics meanwhile.
+Data flows one way: the source (the local store, or the Kubernetes API with `source="kubernetes"`)
+→ deltas mark services or policy dirty → a reconcile pass runs the controllers, which compile only
+what is dirty → the table writer hands the difference to the `Datapath`. Everything here is
+synchronous and runs on one thread at a time (the handlers put it on the agent's state worker); the
+event loop keeps serving health, flows and metrics meanwhile.
 On start the agent re-adopts the pinned maps and links of its previous life, so traffic never stops
 while it restarts.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,12 +61,18 @@ from velvet.sources.etcd_endpoints import EtcdEndpoints
 from velvet.sources.etcd_identities import EtcdIdentities
 from velvet.sources.etcd_nodes import NodeRegistry
 from velvet.sources.etcd_store import EtcdBackend
+from velvet.sources.kube_client import KubeCalls, load_config
+from velvet.sources.kube_endpoints import KubeEndpoints
+from velvet.sources.kube_identities import KubeIdentities
+from velvet.sources.kube_source import KubeSource, node_pod_cidr
 from velvet.sources.local import ALL_NAMESPACES, LocalStore
+from velvet.sources.source import AgentSource, NodeView
 
 NODE_KIND_NAMES = ("node", "nodes", "no")
 SCTP_UNSUPPORTED = "SCTP is not supported by this kernel (CONFIG_IP_SCTP unset)"
 
 CLUSTER_VIEW_WAIT_SECONDS = 2.0
+KUBE_LIST_LOG_SECONDS = 10.0
 log = logging.getLogger("velvet.agent")
 
 
@@ -85,7 +92,14 @@ class Agent:
                  proc_source: ProcessSource | None = None) -> None:
         """An agent over `datapath`; `wiring` makes the veths of runtime pods, `routes` the routes to other
         nodes, `tunnel` the VXLAN device of tunnel mode (netlink in the agent's namespace unless given),
-        `proc_source` the process events (None: no process monitor)."""
+        `proc_source` the process events (None: no process monitor).
+
+        With the Kubernetes source the node's pod CIDR is its Node's (waited for until it has one)."""
+        self.kube: KubeSource | None = None
+        if config.source == "kubernetes":
+            kube_config = load_config(config.kubeconfig)
+            config = replace(config, pod_cidr=node_pod_cidr(kube_config, config.node_name))
+            self.kube = KubeSource(kube_config, config.node_name, crds=bool(config.node_ips))
         self.config = config
         self.paths = AgentPaths(config.sandbox, config.node_dir)
         self.state_dir = config.state_dir or self.paths.state_dir
@@ -94,8 +108,8 @@ class Agent:
         backend: Backend | None = None
         self.etcd: EtcdBackend | None = None
         self.registry: NodeRegistry | None = None
-        self.cluster_identities: EtcdIdentities | None = None
-        self.cluster_endpoints: EtcdEndpoints | None = None
+        self.cluster_identities: EtcdIdentities | KubeIdentities | None = None
+        self.cluster_endpoints: EtcdEndpoints | KubeEndpoints | None = None
         if config.store == "etcd":
             backend = self.etcd = EtcdBackend(EtcdClient(config.etcd_endpoint))
             self.registry = NodeRegistry(EtcdClient(config.etcd_endpoint),
@@ -108,11 +122,18 @@ class Agent:
                 self.registry.on_lease = self._use_lease
         # a registered node probes the others and serves their probes on its InternalIP (cilium-health)
         self.prober = HealthProber(config.node_ips[0]) if self.cluster_identities is not None else None
-        self.store = LocalStore.open(self.state_dir / "store", service_cidr=config.service_cidr,
-                                     node_name=config.node_name, backend=backend)
-        self.store.nodes = self._node_names
-        self.store.registered = self._registered
-        self.node_routes = NodeRouteController(routes or NetlinkRoutes(), config.node_name, config.pod_cidr)
+        if self.kube is not None and config.node_ips:
+            self._use_crds(self.kube)
+        self.store: AgentSource
+        self.node_view: NodeView | None = self.registry if self.registry is not None else self.kube
+        if self.kube is not None:
+            self.store = self.kube
+        else:
+            local = LocalStore.open(self.state_dir / "store", service_cidr=config.service_cidr,
+                                    node_name=config.node_name, backend=backend)
+            local.nodes = self._node_names
+            local.registered = self._registered
+            self.store = local
         self.tunnel: TunnelDevice | None = None
         if config.routing == "tunnel":
             self.tunnel = tunnel or NetlinkVxlan(config.uplink)
@@ -145,6 +166,16 @@ class Agent:
         self.reconcile_stats: dict[str, float] = {"services": 0.0, "policy": 0.0, "passes": 0}
         self._refs_checked = False  # the previous life's stale identity refs were dropped
 
+    def _use_crds(self, kube: KubeSource) -> None:
+        """Number identities and publish endpoints through VelvetIdentity and VelvetEndpoint objects."""
+        cache = kube.cache
+        self.cluster_identities = KubeIdentities(
+            KubeCalls(kube.config), range(FIRST_ALLOCATED_IDENTITY, LAST_LABEL_IDENTITY + 1),
+            lambda: cache.raw("VelvetIdentity"), lambda: cache.raw("VelvetEndpoint"))
+        self.cluster_endpoints = KubeEndpoints(
+            KubeCalls(kube.config), self.config.node_name, lambda: cache.raw("VelvetEndpoint"),
+            lambda timeout: kube.wait_listed(timeout, ("VelvetEndpoint",)))
+
     # -- start: adopt what the previous agent left -----------------------------------------------
 
     def on_remote_change(self, wake: Callable[[], None]) -> None:
@@ -155,6 +186,8 @@ class Agent:
             self.registry.on_change = wake
         if self.cluster_endpoints is not None:
             self.cluster_endpoints.on_change = wake
+        if self.kube is not None:
+            self.kube.on_change = wake
 
     def start(self) -> None:
         """Load/adopt the datapath, re-attach endpoints, register the node, converge every table."""
@@ -166,6 +199,8 @@ class Agent:
             self.registry.start(self.own_node())
         if self.prober is not None:
             self.prober.start()
+        if self.kube is not None:
+            self.kube.start()
         if self.tunnel is not None:  # before the datapath, which attaches to it
             self.tunnel.ensure()
         self.datapath.start()
@@ -174,22 +209,35 @@ class Agent:
             self.datapath.write("node_config", {0: settings}, ())
         self.endpoints.restore()
         self.cni.drain(self.state_dir / "cni-delete-queue")
+        self._await_kube_lists()
         self.policy.adopt()
         self.services.adopt(LbState(*(self.datapath.read(t) for t in LB_TABLES)))
         self._await_cluster_view()
         self.reconcile(Dirty(policy=True))
         self.processes.start()  # after the first pass: the pods' cgroups name the processes found in /proc
 
+    def _await_kube_lists(self) -> None:
+        """Wait until the Kubernetes source listed every resource once, then take the lists in: adopting
+        the pinned maps against an empty cache would take every service and policy out of them."""
+        if self.kube is None:
+            return
+        while not self.kube.wait_listed(KUBE_LIST_LOG_SECONDS):
+            log.warning("waiting for the first list of every resource from %s: %s", self.kube.server,
+                        self.kube.storage_status()["error"] or "no answer yet")
+        self.store.refresh()
+
     def _await_cluster_view(self) -> None:
         """Let the first pass see the other nodes and their endpoints (listed within a short wait), so a
         restarted agent does not take remote entries out of the pinned ipcache meanwhile."""
-        if self.registry is None or not self.config.node_ips:
+        if self.node_view is None or (self.kube is None and not self.config.node_ips):
             return
         deadline = time.monotonic() + CLUSTER_VIEW_WAIT_SECONDS
-        for follower in (self.registry, self.cluster_endpoints):
+        for follower in (self.node_view, self.cluster_endpoints):
             if follower is not None and not follower.wait_listed(max(0.0, deadline - time.monotonic())):
-                log.warning("the cluster's nodes or endpoints are not listed yet; the first pass is without")
-        self._follow_cluster(tuple(self.registry.nodes()))
+                log.warning("the cluster's objects, nodes or endpoints are not listed yet; the first pass "
+                            "is without them")
+        self.store.refresh()
+        self._follow_cluster(tuple(self.node_view.nodes()))
 
     # -- reconciliation --------------------------------------------------------------------------
 
@@ -234,8 +282,8 @@ class Agent:
         """Routes to every other registered node's pod CIDR, none to a node that left (via the node's IP,
         or through the VXLAN device in tunnel mode); the ipcache follows the other nodes' IPs, endpoints
         and their tunnel endpoints; the slices follow which nodes are left."""
-        if self.registry is not None:
-            nodes = tuple(self.registry.nodes())
+        if self.node_view is not None:
+            nodes = tuple(self.node_view.nodes())
             self.node_routes.reconcile(nodes)
             if self._follow_cluster(nodes):
                 self.reconcile(Dirty(policy=True))
@@ -245,6 +293,8 @@ class Agent:
                             if isinstance(p, NetworkPolicy)]
                 self.prober.aim(choose_targets(nodes, pods, policies))
             self.store.follow_nodes()
+        if isinstance(self.cluster_identities, KubeIdentities):
+            self.cluster_identities.collect()
 
     def _follow_cluster(self, nodes: tuple[NodeRecord, ...]) -> bool:
         """Give policy the nodes (their IPs are remote-node, and tunnel endpoints) and the endpoints they
@@ -272,9 +322,9 @@ class Agent:
 
     def _use_lease(self, lease: int) -> None:
         """The node is registered under `lease`: hold this node's identity refs and endpoints under it."""
-        if self.cluster_identities is not None:
+        if isinstance(self.cluster_identities, EtcdIdentities):
             self.cluster_identities.use_lease(lease)
-        if self.cluster_endpoints is not None:
+        if isinstance(self.cluster_endpoints, EtcdEndpoints):
             self.cluster_endpoints.use_lease(lease)
 
     def _publish_endpoints(self) -> None:
@@ -303,9 +353,9 @@ class Agent:
 
     def nodes(self) -> list[NodeRecord]:
         """The cluster's registered nodes; with no registry (local store), this node alone."""
-        if self.registry is None:
+        if self.node_view is None:
             return [self.own_node()]
-        return self.registry.nodes()
+        return self.node_view.nodes()
 
     def _node_names(self) -> list[str]:
         """Nodes the store may schedule pods to: the registered ones, or this one before any is known."""

@@ -27,7 +27,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         metrics_address=args.metrics_address or None,
         identity_exclude_labels=tuple(args.identity_exclude_label), metrics_netns=args.metrics_netns or None,
         store=args.store, etcd_endpoint=args.etcd_endpoint, routing=args.routing,
-        host_routing=args.host_routing,
+        host_routing=args.host_routing, source=args.source,
+        kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
     )
     main(config, fake_datapath=args.fake_datapath)
     return 0
@@ -72,6 +73,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--log-backups", type=_at_least(1), default=LOG_BACKUPS, help="rotated log files kept")
     p.add_argument("--store", choices=["local", "etcd"], default="local",
                    help="where applied objects are kept: local files, or etcd (see --etcd-endpoint)")
+    p.add_argument("--source", choices=["local", "kubernetes"], default="local",
+                   help="where objects come from: the agent's own API (velvet apply; kept per --store), or "
+                        "the Kubernetes API (kubectl; see --kubeconfig)")
+    p.add_argument("--kubeconfig", default=None,
+                   help="kubeconfig of the Kubernetes source (default: the pod's service account)")
     p.add_argument("--etcd-endpoint", default="http://127.0.0.1:2379", help="etcd's client URL (http)")
     p.add_argument("--routing", choices=["native", "tunnel"], default="native",
                    help="reach other nodes' pods via their IPs (native) or VXLAN, VNI = identity (tunnel)")

@@ -66,7 +66,8 @@ def _node_count(text: str) -> int:
     return value
 
 
-def _start_node(cfg: SandboxConfig, audit: bool, store: str, etcd_endpoint: str | None) -> None:
+def _start_node(cfg: SandboxConfig, audit: bool, store: str, etcd_endpoint: str | None,
+                kubeconfig: str | None = None) -> None:
     """Start the node's daemon (kubelet + supervised agent) unless it runs."""
     if _node_daemon_pid(cfg) is not None:
         return
@@ -78,6 +79,8 @@ def _start_node(cfg: SandboxConfig, audit: bool, store: str, etcd_endpoint: str 
         argv += ["--store", "etcd"]
     if etcd_endpoint is not None:
         argv += ["--etcd-endpoint", etcd_endpoint]
+    if kubeconfig is not None:
+        argv += ["--kubeconfig", kubeconfig]
     # The daemon starts in the caller's netns and moves itself into the node's (see node-daemon).
     pid = spawn_detached(argv, netns=None, cgroup=cfg.names.cgroup_node, log=cfg.names.log_file("node"))
     write_pid(cfg.names.pid_file("node"), pid)
@@ -104,7 +107,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     node = Node.create(cfg)
     routing.record(cfg.sandbox, args.routing)
     routing.record_host_routing(cfg.sandbox, args.host_routing)
-    _start_node(cfg, args.policy_audit_mode, args.store, None)
+    _start_node(cfg, args.policy_audit_mode, args.store, None, args.kubeconfig)
     _wait_for_agent(cfg)
     print(f"sandbox {cfg.sandbox} is up: node netns {node.netns}, pods from {cfg.pod_cidr}, "
           f"node IP {cfg.node_uplink_ip}, external client netns {node.ext_netns}")
@@ -307,7 +310,9 @@ def cmd_node_daemon(args: argparse.Namespace) -> int:
     if names.node_dir:
         agent_argv += ["--node-dir", names.node_dir]
     etcd_supervisor = None
-    if args.etcd_endpoint:
+    if args.kubeconfig:  # objects from a Kubernetes API server (its kubeconfig), not velvet apply
+        agent_argv += ["--source", "kubernetes", "--kubeconfig", args.kubeconfig]
+    elif args.etcd_endpoint:
         agent_argv += ["--store", "etcd", "--etcd-endpoint", args.etcd_endpoint]
     elif args.store == "etcd":
         etcd.prepare(names)
@@ -356,6 +361,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--policy-audit-mode", action="store_true", help="report policy verdicts, drop nothing")
     up.add_argument("--store", choices=["local", "etcd"], default="local",
                     help="keep applied objects in local files (default) or in an etcd the sandbox runs")
+    up.add_argument("--kubeconfig", default=None,
+                    help="one node whose agent reads objects from this Kubernetes API (--source kubernetes)")
     up.add_argument("--nodes", type=_node_count, default=1,
                     help=f"nodes (1-{MAX_NODES}); more than one implies --store etcd")
     up.add_argument("--routing", choices=["native", "tunnel"], default="native",
@@ -385,5 +392,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     nd.add_argument("--store", choices=["local", "etcd"], default="local")
     nd.add_argument("--node", type=int, default=0)
     nd.add_argument("--etcd-endpoint", default=None)
+    nd.add_argument("--kubeconfig", default=None)
     nd.set_defaults(func=cmd_node_daemon)
     group.add_parser("etcd-daemon", help=argparse.SUPPRESS).set_defaults(func=cmd_etcd_daemon)

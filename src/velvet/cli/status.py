@@ -10,10 +10,12 @@ from velvet.errors import VelvetError
 
 
 def _store_line(store: dict[str, Any]) -> str:
-    """`Store: etcd http://... connected, version N` (or `disconnected: why`), or `local <dir>`."""
+    """`Store: etcd http://... connected, version N` (or `disconnected: why`), or `local <dir>`; the
+    Kubernetes API is the agent's source, not a store it writes: `Source: kubernetes https://...`."""
     where = store.get("endpoint") or store.get("directory") or ""
     state = "connected" if store.get("connected") else f"DISCONNECTED: {store.get('error') or 'no answer'}"
-    return f"Store:         {store['kind']} {where}  {state}, version {store.get('version', 0)}"
+    label = "Source:" if store["kind"] == "kubernetes" else "Store:"
+    return f"{label:<15}{store['kind']} {where}  {state}, version {store.get('version', 0)}"
 
 
 def _probe_cells(probe: dict[str, Any] | None) -> list[str]:
