@@ -23,22 +23,15 @@ from velvet.agent.config import AgentConfig
 from velvet.agent.node import Agent, Dirty
 from velvet.datapath.fake import FakeDatapath
 from velvet.datapath.tables import RemoteIdentity
+from velvet.install.render import InstallOptions, rbac_rules, render
 from velvet.model import FIRST_ALLOCATED_IDENTITY
 from velvet.model.cluster_endpoint import ClusterEndpoint
 from velvet.sources.kube_client import KubeCalls, load_config
 from velvet.sources.kube_endpoints import KubeEndpoints
 from velvet.sources.kube_identities import GC_GRACE_SECONDS, KubeIdentities
 
-# The ClusterRole of deploy/kubernetes (issue #13): (verb, API group, resource) the agent may call.
-CLUSTER_ROLE = {(verb, group, resource)
-                for group, resource, verbs in (
-                    ("", "namespaces", "get list watch"), ("", "pods", "get list watch"),
-                    ("", "services", "get list watch"), ("", "nodes", "get list watch"),
-                    ("discovery.k8s.io", "endpointslices", "list watch"),
-                    ("networking.k8s.io", "networkpolicies", "list watch"),
-                    ("velvet.io", "velvetidentities", "get list watch create delete"),
-                    ("velvet.io", "velvetendpoints", "get list watch create update delete"))
-                for verb in verbs.split()}
+# The install's ClusterRole (deploy/kubernetes): (verb, API group, resource) the agent may call.
+CLUSTER_ROLE = {(verb, group, resource) for group, resource, verb in rbac_rules(render(InstallOptions()))}
 NUMBERS = range(FIRST_ALLOCATED_IDENTITY, 0x10000)
 WEB = {"k8s:app": "web", "k8s:io.kubernetes.pod.namespace": "shop"}
 DB = {"k8s:app": "db", "k8s:io.kubernetes.pod.namespace": "shop"}

@@ -21,9 +21,6 @@ from velvet.cli.main import build_parser
 from velvet.datapath.fake import FakeDatapath
 from velvet.install.render import InstallOptions, render
 
-NOT_YET_IN_AGENT = ["--source", "kubernetes"]
-"""Flags the DaemonSet passes that this tree's `velvet agent` does not know yet: the Kubernetes source is
-built on another branch. Once it is merged this list must become empty (the test below then says so)."""
 SOCKET = "/run/velvet/default/agent.sock"
 
 
@@ -76,9 +73,8 @@ def test_the_agent_gets_the_default_config_as_flags(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert argv[0] == "agent"
     args, unknown = build_parser("agent").parse_known_args(argv)
-    assert unknown == NOT_YET_IN_AGENT, (
-        "velvet agent now knows flags listed in NOT_YET_IN_AGENT: empty that list" if not unknown else
-        f"the DaemonSet passes flags velvet agent does not know: {unknown}")
+    assert unknown == [], f"the DaemonSet passes flags velvet agent does not know: {unknown}"
+    assert args.source == "kubernetes"
     assert (args.node_name, args.node_ip, args.cgroup) == ("node-1", ["192.0.2.10"], "/host/sys/fs/cgroup")
     assert (args.routing, args.policy_audit_mode, args.uplink, args.metrics_address) == (
         "native", False, None, "127.0.0.1:9962")
