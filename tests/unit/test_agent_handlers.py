@@ -8,9 +8,11 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from test_agent import MANIFEST, make_agent, reconcile_all, run_pod
 
-from velvet.agent.daemon import keep_the_loop_responsive
+import velvet.agent.handlers as handlers_module
+from velvet.agent.daemon import keep_the_loop_responsive, reconcile_loop
 from velvet.agent.handlers import AgentHandlers
 from velvet.observe.enrich import _ip_key
 
@@ -98,3 +100,26 @@ def test_no_full_garbage_collection_stalls_the_loop_during_a_big_apply(tmp_path:
         sys.setswitchinterval(interval)
     assert 2 not in collections
     assert 0 in collections
+
+
+def test_a_change_committed_before_the_reconcile_loop_watches_is_programmed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that an apply whose commit comes before the reconcile loop subscribes to the store (a request
+    served as the agent starts) is still programmed, not left waiting for a pass that never comes."""
+    agent, dp = make_agent(tmp_path)
+    monkeypatch.setattr(handlers_module, "PROGRAM_WAIT_SECONDS", 5.0)
+    text = ("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Service\n"
+            "metadata: {name: web, namespace: shop}\nspec:\n  clusterIP: 10.96.7.7\n"
+            "  ports: [{port: 80}]\n")
+
+    async def scenario() -> bool:
+        handlers = AgentHandlers(agent)
+        answer = await handlers.run(agent.apply, [{"path": "web.yaml", "text": text}])
+        loop = asyncio.create_task(reconcile_loop(handlers))
+        programmed = await handlers.programmed(answer["version"])
+        loop.cancel()
+        handlers.close()
+        return programmed
+
+    assert asyncio.run(scenario())
+    assert any(key.address == "10.96.7.7" for key in dp.tables["lb4_services"])

@@ -55,10 +55,21 @@ async def collect_when_idle(handlers: AgentHandlers) -> None:
             await handlers.run(gc.collect)
 
 
+def _service_keys(agent: Agent) -> set[str]:
+    """Every service of the store, as `namespace/name` (on the state worker)."""
+    return {f"{s.metadata.namespace}/{s.metadata.name}" for s in agent.store.objects("Service")}
+
+
 async def reconcile_loop(handlers: AgentHandlers) -> None:
     """Follow the store and reconcile, on the state worker, whatever became dirty."""
     agent = handlers.agent
     watch = agent.store.watch()
+    if agent.store.version > handlers.marked:  # changed before the watch began (a request came first)
+        version = agent.store.version
+        handlers.dirty.services |= await handlers.run(_service_keys, agent)
+        handlers.dirty.policy = True
+        handlers.marked = max(handlers.marked, version)
+        handlers.wake.set()
 
     async def follow() -> None:
         async for delta in watch:
