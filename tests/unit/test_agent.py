@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from velvet.agent import queries
 from velvet.agent.config import AgentConfig
 from velvet.agent.node import Agent, Dirty
 from velvet.datapath.fake import FakeDatapath
-from velvet.datapath.tables import EP_POLICY_INGRESS, ServiceKey
+from velvet.datapath.tables import EP_POLICY_INGRESS, LbMap, ServiceKey
 from velvet.errors import InvalidManifest
 from velvet.model import Service
 
@@ -208,3 +209,22 @@ def test_a_torn_endpoint_state_file_is_set_aside_and_the_agent_starts(tmp_path: 
     run_pod(restarted)
     assert [r.key for r in restarted.endpoints] == ["shop/web"]
     assert stat.S_IMODE((tmp_path / "endpoints.json").stat().st_mode) == 0o600
+
+
+def test_without_kube_proxy_replacement_services_are_left_to_kube_proxy(tmp_path: Path) -> None:
+    """Test that an agent started with --kube-proxy-replacement false empties the load-balancing maps a
+    previous life left, programs no service, and says so in its status, while policy still runs."""
+    agent, dp = make_agent(tmp_path)
+    agent.apply([{"path": "m.yaml", "text": MANIFEST}])
+    reconcile_all(agent)
+    assert dp.tables["lb4_services"]
+    agent.close()
+
+    config = replace(agent.config, kube_proxy_replacement=False)
+    again = Agent(config, dp)
+    again.start()
+    again.apply([{"path": "more.yaml", "text": MANIFEST.replace("name: web", "name: web2")}])
+    reconcile_all(again)
+    assert not any(dp.read(table.value) for table in LbMap)
+    assert queries.status(again)["agent"]["kube_proxy_replacement"] is False
+    assert again.policy.compiled is not None

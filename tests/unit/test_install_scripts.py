@@ -68,13 +68,13 @@ def run_agent_script(objects: list[dict[str, Any]], tmp_path: Path,
 
 def test_the_agent_gets_the_default_config_as_flags(tmp_path: Path) -> None:
     """Test that the container runs `velvet agent` with the node's name and IP, the host's cgroup root and
-    velvet-config's values, and that `velvet agent` knows every flag but those of the coming source."""
+    velvet-config's values, and that `velvet agent` knows every flag it is given."""
     done, argv = run_agent_script(kustomize(), tmp_path)
     assert done.returncode == 0, done.stderr
     assert argv[0] == "agent"
     args, unknown = build_parser("agent").parse_known_args(argv)
     assert unknown == [], f"the DaemonSet passes flags velvet agent does not know: {unknown}"
-    assert args.source == "kubernetes"
+    assert (args.source, args.kube_proxy_replacement) == ("kubernetes", "true")
     assert (args.node_name, args.node_ip, args.cgroup) == ("node-1", ["192.0.2.10"], "/host/sys/fs/cgroup")
     assert (args.routing, args.policy_audit_mode, args.uplink, args.metrics_address) == (
         "native", False, None, "127.0.0.1:9962")
@@ -95,13 +95,12 @@ def test_rendered_options_reach_the_agent(tmp_path: Path) -> None:
     assert "KUBERNETES_SERVICE_HOST" not in container_env(agent, kustomize())
 
 
-def test_turning_kube_proxy_replacement_off_is_refused_in_one_line(tmp_path: Path) -> None:
-    """Test that kube-proxy-replacement=false stops the container with one line instead of running an agent
-    that balances services anyway."""
+def test_turning_kube_proxy_replacement_off_reaches_the_agent(tmp_path: Path) -> None:
+    """Test that kube-proxy-replacement=false in velvet-config starts the agent without it."""
     done, argv = run_agent_script(kustomize(), tmp_path, KUBE_PROXY_REPLACEMENT="false")
-    assert (done.returncode, argv) == (1, [])
-    assert done.stderr == ('velvet-config: kube-proxy-replacement=false: only "true" is supported '
-                           "(Velvet always balances services)\n")
+    assert done.returncode == 0, done.stderr
+    args, unknown = build_parser("agent").parse_known_args(argv)
+    assert (unknown, args.kube_proxy_replacement) == ([], "false")
 
 
 def run_install_cni(objects: list[dict[str, Any]], host: Path) -> subprocess.CompletedProcess[str]:

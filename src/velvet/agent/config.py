@@ -37,6 +37,8 @@ class AgentConfig:
     routing: str = "native"
     """How pods reach other nodes: "native" (podCIDR via nodeIP) or "tunnel" (VXLAN, VNI = identity)."""
     host_routing: str = "auto"
+    kube_proxy_replacement: bool = True
+    """Balance services in the datapath; False leaves them to kube-proxy (the LB maps stay empty)."""
     """Who forwards pod traffic: "bpf" (the tc programs, FIB lookup + redirect), "legacy" (the node's IP
     stack), "auto" (bpf when the kernel probe passes)."""
 

@@ -211,10 +211,20 @@ class Agent:
         self.cni.drain(self.state_dir / "cni-delete-queue")
         self._await_kube_lists()
         self.policy.adopt()
-        self.services.adopt(LbState(*(self.datapath.read(t) for t in LB_TABLES)))
+        if self.config.kube_proxy_replacement:
+            self.services.adopt(LbState(*(self.datapath.read(t) for t in LB_TABLES)))
+        else:
+            self._leave_services_to_kube_proxy()
         self._await_cluster_view()
         self.reconcile(Dirty(policy=True))
         self.processes.start()  # after the first pass: the pods' cgroups name the processes found in /proc
+
+    def _leave_services_to_kube_proxy(self) -> None:
+        """Without kube-proxy replacement: empty the load-balancing maps, so no entry of a previous life
+        shadows kube-proxy's rules (frontends first: nothing points at a removed backend meanwhile)."""
+        for table in LB_TABLES:
+            if stale := list(self.datapath.read(table)):
+                self.datapath.write(table, {}, stale)
 
     def _await_kube_lists(self) -> None:
         """Wait until the Kubernetes source listed every resource once, then take the lists in: adopting
@@ -253,7 +263,7 @@ class Agent:
     def reconcile(self, dirty: Dirty) -> Dirty:
         """One pass over what is dirty; returns what failed and must be retried."""
         retry = Dirty()
-        if dirty.services:
+        if dirty.services and self.config.kube_proxy_replacement:
             started = time.perf_counter()
             retry.services = self.services.reconcile(dirty.services)
             self._took("services", started)

@@ -47,6 +47,7 @@ def status(agent: Agent) -> dict[str, Any]:
         "agent": {**agent.health(), "sandbox": agent.config.sandbox, "node": agent.config.node_name,
                   "policy_audit_mode": agent.config.policy_audit_mode, "socket": str(agent.paths.socket),
                   "routing": routing(agent), "host_routing": host_routing(agent),
+                  "kube_proxy_replacement": agent.config.kube_proxy_replacement,
                   "reconcile": dict(agent.reconcile_stats)},
         "datapath": {
             "kind": dp.kind,

@@ -28,6 +28,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         identity_exclude_labels=tuple(args.identity_exclude_label), metrics_netns=args.metrics_netns or None,
         store=args.store, etcd_endpoint=args.etcd_endpoint, routing=args.routing,
         host_routing=args.host_routing, source=args.source,
+        kube_proxy_replacement=args.kube_proxy_replacement == "true",
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
     )
     main(config, fake_datapath=args.fake_datapath)
@@ -84,5 +85,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host-routing", choices=["auto", "bpf", "legacy"], default="auto",
                    help="forward pod traffic from the tc programs, bypassing the node's IP stack (bpf), "
                         "through the stack (legacy), or bpf when the kernel has the helpers (auto)")
+    p.add_argument("--kube-proxy-replacement", choices=["true", "false"], default="true",
+                   help="balance services in the datapath (true), or leave them to kube-proxy (false)")
     p.add_argument("--fake-datapath", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_agent)

@@ -72,6 +72,8 @@ def render(status: dict[str, Any], verbose: bool = False) -> str:
         _store_line(status.get("store") or {"kind": "local", "connected": True}),
         _routing_line(agent.get("routing") or {"mode": "native"}),
         f"Host Routing:  {(agent.get('host_routing') or {'mode': 'Legacy'})['mode']}",
+        "KubeProxyReplacement: " + ("True" if agent.get("kube_proxy_replacement", True)
+                                    else "False (services are left to kube-proxy)"),
         *(cluster_lines(cluster) if cluster.get("health") is not None else ()),
         f"Endpoints:     {counts['endpoints']}",
         f"Services:      {counts['services']}",
