@@ -76,7 +76,10 @@ class Agents:
         """An agent with `args` (besides its sandbox, node and log options), up; its sandbox name."""
         sandbox = unique_name("k")
         self.started.append((subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, sys.executable, "-m", "velvet.cli.main", "--sandbox", sandbox,
+            # only the network namespace, as the sandbox runs agents: `ip netns exec` also remounts /sys,
+            # which hides the cgroup v2 mount the kernel datapath attaches to
+            ["nsenter", f"--net=/run/netns/{self.netns}", sys.executable, "-m", "velvet.cli.main",
+             "--sandbox", sandbox,
              "agent", "--node-name", NODE, "--node-ip", "192.168.77.2", "--metrics-address", "",
              "--log-file", str(self.logs / f"{sandbox}.log"), *args]), sandbox))
         client = ApiClient(AgentPaths(sandbox).socket, timeout=2.0)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+import velvet.runtime.monitor as monitor_module
 from bench.flow_events import events
 from velvet.datapath.structs import PROCESS_EVENT_DTYPE, SOCK_EVENT_DTYPE, ProcEventFlag, ProcEventType
+from velvet.errors import NotSupported
 from velvet.observe.enrich import DictResolver, EndpointInfo
 from velvet.observe.filters import FlowQuery
 from velvet.observe.pipeline import FlowPipeline
@@ -215,3 +218,14 @@ def test_flows_name_the_process_of_their_connection_and_filter_by_it() -> None:
     assert flows.query(FlowQuery(from_process=(known.exec_id,)))[0]["source_process"] == curl
     assert flows.query(FlowQuery(from_process=("/bin/sh",))) == []
     assert FlowQuery.from_params(FlowQuery(from_process=("a,b",)).to_params()).from_process == ("a,b",)
+
+
+def test_processes_found_without_a_cgroup_v2_mount_are_kept_unattributed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that a process read from /proc where no cgroup v2 hierarchy is mounted (the kernel check says so)
+    gets no cgroup id instead of stopping the agent."""
+    def missing() -> Path:
+        raise NotSupported("cgroup v2 mount", "4.5", "socket load balancing")
+
+    monkeypatch.setattr(monitor_module, "cgroup2_mount", missing)
+    assert monitor_module._cgroup_id("/velvet/node0/pod") == 0

@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from velvet.datapath.structs import ProcEventFlag, ProcEventType
-from velvet.errors import VelvetError
+from velvet.errors import NotSupported, VelvetError
 from velvet.observe.enrich import EndpointResolver
 from velvet.observe.flow import Flow
 from velvet.runtime.process import (
@@ -411,10 +411,11 @@ def _under(cgroup: str, prefix: str) -> bool:
 
 
 def _cgroup_id(path: str) -> int:
-    """The id (inode) of a cgroup v2 path relative to the hierarchy's root; 0 when it is gone."""
+    """The id (inode) of a cgroup v2 path relative to the hierarchy's root; 0 when it is gone, or when no
+    cgroup v2 hierarchy is mounted here (the kernel check reports that; processes are then not attributed)."""
     try:
         return (cgroup2_mount() / path.lstrip("/")).stat().st_ino
-    except OSError:
+    except (OSError, NotSupported):
         return 0
 
 
