@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -61,10 +61,6 @@ from velvet.sources.etcd_endpoints import EtcdEndpoints
 from velvet.sources.etcd_identities import EtcdIdentities
 from velvet.sources.etcd_nodes import NodeRegistry
 from velvet.sources.etcd_store import EtcdBackend
-from velvet.sources.kube_client import KubeCalls, load_config
-from velvet.sources.kube_endpoints import KubeEndpoints
-from velvet.sources.kube_identities import KubeIdentities
-from velvet.sources.kube_source import KubeSource, node_pod_cidr
 from velvet.sources.local import ALL_NAMESPACES, LocalStore
 from velvet.sources.source import AgentSource, NodeView
 
@@ -73,6 +69,11 @@ SCTP_UNSUPPORTED = "SCTP is not supported by this kernel (CONFIG_IP_SCTP unset)"
 
 CLUSTER_VIEW_WAIT_SECONDS = 2.0
 KUBE_LIST_LOG_SECONDS = 10.0
+if TYPE_CHECKING:  # the Kubernetes source (lightkube, httpx) is imported only by agents that use it
+    from velvet.sources.kube_endpoints import KubeEndpoints
+    from velvet.sources.kube_identities import KubeIdentities
+    from velvet.sources.kube_source import KubeSource
+
 log = logging.getLogger("velvet.agent")
 
 
@@ -97,6 +98,9 @@ class Agent:
         With the Kubernetes source the node's pod CIDR is its Node's (waited for until it has one)."""
         self.kube: KubeSource | None = None
         if config.source == "kubernetes":
+            from velvet.sources.kube_client import load_config
+            from velvet.sources.kube_source import KubeSource, node_pod_cidr
+
             kube_config = load_config(config.kubeconfig)
             config = replace(config, pod_cidr=node_pod_cidr(kube_config, config.node_name))
             self.kube = KubeSource(kube_config, config.node_name, crds=bool(config.node_ips))
@@ -109,6 +113,7 @@ class Agent:
         self.etcd: EtcdBackend | None = None
         self.registry: NodeRegistry | None = None
         self.cluster_identities: EtcdIdentities | KubeIdentities | None = None
+        self.kube_identities: KubeIdentities | None = None
         self.cluster_endpoints: EtcdEndpoints | KubeEndpoints | None = None
         if config.store == "etcd":
             backend = self.etcd = EtcdBackend(EtcdClient(config.etcd_endpoint))
@@ -168,8 +173,12 @@ class Agent:
 
     def _use_crds(self, kube: KubeSource) -> None:
         """Number identities and publish endpoints through VelvetIdentity and VelvetEndpoint objects."""
+        from velvet.sources.kube_client import KubeCalls
+        from velvet.sources.kube_endpoints import KubeEndpoints
+        from velvet.sources.kube_identities import KubeIdentities
+
         cache = kube.cache
-        self.cluster_identities = KubeIdentities(
+        self.cluster_identities = self.kube_identities = KubeIdentities(
             KubeCalls(kube.config), range(FIRST_ALLOCATED_IDENTITY, LAST_LABEL_IDENTITY + 1),
             lambda: cache.raw("VelvetIdentity"), lambda: cache.raw("VelvetEndpoint"))
         self.cluster_endpoints = KubeEndpoints(
@@ -303,8 +312,8 @@ class Agent:
                             if isinstance(p, NetworkPolicy)]
                 self.prober.aim(choose_targets(nodes, pods, policies))
             self.store.follow_nodes()
-        if isinstance(self.cluster_identities, KubeIdentities):
-            self.cluster_identities.collect()
+        if self.kube_identities is not None:  # garbage-collects unused VelvetIdentities
+            self.kube_identities.collect()
 
     def _follow_cluster(self, nodes: tuple[NodeRecord, ...]) -> bool:
         """Give policy the nodes (their IPs are remote-node, and tunnel endpoints) and the endpoints they
