@@ -60,8 +60,9 @@ def _with(kind: str, **fields: Any) -> Callable[[list[Event]], list[Event]]:
 
 def test_exec_in_a_pod_names_pod_binary_arguments_and_parent_and_its_exit_the_code(sb: Sandbox) -> None:
     """Test that a binary run in a pod is a process_exec naming the pod (with labels), the full path, the
-    arguments and the parent, and that its exit and a shell's exit 5 carry their codes."""
-    sb.exec("proc/web-1", "/bin/true", "hello", "e2e-1")
+    arguments and the parent (a shell of the pod, alive while the agent reads: a parent outside the node
+    that has exited by then is not named), and that its exit and a shell's exit 5 carry their codes."""
+    sb.exec("proc/web-1", "/bin/sh", "-c", "/bin/true hello e2e-1; sleep 0.5")
     execs = eventually(sb, ("--pod", "web-1"),
                        _with("process_exec", binary="/bin/true", arguments="hello e2e-1"))
     assert len(execs) == 1
@@ -70,6 +71,7 @@ def test_exec_in_a_pod_names_pod_binary_arguments_and_parent_and_its_exit_the_co
     assert "execve" in proc["flags"]
     assert proc["parent_exec_id"]
     assert execs[0]["parent"]["exec_id"] == proc["parent_exec_id"]
+    assert execs[0]["parent"]["binary"] == "/bin/sh"
     exits = eventually(sb, ("--pod", "web-1", "--type", "process_exit"),
                        _with("process_exit", exec_id=proc["exec_id"]))
     assert [(e["status"], e["signal"]) for e in exits] == [(0, "")]
