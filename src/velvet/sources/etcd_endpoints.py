@@ -24,11 +24,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from velvet.model.cluster_endpoint import ClusterEndpoint, InvalidClusterEndpoint
 from velvet.sources.etcd_client import EtcdClient, EtcdError, KeyValue, follow_prefix
+from velvet.sources.publisher import publish_when_asked
 
 ENDPOINTS_PREFIX = "/velvet/endpoints/"
 IDLE_TIMEOUT_SECONDS = 10.0
-MIN_BACKOFF_SECONDS = 0.5
-MAX_BACKOFF_SECONDS = 5.0
 
 log = logging.getLogger("velvet.endpoints")
 
@@ -73,27 +72,16 @@ class EtcdEndpoints:
 
     def _publisher(self) -> None:
         """Write what was asked whenever asked; after a failure try again (0.5 s doubling to 5 s)."""
-        delay = MIN_BACKOFF_SECONDS
-        while not self._stop.is_set():
-            self._dirty.wait()
-            self._dirty.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self._write()
-                delay = MIN_BACKOFF_SECONDS
-            except EtcdError as err:
-                log.warning("publishing this node's endpoints: %s; retrying in %.1f s", err, delay)
-                self._dirty.set()
-                self._stop.wait(delay)
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+        publish_when_asked(self._write, self._dirty, self._stop, (EtcdError,),
+                           "publishing this node's endpoints")
 
-    def _write(self) -> None:
-        """Bring etcd to the desired set: put what changed under the lease, delete what went."""
+    def _write(self) -> bool:
+        """Bring etcd to the desired set: put what changed under the lease, delete what went (never asks to
+        write again: the next change or lease does)."""
         with self._lock:
             lease, wanted, relist = self._lease, self._desired, self._relist
             if not lease or wanted is None:
-                return
+                return False
             self._relist = False
         try:
             if relist:
@@ -109,6 +97,7 @@ class EtcdEndpoints:
             with self._lock:
                 self._relist = self._relist or relist
             raise
+        return False
 
     def _own_keys(self) -> dict[str, bytes]:
         """This node's records as etcd holds them now."""

@@ -11,7 +11,6 @@ node's endpoint by IP, from the source's informer.
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,9 +18,7 @@ from typing import Any
 from velvet.errors import VelvetError
 from velvet.model.cluster_endpoint import ClusterEndpoint
 from velvet.sources.kube_client import VELVET_ENDPOINTS, Conflict, KubeCalls, KubeError, Missing
-from velvet.sources.kube_informer import BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS
-
-log = logging.getLogger("velvet.endpoints")
+from velvet.sources.publisher import publish_when_asked
 
 
 def endpoint_object(endpoint: ClusterEndpoint) -> dict[str, Any]:
@@ -131,20 +128,11 @@ class KubeEndpoints:
         return writes
 
     def _publisher(self) -> None:
-        backoff = BACKOFF_FIRST_SECONDS
-        while not self._stop.is_set():
-            self._dirty.wait()
-            self._dirty.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.sync_once()
-                backoff = BACKOFF_FIRST_SECONDS
-                if self.retry:  # the informer catches up meanwhile
-                    self._stop.wait(BACKOFF_FIRST_SECONDS)
-                    self._dirty.set()
-            except KubeError as err:
-                log.warning("publishing this node's endpoints: %s; trying again in %.1f s", err, backoff)
-                self._dirty.set()
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+        """Write what was asked whenever asked; after a failure try again (0.5 s doubling to 5 s)."""
+        publish_when_asked(self._sync, self._dirty, self._stop, (KubeError,),
+                           "publishing this node's endpoints")
+
+    def _sync(self) -> bool:
+        """One sync; whether to sync again shortly (a write lost a race; the informer catches up)."""
+        self.sync_once()
+        return self.retry
