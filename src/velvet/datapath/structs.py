@@ -54,6 +54,8 @@ CT_LIFETIME_CLOSE_S = 10
 CT_REPORT_INTERVAL_S = 5
 PROC_CWD_DEPTH = 12
 PROC_CWD_NAME = 32
+GUARD_RULES_MAX = 64
+GUARD_NAME_MAX = 64
 
 C_DEFINES: dict[str, int] = {
     "LB_MAGLEV_LUT_SIZE": LB_MAGLEV_LUT_SIZE,
@@ -64,6 +66,8 @@ C_DEFINES: dict[str, int] = {
     "CT_REPORT_INTERVAL_S": CT_REPORT_INTERVAL_S,
     "PROC_CWD_DEPTH": PROC_CWD_DEPTH,
     "PROC_CWD_NAME": PROC_CWD_NAME,
+    "GUARD_RULES_MAX": GUARD_RULES_MAX,
+    "GUARD_NAME_MAX": GUARD_NAME_MAX,
 }
 """Every shared #define of types.h, by its C name."""
 
@@ -275,6 +279,30 @@ class ProcEventFlag(IntFlag):
     CWD_TRUNC = 4
 
 
+class GuardHook(IntEnum):
+    """enum guard_hook (GUARD_HOOK_*): the cgroup hook a guard rule (and its events) belong to."""
+
+    CONNECT = 1
+    SENDMSG = 2
+    SOCK_CREATE = 3
+    SYSCTL = 4
+    DEV = 5
+
+
+class GuardAction(IntEnum):
+    """enum guard_action (GUARD_*): what a matching guard rule does."""
+
+    DENY = 1
+    AUDIT = 2
+
+
+class GuardSysctlAccess(IntFlag):
+    """enum guard_sysctl_access (GUARD_SYSCTL_*): guard_rule.access of sysctl rules."""
+
+    READ = 1
+    WRITE = 2
+
+
 class SnatDir(IntEnum):
     """enum snat_dir (SNAT_*): snat4_key.dir."""
 
@@ -309,6 +337,9 @@ C_ENUMS: dict[str, tuple[type[IntEnum] | type[IntFlag], str]] = {
     "proc_event_type": (ProcEventType, "PROC_"),
     "proc_event_flags": (ProcEventFlag, "PROC_F_"),
     "snat_dir": (SnatDir, "SNAT_"),
+    "guard_hook": (GuardHook, "GUARD_HOOK_"),
+    "guard_action": (GuardAction, "GUARD_"),
+    "guard_sysctl_access": (GuardSysctlAccess, "GUARD_SYSCTL_"),
     "node_flags": (NodeFlag, "NODE_F_"),
 }
 """C enum name -> (Python enum, prefix of the C constant names)."""
@@ -624,6 +655,74 @@ class ProcConfig(Structure):
     _fields_ = [("cgroup_id", c_uint64), ("level", c_uint32), ("pad", c_uint32)]
 
 
+class GuardRule(Structure):
+    """struct guard_rule: a guard_rules slot (a zero field matches anything unless types.h says otherwise)."""
+
+    _fields_ = [
+        ("binsets", c_uint64),
+        ("policy", c_uint32),
+        ("hook", c_uint8),
+        ("action", c_uint8),
+        ("access", c_uint8),
+        ("dev_type", c_uint8),
+        ("protocol", c_uint16),
+        ("family", c_uint16),
+        ("sock_type", c_uint16),
+        ("port_lo", c_uint16),
+        ("port_hi", c_uint16),
+        ("name_len", c_uint16),
+        ("major", c_int32),
+        ("minor", c_int32),
+        ("name_prefix", c_char * GUARD_NAME_MAX),
+        ("pad", c_uint32),
+    ]
+
+
+class GuardScopeKey(Structure):
+    """struct guard_scope_key: (cgroup id, hook) of guard_scope; cgroup id 0 is every cgroup."""
+
+    _fields_ = [("cgroup_id", c_uint64), ("hook", c_uint32), ("pad", c_uint32)]
+
+
+class GuardCidr4Key(Structure):
+    """struct guard_cidr4_key: an LPM key of guard_cidr4."""
+
+    _fields_ = [("prefixlen", c_uint32), ("addr", BE32)]
+
+
+class GuardCidr6Key(Structure):
+    """struct guard_cidr6_key: an LPM key of guard_cidr6."""
+
+    _fields_ = [("prefixlen", c_uint32), ("addr", c_uint8 * 16)]
+
+
+class GuardEvent(Structure):
+    """struct guard_event: a record of the guard_events ring buffer."""
+
+    _fields_ = [
+        ("ts_ns", c_uint64),
+        ("cgroup_id", c_uint64),
+        ("pid", c_uint32),
+        ("tid", c_uint32),
+        ("uid", c_uint32),
+        ("policy", c_uint32),
+        ("hook", c_uint8),
+        ("action", c_uint8),
+        ("slot", c_uint8),
+        ("access", c_uint8),
+        ("family", c_uint16),
+        ("sock_type", c_uint16),
+        ("protocol", c_uint16),
+        ("port", c_uint16),
+        ("major", c_uint32),
+        ("minor", c_uint32),
+        ("addr", c_uint8 * 16),
+        ("comm", c_char * 16),
+        ("name", c_char * GUARD_NAME_MAX),
+        ("pad", c_uint32),
+    ]
+
+
 C_STRUCTS: dict[str, type[Structure]] = {
     "lb4_key": Lb4Key,
     "lb4_service": Lb4Service,
@@ -654,6 +753,11 @@ C_STRUCTS: dict[str, type[Structure]] = {
     "snat4_key": Snat4Key,
     "snat4_entry": Snat4Entry,
     "node_config": NodeConfig,
+    "guard_rule": GuardRule,
+    "guard_scope_key": GuardScopeKey,
+    "guard_cidr4_key": GuardCidr4Key,
+    "guard_cidr6_key": GuardCidr6Key,
+    "guard_event": GuardEvent,
 }
 """Every struct of types.h by its C name."""
 
@@ -692,3 +796,6 @@ PROCESS_EVENT_DTYPE: np.dtype[np.void] = numpy_dtype(ProcessEvent)
 
 SOCK_EVENT_DTYPE: np.dtype[np.void] = numpy_dtype(SockEvent)
 """struct sock_event as a numpy dtype."""
+
+GUARD_EVENT_DTYPE: np.dtype[np.void] = numpy_dtype(GuardEvent)
+"""struct guard_event as a numpy dtype."""

@@ -590,4 +590,101 @@ struct node_config {
 	__u32 flags;          /* enum node_flags */
 };
 
+/* ---- Runtime enforcement in cgroup hooks (guard.bpf.o) ---------------------------------------- */
+
+/*
+ * Rules live in GUARD_RULES_MAX slots of guard_rules. A rule applies to the processes of the cgroups
+ * guard_scope names for its hook (cgroup id 0: every cgroup under the attach point), whose binary is in
+ * one of its binary sets (proc_binsets; 0: any binary), and to operations its hook's fields match.
+ * connect/sendmsg rules also need their destination in one of their prefixes (guard_cidr4/6, whose
+ * values are the slots whose prefixes contain the key's prefix). A match of a GUARD_DENY rule fails the
+ * operation with EPERM; a GUARD_AUDIT rule lets it through. Both write a guard_event.
+ */
+#define GUARD_RULES_MAX 64 /* slots of guard_rules: bits of the u64 slot bitmaps */
+#define GUARD_NAME_MAX 64  /* bytes of a sysctl name prefix (and of guard_event.name) */
+
+/* guard_rule.hook, guard_scope_key.hook and guard_event.hook */
+enum guard_hook {
+	GUARD_HOOK_CONNECT = 1,     /* cgroup/connect4, cgroup/connect6 */
+	GUARD_HOOK_SENDMSG = 2,     /* cgroup/sendmsg4, cgroup/sendmsg6 (UDP datagrams with an address) */
+	GUARD_HOOK_SOCK_CREATE = 3, /* cgroup/sock_create (AF_INET and AF_INET6 sockets) */
+	GUARD_HOOK_SYSCTL = 4,      /* cgroup/sysctl (reads and writes of /proc/sys) */
+	GUARD_HOOK_DEV = 5,         /* cgroup/dev (open and mknod of device files) */
+};
+
+/* guard_rule.action, guard_event.action */
+enum guard_action {
+	GUARD_DENY = 1,  /* the operation fails with EPERM */
+	GUARD_AUDIT = 2, /* the operation goes on; only the event */
+};
+
+/* guard_rule.access for GUARD_HOOK_SYSCTL (dev rules use the kernel's BPF_DEVCG_ACC_* bits) */
+enum guard_sysctl_access {
+	GUARD_SYSCTL_READ = 1,
+	GUARD_SYSCTL_WRITE = 2,
+};
+
+/* guard_rules value (array, key = slot). A zero field matches anything unless said otherwise. */
+struct guard_rule {
+	__u64 binsets;     /* binary sets (bit i = set i of proc_binsets) the rule applies to; 0: any */
+	__u32 policy;      /* index of the policy that made the rule (reported in events) */
+	__u8 hook;         /* enum guard_hook; 0: an empty slot */
+	__u8 action;       /* enum guard_action */
+	__u8 access;       /* sysctl: enum guard_sysctl_access bits; dev: BPF_DEVCG_ACC_* bits */
+	__u8 dev_type;     /* dev: BPF_DEVCG_DEV_BLOCK (1) or BPF_DEVCG_DEV_CHAR (2) */
+	__u16 protocol;    /* connect/sendmsg/sock_create: IPPROTO_* */
+	__u16 family;      /* sock_create: AF_INET (2) or AF_INET6 (10) */
+	__u16 sock_type;   /* sock_create: SOCK_STREAM (1), SOCK_DGRAM (2), SOCK_RAW (3), ... */
+	__u16 port_lo;     /* connect/sendmsg: destination port range, host order, inclusive (0-65535: any) */
+	__u16 port_hi;
+	__u16 name_len;    /* sysctl: bytes of name_prefix to compare; 0: every name */
+	__s32 major;       /* dev: -1 any */
+	__s32 minor;       /* dev: -1 any */
+	char name_prefix[GUARD_NAME_MAX]; /* sysctl: name prefix as the kernel gives it ("net/ipv4/") */
+	__u32 pad;
+};
+
+/* guard_scope key: the rules of one hook for the processes of one cgroup (0: of every cgroup). */
+struct guard_scope_key {
+	__u64 cgroup_id;
+	__u32 hook;        /* enum guard_hook */
+	__u32 pad;
+};
+
+/* guard_cidr4 key (LPM trie): a destination prefix of connect/sendmsg rules. */
+struct guard_cidr4_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+/* guard_cidr6 key (LPM trie). */
+struct guard_cidr6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* guard_events ring buffer record: an operation a rule denied or audited. */
+struct guard_event {
+	__u64 ts_ns;
+	__u64 cgroup_id;
+	__u32 pid;         /* thread-group id */
+	__u32 tid;
+	__u32 uid;
+	__u32 policy;      /* guard_rule.policy of the rule that matched */
+	__u8 hook;         /* enum guard_hook */
+	__u8 action;       /* enum guard_action */
+	__u8 slot;         /* the rule's slot */
+	__u8 access;       /* sysctl: GUARD_SYSCTL_READ or _WRITE; dev: BPF_DEVCG_ACC_* of the access */
+	__u16 family;      /* connect/sendmsg/sock_create: AF_INET or AF_INET6 */
+	__u16 sock_type;   /* socket type; dev: BPF_DEVCG_DEV_* */
+	__u16 protocol;
+	__u16 port;        /* connect/sendmsg: destination port, host order */
+	__u32 major;       /* dev */
+	__u32 minor;
+	__u8 addr[16];     /* connect/sendmsg: destination (IPv4 in the first 4 bytes, network order) */
+	char comm[16];
+	char name[GUARD_NAME_MAX]; /* sysctl: the name (NUL-terminated, cut at GUARD_NAME_MAX - 1) */
+	__u32 pad;
+};
+
 #endif /* VELVET_TYPES_H */
