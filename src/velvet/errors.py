@@ -9,6 +9,7 @@ VelvetError
 │   └── KeyNotFound            a map lookup or delete found no such key
 ├── InvalidManifest            a manifest failed validation (file, document, field, reason)
 │   └── InvalidReport          a node runtime report (pod status, CNI endpoint) failed validation
+├── InvalidRule                a runtime enforcement rule cannot be programmed (which rule, why)
 ├── SandboxError               the sandbox could not create or remove something
 ├── NeedsRoot                  the command needs root and runs as another user
 ├── BadRequest                 a request to the agent is malformed (API answers 400)
@@ -94,6 +95,15 @@ class InvalidReport(InvalidManifest):
         self.path = where
         self.document = 0
         self.field = field
+        self.reason = reason
+
+
+class InvalidRule(VelvetError):
+    """A runtime enforcement rule (velvet.runtime.guard_rules) cannot be programmed; none of its set was."""
+
+    def __init__(self, rule: str, reason: str) -> None:
+        super().__init__(f"{rule}: {reason}")
+        self.rule = rule
         self.reason = reason
 
 

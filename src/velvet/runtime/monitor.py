@@ -217,6 +217,14 @@ class ProcessMonitor:
         labels = tuple((k, v) for k, sep, v in pairs if sep and not k.startswith(_HIDDEN_LABEL_PREFIXES))
         return PodRef(info.namespace, info.pod_name, labels)
 
+    def process(self, pid: int) -> Process | None:
+        """The process `pid` as the tree knows it, else as /proc shows it (None when gone)."""
+        return self._parent(pid)
+
+    def pod(self, cgroup_id: int) -> PodRef | None:
+        """The pod whose cgroup `cgroup_id` is (None: a node process, or a pod not known yet)."""
+        return self._pod(cgroup_id)
+
     # -- records in -------------------------------------------------------------------------------
 
     def filenos(self) -> list[int]:
