@@ -156,6 +156,7 @@ class GuardEnv:
         self.guard = guard
         self.cgroup = cgroup
         self.netns = netns
+        self.pin_dir = pin_dir
         self.binsets = open_binsets(pin_dir)
         resolver = DictResolver()
         resolver.set_cgroup(cgroup.stat().st_ino, POD_IP)
@@ -395,3 +396,21 @@ def test_a_bad_rule_changes_nothing(env: GuardEnv) -> None:
         env.guard.set_rules([connect_rule(2, "127.0.0.300/8")])
     blocked = env.client(BLOCKED)
     assert blocked.run(["connect", socket.AF_INET, "127.0.0.1", 8080]) == ["EPERM"]
+
+
+def test_a_restarted_guard_keeps_enforcing_and_writes_nothing_new(env: GuardEnv) -> None:
+    """Test that a second load of the guard over the same pins (an agent restart) keeps the rules in force
+    while it takes over the links, and that setting the same rules again writes nothing: the difference
+    is taken against the kernel's maps, not the previous agent's memory."""
+    rule = connect_rule(5, "127.0.0.0/8")
+    env.guard.set_rules([rule])
+    restarted = KernelGuard(env.pin_dir, env.cgroup)
+    try:
+        restarted.start()
+        blocked = env.client(BLOCKED)
+        assert blocked.run(["connect", socket.AF_INET, "127.0.0.1", 8080]) == ["EPERM"]
+        again = restarted.set_rules([rule])
+        assert sum(again.written.values()) == sum(again.deleted.values()) == 0
+        assert [e["process"]["pid"] for e in env.new_events()] == [blocked.pid]  # the same pinned ring
+    finally:
+        restarted.close()

@@ -150,6 +150,26 @@ async def process_loop(agent: Agent) -> None:
             loop.remove_reader(fd)
 
 
+async def guard_loop(agent: Agent) -> None:
+    """Move the guard's denials and audits into its event store, woken by its ring's fd."""
+    ready = asyncio.Event()
+    fds = agent.guard.filenos()
+    loop = asyncio.get_running_loop()
+    for fd in fds:
+        loop.add_reader(fd, ready.set)
+    try:
+        while True:
+            if agent.guard.poll():
+                await asyncio.sleep(0)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ready.wait(), EVENT_POLL_SECONDS)
+            ready.clear()
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)
+
+
 async def _serve_http(handlers: AgentHandlers) -> web.AppRunner | None:
     """Serve /metrics and the service map on the configured loopback address (a failure is logged)."""
     agent = handlers.agent
@@ -203,7 +223,8 @@ async def run_agent(agent: Agent) -> None:
     log.info("agent up: API on %s", agent.paths.socket)
     http_runner = await _serve_http(handlers)
     tasks = [asyncio.create_task(coro) for coro in (
-        reconcile_loop(handlers), event_loop(agent), process_loop(agent), collect_when_idle(handlers),
+        reconcile_loop(handlers), event_loop(agent), process_loop(agent), guard_loop(agent),
+        collect_when_idle(handlers),
         follow_remote(handlers, changed), every(EXPIRY_PERIOD_SECONDS, handlers, agent.reconcile_nodes),
         every(EXPIRY_PERIOD_SECONDS, handlers, agent.expire_terminating),
         every(MAP_FILL_PERIOD_SECONDS, handlers, agent.refresh_map_fill))]
@@ -225,6 +246,7 @@ def main(config: AgentConfig, *, fake_datapath: bool = False) -> None:
     """Run an agent with the kernel datapath (or the in-memory fake, for unprivileged trials)."""
     from velvet.datapath.fake import FakeDatapath
     from velvet.datapath.kernel import KernelDatapath
+    from velvet.runtime.guard import KernelGuard
     from velvet.runtime.source import KernelProcSource
 
     pin_dir = AgentPaths(config.sandbox, config.node_dir).pin_dir
@@ -232,4 +254,5 @@ def main(config: AgentConfig, *, fake_datapath: bool = False) -> None:
         pin_dir, cgroup=config.cgroup, uplink=config.uplink,
         tunnel=TUNNEL_DEVICE if config.routing == "tunnel" else None)
     processes = None if fake_datapath else KernelProcSource(pin_dir, config.cgroup)
-    asyncio.run(run_agent(Agent(config, datapath, proc_source=processes)))
+    guard = None if fake_datapath or config.cgroup is None else KernelGuard(pin_dir, config.cgroup)
+    asyncio.run(run_agent(Agent(config, datapath, proc_source=processes, guard_source=guard)))

@@ -101,6 +101,7 @@ class AgentHandlers:
         address = self.http_address
         answer["flows"] = self.agent.flows.status()
         answer["processes"] = self.agent.processes.status()
+        answer["enforcement"] = self.agent.guard.status()
         answer["http"] = None if address is None else {
             "address": address, "netns": self.agent.config.metrics_netns or "agent",
             "metrics": f"http://{address}/metrics", "ui": f"http://{address}/ui/"}
@@ -157,6 +158,8 @@ class AgentHandlers:
             return self.agent.flows.query(FlowQuery.from_params(params))
         if what == "process_events":
             return self.agent.processes.query(EventQuery.from_params(params))
+        if what == "enforcement_events":
+            return self.agent.guard.query(params)
         return await self.run(queries.query, self.agent, what, params)
 
     def stream(self, what: str, params: Mapping[str, str]) -> AsyncIterator[Any]:

@@ -52,6 +52,8 @@ from velvet.model.pod import PodCondition, PodStatus
 from velvet.observe.enrich import DictResolver
 from velvet.observe.pipeline import FlowPipeline
 from velvet.paths import AgentPaths
+from velvet.runtime.enforce import Enforcer
+from velvet.runtime.guard import GuardSource
 from velvet.runtime.monitor import ProcessMonitor
 from velvet.runtime.source import ProcessSource
 from velvet.sources.backend import Backend
@@ -90,10 +92,11 @@ class Agent:
 
     def __init__(self, config: AgentConfig, datapath: Datapath, wiring: Wiring | None = None,
                  routes: RouteTable | None = None, tunnel: TunnelDevice | None = None,
-                 proc_source: ProcessSource | None = None) -> None:
+                 proc_source: ProcessSource | None = None, guard_source: GuardSource | None = None) -> None:
         """An agent over `datapath`; `wiring` makes the veths of runtime pods, `routes` the routes to other
         nodes, `tunnel` the VXLAN device of tunnel mode (netlink in the agent's namespace unless given),
-        `proc_source` the process events (None: no process monitor).
+        `proc_source` the process events (None: no process monitor), `guard_source` the runtime
+        enforcement in cgroup hooks (None: none; rules are set with `guard.set_rules`).
 
         With the Kubernetes source the node's pod CIDR is its Node's (waited for until it has one)."""
         self.kube: KubeSource | None = None
@@ -152,6 +155,7 @@ class Agent:
         self.processes = ProcessMonitor(proc_source, self.resolver, config.node_name, cgroup=config.cgroup,
                                         registry=self.metrics_registry)
         self.flows.processes = self.processes.flow_processes  # flows name the process of their connection
+        self.guard = Enforcer(guard_source, self.processes, config.node_name, registry=self.metrics_registry)
         writer = TableWriter(datapath)
         self.endpoints = EndpointController(self.state_dir / "endpoints.json", datapath)
         gateway = config.host_ips[-1]
@@ -227,6 +231,7 @@ class Agent:
         self._await_cluster_view()
         self.reconcile(Dirty(policy=True))
         self.processes.start()  # after the first pass: the pods' cgroups name the processes found in /proc
+        self.guard.start()
 
     def _leave_services_to_kube_proxy(self) -> None:
         """Without kube-proxy replacement: empty the load-balancing maps, so no entry of a previous life
@@ -383,6 +388,7 @@ class Agent:
     def close(self) -> None:
         """Leave the cluster (revoke the node's lease) and stop following the store."""
         self.processes.close()
+        self.guard.close()
         if self.prober is not None:
             self.prober.close()
         if self.registry is not None:

@@ -14,7 +14,7 @@ import logging
 from ctypes import c_uint32, c_uint64
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from velvet.datapath.bpfobject import BpfObject, load_over_pins
 from velvet.datapath.maps import Map
 from velvet.datapath.structs import GUARD_EVENT_DTYPE, GUARD_RULES_MAX, GuardRule
 from velvet.datapath.views import RingView
+from velvet.errors import DatapathError
 from velvet.runtime.guard_rules import MAPS, Contents, DenyRule, compile_rules
 from velvet.system import mounts
 
@@ -41,19 +42,49 @@ HOOKS = {
 _EMPTY_RULE = bytes(GuardRule())
 
 
-class GuardEventsRing(RingView):
-    """guard_events: struct guard_event records (GUARD_EVENT_DTYPE) of guard.bpf.o."""
-
-    name = "guard_events"
-    dtype = GUARD_EVENT_DTYPE
-
-
 @dataclass(frozen=True)
 class RuleWrite:
     """What one `set_rules` changed in the kernel: entries written and deleted per map."""
 
     written: dict[str, int]
     deleted: dict[str, int]
+
+
+class GuardSource(Protocol):
+    """Where rules are enforced and denials come from: the kernel, or a fake in unit tests."""
+
+    slots: dict[DenyRule, int]  # the slot of every rule in force
+
+    def start(self) -> None:
+        """Load and attach."""
+
+    def set_rules(self, rules: list[DenyRule]) -> RuleWrite:
+        """Enforce exactly `rules` (InvalidRule, and nothing written, for a bad one)."""
+
+    def read(self, max_records: int = 4096) -> Any:
+        """Committed event records (a numpy array of GUARD_EVENT_DTYPE), oldest first."""
+
+    def filenos(self) -> list[int]:
+        """Pollable fds, readable while records are pending (none: poll)."""
+
+    def matches(self) -> dict[int, int]:
+        """Matches counted per slot, slots that matched at least once."""
+
+    def lost(self) -> int:
+        """Events the kernel had no room for."""
+
+    def programs(self) -> list[dict[str, Any]]:
+        """The loaded programs: name, id and where each is attached."""
+
+    def close(self) -> None:
+        """Release fds; pinned links keep enforcing."""
+
+
+class GuardEventsRing(RingView):
+    """guard_events: struct guard_event records (GUARD_EVENT_DTYPE) of guard.bpf.o."""
+
+    name = "guard_events"
+    dtype = GUARD_EVENT_DTYPE
 
 
 class KernelGuard:
@@ -82,7 +113,7 @@ class KernelGuard:
     def _loaded(self) -> BpfObject:
         """The loaded object; raises before start."""
         if self._obj is None:
-            raise RuntimeError("KernelGuard.start() was not called")
+            raise DatapathError("guard.bpf.o is not loaded (KernelGuard.start() was not called)")
         return self._obj
 
     def set_rules(self, rules: list[DenyRule]) -> RuleWrite:

@@ -1,0 +1,103 @@
+"""The node's runtime enforcement as the agent runs it: the guard's rules in force, its events, its status.
+
+`Enforcer.set_rules` is the one way in for rules (the policy compiler's output); a bad rule raises
+InvalidRule and the rules in force stay. A kernel that refuses the programs leaves the agent running
+without enforcement: one error line in the log, `velvet status` says why, and `set_rules` refuses with
+that reason rather than pretend. Call every method but `start` from the agent's event loop thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from velvet.errors import DatapathError, VelvetError
+from velvet.runtime.guard import GuardSource, RuleWrite
+from velvet.runtime.guard_events import GuardEvents
+from velvet.runtime.guard_rules import DenyRule
+from velvet.runtime.monitor import ProcessMonitor
+from velvet.runtime.process import Json
+
+log = logging.getLogger("velvet.runtime")
+
+
+class Enforcer:
+    """Rules in, denials and audits out (Tetragon-shaped, with the process monitor's processes)."""
+
+    def __init__(self, source: GuardSource | None, monitor: ProcessMonitor, node_name: str, *,
+                 registry: CollectorRegistry | None = None) -> None:
+        """Enforcement through `source` (None: none on this node)."""
+        self.source = source
+        self.events = GuardEvents(node_name, monitor)
+        self.rules: list[DenyRule] = []
+        self.error = "" if source is not None else "runtime enforcement is off on this node"
+        self.actions = Counter("velvet_policy_actions",
+                               "Operations runtime policies denied or audited, by pod",
+                               ["namespace", "pod", "policy", "action"], registry=registry)
+
+    def start(self) -> None:
+        """Load and attach the guard (rules written before an agent restart stay enforced meanwhile)."""
+        if self.source is None:
+            return
+        try:
+            self.source.start()
+        except VelvetError as exc:
+            log.error("no runtime enforcement: %s", exc)
+            self.error = str(exc)
+            self.source.close()
+            self.source = None
+
+    def set_rules(self, rules: list[DenyRule], policy_names: Mapping[int, str]) -> RuleWrite:
+        """Enforce exactly `rules`; `policy_names` names each policy index in events."""
+        if self.source is None:
+            raise DatapathError(f"cannot enforce runtime rules: {self.error}")
+        written = self.source.set_rules(rules)
+        self.rules = list(rules)
+        self.events.policy_names = dict(policy_names)
+        return written
+
+    def filenos(self) -> list[int]:
+        """The guard's pollable fds."""
+        return self.source.filenos() if self.source is not None else []
+
+    def poll(self, max_records: int = 4096) -> int:
+        """Take up to `max_records` pending denials and audits; how many were taken."""
+        if self.source is None:
+            return 0
+        made = self.events.ingest(self.source.read(max_records))
+        for event in made:
+            body = event["process_tracepoint"]
+            pod = body["process"].get("pod") or {}
+            self.actions.labels(namespace=pod.get("namespace", ""), pod=pod.get("name", ""),
+                                policy=body["policy_name"] or str(body["policy_index"]),
+                                action=body["action"]).inc()
+        return len(made)
+
+    def query(self, params: Mapping[str, str]) -> list[Json]:
+        """The last `last` (20) events of `namespace` and `pod` (glob); a bad `last` raises ValueError."""
+        last = int(params.get("last", 20))
+        if last < 0:
+            raise ValueError(f"last must be >= 0, not {last}")
+        return self.events.query(last=last, namespace=params.get("namespace", ""), pod=params.get("pod", ""))
+
+    def status(self) -> Json:
+        """For `velvet status`: attached or why not, the rules in force with their matches, events lost."""
+        if self.source is None:
+            return {"attached": False, "error": self.error, "rules": [], "lost": 0, "programs": []}
+        matches = self.source.matches()
+        slots = self.source.slots
+        rules: list[Any] = [
+            {"policy_index": r.policy, "policy_name": self.events.policy_names.get(r.policy, ""),
+             "hook": r.hook.name.lower(), "action": r.action.name.lower(),
+             "matches": matches.get(slots[r], 0)}
+            for r in self.rules if r in slots]
+        return {"attached": True, "error": "", "rules": rules, "lost": self.source.lost(),
+                "programs": self.source.programs()}
+
+    def close(self) -> None:
+        """Release the source (pinned links keep enforcing)."""
+        if self.source is not None:
+            self.source.close()
