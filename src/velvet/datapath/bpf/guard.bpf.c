@@ -74,9 +74,9 @@ struct guard_op {
 	__u8 hook;
 	__u8 access;
 	__u16 family;
-	__u16 sock_type;
+	__u16 sock_type; /* the socket type; dev: BPF_DEVCG_DEV_* (as guard_event.sock_type) */
 	__u16 protocol;
-	__u16 port;
+	__u16 port;      /* host order */
 	__u32 major;
 	__u32 minor;
 	__u8 addr[16];
@@ -117,6 +117,7 @@ static __always_inline __u64 guard_binsets(void)
 	return found ? *found : 0;
 }
 
+/* Count one in guard_stats at `index` (a slot, or GUARD_RULES_MAX for a lost event). */
 static __always_inline void guard_count(__u32 index)
 {
 	__u64 *count = bpf_map_lookup_elem(&guard_stats, &index);
