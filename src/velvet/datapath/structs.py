@@ -54,6 +54,10 @@ CT_LIFETIME_CLOSE_S = 10
 CT_REPORT_INTERVAL_S = 5
 PROC_CWD_DEPTH = 12
 PROC_CWD_NAME = 32
+RT_MAX_PIDS = 16  # values of one matchPIDs entry (types.h)
+RT_PATH_MAX = 256  # bytes of a binary path key, NUL included (types.h)
+RT_MAX_RULES = 64  # selectors of every exec policy together (types.h)
+RT_PID_DEPTH = 8  # ancestors looked at for matchPIDs followForks (types.h)
 
 C_DEFINES: dict[str, int] = {
     "LB_MAGLEV_LUT_SIZE": LB_MAGLEV_LUT_SIZE,
@@ -64,6 +68,10 @@ C_DEFINES: dict[str, int] = {
     "CT_REPORT_INTERVAL_S": CT_REPORT_INTERVAL_S,
     "PROC_CWD_DEPTH": PROC_CWD_DEPTH,
     "PROC_CWD_NAME": PROC_CWD_NAME,
+    "RT_MAX_RULES": RT_MAX_RULES,
+    "RT_MAX_PIDS": RT_MAX_PIDS,
+    "RT_PID_DEPTH": RT_PID_DEPTH,
+    "RT_PATH_MAX": RT_PATH_MAX,
 }
 """Every shared #define of types.h, by its C name."""
 
@@ -275,6 +283,24 @@ class ProcEventFlag(IntFlag):
     CWD_TRUNC = 4
 
 
+class RtAction(IntEnum):
+    """enum rt_action (RT_ACTION_*): what an exec policy did (process_event.action; larger wins)."""
+
+    NONE = 0
+    NOPOST = 1
+    POST = 2
+    SIGNAL = 3
+    SIGKILL = 4
+
+
+class RtMatchOp(IntEnum):
+    """enum rt_match_op (RT_MATCH_*): rt_rule.bin_op and pid_op."""
+
+    ANY = 0
+    IN = 1
+    NOT_IN = 2
+
+
 class SnatDir(IntEnum):
     """enum snat_dir (SNAT_*): snat4_key.dir."""
 
@@ -308,6 +334,8 @@ C_ENUMS: dict[str, tuple[type[IntEnum] | type[IntFlag], str]] = {
     "reserved_identity": (ReservedIdentity, "IDENTITY_"),
     "proc_event_type": (ProcEventType, "PROC_"),
     "proc_event_flags": (ProcEventFlag, "PROC_F_"),
+    "rt_action": (RtAction, "RT_ACTION_"),
+    "rt_match_op": (RtMatchOp, "RT_MATCH_"),
     "snat_dir": (SnatDir, "SNAT_"),
     "node_flags": (NodeFlag, "NODE_F_"),
 }
@@ -590,10 +618,12 @@ class ProcessEvent(Structure):
         ("exit_code", c_int32),
         ("type", c_uint8),
         ("flags", c_uint8),
-        ("pad0", c_uint8 * 2),
+        ("action", c_uint8),
+        ("pad0", c_uint8),
         ("args_len", c_uint32),
         ("cwd_depth", c_uint8),
-        ("pad", c_uint8 * 3),
+        ("pad", c_uint8),
+        ("policy", c_uint16),
         ("comm", c_char * 16),
         ("filename", c_char * 256),
         ("args", c_char * 512),
@@ -616,6 +646,42 @@ class SockEvent(Structure):
         ("new_state", c_uint8),
         ("pad", c_uint8 * 2),
     ]
+
+
+class RtRule(Structure):
+    """struct rt_rule: one selector of an exec tracing policy (rt_rules value)."""
+
+    _fields_ = [
+        ("policy_rules", c_uint64),
+        ("policy", c_uint32),
+        ("action", c_uint8),
+        ("signal", c_uint8),
+        ("bin_op", c_uint8),
+        ("binset", c_uint8),
+        ("pid_op", c_uint8),
+        ("pid_follow", c_uint8),
+        ("npids", c_uint8),
+        ("pad", c_uint8),
+        ("pids", c_uint32 * RT_MAX_PIDS),
+    ]
+
+
+class RtConfig(Structure):
+    """struct rt_config: the rules that apply to every process of the node."""
+
+    _fields_ = [("global_rules", c_uint64)]
+
+
+class RtPath(Structure):
+    """struct rt_path: an exact binary path key (rt_bin_paths), zero-padded."""
+
+    _fields_ = [("path", c_char * RT_PATH_MAX)]
+
+
+class RtPathLpm(Structure):
+    """struct rt_path_lpm: a binary path prefix key of the rt_bin_prefixes LPM trie (prefixlen in bits)."""
+
+    _fields_ = [("prefixlen", c_uint32), ("path", c_char * RT_PATH_MAX)]
 
 
 class ProcConfig(Structure):
@@ -650,6 +716,10 @@ C_STRUCTS: dict[str, type[Structure]] = {
     "flow_event": FlowEvent,
     "process_event": ProcessEvent,
     "proc_config": ProcConfig,
+    "rt_rule": RtRule,
+    "rt_config": RtConfig,
+    "rt_path": RtPath,
+    "rt_path_lpm": RtPathLpm,
     "sock_event": SockEvent,
     "snat4_key": Snat4Key,
     "snat4_entry": Snat4Entry,

@@ -21,7 +21,7 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -31,7 +31,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from velvet.datapath.structs import ProcEventFlag, ProcEventType
+from velvet.datapath.rt_tables import RtTables
+from velvet.datapath.structs import ProcEventFlag, ProcEventType, RtAction
 from velvet.errors import NotSupported, VelvetError
 from velvet.observe.enrich import EndpointResolver
 from velvet.observe.flow import Flow
@@ -73,12 +74,16 @@ class ProcessEvent:
     parent: Process | None
     status: int = 0
     signal: str = ""
+    policy_name: str = ""  # process_exec: the tracing policy that acted on the exec (Post, Signal, Sigkill)
+    action: str = ""
 
     def to_json(self, node_name: str) -> Json:
         """Tetragon's event JSON: {"process_exec": {"process": …, "parent": …}, "node_name", "time"}."""
         body: Json = {"process": self.process.to_json()}
         if self.parent is not None:
             body["parent"] = self.parent.to_json()
+        if self.policy_name:
+            body.update(policy_name=self.policy_name, action=self.action)
         if self.type == "process_exit":
             body.update(status=self.status, signal=self.signal, time=rfc3339(self.time_ns))
         return {self.type: body, "node_name": node_name, "time": rfc3339(self.time_ns)}
@@ -145,6 +150,11 @@ class ProcessMonitor:
         self._clock_offset_ns = time.time_ns() - time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
         self.execs = Counter("velvet_process_execs", "Process executions seen, by pod (node: empty labels)",
                              ["namespace", "pod"], registry=registry)
+        self.policy_actions = Counter("velvet_policy_actions",
+                                      "Tracing policy actions on execs, by pod (node: empty), policy, action",
+                                      ["namespace", "pod", "policy", "action"], registry=registry)
+        self.policy_names: dict[int, str] = {}  # the kernel's policy index -> the policy's name
+        self.policy_tables = RtTables()  # what the kernel's exec policy maps hold
         if registry is not None:
             registry.register(_LostCollector(self))
 
@@ -281,8 +291,31 @@ class ProcessMonitor:
                        self._pod(cgroup_id))
         self.tree.put(proc)
         pod = proc.pod
-        self.execs.labels(namespace=pod.namespace if pod else "", pod=pod.name if pod else "").inc()
-        self._emit(ProcessEvent("process_exec", proc.start_ns, proc, parent))
+        namespace, pod_name = (pod.namespace, pod.name) if pod else ("", "")
+        self.execs.labels(namespace=namespace, pod=pod_name).inc()
+        event = ProcessEvent("process_exec", proc.start_ns, proc, parent)
+        action = int(r["action"])
+        if action != RtAction.NONE:
+            policy = self.policy_names.get(int(r["policy"]), f"#{int(r['policy'])}")
+            name = _ACTION_NAMES[RtAction(action)]
+            self.policy_actions.labels(namespace=namespace, pod=pod_name, policy=policy, action=name).inc()
+            if action != RtAction.NOPOST:
+                event.policy_name, event.action = policy, name
+        self._emit(event)
+
+    def set_policy(self, tables: RtTables, names: dict[int, str]) -> None:
+        """Program the exec policies (only what differs from what the kernel holds) and name their indexes;
+        the processes already running get their binary sets (`sets_of(binary)`) written once."""
+        if self.source is not None and tables != self.policy_tables:
+            self.source.write_policy(self.policy_tables, tables)
+        self.policy_tables = tables
+        self.policy_names.update(names)
+
+    def write_binsets(self, sets_of: Callable[[str], int]) -> None:
+        """proc_binsets of every live process the tree knows, from its binary (the kernel keeps them current
+        from the next exec or fork on; this covers processes that ran before the agent or the policy)."""
+        if self.source is not None:
+            self.source.write_binsets({p.pid: sets_of(p.binary) for p in self.tree.live()})
 
     def _on_fork(self, r: Any) -> None:
         pid, ts = int(r["pid"]), int(r["ts_ns"])
@@ -403,6 +436,8 @@ class ProcessMonitor:
 
 
 _SIGNALS = {int(s) for s in signal.Signals}
+_ACTION_NAMES = {RtAction.NOPOST: "NoPost", RtAction.POST: "Post", RtAction.SIGNAL: "Signal",
+                 RtAction.SIGKILL: "Sigkill"}
 
 
 def _under(cgroup: str, prefix: str) -> bool:

@@ -17,13 +17,25 @@ import numpy as np
 
 from velvet.datapath import attach, build
 from velvet.datapath.bpfobject import BpfObject, load_over_pins
-from velvet.datapath.structs import PROCESS_EVENT_DTYPE, SOCK_EVENT_DTYPE, ProcConfig
+from velvet.datapath.rt_tables import RtTables, path_key, prefix_key
+from velvet.datapath.structs import (
+    PROCESS_EVENT_DTYPE,
+    SOCK_EVENT_DTYPE,
+    ProcConfig,
+    RtConfig,
+    RtPath,
+    RtPathLpm,
+    RtRule,
+)
 from velvet.datapath.views import ProcEventsRing, RingView
 from velvet.system import mounts
 from velvet.system.mounts import cgroup2_mount
 
 log = logging.getLogger("velvet.runtime")
-PINNED_MAPS = ("proc_events", "proc_sock_events", "proc_config", "proc_lost", "proc_socks")
+RUNTIME_POLICY_MAPS = ("rt_rules", "rt_config", "rt_cgroup_rules", "rt_bin_paths", "rt_bin_prefixes",
+                       "rt_scratch")
+PINNED_MAPS = ("proc_events", "proc_sock_events", "proc_config", "proc_lost", "proc_socks", "proc_binsets",
+               *RUNTIME_POLICY_MAPS)
 # program -> (tracepoint category or "raw", tracepoint name)
 TRACEPOINTS = {
     "proc_exec": ("sched", "sched_process_exec"),
@@ -53,6 +65,12 @@ class ProcessSource(Protocol):
 
     def programs(self) -> list[dict[str, Any]]:
         """The loaded programs: name, id and the tracepoint each is attached to."""
+
+    def write_policy(self, old: RtTables, new: RtTables) -> None:
+        """Write the exec policy maps' difference between `old` (what they hold) and `new`."""
+
+    def write_binsets(self, binsets: dict[int, int]) -> None:
+        """Set proc_binsets of the given processes (tgid -> sets; 0 removes the entry)."""
 
     def close(self) -> None:
         """Release fds; pinned links keep reporting into the pinned ring."""
@@ -92,6 +110,9 @@ class KernelProcSource:
             config.level = cgroup_level(self.cgroup)
         with self._obj.map("proc_config") as untyped, untyped.typed(c_uint32, ProcConfig) as config_map:
             config_map.update(c_uint32(0), config)
+        for name in ("rt_config", "rt_cgroup_rules", "rt_bin_paths", "rt_bin_prefixes"):
+            with self._obj.map(name) as policy_map:  # the agent programs its policies afresh
+                policy_map.clear()
         for prog_name, (category, name) in TRACEPOINTS.items():
             pin = self.links_dir / prog_name.replace("_", "-")
             if category == "raw":
@@ -131,6 +152,49 @@ class KernelProcSource:
         return [{"name": name, "id": self._obj.program(name).id,
                  "attached_to": f"{'raw_tracepoint' if category == 'raw' else 'tracepoint ' + category}:{tp}"}
                 for name, (category, tp) in TRACEPOINTS.items()]
+
+    def write_policy(self, old: RtTables, new: RtTables) -> None:
+        """See `ProcessSource.write_policy`. New entries go in before what refers to them (sets, then rules,
+        then the masks that enable them); removals in the reverse order."""
+        if self._obj is None:
+            return
+        obj = self._obj
+        with obj.map("rt_bin_paths") as p, p.typed(RtPath, c_uint64) as paths, \
+                obj.map("rt_bin_prefixes") as x, x.typed(RtPathLpm, c_uint64) as prefixes, \
+                obj.map("rt_rules") as r, r.typed(c_uint32, RtRule) as rules, \
+                obj.map("rt_config") as c, c.typed(c_uint32, RtConfig) as config, \
+                obj.map("rt_cgroup_rules") as g, g.typed(c_uint64, c_uint64) as cgroups:
+            for path, sets in new.paths.items():
+                if old.paths.get(path) != sets:
+                    paths.update(path_key(path), c_uint64(sets))
+            for prefix, sets in new.prefixes.items():
+                if old.prefixes.get(prefix) != sets:
+                    prefixes.update(prefix_key(prefix), c_uint64(sets))
+            for number, rule in new.rules.items():
+                if old.rules.get(number) != rule:
+                    rules.update(c_uint32(number), rule.to_c())
+            if old.global_rules != new.global_rules:
+                config.update(c_uint32(0), RtConfig(global_rules=new.global_rules))
+            for cgroup, mask in new.cgroup_rules.items():
+                if old.cgroup_rules.get(cgroup) != mask:
+                    cgroups.update(c_uint64(cgroup), c_uint64(mask))
+            for cgroup in old.cgroup_rules.keys() - new.cgroup_rules.keys():
+                cgroups.delete(c_uint64(cgroup))
+            for prefix in old.prefixes.keys() - new.prefixes.keys():
+                prefixes.delete(prefix_key(prefix))
+            for path in old.paths.keys() - new.paths.keys():
+                paths.delete(path_key(path))
+
+    def write_binsets(self, binsets: dict[int, int]) -> None:
+        """See `ProcessSource.write_binsets`."""
+        if self._obj is None:
+            return
+        with self._obj.map("proc_binsets") as untyped, untyped.typed(c_uint32, c_uint64) as sets:
+            for tgid, bits in binsets.items():
+                if bits:
+                    sets.update(c_uint32(tgid), c_uint64(bits))
+                else:
+                    sets.delete(c_uint32(tgid))
 
     def lost(self) -> int:
         """See `ProcessSource.lost`."""
