@@ -101,6 +101,7 @@ class AgentHandlers:
         address = self.http_address
         answer["flows"] = self.agent.flows.status()
         answer["processes"] = self.agent.processes.status()
+        answer["tracing"] = self.agent.tracing.status()
         answer["http"] = None if address is None else {
             "address": address, "netns": self.agent.config.metrics_netns or "agent",
             "metrics": f"http://{address}/metrics", "ui": f"http://{address}/ui/"}

@@ -12,6 +12,8 @@ _ICONS = {"process_exec": ("🚀", "process"), "process_fork": ("🔀", "fork   
 def compact_line(event: Json, *, node_name: bool = False) -> str:
     """`🚀 process ns/pod /usr/bin/curl -s x`, `💥 exit    ns/pod /usr/bin/curl -s x 0` (or the signal).
 
+    An exec a tracing policy acted on ends with `(Sigkill by policy ns/name)`.
+
     A node process has no pod: the node's name stands there. A lost-events notice is a line of its own.
     """
     if "lost_events" in event:
@@ -27,6 +29,8 @@ def compact_line(event: Json, *, node_name: bool = False) -> str:
     line = f"{icon} {word} {where} {proc.get('binary', '')}"
     if proc.get("arguments"):
         line += f" {proc['arguments']}"
+    if body.get("policy_name"):
+        line += f" ({body.get('action', '')} by policy {body['policy_name']})"
     if kind == "process_exit":
         line += f" {body['signal']}" if body.get("signal") else f" {body.get('status', 0)}"
     if node_name:

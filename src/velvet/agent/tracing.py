@@ -1,0 +1,85 @@
+"""The node's tracing policies: compiled on the state worker when objects change, programmed on the event
+loop (where the process monitor lives), and what `velvet status` and `velvet policy get` say of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from velvet.control.tracing import CompiledTracing, PodScope, TracingCompiler, TracingPolicy, policy_name
+from velvet.controllers.endpoints import EndpointController
+from velvet.model import Pod, VelvetTracingPolicy, VelvetTracingPolicyNamespaced
+from velvet.runtime.monitor import ProcessMonitor
+from velvet.sources.source import AgentSource
+
+KINDS = ("VelvetTracingPolicy", "VelvetTracingPolicyNamespaced")
+
+
+class TracingPolicies:
+    """Applied tracing policies → proc.bpf.o's exec policy maps, for this node's pods."""
+
+    def __init__(self, node_name: str) -> None:
+        self.node_name = node_name
+        self.compiler = TracingCompiler()
+        self.compiled: CompiledTracing | None = None  # what the kernel holds
+        self._pending: CompiledTracing | None = None
+        self._policies: list[TracingPolicy] = []
+
+    def compile(self, store: AgentSource, endpoints: EndpointController) -> None:
+        """Compile the store's tracing policies for this node's pods whose cgroup is known (state worker)."""
+        policies = [p for kind in KINDS for p in store.objects(kind)
+                    if isinstance(p, VelvetTracingPolicy | VelvetTracingPolicyNamespaced)]
+        pods: list[PodScope] = []
+        for pod in store.objects("Pod"):
+            if not isinstance(pod, Pod) or pod.spec.node_name != self.node_name:
+                continue
+            record = endpoints.get(pod.metadata.key)
+            if record is not None and record.cgroup_id:
+                pods.append(PodScope(pod.metadata.namespace, pod.metadata.name, pod.metadata.labels,
+                                     record.cgroup_id))
+        self._policies = policies
+        self._pending = self.compiler.compile(policies, pods)
+
+    def program(self, monitor: ProcessMonitor) -> None:
+        """Write what the last compilation changed (event loop); processes get their binary sets again
+        when the sets changed."""
+        compiled, self._pending = self._pending, None
+        if compiled is None:
+            return
+        previous = self.compiled
+        monitor.set_policy(compiled.tables, compiled.names)
+        if previous is None or previous.binary_sets != compiled.binary_sets:
+            monitor.write_binsets(compiled.sets_of)
+        self.compiled = compiled
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Each applied tracing policy: name, kind, hooks, selectors, pods it reaches, whether programmed."""
+        compiled = self.compiled
+        applied = set(compiled.names.values()) if compiled else set()
+        rows = []
+        for policy in self._policies:
+            name = policy_name(policy)
+            everywhere = isinstance(policy, VelvetTracingPolicy) and policy.spec.pod_selector is None
+            rows.append({"name": name, "kind": type(policy).__name__,
+                         "hooks": [tp.hook for tp in policy.spec.tracepoints],
+                         "selectors": sum(len(tp.selectors) or 1 for tp in policy.spec.tracepoints),
+                         "scope": "node" if everywhere else f"{self._pods_of(name)} pods",
+                         "programmed": name in applied})
+        return rows
+
+    def _pods_of(self, name: str) -> int:
+        """How many of the node's pods the policy `name` is programmed for."""
+        compiled = self.compiled
+        if compiled is None:
+            return 0
+        mask = sum(1 << number for number, rule in compiled.tables.rules.items()
+                   if compiled.names.get(rule.policy) == name)
+        return sum(1 for rules in compiled.tables.cgroup_rules.values() if rules & mask)
+
+    def status(self) -> dict[str, Any]:
+        """For `velvet status`: policies, the hooks in use, the rules and binary sets used, problems."""
+        compiled = self.compiled
+        hooks = sorted({tp.hook for p in self._policies for tp in p.spec.tracepoints})
+        return {"policies": len(self._policies), "hooks": hooks,
+                "rules": len(compiled.tables.rules) if compiled else 0,
+                "binary_sets": len(compiled.binary_sets) if compiled else 0,
+                "problems": list(compiled.problems) if compiled else []}
