@@ -8,6 +8,7 @@ exact name.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -242,3 +243,28 @@ def test_proc_binsets_follow_exec_fork_and_exit(node: Node) -> None:
     assert node.binsets(sleeper) is None
     assert node.binsets(subshell) is None
     assert node.binsets(shell.pid) is None
+
+
+def test_policies_keep_acting_across_an_agent_restart(node: Node) -> None:
+    """Test that a restarted monitor (new source on the same pins) finds the programmed policy still acting
+    before it programs anything, reads back exactly what it holds, and that a compiler restored from the
+    earlier numbers compiles the same tables (so nothing is rewritten)."""
+    doc = policy("no-sleep", [{"matchBinaries": [{"operator": "In", "values": ["/usr/bin/sleep"]}],
+                               "matchActions": [{"action": "Sigkill"}]},
+                              {"matchBinaries": [{"operator": "Prefix", "values": ["/usr/lib/", "/opt/"]}],
+                               "matchPIDs": [{"operator": "NotIn", "values": [1, 2]}]}], namespace="shop")
+    node.apply(doc)
+    programmed = node.monitor.policy_tables
+    assert programmed.prefixes
+    node.monitor.close()
+    source = KernelProcSource(node.source.pin_dir, node.root)
+    monitor = ProcessMonitor(source, DictResolver(), "dp-node", cgroup=node.root)
+    node.source, node.monitor = source, monitor
+    monitor.start()
+    assert monitor.policy_tables == programmed
+    assert node.run("a", ["/usr/bin/sleep", "5"]).returncode == -signal.SIGKILL
+    restored = TracingCompiler()
+    restored.restore(json.loads(json.dumps(node.compiler.numbers())))
+    [obj] = parse_documents(doc, "p.yaml")
+    assert isinstance(obj, TracingPolicy)
+    assert restored.compile([obj], node.pods).tables == programmed

@@ -152,7 +152,8 @@ class Agent:
                                   kernel_lost=datapath.events_lost, registry=self.metrics_registry)
         self.processes = ProcessMonitor(proc_source, self.resolver, config.node_name, cgroup=config.cgroup,
                                         registry=self.metrics_registry)
-        self.tracing = TracingPolicies(config.node_name)
+        self.tracing = TracingPolicies(config.node_name, self.state_dir / "tracing.json")
+        self.processes.policy_names.update(self.tracing.names())
         self.flows.processes = self.processes.flow_processes  # flows name the process of their connection
         writer = TableWriter(datapath)
         self.endpoints = EndpointController(self.state_dir / "endpoints.json", datapath)

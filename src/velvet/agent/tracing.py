@@ -3,26 +3,46 @@ loop (where the process monitor lives), and what `velvet status` and `velvet pol
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
 from typing import Any
 
 from velvet.control.tracing import CompiledTracing, PodScope, TracingCompiler, TracingPolicy, policy_name
 from velvet.controllers.endpoints import EndpointController
+from velvet.durable import write_atomic
 from velvet.model import Pod, VelvetTracingPolicy, VelvetTracingPolicyNamespaced
 from velvet.runtime.monitor import ProcessMonitor
 from velvet.sources.source import AgentSource
 
 KINDS = ("VelvetTracingPolicy", "VelvetTracingPolicyNamespaced")
+log = logging.getLogger("velvet.agent")
 
 
 class TracingPolicies:
     """Applied tracing policies → proc.bpf.o's exec policy maps, for this node's pods."""
 
-    def __init__(self, node_name: str) -> None:
+    def __init__(self, node_name: str, state_file: Path) -> None:
+        """For node `node_name`; the compiler's numbers are kept in `state_file` across restarts (the
+        kernel's pinned maps keep acting meanwhile, and are only corrected, never cleared)."""
         self.node_name = node_name
+        self.state_file = state_file
         self.compiler = TracingCompiler()
         self.compiled: CompiledTracing | None = None  # what the kernel holds
         self._pending: CompiledTracing | None = None
         self._policies: list[TracingPolicy] = []
+        self._saved: Any = None
+        try:
+            self._saved = json.loads(state_file.read_text())
+            self.compiler.restore(self._saved)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("%s: %s; tracing policies are numbered afresh", state_file, exc)
+
+    def names(self) -> dict[int, str]:
+        """The policies' names by kernel index, as last numbered (a restarted agent names old events)."""
+        return {n: name for name, n in self.compiler.numbers()["policies"].items()}
 
     def compile(self, store: AgentSource, endpoints: EndpointController) -> None:
         """Compile the store's tracing policies for this node's pods whose cgroup is known (state worker)."""
@@ -50,6 +70,10 @@ class TracingPolicies:
         if previous is None or previous.binary_sets != compiled.binary_sets:
             monitor.write_binsets(compiled.sets_of)
         self.compiled = compiled
+        numbers = self.compiler.numbers()
+        if numbers != self._saved:
+            write_atomic(self.state_file, json.dumps(numbers).encode())
+            self._saved = numbers
 
     def listing(self) -> list[dict[str, Any]]:
         """Each applied tracing policy: name, kind, hooks, selectors, pods it reaches, whether programmed."""

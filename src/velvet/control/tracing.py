@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from velvet.datapath.rt_tables import RtRuleEntry, RtTables
 from velvet.datapath.structs import RT_MAX_RULES, RtAction, RtMatchOp
@@ -29,6 +29,7 @@ TracingPolicy = VelvetTracingPolicy | VelvetTracingPolicyNamespaced
 _ACTIONS = {"Post": RtAction.POST, "NoPost": RtAction.NOPOST, "Sigkill": RtAction.SIGKILL,
             "Signal": RtAction.SIGNAL}
 K = TypeVar("K")
+Json = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,20 @@ class TracingCompiler:
         self._rules: _Slots[tuple[str, int, int]] = _Slots(RT_MAX_RULES)
         self._policies: _Slots[str] = _Slots(MAX_POLICIES)
         self._sets: _Slots[tuple[str, tuple[str, ...]]] = _Slots(MAX_BINARY_SETS)
+
+    def numbers(self) -> Json:
+        """The numbers given so far (policies, rules, binary sets), as JSON for a restarted agent."""
+        return {"policies": dict(self._policies.numbers),
+                "rules": [[*key, n] for key, n in self._rules.numbers.items()],
+                "sets": [[kind, list(values), n] for (kind, values), n in self._sets.numbers.items()]}
+
+    def restore(self, saved: Json) -> None:
+        """Take back `numbers()` of an earlier life, so its programmed maps stay valid as they are."""
+        self._policies.numbers = {str(k): int(v) for k, v in saved.get("policies", {}).items()}
+        self._rules.numbers = {(str(name), int(t), int(s)): int(n)
+                               for name, t, s, n in saved.get("rules", [])}
+        self._sets.numbers = {(str(kind), tuple(map(str, values))): int(n)
+                              for kind, values, n in saved.get("sets", [])}
 
     def compile(self, policies: Sequence[TracingPolicy], pods: Sequence[PodScope],
                 extra_binaries: Sequence[BinarySelector] = ()) -> CompiledTracing:

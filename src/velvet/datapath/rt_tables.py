@@ -38,6 +38,13 @@ class RtRuleEntry:
             rule.pids[i] = pid
         return rule
 
+    @classmethod
+    def from_c(cls, rule: RtRule) -> RtRuleEntry:
+        """The record of a C struct (read back from the kernel)."""
+        return cls(int(rule.policy_rules), int(rule.policy), int(rule.action), int(rule.signal),
+                   int(rule.bin_op), int(rule.binset), int(rule.pid_op), bool(rule.pid_follow),
+                   tuple(int(p) for p in rule.pids[:min(int(rule.npids), RT_MAX_PIDS)]))
+
 
 @dataclass(frozen=True)
 class RtTables:

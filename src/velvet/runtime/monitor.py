@@ -176,6 +176,7 @@ class ProcessMonitor:
             self.source.close()
             self.source = None
             return
+        self.policy_tables = self.source.read_policy()  # still acting: only differences are written
         while self.poll():
             pass
         self.scan_proc()

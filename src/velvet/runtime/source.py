@@ -17,7 +17,7 @@ import numpy as np
 
 from velvet.datapath import attach, build
 from velvet.datapath.bpfobject import BpfObject, load_over_pins
-from velvet.datapath.rt_tables import RtTables, path_key, prefix_key
+from velvet.datapath.rt_tables import RtRuleEntry, RtTables, path_key, prefix_key
 from velvet.datapath.structs import (
     PROCESS_EVENT_DTYPE,
     SOCK_EVENT_DTYPE,
@@ -72,6 +72,9 @@ class ProcessSource(Protocol):
     def write_binsets(self, binsets: dict[int, int]) -> None:
         """Set proc_binsets of the given processes (tgid -> sets; 0 removes the entry)."""
 
+    def read_policy(self) -> RtTables:
+        """What the exec policy maps hold (a restarted agent's predecessor's policies keep acting)."""
+
     def close(self) -> None:
         """Release fds; pinned links keep reporting into the pinned ring."""
 
@@ -110,9 +113,6 @@ class KernelProcSource:
             config.level = cgroup_level(self.cgroup)
         with self._obj.map("proc_config") as untyped, untyped.typed(c_uint32, ProcConfig) as config_map:
             config_map.update(c_uint32(0), config)
-        for name in ("rt_config", "rt_cgroup_rules", "rt_bin_paths", "rt_bin_prefixes"):
-            with self._obj.map(name) as policy_map:  # the agent programs its policies afresh
-                policy_map.clear()
         for prog_name, (category, name) in TRACEPOINTS.items():
             pin = self.links_dir / prog_name.replace("_", "-")
             if category == "raw":
@@ -184,6 +184,25 @@ class KernelProcSource:
                 prefixes.delete(prefix_key(prefix))
             for path in old.paths.keys() - new.paths.keys():
                 paths.delete(path_key(path))
+
+    def read_policy(self) -> RtTables:
+        """See `ProcessSource.read_policy`."""
+        if self._obj is None:
+            return RtTables()
+        obj = self._obj
+        with obj.map("rt_bin_paths") as p, p.typed(RtPath, c_uint64) as paths, \
+                obj.map("rt_bin_prefixes") as x, x.typed(RtPathLpm, c_uint64) as prefixes, \
+                obj.map("rt_rules") as r, r.typed(c_uint32, RtRule) as rules, \
+                obj.map("rt_config") as c, c.typed(c_uint32, RtConfig) as config, \
+                obj.map("rt_cgroup_rules") as g, g.typed(c_uint64, c_uint64) as cgroups:
+            settings = config.lookup(c_uint32(0))
+            return RtTables(
+                rules={int(k.value): RtRuleEntry.from_c(v) for k, v in rules.items() if v.policy_rules},
+                global_rules=int(settings.global_rules) if settings is not None else 0,
+                cgroup_rules={int(k.value): int(v.value) for k, v in cgroups.items()},
+                paths={k.path.decode(errors="replace"): int(v.value) for k, v in paths.items()},
+                prefixes={k.path[:k.prefixlen // 8].decode(errors="replace"): int(v.value)
+                          for k, v in prefixes.items()})
 
     def write_binsets(self, binsets: dict[int, int]) -> None:
         """See `ProcessSource.write_binsets`."""
