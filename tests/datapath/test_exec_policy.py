@@ -53,7 +53,7 @@ class Node:
                 policies.append(obj)
         compiled = self.compiler.compile(policies, self.pods)
         assert compiled.problems == []
-        self.monitor.set_policy(compiled.tables, compiled.names)
+        self.monitor.set_policy(compiled.tables, compiled.names, compiled.args)
 
     def run(self, pod: str, argv: list[str]) -> subprocess.CompletedProcess[bytes]:
         """Run `argv` in pod `pod` ("a" or "b") and wait for it."""
@@ -117,9 +117,10 @@ def node(tmp_path: Path) -> Iterator[Node]:
                 cgroup.rmdir()
 
 
-def policy(name: str, selectors: list[Json], *, namespace: str = "", pod_selector: Json | None = None) -> str:
-    """A tracing policy on the exec hook: namespaced when `namespace` is given."""
-    hook = {"subsystem": "sched", "event": "sched_process_exec", "selectors": selectors}
+def policy(name: str, selectors: list[Json], *, namespace: str = "", pod_selector: Json | None = None,
+           hook: Json | None = None) -> str:
+    """A tracing policy on the exec hook (or `hook`): namespaced when `namespace` is given."""
+    hook = {"subsystem": "sched", "event": "sched_process_exec", **(hook or {}), "selectors": selectors}
     spec: Json = {"tracepoints": [hook]}
     if pod_selector is not None:
         spec["podSelector"] = pod_selector
@@ -268,3 +269,51 @@ def test_policies_keep_acting_across_an_agent_restart(node: Node) -> None:
     [obj] = parse_documents(doc, "p.yaml")
     assert isinstance(obj, TracingPolicy)
     assert restored.compile([obj], node.pods).tables == programmed
+
+
+OPENAT = {"subsystem": "syscalls", "event": "sys_enter_openat",
+          "args": [{"index": 6, "type": "string"}, {"index": 7, "type": "int"}]}
+
+
+def test_openat_on_a_path_prefix_is_reported_with_the_pod_and_an_exact_path_sigkills(node: Node) -> None:
+    """Test that an openat policy (attached only while a policy uses it) reports a process opening a file
+    under a prefix as process_tracepoint with its pod, binary, path and flags, only in its namespace, and
+    that matchArgs Equal with Sigkill kills the opener in the other namespace; removing the policies
+    detaches the program."""
+    secret = node.tmp / "secret"
+    secret.mkdir()
+    (secret / "key").write_text("k\n")
+    key = str(secret / "key")
+    under = {"matchArgs": [{"index": 6, "operator": "Prefix", "values": [f"{secret}/"]}],
+             "matchActions": [{"action": "Post"}]}
+    exact = {"matchArgs": [{"index": 6, "operator": "Equal", "values": [key]}],
+             "matchActions": [{"action": "Sigkill"}]}
+    node.apply(policy("watch-secret", [under], namespace="shop", hook=OPENAT),
+               policy("no-key", [exact], namespace="other", hook=OPENAT))
+    assert "proc_openat" in {p["name"] for p in node.source.programs()}
+    read = subprocess.Popen(["/usr/bin/cat", key], preexec_fn=_enter(node.root / "a"),
+                            stdout=subprocess.PIPE)
+    assert read.communicate(timeout=10)[0] == b"k\n"
+    killed = subprocess.Popen(["/usr/bin/cat", key], preexec_fn=_enter(node.root / "b"),
+                              stdout=subprocess.PIPE)
+    assert killed.communicate(timeout=10)[0] == b""
+    assert killed.returncode == -signal.SIGKILL
+    events = node.events(lambda ev: bool(_tracepoints(ev, read.pid) and _tracepoints(ev, killed.pid)))
+    [kill] = _tracepoints(events, killed.pid)
+    assert (kill["policy_name"], kill["action"]) == ("other/no-key", "Sigkill")
+    assert kill["process"]["pod"]["namespace"] == "other"
+    [seen] = _tracepoints(events, read.pid)
+    assert (seen["subsys"], seen["event"]) == ("syscalls", "sys_enter_openat")
+    assert seen["args"] == [{"string_arg": key}, {"int_arg": os.O_RDONLY}]
+    assert (seen["policy_name"], seen["action"]) == ("shop/watch-secret", "Post")
+    assert seen["process"]["binary"] == "/usr/bin/cat"
+    assert seen["process"]["pod"]["namespace"] == "shop"
+    node.apply()
+    assert "proc_openat" not in {p["name"] for p in node.source.programs()}
+    assert node.run("b", ["/usr/bin/cat", key]).returncode == 0
+
+
+def _tracepoints(events: list[Json], pid: int) -> list[Json]:
+    return [e["process_tracepoint"] for e in events
+            if e.get("process_tracepoint", {}).get("process", {}).get("pid") == pid]
+

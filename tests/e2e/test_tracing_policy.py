@@ -1,6 +1,7 @@
 """Runtime policy end to end: a VelvetTracingPolicyNamespaced applied with `velvet apply` kills /bin/sleep
 on exec in its namespace's pod and not in another namespace's; the events, `velvet policy get`, `velvet
-status` and /metrics say so; a refused policy changes nothing; deleting it lets sleep run again.
+status` and /metrics say so; a refused policy changes nothing; deleting it lets sleep run again; an
+openat under a path prefix is reported with the pod.
 
 One sandbox for the module: pods shop/web-1 and other/web-1 (both app=web).
 """
@@ -11,6 +12,7 @@ import json
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,3 +121,40 @@ def test_a_refused_policy_changes_nothing_and_a_deleted_one_stops_acting(sb: San
     sb.delete(NO_SLEEP)
     assert sb.json("policy", "get")["tracing_policies"] == []
     assert sb.exec("shop/web-1", *SLEEP).stdout.strip() == "status=0"
+
+
+def test_an_openat_under_a_path_prefix_is_reported_with_the_pod(sb: Sandbox, tmp_path: Path) -> None:
+    """Test that a cluster-wide policy on syscalls/sys_enter_openat with matchArgs Prefix reports a pod's
+    process opening a file under the prefix (process_tracepoint: pod, binary, path) and not a file
+    elsewhere, and that status lists the hook while the policy is applied."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key").write_text("k\n")
+    watch = f"""
+apiVersion: velvet.io/v1alpha1
+kind: VelvetTracingPolicy
+metadata: {{name: watch-secret}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_openat
+    args: [{{index: 6, type: string}}]
+    selectors:
+    - matchArgs: [{{index: 6, operator: Prefix, values: ["{secret}/"]}}]
+      matchActions: [{{action: Post}}]
+"""
+    sb.apply(watch)
+    assert "syscalls/sys_enter_openat" in sb.json("status")["tracing"]["hooks"]
+    assert sb.exec("other/web-1", "/bin/cat", str(secret / "key")).stdout == "k\n"
+    assert sb.exec("other/web-1", "/bin/cat", "/etc/hostname").returncode == 0
+    found = eventually(sb, ("--namespace", "other", "--type", "process_tracepoint"),
+                       lambda evs: [e["process_tracepoint"] for e in evs if "process_tracepoint" in e])
+    assert [(e["process"]["binary"], e["args"], e["policy_name"]) for e in found] == \
+        [("/bin/cat", [{"string_arg": str(secret / "key")}], "watch-secret")]
+    assert found[0]["process"]["pod"] == {"namespace": "other", "name": "web-1", "pod_labels": {"app": "web"}}
+    compact = sb.velvet("events", "--namespace", "other", "--type", "process_tracepoint").stdout.splitlines()
+    assert compact == [f"🔍 syscall other/web-1 /bin/cat sys_enter_openat {secret}/key "
+                       "(Post by policy watch-secret)"]
+    sb.delete(watch)
+    assert sb.json("status")["tracing"]["hooks"] == []

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from velvet.control.tracing import PodScope, TracingCompiler, TracingPolicy
-from velvet.datapath.structs import RT_MAX_RULES, RtAction, RtMatchOp
+from velvet.datapath.structs import RT_MAX_RULES, RtAction, RtHook, RtMatchOp
 from velvet.model.codec import from_dict
 from velvet.model.tracing import BinarySelector
 
@@ -88,3 +88,28 @@ def test_a_policy_that_does_not_fit_is_a_named_problem_and_left_out_whole() -> N
     fewer = compiler.compile([*many[2:], big], PODS)  # room again: it goes in
     assert fewer.problems == []
     assert "zz-big" in fewer.names.values()
+
+
+def test_openat_selectors_get_arg_sets_and_their_hook_is_in_use() -> None:
+    compiler = TracingCompiler()
+    openat = {"apiVersion": "velvet.io/v1alpha1", "kind": "VelvetTracingPolicy",
+              "metadata": {"name": "files"},
+              "spec": {"tracepoints": [{"subsystem": "syscalls", "event": "sys_enter_openat",
+                                        "args": [{"index": 6, "type": "string"}],
+                                        "selectors": [{"matchArgs": [{"index": 6, "operator": "Prefix",
+                                                                      "values": ["/etc/"]}],
+                                                       "matchBinaries": [{"operator": "In",
+                                                                          "values": ["/bin/cat"]}]}]}]}}
+    files = from_dict(openat)
+    assert isinstance(files, TracingPolicy)
+    out = compiler.compile([files, policy("exec-only", [binaries("In", "/bin/nc")])], PODS)
+    hooks = {rule.hook for rule in out.tables.rules.values()}
+    assert hooks == {RtHook.EXEC, RtHook.OPENAT}
+    assert out.tables.hooks == frozenset({RtHook.OPENAT})
+    [rule] = [r for r in out.tables.rules.values() if r.hook == RtHook.OPENAT]
+    assert rule.arg_op == RtMatchOp.PREFIX
+    assert out.tables.arg_prefixes == {"/etc/": 1 << rule.argset}
+    assert out.tables.paths == {"/bin/cat": 1 << rule.binset, "/bin/nc": out.tables.paths["/bin/nc"]}
+    index = next(i for i, name in out.names.items() if name == "files")
+    assert out.args[(index, int(RtHook.OPENAT))] == (6,)
+    assert compiler.compile([], PODS).tables.hooks == frozenset()

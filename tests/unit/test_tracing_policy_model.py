@@ -23,7 +23,7 @@ spec:
   tracepoints:
   - subsystem: sched
     event: sched_process_exec
-    args: [{index: 0, type: string}]
+    args: [{index: 4, type: string}]
     selectors:
     - matchBinaries: [{operator: In, values: [/bin/nc, /usr/bin/nc]}]
       matchPIDs: [{operator: NotIn, values: [1]}]
@@ -38,6 +38,23 @@ def policy(**spec: Any) -> dict[str, Any]:
     tracepoint = {"subsystem": "sched", "event": "sched_process_exec", **spec}
     return {"apiVersion": "velvet.io/v1alpha1", "kind": "VelvetTracingPolicy", "metadata": {"name": "p"},
             "spec": {"tracepoints": [tracepoint]}}
+
+
+def openat(**spec: Any) -> dict[str, Any]:
+    """A VelvetTracingPolicy document on syscalls/sys_enter_openat."""
+    doc = policy(**spec)
+    doc["spec"]["tracepoints"][0].update(subsystem="syscalls", event="sys_enter_openat")
+    return doc
+
+
+def test_an_openat_policy_with_a_path_prefix_decodes() -> None:
+    doc = openat(args=[{"index": 6, "type": "string"}],
+                 selectors=[{"matchArgs": [{"index": 6, "operator": "Prefix", "values": ["/etc/"]}],
+                             "matchActions": [{"action": "Post"}]}])
+    [obj] = parse_documents(yaml.safe_dump(doc), "p.yaml")
+    assert isinstance(obj, VelvetTracingPolicy)
+    assert obj.spec.tracepoints[0].hook == "syscalls/sys_enter_openat"
+    assert obj.spec.tracepoints[0].selectors[0].match_args[0].values == ("/etc/",)
 
 
 def refusal(doc: dict[str, Any]) -> str:
@@ -89,12 +106,19 @@ def test_the_namespaced_kind_takes_its_namespace() -> None:
      "selectors[0].matchNamespaces", "spec.podSelector"),
     (policy(selectors=[{"matchPIDs": [{"operator": "In", "values": [5], "isNamespacePID": True}]}]),
      "matchPIDs[0].isNamespacePID", "not supported"),
-    (policy(args=[{"index": 0, "type": "string"}],
-            selectors=[{"matchArgs": [{"index": 0, "operator": "Prefix", "values": ["/tmp"]}]}]),
+    (policy(args=[{"index": 4, "type": "string"}],
+            selectors=[{"matchArgs": [{"index": 4, "operator": "Prefix", "values": ["/tmp"]}]}]),
      "selectors[0].matchArgs", "use matchBinaries"),
-    (policy(selectors=[{"matchArgs": [{"index": 0, "operator": "Equal", "values": ["/a"]}]}]),
+    (policy(selectors=[{"matchArgs": [{"index": 4, "operator": "Equal", "values": ["/a"]}]}]),
      "matchArgs[0].index", "no argument with this index"),
-    (policy(args=[{"index": 1, "type": "string"}]), "args[0].type", 'not supported: type "string"'),
+    (policy(args=[{"index": 5, "type": "string"}]), "args[0].type", 'not supported: type "string"'),
+    (policy(args=[{"index": 0, "type": "int"}]), "args[0].index", "4 (filename), 5 (pid), 6 (old_pid)"),
+    (openat(args=[{"index": 6, "type": "string"}],
+            selectors=[{"matchArgs": [{"index": 6, "operator": "Postfix", "values": [".key"]}]}]),
+     "matchArgs[0].operator", 'not supported: operator "Postfix" on syscalls/sys_enter_openat'),
+    (openat(args=[{"index": 6, "type": "string"}, {"index": 7, "type": "int"}],
+            selectors=[{"matchArgs": [{"index": 7, "operator": "Equal", "values": [0]}]}]),
+     "matchArgs[0].index", "only field 6, the path"),
     (policy(selectors=[{"matchCapabilities": []}]), "selectors[0].matchCapabilities", "not supported"),
     (policy(selectors=[{"bogus": 1}]), "selectors[0].bogus", "unknown field"),
     (policy(selectors=[{}] * 6), "spec.tracepoints[0].selectors", "at most 5"),

@@ -66,7 +66,7 @@ class TracingPolicies:
         if compiled is None:
             return
         previous = self.compiled
-        monitor.set_policy(compiled.tables, compiled.names)
+        monitor.set_policy(compiled.tables, compiled.names, compiled.args)
         if previous is None or previous.binary_sets != compiled.binary_sets:
             monitor.write_binsets(compiled.sets_of)
         self.compiled = compiled

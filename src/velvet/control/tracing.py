@@ -1,10 +1,11 @@
-"""Tracing policies → the exec policy maps of proc.bpf.o: rules, pods' rule masks, binary sets. Pure.
+"""Tracing policies → the policy maps of proc.bpf.o: rules, pods' rule masks, binary and arg sets. Pure.
 
-Each selector of a `sched/sched_process_exec` hook is one rule (a bit of a u64: at most 64 on the node);
-its matchBinaries is a binary set (a bit of every process's `proc_binsets` entry: at most 64), allocated
-here and kept while some policy (or `extra_binaries`, the cgroup hooks' deny rules) uses it. Rule, policy
-and set numbers are stable across compilations, so a change rewrites only the entries it changes.
-A policy that does not fit is a named problem and is left out whole, never half-programmed.
+Each selector of a supported hook (`sched/sched_process_exec`, `syscalls/sys_enter_openat`) is one rule (a
+bit of a u64: at most 64 on the node); its matchBinaries is a binary set (a bit of every process's
+`proc_binsets` entry: at most 64), allocated here and kept while some policy (or `extra_binaries`, the
+cgroup hooks' deny rules) uses it; its matchArgs on a path is an arg set (at most 64). Rule, policy and set
+numbers are stable across compilations, so a change rewrites only the entries it changes. A policy that
+does not fit is a named problem and is left out whole, never half-programmed.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from velvet.datapath.rt_tables import RtRuleEntry, RtTables
-from velvet.datapath.structs import RT_MAX_RULES, RtAction, RtMatchOp
+from velvet.datapath.structs import RT_MAX_RULES, RtAction, RtHook, RtMatchOp
 from velvet.model.tracing import (
     EXEC_HOOK,
+    OPENAT_HOOK,
+    ArgSelector,
     BinarySelector,
     TracingSelector,
     VelvetTracingPolicy,
@@ -24,6 +27,8 @@ from velvet.model.tracing import (
 )
 
 MAX_BINARY_SETS = 64
+MAX_ARG_SETS = 64
+HOOKS = {EXEC_HOOK: RtHook.EXEC, OPENAT_HOOK: RtHook.OPENAT}
 MAX_POLICIES = 65535  # process_event.policy is a u16
 TracingPolicy = VelvetTracingPolicy | VelvetTracingPolicyNamespaced
 _ACTIONS = {"Post": RtAction.POST, "NoPost": RtAction.NOPOST, "Sigkill": RtAction.SIGKILL,
@@ -61,6 +66,11 @@ def _set_key(selector: BinarySelector) -> tuple[str, tuple[str, ...]]:
     return kind, tuple(sorted(set(selector.values)))
 
 
+def _arg_key(selector: ArgSelector) -> tuple[str, tuple[str, ...]]:
+    """The arg set of a path matchArgs: exact paths (Equal) or prefixes."""
+    return ("Prefix" if selector.operator == "Prefix" else "In"), tuple(sorted(set(selector.values)))
+
+
 class _Slots(Generic[K]):
     """Stable small numbers for keys: a key keeps its number while it is in use, freed ones are reused."""
 
@@ -93,9 +103,10 @@ class CompiledTracing:
     hooks: dict[str, list[str]] = field(default_factory=dict)  # policy_name -> its hooks
     problems: list[str] = field(default_factory=list)
     binary_sets: dict[tuple[str, tuple[str, ...]], int] = field(default_factory=dict)
+    args: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)  # (policy, hook) -> reported
 
     def binary_set(self, selector: BinarySelector) -> BinarySetRef:
-        """The bit of `selector` in proc_binsets (compiled: in a policy's exec hook or `extra_binaries`)."""
+        """The bit of `selector` in proc_binsets (compiled: in a policy or `extra_binaries`)."""
         return BinarySetRef(self.binary_sets[_set_key(selector)], negated=selector.operator == "NotIn")
 
     def sets_of(self, path: str) -> int:
@@ -114,12 +125,14 @@ class TracingCompiler:
         self._rules: _Slots[tuple[str, int, int]] = _Slots(RT_MAX_RULES)
         self._policies: _Slots[str] = _Slots(MAX_POLICIES)
         self._sets: _Slots[tuple[str, tuple[str, ...]]] = _Slots(MAX_BINARY_SETS)
+        self._args: _Slots[tuple[str, tuple[str, ...]]] = _Slots(MAX_ARG_SETS)
 
     def numbers(self) -> Json:
         """The numbers given so far (policies, rules, binary sets), as JSON for a restarted agent."""
         return {"policies": dict(self._policies.numbers),
                 "rules": [[*key, n] for key, n in self._rules.numbers.items()],
-                "sets": [[kind, list(values), n] for (kind, values), n in self._sets.numbers.items()]}
+                "sets": [[kind, list(values), n] for (kind, values), n in self._sets.numbers.items()],
+                "arg_sets": [[kind, list(values), n] for (kind, values), n in self._args.numbers.items()]}
 
     def restore(self, saved: Json) -> None:
         """Take back `numbers()` of an earlier life, so its programmed maps stay valid as they are."""
@@ -128,6 +141,8 @@ class TracingCompiler:
                                for name, t, s, n in saved.get("rules", [])}
         self._sets.numbers = {(str(kind), tuple(map(str, values))): int(n)
                               for kind, values, n in saved.get("sets", [])}
+        self._args.numbers = {(str(kind), tuple(map(str, values))): int(n)
+                              for kind, values, n in saved.get("arg_sets", [])}
 
     def compile(self, policies: Sequence[TracingPolicy], pods: Sequence[PodScope],
                 extra_binaries: Sequence[BinarySelector] = ()) -> CompiledTracing:
@@ -155,50 +170,63 @@ class TracingCompiler:
                 cgroups[cgroup_id] = cgroups.get(cgroup_id, 0) | mask
         out.binary_sets = dict(self._sets.numbers)
         paths, prefixes = _set_entries(self._sets.numbers)
-        out.tables = RtTables(rules, global_rules, cgroups, paths, prefixes)
+        arg_paths, arg_prefixes = _set_entries(self._args.numbers)
+        hooks = frozenset(rule.hook for rule in rules.values() if rule.hook != RtHook.EXEC)
+        out.tables = RtTables(rules, global_rules, cgroups, paths, prefixes, arg_paths, arg_prefixes, hooks)
         return out
 
     def _free_unused(self, policies: Sequence[TracingPolicy], extra: Sequence[BinarySelector]) -> None:
         """Release the numbers of policies, selectors and binary sets no longer applied."""
         self._policies.keep_only(policy_name(p) for p in policies)
-        self._rules.keep_only(key for p in policies for key, _ in _exec_selectors(p))
-        self._sets.keep_only([*(_set_key(b) for p in policies for _, s in _exec_selectors(p)
-                                for b in s.match_binaries), *(_set_key(b) for b in extra)])
+        selectors = [(key, s) for p in policies for key, _, s in _hook_selectors(p)]
+        self._rules.keep_only(key for key, _ in selectors)
+        self._sets.keep_only([*(_set_key(b) for _, s in selectors for b in s.match_binaries),
+                              *(_set_key(b) for b in extra)])
+        self._args.keep_only(_arg_key(a) for _, s in selectors for a in s.match_args)
 
     def _compile_policy(self, policy: TracingPolicy, name: str,
                         out: CompiledTracing) -> tuple[dict[int, RtRuleEntry], int] | None:
         """A policy's rules by number and their mask (None: it does not fit; a problem says why)."""
         index = self._policies.take(name)
-        selectors = _exec_selectors(policy)
-        numbers = [self._rules.take(key) for key, _ in selectors]
-        sets = [[self._sets.take(_set_key(b)) for b in s.match_binaries] for _, s in selectors]
-        if index is None or None in numbers or any(None in s for s in sets):
-            what = "rules" if None in numbers else "binary sets"
+        selectors = _hook_selectors(policy)
+        numbers = [self._rules.take(key) for key, _, _ in selectors]
+        sets = [[self._sets.take(_set_key(b)) for b in s.match_binaries] for _, _, s in selectors]
+        args = [[self._args.take(_arg_key(a)) for a in s.match_args] for _, _, s in selectors]
+        if index is None or None in numbers or any(None in s for s in (*sets, *args)):
+            what = "rules" if None in numbers else "binary or argument sets"
             out.problems.append(f"tracing policy {name} is not applied: the node's {what} are full "
-                                f"({RT_MAX_RULES} selectors, {MAX_BINARY_SETS} binary sets)")
+                                f"({RT_MAX_RULES} selectors, {MAX_BINARY_SETS} binary sets, {MAX_ARG_SETS} "
+                                "argument sets)")
             self._rules.keep_only(k for k in self._rules.numbers if k[0] != name)
             return None
         out.names[index] = name
+        for tp in policy.spec.tracepoints:
+            hook = HOOKS.get((tp.subsystem, tp.event))
+            if hook is not None:
+                out.args[(index, int(hook))] = tuple(a.index for a in tp.args)
         mask = sum(1 << n for n in numbers if n is not None)
-        entries = {number: _rule(selector, index, mask, binsets)
-                   for number, (_, selector), binsets in zip(numbers, selectors, sets, strict=True)
+        entries = {number: _rule(selector, hook, index, mask, binsets, argsets)
+                   for number, (_, hook, selector), binsets, argsets in zip(numbers, selectors, sets, args,
+                                                                            strict=True)
                    if number is not None}
         return entries, mask
 
 
-def _exec_selectors(policy: TracingPolicy) -> list[tuple[tuple[str, int, int], TracingSelector]]:
-    """The policy's exec hook selectors, each with its stable key; a hook without selectors posts all."""
+def _hook_selectors(policy: TracingPolicy) -> list[tuple[tuple[str, int, int], RtHook, TracingSelector]]:
+    """The policy's selectors, each with its stable key and hook; a hook without selectors posts all."""
     name = policy_name(policy)
-    found: list[tuple[tuple[str, int, int], TracingSelector]] = []
+    found: list[tuple[tuple[str, int, int], RtHook, TracingSelector]] = []
     for t, tp in enumerate(policy.spec.tracepoints):
-        if (tp.subsystem, tp.event) != EXEC_HOOK:
+        hook = HOOKS.get((tp.subsystem, tp.event))
+        if hook is None:
             continue
         for s, selector in enumerate(tp.selectors or (TracingSelector(),)):
-            found.append(((name, t, s), selector))
+            found.append(((name, t, s), hook, selector))
     return found
 
 
-def _rule(selector: TracingSelector, policy: int, mask: int, binsets: list[int | None]) -> RtRuleEntry:
+def _rule(selector: TracingSelector, hook: RtHook, policy: int, mask: int, binsets: list[int | None],
+          argsets: list[int | None]) -> RtRuleEntry:
     action = selector.match_actions[0] if selector.match_actions else None
     bin_op, binset = int(RtMatchOp.ANY), 0
     if selector.match_binaries and binsets[0] is not None:
@@ -209,8 +237,13 @@ def _rule(selector: TracingSelector, policy: int, mask: int, binsets: list[int |
         match = selector.match_pids[0]
         pid_op = int(RtMatchOp.IN if match.operator == "In" else RtMatchOp.NOT_IN)
         follow, pids = match.follow_forks, match.values
+    arg_op, argset = int(RtMatchOp.ANY), 0
+    if selector.match_args and argsets[0] is not None:
+        prefix = selector.match_args[0].operator == "Prefix"
+        arg_op, argset = int(RtMatchOp.PREFIX if prefix else RtMatchOp.IN), argsets[0]
     return RtRuleEntry(mask, policy, int(_ACTIONS[action.action] if action else RtAction.POST),
-                       action.arg_sig if action else 0, bin_op, binset, pid_op, follow, pids)
+                       action.arg_sig if action else 0, bin_op, binset, pid_op, follow, pids, int(hook),
+                       arg_op, argset)
 
 
 def _selected_cgroups(policy: TracingPolicy, pods: Sequence[PodScope]) -> list[int] | None:

@@ -273,6 +273,7 @@ class ProcEventType(IntEnum):
     EXEC = 1
     EXIT = 2
     FORK = 4
+    TRACEPOINT = 8
 
 
 class ProcEventFlag(IntFlag):
@@ -299,6 +300,14 @@ class RtMatchOp(IntEnum):
     ANY = 0
     IN = 1
     NOT_IN = 2
+    PREFIX = 3
+
+
+class RtHook(IntEnum):
+    """enum rt_hook (RT_HOOK_*): the tracepoint of a rule (rt_rule.hook, process_event.hook)."""
+
+    EXEC = 0
+    OPENAT = 1
 
 
 class SnatDir(IntEnum):
@@ -336,6 +345,7 @@ C_ENUMS: dict[str, tuple[type[IntEnum] | type[IntFlag], str]] = {
     "proc_event_flags": (ProcEventFlag, "PROC_F_"),
     "rt_action": (RtAction, "RT_ACTION_"),
     "rt_match_op": (RtMatchOp, "RT_MATCH_"),
+    "rt_hook": (RtHook, "RT_HOOK_"),
     "snat_dir": (SnatDir, "SNAT_"),
     "node_flags": (NodeFlag, "NODE_F_"),
 }
@@ -619,7 +629,7 @@ class ProcessEvent(Structure):
         ("type", c_uint8),
         ("flags", c_uint8),
         ("action", c_uint8),
-        ("pad0", c_uint8),
+        ("hook", c_uint8),
         ("args_len", c_uint32),
         ("cwd_depth", c_uint8),
         ("pad", c_uint8),
@@ -661,7 +671,10 @@ class RtRule(Structure):
         ("pid_op", c_uint8),
         ("pid_follow", c_uint8),
         ("npids", c_uint8),
-        ("pad", c_uint8),
+        ("hook", c_uint8),
+        ("arg_op", c_uint8),
+        ("argset", c_uint8),
+        ("pad", c_uint8 * 2),
         ("pids", c_uint32 * RT_MAX_PIDS),
     ]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from velvet.model.decode_meta import decode_meta, decode_selector
 from velvet.model.tracing import (
     EXEC_HOOK,
+    OPENAT_HOOK,
     ActionSelector,
     ArgSelector,
     BinarySelector,
@@ -25,12 +26,17 @@ MAX_PATH = 255  # bytes of a binary path or prefix (the kernel's keys hold 256 w
 MAX_TRACEPOINTS = 8
 SIGNALS = range(1, 65)
 
-# hook -> {format field index: (its name, the argument types that fit it)}
-_STRING_TYPES = ("string", "filename", "data_loc")
-_INT_TYPES = ("int", "int32", "uint32", "auto")
+# hook -> {field index in the tracepoint's format, the 4 common fields counted as Tetragon does: (its name,
+# the argument types that fit it)}
+_STRING_TYPES = ("string", "filename", "data_loc", "auto")
+_INT_TYPES = ("int", "int32", "uint32", "int64", "uint64", "auto")
 HOOK_FIELDS: dict[tuple[str, str], dict[int, tuple[str, tuple[str, ...]]]] = {
-    EXEC_HOOK: {0: ("filename", _STRING_TYPES), 1: ("pid", _INT_TYPES), 2: ("old_pid", _INT_TYPES)},
+    EXEC_HOOK: {4: ("filename", _STRING_TYPES), 5: ("pid", _INT_TYPES), 6: ("old_pid", _INT_TYPES)},
+    OPENAT_HOOK: {4: ("__syscall_nr", _INT_TYPES), 5: ("dfd", _INT_TYPES), 6: ("filename", _STRING_TYPES),
+                  7: ("flags", _INT_TYPES), 8: ("mode", _INT_TYPES)},
 }
+# hook -> the field matchArgs may compare (the path) and the operators Velvet does on it
+HOOK_MATCH_ARGS = {OPENAT_HOOK: (6, ("Equal", "Prefix"))}
 SUPPORTED_HOOKS = ", ".join(f"{s}/{e}" for s, e in HOOK_FIELDS)
 
 # Tetragon's fields that Velvet refuses, by where they are.
@@ -120,12 +126,34 @@ def _decode_tracepoint(node: Node) -> Tracepoint:
         if selectors_node else ()
     if len(selectors) > MAX_SELECTORS:
         fields.req("selectors").fail(f"Too many: {len(selectors)}: must have at most {MAX_SELECTORS} items")
-    if (subsystem, event) == EXEC_HOOK:
-        for i, selector in enumerate(selectors):
-            if selector.match_args:
-                fields.req("selectors").at(i, None).at("matchArgs", None).fail(
-                    f"not supported on {subsystem}/{event} yet: use matchBinaries for the executed path")
+    for i, selector in enumerate(selectors):
+        _check_match_args(fields, i, selector, (subsystem, event))
     return Tracepoint(subsystem, event, args, selectors)
+
+
+def _check_match_args(fields: Obj, i: int, selector: TracingSelector, hook: tuple[str, str]) -> None:
+    """Refuse the matchArgs Velvet does not do on this hook (it does the path, with Equal or Prefix)."""
+    if not selector.match_args:
+        return
+    where = fields.req("selectors").at(i, None).at("matchArgs", None)
+    name = "/".join(hook)
+    if hook not in HOOK_MATCH_ARGS:
+        what = "use matchBinaries for the executed path" if hook == EXEC_HOOK else "no argument is matched"
+        where.fail(f"not supported on {name} yet: {what}")
+    if len(selector.match_args) > 1:
+        where.fail("not supported: more than one matchArgs entry per selector")
+    index, operators = HOOK_MATCH_ARGS[hook]
+    arg = selector.match_args[0]
+    if arg.index != index:
+        where.at(0, None).at("index", arg.index).fail(
+            f"not supported: matchArgs on field {arg.index} of {name} (only field {index}, the path)")
+    if arg.operator not in operators:
+        where.at(0, None).at("operator", arg.operator).fail(
+            f"not supported: operator {quote(arg.operator)} on {name} (supported: {', '.join(operators)})")
+    for j, value in enumerate(arg.values):
+        if len(value.encode()) > MAX_PATH:
+            where.at(0, None).at("values", None).at(j, value).fail(
+                f"Invalid value: must be at most {MAX_PATH} bytes")
 
 
 def _decode_arg(node: Node, hook: dict[int, tuple[str, tuple[str, ...]]], subsystem: str,
@@ -135,8 +163,8 @@ def _decode_arg(node: Node, hook: dict[int, tuple[str, tuple[str, ...]]], subsys
     index_node = fields.req("index")
     index = index_node.int_in(0, 31)
     if index not in hook:
-        index_node.fail(f"Invalid value: {subsystem}/{event} has fields 0 to {max(hook)} "
-                        f"({', '.join(name for name, _ in hook.values())})")
+        index_node.fail(f"Invalid value: {index}: {subsystem}/{event}'s fields are "
+                        + ", ".join(f"{i} ({name})" for i, (name, _) in hook.items()))
     name, types = hook[index]
     type_node = fields.opt("type")
     arg_type = type_node.as_str() if type_node else "auto"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from velvet.model.meta import LabelSelector, ObjectMeta
 
 EXEC_HOOK = ("sched", "sched_process_exec")
+OPENAT_HOOK = ("syscalls", "sys_enter_openat")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 Json = dict[str, Any]
 _ICONS = {"process_exec": ("🚀", "process"), "process_fork": ("🔀", "fork   "),
-          "process_exit": ("💥", "exit   ")}
+          "process_exit": ("💥", "exit   "), "process_tracepoint": ("🔍", "syscall")}
 
 
 def compact_line(event: Json, *, node_name: bool = False) -> str:
@@ -27,7 +27,10 @@ def compact_line(event: Json, *, node_name: bool = False) -> str:
     pod = proc.get("pod")
     where = f"{pod['namespace']}/{pod['name']}" if pod else str(event.get("node_name", ""))
     line = f"{icon} {word} {where} {proc.get('binary', '')}"
-    if proc.get("arguments"):
+    if kind == "process_tracepoint":  # the syscall and its string arguments, not the process's
+        strings = [a["string_arg"] for a in body.get("args", []) if "string_arg" in a]
+        line += f" {body.get('event', '')}" + "".join(f" {s}" for s in strings)
+    elif proc.get("arguments"):
         line += f" {proc['arguments']}"
     if body.get("policy_name"):
         line += f" ({body.get('action', '')} by policy {body['policy_name']})"

@@ -19,6 +19,7 @@ import contextlib
 import fnmatch
 import logging
 import signal
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator
@@ -32,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from velvet.datapath.rt_tables import RtTables
-from velvet.datapath.structs import ProcEventFlag, ProcEventType, RtAction
+from velvet.datapath.structs import ProcEventFlag, ProcEventType, RtAction, RtHook
 from velvet.errors import NotSupported, VelvetError
 from velvet.observe.enrich import EndpointResolver
 from velvet.observe.flow import Flow
@@ -53,7 +54,7 @@ from velvet.runtime.tree import ConnectionTable, ProcessTree
 from velvet.system.mounts import cgroup2_mount
 
 log = logging.getLogger("velvet.runtime")
-EVENT_TYPES = ("process_exec", "process_exit", "process_fork")
+EVENT_TYPES = ("process_exec", "process_exit", "process_fork", "process_tracepoint")
 DEFAULT_CAPACITY = 4096
 FOLLOWER_QUEUE = 4096
 TCP_ESTABLISHED = 1
@@ -76,12 +77,15 @@ class ProcessEvent:
     signal: str = ""
     policy_name: str = ""  # process_exec: the tracing policy that acted on the exec (Post, Signal, Sigkill)
     action: str = ""
+    hook: Json | None = None  # process_tracepoint: subsys, event and the policy's args
 
     def to_json(self, node_name: str) -> Json:
         """Tetragon's event JSON: {"process_exec": {"process": …, "parent": …}, "node_name", "time"}."""
         body: Json = {"process": self.process.to_json()}
         if self.parent is not None:
             body["parent"] = self.parent.to_json()
+        if self.hook is not None:
+            body.update(self.hook)
         if self.policy_name:
             body.update(policy_name=self.policy_name, action=self.action)
         if self.type == "process_exit":
@@ -154,6 +158,7 @@ class ProcessMonitor:
                                       "Tracing policy actions on execs, by pod (node: empty), policy, action",
                                       ["namespace", "pod", "policy", "action"], registry=registry)
         self.policy_names: dict[int, str] = {}  # the kernel's policy index -> the policy's name
+        self.policy_args: dict[tuple[int, int], tuple[int, ...]] = {}  # (policy, hook) -> args to report
         self.policy_tables = RtTables()  # what the kernel's exec policy maps hold
         if registry is not None:
             registry.register(_LostCollector(self))
@@ -260,6 +265,8 @@ class ProcessMonitor:
                 self._on_fork(record)
             elif kind == ProcEventType.EXIT:
                 self._on_exit(record)
+            elif kind == ProcEventType.TRACEPOINT:
+                self._on_tracepoint(record)
 
     def ingest_sockets(self, batch: Any) -> None:
         """Take a batch of `struct sock_event` records (numpy, SOCK_EVENT_DTYPE)."""
@@ -304,13 +311,37 @@ class ProcessMonitor:
                 event.policy_name, event.action = policy, name
         self._emit(event)
 
-    def set_policy(self, tables: RtTables, names: dict[int, str]) -> None:
-        """Program the exec policies (only what differs from what the kernel holds) and name their indexes;
-        the processes already running get their binary sets (`sets_of(binary)`) written once."""
+    def set_policy(self, tables: RtTables, names: dict[int, str],
+                   args: dict[tuple[int, int], tuple[int, ...]] | None = None) -> None:
+        """Program the tracing policies (only what differs from what the kernel holds), name their indexes
+        and say which arguments each reports per hook ((policy, hook) -> format field indexes)."""
         if self.source is not None and tables != self.policy_tables:
             self.source.write_policy(self.policy_tables, tables)
         self.policy_tables = tables
         self.policy_names.update(names)
+        self.policy_args.update(args or {})
+
+    def _on_tracepoint(self, r: Any) -> None:
+        """A syscall hook's Post, Signal or Sigkill: Tetragon's process_tracepoint, with the policy's args."""
+        pid, hook, policy = int(r["pid"]), int(r["hook"]), int(r["policy"])
+        proc = self.tree.get(pid) or self._parent(pid)
+        cgroup_id = int(r["cgroup_id"])
+        if proc is None:
+            proc = Process("", pid, int(r["ppid"]), int(r["uid"]), bytes(r["comm"]).decode(errors="replace"),
+                           [], "", 0, ["miss"], "", cgroup_id, self._pod(cgroup_id))
+        subsys, event, fields = _HOOK_FIELDS[RtHook(hook)]
+        raw = struct.unpack_from("<6q", bytes(r["args"]).ljust(48, b"\0"))  # numpy drops trailing NULs
+        path = bytes(r["filename"]).decode(errors="replace")
+        wanted = self.policy_args.get((policy, hook), ())
+        args = [_arg_json(RtHook(hook), fields[i], raw, path) for i in wanted if i in fields]
+        name = self.policy_names.get(policy, f"#{policy}")
+        action = _ACTION_NAMES.get(RtAction(int(r["action"])), "")
+        pod = proc.pod
+        self.policy_actions.labels(namespace=pod.namespace if pod else "", pod=pod.name if pod else "",
+                                   policy=name, action=action).inc()
+        self._emit(ProcessEvent("process_tracepoint", int(r["ts_ns"]) + self._clock_offset_ns, proc,
+                                self.tree.get(proc.ppid), policy_name=name, action=action,
+                                hook={"subsys": subsys, "event": event, "args": args}))
 
     def write_binsets(self, sets_of: Callable[[str], int]) -> None:
         """proc_binsets of every live process the tree knows, from its binary (the kernel keeps them current
@@ -437,6 +468,22 @@ class ProcessMonitor:
 
 
 _SIGNALS = {int(s) for s in signal.Signals}
+# hook -> (subsystem, event, {format field index: (which syscall argument (-1: the syscall's number), is
+# it the path)}); the syscall's number is x86-64's
+_HOOK_FIELDS = {RtHook.OPENAT: ("syscalls", "sys_enter_openat",
+                                {4: (-1, False), 5: (0, False), 6: (1, True), 7: (2, False), 8: (3, False)})}
+_SYSCALL_NR = {RtHook.OPENAT: 257}
+
+
+def _arg_json(hook: RtHook, field: tuple[int, bool], raw: tuple[int, ...], path: str) -> Json:
+    """One reported argument as Tetragon writes it: {"string_arg": …} or {"int_arg": …}."""
+    position, is_path = field
+    if is_path:
+        return {"string_arg": path}
+    if position < 0:
+        return {"int_arg": _SYSCALL_NR[hook]}
+    value = raw[position] & 0xFFFFFFFF  # int arguments: the low 32 bits, signed
+    return {"int_arg": value - (1 << 32) if value >= 1 << 31 else value}
 _ACTION_NAMES = {RtAction.NOPOST: "NoPost", RtAction.POST: "Post", RtAction.SIGNAL: "Signal",
                  RtAction.SIGKILL: "Sigkill"}
 

@@ -23,6 +23,7 @@ from velvet.datapath.structs import (
     SOCK_EVENT_DTYPE,
     ProcConfig,
     RtConfig,
+    RtHook,
     RtPath,
     RtPathLpm,
     RtRule,
@@ -33,7 +34,7 @@ from velvet.system.mounts import cgroup2_mount
 
 log = logging.getLogger("velvet.runtime")
 RUNTIME_POLICY_MAPS = ("rt_rules", "rt_config", "rt_cgroup_rules", "rt_bin_paths", "rt_bin_prefixes",
-                       "rt_scratch")
+                       "rt_arg_paths", "rt_arg_prefixes", "rt_scratch")
 PINNED_MAPS = ("proc_events", "proc_sock_events", "proc_config", "proc_lost", "proc_socks", "proc_binsets",
                *RUNTIME_POLICY_MAPS)
 # program -> (tracepoint category or "raw", tracepoint name)
@@ -43,6 +44,8 @@ TRACEPOINTS = {
     "proc_exit": ("sched", "sched_process_exit"),
     "proc_tcp_connect": ("sock", "inet_sock_set_state"),
 }
+# tracing policies' syscall hooks (enum rt_hook) -> (program, tracepoint category, name): attached while used
+POLICY_HOOKS = {int(RtHook.OPENAT): ("proc_openat", "syscalls", "sys_enter_openat")}
 
 
 class ProcessSource(Protocol):
@@ -119,6 +122,10 @@ class KernelProcSource:
                 attach.attach_raw_tracepoint(self._obj.program(prog_name), name, pin).close()
             else:
                 attach.attach_tracepoint(self._obj.program(prog_name), category, name, pin).close()
+        for prog_name, category, name in POLICY_HOOKS.values():  # the previous agent's: our program now
+            pin = self.links_dir / prog_name.replace("_", "-")
+            if pin.exists():
+                attach.attach_tracepoint(self._obj.program(prog_name), category, name, pin).close()
         with self._obj.map("proc_events") as untyped:
             self._ring = ProcEventsRing(untyped)
         with self._obj.map("proc_sock_events") as untyped:
@@ -149,9 +156,12 @@ class KernelProcSource:
         """See `ProcessSource.programs`."""
         if self._obj is None:
             return []
+        attached = {name: hook for name, hook in TRACEPOINTS.items()}
+        attached.update((name, (category, tp)) for name, category, tp in POLICY_HOOKS.values()
+                        if (self.links_dir / name.replace("_", "-")).exists())
         return [{"name": name, "id": self._obj.program(name).id,
                  "attached_to": f"{'raw_tracepoint' if category == 'raw' else 'tracepoint ' + category}:{tp}"}
-                for name, (category, tp) in TRACEPOINTS.items()]
+                for name, (category, tp) in attached.items()]
 
     def write_policy(self, old: RtTables, new: RtTables) -> None:
         """See `ProcessSource.write_policy`. New entries go in before what refers to them (sets, then rules,
@@ -159,17 +169,27 @@ class KernelProcSource:
         if self._obj is None:
             return
         obj = self._obj
+        for hook in new.hooks - old.hooks:
+            prog_name, category, name = POLICY_HOOKS[hook]
+            attach.attach_tracepoint(obj.program(prog_name), category, name,
+                                     self.links_dir / prog_name.replace("_", "-")).close()
         with obj.map("rt_bin_paths") as p, p.typed(RtPath, c_uint64) as paths, \
                 obj.map("rt_bin_prefixes") as x, x.typed(RtPathLpm, c_uint64) as prefixes, \
+                obj.map("rt_arg_paths") as ap, ap.typed(RtPath, c_uint64) as arg_paths, \
+                obj.map("rt_arg_prefixes") as ax, ax.typed(RtPathLpm, c_uint64) as arg_prefixes, \
                 obj.map("rt_rules") as r, r.typed(c_uint32, RtRule) as rules, \
                 obj.map("rt_config") as c, c.typed(c_uint32, RtConfig) as config, \
                 obj.map("rt_cgroup_rules") as g, g.typed(c_uint64, c_uint64) as cgroups:
-            for path, sets in new.paths.items():
-                if old.paths.get(path) != sets:
-                    paths.update(path_key(path), c_uint64(sets))
-            for prefix, sets in new.prefixes.items():
-                if old.prefixes.get(prefix) != sets:
-                    prefixes.update(prefix_key(prefix), c_uint64(sets))
+            string_maps = ((paths, prefixes, (old.paths, old.prefixes), (new.paths, new.prefixes)),
+                           (arg_paths, arg_prefixes, (old.arg_paths, old.arg_prefixes),
+                            (new.arg_paths, new.arg_prefixes)))
+            for exact, trie, was, now in string_maps:
+                for path, sets in now[0].items():
+                    if was[0].get(path) != sets:
+                        exact.update(path_key(path), c_uint64(sets))
+                for prefix, sets in now[1].items():
+                    if was[1].get(prefix) != sets:
+                        trie.update(prefix_key(prefix), c_uint64(sets))
             for number, rule in new.rules.items():
                 if old.rules.get(number) != rule:
                     rules.update(c_uint32(number), rule.to_c())
@@ -184,6 +204,12 @@ class KernelProcSource:
                 prefixes.delete(prefix_key(prefix))
             for path in old.paths.keys() - new.paths.keys():
                 paths.delete(path_key(path))
+            for prefix in old.arg_prefixes.keys() - new.arg_prefixes.keys():
+                arg_prefixes.delete(prefix_key(prefix))
+            for path in old.arg_paths.keys() - new.arg_paths.keys():
+                arg_paths.delete(path_key(path))
+        for hook in old.hooks - new.hooks:
+            attach.detach_pinned(self.links_dir / POLICY_HOOKS[hook][0].replace("_", "-"))
 
     def read_policy(self) -> RtTables:
         """See `ProcessSource.read_policy`."""
@@ -192,17 +218,25 @@ class KernelProcSource:
         obj = self._obj
         with obj.map("rt_bin_paths") as p, p.typed(RtPath, c_uint64) as paths, \
                 obj.map("rt_bin_prefixes") as x, x.typed(RtPathLpm, c_uint64) as prefixes, \
+                obj.map("rt_arg_paths") as ap, ap.typed(RtPath, c_uint64) as arg_paths, \
+                obj.map("rt_arg_prefixes") as ax, ax.typed(RtPathLpm, c_uint64) as arg_prefixes, \
                 obj.map("rt_rules") as r, r.typed(c_uint32, RtRule) as rules, \
                 obj.map("rt_config") as c, c.typed(c_uint32, RtConfig) as config, \
                 obj.map("rt_cgroup_rules") as g, g.typed(c_uint64, c_uint64) as cgroups:
             settings = config.lookup(c_uint32(0))
+            hooks = frozenset(hook for hook, (prog_name, _, _) in POLICY_HOOKS.items()
+                              if (self.links_dir / prog_name.replace("_", "-")).exists())
             return RtTables(
                 rules={int(k.value): RtRuleEntry.from_c(v) for k, v in rules.items() if v.policy_rules},
                 global_rules=int(settings.global_rules) if settings is not None else 0,
                 cgroup_rules={int(k.value): int(v.value) for k, v in cgroups.items()},
                 paths={k.path.decode(errors="replace"): int(v.value) for k, v in paths.items()},
                 prefixes={k.path[:k.prefixlen // 8].decode(errors="replace"): int(v.value)
-                          for k, v in prefixes.items()})
+                          for k, v in prefixes.items()},
+                arg_paths={k.path.decode(errors="replace"): int(v.value) for k, v in arg_paths.items()},
+                arg_prefixes={k.path[:k.prefixlen // 8].decode(errors="replace"): int(v.value)
+                              for k, v in arg_prefixes.items()},
+                hooks=hooks)
 
     def write_binsets(self, binsets: dict[int, int]) -> None:
         """See `ProcessSource.write_binsets`."""
@@ -235,5 +269,5 @@ class KernelProcSource:
 
     def detach(self) -> None:
         """Remove the pinned links (the node is going away: nothing reads the ring any more)."""
-        for prog_name in TRACEPOINTS:
+        for prog_name in [*TRACEPOINTS, *(name for name, _, _ in POLICY_HOOKS.values())]:
             attach.detach_pinned(self.links_dir / prog_name.replace("_", "-"))

@@ -17,13 +17,14 @@
  * cgroup subtree (the node's): several nodes' agents on one machine each see their own.
  * The agent's process monitor (velvet.runtime) loads it and reads proc_events.
  *
- * Runtime policy (lib/exec_policy.h): at exec, the tracing policies compiled by the agent act on the
+ * Runtime policy (lib/tracing_policy.h): at exec, the tracing policies compiled by the agent act on the
  * new process (Sigkill, Signal, Post, NoPost; the event names the policy), and every process's binary
  * sets are kept in proc_binsets (lib/runtime.h; copied at fork, deleted at exit) for other objects.
+ *   proc_openat:    tracepoint syscalls/sys_enter_openat, attached only while a policy hooks it
  */
 #include "lib/common.h"
 #include <bpf/bpf_core_read.h>
-#include "lib/exec_policy.h"
+#include "lib/tracing_policy.h"
 
 #define PROC_EVENTS_RINGBUF_BYTES (4 * 1024 * 1024)
 #define AF_INET 2
@@ -322,6 +323,17 @@ int proc_tcp_connect(struct trace_event_raw_inet_sock_set_state *ctx)
 	if (ctx->newstate == TCP_CLOSE)
 		bpf_map_delete_elem(&proc_socks, &sk);
 	proc_report_sock(ctx, tgid);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int proc_openat(struct trace_event_raw_sys_enter *ctx)
+{
+	/* most processes are in no policy's scope: two lookups, then out */
+	if (!rt_candidates() || !proc_monitored())
+		return 0;
+	/* openat(dfd, filename, flags, mode): the path is argument 1 */
+	rt_syscall_policies(ctx, RT_HOOK_OPENAT, 1, &proc_events, PROC_EVENTS_RINGBUF_BYTES, &proc_lost);
 	return 0;
 }
 
