@@ -90,6 +90,8 @@ def test_sigkill_policy_kills_sleep_in_its_namespace_only(sb: Sandbox) -> None:
     compact = sb.velvet("events", "--namespace", "shop", "--last", "5000").stdout.splitlines()
     assert "🚀 process shop/web-1 /bin/sleep 0.2 (Sigkill by policy shop/no-sleep)" in compact
 
+    table = sb.velvet("get", "tpn", "-A").stdout.splitlines()
+    assert table[1].split() == ["shop", "no-sleep", "sched/sched_process_exec", "<all>", table[1].split()[-1]]
     listed = sb.json("policy", "get")["tracing_policies"]
     assert listed == [{"name": "shop/no-sleep", "kind": "VelvetTracingPolicyNamespaced",
                        "hooks": ["sched/sched_process_exec"], "selectors": 1, "scope": "1 pods",

@@ -12,6 +12,9 @@ import yaml
 from velvet.errors import InvalidManifest
 from velvet.model import VelvetTracingPolicy, VelvetTracingPolicyNamespaced
 from velvet.model.codec import from_dict, parse_documents, resolve_kind, to_dict
+from velvet.sources.etcd_client import KeyValue
+from velvet.sources.etcd_store import DEFAULT_PREFIX, decode, encode, object_key
+from velvet.sources.index import key_of
 from velvet.sources.local import LocalStore
 
 KILL_NC = """
@@ -157,3 +160,16 @@ def test_apply_is_all_or_nothing_and_the_store_keeps_both_kinds(tmp_path: Path) 
     assert isinstance(stored, VelvetTracingPolicy)
     assert stored.spec == first.spec
     assert [o.metadata.key for o in reopened.get("tpn", "all")] == ["default/p"]
+
+
+def test_the_etcd_store_encodes_and_decodes_both_kinds() -> None:
+    [obj] = parse_documents(KILL_NC, "kill.yaml")
+    namespaced = from_dict(policy() | {"kind": "VelvetTracingPolicyNamespaced",
+                                       "metadata": {"name": "p", "namespace": "shop"}})
+    for original in (obj, namespaced):
+        key = object_key(DEFAULT_PREFIX, key_of(original))
+        back = decode(KeyValue(key, encode(original), 3, 4))
+        assert back is not None
+        assert type(back) is type(original)
+        assert back.metadata.resource_version == 4
+        assert to_dict(back)["spec"] == to_dict(original)["spec"]
