@@ -99,7 +99,8 @@ def test_sigkill_policy_kills_sleep_in_its_namespace_only(sb: Sandbox) -> None:
     status = sb.json("status")
     assert status["tracing"]["hooks"] == ["sched/sched_process_exec"]
     assert status["tracing"]["problems"] == []
-    assert "Tracing:       1 policies on sched/sched_process_exec" in sb.velvet("status").stdout
+    assert "Tracing:       1 policies on sched/sched_process_exec (1 rules, 1 binary sets): shop/no-sleep" \
+        in sb.velvet("status").stdout.splitlines()
     with urllib.request.urlopen(status["http"]["metrics"], timeout=10) as resp:
         metrics = resp.read().decode()
     counted = [line for line in metrics.splitlines() if line.startswith(

@@ -103,7 +103,8 @@ class TracingPolicies:
         """For `velvet status`: policies, the hooks in use, the rules and binary sets used, problems."""
         compiled = self.compiled
         hooks = sorted({tp.hook for p in self._policies for tp in p.spec.tracepoints})
-        return {"policies": len(self._policies), "hooks": hooks,
+        return {"policies": len(self._policies), "names": [policy_name(p) for p in self._policies],
+                "hooks": hooks,
                 "rules": len(compiled.tables.rules) if compiled else 0,
                 "binary_sets": len(compiled.binary_sets) if compiled else 0,
                 "problems": list(compiled.problems) if compiled else []}

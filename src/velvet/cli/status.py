@@ -83,7 +83,8 @@ def render(status: dict[str, Any], verbose: bool = False) -> str:
     tracing = status.get("tracing") or {}
     if tracing.get("policies"):
         lines.append(f"Tracing:       {tracing['policies']} policies on {', '.join(tracing['hooks'])} "
-                     f"({tracing['rules']} rules, {tracing['binary_sets']} binary sets)")
+                     f"({tracing['rules']} rules, {tracing['binary_sets']} binary sets): "
+                     + ", ".join(tracing.get("names", [])))
     for problem in tracing.get("problems", []):
         lines.append(f"Problem:       {problem}")
     for problem in status["problems"]:
