@@ -193,13 +193,16 @@ class KernelProcSource:
             for number, rule in new.rules.items():
                 if old.rules.get(number) != rule:
                     rules.update(c_uint32(number), rule.to_c())
-            if old.global_rules != new.global_rules:
-                config.update(c_uint32(0), RtConfig(global_rules=new.global_rules))
+            span = max(new.rules, default=-1) + 1  # the kernel walks rule numbers below it
+            if (old.global_rules, max(old.rules, default=-1) + 1) != (new.global_rules, span):
+                config.update(c_uint32(0), RtConfig(global_rules=new.global_rules, rule_span=span))
             for cgroup, mask in new.cgroup_rules.items():
                 if old.cgroup_rules.get(cgroup) != mask:
                     cgroups.update(c_uint64(cgroup), c_uint64(mask))
             for cgroup in old.cgroup_rules.keys() - new.cgroup_rules.keys():
                 cgroups.delete(c_uint64(cgroup))
+            for number in old.rules.keys() - new.rules.keys():  # no mask refers to them any more
+                rules.update(c_uint32(number), RtRule())
             for prefix in old.prefixes.keys() - new.prefixes.keys():
                 prefixes.delete(prefix_key(prefix))
             for path in old.paths.keys() - new.paths.keys():

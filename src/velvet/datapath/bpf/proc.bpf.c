@@ -330,7 +330,9 @@ SEC("tracepoint/syscalls/sys_enter_openat")
 int proc_openat(struct trace_event_raw_sys_enter *ctx)
 {
 	/* most processes are in no policy's scope: two lookups, then out */
-	if (!rt_candidates() || !proc_monitored())
+	__u32 span = 0;
+
+	if (!rt_candidates(&span) || !proc_monitored())
 		return 0;
 	/* openat(dfd, filename, flags, mode): the path is argument 1 */
 	rt_syscall_policies(ctx, RT_HOOK_OPENAT, 1, &proc_events, PROC_EVENTS_RINGBUF_BYTES, &proc_lost);

@@ -579,6 +579,8 @@ struct rt_rule {
 /* rt_config value (one entry): the rules that apply to every process of the node (no podSelector) */
 struct rt_config {
 	__u64 global_rules;
+	__u32 rule_span; /* the highest rule number in use + 1: how far the rule walk goes */
+	__u32 pad;
 };
 
 /* rt_bin_paths key (exact binary paths) and rt_bin_prefixes key (LPM trie: prefixlen in bits) */

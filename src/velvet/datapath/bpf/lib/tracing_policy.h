@@ -190,6 +190,7 @@ struct rt_eval {
 	__u64 argsets;
 	struct task_struct *task;
 	__u32 tgid;
+	__u32 span;     /* rule numbers to walk */
 	__u16 policy;   /* out: the policy of the strongest action */
 	__u8 action;    /* out: enum rt_action, the strongest of the policies that matched */
 	__u8 hook;      /* enum rt_hook */
@@ -221,15 +222,20 @@ static long rt_eval_rule(__u32 i, void *ctx)
 	return 0;
 }
 
-/* The rules that may apply to the current process: the node's and its cgroup's (0: none, the usual case). */
-static __always_inline __u64 rt_candidates(void)
+/*
+ * The rules that may apply to the current process: the node's and its cgroup's (0: none, the usual case);
+ * `span` gets how many rule numbers to walk (the agent's highest in use + 1).
+ */
+static __always_inline __u64 rt_candidates(__u32 *span)
 {
 	__u64 cgroup_id = bpf_get_current_cgroup_id(), candidates = 0, *rules;
 	__u32 zero = 0;
 	struct rt_config *cfg = bpf_map_lookup_elem(&rt_config, &zero);
 
-	if (cfg)
+	if (cfg) {
 		candidates = cfg->global_rules;
+		*span = cfg->rule_span < RT_MAX_RULES ? cfg->rule_span : RT_MAX_RULES;
+	}
 	rules = bpf_map_lookup_elem(&rt_cgroup_rules, &cgroup_id);
 	if (rules)
 		candidates |= *rules;
@@ -242,7 +248,7 @@ static __always_inline void rt_evaluate(struct rt_eval *eval)
 	eval->task = (struct task_struct *)bpf_get_current_task();
 	eval->tgid = bpf_get_current_pid_tgid() >> 32;
 	if (eval->candidates)
-		bpf_loop(RT_MAX_RULES, rt_eval_rule, eval, 0);
+		bpf_loop(eval->span, rt_eval_rule, eval, 0);
 }
 
 /*
@@ -254,7 +260,7 @@ static __always_inline void rt_exec_policies(const void *filename, struct proces
 	struct rt_eval eval = { .hook = RT_HOOK_EXEC };
 
 	eval.binsets = rt_binsets_at_exec(filename, bpf_get_current_pid_tgid() >> 32);
-	eval.candidates = rt_candidates();
+	eval.candidates = rt_candidates(&eval.span);
 	rt_evaluate(&eval);
 	if (ev) {
 		ev->action = eval.action;
@@ -276,7 +282,7 @@ static __always_inline void rt_syscall_policies(struct trace_event_raw_sys_enter
 	__u64 args[6], *lost;
 	__u32 zero = 0;
 
-	eval.candidates = rt_candidates();
+	eval.candidates = rt_candidates(&eval.span);
 	if (!eval.candidates)
 		return;
 	/* a copy: the verifier allows no computed offsets into the context */
