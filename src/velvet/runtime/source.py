@@ -4,7 +4,11 @@ Needs root, bpffs, tracefs, BTF (CO-RE) and cgroup v2. The rings (`proc_events`,
 their own small `proc_sock_events`) and the maps are pinned beside the node's other maps, the links under
 its `links/` directory (`proc-exec`, `proc-fork`, `proc-exit`, `proc-tcp-connect`): a restarted agent
 re-opens the same rings, so events of processes that ran while it was down are still read, and replaces
-the links with its fresh programs (tracepoint links cannot be updated in place)."""
+the links with its fresh programs (tracepoint links cannot be updated in place).
+
+The tracing policies' maps (`rt_*`, `proc_binsets`) are pinned too and read back at start, so the policies
+keep acting across a restart; `write_policy` writes only what changed, and attaches a syscall hook's program
+(`proc-openat`) while some rule uses it."""
 
 from __future__ import annotations
 
