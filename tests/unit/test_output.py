@@ -125,3 +125,17 @@ def test_selector_format_and_helpers() -> None:
 ])
 def test_human_duration(seconds: int, text: str) -> None:
     assert human_duration(seconds) == text
+
+
+def test_tracing_policy_tables_name_hooks_and_pod_selector() -> None:
+    hooks = [{"subsystem": "sched", "event": "sched_process_exec"},
+             {"subsystem": "syscalls", "event": "sys_enter_openat"}]
+    cluster = {"apiVersion": "velvet.io/v1alpha1", "kind": "VelvetTracingPolicy",
+               "metadata": meta("tp", None), "spec": {"tracepoints": hooks}}
+    lines = render([cluster], all_namespaces=True, now=NOW).splitlines()
+    assert lines[1].split() == ["tp", "sched/sched_process_exec,syscalls/sys_enter_openat", "<all>", "5m"]
+    namespaced = {"apiVersion": "velvet.io/v1alpha1", "kind": "VelvetTracingPolicyNamespaced",
+                  "metadata": meta("tpn"),
+                  "spec": {"tracepoints": hooks[:1], "podSelector": {"matchLabels": {"app": "web"}}}}
+    lines = render([namespaced], all_namespaces=True, now=NOW).splitlines()
+    assert lines[1].split() == ["default", "tpn", "sched/sched_process_exec", "app=web", "5m"]

@@ -89,6 +89,7 @@ async def reconcile_loop(handlers: AgentHandlers) -> None:
             dirty, version = handlers.take_dirty()
             try:
                 retry = await handlers.run(agent.reconcile, dirty)
+                agent.program_tracing()
             except Exception:
                 log.exception("reconcile failed; will retry on the next change")
                 retry = Dirty(policy=True)

@@ -102,6 +102,7 @@ class AgentHandlers:
         answer["flows"] = self.agent.flows.status()
         answer["processes"] = self.agent.processes.status()
         answer["enforcement"] = self.agent.guard.status()
+        answer["tracing"] = self.agent.tracing.status()
         answer["http"] = None if address is None else {
             "address": address, "netns": self.agent.config.metrics_netns or "agent",
             "metrics": f"http://{address}/metrics", "ui": f"http://{address}/ui/"}

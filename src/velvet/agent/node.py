@@ -25,6 +25,7 @@ from velvet.agent.config import AgentConfig
 from velvet.agent.health import HealthProber, choose_targets
 from velvet.agent.manifests import parse_all, relocate
 from velvet.agent.routes import NetlinkRoutes
+from velvet.agent.tracing import TracingPolicies
 from velvet.agent.tunnel import NetlinkVxlan, TunnelDevice
 from velvet.cni.attachments import RUNTIME_ANNOTATION, Attachment, CniAttachments
 from velvet.cni.wiring import NetlinkWiring, Wiring
@@ -154,6 +155,8 @@ class Agent:
                                   kernel_lost=datapath.events_lost, registry=self.metrics_registry)
         self.processes = ProcessMonitor(proc_source, self.resolver, config.node_name, cgroup=config.cgroup,
                                         registry=self.metrics_registry)
+        self.tracing = TracingPolicies(config.node_name, self.state_dir / "tracing.json")
+        self.processes.policy_names.update(self.tracing.names())
         self.flows.processes = self.processes.flow_processes  # flows name the process of their connection
         self.guard = Enforcer(guard_source, self.processes, config.node_name, registry=self.metrics_registry)
         writer = TableWriter(datapath)
@@ -290,8 +293,14 @@ class Agent:
                 self._took("policy", started)
             self._publish_endpoints()
             self._drop_stale_refs()
+            self.tracing.compile(self.store, self.endpoints)  # programmed by `program_tracing`, on the loop
         self.reconcile_stats["passes"] += 1
         return retry
+
+    def program_tracing(self) -> None:
+        """Program what the last reconcile compiled of the tracing policies (on the event loop: the process
+        monitor's thread)."""
+        self.tracing.program(self.processes)
 
     def _took(self, what: str, started: float) -> None:
         self.reconcile_stats[what] = time.perf_counter() - started

@@ -181,7 +181,8 @@ def policy_get(agent: Agent) -> dict[str, Any]:
                           "ingress_policies": list(ep.ingress_policies),
                           "egress_policies": list(ep.egress_policies), "entries": entries})
     return {"policies": [p.metadata.key for p in policies], "endpoints": endpoints,
-            "cidr_identities": dict(compiled.cidr_identities) if compiled else {}}
+            "cidr_identities": dict(compiled.cidr_identities) if compiled else {},
+            "tracing_policies": agent.tracing.listing()}
 
 
 def _pod(agent: Agent, ref: str) -> Pod:

@@ -10,7 +10,7 @@ from velvet.api.relay import Peer, Relay
 from velvet.cli.common import client, cluster_relay, warn_unreachable
 from velvet.runtime.compact import compact_line
 
-EVENT_TYPES = ("process_exec", "process_exit", "process_fork")
+EVENT_TYPES = ("process_exec", "process_exit", "process_fork", "process_tracepoint")
 DEFAULT_LAST = 20
 
 

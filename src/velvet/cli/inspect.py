@@ -85,6 +85,12 @@ def cmd_policy_get(args: argparse.Namespace) -> int:
         print_json(answer)
         return 0
     print(f"NetworkPolicies: {', '.join(answer['policies']) or 'none'}")
+    tracing = answer.get("tracing_policies") or []
+    if tracing:
+        rows = [[t["name"], t["kind"], ",".join(t["hooks"]), str(t["selectors"]), t["scope"],
+                 "yes" if t["programmed"] else "NO"] for t in tracing]
+        print("\nTracing policies:")
+        print(table(["NAME", "KIND", "HOOKS", "SELECTORS", "SCOPE", "PROGRAMMED"], rows))
     for ep in answer["endpoints"]:
         isolated = [d for d in ("ingress", "egress") if ep[f"{d}_policies"]]
         print(f"\nEndpoint {ep['id']} {ep['pod']} (identity {ep['identity']}): "

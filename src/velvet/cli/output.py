@@ -19,7 +19,8 @@ from velvet.api.objects import is_ready
 Obj = Mapping[str, Any]
 Row = list[str]
 
-_GROUPS = {"EndpointSlice": "discovery.k8s.io", "NetworkPolicy": "networking.k8s.io"}
+_GROUPS = {"EndpointSlice": "discovery.k8s.io", "NetworkPolicy": "networking.k8s.io",
+           "VelvetTracingPolicy": "velvet.io", "VelvetTracingPolicyNamespaced": "velvet.io"}
 
 
 def render(items: Sequence[Obj], output: str | None = None, *, all_namespaces: bool = False,
@@ -72,7 +73,7 @@ def render_table(items: Sequence[Obj], *, wide: bool = False, all_namespaces: bo
     for kind, objs in kinds.items():
         columns, row_of = _TABLES[kind]
         header = list(columns) + (list(_WIDE[kind][0]) if wide and kind in _WIDE else [])
-        namespaced = kind not in ("Namespace", "Node")
+        namespaced = kind not in ("Namespace", "Node", "VelvetTracingPolicy")
         if all_namespaces and namespaced:
             header.insert(0, "NAMESPACE")
         rows: list[Row] = [header]
@@ -210,6 +211,13 @@ def _policy_row(obj: Obj, now: datetime) -> Row:
     return [_name(obj), format_selector(obj.get("spec", {}).get("podSelector", {})), _age(obj, now)]
 
 
+def _tracing_row(obj: Obj, now: datetime) -> Row:
+    spec = obj.get("spec", {})
+    hooks = ",".join(f"{t['subsystem']}/{t['event']}" for t in spec.get("tracepoints", []))
+    selector = spec.get("podSelector")
+    return [_name(obj), hooks, format_selector(selector) if selector is not None else "<all>", _age(obj, now)]
+
+
 def format_selector(selector: Obj) -> str:
     """metav1.FormatLabelSelector: requirements sorted by key, `<none>` when empty."""
     reqs: list[tuple[str, str]] = [(k, f"{k}={v}") for k, v in (selector.get("matchLabels") or {}).items()]
@@ -244,6 +252,8 @@ _TABLES: dict[str, tuple[tuple[str, ...], Callable[[Obj, datetime], Row]]] = {
     "Service": (("NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"), _service_row),
     "EndpointSlice": (("NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"), _slice_row),
     "NetworkPolicy": (("NAME", "POD-SELECTOR", "AGE"), _policy_row),
+    "VelvetTracingPolicy": (("NAME", "HOOKS", "POD-SELECTOR", "AGE"), _tracing_row),
+    "VelvetTracingPolicyNamespaced": (("NAME", "HOOKS", "POD-SELECTOR", "AGE"), _tracing_row),
     "Namespace": (("NAME", "STATUS", "AGE"), _namespace_row),
     "Node": (("NAME", "STATUS", "ROLES", "AGE", "VERSION"), _node_row),
 }

@@ -80,6 +80,13 @@ def render(status: dict[str, Any], verbose: bool = False) -> str:
         f"Identities:    {counts['identities']}",
         f"Policies:      {counts['policies']} ({counts['policy_entries']} datapath entries)",
     ]
+    tracing = status.get("tracing") or {}
+    if tracing.get("policies"):
+        lines.append(f"Tracing:       {tracing['policies']} policies on {', '.join(tracing['hooks'])} "
+                     f"({tracing['rules']} rules, {tracing['binary_sets']} binary sets): "
+                     + ", ".join(tracing.get("names", [])))
+    for problem in tracing.get("problems", []):
+        lines.append(f"Problem:       {problem}")
     for problem in status["problems"]:
         lines.append(f"Problem:       service {problem['service']}: {problem['reason']}")
     flows = status.get("flows") or {}

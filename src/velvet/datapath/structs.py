@@ -56,6 +56,10 @@ PROC_CWD_DEPTH = 12
 PROC_CWD_NAME = 32
 GUARD_RULES_MAX = 64
 GUARD_NAME_MAX = 64
+RT_MAX_PIDS = 16  # values of one matchPIDs entry (types.h)
+RT_PATH_MAX = 256  # bytes of a binary path key, NUL included (types.h)
+RT_MAX_RULES = 64  # selectors of every exec policy together (types.h)
+RT_PID_DEPTH = 8  # ancestors looked at for matchPIDs followForks (types.h)
 
 C_DEFINES: dict[str, int] = {
     "LB_MAGLEV_LUT_SIZE": LB_MAGLEV_LUT_SIZE,
@@ -68,6 +72,10 @@ C_DEFINES: dict[str, int] = {
     "PROC_CWD_NAME": PROC_CWD_NAME,
     "GUARD_RULES_MAX": GUARD_RULES_MAX,
     "GUARD_NAME_MAX": GUARD_NAME_MAX,
+    "RT_MAX_RULES": RT_MAX_RULES,
+    "RT_MAX_PIDS": RT_MAX_PIDS,
+    "RT_PID_DEPTH": RT_PID_DEPTH,
+    "RT_PATH_MAX": RT_PATH_MAX,
 }
 """Every shared #define of types.h, by its C name."""
 
@@ -269,6 +277,7 @@ class ProcEventType(IntEnum):
     EXEC = 1
     EXIT = 2
     FORK = 4
+    TRACEPOINT = 8
 
 
 class ProcEventFlag(IntFlag):
@@ -301,6 +310,32 @@ class GuardSysctlAccess(IntFlag):
 
     READ = 1
     WRITE = 2
+
+
+class RtAction(IntEnum):
+    """enum rt_action (RT_ACTION_*): what an exec policy did (process_event.action; larger wins)."""
+
+    NONE = 0
+    NOPOST = 1
+    POST = 2
+    SIGNAL = 3
+    SIGKILL = 4
+
+
+class RtMatchOp(IntEnum):
+    """enum rt_match_op (RT_MATCH_*): rt_rule.bin_op and pid_op."""
+
+    ANY = 0
+    IN = 1
+    NOT_IN = 2
+    PREFIX = 3
+
+
+class RtHook(IntEnum):
+    """enum rt_hook (RT_HOOK_*): the tracepoint of a rule (rt_rule.hook, process_event.hook)."""
+
+    EXEC = 0
+    OPENAT = 1
 
 
 class SnatDir(IntEnum):
@@ -336,6 +371,9 @@ C_ENUMS: dict[str, tuple[type[IntEnum] | type[IntFlag], str]] = {
     "reserved_identity": (ReservedIdentity, "IDENTITY_"),
     "proc_event_type": (ProcEventType, "PROC_"),
     "proc_event_flags": (ProcEventFlag, "PROC_F_"),
+    "rt_action": (RtAction, "RT_ACTION_"),
+    "rt_match_op": (RtMatchOp, "RT_MATCH_"),
+    "rt_hook": (RtHook, "RT_HOOK_"),
     "snat_dir": (SnatDir, "SNAT_"),
     "guard_hook": (GuardHook, "GUARD_HOOK_"),
     "guard_action": (GuardAction, "GUARD_"),
@@ -621,10 +659,12 @@ class ProcessEvent(Structure):
         ("exit_code", c_int32),
         ("type", c_uint8),
         ("flags", c_uint8),
-        ("pad0", c_uint8 * 2),
+        ("action", c_uint8),
+        ("hook", c_uint8),
         ("args_len", c_uint32),
         ("cwd_depth", c_uint8),
-        ("pad", c_uint8 * 3),
+        ("pad", c_uint8),
+        ("policy", c_uint16),
         ("comm", c_char * 16),
         ("filename", c_char * 256),
         ("args", c_char * 512),
@@ -647,6 +687,45 @@ class SockEvent(Structure):
         ("new_state", c_uint8),
         ("pad", c_uint8 * 2),
     ]
+
+
+class RtRule(Structure):
+    """struct rt_rule: one selector of an exec tracing policy (rt_rules value)."""
+
+    _fields_ = [
+        ("policy_rules", c_uint64),
+        ("policy", c_uint32),
+        ("action", c_uint8),
+        ("signal", c_uint8),
+        ("bin_op", c_uint8),
+        ("binset", c_uint8),
+        ("pid_op", c_uint8),
+        ("pid_follow", c_uint8),
+        ("npids", c_uint8),
+        ("hook", c_uint8),
+        ("arg_op", c_uint8),
+        ("argset", c_uint8),
+        ("pad", c_uint8 * 2),
+        ("pids", c_uint32 * RT_MAX_PIDS),
+    ]
+
+
+class RtConfig(Structure):
+    """struct rt_config: the rules that apply to every process of the node."""
+
+    _fields_ = [("global_rules", c_uint64), ("rule_span", c_uint32), ("pad", c_uint32)]
+
+
+class RtPath(Structure):
+    """struct rt_path: an exact binary path key (rt_bin_paths), zero-padded."""
+
+    _fields_ = [("path", c_char * RT_PATH_MAX)]
+
+
+class RtPathLpm(Structure):
+    """struct rt_path_lpm: a binary path prefix key of the rt_bin_prefixes LPM trie (prefixlen in bits)."""
+
+    _fields_ = [("prefixlen", c_uint32), ("path", c_char * RT_PATH_MAX)]
 
 
 class ProcConfig(Structure):
@@ -749,6 +828,10 @@ C_STRUCTS: dict[str, type[Structure]] = {
     "flow_event": FlowEvent,
     "process_event": ProcessEvent,
     "proc_config": ProcConfig,
+    "rt_rule": RtRule,
+    "rt_config": RtConfig,
+    "rt_path": RtPath,
+    "rt_path_lpm": RtPathLpm,
     "sock_event": SockEvent,
     "snat4_key": Snat4Key,
     "snat4_entry": Snat4Entry,

@@ -23,8 +23,10 @@ from velvet.model.service import (
     ServicePort,
     ServiceSpec,
 )
+from velvet.model.tracing import VelvetTracingPolicy, VelvetTracingPolicyNamespaced
 
-KubeObject = Namespace | Pod | Service | EndpointSlice | NetworkPolicy
+KubeObject = (Namespace | Pod | Service | EndpointSlice | NetworkPolicy | VelvetTracingPolicy
+              | VelvetTracingPolicyNamespaced)
 
 __all__ = [
     "FIRST_ALLOCATED_IDENTITY", "NAME_LABEL", "Container", "ContainerPort", "Endpoint", "EndpointConditions",
@@ -32,4 +34,5 @@ __all__ = [
     "LabelSelectorRequirement", "Namespace", "NetworkPolicy", "NetworkPolicyPeer", "NetworkPolicyPort",
     "NetworkPolicyRule", "NetworkPolicySpec", "ObjectMeta", "ObjectReference", "Pod", "PodCondition",
     "PodSpec", "PodStatus", "Probe", "ReservedIdentity", "Service", "ServicePort", "ServiceSpec",
+    "VelvetTracingPolicy", "VelvetTracingPolicyNamespaced",
 ]

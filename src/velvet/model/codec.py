@@ -19,11 +19,12 @@ from typing import Any
 import yaml
 
 from velvet.errors import InvalidManifest
-from velvet.model import EndpointSlice, KubeObject, Namespace, Pod, Service
+from velvet.model import EndpointSlice, KubeObject, Namespace, NetworkPolicy, Pod, Service
 from velvet.model.decode_meta import decode_namespace
 from velvet.model.decode_net import decode_endpoint_slice, decode_network_policy
 from velvet.model.decode_pod import decode_pod
 from velvet.model.decode_service import decode_service
+from velvet.model.decode_tracing import decode_tracing_policy, decode_tracing_policy_namespaced
 from velvet.model.encode import (
     Json,
     encode_endpoint_slice,
@@ -32,6 +33,7 @@ from velvet.model.encode import (
     encode_pod,
     encode_service,
 )
+from velvet.model.encode_tracing import encode_tracing_policy
 from velvet.model.guards import (
     MAX_FILE_BYTES,
     MAX_INT_CHARS,
@@ -71,6 +73,10 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("Service", "v1", "services", ("svc",), namespaced=True),
         KindInfo("EndpointSlice", "discovery.k8s.io/v1", "endpointslices", (), namespaced=True),
         KindInfo("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies", ("netpol",), namespaced=True),
+        KindInfo("VelvetTracingPolicy", "velvet.io/v1alpha1", "velvettracingpolicies",
+                 ("tracingpolicy", "tracingpolicies", "tp"), namespaced=False),
+        KindInfo("VelvetTracingPolicyNamespaced", "velvet.io/v1alpha1", "velvettracingpoliciesnamespaced",
+                 ("tracingpolicynamespaced", "tracingpoliciesnamespaced", "tpn"), namespaced=True),
     )
 }
 _DECODERS: dict[str, Callable[..., KubeObject]] = {
@@ -79,6 +85,8 @@ _DECODERS: dict[str, Callable[..., KubeObject]] = {
     "Service": decode_service,
     "EndpointSlice": decode_endpoint_slice,
     "NetworkPolicy": decode_network_policy,
+    "VelvetTracingPolicy": decode_tracing_policy,
+    "VelvetTracingPolicyNamespaced": decode_tracing_policy_namespaced,
 }
 _TOP_FIELDS = {"EndpointSlice": ("addressType", "endpoints", "ports")}
 
@@ -112,7 +120,9 @@ def to_dict(obj: KubeObject) -> Json:
         return encode_service(obj)
     if isinstance(obj, EndpointSlice):
         return encode_endpoint_slice(obj)
-    return encode_network_policy(obj)
+    if isinstance(obj, NetworkPolicy):
+        return encode_network_policy(obj)
+    return encode_tracing_policy(obj)
 
 
 def parse_documents(text: str, path: str) -> list[KubeObject]:

@@ -6,11 +6,13 @@ from typing import Any
 
 Json = dict[str, Any]
 _ICONS = {"process_exec": ("🚀", "process"), "process_fork": ("🔀", "fork   "),
-          "process_exit": ("💥", "exit   ")}
+          "process_exit": ("💥", "exit   "), "process_tracepoint": ("🔍", "syscall")}
 
 
 def compact_line(event: Json, *, node_name: bool = False) -> str:
     """`🚀 process ns/pod /usr/bin/curl -s x`, `💥 exit    ns/pod /usr/bin/curl -s x 0` (or the signal).
+
+    An exec a tracing policy acted on ends with `(Sigkill by policy ns/name)`.
 
     A node process has no pod: the node's name stands there. A lost-events notice is a line of its own.
     """
@@ -25,8 +27,13 @@ def compact_line(event: Json, *, node_name: bool = False) -> str:
     pod = proc.get("pod")
     where = f"{pod['namespace']}/{pod['name']}" if pod else str(event.get("node_name", ""))
     line = f"{icon} {word} {where} {proc.get('binary', '')}"
-    if proc.get("arguments"):
+    if kind == "process_tracepoint":  # the syscall and its string arguments, not the process's
+        strings = [a["string_arg"] for a in body.get("args", []) if "string_arg" in a]
+        line += f" {body.get('event', '')}" + "".join(f" {s}" for s in strings)
+    elif proc.get("arguments"):
         line += f" {proc['arguments']}"
+    if body.get("policy_name"):
+        line += f" ({body.get('action', '')} by policy {body['policy_name']})"
     if kind == "process_exit":
         line += f" {body['signal']}" if body.get("signal") else f" {body.get('status', 0)}"
     if node_name:

@@ -19,9 +19,10 @@ import contextlib
 import fnmatch
 import logging
 import signal
+import struct
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -31,7 +32,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from velvet.datapath.structs import ProcEventFlag, ProcEventType
+from velvet.datapath.rt_tables import RtTables
+from velvet.datapath.structs import ProcEventFlag, ProcEventType, RtAction, RtHook
 from velvet.errors import NotSupported, VelvetError
 from velvet.observe.enrich import EndpointResolver
 from velvet.observe.flow import Flow
@@ -52,7 +54,7 @@ from velvet.runtime.tree import ConnectionTable, ProcessTree
 from velvet.system.mounts import cgroup2_mount
 
 log = logging.getLogger("velvet.runtime")
-EVENT_TYPES = ("process_exec", "process_exit", "process_fork")
+EVENT_TYPES = ("process_exec", "process_exit", "process_fork", "process_tracepoint")
 DEFAULT_CAPACITY = 4096
 FOLLOWER_QUEUE = 4096
 TCP_ESTABLISHED = 1
@@ -73,12 +75,19 @@ class ProcessEvent:
     parent: Process | None
     status: int = 0
     signal: str = ""
+    policy_name: str = ""  # process_exec: the tracing policy that acted on the exec (Post, Signal, Sigkill)
+    action: str = ""
+    hook: Json | None = None  # process_tracepoint: subsys, event and the policy's args
 
     def to_json(self, node_name: str) -> Json:
         """Tetragon's event JSON: {"process_exec": {"process": …, "parent": …}, "node_name", "time"}."""
         body: Json = {"process": self.process.to_json()}
         if self.parent is not None:
             body["parent"] = self.parent.to_json()
+        if self.hook is not None:
+            body.update(self.hook)
+        if self.policy_name:
+            body.update(policy_name=self.policy_name, action=self.action)
         if self.type == "process_exit":
             body.update(status=self.status, signal=self.signal, time=rfc3339(self.time_ns))
         return {self.type: body, "node_name": node_name, "time": rfc3339(self.time_ns)}
@@ -145,6 +154,12 @@ class ProcessMonitor:
         self._clock_offset_ns = time.time_ns() - time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
         self.execs = Counter("velvet_process_execs", "Process executions seen, by pod (node: empty labels)",
                              ["namespace", "pod"], registry=registry)
+        self.policy_actions = Counter("velvet_policy_actions",
+                                      "Tracing policy actions on execs, by pod (node: empty), policy, action",
+                                      ["namespace", "pod", "policy", "action"], registry=registry)
+        self.policy_names: dict[int, str] = {}  # the kernel's policy index -> the policy's name
+        self.policy_args: dict[tuple[int, int], tuple[int, ...]] = {}  # (policy, hook) -> args to report
+        self.policy_tables = RtTables()  # what the kernel's exec policy maps hold
         if registry is not None:
             registry.register(_LostCollector(self))
 
@@ -166,6 +181,7 @@ class ProcessMonitor:
             self.source.close()
             self.source = None
             return
+        self.policy_tables = self.source.read_policy()  # still acting: only differences are written
         while self.poll():
             pass
         self.scan_proc()
@@ -257,6 +273,8 @@ class ProcessMonitor:
                 self._on_fork(record)
             elif kind == ProcEventType.EXIT:
                 self._on_exit(record)
+            elif kind == ProcEventType.TRACEPOINT:
+                self._on_tracepoint(record)
 
     def ingest_sockets(self, batch: Any) -> None:
         """Take a batch of `struct sock_event` records (numpy, SOCK_EVENT_DTYPE)."""
@@ -289,8 +307,55 @@ class ProcessMonitor:
                        self._pod(cgroup_id))
         self.tree.put(proc)
         pod = proc.pod
-        self.execs.labels(namespace=pod.namespace if pod else "", pod=pod.name if pod else "").inc()
-        self._emit(ProcessEvent("process_exec", proc.start_ns, proc, parent))
+        namespace, pod_name = (pod.namespace, pod.name) if pod else ("", "")
+        self.execs.labels(namespace=namespace, pod=pod_name).inc()
+        event = ProcessEvent("process_exec", proc.start_ns, proc, parent)
+        action = int(r["action"])
+        if action != RtAction.NONE:
+            policy = self.policy_names.get(int(r["policy"]), f"#{int(r['policy'])}")
+            name = _ACTION_NAMES[RtAction(action)]
+            self.policy_actions.labels(namespace=namespace, pod=pod_name, policy=policy, action=name).inc()
+            if action != RtAction.NOPOST:
+                event.policy_name, event.action = policy, name
+        self._emit(event)
+
+    def set_policy(self, tables: RtTables, names: dict[int, str],
+                   args: dict[tuple[int, int], tuple[int, ...]] | None = None) -> None:
+        """Program the tracing policies (only what differs from what the kernel holds), name their indexes
+        and say which arguments each reports per hook ((policy, hook) -> format field indexes)."""
+        if self.source is not None and tables != self.policy_tables:
+            self.source.write_policy(self.policy_tables, tables)
+        self.policy_tables = tables
+        self.policy_names.update(names)
+        self.policy_args.update(args or {})
+
+    def _on_tracepoint(self, r: Any) -> None:
+        """A syscall hook's Post, Signal or Sigkill: Tetragon's process_tracepoint, with the policy's args."""
+        pid, hook, policy = int(r["pid"]), int(r["hook"]), int(r["policy"])
+        proc = self.tree.get(pid) or self._parent(pid)
+        cgroup_id = int(r["cgroup_id"])
+        if proc is None:
+            proc = Process("", pid, int(r["ppid"]), int(r["uid"]), bytes(r["comm"]).decode(errors="replace"),
+                           [], "", 0, ["miss"], "", cgroup_id, self._pod(cgroup_id))
+        subsys, event, fields = _HOOK_FIELDS[RtHook(hook)]
+        raw = struct.unpack_from("<6q", bytes(r["args"]).ljust(48, b"\0"))  # numpy drops trailing NULs
+        path = bytes(r["filename"]).decode(errors="replace")
+        wanted = self.policy_args.get((policy, hook), ())
+        args = [_arg_json(RtHook(hook), fields[i], raw, path) for i in wanted if i in fields]
+        name = self.policy_names.get(policy, f"#{policy}")
+        action = _ACTION_NAMES.get(RtAction(int(r["action"])), "")
+        pod = proc.pod
+        self.policy_actions.labels(namespace=pod.namespace if pod else "", pod=pod.name if pod else "",
+                                   policy=name, action=action).inc()
+        self._emit(ProcessEvent("process_tracepoint", int(r["ts_ns"]) + self._clock_offset_ns, proc,
+                                self.tree.get(proc.ppid), policy_name=name, action=action,
+                                hook={"subsys": subsys, "event": event, "args": args}))
+
+    def write_binsets(self, sets_of: Callable[[str], int]) -> None:
+        """proc_binsets of every live process the tree knows, from its binary (the kernel keeps them current
+        from the next exec or fork on; this covers processes that ran before the agent or the policy)."""
+        if self.source is not None:
+            self.source.write_binsets({p.pid: sets_of(p.binary) for p in self.tree.live()})
 
     def _on_fork(self, r: Any) -> None:
         pid, ts = int(r["pid"]), int(r["ts_ns"])
@@ -411,6 +476,24 @@ class ProcessMonitor:
 
 
 _SIGNALS = {int(s) for s in signal.Signals}
+# hook -> (subsystem, event, {format field index: (which syscall argument (-1: the syscall's number), is
+# it the path)}); the syscall's number is x86-64's
+_HOOK_FIELDS = {RtHook.OPENAT: ("syscalls", "sys_enter_openat",
+                                {4: (-1, False), 5: (0, False), 6: (1, True), 7: (2, False), 8: (3, False)})}
+_SYSCALL_NR = {RtHook.OPENAT: 257}
+
+
+def _arg_json(hook: RtHook, field: tuple[int, bool], raw: tuple[int, ...], path: str) -> Json:
+    """One reported argument as Tetragon writes it: {"string_arg": …} or {"int_arg": …}."""
+    position, is_path = field
+    if is_path:
+        return {"string_arg": path}
+    if position < 0:
+        return {"int_arg": _SYSCALL_NR[hook]}
+    value = raw[position] & 0xFFFFFFFF  # int arguments: the low 32 bits, signed
+    return {"int_arg": value - (1 << 32) if value >= 1 << 31 else value}
+_ACTION_NAMES = {RtAction.NOPOST: "NoPost", RtAction.POST: "Post", RtAction.SIGNAL: "Signal",
+                 RtAction.SIGKILL: "Sigkill"}
 
 
 def _under(cgroup: str, prefix: str) -> bool:

@@ -4,7 +4,11 @@ Needs root, bpffs, tracefs, BTF (CO-RE) and cgroup v2. The rings (`proc_events`,
 their own small `proc_sock_events`) and the maps are pinned beside the node's other maps, the links under
 its `links/` directory (`proc-exec`, `proc-fork`, `proc-exit`, `proc-tcp-connect`): a restarted agent
 re-opens the same rings, so events of processes that ran while it was down are still read, and replaces
-the links with its fresh programs (tracepoint links cannot be updated in place)."""
+the links with its fresh programs (tracepoint links cannot be updated in place).
+
+The tracing policies' maps (`rt_*`, `proc_binsets`) are pinned too and read back at start, so the policies
+keep acting across a restart; `write_policy` writes only what changed, and attaches a syscall hook's program
+(`proc-openat`) while some rule uses it."""
 
 from __future__ import annotations
 
@@ -17,13 +21,26 @@ import numpy as np
 
 from velvet.datapath import attach, build
 from velvet.datapath.bpfobject import BpfObject, load_over_pins
-from velvet.datapath.structs import PROCESS_EVENT_DTYPE, SOCK_EVENT_DTYPE, ProcConfig
+from velvet.datapath.rt_tables import RtRuleEntry, RtTables, path_key, prefix_key
+from velvet.datapath.structs import (
+    PROCESS_EVENT_DTYPE,
+    SOCK_EVENT_DTYPE,
+    ProcConfig,
+    RtConfig,
+    RtHook,
+    RtPath,
+    RtPathLpm,
+    RtRule,
+)
 from velvet.datapath.views import ProcEventsRing, RingView
 from velvet.system import mounts
 from velvet.system.mounts import cgroup2_mount
 
 log = logging.getLogger("velvet.runtime")
-PINNED_MAPS = ("proc_events", "proc_sock_events", "proc_config", "proc_lost", "proc_socks")
+RUNTIME_POLICY_MAPS = ("rt_rules", "rt_config", "rt_cgroup_rules", "rt_bin_paths", "rt_bin_prefixes",
+                       "rt_arg_paths", "rt_arg_prefixes", "rt_scratch")
+PINNED_MAPS = ("proc_events", "proc_sock_events", "proc_config", "proc_lost", "proc_socks", "proc_binsets",
+               *RUNTIME_POLICY_MAPS)
 # program -> (tracepoint category or "raw", tracepoint name)
 TRACEPOINTS = {
     "proc_exec": ("sched", "sched_process_exec"),
@@ -31,6 +48,8 @@ TRACEPOINTS = {
     "proc_exit": ("sched", "sched_process_exit"),
     "proc_tcp_connect": ("sock", "inet_sock_set_state"),
 }
+# tracing policies' syscall hooks (enum rt_hook) -> (program, tracepoint category, name): attached while used
+POLICY_HOOKS = {int(RtHook.OPENAT): ("proc_openat", "syscalls", "sys_enter_openat")}
 
 
 class ProcessSource(Protocol):
@@ -53,6 +72,15 @@ class ProcessSource(Protocol):
 
     def programs(self) -> list[dict[str, Any]]:
         """The loaded programs: name, id and the tracepoint each is attached to."""
+
+    def write_policy(self, old: RtTables, new: RtTables) -> None:
+        """Write the exec policy maps' difference between `old` (what they hold) and `new`."""
+
+    def write_binsets(self, binsets: dict[int, int]) -> None:
+        """Set proc_binsets of the given processes (tgid -> sets; 0 removes the entry)."""
+
+    def read_policy(self) -> RtTables:
+        """What the exec policy maps hold (a restarted agent's predecessor's policies keep acting)."""
 
     def close(self) -> None:
         """Release fds; pinned links keep reporting into the pinned ring."""
@@ -98,6 +126,10 @@ class KernelProcSource:
                 attach.attach_raw_tracepoint(self._obj.program(prog_name), name, pin).close()
             else:
                 attach.attach_tracepoint(self._obj.program(prog_name), category, name, pin).close()
+        for prog_name, category, name in POLICY_HOOKS.values():  # the previous agent's: our program now
+            pin = self.links_dir / prog_name.replace("_", "-")
+            if pin.exists():
+                attach.attach_tracepoint(self._obj.program(prog_name), category, name, pin).close()
         with self._obj.map("proc_events") as untyped:
             self._ring = ProcEventsRing(untyped)
         with self._obj.map("proc_sock_events") as untyped:
@@ -128,9 +160,101 @@ class KernelProcSource:
         """See `ProcessSource.programs`."""
         if self._obj is None:
             return []
+        attached = {name: hook for name, hook in TRACEPOINTS.items()}
+        attached.update((name, (category, tp)) for name, category, tp in POLICY_HOOKS.values()
+                        if (self.links_dir / name.replace("_", "-")).exists())
         return [{"name": name, "id": self._obj.program(name).id,
                  "attached_to": f"{'raw_tracepoint' if category == 'raw' else 'tracepoint ' + category}:{tp}"}
-                for name, (category, tp) in TRACEPOINTS.items()]
+                for name, (category, tp) in attached.items()]
+
+    def write_policy(self, old: RtTables, new: RtTables) -> None:
+        """See `ProcessSource.write_policy`. New entries go in before what refers to them (sets, then rules,
+        then the masks that enable them); removals in the reverse order."""
+        if self._obj is None:
+            return
+        obj = self._obj
+        for hook in new.hooks - old.hooks:
+            prog_name, category, name = POLICY_HOOKS[hook]
+            attach.attach_tracepoint(obj.program(prog_name), category, name,
+                                     self.links_dir / prog_name.replace("_", "-")).close()
+        with obj.map("rt_bin_paths") as p, p.typed(RtPath, c_uint64) as paths, \
+                obj.map("rt_bin_prefixes") as x, x.typed(RtPathLpm, c_uint64) as prefixes, \
+                obj.map("rt_arg_paths") as ap, ap.typed(RtPath, c_uint64) as arg_paths, \
+                obj.map("rt_arg_prefixes") as ax, ax.typed(RtPathLpm, c_uint64) as arg_prefixes, \
+                obj.map("rt_rules") as r, r.typed(c_uint32, RtRule) as rules, \
+                obj.map("rt_config") as c, c.typed(c_uint32, RtConfig) as config, \
+                obj.map("rt_cgroup_rules") as g, g.typed(c_uint64, c_uint64) as cgroups:
+            string_maps = ((paths, prefixes, (old.paths, old.prefixes), (new.paths, new.prefixes)),
+                           (arg_paths, arg_prefixes, (old.arg_paths, old.arg_prefixes),
+                            (new.arg_paths, new.arg_prefixes)))
+            for exact, trie, was, now in string_maps:
+                for path, sets in now[0].items():
+                    if was[0].get(path) != sets:
+                        exact.update(path_key(path), c_uint64(sets))
+                for prefix, sets in now[1].items():
+                    if was[1].get(prefix) != sets:
+                        trie.update(prefix_key(prefix), c_uint64(sets))
+            for number, rule in new.rules.items():
+                if old.rules.get(number) != rule:
+                    rules.update(c_uint32(number), rule.to_c())
+            span = max(new.rules, default=-1) + 1  # the kernel walks rule numbers below it
+            if (old.global_rules, max(old.rules, default=-1) + 1) != (new.global_rules, span):
+                config.update(c_uint32(0), RtConfig(global_rules=new.global_rules, rule_span=span))
+            for cgroup, mask in new.cgroup_rules.items():
+                if old.cgroup_rules.get(cgroup) != mask:
+                    cgroups.update(c_uint64(cgroup), c_uint64(mask))
+            for cgroup in old.cgroup_rules.keys() - new.cgroup_rules.keys():
+                cgroups.delete(c_uint64(cgroup))
+            for number in old.rules.keys() - new.rules.keys():  # no mask refers to them any more
+                rules.update(c_uint32(number), RtRule())
+            for prefix in old.prefixes.keys() - new.prefixes.keys():
+                prefixes.delete(prefix_key(prefix))
+            for path in old.paths.keys() - new.paths.keys():
+                paths.delete(path_key(path))
+            for prefix in old.arg_prefixes.keys() - new.arg_prefixes.keys():
+                arg_prefixes.delete(prefix_key(prefix))
+            for path in old.arg_paths.keys() - new.arg_paths.keys():
+                arg_paths.delete(path_key(path))
+        for hook in old.hooks - new.hooks:
+            attach.detach_pinned(self.links_dir / POLICY_HOOKS[hook][0].replace("_", "-"))
+
+    def read_policy(self) -> RtTables:
+        """See `ProcessSource.read_policy`."""
+        if self._obj is None:
+            return RtTables()
+        obj = self._obj
+        with obj.map("rt_bin_paths") as p, p.typed(RtPath, c_uint64) as paths, \
+                obj.map("rt_bin_prefixes") as x, x.typed(RtPathLpm, c_uint64) as prefixes, \
+                obj.map("rt_arg_paths") as ap, ap.typed(RtPath, c_uint64) as arg_paths, \
+                obj.map("rt_arg_prefixes") as ax, ax.typed(RtPathLpm, c_uint64) as arg_prefixes, \
+                obj.map("rt_rules") as r, r.typed(c_uint32, RtRule) as rules, \
+                obj.map("rt_config") as c, c.typed(c_uint32, RtConfig) as config, \
+                obj.map("rt_cgroup_rules") as g, g.typed(c_uint64, c_uint64) as cgroups:
+            settings = config.lookup(c_uint32(0))
+            hooks = frozenset(hook for hook, (prog_name, _, _) in POLICY_HOOKS.items()
+                              if (self.links_dir / prog_name.replace("_", "-")).exists())
+            return RtTables(
+                rules={int(k.value): RtRuleEntry.from_c(v) for k, v in rules.items() if v.policy_rules},
+                global_rules=int(settings.global_rules) if settings is not None else 0,
+                cgroup_rules={int(k.value): int(v.value) for k, v in cgroups.items()},
+                paths={k.path.decode(errors="replace"): int(v.value) for k, v in paths.items()},
+                prefixes={k.path[:k.prefixlen // 8].decode(errors="replace"): int(v.value)
+                          for k, v in prefixes.items()},
+                arg_paths={k.path.decode(errors="replace"): int(v.value) for k, v in arg_paths.items()},
+                arg_prefixes={k.path[:k.prefixlen // 8].decode(errors="replace"): int(v.value)
+                              for k, v in arg_prefixes.items()},
+                hooks=hooks)
+
+    def write_binsets(self, binsets: dict[int, int]) -> None:
+        """See `ProcessSource.write_binsets`."""
+        if self._obj is None:
+            return
+        with self._obj.map("proc_binsets") as untyped, untyped.typed(c_uint32, c_uint64) as sets:
+            for tgid, bits in binsets.items():
+                if bits:
+                    sets.update(c_uint32(tgid), c_uint64(bits))
+                else:
+                    sets.delete(c_uint32(tgid))
 
     def lost(self) -> int:
         """See `ProcessSource.lost`."""
@@ -152,5 +276,5 @@ class KernelProcSource:
 
     def detach(self) -> None:
         """Remove the pinned links (the node is going away: nothing reads the ring any more)."""
-        for prog_name in TRACEPOINTS:
+        for prog_name in [*TRACEPOINTS, *(name for name, _, _ in POLICY_HOOKS.values())]:
             attach.detach_pinned(self.links_dir / prog_name.replace("_", "-"))

@@ -37,6 +37,10 @@ class ProcessTree:
         """The current image of `pid` (an exited one during its grace period), if known."""
         return self._procs.get(pid)
 
+    def live(self) -> list[Process]:
+        """Every known process that has not exited."""
+        return [p for p in self._procs.values() if not p.exited]
+
     def put(self, proc: Process) -> None:
         """Record `proc` as the current image of its pid (an exec replaces the fork's image)."""
         self._procs.pop(proc.pid, None)  # re-insert: dict order is the age order for eviction

@@ -50,7 +50,8 @@ from velvet.sources.txn import NAMESPACED_KINDS, Txn, format_time, with_metadata
 
 ALL_NAMESPACES = "all"
 INITIAL_NAMESPACES = ("default", "kube-system")
-KIND_ORDER = ("Namespace", "Pod", "Service", "EndpointSlice", "NetworkPolicy")
+KIND_ORDER = ("Namespace", "Pod", "Service", "EndpointSlice", "NetworkPolicy", "VelvetTracingPolicy",
+              "VelvetTracingPolicyNamespaced")
 CONFLICT_ATTEMPTS = 3
 CONFLICT_WAIT_SECONDS = 5.0
 T = TypeVar("T")

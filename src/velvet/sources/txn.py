@@ -19,7 +19,7 @@ from velvet.model import KubeObject
 from velvet.sources.delta import Delta
 from velvet.sources.index import Key, ObjectIndex, key_of
 
-NAMESPACED_KINDS = ("Pod", "Service", "EndpointSlice", "NetworkPolicy")
+NAMESPACED_KINDS = ("Pod", "Service", "EndpointSlice", "NetworkPolicy", "VelvetTracingPolicyNamespaced")
 
 
 def with_metadata(obj: KubeObject, **changes: Any) -> KubeObject:

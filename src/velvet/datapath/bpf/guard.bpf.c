@@ -108,15 +108,6 @@ static __always_inline __u64 guard_scope_slots(__u8 hook)
 	return slots;
 }
 
-/* The binary sets of the current process (0 when its exec was not seen). */
-static __always_inline __u64 guard_binsets(void)
-{
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	__u64 *found = bpf_map_lookup_elem(&proc_binsets, &tgid);
-
-	return found ? *found : 0;
-}
-
 /* Count one in guard_stats at `index` (a slot, or GUARD_RULES_MAX for a lost event). */
 static __always_inline void guard_count(__u32 index)
 {
@@ -239,7 +230,7 @@ static __always_inline int guard_decide(struct guard_search *search)
 
 	if (!search->slots)
 		return GUARD_VERDICT_ALLOW;
-	search->binsets = guard_binsets();
+	search->binsets = rt_binsets_of(bpf_get_current_pid_tgid() >> 32);
 	search->deny = search->audit = GUARD_NO_SLOT;
 	bpf_loop(GUARD_RULES_MAX, guard_try_slot, search, 0);
 	slot = search->deny != GUARD_NO_SLOT ? search->deny : search->audit;

@@ -16,9 +16,15 @@
  * proc_sock_events. proc_config limits the process events to one
  * cgroup subtree (the node's): several nodes' agents on one machine each see their own.
  * The agent's process monitor (velvet.runtime) loads it and reads proc_events.
+ *
+ * Runtime policy (lib/tracing_policy.h): at exec, the tracing policies compiled by the agent act on the
+ * new process (Sigkill, Signal, Post, NoPost; the event names the policy), and every process's binary
+ * sets are kept in proc_binsets (lib/runtime.h; copied at fork, deleted at exit) for other objects.
+ *   proc_openat:    tracepoint syscalls/sys_enter_openat, attached only while a policy hooks it
  */
 #include "lib/common.h"
 #include <bpf/bpf_core_read.h>
+#include "lib/tracing_policy.h"
 
 #define PROC_EVENTS_RINGBUF_BYTES (4 * 1024 * 1024)
 #define AF_INET 2
@@ -200,11 +206,12 @@ int proc_exec(struct trace_event_raw_sched_process_exec *ctx)
 
 	if (!proc_monitored())
 		return 0;
-	ev = proc_event_reserve(PROC_EXEC);
-	if (!ev)
-		return 0;
 	/* filename is a __data_loc string: offset in the low 16 bits */
 	loc = ctx->__data_loc_filename & 0xffff;
+	ev = proc_event_reserve(PROC_EXEC);
+	rt_exec_policies((void *)ctx + loc, ev); /* a full ring loses the event, never the policy */
+	if (!ev)
+		return 0;
 	bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), (void *)ctx + loc);
 	/* argv as the new image has it on its stack: freshly written, so its pages are present */
 	task = (struct task_struct *)bpf_get_current_task();
@@ -232,10 +239,16 @@ int proc_fork(struct bpf_raw_tracepoint_args *ctx)
 	__u32 tgid, pid;
 
 	/* a new thread shares its creator's thread group: only new processes are events */
+	__u64 sets;
+
 	tgid = BPF_CORE_READ(child, tgid);
 	pid = BPF_CORE_READ(child, pid);
 	if (tgid != pid || !proc_monitored())
 		return 0;
+	/* the child runs its parent's binary until it execs */
+	sets = rt_binsets_of(bpf_get_current_pid_tgid() >> 32);
+	if (sets)
+		bpf_map_update_elem(&proc_binsets, &tgid, &sets, BPF_ANY);
 	ev = proc_event_reserve(PROC_FORK);
 	if (!ev)
 		return 0;
@@ -251,9 +264,14 @@ int proc_exit(struct trace_event_raw_sched_process_template *ctx)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct process_event *ev;
+	__u32 tgid;
 
 	/* one event per process: when its last thread exits (signal->live already counts it out) */
-	if (BPF_CORE_READ(task, signal, live.counter) != 0 || !proc_monitored())
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	bpf_map_delete_elem(&proc_binsets, &tgid);
+	if (!proc_monitored())
 		return 0;
 	ev = proc_event_reserve(PROC_EXIT);
 	if (!ev)
@@ -305,6 +323,19 @@ int proc_tcp_connect(struct trace_event_raw_inet_sock_set_state *ctx)
 	if (ctx->newstate == TCP_CLOSE)
 		bpf_map_delete_elem(&proc_socks, &sk);
 	proc_report_sock(ctx, tgid);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int proc_openat(struct trace_event_raw_sys_enter *ctx)
+{
+	/* most processes are in no policy's scope: two lookups, then out */
+	__u32 span = 0;
+
+	if (!rt_candidates(&span) || !proc_monitored())
+		return 0;
+	/* openat(dfd, filename, flags, mode): the path is argument 1 */
+	rt_syscall_policies(ctx, RT_HOOK_OPENAT, 1, &proc_events, PROC_EVENTS_RINGBUF_BYTES, &proc_lost);
 	return 0;
 }
 

@@ -234,6 +234,7 @@ enum proc_event_type {
 	PROC_EXEC = 1,
 	PROC_EXIT = 2,
 	PROC_FORK = 4,
+	PROC_TRACEPOINT = 8, /* a tracing policy's syscall hook matched (process_event.hook) */
 };
 
 /* process_event.flags */
@@ -488,13 +489,17 @@ struct process_event {
 	__s32 exit_code; /* PROC_EXIT: wait(2) status (code << 8 | signal) */
 	__u8 type;       /* enum proc_event_type */
 	__u8 flags;      /* enum proc_event_flags */
-	__u8 pad0[2];
+	__u8 action;     /* PROC_EXEC, PROC_TRACEPOINT: enum rt_action of the strongest matching policy (0: none) */
+	__u8 hook;       /* PROC_TRACEPOINT: enum rt_hook */
 	__u32 args_len;  /* PROC_EXEC: bytes of args used */
 	__u8 cwd_depth;  /* PROC_EXEC: components used in cwd */
-	__u8 pad[3];
+	__u8 pad;
+	__u16 policy;    /* with an action: the policy index (the agent maps it to the policy's name) */
 	char comm[16];
-	char filename[256]; /* PROC_EXEC: path of the executed file as given to execve, NUL-terminated */
-	char args[512];     /* PROC_EXEC: argv NUL-separated (argv[0] included), from mm->arg_start */
+	char filename[256]; /* PROC_EXEC: path of the executed file as given to execve, NUL-terminated;
+			     * PROC_TRACEPOINT: the syscall's path argument */
+	char args[512];     /* PROC_EXEC: argv NUL-separated (argv[0] included), from mm->arg_start;
+			     * PROC_TRACEPOINT: the syscall's six arguments, __u64 each (args_len 48) */
 	char cwd[PROC_CWD_DEPTH][PROC_CWD_NAME]; /* PROC_EXEC: cwd components, the innermost first */
 };
 
@@ -521,6 +526,71 @@ struct proc_config {
 	__u64 cgroup_id; /* the node's cgroup: only its subtree is reported; 0: every process */
 	__u32 level;     /* depth of that cgroup below the cgroup v2 root */
 	__u32 pad;
+};
+
+/* ---- runtime policy (VelvetTracingPolicy on exec and syscall tracepoints) ------------------- */
+
+#define RT_MAX_RULES 64    /* selectors of every exec policy together: bits of a u64 mask */
+#define RT_MAX_PIDS 16     /* values of one matchPIDs entry */
+#define RT_PID_DEPTH 8     /* ancestors looked at for matchPIDs followForks */
+#define RT_PATH_MAX 256    /* bytes of a binary path key, NUL included */
+
+/* what an exec policy's selector does; a larger value wins when several policies match */
+enum rt_action {
+	RT_ACTION_NONE = 0,
+	RT_ACTION_NOPOST = 1,
+	RT_ACTION_POST = 2,
+	RT_ACTION_SIGNAL = 3,
+	RT_ACTION_SIGKILL = 4,
+};
+
+/* rt_rule.hook: the tracepoint a rule belongs to */
+enum rt_hook {
+	RT_HOOK_EXEC = 0,   /* sched/sched_process_exec */
+	RT_HOOK_OPENAT = 1, /* syscalls/sys_enter_openat */
+};
+
+/* rt_rule.bin_op, pid_op and arg_op */
+enum rt_match_op {
+	RT_MATCH_ANY = 0,  /* no matchBinaries / matchPIDs */
+	RT_MATCH_IN = 1,   /* the binary is in set `binset` / the pid is one of `pids` */
+	RT_MATCH_NOT_IN = 2,
+	RT_MATCH_PREFIX = 3, /* arg_op: the path argument starts with one of arg set `argset`'s prefixes */
+};
+
+/* rt_rules value: one selector of a tracing policy's hook (a policy's first matching selector acts alone) */
+struct rt_rule {
+	__u64 policy_rules; /* bits of this policy's rules: cleared from the candidates once one acts */
+	__u32 policy;       /* policy index, reported in process_event.policy */
+	__u8 action;        /* enum rt_action */
+	__u8 signal;        /* RT_ACTION_SIGNAL: the signal number */
+	__u8 bin_op;        /* enum rt_match_op on proc_binsets' bit `binset` */
+	__u8 binset;
+	__u8 pid_op;        /* enum rt_match_op on `pids` */
+	__u8 pid_follow;    /* matchPIDs followForks: a descendant of a listed pid matches as the pid */
+	__u8 npids;
+	__u8 hook;          /* enum rt_hook */
+	__u8 arg_op;        /* enum rt_match_op on the path argument: IN (Equal) or PREFIX, in arg set `argset` */
+	__u8 argset;
+	__u8 pad[2];
+	__u32 pids[RT_MAX_PIDS];
+};
+
+/* rt_config value (one entry): the rules that apply to every process of the node (no podSelector) */
+struct rt_config {
+	__u64 global_rules;
+	__u32 rule_span; /* the highest rule number in use + 1: how far the rule walk goes */
+	__u32 pad;
+};
+
+/* rt_bin_paths key (exact binary paths) and rt_bin_prefixes key (LPM trie: prefixlen in bits) */
+struct rt_path {
+	char path[RT_PATH_MAX];
+};
+
+struct rt_path_lpm {
+	__u32 prefixlen;
+	char path[RT_PATH_MAX];
 };
 
 /* ---- NodePort to backends on other nodes (SNAT) --------------------------------------------- */
