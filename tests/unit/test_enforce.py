@@ -78,8 +78,8 @@ def enforcer(source: FakeGuard | None, registry: CollectorRegistry | None = None
     resolver = DictResolver()
     resolver.set_cgroup(POD_CGROUP, "10.244.0.9")
     resolver.set_endpoint("10.244.0.9", EndpointInfo("shop", "cart-1", ("k8s:app=cart",)))
-    monitor = ProcessMonitor(None, resolver, "node-a", cgroup=None)
-    return Enforcer(source, monitor, "node-a", registry=registry)
+    monitor = ProcessMonitor(None, resolver, "node-a", cgroup=None, registry=registry)
+    return Enforcer(source, monitor, "node-a")
 
 
 def test_rules_in_denials_out_with_status_and_metrics() -> None:

@@ -158,7 +158,7 @@ class Agent:
         self.tracing = TracingPolicies(config.node_name, self.state_dir / "tracing.json")
         self.processes.policy_names.update(self.tracing.names())
         self.flows.processes = self.processes.flow_processes  # flows name the process of their connection
-        self.guard = Enforcer(guard_source, self.processes, config.node_name, registry=self.metrics_registry)
+        self.guard = Enforcer(guard_source, self.processes, config.node_name)
         writer = TableWriter(datapath)
         self.endpoints = EndpointController(self.state_dir / "endpoints.json", datapath)
         gateway = config.host_ips[-1]

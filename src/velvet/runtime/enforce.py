@@ -12,8 +12,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
-
 from velvet.errors import DatapathError, VelvetError
 from velvet.runtime.guard import GuardSource, RuleWrite
 from velvet.runtime.guard_events import GuardEvents
@@ -27,16 +25,13 @@ log = logging.getLogger("velvet.runtime")
 class Enforcer:
     """Rules in, denials and audits out (Tetragon-shaped, with the process monitor's processes)."""
 
-    def __init__(self, source: GuardSource | None, monitor: ProcessMonitor, node_name: str, *,
-                 registry: CollectorRegistry | None = None) -> None:
-        """Enforcement through `source` (None: none on this node)."""
+    def __init__(self, source: GuardSource | None, monitor: ProcessMonitor, node_name: str) -> None:
+        """Enforcement through `source` (None: none on this node); actions counted with the monitor's."""
         self.source = source
         self.events = GuardEvents(node_name, monitor)
         self.rules: list[DenyRule] = []
         self.error = "" if source is not None else "runtime enforcement is off on this node"
-        self.actions = Counter("velvet_policy_actions",
-                               "Operations runtime policies denied or audited, by pod",
-                               ["namespace", "pod", "policy", "action"], registry=registry)
+        self.actions = monitor.policy_actions  # one velvet_policy_actions_total for every hook
 
     def start(self) -> None:
         """Load and attach the guard (rules written before an agent restart stay enforced meanwhile)."""

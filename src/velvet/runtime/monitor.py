@@ -155,7 +155,7 @@ class ProcessMonitor:
         self.execs = Counter("velvet_process_execs", "Process executions seen, by pod (node: empty labels)",
                              ["namespace", "pod"], registry=registry)
         self.policy_actions = Counter("velvet_policy_actions",
-                                      "Tracing policy actions on execs, by pod (node: empty), policy, action",
+                                      "Runtime policy actions (exec, openat, cgroup hooks) by pod",
                                       ["namespace", "pod", "policy", "action"], registry=registry)
         self.policy_names: dict[int, str] = {}  # the kernel's policy index -> the policy's name
         self.policy_args: dict[tuple[int, int], tuple[int, ...]] = {}  # (policy, hook) -> args to report
