@@ -148,16 +148,26 @@ def services_yaml(count: int) -> str:
 class Cluster:
     """A 3-node sandbox with the client on node 0 and the server on node 1."""
 
-    def __init__(self, routing: str, host_routing: str = "auto") -> None:
+    def __init__(self, routing: str, host_routing: str = "auto", tree: str = "") -> None:
         self.routing = routing
         self.host_routing = host_routing
+        self.tree = tree  # another Velvet source tree whose code and BPF objects the agents run (A/B)
         self.sb = SandboxCli(unique_name("bcl"))
         self.server_ip = ""
 
     def create(self) -> None:
-        """Up, pods ready."""
-        self.sb.up("--store", "etcd", "--nodes", str(NODES), "--routing", self.routing,
-                   "--host-routing", self.host_routing)
+        """Up (its agents running `tree`'s code and BPF objects when given), pods ready."""
+        saved = os.environ.get("PYTHONPATH")
+        if self.tree:
+            os.environ["PYTHONPATH"] = os.path.join(self.tree, "src")
+        try:
+            self.sb.up("--store", "etcd", "--nodes", str(NODES), "--routing", self.routing,
+                       "--host-routing", self.host_routing)
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
         self.sb.apply(pods_yaml())
         self.server_ip = self.sb.wait_ready([f"{NS}/srv", f"{NS}/cli"], timeout=180)[f"{NS}/srv"]
 
@@ -308,6 +318,9 @@ def main() -> None:
     parser.add_argument("command", nargs="?", default="run", choices=["run", "identities", "convergence"])
     parser.add_argument("--routing", default="native,tunnel")
     parser.add_argument("--host-routing", default="auto", help="auto, bpf, legacy, or several: bpf,legacy")
+    parser.add_argument("--trees", default="",
+                        help="Velvet source trees to compare (A/B), comma-separated, each with its BPF "
+                             "objects built; each tree's sandbox agents run its code; default this tree")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connects", type=int, default=1000)
     parser.add_argument("--mib", type=int, default=256)
@@ -325,8 +338,10 @@ def main() -> None:
     machine = {"cpus": os.cpu_count(), "kernel": os.uname().release}
     routed = Routed(unique_name("cl"))
     host_modes = [mode for mode in args.host_routing.split(",") if mode]
-    clusters = {f"velvet-{mode}" + (f"-{hr}" if len(host_modes) > 1 else ""): Cluster(mode, hr)
-                for mode in args.routing.split(",") if mode for hr in host_modes}
+    trees = [d for d in args.trees.split(",") if d] or [""]
+    clusters = {f"velvet-{mode}" + (f"-{hr}" if len(host_modes) > 1 else "")
+                + (f"-{os.path.basename(d.rstrip('/'))}" if len(trees) > 1 else ""): Cluster(mode, hr, d)
+                for mode in args.routing.split(",") if mode for hr in host_modes for d in trees}
     peers: dict[str, Routed | Cluster] = {"routed": routed, **clusters}
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in peers}
     report: dict[str, Any] = {"machine": machine, "rounds": args.rounds}
@@ -338,8 +353,9 @@ def main() -> None:
             for name in names:
                 rounds[name].append(peers[name].measure(args.connects, args.mib))
         native = next((c for c in clusters.values() if c.routing == "native"), None)
-        if native is not None:
+        if native is not None and args.services:
             report["convergence"] = native.convergence(args.services)
+        if native is not None and args.identities:
             report["identities"] = native.identities(args.identities)
     finally:
         for peer in peers.values():
