@@ -40,6 +40,19 @@ static __always_inline void lxc_fill_identities(struct pkt4 *pkt)
 		pkt->dst_identity = ipcache_identity(pkt->daddr);
 }
 
+/*
+ * Identities of a tracked connection's packet, as its entry recorded them when the connection was
+ * created (reply: the packet travels against the entry's direction), so that its events need no
+ * ipcache lookup. Identities already known, and those the entry lacks, stay as they are.
+ */
+static __always_inline void lxc_ct_identities(struct pkt4 *pkt, const struct ct4_entry *e, bool reply)
+{
+	if (!pkt->src_identity)
+		pkt->src_identity = reply ? e->dst_identity : e->src_identity;
+	if (!pkt->dst_identity)
+		pkt->dst_identity = reply ? e->src_identity : e->dst_identity;
+}
+
 /* Forward, with a trace event when aggregation asks for one. */
 static __always_inline int lxc_pass(struct __sk_buff *skb, struct pkt4 *pkt, __u8 obs, __u8 dir,
 				    bool report)
@@ -79,7 +92,7 @@ int lxc_from_pod(struct __sk_buff *skb)
 	struct pkt4 pkt = {};
 	struct ct4_entry *e;
 	struct ct4_key key;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = clock_now();
 	__u32 backend_id = 0;
 	__u16 reason = 0;
 	bool report = false;
@@ -110,6 +123,7 @@ int lxc_from_pod(struct __sk_buff *skb)
 	if (e) {
 		pkt.ev_flags |= EV_F_REPLY;
 		report = ct_account(e, true, skb->len, pkt.tcp_flags, now);
+		lxc_ct_identities(&pkt, e, true);
 		goto forward;
 	}
 
@@ -128,13 +142,13 @@ int lxc_from_pod(struct __sk_buff *skb)
 	e = ct_lookup(&key, pkt.tcp_flags, now);
 	if (e) {
 		report = ct_account(e, false, skb->len, pkt.tcp_flags, now);
+		lxc_ct_identities(&pkt, e, false);
 		goto forward;
 	}
 
 	/* new connection: egress policy of the pod against the destination's identity */
 	pkt.dst_identity = ipcache_identity(pkt.daddr);
-	verdict = policy_decide(ep, POLICY_EGRESS, pkt.dst_identity, ipcache_cidr_identity(pkt.daddr),
-				&pkt);
+	verdict = policy_decide(ep, POLICY_EGRESS, pkt.dst_identity, pkt.daddr, &pkt);
 	lxc_policy_event(skb, &pkt, ep, EP_POLICY_EGRESS, verdict, OBS_FROM_ENDPOINT, METRIC_EGRESS);
 	if (verdict == POLICY_VERDICT_DROP)
 		return drop_pkt(skb, &pkt, DROP_POLICY_DENIED, OBS_FROM_ENDPOINT, METRIC_EGRESS);
@@ -161,7 +175,7 @@ int lxc_to_pod(struct __sk_buff *skb)
 	struct pkt4 pkt = {};
 	struct ct4_entry *e;
 	struct ct4_key key;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = clock_now();
 	__u16 reason = 0;
 	bool report;
 	int ret, verdict;
@@ -192,9 +206,11 @@ int lxc_to_pod(struct __sk_buff *skb)
 	if (e) {
 		pkt.ev_flags |= EV_F_REPLY;
 		report = ct_account(e, true, skb->len, pkt.tcp_flags, now);
+		/* the backend's identity for translated ones, not the frontend's */
+		lxc_ct_identities(&pkt, e, true);
 		if (e->rev_nat_index) {
-			/* the event names the backend's identity, not the frontend's */
-			pkt.src_identity = ipcache_identity(pkt.saddr);
+			if (!pkt.src_identity)
+				pkt.src_identity = ipcache_identity(pkt.saddr);
 			reason = svc_rev_nat(skb, &pkt, e, now);
 			if (reason)
 				return lxc_drop(skb, &pkt, reason, OBS_TO_ENDPOINT, METRIC_INGRESS);
@@ -205,15 +221,16 @@ int lxc_to_pod(struct __sk_buff *skb)
 	/* established connection this pod accepted */
 	ct_key_fwd(&key, &pkt, CT_INGRESS);
 	e = ct_lookup(&key, pkt.tcp_flags, now);
-	if (e)
+	if (e) {
+		lxc_ct_identities(&pkt, e, false);
 		return lxc_pass(skb, &pkt, OBS_TO_ENDPOINT, METRIC_INGRESS,
 				ct_account(e, false, skb->len, pkt.tcp_flags, now));
+	}
 
 	/* new connection: ingress policy of the pod against the source's identity */
 	if (!pkt.src_identity)
 		pkt.src_identity = ipcache_identity(pkt.saddr);
-	verdict = policy_decide(ep, POLICY_INGRESS, pkt.src_identity, ipcache_cidr_identity(pkt.saddr),
-				&pkt);
+	verdict = policy_decide(ep, POLICY_INGRESS, pkt.src_identity, pkt.saddr, &pkt);
 	lxc_policy_event(skb, &pkt, ep, EP_POLICY_INGRESS, verdict, OBS_TO_ENDPOINT, METRIC_INGRESS);
 	if (verdict == POLICY_VERDICT_DROP)
 		return lxc_drop(skb, &pkt, DROP_POLICY_DENIED, OBS_TO_ENDPOINT, METRIC_INGRESS);

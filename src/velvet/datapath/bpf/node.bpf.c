@@ -43,7 +43,7 @@ int node_from_uplink(struct __sk_buff *skb)
 	struct pkt4 pkt = {};
 	struct ct4_entry *e;
 	struct ct4_key key;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = clock_now();
 	__u32 backend_id = 0;
 	bool report = true;
 	__u16 reason;
@@ -144,7 +144,7 @@ int node_to_uplink(struct __sk_buff *skb)
 	struct pkt4 pkt = {};
 	struct ct4_entry *e;
 	struct ct4_key key;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = clock_now();
 	__u16 reason;
 	bool report;
 	int ret;

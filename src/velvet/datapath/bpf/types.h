@@ -10,7 +10,8 @@
  * Conventions:
  *  - addresses and ports are in network byte order (__be32/__be16), everything else host order;
  *  - every struct is naturally aligned (no packing), explicit pad fields are zero;
- *  - timestamps are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns(), Python time.monotonic_ns()).
+ *  - timestamps are CLOCK_MONOTONIC nanoseconds (Python time.monotonic_ns()): bpf_ktime_get_ns() in events,
+ *    the tick-resolution bpf_ktime_get_coarse_ns() in conntrack and affinity entries (lib/common.h).
  *
  * The includer provides the kernel's __u8..__u64/__be16/__be32 typedefs (vmlinux.h).
  *
@@ -355,7 +356,8 @@ struct ct4_entry {
 	__be32 nat_addr;      /* CT_SERVICE: backend; translated entries: original frontend */
 	__be16 nat_port;
 	__u16 rev_nat_index;  /* != 0: replies are translated back to nat_addr/nat_port */
-	__u32 src_identity;
+	__u32 src_identity;   /* identities of the forward direction's source and destination when */
+	__u32 dst_identity;   /* the connection was created (0: not resolved); its events reuse them */
 	__u32 policy_id;      /* policy that allowed the connection, 0 if none */
 	__u32 backend_id;     /* CT_SERVICE: the selected backend */
 	__u8 tx_flags_seen;   /* TCP flags seen in the forward direction */
