@@ -571,10 +571,12 @@ struct snat4_entry {
  * bpf_fib_lookup in the node's namespace, TTL decremented, bpf_redirect / bpf_redirect_neigh out of
  * the interface the FIB names (lib/fib.h), so the node's IP stack never sees the packet.
  *  - lxc_from_pod: everything it passes (after the tunnel redirect in tunnel mode), to another
- *    node's pods through the uplink, to a local pod through its host veth, whose tc egress
- *    (lxc_to_pod) then decides ingress policy and reports the packet as before.
+ *    node's pods through the uplink, to a local pod through its host veth.
  *  - node_from_uplink, overlay_from_tunnel: what they pass to a local endpoint (lxc_endpoints),
- *    out of its host veth (lxc_to_pod again).
+ *    out of its host veth.
+ * A local pod's packet from lxc_from_pod or node_from_uplink, its MAC known, gets the to-pod datapath
+ * (ingress policy, conntrack, events: lib/endpoint.h) there and enters the pod by bpf_redirect_peer;
+ * the rest redirected to a host veth meets lxc_to_pod on its tc egress, as without the flag.
  * Whatever the FIB does not forward (the node's own addresses, no route, MTU exceeded, TTL about
  * to expire, forwarding off) goes to the node's stack as without the flag.
  */
