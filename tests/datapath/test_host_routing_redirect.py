@@ -34,7 +34,7 @@ from velvet.datapath.structs import (
     Verdict,
 )
 from velvet.datapath.tables import NodeSettings
-from velvet.datapath.testrun import TestRunResult, skb_ctx, test_run
+from velvet.datapath.testrun import SkBuff, TestRunResult, skb_ctx, test_run
 from velvet.system.netns import in_netns
 
 pytestmark = [pytest.mark.privileged]
@@ -219,6 +219,20 @@ def test_uplink_runs_the_pods_ingress_policy_before_delivering(node: Loaded, top
     replies = [e for e in node.events() if e["obs_point"] == ObsPoint.TO_ENDPOINT]
     assert [(e["type"], bool(e["flags"] & EventFlag.REPLY), e["ifindex"]) for e in replies] == [
         (EventType.TRACE, True, topo.ifindex["lxc0"])]
+
+
+def test_what_enters_a_pod_directly_leaves_the_nodes_mark_behind(node: Loaded, topo: Node) -> None:
+    """Test that a packet node_from_uplink sends straight into a pod carries no skb mark of the node's
+    (as one crossing the veth into the pod's namespace), while one left to the stack keeps it."""
+    seed(node, topo)
+    with in_netns(topo.netns):
+        prog = node.obj.program("node_from_uplink")
+        into_pod = test_run(prog, tcp(REMOTE_POD, POD, 40000, 8080),
+                            ctx=skb_ctx(ifindex=topo.ifindex["up0"], mark=0x1234))
+        to_stack = test_run(prog, tcp("192.168.77.9", NODE_IP, 40000, 8080),
+                            ctx=skb_ctx(ifindex=topo.ifindex["up0"], mark=0x1234))
+    assert (into_pod.retval, SkBuff.from_buffer_copy(into_pod.ctx_out).mark) == (TC_ACT_REDIRECT, 0)
+    assert (to_stack.retval, SkBuff.from_buffer_copy(to_stack.ctx_out).mark) == (TC_ACT_OK, 0x1234)
 
 
 def test_uplink_without_the_pods_mac_leaves_its_datapath_to_its_veth(node: Loaded, topo: Node) -> None:

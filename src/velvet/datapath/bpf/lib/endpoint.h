@@ -152,10 +152,11 @@ static __always_inline void pkt_next_hop(struct pkt4 *next, const struct pkt4 *p
 }
 
 /*
- * Host routing from a tc ingress hook of what the caller passed (verdict TC_ACT_OK), as host_route()
- * (local_only: only packets for local pods, as host_route_local()), except that a packet the FIB sends
- * out of a local pod's host veth, its neighbour known, gets the to-pod datapath here and goes straight
- * into the pod (bpf_redirect_peer): no second program run on the veth, no backlog queue on the way.
+ * Host routing from a tc ingress hook: forward what the caller passed (verdict TC_ACT_OK) out of the
+ * interface the FIB names (local_only: only packets for local pods); else, or when the FIB says no,
+ * return verdict for the node's stack. A packet the FIB sends out of a local pod's host veth, its
+ * neighbour known, gets the to-pod datapath here and goes straight into the pod (bpf_redirect_peer):
+ * no second program run on the veth, no backlog queue on the way.
  */
 static __always_inline int host_route_ingress(struct __sk_buff *skb, const struct pkt4 *pkt, __u64 now,
 					      int verdict, bool local_only)
@@ -185,6 +186,8 @@ static __always_inline int host_route_ingress(struct __sk_buff *skb, const struc
 			verdict = to_endpoint(skb, &next, ep, now);
 			if (verdict != TC_ACT_OK)
 				return verdict;
+			/* the mark stays behind, as when crossing the veth into the pod's namespace */
+			skb->mark = 0;
 			ret = fib_forward(skb, &fib, ret, true);
 			return ret < 0 ? verdict : ret;
 		}

@@ -88,26 +88,4 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, __be32 saddr, __b
 	return ret < 0 ? -1 : fib_forward(skb, &fib, ret, false);
 }
 
-/* Host routing: forward a packet the program passed (verdict TC_ACT_OK) itself; else, or when the
- * FIB says no, return verdict for the node's stack. */
-static __always_inline int host_route(struct __sk_buff *skb, __be32 saddr, __be32 daddr, __u8 proto,
-				      int verdict)
-{
-	int ret;
-
-	if (verdict != TC_ACT_OK || !host_routing_enabled())
-		return verdict;
-	ret = fib_redirect(skb, saddr, daddr, proto);
-	return ret < 0 ? verdict : ret;
-}
-
-/* Host routing of a packet from outside the node: only to a local endpoint (its host veth). */
-static __always_inline int host_route_local(struct __sk_buff *skb, __be32 saddr, __be32 daddr, __u8 proto,
-					    int verdict)
-{
-	if (verdict != TC_ACT_OK || !bpf_map_lookup_elem(&lxc_endpoints, &daddr))
-		return verdict;
-	return host_route(skb, saddr, daddr, proto, verdict);
-}
-
 #endif /* VELVET_LIB_FIB_H */
