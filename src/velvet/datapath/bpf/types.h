@@ -574,9 +574,9 @@ struct snat4_entry {
  *    node's pods through the uplink, to a local pod through its host veth.
  *  - node_from_uplink, overlay_from_tunnel: what they pass to a local endpoint (lxc_endpoints),
  *    out of its host veth.
- * A local pod's packet from lxc_from_pod or node_from_uplink, its MAC known, gets the to-pod datapath
- * (ingress policy, conntrack, events: lib/endpoint.h) there and enters the pod by bpf_redirect_peer;
- * the rest redirected to a host veth meets lxc_to_pod on its tc egress, as without the flag.
+ * A local pod's packet forwarded by any of them, its MAC known, gets the to-pod datapath (ingress
+ * policy, conntrack, events: lib/endpoint.h) there and enters the pod by bpf_redirect_peer; the rest
+ * redirected to a host veth meets lxc_to_pod on its tc egress, as without the flag.
  * Whatever the FIB does not forward (the node's own addresses, no route, MTU exceeded, TTL about
  * to expire, forwarding off) goes to the node's stack as without the flag.
  */
