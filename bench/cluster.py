@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.cluster [--routing native,tunnel] [--host-routing auto] [--rounds 5]
                                       [--connects 1000] [--mib 256] [--services 1000] [--identities 500]
+                                      [--trees TREE_A,TREE_B] [--prog-stats]
     .venv/bin/python -m bench.cluster convergence [--rounds 3] [--services 1000]
 
 Peers, each a client pod on one node and a server pod (probe.py serve) on another:
@@ -21,12 +22,17 @@ every node's pinned lb4_services map holds the last one) and the identity alloca
 sandbox's etcd (sequential, then three nodes racing for the same label sets; every node must get the
 same numbers). Prints one JSON document; ratios are to routed. `convergence` runs only the convergence
 on one 3-node native sandbox, `--rounds` times (the services deleted, every map emptied, between rounds).
+`--services 0` / `--identities 0` skip those rows. `--trees A,B`: one sandbox per Velvet source tree (its
+agents run that tree's code and BPF objects, which must be built), interleaved like the other peers: an
+A/B of a datapath change in one run. `--prog-stats`: BPF run-time statistics on for the run, each BPF
+program's run time per connect (all programs of that name on the machine) in every row.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import ctypes
 import json
 import os
 import statistics
@@ -54,15 +60,41 @@ BENCH_PREFIX = "/velvet-bench/identities/"
 # -- traffic -------------------------------------------------------------------------------------------
 
 
-def traffic(client: list[str], target: str, connects: int, mib: int) -> dict[str, float]:
+def enable_bpf_stats() -> int:
+    """bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME) (x86-64 syscall 321, command 32): the kernel counts every
+    program's run time for as long as the returned fd is open."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = (ctypes.c_uint32 * 4)()  # type 0: BPF_STATS_RUN_TIME
+    fd = int(libc.syscall(321, 32, ctypes.byref(attr), ctypes.sizeof(attr)))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "bpf(BPF_ENABLE_STATS)")
+    return fd
+
+
+def prog_run_ns() -> dict[str, int]:
+    """Run time (ns) of the loaded BPF programs, summed per name (`bpftool prog show`)."""
+    totals: dict[str, int] = {}
+    for prog in json.loads(sh("bpftool", "-j", "prog", "show")):
+        name = str(prog.get("name", ""))
+        totals[name] = totals.get(name, 0) + int(prog.get("run_time_ns", 0))
+    return totals
+
+
+def traffic(client: list[str], target: str, connects: int, mib: int, stats: bool = False) -> dict[str, float]:
     """One round: median connect() latency (µs), request/response rate (1/s) and bulk throughput (Gbit/s)
-    from `client` (an argv prefix)."""
+    from `client` (an argv prefix); with `stats` (BPF run-time statistics on) also each program's run time
+    per connect during the connects (`ns/connect:NAME`; every program of that name on the machine)."""
     def probe(*args: str) -> dict[str, Any]:
         return dict(json.loads(sh(*client, "taskset", "-c", str(CLIENT_CPU), sys.executable, PROBE, *args)))
     probe("connect", target, "--count", "200")  # warm-up: neighbours, conntrack, caches
-    return {"connect_us": float(probe("connect", target, "--count", str(connects))["median"]),
-            "rr_per_s": float(probe("rr", target, "--seconds", "1")["per_s"]),
-            "bulk_gbit": float(probe("bulk", target, "--mib", str(mib))["per_s"])}
+    before = prog_run_ns() if stats else {}
+    row = {"connect_us": float(probe("connect", target, "--count", str(connects))["median"])}
+    for name, ns in (prog_run_ns() if stats else {}).items():
+        if ns > before.get(name, 0):
+            row[f"ns/connect:{name}"] = (ns - before.get(name, 0)) / connects
+    row["rr_per_s"] = float(probe("rr", target, "--seconds", "1")["per_s"])
+    row["bulk_gbit"] = float(probe("bulk", target, "--mib", str(mib))["per_s"])
+    return row
 
 
 class Routed:
@@ -109,9 +141,9 @@ class Routed:
              "serve", "--ports", str(PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
 
-    def measure(self, connects: int, mib: int) -> dict[str, float]:
+    def measure(self, connects: int, mib: int, stats: bool = False) -> dict[str, float]:
         """Traffic from pod 0 to pod 1's server."""
-        return traffic(["ip", "netns", "exec", self.pods[0]], f"10.245.1.10:{PORT}", connects, mib)
+        return traffic(["ip", "netns", "exec", self.pods[0]], f"10.245.1.10:{PORT}", connects, mib, stats)
 
     def remove(self) -> None:
         """Stop the server, delete the namespaces by name (never raises)."""
@@ -148,23 +180,33 @@ def services_yaml(count: int) -> str:
 class Cluster:
     """A 3-node sandbox with the client on node 0 and the server on node 1."""
 
-    def __init__(self, routing: str, host_routing: str = "auto") -> None:
+    def __init__(self, routing: str, host_routing: str = "auto", tree: str = "") -> None:
         self.routing = routing
         self.host_routing = host_routing
+        self.tree = tree  # another Velvet source tree whose code and BPF objects the agents run (A/B)
         self.sb = SandboxCli(unique_name("bcl"))
         self.server_ip = ""
 
     def create(self) -> None:
-        """Up, pods ready."""
-        self.sb.up("--store", "etcd", "--nodes", str(NODES), "--routing", self.routing,
-                   "--host-routing", self.host_routing)
+        """Up (its agents running `tree`'s code and BPF objects when given), pods ready."""
+        saved = os.environ.get("PYTHONPATH")
+        if self.tree:
+            os.environ["PYTHONPATH"] = os.path.join(self.tree, "src")
+        try:
+            self.sb.up("--store", "etcd", "--nodes", str(NODES), "--routing", self.routing,
+                       "--host-routing", self.host_routing)
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
         self.sb.apply(pods_yaml())
         self.server_ip = self.sb.wait_ready([f"{NS}/srv", f"{NS}/cli"], timeout=180)[f"{NS}/srv"]
 
-    def measure(self, connects: int, mib: int) -> dict[str, float]:
+    def measure(self, connects: int, mib: int, stats: bool = False) -> dict[str, float]:
         """Traffic from the client pod (node 0) to the server pod (node 1)."""
         return traffic(self.sb.argv("sandbox", "exec", f"{NS}/cli", "--"), f"{self.server_ip}:{PORT}",
-                       connects, mib)
+                       connects, mib, stats)
 
     def convergence(self, count: int, budget: float = 120.0) -> dict[str, Any]:
         """Seconds from `velvet apply` of `count` services on node 0 until every node serves the last."""
@@ -308,6 +350,11 @@ def main() -> None:
     parser.add_argument("command", nargs="?", default="run", choices=["run", "identities", "convergence"])
     parser.add_argument("--routing", default="native,tunnel")
     parser.add_argument("--host-routing", default="auto", help="auto, bpf, legacy, or several: bpf,legacy")
+    parser.add_argument("--trees", default="",
+                        help="Velvet source trees to compare (A/B), comma-separated, each with its BPF "
+                             "objects built; each tree's sandbox agents run its code; default this tree")
+    parser.add_argument("--prog-stats", action="store_true",
+                        help="BPF run-time statistics on: each program's ns per connect in every row")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connects", type=int, default=1000)
     parser.add_argument("--mib", type=int, default=256)
@@ -325,30 +372,38 @@ def main() -> None:
     machine = {"cpus": os.cpu_count(), "kernel": os.uname().release}
     routed = Routed(unique_name("cl"))
     host_modes = [mode for mode in args.host_routing.split(",") if mode]
-    clusters = {f"velvet-{mode}" + (f"-{hr}" if len(host_modes) > 1 else ""): Cluster(mode, hr)
-                for mode in args.routing.split(",") if mode for hr in host_modes}
+    trees = [d for d in args.trees.split(",") if d] or [""]
+    clusters = {f"velvet-{mode}" + (f"-{hr}" if len(host_modes) > 1 else "")
+                + (f"-{os.path.basename(d.rstrip('/'))}" if len(trees) > 1 else ""): Cluster(mode, hr, d)
+                for mode in args.routing.split(",") if mode for hr in host_modes for d in trees}
     peers: dict[str, Routed | Cluster] = {"routed": routed, **clusters}
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in peers}
     report: dict[str, Any] = {"machine": machine, "rounds": args.rounds}
+    stats_fd = enable_bpf_stats() if args.prog_stats else None
     try:
         for peer in peers.values():
             peer.create()
         for r in range(args.rounds):  # interleaved, the order rotated every round
             names = list(peers)[r % len(peers):] + list(peers)[:r % len(peers)]
             for name in names:
-                rounds[name].append(peers[name].measure(args.connects, args.mib))
+                rounds[name].append(peers[name].measure(args.connects, args.mib, stats_fd is not None))
         native = next((c for c in clusters.values() if c.routing == "native"), None)
-        if native is not None:
+        if native is not None and args.services:
             report["convergence"] = native.convergence(args.services)
+        if native is not None and args.identities:
             report["identities"] = native.identities(args.identities)
     finally:
         for peer in peers.values():
             peer.remove()
-    report["traffic"] = {name: {metric: statistics.median(row[metric] for row in rows) for metric in rows[0]}
+        if stats_fd is not None:
+            os.close(stats_fd)
+    report["traffic"] = {name: {metric: statistics.median(row.get(metric, 0.0) for row in rows)
+                                for metric in sorted({m for row in rows for m in row})}
                          for name, rows in rounds.items()}
     report["traffic_rounds"] = rounds
     base = report["traffic"]["routed"]
-    report["ratios_to_routed"] = {name: {metric: ratio(value, base[metric]) for metric, value in row.items()}
+    report["ratios_to_routed"] = {name: {metric: ratio(value, base.get(metric, 0.0))
+                                         for metric, value in row.items() if not metric.startswith("ns/")}
                                   for name, row in report["traffic"].items()}
     print(json.dumps(report, indent=2))
 

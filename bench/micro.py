@@ -3,7 +3,9 @@
 Both load build/bpf/*.bpf.o unpinned, so nothing of a running agent is touched (needs root and BPF).
 M7 runs each program with BPF_PROG_TEST_RUN `repeat` times on one frame: "hit" is a packet whose
 service or connection is in the maps (after the first run the conntrack entry exists, so this is the
-per-packet cost of an established, translated flow), "miss" a packet to no service. The socket-LB
+per-packet cost of an established, translated flow), "miss" a packet to no service; "new" is the
+median of single runs each on a SYN of a new connection (another source port every run: conntrack
+creation, policy, identities, the flow event), a single run's timing included. The socket-LB
 programs (cgroup sock_addr) cannot be test-run by the kernel; M1 measures them end to end.
 """
 
@@ -94,9 +96,20 @@ def prog_ns(counts: list[int], repeat: int) -> list[dict[str, Any]]:
                                       for _ in range(5))
                         rows.append({"metric": "M7", "program": program, "case": case, "n": n,
                                      "ns": runs[2], "p10": runs[0], "p90": runs[4]})
+                    if obj_name == "lxc":
+                        rows.append(_new_connections(obj, program, n))
                 finally:
                     views.close()
     return rows
+
+
+def _new_connections(obj: BpfObject, program: str, n: int, count: int = 301) -> dict[str, Any]:
+    """M7 "new": single runs of `program` on SYNs POD_A -> POD_B:8080, a new source port each."""
+    prog = obj.program(program)
+    runs = sorted(test_run(prog, syn_frame(POD_A, POD_B, 20000 + i, 8080), ctx=skb_ctx()).duration_ns
+                  for i in range(count))
+    return {"metric": "M7", "program": program, "case": "new", "n": n, "ns": runs[count // 2],
+            "p10": runs[count // 10], "p90": runs[count * 9 // 10]}
 
 
 def map_rates(entries: int) -> list[dict[str, Any]]:

@@ -212,7 +212,8 @@ def write(out: Path) -> Path:
     md += ["## M5 — control plane", "", *m5_table(rows), ""]
     md += ["## M6 — map updates through Velvet's binding (fresh lb4_backends map)", "",
            *simple_table(rows, "M6", ("mode", "entries"), "per_s"), ""]
-    md += ["## M7 — ns/packet per tc program (BPF_PROG_TEST_RUN, median of 5 × 20,000 repeats)", "",
+    md += ["## M7 — ns/packet per tc program (BPF_PROG_TEST_RUN, median of 5 × 20,000 repeats; "
+           "case new: median of 301 single runs, each a new connection's SYN)", "",
            *simple_table(rows, "M7", ("program", "case", "n"), "ns"), ""]
     md += ["## M8 — Velvet with NetworkPolicy rules in force", "", *policy_table(rows), ""]
     md += ["## M9 — observability", "", *m9_table(rows), "",

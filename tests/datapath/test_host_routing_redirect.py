@@ -1,6 +1,7 @@
 """Datapath tests of host routing (node_config NODE_F_HOST_ROUTING): lxc_from_pod and node_from_uplink
 forward what they pass themselves, FIB lookup + redirect, or leave it to the node's stack
-(BPF_PROG_TEST_RUN).
+(BPF_PROG_TEST_RUN). What they send into a local pod gets the to-pod datapath (conntrack, policy,
+events) from them, as lxc_to_pod would give it on the pod's veth, unless the pod's MAC is not known.
 
 The programs run inside a namespace of the test's own shaped like a node: two pod host veths `lxc0`
 (pod 10.244.0.20) and `lxc1` (pod 10.244.0.30), each with its /32 route and the pod's MAC as a permanent
@@ -12,17 +13,28 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from fixtures_datapath import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, lxc, node, sh
-from packets import SYN, TCP, checksums_ok, eth, ipv4, tcp, tcp_segment
+from fixtures_datapath import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, ct_key, lxc, node, sh
+from packets import ACK, SYN, TCP, checksums_ok, eth, ipv4, tcp, tcp_segment
 from seeding import add_pods, set_identity
 
-from velvet.datapath.structs import DropReason, EndpointFlag, EventType, ObsPoint, ReservedIdentity, Verdict
+from velvet.datapath.structs import (
+    Ct4Entry,
+    CtDir,
+    DropReason,
+    EndpointFlag,
+    EventFlag,
+    EventType,
+    ObsPoint,
+    ReservedIdentity,
+    Verdict,
+)
 from velvet.datapath.tables import NodeSettings
-from velvet.datapath.testrun import TestRunResult, skb_ctx, test_run
+from velvet.datapath.testrun import SkBuff, TestRunResult, skb_ctx, test_run
 from velvet.system.netns import in_netns
 
 pytestmark = [pytest.mark.privileged]
@@ -105,15 +117,20 @@ def test_pod_traffic_is_forwarded_by_the_program(lxc: Loaded, topo: Node, dst: s
     """Test that with host routing lxc_from_pod redirects a pod's packet out of the interface the FIB
     names (the uplink towards another node's pod, a local pod's host veth) as a router would: TTL
     decremented with a valid checksum, the next hop's MAC, the interface's own as source, and that the
-    packet is still reported once (a new connection's trace event)."""
+    packet is reported once leaving its pod (a new connection's trace event), and for a local pod once
+    more entering it, on that pod's veth (the to-pod datapath ran: its conntrack entry exists)."""
     seed(lxc, topo)
     result = run(lxc, topo, "lxc_from_pod", "lxc0", tcp(POD, dst, 40000, 8080))
     assert result.retval == TC_ACT_REDIRECT
     assert result.data_out == forwarded(POD, dst, dst_mac, topo.mac[dev])
     assert checksums_ok(result.data_out)
     events = lxc.events()
-    assert [(e["type"], e["obs_point"], e["verdict"]) for e in events] == [
-        (EventType.TRACE, ObsPoint.FROM_ENDPOINT, Verdict.FORWARDED)]
+    expected = [(EventType.TRACE, ObsPoint.FROM_ENDPOINT, Verdict.FORWARDED, topo.ifindex["lxc0"])]
+    if dev != "up0":
+        expected.append((EventType.TRACE, ObsPoint.TO_ENDPOINT, Verdict.FORWARDED, topo.ifindex[dev]))
+    assert [(e["type"], e["obs_point"], e["verdict"], e["ifindex"]) for e in events] == expected
+    accepted = lxc.conntrack(POD, dst, 40000, 8080, TCP, CtDir.INGRESS)
+    assert (accepted is not None) == (dev != "up0")
 
 
 @pytest.mark.parametrize(("desc", "dst", "ttl"), [
@@ -162,6 +179,12 @@ def test_uplink_sends_a_local_pods_packet_to_its_veth(node: Loaded, topo: Node, 
         assert result.data_out == forwarded(REMOTE_POD, POD, POD_MAC, topo.mac["lxc0"])
     else:
         assert (result.retval, result.data_out) == (TC_ACT_OK, frame)
+    # with host routing the pod's to-pod datapath ran here; without, lxc_to_pod runs on its veth later
+    accepted = node.conntrack(REMOTE_POD, POD, 40000, 8080, TCP, CtDir.INGRESS)
+    assert (accepted is not None) == host_routing
+    entering = [(e["type"], e["ifindex"], e["src_identity"], e["dst_identity"]) for e in node.events()
+                if e["obs_point"] == ObsPoint.TO_ENDPOINT]
+    assert entering == ([(EventType.TRACE, topo.ifindex["lxc0"], ID_REMOTE, ID_POD)] if host_routing else [])
 
 
 def test_uplink_leaves_what_is_not_for_a_local_pod_to_the_stack(node: Loaded, topo: Node) -> None:
@@ -172,3 +195,53 @@ def test_uplink_leaves_what_is_not_for_a_local_pod_to_the_stack(node: Loaded, to
         frame = tcp("192.168.77.9", dst, 40000, 8080)
         result = run(node, topo, "node_from_uplink", "up0", frame)
         assert (result.retval, result.data_out) == (TC_ACT_OK, frame), dst
+
+
+def test_uplink_runs_the_pods_ingress_policy_before_delivering(node: Loaded, topo: Node) -> None:
+    """Test that node_from_uplink, sending a packet straight into a local pod, gives it the pod's
+    ingress datapath: a pod isolated for ingress without a rule has the new connection dropped
+    (TC_ACT_SHOT, a POLICY_DENIED drop observed at the pod's veth) and nothing tracked; a reply of a
+    connection the pod opened passes as a reply."""
+    seed(node, topo, pod_flags=EndpointFlag.POLICY_INGRESS)
+    result = run(node, topo, "node_from_uplink", "up0", tcp(REMOTE_POD, POD, 40000, 8080))
+    assert result.retval == TC_ACT_SHOT
+    drops = [e for e in node.events() if e["type"] == EventType.DROP]
+    assert [(e["drop_reason"], e["obs_point"], e["ifindex"], e["src_identity"]) for e in drops] == [
+        (DropReason.POLICY_DENIED, ObsPoint.TO_ENDPOINT, topo.ifindex["lxc0"], ID_REMOTE)]
+    assert node.conntrack(REMOTE_POD, POD, 40000, 8080, TCP, CtDir.INGRESS) is None
+    # the pod opened 40001 -> remote:8080 (the entry lxc_from_pod makes, in the maps both objects share)
+    now = time.monotonic_ns()
+    node.map("ct4").update(ct_key(POD, REMOTE_POD, 40001, 8080, TCP, CtDir.EGRESS),
+                           Ct4Entry(created_ns=now, last_seen_ns=now, packets=1, src_identity=ID_POD,
+                                    dst_identity=ID_REMOTE, tx_flags_seen=SYN))
+    result = run(node, topo, "node_from_uplink", "up0", tcp(REMOTE_POD, POD, 8080, 40001, SYN | ACK))
+    assert result.retval == TC_ACT_REDIRECT
+    replies = [e for e in node.events() if e["obs_point"] == ObsPoint.TO_ENDPOINT]
+    assert [(e["type"], bool(e["flags"] & EventFlag.REPLY), e["ifindex"]) for e in replies] == [
+        (EventType.TRACE, True, topo.ifindex["lxc0"])]
+
+
+def test_what_enters_a_pod_directly_leaves_the_nodes_mark_behind(node: Loaded, topo: Node) -> None:
+    """Test that a packet node_from_uplink sends straight into a pod carries no skb mark of the node's
+    (as one crossing the veth into the pod's namespace), while one left to the stack keeps it."""
+    seed(node, topo)
+    with in_netns(topo.netns):
+        prog = node.obj.program("node_from_uplink")
+        into_pod = test_run(prog, tcp(REMOTE_POD, POD, 40000, 8080),
+                            ctx=skb_ctx(ifindex=topo.ifindex["up0"], mark=0x1234))
+        to_stack = test_run(prog, tcp("192.168.77.9", NODE_IP, 40000, 8080),
+                            ctx=skb_ctx(ifindex=topo.ifindex["up0"], mark=0x1234))
+    assert (into_pod.retval, SkBuff.from_buffer_copy(into_pod.ctx_out).mark) == (TC_ACT_REDIRECT, 0)
+    assert (to_stack.retval, SkBuff.from_buffer_copy(to_stack.ctx_out).mark) == (TC_ACT_OK, 0x1234)
+
+
+def test_uplink_without_the_pods_mac_leaves_its_datapath_to_its_veth(node: Loaded, topo: Node) -> None:
+    """Test that when the pod's neighbour entry is missing node_from_uplink still forwards (redirect
+    with neighbour resolution) but leaves the to-pod datapath to lxc_to_pod on the veth: no entry, no
+    to-pod event from the uplink."""
+    seed(node, topo)
+    sh("ip", "-n", topo.netns, "neigh", "del", POD, "dev", "lxc0")
+    result = run(node, topo, "node_from_uplink", "up0", tcp(REMOTE_POD, POD, 40000, 8080))
+    assert result.retval == TC_ACT_REDIRECT
+    assert node.conntrack(REMOTE_POD, POD, 40000, 8080, TCP, CtDir.INGRESS) is None
+    assert not [e for e in node.events() if e["obs_point"] == ObsPoint.TO_ENDPOINT]

@@ -401,6 +401,35 @@ def test_reply_of_accepted_connection_passes_egress_policy(lxc: Loaded) -> None:
     assert lxc.run(FROM, tcp(POD_B, POD_A, 5555, 80, SYN)).retval == TC_ACT_SHOT
 
 
+def test_tracked_packets_report_the_identities_of_their_connection(lxc: Loaded) -> None:
+    """Test that a connection's entry records both identities, and that the events of its later packets
+    (the reply's SYN-ACK, a RST) name them from it in both programs, without looking the peer up again:
+    a peer relabelled meanwhile still shows the identity the connection was opened with."""
+    remote, remote_id, relabelled = "10.244.1.20", 4000, 4001
+    seed_pods(lxc)
+    set_identity(lxc.tables, f"{remote}/32", remote_id)
+    assert lxc.run(FROM, tcp(POD_A, remote, 40000, 80, SYN)).retval == TC_ACT_OK
+    assert lxc.run(TO, tcp(remote, POD_B, 40001, 80, SYN)).retval == TC_ACT_OK
+    opened = lxc.conntrack(POD_A, remote, 40000, 80, TCP, CtDir.EGRESS)
+    accepted = lxc.conntrack(remote, POD_B, 40001, 80, TCP, CtDir.INGRESS)
+    assert opened is not None
+    assert accepted is not None
+    assert (opened.src_identity, opened.dst_identity) == (ID_A, remote_id)
+    assert (accepted.src_identity, accepted.dst_identity) == (remote_id, ID_B)
+    lxc.events()
+    set_identity(lxc.tables, f"{remote}/32", relabelled)
+    assert lxc.run(TO, tcp(remote, POD_A, 80, 40000, SYN | ACK)).retval == TC_ACT_OK
+    assert lxc.run(FROM, tcp(POD_B, remote, 80, 40001, SYN | ACK)).retval == TC_ACT_OK
+    assert lxc.run(FROM, tcp(POD_A, remote, 40000, 80, RST)).retval == TC_ACT_OK
+    assert lxc.run(TO, tcp(remote, POD_B, 40001, 80, RST)).retval == TC_ACT_OK
+    events = lxc.events()
+    assert [(e["tcp_flags"], e["src_identity"], e["dst_identity"]) for e in events] == [
+        (SYN | ACK, remote_id, ID_A), (SYN | ACK, ID_B, remote_id), (RST, ID_A, remote_id),
+        (RST, remote_id, ID_B)]
+    assert lxc.run(FROM, tcp(POD_A, remote, 40002, 80, SYN)).retval == TC_ACT_OK
+    assert lxc.events()[0]["dst_identity"] == relabelled  # a new connection looks the peer up
+
+
 def test_established_flow_events_are_aggregated(lxc: Loaded) -> None:
     """Test that an established flow reports on creation, on new SYN/FIN/RST flags per direction and
     after the report interval, never per packet."""

@@ -497,6 +497,7 @@ class Ct4Entry(Structure):
         ("nat_port", BE16),
         ("rev_nat_index", c_uint16),
         ("src_identity", c_uint32),
+        ("dst_identity", c_uint32),
         ("policy_id", c_uint32),
         ("backend_id", c_uint32),
         ("tx_flags_seen", c_uint8),

@@ -12,7 +12,8 @@
  * (VNI = the pod's identity), and lxc_to_pod takes the source identity of a packet that came
  * through the tunnel from its VNI instead of the ipcache. With host routing lxc_from_pod forwards
  * the rest itself (FIB lookup + redirect, lib/fib.h): to another node's pods out of the uplink, to
- * a local pod out of its host veth, where lxc_to_pod runs as for any packet.
+ * a local pod straight into it, running that pod's to-pod datapath first (lib/endpoint.h, the body of
+ * lxc_to_pod).
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -27,50 +28,10 @@
 #include "lib/reject.h"
 #include "lib/tunnel.h"
 #include "lib/fib.h"
+#include "lib/endpoint.h"
 
 /* Frontends pods reach through the per-packet fallback of the socket LB. */
 #define LXC_FRONTEND_FLAGS (SVC_CLUSTERIP | SVC_NODEPORT | SVC_EXTERNAL_IP | SVC_LOADBALANCER)
-
-/* Resolve the identities an event shows but the fast path did not need. */
-static __always_inline void lxc_fill_identities(struct pkt4 *pkt)
-{
-	if (!pkt->src_identity)
-		pkt->src_identity = ipcache_identity(pkt->saddr);
-	if (!pkt->dst_identity)
-		pkt->dst_identity = ipcache_identity(pkt->daddr);
-}
-
-/* Forward, with a trace event when aggregation asks for one. */
-static __always_inline int lxc_pass(struct __sk_buff *skb, struct pkt4 *pkt, __u8 obs, __u8 dir,
-				    bool report)
-{
-	if (report)
-		lxc_fill_identities(pkt);
-	return pass_pkt(skb, pkt, obs, dir, report);
-}
-
-/* Drop a parsed packet with its identities in the event. */
-static __always_inline int lxc_drop(struct __sk_buff *skb, struct pkt4 *pkt, __u16 reason, __u8 obs,
-				    __u8 dir)
-{
-	lxc_fill_identities(pkt);
-	return drop_pkt(skb, pkt, reason, obs, dir);
-}
-
-/* Report the verdict on a new connection of an endpoint isolated in that direction. */
-static __always_inline void lxc_policy_event(struct __sk_buff *skb, const struct pkt4 *pkt,
-					     const struct endpoint_info *ep, __u8 isolated, int verdict,
-					     __u8 obs, __u8 dir)
-{
-	if (!ep || !(ep->flags & isolated))
-		return;
-	if (verdict == POLICY_VERDICT_ALLOW)
-		emit_pkt_event(skb, pkt, EVENT_POLICY_VERDICT, obs, VERDICT_FORWARDED, 0, dir);
-	else if (verdict == POLICY_VERDICT_AUDIT)
-		emit_pkt_event(skb, pkt, EVENT_POLICY_VERDICT, obs, VERDICT_AUDIT, DROP_POLICY_DENIED, dir);
-	else
-		emit_pkt_event(skb, pkt, EVENT_POLICY_VERDICT, obs, VERDICT_DROPPED, DROP_POLICY_DENIED, dir);
-}
 
 SEC("tc")
 int lxc_from_pod(struct __sk_buff *skb)
@@ -79,7 +40,7 @@ int lxc_from_pod(struct __sk_buff *skb)
 	struct pkt4 pkt = {};
 	struct ct4_entry *e;
 	struct ct4_key key;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = clock_now();
 	__u32 backend_id = 0;
 	__u16 reason = 0;
 	bool report = false;
@@ -110,6 +71,7 @@ int lxc_from_pod(struct __sk_buff *skb)
 	if (e) {
 		pkt.ev_flags |= EV_F_REPLY;
 		report = ct_account(e, true, skb->len, pkt.tcp_flags, now);
+		lxc_ct_identities(&pkt, e, true);
 		goto forward;
 	}
 
@@ -128,13 +90,13 @@ int lxc_from_pod(struct __sk_buff *skb)
 	e = ct_lookup(&key, pkt.tcp_flags, now);
 	if (e) {
 		report = ct_account(e, false, skb->len, pkt.tcp_flags, now);
+		lxc_ct_identities(&pkt, e, false);
 		goto forward;
 	}
 
 	/* new connection: egress policy of the pod against the destination's identity */
 	pkt.dst_identity = ipcache_identity(pkt.daddr);
-	verdict = policy_decide(ep, POLICY_EGRESS, pkt.dst_identity, ipcache_cidr_identity(pkt.daddr),
-				&pkt);
+	verdict = policy_decide(ep, POLICY_EGRESS, pkt.dst_identity, pkt.daddr, &pkt);
 	lxc_policy_event(skb, &pkt, ep, EP_POLICY_EGRESS, verdict, OBS_FROM_ENDPOINT, METRIC_EGRESS);
 	if (verdict == POLICY_VERDICT_DROP)
 		return drop_pkt(skb, &pkt, DROP_POLICY_DENIED, OBS_FROM_ENDPOINT, METRIC_EGRESS);
@@ -151,20 +113,15 @@ forward:
 	 * the interface the FIB names; else to the node's routing */
 	ret = lxc_pass(skb, &pkt, OBS_FROM_ENDPOINT, METRIC_EGRESS, report);
 	ret = tunnel_redirect(skb, pkt.daddr, pkt.src_identity, ret);
-	return host_route(skb, pkt.saddr, pkt.daddr, pkt.proto, ret);
+	return host_route_ingress(skb, &pkt, now, ret, false);
 }
 
 SEC("tc")
 int lxc_to_pod(struct __sk_buff *skb)
 {
-	struct endpoint_info *ep;
 	struct pkt4 pkt = {};
-	struct ct4_entry *e;
-	struct ct4_key key;
-	__u64 now = bpf_ktime_get_ns();
-	__u16 reason = 0;
-	bool report;
-	int ret, verdict;
+	__u64 now = clock_now();
+	int ret;
 
 	/* parse; other ethertypes (ARP, IPv6) pass */
 	ret = parse_ipv4(skb, &pkt);
@@ -172,57 +129,8 @@ int lxc_to_pod(struct __sk_buff *skb)
 		return pass_pkt(skb, &pkt, OBS_TO_ENDPOINT, METRIC_INGRESS, false);
 	if (ret < 0)
 		return drop_pkt(skb, &pkt, -ret, OBS_TO_ENDPOINT, METRIC_INGRESS);
-
 	/* the destination pod; unknown addresses are not isolated */
-	ep = bpf_map_lookup_elem(&lxc_endpoints, &pkt.daddr);
-	if (ep)
-		pkt.dst_identity = ep->identity;
-	/* through the tunnel, the sender named the source's identity (the VNI) */
-	pkt.src_identity = tunnel_source_identity(skb);
-
-	/* ICMP errors about a connection of this pod pass as related */
-	if (pkt.icmp_error && ct_icmp_related(&pkt, CT_EGRESS, CT_INGRESS, now)) {
-		pkt.ev_flags |= EV_F_RELATED;
-		return lxc_pass(skb, &pkt, OBS_TO_ENDPOINT, METRIC_INGRESS, false);
-	}
-
-	/* reply of a connection this pod opened; translated ones get their frontend back */
-	ct_key_rev(&key, &pkt, CT_EGRESS);
-	e = ct_lookup(&key, pkt.tcp_flags, now);
-	if (e) {
-		pkt.ev_flags |= EV_F_REPLY;
-		report = ct_account(e, true, skb->len, pkt.tcp_flags, now);
-		if (e->rev_nat_index) {
-			/* the event names the backend's identity, not the frontend's */
-			pkt.src_identity = ipcache_identity(pkt.saddr);
-			reason = svc_rev_nat(skb, &pkt, e, now);
-			if (reason)
-				return lxc_drop(skb, &pkt, reason, OBS_TO_ENDPOINT, METRIC_INGRESS);
-		}
-		return lxc_pass(skb, &pkt, OBS_TO_ENDPOINT, METRIC_INGRESS, report);
-	}
-
-	/* established connection this pod accepted */
-	ct_key_fwd(&key, &pkt, CT_INGRESS);
-	e = ct_lookup(&key, pkt.tcp_flags, now);
-	if (e)
-		return lxc_pass(skb, &pkt, OBS_TO_ENDPOINT, METRIC_INGRESS,
-				ct_account(e, false, skb->len, pkt.tcp_flags, now));
-
-	/* new connection: ingress policy of the pod against the source's identity */
-	if (!pkt.src_identity)
-		pkt.src_identity = ipcache_identity(pkt.saddr);
-	verdict = policy_decide(ep, POLICY_INGRESS, pkt.src_identity, ipcache_cidr_identity(pkt.saddr),
-				&pkt);
-	lxc_policy_event(skb, &pkt, ep, EP_POLICY_INGRESS, verdict, OBS_TO_ENDPOINT, METRIC_INGRESS);
-	if (verdict == POLICY_VERDICT_DROP)
-		return lxc_drop(skb, &pkt, DROP_POLICY_DENIED, OBS_TO_ENDPOINT, METRIC_INGRESS);
-
-	if (ct_create(&key, &pkt, skb->len, now, verdict == POLICY_VERDICT_AUDIT ? CT_F_AUDIT : 0,
-		      0, 0, 0) < 0)
-		return lxc_drop(skb, &pkt, DROP_CT_MAP_FULL, OBS_TO_ENDPOINT, METRIC_INGRESS);
-	pkt.ev_flags |= EV_F_NEW_CT;
-	return lxc_pass(skb, &pkt, OBS_TO_ENDPOINT, METRIC_INGRESS, true);
+	return to_endpoint(skb, &pkt, bpf_map_lookup_elem(&lxc_endpoints, &pkt.daddr), now);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -8,7 +8,8 @@
  *                     a backend on another node is reached SNATed to the node (lib/nodeport.h),
  *                     and the replies of such connections, which come back here, are translated
  *                     back and sent towards the client. With host routing, what it passes to a
- *                     local pod goes straight out of the pod's host veth (lib/fib.h).
+ *                     local pod gets the pod's to-pod datapath here and goes straight into the
+ *                     pod (lib/endpoint.h).
  *   node_to_uplink:   tcx egress. Replies of local backends get the frontend back as source.
  *
  * A frontend without backends is refused from here (RST / ICMP port unreachable sent back out
@@ -25,6 +26,7 @@
 #include "lib/events.h"
 #include "lib/reject.h"
 #include "lib/nodeport.h"
+#include "lib/endpoint.h"
 
 /* Frontends reachable from outside the node. */
 #define UPLINK_FRONTEND_FLAGS (SVC_NODEPORT | SVC_EXTERNAL_IP | SVC_LOADBALANCER)
@@ -43,7 +45,7 @@ int node_from_uplink(struct __sk_buff *skb)
 	struct pkt4 pkt = {};
 	struct ct4_entry *e;
 	struct ct4_key key;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = clock_now();
 	__u32 backend_id = 0;
 	bool report = true;
 	__u16 reason;
@@ -74,8 +76,8 @@ int node_from_uplink(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	if (!pkt.rev_nat_index)
-		return host_route_local(skb, pkt.saddr, pkt.daddr, pkt.proto,
-					pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false));
+		return host_route_ingress(skb, &pkt, now,
+					  pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false), true);
 
 	/* the translated tuple leads node_to_uplink back to the frontend */
 	ct_key_fwd(&key, &pkt, CT_NODEPORT);
@@ -97,8 +99,8 @@ int node_from_uplink(struct __sk_buff *skb)
 		return nodeport_snat_forward(skb, &pkt, cfg, report, now);
 	if (report)
 		node_fill_identities(&pkt);
-	return host_route_local(skb, pkt.saddr, pkt.daddr, pkt.proto,
-				pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report));
+	return host_route_ingress(skb, &pkt, now, pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report),
+				  true);
 }
 
 /*
@@ -144,7 +146,7 @@ int node_to_uplink(struct __sk_buff *skb)
 	struct pkt4 pkt = {};
 	struct ct4_entry *e;
 	struct ct4_key key;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = clock_now();
 	__u16 reason;
 	bool report;
 	int ret;

@@ -5,7 +5,8 @@
  *   overlay_from_tunnel: tcx ingress = decapsulated packets from another node. The VNI is the
  *                        source's identity (the sending node's HOST becomes REMOTE_NODE here): it
  *                        is handed to lxc_to_pod in skb->mark; the node's routing forwards, or
- *                        with host routing this program, to a local pod's host veth (lib/fib.h).
+ *                        with host routing this program, into a local pod after running its to-pod
+ *                        datapath (lib/endpoint.h, which reads the same mark).
  *   overlay_to_tunnel:   tcx egress. Packets lxc_from_pod addressed already pass; what the node
  *                        itself routes to another node's pods (dev velvet_vxlan) gets its tunnel
  *                        key here: the destination's node from the ipcache, VNI = the source's
@@ -18,12 +19,13 @@
 #include "lib/events.h"
 #include "lib/tunnel.h"
 #include "lib/fib.h"
+#include "lib/endpoint.h"
 
 SEC("tc")
 int overlay_from_tunnel(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key key = {};
-	struct iphdr ip;
+	struct pkt4 pkt = {};
 	__u32 identity;
 
 	/* only the tunnel delivers here: no key, no packet */
@@ -41,10 +43,10 @@ int overlay_from_tunnel(struct __sk_buff *skb)
 	/* the inner frame names the sender's MAC as destination: deliver it to this node */
 	bpf_skb_change_type(skb, PACKET_HOST);
 
-	/* host routing: a local pod's packet goes straight out of its host veth */
-	if (skb->protocol != bpf_htons(ETH_P_IP) || bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+	/* host routing: a local pod's packet goes straight into it; what does not parse meets lxc_to_pod */
+	if (parse_ipv4(skb, &pkt) != 0)
 		return TC_ACT_OK;
-	return host_route_local(skb, ip.saddr, ip.daddr, ip.protocol, TC_ACT_OK);
+	return host_route_ingress(skb, &pkt, clock_now(), TC_ACT_OK, true);
 }
 
 SEC("tc")

@@ -69,7 +69,7 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 obs, 
 	__be32 addr = ctx->user_ip4;
 	__be16 port = (__be16)ctx->user_port;
 	__u8 proto = ctx->protocol;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = clock_now();
 	__u64 cookie;
 	__u16 reason;
 	__u32 id = 0;

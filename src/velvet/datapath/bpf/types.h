@@ -10,7 +10,8 @@
  * Conventions:
  *  - addresses and ports are in network byte order (__be32/__be16), everything else host order;
  *  - every struct is naturally aligned (no packing), explicit pad fields are zero;
- *  - timestamps are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns(), Python time.monotonic_ns()).
+ *  - timestamps are CLOCK_MONOTONIC nanoseconds (Python time.monotonic_ns()): bpf_ktime_get_ns() in events,
+ *    the tick-resolution bpf_ktime_get_coarse_ns() in conntrack and affinity entries (lib/common.h).
  *
  * The includer provides the kernel's __u8..__u64/__be16/__be32 typedefs (vmlinux.h).
  *
@@ -356,7 +357,8 @@ struct ct4_entry {
 	__be32 nat_addr;      /* CT_SERVICE: backend; translated entries: original frontend */
 	__be16 nat_port;
 	__u16 rev_nat_index;  /* != 0: replies are translated back to nat_addr/nat_port */
-	__u32 src_identity;
+	__u32 src_identity;   /* identities of the forward direction's source and destination when */
+	__u32 dst_identity;   /* the connection was created (0: not resolved); its events reuse them */
 	__u32 policy_id;      /* policy that allowed the connection, 0 if none */
 	__u32 backend_id;     /* CT_SERVICE: the selected backend */
 	__u8 tx_flags_seen;   /* TCP flags seen in the forward direction */
@@ -639,10 +641,12 @@ struct snat4_entry {
  * bpf_fib_lookup in the node's namespace, TTL decremented, bpf_redirect / bpf_redirect_neigh out of
  * the interface the FIB names (lib/fib.h), so the node's IP stack never sees the packet.
  *  - lxc_from_pod: everything it passes (after the tunnel redirect in tunnel mode), to another
- *    node's pods through the uplink, to a local pod through its host veth, whose tc egress
- *    (lxc_to_pod) then decides ingress policy and reports the packet as before.
+ *    node's pods through the uplink, to a local pod through its host veth.
  *  - node_from_uplink, overlay_from_tunnel: what they pass to a local endpoint (lxc_endpoints),
- *    out of its host veth (lxc_to_pod again).
+ *    out of its host veth.
+ * A local pod's packet forwarded by any of them, its MAC known, gets the to-pod datapath (ingress
+ * policy, conntrack, events: lib/endpoint.h) there and enters the pod by bpf_redirect_peer; the rest
+ * redirected to a host veth meets lxc_to_pod on its tc egress, as without the flag.
  * Whatever the FIB does not forward (the node's own addresses, no route, MTU exceeded, TTL about
  * to expire, forwarding off) goes to the node's stack as without the flag.
  */

@@ -114,6 +114,7 @@ static __always_inline int ct_create(const struct ct4_key *key, const struct pkt
 		.nat_port = nat_port,
 		.rev_nat_index = pkt->rev_nat_index,
 		.src_identity = pkt->src_identity,
+		.dst_identity = pkt->dst_identity,
 		.policy_id = pkt->policy_id,
 		.backend_id = backend_id,
 		.tx_flags_seen = pkt->tcp_flags,

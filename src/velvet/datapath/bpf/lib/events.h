@@ -61,7 +61,7 @@ static __always_inline void emit_pkt_event(struct __sk_buff *skb, const struct p
 	ev->src_identity = pkt->src_identity;
 	ev->dst_identity = pkt->dst_identity;
 	ev->policy_id = pkt->policy_id;
-	ev->ifindex = skb->ifindex;
+	ev->ifindex = pkt->obs_ifindex ? pkt->obs_ifindex : skb->ifindex;
 	ev->bytes = skb->len;
 	ev->drop_reason = drop_reason;
 	ev->type = type;

@@ -25,30 +25,45 @@ static __always_inline bool host_routing_enabled(void)
 }
 
 /*
- * Forward the packet (saddr -> daddr, as it is now) out of the interface the FIB names for it.
- * Returns the tc verdict, or -1 when the FIB has no forwarding answer (no route, a local
- * address, forwarding off, MTU exceeded) or the TTL would expire: the node's stack is then the
- * one to answer (ICMP errors, local delivery).
+ * The FIB's forwarding answer for the packet (saddr -> daddr, as it is now) in fib:
+ * BPF_FIB_LKUP_RET_SUCCESS, or _NO_NEIGH when the next hop's MAC is not known yet. -1 when the FIB
+ * has no forwarding answer (no route, a local address, forwarding off, MTU exceeded) or the TTL
+ * would expire: the node's stack is then the one to answer (ICMP errors, local delivery).
  */
-static __always_inline int fib_redirect(struct __sk_buff *skb, __be32 saddr, __be32 daddr, __u8 proto)
+static __always_inline long fib_resolve(struct __sk_buff *skb, struct bpf_fib_lookup *fib, __be32 saddr,
+					__be32 daddr, __u8 proto)
 {
-	struct bpf_fib_lookup fib = {
-		.family = AF_INET,
-		.l4_protocol = proto,
-		.ifindex = skb->ifindex,
-		.ipv4_src = saddr,
-		.ipv4_dst = daddr,
-	};
-	__u8 hdr[2], dec[2];
+	__u8 ttl;
 	long ret;
 
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = AF_INET;
+	fib->l4_protocol = proto;
+	fib->ifindex = skb->ifindex;
+	fib->ipv4_src = saddr;
+	fib->ipv4_dst = daddr;
 	/* tot_len 0: the kernel checks the skb itself against the MTU (GSO included) */
-	ret = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	ret = bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
 	if (ret != BPF_FIB_LKUP_RET_SUCCESS && ret != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return -1;
+	/* the stack sends time-exceeded */
+	if (bpf_skb_load_bytes(skb, IP_TTL_OFF, &ttl, sizeof(ttl)) < 0 || ttl <= 1)
+		return -1;
+	return ret;
+}
 
-	/* TTL (and the protocol beside it, one checksum word); the stack sends time-exceeded */
-	if (bpf_skb_load_bytes(skb, IP_TTL_OFF, hdr, sizeof(hdr)) < 0 || hdr[0] <= 1)
+/*
+ * Forward along fib_resolve's answer (ret) as a router: TTL decremented, the next hop's MAC, out of
+ * the interface; with peer (a tc ingress hook, a host veth) into the namespace behind it directly.
+ * Returns the tc verdict, or -1 when the packet could not be rewritten.
+ */
+static __always_inline int fib_forward(struct __sk_buff *skb, const struct bpf_fib_lookup *fib, long ret,
+				       bool peer)
+{
+	__u8 hdr[2], dec[2];
+
+	/* TTL and the protocol beside it: one checksum word */
+	if (bpf_skb_load_bytes(skb, IP_TTL_OFF, hdr, sizeof(hdr)) < 0)
 		return -1;
 	dec[0] = hdr[0] - 1;
 	dec[1] = hdr[1];
@@ -57,33 +72,20 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, __be32 saddr, __b
 		return -1;
 
 	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
-	if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0) < 0)
+		return bpf_redirect_neigh(fib->ifindex, NULL, 0, 0);
+	if (bpf_skb_store_bytes(skb, 0, fib->dmac, ETH_ALEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, fib->smac, ETH_ALEN, 0) < 0)
 		return -1;
-	return bpf_redirect(fib.ifindex, 0);
+	return peer ? bpf_redirect_peer(fib->ifindex, 0) : bpf_redirect(fib->ifindex, 0);
 }
 
-/* Host routing: forward a packet the program passed (verdict TC_ACT_OK) itself; else, or when the
- * FIB says no, return verdict for the node's stack. */
-static __always_inline int host_route(struct __sk_buff *skb, __be32 saddr, __be32 daddr, __u8 proto,
-				      int verdict)
+/* Forward the packet out of the interface the FIB names for it: the tc verdict, or -1 (see fib_resolve). */
+static __always_inline int fib_redirect(struct __sk_buff *skb, __be32 saddr, __be32 daddr, __u8 proto)
 {
-	int ret;
+	struct bpf_fib_lookup fib;
+	long ret = fib_resolve(skb, &fib, saddr, daddr, proto);
 
-	if (verdict != TC_ACT_OK || !host_routing_enabled())
-		return verdict;
-	ret = fib_redirect(skb, saddr, daddr, proto);
-	return ret < 0 ? verdict : ret;
-}
-
-/* Host routing of a packet from outside the node: only to a local endpoint (its host veth). */
-static __always_inline int host_route_local(struct __sk_buff *skb, __be32 saddr, __be32 daddr, __u8 proto,
-					    int verdict)
-{
-	if (verdict != TC_ACT_OK || !bpf_map_lookup_elem(&lxc_endpoints, &daddr))
-		return verdict;
-	return host_route(skb, saddr, daddr, proto, verdict);
+	return ret < 0 ? -1 : fib_forward(skb, &fib, ret, false);
 }
 
 #endif /* VELVET_LIB_FIB_H */

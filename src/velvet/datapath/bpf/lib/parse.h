@@ -38,6 +38,7 @@ struct pkt4 {
 	__u32 src_identity;
 	__u32 dst_identity;
 	__u32 policy_id;
+	__u32 obs_ifindex;  /* interface its events name when not the program's (skb->ifindex) */
 };
 
 /* Parse results besides 0 (IPv4 parsed) and -DROP_* */

@@ -3,8 +3,9 @@
  * policy.h - per-endpoint policy decision for a new connection.
  *
  * Every policy entry allows (NetworkPolicy has no deny). Longest-prefix lookups in this order,
- * stopping at the first hit: the peer's label identity, its CIDR identity (when it differs), then
- * identity 0 (any peer). A hit allows and names its policy set; no hit drops the connection of an
+ * stopping at the first hit: the peer's label identity, its CIDR identity (when it differs; resolved
+ * only then, an LPM lookup a non-isolated endpoint or a label hit never pays), then identity 0 (any
+ * peer). A hit allows and names its policy set; no hit drops the connection of an
  * isolated endpoint. The policy compiler folds into each entry's policy set the policies of the
  * less specific entries covering it (its identity's and the any-peer ones), so the entry a
  * lookup returns names them.
@@ -14,6 +15,7 @@
 
 #include "parse.h"
 #include "maps.h"
+#include "ipcache.h"
 
 enum policy_verdict {
 	POLICY_VERDICT_ALLOW = 0,
@@ -31,12 +33,12 @@ static __always_inline __u8 policy_match_flags(const struct policy_entry *e, boo
 
 /*
  * Decide a new connection of endpoint ep (NULL: unknown, not isolated) in direction dir
- * against the peer's label identity and its CIDR identity (ipBlock rules match the latter, so
- * they also cover pod IPs). Sets pkt->policy_id and the match flags in pkt->ev_flags; a
+ * against the peer's label identity and the CIDR identity of its address peer_addr (ipBlock rules
+ * match the latter, so they also cover pod IPs). Sets pkt->policy_id and the match flags in pkt->ev_flags; a
  * connection nothing allows is dropped (or audited) for DROP_POLICY_DENIED.
  */
 static __always_inline int policy_decide(const struct endpoint_info *ep, __u8 dir, __u32 peer,
-					 __u32 cidr_peer, struct pkt4 *pkt)
+					 __be32 peer_addr, struct pkt4 *pkt)
 {
 	struct policy_key key = {
 		.prefixlen = 8 * (sizeof(key) - sizeof(key.prefixlen)),
@@ -48,6 +50,7 @@ static __always_inline int policy_decide(const struct endpoint_info *ep, __u8 di
 	__u8 isolated = dir == POLICY_INGRESS ? EP_POLICY_INGRESS : EP_POLICY_EGRESS;
 	struct policy_entry *entry;
 	bool any_peer = false;
+	__u32 cidr_peer;
 
 	/* not isolated in this direction: everything is allowed */
 	if (!ep || !(ep->flags & isolated)) {
@@ -61,9 +64,12 @@ static __always_inline int policy_decide(const struct endpoint_info *ep, __u8 di
 
 	entry = bpf_map_lookup_elem(&policy, &key);
 	/* the CIDR identity only matters when it differs from the label identity */
-	if (!entry && cidr_peer != peer) {
-		key.identity = cidr_peer;
-		entry = bpf_map_lookup_elem(&policy, &key);
+	if (!entry) {
+		cidr_peer = ipcache_cidr_identity(peer_addr);
+		if (cidr_peer != peer) {
+			key.identity = cidr_peer;
+			entry = bpf_map_lookup_elem(&policy, &key);
+		}
 	}
 	if (!entry) {
 		key.identity = IDENTITY_ANY;

@@ -1,0 +1,199 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * endpoint.h - the datapath of packets entering a local pod (to_endpoint: conntrack, ingress policy,
+ * reverse NAT of replies, their events and counters), run by lxc_to_pod on the pod's host veth, and by
+ * the ingress programs that deliver into the pod themselves with host routing (host_route_ingress).
+ */
+#ifndef VELVET_LIB_ENDPOINT_H
+#define VELVET_LIB_ENDPOINT_H
+
+#include "conntrack.h"
+#include "service.h"
+#include "policy.h"
+#include "ipcache.h"
+#include "events.h"
+#include "tunnel.h"
+#include "fib.h"
+
+/* Resolve the identities an event shows but the fast path did not need. */
+static __always_inline void lxc_fill_identities(struct pkt4 *pkt)
+{
+	if (!pkt->src_identity)
+		pkt->src_identity = ipcache_identity(pkt->saddr);
+	if (!pkt->dst_identity)
+		pkt->dst_identity = ipcache_identity(pkt->daddr);
+}
+
+/*
+ * Identities of a tracked connection's packet, as its entry recorded them when the connection was
+ * created (reply: the packet travels against the entry's direction), so that its events need no
+ * ipcache lookup. Identities already known, and those the entry lacks, stay as they are.
+ */
+static __always_inline void lxc_ct_identities(struct pkt4 *pkt, const struct ct4_entry *e, bool reply)
+{
+	if (!pkt->src_identity)
+		pkt->src_identity = reply ? e->dst_identity : e->src_identity;
+	if (!pkt->dst_identity)
+		pkt->dst_identity = reply ? e->src_identity : e->dst_identity;
+}
+
+/* Forward, with a trace event when aggregation asks for one. */
+static __always_inline int lxc_pass(struct __sk_buff *skb, struct pkt4 *pkt, __u8 obs, __u8 dir,
+				    bool report)
+{
+	if (report)
+		lxc_fill_identities(pkt);
+	return pass_pkt(skb, pkt, obs, dir, report);
+}
+
+/* Drop a parsed packet with its identities in the event. */
+static __always_inline int lxc_drop(struct __sk_buff *skb, struct pkt4 *pkt, __u16 reason, __u8 obs,
+				    __u8 dir)
+{
+	lxc_fill_identities(pkt);
+	return drop_pkt(skb, pkt, reason, obs, dir);
+}
+
+/* Report the verdict on a new connection of an endpoint isolated in that direction. */
+static __always_inline void lxc_policy_event(struct __sk_buff *skb, const struct pkt4 *pkt,
+					     const struct endpoint_info *ep, __u8 isolated, int verdict,
+					     __u8 obs, __u8 dir)
+{
+	if (!ep || !(ep->flags & isolated))
+		return;
+	if (verdict == POLICY_VERDICT_ALLOW)
+		emit_pkt_event(skb, pkt, EVENT_POLICY_VERDICT, obs, VERDICT_FORWARDED, 0, dir);
+	else if (verdict == POLICY_VERDICT_AUDIT)
+		emit_pkt_event(skb, pkt, EVENT_POLICY_VERDICT, obs, VERDICT_AUDIT, DROP_POLICY_DENIED, dir);
+	else
+		emit_pkt_event(skb, pkt, EVENT_POLICY_VERDICT, obs, VERDICT_DROPPED, DROP_POLICY_DENIED, dir);
+}
+
+/*
+ * Run the to-pod datapath on pkt, a packet for the pod ep (NULL: an address that is no endpoint, not
+ * isolated). Its events are observed at the pod's host veth. Returns TC_ACT_OK or TC_ACT_SHOT.
+ */
+static __always_inline int to_endpoint(struct __sk_buff *skb, struct pkt4 *pkt,
+				       const struct endpoint_info *ep, __u64 now)
+{
+	struct ct4_entry *e;
+	struct ct4_key key;
+	__u16 reason = 0;
+	bool report;
+	int verdict;
+
+	if (ep) {
+		pkt->dst_identity = ep->identity;
+		pkt->obs_ifindex = ep->ifindex;
+	}
+	/* through the tunnel, the sender named the source's identity (the VNI) */
+	pkt->src_identity = tunnel_source_identity(skb);
+
+	/* ICMP errors about a connection of this pod pass as related */
+	if (pkt->icmp_error && ct_icmp_related(pkt, CT_EGRESS, CT_INGRESS, now)) {
+		pkt->ev_flags |= EV_F_RELATED;
+		return lxc_pass(skb, pkt, OBS_TO_ENDPOINT, METRIC_INGRESS, false);
+	}
+
+	/* reply of a connection this pod opened; translated ones get their frontend back */
+	ct_key_rev(&key, pkt, CT_EGRESS);
+	e = ct_lookup(&key, pkt->tcp_flags, now);
+	if (e) {
+		pkt->ev_flags |= EV_F_REPLY;
+		report = ct_account(e, true, skb->len, pkt->tcp_flags, now);
+		/* the backend's identity for translated ones, not the frontend's */
+		lxc_ct_identities(pkt, e, true);
+		if (e->rev_nat_index) {
+			if (!pkt->src_identity)
+				pkt->src_identity = ipcache_identity(pkt->saddr);
+			reason = svc_rev_nat(skb, pkt, e, now);
+			if (reason)
+				return lxc_drop(skb, pkt, reason, OBS_TO_ENDPOINT, METRIC_INGRESS);
+		}
+		return lxc_pass(skb, pkt, OBS_TO_ENDPOINT, METRIC_INGRESS, report);
+	}
+
+	/* established connection this pod accepted */
+	ct_key_fwd(&key, pkt, CT_INGRESS);
+	e = ct_lookup(&key, pkt->tcp_flags, now);
+	if (e) {
+		lxc_ct_identities(pkt, e, false);
+		return lxc_pass(skb, pkt, OBS_TO_ENDPOINT, METRIC_INGRESS,
+				ct_account(e, false, skb->len, pkt->tcp_flags, now));
+	}
+
+	/* new connection: ingress policy of the pod against the source's identity */
+	if (!pkt->src_identity)
+		pkt->src_identity = ipcache_identity(pkt->saddr);
+	verdict = policy_decide(ep, POLICY_INGRESS, pkt->src_identity, pkt->saddr, pkt);
+	lxc_policy_event(skb, pkt, ep, EP_POLICY_INGRESS, verdict, OBS_TO_ENDPOINT, METRIC_INGRESS);
+	if (verdict == POLICY_VERDICT_DROP)
+		return lxc_drop(skb, pkt, DROP_POLICY_DENIED, OBS_TO_ENDPOINT, METRIC_INGRESS);
+
+	if (ct_create(&key, pkt, skb->len, now, verdict == POLICY_VERDICT_AUDIT ? CT_F_AUDIT : 0,
+		      0, 0, 0) < 0)
+		return lxc_drop(skb, pkt, DROP_CT_MAP_FULL, OBS_TO_ENDPOINT, METRIC_INGRESS);
+	pkt->ev_flags |= EV_F_NEW_CT;
+	return lxc_pass(skb, pkt, OBS_TO_ENDPOINT, METRIC_INGRESS, true);
+}
+
+/* pkt as a program on the next hop would parse it: the tuple, without this hop's translation context. */
+static __always_inline void pkt_next_hop(struct pkt4 *next, const struct pkt4 *pkt)
+{
+	*next = *pkt;
+	next->ev_flags = 0;
+	next->rev_nat_index = 0;
+	next->orig_daddr = 0;
+	next->orig_dport = 0;
+	next->src_identity = 0;
+	next->dst_identity = 0;
+	next->policy_id = 0;
+	next->obs_ifindex = 0;
+}
+
+/*
+ * Host routing from a tc ingress hook: forward what the caller passed (verdict TC_ACT_OK) out of the
+ * interface the FIB names (local_only: only packets for local pods); else, or when the FIB says no,
+ * return verdict for the node's stack. A packet the FIB sends out of a local pod's host veth, its
+ * neighbour known, gets the to-pod datapath here and goes straight into the pod (bpf_redirect_peer):
+ * no second program run on the veth, no backlog queue on the way.
+ */
+static __always_inline int host_route_ingress(struct __sk_buff *skb, const struct pkt4 *pkt, __u64 now,
+					      int verdict, bool local_only)
+{
+	const struct endpoint_info *ep = NULL;
+	struct bpf_fib_lookup fib;
+	struct pkt4 next;
+	long ret;
+
+	if (verdict != TC_ACT_OK)
+		return verdict;
+	if (local_only) {
+		ep = bpf_map_lookup_elem(&lxc_endpoints, &pkt->daddr);
+		if (!ep)
+			return verdict;
+	}
+	if (!host_routing_enabled())
+		return verdict;
+	ret = fib_resolve(skb, &fib, pkt->saddr, pkt->daddr, pkt->proto);
+	if (ret < 0)
+		return verdict;
+	if (ret == BPF_FIB_LKUP_RET_SUCCESS && fib.ifindex != skb->ifindex) {
+		if (!ep)
+			ep = bpf_map_lookup_elem(&lxc_endpoints, &pkt->daddr);
+		if (ep && ep->ifindex == fib.ifindex) {
+			pkt_next_hop(&next, pkt);
+			verdict = to_endpoint(skb, &next, ep, now);
+			if (verdict != TC_ACT_OK)
+				return verdict;
+			/* the mark stays behind, as when crossing the veth into the pod's namespace */
+			skb->mark = 0;
+			ret = fib_forward(skb, &fib, ret, true);
+			return ret < 0 ? verdict : ret;
+		}
+	}
+	ret = fib_forward(skb, &fib, ret, false);
+	return ret < 0 ? verdict : ret;
+}
+
+#endif /* VELVET_LIB_ENDPOINT_H */
