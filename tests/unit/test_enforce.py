@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from velvet.agent import queries
 from velvet.agent.config import AgentConfig
 from velvet.agent.node import Agent, Dirty
+from velvet.cli.status import render
 from velvet.datapath.fake import FakeDatapath
 from velvet.datapath.structs import GUARD_EVENT_DTYPE, GuardAction, GuardHook
 from velvet.errors import DatapathError, InvalidRule, VerifierError
@@ -213,8 +215,14 @@ def test_without_the_guard_a_policy_still_applies_and_status_says_it_is_not_enfo
     try:
         apply_policy(agent, CLUSTER_DENY)
         [problem] = agent.tracing.status()["problems"]
-        assert problem.startswith("not enforced: ")
-        assert "R1 invalid mem access" in problem
+        refused = "the kernel refused to load guard.bpf.o (verifier log below)"
+        assert problem == f"cgroup-hook rules not enforced: {refused}"
+        status = {**queries.status(agent), "enforcement": agent.guard.status(),
+                  "tracing": agent.tracing.status(), "flows": {}}
+        lines = render(status).splitlines()
+        [off] = [line for line in lines if line.startswith("Enforcement:   OFF (")]
+        assert off.endswith(f"({refused}): runtime policies are validated, not enforced")
+        assert f"Problem:       {problem}" in lines
     finally:
         agent.close()
 

@@ -94,14 +94,15 @@ class TracingPolicies:
             return
         self.guard_plan = plan
         if guard.source is None:
-            self.guard_problem = f"not enforced: {guard.error}" if plan.rules else ""
+            why = guard.error.split("\n", 1)[0].rstrip(":")
+            self.guard_problem = f"cgroup-hook rules not enforced: {why}" if plan.rules else ""
             return
         try:
             guard.set_rules(plan.rules, plan.names)
             self.guard_problem = ""
         except VelvetError as exc:
-            self.guard_problem = f"not enforced: {exc}"
-            log.error("cgroup-hook rules of the tracing policies %s", self.guard_problem)
+            self.guard_problem = f"cgroup-hook rules not enforced: {str(exc).split(chr(10), 1)[0]}"
+            log.error("tracing policies: %s", self.guard_problem)
 
     def listing(self) -> list[dict[str, Any]]:
         """Each applied tracing policy: name, kind, hooks, selectors, pods it reaches, whether programmed."""
