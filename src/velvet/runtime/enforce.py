@@ -36,7 +36,7 @@ class Enforcer:
         self.error = "" if source is not None else "runtime enforcement is off on this node"
         self.actions = monitor.policy_actions  # one velvet_policy_actions_total for every hook
         self.monitor = monitor
-        self._followers: set[tuple[EventQuery, asyncio.Queue[Json | None]]] = set()
+        self._followers: set[_Follower] = set()
 
     def start(self) -> None:
         """Load and attach the guard (rules written before an agent restart stay enforced meanwhile)."""
@@ -68,10 +68,10 @@ class Enforcer:
         if self.source is None:
             return 0
         made = self.events.ingest(self.source.read(max_records))
-        for query, queue in self._followers:
+        for follower in self._followers:
             for event in made:
-                if _wanted(event, query) and not queue.full():
-                    queue.put_nowait(event)
+                if _wanted(event, follower.query):
+                    follower.offer(event)
         for event in made:
             body = event["process_tracepoint"]
             pod = body["process"].get("pod") or {}
@@ -99,8 +99,8 @@ class Enforcer:
         and denials as they come (a follower too slow for the denials loses them, as the monitor's)."""
         for stored in self.process_events(query):
             yield stored
-        merged: asyncio.Queue[Json | None] = asyncio.Queue(FOLLOWER_QUEUE)
-        follower = (query, merged)
+        follower = _Follower(query)
+        merged = follower.queue
         self._followers.add(follower)
 
         async def pump() -> None:
@@ -112,6 +112,9 @@ class Enforcer:
         try:
             while (item := await merged.get()) is not None:
                 yield item
+                if follower.lost and merged.empty():
+                    yield {"lost_events": {"source": "GUARD_EVENTS_QUEUE", "num_events_lost": follower.lost}}
+                    follower.lost = 0
         finally:
             self._followers.discard(follower)
             task.cancel()
@@ -134,6 +137,22 @@ class Enforcer:
         """Release the source (pinned links keep enforcing)."""
         if self.source is not None:
             self.source.close()
+
+
+class _Follower:
+    """One merged `velvet events --follow`: its query, a bounded queue, the denials it lost while full."""
+
+    def __init__(self, query: EventQuery) -> None:
+        self.query = query
+        self.queue: asyncio.Queue[Json | None] = asyncio.Queue(FOLLOWER_QUEUE)
+        self.lost = 0
+
+    def offer(self, event: Json) -> None:
+        """Queue a denial, or count it lost when the follower is too slow."""
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.lost += 1
 
 
 def _wanted(event: Json, query: EventQuery) -> bool:
