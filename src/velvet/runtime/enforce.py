@@ -67,7 +67,13 @@ class Enforcer:
         """Take up to `max_records` pending denials and audits; how many were taken."""
         if self.source is None:
             return 0
-        made = self.events.ingest(self.source.read(max_records))
+        batch = self.source.read(max_records)
+        if len(batch):
+            # the exec of every process in `batch` is in proc_events already: take it in first, so the
+            # events name the binary as executed (not /proc's resolved one)
+            while self.monitor.poll():
+                pass
+        made = self.events.ingest(batch)
         for follower in self._followers:
             for event in made:
                 if _wanted(event, follower.query):
