@@ -176,3 +176,48 @@ def test_socket_policy_denies_udp_sockets_of_one_binary_in_its_namespace(sb: San
     finally:
         sb.delete(NO_UDP)
     assert sb.exec("guard/web-1", PYTHON, "-c", UDP_SOCKET).stdout.strip() == "ok"
+
+
+NO_SYSCTL = """
+apiVersion: velvet.io/v1alpha1
+kind: VelvetTracingPolicyNamespaced
+metadata: {name: no-sysctl, namespace: guard}
+spec:
+  tracepoints:
+  - subsystem: cgroup
+    event: sysctl
+    args: [{index: 0, type: string}, {index: 1, type: int}]
+    selectors:
+    - matchArgs:
+      - {index: 0, operator: Prefix, values: [net.ipv4.ip_forward]}
+      - {index: 1, operator: Equal, values: [1]}
+      matchActions: [{action: Override, argError: -1}]
+"""
+# Writes the value the pod's own network namespace already has: nothing changes where it is allowed.
+REWRITE_FORWARD = """
+import errno, os
+path = "/proc/sys/net/ipv4/ip_forward"
+value = open(path, "rb").read()
+fd = os.open(path, os.O_WRONLY)
+try:
+    os.write(fd, value)
+    print("ok")
+except OSError as exc:
+    print(errno.errorcode.get(exc.errno, str(exc)))
+"""
+
+
+def test_sysctl_policy_denies_writes_in_its_namespace_and_lets_reads_through(sb: Sandbox) -> None:
+    """Test that a cgroup/sysctl policy (Velvet's event; Prefix on the name, write) makes a write of
+    net.ipv4.ip_forward fail with EPERM in guard/web-1 (reading it works: the value written is the one
+    read), and not in other/web-1; deleting the policy lets the write through."""
+    sb.apply(NO_SYSCTL)
+    try:
+        assert sb.exec("guard/web-1", PYTHON, "-c", REWRITE_FORWARD).stdout.strip() == "EPERM"
+        assert sb.exec("other/web-1", PYTHON, "-c", REWRITE_FORWARD).stdout.strip() == "ok"
+        [event] = denials(sb, "guard/no-sysctl")
+        assert event["event"] == "sysctl"
+        assert event["args"][0] == {"string_arg": "net.ipv4.ip_forward", "label": "name"}
+    finally:
+        sb.delete(NO_SYSCTL)
+    assert sb.exec("guard/web-1", PYTHON, "-c", REWRITE_FORWARD).stdout.strip() == "ok"
