@@ -113,7 +113,8 @@ def test_a_refused_policy_changes_nothing_and_a_deleted_one_stops_acting(sb: San
     """Test that a policy using Tetragon's Override is refused with one line naming the document and the
     field and nothing of the file is applied, and that once the policy is deleted sleep runs in shop."""
     sb.apply(NO_SLEEP)
-    override = NO_SLEEP.replace("no-sleep", "bad").replace("action: Sigkill", "action: Override")
+    override = NO_SLEEP.replace("no-sleep", "bad").replace("action: Sigkill",
+                                                           "action: Override, argError: -1")
     bad = NO_SLEEP.replace("no-sleep", "other-policy") + "---\n" + override
     with pytest.raises(CommandFailed) as refused:
         sb.apply(bad)

@@ -69,6 +69,9 @@ KINDS = [
     Kind("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies", True),
     Kind("VelvetIdentity", "velvet.io", "v1alpha1", "velvetidentities", False, custom=True),
     Kind("VelvetEndpoint", "velvet.io", "v1alpha1", "velvetendpoints", True, custom=True),
+    Kind("VelvetTracingPolicy", "velvet.io", "v1alpha1", "velvettracingpolicies", False, custom=True),
+    Kind("VelvetTracingPolicyNamespaced", "velvet.io", "v1alpha1", "velvettracingpoliciesnamespaced", True,
+         custom=True),
 ]
 BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
 

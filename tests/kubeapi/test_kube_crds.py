@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kube_apiserver import KubeApiServer, kubeconfig
 from test_kube_source import node, pod
 from test_nodes import DictRoutes
@@ -231,3 +232,36 @@ def eventually(done: Callable[[], bool]) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("never happened")
+
+
+def test_tracing_policies_from_the_api_set_the_guard_rules(api: KubeApiServer, tmp_path: Path) -> None:
+    """Test that an agent following the Kubernetes API takes a VelvetTracingPolicy from its CRD into the
+    guard's rules (a connect deny named by the policy), drops them when the object is deleted, and asks
+    only what the ClusterRole grants."""
+    from test_enforce import CLUSTER_DENY, RecordingGuard
+
+    api.put(node("node-a", "192.168.77.2", "10.244.0.0/24"))
+    policy = yaml.safe_load(CLUSTER_DENY)
+    api.put(policy)
+    path = tmp_path / "kubeconfig"
+    path.write_text(kubeconfig(api.url))
+    guard = RecordingGuard()
+    config = AgentConfig(sandbox="unit", node_name="node-a", node_ips=("192.168.77.2",), state_dir=tmp_path,
+                         source="kubernetes", kubeconfig=path)
+    agent = Agent(config, FakeDatapath(), routes=DictRoutes(), guard_source=guard)
+    try:
+        agent.start()
+
+        def rules() -> list[Any]:
+            agent.catch_up()
+            agent.reconcile(Dirty(policy=True))
+            agent.program_tracing()
+            return guard.calls[-1] if guard.calls else []
+        eventually(lambda: len(rules()) == 1)
+        assert agent.guard.events.policy_names == {rules()[0].policy: "no-https"}
+        api.remove("VelvetTracingPolicy", "", "no-https")
+        eventually(lambda: rules() == [])
+        assert set(api.requests) <= CLUSTER_ROLE, set(api.requests) - CLUSTER_ROLE
+        assert ("list", "velvet.io", "velvettracingpoliciesnamespaced") in api.requests
+    finally:
+        agent.close()

@@ -3,6 +3,7 @@ denials out, status and metrics, and what an agent without enforcement answers."
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +11,19 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from velvet.agent import queries
 from velvet.agent.config import AgentConfig
-from velvet.agent.node import Agent
+from velvet.agent.node import Agent, Dirty
+from velvet.cli.status import render
 from velvet.datapath.fake import FakeDatapath
 from velvet.datapath.structs import GUARD_EVENT_DTYPE, GuardAction, GuardHook
 from velvet.errors import DatapathError, InvalidRule, VerifierError
 from velvet.observe.enrich import DictResolver, EndpointInfo
+from velvet.runtime.compact import compact_line
 from velvet.runtime.enforce import Enforcer
 from velvet.runtime.guard import RuleWrite
 from velvet.runtime.guard_rules import AddressMatch, DenyRule, compile_rules
-from velvet.runtime.monitor import ProcessMonitor
+from velvet.runtime.monitor import EventQuery, ProcessMonitor
 
 POD_CGROUP = 4242
 RULE = DenyRule(3, GuardHook.CONNECT, AddressMatch(("10.0.0.0/8",), (443, 443), 6))
@@ -141,3 +145,119 @@ def test_the_agent_starts_and_closes_its_guard(tmp_path: Path) -> None:
     assert source.slots == {RULE: 0}
     agent.close()
     assert source.closed
+
+
+CLUSTER_DENY = """
+apiVersion: velvet.io/v1alpha1
+kind: VelvetTracingPolicy
+metadata: {name: no-https}
+spec:
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_connect
+    args: [{index: 6, type: sockaddr}]
+    selectors:
+    - matchArgs: [{index: 6, operator: DPort, values: [443]}]
+      matchActions: [{action: Override, argError: -1}]
+"""
+
+
+class RecordingGuard(FakeGuard):
+    """A FakeGuard that keeps every rule set it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[DenyRule]] = []
+
+    def set_rules(self, rules: list[DenyRule]) -> RuleWrite:
+        self.calls.append(list(rules))
+        return super().set_rules(rules)
+
+
+def apply_policy(agent: Agent, text: str) -> None:
+    """velvet apply, the reconcile pass, and the programming on the loop, as the daemon does them."""
+    agent.apply([{"path": "p.yaml", "text": text}])
+    agent.reconcile(Dirty(policy=True))
+    agent.program_tracing()
+
+
+def test_an_applied_policy_sets_the_guard_rules_and_deleting_it_clears_them(tmp_path: Path) -> None:
+    """Test that the agent compiles an applied connect-deny policy into the guard's rules with the policy's
+    name, writes nothing again when nothing changed, and sets no rule once the policy is deleted."""
+    source = RecordingGuard()
+    calls = source.calls
+    agent = Agent(AgentConfig(sandbox="unit", node_ips=("192.168.77.2",), state_dir=tmp_path), FakeDatapath(),
+                  guard_source=source)
+    agent.start()
+    try:
+        apply_policy(agent, CLUSTER_DENY)
+        [rule] = calls[-1]
+        assert (rule.hook, rule.match, rule.action, rule.cgroups) == (
+            GuardHook.CONNECT, AddressMatch((), (443, 443), 0), GuardAction.DENY, frozenset())
+        assert agent.guard.events.policy_names == {rule.policy: "no-https"}
+        agent.reconcile(Dirty(policy=True))
+        agent.program_tracing()
+        assert len(calls) == 1  # unchanged: not written again
+        agent.delete([{"path": "p.yaml", "text": CLUSTER_DENY}], None)
+        agent.reconcile(Dirty(policy=True))
+        agent.program_tracing()
+        assert calls[-1] == []
+    finally:
+        agent.close()
+
+
+def test_without_the_guard_a_policy_still_applies_and_status_says_it_is_not_enforced(tmp_path: Path) -> None:
+    """Test that on a node whose guard was refused, the policy applies and the tracing status says why it
+    is not enforced."""
+    agent = Agent(AgentConfig(sandbox="unit", node_ips=("192.168.77.2",), state_dir=tmp_path), FakeDatapath(),
+                  guard_source=FakeGuard(fail=True))
+    agent.start()
+    try:
+        apply_policy(agent, CLUSTER_DENY)
+        [problem] = agent.tracing.status()["problems"]
+        refused = "the kernel refused to load guard.bpf.o (verifier log below)"
+        assert problem == f"cgroup-hook rules not enforced: {refused}"
+        status = {**queries.status(agent), "enforcement": agent.guard.status(),
+                  "tracing": agent.tracing.status(), "flows": {}}
+        lines = render(status).splitlines()
+        [off] = [line for line in lines if line.startswith("Enforcement:   OFF (")]
+        assert off.endswith(f"({refused}): runtime policies are validated, not enforced")
+        assert f"Problem:       {problem}" in lines
+    finally:
+        agent.close()
+
+
+def test_velvet_events_merges_denials_with_process_events_and_prints_them_compact() -> None:
+    """Test that the process events query holds the guard's denials (type, namespace and pod filters
+    applied) and that -o compact prints a denial as one line naming pod, binary, operation and policy."""
+    source = FakeGuard()
+    enf = enforcer(source)
+    enf.start()
+    enf.set_rules([RULE], {3: "shop/no-egress"})
+    source.pending.append(denial(2**31 - 3))
+    enf.poll()
+    [event] = enf.process_events(EventQuery(frozenset({"process_tracepoint"}), "cart-*", "shop"))
+    assert enf.process_events(EventQuery(frozenset({"process_exec"}))) == []
+    assert enf.process_events(EventQuery(namespace="other")) == []
+    assert compact_line(event) == ("🚫 shop/cart-1 curl denied connect4 to 10.1.2.3:443/TCP "
+                                   "by policy shop/no-egress")
+
+
+def test_velvet_events_follow_gets_new_denials() -> None:
+    """Test that a follower of the merged stream receives a denial taken after it started."""
+    source = FakeGuard()
+    enf = enforcer(source)
+    enf.start()
+
+    async def follow() -> Any:
+        stream = enf.stream_process_events(EventQuery(namespace="shop"))
+        first = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0)
+        source.pending.append(denial(2**31 - 3))
+        enf.poll()
+        event = await asyncio.wait_for(first, 5)
+        await stream.aclose()
+        return event
+
+    event = asyncio.run(follow())
+    assert event["process_tracepoint"]["event"] == "connect4"

@@ -18,6 +18,7 @@ from install_render import REPO, find, kustomize
 
 from velvet.cli.main import main
 from velvet.install.render import InstallOptions, rbac_rules, render
+from velvet.model.codec import from_dict
 
 KUBERNETES_VERSIONS = ("1.32", kubernetes_validate.latest_version())
 """The kubectl on these machines, and the newest release kubernetes-validate bundles schemas of."""
@@ -31,6 +32,8 @@ SOURCE_VERBS = {
     ("networking.k8s.io", "networkpolicies"): {"list", "watch"},
     ("velvet.io", "velvetidentities"): {"get", "list", "watch", "create", "delete"},
     ("velvet.io", "velvetendpoints"): {"list", "watch", "create", "update", "delete"},
+    ("velvet.io", "velvettracingpolicies"): {"list", "watch"},
+    ("velvet.io", "velvettracingpoliciesnamespaced"): {"list", "watch"},
 }
 """What `velvet agent --source kubernetes` calls (tests/kubeapi checks the requests it makes)."""
 
@@ -59,7 +62,10 @@ def test_the_base_renders_every_object_of_the_install() -> None:
     assert kinds == [("ClusterRole", "velvet"), ("ClusterRoleBinding", "velvet"),
                      ("ConfigMap", "velvet-config"),
                      ("CustomResourceDefinition", "velvetendpoints.velvet.io"),
-                     ("CustomResourceDefinition", "velvetidentities.velvet.io"), ("DaemonSet", "velvet"),
+                     ("CustomResourceDefinition", "velvetidentities.velvet.io"),
+                     ("CustomResourceDefinition", "velvettracingpolicies.velvet.io"),
+                     ("CustomResourceDefinition", "velvettracingpoliciesnamespaced.velvet.io"),
+                     ("DaemonSet", "velvet"),
                      ("ServiceAccount", "velvet")]
     assert {o["metadata"].get("namespace") for o in kustomize() if o["kind"] in
             ("ConfigMap", "DaemonSet", "ServiceAccount")} == {"kube-system"}
@@ -141,6 +147,27 @@ def test_an_identity_is_named_by_its_number_in_decimal() -> None:
     assert pattern is not None
     assert [n for n in ("1", "256", "65535", "0", "01", "-1", "web", "1a") if re.search(pattern[1], n)] == [
         "1", "256", "65535"]
+
+
+TRACING = {"apiVersion": "velvet.io/v1alpha1", "kind": "VelvetTracingPolicyNamespaced",
+           "metadata": {"name": "no-curl", "namespace": "shop"},
+           "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "tracepoints": [
+               {"subsystem": "syscalls", "event": "sys_enter_connect",
+                "args": [{"index": 6, "type": "sockaddr"}],
+                "selectors": [{"matchBinaries": [{"operator": "In", "values": ["/usr/bin/curl"]}],
+                               "matchActions": [{"action": "Override", "argError": -1}]}]}]}}
+
+
+def test_tracing_policies_keep_tetragons_fields_and_need_tracepoints() -> None:
+    """Test that both tracing-policy CRDs take a Tetragon-shaped policy as the agent decodes it (the agent
+    validates the rest), scoped as their kinds, and refuse one without tracepoints."""
+    assert from_dict(TRACING).metadata.key == "shop/no-curl"
+    for name, scope in (("velvettracingpolicies.velvet.io", "Cluster"),
+                        ("velvettracingpoliciesnamespaced.velvet.io", "Namespaced")):
+        assert find(kustomize(), "CustomResourceDefinition", name)["spec"]["scope"] == scope
+        assert schema_errors(crd_schema(name), TRACING) == []
+        assert schema_errors(crd_schema(name), {**TRACING, "spec": {"tracepoints": []}}) == [
+            "[] should be non-empty"]
 
 
 def test_the_printer_columns_show_what_the_datapath_uses() -> None:

@@ -158,7 +158,7 @@ class AgentHandlers:
         if what == "flows":
             return self.agent.flows.query(FlowQuery.from_params(params))
         if what == "process_events":
-            return self.agent.processes.query(EventQuery.from_params(params))
+            return self.agent.guard.process_events(EventQuery.from_params(params))
         if what == "enforcement_events":
             return self.agent.guard.query(params)
         return await self.run(queries.query, self.agent, what, params)
@@ -170,5 +170,5 @@ class AgentHandlers:
         if what == "events":
             return self.agent.flows.stream_events(event_types(params.get("type", "")))
         if what == "process_events":
-            return self.agent.processes.stream(EventQuery.from_params(params))
+            return self.agent.guard.stream_process_events(EventQuery.from_params(params))
         raise NotFound(f"unknown stream {what!r}")

@@ -300,7 +300,7 @@ class Agent:
     def program_tracing(self) -> None:
         """Program what the last reconcile compiled of the tracing policies (on the event loop: the process
         monitor's thread)."""
-        self.tracing.program(self.processes)
+        self.tracing.program(self.processes, self.guard)
 
     def _took(self, what: str, started: float) -> None:
         self.reconcile_stats[what] = time.perf_counter() - started

@@ -1,5 +1,6 @@
 """The node's tracing policies: compiled on the state worker when objects change, programmed on the event
-loop (where the process monitor lives), and what `velvet status` and `velvet policy get` say of them."""
+loop (where the process monitor and the guard live), and what `velvet status` and `velvet policy get` say of
+them. Selectors on the hooks a cgroup hook can refuse become the guard's rules (`agent.guard_policy`)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from velvet.agent.guard_policy import GuardPlan, compile_guard, guard_binaries
 from velvet.control.tracing import CompiledTracing, PodScope, TracingCompiler, TracingPolicy, policy_name
 from velvet.controllers.endpoints import EndpointController
 from velvet.durable import write_atomic
+from velvet.errors import VelvetError
 from velvet.model import Pod, VelvetTracingPolicy, VelvetTracingPolicyNamespaced
+from velvet.runtime.enforce import Enforcer
 from velvet.runtime.monitor import ProcessMonitor
 from velvet.sources.source import AgentSource
 
@@ -30,6 +34,9 @@ class TracingPolicies:
         self.compiler = TracingCompiler()
         self.compiled: CompiledTracing | None = None  # what the kernel holds
         self._pending: CompiledTracing | None = None
+        self._pending_guard: GuardPlan | None = None
+        self.guard_plan: GuardPlan | None = None  # what the guard was last given
+        self.guard_problem = ""  # why the guard refused the last plan
         self._policies: list[TracingPolicy] = []
         self._saved: Any = None
         try:
@@ -57,12 +64,14 @@ class TracingPolicies:
                 pods.append(PodScope(pod.metadata.namespace, pod.metadata.name, pod.metadata.labels,
                                      record.cgroup_id))
         self._policies = policies
-        self._pending = self.compiler.compile(policies, pods)
+        self._pending = self.compiler.compile(policies, pods, guard_binaries(policies))
+        self._pending_guard = compile_guard(policies, pods, self._pending)
 
-    def program(self, monitor: ProcessMonitor) -> None:
+    def program(self, monitor: ProcessMonitor, guard: Enforcer) -> None:
         """Write what the last compilation changed (event loop); processes get their binary sets again
-        when the sets changed."""
+        when the sets changed, then the guard gets its rules (it writes only the difference)."""
         compiled, self._pending = self._pending, None
+        plan, self._pending_guard = self._pending_guard, None
         if compiled is None:
             return
         previous = self.compiled
@@ -74,6 +83,26 @@ class TracingPolicies:
         if numbers != self._saved:
             write_atomic(self.state_file, json.dumps(numbers).encode())
             self._saved = numbers
+        if plan is not None:
+            self._program_guard(plan, guard)
+
+    def _program_guard(self, plan: GuardPlan, guard: Enforcer) -> None:
+        """Hand the guard its rules when they changed (a node without the guard: status says why)."""
+        previous = self.guard_plan
+        if previous is not None and (previous.rules, previous.names) == (plan.rules, plan.names) \
+                and not self.guard_problem:
+            return
+        self.guard_plan = plan
+        if guard.source is None:
+            why = guard.error.split("\n", 1)[0].rstrip(":")
+            self.guard_problem = f"cgroup-hook rules not enforced: {why}" if plan.rules else ""
+            return
+        try:
+            guard.set_rules(plan.rules, plan.names)
+            self.guard_problem = ""
+        except VelvetError as exc:
+            self.guard_problem = f"cgroup-hook rules not enforced: {str(exc).split(chr(10), 1)[0]}"
+            log.error("tracing policies: %s", self.guard_problem)
 
     def listing(self) -> list[dict[str, Any]]:
         """Each applied tracing policy: name, kind, hooks, selectors, pods it reaches, whether programmed."""
@@ -107,4 +136,7 @@ class TracingPolicies:
                 "hooks": hooks,
                 "rules": len(compiled.tables.rules) if compiled else 0,
                 "binary_sets": len(compiled.binary_sets) if compiled else 0,
-                "problems": list(compiled.problems) if compiled else []}
+                "guard_rules": len(self.guard_plan.rules) if self.guard_plan else 0,
+                "problems": [*(compiled.problems if compiled else []),
+                             *(self.guard_plan.problems if self.guard_plan else []),
+                             *([self.guard_problem] if self.guard_problem else [])]}

@@ -1,4 +1,5 @@
-"""`velvet events`: process events of every node (exec, fork, exit), like `tetra getevents`."""
+"""`velvet events`: process events of every node (exec, fork, exit, tracepoints and the cgroup hooks'
+denials), like `tetra getevents`."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `velvet events`."""
     p = subparsers.add_parser(
-        "events", help="show process events: exec, fork, exit (like tetra getevents)",
+        "events", help="show process events: exec, fork, exit, policy denials (like tetra getevents)",
         description="Show stored process events of the node's pods and the node itself (the last 20 by "
                     "default) or follow new ones; every registered node's are merged by time.")
     p.add_argument("-f", "--follow", action="store_true", help="follow new events")

@@ -54,6 +54,16 @@ def _routing_line(routing: dict[str, Any]) -> str:
             f"VNI = {routing['vni']})")
 
 
+def _enforcement_line(enforcement: dict[str, Any]) -> str:
+    """`Enforcement: cgroup hooks, 2 rules (1 deny, 1 audit)`, or `Enforcement: OFF (why)`."""
+    if not enforcement.get("attached"):
+        why = (enforcement.get("error") or "").split("\n", 1)[0].rstrip(":")
+        return f"Enforcement:   OFF ({why}): runtime policies are validated, not enforced"
+    actions = [r["action"] for r in enforcement.get("rules", [])]
+    return (f"Enforcement:   cgroup hooks, {len(actions)} rules ({actions.count('deny')} deny, "
+            f"{actions.count('audit')} audit), {enforcement.get('lost', 0)} events lost")
+
+
 def render(status: dict[str, Any], verbose: bool = False) -> str:
     """The human form of the status answer, in the spirit of `cilium status`."""
     kernel, agent, dp, counts = status["kernel"], status["agent"], status["datapath"], status["counts"]
@@ -85,6 +95,9 @@ def render(status: dict[str, Any], verbose: bool = False) -> str:
         lines.append(f"Tracing:       {tracing['policies']} policies on {', '.join(tracing['hooks'])} "
                      f"({tracing['rules']} rules, {tracing['binary_sets']} binary sets): "
                      + ", ".join(tracing.get("names", [])))
+    enforcement = status.get("enforcement")
+    if enforcement is not None:
+        lines.append(_enforcement_line(enforcement))
     for problem in tracing.get("problems", []):
         lines.append(f"Problem:       {problem}")
     for problem in status["problems"]:

@@ -163,7 +163,7 @@ class TracingCompiler:
                 continue
             entries, mask = compiled
             rules.update(entries)
-            targets = _selected_cgroups(policy, pods)
+            targets = selected_cgroups(policy, pods)
             if targets is None:
                 global_rules |= mask
             for cgroup_id in targets or ():
@@ -246,7 +246,7 @@ def _rule(selector: TracingSelector, hook: RtHook, policy: int, mask: int, binse
                        arg_op, argset)
 
 
-def _selected_cgroups(policy: TracingPolicy, pods: Sequence[PodScope]) -> list[int] | None:
+def selected_cgroups(policy: TracingPolicy, pods: Sequence[PodScope]) -> list[int] | None:
     """The cgroups of the pods a policy applies to (None: every process of the node)."""
     selector = policy.spec.pod_selector
     namespaced = isinstance(policy, VelvetTracingPolicyNamespaced)

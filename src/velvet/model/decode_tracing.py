@@ -5,8 +5,20 @@ from __future__ import annotations
 
 from velvet.model.decode_meta import decode_meta, decode_selector
 from velvet.model.tracing import (
+    ADDRESS_HOOKS,
+    CONNECT_HOOK,
+    DEV_HOOK,
+    EPERM_ERROR,
     EXEC_HOOK,
+    FAMILIES,
+    GUARD_HOOKS,
     OPENAT_HOOK,
+    PROTOCOLS,
+    SENDMSG_HOOK,
+    SENDTO_HOOK,
+    SOCKET_HOOK,
+    SOCKET_TYPES,
+    SYSCTL_HOOK,
     ActionSelector,
     ArgSelector,
     BinarySelector,
@@ -17,6 +29,9 @@ from velvet.model.tracing import (
     TracingSelector,
     VelvetTracingPolicy,
     VelvetTracingPolicyNamespaced,
+    parse_cidr,
+    parse_number,
+    parse_ports,
 )
 from velvet.model.validate import Node, Obj, check_dns1123_subdomain, quote
 
@@ -30,10 +45,33 @@ SIGNALS = range(1, 65)
 # the argument types that fit it)}
 _STRING_TYPES = ("string", "filename", "data_loc", "auto")
 _INT_TYPES = ("int", "int32", "uint32", "int64", "uint64", "auto")
+_SOCK_TYPES = ("sockaddr", "auto")
+MAX_SYSCTL_PREFIX = 63  # bytes (guard_rule.name_prefix holds 64 with the NUL)
 HOOK_FIELDS: dict[tuple[str, str], dict[int, tuple[str, tuple[str, ...]]]] = {
     EXEC_HOOK: {4: ("filename", _STRING_TYPES), 5: ("pid", _INT_TYPES), 6: ("old_pid", _INT_TYPES)},
     OPENAT_HOOK: {4: ("__syscall_nr", _INT_TYPES), 5: ("dfd", _INT_TYPES), 6: ("filename", _STRING_TYPES),
                   7: ("flags", _INT_TYPES), 8: ("mode", _INT_TYPES)},
+    CONNECT_HOOK: {4: ("__syscall_nr", _INT_TYPES), 5: ("fd", _INT_TYPES), 6: ("uservaddr", _SOCK_TYPES),
+                   7: ("addrlen", _INT_TYPES)},
+    SENDTO_HOOK: {4: ("__syscall_nr", _INT_TYPES), 5: ("fd", _INT_TYPES), 7: ("len", _INT_TYPES),
+                  8: ("flags", _INT_TYPES), 9: ("addr", _SOCK_TYPES), 10: ("addr_len", _INT_TYPES)},
+    SENDMSG_HOOK: {4: ("__syscall_nr", _INT_TYPES), 5: ("fd", _INT_TYPES), 6: ("msg", _SOCK_TYPES),
+                   7: ("flags", _INT_TYPES)},
+    SOCKET_HOOK: {4: ("__syscall_nr", _INT_TYPES), 5: ("family", _INT_TYPES), 6: ("type", _INT_TYPES),
+                  7: ("protocol", _INT_TYPES)},
+    # Velvet's own events (no syscall maps onto them): a sysctl access and a device access
+    SYSCTL_HOOK: {0: ("name", _STRING_TYPES), 1: ("write", _INT_TYPES)},
+    DEV_HOOK: {0: ("type", _STRING_TYPES), 1: ("major", _INT_TYPES), 2: ("minor", _INT_TYPES),
+               3: ("access", _STRING_TYPES)},
+}
+_ADDRESS_OPERATORS = ("DAddr", "DPort", "Family", "Protocol")
+# cgroup-hook tracepoint -> {field matchArgs may compare: the operators Velvet does on it}
+GUARD_MATCH_ARGS: dict[tuple[str, str], dict[int, tuple[str, ...]]] = {
+    CONNECT_HOOK: {6: _ADDRESS_OPERATORS}, SENDTO_HOOK: {9: _ADDRESS_OPERATORS},
+    SENDMSG_HOOK: {6: _ADDRESS_OPERATORS},
+    SOCKET_HOOK: {5: ("Equal",), 6: ("Equal",), 7: ("Equal",)},
+    SYSCTL_HOOK: {0: ("Prefix",), 1: ("Equal",)},
+    DEV_HOOK: {0: ("Equal",), 1: ("Equal",), 2: ("Equal",), 3: ("Equal",)},
 }
 # hook -> the field matchArgs may compare (the path) and the operators Velvet does on it
 HOOK_MATCH_ARGS = {OPENAT_HOOK: (6, ("Equal", "Prefix"))}
@@ -46,7 +84,7 @@ _TRACEPOINT_UNSUPPORTED = ("message", "tags", "raw")
 _ARG_UNSUPPORTED = ("label", "maxData", "returnCopy", "sizeArgIndex", "resolve")
 _SELECTOR_UNSUPPORTED = ("matchData", "matchReturnArgs", "matchReturnActions", "matchNamespaceChanges",
                          "matchCapabilities", "matchCapabilityChanges", "matchParentBinaries")
-_ACTION_UNSUPPORTED = ("argError", "argFd", "argName", "argUrl", "argFqdn", "argSock", "rateLimit",
+_ACTION_UNSUPPORTED = ("argFd", "argName", "argUrl", "argFqdn", "argSock", "rateLimit",
                        "rateLimitScope", "kernelStackTrace", "userStackTrace", "imaHash")
 
 # Tetragon's operators and actions, and the ones Velvet does.
@@ -57,14 +95,15 @@ ARG_OPERATORS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPost
                  "NotDPort", "DPortPriv", "NotDPortPriv", "SAddr", "NotSAddr", "DAddr", "NotDAddr",
                  "Protocol", "Family", "State", "InMap", "NotInMap", "CapabilitiesGained", "FileType",
                  "NotFileType")
-ARG_SUPPORTED = ("Equal", "Prefix", "Postfix", "GT", "LT")
+ARG_SUPPORTED = ("Equal", "Prefix", "Postfix", "GT", "LT", *_ADDRESS_OPERATORS)
 PID_OPERATORS = ("In", "NotIn")
 ACTIONS = ("Post", "FollowFD", "UnfollowFD", "Sigkill", "CopyFD", "Override", "GetUrl", "DnsLookup", "NoPost",
            "Signal", "TrackSock", "UntrackSock", "NotifyEnforcer", "CleanupEnforcerNotification", "Set")
-ACTIONS_SUPPORTED = ("Post", "NoPost", "Sigkill", "Signal")
+ACTIONS_SUPPORTED = ("Post", "NoPost", "Sigkill", "Signal", "Override")
+GUARD_ACTIONS = ("Override", "Post")
+_GUARD_NAMES = ", ".join("/".join(h) for h in GUARD_HOOKS)
 _WHY_NOT = {
-    "Override": "this kernel has no bpf_override_return; cgroup hooks deny connect, socket, sysctl and "
-                "devices",
+    "Override": f"this kernel has no bpf_override_return; only cgroup hooks refuse a call, on {_GUARD_NAMES}",
     "matchNamespaces": "Linux namespaces are not matched; use spec.podSelector or a "
                        "VelvetTracingPolicyNamespaced",
     "kprobes": "this kernel has no kprobes; use spec.tracepoints",
@@ -127,7 +166,14 @@ def _decode_tracepoint(node: Node) -> Tracepoint:
     if len(selectors) > MAX_SELECTORS:
         fields.req("selectors").fail(f"Too many: {len(selectors)}: must have at most {MAX_SELECTORS} items")
     for i, selector in enumerate(selectors):
-        _check_match_args(fields, i, selector, (subsystem, event))
+        if (subsystem, event) in GUARD_MATCH_ARGS:
+            _check_guard_selector(fields.req("selectors").at(i, None), selector, (subsystem, event))
+        else:
+            if any(a.action == "Override" for a in selector.match_actions):
+                fields.req("selectors").at(i, None).at("matchActions", None).at(0, None).at(
+                    "action", "Override").fail(f"not supported: action \"Override\" on {subsystem}/{event}: "
+                                               + _WHY_NOT["Override"])
+            _check_match_args(fields, i, selector, (subsystem, event))
     return Tracepoint(subsystem, event, args, selectors)
 
 
@@ -154,6 +200,74 @@ def _check_match_args(fields: Obj, i: int, selector: TracingSelector, hook: tupl
         if len(value.encode()) > MAX_PATH:
             where.at(0, None).at("values", None).at(j, value).fail(
                 f"Invalid value: must be at most {MAX_PATH} bytes")
+
+
+def _check_guard_selector(where: Node, selector: TracingSelector, hook: tuple[str, str]) -> None:
+    """Refuse what a cgroup hook cannot do: only Override (EPERM) or Post, matchBinaries In or Prefix, no
+    matchPIDs, and matchArgs on the fields and with the operators the guard compares."""
+    name = "/".join(hook)
+    for action in selector.match_actions:
+        if action.action not in GUARD_ACTIONS:
+            where.at("matchActions", None).at(0, None).at("action", action.action).fail(
+                f"not supported: action {quote(action.action)} on {name}, a cgroup hook "
+                f"(supported: {', '.join(GUARD_ACTIONS)})")
+    if selector.match_pids:
+        where.at("matchPIDs", None).fail(f"not supported: matchPIDs on {name}, a cgroup hook "
+                                         "(use matchBinaries or the pod selector)")
+    for binaries in selector.match_binaries:
+        if binaries.operator == "NotIn":
+            where.at("matchBinaries", None).at(0, None).at("operator", "NotIn").fail(
+                f"not supported: operator \"NotIn\" on {name}, a cgroup hook (supported: In, Prefix)")
+    fields = GUARD_MATCH_ARGS[hook]
+    seen: set[tuple[int, str]] = set()
+    for j, arg in enumerate(selector.match_args):
+        at = where.at("matchArgs", None).at(j, None)
+        if arg.index not in fields:
+            at.at("index", arg.index).fail(
+                f"not supported: matchArgs on field {arg.index} of {name} (supported: "
+                + ", ".join(str(i) for i in fields) + ")")
+        if arg.operator not in fields[arg.index]:
+            at.at("operator", arg.operator).fail(
+                f"not supported: operator {quote(arg.operator)} on field {arg.index} of {name} "
+                f"(supported: {', '.join(fields[arg.index])})")
+        if (arg.index, arg.operator) in seen:
+            at.fail(f"not supported: a second {arg.operator} on field {arg.index} (give several values)")
+        seen.add((arg.index, arg.operator))
+        for k, value in enumerate(arg.values):
+            try:
+                _check_guard_value(hook, arg.index, arg.operator, value)
+            except ValueError as exc:
+                at.at("values", None).at(k, value).fail(f"Invalid value: {exc}")
+
+
+def _check_guard_value(hook: tuple[str, str], index: int, operator: str, value: str) -> None:
+    """Raise ValueError when `value` is not one the guard can compare on this field."""
+    if hook in ADDRESS_HOOKS:
+        if operator == "DAddr":
+            parse_cidr(value)
+        elif operator == "DPort":
+            parse_ports(value)
+        elif operator == "Protocol":
+            parse_number(value, PROTOCOLS, "protocol")
+        elif parse_number(value, FAMILIES, "family") not in FAMILIES.values():
+            raise ValueError(f"{value!r}: the cgroup hooks see AF_INET and AF_INET6 only")
+    elif hook == SOCKET_HOOK:
+        names, what = {5: (FAMILIES, "family"), 6: (SOCKET_TYPES, "socket type"),
+                       7: (PROTOCOLS, "protocol")}[index]
+        number = parse_number(value, names, what)
+        if index == 5 and number not in FAMILIES.values():
+            raise ValueError(f"{value!r}: the kernel runs the socket hook for AF_INET and AF_INET6 only")
+    elif hook == SYSCTL_HOOK:
+        if index == 0 and len(value.encode()) > MAX_SYSCTL_PREFIX:
+            raise ValueError(f"must be at most {MAX_SYSCTL_PREFIX} bytes")
+        if index == 1 and value not in ("0", "1"):
+            raise ValueError(f"{value!r}: write is 1 (writes) or 0 (reads)")
+    elif index == 0 and value not in ("c", "b"):
+        raise ValueError(f"{value!r}: a device type is c or b")
+    elif index in (1, 2) and not (value.isdigit() and int(value) < 2**31):
+        raise ValueError(f"{value!r}: a device number is an integer")
+    elif index == 3 and (not value or set(value) - set("rwm")):
+        raise ValueError(f"{value!r}: a device access is made of r, w and m")
 
 
 def _decode_arg(node: Node, hook: dict[int, tuple[str, tuple[str, ...]]], subsystem: str,
@@ -258,7 +372,7 @@ def _decode_pids(node: Node) -> PIDSelector:
 
 
 def _decode_action(node: Node) -> ActionSelector:
-    fields = node.obj(known=("action", "argSig", *_ACTION_UNSUPPORTED))
+    fields = node.obj(known=("action", "argSig", "argError", *_ACTION_UNSUPPORTED))
     _refuse(fields, _ACTION_UNSUPPORTED)
     action_node = fields.req("action")
     action = action_node.one_of(ACTIONS)
@@ -266,7 +380,18 @@ def _decode_action(node: Node) -> ActionSelector:
         why = _WHY_NOT.get(action, "")
         action_node.fail(f"not supported: action {quote(action)} (supported: {', '.join(ACTIONS_SUPPORTED)})"
                          + (f"; {why}" if why else ""))
-    sig_node = fields.opt("argSig")
+    sig_node, error_node = fields.opt("argSig"), fields.opt("argError")
+    if action == "Override":
+        if error_node is None:
+            node.at("argError", None).fail(
+                f"Required value: the error of action Override ({EPERM_ERROR}: EPERM)")
+        error = error_node.as_int()
+        if error != EPERM_ERROR:
+            error_node.fail(f"not supported: argError {error}: a cgroup hook fails the call with EPERM only "
+                            f"(argError: {EPERM_ERROR})")
+        return ActionSelector(action, arg_error=error)
+    if error_node is not None:
+        error_node.fail("Forbidden: argError is only for action Override")
     if action == "Signal":
         if sig_node is None:
             node.at("argSig", None).fail("Required value: the signal number of action Signal")

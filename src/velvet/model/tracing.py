@@ -2,12 +2,56 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from velvet.model.meta import LabelSelector, ObjectMeta
 
 EXEC_HOOK = ("sched", "sched_process_exec")
 OPENAT_HOOK = ("syscalls", "sys_enter_openat")
+# Hooks a cgroup hook of guard.bpf.o can refuse (Override) or audit (Post): the syscalls whose operation
+# it sits on, and Velvet's own `cgroup` events for what has no syscall of its own (sysctl writes, devices).
+CONNECT_HOOK = ("syscalls", "sys_enter_connect")
+SENDTO_HOOK = ("syscalls", "sys_enter_sendto")
+SENDMSG_HOOK = ("syscalls", "sys_enter_sendmsg")
+SOCKET_HOOK = ("syscalls", "sys_enter_socket")
+SYSCTL_HOOK = ("cgroup", "sysctl")
+DEV_HOOK = ("cgroup", "dev")
+ADDRESS_HOOKS = (CONNECT_HOOK, SENDTO_HOOK, SENDMSG_HOOK)
+GUARD_HOOKS = (*ADDRESS_HOOKS, SOCKET_HOOK, SYSCTL_HOOK, DEV_HOOK)
+EPERM_ERROR = -1  # Override's argError that a cgroup hook gives: -EPERM
+
+FAMILIES = {"AF_INET": 2, "AF_INET6": 10}
+PROTOCOLS = {"IPPROTO_ICMP": 1, "IPPROTO_TCP": 6, "IPPROTO_UDP": 17, "IPPROTO_ICMPV6": 58, "IPPROTO_RAW": 255}
+SOCKET_TYPES = {"SOCK_STREAM": 1, "SOCK_DGRAM": 2, "SOCK_RAW": 3, "SOCK_SEQPACKET": 5}
+
+
+def parse_number(value: str, names: dict[str, int], what: str) -> int:
+    """A family, protocol or socket type given by its name (AF_INET) or its number; ValueError if neither."""
+    if value in names:
+        return names[value]
+    if value.isdigit() and int(value) < 2**31:
+        return int(value)
+    raise ValueError(f"{value!r} is not a {what} (a number or one of {', '.join(names)})")
+
+
+def parse_ports(value: str) -> tuple[int, int]:
+    """A DPort value: a port ("443") or an inclusive range ("1000:2000", Tetragon's min:max)."""
+    low, _, high = value.partition(":")
+    if not (low.isdigit() and (high.isdigit() or not high)):
+        raise ValueError(f"{value!r} is not a port or a range min:max")
+    ports = (int(low), int(high or low))
+    if not 0 <= ports[0] <= ports[1] <= 65535:
+        raise ValueError(f"{value!r} is not within 0-65535 in order")
+    return ports
+
+
+def parse_cidr(value: str) -> str:
+    """A DAddr value: an address or a CIDR of either family, as a prefix ("10.0.0.1" -> "10.0.0.1/32")."""
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or CIDR") from None
 
 
 @dataclass(frozen=True)
@@ -39,10 +83,11 @@ class PIDSelector:
 
 @dataclass(frozen=True)
 class ActionSelector:
-    """matchActions: Post, NoPost, Sigkill, or Signal with `arg_sig`."""
+    """matchActions: Post, NoPost, Sigkill, Signal with `arg_sig`, or Override with `arg_error` (-EPERM)."""
 
     action: str
     arg_sig: int = 0
+    arg_error: int = 0
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ _ICONS = {"process_exec": ("🚀", "process"), "process_fork": ("🔀", "fork   
 def compact_line(event: Json, *, node_name: bool = False) -> str:
     """`🚀 process ns/pod /usr/bin/curl -s x`, `💥 exit    ns/pod /usr/bin/curl -s x 0` (or the signal).
 
-    An exec a tracing policy acted on ends with `(Sigkill by policy ns/name)`.
+    An exec a tracing policy acted on ends with `(Sigkill by policy ns/name)`; a cgroup hook's denial reads
+    `🚫 ns/pod /usr/bin/curl denied connect4 to 10.0.0.1:80/TCP by policy ns/name` (🔍 … audited … for Post).
 
     A node process has no pod: the node's name stands there. A lost-events notice is a line of its own.
     """
@@ -27,6 +28,11 @@ def compact_line(event: Json, *, node_name: bool = False) -> str:
     pod = proc.get("pod")
     where = f"{pod['namespace']}/{pod['name']}" if pod else str(event.get("node_name", ""))
     line = f"{icon} {word} {where} {proc.get('binary', '')}"
+    if kind == "process_tracepoint" and body.get("subsys") == "cgroup":  # a cgroup hook's denial or audit
+        icon = "🚫" if body.get("action") == "KPROBE_ACTION_OVERRIDE" else "🔍"
+        line = f"{icon} {where} {proc.get('binary', '')} {body.get('message', body.get('event', ''))}"
+        line += f" by policy {body.get('policy_name') or body.get('policy_index', '')}"
+        return f"{event.get('node_name', '')}: {line}" if node_name else line
     if kind == "process_tracepoint":  # the syscall and its string arguments, not the process's
         strings = [a["string_arg"] for a in body.get("args", []) if "string_arg" in a]
         line += f" {body.get('event', '')}" + "".join(f" {s}" for s in strings)

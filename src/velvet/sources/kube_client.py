@@ -91,6 +91,10 @@ ENDPOINTSLICES = Resource("EndpointSlice", "discovery.k8s.io", "v1", "endpointsl
 NETWORKPOLICIES = Resource("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies", namespaced=True)
 VELVET_IDENTITIES = Resource("VelvetIdentity", "velvet.io", "v1alpha1", "velvetidentities", namespaced=False)
 VELVET_ENDPOINTS = Resource("VelvetEndpoint", "velvet.io", "v1alpha1", "velvetendpoints", namespaced=True)
+VELVET_TRACING_POLICIES = Resource("VelvetTracingPolicy", "velvet.io", "v1alpha1", "velvettracingpolicies",
+                                   namespaced=False)
+VELVET_TRACING_POLICIES_NAMESPACED = Resource("VelvetTracingPolicyNamespaced", "velvet.io", "v1alpha1",
+                                              "velvettracingpoliciesnamespaced", namespaced=True)
 
 
 def load_config(kubeconfig: Path | None) -> SingleConfig:

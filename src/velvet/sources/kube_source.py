@@ -41,6 +41,8 @@ from velvet.sources.kube_client import (
     SERVICES,
     VELVET_ENDPOINTS,
     VELVET_IDENTITIES,
+    VELVET_TRACING_POLICIES,
+    VELVET_TRACING_POLICIES_NAMESPACED,
     KubeApi,
     KubeCalls,
     KubeError,
@@ -63,7 +65,8 @@ class KubeSource:
     """Informers for what the agent follows, their cache, and the agent's calls on its source."""
 
     def __init__(self, config: SingleConfig, node_name: str, *, crds: bool = False) -> None:
-        """Follow the built-in resources, and with `crds` the VelvetIdentities and VelvetEndpoints."""
+        """Follow the built-in resources, and with `crds` the VelvetIdentities, VelvetEndpoints and the
+        tracing policies (VelvetTracingPolicy, VelvetTracingPolicyNamespaced)."""
         self.config = config
         self.crds = crds
         self.node_name = node_name
@@ -108,7 +111,9 @@ class KubeSource:
                                                                 NETWORKPOLICIES, NODES)]
         self.informers.insert(1, Informer(api, PODS, put, field_selector=f"spec.nodeName={self.node_name}"))
         if self.crds:
-            self.informers += [Informer(api, res, put) for res in (VELVET_IDENTITIES, VELVET_ENDPOINTS)]
+            crds = (VELVET_IDENTITIES, VELVET_ENDPOINTS, VELVET_TRACING_POLICIES,
+                    VELVET_TRACING_POLICIES_NAMESPACED)
+            self.informers += [Informer(api, res, put) for res in crds]
         tasks = [asyncio.create_task(i.run(), name=f"informer-{i.resource.plural}") for i in self.informers]
         self._ready.set()
         try:
