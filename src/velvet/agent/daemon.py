@@ -1,4 +1,4 @@
-"""The agent daemon: start the agent, serve its API and listeners, run its loops until SIGTERM."""
+"""The agent daemon: start the agent behind its API (`launch`), run its loops until SIGTERM."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from aiohttp import web
 from velvet.agent.config import AgentConfig
 from velvet.agent.handlers import AgentHandlers
 from velvet.agent.node import Agent, Dirty
+from velvet.agent.starting import StartingApi
 from velvet.agent.tunnel import TUNNEL_DEVICE
-from velvet.api.server import build_app, serve_unix
 from velvet.datapath.protocol import Datapath
 from velvet.errors import VelvetError
 from velvet.observe.ui import http_app, listen_address, loopback_listener, serve_http
@@ -188,41 +188,52 @@ def _threadsafe_setter(loop: asyncio.AbstractEventLoop, event: asyncio.Event) ->
     return wake
 
 
-async def run_agent(agent: Agent) -> None:
-    """Start the agent and serve until SIGTERM/SIGINT; attachments and pins stay when it exits."""
+async def run_agent(agent: Agent, api: StartingApi, api_runner: web.AppRunner) -> None:
+    """Start the agent behind the API `api` that `api_runner` serves, then serve until SIGTERM/SIGINT.
+
+    Attachments and pins stay when it exits. The start (store, datapath adoption, first pass) runs off
+    the loop, so `/v1/health` answers meanwhile; every other call waits for it.
+    """
     keep_the_loop_responsive()
     changed = asyncio.Event()
-    agent.on_remote_change(_threadsafe_setter(asyncio.get_running_loop(), changed))
-    agent.start()
-    handlers = AgentHandlers(agent)
-    runner = await serve_unix(build_app(handlers), agent.paths.socket)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("agent up: API on %s", agent.paths.socket)
-    http_runner = await _serve_http(handlers)
-    tasks = [asyncio.create_task(coro) for coro in (
-        reconcile_loop(handlers), event_loop(agent), process_loop(agent), collect_when_idle(handlers),
-        follow_remote(handlers, changed), every(EXPIRY_PERIOD_SECONDS, handlers, agent.reconcile_nodes),
-        every(EXPIRY_PERIOD_SECONDS, handlers, agent.expire_terminating),
-        every(MAP_FILL_PERIOD_SECONDS, handlers, agent.refresh_map_fill))]
+    agent.on_remote_change(_threadsafe_setter(loop, changed))
+    handlers: AgentHandlers | None = None
+    tasks: list[asyncio.Task[None]] = []
+    http_runner: web.AppRunner | None = None
     try:
+        await loop.run_in_executor(None, agent.start)
+        handlers = AgentHandlers(agent)
+        api.ready(handlers)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("agent up: API on %s", agent.paths.socket)
+        http_runner = await _serve_http(handlers)
+        tasks = [asyncio.create_task(coro) for coro in (
+            reconcile_loop(handlers), event_loop(agent), process_loop(agent), collect_when_idle(handlers),
+            follow_remote(handlers, changed), every(EXPIRY_PERIOD_SECONDS, handlers, agent.reconcile_nodes),
+            every(EXPIRY_PERIOD_SECONDS, handlers, agent.expire_terminating),
+            every(MAP_FILL_PERIOD_SECONDS, handlers, agent.refresh_map_fill))]
         await stop.wait()
+    except BaseException as exc:
+        api.failed(exc)
+        raise
     finally:
         for task in tasks:
             task.cancel()
         agent.flows.close()
-        await runner.cleanup()
+        await api_runner.cleanup()
         if http_runner is not None:
             await http_runner.cleanup()
-        handlers.close()
+        if handlers is not None:
+            handlers.close()
         agent.close()
         agent.datapath.close()
 
 
-def main(config: AgentConfig, *, fake_datapath: bool = False) -> None:
-    """Run an agent with the kernel datapath (or the in-memory fake, for unprivileged trials)."""
+def build_agent(config: AgentConfig, fake_datapath: bool) -> Agent:
+    """An agent with the kernel datapath (or the in-memory fake, for unprivileged trials), not started."""
     from velvet.datapath.fake import FakeDatapath
     from velvet.datapath.kernel import KernelDatapath
     from velvet.runtime.source import KernelProcSource
@@ -232,4 +243,4 @@ def main(config: AgentConfig, *, fake_datapath: bool = False) -> None:
         pin_dir, cgroup=config.cgroup, uplink=config.uplink,
         tunnel=TUNNEL_DEVICE if config.routing == "tunnel" else None)
     processes = None if fake_datapath else KernelProcSource(pin_dir, config.cgroup)
-    asyncio.run(run_agent(Agent(config, datapath, proc_source=processes)))
+    return Agent(config, datapath, proc_source=processes)
