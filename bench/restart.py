@@ -30,6 +30,7 @@ from velvet.errors import VelvetError
 from velvet.paths import AgentPaths
 
 POLL_SECONDS = 0.005
+SUPERVISOR_STABLE_SECONDS = 11.0  # longer than the supervisor's stable_after: its backoff is 0.5 s again
 
 
 def _answers(api: ApiClient, path: str) -> bool:
@@ -46,8 +47,9 @@ def _lb_entries(peer: VelvetPeer) -> dict[bytes, bytes]:
     return {bytes(k): bytes(v) for k, v in peer.services.map.items()}
 
 
-def round_once(peer: VelvetPeer, api: ApiClient, index: int, budget: float) -> dict[str, Any]:
-    """Kill the agent once while traffic runs; seconds from the kill to each step."""
+def round_once(peer: VelvetPeer, index: int, budget: float) -> dict[str, Any]:
+    """Kill the agent once while traffic runs; seconds from the kill to each step (`index`: a free one)."""
+    api = ApiClient(AgentPaths(peer.name).socket, timeout=2.0)
     before = _lb_entries(peer)
     rr = subprocess.Popen(peer.client("rr", peer.target(), "--seconds", "6"), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
@@ -93,10 +95,9 @@ def measure(services: int, rounds: int, budget: float) -> dict[str, Any]:
         if "seconds" not in grown:
             raise TimeoutError(f"{services} services not programmed within {budget:g} s")
         report["hwm_kib_before"] = peer.agent_hwm_kib()
-        api = ApiClient(AgentPaths(peer.name).socket, timeout=2.0)
         for _ in range(rounds):
-            report["rounds"].append(round_once(peer, api, services, budget))
-            time.sleep(11.0)  # a run longer than the supervisor's stable_after: its backoff is back to 0.5 s
+            report["rounds"].append(round_once(peer, services, budget))
+            time.sleep(SUPERVISOR_STABLE_SECONDS)
         report["hwm_kib_after"] = peer.agent_hwm_kib()
         report["median"] = {step: statistics.median(r[step] for r in report["rounds"] if step in r)
                             for step in ("exec", "health", "status", "apply")}
