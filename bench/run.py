@@ -39,7 +39,7 @@ class Plan:
     velvet_budget: float
     policy_rules: tuple[int, ...]
     m7_counts: tuple[int, ...]
-    m6_entries: int
+    m6_entries: int  # at most lb4_backends' max_entries (65,536): 100,000 stopped every full run at M6
     peer_stop: int  # kernel peers stop above this N (iptables-restore takes minutes beyond)
     vmap_stop: int  # nft -f of the vmap ruleset took 51 s at 10k here: it stops earlier
 
@@ -48,7 +48,7 @@ RESTART_AT = 10000  # the agent is restarted at this N (issue 14: "kill -9 -> AP
 RESTART_ROUNDS = 3
 
 FULL = Plan((10, 1000, 5000, 10000, 20000, 50000), (1, 4), 5, 2000, 2.0, 1024, 900.0,
-            (0, 100, 1000, 10000), (10, 1000, 10000, 50000), 100_000, 50000, 20000)
+            (0, 100, 1000, 10000), (10, 1000, 10000, 50000), 65_536, 50000, 20000)
 QUICK = Plan((10, 1000, 10000), (1,), 5, 300, 0.5, 128, 45.0, (0, 100), (10, 10000), 20_000, 10000, 10000)
 
 

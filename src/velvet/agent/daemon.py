@@ -231,6 +231,7 @@ async def run_agent(agent: Agent, api: StartingApi, api_runner: web.AppRunner) -
     handlers: AgentHandlers | None = None
     tasks: list[asyncio.Task[None]] = []
     http_runner: web.AppRunner | None = None
+    agent.started_at = api.started_at  # one start time in health, before and after (the kubelet compares)
     try:
         await loop.run_in_executor(None, agent.start)
         await loop.run_in_executor(None, release_memory)  # what loading the store left
