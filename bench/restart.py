@@ -96,7 +96,7 @@ def measure(services: int, rounds: int, budget: float) -> dict[str, Any]:
             raise TimeoutError(f"{services} services not programmed within {budget:g} s")
         report["hwm_kib_before"] = peer.agent_hwm_kib()
         for _ in range(rounds):
-            report["rounds"].append(round_once(peer, services, budget))
+            report["rounds"].append(round_once(peer, peer.free_index(), budget))
             time.sleep(SUPERVISOR_STABLE_SECONDS)
         report["hwm_kib_after"] = peer.agent_hwm_kib()
         report["median"] = {step: statistics.median(r[step] for r in report["rounds"] if step in r)

@@ -73,6 +73,7 @@ class VelvetPeer:
         self.services: ServiceMap | None = None
         self.count = 0
         self.endpoints = 1
+        self.highest = 0  # services s00000 .. s<highest - 1> may exist (a smaller N keeps the others)
 
     @property
     def name(self) -> str:
@@ -145,6 +146,7 @@ class VelvetPeer:
         if not ok:
             return {"timeout": budget, "applied": count - start_index}
         self.count, self.endpoints = count, endpoints
+        self.highest = max(self.highest, count)
         assert self.services is not None
         entries = self.services.map.count()
         return {"seconds": elapsed, "applied": count - start_index, "entries": entries}
@@ -155,7 +157,7 @@ class VelvetPeer:
         Through the CLI (`velvet apply -f`, process start included) or, with `api`, one POST each to the
         agent's socket from this process; each timed until the kernel's lb4_services shows it.
         """
-        extra = self.count
+        extra = self.free_index()
         result: dict[str, float | None] = {}
         started = time.monotonic()
         self._apply_text(service_yaml(extra, self.endpoints), api=api)
@@ -171,9 +173,14 @@ class VelvetPeer:
         self._apply_text(service_yaml(last, 1, '{app: srv, idx: "1"}'), api=api)
         ok = self._wait(lambda: self._backends(last) not in (before, None), started + budget)
         result["change_endpoints"] = time.monotonic() - started if ok else None
-        self._apply_text(service_yaml(last, self.endpoints), api=api)  # put it back
-        self._wait(lambda: self._backends(last) == before, time.monotonic() + budget)
+        self._apply_text(service_yaml(last, self.endpoints), api=api)  # put it back (slots may be reordered)
+        back = sorted(before or ())
+        self._wait(lambda: sorted(self._backends(last) or ()) == back, time.monotonic() + budget)
         return {f"{op}_api" if api else op: seconds for op, seconds in result.items()}
+
+    def free_index(self) -> int:
+        """The index of a service that does not exist (above every one applied so far)."""
+        return self.highest
 
     def agent_pid(self) -> int:
         """The agent's pid."""
