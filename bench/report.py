@@ -90,7 +90,7 @@ def peer_table(rows: list[dict[str, Any]], metric: str, field: str, unit: str,
 def m5_table(rows: list[dict[str, Any]]) -> list[str]:
     """Control-plane times per peer and operation."""
     ops: dict[tuple[int, int, str, str], list[Any]] = defaultdict(list)
-    hwm: dict[tuple[int, int], int] = {}
+    hwm: dict[tuple[int, int], tuple[int, int]] = {}
     for r in rows:
         if r["metric"] == "M5":
             value = r.get("seconds")
@@ -98,7 +98,7 @@ def m5_table(rows: list[dict[str, Any]]) -> list[str]:
                 value = None
             ops[(r["n"], r["e"], r["peer"], r["op"])].append(value)
             if r.get("agent_hwm_kib"):
-                hwm[(r["n"], r["e"])] = r["agent_hwm_kib"]
+                hwm[(r["n"], r["e"])] = (r["agent_hwm_kib"], r.get("agent_rss_kib", 0))
     lines = ["| N | E | peer | operation | seconds |", "|---|---|---|---|---|"]
     for (n, e, peer, op), values in sorted(ops.items()):
         timed_out = [r for r in rows if r["metric"] == "M5" and (r["n"], r["e"], r["peer"], r["op"]) == (
@@ -108,8 +108,99 @@ def m5_table(rows: list[dict[str, Any]]) -> list[str]:
         if peer == "velvet" and op == "apply":
             applied = next((r.get("applied") for r in rows if r["metric"] == "M5" and r["n"] == n
                             and r["e"] == e and r["peer"] == peer and r["op"] == op), None)
-            extra = f" ({applied} services in this apply; agent VmHWM {hwm.get((n, e), 0) / 1024:.0f} MiB)"
-        lines.append(f"| {n} | {e} | {PEER_TITLE[peer]} | {op}{extra} | {cell} |")
+            peak, rss = hwm.get((n, e), (0, 0))
+            extra = (f" ({applied} services in this apply; agent VmHWM {peak / 1024:.0f}, "
+                     f"VmRSS {rss / 1024:.0f} MiB)")
+        elif peer == "velvet":
+            extra = " via API" if op.endswith("_api") else " via CLI"
+        lines.append(f"| {n} | {e} | {PEER_TITLE[peer]} | {op.removesuffix('_api')}{extra} | {cell} |")
+    return lines
+
+
+def restart_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The agent killed with SIGKILL: seconds until it runs again, /v1/health, /v1/status, an apply."""
+    lines = ["| N | exec | health | status | apply served | maps unchanged | connection unharmed |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["metric"] == "restart":
+            lines.append(f"| {r['n']} | {fmt(r.get('exec'), 2)} | {fmt(r.get('health'), 2)} | "
+                         f"{fmt(r.get('status'), 2)} | {fmt(r.get('apply'), 2)} | {r.get('maps_equal')} | "
+                         f"{r.get('rr_ok')} |")
+    return lines
+
+
+def _m5(rows: list[dict[str, Any]], peer: str, n: int, op: str) -> float | None:
+    return med([r.get("seconds") for r in rows if r["metric"] == "M5" and r["peer"] == peer
+                and r["n"] == n and r["e"] == 1 and r["op"] == op and r.get("timeout") is None])
+
+
+def _m1(rows: list[dict[str, Any]], peer: str, n: int, field: str) -> float | None:
+    return med([r.get(field) for r in rows if r["metric"] == "M1" and r["peer"] == peer and r["n"] == n
+                and r["e"] == 1 and "rules" not in r])
+
+
+def _row(what: str, velvet: str, peer: str, target: str, ok: bool | None, how: str) -> str:
+    verdict = "not measured" if ok is None else "met" if ok else "missed"
+    return f"| {what} | {velvet} | {peer} | {target} | {verdict}: {how} |"
+
+
+def _at_most(value: float | None, limit: float | None) -> bool | None:
+    return None if value is None or limit is None else value <= limit
+
+
+def targets_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Issue 14's targets against this run: each met or missed, from the same run's numbers."""
+    counts = sorted({r["n"] for r in rows if r["metric"] == "M1" and r.get("e") == 1})
+    if not counts:
+        return []
+    low, top = counts[0], counts[-1]
+    big = 10000 if 10000 in counts else top
+    lines = ["| what | Velvet | peer in the same run | target | verdict |", "|---|---|---|---|---|"]
+    grow = next((r for r in rows if r["metric"] == "M5" and r["peer"] == "velvet" and r["op"] == "apply"
+                 and r["n"] == big and r["e"] == 1), {})
+    v, legacy = grow.get("seconds"), _m5(rows, "legacy", big, "full_load")
+    lines.append(_row(f"program {grow.get('applied', '?')} services on top of the others up to N={big} "
+                      "(CLI, until served)", f"{fmt(v, 2)} s", f"legacy full load of N: {fmt(legacy, 2)} s",
+                      "≤ 0.5x", _at_most(v, None if legacy is None else 0.5 * legacy), ratio(v, legacy)))
+    api, cli = _m5(rows, "velvet", low, "add_one_api"), _m5(rows, "velvet", low, "add_one")
+    legacy = _m5(rows, "legacy", low, "add_one")
+    lines.append(_row(f"add one service at N={low}, via the API", f"{fmt(api, 4)} s",
+                      f"legacy {fmt(legacy, 4)} s", "≤ 2x",
+                      _at_most(api, None if legacy is None else 2 * legacy), ratio(api, legacy)))
+    lines.append(_row(f"add one service at N={low}, via the CLI", f"{fmt(cli, 3)} s", "–", "≤ 150 ms",
+                      _at_most(cli, 0.150), f"{fmt(cli, 3)} s"))
+    for op in ("add_one", "remove_one", "change_endpoints"):
+        v = _m5(rows, "velvet", big, f"{op}_api")
+        peer = _m5(rows, "legacy", big, "add_one") if op == "add_one" else None
+        lines.append(_row(f"{op.replace('_', ' ')} at N={big}, via the API", f"{fmt(v, 4)} s",
+                          f"legacy add {fmt(peer, 3)} s" if peer else "–", "≤ 10 ms", _at_most(v, 0.010),
+                          f"{fmt(v, 4)} s"))
+    v, none = _m1(rows, "velvet", low, "median"), _m1(rows, "none", low, "median")
+    lines.append(_row(f"connect() median, N={low}", f"{fmt(v)} µs", f"no rules {fmt(none)} µs", "≤ 1.05x",
+                      _at_most(v, None if none is None else 1.05 * none), ratio(v, none)))
+    for n in counts:
+        v, none = _m1(rows, "velvet", n, "p99"), _m1(rows, "none", n, "p99")
+        lines.append(_row(f"connect() p99, N={n}", f"{fmt(v)} µs", f"no rules {fmt(none)} µs", "≤ 1.5x",
+                          _at_most(v, None if none is None else 1.5 * none), ratio(v, none)))
+    kills = [r for r in rows if r["metric"] == "restart"]
+    health, status = med([r.get("health") for r in kills]), med([r.get("status") for r in kills])
+    unharmed = bool(kills) and all(r.get("rr_ok") and r.get("maps_equal") for r in kills)
+    lines.append(_row(f"agent kill -9 → API answers, N={kills[0]['n'] if kills else '?'}",
+                      f"health {fmt(health, 2)} s, status {fmt(status, 2)} s", "–",
+                      "< 1 s, connections unharmed",
+                      None if health is None else health < 1 and unharmed,
+                      f"/v1/health {fmt(health, 2)} s; maps unchanged and connection unharmed: {unharmed}"))
+    rss = next((r.get("agent_rss_kib") for r in rows if r["metric"] == "M5" and r["peer"] == "velvet"
+                and r["op"] == "apply" and r["n"] == big and r["e"] == 1), None)
+    mb = None if not rss else rss * 1024 / 1e6
+    lines.append(_row(f"agent VmRSS, N={big} (the bench's 5 pods, not 1,000)", f"{fmt(mb, 0)} MB", "–",
+                      "< 150 MB", None if mb is None else mb < 150, f"{fmt(mb, 0)} MB"))
+    for peer in ("velvet", "legacy", "nft"):
+        reached = _m1(rows, peer, top, "median")
+        how = (f"the quick run stops at N={top}" if top < 50000 else
+               f"M1 measured at N={top}" if reached is not None else "stopped before: see Errors")
+        lines.append(_row(f"{PEER_TITLE[peer]} reaches 50,000 services", f"N={top}: {fmt(reached)} µs", "–",
+                          "N = 50,000 in `make bench`", None if top < 50000 else reached is not None, how))
     return lines
 
 
@@ -209,7 +300,10 @@ def write(out: Path) -> Path:
     )
     for heading, metric, field, unit, spread in sections:
         md += [f"## {heading}", "", *peer_table(rows, metric, field, unit, spread), ""]
+    md += ["## Targets of issue 14 against this run", "", *targets_table(rows), ""]
     md += ["## M5 — control plane", "", *m5_table(rows), ""]
+    md += ["## Restart — the agent killed with SIGKILL at N (seconds from the kill)", "",
+           *restart_table(rows), ""]
     md += ["## M6 — map updates through Velvet's binding (fresh lb4_backends map)", "",
            *simple_table(rows, "M6", ("mode", "entries"), "per_s"), ""]
     md += ["## M7 — ns/packet per tc program (BPF_PROG_TEST_RUN, median of 5 × 20,000 repeats; "

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from velvet.api.client import ApiClient
 from velvet.cli.runner import SandboxCli
 from velvet.datapath.structs import Lb4Key, ipv4
 from velvet.datapath.views import ServiceMap
@@ -67,10 +68,12 @@ class VelvetPeer:
         name = "bench" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(6))
         self.sb = SandboxCli(name)
         self.pin_dir = AgentPaths(name).pin_dir
+        self.api = ApiClient(AgentPaths(name).socket, timeout=3600)
         self.pod_ips: dict[str, str] = {}
         self.services: ServiceMap | None = None
         self.count = 0
         self.endpoints = 1
+        self.highest = 0  # services s00000 .. s<highest - 1> may exist (a smaller N keeps the others)
 
     @property
     def name(self) -> str:
@@ -109,7 +112,12 @@ class VelvetPeer:
         ids = self._backends(index)
         return None if ids is None else len(ids)
 
-    def _apply_text(self, text: str, *, delete: bool = False) -> None:
+    def _apply_text(self, text: str, *, delete: bool = False, api: bool = False) -> None:
+        """`velvet apply|delete -f` of `text` as a user runs it, or (`api`) one POST to the agent's socket."""
+        if api:
+            self.api.post("/v1/delete" if delete else "/v1/apply",
+                          {"documents": [{"path": "bench.yaml", "text": text}]})
+            return
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             f.write(text)
         try:
@@ -138,40 +146,50 @@ class VelvetPeer:
         if not ok:
             return {"timeout": budget, "applied": count - start_index}
         self.count, self.endpoints = count, endpoints
+        self.highest = max(self.highest, count)
         assert self.services is not None
         entries = self.services.map.count()
         return {"seconds": elapsed, "applied": count - start_index, "entries": entries}
 
-    def add_remove_change(self, budget: float) -> dict[str, float | None]:
-        """Add one service at N, remove it again, and change the endpoints of the last service."""
-        extra = self.count
+    def add_remove_change(self, budget: float, *, api: bool = False) -> dict[str, float | None]:
+        """Add one service at N, remove it again, and change the endpoints of the last service.
+
+        Through the CLI (`velvet apply -f`, process start included) or, with `api`, one POST each to the
+        agent's socket from this process; each timed until the kernel's lb4_services shows it.
+        """
+        extra = self.free_index()
         result: dict[str, float | None] = {}
         started = time.monotonic()
-        self._apply_text(service_yaml(extra, self.endpoints))
+        self._apply_text(service_yaml(extra, self.endpoints), api=api)
         ok = self._wait(lambda: self._frontend_count(extra) == self.endpoints, started + budget)
         result["add_one"] = time.monotonic() - started if ok else None
         started = time.monotonic()
-        self._apply_text(service_yaml(extra, self.endpoints), delete=True)
+        self._apply_text(service_yaml(extra, self.endpoints), delete=True, api=api)
         ok = self._wait(lambda: self._frontend_count(extra) is None, started + budget)
         result["remove_one"] = time.monotonic() - started if ok else None
         last = self.count - 1
         before = self._backends(last)
         started = time.monotonic()
-        self._apply_text(service_yaml(last, 1, '{app: srv, idx: "1"}'))
+        self._apply_text(service_yaml(last, 1, '{app: srv, idx: "1"}'), api=api)
         ok = self._wait(lambda: self._backends(last) not in (before, None), started + budget)
         result["change_endpoints"] = time.monotonic() - started if ok else None
-        self._apply_text(service_yaml(last, self.endpoints))  # put it back
-        self._wait(lambda: self._backends(last) == before, time.monotonic() + budget)
-        return result
+        self._apply_text(service_yaml(last, self.endpoints), api=api)  # put it back (slots may be reordered)
+        back = sorted(before or ())
+        self._wait(lambda: sorted(self._backends(last) or ()) == back, time.monotonic() + budget)
+        return {f"{op}_api" if api else op: seconds for op, seconds in result.items()}
+
+    def free_index(self) -> int:
+        """The index of a service that does not exist (above every one applied so far)."""
+        return self.highest
 
     def agent_pid(self) -> int:
         """The agent's pid."""
         return int((Path("/run/velvet") / self.name / "agent.pid").read_text().split()[0])
 
-    def agent_hwm_kib(self) -> int:
-        """The agent's peak resident memory (VmHWM, KiB)."""
+    def agent_hwm_kib(self, field: str = "VmHWM") -> int:
+        """The agent's peak resident memory (VmHWM, KiB), or another /proc status field (VmRSS)."""
         for line in Path(f"/proc/{self.agent_pid()}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
         return 0
 

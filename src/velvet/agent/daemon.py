@@ -1,9 +1,10 @@
-"""The agent daemon: start the agent, serve its API and listeners, run its loops until SIGTERM."""
+"""The agent daemon: start the agent behind its API (`launch`), run its loops until SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import signal
@@ -15,8 +16,8 @@ from aiohttp import web
 from velvet.agent.config import AgentConfig
 from velvet.agent.handlers import AgentHandlers
 from velvet.agent.node import Agent, Dirty
+from velvet.agent.starting import StartingApi
 from velvet.agent.tunnel import TUNNEL_DEVICE
-from velvet.api.server import build_app, serve_unix
 from velvet.datapath.protocol import Datapath
 from velvet.errors import VelvetError
 from velvet.observe.ui import http_app, listen_address, loopback_listener, serve_http
@@ -30,6 +31,7 @@ EVENT_POLL_SECONDS = 0.05
 MAP_FILL_PERIOD_SECONDS = 5.0
 EXPIRY_PERIOD_SECONDS = 1.0
 FULL_GC_PERIOD_SECONDS = 600.0
+BIG_PASS_SERVICES = 1000  # a pass over this many services freed enough memory to give some back
 SWITCH_INTERVAL_SECONDS = 0.001
 NEVER = 2**31 - 1
 
@@ -47,12 +49,38 @@ def keep_the_loop_responsive() -> None:
     gc.set_threshold(young, middle, NEVER)
 
 
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's malloc_trim(0), or None on another C library."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
+
+
+_TRIM = _malloc_trim()
+
+
+def release_memory(*, collect: bool = False) -> None:
+    """Give the C heap's free pages back to the kernel (and first collect cycles, if `collect`).
+
+    Loading 10k services or applying them frees tens of MiB of short-lived strings and documents that
+    glibc keeps in its heap; trimming returns ~10 MiB of resident memory at 10k services. ctypes drops
+    the GIL for the call, so the loop keeps answering.
+    """
+    if collect:
+        gc.collect()
+    if _TRIM is not None:
+        _TRIM()
+
+
 async def collect_when_idle(handlers: AgentHandlers) -> None:
     """A full cyclic garbage collection now and then, on the state worker, when it has nothing to do."""
     while True:
         await asyncio.sleep(FULL_GC_PERIOD_SECONDS)
         if handlers.idle:
-            await handlers.run(gc.collect)
+            await handlers.run(lambda: release_memory(collect=True))
 
 
 def _service_keys(agent: Agent) -> set[str]:
@@ -97,6 +125,8 @@ async def reconcile_loop(handlers: AgentHandlers) -> None:
             handlers.dirty.policy |= retry.policy
             last_pass = clock()
             await handlers.passed(version)
+            if len(dirty.services) >= BIG_PASS_SERVICES:
+                await handlers.run(release_memory)
     finally:
         follower.cancel()
         watch.close()
@@ -209,42 +239,55 @@ def _threadsafe_setter(loop: asyncio.AbstractEventLoop, event: asyncio.Event) ->
     return wake
 
 
-async def run_agent(agent: Agent) -> None:
-    """Start the agent and serve until SIGTERM/SIGINT; attachments and pins stay when it exits."""
+async def run_agent(agent: Agent, api: StartingApi, api_runner: web.AppRunner) -> None:
+    """Start the agent behind the API `api` that `api_runner` serves, then serve until SIGTERM/SIGINT.
+
+    Attachments and pins stay when it exits. The start (store, datapath adoption, first pass) runs off
+    the loop, so `/v1/health` answers meanwhile; every other call waits for it.
+    """
     keep_the_loop_responsive()
     changed = asyncio.Event()
-    agent.on_remote_change(_threadsafe_setter(asyncio.get_running_loop(), changed))
-    agent.start()
-    handlers = AgentHandlers(agent)
-    runner = await serve_unix(build_app(handlers), agent.paths.socket)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("agent up: API on %s", agent.paths.socket)
-    http_runner = await _serve_http(handlers)
-    tasks = [asyncio.create_task(coro) for coro in (
-        reconcile_loop(handlers), event_loop(agent), process_loop(agent), guard_loop(agent),
-        collect_when_idle(handlers),
-        follow_remote(handlers, changed), every(EXPIRY_PERIOD_SECONDS, handlers, agent.reconcile_nodes),
-        every(EXPIRY_PERIOD_SECONDS, handlers, agent.expire_terminating),
-        every(MAP_FILL_PERIOD_SECONDS, handlers, agent.refresh_map_fill))]
+    agent.on_remote_change(_threadsafe_setter(loop, changed))
+    handlers: AgentHandlers | None = None
+    tasks: list[asyncio.Task[None]] = []
+    http_runner: web.AppRunner | None = None
+    agent.started_at = api.started_at  # one start time in health, before and after (the kubelet compares)
     try:
+        await loop.run_in_executor(None, agent.start)
+        await loop.run_in_executor(None, release_memory)  # what loading the store left
+        handlers = AgentHandlers(agent)
+        api.ready(handlers)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("agent up: API on %s", agent.paths.socket)
+        http_runner = await _serve_http(handlers)
+        tasks = [asyncio.create_task(coro) for coro in (
+            reconcile_loop(handlers), event_loop(agent), process_loop(agent), guard_loop(agent),
+            collect_when_idle(handlers),
+            follow_remote(handlers, changed), every(EXPIRY_PERIOD_SECONDS, handlers, agent.reconcile_nodes),
+            every(EXPIRY_PERIOD_SECONDS, handlers, agent.expire_terminating),
+            every(MAP_FILL_PERIOD_SECONDS, handlers, agent.refresh_map_fill))]
         await stop.wait()
+    except BaseException as exc:
+        api.failed(exc)
+        raise
     finally:
         for task in tasks:
             task.cancel()
         agent.flows.close()
-        await runner.cleanup()
+        await api_runner.cleanup()
         if http_runner is not None:
             await http_runner.cleanup()
-        handlers.close()
+        if handlers is not None:
+            handlers.close()
         agent.close()
         agent.datapath.close()
 
 
-def main(config: AgentConfig, *, fake_datapath: bool = False) -> None:
-    """Run an agent with the kernel datapath (or the in-memory fake, for unprivileged trials)."""
+def build_agent(config: AgentConfig, fake_datapath: bool) -> Agent:
+    """An agent with the kernel datapath (or the in-memory fake, for unprivileged trials), not started."""
     from velvet.datapath.fake import FakeDatapath
     from velvet.datapath.kernel import KernelDatapath
     from velvet.runtime.guard import KernelGuard
@@ -256,4 +299,4 @@ def main(config: AgentConfig, *, fake_datapath: bool = False) -> None:
         tunnel=TUNNEL_DEVICE if config.routing == "tunnel" else None)
     processes = None if fake_datapath else KernelProcSource(pin_dir, config.cgroup)
     guard = None if fake_datapath or config.cgroup is None else KernelGuard(pin_dir, config.cgroup)
-    asyncio.run(run_agent(Agent(config, datapath, proc_source=processes, guard_source=guard)))
+    return Agent(config, datapath, proc_source=processes, guard_source=guard)

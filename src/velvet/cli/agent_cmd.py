@@ -14,7 +14,7 @@ from velvet.paths import current_sandbox
 def cmd_agent(args: argparse.Namespace) -> int:
     """Run the agent with the options given, until SIGTERM."""
     from velvet.agent.config import AgentConfig
-    from velvet.agent.daemon import main
+    from velvet.agent.launch import main
 
     require_root("the agent loads eBPF programs, pins maps and keeps its state under /var/lib/velvet")
     setup_logging(Path(args.log_file) if args.log_file else None, args.log_max_bytes, args.log_backups)

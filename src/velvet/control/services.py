@@ -256,7 +256,7 @@ class _Frontend:
 _OrderKey = tuple[str, int, bool]  # (port name, protocol, local endpoints only)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Compiled:
     """What one service contributes to the maps, and what its next compilation starts from."""
 
@@ -274,7 +274,7 @@ class _Compiled:
     counts: dict[LbMap, int] = field(default_factory=dict)  # entries of each counted map
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Pending:
     """A service change that did not fit: what to compile again, and what it needs (for `retry`)."""
 

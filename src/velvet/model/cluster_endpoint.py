@@ -13,7 +13,7 @@ class InvalidClusterEndpoint(VelvetError):
     """An endpoint record that does not decode (e.g. written by something else under the prefix)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClusterEndpoint:
     """One endpoint of the cluster: `ip` has `identity` and lives on `node` as pod `pod` (namespace/name)."""
 

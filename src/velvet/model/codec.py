@@ -49,7 +49,7 @@ from velvet.model.validate import Node, Where, one_line, quote
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KindInfo:
     """A supported kind: its apiVersion, resource names as kubectl accepts them, and scope."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointReport:
     """A wired pod: its IPv4 address, the host side of its veth, its network namespace and cgroup."""
 
@@ -17,7 +17,7 @@ class EndpointReport:
     cgroup_id: int = 0  # 0: not reported
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointRecord:
     """What the node runtime reported when it wired a pod (the CNI ADD of the sandbox)."""
 

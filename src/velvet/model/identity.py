@@ -22,7 +22,7 @@ class ReservedIdentity(IntEnum):
 FIRST_ALLOCATED_IDENTITY = 256
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
     """An identity number and the label set it stands for (labels carry source prefixes, e.g. k8s:)."""
 

@@ -9,7 +9,7 @@ from types import MappingProxyType
 EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectMeta:
     """metadata of a Kubernetes object; `namespace` is "" for cluster-scoped kinds."""
 
@@ -28,7 +28,7 @@ class ObjectMeta:
         return f"{self.namespace}/{self.name}" if self.namespace else self.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LabelSelectorRequirement:
     """One matchExpressions entry: key, operator (In, NotIn, Exists, DoesNotExist) and values."""
 
@@ -50,7 +50,7 @@ class LabelSelectorRequirement:
         raise ValueError(f"unknown label selector operator {self.operator!r}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LabelSelector:
     """metav1.LabelSelector: matchLabels AND every matchExpressions; empty selects everything."""
 

@@ -9,7 +9,7 @@ from velvet.model.meta import ObjectMeta
 NAME_LABEL = "kubernetes.io/metadata.name"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Namespace:
     """A namespace; its labels always include kubernetes.io/metadata.name=<name>, as the API server sets."""
 

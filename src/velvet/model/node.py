@@ -14,7 +14,7 @@ class InvalidNode(VelvetError):
     """A node record that does not decode (e.g. written by something else under the nodes' prefix)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeRecord:
     """One registered node; `created` is when it registered (RFC 3339, UTC), `api` where its agent's API
     answers (a unix socket path in the sandbox, whose nodes share one filesystem; "" when not advertised)."""

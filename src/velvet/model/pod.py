@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from velvet.model.meta import EMPTY, ObjectMeta
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContainerPort:
     """A port a container declares; `name` is what named targetPorts and policy ports refer to."""
 
@@ -17,7 +17,7 @@ class ContainerPort:
     protocol: str = "TCP"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Probe:
     """A readinessProbe: exactly one of tcp_socket_port or exec_command is set."""
 
@@ -30,7 +30,7 @@ class Probe:
     failure_threshold: int = 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Container:
     """A container; in the sandbox its command and args run as a real process in the pod."""
 
@@ -43,7 +43,7 @@ class Container:
     readiness_probe: Probe | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodSpec:
     """Pod spec fields Velvet uses."""
 
@@ -53,7 +53,7 @@ class PodSpec:
     host_network: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodCondition:
     """A status condition (Ready, ContainersReady, PodScheduled, Initialized)."""
 
@@ -61,7 +61,7 @@ class PodCondition:
     status: str  # "True" | "False" | "Unknown"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodStatus:
     """What the node runtime reports about a pod."""
 
@@ -77,7 +77,7 @@ class PodStatus:
         return any(c.type == "Ready" and c.status == "True" for c in self.conditions)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pod:
     """A pod as stored; `terminating` once a deletion timestamp is set."""
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from velvet.model.meta import LabelSelector, ObjectMeta
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IPBlock:
     """A CIDR and the CIDRs carved out of it."""
 
@@ -15,7 +15,7 @@ class IPBlock:
     except_: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NetworkPolicyPeer:
     """A peer: podSelector and/or namespaceSelector (both = AND), or an ipBlock."""
 
@@ -24,7 +24,7 @@ class NetworkPolicyPeer:
     ip_block: IPBlock | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NetworkPolicyPort:
     """A port: protocol (default TCP), number or name (None = every port), endPort for ranges."""
 
@@ -33,7 +33,7 @@ class NetworkPolicyPort:
     end_port: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NetworkPolicyRule:
     """An ingress rule (peers are its `from`) or egress rule (peers are its `to`)."""
 
@@ -41,7 +41,7 @@ class NetworkPolicyRule:
     peers: tuple[NetworkPolicyPeer, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NetworkPolicySpec:
     """Spec with policy_types already defaulted as the API server does."""
 
@@ -51,7 +51,7 @@ class NetworkPolicySpec:
     policy_types: tuple[str, ...] = ("Ingress",)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NetworkPolicy:
     """A NetworkPolicy."""
 

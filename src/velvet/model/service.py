@@ -13,7 +13,7 @@ HEADLESS_LABEL = "service.kubernetes.io/headless"
 DEFAULT_AFFINITY_TIMEOUT = 10800
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServicePort:
     """A service port; target_port is a number, a container port name, or None (= port)."""
 
@@ -24,7 +24,7 @@ class ServicePort:
     node_port: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceSpec:
     """Service spec fields kube-proxy and Velvet act on."""
 
@@ -43,7 +43,7 @@ class ServiceSpec:
     health_check_node_port: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Service:
     """A service and the load-balancer ingress IPs in its status."""
 
@@ -57,7 +57,7 @@ class Service:
         return self.spec.cluster_ip == "None"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointConditions:
     """EndpointSlice conditions; None means unknown (ready treated as true, as the API documents)."""
 
@@ -66,7 +66,7 @@ class EndpointConditions:
     terminating: bool | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectReference:
     """targetRef of an endpoint."""
 
@@ -76,7 +76,7 @@ class ObjectReference:
     uid: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """One endpoint of a slice."""
 
@@ -87,7 +87,7 @@ class Endpoint:
     target_ref: ObjectReference | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointPort:
     """A port of a slice: the resolved number for every endpoint of the slice."""
 
@@ -96,7 +96,7 @@ class EndpointPort:
     name: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointSlice:
     """A slice; the owning service is named by the kubernetes.io/service-name label."""
 

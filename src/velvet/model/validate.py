@@ -61,7 +61,7 @@ def quote(value: object) -> str:
     return '"' + one_line(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Where:
     """The file and 1-based document index a node came from."""
 

@@ -31,7 +31,8 @@ def write_pid(path: Path, pid: int) -> None:
 
 
 class Supervisor:
-    """Runs `argv` in `netns` and `cgroup`, restarting it when it exits (backoff 0.5 s doubling to 5 s)."""
+    """Runs `argv` in `netns` and `cgroup`, restarting it when it exits (at once after a stable run, then
+    backoff 0.5 s doubling to 5 s)."""
 
     def __init__(
         self,
@@ -49,7 +50,8 @@ class Supervisor:
         log_max_bytes: int = LOG_MAX_BYTES,
         log_backups: int = LOG_BACKUPS,
     ) -> None:
-        """Configure; nothing runs before `start()`. A run longer than `stable_after` resets the backoff.
+        """Configure; nothing runs before `start()`. After a run longer than `stable_after` the daemon is
+        restarted at once and the backoff starts again from `min_backoff`.
 
         `pass_fds` stay open in the daemon under the same numbers (e.g. a namespace it needs). The
         daemon's stdout and stderr are appended to `log`, which is rolled over (log.1 ..
@@ -116,10 +118,10 @@ class Supervisor:
             if self._stopping.is_set():
                 break
             if time.monotonic() - started > self.stable_after:
-                backoff = self.min_backoff
+                backoff = 0.0  # the first exit after a stable run restarts at once, as the kubelet does
             if self._stopping.wait(backoff):
                 break
-            backoff = min(backoff * 2, self.max_backoff)
+            backoff = min(max(backoff * 2, self.min_backoff), self.max_backoff)
             self.restarts += 1
 
     def _run_child(self) -> None:

@@ -1,0 +1,128 @@
+"""Where the agent's memory goes at N services and P pods, in one process (in-memory datapath, no root).
+
+    .venv/bin/python -m bench.memory [--services 10000] [--pods 1000] [--top 25]
+
+An agent on the in-memory datapath gets a namespace, P running pods (status reported as the kubelet
+does) and N ClusterIP services, each selecting one of the pods (so N EndpointSlices with one
+endpoint), applied through `Agent.apply` as the API does, then one reconcile pass. tracemalloc
+records every Python allocation from the agent's construction on; the report gives the heap after
+the pass grouped by source file (the model's objects, the store's index, the compiler, the codec
+caches, ...), the peak during the apply, and the process's VmRSS/VmHWM (which add the interpreter,
+the imported modules and the C libraries' memory). Then the agent restarts on the same state (a
+second agent on the same files and maps), as after `kill -9`: its heap after the start, and its peak.
+Prints one JSON document (MiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import tempfile
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+from bench.velvet_peer import vip
+from velvet.agent.config import AgentConfig
+from velvet.agent.node import Agent, Dirty
+from velvet.datapath.fake import FakeDatapath
+from velvet.model import PodCondition, PodStatus
+
+NS = "bench"
+MIB = 1024 * 1024
+
+
+def pods_yaml(count: int) -> str:
+    """The namespace and `count` pods labelled app=p<i>."""
+    text = f"---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"
+    return text + "".join(
+        f"---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i:04d}, namespace: {NS}, "
+        f"labels: {{app: p{i}}}}}\nspec:\n  containers:\n  - {{name: main, command: [sleep, infinity]}}\n"
+        for i in range(count))
+
+
+def services_yaml(count: int, pods: int) -> str:
+    """`count` ClusterIP services, service i selecting pod i mod `pods`."""
+    return "".join(
+        f"---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i:05d}, namespace: {NS}}}\n"
+        f"spec:\n  clusterIP: {vip(i)}\n  selector: {{app: p{i % pods}}}\n"
+        f"  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}\n" for i in range(count))
+
+
+def status_mib() -> dict[str, float]:
+    """VmRSS and VmHWM of this process."""
+    found = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            found[key] = round(int(value.split()[0]) / 1024, 1)
+    return found
+
+
+def by_file(snapshot: tracemalloc.Snapshot, top: int) -> list[tuple[str, float]]:
+    """The heap grouped by the source file that allocated it, biggest first (MiB)."""
+    stats = snapshot.statistics("filename")
+    rows = []
+    for stat in stats[:top]:
+        name = stat.traceback[0].filename
+        rows.append(("/".join(Path(name).parts[-3:]), round(stat.size / MIB, 2)))
+    return rows
+
+
+def heap(top: int) -> dict[str, Any]:
+    """The traced heap now (after a full collection), its peak, and the top files."""
+    gc.collect()
+    now, peak = tracemalloc.get_traced_memory()
+    return {"heap_mib": round(now / MIB, 1), "peak_mib": round(peak / MIB, 1),
+            "by_file": by_file(tracemalloc.take_snapshot(), top), **status_mib()}
+
+
+def measure(services: int, pods: int, top: int) -> dict[str, Any]:
+    """Apply, reconcile, restart; the heap at each step."""
+    report: dict[str, Any] = {"services": services, "pods": pods, "imported": status_mib()}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = AgentConfig(sandbox="bench", node_ips=("192.168.77.2",), state_dir=Path(tmp) / "state")
+        dp = FakeDatapath()
+        tracemalloc.start(1)
+        agent = Agent(config, dp)
+        agent.start()
+        agent.apply([{"path": "pods.yaml", "text": pods_yaml(pods)}])
+        ready = PodStatus(phase="Running", pod_ip="", conditions=(PodCondition("Ready", "True"),))
+        for i in range(pods):
+            status = PodStatus(phase=ready.phase, pod_ip=f"10.244.{i // 250}.{i % 250 + 2}",
+                               conditions=ready.conditions)
+            agent.store.update_pod_status(NS, f"p{i:04d}", status)
+        agent.reconcile(Dirty(policy=True))
+        report["pods_applied"] = heap(top)
+        tracemalloc.reset_peak()
+        agent.apply([{"path": "services.yaml", "text": services_yaml(services, pods)}])
+        keys = {f"{NS}/s{i:05d}" for i in range(services)}
+        agent.reconcile(Dirty(keys, policy=True))
+        report["lb4_services"] = len(dp.tables.get("lb4_services", {}))
+        report["applied"] = heap(top)
+        agent.close()
+        del agent
+        tracemalloc.stop()
+        gc.collect()
+        tracemalloc.start(1)
+        restarted = Agent(config, dp)
+        restarted.start()
+        report["restarted"] = heap(top)
+        restarted.close()
+        tracemalloc.stop()
+    return report
+
+
+def main() -> None:
+    """Parse the arguments, measure, print JSON."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--services", type=int, default=10000)
+    parser.add_argument("--pods", type=int, default=1000)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.services, args.pods, args.top), indent=1))
+
+
+if __name__ == "__main__":
+    main()

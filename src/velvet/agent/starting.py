@@ -1,0 +1,97 @@
+"""The API of an agent still starting: health answers at once, every other call waits for the agent.
+
+A restarted agent serves its socket before it imports the datapath and controllers, loads its store
+and adopts the pinned maps, so `/v1/health` answers within the interpreter's start; the datapath keeps
+forwarding meanwhile from its pinned maps. A call that needs the agent's state (apply, get, status,
+the kubelet's and velvet-cni's) waits until the agent has started, then is served as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from velvet import __version__
+from velvet.api.server import AgentApi
+
+Json = Any
+
+
+class StartingApi:
+    """An `AgentApi` that serves health while starting and hands every call to the agent once ready."""
+
+    def __init__(self) -> None:
+        self.started_at = time.time()
+        self._ready: asyncio.Future[AgentApi] = asyncio.get_running_loop().create_future()
+
+    def ready(self, api: AgentApi) -> None:
+        """The agent has started: serve every call through `api` from now on."""
+        self._ready.set_result(api)
+
+    def failed(self, exc: BaseException) -> None:
+        """The agent could not start: calls waiting for it get this error."""
+        if not self._ready.done():
+            self._ready.set_exception(exc)
+            self._ready.exception()  # retrieved here: nobody may be waiting
+
+    async def _api(self) -> AgentApi:
+        return await asyncio.shield(self._ready)
+
+    async def health(self) -> Json:
+        """Answered at once: while starting, with `starting: true`."""
+        if self._ready.done() and self._ready.exception() is None:
+            return await self._ready.result().health()
+        return {"ok": True, "starting": True, "version": __version__, "started_at": self.started_at,
+                "uptime_seconds": time.time() - self.started_at}
+
+    async def status(self) -> Json:
+        """`velvet status`, once started."""
+        return await (await self._api()).status()
+
+    async def apply(self, documents: list[Mapping[str, str]]) -> Json:
+        """velvet apply, once started."""
+        return await (await self._api()).apply(documents)
+
+    async def delete(self, documents: list[Mapping[str, str]], grace_seconds: int | None) -> Json:
+        """velvet delete, once started."""
+        return await (await self._api()).delete(documents, grace_seconds)
+
+    async def get_objects(self, kind: str, namespace: str | None, name: str | None) -> Json:
+        """velvet get, once started."""
+        return await (await self._api()).get_objects(kind, namespace, name)
+
+    async def list_node_pods(self) -> Json:
+        """The kubelet's list of this node's pods, once started."""
+        return await (await self._api()).list_node_pods()
+
+    async def add_endpoint(self, namespace: str, name: str, report: Mapping[str, Any]) -> Json:
+        """CNI ADD, once started."""
+        return await (await self._api()).add_endpoint(namespace, name, report)
+
+    async def report_pod(self, namespace: str, name: str, report: Mapping[str, Any]) -> Json:
+        """The kubelet's pod status report, once started."""
+        return await (await self._api()).report_pod(namespace, name, report)
+
+    async def pod_gone(self, namespace: str, name: str) -> Json:
+        """The kubelet finished a pod, once started."""
+        return await (await self._api()).pod_gone(namespace, name)
+
+    async def cni(self, request: Mapping[str, Any]) -> Json:
+        """A velvet-cni call, once started."""
+        return await (await self._api()).cni(request)
+
+    async def query(self, what: str, params: Mapping[str, str]) -> Json:
+        """Named queries, once started."""
+        return await (await self._api()).query(what, params)
+
+    def stream(self, what: str, params: Mapping[str, str]) -> AsyncIterator[Json]:
+        """Named streams; one asked for while starting begins once started."""
+        if self._ready.done() and self._ready.exception() is None:
+            return self._ready.result().stream(what, params)
+        return self._stream_later(what, params)
+
+    async def _stream_later(self, what: str, params: Mapping[str, str]) -> AsyncIterator[Json]:
+        async for item in (await self._api()).stream(what, params):
+            yield item

@@ -1,0 +1,57 @@
+"""Test the API of a starting agent: health at once, every other call once the agent has started."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from test_agent import make_agent
+
+from velvet.agent.handlers import AgentHandlers
+from velvet.agent.starting import StartingApi
+from velvet.errors import DatapathError
+
+
+def test_health_answers_while_starting_and_calls_wait_for_the_agent(tmp_path: Path) -> None:
+    """Test that health answers before the agent is ready and a get is served once it is."""
+    agent, _ = make_agent(tmp_path)
+
+    async def scenario() -> tuple[object, bool, object, object]:
+        api = StartingApi()
+        early = await api.health()
+        get = asyncio.ensure_future(api.get_objects("namespaces", None, None))
+        await asyncio.sleep(0.01)
+        waiting = not get.done()
+        handlers = AgentHandlers(agent)
+        api.ready(handlers)
+        answer = await get
+        later = await api.health()
+        handlers.close()
+        return early, waiting, answer, later
+
+    early, waiting, answer, later = asyncio.run(scenario())
+    assert isinstance(early, dict)
+    assert early["ok"] is True
+    assert early["starting"] is True
+    assert waiting
+    assert isinstance(answer, dict)
+    assert answer["kind"] == "Namespace"
+    assert isinstance(later, dict)
+    assert "starting" not in later
+
+
+def test_calls_waiting_for_an_agent_that_failed_to_start_get_its_error() -> None:
+    """Test that a request waiting on a start that failed is answered with the start's error."""
+
+    async def scenario() -> None:
+        api = StartingApi()
+        status = asyncio.ensure_future(api.status())
+        await asyncio.sleep(0)
+        api.failed(DatapathError("the kernel refused node.bpf.o"))
+        with pytest.raises(DatapathError, match="node.bpf.o"):
+            await status
+        with pytest.raises(DatapathError):
+            await api.query("services", {})
+
+    asyncio.run(scenario())
