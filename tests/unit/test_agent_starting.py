@@ -6,10 +6,12 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from test_agent import make_agent
 
 from velvet.agent.handlers import AgentHandlers
 from velvet.agent.starting import StartingApi
+from velvet.api.server import build_app
 from velvet.errors import DatapathError
 
 
@@ -55,3 +57,25 @@ def test_calls_waiting_for_an_agent_that_failed_to_start_get_its_error() -> None
             await api.query("services", {})
 
     asyncio.run(scenario())
+
+
+def test_readiness_fails_while_starting_and_passes_once_started(tmp_path: Path) -> None:
+    """Test that `/v1/health?ready` (the DaemonSet's readiness probe) answers 503 while the agent starts
+    and 200 once it serves its state, while plain `/v1/health` (liveness) answers 200 throughout."""
+    agent, _ = make_agent(tmp_path)
+
+    async def scenario() -> list[tuple[str, int]]:
+        api = StartingApi()
+        seen: list[tuple[str, int]] = []
+        async with TestClient(TestServer(build_app(api))) as client:
+            for path in ("/v1/health", "/v1/health?ready"):
+                seen.append((path, (await client.get(path)).status))
+            handlers = AgentHandlers(agent)
+            api.ready(handlers)
+            for path in ("/v1/health", "/v1/health?ready"):
+                seen.append((path, (await client.get(path)).status))
+            handlers.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [("/v1/health", 200), ("/v1/health?ready", 503),
+                                       ("/v1/health", 200), ("/v1/health?ready", 200)]

@@ -170,7 +170,11 @@ async def _ok(answer: Awaitable[Json]) -> web.Response:
     except asyncio.CancelledError:
         work.add_done_callback(_report_orphan)
         raise
-    return web.json_response(data, dumps=lambda obj: json.dumps(obj, default=str))
+    return web.json_response(data, dumps=_dumps)
+
+
+def _dumps(obj: Json) -> str:
+    return json.dumps(obj, default=str)
 
 
 def _ndjson(item: Json) -> bytes:
@@ -218,8 +222,10 @@ def build_app(agent: AgentApi) -> web.Application:
     routes = web.RouteTableDef()
 
     @routes.get("/v1/health")
-    async def health(_: web.Request) -> web.StreamResponse:
-        return await _ok(agent.health())
+    async def health(request: web.Request) -> web.StreamResponse:
+        answer = await agent.health()
+        starting = "ready" in request.query and answer.get("starting", False)  # readiness: not while starting
+        return web.json_response(answer, status=503 if starting else 200, dumps=_dumps)
 
     @routes.get("/v1/status")
     async def status(_: web.Request) -> web.StreamResponse:
