@@ -161,43 +161,23 @@ async def event_loop(agent: Agent) -> None:
             loop.remove_reader(fd)
 
 
-async def process_loop(agent: Agent) -> None:
-    """Move process events into the process monitor, woken by its ring's fd (or polling without one)."""
+async def ring_loop(poll: Callable[[], int], filenos: list[int]) -> None:
+    """Drain a reader of ring buffers (`poll`: how many records it took), woken by their fds (or polling
+    without them); a burst is taken in batches with the loop's other work between them."""
     ready = asyncio.Event()
-    fds = agent.processes.filenos()
     loop = asyncio.get_running_loop()
-    for fd in fds:
+    for fd in filenos:
         loop.add_reader(fd, ready.set)
     try:
         while True:
-            if agent.processes.poll():
-                await asyncio.sleep(0)  # a burst is taken in batches between the loop's other work
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ready.wait(), EVENT_POLL_SECONDS)
-            ready.clear()
-    finally:
-        for fd in fds:
-            loop.remove_reader(fd)
-
-
-async def guard_loop(agent: Agent) -> None:
-    """Move the guard's denials and audits into its event store, woken by its ring's fd."""
-    ready = asyncio.Event()
-    fds = agent.guard.filenos()
-    loop = asyncio.get_running_loop()
-    for fd in fds:
-        loop.add_reader(fd, ready.set)
-    try:
-        while True:
-            if agent.guard.poll():
+            if poll():
                 await asyncio.sleep(0)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ready.wait(), EVENT_POLL_SECONDS)
             ready.clear()
     finally:
-        for fd in fds:
+        for fd in filenos:
             loop.remove_reader(fd)
 
 
@@ -264,8 +244,9 @@ async def run_agent(agent: Agent, api: StartingApi, api_runner: web.AppRunner) -
         log.info("agent up: API on %s", agent.paths.socket)
         http_runner = await _serve_http(handlers)
         tasks = [asyncio.create_task(coro) for coro in (
-            reconcile_loop(handlers), event_loop(agent), process_loop(agent), guard_loop(agent),
-            collect_when_idle(handlers),
+            reconcile_loop(handlers), event_loop(agent),
+            ring_loop(agent.processes.poll, agent.processes.filenos()),
+            ring_loop(agent.guard.poll, agent.guard.filenos()), collect_when_idle(handlers),
             follow_remote(handlers, changed), every(EXPIRY_PERIOD_SECONDS, handlers, agent.reconcile_nodes),
             every(EXPIRY_PERIOD_SECONDS, handlers, agent.expire_terminating),
             every(MAP_FILL_PERIOD_SECONDS, handlers, agent.refresh_map_fill))]
