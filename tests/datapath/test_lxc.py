@@ -621,6 +621,20 @@ def test_flushing_a_stale_backend_removes_its_translated_entries(lxc: Loaded) ->
     assert remaining == [(CtDir.EGRESS, ip_int(POD_C))]
 
 
+def test_one_flush_removes_the_entries_of_every_stale_backend_it_names(lxc: Loaded) -> None:
+    """Test that one flush of two backends a frontend dropped (the agent's batch after a pass) removes
+    the entries towards both, and keeps the connection to a backend it did not name."""
+    seed_pods(lxc)
+    seed_service(lxc, [(1, POD_B, 53), (2, POD_C, 53)], proto=UDP, vport=53)
+    chosen = {parse(lxc.run(FROM, udp(POD_A, VIP, 40000 + i, 53)).data_out).dst for i in range(40)}
+    assert chosen == {POD_B, POD_C}
+    lxc.run(FROM, udp(POD_A, "10.244.0.40", 41000, 53))
+    lxc.tables.flush_backends([StaleBackend(VIP, 53, UDP, 1, POD_B, 53),
+                               StaleBackend(VIP, 53, UDP, 2, POD_C, 53)])
+    remaining = [(k.dir, k.daddr) for k, _ in lxc.map("ct4").lookup_batch()]
+    assert remaining == [(CtDir.EGRESS, ip_int("10.244.0.40"))]
+
+
 def test_tcp_to_service_without_backends_gets_rst(lxc: Loaded) -> None:
     """Test that a SYN to a frontend without backends is answered with a RST back into the pod."""
     seed_pods(lxc)

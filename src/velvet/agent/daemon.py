@@ -104,6 +104,7 @@ async def reconcile_loop(handlers: AgentHandlers) -> None:
             handlers.mark(delta)
 
     follower = asyncio.create_task(follow())
+    await flush_stale(handlers)  # what adopting the pinned maps at start made stale
     clock = asyncio.get_running_loop().time
     last_pass = -RECONCILE_DEBOUNCE_SECONDS
     try:
@@ -125,11 +126,22 @@ async def reconcile_loop(handlers: AgentHandlers) -> None:
             handlers.dirty.policy |= retry.policy
             last_pass = clock()
             await handlers.passed(version)
+            await flush_stale(handlers)  # after the pass is answered: its walk grows with the connections
             if len(dirty.services) >= BIG_PASS_SERVICES:
                 await handlers.run(release_memory)
     finally:
         follower.cancel()
         watch.close()
+
+
+async def flush_stale(handlers: AgentHandlers) -> None:
+    """Flush, on the state worker, the conntrack entries of backends the passes dropped (if any)."""
+    if not handlers.agent.writer.stale:
+        return
+    try:
+        await handlers.run(handlers.agent.flush_stale)
+    except Exception:
+        log.exception("flushing the connections of removed backends failed; tried again after the next pass")
 
 
 async def every(period: float, handlers: AgentHandlers, work: Callable[[], object]) -> None:
@@ -282,6 +294,8 @@ async def run_agent(agent: Agent, api: StartingApi, api_runner: web.AppRunner) -
             await http_runner.cleanup()
         if handlers is not None:
             handlers.close()
+        with contextlib.suppress(VelvetError):  # a last chance for what the final pass dropped
+            agent.flush_stale()
         agent.close()
         agent.datapath.close()
 

@@ -14,6 +14,7 @@ loading the objects needed.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar
@@ -55,6 +56,7 @@ from velvet.datapath.structs import (
     TunnelConfig,
     ipv4,
 )
+from velvet.datapath.tables import StaleBackend
 from velvet.errors import DatapathError
 
 K = TypeVar("K")
@@ -181,9 +183,9 @@ class AffinityMap(MapView[Lb4AffinityKey, Lb4AffinityVal]):
     key_type = Lb4AffinityKey
     value_type = Lb4AffinityVal
 
-    def delete_by_backend(self, backend_id: int) -> int:
-        """Forget every affinity to a backend; returns how many entries went."""
-        return self.map.delete_batch([k for k, v in self.map.items() if v.backend_id == backend_id])
+    def delete_by_backends(self, backend_ids: Collection[int]) -> int:
+        """Forget every affinity to any of these backends, in one walk; returns how many entries went."""
+        return self.map.delete_batch([k for k, v in self.map.lookup_batch() if v.backend_id in backend_ids])
 
 
 class SockRevNatMap(MapView[Lb4SockRevnatKey, Lb4SockRevnatVal]):
@@ -201,31 +203,33 @@ class ConntrackMap(MapView[Ct4Key, Ct4Entry]):
     key_type = Ct4Key
     value_type = Ct4Entry
 
-    def delete_by_backend(self, address: str, port: int, proto: int,
-                          frontend: tuple[str, int] | None = None) -> int:
-        """Flush the connections translated to a backend (e.g. a replaced UDP server pod).
+    def delete_by_backends(self, stale: Iterable[StaleBackend]) -> int:
+        """Flush the connections translated to backends their frontends dropped, in one walk of the map.
 
-        Removes the CT_SERVICE entries sticking clients to it (their next packet selects again) and
-        the translated entries towards it; `frontend` limits this to one frontend (0.0.0.0 as its
-        address matches any, for the NodePort wildcard). Returns how many entries went.
+        Removes the CT_SERVICE entries sticking clients to a dropped backend (their next packet selects
+        again) and the translated entries towards it, for that frontend only (0.0.0.0 as its address
+        matches any, for the NodePort wildcard). Returns how many entries went.
         """
-        addr = ipv4(address)
-        f_addr, f_port = (ipv4(frontend[0]), frontend[1]) if frontend is not None else (0, 0)
+        fronts: dict[tuple[int, int, int], set[tuple[int, int]]] = {}  # (proto, addr, port) -> frontends
+        for s in stale:
+            key = (s.proto, ipv4(s.backend_address), s.backend_port)
+            fronts.setdefault(key, set()).add((ipv4(s.frontend_address), s.frontend_port))
+        if not fronts:
+            return 0
 
-        def frontend_ok(fa: int, fp: int) -> bool:
-            return frontend is None or ((f_addr in (0, fa)) and f_port == fp)
+        def dropped(proto: int, addr: int, port: int, f_addr: int, f_port: int) -> bool:
+            found = fronts.get((proto, addr, port))
+            return found is not None and ((f_addr, f_port) in found or (0, f_port) in found)
 
-        stale: list[Ct4Key] = []
+        doomed: list[Ct4Key] = []
         for k, v in self.map.lookup_batch():
-            if k.proto != proto:
-                continue
             if k.dir == CtDir.SERVICE:
-                if v.nat_addr == addr and v.nat_port == port and frontend_ok(k.daddr, k.dport):
-                    stale.append(k)
-            elif (k.dir in (CtDir.EGRESS, CtDir.NODEPORT) and v.rev_nat_index and k.daddr == addr
-                  and k.dport == port and frontend_ok(v.nat_addr, v.nat_port)):
-                stale.append(k)
-        return self.map.delete_batch(stale)
+                if dropped(k.proto, v.nat_addr, v.nat_port, k.daddr, k.dport):
+                    doomed.append(k)
+            elif (k.dir in (CtDir.EGRESS, CtDir.NODEPORT) and v.rev_nat_index
+                  and dropped(k.proto, k.daddr, k.dport, v.nat_addr, v.nat_port)):
+                doomed.append(k)
+        return self.map.delete_batch(doomed)
 
 
 class SnatMap(MapView[Snat4Key, Snat4Entry]):
