@@ -85,6 +85,8 @@ from velvet.datapath.structs import (
     EndpointFlag,
     EventFlag,
     EventType,
+    Lb4AffinityKey,
+    Lb4AffinityVal,
     LbScope,
     MetricDir,
     ObsPoint,
@@ -633,6 +635,16 @@ def test_one_flush_removes_the_entries_of_every_stale_backend_it_names(lxc: Load
                                StaleBackend(VIP, 53, UDP, 2, POD_C, 53)])
     remaining = [(k.dir, k.daddr) for k, _ in lxc.map("ct4").lookup_batch()]
     assert remaining == [(CtDir.EGRESS, ip_int("10.244.0.40"))]
+
+
+def test_flushing_stale_backends_forgets_the_affinities_to_them_only(lxc: Loaded) -> None:
+    """Test that a flush forgets the sessionAffinity choices of the backends it names, and no other."""
+    affinity = lxc.map("lb4_affinity")
+    keys = [Lb4AffinityKey(client=ip_int(POD_A) + i, rev_nat_index=REV) for i in range(3)]
+    affinity.update_batch(keys, [Lb4AffinityVal(backend_id=i + 1) for i in range(3)])
+    lxc.tables.flush_backends([StaleBackend(VIP, 80, TCP, 1, POD_B, 8080),
+                               StaleBackend(VIP, 80, TCP, 2, POD_C, 8080)])
+    assert [(k.client, v.backend_id) for k, v in affinity.lookup_batch()] == [(ip_int(POD_A) + 2, 3)]
 
 
 def test_tcp_to_service_without_backends_gets_rst(lxc: Loaded) -> None:

@@ -55,12 +55,25 @@ from velvet.datapath.structs import (
     Snat4Key,
     TunnelConfig,
     ipv4,
+    numpy_dtype,
 )
 from velvet.datapath.tables import StaleBackend
 from velvet.errors import DatapathError
 
 K = TypeVar("K")
 V = TypeVar("V")
+KT = TypeVar("KT", bound=ctypes.Structure)
+
+
+CT_KEY_DTYPE = numpy_dtype(Ct4Key)
+CT_ENTRY_DTYPE = numpy_dtype(Ct4Entry)
+AFFINITY_VAL_DTYPE = numpy_dtype(Lb4AffinityVal)
+
+
+def _chosen_keys(key_type: type[KT], raw: bytes, chosen: npt.NDArray[np.bool_]) -> list[KT]:
+    """The keys (concatenated raw in `raw`) whose entry in `chosen` is set."""
+    size = ctypes.sizeof(key_type)
+    return [key_type.from_buffer_copy(raw, int(i) * size) for i in np.flatnonzero(chosen)]
 
 
 class MapView(Generic[K, V]):
@@ -185,7 +198,9 @@ class AffinityMap(MapView[Lb4AffinityKey, Lb4AffinityVal]):
 
     def delete_by_backends(self, backend_ids: Collection[int]) -> int:
         """Forget every affinity to any of these backends, in one walk; returns how many entries went."""
-        return self.map.delete_batch([k for k, v in self.map.lookup_batch() if v.backend_id in backend_ids])
+        keys, values = self.map.lookup_batch_raw()
+        chosen = np.isin(np.frombuffer(values, AFFINITY_VAL_DTYPE)["backend_id"], list(backend_ids))
+        return self.map.delete_batch(_chosen_keys(Lb4AffinityKey, keys, chosen))
 
 
 class SockRevNatMap(MapView[Lb4SockRevnatKey, Lb4SockRevnatVal]):
@@ -210,26 +225,25 @@ class ConntrackMap(MapView[Ct4Key, Ct4Entry]):
         again) and the translated entries towards it, for that frontend only (0.0.0.0 as its address
         matches any, for the NodePort wildcard). Returns how many entries went.
         """
-        fronts: dict[tuple[int, int, int], set[tuple[int, int]]] = {}  # (proto, addr, port) -> frontends
-        for s in stale:
-            key = (s.proto, ipv4(s.backend_address), s.backend_port)
-            fronts.setdefault(key, set()).add((ipv4(s.frontend_address), s.frontend_port))
-        if not fronts:
+        stale = list(stale)
+        if not stale:
             return 0
-
-        def dropped(proto: int, addr: int, port: int, f_addr: int, f_port: int) -> bool:
-            found = fronts.get((proto, addr, port))
-            return found is not None and ((f_addr, f_port) in found or (0, f_port) in found)
-
-        doomed: list[Ct4Key] = []
-        for k, v in self.map.lookup_batch():
-            if k.dir == CtDir.SERVICE:
-                if dropped(k.proto, v.nat_addr, v.nat_port, k.daddr, k.dport):
-                    doomed.append(k)
-            elif (k.dir in (CtDir.EGRESS, CtDir.NODEPORT) and v.rev_nat_index
-                  and dropped(k.proto, k.daddr, k.dport, v.nat_addr, v.nat_port)):
-                doomed.append(k)
-        return self.map.delete_batch(doomed)
+        raw_keys, raw_values = self.map.lookup_batch_raw()  # decoded by numpy: the map can be large
+        k, v = np.frombuffer(raw_keys, CT_KEY_DTYPE), np.frombuffer(raw_values, CT_ENTRY_DTYPE)
+        service = k["dir"] == CtDir.SERVICE
+        translated = np.isin(k["dir"], (CtDir.EGRESS, CtDir.NODEPORT)) & (v["rev_nat_index"] != 0)
+        # CT_SERVICE entries name the backend in nat_*, translated ones name the frontend there
+        b_addr = np.where(service, v["nat_addr"], k["daddr"])
+        b_port = np.where(service, v["nat_port"], k["dport"])
+        f_addr = np.where(service, k["daddr"], v["nat_addr"])
+        f_port = np.where(service, k["dport"], v["nat_port"])
+        doomed = np.zeros(len(k), dtype=bool)
+        for s in stale:
+            front = ipv4(s.frontend_address)
+            doomed |= ((k["proto"] == s.proto) & (b_addr == ipv4(s.backend_address))
+                       & (b_port == s.backend_port) & (f_port == s.frontend_port)
+                       & ((f_addr == front) | (front == 0)))
+        return self.map.delete_batch(_chosen_keys(Ct4Key, raw_keys, doomed & (service | translated)))
 
 
 class SnatMap(MapView[Snat4Key, Snat4Entry]):
