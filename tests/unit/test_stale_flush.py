@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -97,3 +98,45 @@ def test_a_backend_id_pending_a_flush_is_flushed_before_it_is_written_again() ->
     assert dp.flushed == [stale]
     assert dp.tables["lb4_backends"] == {7: BackendValue("10.244.1.9", 8080, 6),
                                          8: BackendValue("10.244.1.3", 8080, 6)}
+
+
+class BlockingDatapath(CountingDatapath):
+    """A fake datapath whose flush waits until released, recording the order of flushes and writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.order: list[str] = []
+
+    def write(self, table: str, upserts: Mapping[Any, Any], deletes: Iterable[Any]) -> None:
+        self.order += [f"write {k}" for k in upserts if table == "lb4_backends"]
+        super().write(table, upserts, deletes)
+
+    def flush_backends(self, stale: Sequence[StaleBackend]) -> None:
+        self.entered.set()
+        self.release.wait()
+        self.order.append("flushed")
+        super().flush_backends(stale)
+
+
+def test_a_flush_on_its_own_thread_holds_back_only_a_writer_reusing_its_ids() -> None:
+    """Test that while a flush runs on another thread, a change to other backends is written at once,
+    and a change reusing a backend id being flushed is written only after the flush."""
+    dp = BlockingDatapath()
+    writer = TableWriter(dp)
+    writer.write_lb(LbDelta(backends=MapPlan(deletes=[7]),
+                            stale=(StaleBackend("10.96.0.1", 80, 6, 7, "10.244.1.2", 8080),)))
+    flusher = threading.Thread(target=writer.flush_stale)
+    flusher.start()
+    assert dp.entered.wait(30)
+    writer.write_lb(LbDelta(backends=MapPlan(upserts={8: BackendValue("10.244.1.3", 8080, 6)})))
+    assert dp.order == ["write 8"]  # not held back by the flush
+    reuse = LbDelta(backends=MapPlan(upserts={7: BackendValue("10.244.1.9", 8080, 6)}))
+    reuser = threading.Thread(target=writer.write_lb, args=(reuse,))
+    reuser.start()
+    reuser.join(0.2)  # room to overtake the flush, if it could
+    dp.release.set()
+    flusher.join()
+    reuser.join()
+    assert dp.order == ["write 8", "flushed", "write 7"]
+    assert writer.stale == ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,6 +18,10 @@ class TableWriter:
         self._datapath = datapath
         self._applied: dict[str, dict[Any, Any]] = {}
         self._stale: list[StaleBackend] = []  # backends dropped by written changes, conntrack not flushed yet
+        self._stale_lock = threading.Lock()  # guards _stale: flushes may run on another thread
+        self._flush_lock = threading.Lock()  # one flush at a time; a writer reusing an id waits for it
+        self._stale_ids: set[int] = set()  # their backend ids
+        self._flushing: frozenset[int] = frozenset()  # backend ids of the flush in progress
 
     def adopt(self, tables: Iterable[str]) -> None:
         """Take the current contents of `tables` from the datapath (what a previous agent pinned)."""
@@ -34,27 +39,45 @@ class TableWriter:
         """A load-balancer change in `LbDelta.batches` order; the conntrack flush it calls for waits.
 
         Flushing walks the whole conntrack map (its size is the node's connections, not the change),
-        so it is left to `flush_stale`, which the agent runs once the pass is programmed and answered.
-        A change that writes a backend id still pending a flush flushes first: conntrack and affinity
-        entries name backends by id, and a freed id taken by another backend would lead them there.
+        so it is left to `flush_stale`, which the agent runs on its own thread once the pass is
+        programmed. A change that writes a backend id still pending (or in) a flush flushes first:
+        conntrack and affinity entries name backends by id, and a freed id taken by another backend
+        would lead them there.
         """
-        if self._stale and not {s.backend_id for s in self._stale}.isdisjoint(delta.backends.upserts):
+        with self._stale_lock:
+            reused = not (self._stale_ids.isdisjoint(delta.backends.upserts)
+                          and self._flushing.isdisjoint(delta.backends.upserts))
+        if reused:
             self.flush_stale()
         write_batches(self._datapath, delta)
-        self._stale.extend(delta.stale)
+        with self._stale_lock:
+            self._stale.extend(delta.stale)
+            self._stale_ids.update(s.backend_id for s in delta.stale)
 
     @property
     def stale(self) -> tuple[StaleBackend, ...]:
         """Backends dropped by written changes whose conntrack entries are not flushed yet."""
-        return tuple(self._stale)
+        with self._stale_lock:
+            return tuple(self._stale)
 
     def flush_stale(self) -> int:
-        """Flush the conntrack and affinity entries of every dropped backend in one walk; how many."""
-        pending, self._stale = self._stale, []
-        if pending:
+        """Flush the conntrack and affinity entries of every dropped backend in one walk; how many.
+
+        Safe from any thread: it touches only the conntrack and affinity maps, never what passes write.
+        """
+        with self._flush_lock:
+            with self._stale_lock:
+                pending, self._stale = self._stale, []
+                self._flushing, self._stale_ids = frozenset(self._stale_ids), set()
             try:
-                self._datapath.flush_backends(pending)
+                if pending:
+                    self._datapath.flush_backends(pending)
             except BaseException:
-                self._stale = pending + self._stale  # tried again on the next call
+                with self._stale_lock:
+                    self._stale = pending + self._stale  # tried again on the next call
+                    self._stale_ids |= self._flushing
                 raise
-        return len(pending)
+            finally:
+                with self._stale_lock:
+                    self._flushing = frozenset()
+            return len(pending)
