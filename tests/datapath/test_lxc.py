@@ -85,6 +85,8 @@ from velvet.datapath.structs import (
     EndpointFlag,
     EventFlag,
     EventType,
+    Lb4AffinityKey,
+    Lb4AffinityVal,
     LbScope,
     MetricDir,
     ObsPoint,
@@ -619,6 +621,30 @@ def test_flushing_a_stale_backend_removes_its_translated_entries(lxc: Loaded) ->
     lxc.tables.flush_backends([StaleBackend(VIP, 53, UDP, 1, POD_B, 53)])
     remaining = [(k.dir, k.daddr) for k, _ in lxc.map("ct4").lookup_batch()]
     assert remaining == [(CtDir.EGRESS, ip_int(POD_C))]
+
+
+def test_one_flush_removes_the_entries_of_every_stale_backend_it_names(lxc: Loaded) -> None:
+    """Test that one flush of two backends a frontend dropped (the agent's batch after a pass) removes
+    the entries towards both, and keeps the connection to a backend it did not name."""
+    seed_pods(lxc)
+    seed_service(lxc, [(1, POD_B, 53), (2, POD_C, 53)], proto=UDP, vport=53)
+    chosen = {parse(lxc.run(FROM, udp(POD_A, VIP, 40000 + i, 53)).data_out).dst for i in range(40)}
+    assert chosen == {POD_B, POD_C}
+    lxc.run(FROM, udp(POD_A, "10.244.0.40", 41000, 53))
+    lxc.tables.flush_backends([StaleBackend(VIP, 53, UDP, 1, POD_B, 53),
+                               StaleBackend(VIP, 53, UDP, 2, POD_C, 53)])
+    remaining = [(k.dir, k.daddr) for k, _ in lxc.map("ct4").lookup_batch()]
+    assert remaining == [(CtDir.EGRESS, ip_int("10.244.0.40"))]
+
+
+def test_flushing_stale_backends_forgets_the_affinities_to_them_only(lxc: Loaded) -> None:
+    """Test that a flush forgets the sessionAffinity choices of the backends it names, and no other."""
+    affinity = lxc.map("lb4_affinity")
+    keys = [Lb4AffinityKey(client=ip_int(POD_A) + i, rev_nat_index=REV) for i in range(3)]
+    affinity.update_batch(keys, [Lb4AffinityVal(backend_id=i + 1) for i in range(3)])
+    lxc.tables.flush_backends([StaleBackend(VIP, 80, TCP, 1, POD_B, 8080),
+                               StaleBackend(VIP, 80, TCP, 2, POD_C, 8080)])
+    assert [(k.client, v.backend_id) for k, v in affinity.lookup_batch()] == [(ip_int(POD_A) + 2, 3)]
 
 
 def test_tcp_to_service_without_backends_gets_rst(lxc: Loaded) -> None:

@@ -104,6 +104,9 @@ async def reconcile_loop(handlers: AgentHandlers) -> None:
             handlers.mark(delta)
 
     follower = asyncio.create_task(follow())
+    flush_wanted = asyncio.Event()
+    flusher = asyncio.create_task(flush_stale(agent, flush_wanted))
+    flush_wanted.set()  # what adopting the pinned maps at start made stale
     clock = asyncio.get_running_loop().time
     last_pass = -RECONCILE_DEBOUNCE_SECONDS
     try:
@@ -125,11 +128,29 @@ async def reconcile_loop(handlers: AgentHandlers) -> None:
             handlers.dirty.policy |= retry.policy
             last_pass = clock()
             await handlers.passed(version)
+            if agent.writer.stale:
+                flush_wanted.set()
             if len(dirty.services) >= BIG_PASS_SERVICES:
                 await handlers.run(release_memory)
     finally:
         follower.cancel()
+        flusher.cancel()
         watch.close()
+
+
+async def flush_stale(agent: Agent, wanted: asyncio.Event) -> None:
+    """Flush the conntrack entries of backends the passes dropped, on a thread of its own, when asked.
+
+    The walk reads the whole conntrack map (it grows with the node's connections): neither the pass
+    that dropped the backend nor the next one waits for it (the table writer keeps reused ids safe).
+    """
+    while True:
+        await wanted.wait()
+        wanted.clear()
+        try:
+            await asyncio.to_thread(agent.flush_stale)
+        except Exception:
+            log.exception("flushing the connections of removed backends failed; tried again after a pass")
 
 
 async def every(period: float, handlers: AgentHandlers, work: Callable[[], object]) -> None:
@@ -263,6 +284,8 @@ async def run_agent(agent: Agent, api: StartingApi, api_runner: web.AppRunner) -
             await http_runner.cleanup()
         if handlers is not None:
             handlers.close()
+        with contextlib.suppress(VelvetError):  # a last chance for what the final pass dropped
+            agent.flush_stale()
         agent.close()
         agent.datapath.close()
 

@@ -159,7 +159,7 @@ class Agent:
         self.processes.policy_names.update(self.tracing.names())
         self.flows.processes = self.processes.flow_processes  # flows name the process of their connection
         self.guard = Enforcer(guard_source, self.processes, config.node_name)
-        writer = TableWriter(datapath)
+        self.writer = writer = TableWriter(datapath)
         self.endpoints = EndpointController(self.state_dir / "endpoints.json", datapath)
         gateway = config.host_ips[-1]
         # The node's one allocator: the sandbox kubelet leases from the same file (one level up).
@@ -301,6 +301,10 @@ class Agent:
         """Program what the last reconcile compiled of the tracing policies (on the event loop: the process
         monitor's thread)."""
         self.tracing.program(self.processes, self.guard)
+
+    def flush_stale(self) -> int:
+        """Flush the conntrack entries of backends the passes dropped (a walk kept off their path)."""
+        return self.writer.flush_stale()
 
     def _took(self, what: str, started: float) -> None:
         self.reconcile_stats[what] = time.perf_counter() - started

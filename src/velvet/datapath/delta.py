@@ -143,13 +143,18 @@ class TableSink(Protocol):
         """Delete conntrack entries that still send a frontend's flows to a backend it dropped."""
 
 
-def write_lb(sink: TableSink, delta: LbDelta) -> None:
-    """Write a load-balancer change in `LbDelta.batches` order, then flush the entries it made stale."""
+def write_batches(sink: TableSink, delta: LbDelta) -> None:
+    """Write a load-balancer change in `LbDelta.batches` order (its stale backends are the caller's)."""
     for batch in delta.batches():
         if isinstance(batch, UpsertBatch):
             sink.write(batch.map.value, batch.entries, ())
         else:
             sink.write(batch.map.value, {}, batch.keys)
+
+
+def write_lb(sink: TableSink, delta: LbDelta) -> None:
+    """Write a load-balancer change in `LbDelta.batches` order, then flush the entries it made stale."""
+    write_batches(sink, delta)
     if delta.stale:
         sink.flush_backends(delta.stale)
 

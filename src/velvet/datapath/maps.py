@@ -161,12 +161,17 @@ class Map(Generic[K, V]):
 
     def _lookup(self, key: bytes) -> V | list[V] | None:
         """Look up raw key bytes."""
+        raw = self._lookup_raw(key)
+        return None if raw is None else self._decode_value(raw)
+
+    def _lookup_raw(self, key: bytes) -> bytes | None:
+        """The raw value bytes of raw key bytes, or None."""
         out = ctypes.create_string_buffer(self._vbuf_size)
         ret = libbpf.bpf_map_lookup_elem(self.fd, key, out)
         if ret == -errno.ENOENT:
             return None
         libbpf.check(ret, f"lookup in map {self.name}")
-        return self._decode_value(out)
+        return out.raw
 
     def update(self, key: K, value: V | Sequence[V], flags: int = BPF_ANY) -> None:
         """Insert or replace one entry; BPF_NOEXIST/BPF_EXIST restrict to create/replace."""
@@ -305,8 +310,27 @@ class Map(Generic[K, V]):
 
     def lookup_batch(self) -> list[tuple[K, V]]:
         """Every entry via BPF_MAP_LOOKUP_BATCH (iteration where unsupported); per-CPU values are lists."""
-        chunk = max(1, min(self.info.max_entries, 4096))
         result: list[tuple[K, V]] = []
+        for kbuf, vbuf, count in self._raw_chunks():
+            for i in range(count):
+                key = _copy(self.key_type, kbuf, i * self._ksize)
+                result.append((key, self._decode_value(vbuf, i * self._vbuf_size)))  # type: ignore[arg-type]
+        return result
+
+    def lookup_batch_raw(self) -> tuple[bytes, bytes]:
+        """Every entry's key bytes and value bytes, each concatenated in the same order (nothing decoded:
+        for numpy views of large maps)."""
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        for kbuf, vbuf, count in self._raw_chunks():
+            keys.append(memoryview(kbuf).cast("B")[: count * self._ksize].tobytes())
+            values.append(memoryview(vbuf).cast("B")[: count * self._vbuf_size].tobytes())
+        return b"".join(keys), b"".join(values)
+
+    def _raw_chunks(self) -> Iterator[tuple[bytes | ctypes.Array[ctypes.c_char],
+                                            bytes | ctypes.Array[ctypes.c_char], int]]:
+        """Chunks of (keys, values, count) via BPF_MAP_LOOKUP_BATCH (single entries where unsupported)."""
+        chunk = max(1, min(self.info.max_entries, 4096))
         token_in: bytes | None = None
         token_out = ctypes.create_string_buffer(max(self._ksize, 8))
         opts = _batch_opts()
@@ -317,17 +341,19 @@ class Map(Generic[K, V]):
             ret = libbpf.bpf_map_lookup_batch(self.fd, token_in, token_out, kbuf, vbuf,
                                               ctypes.byref(count), ctypes.byref(opts))
             if ret < 0 and -ret in _UNSUPPORTED and token_in is None and count.value == 0:
-                return list(self.items())
+                for key in self._raw_keys():
+                    value = self._lookup_raw(key)
+                    if value is not None:
+                        yield key, value, 1
+                return
             if ret == -errno.ENOSPC and count.value == 0:
                 chunk *= 2  # a hash bucket holds more entries than fit: retry with room for them
                 continue
             if ret < 0 and ret != -errno.ENOENT:
                 libbpf.check(ret, f"batch lookup of map {self.name}")
-            for i in range(count.value):
-                key = _copy(self.key_type, kbuf, i * self._ksize)
-                result.append((key, self._decode_value(vbuf, i * self._vbuf_size)))  # type: ignore[arg-type]
+            yield kbuf, vbuf, count.value
             if ret == -errno.ENOENT:
-                return result
+                return
             token_in = token_out.raw
 
 

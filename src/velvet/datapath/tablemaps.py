@@ -58,14 +58,14 @@ class TableMaps:
         return {codec.decode_key(k): codec.decode_value(v) for k, v in self._map(table).lookup_batch()}
 
     def flush_backends(self, stale: Sequence[StaleBackend]) -> None:
-        """Drop conntrack and affinity entries that still lead a frontend to a backend it no longer has."""
+        """Drop conntrack and affinity entries that still lead a frontend to a backend it no longer has.
+
+        One walk of each map for the whole batch, whatever its size.
+        """
         if not stale:
             return
-        conntrack, affinity = self.views.get(ConntrackMap), self.views.get(AffinityMap)
-        for s in stale:
-            conntrack.delete_by_backend(s.backend_address, s.backend_port, s.proto,
-                                        frontend=(s.frontend_address, s.frontend_port))
-            affinity.delete_by_backend(s.backend_id)
+        self.views.get(ConntrackMap).delete_by_backends(stale)
+        self.views.get(AffinityMap).delete_by_backends({s.backend_id for s in stale})
 
     def dump(self, table: str) -> list[dict[str, Any]]:
         """Raw entries of one map, fields by name (for `velvet bpf … list`)."""

@@ -14,6 +14,7 @@ loading the objects needed.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar
@@ -54,11 +55,25 @@ from velvet.datapath.structs import (
     Snat4Key,
     TunnelConfig,
     ipv4,
+    numpy_dtype,
 )
+from velvet.datapath.tables import StaleBackend
 from velvet.errors import DatapathError
 
 K = TypeVar("K")
 V = TypeVar("V")
+KT = TypeVar("KT", bound=ctypes.Structure)
+
+
+CT_KEY_DTYPE = numpy_dtype(Ct4Key)
+CT_ENTRY_DTYPE = numpy_dtype(Ct4Entry)
+AFFINITY_VAL_DTYPE = numpy_dtype(Lb4AffinityVal)
+
+
+def _chosen_keys(key_type: type[KT], raw: bytes, chosen: npt.NDArray[np.bool_]) -> list[KT]:
+    """The keys (concatenated raw in `raw`) whose entry in `chosen` is set."""
+    size = ctypes.sizeof(key_type)
+    return [key_type.from_buffer_copy(raw, int(i) * size) for i in np.flatnonzero(chosen)]
 
 
 class MapView(Generic[K, V]):
@@ -181,9 +196,11 @@ class AffinityMap(MapView[Lb4AffinityKey, Lb4AffinityVal]):
     key_type = Lb4AffinityKey
     value_type = Lb4AffinityVal
 
-    def delete_by_backend(self, backend_id: int) -> int:
-        """Forget every affinity to a backend; returns how many entries went."""
-        return self.map.delete_batch([k for k, v in self.map.items() if v.backend_id == backend_id])
+    def delete_by_backends(self, backend_ids: Collection[int]) -> int:
+        """Forget every affinity to any of these backends, in one walk; returns how many entries went."""
+        keys, values = self.map.lookup_batch_raw()
+        chosen = np.isin(np.frombuffer(values, AFFINITY_VAL_DTYPE)["backend_id"], list(backend_ids))
+        return self.map.delete_batch(_chosen_keys(Lb4AffinityKey, keys, chosen))
 
 
 class SockRevNatMap(MapView[Lb4SockRevnatKey, Lb4SockRevnatVal]):
@@ -201,31 +218,32 @@ class ConntrackMap(MapView[Ct4Key, Ct4Entry]):
     key_type = Ct4Key
     value_type = Ct4Entry
 
-    def delete_by_backend(self, address: str, port: int, proto: int,
-                          frontend: tuple[str, int] | None = None) -> int:
-        """Flush the connections translated to a backend (e.g. a replaced UDP server pod).
+    def delete_by_backends(self, stale: Iterable[StaleBackend]) -> int:
+        """Flush the connections translated to backends their frontends dropped, in one walk of the map.
 
-        Removes the CT_SERVICE entries sticking clients to it (their next packet selects again) and
-        the translated entries towards it; `frontend` limits this to one frontend (0.0.0.0 as its
-        address matches any, for the NodePort wildcard). Returns how many entries went.
+        Removes the CT_SERVICE entries sticking clients to a dropped backend (their next packet selects
+        again) and the translated entries towards it, for that frontend only (0.0.0.0 as its address
+        matches any, for the NodePort wildcard). Returns how many entries went.
         """
-        addr = ipv4(address)
-        f_addr, f_port = (ipv4(frontend[0]), frontend[1]) if frontend is not None else (0, 0)
-
-        def frontend_ok(fa: int, fp: int) -> bool:
-            return frontend is None or ((f_addr in (0, fa)) and f_port == fp)
-
-        stale: list[Ct4Key] = []
-        for k, v in self.map.lookup_batch():
-            if k.proto != proto:
-                continue
-            if k.dir == CtDir.SERVICE:
-                if v.nat_addr == addr and v.nat_port == port and frontend_ok(k.daddr, k.dport):
-                    stale.append(k)
-            elif (k.dir in (CtDir.EGRESS, CtDir.NODEPORT) and v.rev_nat_index and k.daddr == addr
-                  and k.dport == port and frontend_ok(v.nat_addr, v.nat_port)):
-                stale.append(k)
-        return self.map.delete_batch(stale)
+        stale = list(stale)
+        if not stale:
+            return 0
+        raw_keys, raw_values = self.map.lookup_batch_raw()  # decoded by numpy: the map can be large
+        k, v = np.frombuffer(raw_keys, CT_KEY_DTYPE), np.frombuffer(raw_values, CT_ENTRY_DTYPE)
+        service = k["dir"] == CtDir.SERVICE
+        translated = np.isin(k["dir"], (CtDir.EGRESS, CtDir.NODEPORT)) & (v["rev_nat_index"] != 0)
+        # CT_SERVICE entries name the backend in nat_*, translated ones name the frontend there
+        b_addr = np.where(service, v["nat_addr"], k["daddr"])
+        b_port = np.where(service, v["nat_port"], k["dport"])
+        f_addr = np.where(service, k["daddr"], v["nat_addr"])
+        f_port = np.where(service, k["dport"], v["nat_port"])
+        doomed = np.zeros(len(k), dtype=bool)
+        for s in stale:
+            front = ipv4(s.frontend_address)
+            doomed |= ((k["proto"] == s.proto) & (b_addr == ipv4(s.backend_address))
+                       & (b_port == s.backend_port) & (f_port == s.frontend_port)
+                       & ((f_addr == front) | (front == 0)))
+        return self.map.delete_batch(_chosen_keys(Ct4Key, raw_keys, doomed & (service | translated)))
 
 
 class SnatMap(MapView[Snat4Key, Snat4Entry]):
