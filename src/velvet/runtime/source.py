@@ -38,7 +38,7 @@ from velvet.system.mounts import cgroup2_mount
 
 log = logging.getLogger("velvet.runtime")
 RUNTIME_POLICY_MAPS = ("rt_rules", "rt_config", "rt_cgroup_rules", "rt_bin_paths", "rt_bin_prefixes",
-                       "rt_arg_paths", "rt_arg_prefixes", "rt_scratch")
+                       "rt_arg_paths", "rt_arg_prefixes", "rt_arg_postfixes", "rt_scratch")
 PINNED_MAPS = ("proc_events", "proc_sock_events", "proc_config", "proc_lost", "proc_socks", "proc_binsets",
                *RUNTIME_POLICY_MAPS)
 # program -> (tracepoint category or "raw", tracepoint name)
@@ -49,7 +49,8 @@ TRACEPOINTS = {
     "proc_tcp_connect": ("sock", "inet_sock_set_state"),
 }
 # tracing policies' syscall hooks (enum rt_hook) -> (program, tracepoint category, name): attached while used
-POLICY_HOOKS = {int(RtHook.OPENAT): ("proc_openat", "syscalls", "sys_enter_openat")}
+POLICY_HOOKS = {int(hook): (f"proc_{hook.name.lower()}", "syscalls", f"sys_enter_{hook.name.lower()}")
+                for hook in RtHook if hook != RtHook.EXEC}
 
 
 class ProcessSource(Protocol):
@@ -181,9 +182,13 @@ class KernelProcSource:
                 obj.map("rt_bin_prefixes") as x, x.typed(RtPathLpm, c_uint64) as prefixes, \
                 obj.map("rt_arg_paths") as ap, ap.typed(RtPath, c_uint64) as arg_paths, \
                 obj.map("rt_arg_prefixes") as ax, ax.typed(RtPathLpm, c_uint64) as arg_prefixes, \
+                obj.map("rt_arg_postfixes") as af, af.typed(RtPathLpm, c_uint64) as arg_postfixes, \
                 obj.map("rt_rules") as r, r.typed(c_uint32, RtRule) as rules, \
                 obj.map("rt_config") as c, c.typed(c_uint32, RtConfig) as config, \
                 obj.map("rt_cgroup_rules") as g, g.typed(c_uint64, c_uint64) as cgroups:
+            for postfix, sets in new.arg_postfixes.items():  # the trie holds them reversed
+                if old.arg_postfixes.get(postfix) != sets:
+                    arg_postfixes.update(prefix_key(postfix[::-1]), c_uint64(sets))
             string_maps = ((paths, prefixes, (old.paths, old.prefixes), (new.paths, new.prefixes)),
                            (arg_paths, arg_prefixes, (old.arg_paths, old.arg_prefixes),
                             (new.arg_paths, new.arg_prefixes)))
@@ -215,6 +220,8 @@ class KernelProcSource:
                 arg_prefixes.delete(prefix_key(prefix))
             for path in old.arg_paths.keys() - new.arg_paths.keys():
                 arg_paths.delete(path_key(path))
+            for postfix in old.arg_postfixes.keys() - new.arg_postfixes.keys():
+                arg_postfixes.delete(prefix_key(postfix[::-1]))
         for hook in old.hooks - new.hooks:
             attach.detach_pinned(self.links_dir / POLICY_HOOKS[hook][0].replace("_", "-"))
 
@@ -227,6 +234,7 @@ class KernelProcSource:
                 obj.map("rt_bin_prefixes") as x, x.typed(RtPathLpm, c_uint64) as prefixes, \
                 obj.map("rt_arg_paths") as ap, ap.typed(RtPath, c_uint64) as arg_paths, \
                 obj.map("rt_arg_prefixes") as ax, ax.typed(RtPathLpm, c_uint64) as arg_prefixes, \
+                obj.map("rt_arg_postfixes") as af, af.typed(RtPathLpm, c_uint64) as arg_postfixes, \
                 obj.map("rt_rules") as r, r.typed(c_uint32, RtRule) as rules, \
                 obj.map("rt_config") as c, c.typed(c_uint32, RtConfig) as config, \
                 obj.map("rt_cgroup_rules") as g, g.typed(c_uint64, c_uint64) as cgroups:
@@ -243,6 +251,8 @@ class KernelProcSource:
                 arg_paths={k.path.decode(errors="replace"): int(v.value) for k, v in arg_paths.items()},
                 arg_prefixes={k.path[:k.prefixlen // 8].decode(errors="replace"): int(v.value)
                               for k, v in arg_prefixes.items()},
+                arg_postfixes={k.path[:k.prefixlen // 8][::-1].decode(errors="replace"): int(v.value)
+                               for k, v in arg_postfixes.items()},
                 hooks=hooks)
 
     def write_binsets(self, binsets: dict[int, int]) -> None:
