@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from velvet.control.tracing import PodScope, TracingCompiler, TracingPolicy
 from velvet.datapath.maps import Map
@@ -440,3 +441,34 @@ def test_openat_postfix_kills_the_opener_of_a_key_file_only(node: Node) -> None:
     assert {name: r.returncode for name, r in results.items()} == {
         "a.key": -signal.SIGKILL, "b.pem": -signal.SIGKILL, "c.txt": 0, "d.key.txt": 0}
     assert results["c.txt"].stdout == b"x\n"
+
+
+def test_syscalls_are_counted_per_pod_only_when_asked(node: Node) -> None:
+    """Test that without count_syscalls no raw_syscalls program is attached and nothing is counted, and that
+    with it (a restarted monitor, as `velvet agent --syscall-metrics`) a pod's process making 20000 getppid
+    calls is counted in its pod's velvet_syscalls_total at scrape time, more than the quiet pod's."""
+    assert "proc_syscalls" not in {p["name"] for p in node.source.programs()}
+    assert node.source.syscall_counts() == {}
+    node.monitor.close()
+    resolver = DictResolver()
+    for pod, (namespace, name, ip) in PODS.items():
+        resolver.set_cgroup((node.root / pod).stat().st_ino, ip)
+        resolver.set_endpoint(ip, EndpointInfo(namespace, name, ("k8s:app=web",)))
+    registry = CollectorRegistry()
+    source = KernelProcSource(node.source.pin_dir, node.root, count_syscalls=True)
+    monitor = ProcessMonitor(source, resolver, "dp-node", cgroup=node.root, registry=registry)
+    node.source, node.monitor = source, monitor
+    monitor.start()
+    assert "proc_syscalls" in {p["name"] for p in source.programs()}
+    busy = node.run("a", [sys.executable, "-c", "import os\nfor _ in range(20000): os.getppid()"])
+    assert busy.returncode == 0
+    assert node.run("b", ["/usr/bin/true"]).returncode == 0
+
+    def scraped(namespace: str) -> float:
+        value = registry.get_sample_value("velvet_syscalls_total", {"namespace": namespace, "pod": "web-1"})
+        return value or 0.0
+
+    assert scraped("shop") >= 20000
+    assert 0 < scraped("other") < scraped("shop")
+    counts = monitor.syscalls_per_pod()
+    assert set(counts) == {("shop", "web-1"), ("other", "web-1")}

@@ -162,6 +162,7 @@ class ProcessMonitor:
         self.policy_tables = RtTables()  # what the kernel's exec policy maps hold
         if registry is not None:
             registry.register(_LostCollector(self))
+            registry.register(_SyscallCollector(self))
 
     # -- start: the kernel's programs, then what already runs -------------------------------------
 
@@ -354,6 +355,18 @@ class ProcessMonitor:
                                 self.tree.get(proc.ppid), policy_name=name, action=action,
                                 hook={"subsys": subsys, "event": event, "args": args}))
 
+    def syscalls_per_pod(self) -> dict[tuple[str, str], int]:
+        """Syscalls counted in the kernel, by (namespace, pod) of this node (a pod's cgroups summed)."""
+        if self.source is None:
+            return {}
+        counts: dict[tuple[str, str], int] = {}
+        for cgroup_id, count in self.source.syscall_counts().items():
+            pod = self._pod(cgroup_id)
+            if pod is not None:
+                key = (pod.namespace, pod.name)
+                counts[key] = counts.get(key, 0) + count
+        return counts
+
     def write_binsets(self, sets_of: Callable[[str], int]) -> None:
         """proc_binsets of every live process the tree knows, from its binary (the kernel keeps them current
         from the next exec or fork on; this covers processes that ran before the agent or the policy)."""
@@ -506,6 +519,22 @@ def _cgroup_id(path: str) -> int:
         return (cgroup2_mount() / path.lstrip("/")).stat().st_ino
     except (OSError, NotSupported):
         return 0
+
+
+class _SyscallCollector(Collector):
+    """velvet_syscalls_total{namespace,pod}: the kernel's per-cgroup counts, summed per pod at scrape time
+    (nothing unless the agent counts syscalls: --syscall-metrics)."""
+
+    def __init__(self, monitor: ProcessMonitor) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per pod of this node that made syscalls."""
+        family = CounterMetricFamily("velvet_syscalls", "System calls made by the processes of each pod",
+                                     labels=["namespace", "pod"])
+        for (namespace, pod), count in sorted(self.monitor.syscalls_per_pod().items()):
+            family.add_metric([namespace, pod], count)
+        yield family
 
 
 class _LostCollector(Collector):

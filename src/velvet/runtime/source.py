@@ -40,7 +40,9 @@ log = logging.getLogger("velvet.runtime")
 RUNTIME_POLICY_MAPS = ("rt_rules", "rt_config", "rt_cgroup_rules", "rt_bin_paths", "rt_bin_prefixes",
                        "rt_arg_paths", "rt_arg_prefixes", "rt_arg_postfixes", "rt_scratch")
 PINNED_MAPS = ("proc_events", "proc_sock_events", "proc_config", "proc_lost", "proc_socks", "proc_binsets",
-               *RUNTIME_POLICY_MAPS)
+               "proc_syscall_counts", *RUNTIME_POLICY_MAPS)
+# syscalls per cgroup: on every syscall of the machine, so attached only on request (--syscall-metrics)
+SYSCALL_COUNTER = ("proc_syscalls", "raw_syscalls", "sys_enter")
 # program -> (tracepoint category or "raw", tracepoint name)
 TRACEPOINTS = {
     "proc_exec": ("sched", "sched_process_exec"),
@@ -83,6 +85,9 @@ class ProcessSource(Protocol):
     def read_policy(self) -> RtTables:
         """What the exec policy maps hold (a restarted agent's predecessor's policies keep acting)."""
 
+    def syscall_counts(self) -> dict[int, int]:
+        """Syscalls per cgroup id since they were first counted (empty unless counting was asked for)."""
+
     def close(self) -> None:
         """Release fds; pinned links keep reporting into the pinned ring."""
 
@@ -102,10 +107,11 @@ def cgroup_level(cgroup: Path) -> int:
 class KernelProcSource:
     """proc.bpf.o for one node: every process in `cgroup`'s subtree (every process when None)."""
 
-    def __init__(self, pin_dir: Path, cgroup: Path | None) -> None:
+    def __init__(self, pin_dir: Path, cgroup: Path | None, *, count_syscalls: bool = False) -> None:
         self.pin_dir = pin_dir
         self.links_dir = pin_dir / "links"
         self.cgroup = cgroup
+        self.count_syscalls = count_syscalls
         self._obj: BpfObject | None = None
         self._ring: ProcEventsRing | None = None
         self._sock_ring: SockEventsRing | None = None
@@ -131,6 +137,12 @@ class KernelProcSource:
             pin = self.links_dir / prog_name.replace("_", "-")
             if pin.exists():
                 attach.attach_tracepoint(self._obj.program(prog_name), category, name, pin).close()
+        prog_name, category, name = SYSCALL_COUNTER
+        pin = self.links_dir / prog_name.replace("_", "-")
+        if self.count_syscalls:
+            attach.attach_tracepoint(self._obj.program(prog_name), category, name, pin).close()
+        else:  # a previous agent's, asked for then: not any more
+            attach.detach_pinned(pin)
         with self._obj.map("proc_events") as untyped:
             self._ring = ProcEventsRing(untyped)
         with self._obj.map("proc_sock_events") as untyped:
@@ -162,7 +174,8 @@ class KernelProcSource:
         if self._obj is None:
             return []
         attached = {name: hook for name, hook in TRACEPOINTS.items()}
-        attached.update((name, (category, tp)) for name, category, tp in POLICY_HOOKS.values()
+        optional = [*POLICY_HOOKS.values(), SYSCALL_COUNTER]
+        attached.update((name, (category, tp)) for name, category, tp in optional
                         if (self.links_dir / name.replace("_", "-")).exists())
         return [{"name": name, "id": self._obj.program(name).id,
                  "attached_to": f"{'raw_tracepoint' if category == 'raw' else 'tracepoint ' + category}:{tp}"}
@@ -266,6 +279,14 @@ class KernelProcSource:
                 else:
                     sets.delete(c_uint32(tgid))
 
+    def syscall_counts(self) -> dict[int, int]:
+        """See `ProcessSource.syscall_counts`."""
+        if self._obj is None or not self.count_syscalls:
+            return {}
+        with self._obj.map("proc_syscall_counts") as untyped, untyped.typed(c_uint64, c_uint64) as counts:
+            return {int(key.value): sum(int(v.value) for v in counts.lookup_percpu(key) or [])
+                    for key in list(counts.keys())}
+
     def lost(self) -> int:
         """See `ProcessSource.lost`."""
         if self._obj is None:
@@ -286,5 +307,5 @@ class KernelProcSource:
 
     def detach(self) -> None:
         """Remove the pinned links (the node is going away: nothing reads the ring any more)."""
-        for prog_name in [*TRACEPOINTS, *(name for name, _, _ in POLICY_HOOKS.values())]:
+        for prog_name in [*TRACEPOINTS, *(name for name, _, _ in POLICY_HOOKS.values()), SYSCALL_COUNTER[0]]:
             attach.detach_pinned(self.links_dir / prog_name.replace("_", "-"))

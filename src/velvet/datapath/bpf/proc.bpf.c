@@ -22,6 +22,8 @@
  * sets are kept in proc_binsets (lib/runtime.h; copied at fork, deleted at exit) for other objects.
  *   proc_openat, proc_setuid, proc_ptrace, proc_mount, proc_execve, proc_open: tracepoints
  *                   syscalls/sys_enter_*, each attached only while a policy hooks it
+ *   proc_syscalls:  tracepoint raw_syscalls/sys_enter, syscalls per cgroup (proc_syscall_counts), attached
+ *                   only when the agent runs with --syscall-metrics (it runs on every syscall)
  */
 #include "lib/common.h"
 #include <bpf/bpf_core_read.h>
@@ -56,6 +58,14 @@ struct {
 	__type(key, __u64);
 	__type(value, __u32);
 } proc_socks SEC(".maps");
+
+/* Syscalls per cgroup (a pod's), one counter per CPU: proc_syscalls, attached only on request. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} proc_syscall_counts SEC(".maps");
 
 /* Process events the ring had no room for (one counter per CPU; the agent reports the sum). */
 struct {
@@ -372,6 +382,20 @@ SEC("tracepoint/syscalls/sys_enter_open")
 int proc_open(struct trace_event_raw_sys_enter *ctx)
 {
 	return proc_syscall(ctx, RT_HOOK_OPEN);
+}
+
+/* Every syscall of the machine: count it for the caller's cgroup (what the agent's scrape reads). */
+SEC("tracepoint/raw_syscalls/sys_enter")
+int proc_syscalls(void *ctx)
+{
+	__u64 cgroup_id = bpf_get_current_cgroup_id(), one = 1, *count;
+
+	count = bpf_map_lookup_elem(&proc_syscall_counts, &cgroup_id);
+	if (count)
+		*count += 1; /* this CPU's own counter: no atomics */
+	else
+		bpf_map_update_elem(&proc_syscall_counts, &cgroup_id, &one, BPF_NOEXIST);
+	return 0;
 }
 
 char LICENSE[] SEC("license") = "GPL";
