@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from ctypes import c_uint32, c_uint64
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from velvet.control.tracing import PodScope, TracingCompiler, TracingPolicy
 from velvet.datapath.maps import Map
@@ -317,3 +319,156 @@ def _tracepoints(events: list[Json], pid: int) -> list[Json]:
     return [e["process_tracepoint"] for e in events
             if e.get("process_tracepoint", {}).get("process", {}).get("pid") == pid]
 
+
+
+def _python(node: Node) -> str:
+    """A copy of this test's Python interpreter under the test's directory: a binary of its own path."""
+    copy = node.tmp / "bin" / "py"
+    copy.parent.mkdir(exist_ok=True)
+    if not copy.exists():
+        shutil.copy(os.path.realpath(sys.executable), copy)
+    return str(copy)
+
+
+def _syscall(nr: int, *args: int | bytes | None) -> str:
+    """Python code that makes syscall `nr` with `args` through libc and prints "alive" after it."""
+    return (f"import ctypes; libc = ctypes.CDLL(None, use_errno=True); libc.syscall({nr}, "
+            + ", ".join(repr(a) for a in args) + "); print('alive', flush=True)")
+
+
+def test_setuid_zero_by_a_matched_binary_is_killed_and_another_binary_or_uid_is_not(node: Node) -> None:
+    """Test that Sigkill on syscalls/sys_enter_setuid with matchArgs uid Equal 0 and matchBinaries In kills
+    the matched binary calling setuid(0) (after the call: a kill, not a denial), reports it with the uid, and
+    spares the same binary calling setuid(65534) and another binary calling setuid(0)."""
+    py = _python(node)
+    hook = {"subsystem": "syscalls", "event": "sys_enter_setuid", "args": [{"index": 5, "type": "int"}]}
+    node.apply(policy("no-root", [{"matchBinaries": [{"operator": "In", "values": [py]}],
+                                   "matchArgs": [{"index": 5, "operator": "Equal", "values": [0]}],
+                                   "matchActions": [{"action": "Sigkill"}]}], hook=hook))
+    assert "proc_setuid" in {p["name"] for p in node.source.programs()}
+    killed = subprocess.Popen([py, "-c", "import os; os.setuid(0); print('alive')"],
+                              preexec_fn=_enter(node.root / "a"), stdout=subprocess.PIPE)
+    assert killed.communicate(timeout=30)[0] == b""
+    assert killed.returncode == -signal.SIGKILL
+    other_uid = node.run("a", [py, "-c", "import os; os.setuid(65534); print('alive')"])
+    assert (other_uid.returncode, other_uid.stdout) == (0, b"alive\n")
+    other_binary = node.run("a", [os.path.realpath(sys.executable), "-c",
+                                  "import os; os.setuid(0); print('alive')"])
+    assert (other_binary.returncode, other_binary.stdout) == (0, b"alive\n")
+    events = node.events(lambda ev: bool(_tracepoints(ev, killed.pid)))
+    [kill] = _tracepoints(events, killed.pid)
+    assert (kill["subsys"], kill["event"], kill["args"]) == ("syscalls", "sys_enter_setuid", [{"int_arg": 0}])
+    assert (kill["policy_name"], kill["action"]) == ("no-root", "Sigkill")
+    assert kill["process"]["binary"] == py
+    assert kill["process"]["pod"]["namespace"] == "shop"
+    assert len([e for e in events if "process_tracepoint" in e]) == 1
+
+
+PTRACE = 101  # x86-64
+PTRACE_TRACEME, PTRACE_PEEKDATA, PTRACE_ATTACH, PTRACE_SEIZE = 0, 2, 16, 0x4206
+
+
+def test_ptrace_request_gt_lt_and_equal(node: Node) -> None:
+    """Test numeric matchArgs on syscalls/sys_enter_ptrace's request: GT kills PTRACE_SEIZE, Equal sends
+    SIGUSR1 on PTRACE_ATTACH, LT posts PTRACE_TRACEME with the request and pid, and PTRACE_PEEKDATA (none
+    of them) is neither acted on nor reported."""
+    hook = {"subsystem": "syscalls", "event": "sys_enter_ptrace",
+            "args": [{"index": 5, "type": "int"}, {"index": 6, "type": "int"}]}
+
+    def on(operator: str, value: int, action: Json) -> list[Json]:
+        return [{"matchArgs": [{"index": 5, "operator": operator, "values": [value]}],
+                 "matchActions": [action]}]
+
+    node.apply(policy("seize", on("GT", 0x4200, {"action": "Sigkill"}), hook=hook),
+               policy("attach", on("Equal", PTRACE_ATTACH, {"action": "Signal", "argSig": 10}), hook=hook),
+               policy("traceme", on("LT", 1, {"action": "Post"}), hook=hook))
+    py = _python(node)
+    runs = {request: node.run("a", [py, "-c", _syscall(PTRACE, request, 0, 0, 0)])
+            for request in (PTRACE_SEIZE, PTRACE_ATTACH, PTRACE_TRACEME, PTRACE_PEEKDATA)}
+    assert runs[PTRACE_SEIZE].returncode == -signal.SIGKILL
+    assert runs[PTRACE_ATTACH].returncode == -signal.SIGUSR1
+    assert (runs[PTRACE_TRACEME].returncode, runs[PTRACE_TRACEME].stdout) == (0, b"alive\n")
+    assert (runs[PTRACE_PEEKDATA].returncode, runs[PTRACE_PEEKDATA].stdout) == (0, b"alive\n")
+    events = node.events(lambda ev: len([e for e in ev if "process_tracepoint" in e]) >= 3)
+    seen = sorted((e["process_tracepoint"]["policy_name"], e["process_tracepoint"]["action"],
+                   e["process_tracepoint"]["args"][0]["int_arg"])
+                  for e in events if "process_tracepoint" in e)
+    assert seen == [("attach", "Signal", PTRACE_ATTACH), ("seize", "Sigkill", PTRACE_SEIZE),
+                    ("traceme", "Post", PTRACE_TRACEME)]
+
+
+MOUNT = 165  # x86-64
+MS_NOSUID = 2
+
+
+def test_a_mount_target_postfix_is_reported_with_its_strings(node: Node) -> None:
+    """Test that matchArgs Postfix on syscalls/sys_enter_mount's dir_name (a trie of reversed strings)
+    posts a mount onto …/secrets with dev_name, dir_name and flags, and not a mount onto …/public (each
+    in a mount namespace of its own, gone with the process)."""
+    for name in ("secrets", "public"):
+        (node.tmp / name).mkdir()
+    hook = {"subsystem": "syscalls", "event": "sys_enter_mount",
+            "args": [{"index": 5, "type": "string"}, {"index": 6, "type": "string"},
+                     {"index": 8, "type": "int"}]}
+    node.apply(policy("secret-mounts", [{"matchArgs": [{"index": 6, "operator": "Postfix",
+                                                        "values": ["/secrets", "/private/keys"]}]}],
+                      hook=hook))
+    py = _python(node)
+    for name in ("secrets", "public"):
+        target = str(node.tmp / name).encode()
+        code = _syscall(MOUNT, b"velvet-test", target, b"tmpfs", MS_NOSUID, None)
+        done = node.run("a", ["/usr/bin/unshare", "-m", py, "-c", code])
+        assert (done.returncode, done.stdout) == (0, b"alive\n")
+    events = node.events(lambda ev: any("process_tracepoint" in e for e in ev))
+    [posted] = [e["process_tracepoint"] for e in events if "process_tracepoint" in e]
+    assert (posted["event"], posted["policy_name"], posted["action"]) == \
+        ("sys_enter_mount", "secret-mounts", "Post")
+    assert posted["args"] == [{"string_arg": "velvet-test"}, {"string_arg": str(node.tmp / "secrets")},
+                              {"int_arg": MS_NOSUID}]
+    assert posted["process"]["binary"] == py
+
+
+def test_openat_postfix_kills_the_opener_of_a_key_file_only(node: Node) -> None:
+    """Test that matchArgs Postfix on openat's path kills cat opening a file ending in .pem or .key, and
+    lets it read a .txt and a file whose name only contains .key."""
+    for name in ("a.key", "b.pem", "c.txt", "d.key.txt"):
+        (node.tmp / name).write_text("x\n")
+    keys = {"matchArgs": [{"index": 6, "operator": "Postfix", "values": [".key", ".pem"]}],
+            "matchActions": [{"action": "Sigkill"}]}
+    node.apply(policy("no-keys", [keys], hook=OPENAT))
+    results = {name: node.run("b", ["/usr/bin/cat", str(node.tmp / name)]) for name in
+               ("a.key", "b.pem", "c.txt", "d.key.txt")}
+    assert {name: r.returncode for name, r in results.items()} == {
+        "a.key": -signal.SIGKILL, "b.pem": -signal.SIGKILL, "c.txt": 0, "d.key.txt": 0}
+    assert results["c.txt"].stdout == b"x\n"
+
+
+def test_syscalls_are_counted_per_pod_only_when_asked(node: Node) -> None:
+    """Test that without count_syscalls no raw_syscalls program is attached and nothing is counted, and that
+    with it (a restarted monitor, as `velvet agent --syscall-metrics`) a pod's process making 20000 getppid
+    calls is counted in its pod's velvet_syscalls_total at scrape time, more than the quiet pod's."""
+    assert "proc_syscalls" not in {p["name"] for p in node.source.programs()}
+    assert node.source.syscall_counts() == {}
+    node.monitor.close()
+    resolver = DictResolver()
+    for pod, (namespace, name, ip) in PODS.items():
+        resolver.set_cgroup((node.root / pod).stat().st_ino, ip)
+        resolver.set_endpoint(ip, EndpointInfo(namespace, name, ("k8s:app=web",)))
+    registry = CollectorRegistry()
+    source = KernelProcSource(node.source.pin_dir, node.root, count_syscalls=True)
+    monitor = ProcessMonitor(source, resolver, "dp-node", cgroup=node.root, registry=registry)
+    node.source, node.monitor = source, monitor
+    monitor.start()
+    assert "proc_syscalls" in {p["name"] for p in source.programs()}
+    busy = node.run("a", [sys.executable, "-c", "import os\nfor _ in range(20000): os.getppid()"])
+    assert busy.returncode == 0
+    assert node.run("b", ["/usr/bin/true"]).returncode == 0
+
+    def scraped(namespace: str) -> float:
+        value = registry.get_sample_value("velvet_syscalls_total", {"namespace": namespace, "pod": "web-1"})
+        return value or 0.0
+
+    assert scraped("shop") >= 20000
+    assert 0 < scraped("other") < scraped("shop")
+    counts = monitor.syscalls_per_pod()
+    assert set(counts) == {("shop", "web-1"), ("other", "web-1")}

@@ -9,6 +9,8 @@ One sandbox for the module: pods shop/web-1 and other/web-1 (both app=web).
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -162,3 +164,51 @@ spec:
                        "(Post by policy watch-secret)"]
     sb.delete(watch)
     assert sb.json("status")["tracing"]["hooks"] == []
+
+
+def test_sigkill_on_setuid_zero_by_one_binary_in_one_namespace(sb: Sandbox, tmp_path: Path) -> None:
+    """Test that a VelvetTracingPolicyNamespaced on syscalls/sys_enter_setuid (matchArgs uid Equal 0,
+    matchBinaries In one binary, Sigkill) kills that binary calling setuid(0) in its namespace's pod — after
+    the call, before it returns: the shell sees 137 — with a process_tracepoint naming the pod, binary, uid
+    and policy and a counted action, while the same command in another namespace and setuid(65534) run."""
+    py = os.path.realpath(sys.executable)
+    no_root = f"""
+apiVersion: velvet.io/v1alpha1
+kind: VelvetTracingPolicyNamespaced
+metadata: {{name: no-setuid-root, namespace: shop}}
+spec:
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_setuid
+    args: [{{index: 5, type: int}}]
+    selectors:
+    - matchBinaries: [{{operator: In, values: ["{py}"]}}]
+      matchArgs: [{{index: 5, operator: Equal, values: [0]}}]
+      matchActions: [{{action: Sigkill}}]
+"""
+
+    def setuid(pod: str, uid: int) -> str:
+        script = f"'{py}' -c 'import os; os.setuid({uid}); print(\"alive\")'; echo status=$?"
+        return " ".join(sb.exec(pod, "/bin/sh", "-c", script).stdout.split())
+
+    sb.apply(no_root)
+    try:
+        assert "syscalls/sys_enter_setuid" in sb.json("status")["tracing"]["hooks"]
+        assert setuid("shop/web-1", 0) == "status=137"
+        assert setuid("shop/web-1", 65534) == "alive status=0"
+        assert setuid("other/web-1", 0) == "alive status=0"
+        found = eventually(sb, ("--type", "process_tracepoint"),
+                           lambda evs: [e["process_tracepoint"] for e in evs if "process_tracepoint" in e
+                                        and e["process_tracepoint"]["event"] == "sys_enter_setuid"])
+        assert [(e["process"]["pod"]["namespace"], e["process"]["pod"]["name"], e["process"]["binary"],
+                 e["args"], e["policy_name"], e["action"]) for e in found] == \
+            [("shop", "web-1", py, [{"int_arg": 0}], "shop/no-setuid-root", "Sigkill")]
+        with urllib.request.urlopen(sb.json("status")["http"]["metrics"], timeout=10) as resp:
+            metrics = resp.read().decode()
+        counted = 'velvet_policy_actions_total{action="Sigkill",namespace="shop",pod="web-1",' \
+            'policy="shop/no-setuid-root"}'
+        assert any(line.startswith(counted) for line in metrics.splitlines())
+    finally:
+        sb.delete(no_root)
+    assert "syscalls/sys_enter_setuid" not in sb.json("status")["tracing"]["hooks"]
+    assert setuid("shop/web-1", 0) == "alive status=0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,15 @@ from prometheus_client import CollectorRegistry
 
 import velvet.runtime.monitor as monitor_module
 from bench.flow_events import events
-from velvet.datapath.structs import PROCESS_EVENT_DTYPE, SOCK_EVENT_DTYPE, ProcEventFlag, ProcEventType
+from velvet.datapath.rt_tables import RtTables
+from velvet.datapath.structs import (
+    PROCESS_EVENT_DTYPE,
+    SOCK_EVENT_DTYPE,
+    ProcEventFlag,
+    ProcEventType,
+    RtAction,
+    RtHook,
+)
 from velvet.errors import NotSupported
 from velvet.observe.enrich import DictResolver, EndpointInfo
 from velvet.observe.filters import FlowQuery
@@ -229,3 +238,20 @@ def test_processes_found_without_a_cgroup_v2_mount_are_kept_unattributed(
 
     monkeypatch.setattr(monitor_module, "cgroup2_mount", missing)
     assert monitor_module._cgroup_id("/velvet/node0/pod") == 0
+
+
+def test_a_syscall_hook_record_reports_the_declared_ints_and_both_strings() -> None:
+    """Test that a PROC_TRACEPOINT record of syscalls/sys_enter_mount becomes a process_tracepoint event with
+    the policy's args in their declared order (the kernel copies the first string into filename, the second
+    after the six raw arguments), ints as the low 32 bits signed, and a compact line with all of them."""
+    mon = monitor()
+    rec = record(ProcEventType.TRACEPOINT, 400, 1, 1, filename="/mnt/secrets")
+    raw = struct.pack("<6q", 0x1000, 0x2000, 0x3000, 2, 0, 0) + b"tmpfs\0"
+    rec["args"], rec["args_len"] = raw, 48
+    rec["hook"], rec["policy"], rec["action"] = RtHook.MOUNT, 3, RtAction.POST
+    mon.set_policy(RtTables(), {3: "mounts"}, {(3, int(RtHook.MOUNT)): (6, 8, 7)})
+    [event] = feed(mon, rec)
+    body = event["process_tracepoint"]
+    assert (body["subsys"], body["event"], body["policy_name"]) == ("syscalls", "sys_enter_mount", "mounts")
+    assert body["args"] == [{"string_arg": "/mnt/secrets"}, {"int_arg": 2}, {"string_arg": "tmpfs"}]
+    assert compact_line(event).endswith("sys_enter_mount /mnt/secrets 2 tmpfs (Post by policy mounts)")

@@ -113,3 +113,35 @@ def test_openat_selectors_get_arg_sets_and_their_hook_is_in_use() -> None:
     index = next(i for i, name in out.names.items() if name == "files")
     assert out.args[(index, int(RtHook.OPENAT))] == (6,)
     assert compiler.compile([], PODS).tables.hooks == frozenset()
+
+
+def _syscall_policy(name: str, event: str, args: list[dict[str, Any]], selectors: list[dict[str, Any]]
+                    ) -> TracingPolicy:
+    doc = {"apiVersion": "velvet.io/v1alpha1", "kind": "VelvetTracingPolicy", "metadata": {"name": name},
+           "spec": {"tracepoints": [{"subsystem": "syscalls", "event": event, "args": args,
+                                     "selectors": selectors}]}}
+    obj = from_dict(doc)
+    assert isinstance(obj, TracingPolicy)
+    return obj
+
+
+def test_postfixes_int_args_and_reported_strings_compile_to_rule_fields() -> None:
+    """Postfixes go to arg_postfixes with every shorter postfix's sets; an int matchArgs is the rule's own
+    values at the syscall argument's position; the declared string args are the positions reported."""
+    mount = _syscall_policy("m", "sys_enter_mount", [{"index": 8}, {"index": 6}, {"index": 5}], [
+        {"matchArgs": [{"index": 6, "operator": "Postfix", "values": ["/keys", "/my/keys"]}]},
+        {"matchArgs": [{"index": 8, "operator": "Equal", "values": [1, 2]}]}])
+    ptrace = _syscall_policy("p", "sys_enter_ptrace", [{"index": 5}],
+                             [{"matchArgs": [{"index": 5, "operator": "GT", "values": [16]}]}])
+    out = TracingCompiler().compile([mount, ptrace], PODS)
+    assert out.tables.hooks == frozenset({RtHook.MOUNT, RtHook.PTRACE})
+    request, postfix, flags = sorted(out.tables.rules.values(), key=lambda r: (r.hook, r.arg_op))
+    assert (postfix.arg_op, postfix.arg_pos, postfix.report_str) == (RtMatchOp.POSTFIX, 1, (1, 0))
+    assert out.tables.arg_postfixes == {"/keys": 1 << postfix.argset, "/my/keys": 1 << postfix.argset}
+    assert out.tables.arg_prefixes == {}
+    assert out.tables.arg_paths == {}
+    assert (flags.arg_op, flags.arg_pos, flags.arg_nums) == (RtMatchOp.EQ, 3, (1, 2))
+    assert (request.hook, request.arg_op, request.arg_pos) == (RtHook.PTRACE, RtMatchOp.GT, 0)
+    assert request.arg_nums == (16,)
+    assert request.report_str == (0xFF, 0xFF)
+    assert request.to_c().arg_nums[0] == 16

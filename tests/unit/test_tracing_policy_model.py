@@ -50,6 +50,35 @@ def openat(**spec: Any) -> dict[str, Any]:
     return doc
 
 
+def syscall(event: str, **spec: Any) -> dict[str, Any]:
+    """A VelvetTracingPolicy document on syscalls/`event`."""
+    doc = policy(**spec)
+    doc["spec"]["tracepoints"][0].update(subsystem="syscalls", event=event)
+    return doc
+
+
+@pytest.mark.parametrize(("event", "index", "operator", "values"), [
+    ("sys_enter_setuid", 5, "Equal", [0]),
+    ("sys_enter_ptrace", 5, "GT", [15]),
+    ("sys_enter_ptrace", 5, "LT", [0x4200]),
+    ("sys_enter_mount", 6, "Postfix", ["/secrets"]),
+    ("sys_enter_mount", 8, "Equal", [4096, "-1"]),
+    ("sys_enter_openat", 6, "Postfix", [".key", ".pem"]),
+    ("sys_enter_execve", 5, "Prefix", ["/tmp/"]),
+    ("sys_enter_open", 5, "Equal", ["/etc/shadow"]),
+])
+def test_syscall_hooks_take_string_and_int_match_args(event: str, index: int, operator: str,
+                                                      values: list[Any]) -> None:
+    doc = syscall(event, args=[{"index": index}],
+                  selectors=[{"matchBinaries": [{"operator": "In", "values": ["/usr/bin/x"]}],
+                              "matchArgs": [{"index": index, "operator": operator, "values": values}],
+                              "matchActions": [{"action": "Sigkill"}]}])
+    obj = from_dict(doc)
+    assert isinstance(obj, VelvetTracingPolicy)
+    [arg] = obj.spec.tracepoints[0].selectors[0].match_args
+    assert (arg.index, arg.operator, arg.values) == (index, operator, tuple(str(v) for v in values))
+
+
 def test_an_openat_policy_with_a_path_prefix_decodes() -> None:
     doc = openat(args=[{"index": 6, "type": "string"}],
                  selectors=[{"matchArgs": [{"index": 6, "operator": "Prefix", "values": ["/etc/"]}],
@@ -116,12 +145,35 @@ def test_the_namespaced_kind_takes_its_namespace() -> None:
      "matchArgs[0].index", "no argument with this index"),
     (policy(args=[{"index": 5, "type": "string"}]), "args[0].type", 'not supported: type "string"'),
     (policy(args=[{"index": 0, "type": "int"}]), "args[0].index", "4 (filename), 5 (pid), 6 (old_pid)"),
+    (openat(args=[{"index": 7, "type": "int"}],
+            selectors=[{"matchArgs": [{"index": 7, "operator": "Postfix", "values": [".key"]}]}]),
+     "matchArgs[0].operator",
+     'operator "Postfix" on field 7 (flags) of syscalls/sys_enter_openat (supported: Equal, GT, LT)'),
     (openat(args=[{"index": 6, "type": "string"}],
-            selectors=[{"matchArgs": [{"index": 6, "operator": "Postfix", "values": [".key"]}]}]),
-     "matchArgs[0].operator", 'not supported: operator "Postfix" on syscalls/sys_enter_openat'),
-    (openat(args=[{"index": 6, "type": "string"}, {"index": 7, "type": "int"}],
-            selectors=[{"matchArgs": [{"index": 7, "operator": "Equal", "values": [0]}]}]),
-     "matchArgs[0].index", "only field 6, the path"),
+            selectors=[{"matchArgs": [{"index": 6, "operator": "GT", "values": [1]}]}]),
+     "matchArgs[0].operator", "on field 6 (filename) of syscalls/sys_enter_openat (supported: Equal, Prefix, "
+                              "Postfix)"),
+    (openat(args=[{"index": 6, "type": "string"}],
+            selectors=[{"matchArgs": [{"index": 6, "operator": "NotPostfix", "values": ["x"]}]}]),
+     "matchArgs[0].operator", 'not supported: operator "NotPostfix"'),
+    (openat(args=[{"index": 4, "type": "int"}],
+            selectors=[{"matchArgs": [{"index": 4, "operator": "Equal", "values": [257]}]}]),
+     "matchArgs[0].index", "not supported: matchArgs on field 4"),
+    (syscall("sys_enter_setuid", args=[{"index": 5, "type": "int"}],
+             selectors=[{"matchArgs": [{"index": 5, "operator": "GT", "values": [0, 5]}]}]),
+     "matchArgs[0].values", "operator GT takes exactly one value"),
+    (syscall("sys_enter_setuid", args=[{"index": 5, "type": "int"}],
+             selectors=[{"matchArgs": [{"index": 5, "operator": "Equal", "values": ["root"]}]}]),
+     "matchArgs[0].values[0]", "32-bit signed integer"),
+    (syscall("sys_enter_setuid", args=[{"index": 5, "type": "int"}],
+             selectors=[{"matchArgs": [{"index": 5, "operator": "Equal", "values": [1, 2, 3, 4, 5]}]}]),
+     "matchArgs[0].values", "at most 4"),
+    (syscall("sys_enter_mount", args=[{"index": 5, "type": "string"}, {"index": 6, "type": "string"},
+                                      {"index": 7, "type": "string"}]),
+     "spec.tracepoints[0].args", "more than 2 string arguments"),
+    (syscall("sys_enter_mount", args=[{"index": 9, "type": "int"}]), "args[0].index", "8 (flags)"),
+    (syscall("sys_enter_ptrace", args=[{"index": 5, "type": "string"}]), "args[0].type",
+     'not supported: type "string" for field 5 (request)'),
     (policy(selectors=[{"matchCapabilities": []}]), "selectors[0].matchCapabilities", "not supported"),
     (policy(selectors=[{"bogus": 1}]), "selectors[0].bogus", "unknown field"),
     (policy(selectors=[{}] * 6), "spec.tracepoints[0].selectors", "at most 5"),

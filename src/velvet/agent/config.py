@@ -41,6 +41,8 @@ class AgentConfig:
     """Balance services in the datapath; False leaves them to kube-proxy (the LB maps stay empty)."""
     """Who forwards pod traffic: "bpf" (the tc programs, FIB lookup + redirect), "legacy" (the node's IP
     stack), "auto" (bpf when the kernel probe passes)."""
+    syscall_metrics: bool = False
+    """Count every syscall per pod (velvet_syscalls_total): a program on each syscall of the machine."""
 
     @property
     def host_ips(self) -> tuple[str, ...]:

@@ -301,6 +301,7 @@ def build_agent(config: AgentConfig, fake_datapath: bool) -> Agent:
     datapath: Datapath = FakeDatapath() if fake_datapath else KernelDatapath(
         pin_dir, cgroup=config.cgroup, uplink=config.uplink,
         tunnel=TUNNEL_DEVICE if config.routing == "tunnel" else None)
-    processes = None if fake_datapath else KernelProcSource(pin_dir, config.cgroup)
+    processes = None if fake_datapath else KernelProcSource(pin_dir, config.cgroup,
+                                                            count_syscalls=config.syscall_metrics)
     guard = None if fake_datapath or config.cgroup is None else KernelGuard(pin_dir, config.cgroup)
     return Agent(config, datapath, proc_source=processes, guard_source=guard)

@@ -29,7 +29,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         store=args.store, etcd_endpoint=args.etcd_endpoint, routing=args.routing,
         host_routing=args.host_routing, source=args.source,
         kube_proxy_replacement=args.kube_proxy_replacement == "true",
-        kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
+        kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None, syscall_metrics=args.syscall_metrics,
     )
     main(config, fake_datapath=args.fake_datapath)
     return 0
@@ -87,5 +87,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "through the stack (legacy), or bpf when the kernel has the helpers (auto)")
     p.add_argument("--kube-proxy-replacement", choices=["true", "false"], default="true",
                    help="balance services in the datapath (true), or leave them to kube-proxy (false)")
+    p.add_argument("--syscall-metrics", action="store_true",
+                   help="count syscalls per pod (velvet_syscalls_total; a program runs on every syscall)")
     p.add_argument("--fake-datapath", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_agent)

@@ -1,11 +1,12 @@
 """Tracing policies → the policy maps of proc.bpf.o: rules, pods' rule masks, binary and arg sets. Pure.
 
-Each selector of a supported hook (`sched/sched_process_exec`, `syscalls/sys_enter_openat`) is one rule (a
-bit of a u64: at most 64 on the node); its matchBinaries is a binary set (a bit of every process's
-`proc_binsets` entry: at most 64), allocated here and kept while some policy (or `extra_binaries`, the
-cgroup hooks' deny rules) uses it; its matchArgs on a path is an arg set (at most 64). Rule, policy and set
-numbers are stable across compilations, so a change rewrites only the entries it changes. A policy that
-does not fit is a named problem and is left out whole, never half-programmed.
+Each selector of a supported hook (`sched/sched_process_exec`, the `syscalls/sys_enter_*` of SYSCALL_HOOKS)
+is one rule (a bit of a u64: at most 64 on the node); its matchBinaries is a binary set (a bit of every
+process's `proc_binsets` entry: at most 64), allocated here and kept while some policy (or
+`extra_binaries`, the cgroup hooks' deny rules) uses it; its matchArgs on a string is an arg set (at most
+64), on an int the rule's own values. Rule, policy and set numbers are stable across compilations, so a
+change rewrites only the entries it changes. A policy that does not fit is a named problem and is left out
+whole, never half-programmed.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from velvet.datapath.rt_tables import RtRuleEntry, RtTables
-from velvet.datapath.structs import RT_MAX_RULES, RtAction, RtHook, RtMatchOp
+from velvet.datapath.structs import RT_MAX_RULES, RT_NO_ARG, RtAction, RtHook, RtMatchOp
 from velvet.model.tracing import (
     EXEC_HOOK,
-    OPENAT_HOOK,
+    SYSCALL_HOOKS,
     ArgSelector,
     BinarySelector,
+    SyscallField,
+    Tracepoint,
     TracingSelector,
     VelvetTracingPolicy,
     VelvetTracingPolicyNamespaced,
@@ -28,7 +31,11 @@ from velvet.model.tracing import (
 
 MAX_BINARY_SETS = 64
 MAX_ARG_SETS = 64
-HOOKS = {EXEC_HOOK: RtHook.EXEC, OPENAT_HOOK: RtHook.OPENAT}
+HOOKS = {EXEC_HOOK: RtHook.EXEC,
+         **{("syscalls", f"sys_enter_{h.name.lower()}"): h for h in RtHook if h != RtHook.EXEC}}
+_FIELDS = {HOOKS[hook]: fields for hook, (_, fields) in SYSCALL_HOOKS.items()}  # RtHook -> format fields
+_STRING_OPS = {"Equal": RtMatchOp.IN, "Prefix": RtMatchOp.PREFIX, "Postfix": RtMatchOp.POSTFIX}
+_INT_OPS = {"Equal": RtMatchOp.EQ, "GT": RtMatchOp.GT, "LT": RtMatchOp.LT}
 MAX_POLICIES = 65535  # process_event.policy is a u16
 TracingPolicy = VelvetTracingPolicy | VelvetTracingPolicyNamespaced
 _ACTIONS = {"Post": RtAction.POST, "NoPost": RtAction.NOPOST, "Sigkill": RtAction.SIGKILL,
@@ -67,8 +74,19 @@ def _set_key(selector: BinarySelector) -> tuple[str, tuple[str, ...]]:
 
 
 def _arg_key(selector: ArgSelector) -> tuple[str, tuple[str, ...]]:
-    """The arg set of a path matchArgs: exact paths (Equal) or prefixes."""
-    return ("Prefix" if selector.operator == "Prefix" else "In"), tuple(sorted(set(selector.values)))
+    """The arg set of a string matchArgs: exact strings (Equal), prefixes or postfixes."""
+    kind = selector.operator if selector.operator in ("Prefix", "Postfix") else "In"
+    return kind, tuple(sorted(set(selector.values)))
+
+
+def _field(hook: RtHook, selector: ArgSelector) -> SyscallField | None:
+    """The syscall field a matchArgs compares (None on a hook without arguments)."""
+    return _FIELDS.get(hook, {}).get(selector.index)
+
+
+def _string_args(hook: RtHook, selector: TracingSelector) -> list[ArgSelector]:
+    """The selector's matchArgs on strings: those that take arg sets."""
+    return [a for a in selector.match_args if (f := _field(hook, a)) is not None and f.string]
 
 
 class _Slots(Generic[K]):
@@ -171,27 +189,32 @@ class TracingCompiler:
         out.binary_sets = dict(self._sets.numbers)
         paths, prefixes = _set_entries(self._sets.numbers)
         arg_paths, arg_prefixes = _set_entries(self._args.numbers)
+        # postfixes are matched reversed, as prefixes of the reversed string
+        reversed_sets = {("Prefix", tuple(v[::-1] for v in values)): n
+                         for (kind, values), n in self._args.numbers.items() if kind == "Postfix"}
+        _, postfixes = _set_entries(reversed_sets)
         hooks = frozenset(rule.hook for rule in rules.values() if rule.hook != RtHook.EXEC)
-        out.tables = RtTables(rules, global_rules, cgroups, paths, prefixes, arg_paths, arg_prefixes, hooks)
+        out.tables = RtTables(rules, global_rules, cgroups, paths, prefixes, arg_paths, arg_prefixes,
+                              {p[::-1]: bits for p, bits in postfixes.items()}, hooks)
         return out
 
     def _free_unused(self, policies: Sequence[TracingPolicy], extra: Sequence[BinarySelector]) -> None:
         """Release the numbers of policies, selectors and binary sets no longer applied."""
         self._policies.keep_only(policy_name(p) for p in policies)
-        selectors = [(key, s) for p in policies for key, _, s in _hook_selectors(p)]
-        self._rules.keep_only(key for key, _ in selectors)
-        self._sets.keep_only([*(_set_key(b) for _, s in selectors for b in s.match_binaries),
+        selectors = [(key, hook, s) for p in policies for key, hook, s, _ in _hook_selectors(p)]
+        self._rules.keep_only(key for key, _, _ in selectors)
+        self._sets.keep_only([*(_set_key(b) for _, _, s in selectors for b in s.match_binaries),
                               *(_set_key(b) for b in extra)])
-        self._args.keep_only(_arg_key(a) for _, s in selectors for a in s.match_args)
+        self._args.keep_only(_arg_key(a) for _, hook, s in selectors for a in _string_args(hook, s))
 
     def _compile_policy(self, policy: TracingPolicy, name: str,
                         out: CompiledTracing) -> tuple[dict[int, RtRuleEntry], int] | None:
         """A policy's rules by number and their mask (None: it does not fit; a problem says why)."""
         index = self._policies.take(name)
         selectors = _hook_selectors(policy)
-        numbers = [self._rules.take(key) for key, _, _ in selectors]
-        sets = [[self._sets.take(_set_key(b)) for b in s.match_binaries] for _, _, s in selectors]
-        args = [[self._args.take(_arg_key(a)) for a in s.match_args] for _, _, s in selectors]
+        numbers = [self._rules.take(key) for key, _, _, _ in selectors]
+        sets = [[self._sets.take(_set_key(b)) for b in s.match_binaries] for _, _, s, _ in selectors]
+        args = [[self._args.take(_arg_key(a)) for a in _string_args(hook, s)] for _, hook, s, _ in selectors]
         if index is None or None in numbers or any(None in s for s in (*sets, *args)):
             what = "rules" if None in numbers else "binary or argument sets"
             out.problems.append(f"tracing policy {name} is not applied: the node's {what} are full "
@@ -205,28 +228,38 @@ class TracingCompiler:
             if hook is not None:
                 out.args[(index, int(hook))] = tuple(a.index for a in tp.args)
         mask = sum(1 << n for n in numbers if n is not None)
-        entries = {number: _rule(selector, hook, index, mask, binsets, argsets)
-                   for number, (_, hook, selector), binsets, argsets in zip(numbers, selectors, sets, args,
-                                                                            strict=True)
+        entries = {number: _rule(selector, hook, index, mask, binsets, argsets, _reported(hook, tp))
+                   for number, (_, hook, selector, tp), binsets, argsets
+                   in zip(numbers, selectors, sets, args, strict=True)
                    if number is not None}
         return entries, mask
 
 
-def _hook_selectors(policy: TracingPolicy) -> list[tuple[tuple[str, int, int], RtHook, TracingSelector]]:
-    """The policy's selectors, each with its stable key and hook; a hook without selectors posts all."""
+def _hook_selectors(policy: TracingPolicy) -> list[tuple[tuple[str, int, int], RtHook, TracingSelector,
+                                                          Tracepoint]]:
+    """The policy's selectors, each with its stable key, hook and tracepoint; a hook without selectors
+    posts all."""
     name = policy_name(policy)
-    found: list[tuple[tuple[str, int, int], RtHook, TracingSelector]] = []
+    found: list[tuple[tuple[str, int, int], RtHook, TracingSelector, Tracepoint]] = []
     for t, tp in enumerate(policy.spec.tracepoints):
         hook = HOOKS.get((tp.subsystem, tp.event))
         if hook is None:
             continue
         for s, selector in enumerate(tp.selectors or (TracingSelector(),)):
-            found.append(((name, t, s), hook, selector))
+            found.append(((name, t, s), hook, selector, tp))
     return found
 
 
+def _reported(hook: RtHook, tp: Tracepoint) -> tuple[int, int]:
+    """The syscall arguments the kernel copies as strings for the event: the declared string args."""
+    fields = _FIELDS.get(hook, {})
+    positions = [fields[a.index].position for a in tp.args if a.index in fields and fields[a.index].string]
+    first, second = (*positions, RT_NO_ARG, RT_NO_ARG)[:2]
+    return first, second
+
+
 def _rule(selector: TracingSelector, hook: RtHook, policy: int, mask: int, binsets: list[int | None],
-          argsets: list[int | None]) -> RtRuleEntry:
+          argsets: list[int | None], report: tuple[int, int]) -> RtRuleEntry:
     action = selector.match_actions[0] if selector.match_actions else None
     bin_op, binset = int(RtMatchOp.ANY), 0
     if selector.match_binaries and binsets[0] is not None:
@@ -237,13 +270,16 @@ def _rule(selector: TracingSelector, hook: RtHook, policy: int, mask: int, binse
         match = selector.match_pids[0]
         pid_op = int(RtMatchOp.IN if match.operator == "In" else RtMatchOp.NOT_IN)
         follow, pids = match.follow_forks, match.values
-    arg_op, argset = int(RtMatchOp.ANY), 0
-    if selector.match_args and argsets[0] is not None:
-        prefix = selector.match_args[0].operator == "Prefix"
-        arg_op, argset = int(RtMatchOp.PREFIX if prefix else RtMatchOp.IN), argsets[0]
+    arg_op, argset, position, numbers = int(RtMatchOp.ANY), 0, 0, tuple[int, ...]()
+    arg = selector.match_args[0] if selector.match_args else None
+    field = _field(hook, arg) if arg else None
+    if arg and field and field.string and argsets and argsets[0] is not None:
+        arg_op, argset, position = int(_STRING_OPS[arg.operator]), argsets[0], field.position
+    elif arg and field:
+        arg_op, position, numbers = int(_INT_OPS[arg.operator]), field.position, tuple(map(int, arg.values))
     return RtRuleEntry(mask, policy, int(_ACTIONS[action.action] if action else RtAction.POST),
                        action.arg_sig if action else 0, bin_op, binset, pid_op, follow, pids, int(hook),
-                       arg_op, argset)
+                       arg_op, argset, position, numbers, report)
 
 
 def selected_cgroups(policy: TracingPolicy, pods: Sequence[PodScope]) -> list[int] | None:
@@ -263,6 +299,8 @@ def _set_entries(sets: Mapping[tuple[str, tuple[str, ...]], int]) -> tuple[dict[
     paths: dict[str, int] = {}
     own: dict[str, int] = {}
     for (kind, values), index in sets.items():
+        if kind == "Postfix":
+            continue  # compiled reversed, as prefixes
         target = own if kind == "Prefix" else paths
         for value in values:
             target[value] = target.get(value, 0) | 1 << index

@@ -11,9 +11,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from velvet.datapath.structs import RT_MAX_PIDS, RT_PATH_MAX, RtPath, RtPathLpm, RtRule
+from velvet.datapath.structs import (
+    RT_MAX_ARG_NUMS,
+    RT_MAX_PIDS,
+    RT_NO_ARG,
+    RT_PATH_MAX,
+    RtHook,
+    RtPath,
+    RtPathLpm,
+    RtRule,
+)
+from velvet.model.tracing import SYSCALL_HOOKS
+from velvet.model.tracing import SyscallField as SyscallField  # what the runtime reads events with
 
 _EMPTY: Mapping[int, int] = MappingProxyType({})
+# each syscall hook's program (enum rt_hook) -> (subsystem, event, x86-64 syscall number, format fields)
+SYSCALL_HOOK_FIELDS: dict[RtHook, tuple[str, str, int, dict[int, SyscallField]]] = {
+    RtHook[event.removeprefix("sys_enter_").upper()]: (subsystem, event, number, fields)
+    for (subsystem, event), (number, fields) in SYSCALL_HOOKS.items()}
 
 
 @dataclass(frozen=True)
@@ -32,15 +47,22 @@ class RtRuleEntry:
     hook: int = 0
     arg_op: int = 0
     argset: int = 0
+    arg_pos: int = 0  # the syscall argument matchArgs compares
+    arg_nums: tuple[int, ...] = ()  # an int matchArgs' values
+    report_str: tuple[int, int] = (RT_NO_ARG, RT_NO_ARG)  # the syscall arguments reported as strings
 
     def to_c(self) -> RtRule:
         """The C struct."""
         rule = RtRule(policy_rules=self.policy_rules, policy=self.policy, action=self.action,
                       signal=self.signal, bin_op=self.bin_op, binset=self.binset, pid_op=self.pid_op,
                       pid_follow=int(self.pid_follow), npids=len(self.pids), hook=self.hook,
-                      arg_op=self.arg_op, argset=self.argset)
+                      arg_op=self.arg_op, argset=self.argset, arg_pos=self.arg_pos,
+                      arg_nnums=len(self.arg_nums[:RT_MAX_ARG_NUMS]))
         for i, pid in enumerate(self.pids[:RT_MAX_PIDS]):
             rule.pids[i] = pid
+        for i, number in enumerate(self.arg_nums[:RT_MAX_ARG_NUMS]):
+            rule.arg_nums[i] = number
+        rule.report_str[0], rule.report_str[1] = self.report_str
         return rule
 
     @classmethod
@@ -49,7 +71,9 @@ class RtRuleEntry:
         return cls(int(rule.policy_rules), int(rule.policy), int(rule.action), int(rule.signal),
                    int(rule.bin_op), int(rule.binset), int(rule.pid_op), bool(rule.pid_follow),
                    tuple(int(p) for p in rule.pids[:min(int(rule.npids), RT_MAX_PIDS)]), int(rule.hook),
-                   int(rule.arg_op), int(rule.argset))
+                   int(rule.arg_op), int(rule.argset), int(rule.arg_pos),
+                   tuple(int(n) for n in rule.arg_nums[:min(int(rule.arg_nnums), RT_MAX_ARG_NUMS)]),
+                   (int(rule.report_str[0]), int(rule.report_str[1])))
 
 
 @dataclass(frozen=True)
@@ -61,8 +85,9 @@ class RtTables:
     cgroup_rules: Mapping[int, int] = field(default_factory=lambda: _EMPTY)
     paths: Mapping[str, int] = field(default_factory=dict)  # exact binary path -> binary sets
     prefixes: Mapping[str, int] = field(default_factory=dict)  # path prefix -> its and shorter prefixes' sets
-    arg_paths: Mapping[str, int] = field(default_factory=dict)  # a syscall's path argument: exact -> arg sets
+    arg_paths: Mapping[str, int] = field(default_factory=dict)  # a syscall's string argument: exact -> sets
     arg_prefixes: Mapping[str, int] = field(default_factory=dict)  # and prefixes, as `prefixes`
+    arg_postfixes: Mapping[str, int] = field(default_factory=dict)  # postfixes (not reversed here)
     hooks: frozenset[int] = frozenset()  # the syscall hooks (enum rt_hook) whose programs must be attached
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-from ctypes import Structure, c_char, c_int32, c_uint8, c_uint16, c_uint32, c_uint64
+from ctypes import Structure, c_char, c_int32, c_int64, c_uint8, c_uint16, c_uint32, c_uint64
 from enum import IntEnum, IntFlag
 from typing import Any
 
@@ -57,6 +57,8 @@ PROC_CWD_NAME = 32
 GUARD_RULES_MAX = 64
 GUARD_NAME_MAX = 64
 RT_MAX_PIDS = 16  # values of one matchPIDs entry (types.h)
+RT_MAX_ARG_NUMS = 4  # values of a numeric matchArgs Equal (types.h)
+RT_NO_ARG = 0xFF  # rt_rule.report_str: no argument
 RT_PATH_MAX = 256  # bytes of a binary path key, NUL included (types.h)
 RT_MAX_RULES = 64  # selectors of every exec policy together (types.h)
 RT_PID_DEPTH = 8  # ancestors looked at for matchPIDs followForks (types.h)
@@ -329,6 +331,10 @@ class RtMatchOp(IntEnum):
     IN = 1
     NOT_IN = 2
     PREFIX = 3
+    POSTFIX = 4
+    EQ = 5
+    GT = 6
+    LT = 7
 
 
 class RtHook(IntEnum):
@@ -336,6 +342,11 @@ class RtHook(IntEnum):
 
     EXEC = 0
     OPENAT = 1
+    SETUID = 2
+    PTRACE = 3
+    MOUNT = 4
+    EXECVE = 5
+    OPEN = 6
 
 
 class SnatDir(IntEnum):
@@ -706,8 +717,12 @@ class RtRule(Structure):
         ("hook", c_uint8),
         ("arg_op", c_uint8),
         ("argset", c_uint8),
-        ("pad", c_uint8 * 2),
+        ("arg_pos", c_uint8),
+        ("arg_nnums", c_uint8),
         ("pids", c_uint32 * RT_MAX_PIDS),
+        ("arg_nums", c_int64 * RT_MAX_ARG_NUMS),
+        ("report_str", c_uint8 * 2),
+        ("pad", c_uint8 * 6),
     ]
 
 

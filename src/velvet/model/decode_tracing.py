@@ -12,12 +12,12 @@ from velvet.model.tracing import (
     EXEC_HOOK,
     FAMILIES,
     GUARD_HOOKS,
-    OPENAT_HOOK,
     PROTOCOLS,
     SENDMSG_HOOK,
     SENDTO_HOOK,
     SOCKET_HOOK,
     SOCKET_TYPES,
+    SYSCALL_HOOKS,
     SYSCTL_HOOK,
     ActionSelector,
     ArgSelector,
@@ -49,8 +49,8 @@ _SOCK_TYPES = ("sockaddr", "auto")
 MAX_SYSCTL_PREFIX = 63  # bytes (guard_rule.name_prefix holds 64 with the NUL)
 HOOK_FIELDS: dict[tuple[str, str], dict[int, tuple[str, tuple[str, ...]]]] = {
     EXEC_HOOK: {4: ("filename", _STRING_TYPES), 5: ("pid", _INT_TYPES), 6: ("old_pid", _INT_TYPES)},
-    OPENAT_HOOK: {4: ("__syscall_nr", _INT_TYPES), 5: ("dfd", _INT_TYPES), 6: ("filename", _STRING_TYPES),
-                  7: ("flags", _INT_TYPES), 8: ("mode", _INT_TYPES)},
+    **{hook: {i: (f.name, _STRING_TYPES if f.string else _INT_TYPES) for i, f in fields.items()}
+       for hook, (_, fields) in SYSCALL_HOOKS.items()},
     CONNECT_HOOK: {4: ("__syscall_nr", _INT_TYPES), 5: ("fd", _INT_TYPES), 6: ("uservaddr", _SOCK_TYPES),
                    7: ("addrlen", _INT_TYPES)},
     SENDTO_HOOK: {4: ("__syscall_nr", _INT_TYPES), 5: ("fd", _INT_TYPES), 7: ("len", _INT_TYPES),
@@ -73,8 +73,11 @@ GUARD_MATCH_ARGS: dict[tuple[str, str], dict[int, tuple[str, ...]]] = {
     SYSCTL_HOOK: {0: ("Prefix",), 1: ("Equal",)},
     DEV_HOOK: {0: ("Equal",), 1: ("Equal",), 2: ("Equal",), 3: ("Equal",)},
 }
-# hook -> the field matchArgs may compare (the path) and the operators Velvet does on it
-HOOK_MATCH_ARGS = {OPENAT_HOOK: (6, ("Equal", "Prefix"))}
+# the operators Velvet does on a syscall hook's string and int arguments
+STRING_OPERATORS = ("Equal", "Prefix", "Postfix")
+INT_OPERATORS = ("Equal", "GT", "LT")
+MAX_INT_EQUAL = 4  # values of an int matchArgs Equal (rt_rule.arg_nums)
+MAX_REPORTED_STRINGS = 2  # string args a syscall hook reports (the event holds two)
 SUPPORTED_HOOKS = ", ".join(f"{s}/{e}" for s, e in HOOK_FIELDS)
 
 # Tetragon's fields that Velvet refuses, by where they are.
@@ -161,6 +164,10 @@ def _decode_tracepoint(node: Node) -> Tracepoint:
     indexes = [a.index for a in args]
     if len(set(indexes)) != len(indexes):
         fields.req("args").fail("Duplicate value: each argument index may appear once")
+    strings = [i for i in indexes if (subsystem, event) in SYSCALL_HOOKS
+               and SYSCALL_HOOKS[(subsystem, event)][1][i].string]
+    if len(strings) > MAX_REPORTED_STRINGS:
+        fields.req("args").fail(f"not supported: more than {MAX_REPORTED_STRINGS} string arguments reported")
     selectors = tuple(_decode_selector(s, frozenset(indexes)) for s in selectors_node.items()) \
         if selectors_node else ()
     if len(selectors) > MAX_SELECTORS:
@@ -178,28 +185,38 @@ def _decode_tracepoint(node: Node) -> Tracepoint:
 
 
 def _check_match_args(fields: Obj, i: int, selector: TracingSelector, hook: tuple[str, str]) -> None:
-    """Refuse the matchArgs Velvet does not do on this hook (it does the path, with Equal or Prefix)."""
+    """Refuse the matchArgs Velvet does not do on this hook: one entry, on an argument of the syscall,
+    Equal/Prefix/Postfix on a string, Equal/GT/LT on an int."""
     if not selector.match_args:
         return
     where = fields.req("selectors").at(i, None).at("matchArgs", None)
     name = "/".join(hook)
-    if hook not in HOOK_MATCH_ARGS:
-        what = "use matchBinaries for the executed path" if hook == EXEC_HOOK else "no argument is matched"
-        where.fail(f"not supported on {name} yet: {what}")
+    if hook not in SYSCALL_HOOKS:
+        where.fail(f"not supported on {name} yet: use matchBinaries for the executed path")
     if len(selector.match_args) > 1:
         where.fail("not supported: more than one matchArgs entry per selector")
-    index, operators = HOOK_MATCH_ARGS[hook]
     arg = selector.match_args[0]
-    if arg.index != index:
-        where.at(0, None).at("index", arg.index).fail(
-            f"not supported: matchArgs on field {arg.index} of {name} (only field {index}, the path)")
+    at = where.at(0, None)
+    field = SYSCALL_HOOKS[hook][1].get(arg.index)
+    if field is None or field.position < 0:
+        at.at("index", arg.index).fail(f"not supported: matchArgs on field {arg.index} of {name} "
+                                       "(an argument of the syscall is)")
+    operators = STRING_OPERATORS if field.string else INT_OPERATORS
     if arg.operator not in operators:
-        where.at(0, None).at("operator", arg.operator).fail(
-            f"not supported: operator {quote(arg.operator)} on {name} (supported: {', '.join(operators)})")
+        at.at("operator", arg.operator).fail(
+            f"not supported: operator {quote(arg.operator)} on field {arg.index} ({field.name}) of {name} "
+            f"(supported: {', '.join(operators)})")
     for j, value in enumerate(arg.values):
-        if len(value.encode()) > MAX_PATH:
-            where.at(0, None).at("values", None).at(j, value).fail(
-                f"Invalid value: must be at most {MAX_PATH} bytes")
+        item = at.at("values", None).at(j, value)
+        if field.string and len(value.encode()) > MAX_PATH:
+            item.fail(f"Invalid value: must be at most {MAX_PATH} bytes")
+        if not field.string and not (value.lstrip("-").isdigit() and -2**31 <= int(value) < 2**31):
+            item.fail(f"Invalid value: {quote(value)}: field {arg.index} ({field.name}) is compared as a "
+                      "32-bit signed integer")
+    if not field.string and arg.operator in ("GT", "LT") and len(arg.values) != 1:
+        at.at("values", None).fail(f"Invalid value: operator {arg.operator} takes exactly one value")
+    if not field.string and len(arg.values) > MAX_INT_EQUAL:
+        at.at("values", None).fail(f"Too many: {len(arg.values)}: an int Equal takes at most {MAX_INT_EQUAL}")
 
 
 def _check_guard_selector(where: Node, selector: TracingSelector, hook: tuple[str, str]) -> None:

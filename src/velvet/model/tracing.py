@@ -9,6 +9,11 @@ from velvet.model.meta import LabelSelector, ObjectMeta
 
 EXEC_HOOK = ("sched", "sched_process_exec")
 OPENAT_HOOK = ("syscalls", "sys_enter_openat")
+SETUID_HOOK = ("syscalls", "sys_enter_setuid")
+PTRACE_HOOK = ("syscalls", "sys_enter_ptrace")
+MOUNT_HOOK = ("syscalls", "sys_enter_mount")
+EXECVE_HOOK = ("syscalls", "sys_enter_execve")
+OPEN_HOOK = ("syscalls", "sys_enter_open")
 # Hooks a cgroup hook of guard.bpf.o can refuse (Override) or audit (Post): the syscalls whose operation
 # it sits on, and Velvet's own `cgroup` events for what has no syscall of its own (sysctl writes, devices).
 CONNECT_HOOK = ("syscalls", "sys_enter_connect")
@@ -24,6 +29,37 @@ EPERM_ERROR = -1  # Override's argError that a cgroup hook gives: -EPERM
 FAMILIES = {"AF_INET": 2, "AF_INET6": 10}
 PROTOCOLS = {"IPPROTO_ICMP": 1, "IPPROTO_TCP": 6, "IPPROTO_UDP": 17, "IPPROTO_ICMPV6": 58, "IPPROTO_RAW": 255}
 SOCKET_TYPES = {"SOCK_STREAM": 1, "SOCK_DGRAM": 2, "SOCK_RAW": 3, "SOCK_SEQPACKET": 5}
+
+
+@dataclass(frozen=True)
+class SyscallField:
+    """A field of a syscalls/sys_enter_* format: its name, which syscall argument it is (-1: the syscall's
+    number), and whether it is a user string."""
+
+    name: str
+    position: int
+    string: bool = False
+
+
+def _fields(*names: str) -> dict[int, SyscallField]:
+    """Tetragon's numbering of a sys_enter format: the 4 common fields, __syscall_nr (4), then the
+    arguments; a name ending in `*` is a string, `-` a pointer that is neither matched nor reported."""
+    fields = {4: SyscallField("__syscall_nr", -1)}
+    for position, name in enumerate(names):
+        if not name.endswith("-"):
+            fields[5 + position] = SyscallField(name.rstrip("*"), position, name.endswith("*"))
+    return fields
+
+
+# The syscall hooks a tracing policy may use (proc.bpf.o): (x86-64 syscall number, its format's fields).
+SYSCALL_HOOKS: dict[tuple[str, str], tuple[int, dict[int, SyscallField]]] = {
+    OPENAT_HOOK: (257, _fields("dfd", "filename*", "flags", "mode")),
+    SETUID_HOOK: (105, _fields("uid")),
+    PTRACE_HOOK: (101, _fields("request", "pid", "addr", "data")),
+    MOUNT_HOOK: (165, _fields("dev_name*", "dir_name*", "type*", "flags", "data-")),
+    EXECVE_HOOK: (59, _fields("filename*", "argv-", "envp-")),
+    OPEN_HOOK: (2, _fields("filename*", "flags", "mode")),
+}
 
 
 def parse_number(value: str, names: dict[str, int], what: str) -> int:

@@ -33,9 +33,9 @@ def compact_line(event: Json, *, node_name: bool = False) -> str:
         line = f"{icon} {where} {proc.get('binary', '')} {body.get('message', body.get('event', ''))}"
         line += f" by policy {body.get('policy_name') or body.get('policy_index', '')}"
         return f"{event.get('node_name', '')}: {line}" if node_name else line
-    if kind == "process_tracepoint":  # the syscall and its string arguments, not the process's
-        strings = [a["string_arg"] for a in body.get("args", []) if "string_arg" in a]
-        line += f" {body.get('event', '')}" + "".join(f" {s}" for s in strings)
+    if kind == "process_tracepoint":  # the syscall and the arguments its policy reports, not the process's
+        values = [a.get("string_arg", a.get("int_arg")) for a in body.get("args", [])]
+        line += f" {body.get('event', '')}" + "".join(f" {v}" for v in values if v is not None)
     elif proc.get("arguments"):
         line += f" {proc['arguments']}"
     if body.get("policy_name"):

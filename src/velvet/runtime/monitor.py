@@ -32,8 +32,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from velvet.datapath.rt_tables import RtTables
-from velvet.datapath.structs import ProcEventFlag, ProcEventType, RtAction, RtHook
+from velvet.datapath.rt_tables import SYSCALL_HOOK_FIELDS, RtTables, SyscallField
+from velvet.datapath.structs import RT_PATH_MAX, ProcEventFlag, ProcEventType, RtAction, RtHook
 from velvet.errors import NotSupported, VelvetError
 from velvet.observe.enrich import EndpointResolver
 from velvet.observe.flow import Flow
@@ -162,6 +162,7 @@ class ProcessMonitor:
         self.policy_tables = RtTables()  # what the kernel's exec policy maps hold
         if registry is not None:
             registry.register(_LostCollector(self))
+            registry.register(_SyscallCollector(self))
 
     # -- start: the kernel's programs, then what already runs -------------------------------------
 
@@ -337,11 +338,14 @@ class ProcessMonitor:
         if proc is None:
             proc = Process("", pid, int(r["ppid"]), int(r["uid"]), bytes(r["comm"]).decode(errors="replace"),
                            [], "", 0, ["miss"], "", cgroup_id, self._pod(cgroup_id))
-        subsys, event, fields = _HOOK_FIELDS[RtHook(hook)]
-        raw = struct.unpack_from("<6q", bytes(r["args"]).ljust(48, b"\0"))  # numpy drops trailing NULs
-        path = bytes(r["filename"]).decode(errors="replace")
+        subsys, event, number, fields = SYSCALL_HOOK_FIELDS[RtHook(hook)]
+        data = bytes(r["args"]).ljust(48 + RT_PATH_MAX, b"\0")  # numpy drops trailing NULs
+        raw = struct.unpack_from("<6q", data)
+        # the kernel copied the policy's string args in order: the first into filename, the second after raw
+        strings = [bytes(r["filename"]).decode(errors="replace"),
+                   data[48:48 + RT_PATH_MAX].split(b"\0", 1)[0].decode(errors="replace")]
         wanted = self.policy_args.get((policy, hook), ())
-        args = [_arg_json(RtHook(hook), fields[i], raw, path) for i in wanted if i in fields]
+        args = [_arg_json(number, fields[i], raw, strings) for i in wanted if i in fields]
         name = self.policy_names.get(policy, f"#{policy}")
         action = _ACTION_NAMES.get(RtAction(int(r["action"])), "")
         pod = proc.pod
@@ -350,6 +354,18 @@ class ProcessMonitor:
         self._emit(ProcessEvent("process_tracepoint", int(r["ts_ns"]) + self._clock_offset_ns, proc,
                                 self.tree.get(proc.ppid), policy_name=name, action=action,
                                 hook={"subsys": subsys, "event": event, "args": args}))
+
+    def syscalls_per_pod(self) -> dict[tuple[str, str], int]:
+        """Syscalls counted in the kernel, by (namespace, pod) of this node (a pod's cgroups summed)."""
+        if self.source is None:
+            return {}
+        counts: dict[tuple[str, str], int] = {}
+        for cgroup_id, count in self.source.syscall_counts().items():
+            pod = self._pod(cgroup_id)
+            if pod is not None:
+                key = (pod.namespace, pod.name)
+                counts[key] = counts.get(key, 0) + count
+        return counts
 
     def write_binsets(self, sets_of: Callable[[str], int]) -> None:
         """proc_binsets of every live process the tree knows, from its binary (the kernel keeps them current
@@ -476,22 +492,17 @@ class ProcessMonitor:
 
 
 _SIGNALS = {int(s) for s in signal.Signals}
-# hook -> (subsystem, event, {format field index: (which syscall argument (-1: the syscall's number), is
-# it the path)}); the syscall's number is x86-64's
-_HOOK_FIELDS = {RtHook.OPENAT: ("syscalls", "sys_enter_openat",
-                                {4: (-1, False), 5: (0, False), 6: (1, True), 7: (2, False), 8: (3, False)})}
-_SYSCALL_NR = {RtHook.OPENAT: 257}
-
-
-def _arg_json(hook: RtHook, field: tuple[int, bool], raw: tuple[int, ...], path: str) -> Json:
-    """One reported argument as Tetragon writes it: {"string_arg": …} or {"int_arg": …}."""
-    position, is_path = field
-    if is_path:
-        return {"string_arg": path}
-    if position < 0:
-        return {"int_arg": _SYSCALL_NR[hook]}
-    value = raw[position] & 0xFFFFFFFF  # int arguments: the low 32 bits, signed
+def _arg_json(number: int, field: SyscallField, raw: tuple[int, ...], strings: list[str]) -> Json:
+    """One reported argument as Tetragon writes it: {"string_arg": …} (the next string the kernel copied)
+    or {"int_arg": …}."""
+    if field.string:
+        return {"string_arg": strings.pop(0) if strings else ""}
+    if field.position < 0:
+        return {"int_arg": number}
+    value = raw[field.position] & 0xFFFFFFFF  # int arguments: the low 32 bits, signed
     return {"int_arg": value - (1 << 32) if value >= 1 << 31 else value}
+
+
 _ACTION_NAMES = {RtAction.NOPOST: "NoPost", RtAction.POST: "Post", RtAction.SIGNAL: "Signal",
                  RtAction.SIGKILL: "Sigkill"}
 
@@ -508,6 +519,22 @@ def _cgroup_id(path: str) -> int:
         return (cgroup2_mount() / path.lstrip("/")).stat().st_ino
     except (OSError, NotSupported):
         return 0
+
+
+class _SyscallCollector(Collector):
+    """velvet_syscalls_total{namespace,pod}: the kernel's per-cgroup counts, summed per pod at scrape time
+    (nothing unless the agent counts syscalls: --syscall-metrics)."""
+
+    def __init__(self, monitor: ProcessMonitor) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per pod of this node that made syscalls."""
+        family = CounterMetricFamily("velvet_syscalls", "System calls made by the processes of each pod",
+                                     labels=["namespace", "pod"])
+        for (namespace, pod), count in sorted(self.monitor.syscalls_per_pod().items()):
+            family.add_metric([namespace, pod], count)
+        yield family
 
 
 class _LostCollector(Collector):

@@ -38,9 +38,11 @@ from velvet.system.mounts import cgroup2_mount
 
 log = logging.getLogger("velvet.runtime")
 RUNTIME_POLICY_MAPS = ("rt_rules", "rt_config", "rt_cgroup_rules", "rt_bin_paths", "rt_bin_prefixes",
-                       "rt_arg_paths", "rt_arg_prefixes", "rt_scratch")
+                       "rt_arg_paths", "rt_arg_prefixes", "rt_arg_postfixes", "rt_scratch")
 PINNED_MAPS = ("proc_events", "proc_sock_events", "proc_config", "proc_lost", "proc_socks", "proc_binsets",
-               *RUNTIME_POLICY_MAPS)
+               "proc_syscall_counts", *RUNTIME_POLICY_MAPS)
+# syscalls per cgroup: on every syscall of the machine, so attached only on request (--syscall-metrics)
+SYSCALL_COUNTER = ("proc_syscalls", "raw_syscalls", "sys_enter")
 # program -> (tracepoint category or "raw", tracepoint name)
 TRACEPOINTS = {
     "proc_exec": ("sched", "sched_process_exec"),
@@ -49,7 +51,8 @@ TRACEPOINTS = {
     "proc_tcp_connect": ("sock", "inet_sock_set_state"),
 }
 # tracing policies' syscall hooks (enum rt_hook) -> (program, tracepoint category, name): attached while used
-POLICY_HOOKS = {int(RtHook.OPENAT): ("proc_openat", "syscalls", "sys_enter_openat")}
+POLICY_HOOKS = {int(hook): (f"proc_{hook.name.lower()}", "syscalls", f"sys_enter_{hook.name.lower()}")
+                for hook in RtHook if hook != RtHook.EXEC}
 
 
 class ProcessSource(Protocol):
@@ -82,6 +85,9 @@ class ProcessSource(Protocol):
     def read_policy(self) -> RtTables:
         """What the exec policy maps hold (a restarted agent's predecessor's policies keep acting)."""
 
+    def syscall_counts(self) -> dict[int, int]:
+        """Syscalls per cgroup id since they were first counted (empty unless counting was asked for)."""
+
     def close(self) -> None:
         """Release fds; pinned links keep reporting into the pinned ring."""
 
@@ -101,10 +107,11 @@ def cgroup_level(cgroup: Path) -> int:
 class KernelProcSource:
     """proc.bpf.o for one node: every process in `cgroup`'s subtree (every process when None)."""
 
-    def __init__(self, pin_dir: Path, cgroup: Path | None) -> None:
+    def __init__(self, pin_dir: Path, cgroup: Path | None, *, count_syscalls: bool = False) -> None:
         self.pin_dir = pin_dir
         self.links_dir = pin_dir / "links"
         self.cgroup = cgroup
+        self.count_syscalls = count_syscalls
         self._obj: BpfObject | None = None
         self._ring: ProcEventsRing | None = None
         self._sock_ring: SockEventsRing | None = None
@@ -130,6 +137,12 @@ class KernelProcSource:
             pin = self.links_dir / prog_name.replace("_", "-")
             if pin.exists():
                 attach.attach_tracepoint(self._obj.program(prog_name), category, name, pin).close()
+        prog_name, category, name = SYSCALL_COUNTER
+        pin = self.links_dir / prog_name.replace("_", "-")
+        if self.count_syscalls:
+            attach.attach_tracepoint(self._obj.program(prog_name), category, name, pin).close()
+        else:  # a previous agent's, asked for then: not any more
+            attach.detach_pinned(pin)
         with self._obj.map("proc_events") as untyped:
             self._ring = ProcEventsRing(untyped)
         with self._obj.map("proc_sock_events") as untyped:
@@ -161,7 +174,8 @@ class KernelProcSource:
         if self._obj is None:
             return []
         attached = {name: hook for name, hook in TRACEPOINTS.items()}
-        attached.update((name, (category, tp)) for name, category, tp in POLICY_HOOKS.values()
+        optional = [*POLICY_HOOKS.values(), SYSCALL_COUNTER]
+        attached.update((name, (category, tp)) for name, category, tp in optional
                         if (self.links_dir / name.replace("_", "-")).exists())
         return [{"name": name, "id": self._obj.program(name).id,
                  "attached_to": f"{'raw_tracepoint' if category == 'raw' else 'tracepoint ' + category}:{tp}"}
@@ -181,9 +195,13 @@ class KernelProcSource:
                 obj.map("rt_bin_prefixes") as x, x.typed(RtPathLpm, c_uint64) as prefixes, \
                 obj.map("rt_arg_paths") as ap, ap.typed(RtPath, c_uint64) as arg_paths, \
                 obj.map("rt_arg_prefixes") as ax, ax.typed(RtPathLpm, c_uint64) as arg_prefixes, \
+                obj.map("rt_arg_postfixes") as af, af.typed(RtPathLpm, c_uint64) as arg_postfixes, \
                 obj.map("rt_rules") as r, r.typed(c_uint32, RtRule) as rules, \
                 obj.map("rt_config") as c, c.typed(c_uint32, RtConfig) as config, \
                 obj.map("rt_cgroup_rules") as g, g.typed(c_uint64, c_uint64) as cgroups:
+            for postfix, sets in new.arg_postfixes.items():  # the trie holds them reversed
+                if old.arg_postfixes.get(postfix) != sets:
+                    arg_postfixes.update(prefix_key(postfix[::-1]), c_uint64(sets))
             string_maps = ((paths, prefixes, (old.paths, old.prefixes), (new.paths, new.prefixes)),
                            (arg_paths, arg_prefixes, (old.arg_paths, old.arg_prefixes),
                             (new.arg_paths, new.arg_prefixes)))
@@ -215,6 +233,8 @@ class KernelProcSource:
                 arg_prefixes.delete(prefix_key(prefix))
             for path in old.arg_paths.keys() - new.arg_paths.keys():
                 arg_paths.delete(path_key(path))
+            for postfix in old.arg_postfixes.keys() - new.arg_postfixes.keys():
+                arg_postfixes.delete(prefix_key(postfix[::-1]))
         for hook in old.hooks - new.hooks:
             attach.detach_pinned(self.links_dir / POLICY_HOOKS[hook][0].replace("_", "-"))
 
@@ -227,6 +247,7 @@ class KernelProcSource:
                 obj.map("rt_bin_prefixes") as x, x.typed(RtPathLpm, c_uint64) as prefixes, \
                 obj.map("rt_arg_paths") as ap, ap.typed(RtPath, c_uint64) as arg_paths, \
                 obj.map("rt_arg_prefixes") as ax, ax.typed(RtPathLpm, c_uint64) as arg_prefixes, \
+                obj.map("rt_arg_postfixes") as af, af.typed(RtPathLpm, c_uint64) as arg_postfixes, \
                 obj.map("rt_rules") as r, r.typed(c_uint32, RtRule) as rules, \
                 obj.map("rt_config") as c, c.typed(c_uint32, RtConfig) as config, \
                 obj.map("rt_cgroup_rules") as g, g.typed(c_uint64, c_uint64) as cgroups:
@@ -243,6 +264,8 @@ class KernelProcSource:
                 arg_paths={k.path.decode(errors="replace"): int(v.value) for k, v in arg_paths.items()},
                 arg_prefixes={k.path[:k.prefixlen // 8].decode(errors="replace"): int(v.value)
                               for k, v in arg_prefixes.items()},
+                arg_postfixes={k.path[:k.prefixlen // 8][::-1].decode(errors="replace"): int(v.value)
+                               for k, v in arg_postfixes.items()},
                 hooks=hooks)
 
     def write_binsets(self, binsets: dict[int, int]) -> None:
@@ -255,6 +278,14 @@ class KernelProcSource:
                     sets.update(c_uint32(tgid), c_uint64(bits))
                 else:
                     sets.delete(c_uint32(tgid))
+
+    def syscall_counts(self) -> dict[int, int]:
+        """See `ProcessSource.syscall_counts`."""
+        if self._obj is None or not self.count_syscalls:
+            return {}
+        with self._obj.map("proc_syscall_counts") as untyped, untyped.typed(c_uint64, c_uint64) as counts:
+            return {int(key.value): sum(int(v.value) for v in counts.lookup_percpu(key) or [])
+                    for key in list(counts.keys())}
 
     def lost(self) -> int:
         """See `ProcessSource.lost`."""
@@ -276,5 +307,5 @@ class KernelProcSource:
 
     def detach(self) -> None:
         """Remove the pinned links (the node is going away: nothing reads the ring any more)."""
-        for prog_name in [*TRACEPOINTS, *(name for name, _, _ in POLICY_HOOKS.values())]:
+        for prog_name in [*TRACEPOINTS, *(name for name, _, _ in POLICY_HOOKS.values()), SYSCALL_COUNTER[0]]:
             attach.detach_pinned(self.links_dir / prog_name.replace("_", "-"))

@@ -20,7 +20,10 @@
  * Runtime policy (lib/tracing_policy.h): at exec, the tracing policies compiled by the agent act on the
  * new process (Sigkill, Signal, Post, NoPost; the event names the policy), and every process's binary
  * sets are kept in proc_binsets (lib/runtime.h; copied at fork, deleted at exit) for other objects.
- *   proc_openat:    tracepoint syscalls/sys_enter_openat, attached only while a policy hooks it
+ *   proc_openat, proc_setuid, proc_ptrace, proc_mount, proc_execve, proc_open: tracepoints
+ *                   syscalls/sys_enter_*, each attached only while a policy hooks it
+ *   proc_syscalls:  tracepoint raw_syscalls/sys_enter, syscalls per cgroup (proc_syscall_counts), attached
+ *                   only when the agent runs with --syscall-metrics (it runs on every syscall)
  */
 #include "lib/common.h"
 #include <bpf/bpf_core_read.h>
@@ -55,6 +58,14 @@ struct {
 	__type(key, __u64);
 	__type(value, __u32);
 } proc_socks SEC(".maps");
+
+/* Syscalls per cgroup (a pod's), one counter per CPU: proc_syscalls, attached only on request. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} proc_syscall_counts SEC(".maps");
 
 /* Process events the ring had no room for (one counter per CPU; the agent reports the sum). */
 struct {
@@ -326,16 +337,64 @@ int proc_tcp_connect(struct trace_event_raw_inet_sock_set_state *ctx)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_openat")
-int proc_openat(struct trace_event_raw_sys_enter *ctx)
+/* The syscall hooks of tracing policies: most processes are in no policy's scope, two lookups, then out. */
+static __always_inline int proc_syscall(struct trace_event_raw_sys_enter *ctx, __u8 hook)
 {
-	/* most processes are in no policy's scope: two lookups, then out */
 	__u32 span = 0;
 
 	if (!rt_candidates(&span) || !proc_monitored())
 		return 0;
-	/* openat(dfd, filename, flags, mode): the path is argument 1 */
-	rt_syscall_policies(ctx, RT_HOOK_OPENAT, 1, &proc_events, PROC_EVENTS_RINGBUF_BYTES, &proc_lost);
+	rt_syscall_policies(ctx, hook, &proc_events, PROC_EVENTS_RINGBUF_BYTES, &proc_lost);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int proc_openat(struct trace_event_raw_sys_enter *ctx)
+{
+	return proc_syscall(ctx, RT_HOOK_OPENAT);
+}
+
+SEC("tracepoint/syscalls/sys_enter_setuid")
+int proc_setuid(struct trace_event_raw_sys_enter *ctx)
+{
+	return proc_syscall(ctx, RT_HOOK_SETUID);
+}
+
+SEC("tracepoint/syscalls/sys_enter_ptrace")
+int proc_ptrace(struct trace_event_raw_sys_enter *ctx)
+{
+	return proc_syscall(ctx, RT_HOOK_PTRACE);
+}
+
+SEC("tracepoint/syscalls/sys_enter_mount")
+int proc_mount(struct trace_event_raw_sys_enter *ctx)
+{
+	return proc_syscall(ctx, RT_HOOK_MOUNT);
+}
+
+SEC("tracepoint/syscalls/sys_enter_execve")
+int proc_execve(struct trace_event_raw_sys_enter *ctx)
+{
+	return proc_syscall(ctx, RT_HOOK_EXECVE);
+}
+
+SEC("tracepoint/syscalls/sys_enter_open")
+int proc_open(struct trace_event_raw_sys_enter *ctx)
+{
+	return proc_syscall(ctx, RT_HOOK_OPEN);
+}
+
+/* Every syscall of the machine: count it for the caller's cgroup (what the agent's scrape reads). */
+SEC("tracepoint/raw_syscalls/sys_enter")
+int proc_syscalls(void *ctx)
+{
+	__u64 cgroup_id = bpf_get_current_cgroup_id(), one = 1, *count;
+
+	count = bpf_map_lookup_elem(&proc_syscall_counts, &cgroup_id);
+	if (count)
+		*count += 1; /* this CPU's own counter: no atomics */
+	else
+		bpf_map_update_elem(&proc_syscall_counts, &cgroup_id, &one, BPF_NOEXIST);
 	return 0;
 }
 

@@ -499,9 +499,10 @@ struct process_event {
 	__u16 policy;    /* with an action: the policy index (the agent maps it to the policy's name) */
 	char comm[16];
 	char filename[256]; /* PROC_EXEC: path of the executed file as given to execve, NUL-terminated;
-			     * PROC_TRACEPOINT: the syscall's path argument */
+			     * PROC_TRACEPOINT: the first string argument the policy reports */
 	char args[512];     /* PROC_EXEC: argv NUL-separated (argv[0] included), from mm->arg_start;
-			     * PROC_TRACEPOINT: the syscall's six arguments, __u64 each (args_len 48) */
+			     * PROC_TRACEPOINT: the syscall's six arguments, __u64 each (args_len 48), then
+			     * the second string argument the policy reports (256 bytes) */
 	char cwd[PROC_CWD_DEPTH][PROC_CWD_NAME]; /* PROC_EXEC: cwd components, the innermost first */
 };
 
@@ -536,6 +537,8 @@ struct proc_config {
 #define RT_MAX_PIDS 16     /* values of one matchPIDs entry */
 #define RT_PID_DEPTH 8     /* ancestors looked at for matchPIDs followForks */
 #define RT_PATH_MAX 256    /* bytes of a binary path key, NUL included */
+#define RT_MAX_ARG_NUMS 4  /* values of a numeric matchArgs Equal */
+#define RT_NO_ARG 0xff
 
 /* what an exec policy's selector does; a larger value wins when several policies match */
 enum rt_action {
@@ -550,6 +553,11 @@ enum rt_action {
 enum rt_hook {
 	RT_HOOK_EXEC = 0,   /* sched/sched_process_exec */
 	RT_HOOK_OPENAT = 1, /* syscalls/sys_enter_openat */
+	RT_HOOK_SETUID = 2, /* syscalls/sys_enter_setuid */
+	RT_HOOK_PTRACE = 3, /* syscalls/sys_enter_ptrace */
+	RT_HOOK_MOUNT = 4,  /* syscalls/sys_enter_mount */
+	RT_HOOK_EXECVE = 5, /* syscalls/sys_enter_execve */
+	RT_HOOK_OPEN = 6,   /* syscalls/sys_enter_open */
 };
 
 /* rt_rule.bin_op, pid_op and arg_op */
@@ -557,7 +565,11 @@ enum rt_match_op {
 	RT_MATCH_ANY = 0,  /* no matchBinaries / matchPIDs */
 	RT_MATCH_IN = 1,   /* the binary is in set `binset` / the pid is one of `pids` */
 	RT_MATCH_NOT_IN = 2,
-	RT_MATCH_PREFIX = 3, /* arg_op: the path argument starts with one of arg set `argset`'s prefixes */
+	RT_MATCH_PREFIX = 3, /* arg_op: the string argument starts with one of arg set `argset`'s prefixes */
+	RT_MATCH_POSTFIX = 4, /* arg_op: the string argument ends with one of arg set `argset`'s postfixes */
+	RT_MATCH_EQ = 5,   /* arg_op: the int argument (low 32 bits, signed) is one of `arg_nums` */
+	RT_MATCH_GT = 6,   /* arg_op: it is greater than arg_nums[0] */
+	RT_MATCH_LT = 7,   /* arg_op: it is less than arg_nums[0] */
 };
 
 /* rt_rules value: one selector of a tracing policy's hook (a policy's first matching selector acts alone) */
@@ -572,10 +584,15 @@ struct rt_rule {
 	__u8 pid_follow;    /* matchPIDs followForks: a descendant of a listed pid matches as the pid */
 	__u8 npids;
 	__u8 hook;          /* enum rt_hook */
-	__u8 arg_op;        /* enum rt_match_op on the path argument: IN (Equal) or PREFIX, in arg set `argset` */
+	__u8 arg_op;        /* enum rt_match_op on syscall argument `arg_pos`: a string's IN (Equal), PREFIX or
+			     * POSTFIX in arg set `argset`, or an int's EQ, GT, LT on `arg_nums` */
 	__u8 argset;
-	__u8 pad[2];
+	__u8 arg_pos;       /* the syscall argument (0-5) matchArgs compares */
+	__u8 arg_nnums;     /* values used in arg_nums */
 	__u32 pids[RT_MAX_PIDS];
+	__s64 arg_nums[RT_MAX_ARG_NUMS];
+	__u8 report_str[2]; /* the syscall arguments (0-5; 0xff: none) the policy reports as strings */
+	__u8 pad[6];
 };
 
 /* rt_config value (one entry): the rules that apply to every process of the node (no podSelector) */

@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * tracing_policy.h - VelvetTracingPolicy in proc.bpf.o: sched/sched_process_exec (proc_exec) and
- * syscalls/sys_enter_openat (proc_openat).
+ * tracing_policy.h - VelvetTracingPolicy in proc.bpf.o: sched/sched_process_exec (proc_exec) and the
+ * syscalls/sys_enter_* hooks (proc_openat, proc_setuid, proc_ptrace, proc_mount, proc_execve, proc_open).
  *
  * At exec the new binary's full path (as executed) gives its binary sets: rt_bin_paths (exact paths,
  * matchBinaries In/NotIn) OR rt_bin_prefixes (LPM trie on the path bytes, matchBinaries Prefix; the agent
  * stores under each prefix the sets of every shorter prefix too, since the trie returns the longest only).
- * They are kept in proc_binsets, which the syscall hooks read for matchBinaries. A syscall's path argument
- * is matched the same way against the arg sets (rt_arg_paths: Equal, rt_arg_prefixes: Prefix). The
+ * They are kept in proc_binsets, which the syscall hooks read for matchBinaries. A syscall's string argument
+ * is matched the same way against the arg sets (rt_arg_paths: Equal, rt_arg_prefixes: Prefix, and
+ * rt_arg_postfixes: Postfix, a trie of the reversed strings, as Tetragon does); an int argument against
+ * the rule's own numbers (Equal, GT, LT). The
  * candidate rules are rt_config.global_rules OR rt_cgroup_rules of the process's cgroup (its pod's); each
  * is one selector of one hook: binary set, pids, path argument, then its action. Sigkill and Signal are
  * bpf_send_signal to the current process, delivered when it returns to user space: after the exec or the
@@ -78,6 +80,15 @@ struct {
 	__type(value, __u64);
 } rt_arg_prefixes SEC(".maps");
 
+/* postfixes, each reversed (the string's last byte first) -> arg sets, as rt_arg_prefixes */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, RT_ARG_PREFIXES_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct rt_path_lpm);
+	__type(value, __u64);
+} rt_arg_postfixes SEC(".maps");
+
 /* The path being matched: a zero-padded hash key, and the same bytes as an LPM key (per CPU scratch). */
 struct rt_scratch {
 	struct rt_path_lpm lpm;
@@ -131,11 +142,12 @@ static __always_inline __u64 rt_binsets_at_exec(const void *filename, __u32 tgid
 	return sets;
 }
 
-/* The arg sets of a syscall's path argument (a user string), copied into `path` for the event. */
+/* The arg sets of a syscall's string argument (a user string): exact, prefixes, and postfixes reversed. */
 static __always_inline __u64 rt_argsets_of(const void *user_path)
 {
 	struct rt_scratch *scratch;
-	__u32 zero = 0;
+	__u32 zero = 0, n;
+	__u64 sets, *found;
 	long len;
 
 	scratch = bpf_map_lookup_elem(&rt_scratch, &zero);
@@ -143,7 +155,19 @@ static __always_inline __u64 rt_argsets_of(const void *user_path)
 		return 0;
 	__builtin_memset(&scratch->exact, 0, sizeof(scratch->exact));
 	len = bpf_probe_read_user_str(scratch->exact.path, sizeof(scratch->exact.path), user_path);
-	return rt_sets_of_path(scratch, len, &rt_arg_paths, &rt_arg_prefixes);
+	sets = rt_sets_of_path(scratch, len, &rt_arg_paths, &rt_arg_prefixes);
+	if (len <= 1)
+		return sets;
+	n = (__u32)(len - 1);
+	for (__u32 i = 0; i < RT_PATH_MAX; i++) {
+		if (i >= n)
+			break;
+		scratch->lpm.path[i] = scratch->exact.path[(n - 1 - i) & (RT_PATH_MAX - 1)];
+	}
+	found = bpf_map_lookup_elem(&rt_arg_postfixes, &scratch->lpm);
+	if (found)
+		sets |= *found;
+	return sets;
 }
 
 /* Whether `tgid` (or, following forks, one of its ancestors) is one of the rule's pids. */
@@ -166,35 +190,66 @@ static __always_inline bool rt_pid_listed(const struct rt_rule *rule, struct tas
 	return false;
 }
 
-/* Whether one rule (a selector) matches the current process and the hook's path argument's sets. */
-static __always_inline bool rt_rule_matches(const struct rt_rule *rule, __u64 binsets, __u64 argsets,
-					    struct task_struct *task, __u32 tgid)
-{
-	bool in_set = rule->binset < 64 && (binsets >> rule->binset) & 1;
-
-	if (rule->bin_op == RT_MATCH_IN && !in_set)
-		return false;
-	if (rule->bin_op == RT_MATCH_NOT_IN && in_set)
-		return false;
-	if (rule->arg_op != RT_MATCH_ANY && !(rule->argset < 64 && (argsets >> rule->argset) & 1))
-		return false;
-	if (rule->pid_op == RT_MATCH_ANY)
-		return true;
-	return rt_pid_listed(rule, task, tgid) == (rule->pid_op == RT_MATCH_IN);
-}
-
 /* What the rule loop (bpf_loop) works on. */
 struct rt_eval {
 	__u64 candidates;
 	__u64 binsets;
-	__u64 argsets;
+	__u64 argsets;  /* the arg sets of the string argument `str_pos` */
+	__u64 args[6];  /* the syscall's arguments */
 	struct task_struct *task;
 	__u32 tgid;
 	__u32 span;     /* rule numbers to walk */
 	__u16 policy;   /* out: the policy of the strongest action */
 	__u8 action;    /* out: enum rt_action, the strongest of the policies that matched */
 	__u8 hook;      /* enum rt_hook */
+	__u8 str_pos;   /* the argument `argsets` belong to (RT_NO_ARG: none read yet) */
+	__u8 report_str[2]; /* out: the strongest rule's string arguments to report */
 };
+
+/* Whether the rule's matchArgs holds: a string argument in its arg set, or an int compared with its values. */
+static __always_inline bool rt_arg_matches(const struct rt_rule *rule, struct rt_eval *eval)
+{
+	__u32 pos = rule->arg_pos;
+	__s64 value;
+
+	if (pos >= 6)
+		return false;
+	/* the bound again, where the verifier sees it: an index into the stack must be bounded */
+	pos &= 7;
+	value = (__s32)eval->args[pos]; /* int arguments: the low 32 bits, signed, as events show */
+
+	if (rule->arg_op == RT_MATCH_GT)
+		return value > rule->arg_nums[0];
+	if (rule->arg_op == RT_MATCH_LT)
+		return value < rule->arg_nums[0];
+	if (rule->arg_op == RT_MATCH_EQ) {
+		for (__u32 i = 0; i < RT_MAX_ARG_NUMS; i++)
+			if (i < rule->arg_nnums && rule->arg_nums[i] == value)
+				return true;
+		return false;
+	}
+	if (eval->str_pos != pos) {
+		eval->argsets = rt_argsets_of((const void *)eval->args[pos]);
+		eval->str_pos = pos;
+	}
+	return rule->argset < 64 && (eval->argsets >> rule->argset) & 1;
+}
+
+/* Whether one rule (a selector) matches the current process and the hook's arguments. */
+static __always_inline bool rt_rule_matches(const struct rt_rule *rule, struct rt_eval *eval)
+{
+	bool in_set = rule->binset < 64 && (eval->binsets >> rule->binset) & 1;
+
+	if (rule->bin_op == RT_MATCH_IN && !in_set)
+		return false;
+	if (rule->bin_op == RT_MATCH_NOT_IN && in_set)
+		return false;
+	if (rule->arg_op != RT_MATCH_ANY && !rt_arg_matches(rule, eval))
+		return false;
+	if (rule->pid_op == RT_MATCH_ANY)
+		return true;
+	return rt_pid_listed(rule, eval->task, eval->tgid) == (rule->pid_op == RT_MATCH_IN);
+}
 
 /* One candidate rule `i`: act when it matches; a matching selector ends its policy's evaluation. */
 static long rt_eval_rule(__u32 i, void *ctx)
@@ -207,8 +262,7 @@ static long rt_eval_rule(__u32 i, void *ctx)
 	if (!((eval->candidates >> (i & 63)) & 1))
 		return 0;
 	rule = bpf_map_lookup_elem(&rt_rules, &i);
-	if (!rule || rule->hook != eval->hook ||
-	    !rt_rule_matches(rule, eval->binsets, eval->argsets, eval->task, eval->tgid))
+	if (!rule || rule->hook != eval->hook || !rt_rule_matches(rule, eval))
 		return 0;
 	eval->candidates &= ~rule->policy_rules;
 	if (rule->action == RT_ACTION_SIGKILL)
@@ -218,6 +272,8 @@ static long rt_eval_rule(__u32 i, void *ctx)
 	if (rule->action > eval->action) {
 		eval->action = rule->action;
 		eval->policy = rule->policy;
+		eval->report_str[0] = rule->report_str[0];
+		eval->report_str[1] = rule->report_str[1];
 	}
 	return 0;
 }
@@ -268,28 +324,34 @@ static __always_inline void rt_exec_policies(const void *filename, struct proces
 	}
 }
 
+/* Copy the user string of syscall argument `pos` into `to` (RT_PATH_MAX bytes; "" when none or unreadable). */
+static __always_inline void rt_report_str(char *to, __u8 pos, const __u64 *args)
+{
+	if (pos >= 6 || bpf_probe_read_user_str(to, RT_PATH_MAX, (const void *)args[pos & 7]) < 0)
+		to[0] = 0;
+}
+
 /*
- * The policies of a syscall hook with a path argument (`args[path_arg]`): evaluated only for processes
- * some rule may apply to; an event (PROC_TRACEPOINT) when a Post, Signal or Sigkill acted.
+ * The policies of a syscall hook: evaluated only for processes some rule may apply to; an event
+ * (PROC_TRACEPOINT) when a Post, Signal or Sigkill acted, with the six arguments and the strings the
+ * policy reports.
  */
-static __always_inline void rt_syscall_policies(struct trace_event_raw_sys_enter *ctx, __u8 hook, __u32 path_arg,
+static __always_inline void rt_syscall_policies(struct trace_event_raw_sys_enter *ctx, __u8 hook,
 						 void *ring, __u64 ring_bytes, void *lost_map)
 {
-	struct rt_eval eval = { .hook = hook };
+	struct rt_eval eval = { .hook = hook, .str_pos = RT_NO_ARG };
 	struct process_event *ev;
-	struct rt_scratch *scratch;
 	struct task_struct *task;
-	__u64 args[6], *lost;
+	__u64 *lost;
 	__u32 zero = 0;
 
 	eval.candidates = rt_candidates(&eval.span);
 	if (!eval.candidates)
 		return;
 	/* a copy: the verifier allows no computed offsets into the context */
-	if (bpf_probe_read_kernel(args, sizeof(args), ctx->args))
+	if (bpf_probe_read_kernel(eval.args, sizeof(eval.args), ctx->args))
 		return;
 	eval.binsets = rt_binsets_of(bpf_get_current_pid_tgid() >> 32);
-	eval.argsets = rt_argsets_of((const void *)args[path_arg % 6]);
 	rt_evaluate(&eval);
 	if (eval.action < RT_ACTION_POST)
 		return;
@@ -314,13 +376,10 @@ static __always_inline void rt_syscall_policies(struct trace_event_raw_sys_enter
 	ev->uid = (__u32)bpf_get_current_uid_gid();
 	ev->netns_ino = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	scratch = bpf_map_lookup_elem(&rt_scratch, &zero);
-	if (scratch)
-		__builtin_memcpy(ev->filename, scratch->exact.path, sizeof(ev->filename));
-	else
-		ev->filename[0] = 0;
-	__builtin_memcpy(ev->args, args, sizeof(args));
-	ev->args_len = sizeof(args);
+	rt_report_str(ev->filename, eval.report_str[0], eval.args);
+	rt_report_str(ev->args + sizeof(eval.args), eval.report_str[1], eval.args);
+	__builtin_memcpy(ev->args, eval.args, sizeof(eval.args));
+	ev->args_len = sizeof(eval.args);
 	ringbuf_submit_lazy(ev, ring, ring_bytes);
 }
 
