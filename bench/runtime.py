@@ -293,8 +293,39 @@ def burst(bench: Bench, children: int) -> dict[str, Any]:
     return row
 
 
+def run(rounds: int, reps: int, execs: int, opens: int, children: int, out: Path) -> bool:
+    """Measure in a sandbox of its own, write <out>/runtime.jsonl and <out>/RUNTIME.md; False when a
+    burst's events were not all received or counted lost (said on stderr)."""
+    workdir = Path(tempfile.mkdtemp(prefix="velvet-rt-bench-"))
+    bench = Bench(workdir)
+    rows: list[dict[str, Any]] = []
+    burst_row: dict[str, Any] | None = None
+    try:
+        bench.up()
+        measure(bench, rounds, reps, execs, opens, rows)
+        if children:
+            burst_row = burst(bench, children)
+    finally:
+        bench.down()
+        shutil.rmtree(workdir, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    context = {"metric": "context", "kernel": platform.release(), "cpus": os.cpu_count(),
+               "load": os.getloadavg(), "rounds": rounds, "reps": reps, "execs": execs, "opens": opens}
+    with (out / "runtime.jsonl").open("w") as f:
+        for row in [context, *rows, *([burst_row] if burst_row else [])]:
+            f.write(json.dumps(row) + "\n")
+    text = markdown(summarize(rows), burst_row, [int(r["foreign_links"]) for r in rows])
+    (out / "RUNTIME.md").write_text(text)
+    print(text)
+    if burst_row is not None and not burst_row["accounted"]:
+        print(f"bench.runtime: {burst_row['unaccounted']} burst events were neither received nor counted "
+              "lost", file=sys.stderr)
+        return False
+    return True
+
+
 def main() -> int:
-    """Parse, measure, write the results; 1 when a burst's events are not all accounted for."""
+    """Parse and run; 1 when a burst's events are not all accounted for, 2 without root, bpftool or cc."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reps", type=int, default=2)
@@ -306,33 +337,7 @@ def main() -> int:
     if os.geteuid() != 0 or shutil.which("bpftool") is None or shutil.which("cc") is None:
         print("bench.runtime needs root, bpftool and cc", file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="velvet-rt-bench-"))
-    bench = Bench(workdir)
-    rows: list[dict[str, Any]] = []
-    burst_row: dict[str, Any] | None = None
-    try:
-        bench.up()
-        measure(bench, args.rounds, args.reps, args.execs, args.opens, rows)
-        if args.burst:
-            burst_row = burst(bench, args.burst)
-    finally:
-        bench.down()
-        shutil.rmtree(workdir, ignore_errors=True)
-    summary = summarize(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    context = {"metric": "context", "kernel": platform.release(), "cpus": os.cpu_count(),
-               "load": os.getloadavg(), "args": {k: str(v) for k, v in vars(args).items()}}
-    with (args.out / "runtime.jsonl").open("w") as f:
-        for row in [context, *rows, *([burst_row] if burst_row else [])]:
-            f.write(json.dumps(row) + "\n")
-    text = markdown(summary, burst_row, [int(r["foreign_links"]) for r in rows])
-    (args.out / "RUNTIME.md").write_text(text)
-    print(text)
-    if burst_row is not None and not burst_row["accounted"]:
-        print(f"bench.runtime: {burst_row['unaccounted']} burst events were neither received nor counted "
-              "lost", file=sys.stderr)
-        return 1
-    return 0
+    return 0 if run(args.rounds, args.reps, args.execs, args.opens, args.burst, args.out) else 1
 
 
 if __name__ == "__main__":
