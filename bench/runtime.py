@@ -1,8 +1,8 @@
 """Runtime security overhead (issue 15): an exec loop and an openat loop in a pod, process events and
 tracing policies on against nothing attached, in one run; then a fork burst, its lost events counted.
 
-    .venv/bin/python -m bench.runtime [--rounds 3] [--execs 1000] [--opens 200000] [--burst 20000]
-                                      [--out bench/results/runtime]
+    .venv/bin/python -m bench.runtime [--rounds 3] [--reps 2] [--execs 1000] [--opens 200000]
+                                      [--connects 20000] [--burst 20000] [--out bench/results/runtime]
 
 One sandbox (unique name `rtb…`, taken down at the end even on failure) with pod rt/load; the workload is
 bench/rt_load.c, compiled with cc into a temporary directory and run with `velvet sandbox exec` (it times
@@ -17,6 +17,12 @@ itself, so the CLI's start is not in the numbers). Configurations, interleaved (
 - `idle_policy`: events + a VelvetTracingPolicy on syscalls/sys_enter_openat whose selector matches a
   binary that is not running (the hook runs and evaluates it on every openat; no event).
 - `post_policy`: events + an openat policy with matchArgs Prefix on the loop's file: one event per call.
+- `guard_rule`: events + a connect-deny policy (Override, so a guard rule in cgroup/connect4) for the
+  workload's own binary to a port the loop does not use: evaluated on every connect, never denying.
+
+A third loop, `connect` (TCP socket, connect to 127.0.0.1:9 where nothing listens, close), shows the
+guard: its cgroup hooks (and the load balancer's sock_connect4) are attached in every configuration,
+`off` included, so its ratios are the cost of process events and of one rule, not of the hooks.
 
 Each workload runs `--reps` times per configuration and round; the per-op time is the median, the
 ratio is against `off`. The issue's target: ≤ 1.05x on the syscall loop (`idle_policy`, the cost of a
@@ -51,7 +57,9 @@ from velvet.cli.runner import SandboxCli, unique_name
 from velvet.errors import VelvetError
 from velvet.paths import AgentPaths
 
-CONFIGS = ("off", "events", "idle_policy", "post_policy")
+CONFIGS = ("off", "events", "idle_policy", "post_policy", "guard_rule")
+OPENAT_CONFIGS = ("idle_policy", "post_policy")  # the ones that attach proc_openat
+CONNECT_PORT = 9  # nothing listens on it in the pod: each connect is refused at once
 TARGET = 1.05  # issue 15: ≤ 5 % overhead on the syscall loop
 TARGET_CONFIG = "idle_policy"
 EVENTS_PER_CHILD = 2  # process_fork and process_exit
@@ -81,13 +89,26 @@ def openat_policy(name: str, selector: str) -> str:
             f"      matchActions: [{{action: Post}}]\n")
 
 
+def connect_policy(name: str, binary: Path, port: int) -> str:
+    """A cluster-wide VelvetTracingPolicy denying `binary`'s TCP connects to 127.0.0.1:`port` (EPERM)."""
+    return (f"apiVersion: velvet.io/v1alpha1\nkind: VelvetTracingPolicy\nmetadata: {{name: {name}}}\n"
+            f"spec:\n  tracepoints:\n  - subsystem: syscalls\n    event: sys_enter_connect\n"
+            f"    args: [{{index: 6, type: sockaddr}}]\n    selectors:\n"
+            f"    - matchBinaries: [{{operator: In, values: [{binary}]}}]\n      matchArgs:\n"
+            f"      - {{index: 6, operator: DAddr, values: [127.0.0.1/32]}}\n"
+            f"      - {{index: 6, operator: DPort, values: [{port}]}}\n"
+            f"      - {{index: 6, operator: Protocol, values: [IPPROTO_TCP]}}\n"
+            f"      matchActions: [{{action: Override, argError: -1}}]\n")
+
+
 def policies(directory: Path) -> dict[str, str]:
-    """The policy of each configuration that has one."""
+    """The policy of each configuration that has one (the workload binary is `directory`/rt_load)."""
     absent = "/usr/bin/velvet-bench-not-running"
     return {"idle_policy": openat_policy(
                 "rt-bench-idle", f"matchBinaries: [{{operator: In, values: [{absent}]}}]"),
             "post_policy": openat_policy(
-                "rt-bench-post", f'matchArgs: [{{index: 6, operator: Prefix, values: ["{directory}/"]}}]')}
+                "rt-bench-post", f'matchArgs: [{{index: 6, operator: Prefix, values: ["{directory}/"]}}]'),
+            "guard_rule": connect_policy("rt-bench-guard", directory / "rt_load", CONNECT_PORT + 1)}
 
 
 # -- pure helpers (tests/unit/test_bench_runtime.py) ---------------------------------------------------
@@ -220,9 +241,12 @@ class Bench:
         linked = proc_links()
         attached = sorted(name for prog, name in linked if prog in mine)
         expected = [] if config == "off" else ["proc_exec", "proc_exit", "proc_fork", "proc_tcp_connect"]
-        expected += ["proc_openat"] if wanted is not None else []
+        expected += ["proc_openat"] if config in OPENAT_CONFIGS else []
         if attached != sorted(expected):
             raise VelvetError(f"{config}: this sandbox's attached programs are {attached}, not {expected}")
+        guard_rules = int(self.status()["tracing"]["guard_rules"])
+        if (guard_rules > 0) != (config == "guard_rule"):
+            raise VelvetError(f"{config}: {guard_rules} guard rules in force")
         return {"attached": attached, "foreign_links": len([p for p, _ in linked if p not in mine])}
 
     def _restart_agent(self) -> None:
@@ -263,17 +287,22 @@ class Bench:
             print(f"sandbox down {self.sb.name} failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
 
 
-def measure(bench: Bench, rounds: int, reps: int, execs: int, opens: int, out: list[dict[str, Any]]) -> None:
-    """The interleaved rounds: every configuration, each workload `reps` times (one warm-up run first)."""
+def measure(bench: Bench, rounds: int, reps: int, loops: tuple[int, int, int],
+            out: list[dict[str, Any]]) -> None:
+    """The interleaved rounds: every configuration, each loop (`loops`: execs, opens, connects) `reps`
+    times, after one warm-up run of each."""
+    execs, opens, connects = loops
     bench.run("exec", str(execs))
     bench.run("openat", str(opens), str(bench.file))
+    bench.run("connect", str(connects), str(CONNECT_PORT))
     for r in range(rounds):
         order = CONFIGS[r % len(CONFIGS):] + CONFIGS[:r % len(CONFIGS)]
         for config in order:
             shown = bench.configure(config)
             for _ in range(reps):
                 for workload, args in (("exec", ("exec", str(execs))),
-                                       ("openat", ("openat", str(opens), str(bench.file)))):
+                                       ("openat", ("openat", str(opens), str(bench.file))),
+                                       ("connect", ("connect", str(connects), str(CONNECT_PORT)))):
                     row = {"metric": "runtime", "round": r, "config": config, "workload": workload,
                            **bench.run(*args), **shown}
                     out.append(row)
@@ -293,7 +322,7 @@ def burst(bench: Bench, children: int) -> dict[str, Any]:
     return row
 
 
-def run(rounds: int, reps: int, execs: int, opens: int, children: int, out: Path) -> bool:
+def run(rounds: int, reps: int, loops: tuple[int, int, int], children: int, out: Path) -> bool:
     """Measure in a sandbox of its own, write <out>/runtime.jsonl and <out>/RUNTIME.md; False when a
     burst's events were not all received or counted lost (said on stderr)."""
     workdir = Path(tempfile.mkdtemp(prefix="velvet-rt-bench-"))
@@ -302,7 +331,7 @@ def run(rounds: int, reps: int, execs: int, opens: int, children: int, out: Path
     burst_row: dict[str, Any] | None = None
     try:
         bench.up()
-        measure(bench, rounds, reps, execs, opens, rows)
+        measure(bench, rounds, reps, loops, rows)
         if children:
             burst_row = burst(bench, children)
     finally:
@@ -310,7 +339,7 @@ def run(rounds: int, reps: int, execs: int, opens: int, children: int, out: Path
         shutil.rmtree(workdir, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     context = {"metric": "context", "kernel": platform.release(), "cpus": os.cpu_count(),
-               "load": os.getloadavg(), "rounds": rounds, "reps": reps, "execs": execs, "opens": opens}
+               "load": os.getloadavg(), "rounds": rounds, "reps": reps, "loops": loops}
     with (out / "runtime.jsonl").open("w") as f:
         for row in [context, *rows, *([burst_row] if burst_row else [])]:
             f.write(json.dumps(row) + "\n")
@@ -331,13 +360,15 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--execs", type=int, default=1000)
     parser.add_argument("--opens", type=int, default=200000)
+    parser.add_argument("--connects", type=int, default=20000)
     parser.add_argument("--burst", type=int, default=20000)
     parser.add_argument("--out", type=Path, default=Path("bench/results/runtime"))
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("bpftool") is None or shutil.which("cc") is None:
         print("bench.runtime needs root, bpftool and cc", file=sys.stderr)
         return 2
-    return 0 if run(args.rounds, args.reps, args.execs, args.opens, args.burst, args.out) else 1
+    loops = (args.execs, args.opens, args.connects)
+    return 0 if run(args.rounds, args.reps, loops, args.burst, args.out) else 1
 
 
 if __name__ == "__main__":

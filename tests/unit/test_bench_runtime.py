@@ -60,7 +60,9 @@ def test_markdown_names_the_target_verdict_and_a_discrepancy() -> None:
 
 def test_the_bench_policies_decode_as_velvet_decodes_them() -> None:
     """Test that both configurations' policies are VelvetTracingPolicy documents Velvet accepts (what
-    `velvet apply` would refuse would stop the bench half-way)."""
-    for text in policies(Path("/tmp/rt")).values():
+    `velvet apply` would refuse would stop the bench half-way), one per configuration that has one."""
+    made = policies(Path("/tmp/rt"))
+    assert sorted(made) == ["guard_rule", "idle_policy", "post_policy"]
+    for text in made.values():
         [policy] = parse_documents(text, "bench.runtime")
         assert isinstance(policy, VelvetTracingPolicy)
