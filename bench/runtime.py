@@ -299,6 +299,7 @@ def measure(bench: Bench, rounds: int, reps: int, loops: tuple[int, int, int],
         order = CONFIGS[r % len(CONFIGS):] + CONFIGS[:r % len(CONFIGS)]
         for config in order:
             shown = bench.configure(config)
+            bench.settled_counts()  # the agent done with the previous configuration's events (2 CPUs)
             for _ in range(reps):
                 for workload, args in (("exec", ("exec", str(execs))),
                                        ("openat", ("openat", str(opens), str(bench.file))),
