@@ -14,6 +14,8 @@ itself, so the CLI's start is not in the numbers). Configurations, interleaved (
   counted in `foreign_links`). The guard's cgroup hooks (connect, sendmsg, socket, sysctl, dev) stay
   attached: neither loop calls them (fork/exec of /bin/true, openat of a regular file).
 - `events`: the agent's default (exec/fork/exit/sock tracepoints), re-attached by restarting the agent.
+- `scoped_policy`: events + an openat policy whose podSelector selects no pod: the hook's program runs on
+  every openat and leaves after its two scope lookups (the price of the syscall tracepoint itself).
 - `idle_policy`: events + a VelvetTracingPolicy on syscalls/sys_enter_openat whose selector matches a
   binary that is not running (the hook runs and evaluates it on every openat; no event).
 - `post_policy`: events + an openat policy with matchArgs Prefix on the loop's file: one event per call.
@@ -57,8 +59,8 @@ from velvet.cli.runner import SandboxCli, unique_name
 from velvet.errors import VelvetError
 from velvet.paths import AgentPaths
 
-CONFIGS = ("off", "events", "idle_policy", "post_policy", "guard_rule")
-OPENAT_CONFIGS = ("idle_policy", "post_policy")  # the ones that attach proc_openat
+CONFIGS = ("off", "events", "scoped_policy", "idle_policy", "post_policy", "guard_rule")
+OPENAT_CONFIGS = ("scoped_policy", "idle_policy", "post_policy")  # the ones that attach proc_openat
 CONNECT_PORT = 9  # nothing listens on it in the pod: each connect is refused at once
 TARGET = 1.05  # issue 15: ≤ 5 % overhead on the syscall loop
 TARGET_CONFIG = "idle_policy"
@@ -81,10 +83,12 @@ spec:
 """
 
 
-def openat_policy(name: str, selector: str) -> str:
-    """A cluster-wide VelvetTracingPolicy on syscalls/sys_enter_openat with one selector, action Post."""
+def openat_policy(name: str, selector: str, pods: str = "") -> str:
+    """A cluster-wide VelvetTracingPolicy on syscalls/sys_enter_openat with one selector, action Post
+    (`pods`: a label the podSelector asks for; none: every pod)."""
+    scope = f"  podSelector: {{matchLabels: {{app: {pods}}}}}\n" if pods else ""
     return (f"apiVersion: velvet.io/v1alpha1\nkind: VelvetTracingPolicy\nmetadata: {{name: {name}}}\n"
-            f"spec:\n  tracepoints:\n  - subsystem: syscalls\n    event: sys_enter_openat\n"
+            f"spec:\n{scope}  tracepoints:\n  - subsystem: syscalls\n    event: sys_enter_openat\n"
             f"    args: [{{index: 6, type: string}}]\n    selectors:\n    - {selector}\n"
             f"      matchActions: [{{action: Post}}]\n")
 
@@ -104,7 +108,10 @@ def connect_policy(name: str, binary: Path, port: int) -> str:
 def policies(directory: Path) -> dict[str, str]:
     """The policy of each configuration that has one (the workload binary is `directory`/rt_load)."""
     absent = "/usr/bin/velvet-bench-not-running"
-    return {"idle_policy": openat_policy(
+    return {"scoped_policy": openat_policy(
+                "rt-bench-scoped", f"matchBinaries: [{{operator: In, values: [{absent}]}}]",
+                pods="velvet-bench-nothing"),
+            "idle_policy": openat_policy(
                 "rt-bench-idle", f"matchBinaries: [{{operator: In, values: [{absent}]}}]"),
             "post_policy": openat_policy(
                 "rt-bench-post", f'matchArgs: [{{index: 6, operator: Prefix, values: ["{directory}/"]}}]'),
@@ -368,6 +375,8 @@ def main() -> int:
     if os.geteuid() != 0 or shutil.which("bpftool") is None or shutil.which("cc") is None:
         print("bench.runtime needs root, bpftool and cc", file=sys.stderr)
         return 2
+    for stop in (signal.SIGTERM, signal.SIGINT):  # the sandbox comes down even then (and from nohup)
+        signal.signal(stop, lambda number, _frame: sys.exit(128 + number))
     loops = (args.execs, args.opens, args.connects)
     return 0 if run(args.rounds, args.reps, loops, args.burst, args.out) else 1
 

@@ -62,7 +62,7 @@ def test_the_bench_policies_decode_as_velvet_decodes_them() -> None:
     """Test that both configurations' policies are VelvetTracingPolicy documents Velvet accepts (what
     `velvet apply` would refuse would stop the bench half-way), one per configuration that has one."""
     made = policies(Path("/tmp/rt"))
-    assert sorted(made) == ["guard_rule", "idle_policy", "post_policy"]
+    assert sorted(made) == ["guard_rule", "idle_policy", "post_policy", "scoped_policy"]
     for text in made.values():
         [policy] = parse_documents(text, "bench.runtime")
         assert isinstance(policy, VelvetTracingPolicy)
