@@ -17,13 +17,15 @@ def sample(config: str, ns: float, workload: str = "openat") -> dict[str, object
 
 def test_summarize_takes_medians_and_divides_by_off() -> None:
     """Test that each configuration's median per-op time is divided by the `off` median of the same
-    workload, configurations in the bench's order."""
+    workload, and its best by `off`'s best, configurations in the bench's order."""
     rows = [sample("events", 110), sample("off", 100), sample("off", 300), sample("off", 200),
             sample("events", 400), sample("events", 220), sample("off", 1000, "exec")]
     summary = summarize(rows)
     assert list(summary["openat"]) == ["off", "events"]
-    assert summary["openat"]["off"] == {"ns_per_op": 200, "n": 3, "ratio": 1.0}
+    assert summary["openat"]["off"] == {"ns_per_op": 200, "n": 3, "ratio": 1.0, "best": 100,
+                                        "best_ratio": 1.0}
     assert summary["openat"]["events"]["ratio"] == 1.1
+    assert summary["openat"]["events"]["best_ratio"] == 1.1
     assert summary["exec"]["off"]["ratio"] == 1.0
 
 
@@ -52,8 +54,9 @@ def test_markdown_names_the_target_verdict_and_a_discrepancy() -> None:
     summary = summarize([sample("off", 1000), sample("idle_policy", 1500)])
     burst = {"children": 10, **burst_account(20, 5, 5)}
     text = markdown(summary, burst, [0, 4])
-    assert "| idle_policy | 1.50 µs | 1.50x | 1 |" in text
-    assert "Target ≤ 1.05x on the syscall loop (idle_policy): missed: 1.50x" in text
+    assert "| idle_policy | 1.50 µs | 1.50x | 1.50 µs | 1.50x | 1 |" in text
+    assert ("Target ≤ 1.05x on the syscall loop (idle_policy, medians): missed: 1.50x (best runs: 1.50x)"
+            in text)
     assert "Other sandboxes' proc_* links attached meanwhile: 0–4" in text
     assert "DISCREPANCY: 10 events neither received nor counted lost" in text
 
