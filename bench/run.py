@@ -241,11 +241,11 @@ def main() -> int:
         sweep(rec, plan, run_id, velvet)
     finally:
         velvet.down()
-    # issue 15: process events and tracing policies against nothing attached, in a sandbox of its own;
-    # its RUNTIME.md beside REPORT.md
-    accounted = runtime.run(2 if args.quick else 3, 2, (1000, 200000, 20000), 20000, args.out / "runtime")
     rec.add(metric="duration", seconds=time.time() - started)
     report.write(args.out)
+    # issue 15, after the report is safe: process events and tracing policies against nothing attached,
+    # in a sandbox of its own; its RUNTIME.md in <out>/runtime
+    accounted = runtime.run(2 if args.quick else 3, 2, (1000, 200000, 20000), 20000, args.out / "runtime")
     return 0 if accounted else 1
 
 
