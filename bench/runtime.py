@@ -1,4 +1,4 @@
-"""Runtime security overhead (issue 15): an exec loop and an openat loop in a pod, process events and
+"""Runtime security overhead (issue 15): exec, openat and connect loops in a pod, process events and
 tracing policies on against nothing attached, in one run; then a fork burst, its lost events counted.
 
     .venv/bin/python -m bench.runtime [--rounds 3] [--reps 2] [--execs 1000] [--opens 200000]
@@ -12,7 +12,7 @@ itself, so the CLI's start is not in the numbers). Configurations, interleaved (
   agent keeps no fd of them) are unpinned, so the kernel detaches them; `bpftool link show` must then list
   no tracepoint link of a `proc_*` program of this sandbox (checked every time; other sandboxes' are
   counted in `foreign_links`). The guard's cgroup hooks (connect, sendmsg, socket, sysctl, dev) stay
-  attached: neither loop calls them (fork/exec of /bin/true, openat of a regular file).
+  attached: neither the exec nor the openat loop calls them (/bin/true, a regular file); see `connect`.
 - `events`: the agent's default (exec/fork/exit/sock tracepoints), re-attached by restarting the agent.
 - `scoped_policy`: events + an openat policy whose podSelector selects no pod: the hook's program runs on
   every openat and leaves after its two scope lookups (the price of the syscall tracepoint itself).
