@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.run [--quick] [--out bench/results]
 
 Peers are measured interleaved (order rotated every repetition) at every N; raw results go to
-<out>/results.jsonl, then report.py writes <out>/REPORT.md and PNG plots. Needs root. Everything runs
-in namespaces named velvet-bench-<run>-* and one sandbox bench<random>, all removed at the end.
+<out>/results.jsonl, then report.py writes <out>/REPORT.md and PNG plots; bench.runtime (issue 15) then
+writes <out>/runtime/RUNTIME.md. Needs root. Everything runs in namespaces named velvet-bench-<run>-* and
+sandboxes bench<random> and rtb<random>, all removed at the end.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import kubeproxy, micro, report, restart
+from bench import kubeproxy, micro, report, restart, runtime
 from bench.peers import PEERS, PORT, SERVER_IPS, PeerNet
 from bench.velvet_peer import VelvetPeer
 
@@ -242,7 +243,10 @@ def main() -> int:
         velvet.down()
     rec.add(metric="duration", seconds=time.time() - started)
     report.write(args.out)
-    return 0
+    # issue 15, after the report is safe: process events and tracing policies against nothing attached,
+    # in a sandbox of its own; its RUNTIME.md in <out>/runtime
+    accounted = runtime.run(2 if args.quick else 3, 2, (1000, 200000, 20000), 20000, args.out / "runtime")
+    return 0 if accounted else 1
 
 
 if __name__ == "__main__":
