@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from harness import Sandbox, echo_pod, namespace, sandbox
+from harness import Event, Sandbox, echo_pod, events, namespace, sandbox
+from harness import eventually_events as eventually
 
 from velvet.datapath.attach import list_pinned_links
 from velvet.paths import AgentPaths
 
 pytestmark = pytest.mark.privileged
-Event = dict[str, Any]
 MANIFEST = namespace("proc") + namespace("other") + echo_pod("proc", "web-1", {"app": "web"}) + \
     echo_pod("other", "db-1", {"app": "db"})
 
@@ -34,23 +34,6 @@ def sb() -> Iterator[Sandbox]:
         sb.apply(MANIFEST)
         sb.wait_ready(["proc/web-1", "other/db-1"])
         yield sb
-
-
-def events(sb: Sandbox, *args: str) -> list[Event]:
-    """`velvet events ARGS -o json`, one event per line."""
-    out = sb.velvet("events", "--last", "5000", *args, "-o", "json").stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def eventually(sb: Sandbox, args: tuple[str, ...],
-               found: Callable[[list[Event]], list[Event]]) -> list[Event]:
-    """Ask `velvet events` until `found` picks something (the agent reads the ring within milliseconds)."""
-    deadline = time.monotonic() + 15
-    while True:
-        picked = found(events(sb, *args))
-        if picked or time.monotonic() > deadline:
-            return picked
-        time.sleep(0.2)
 
 
 def _with(kind: str, **fields: Any) -> Callable[[list[Event]], list[Event]]:

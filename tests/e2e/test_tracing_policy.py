@@ -8,22 +8,19 @@ One sandbox for the module: pods shop/web-1 and other/web-1 (both app=web).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from harness import Sandbox, echo_pod, namespace, sandbox
+from harness import Event, Sandbox, echo_pod, namespace, sandbox
+from harness import eventually_events as eventually
 
 from velvet.errors import CommandFailed
 
 pytestmark = pytest.mark.privileged
-Event = dict[str, Any]
 PODS = namespace("shop") + namespace("other") + echo_pod("shop", "web-1", {"app": "web"}) + \
     echo_pod("other", "web-1", {"app": "web"})
 NO_SLEEP = """
@@ -47,23 +44,6 @@ def sb() -> Iterator[Sandbox]:
         sb.apply(PODS)
         sb.wait_ready(["shop/web-1", "other/web-1"])
         yield sb
-
-
-def events(sb: Sandbox, *args: str) -> list[Event]:
-    """`velvet events ARGS -o json`, one event per line."""
-    out = sb.velvet("events", "--last", "5000", *args, "-o", "json").stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def eventually(sb: Sandbox, args: tuple[str, ...],
-               found: Callable[[list[Event]], list[Event]]) -> list[Event]:
-    """Ask `velvet events` until `found` picks something."""
-    deadline = time.monotonic() + 15
-    while True:
-        picked = found(events(sb, *args))
-        if picked or time.monotonic() > deadline:
-            return picked
-        time.sleep(0.2)
 
 
 def sleeps(kind: str) -> Callable[[list[Event]], list[Event]]:
