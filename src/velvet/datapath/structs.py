@@ -78,6 +78,7 @@ C_DEFINES: dict[str, int] = {
     "RT_MAX_PIDS": RT_MAX_PIDS,
     "RT_PID_DEPTH": RT_PID_DEPTH,
     "RT_PATH_MAX": RT_PATH_MAX,
+    "RT_MAX_ARG_NUMS": RT_MAX_ARG_NUMS,
 }
 """Every shared #define of types.h, by its C name."""
 
