@@ -443,6 +443,29 @@ def test_openat_postfix_kills_the_opener_of_a_key_file_only(node: Node) -> None:
     assert results["c.txt"].stdout == b"x\n"
 
 
+def test_a_process_in_no_binary_set_skips_in_rules_and_still_meets_notin_rules(node: Node) -> None:
+    """Test that, on the openat hook, a process of no binary set (cat) is spared by a Sigkill rule for a
+    binary that is not running (the kernel leaves before reading the path) and still posted by a rule with
+    matchBinaries NotIn and matchArgs Prefix on its file, while a process of the In rule's set is killed."""
+    (node.tmp / "watched").write_text("w\n")
+    py = _python(node)
+    absent = {"matchBinaries": [{"operator": "In", "values": ["/usr/bin/velvet-test-not-running", py]}],
+              "matchArgs": [{"index": 6, "operator": "Prefix", "values": [f"{node.tmp}/"]}],
+              "matchActions": [{"action": "Sigkill"}]}
+    notin = {"matchBinaries": [{"operator": "NotIn", "values": ["/usr/bin/true"]}],
+             "matchArgs": [{"index": 6, "operator": "Equal", "values": [str(node.tmp / "watched")]}],
+             "matchActions": [{"action": "Post"}]}
+    node.apply(policy("idle-in", [absent], hook=OPENAT), policy("post-notin", [notin], hook=OPENAT))
+    read = subprocess.Popen(["/usr/bin/cat", str(node.tmp / "watched")], preexec_fn=_enter(node.root / "a"),
+                            stdout=subprocess.PIPE)
+    assert read.communicate(timeout=10)[0] == b"w\n"
+    killed = node.run("a", [py, "-c", f"open({str(node.tmp / 'watched')!r}); print('alive')"])
+    assert killed.returncode == -signal.SIGKILL
+    events = node.events(lambda ev: bool(_tracepoints(ev, read.pid)))
+    [seen] = _tracepoints(events, read.pid)
+    assert (seen["policy_name"], seen["action"]) == ("post-notin", "Post")
+
+
 def test_syscalls_are_counted_per_pod_only_when_asked(node: Node) -> None:
     """Test that without count_syscalls no raw_syscalls program is attached and nothing is counted, and that
     with it (a restarted monitor, as `velvet agent --syscall-metrics`) a pod's process making 20000 getppid

@@ -49,23 +49,30 @@ def test_burst_account_flags_events_neither_received_nor_lost() -> None:
 
 
 def test_markdown_names_the_target_verdict_and_a_discrepancy() -> None:
-    """Test that the report carries the syscall loop's verdict, other sandboxes' links and a burst
-    discrepancy in words."""
-    summary = summarize([sample("off", 1000), sample("idle_policy", 1500)])
+    """Test that the report judges the issue's target on exec_policy and says why, gives every other
+    configuration's verdict on the syscall loop (a miss with its reason, a met one without), other
+    sandboxes' links and a burst discrepancy in words."""
+    summary = summarize([sample("off", 1000), sample("exec_policy", 1020), sample("idle_policy", 1500),
+                         sample("events", 1040)])
     burst = {"children": 10, **burst_account(20, 5, 5)}
     text = markdown(summary, burst, [0, 4])
     assert "| idle_policy | 1.50 µs | 1.50x | 1.50 µs | 1.50x | 1 |" in text
-    assert ("Target ≤ 1.05x on the syscall loop (idle_policy, medians): missed: 1.50x (best runs: 1.50x)"
-            in text)
+    assert ("Target ≤ 1.05x on the syscall loop, judged on exec_policy (process events and the policy kind "
+            "users mostly run (exec Sigkill, matchBinaries In), present and not matching; medians): "
+            "met: 1.02x (best runs: 1.02x)" in text)
+    assert "- events: met: 1.04x (best runs: 1.04x)\n" in text
+    assert ("- idle_policy: missed: 1.50x (best runs: 1.50x) — the sys_enter_openat tracepoint and its "
+            "program" in text)
+    assert "- exec_policy:" not in text
     assert "Other sandboxes' proc_* links attached meanwhile: 0–4" in text
     assert "DISCREPANCY: 10 events neither received nor counted lost" in text
 
 
 def test_the_bench_policies_decode_as_velvet_decodes_them() -> None:
-    """Test that both configurations' policies are VelvetTracingPolicy documents Velvet accepts (what
+    """Test that the configurations' policies are VelvetTracingPolicy documents Velvet accepts (what
     `velvet apply` would refuse would stop the bench half-way), one per configuration that has one."""
     made = policies(Path("/tmp/rt"))
-    assert sorted(made) == ["guard_rule", "idle_policy", "post_policy", "scoped_policy"]
+    assert sorted(made) == ["exec_policy", "guard_rule", "idle_policy", "post_policy", "scoped_policy"]
     for text in made.values():
         [policy] = parse_documents(text, "bench.runtime")
         assert isinstance(policy, VelvetTracingPolicy)

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from velvet.control.tracing import PodScope, TracingCompiler, TracingPolicy
+from velvet.datapath.rt_tables import RtRuleEntry, bin_in_rules
 from velvet.datapath.structs import RT_MAX_RULES, RtAction, RtHook, RtMatchOp
 from velvet.model.codec import from_dict
 from velvet.model.tracing import BinarySelector
@@ -145,3 +146,14 @@ def test_postfixes_int_args_and_reported_strings_compile_to_rule_fields() -> Non
     assert request.arg_nums == (16,)
     assert request.report_str == (0xFF, 0xFF)
     assert request.to_c().arg_nums[0] == 16
+
+
+def test_bin_in_rules_marks_the_rules_a_process_of_no_binary_set_cannot_match() -> None:
+    """Test that rt_config's bin_in_rules has the bit of each matchBinaries In rule only (NotIn and rules
+    without matchBinaries stay candidates for a process in no binary set)."""
+    post, kill = int(RtAction.POST), int(RtAction.SIGKILL)
+    rules = {0: RtRuleEntry(policy_rules=1, policy=1, action=post, bin_op=int(RtMatchOp.IN)),
+             1: RtRuleEntry(policy_rules=2, policy=2, action=post, bin_op=int(RtMatchOp.NOT_IN)),
+             2: RtRuleEntry(policy_rules=4, policy=3, action=post),
+             5: RtRuleEntry(policy_rules=32, policy=4, action=kill, bin_op=int(RtMatchOp.IN))}
+    assert bin_in_rules(rules) == 0b100001

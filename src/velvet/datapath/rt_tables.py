@@ -17,6 +17,7 @@ from velvet.datapath.structs import (
     RT_NO_ARG,
     RT_PATH_MAX,
     RtHook,
+    RtMatchOp,
     RtPath,
     RtPathLpm,
     RtRule,
@@ -89,6 +90,11 @@ class RtTables:
     arg_prefixes: Mapping[str, int] = field(default_factory=dict)  # and prefixes, as `prefixes`
     arg_postfixes: Mapping[str, int] = field(default_factory=dict)  # postfixes (not reversed here)
     hooks: frozenset[int] = frozenset()  # the syscall hooks (enum rt_hook) whose programs must be attached
+
+
+def bin_in_rules(rules: Mapping[int, RtRuleEntry]) -> int:
+    """rt_config's bin_in_rules: the rules with matchBinaries In (a process in no binary set skips them)."""
+    return sum(1 << number for number, rule in rules.items() if rule.bin_op == RtMatchOp.IN)
 
 
 def path_key(path: str) -> RtPath:

@@ -730,7 +730,8 @@ class RtRule(Structure):
 class RtConfig(Structure):
     """struct rt_config: the rules that apply to every process of the node."""
 
-    _fields_ = [("global_rules", c_uint64), ("rule_span", c_uint32), ("pad", c_uint32)]
+    _fields_ = [("global_rules", c_uint64), ("rule_span", c_uint32), ("pad", c_uint32),
+                ("bin_in_rules", c_uint64)]
 
 
 class RtPath(Structure):

@@ -21,7 +21,7 @@ import numpy as np
 
 from velvet.datapath import attach, build
 from velvet.datapath.bpfobject import BpfObject, load_over_pins
-from velvet.datapath.rt_tables import RtRuleEntry, RtTables, path_key, prefix_key
+from velvet.datapath.rt_tables import RtRuleEntry, RtTables, bin_in_rules, path_key, prefix_key
 from velvet.datapath.structs import (
     PROCESS_EVENT_DTYPE,
     SOCK_EVENT_DTYPE,
@@ -216,8 +216,9 @@ class KernelProcSource:
                 if old.rules.get(number) != rule:
                     rules.update(c_uint32(number), rule.to_c())
             span = max(new.rules, default=-1) + 1  # the kernel walks rule numbers below it
-            if (old.global_rules, max(old.rules, default=-1) + 1) != (new.global_rules, span):
-                config.update(c_uint32(0), RtConfig(global_rules=new.global_rules, rule_span=span))
+            if old.global_rules != new.global_rules or old.rules != new.rules:
+                config.update(c_uint32(0), RtConfig(global_rules=new.global_rules, rule_span=span,
+                                                    bin_in_rules=bin_in_rules(new.rules)))
             for cgroup, mask in new.cgroup_rules.items():
                 if old.cgroup_rules.get(cgroup) != mask:
                     cgroups.update(c_uint64(cgroup), c_uint64(mask))

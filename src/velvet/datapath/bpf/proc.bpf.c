@@ -337,14 +337,15 @@ int proc_tcp_connect(struct trace_event_raw_inet_sock_set_state *ctx)
 	return 0;
 }
 
-/* The syscall hooks of tracing policies: most processes are in no policy's scope, two lookups, then out. */
+/* The syscall hooks of tracing policies: most processes are in no policy's scope, or run no binary a
+ * policy names: two or three lookups, then out. */
 static __always_inline int proc_syscall(struct trace_event_raw_sys_enter *ctx, __u8 hook)
 {
-	__u32 span = 0;
+	struct rt_eval eval = { .hook = hook, .str_pos = RT_NO_ARG };
 
-	if (!rt_candidates(&span) || !proc_monitored())
+	if (!rt_syscall_candidates(&eval) || !proc_monitored())
 		return 0;
-	rt_syscall_policies(ctx, hook, &proc_events, PROC_EVENTS_RINGBUF_BYTES, &proc_lost);
+	rt_syscall_policies(ctx, &eval, &proc_events, PROC_EVENTS_RINGBUF_BYTES, &proc_lost);
 	return 0;
 }
 

@@ -600,6 +600,7 @@ struct rt_config {
 	__u64 global_rules;
 	__u32 rule_span; /* the highest rule number in use + 1: how far the rule walk goes */
 	__u32 pad;
+	__u64 bin_in_rules; /* the rules with matchBinaries In: none can match a process in no binary set */
 };
 
 /* rt_bin_paths key (exact binary paths) and rt_bin_prefixes key (LPM trie: prefixlen in bits) */

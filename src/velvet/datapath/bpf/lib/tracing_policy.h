@@ -235,7 +235,8 @@ static __always_inline bool rt_arg_matches(const struct rt_rule *rule, struct rt
 	return rule->argset < 64 && (eval->argsets >> rule->argset) & 1;
 }
 
-/* Whether one rule (a selector) matches the current process and the hook's arguments. */
+/* Whether one rule (a selector) matches the current process and the hook's arguments: the cheap checks
+ * (binary set, pids) first, the argument (maybe a string read and three lookups) last. */
 static __always_inline bool rt_rule_matches(const struct rt_rule *rule, struct rt_eval *eval)
 {
 	bool in_set = rule->binset < 64 && (eval->binsets >> rule->binset) & 1;
@@ -244,11 +245,10 @@ static __always_inline bool rt_rule_matches(const struct rt_rule *rule, struct r
 		return false;
 	if (rule->bin_op == RT_MATCH_NOT_IN && in_set)
 		return false;
-	if (rule->arg_op != RT_MATCH_ANY && !rt_arg_matches(rule, eval))
+	if (rule->pid_op != RT_MATCH_ANY &&
+	    rt_pid_listed(rule, eval->task, eval->tgid) != (rule->pid_op == RT_MATCH_IN))
 		return false;
-	if (rule->pid_op == RT_MATCH_ANY)
-		return true;
-	return rt_pid_listed(rule, eval->task, eval->tgid) == (rule->pid_op == RT_MATCH_IN);
+	return rule->arg_op == RT_MATCH_ANY || rt_arg_matches(rule, eval);
 }
 
 /* One candidate rule `i`: act when it matches; a matching selector ends its policy's evaluation. */
@@ -280,22 +280,30 @@ static long rt_eval_rule(__u32 i, void *ctx)
 
 /*
  * The rules that may apply to the current process: the node's and its cgroup's (0: none, the usual case);
- * `span` gets how many rule numbers to walk (the agent's highest in use + 1).
+ * `span` gets how many rule numbers to walk (the agent's highest in use + 1), `bin_in` the rules with
+ * matchBinaries In.
  */
-static __always_inline __u64 rt_candidates(__u32 *span)
+static __always_inline __u64 rt_candidates(__u32 *span, __u64 *bin_in)
 {
 	__u64 cgroup_id = bpf_get_current_cgroup_id(), candidates = 0, *rules;
 	__u32 zero = 0;
 	struct rt_config *cfg = bpf_map_lookup_elem(&rt_config, &zero);
 
-	if (cfg) {
-		candidates = cfg->global_rules;
-		*span = cfg->rule_span < RT_MAX_RULES ? cfg->rule_span : RT_MAX_RULES;
-	}
+	if (!cfg)
+		return 0;
+	candidates = cfg->global_rules;
+	*span = cfg->rule_span < RT_MAX_RULES ? cfg->rule_span : RT_MAX_RULES;
+	*bin_in = cfg->bin_in_rules;
 	rules = bpf_map_lookup_elem(&rt_cgroup_rules, &cgroup_id);
 	if (rules)
 		candidates |= *rules;
 	return candidates;
+}
+
+/* The candidates still alive for a process of binary sets `binsets`: in no set, no In rule can match. */
+static __always_inline __u64 rt_alive(__u64 candidates, __u64 binsets, __u64 bin_in)
+{
+	return binsets ? candidates : candidates & ~bin_in;
 }
 
 /* Evaluate the hook's candidate rules; act, and note the strongest action and its policy. */
@@ -314,9 +322,10 @@ static __always_inline void rt_evaluate(struct rt_eval *eval)
 static __always_inline void rt_exec_policies(const void *filename, struct process_event *ev)
 {
 	struct rt_eval eval = { .hook = RT_HOOK_EXEC };
+	__u64 bin_in = 0;
 
 	eval.binsets = rt_binsets_at_exec(filename, bpf_get_current_pid_tgid() >> 32);
-	eval.candidates = rt_candidates(&eval.span);
+	eval.candidates = rt_alive(rt_candidates(&eval.span, &bin_in), eval.binsets, bin_in);
 	rt_evaluate(&eval);
 	if (ev) {
 		ev->action = eval.action;
@@ -332,28 +341,40 @@ static __always_inline void rt_report_str(char *to, __u8 pos, const __u64 *args)
 }
 
 /*
- * The policies of a syscall hook: evaluated only for processes some rule may apply to; an event
- * (PROC_TRACEPOINT) when a Post, Signal or Sigkill acted, with the six arguments and the strings the
- * policy reports.
+ * The rules of a syscall hook that may apply to the current process (0: none, the usual case, in two or
+ * three lookups): its pod's or the node's, its binary sets allowing; `eval` gets them and the binary sets.
  */
-static __always_inline void rt_syscall_policies(struct trace_event_raw_sys_enter *ctx, __u8 hook,
+static __always_inline __u64 rt_syscall_candidates(struct rt_eval *eval)
+{
+	__u64 bin_in = 0;
+
+	eval->candidates = rt_candidates(&eval->span, &bin_in);
+	if (!eval->candidates)
+		return 0;
+	eval->binsets = rt_binsets_of(bpf_get_current_pid_tgid() >> 32);
+	eval->candidates = rt_alive(eval->candidates, eval->binsets, bin_in);
+	return eval->candidates;
+}
+
+/*
+ * The policies of a syscall hook for the candidates of `eval` (rt_syscall_candidates, not 0), the
+ * arguments read only now; an event (PROC_TRACEPOINT) when a Post, Signal or Sigkill acted, with the six
+ * arguments and the strings the policy reports.
+ */
+static __always_inline void rt_syscall_policies(struct trace_event_raw_sys_enter *ctx, struct rt_eval *eval,
 						 void *ring, __u64 ring_bytes, void *lost_map)
 {
-	struct rt_eval eval = { .hook = hook, .str_pos = RT_NO_ARG };
 	struct process_event *ev;
 	struct task_struct *task;
+	__u8 hook = eval->hook;
 	__u64 *lost;
 	__u32 zero = 0;
 
-	eval.candidates = rt_candidates(&eval.span);
-	if (!eval.candidates)
-		return;
 	/* a copy: the verifier allows no computed offsets into the context */
-	if (bpf_probe_read_kernel(eval.args, sizeof(eval.args), ctx->args))
+	if (bpf_probe_read_kernel(eval->args, sizeof(eval->args), ctx->args))
 		return;
-	eval.binsets = rt_binsets_of(bpf_get_current_pid_tgid() >> 32);
-	rt_evaluate(&eval);
-	if (eval.action < RT_ACTION_POST)
+	rt_evaluate(eval);
+	if (eval->action < RT_ACTION_POST)
 		return;
 	ev = bpf_ringbuf_reserve(ring, sizeof(*ev), 0);
 	if (!ev) {
@@ -366,20 +387,20 @@ static __always_inline void rt_syscall_policies(struct trace_event_raw_sys_enter
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->type = PROC_TRACEPOINT;
 	ev->hook = hook;
-	ev->action = eval.action;
-	ev->policy = eval.policy;
+	ev->action = eval->action;
+	ev->policy = eval->policy;
 	ev->cgroup_id = bpf_get_current_cgroup_id();
-	ev->pid = eval.tgid;
+	ev->pid = eval->tgid;
 	ev->tid = (__u32)bpf_get_current_pid_tgid();
-	task = eval.task;
+	task = eval->task;
 	ev->ppid = BPF_CORE_READ(task, real_parent, tgid);
 	ev->uid = (__u32)bpf_get_current_uid_gid();
 	ev->netns_ino = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	rt_report_str(ev->filename, eval.report_str[0], eval.args);
-	rt_report_str(ev->args + sizeof(eval.args), eval.report_str[1], eval.args);
-	__builtin_memcpy(ev->args, eval.args, sizeof(eval.args));
-	ev->args_len = sizeof(eval.args);
+	rt_report_str(ev->filename, eval->report_str[0], eval->args);
+	rt_report_str(ev->args + sizeof(eval->args), eval->report_str[1], eval->args);
+	__builtin_memcpy(ev->args, eval->args, sizeof(eval->args));
+	ev->args_len = sizeof(eval->args);
 	ringbuf_submit_lazy(ev, ring, ring_bytes);
 }
 
