@@ -147,6 +147,10 @@ class KernelProcSource:
             attach.attach_tracepoint(self._obj.program(prog_name), category, name, pin).close()
         else:  # a previous agent's, asked for then: not any more
             attach.detach_pinned(pin)
+        # this monitor knows no UDP socket yet: the kernel reports each again as it is next used
+        with self._obj.map("proc_udp_socks") as untyped, untyped.typed(c_uint64, c_uint64) as udp:
+            for key in list(udp.keys()):
+                udp.delete(key)
         with self._obj.map("proc_events") as untyped:
             self._ring = ProcEventsRing(untyped)
         with self._obj.map("proc_sock_events") as untyped:

@@ -62,7 +62,8 @@ struct {
 	__type(value, __u32);
 } proc_socks SEC(".maps");
 
-/* UDP sockets reported: socket address -> the tgid << 16 | local port they were reported with. */
+/* UDP sockets reported: socket address -> the tgid << 16 | local port they were reported with (emptied
+ * by a starting agent, whose monitor knows none yet). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
