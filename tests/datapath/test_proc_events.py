@@ -256,10 +256,65 @@ def test_an_accepted_connection_names_the_listening_process(monitored: Monitored
         server.kill()
         server.wait()
 
+def test_udp_sockets_name_the_processes_that_send_and_receive_on_them(monitored: Monitored) -> None:
+    """Test that UDP flows name their processes: a server in the cgroup bound to every address (found by
+    its pod's address), a client's connected socket (bound to 127.0.0.1) and its unconnected, autobound
+    one; a process outside the cgroup is not named."""
+    udp = "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    server = subprocess.Popen(
+        [sys.executable, "-c", udp + "s.bind(('0.0.0.0', 0)); print(s.getsockname()[1], flush=True)\n"
+         "for _ in range(3): data, peer = s.recvfrom(64); s.sendto(data, peer)"],
+        preexec_fn=monitored.enter(), stdout=subprocess.PIPE, text=True)
+    client: subprocess.Popen[str] | None = None
+    outside = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        client = subprocess.Popen(
+            [sys.executable, "-c", udp + f"s.connect(('127.0.0.1', {port})); s.send(b'c'); s.recv(64)\n"
+             f"u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b'u', ('127.0.0.1', {port}))\n"
+             "u.recvfrom(64); print(s.getsockname()[1], u.getsockname()[1], flush=True); input()"],
+            preexec_fn=monitored.enter(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert client.stdout is not None
+        connected, unconnected = map(int, client.stdout.readline().split())
+        outside.sendto(b"o", ("127.0.0.1", port))
+        outside.recvfrom(64)
+        monitored.events(lambda ev: bool(_of(ev, "process_exec", pid=client.pid if client else 0)))
+        flows = [_flow(17, "127.0.0.1", connected, POD_IP, port),
+                 _flow(17, POD_IP, unconnected, POD_IP, port),
+                 _flow(17, "127.0.0.1", outside.getsockname()[1], POD_IP, port)]
+        deadline = time.monotonic() + 10
+        while any(None in monitored.monitor.flow_processes(f) for f in flows[:2]) \
+                and time.monotonic() < deadline:
+            monitored.monitor.poll()
+        events = monitored.monitor.query(EventQuery(last=100000))
+        named = {pid: {"exec_id": _of(events, "process_exec", pid=pid)[0]["process"]["exec_id"], "pid": pid,
+                       "binary": sys.executable} for pid in (client.pid, server.pid)}
+        assert [monitored.monitor.flow_processes(f) for f in flows] == [
+            (named[client.pid], named[server.pid]), (named[client.pid], named[server.pid]),
+            (None, named[server.pid])]
+        replies = _flow(17, POD_IP, port, "127.0.0.1", connected)
+        assert monitored.monitor.flow_processes(replies) == (named[server.pid], named[client.pid])
+        # the pod's address names the server's wildcard socket; another address does not
+        assert monitored.monitor.flow_processes(_flow(17, "10.0.9.10", port, "127.0.0.1", 1)) == (None, None)
+    finally:
+        outside.close()
+        for proc in (server, client):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+
+
 def _tcp_flow(src: str, sport: int, dst: str, dport: int) -> Flow:
     """A TCP flow between two addresses, as the flow pipeline hands it to the process lookup."""
-    return Flow(time_ns=0, type=0, obs_point=0, verdict=0, drop_reason=0, proto=6, tcp_flags=0, src_ip=src,
-                dst_ip=dst, src_port=sport, dst_port=dport, source=Endpoint(0), destination=Endpoint(0))
+    return _flow(6, src, sport, dst, dport)
+
+
+def _flow(proto: int, src: str, sport: int, dst: str, dport: int) -> Flow:
+    """A flow of `proto` between two addresses, as the flow pipeline hands it to the process lookup."""
+    return Flow(time_ns=0, type=0, obs_point=0, verdict=0, drop_reason=0, proto=proto, tcp_flags=0,
+                src_ip=src, dst_ip=dst, src_port=sport, dst_port=dport, source=Endpoint(0),
+                destination=Endpoint(0))
 
 def test_a_burst_bigger_than_the_ring_is_counted_as_lost_never_silent(monitored: Monitored) -> None:
     """Test that when forks outrun the reader (nothing polls during the burst), every event the ring could

@@ -20,6 +20,7 @@ import pytest
 from harness import Event, Sandbox, echo_pod, events, namespace, sandbox
 from harness import eventually_events as eventually
 
+from velvet.connectivity.manifests import UDP_PORT
 from velvet.datapath.attach import list_pinned_links
 from velvet.paths import AgentPaths
 
@@ -115,6 +116,8 @@ def test_processes_running_before_a_restarted_agent_appear_with_their_ancestry(s
     """Test that after `kill -9` of the agent and its restart, the pod's server process (started long
     before) is a procFS process_exec naming the pod, whose parent is known, and that status shows the
     programs and where they are attached."""
+    db = sb.wait_ready(["other/db-1"])["other/db-1"]
+    assert sb.query("proc/web-1", f"udp://{db}:{UDP_PORT}") is not None  # a UDP socket the agent knew
     pid_file = AgentPaths(sb.name).run_dir / "agent.pid"
     old_pid = int(pid_file.read_text())
     os.kill(old_pid, 9)
@@ -131,18 +134,26 @@ def test_processes_running_before_a_restarted_agent_appear_with_their_ancestry(s
     assert server["parent"]["exec_id"] == server["process"]["parent_exec_id"]
     assert server["parent"]["pid"] > 0
     # connections accepted by servers that listened before the restart name them (listeners from /proc)
-    db = sb.wait_ready(["other/db-1"])["other/db-1"]
     assert sb.query("proc/web-1", f"tcp://{db}:8080") is not None
     out = sb.velvet("observe", "--last", "4095", "--protocol", "tcp", "--from-pod", "other/db-1",
                     "--from-process", server_process(sb, "db-1")["exec_id"], "-o", "json").stdout
     assert [json.loads(line) for line in out.splitlines() if line.strip()]
+    # and the UDP server the agent before knew is named again once it next receives
+    answer = sb.query("proc/web-1", f"udp://{db}:{UDP_PORT}")
+    assert answer is not None
+    out = sb.velvet("observe", "--last", "4095", "--protocol", "udp", "--to-pod", "other/db-1",
+                    "--to-process", server_process(sb, "db-1")["exec_id"], "-o", "json").stdout
+    port = int(answer.rsplit(":", 1)[1])
+    assert [f for f in map(json.loads, filter(None, out.splitlines())) if port in ports(f, "UDP")]
     status = sb.json("status")["processes"]
     assert status["attached"]
     assert status["processes"] > 0
     assert {p["name"]: p["attached_to"] for p in status["programs"]} == {
         "proc_exec": "tracepoint sched:sched_process_exec", "proc_fork": "raw_tracepoint:sched_process_fork",
         "proc_exit": "tracepoint sched:sched_process_exit",
-        "proc_tcp_connect": "tracepoint sock:inet_sock_set_state"}
+        "proc_tcp_connect": "tracepoint sock:inet_sock_set_state",
+        "proc_udp_send": "tracepoint sock:sock_send_length",
+        "proc_udp_recv": "tracepoint sock:sock_recv_length"}
     links = list_pinned_links(AgentPaths(sb.name).pin_dir / "links")
     pinned = {path.name: info.prog_id for path, info in links  # the restarted agent's programs are in them
               if path.name.startswith("proc-")}
@@ -179,10 +190,40 @@ def test_flows_name_the_process_that_opened_the_connection(sb: Sandbox) -> None:
     assert {f["source_process"]["exec_id"] for f in replies} == {server["exec_id"]}
 
 
-def ports(flow: Event) -> tuple[int, int]:
-    """A TCP flow's source and destination ports."""
-    tcp = flow["l4"]["TCP"]
-    return tcp["source_port"], tcp["destination_port"]
+def test_udp_flows_name_the_client_and_the_server_process(sb: Sandbox) -> None:
+    """Test that a datagram a pod's process sends to another pod's UDP server names the client's process
+    (pid, binary, exec_id of its process_exec) as source and the server's as destination, and that
+    `velvet observe --from-process` / `--to-process` select them (the datapath reports no reply datagrams:
+    tests/datapath/test_proc_events.py shows a reply's processes)."""
+    db = sb.wait_ready(["other/db-1"])["other/db-1"]
+    answer = sb.query("proc/web-1", f"udp://{db}:{UDP_PORT}")  # "db-1 <client ip>:<client port>"
+    assert answer is not None
+    port = int(answer.rsplit(":", 1)[1])
+
+    def observe(*args: str) -> list[Event]:  # this exchange's flows
+        out = sb.velvet("observe", "--last", "4095", "--protocol", "udp", *args, "-o", "json").stdout
+        return [f for f in map(json.loads, filter(None, out.splitlines())) if port in ports(f, "UDP")]
+
+    sent = observe("--from-pod", "proc/web-1", "--to-pod", "other/db-1", "--from-process", "*python3*")
+    assert sent
+    client = sent[0]["source_process"]
+    queries = [e for e in _with("process_exec", pid=client["pid"])(events(sb, "--pod", "web-1"))
+               if "--query" in e["process"]["arguments"]]
+    assert [(e["process"]["exec_id"], e["process"]["binary"]) for e in queries] == \
+        [(client["exec_id"], client["binary"])]
+    server = server_process(sb, "db-1")
+    assert {(f["source_process"]["exec_id"], f["destination_process"]["exec_id"]) for f in sent} == \
+        {(client["exec_id"], server["exec_id"])}
+    # both observation points (leaving the client's endpoint, reaching the server's) name both processes
+    assert {f["trace_observation_point"] for f in sent} == {"FROM_ENDPOINT", "TO_ENDPOINT"}
+    assert observe("--from-pod", "proc/web-1", "--to-process", server["exec_id"]) == sent
+    assert observe("--from-pod", "proc/web-1", "--from-process", "/no/such/binary") == []
+
+
+def ports(flow: Event, proto: str = "TCP") -> tuple[int, int]:
+    """A TCP (or `proto`) flow's source and destination ports."""
+    l4 = flow["l4"][proto]
+    return l4["source_port"], l4["destination_port"]
 
 
 def server_process(sb: Sandbox, pod: str) -> Event:

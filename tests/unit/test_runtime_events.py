@@ -26,11 +26,12 @@ from velvet.datapath.structs import (
 from velvet.errors import NotSupported
 from velvet.observe.enrich import DictResolver, EndpointInfo
 from velvet.observe.filters import FlowQuery
+from velvet.observe.flow import Endpoint, Flow
 from velvet.observe.pipeline import FlowPipeline
 from velvet.runtime.compact import compact_line
 from velvet.runtime.monitor import EventQuery, ProcessMonitor
 from velvet.runtime.process import Process
-from velvet.runtime.tree import ProcessTree
+from velvet.runtime.tree import ProcessTree, UdpSockets
 
 POD_CGROUP = 777
 NODE_CGROUP = 5
@@ -227,6 +228,57 @@ def test_flows_name_the_process_of_their_connection_and_filter_by_it() -> None:
     assert flows.query(FlowQuery(from_process=(known.exec_id,)))[0]["source_process"] == curl
     assert flows.query(FlowQuery(from_process=("/bin/sh",))) == []
     assert FlowQuery.from_params(FlowQuery(from_process=("a,b",)).to_params()).from_process == ("a,b",)
+
+
+def udp_record(pid: int, ip: int, port: int, netns: int) -> Any:
+    """A sock_event of proc_udp_send/recv: process `pid` uses the UDP socket ip:port of netns."""
+    rec = np.zeros(1, dtype=SOCK_EVENT_DTYPE)
+    rec["pid"], rec["new_state"], rec["protocol"], rec["netns_ino"] = pid, 1, 17, netns
+    rec["saddr"], rec["sport"] = ip, port
+    return rec
+
+
+def test_udp_flows_name_the_processes_at_their_addresses_and_ports() -> None:
+    """Test that a UDP flow names the process at each end: a socket bound to its address, else one bound to
+    any address whose process's pod has the flow's address, else the only one of a process with no known
+    address; a later user of the port replaces the earlier; TCP flows are not UDP sockets."""
+    mon = monitor()
+    feed(mon, record(ProcEventType.EXEC, 50, 1, 1, filename="/srv/dns"),
+         record(ProcEventType.EXEC, 51, 1, 2, filename="/usr/sbin/node-dns", cgroup=77),
+         record(ProcEventType.EXEC, 52, 1, 3, filename="/usr/bin/dig"),
+         record(ProcEventType.EXEC, 53, 1, 4, filename="/srv/dns2"))
+    mon.ingest_sockets(np.concatenate([udp_record(50, 0, 53, 1), udp_record(51, 0, 53, 2),
+                                       udp_record(52, 0x0A000009, 4000, 3)]))
+
+    def names(flow: Flow) -> tuple[str | None, str | None]:
+        source, destination = mon.flow_processes(flow)
+        return (source["binary"] if source else None), (destination["binary"] if destination else None)
+
+    assert names(udp_flow("10.0.0.9", 4000, "10.0.0.7", 53)) == ("/usr/bin/dig", "/srv/dns")
+    assert names(udp_flow("10.0.0.7", 53, "10.0.0.9", 4000)) == ("/srv/dns", "/usr/bin/dig")
+    assert names(udp_flow("10.0.0.8", 4000, "192.168.1.1", 53)) == (None, "/usr/sbin/node-dns")
+    assert names(udp_flow("10.0.0.9", 4000, "10.0.0.7", 53, proto=6)) == (None, None)
+    mon.ingest_sockets(udp_record(53, 0, 53, 1))
+    assert names(udp_flow("10.0.0.9", 4000, "10.0.0.7", 53)) == ("/usr/bin/dig", "/srv/dns2")
+
+
+def test_udp_sockets_are_bounded() -> None:
+    """Test that beyond its capacity the table forgets the oldest sockets, bound or not."""
+    table = UdpSockets(capacity=1)
+    proc = Process("e", 1, 0, 0, "/b", [], "/", 0, [], "", 0, None)
+    table.put("10.0.0.1", 1, 1, proc)
+    table.put("10.0.0.1", 2, 1, proc)
+    table.put("0.0.0.0", 3, 1, proc)
+    table.put("0.0.0.0", 4, 2, proc)
+    assert len(table) == 2
+    assert [table.get("10.0.0.1", port, lambda _: None) for port in (1, 2, 3, 4)] == [None, proc, None, proc]
+
+
+def udp_flow(src: str, sport: int, dst: str, dport: int, proto: int = 17) -> Flow:
+    """A flow between two addresses, as the flow pipeline hands it to the process lookup."""
+    return Flow(time_ns=0, type=0, obs_point=0, verdict=0, drop_reason=0, proto=proto, tcp_flags=0,
+                src_ip=src, dst_ip=dst, src_port=sport, dst_port=dport, source=Endpoint(0),
+                destination=Endpoint(0))
 
 
 def test_processes_found_without_a_cgroup_v2_mount_are_kept_unattributed(

@@ -698,7 +698,8 @@ class SockEvent(Structure):
         ("dport", BE16),
         ("old_state", c_uint8),
         ("new_state", c_uint8),
-        ("pad", c_uint8 * 2),
+        ("protocol", c_uint8),
+        ("pad", c_uint8),
     ]
 
 

@@ -50,7 +50,7 @@ from velvet.runtime.process import (
     rfc3339,
 )
 from velvet.runtime.source import ProcessSource
-from velvet.runtime.tree import ConnectionTable, ProcessTree
+from velvet.runtime.tree import ConnectionTable, ProcessTree, UdpSockets
 from velvet.system.mounts import cgroup2_mount
 
 log = logging.getLogger("velvet.runtime")
@@ -62,6 +62,7 @@ TCP_SYN_RECV = 3
 TCP_CLOSE = 7
 TCP_LISTEN = 10
 IPPROTO_TCP = 6
+IPPROTO_UDP = 17
 _HIDDEN_LABEL_PREFIXES = ("io.kubernetes.", "io.cilium.")
 
 
@@ -146,6 +147,7 @@ class ProcessMonitor:
         self.cgroup = cgroup
         self.tree = tree or ProcessTree()
         self.connections = ConnectionTable()
+        self.udp = UdpSockets()
         self.listeners: dict[tuple[int, int], Process] = {}  # (netns inode, port) -> the listening process
         self.events: deque[ProcessEvent] = deque(maxlen=capacity)
         self.seen = 0
@@ -403,6 +405,11 @@ class ProcessMonitor:
         port), a connection established (remember its process: the connecting one, or the listener's owner
         for an accepted one) or closed (forget it after a grace period)."""
         old, new, pid = int(r["old_state"]), int(r["new_state"]), int(r["pid"])
+        if int(r["protocol"]) == IPPROTO_UDP:  # a UDP socket in use: its local address names the process
+            proc = self.tree.get(pid) or self._parent(pid)
+            if proc is not None:
+                self.udp.put(str(IPv4Address(int(r["saddr"]))), int(r["sport"]), int(r["netns_ino"]), proc)
+            return
         key = (str(IPv4Address(int(r["saddr"]))), int(r["sport"]), str(IPv4Address(int(r["daddr"]))),
                int(r["dport"]))
         listener = (int(r["netns_ino"]), int(r["sport"]))
@@ -423,13 +430,23 @@ class ProcessMonitor:
             self.connections.close(key)
 
     def flow_processes(self, flow: Flow) -> tuple[Json | None, Json | None]:
-        """The processes at a TCP flow's source and destination: the one that opened the connection is
-        the source of its packets and the destination of the replies (None where unknown)."""
+        """The processes at a flow's source and destination (None where unknown). TCP: the one that opened
+        the connection is the source of its packets and the destination of the replies; UDP: the process
+        that last used the socket at each end's address and port."""
+        if flow.proto == IPPROTO_UDP:
+            ends = (self.udp.get(flow.src_ip, flow.src_port, self._address),
+                    self.udp.get(flow.dst_ip, flow.dst_port, self._address))
+            return ends[0].flow_json() if ends[0] else None, ends[1].flow_json() if ends[1] else None
         if flow.proto != IPPROTO_TCP:
             return None, None
         forward = self.connections.get((flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port))
         reverse = self.connections.get((flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port))
         return (forward.flow_json() if forward else None), (reverse.flow_json() if reverse else None)
+
+    def _address(self, proc: Process) -> str | None:
+        """The address of the pod `proc` runs in (None: a node process, or a pod not known yet)."""
+        ip = self.resolver.by_cgroup(proc.cgroup_id)
+        return str(IPv4Address(ip)) if ip is not None else None
 
     # -- events out -------------------------------------------------------------------------------
 

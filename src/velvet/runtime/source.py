@@ -2,7 +2,8 @@
 
 Needs root, bpffs, tracefs, BTF (CO-RE) and cgroup v2. The rings (`proc_events`, 4 MiB; socket events in
 their own small `proc_sock_events`) and the maps are pinned beside the node's other maps, the links under
-its `links/` directory (`proc-exec`, `proc-fork`, `proc-exit`, `proc-tcp-connect`): a restarted agent
+its `links/` directory (`proc-exec`, `proc-fork`, `proc-exit`, `proc-tcp-connect`,
+`proc-udp-send`, `proc-udp-recv`): a restarted agent
 re-opens the same rings, so events of processes that ran while it was down are still read, and replaces
 the links with its fresh programs (tracepoint links cannot be updated in place).
 
@@ -39,7 +40,8 @@ from velvet.system.mounts import cgroup2_mount
 log = logging.getLogger("velvet.runtime")
 RUNTIME_POLICY_MAPS = ("rt_rules", "rt_config", "rt_cgroup_rules", "rt_bin_paths", "rt_bin_prefixes",
                        "rt_arg_paths", "rt_arg_prefixes", "rt_arg_postfixes", "rt_scratch")
-PINNED_MAPS = ("proc_events", "proc_sock_events", "proc_config", "proc_lost", "proc_socks", "proc_binsets",
+PINNED_MAPS = ("proc_events", "proc_sock_events", "proc_config", "proc_lost", "proc_socks", "proc_udp_socks",
+               "proc_binsets",
                "proc_syscall_counts", *RUNTIME_POLICY_MAPS)
 # syscalls per cgroup: on every syscall of the machine, so attached only on request (--syscall-metrics)
 SYSCALL_COUNTER = ("proc_syscalls", "raw_syscalls", "sys_enter")
@@ -49,6 +51,8 @@ TRACEPOINTS = {
     "proc_fork": ("raw", "sched_process_fork"),
     "proc_exit": ("sched", "sched_process_exit"),
     "proc_tcp_connect": ("sock", "inet_sock_set_state"),
+    "proc_udp_send": ("sock", "sock_send_length"),
+    "proc_udp_recv": ("sock", "sock_recv_length"),
 }
 # tracing policies' syscall hooks (enum rt_hook) -> (program, tracepoint category, name): attached while used
 POLICY_HOOKS = {int(hook): (f"proc_{hook.name.lower()}", "syscalls", f"sys_enter_{hook.name.lower()}")
@@ -117,7 +121,7 @@ class KernelProcSource:
         self._sock_ring: SockEventsRing | None = None
 
     def start(self) -> None:
-        """Load (re-adopting the pinned ring), aim at the node's cgroup, attach the three programs."""
+        """Load (re-adopting the pinned ring), aim at the node's cgroup, attach the tracepoint programs."""
         mounts.ensure_bpffs()
         mounts.ensure_pin_dir(self.pin_dir)
         self._obj = self._load()
@@ -143,6 +147,10 @@ class KernelProcSource:
             attach.attach_tracepoint(self._obj.program(prog_name), category, name, pin).close()
         else:  # a previous agent's, asked for then: not any more
             attach.detach_pinned(pin)
+        # this monitor knows no UDP socket yet: the kernel reports each again as it is next used
+        with self._obj.map("proc_udp_socks") as untyped, untyped.typed(c_uint64, c_uint64) as udp:
+            for key in list(udp.keys()):
+                udp.delete(key)
         with self._obj.map("proc_events") as untyped:
             self._ring = ProcEventsRing(untyped)
         with self._obj.map("proc_sock_events") as untyped:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 
 from velvet.runtime.process import Process
 
@@ -118,3 +119,55 @@ class ConnectionTable:
             _, key, proc = self._closed.popleft()
             if self._conns.get(key) is proc:
                 del self._conns[key]
+
+
+class UdpSockets:
+    """UDP sockets (local ip, port) -> the process that last sent or received on them, bounded.
+
+    A socket bound to every address (0.0.0.0: a server's, or an unconnected sender's) is kept per network
+    namespace; a flow's address picks among them by the pod address of the process's cgroup. Entries are
+    replaced when another process uses the port; beyond the capacity the oldest go first.
+    """
+
+    def __init__(self, capacity: int = CONNECTION_CAPACITY) -> None:
+        self.capacity = capacity
+        self._bound: dict[tuple[str, int], Process] = {}
+        self._any: dict[tuple[int, int], Process] = {}  # (port, netns inode) -> process
+        self._by_port: dict[int, set[int]] = {}  # port -> netns inodes of _any
+
+    def __len__(self) -> int:
+        return len(self._bound) + len(self._any)
+
+    def put(self, ip: str, port: int, netns: int, proc: Process) -> None:
+        """Remember that `proc` uses the UDP socket at ip:port (ip 0.0.0.0: any address of netns)."""
+        if ip != "0.0.0.0":
+            self._bound.pop((ip, port), None)
+            self._bound[(ip, port)] = proc
+        else:
+            self._any.pop((port, netns), None)
+            self._any[(port, netns)] = proc
+            self._by_port.setdefault(port, set()).add(netns)
+        while len(self._bound) > self.capacity:
+            del self._bound[next(iter(self._bound))]
+        while len(self._any) > self.capacity:
+            old_port, old_netns = next(iter(self._any))
+            del self._any[(old_port, old_netns)]
+            self._by_port[old_port].discard(old_netns)
+            if not self._by_port[old_port]:
+                del self._by_port[old_port]
+
+    def get(self, ip: str, port: int, address_of: Callable[[Process], str | None]) -> Process | None:
+        """The process at ip:port: a socket bound to ip, else the one bound to any address whose process's
+        pod has address `ip` (`address_of`), else the only such socket whose process has no known address."""
+        proc = self._bound.get((ip, port))
+        if proc is not None:
+            return proc
+        unknown: list[Process] = []
+        for netns in self._by_port.get(port, ()):
+            candidate = self._any[(port, netns)]
+            address = address_of(candidate)
+            if address == ip:
+                return candidate
+            if address is None:
+                unknown.append(candidate)
+        return unknown[0] if len(unknown) == 1 else None

@@ -9,6 +9,9 @@
  *                   connect()s, reported when its connection is ESTABLISHED and CLOSE; listen() and
  *                   the listener's close (in the owner); passive opens ESTABLISHED (in softirq, kept
  *                   when the socket's cgroup, the listener's, is monitored) and their CLOSE
+ *   proc_udp_send, proc_udp_recv: tracepoints sock/sock_send_length and sock/sock_recv_length, what names a
+ *                   UDP flow's process (IPv4): the process that sends or receives on a UDP socket, once per
+ *                   socket, process and local port (after the call, so an autobound socket has its port)
  *
  * Every event carries the network namespace inode and the cgroup id, which attribute it to a
  * pod. Records are struct process_event in the proc_events ring buffer (own map: the object
@@ -58,6 +61,15 @@ struct {
 	__type(key, __u64);
 	__type(value, __u32);
 } proc_socks SEC(".maps");
+
+/* UDP sockets reported: socket address -> the tgid << 16 | local port they were reported with (emptied
+ * by a starting agent, whose monitor knows none yet). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} proc_udp_socks SEC(".maps");
 
 /* Syscalls per cgroup (a pod's), one counter per CPU: proc_syscalls, attached only on request. */
 struct {
@@ -162,6 +174,7 @@ static __always_inline void proc_report_sock(struct trace_event_raw_inet_sock_se
 	__builtin_memcpy(&ev->daddr, ctx->daddr, sizeof(ev->daddr));
 	ev->sport = bpf_htons(ctx->sport);
 	ev->dport = bpf_htons(ctx->dport);
+	ev->protocol = IPPROTO_TCP;
 	ringbuf_submit_lazy(ev, &proc_sock_events, PROC_SOCK_EVENTS_RINGBUF_BYTES);
 }
 
@@ -334,6 +347,64 @@ int proc_tcp_connect(struct trace_event_raw_inet_sock_set_state *ctx)
 	if (ctx->newstate == TCP_CLOSE)
 		bpf_map_delete_elem(&proc_socks, &sk);
 	proc_report_sock(ctx, tgid);
+	return 0;
+}
+
+/*
+ * A monitored process sent or received on an IPv4 UDP socket: report its local address and port (and its
+ * peer when connected) with the process, unless this socket was reported so already. Runs after the
+ * protocol's sendmsg/recvmsg, in the caller's context: an unbound socket was autobound by then.
+ */
+static __always_inline void proc_udp_report(struct sock *sk, __u16 family, __u16 protocol)
+{
+	__u64 key = (__u64)sk, seen, *was;
+	struct sock_event *ev;
+	__u32 tgid, zero = 0;
+	__u64 *lost;
+	__u16 port;
+
+	if (family != AF_INET || protocol != IPPROTO_UDP)
+		return;
+	port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (!port)
+		return; /* never bound (a send that failed early) */
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	seen = (__u64)tgid << 16 | port;
+	was = bpf_map_lookup_elem(&proc_udp_socks, &key);
+	if ((was && *was == seen) || !proc_monitored())
+		return;
+	bpf_map_update_elem(&proc_udp_socks, &key, &seen, BPF_ANY);
+	ev = bpf_ringbuf_reserve(&proc_sock_events, sizeof(*ev), 0);
+	if (!ev) {
+		lost = bpf_map_lookup_elem(&proc_lost, &zero);
+		if (lost)
+			*lost += 1;
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->pid = tgid;
+	ev->netns_ino = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	ev->saddr = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+	ev->daddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+	ev->sport = bpf_htons(port);
+	ev->dport = BPF_CORE_READ(sk, __sk_common.skc_dport);
+	ev->new_state = TCP_ESTABLISHED; /* in use */
+	ev->protocol = IPPROTO_UDP;
+	ringbuf_submit_lazy(ev, &proc_sock_events, PROC_SOCK_EVENTS_RINGBUF_BYTES);
+}
+
+SEC("tracepoint/sock/sock_send_length")
+int proc_udp_send(struct trace_event_raw_sock_msg_length *ctx)
+{
+	proc_udp_report((struct sock *)ctx->sk, ctx->family, ctx->protocol);
+	return 0;
+}
+
+SEC("tracepoint/sock/sock_recv_length")
+int proc_udp_recv(struct trace_event_raw_sock_msg_length *ctx)
+{
+	proc_udp_report((struct sock *)ctx->sk, ctx->family, ctx->protocol);
 	return 0;
 }
 

@@ -508,7 +508,8 @@ struct process_event {
 
 /*
  * proc_sock_events ring buffer record (proc_tcp_connect): a TCP socket of a monitored process was
- * connected or accepted (ESTABLISHED), closed (CLOSE), or is a listener (LISTEN, its close). Its own
+ * connected or accepted (ESTABLISHED), closed (CLOSE), or is a listener (LISTEN, its close); or
+ * (proc_udp_send/recv) a UDP socket is in use by a process (ESTABLISHED; saddr 0 when unbound). Its own
  * small record: connection storms must not fill the process events' ring.
  */
 struct sock_event {
@@ -521,7 +522,8 @@ struct sock_event {
 	__be16 dport;
 	__u8 old_state;  /* kernel TCP states */
 	__u8 new_state;
-	__u8 pad[2];
+	__u8 protocol;   /* IPPROTO_TCP or IPPROTO_UDP (0: TCP, a record of an older agent's programs) */
+	__u8 pad;
 };
 
 /* proc_config value (one entry): which processes the node's monitor reports. */
