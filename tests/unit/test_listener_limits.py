@@ -178,7 +178,9 @@ def test_a_flood_of_half_open_requests_leaves_the_agent_answering(tmp_path: Path
             loop.run(api_runner.cleanup())
             loop.close()
             shutil.rmtree(directory)
-    assert peak[0] <= baseline + UI_LIMITS.max_connections + 2, (baseline, peak[0])
+    # beside the cap: one connection being refused, and the health request's two ends (this process
+    # holds both the API client and its server); without the cap the peak would near 1,100
+    assert peak[0] <= baseline + UI_LIMITS.max_connections + 3, (baseline, peak[0])
     text = log.getvalue()
     assert "Traceback" not in text
     assert len(text.splitlines()) <= 4, text
