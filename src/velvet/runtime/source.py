@@ -13,15 +13,18 @@ keep acting across a restart; `write_policy` writes only what changed, and attac
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from ctypes import c_uint32, c_uint64
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from velvet.datapath import attach, build
 from velvet.datapath.bpfobject import BpfObject, load_over_pins
+from velvet.datapath.maps import Map
 from velvet.datapath.rt_tables import RtRuleEntry, RtTables, bin_in_rules, path_key, prefix_key
 from velvet.datapath.structs import (
     PROCESS_EVENT_DTYPE,
@@ -57,6 +60,35 @@ TRACEPOINTS = {
 # tracing policies' syscall hooks (enum rt_hook) -> (program, tracepoint category, name): attached while used
 POLICY_HOOKS = {int(hook): (f"proc_{hook.name.lower()}", "syscalls", f"sys_enter_{hook.name.lower()}")
                 for hook in RtHook if hook != RtHook.EXEC}
+
+
+class _PolicyMaps(NamedTuple):
+    """proc.bpf.o's tracing-policy maps, typed."""
+
+    paths: Map[RtPath, c_uint64]
+    prefixes: Map[RtPathLpm, c_uint64]
+    arg_paths: Map[RtPath, c_uint64]
+    arg_prefixes: Map[RtPathLpm, c_uint64]
+    arg_postfixes: Map[RtPathLpm, c_uint64]
+    rules: Map[c_uint32, RtRule]
+    config: Map[c_uint32, RtConfig]
+    cgroups: Map[c_uint64, c_uint64]
+
+
+_POLICY_MAPS: tuple[tuple[str, type[Any], type[Any]], ...] = (
+    ("rt_bin_paths", RtPath, c_uint64), ("rt_bin_prefixes", RtPathLpm, c_uint64),
+    ("rt_arg_paths", RtPath, c_uint64), ("rt_arg_prefixes", RtPathLpm, c_uint64),
+    ("rt_arg_postfixes", RtPathLpm, c_uint64), ("rt_rules", c_uint32, RtRule),
+    ("rt_config", c_uint32, RtConfig), ("rt_cgroup_rules", c_uint64, c_uint64))
+
+
+@contextlib.contextmanager
+def _policy_maps(obj: BpfObject) -> Iterator[_PolicyMaps]:
+    """The tracing-policy maps of `obj`, open for the block."""
+    with contextlib.ExitStack() as stack:
+        views = [stack.enter_context(stack.enter_context(obj.map(name)).typed(key, value))
+                 for name, key, value in _POLICY_MAPS]
+        yield _PolicyMaps(*views)
 
 
 class ProcessSource(Protocol):
@@ -199,14 +231,8 @@ class KernelProcSource:
             prog_name, category, name = POLICY_HOOKS[hook]
             attach.attach_tracepoint(obj.program(prog_name), category, name,
                                      self.links_dir / prog_name.replace("_", "-")).close()
-        with obj.map("rt_bin_paths") as p, p.typed(RtPath, c_uint64) as paths, \
-                obj.map("rt_bin_prefixes") as x, x.typed(RtPathLpm, c_uint64) as prefixes, \
-                obj.map("rt_arg_paths") as ap, ap.typed(RtPath, c_uint64) as arg_paths, \
-                obj.map("rt_arg_prefixes") as ax, ax.typed(RtPathLpm, c_uint64) as arg_prefixes, \
-                obj.map("rt_arg_postfixes") as af, af.typed(RtPathLpm, c_uint64) as arg_postfixes, \
-                obj.map("rt_rules") as r, r.typed(c_uint32, RtRule) as rules, \
-                obj.map("rt_config") as c, c.typed(c_uint32, RtConfig) as config, \
-                obj.map("rt_cgroup_rules") as g, g.typed(c_uint64, c_uint64) as cgroups:
+        with _policy_maps(obj) as (paths, prefixes, arg_paths, arg_prefixes, arg_postfixes, rules, config,
+                                    cgroups):
             for postfix, sets in new.arg_postfixes.items():  # the trie holds them reversed
                 if old.arg_postfixes.get(postfix) != sets:
                     arg_postfixes.update(prefix_key(postfix[::-1]), c_uint64(sets))
@@ -252,14 +278,8 @@ class KernelProcSource:
         if self._obj is None:
             return RtTables()
         obj = self._obj
-        with obj.map("rt_bin_paths") as p, p.typed(RtPath, c_uint64) as paths, \
-                obj.map("rt_bin_prefixes") as x, x.typed(RtPathLpm, c_uint64) as prefixes, \
-                obj.map("rt_arg_paths") as ap, ap.typed(RtPath, c_uint64) as arg_paths, \
-                obj.map("rt_arg_prefixes") as ax, ax.typed(RtPathLpm, c_uint64) as arg_prefixes, \
-                obj.map("rt_arg_postfixes") as af, af.typed(RtPathLpm, c_uint64) as arg_postfixes, \
-                obj.map("rt_rules") as r, r.typed(c_uint32, RtRule) as rules, \
-                obj.map("rt_config") as c, c.typed(c_uint32, RtConfig) as config, \
-                obj.map("rt_cgroup_rules") as g, g.typed(c_uint64, c_uint64) as cgroups:
+        with _policy_maps(obj) as (paths, prefixes, arg_paths, arg_prefixes, arg_postfixes, rules, config,
+                                    cgroups):
             settings = config.lookup(c_uint32(0))
             hooks = frozenset(hook for hook, (prog_name, _, _) in POLICY_HOOKS.items()
                               if (self.links_dir / prog_name.replace("_", "-")).exists())
