@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from velvet.datapath.structs import (
 from velvet.datapath.tablemaps import TableMaps
 from velvet.datapath.testrun import TestRunResult, skb_ctx, test_run
 from velvet.datapath.views import EventsRing, MapView, MetricsMap, Views, open_views
+from velvet.runtime.source import PINNED_MAPS, KernelProcSource
 
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
@@ -131,3 +133,13 @@ def node() -> Iterator[Loaded]:
     """node.bpf.o, loaded with empty maps."""
     with loaded("node") as obj:
         yield obj
+
+
+def remove_proc_source(source: KernelProcSource, pin_dir: Path) -> None:
+    """Detach a test's proc.bpf.o and remove its pins and pin directory, by exact name."""
+    source.detach()
+    for name in PINNED_MAPS:
+        (pin_dir / name).unlink(missing_ok=True)
+    for directory in (pin_dir / "links", pin_dir):
+        if directory.exists():
+            directory.rmdir()

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fixtures_datapath import remove_proc_source
 from prometheus_client import CollectorRegistry
 
 from velvet.control.tracing import PodScope, TracingCompiler, TracingPolicy
@@ -30,7 +31,7 @@ from velvet.datapath.maps import Map
 from velvet.model.codec import parse_documents
 from velvet.observe.enrich import DictResolver, EndpointInfo
 from velvet.runtime.monitor import EventQuery, ProcessMonitor
-from velvet.runtime.source import PINNED_MAPS, KernelProcSource
+from velvet.runtime.source import KernelProcSource
 from velvet.system import mounts
 
 Json = dict[str, Any]
@@ -104,12 +105,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
     finally:
         try:
             monitor.close()
-            source.detach()
-            for name in PINNED_MAPS:
-                (pin_dir / name).unlink(missing_ok=True)
-            for directory in (pin_dir / "links", pin_dir):
-                if directory.exists():
-                    directory.rmdir()
+            remove_proc_source(source, pin_dir)
         finally:
             for cgroup in [*(root / pod for pod in PODS), root]:
                 (cgroup / "cgroup.kill").write_text("1")  # what a failed test left running

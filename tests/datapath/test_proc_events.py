@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures_datapath import remove_proc_source
 
 from velvet.observe.enrich import DictResolver, EndpointInfo
 from velvet.observe.flow import Endpoint, Flow
 from velvet.runtime.monitor import EventQuery, ProcessMonitor
-from velvet.runtime.source import PINNED_MAPS, KernelProcSource
+from velvet.runtime.source import KernelProcSource
 from velvet.system import mounts
 
 NODE = "dp-node"
@@ -79,12 +80,7 @@ def monitored() -> Iterator[Monitored]:
         sleeper.wait()
         try:
             monitor.close()
-            source.detach()
-            for name in PINNED_MAPS:
-                (pin_dir / name).unlink(missing_ok=True)
-            for directory in (pin_dir / "links", pin_dir):
-                if directory.exists():
-                    directory.rmdir()
+            remove_proc_source(source, pin_dir)
         finally:
             deadline = time.monotonic() + 5
             while "populated 1" in (cgroup / "cgroup.events").read_text() and time.monotonic() < deadline:
