@@ -11,6 +11,12 @@ caches, ...), the peak during the apply, and the process's VmRSS/VmHWM (which ad
 the imported modules and the C libraries' memory). Then the agent restarts on the same state (a
 second agent on the same files and maps), as after `kill -9`: its heap after the start, and its peak.
 Prints one JSON document (MiB).
+
+    .venv/bin/python -m bench.memory --sandbox [--services 10000]
+
+measures the real agent instead (root): a sandbox (bench.velvet_peer: 4 server pods and a client),
+1,000 services, then the other 9,000 in one `velvet apply`; the agent's VmRSS/VmHWM and its smaps
+summary after the apply, then after `kill -9` and the supervisor's restart (once `/v1/status` answers).
 """
 
 from __future__ import annotations
@@ -18,16 +24,22 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import signal
 import tempfile
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from bench.velvet_peer import vip
+from bench.velvet_peer import VelvetPeer, vip
 from velvet.agent.config import AgentConfig
 from velvet.agent.node import Agent, Dirty
+from velvet.api.client import ApiClient
 from velvet.datapath.fake import FakeDatapath
+from velvet.errors import VelvetError
 from velvet.model import PodCondition, PodStatus
+from velvet.paths import AgentPaths
 
 NS = "bench"
 MIB = 1024 * 1024
@@ -50,10 +62,10 @@ def services_yaml(count: int, pods: int) -> str:
         f"  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}\n" for i in range(count))
 
 
-def status_mib() -> dict[str, float]:
-    """VmRSS and VmHWM of this process."""
+def status_mib(pid: int | str = "self") -> dict[str, float]:
+    """VmRSS and VmHWM of a process (this one by default)."""
     found = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
             found[key] = round(int(value.split()[0]) / 1024, 1)
@@ -114,14 +126,70 @@ def measure(services: int, pods: int, top: int) -> dict[str, Any]:
     return report
 
 
+def smaps_mib(pid: int) -> dict[str, float]:
+    """Resident MiB of a process by kind of mapping: anonymous, heap, BPF maps, files (libraries)."""
+    kinds: dict[str, float] = {}
+    kind = ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if not head[0].endswith(":"):  # a mapping's header: address range, perms, offset, dev, inode, name
+            name = head[5] if len(head) > 5 else ""
+            kind = ("heap" if name == "[heap]" else "bpf" if name.startswith("anon_inode:bpf")
+                    else "anon" if not name or name.startswith("[") else "files")
+        elif head[0] == "Rss:":
+            kinds[kind] = kinds.get(kind, 0.0) + int(head[1]) / 1024
+    return {k: round(v, 1) for k, v in sorted(kinds.items())}
+
+
+def agent_memory(peer: VelvetPeer, settle: float) -> dict[str, Any]:
+    """The sandbox agent's memory after `settle` seconds of quiet."""
+    time.sleep(settle)
+    pid = peer.agent_pid()
+    return {**status_mib(pid), "smaps": smaps_mib(pid)}
+
+
+def sandbox(services: int, budget: float, settle: float) -> dict[str, Any]:
+    """A real agent: 1,000 services, then the rest in one apply; its memory then and after a restart."""
+    peer = VelvetPeer()
+    report: dict[str, Any] = {"services": services}
+    try:
+        peer.up()
+        report["pods_ready"] = agent_memory(peer, settle)
+        report["first"] = peer.apply_services(min(1000, services), 1, budget)
+        report["grown"] = peer.apply_services(services, 1, budget)
+        report["applied"] = agent_memory(peer, settle)
+        api = ApiClient(AgentPaths(peer.name).socket, timeout=2.0)
+        old = peer.agent_pid()
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + budget
+        while time.monotonic() < deadline:
+            try:
+                if peer.agent_pid() != old:
+                    api.get("/v1/status")
+                    break
+            except (VelvetError, OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        report["restarted"] = agent_memory(peer, settle)
+    finally:
+        peer.down()
+    return report
+
+
 def main() -> None:
     """Parse the arguments, measure, print JSON."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--services", type=int, default=10000)
     parser.add_argument("--pods", type=int, default=1000)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--sandbox", action="store_true", help="measure a sandbox agent (root)")
+    parser.add_argument("--budget", type=float, default=300.0)
+    parser.add_argument("--settle", type=float, default=5.0)
     args = parser.parse_args()
-    print(json.dumps(measure(args.services, args.pods, args.top), indent=1))
+    if args.sandbox:
+        print(json.dumps(sandbox(args.services, args.budget, args.settle), indent=1))
+    else:
+        print(json.dumps(measure(args.services, args.pods, args.top), indent=1))
 
 
 if __name__ == "__main__":
