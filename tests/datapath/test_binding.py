@@ -407,6 +407,26 @@ def test_that_read_array_copies_long_runs_of_records_across_wraps(obj: BpfObject
         assert np.array_equal(got["tag"], np.arange(6400) % 3)
 
 
+def test_that_records_crossing_the_end_of_the_ring_are_read_whole(obj: BpfObject) -> None:
+    events = obj.map("test_events")
+    with RingBuffer(events.fd, events.info.max_entries) as ring:
+        raw = obj.program("tc_raw_event")
+        test_run(raw, bytes([0]) + bytes(15))  # one 16-byte record: the 32-byte ones start mid-stride
+        assert ring.read_raw() == [bytes([0])]
+        chunks = [ring.read_array(EVENT)]
+        for _ in range(10):  # 640 records of 32 bytes from offset 16 in a 4 KiB ring: 5 cross its end
+            test_run(obj.program("tc_events"), bytes([64, 0]) + bytes(58))
+            chunks.append(ring.read_array(EVENT))
+        got = np.concatenate(chunks)
+        assert np.array_equal(got["seq"], np.arange(640))
+        assert np.array_equal(got["tag"], np.arange(640) % 3)
+        assert ring.skipped == 0
+        sizes = [1 + (n & 15) for n in range(300)]  # strides of 16 and 24 bytes: several cross the end
+        for n in range(300):
+            test_run(raw, bytes([n & 255]) + bytes(range(1, 16)))
+            assert ring.read_raw() == [bytes([n & 255]) + bytes(range(1, sizes[n]))]
+
+
 def test_that_read_array_stops_at_max_records_and_resumes(obj: BpfObject) -> None:
     events = obj.map("test_events")
     with RingBuffer(events.fd, events.info.max_entries) as ring:

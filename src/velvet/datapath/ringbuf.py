@@ -1,9 +1,12 @@
 """Consume a BPF ring buffer map by mapping it directly (BPF_MAP_TYPE_RINGBUF, Linux >= 5.8).
 
 Layout: the consumer page (read-write, offset 0) holds consumer_pos; the producer page (read-only,
-offset one page) holds producer_pos and is followed by the data area mapped twice, so a record
-never wraps. Each record has an 8-byte header (u32 length with BUSY 1<<31 / DISCARD 1<<30 bits,
-u32 page offset) and is padded to 8 bytes. libbpf 1.1's ring_buffer__poll is not used: it has no
+offset one page) holds producer_pos and is followed by the data area, which the kernel offers twice
+in a row so that a record never wraps. Only the first copy is mapped here: the kernel populates every
+page of a ring mapping at mmap time, so the second copy would add the ring's whole size to the
+agent's resident memory; the few records that cross the end are read in two pieces instead. Each
+record has an 8-byte header (u32 length with BUSY 1<<31 / DISCARD 1<<30 bits, u32 page offset) and is
+padded to 8 bytes, so a header never crosses the end. libbpf 1.1's ring_buffer__poll is not used: it has no
 budget and never returns while the producer keeps pace. Assumes x86-64 memory ordering (TSO).
 """
 
@@ -41,7 +44,7 @@ class RingBuffer:
         self._fd = os.dup(map_fd)
         try:
             self._cons_mm = mmap.mmap(self._fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            self._prod_mm = mmap.mmap(self._fd, page + 2 * max_entries, mmap.MAP_SHARED, mmap.PROT_READ,
+            self._prod_mm = mmap.mmap(self._fd, page + max_entries, mmap.MAP_SHARED, mmap.PROT_READ,
                                       offset=page)
         except OSError as exc:
             os.close(self._fd)
@@ -79,18 +82,27 @@ class RingBuffer:
                 break
             length = hdr & ~(BUSY | DISCARD)
             if not hdr & DISCARD:
-                out.append(self._data[off + HEADER: off + HEADER + length].tobytes())
+                out.append(self._payload(off, length))
             cons += _record_size(length)
         self._cons_pos[0] = cons
         return out
 
+    def _payload(self, off: int, length: int) -> bytes:
+        """The `length` payload bytes of the record whose header is at `off`, in two pieces past the end."""
+        start = off + HEADER
+        end = start + length
+        if end <= self._size:
+            return self._data[start:end].tobytes()
+        return self._data[start:].tobytes() + self._data[: end - self._size].tobytes()
+
     def read_array(self, dtype: np.dtype[np.void], max_records: int = 65536) -> npt.NDArray[np.void]:
         """Take up to `max_records` committed records of one fixed-size type as a structured array.
 
-        Runs of records of exactly dtype.itemsize bytes are found by checking their headers in
-        numpy (positions are arithmetic) and copied in one strided copy; discarded records are
-        skipped, records of another size are dropped (counted in `skipped`), and reading stops at
-        the first record still BUSY. Headers are read before the data they cover.
+        Runs of records of exactly dtype.itemsize bytes (up to the end of the data area) are found by
+        checking their headers in numpy (positions are arithmetic) and copied in one strided copy; a
+        record that crosses the end is copied alone; discarded records are skipped, records of
+        another size are dropped (counted in `skipped`), and reading stops at the first record still
+        BUSY. Headers are read before the data they cover.
         """
         length = dtype.itemsize
         stride = _record_size(length)
@@ -100,7 +112,7 @@ class RingBuffer:
         taken = 0
         while cons < prod and taken < max_records:
             off = cons & self._mask
-            run = min((prod - cons) // stride, max_records - taken)
+            run = min((prod - cons) // stride, max_records - taken, (self._size - off) // stride)
             if run:
                 words = off >> 2
                 headers = np.array(self._data32[words: words + run * (stride >> 2): stride >> 2])
@@ -116,7 +128,10 @@ class RingBuffer:
             hdr = int(self._data32[off >> 2])  # one record that breaks the run
             if hdr & BUSY:
                 break
-            if not hdr & DISCARD:
+            if hdr == length:  # a whole record that crosses the end of the data area
+                parts.append(np.frombuffer(self._payload(off, length), dtype=dtype).copy())
+                taken += 1
+            elif not hdr & DISCARD:
                 self.skipped += 1
             cons += _record_size(hdr & ~(BUSY | DISCARD))
         self._cons_pos[0] = cons
