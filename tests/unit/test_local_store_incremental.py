@@ -15,9 +15,10 @@ import pytest
 from velvet.errors import InvalidManifest
 from velvet.model import EndpointSlice, KubeObject, Pod, PodCondition, PodStatus, Service
 from velvet.model.codec import from_dict, to_dict
-from velvet.sources import slice_sync
+from velvet.sources import slice_sync, state_files
 from velvet.sources.delta import Delta
 from velvet.sources.endpointslices import CONTROLLER_NAME, MANAGED_BY_LABEL, desired_slices, is_managed
+from velvet.sources.index import key_of
 from velvet.sources.local import LocalStore, ObjectRef
 from velvet.sources.state_files import JOURNAL_FILE, QUARANTINE_FILE, STATE_FILE
 
@@ -270,3 +271,35 @@ def test_a_one_line_snapshot_without_journal_loads(state: Path) -> None:
     assert again.snapshot() == store.snapshot()
     again.update_pod_status("default", "p2", running("10.244.0.2"))
     assert LocalStore.open(state).snapshot() == again.snapshot()
+
+
+def test_compaction_copies_the_saved_texts_and_keeps_only_where_they_lie(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    encoded: list[str] = []
+
+    def dump(obj: KubeObject) -> str:
+        encoded.append(obj.metadata.name)
+        return json.dumps(to_dict(obj), sort_keys=True)
+
+    def expected(version: int, objects: list[KubeObject]) -> bytes:
+        lines = ",\n".join(json.dumps(to_dict(o), sort_keys=True) for o in objects)
+        return f'{{"objects": [\n{lines}\n], "version": {version}}}\n'.encode()
+
+    monkeypatch.setattr(state_files, "_dump", dump)
+    files = state_files.StateFiles(tmp_path)
+    files.prepare()
+    first = [pod(f"p{i}", app="a") for i in range(4)]
+    files.record(0, 1, first, [])
+    files.compact(1, first)  # every text from the journal
+    assert (tmp_path / STATE_FILE).read_bytes() == expected(1, first)
+    changed = [pod("p1", app="b"), pod("p9", app="c")]
+    files.record(1, 2, changed, [key_of(first[3])])
+    now = [first[0], changed[0], first[2], changed[1]]
+    files.compact(2, now)  # texts from the snapshot and from the journal
+    assert (tmp_path / STATE_FILE).read_bytes() == expected(2, now)
+    assert encoded == ["p0", "p1", "p2", "p3", "p1", "p9"]  # each object encoded once, when journaled
+    assert all(type(where) is int for where in files._spans.values())  # no second copy of any text
+    (tmp_path / STATE_FILE).write_bytes(expected(2, now) + b" ")  # the files changed behind the store
+    files.compact(2, now)
+    assert (tmp_path / STATE_FILE).read_bytes() == expected(2, now)
+    assert encoded[6:] == ["p0", "p1", "p2", "p9"]  # then every object is encoded again

@@ -15,8 +15,10 @@ a newer Velvet wrote it) is reported in one log line, appended with the reason t
 
 Once the journal outgrows the snapshot the two are compacted: a new snapshot is written atomically
 (`durable.write_atomic`), then the journal is emptied; a crash in between leaves only lines the
-snapshot already holds, which replay skips by version. Each object's encoding is cached, so
-compaction encodes only what the journal did not. Files are 0600 in a 0700 directory.
+snapshot already holds, which replay skips by version. Compaction encodes only what the files do not
+hold yet: where each object's text lies in the snapshot or the journal is remembered (one int per
+object, not a second copy of the text) and those bytes are copied over. Files are 0600 in a 0700
+directory.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class StateFiles:
         self.snapshot_path = state_dir / STATE_FILE
         self.journal_path = state_dir / JOURNAL_FILE
         self.quarantine_path = state_dir / QUARANTINE_FILE
-        self._encoded: dict[Key, str] = {}
+        self._spans: dict[Key, int] = {}  # where an object's JSON text lies in the files (`_span`)
         self._snapshot_bytes = 0
         self._journal_bytes = 0
         self._tail_dirty = False  # a failed append may have left bytes after _journal_bytes
@@ -130,8 +132,8 @@ class StateFiles:
         On failure the journal is as before and `StorageError` says why.
         """
         encoded = [_dump(obj) for obj in upserts]
-        text = (f'{{"delete": {json.dumps([list(k) for k in deletes])}, "since": {since}, '
-                f'"upsert": [{", ".join(encoded)}], "version": {version}}}\n')
+        head = f'{{"delete": {json.dumps([list(k) for k in deletes])}, "since": {since}, "upsert": ['
+        text = f'{head}{", ".join(encoded)}], "version": {version}}}\n'
         data = text.encode()
         fd = open_append(self.journal_path)
         try:
@@ -148,11 +150,13 @@ class StateFiles:
             raise StorageError(self.journal_path, "append the change to", err) from err
         finally:
             os.close(fd)
+        start = self._snapshot_bytes + self._journal_bytes + len(head)  # the text is ASCII: chars are bytes
         self._journal_bytes += len(data)
         for key in deletes:
-            self._encoded.pop(key, None)
+            self._spans.pop(key, None)
         for obj, line in zip(upserts, encoded, strict=True):
-            self._encoded[key_of(obj)] = line
+            self._spans[key_of(obj)] = _span(start, len(line))
+            start += len(line) + 2  # ", "
 
     def compact(self, version: int, objects: Iterable[KubeObject]) -> None:
         """Write every object as the new snapshot, then empty the journal; `StorageError` on failure.
@@ -161,17 +165,38 @@ class StateFiles:
         """
         if not self._save_quarantine():
             raise StorageError(self.quarantine_path, "append to", "the set-aside documents are not saved yet")
-        lines = ",\n".join(self._encoded.get(key_of(obj)) or self._encode(obj) for obj in objects)
-        data = f'{{"objects": [\n{lines}\n], "version": {version}}}\n'.encode()
-        write_atomic(self.snapshot_path, data)
-        self._snapshot_bytes = len(data)
+        saved = self._saved_texts()  # the snapshot followed by the journal, or None
+        known = self._spans if saved else {}
+        data = bytearray(b'{"objects": [\n')
+        spans: dict[Key, int] = {}
+        for index, obj in enumerate(objects):
+            if index:
+                data += b",\n"
+            key = key_of(obj)
+            start = len(data)
+            span = known.get(key)
+            if span is None:
+                data += _dump(obj).encode()
+            else:
+                at, length = span >> 32, span & 0xFFFFFFFF
+                data += saved[at: at + length]
+            spans[key] = _span(start, len(data) - start)
+        data += f'\n], "version": {version}}}\n'.encode()
+        write_atomic(self.snapshot_path, bytes(data))
+        self._snapshot_bytes, self._spans = len(data), spans
         self._truncate_journal(0)
         self._journal_bytes, self._tail_dirty = 0, False
 
-    def _encode(self, obj: KubeObject) -> str:
-        text = _dump(obj)
-        self._encoded[key_of(obj)] = text
-        return text
+    def _saved_texts(self) -> bytes:
+        """The snapshot followed by the journal as this store wrote them; b"" when they are not."""
+        try:
+            snapshot = self.snapshot_path.read_bytes() if self._snapshot_bytes else b""
+            journal = self.journal_path.read_bytes()
+        except OSError:
+            return b""  # then every object is encoded again
+        if len(snapshot) != self._snapshot_bytes or len(journal) < self._journal_bytes:
+            return b""
+        return snapshot + journal[: self._journal_bytes]
 
     def _read_snapshot(self) -> tuple[int, list[Any]]:
         """The snapshot's version and its objects as saved (not decoded yet)."""
@@ -355,6 +380,11 @@ class FileBackend:
 
     def close(self) -> None:
         """Nothing to stop."""
+
+
+def _span(start: int, length: int) -> int:
+    """Where a text lies in the snapshot followed by the journal, as one int: start << 32 | length."""
+    return start << 32 | length
 
 
 def _dump(obj: KubeObject) -> str:
