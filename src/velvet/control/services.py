@@ -250,28 +250,39 @@ class _Frontend:
     flags: int
     external: tuple[Address, ...]  # scope 0: the only scope unless TWO_SCOPES
     internal: tuple[Address, ...] | None  # scope 1, for TWO_SCOPES only
-    usable: frozenset[Address]  # every backend a connection through the frontend may have reached
+    usable: tuple[Address, ...]  # every backend a connection through the frontend may have reached, sorted
 
 
 _OrderKey = tuple[str, int, bool]  # (port name, protocol, local endpoints only)
+_NONE: Mapping[Any, Any] = MappingProxyType({})  # what records hold for a map they have no entry in
+_NO_ADDRESSES: frozenset[Address] = frozenset()
+
+
+def _none() -> Mapping[Any, Any]:
+    """The shared empty mapping (a dataclass default cannot be one directly)."""
+    return _NONE
 
 
 @dataclass(slots=True)
 class _Compiled:
-    """What one service contributes to the maps, and what its next compilation starts from."""
+    """What one service contributes to the maps, and what its next compilation starts from.
+
+    Kept for every service, so kept small: what most services lack is the shared `_NONE` (or the
+    empty frozenset), equal entry counts are one shared mapping (`_counts`), backend sets are tuples.
+    """
 
     service: Service | None = None
     slices: tuple[EndpointSlice, ...] = ()
     services: dict[ServiceKey, ServiceValue] = field(default_factory=dict)
     revnat: dict[int, RevNatValue] = field(default_factory=dict)
-    src_range: dict[SourceRangeKey, None] = field(default_factory=dict)
-    maglev: dict[int, tuple[int, ...]] = field(default_factory=dict)
-    frontends: dict[Address, frozenset[Address]] = field(default_factory=dict)  # owned -> usable
+    src_range: Mapping[SourceRangeKey, None] = field(default_factory=_none)
+    maglev: Mapping[int, tuple[int, ...]] = field(default_factory=_none)
+    frontends: dict[Address, tuple[Address, ...]] = field(default_factory=dict)  # owned -> usable
     backends: dict[Address, bool] = field(default_factory=dict)  # -> terminating
-    orders: dict[_OrderKey, list[Address]] = field(default_factory=dict)
-    tables: dict[tuple[Address, ...], tuple[int, ...]] = field(default_factory=dict)
-    waiting: set[Address] = field(default_factory=set)  # wanted frontends another service owns
-    counts: dict[LbMap, int] = field(default_factory=dict)  # entries of each counted map
+    orders: dict[_OrderKey, tuple[Address, ...]] = field(default_factory=dict)
+    tables: Mapping[tuple[Address, ...], tuple[int, ...]] = field(default_factory=_none)
+    waiting: frozenset[Address] = _NO_ADDRESSES  # wanted frontends another service owns
+    counts: Mapping[LbMap, int] = field(default_factory=_none)  # entries of each counted map
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,7 +520,7 @@ class ServiceCompiler:
         stale = tuple(
             StaleBackend(*frontend, self._backend_ids.ids[b], b[0], b[1])
             for frontend, usable in previous.frontends.items()
-            for b in sorted(usable - current.frontends.get(frontend, frozenset()))
+            for b in sorted(set(usable).difference(current.frontends.get(frontend, ())))
         )
         released = sorted(previous.frontends.keys() - current.frontends.keys())
         for frontend in released:
@@ -605,6 +616,7 @@ class ServiceCompiler:
         internal_algo = _MAGLEV if self._algorithm(service, external=False) == MAGLEV else 0
         external_algo = _MAGLEV if self._algorithm(service, external=True) == MAGLEV else 0
         frontends: dict[Address, _Frontend] = {}
+        waiting: set[Address] = set()
         for port in spec.ports:
             proto = _PROTOCOLS.get(port.protocol)
             if proto is None:
@@ -614,11 +626,11 @@ class ServiceCompiler:
             for local in {itp_local, etp_local}:
                 order_key = (port.name or "", proto, local)
                 chosen = _select(e for e in eps if e.local or not local)
-                current.orders[order_key] = stable_order(previous.orders.get(order_key, ()), chosen)
-                orders[local] = tuple(current.orders[order_key])
+                orders[local] = tuple(stable_order(previous.orders.get(order_key, ()), chosen))
+                current.orders[order_key] = orders[local]
             internal, external = orders[itp_local], orders[etp_local]
             two_scopes = _TWO_SCOPES if set(internal) != set(external) else 0
-            usable = frozenset(e.backend for e in eps if e.usable)
+            usable = tuple(sorted({e.backend for e in eps if e.usable}))
             local_int = _LOCAL_ONLY_INT if itp_local and usable else 0
             kinds: dict[Address, int] = {}
             for address, number, kind in self._frontend_addresses(service, port.port, port.node_port):
@@ -626,7 +638,7 @@ class ServiceCompiler:
                 if frontend in frontends:
                     continue
                 if self._owners.get(frontend, key) != key:
-                    current.waiting.add(frontend)
+                    waiting.add(frontend)
                     continue
                 kinds[frontend] = kinds.get(frontend, 0) | kind
             for frontend, kind in kinds.items():
@@ -637,6 +649,7 @@ class ServiceCompiler:
                 else:
                     flags = common | kind | internal_algo | local_int
                     frontends[frontend] = _Frontend(flags, internal, None, usable)
+        current.waiting = frozenset(waiting) if waiting else _NO_ADDRESSES
         return frontends
 
     def _compile(self, key: str, previous: _Compiled, current: _Compiled) -> None:
@@ -654,7 +667,7 @@ class ServiceCompiler:
             for backend in spec.usable:
                 current.backends[backend] = backend in terminating
         ranges = source_ranges(service)
-        current.counts = _entry_counts(frontends, ranges)
+        current.counts = _counts(*_entry_counts(frontends, ranges))
         self._revnat_ids.ensure_free(sum(f not in self._revnat_ids.ids for f in frontends))
         self._backend_ids.ensure_free(sum(b not in self._backend_ids.ids for b in current.backends))
         self._owners.update(dict.fromkeys(frontends, key))
@@ -673,6 +686,9 @@ class ServiceCompiler:
         assert service is not None
         timeout = service.spec.affinity_timeout_seconds
         ids = self._backend_ids.ids
+        src_range: dict[SourceRangeKey, None] = {}
+        maglev: dict[int, tuple[int, ...]] = {}
+        tables: dict[tuple[Address, ...], tuple[int, ...]] = {}
         for frontend, spec in frontends.items():
             address, port, proto = frontend
             if frontend in previous.frontends:
@@ -682,7 +698,7 @@ class ServiceCompiler:
             flags = spec.flags
             if flags & _LOADBALANCER and ranges:
                 flags |= _SOURCE_RANGE
-                current.src_range.update(dict.fromkeys(SourceRangeKey(index, c) for c in ranges))
+                src_range.update(dict.fromkeys(SourceRangeKey(index, c) for c in ranges))
             current.revnat[index] = RevNatValue(address, port)
             affinity = timeout if flags & _AFFINITY else 0
             for scope, backends in ((LbScope.EXT, spec.external), (LbScope.INT, spec.internal)):
@@ -694,7 +710,9 @@ class ServiceCompiler:
                     current.services[ServiceKey(address, port, slot, proto, scope)] = ServiceValue(
                         ids[backend], 0, 0, index)
             if flags & _MAGLEV and spec.external:
-                current.maglev[index] = self._maglev_table(spec.external, previous, current)
+                maglev[index] = self._maglev_table(spec.external, previous, tables)
+        current.src_range, current.maglev = src_range or _NONE, maglev or _NONE
+        current.tables = tables or _NONE
 
     def _take_room(self, previous: _Compiled, current: _Compiled) -> None:
         """Count the entries `current` adds while its delta is applied (upserts before deletes).
@@ -721,16 +739,16 @@ class ServiceCompiler:
             if before is None and self._backend_ids.release(backend):
                 del votes[backend]
 
-    def _maglev_table(self, backends: Sequence[Address], previous: _Compiled, current: _Compiled
-                      ) -> tuple[int, ...]:
+    def _maglev_table(self, backends: Sequence[Address], previous: _Compiled,
+                      tables: dict[tuple[Address, ...], tuple[int, ...]]) -> tuple[int, ...]:
         """The Maglev table of a backend set, as backend ids; computed once, kept while the set lasts."""
         members = tuple(sorted(backends))
-        table = current.tables.get(members) or previous.tables.get(members)
+        table = tables.get(members) or previous.tables.get(members)
         if table is None:
             owners = lookup_table([f"{a}:{p}/{proto}" for a, p, proto in members])
             ids = [self._backend_ids.ids[b] for b in members]
             table = tuple(ids[i] for i in owners)
-        current.tables[members] = table
+        tables[members] = table
         return table
 
     def _acquire_backends(self, previous: _Compiled, current: _Compiled) -> None:
@@ -775,12 +793,15 @@ def _held(compiled: _Compiled) -> dict[LbMap, Mapping[Any, object]]:
             LbMap.MAGLEV: compiled.maglev}
 
 
-def _entry_counts(frontends: Mapping[Address, _Frontend], ranges: Sequence[str]) -> dict[LbMap, int]:
-    """How many entries of each counted map the frontends fill (as `_fill` writes them)."""
+def _entry_counts(frontends: Mapping[Address, _Frontend], ranges: Sequence[str]) -> tuple[int, int, int]:
+    """How many entries of lb4_services, lb4_src_range and lb4_maglev the frontends fill (as `_fill`)."""
     specs = frontends.values()
-    return {
-        LbMap.SERVICES: sum(1 + len(f.external) + (1 + len(f.internal) if f.internal is not None else 0)
-                            for f in specs),
-        LbMap.SRC_RANGE: len(ranges) * sum(1 for f in specs if f.flags & _LOADBALANCER),
-        LbMap.MAGLEV: sum(1 for f in specs if f.flags & _MAGLEV and f.external),
-    }
+    return (sum(1 + len(f.external) + (1 + len(f.internal) if f.internal is not None else 0) for f in specs),
+            len(ranges) * sum(1 for f in specs if f.flags & _LOADBALANCER),
+            sum(1 for f in specs if f.flags & _MAGLEV and f.external))
+
+
+@lru_cache(maxsize=4096)
+def _counts(services: int, src_range: int, maglev: int) -> Mapping[LbMap, int]:
+    """Entry counts as a mapping of the counted maps, one shared object per distinct triple."""
+    return MappingProxyType({LbMap.SERVICES: services, LbMap.SRC_RANGE: src_range, LbMap.MAGLEV: maglev})
