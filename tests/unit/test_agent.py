@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -228,3 +230,14 @@ def test_without_kube_proxy_replacement_services_are_left_to_kube_proxy(tmp_path
     assert not any(dp.read(table.value) for table in LbMap)
     assert queries.status(again)["agent"]["kube_proxy_replacement"] is False
     assert again.policy.compiled is not None
+
+
+def test_a_single_node_agent_never_imports_netlink(tmp_path: Path) -> None:
+    """Test that an agent that routes to no other node and wires no pod leaves pyroute2 (9 MB) unimported."""
+    code = ("import sys; from pathlib import Path; from velvet.agent.daemon import build_agent; "
+            "from velvet.agent.config import AgentConfig; "
+            f"agent = build_agent(AgentConfig(sandbox='t', state_dir=Path({str(tmp_path)!r})), True); "
+            "agent.start(); agent.apply([{'path': 'a.yaml', 'text': 'kind: Namespace\\napiVersion: v1\\n"
+            "metadata: {name: a}\\n'}]); agent.close(); print('pyroute2' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -13,9 +13,6 @@ import ipaddress
 import socket
 from collections.abc import Mapping
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from velvet.errors import DatapathError
 
 VELVET_ROUTE_PROTO = 198
@@ -27,6 +24,8 @@ class NetlinkRoutes:
 
     def owned(self) -> Mapping[str, str]:
         """Every IPv4 route of Velvet's protocol in the main table, as CIDR -> gateway or device name."""
+        from pyroute2 import IPRoute  # on first use: a single node never routes, and pyroute2 is 9 MB
+
         with IPRoute() as ipr:
             routes = ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE)
         names = {index: name for index, name in socket.if_nameindex()}
@@ -58,6 +57,9 @@ class NetlinkRoutes:
 
     @staticmethod
     def _call(command: str, cidr: str, **attrs: object) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
         try:
             with IPRoute() as ipr:
                 ipr.route(command, table=MAIN_TABLE, **attrs)

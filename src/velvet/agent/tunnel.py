@@ -13,9 +13,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from velvet.errors import DatapathError
 
 TUNNEL_DEVICE = "velvet_vxlan"
@@ -50,6 +47,9 @@ class NetlinkVxlan:
             return pool.submit(self._ensure).result()
 
     def _ensure(self) -> int:
+        from pyroute2 import IPRoute  # on first use: only tunnel mode has the device, and pyroute2 is 9 MB
+        from pyroute2.netlink.exceptions import NetlinkError
+
         try:
             with IPRoute() as ipr:
                 found = ipr.link_lookup(ifname=self.name)

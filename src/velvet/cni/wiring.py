@@ -14,9 +14,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from velvet.cni.spec import AGENT_REFUSED, UNKNOWN_CONTAINER, CniError
 from velvet.errors import DatapathError
 from velvet.system.netns import call_in_netns, netns_inode
@@ -59,6 +56,8 @@ def _rtnl() -> socket.socket:
 @contextmanager
 def _pod_ipr(netns: str) -> Iterator[Any]:
     """IPRoute in the pod's namespace; CniError 3 when the namespace is gone."""
+    from pyroute2 import IPRoute
+
     try:
         route = IPRoute(fileno=call_in_netns(netns, _rtnl).detach())
     except (OSError, DatapathError) as exc:
@@ -67,6 +66,13 @@ def _pod_ipr(netns: str) -> Iterator[Any]:
         yield route
     finally:
         route.close()
+
+
+def _node_ipr() -> Any:
+    """IPRoute in this namespace; pyroute2 (9 MB) is imported on the first CNI request, not by the agent."""
+    from pyroute2 import IPRoute
+
+    return IPRoute()
 
 
 def _index(route: Any, ifname: str) -> int | None:
@@ -88,7 +94,7 @@ class NetlinkWiring:
                 raise CniError(AGENT_REFUSED, f"CNI_IFNAME {veth.ifname} already exists in {veth.netns}")
             fd = os.open(veth.netns, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                with IPRoute() as node:
+                with _node_ipr() as node:
                     self.remove(veth.host_veth)  # a leftover of a failed ADD of this attachment
                     node.link("add", ifname=veth.host_veth, kind="veth", mtu=veth.mtu,
                               peer={"ifname": veth.ifname, "net_ns_fd": fd, "mtu": veth.mtu})
@@ -114,7 +120,7 @@ class NetlinkWiring:
     def check(self, veth: Veth) -> list[str]:
         """What is missing of `veth`: the node end, the pod end, its address, its default route."""
         problems = []
-        with IPRoute() as node:
+        with _node_ipr() as node:
             if _index(node, veth.host_veth) is None:
                 problems.append(f"the node end {veth.host_veth} of the pod's veth is gone")
         with _pod_ipr(veth.netns) as pod:
@@ -129,7 +135,9 @@ class NetlinkWiring:
 
     def remove(self, host_veth: str) -> None:
         """Delete the pair by its node end (no-op when gone: the pod's namespace may have taken it)."""
-        with IPRoute() as node:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        with _node_ipr() as node:
             index = _index(node, host_veth)
             if index is None:
                 return
