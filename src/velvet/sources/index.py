@@ -43,7 +43,8 @@ class ObjectIndex:
         self._by_kind: dict[str, dict[str, dict[str, KubeObject]]] = {}  # kind -> namespace -> name -> obj
         self._pods: dict[LabelKey, set[str]] = {}
         self._services: dict[LabelKey, set[str]] = {}
-        self._slices: dict[tuple[str, str], set[str]] = {}  # (namespace, service-name label) -> slice names
+        # (namespace, service-name label) -> slice names: a service's one slice is kept as its name alone
+        self._slices: dict[tuple[str, str], str | set[str]] = {}
         self._order: dict[Key, int] = {}
         self._next = 0
 
@@ -81,7 +82,8 @@ class ObjectIndex:
 
     def slices_of(self, namespace: str, service: str) -> set[str]:
         """Names of the EndpointSlices of `namespace` labelled with service name `service`."""
-        return self._slices.get((namespace, service), set())
+        names = self._slices.get((namespace, service), ())
+        return {names} if isinstance(names, str) else set(names)
 
     def put(self, key: Key, obj: KubeObject | None) -> None:
         """Store `obj` under `key` (None removes it), keeping every lookup in step."""
@@ -114,7 +116,13 @@ class ObjectIndex:
         for label_key in self._label_keys(obj):
             self._labels_of(obj).setdefault(label_key, set()).add(name)
         if isinstance(obj, EndpointSlice):
-            self._slices.setdefault((ns, obj.metadata.labels.get(SERVICE_NAME_LABEL, "")), set()).add(name)
+            service = (ns, obj.metadata.labels.get(SERVICE_NAME_LABEL, ""))
+            names = self._slices.setdefault(service, name)
+            if isinstance(names, str):
+                if names != name:
+                    self._slices[service] = {names, name}
+            else:
+                names.add(name)
         if isinstance(obj, Pod) and obj.metadata.deletion_timestamp:
             self.terminating.add(key)
         if isinstance(obj, Namespace) and obj.phase == "Terminating":
@@ -125,7 +133,14 @@ class ObjectIndex:
         for label_key in self._label_keys(obj):
             _discard(self._labels_of(obj), label_key, name)
         if isinstance(obj, EndpointSlice):
-            _discard(self._slices, (ns, obj.metadata.labels.get(SERVICE_NAME_LABEL, "")), name)
+            service = (ns, obj.metadata.labels.get(SERVICE_NAME_LABEL, ""))
+            names = self._slices.get(service)
+            if names == name:
+                del self._slices[service]
+            elif isinstance(names, set):
+                names.discard(name)
+                if len(names) == 1:
+                    self._slices[service] = names.pop()
         self.terminating.discard(key)
         if isinstance(obj, Namespace):
             self.terminating_namespaces.discard(name)

@@ -131,10 +131,16 @@ class StateFiles:
 
         On failure the journal is as before and `StorageError` says why.
         """
-        encoded = [_dump(obj) for obj in upserts]
-        head = f'{{"delete": {json.dumps([list(k) for k in deletes])}, "since": {since}, "upsert": ['
-        text = f'{head}{", ".join(encoded)}], "version": {version}}}\n'
-        data = text.encode()
+        data = bytearray(f'{{"delete": {json.dumps([list(k) for k in deletes])}, "since": {since}, '
+                         '"upsert": ['.encode())
+        spans: list[int] = []  # within `data`: built in one buffer, never as text first and then bytes
+        for index, obj in enumerate(upserts):
+            if index:
+                data += b", "
+            start = len(data)
+            data += _dump(obj).encode()
+            spans.append(_span(start, len(data) - start))
+        data += f'], "version": {version}}}\n'.encode()
         fd = open_append(self.journal_path)
         try:
             if self._tail_dirty:
@@ -150,13 +156,12 @@ class StateFiles:
             raise StorageError(self.journal_path, "append the change to", err) from err
         finally:
             os.close(fd)
-        start = self._snapshot_bytes + self._journal_bytes + len(head)  # the text is ASCII: chars are bytes
+        base = _span(self._snapshot_bytes + self._journal_bytes, 0)
         self._journal_bytes += len(data)
         for key in deletes:
             self._spans.pop(key, None)
-        for obj, line in zip(upserts, encoded, strict=True):
-            self._spans[key_of(obj)] = _span(start, len(line))
-            start += len(line) + 2  # ", "
+        for obj, span in zip(upserts, spans, strict=True):
+            self._spans[key_of(obj)] = base + span
 
     def compact(self, version: int, objects: Iterable[KubeObject]) -> None:
         """Write every object as the new snapshot, then empty the journal; `StorageError` on failure.
@@ -408,7 +413,7 @@ def _append_whole(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]

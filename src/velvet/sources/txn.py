@@ -72,6 +72,7 @@ class Txn:
         self.base = base
         self.version = version
         self.now = now
+        self._created = format_time(now)  # one string for every object this transaction creates
         self.registered = registered  # the cluster's nodes as the writer sees them (None: no cluster)
         self.changes: dict[Key, KubeObject | None] = {}
         self.deltas: list[Delta] = []
@@ -126,7 +127,7 @@ class Txn:
 
     def create(self, obj: KubeObject) -> KubeObject:
         """Store a new object with a fresh uid and creationTimestamp."""
-        return self.put(obj, uid=str(uuid.uuid4()), creation_timestamp=format_time(self.now))
+        return self.put(obj, uid=str(uuid.uuid4()), creation_timestamp=self._created)
 
     def remove(self, key: Key) -> None:
         """Remove the object under `key` (which must exist)."""
