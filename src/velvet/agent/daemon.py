@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import logging
 import signal
@@ -13,6 +12,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from velvet.agent import malloc
 from velvet.agent.config import AgentConfig
 from velvet.agent.handlers import AgentHandlers
 from velvet.agent.node import Agent, Dirty
@@ -49,19 +49,6 @@ def keep_the_loop_responsive() -> None:
     gc.set_threshold(young, middle, NEVER)
 
 
-def _malloc_trim() -> Callable[[], object] | None:
-    """glibc's malloc_trim(0), or None on another C library."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return lambda: trim(0)
-
-
-_TRIM = _malloc_trim()
-
-
 def release_memory(*, collect: bool = False) -> None:
     """Give the C heap's free pages back to the kernel (and first collect cycles, if `collect`).
 
@@ -71,8 +58,7 @@ def release_memory(*, collect: bool = False) -> None:
     """
     if collect:
         gc.collect()
-    if _TRIM is not None:
-        _TRIM()
+    malloc.trim()
 
 
 async def collect_when_idle(handlers: AgentHandlers) -> None:

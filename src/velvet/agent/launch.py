@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from velvet.agent import malloc
 from velvet.agent.config import AgentConfig
 from velvet.agent.starting import StartingApi
 from velvet.api.server import build_app, serve_unix
@@ -46,4 +47,5 @@ def _build(config: AgentConfig, fake_datapath: bool) -> Agent:
 
 def main(config: AgentConfig, *, fake_datapath: bool = False) -> None:
     """Run an agent with the kernel datapath (or the in-memory fake, for unprivileged trials)."""
+    malloc.tune()  # before the loop's threads exist
     asyncio.run(serve_while_starting(config, fake_datapath))
