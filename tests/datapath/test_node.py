@@ -293,6 +293,8 @@ def test_objects_share_maps_through_one_pin_directory() -> None:
                     assert len(views.get(EventsRing).read()) == 1
                 assert pinned.get(ConntrackMap).map.count() == 2
                 assert set(MAP_VIEWS) - {"proc_events"} == set(pinned.by_name)
+            with open_views(pin_dir, skip=(EventsRing.name,)) as without:  # a ring its own reader maps
+                assert set(without.by_name) == set(MAP_VIEWS) - {"proc_events", EventsRing.name}
     finally:
         for pin in pin_dir.glob("*"):
             pin.unlink()

@@ -20,7 +20,7 @@ from velvet.datapath.protocol import DatapathStatus, KernelInfo, MapStatus, Prog
 from velvet.datapath.structs import MetricReason
 from velvet.datapath.tablemaps import TableMaps
 from velvet.datapath.tables import StaleBackend
-from velvet.datapath.views import EventsRing, MetricsMap, Views, open_views
+from velvet.datapath.views import EventsRing, MetricsMap, ProcEventsRing, Views, open_views
 from velvet.model.endpoint import EndpointRecord
 from velvet.system import mounts
 
@@ -61,7 +61,7 @@ class KernelDatapath:
         mounts.ensure_pin_dir(self.links_dir)
         for name in OBJECTS:
             self.objects[name] = self._load(name)
-        self.views = open_views(self.pin_dir)
+        self.views = open_views(self.pin_dir, skip=(ProcEventsRing.name,))  # velvet.runtime.source reads it
         self.tables = TableMaps(self.views)
         self._drop_dead_links()
         if self.cgroup is not None:

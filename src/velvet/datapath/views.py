@@ -360,8 +360,11 @@ class Views:
         self.close()
 
 
-def open_views(source: BpfObject | Path) -> Views:
-    """Views of the maps in `MAP_VIEWS` that a loaded object has, or that are pinned in a directory."""
+def open_views(source: BpfObject | Path, skip: Collection[str] = ()) -> Views:
+    """Views of the maps in `MAP_VIEWS` that a loaded object has, or that are pinned in a directory.
+
+    `skip` names pinned maps another reader opens itself (a ring mapped twice is resident twice).
+    """
     views: dict[str, View] = {}
     if isinstance(source, BpfObject):
         for name, untyped in source.maps().items():
@@ -371,6 +374,6 @@ def open_views(source: BpfObject | Path) -> Views:
                     views[name] = cls(untyped)
         return Views(views)
     for name, cls in MAP_VIEWS.items():
-        if (source / name).exists():
+        if name not in skip and (source / name).exists():
             views[name] = cls.from_pin(source)
     return Views(views)
