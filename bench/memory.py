@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.velvet_peer import VelvetPeer, vip
+from velvet.agent import malloc
 from velvet.agent.config import AgentConfig
 from velvet.agent.node import Agent, Dirty
 from velvet.api.client import ApiClient
@@ -92,6 +93,7 @@ def heap(top: int) -> dict[str, Any]:
 
 def measure(services: int, pods: int, top: int) -> dict[str, Any]:
     """Apply, reconcile, restart; the heap at each step."""
+    malloc.tune()  # as `velvet agent` starts
     report: dict[str, Any] = {"services": services, "pods": pods, "imported": status_mib()}
     with tempfile.TemporaryDirectory() as tmp:
         config = AgentConfig(sandbox="bench", node_ips=("192.168.77.2",), state_dir=Path(tmp) / "state")
