@@ -298,7 +298,9 @@ def test_compaction_copies_the_saved_texts_and_keeps_only_where_they_lie(
     files.compact(2, now)  # texts from the snapshot and from the journal
     assert (tmp_path / STATE_FILE).read_bytes() == expected(2, now)
     assert encoded == ["p0", "p1", "p2", "p3", "p1", "p9"]  # each object encoded once, when journaled
-    assert all(type(where) is int for where in files._spans.values())  # no second copy of any text
+    spans = [where for group in files._spans.groups.values() for where in group.values()]
+    assert len(spans) == len(now)
+    assert all(type(where) is int for where in spans)  # no second copy of any text
     (tmp_path / STATE_FILE).write_bytes(expected(2, now) + b" ")  # the files changed behind the store
     files.compact(2, now)
     assert (tmp_path / STATE_FILE).read_bytes() == expected(2, now)

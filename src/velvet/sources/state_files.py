@@ -72,7 +72,7 @@ class StateFiles:
         self.snapshot_path = state_dir / STATE_FILE
         self.journal_path = state_dir / JOURNAL_FILE
         self.quarantine_path = state_dir / QUARANTINE_FILE
-        self._spans: dict[Key, int] = {}  # where an object's JSON text lies in the files (`_span`)
+        self._spans = _Spans()  # where each object's JSON text lies in the files
         self._snapshot_bytes = 0
         self._journal_bytes = 0
         self._tail_dirty = False  # a failed append may have left bytes after _journal_bytes
@@ -159,9 +159,9 @@ class StateFiles:
         base = _span(self._snapshot_bytes + self._journal_bytes, 0)
         self._journal_bytes += len(data)
         for key in deletes:
-            self._spans.pop(key, None)
+            self._spans.pop(key)
         for obj, span in zip(upserts, spans, strict=True):
-            self._spans[key_of(obj)] = base + span
+            self._spans.put(key_of(obj), base + span)
 
     def compact(self, version: int, objects: Iterable[KubeObject]) -> None:
         """Write every object as the new snapshot, then empty the journal; `StorageError` on failure.
@@ -171,9 +171,9 @@ class StateFiles:
         if not self._save_quarantine():
             raise StorageError(self.quarantine_path, "append to", "the set-aside documents are not saved yet")
         saved = self._saved_texts()  # the snapshot followed by the journal, or None
-        known = self._spans if saved else {}
+        known = self._spans if saved else _Spans()
         data = bytearray(b'{"objects": [\n')
-        spans: dict[Key, int] = {}
+        spans = _Spans()
         for index, obj in enumerate(objects):
             if index:
                 data += b",\n"
@@ -185,7 +185,7 @@ class StateFiles:
             else:
                 at, length = span >> 32, span & 0xFFFFFFFF
                 data += saved[at: at + length]
-            spans[key] = _span(start, len(data) - start)
+            spans.put(key, _span(start, len(data) - start))
         data += f'\n], "version": {version}}}\n'.encode()
         write_atomic(self.snapshot_path, bytes(data))
         self._snapshot_bytes, self._spans = len(data), spans
@@ -385,6 +385,25 @@ class FileBackend:
 
     def close(self) -> None:
         """Nothing to stop."""
+
+
+class _Spans:
+    """Where each object's text lies (`_span`), by (kind, namespace), then name: no key tuple per object."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, str], dict[str, int]] = {}
+
+    def get(self, key: Key) -> int | None:
+        group = self.groups.get(key[:2])
+        return None if group is None else group.get(key[2])
+
+    def put(self, key: Key, span: int) -> None:
+        self.groups.setdefault(key[:2], {})[key[2]] = span
+
+    def pop(self, key: Key) -> None:
+        group = self.groups.get(key[:2])
+        if group is not None:
+            group.pop(key[2], None)
 
 
 def _span(start: int, length: int) -> int:
