@@ -268,13 +268,13 @@ class _Compiled:
     """What one service contributes to the maps, and what its next compilation starts from.
 
     Kept for every service, so kept small: what most services lack is the shared `_NONE` (or the
-    empty frozenset), equal entry counts are one shared mapping (`_counts`), backend sets are tuples.
+    empty frozenset), equal entry counts are one shared mapping (`_counts`), backend sets are tuples,
+    and the lb4_revnat entries are not kept: one per owned frontend, under its id (`_revnat`).
     """
 
     service: Service | None = None
     slices: tuple[EndpointSlice, ...] = ()
     services: dict[ServiceKey, ServiceValue] = field(default_factory=dict)
-    revnat: dict[int, RevNatValue] = field(default_factory=dict)
     src_range: Mapping[SourceRangeKey, None] = field(default_factory=_none)
     maglev: Mapping[int, tuple[int, ...]] = field(default_factory=_none)
     frontends: dict[Address, tuple[Address, ...]] = field(default_factory=dict)  # owned -> usable
@@ -424,7 +424,7 @@ class ServiceCompiler:
         maglev: dict[int, tuple[int, ...]] = {}
         for compiled in self._compiled.values():
             services.update(compiled.services)
-            revnat.update(compiled.revnat)
+            revnat.update(self._revnat(compiled))
             src_range.update(compiled.src_range)
             maglev.update(compiled.maglev)
         backends = {self._backend_ids.ids[b]: BackendValue(*b, s) for b, s in self._backend_states.items()}
@@ -522,6 +522,7 @@ class ServiceCompiler:
             for frontend, usable in previous.frontends.items()
             for b in sorted(set(usable).difference(current.frontends.get(frontend, ())))
         )
+        revnat = plan(self._revnat(previous), self._revnat(current))  # while released frontends have ids
         released = sorted(previous.frontends.keys() - current.frontends.keys())
         for frontend in released:
             self._revnat_ids.release(frontend)
@@ -529,12 +530,17 @@ class ServiceCompiler:
         delta = LbDelta(
             plan(previous.services, current.services),
             self._release_backends(previous, current),
-            plan(previous.revnat, current.revnat),
+            revnat,
             plan(previous.src_range, current.src_range),
             plan(previous.maglev, current.maglev),
             stale,
         )
         return delta, released
+
+    def _revnat(self, compiled: _Compiled) -> dict[int, RevNatValue]:
+        """The lb4_revnat entries of a compiled service: each frontend it owns, under the frontend's id."""
+        ids = self._revnat_ids.ids
+        return {ids[f]: RevNatValue(f[0], f[1]) for f in compiled.frontends}
 
     def _hand_over(self, released: list[Address]) -> list[LbDelta]:
         """Recompile the services that wait for frontends their owner just gave up."""
@@ -699,7 +705,6 @@ class ServiceCompiler:
             if flags & _LOADBALANCER and ranges:
                 flags |= _SOURCE_RANGE
                 src_range.update(dict.fromkeys(SourceRangeKey(index, c) for c in ranges))
-            current.revnat[index] = RevNatValue(address, port)
             affinity = timeout if flags & _AFFINITY else 0
             for scope, backends in ((LbScope.EXT, spec.external), (LbScope.INT, spec.internal)):
                 if backends is None:
