@@ -305,3 +305,13 @@ def test_compaction_copies_the_saved_texts_and_keeps_only_where_they_lie(
     files.compact(2, now)
     assert (tmp_path / STATE_FILE).read_bytes() == expected(2, now)
     assert encoded[6:] == ["p0", "p1", "p2", "p9"]  # then every object is encoded again
+
+
+def test_objects_loaded_from_the_snapshot_share_their_equal_strings(state: Path) -> None:
+    store = big_store(state)
+    again = LocalStore.open(state)
+    assert again.snapshot() == store.snapshot()
+    pods = [o for o in again.snapshot() if isinstance(o, Pod)]
+    assert len(pods) == 30
+    assert all(p.metadata.namespace is pods[0].metadata.namespace for p in pods)  # one "default"
+    assert all(p.metadata.labels["app"] is pods[0].metadata.labels["app"] for p in pods)

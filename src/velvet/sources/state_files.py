@@ -216,6 +216,7 @@ class StateFiles:
         except (OSError, ValueError, AttributeError, TypeError) as err:
             raise StorageError(path, "read the store snapshot", _reason(err)) from err
         self._snapshot_bytes = len(raw)
+        _share_strings(items, {})
         return version, items
 
     def _read_journal(self) -> tuple[list[_Line], int]:
@@ -385,6 +386,21 @@ class FileBackend:
 
     def close(self) -> None:
         """Nothing to stop."""
+
+
+def _share_strings(node: dict[Any, Any] | list[Any], seen: dict[str, str]) -> None:
+    """Replace equal string values by one object (`seen`), in place, through nested dicts and lists.
+
+    The decoded objects keep these strings: without this, each of 10,000 services and slices holds its
+    own copy of its namespace, labels, port names, protocol and the like (7 MiB of the store's heap
+    after a restart at 10,000 services, for about 60 ms of the load). JSON's keys are shared already.
+    """
+    pairs = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, value in pairs:
+        if type(value) is str:
+            node[key] = seen.setdefault(value, value)
+        elif isinstance(value, dict | list):
+            _share_strings(value, seen)
 
 
 class _Spans:
