@@ -8,7 +8,6 @@ import ctypes
 import gc
 import logging
 import signal
-import sys
 from collections.abc import Callable
 
 from aiohttp import web
@@ -16,7 +15,7 @@ from aiohttp import web
 from velvet.agent.config import AgentConfig
 from velvet.agent.handlers import AgentHandlers
 from velvet.agent.node import Agent, Dirty
-from velvet.agent.starting import StartingApi
+from velvet.agent.starting import StartingApi, keep_the_loop_responsive
 from velvet.agent.tunnel import TUNNEL_DEVICE
 from velvet.datapath.protocol import Datapath
 from velvet.errors import VelvetError
@@ -32,21 +31,6 @@ MAP_FILL_PERIOD_SECONDS = 5.0
 EXPIRY_PERIOD_SECONDS = 1.0
 FULL_GC_PERIOD_SECONDS = 600.0
 BIG_PASS_SERVICES = 1000  # a pass over this many services freed enough memory to give some back
-SWITCH_INTERVAL_SECONDS = 0.001
-NEVER = 2**31 - 1
-
-
-def keep_the_loop_responsive() -> None:
-    """Let the event loop answer within milliseconds while the state worker computes.
-
-    Measured with a 10k-service apply: the loop waited up to 5 ms per turn for the GIL (the default
-    switch interval), and full cyclic collections over the store held it for 40-320 ms. The loop now
-    takes the GIL within 1 ms, and full collections run only when no state work is queued
-    (`collect_when_idle`); young generations are still collected as usual.
-    """
-    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, NEVER)
 
 
 def _malloc_trim() -> Callable[[], object] | None:
