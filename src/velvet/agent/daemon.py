@@ -9,6 +9,8 @@ import gc
 import logging
 import signal
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -17,10 +19,13 @@ from velvet.agent.handlers import AgentHandlers
 from velvet.agent.node import Agent, Dirty
 from velvet.agent.starting import StartingApi, keep_the_loop_responsive
 from velvet.agent.tunnel import TUNNEL_DEVICE
-from velvet.datapath.protocol import Datapath
 from velvet.errors import VelvetError
 from velvet.observe.ui import http_app, listen_address, loopback_listener, serve_http
 from velvet.paths import AgentPaths
+
+if TYPE_CHECKING:
+    from velvet.datapath.kernel import KernelDatapath
+    from velvet.runtime.source import KernelProcSource
 
 log = logging.getLogger("velvet.agent")
 RECONCILE_DEBOUNCE_SECONDS = 0.02
@@ -275,17 +280,35 @@ async def run_agent(agent: Agent, api: StartingApi, api_runner: web.AppRunner) -
 
 
 def build_agent(config: AgentConfig, fake_datapath: bool) -> Agent:
-    """An agent with the kernel datapath (or the in-memory fake, for unprivileged trials), not started."""
+    """An agent with the kernel datapath (or the in-memory fake, for unprivileged trials), not started.
+
+    The kernel's BPF objects are loaded over the pins on a thread while the agent loads its store (the
+    verifier's time overlaps the store's decoding); `start` attaches them.
+    """
     from velvet.datapath.fake import FakeDatapath
     from velvet.datapath.kernel import KernelDatapath
     from velvet.runtime.guard import KernelGuard
     from velvet.runtime.source import KernelProcSource
 
+    if fake_datapath:
+        return Agent(config, FakeDatapath())
     pin_dir = AgentPaths(config.sandbox, config.node_dir).pin_dir
-    datapath: Datapath = FakeDatapath() if fake_datapath else KernelDatapath(
-        pin_dir, cgroup=config.cgroup, uplink=config.uplink,
-        tunnel=TUNNEL_DEVICE if config.routing == "tunnel" else None)
-    processes = None if fake_datapath else KernelProcSource(pin_dir, config.cgroup,
-                                                            count_syscalls=config.syscall_metrics)
-    guard = None if fake_datapath or config.cgroup is None else KernelGuard(pin_dir, config.cgroup)
-    return Agent(config, datapath, proc_source=processes, guard_source=guard)
+    datapath = KernelDatapath(pin_dir, cgroup=config.cgroup, uplink=config.uplink,
+                              tunnel=TUNNEL_DEVICE if config.routing == "tunnel" else None)
+    processes = KernelProcSource(pin_dir, config.cgroup, count_syscalls=config.syscall_metrics)
+    guard = None if config.cgroup is None else KernelGuard(pin_dir, config.cgroup)
+    with ThreadPoolExecutor(1, thread_name_prefix="velvet-preload") as pool:
+        loading = pool.submit(_preload, datapath, processes)
+        agent = Agent(config, datapath, proc_source=processes, guard_source=guard)
+        loading.result()
+    return agent
+
+
+def _preload(datapath: KernelDatapath, processes: KernelProcSource) -> None:
+    """Load the BPF objects ahead of the start; a failure is left to `Agent.start`, which loads again and
+    reports it where a failed load always was reported."""
+    try:
+        datapath.preload()
+        processes.preload()
+    except Exception as exc:  # reported by the start, which loads again
+        log.debug("preloading the BPF objects failed (the start loads them again): %s", exc)
