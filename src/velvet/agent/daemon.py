@@ -205,7 +205,7 @@ async def save_when_quiet(handlers: AgentHandlers) -> None:
             try:
                 await handlers.run(agent.save_services)
             except Exception:
-                log.exception("saving the compiled services failed; tried again when quiet")
+                log.exception("saving the compiled services failed; tried again after the next change")
             await handlers.run(release_memory)  # the pickler's ~20 MiB at 10k services
         seen = passes
 

@@ -71,8 +71,8 @@ class ServiceController:
 
     def save(self, path: Path) -> None:
         """Save the compiler's state for the next life's `adopt` (`StorageError` when it cannot be)."""
+        self.unsaved = False  # one that fails is tried again after the next change, not in a loop
         saved_services.save(path, self.compiler)
-        self.unsaved = False
 
     def reconcile(self, keys: Iterable[str]) -> set[str]:
         """Recompile the services named by `keys`; the keys that failed, to retry on the next pass.
