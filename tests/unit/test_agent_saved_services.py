@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,39 @@ def test_the_running_agent_saves_its_compiled_services_once_quiet(
     assert asyncio.run(scenario())
     assert (tmp_path / SAVED_FILE).exists()
     assert not agent.services.unsaved
+
+
+def test_a_save_waits_for_a_quiet_spell_a_hundred_times_its_own_length(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that after a save that took 20 ms the next one waits for 2 s without passes (SAVE_SHARE), so
+    saving never takes more than 1 % of the state worker, and then happens."""
+    monkeypatch.setattr(daemon, "SAVE_QUIET_SECONDS", 0.01)
+    agent, _ = make_agent(tmp_path)
+    apply(agent, MANIFEST)
+    saves: list[float] = []
+    done = [threading.Event(), threading.Event()]
+    save = agent.save_services
+
+    def slow_save() -> None:
+        time.sleep(0.02)
+        save()
+        saves.append(time.monotonic())
+        done[len(saves) - 1].set()
+
+    monkeypatch.setattr(agent, "save_services", slow_save)
+
+    async def scenario() -> None:
+        handlers = AgentHandlers(agent)
+        saver = asyncio.create_task(daemon.save_when_quiet(handlers))
+        try:
+            assert await asyncio.to_thread(done[0].wait, 10)
+            agent.reconcile_stats["passes"] += 1  # a pass that changed the services
+            agent.services.unsaved = True
+            assert not await asyncio.to_thread(done[1].wait, 0.5), "saved again too soon"
+            assert await asyncio.to_thread(done[1].wait, 10)
+        finally:
+            saver.cancel()
+            handlers.close()
+
+    asyncio.run(scenario())
+    assert saves[1] - saves[0] >= 100 * 0.02

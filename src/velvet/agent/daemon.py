@@ -8,6 +8,7 @@ import ctypes
 import gc
 import logging
 import signal
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -35,7 +36,8 @@ EVENT_POLL_SECONDS = 0.05
 MAP_FILL_PERIOD_SECONDS = 5.0
 EXPIRY_PERIOD_SECONDS = 1.0
 FULL_GC_PERIOD_SECONDS = 600.0
-SAVE_QUIET_SECONDS = 2.0  # the compiled services are saved once no pass ran for this long
+SAVE_QUIET_SECONDS = 2.0  # the compiled services are saved once no pass ran for this long,
+SAVE_SHARE = 0.01  # and for 100 times the last save's duration: saving takes at most 1 % of the worker
 BIG_PASS_SERVICES = 1000  # a pass over this many services freed enough memory to give some back
 
 
@@ -193,21 +195,25 @@ async def ring_loop(poll: Callable[[], int], filenos: list[int]) -> None:
 
 
 async def save_when_quiet(handlers: AgentHandlers) -> None:
-    """Save the compiled services (on the state worker) once no pass ran for SAVE_QUIET_SECONDS and no
-    state work waits, so that a restart need not compile them again (a save at 10k services holds the
-    worker about 0.4 s and ~20 MiB for a moment, given back to the kernel after it)."""
+    """Save the compiled services (on the state worker) once no pass ran for SAVE_QUIET_SECONDS, nor for
+    the last save's duration / SAVE_SHARE, and no state work waits, so that a restart need not compile
+    them again. A save at 10k services holds the worker about 0.4 s and ~20 MiB for a moment (given back
+    after it): a node whose services change often saves seldom, and a change costs no save of its own."""
     agent = handlers.agent
-    seen = -1.0
+    seen, quiet_since, needed = -1.0, time.monotonic(), SAVE_QUIET_SECONDS
     while True:
         await asyncio.sleep(SAVE_QUIET_SECONDS)
-        passes = agent.reconcile_stats["passes"]
-        if agent.services.unsaved and passes == seen and handlers.idle:
-            try:
-                await handlers.run(agent.save_services)
-            except Exception:
-                log.exception("saving the compiled services failed; tried again after the next change")
-            await handlers.run(release_memory)  # the pickler's ~20 MiB at 10k services
-        seen = passes
+        passes, now = agent.reconcile_stats["passes"], time.monotonic()
+        if passes != seen:
+            seen, quiet_since = passes, now
+        if not agent.services.unsaved or not handlers.idle or now - quiet_since < needed:
+            continue
+        try:
+            await handlers.run(agent.save_services)
+        except Exception:
+            log.exception("saving the compiled services failed; tried again after the next change")
+        needed = max(SAVE_QUIET_SECONDS, (time.monotonic() - now) / SAVE_SHARE)
+        await handlers.run(release_memory)  # the pickler's ~20 MiB at 10k services
 
 
 async def _serve_http(handlers: AgentHandlers) -> web.AppRunner | None:
