@@ -158,10 +158,10 @@ def restarts(rec: Recorder, plan: Plan, velvet: VelvetPeer) -> None:
     """The agent killed (SIGKILL) while a connection runs through the last service: until the API
     answers, maps as they were, the connection unharmed (bench.restart)."""
     for _ in range(RESTART_ROUNDS):
+        time.sleep(restart.SUPERVISOR_STABLE_SECONDS)  # a steady node, as in bench.restart
         row = restart.round_once(velvet, velvet.free_index(), plan.velvet_budget)
         rec.add(metric="restart", peer="velvet", n=velvet.count, e=velvet.endpoints,
                 agent_rss_kib=velvet.agent_hwm_kib("VmRSS"), **row)
-        time.sleep(restart.SUPERVISOR_STABLE_SECONDS)
 
 
 def policies(rec: Recorder, plan: Plan, velvet: VelvetPeer) -> None:

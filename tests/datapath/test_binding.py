@@ -188,6 +188,26 @@ def test_that_batch_operations_round_trip_on_a_hash_map(obj: BpfObject) -> None:
     assert m.count() == 500
     assert m.lookup(c_uint32(2)) is None
     assert m.lookup(c_uint32(3)) is not None
+    # a full map: count() (from batch chunks) agrees with a key-by-key walk
+    m.update_batch([c_uint32(i) for i in range(m.info.max_entries)], [Pair()] * m.info.max_entries)
+    assert m.count() == sum(1 for _ in m) == m.info.max_entries
+
+
+def test_that_counting_entries_reads_batches_not_one_key_per_syscall(obj: BpfObject,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that count() (the agent's map-fill gauges, every few seconds on every map) reads a 1,000-entry
+    hash map with BPF_MAP_LOOKUP_BATCH chunks and never key by key."""
+    m = obj.map("test_hash").typed(c_uint32, Pair)
+    m.update_batch([c_uint32(i) for i in range(1000)], [Pair()] * 1000)
+    calls = {"bpf_map_lookup_batch": 0, "bpf_map_get_next_key": 0}
+    for name in calls:
+        def counted(*args: object, _real: object = getattr(libbpf, name), _name: str = name) -> int:
+            calls[_name] += 1
+            return int(_real(*args))  # type: ignore[operator]
+        monkeypatch.setattr(libbpf, name, counted)
+    assert m.count() == 1000
+    assert calls["bpf_map_get_next_key"] == 0
+    assert 1 <= calls["bpf_map_lookup_batch"] <= 2
 
 
 def test_that_lpm_trie_batches_fall_back_and_longest_prefix_wins(obj: BpfObject) -> None:

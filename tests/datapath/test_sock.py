@@ -165,7 +165,56 @@ def test_connect_and_sendmsg_reach_backends_and_show_the_frontend(sock: SockEnv)
     tcp_ev = socks[socks["proto"] == TCP][0]
     assert (tcp_ev["daddr"], tcp_ev["dport"], tcp_ev["orig_dport"], tcp_ev["rev_nat_index"]) == (
         ip_int("127.0.0.2"), 8080, 80, 1)
-    assert sock.loaded.map("lb4_sock_revnat").count() == 3
+    # the two connected sockets keep their mapping in socket storage; the sendto() one in the LRU
+    assert sock.loaded.map("lb4_sock_revnat").count() == 1
+
+
+def test_reconnected_and_unconnected_sockets_answer_with_the_frontend_they_last_used(sock: SockEnv) -> None:
+    """Test that a connected UDP socket re-connected to another service shows the new frontend in
+    getpeername and recvfrom, that an unconnected socket sending to two services hears each reply from its
+    own frontend, that many TCP connects each show the frontend, and that connects are remembered with
+    their sockets (the LRU holds only the unconnected socket's two datagrams)."""
+    sock.service(VIP, 53, UDP, [(1, "127.0.0.3", 5353)], rev=1)
+    sock.service("10.96.0.11", 53, UDP, [(2, "127.0.0.4", 5353)], rev=2)
+    sock.service("10.96.0.12", 53, UDP, [(3, "127.0.0.5", 5353)], rev=3)
+    sock.service(VIP, 80, TCP, [(4, "127.0.0.2", 8080)], rev=4)
+    out = sock.run("""
+        import json, socket
+        out = {}
+        servers = {}
+        for addr in ("127.0.0.3", "127.0.0.4", "127.0.0.5"):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((addr, 5353)); s.settimeout(3)
+            servers[addr] = s
+        def echo(addr):
+            data, src = servers[addr].recvfrom(100)
+            servers[addr].sendto(data, src)
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(3)
+        for vip, backend in (("10.96.0.10", "127.0.0.3"), ("10.96.0.11", "127.0.0.4")):
+            u.connect((vip, 53))
+            u.send(vip.encode()); echo(backend)
+            data, src = u.recvfrom(100)
+            out[vip] = {"peer": u.getpeername(), "reply": data.decode(), "from": src}
+        v = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); v.settimeout(3)
+        v.sendto(b"c", ("10.96.0.11", 53)); echo("127.0.0.4")
+        v.sendto(b"d", ("10.96.0.12", 53)); echo("127.0.0.5")
+        out["unconnected"] = sorted([list(v.recvfrom(100)[1]) for _ in range(2)])
+        srv = socket.socket(); srv.bind(("127.0.0.2", 8080)); srv.listen(64)
+        peers = set()
+        for _ in range(20):
+            c = socket.create_connection(("10.96.0.10", 80), timeout=3)
+            peers.add(tuple(c.getpeername())); srv.accept()[0].close(); c.close()
+        out["tcp_peers"] = sorted(peers)
+        print(json.dumps(out))
+    """)
+    assert out["10.96.0.10"] == {"peer": [VIP, 53], "reply": "10.96.0.10", "from": [VIP, 53]}
+    second = ["10.96.0.11", 53]
+    assert out["10.96.0.11"] == {"peer": second, "reply": "10.96.0.11", "from": second}
+    assert out["unconnected"] == [["10.96.0.11", 53], ["10.96.0.12", 53]]
+    assert out["tcp_peers"] == [[VIP, 80]]
+    events = sock.loaded.events()
+    socks = events[events["type"] == EventType.SOCK]
+    assert sorted(socks["obs_point"].tolist()) == [ObsPoint.SOCK_CONNECT] * 22 + [ObsPoint.SOCK_SENDMSG] * 2
+    assert sock.loaded.map("lb4_sock_revnat").count() == 2
 
 
 def test_frontend_without_backends_refuses(sock: SockEnv) -> None:

@@ -12,8 +12,9 @@ import pytest
 from test_agent import MANIFEST, make_agent, reconcile_all, run_pod
 
 import velvet.agent.handlers as handlers_module
-from velvet.agent.daemon import keep_the_loop_responsive, reconcile_loop
+from velvet.agent.daemon import reconcile_loop
 from velvet.agent.handlers import AgentHandlers
+from velvet.agent.starting import keep_the_loop_responsive
 from velvet.observe.enrich import _ip_key
 
 

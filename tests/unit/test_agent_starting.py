@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from test_agent import make_agent
 
+from velvet.agent import launch
+from velvet.agent.config import AgentConfig
 from velvet.agent.handlers import AgentHandlers
-from velvet.agent.starting import StartingApi
+from velvet.agent.node import Agent
+from velvet.agent.starting import NEVER, StartingApi
 from velvet.api.server import build_app
 from velvet.errors import DatapathError
 
@@ -79,3 +84,31 @@ def test_readiness_fails_while_starting_and_passes_once_started(tmp_path: Path) 
 
     assert asyncio.run(scenario()) == [("/v1/health", 200), ("/v1/health?ready", 503),
                                        ("/v1/health", 200), ("/v1/health?ready", 200)]
+
+
+def test_the_agent_is_built_with_full_collections_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that the agent is built (its store loaded) with generation-2 collections already off, as it
+    runs afterwards: at 10k services they took 0.3-0.7 s of the store's 1.2-1.6 s load."""
+    seen: list[int] = []
+
+    def build(config: AgentConfig, fake_datapath: bool) -> Agent:
+        seen.append(gc.get_threshold()[2])
+        raise DatapathError("stopped after the build began")
+
+    class Runner:
+        async def cleanup(self) -> None:
+            return None
+
+    async def serve(app: object, path: Path) -> Runner:
+        return Runner()
+
+    monkeypatch.setattr(launch, "_build", build)
+    monkeypatch.setattr(launch, "serve_unix", serve)
+    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
+    try:
+        with pytest.raises(DatapathError, match="stopped"):
+            asyncio.run(launch.serve_while_starting(AgentConfig(sandbox="unit"), True))
+    finally:
+        gc.set_threshold(*thresholds)
+        sys.setswitchinterval(interval)
+    assert seen == [NEVER]

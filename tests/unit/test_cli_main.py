@@ -6,6 +6,7 @@ import argparse
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 from velvet.cli.main import COMMAND_MODULES, build_parser, command_of
 
@@ -49,3 +50,16 @@ def test_a_simple_command_does_not_import_the_datapath_or_netlink() -> None:
             "print(sorted(m for m in ('pyroute2', 'numpy', 'velvet.datapath.libbpf') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_apply_reads_its_files_without_the_model_or_yaml(tmp_path: Path) -> None:
+    """Test that `velvet apply` builds its request without importing PyYAML or the model (the agent
+    validates the text; the CLI's start is the most of an apply's time)."""
+    manifest = tmp_path / "ns.yaml"
+    manifest.write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n")
+    code = ("import sys; from velvet.cli.main import build_parser; build_parser('apply'); "
+            f"from velvet.cli.objects import read_manifests; docs = read_manifests([{str(manifest)!r}]); "
+            "print(len(docs), sorted(m for m in ('yaml', 'velvet.model', 'velvet.model.codec') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "1 []"

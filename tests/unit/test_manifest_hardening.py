@@ -17,6 +17,7 @@ import yaml
 from velvet.agent.manifests import parse_all
 from velvet.cli.objects import read_manifests
 from velvet.errors import InvalidManifest
+from velvet.manifest_files import MAX_FILE_BYTES
 from velvet.model import Namespace, Pod, guards
 from velvet.model.codec import from_dict, load_manifests, parse_documents, parse_located
 
@@ -150,7 +151,7 @@ def test_annotations_over_256_kib_in_total_are_refused() -> None:
 
 
 def test_a_file_over_the_limit_is_refused_before_parsing() -> None:
-    text = "#" * (guards.MAX_FILE_BYTES + 1)
+    text = "#" * (MAX_FILE_BYTES + 1)
     err = _refused(text)
     assert (err.document, err.field) == (0, "<file>")
     assert "Too long" in err.reason
@@ -159,11 +160,11 @@ def test_a_file_over_the_limit_is_refused_before_parsing() -> None:
 def test_the_cli_refuses_an_oversized_file_without_reading_it_all(tmp_path: Path) -> None:
     big = tmp_path / "big.yaml"
     with big.open("wb") as out:
-        out.truncate(guards.MAX_FILE_BYTES + 4096)
+        out.truncate(MAX_FILE_BYTES + 4096)
     with pytest.raises(InvalidManifest) as caught:
         read_manifests([str(big)])
     assert (caught.value.path, caught.value.field) == (str(big), "<file>")
-    assert caught.value.reason.startswith(f"Too long: {guards.MAX_FILE_BYTES + 4096} bytes; ")
+    assert caught.value.reason.startswith(f"Too long: {MAX_FILE_BYTES + 4096} bytes; ")
 
 
 # -- 5. complex keys, deep nesting, encodings ------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,33 @@ def test_flows_name_the_process_of_their_connection_and_filter_by_it() -> None:
     assert flows.query(FlowQuery(from_process=(known.exec_id,)))[0]["source_process"] == curl
     assert flows.query(FlowQuery(from_process=("/bin/sh",))) == []
     assert FlowQuery.from_params(FlowQuery(from_process=("a,b",)).to_params()).from_process == ("a,b",)
+
+
+def test_a_batch_of_socket_records_formats_each_address_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that 1,000 connections between two addresses in one batch format each address once (the
+    agent's CPU per connection competes with the node's connections), and that each still names its
+    process."""
+    mon = monitor()
+    feed(mon, record(ProcEventType.EXEC, 40, 1, 1, filename="/usr/bin/curl", argv=("curl",)))
+    made: list[int] = []
+
+    class Counted(IPv4Address):
+        def __init__(self, address: int) -> None:
+            made.append(address)
+            super().__init__(address)
+
+    monkeypatch.setattr(monitor_module, "IPv4Address", Counted)
+    monitor_module._ip_text.cache_clear()
+    batch = np.zeros(1000, dtype=SOCK_EVENT_DTYPE)
+    batch["pid"], batch["new_state"] = 40, 1  # TCP_ESTABLISHED, from connect()
+    batch["saddr"], batch["daddr"], batch["dport"] = 0x0A000001, 0x0A000002, 80
+    batch["sport"] = np.arange(20000, 21000)
+    mon.ingest_sockets(batch)
+    assert sorted(made) == [0x0A000001, 0x0A000002]
+    for sport in (20000, 20999):
+        source, _ = mon.flow_processes(udp_flow("10.0.0.1", sport, "10.0.0.2", 80, proto=6))
+        assert source is not None
+        assert source["binary"] == "/usr/bin/curl"
 
 
 def udp_record(pid: int, ip: int, port: int, netns: int) -> Any:

@@ -7,8 +7,10 @@ import contextlib
 import gc
 import logging
 import signal
-import sys
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -16,12 +18,15 @@ from velvet.agent import malloc
 from velvet.agent.config import AgentConfig
 from velvet.agent.handlers import AgentHandlers
 from velvet.agent.node import Agent, Dirty
-from velvet.agent.starting import StartingApi
+from velvet.agent.starting import StartingApi, keep_the_loop_responsive
 from velvet.agent.tunnel import TUNNEL_DEVICE
-from velvet.datapath.protocol import Datapath
 from velvet.errors import VelvetError
 from velvet.observe.ui import http_app, listen_address, loopback_listener, serve_http
 from velvet.paths import AgentPaths
+
+if TYPE_CHECKING:
+    from velvet.datapath.kernel import KernelDatapath
+    from velvet.runtime.source import KernelProcSource
 
 log = logging.getLogger("velvet.agent")
 RECONCILE_DEBOUNCE_SECONDS = 0.02
@@ -31,22 +36,9 @@ EVENT_POLL_SECONDS = 0.05
 MAP_FILL_PERIOD_SECONDS = 5.0
 EXPIRY_PERIOD_SECONDS = 1.0
 FULL_GC_PERIOD_SECONDS = 600.0
+SAVE_QUIET_SECONDS = 2.0  # the compiled services are saved once no pass ran for this long,
+SAVE_SHARE = 0.01  # and for 100 times the last save's duration: saving takes at most 1 % of the worker
 BIG_PASS_SERVICES = 1000  # a pass over this many services freed enough memory to give some back
-SWITCH_INTERVAL_SECONDS = 0.001
-NEVER = 2**31 - 1
-
-
-def keep_the_loop_responsive() -> None:
-    """Let the event loop answer within milliseconds while the state worker computes.
-
-    Measured with a 10k-service apply: the loop waited up to 5 ms per turn for the GIL (the default
-    switch interval), and full cyclic collections over the store held it for 40-320 ms. The loop now
-    takes the GIL within 1 ms, and full collections run only when no state work is queued
-    (`collect_when_idle`); young generations are still collected as usual.
-    """
-    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, NEVER)
 
 
 def release_memory(*, collect: bool = False) -> None:
@@ -188,6 +180,28 @@ async def ring_loop(poll: Callable[[], int], filenos: list[int]) -> None:
             loop.remove_reader(fd)
 
 
+async def save_when_quiet(handlers: AgentHandlers) -> None:
+    """Save the compiled services (on the state worker) once no pass ran for SAVE_QUIET_SECONDS, nor for
+    the last save's duration / SAVE_SHARE, and no state work waits, so that a restart need not compile
+    them again. A save at 10k services holds the worker about 0.4 s and ~20 MiB for a moment (given back
+    after it): a node whose services change often saves seldom, and a change costs no save of its own."""
+    agent = handlers.agent
+    seen, quiet_since, needed = -1.0, time.monotonic(), SAVE_QUIET_SECONDS
+    while True:
+        await asyncio.sleep(SAVE_QUIET_SECONDS)
+        passes, now = agent.reconcile_stats["passes"], time.monotonic()
+        if passes != seen:
+            seen, quiet_since = passes, now
+        if not agent.services.unsaved or not handlers.idle or now - quiet_since < needed:
+            continue
+        try:
+            await handlers.run(agent.save_services)
+        except Exception:
+            log.exception("saving the compiled services failed; tried again after the next change")
+        needed = max(SAVE_QUIET_SECONDS, (time.monotonic() - now) / SAVE_SHARE)
+        await handlers.run(release_memory)  # the pickler's ~20 MiB at 10k services
+
+
 async def _serve_http(handlers: AgentHandlers) -> web.AppRunner | None:
     """Serve /metrics and the service map on the configured loopback address (a failure is logged)."""
     agent = handlers.agent
@@ -254,7 +268,8 @@ async def run_agent(agent: Agent, api: StartingApi, api_runner: web.AppRunner) -
             reconcile_loop(handlers), event_loop(agent),
             ring_loop(agent.processes.poll, agent.processes.filenos()),
             ring_loop(agent.guard.poll, agent.guard.filenos()), collect_when_idle(handlers),
-            follow_remote(handlers, changed), every(EXPIRY_PERIOD_SECONDS, handlers, agent.reconcile_nodes),
+            save_when_quiet(handlers), follow_remote(handlers, changed),
+            every(EXPIRY_PERIOD_SECONDS, handlers, agent.reconcile_nodes),
             every(EXPIRY_PERIOD_SECONDS, handlers, agent.expire_terminating),
             every(MAP_FILL_PERIOD_SECONDS, handlers, agent.refresh_map_fill))]
         await stop.wait()
@@ -270,6 +285,8 @@ async def run_agent(agent: Agent, api: StartingApi, api_runner: web.AppRunner) -
             await http_runner.cleanup()
         if handlers is not None:
             handlers.close()
+            with contextlib.suppress(VelvetError):  # what the next agent adopts without compiling it again
+                agent.save_services()
         with contextlib.suppress(VelvetError):  # a last chance for what the final pass dropped
             agent.flush_stale()
         agent.close()
@@ -277,17 +294,35 @@ async def run_agent(agent: Agent, api: StartingApi, api_runner: web.AppRunner) -
 
 
 def build_agent(config: AgentConfig, fake_datapath: bool) -> Agent:
-    """An agent with the kernel datapath (or the in-memory fake, for unprivileged trials), not started."""
+    """An agent with the kernel datapath (or the in-memory fake, for unprivileged trials), not started.
+
+    The kernel's BPF objects are loaded over the pins on a thread while the agent loads its store (the
+    verifier's time overlaps the store's decoding); `start` attaches them.
+    """
     from velvet.datapath.fake import FakeDatapath
     from velvet.datapath.kernel import KernelDatapath
     from velvet.runtime.guard import KernelGuard
     from velvet.runtime.source import KernelProcSource
 
+    if fake_datapath:
+        return Agent(config, FakeDatapath())
     pin_dir = AgentPaths(config.sandbox, config.node_dir).pin_dir
-    datapath: Datapath = FakeDatapath() if fake_datapath else KernelDatapath(
-        pin_dir, cgroup=config.cgroup, uplink=config.uplink,
-        tunnel=TUNNEL_DEVICE if config.routing == "tunnel" else None)
-    processes = None if fake_datapath else KernelProcSource(pin_dir, config.cgroup,
-                                                            count_syscalls=config.syscall_metrics)
-    guard = None if fake_datapath or config.cgroup is None else KernelGuard(pin_dir, config.cgroup)
-    return Agent(config, datapath, proc_source=processes, guard_source=guard)
+    datapath = KernelDatapath(pin_dir, cgroup=config.cgroup, uplink=config.uplink,
+                              tunnel=TUNNEL_DEVICE if config.routing == "tunnel" else None)
+    processes = KernelProcSource(pin_dir, config.cgroup, count_syscalls=config.syscall_metrics)
+    guard = None if config.cgroup is None else KernelGuard(pin_dir, config.cgroup)
+    with ThreadPoolExecutor(1, thread_name_prefix="velvet-preload") as pool:
+        loading = pool.submit(_preload, datapath, processes)
+        agent = Agent(config, datapath, proc_source=processes, guard_source=guard)
+        loading.result()
+    return agent
+
+
+def _preload(datapath: KernelDatapath, processes: KernelProcSource) -> None:
+    """Load the BPF objects ahead of the start; a failure is left to `Agent.start`, which loads again and
+    reports it where a failed load always was reported."""
+    try:
+        datapath.preload()
+        processes.preload()
+    except Exception as exc:  # reported by the start, which loads again
+        log.debug("preloading the BPF objects failed (the start loads them again): %s", exc)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from velvet.agent import malloc
 from velvet.agent.config import AgentConfig
-from velvet.agent.starting import StartingApi
+from velvet.agent.starting import StartingApi, keep_the_loop_responsive
 from velvet.api.server import build_app, serve_unix
 from velvet.paths import AgentPaths
 
@@ -27,6 +27,7 @@ async def serve_while_starting(config: AgentConfig, fake_datapath: bool) -> None
     api = StartingApi()
     runner = await serve_unix(build_app(api), AgentPaths(config.sandbox, config.node_dir).socket)
     log.info("API answering while the agent starts")
+    keep_the_loop_responsive()  # before the store loads: no full collection over its growing heap
     try:
         agent = await asyncio.to_thread(_build, config, fake_datapath)
     except BaseException as exc:

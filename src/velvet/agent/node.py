@@ -36,6 +36,7 @@ from velvet.control.services import ServiceCompiler
 from velvet.controllers.endpoints import EndpointController
 from velvet.controllers.nodes import NodeRouteController, RouteTable
 from velvet.controllers.policy import PolicyController
+from velvet.controllers.saved_services import SAVED_FILE
 from velvet.controllers.services import LB_TABLES, ServiceController
 from velvet.datapath.host_routing import host_routing_active
 from velvet.datapath.protocol import Datapath
@@ -228,7 +229,9 @@ class Agent:
         self._await_kube_lists()
         self.policy.adopt()
         if self.config.kube_proxy_replacement:
-            self.services.adopt(LbState(*(self.datapath.read(t) for t in LB_TABLES)))
+            pinned = LbState(*(self.datapath.read(t) for t in LB_TABLES))
+            compiled = self.services.adopt(pinned, self.state_dir / SAVED_FILE)
+            log.info("adopted the pinned load-balancing maps; %d services compiled", compiled)
         else:
             self._leave_services_to_kube_proxy()
         self._await_cluster_view()
@@ -301,6 +304,11 @@ class Agent:
         """Program what the last reconcile compiled of the tracing policies (on the event loop: the process
         monitor's thread)."""
         self.tracing.program(self.processes, self.guard)
+
+    def save_services(self) -> None:
+        """Save the compiled services for the next life's start, if they changed since last saved."""
+        if self.config.kube_proxy_replacement and self.services.unsaved:
+            self.services.save(self.state_dir / SAVED_FILE)
 
     def flush_stale(self) -> int:
         """Flush the conntrack entries of backends the passes dropped (a walk kept off their path)."""

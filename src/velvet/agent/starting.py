@@ -9,6 +9,8 @@ the kubelet's and velvet-cni's) waits until the agent has started, then is serve
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -17,6 +19,22 @@ from velvet import __version__
 from velvet.api.server import AgentApi
 
 Json = Any
+SWITCH_INTERVAL_SECONDS = 0.001
+NEVER = 2**31 - 1
+
+
+def keep_the_loop_responsive() -> None:
+    """Let the event loop answer within milliseconds while the state worker computes.
+
+    Measured with a 10k-service apply: the loop waited up to 5 ms per turn for the GIL (the default
+    switch interval), and full cyclic collections over the store held it for 40-320 ms. The loop now
+    takes the GIL within 1 ms, and full collections run only when no state work is queued
+    (`collect_when_idle`); young generations are still collected as usual. Set before the agent is
+    built: loading a 10k-service store ran full collections over the growing heap (0.3-0.7 s of 1.2-1.6 s).
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, NEVER)
 
 
 class StartingApi:

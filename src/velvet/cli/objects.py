@@ -8,13 +8,13 @@ from pathlib import Path
 
 from velvet.cli.common import client
 from velvet.errors import VelvetError
-from velvet.model.codec import MANIFEST_SUFFIXES, read_manifest_file
+from velvet.manifest_files import MANIFEST_SUFFIXES, read_manifest_file
 
 
 def read_manifests(paths: list[str]) -> list[dict[str, str]]:
     """Files named by -f (directories expanded, sorted) as {path, text} documents for the agent.
 
-    A file too large (model.guards.MAX_FILE_BYTES) or not UTF-8 is refused here in one line naming it.
+    A file too large (manifest_files.MAX_FILE_BYTES) or not UTF-8 is refused here in one line naming it.
     """
     found: list[Path] = []
     for raw in paths:

@@ -36,7 +36,7 @@ named in `problems()` with the reason until it is programmed (`retry`, or its ne
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
@@ -254,7 +254,7 @@ class _Frontend:
 
 
 _OrderKey = tuple[str, int, bool]  # (port name, protocol, local endpoints only)
-_NONE: Mapping[Any, Any] = MappingProxyType({})  # what records hold for a map they have no entry in
+_NONE: Mapping[Any, Any] = {}  # what records hold for a map they have no entry in (read-only: a Mapping)
 _NO_ADDRESSES: frozenset[Address] = frozenset()
 
 
@@ -460,6 +460,23 @@ class ServiceCompiler:
             if (frontend, (backend.address, backend.port, backend.proto)) not in reached:
                 stale[StaleBackend(*frontend, v.backend_id, backend.address, backend.port)] = None
         return lb_delta(current, self.desired(), stale)
+
+    def settings(self) -> tuple[object, ...]:
+        """What compiling depends on besides the objects (a saved compiler with others is not reused)."""
+        return (self._node_name, self._nodeport_addresses, self._default_external, self._nodeport_wildcard,
+                sorted((m.value, n) for m, n in self._capacity.items()))
+
+    def compiled_from(self, key: str, service: Service, slices: Iterable[EndpointSlice]) -> bool:
+        """Whether the service `key` is programmed from exactly these objects (the same instances)."""
+        compiled = self._compiled.get(key)
+        return (compiled is not None and key not in self._pending and compiled.service is service
+                and {id(s) for s in compiled.slices} == {id(s) for s in slices})
+
+    def rev_nat_indexes(self) -> Iterator[tuple[str, int]]:
+        """(service key, rev-NAT index) of every frontend programmed."""
+        for key, compiled in self._compiled.items():
+            for index in self._revnat(compiled):
+                yield key, index
 
     def _listen_addresses(self, node_ips: Iterable[str]) -> tuple[str, ...]:
         """The IPv4 addresses NodePorts listen on: the node's (IPv6 ones are lb6's) and the wildcard."""
@@ -809,4 +826,4 @@ def _entry_counts(frontends: Mapping[Address, _Frontend], ranges: Sequence[str])
 @lru_cache(maxsize=4096)
 def _counts(services: int, src_range: int, maglev: int) -> Mapping[LbMap, int]:
     """Entry counts as a mapping of the counted maps, one shared object per distinct triple."""
-    return MappingProxyType({LbMap.SERVICES: services, LbMap.SRC_RANGE: src_range, LbMap.MAGLEV: maglev})
+    return {LbMap.SERVICES: services, LbMap.SRC_RANGE: src_range, LbMap.MAGLEV: maglev}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 
 from velvet.control.services import ServiceCompiler
+from velvet.controllers import saved_services
 from velvet.datapath.delta import LbDelta, merge_deltas
 from velvet.datapath.tables import LbMap, LbState
 from velvet.datapath.writer import TableWriter
@@ -28,6 +30,7 @@ class ServiceController:
         self.compiler = compiler
         self._writer = writer
         self._resolver = resolver
+        self.unsaved = False  # the compiler changed since it was last saved
 
     @staticmethod
     def touched(delta: Delta) -> str | None:
@@ -39,16 +42,37 @@ class ServiceController:
             return f"{obj.metadata.namespace}/{obj.service_name}"
         return None
 
-    def adopt(self, current: LbState) -> None:
-        """Keep the backend ids and rev-NAT indexes of the pinned maps, then write only the difference."""
-        self.compiler.restore(current)
+    def adopt(self, current: LbState, saved: Path | None = None) -> int:
+        """Keep the backend ids and rev-NAT indexes of the pinned maps, then write only the difference.
+
+        With `saved` (the file `save` writes) the compiler of the previous life is taken back when it
+        still matches the pinned maps, and only the services changed since are compiled again. Returns
+        how many services were compiled.
+        """
         slices = self._slices_by_service()
-        for obj in self.cache.objects("Service"):
-            assert isinstance(obj, Service)
-            key = obj.metadata.key
-            self._name(self.compiler.update(obj, slices.get(key, []), key), key)
+        services = {o.metadata.key: o for o in self.cache.objects("Service") if isinstance(o, Service)}
+        loaded = saved_services.load(saved, self.compiler, self.cache, current) if saved else None
+        if loaded is None:
+            self.compiler.restore(current)
+            keys = set(services)
+        else:
+            self.compiler, changed = loaded
+            keys = changed | {key for key, obj in services.items()
+                              if not self.compiler.compiled_from(key, obj, slices.get(key, ()))}
+        ordered = [key for key in services if key in keys] + sorted(keys - services.keys())  # store order:
+        for key in ordered:  # of two services wanting one frontend, the older gets it
+            self._name(self.compiler.update(services.get(key), slices.get(key, []), key), key)
+        for key, index in self.compiler.rev_nat_indexes():
+            self._resolver.set_service(index, NamedRef.parse(key))
         self._writer.write_lb(self.compiler.resync(current))
         self._retry()
+        self.unsaved = bool(keys) or loaded is None
+        return len(keys)
+
+    def save(self, path: Path) -> None:
+        """Save the compiler's state for the next life's `adopt` (`StorageError` when it cannot be)."""
+        self.unsaved = False  # one that fails is tried again after the next change, not in a loop
+        saved_services.save(path, self.compiler)
 
     def reconcile(self, keys: Iterable[str]) -> set[str]:
         """Recompile the services named by `keys`; the keys that failed, to retry on the next pass.
@@ -78,6 +102,7 @@ class ServiceController:
             failed |= self._write([(key, delta)])
         failed |= self._write(held)
         self._retry()
+        self.unsaved = True
         return failed
 
     def _write(self, deltas: list[tuple[str, LbDelta]]) -> set[str]:

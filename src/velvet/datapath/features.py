@@ -29,6 +29,7 @@ MAP_TYPES_NEEDED: dict[str, tuple[int, str]] = {
     "lru_hash": (9, "conntrack and session affinity"),
     "lpm_trie": (11, "ipcache (CIDR identities)"),
     "ringbuf": (27, "flow and process events"),
+    "sk_storage": (24, "socket LB reverse translation of connected sockets"),
     "percpu_hash": (5, "per-CPU metrics"),
     "array": (2, "counters and settings"),
 }

@@ -56,11 +56,8 @@ class KernelDatapath:
     def start(self) -> None:
         """Probe the kernel, build if stale, load with pinned maps, attach the cgroup and uplink hooks."""
         self._kernel = KernelInfo(features.kernel_release(), tuple(features.probe()))
-        mounts.ensure_bpffs()
-        mounts.ensure_pin_dir(self.pin_dir)
+        self.preload()
         mounts.ensure_pin_dir(self.links_dir)
-        for name in OBJECTS:
-            self.objects[name] = self._load(name)
         self.views = open_views(self.pin_dir, skip=(ProcEventsRing.name,))  # velvet.runtime.source reads it
         self.tables = TableMaps(self.views)
         self._drop_dead_links()
@@ -77,6 +74,18 @@ class KernelDatapath:
                                   self.links_dir / f"uplink-{direction}")
                 self._attachments[prog_name] = [f"{self.uplink} ({direction})"]
         self._attach_tunnel()
+
+    def preload(self) -> None:
+        """Load the objects `start` has not loaded yet over the pins, attaching nothing.
+
+        The agent calls it on a thread while its store loads: the kernel verifies the programs without
+        holding the GIL.
+        """
+        mounts.ensure_bpffs()
+        mounts.ensure_pin_dir(self.pin_dir)
+        for name in OBJECTS:
+            if name not in self.objects:
+                self.objects[name] = self._load(name)
 
     def _attach_tunnel(self) -> None:
         """Tunnel mode: the overlay programs on the VXLAN device and its ifindex in tunnel_config, which

@@ -41,6 +41,7 @@ PER_CPU_TYPES = frozenset({"percpu_hash", "percpu_array", "lru_percpu_hash", "pe
 ARRAY_TYPES = frozenset({"array", "percpu_array"})
 _UNSUPPORTED = (errno.EINVAL, errno.EOPNOTSUPP, libbpf.ENOTSUPP)
 _FULL = (errno.E2BIG, errno.ENOSPC)
+_NO_BATCH_TYPES = frozenset({"lpm_trie"})  # no BPF_MAP_LOOKUP_BATCH in the kernel
 
 
 @dataclass(frozen=True)
@@ -234,10 +235,17 @@ class Map(Generic[K, V]):
                 yield _copy(self.key_type, raw), value  # type: ignore[misc]
 
     def count(self) -> int:
-        """Number of entries (max_entries for arrays, which always hold every index)."""
+        """Number of entries (max_entries for arrays, which always hold every index).
+
+        Counted from BPF_MAP_LOOKUP_BATCH chunks: one syscall per 4,096 entries rather than one per key
+        (a 10k-service node's maps took the agent 40-190 ms of CPU every 5 s key by key); maps without
+        batch operations (LPM tries) are walked key by key.
+        """
         if self.info.type in ARRAY_TYPES:
             return self.info.max_entries
-        return sum(1 for _ in self._raw_keys())
+        if self.info.type in _NO_BATCH_TYPES:
+            return sum(1 for _ in self._raw_keys())
+        return sum(count for _, _, count in self._raw_chunks())
 
     def clear(self) -> None:
         """Remove every entry (arrays: reset every value to zeros)."""

@@ -477,6 +477,13 @@ class Lb4SockRevnatVal(Structure):
     _fields_ = [("address", BE32), ("port", BE16), ("rev_nat_index", c_uint16)]
 
 
+class Lb4SockRevnatSk(Structure):
+    """struct lb4_sock_revnat_sk: lb4_sock_revnat_sk value (socket-local storage, no user-space view)."""
+
+    _fields_ = [("backend_address", BE32), ("address", BE32), ("backend_port", BE16), ("port", BE16),
+                ("rev_nat_index", c_uint16), ("pad", c_uint16)]
+
+
 # --- conntrack --------------------------------------------------------------------------------------
 
 
@@ -832,6 +839,7 @@ C_STRUCTS: dict[str, type[Structure]] = {
     "lb4_maglev_lut": Lb4MaglevLut,
     "lb4_sock_revnat_key": Lb4SockRevnatKey,
     "lb4_sock_revnat_val": Lb4SockRevnatVal,
+    "lb4_sock_revnat_sk": Lb4SockRevnatSk,
     "ct4_key": Ct4Key,
     "ct4_entry": Ct4Entry,
     "ipv4_frag_key": Ipv4FragKey,

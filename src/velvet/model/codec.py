@@ -10,7 +10,6 @@ server-set field (the local store's persistence format).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import yaml
 
 from velvet.errors import InvalidManifest
+from velvet.manifest_files import MANIFEST_SUFFIXES, read_manifest_file
 from velvet.model import EndpointSlice, KubeObject, Namespace, NetworkPolicy, Pod, Service
 from velvet.model.decode_meta import decode_namespace
 from velvet.model.decode_net import decode_endpoint_slice, decode_network_policy
@@ -35,18 +35,14 @@ from velvet.model.encode import (
 )
 from velvet.model.encode_tracing import encode_tracing_policy
 from velvet.model.guards import (
-    MAX_FILE_BYTES,
     MAX_INT_CHARS,
     Refused,
     check_json,
     check_text,
     check_yaml_document,
-    decode_file,
     parse_json_int,
 )
 from velvet.model.validate import Node, Where, one_line, quote
-
-MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,20 +138,6 @@ def parse_located(text: str, path: str) -> list[tuple[KubeObject, int]]:
             continue
         located.extend((obj, index) for obj in _decode_top(Node(doc, "", Where(path, index))))
     return located
-
-
-def read_manifest_file(file: Path) -> str:
-    """The text of one manifest file: refused before reading beyond MAX_FILE_BYTES, and unless UTF-8."""
-    try:
-        with file.open("rb") as stream:
-            data = stream.read(MAX_FILE_BYTES + 1)
-            size = max(len(data), os.fstat(stream.fileno()).st_size)
-    except OSError as err:
-        raise InvalidManifest(str(file), 0, "<file>", err.strerror or str(err)) from err
-    try:
-        return decode_file(data, size)
-    except Refused as err:
-        raise InvalidManifest(str(file), err.document, err.field, err.reason) from None
 
 
 def load_manifests(paths: list[Path]) -> list[KubeObject]:

@@ -17,15 +17,14 @@ from itertools import accumulate, chain
 
 import yaml
 
+from velvet.manifest_files import MAX_FILE_BYTES, document_at, file_too_long
+
 MAX_DOCUMENT_BYTES = 3 * 1024 * 1024  # kube-apiserver's request body limit
-MAX_FILE_BYTES = 16 * 1024 * 1024  # one file of documents; a request to the agent may be 64 MiB
 MAX_DEPTH = 100  # nested lists and objects in one document
 MAX_INT_CHARS = 100  # an integer literal; 64-bit numbers need at most 67 (0b, sign and 64 digits)
 
 _ALIAS_FREE_NODES, _ALIAS_ANY_NODES = 400_000, 4_000_000  # go-yaml v3's alias_ratio_range
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_SEPARATOR = re.compile(r"^---(?=\s|$)", re.MULTILINE)
-_CONTENT = re.compile(r"^[ \t]*[^\s#%]", re.MULTILINE)
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _JSON_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
@@ -45,18 +44,6 @@ class Refused(Exception):
         self.document = document
 
 
-def decode_file(data: bytes, size: int) -> str:
-    """The text of a manifest file of `size` bytes (`data` may stop past MAX_FILE_BYTES): UTF-8 within it."""
-    _check_file_size(size)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        before = data[:err.start].decode("utf-8")
-        raise Refused(f"line {before.count(chr(10)) + 1}",
-                      f"not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start}",
-                      _document_at(before)) from err
-
-
 def check_text(text: str) -> None:
     """Refuse a manifest text (as the agent receives it) that is too large or not Unicode text."""
     if len(text) > MAX_FILE_BYTES:
@@ -65,7 +52,7 @@ def check_text(text: str) -> None:
     if surrogate is not None:
         before = text[:surrogate.start()]
         raise Refused(f"line {before.count(chr(10)) + 1}", "not UTF-8 text: a lone surrogate code point",
-                      _document_at(before))
+                      document_at(before))
     if 4 * len(text) > MAX_FILE_BYTES:  # a character is at most 4 bytes of UTF-8
         _check_file_size(len(text.encode()))
 
@@ -130,24 +117,15 @@ def check_yaml_document(root: yaml.Node) -> None:
 
 
 def _check_file_size(size: int) -> None:
-    if size > MAX_FILE_BYTES:
-        raise Refused("<file>", f"Too long: {size} bytes; a manifest file may have at most {MAX_FILE_BYTES} "
-                      f"bytes ({MAX_FILE_BYTES // 2**20} MiB)")
+    too_long = file_too_long(size)
+    if too_long is not None:
+        raise Refused("<file>", too_long)
 
 
 def _too_long(size: int, *, yaml_size: bool) -> str:
     measure = f"about {size} bytes as JSON (aliases expanded)" if yaml_size else f"{size} bytes"
     return (f"Too long: {measure}; a document may have at most {MAX_DOCUMENT_BYTES} bytes "
             f"({MAX_DOCUMENT_BYTES // 2**20} MiB, kube-apiserver's request limit)")
-
-
-def _document_at(before: str) -> int:
-    """The 1-based YAML document a position is in, from the text before it (`---` lines start documents)."""
-    first = _SEPARATOR.search(before)
-    if first is None:
-        return 1
-    separators = sum(1 for _ in _SEPARATOR.finditer(before))
-    return separators if _CONTENT.search(before, 0, first.start()) is None else separators + 1
 
 
 def _children(node: yaml.Node) -> Iterable[yaml.Node]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 import logging
 import signal
 import struct
@@ -64,6 +65,14 @@ TCP_LISTEN = 10
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 _HIDDEN_LABEL_PREFIXES = ("io.kubernetes.", "io.cilium.")
+# struct sock_event's fields in _on_connect's argument order
+_SOCK_FIELDS = ("old_state", "new_state", "pid", "protocol", "saddr", "sport", "daddr", "dport", "netns_ino")
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_text(address: int) -> str:
+    """Dotted quad of an IPv4 address (a node's sockets use few addresses: cached)."""
+    return str(IPv4Address(address))
 
 
 @dataclass
@@ -280,9 +289,17 @@ class ProcessMonitor:
                 self._on_tracepoint(record)
 
     def ingest_sockets(self, batch: Any) -> None:
-        """Take a batch of `struct sock_event` records (numpy, SOCK_EVENT_DTYPE)."""
-        for record in batch:
-            self._on_connect(record)
+        """Take a batch of `struct sock_event` records (numpy, SOCK_EVENT_DTYPE).
+
+        The columns are converted to Python ints once per batch: field by field from numpy records, with
+        IPv4Address formatting, this took ~30 us of the agent's CPU per connection, on the CPUs the
+        node's connections use (the p99 of connect() to a service, issue 14).
+        """
+        if not len(batch):
+            return
+        columns = [batch[name].tolist() for name in _SOCK_FIELDS]
+        for row in zip(*columns, strict=True):
+            self._on_connect(*row)
 
     def _on_exec(self, r: Any) -> None:
         pid, ts = int(r["pid"]), int(r["ts_ns"])
@@ -400,19 +417,18 @@ class ProcessMonitor:
                                 signal=signal.Signals(sig).name if sig in _SIGNALS else ""))
         self.tree.exit(pid)
 
-    def _on_connect(self, r: Any) -> None:
+    def _on_connect(self, old: int, new: int, pid: int, protocol: int, saddr: int, sport: int, daddr: int,
+                    dport: int, netns_ino: int) -> None:
         """A socket of the node's processes: a listener opened or closed (remember its owner by netns and
         port), a connection established (remember its process: the connecting one, or the listener's owner
         for an accepted one) or closed (forget it after a grace period)."""
-        old, new, pid = int(r["old_state"]), int(r["new_state"]), int(r["pid"])
-        if int(r["protocol"]) == IPPROTO_UDP:  # a UDP socket in use: its local address names the process
+        if protocol == IPPROTO_UDP:  # a UDP socket in use: its local address names the process
             proc = self.tree.get(pid) or self._parent(pid)
             if proc is not None:
-                self.udp.put(str(IPv4Address(int(r["saddr"]))), int(r["sport"]), int(r["netns_ino"]), proc)
+                self.udp.put(_ip_text(saddr), sport, netns_ino, proc)
             return
-        key = (str(IPv4Address(int(r["saddr"]))), int(r["sport"]), str(IPv4Address(int(r["daddr"]))),
-               int(r["dport"]))
-        listener = (int(r["netns_ino"]), int(r["sport"]))
+        key = (_ip_text(saddr), sport, _ip_text(daddr), dport)
+        listener = (netns_ino, sport)
         if new == TCP_LISTEN:
             proc = self.tree.get(pid) or self._parent(pid)
             if proc is not None:

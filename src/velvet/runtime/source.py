@@ -154,9 +154,8 @@ class KernelProcSource:
 
     def start(self) -> None:
         """Load (re-adopting the pinned ring), aim at the node's cgroup, attach the tracepoint programs."""
-        mounts.ensure_bpffs()
-        mounts.ensure_pin_dir(self.pin_dir)
-        self._obj = self._load()
+        self.preload()
+        assert self._obj is not None
         config = ProcConfig()
         if self.cgroup is not None:
             config.cgroup_id = self.cgroup.stat().st_ino
@@ -187,6 +186,14 @@ class KernelProcSource:
             self._ring = ProcEventsRing(untyped)
         with self._obj.map("proc_sock_events") as untyped:
             self._sock_ring = SockEventsRing(untyped)
+
+    def preload(self) -> None:
+        """Load the object over the pins unless loaded already, attaching nothing (see `start`; the agent
+        calls it on a thread while its store loads)."""
+        mounts.ensure_bpffs()
+        mounts.ensure_pin_dir(self.pin_dir)
+        if self._obj is None:
+            self._obj = self._load()
 
     def _load(self) -> BpfObject:
         """Load, re-adopting the pinned maps; pins of an older layout are replaced (their events lost)."""

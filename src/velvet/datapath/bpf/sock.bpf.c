@@ -57,12 +57,51 @@ static __always_inline void sock_event(struct bpf_sock_addr *ctx, __be32 fronten
 	ringbuf_submit_lazy(ev, &events, EVENTS_RINGBUF_BYTES);
 }
 
-/* Translate a destination frontend to a backend. Returns the sock_addr verdict (1 = go on). */
-static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 obs, bool per_datagram)
+/*
+ * Remember which frontend the socket's backend stands for, for recvmsg4/getpeername4; whether the
+ * mapping is new (then the translation is reported). A connected socket keeps one mapping in its own
+ * storage (a re-connect replaces it); datagrams of sendmsg4 (an unconnected socket may talk to several
+ * frontends), or a socket whose storage could not be allocated, use the lb4_sock_revnat LRU.
+ */
+static __always_inline bool sock4_remember(struct bpf_sock_addr *ctx, bool per_datagram, __u64 cookie,
+					   const struct lb4_backend *be, __be32 addr, __be16 port,
+					   __u16 rev_nat_index)
 {
 	struct lb4_sock_revnat_key rkey = {};
 	struct lb4_sock_revnat_val rval = {};
 	struct lb4_sock_revnat_val *known;
+	struct lb4_sock_revnat_sk *st;
+
+	if (!per_datagram) {
+		st = bpf_sk_storage_get(&lb4_sock_revnat_sk, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (st) {
+			if (st->backend_address == be->address && st->backend_port == be->port &&
+			    st->address == addr && st->port == port)
+				return false;
+			st->backend_address = be->address;
+			st->backend_port = be->port;
+			st->address = addr;
+			st->port = port;
+			st->rev_nat_index = rev_nat_index;
+			return true;
+		}
+	}
+	rkey.cookie = cookie;
+	rkey.address = be->address;
+	rkey.port = be->port;
+	rval.address = addr;
+	rval.port = port;
+	rval.rev_nat_index = rev_nat_index;
+	known = bpf_map_lookup_elem(&lb4_sock_revnat, &rkey);
+	if (known && known->address == addr && known->port == port)
+		return false;
+	bpf_map_update_elem(&lb4_sock_revnat, &rkey, &rval, BPF_ANY);
+	return true;
+}
+
+/* Translate a destination frontend to a backend. Returns the sock_addr verdict (1 = go on). */
+static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 obs, bool per_datagram)
+{
 	struct lb4_service *svc;
 	struct lb4_backend *be;
 	struct lb4_key key;
@@ -99,17 +138,8 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 obs, 
 		return 1;
 
 	/* remember the frontend for recvmsg4/getpeername4; report only what is new */
-	rkey.cookie = cookie;
-	rkey.address = be->address;
-	rkey.port = be->port;
-	rval.address = addr;
-	rval.port = port;
-	rval.rev_nat_index = svc->rev_nat_index;
-	known = bpf_map_lookup_elem(&lb4_sock_revnat, &rkey);
-	if (!known || known->address != addr || known->port != port) {
-		bpf_map_update_elem(&lb4_sock_revnat, &rkey, &rval, BPF_ANY);
+	if (sock4_remember(ctx, per_datagram, cookie, be, addr, port, svc->rev_nat_index))
 		sock_event(ctx, addr, port, svc->rev_nat_index, be->address, be->port, obs, 0);
-	}
 
 	/* the socket now talks to the backend */
 	ctx->user_ip4 = be->address;
@@ -120,14 +150,29 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 obs, 
 /* Show the frontend instead of the backend a socket was translated to. */
 static __always_inline int sock4_xlate_rev(struct bpf_sock_addr *ctx)
 {
-	struct lb4_sock_revnat_key rkey = {
-		.cookie = bpf_get_socket_cookie(ctx),
-		.address = ctx->user_ip4,
-		.port = (__be16)ctx->user_port,
-	};
-	struct lb4_sock_revnat_val *val = bpf_map_lookup_elem(&lb4_sock_revnat, &rkey);
+	struct lb4_sock_revnat_sk *st = bpf_sk_storage_get(&lb4_sock_revnat_sk, ctx->sk, 0, 0);
+	struct lb4_sock_revnat_key rkey = {};
+	struct lb4_sock_revnat_val *val;
 	struct lb4_key key;
 
+	/* the backend a connected socket was translated to */
+	if (st && st->backend_address == ctx->user_ip4 && st->backend_port == (__be16)ctx->user_port) {
+		/* a frontend deleted since: the mapping is stale */
+		if (!lb4_lookup_service(&key, st->address, st->port, ctx->protocol, false)) {
+			st->backend_address = 0;
+			st->backend_port = 0;
+			return 1;
+		}
+		ctx->user_ip4 = st->address;
+		ctx->user_port = (__u32)st->port;
+		return 1;
+	}
+
+	/* else one of the backends sendmsg4 sent its datagrams to */
+	rkey.cookie = bpf_get_socket_cookie(ctx);
+	rkey.address = ctx->user_ip4;
+	rkey.port = (__be16)ctx->user_port;
+	val = bpf_map_lookup_elem(&lb4_sock_revnat, &rkey);
 	if (!val)
 		return 1;
 	/* a frontend deleted since: the mapping is stale */

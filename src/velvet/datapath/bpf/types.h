@@ -334,6 +334,17 @@ struct lb4_sock_revnat_val {
 	__u16 rev_nat_index;
 };
 
+/* lb4_sock_revnat_sk value: the socket-local storage of a socket connect4 translated (one per socket;
+ * a re-connect replaces it): the backend it was sent to, and the frontend it answers with. */
+struct lb4_sock_revnat_sk {
+	__be32 backend_address;
+	__be32 address; /* the service frontend */
+	__be16 backend_port;
+	__be16 port;
+	__u16 rev_nat_index;
+	__u16 pad;
+};
+
 /* ---- conntrack ----------------------------------------------------------------------------- */
 
 struct ct4_key {

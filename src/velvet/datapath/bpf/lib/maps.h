@@ -80,13 +80,23 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } lb4_maglev SEC(".maps");
 
-/* Socket LB reverse translation for recvmsg4/getpeername4. */
+/* Socket LB reverse translation for recvmsg4/getpeername4 of datagrams sendmsg4 translated
+ * (an unconnected UDP socket may talk to several frontends). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct lb4_sock_revnat_key);
 	__type(value, struct lb4_sock_revnat_val);
 	__uint(max_entries, LB4_SOCK_REVNAT_MAX);
 } lb4_sock_revnat SEC(".maps");
+
+/* The same for sockets connect4 translated, in the socket's own storage: freed with the socket, no
+ * LRU update on the connect path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__type(key, int);
+	__type(value, struct lb4_sock_revnat_sk);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} lb4_sock_revnat_sk SEC(".maps");
 
 /* Connection tracking. */
 struct {

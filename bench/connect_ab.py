@@ -1,0 +1,132 @@
+"""connect() to a ClusterIP from a pod, Velvet source trees against no rules, interleaved in one run.
+
+    python -m bench.connect_ab [--trees TREE_A,TREE_B] [--counts 10,1000,10000] [--rounds 5]
+                               [--connects 2000] [--prog-stats]
+
+One single-node sandbox per Velvet source tree (its agent runs that tree's code and BPF objects, which
+must be built; default: this tree) and the no-rules namespaces of bench/peers.py. At every N the
+sandboxes hold N services (the target is the last); each round runs `probe.py connect` once per peer,
+the order rotated every round. Per peer and N: the median over rounds of each round's median and p99,
+the ratio of each to the no-rules peer of the same rounds, and the agent's CPU time per round (its
+periodic work while the connect loop runs). `--prog-stats` adds each program's run time per connect
+(`bpf(BPF_ENABLE_STATS)`). Prints one JSON document. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import statistics
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.cluster import enable_bpf_stats, prog_run_ns
+from bench.peers import PeerNet
+from bench.run import run_probe
+from bench.velvet_peer import VelvetPeer
+
+
+@contextlib.contextmanager
+def pythonpath(tree: str) -> Iterator[None]:
+    """PYTHONPATH set to `tree`'s sources (none: unchanged) while the block runs."""
+    saved = os.environ.get("PYTHONPATH")
+    if tree:
+        os.environ["PYTHONPATH"] = os.path.join(tree, "src")
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of every thread of `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    """Bring the peers up, measure every N, print the report."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--trees", default="", help="Velvet source trees, comma-separated (default: here)")
+    parser.add_argument("--counts", default="10,1000,10000")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connects", type=int, default=2000)
+    parser.add_argument("--prog-stats", action="store_true")
+    args = parser.parse_args()
+    trees = [t for t in args.trees.split(",") if t] or [""]
+    names = [os.path.basename(t.rstrip("/")) or "velvet" for t in trees]
+    sandboxes = {name: VelvetPeer() for name in names}
+    none = PeerNet(secrets.token_hex(2), "none")
+    rows: list[dict[str, Any]] = []
+    stats_fd = enable_bpf_stats() if args.prog_stats else None
+    try:
+        none.create()
+        for tree, name in zip(trees, names, strict=True):
+            with pythonpath(tree):
+                sandboxes[name].up()
+        for n in (int(c) for c in args.counts.split(",")):
+            for peer in sandboxes.values():
+                applied = peer.apply_services(n, 1, 900.0)
+                print(f"N={n} {peer.name}: {applied}", file=sys.stderr)
+            clients = {"none": (none.client, f"{none.target([])}")}
+            clients |= {name: (p.client, p.target()) for name, p in sandboxes.items()}
+            peers = list(clients)
+            for client, target in clients.values():  # warm-up
+                run_probe(client("connect", target, "--count", "200"))
+            for r in range(args.rounds):
+                for name in peers[r % len(peers):] + peers[:r % len(peers)]:
+                    client, target = clients[name]
+                    agent = sandboxes[name].agent_pid() if name in sandboxes else None
+                    cpu0 = cpu_seconds(agent) if agent else 0.0
+                    ns0 = prog_run_ns() if stats_fd is not None else {}
+                    result = run_probe(client("connect", target, "--count", str(args.connects)))
+                    if result is None:
+                        continue
+                    row = {"peer": name, "n": n, "round": r, "median": result["median"], "p99": result["p99"],
+                           "agent_cpu_ms": (cpu_seconds(agent) - cpu0) * 1000 if agent else None}
+                    for prog, ns in (prog_run_ns() if stats_fd is not None else {}).items():
+                        if ns > ns0.get(prog, 0):
+                            row[f"ns/connect:{prog}"] = (ns - ns0.get(prog, 0)) / args.connects
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr)
+    finally:
+        if stats_fd is not None:
+            os.close(stats_fd)
+        for peer in sandboxes.values():
+            peer.down()
+        none.remove()
+    machine = {"cpus": os.cpu_count(), "kernel": os.uname().release}
+    print(json.dumps({"machine": machine, "connects": args.connects, "rounds": args.rounds,
+                      "summary": summarize(rows)}, indent=2))
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per N and peer: medians over rounds of every measured field, and ratios to the no-rules peer."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for n in sorted({row["n"] for row in rows}):
+        at_n = [row for row in rows if row["n"] == n]
+        per_peer: dict[str, dict[str, float]] = {}
+        for peer in dict.fromkeys(row["peer"] for row in at_n):
+            mine = [row for row in at_n if row["peer"] == peer]
+            fields = sorted({k for row in mine for k in row if k not in ("peer", "n", "round")})
+            per_peer[peer] = {k: round(statistics.median(row[k] for row in mine if row.get(k) is not None), 2)
+                              for k in fields if any(row.get(k) is not None for row in mine)}
+        base = per_peer.get("none", {})
+        for values in per_peer.values():
+            for k in ("median", "p99"):
+                if base.get(k):
+                    values[f"{k}_x"] = round(values[k] / base[k], 3)
+        out[str(n)] = per_peer
+    return out
+
+
+if __name__ == "__main__":
+    main()
