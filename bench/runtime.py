@@ -63,6 +63,7 @@ from typing import Any
 from velvet.cli.runner import SandboxCli, unique_name
 from velvet.errors import VelvetError
 from velvet.paths import AgentPaths
+from velvet.runtime.source import TRACEPOINTS
 
 CONFIGS = ("off", "events", "exec_policy", "scoped_policy", "idle_policy", "post_policy", "guard_rule")
 OPENAT_CONFIGS = ("scoped_policy", "idle_policy", "post_policy")  # the ones that attach proc_openat
@@ -83,7 +84,9 @@ MISS_REASONS = {
     "guard_rule": "no Velvet program on openat: noise of the shared machine (see the best runs)",
 }
 EVENTS_PER_CHILD = 2  # process_fork and process_exit
-PROC_LINKS = ("proc-exec", "proc-fork", "proc-exit", "proc-tcp-connect", "proc-openat")
+# the agent's process-event programs (every one it attaches by default), and the openat policy hook
+EVENT_PROGRAMS = tuple(sorted(TRACEPOINTS))
+PROC_LINKS = (*(name.replace("_", "-") for name in EVENT_PROGRAMS), "proc-openat")
 SOURCE = Path(__file__).with_name("rt_load.c")
 POD = "rt/load"
 PODS = """---
@@ -290,7 +293,7 @@ class Bench:
         mine = self.my_programs()
         linked = proc_links()
         attached = sorted(name for prog, name in linked if prog in mine)
-        expected = [] if config == "off" else ["proc_exec", "proc_exit", "proc_fork", "proc_tcp_connect"]
+        expected = [] if config == "off" else list(EVENT_PROGRAMS)
         expected += ["proc_openat"] if config in OPENAT_CONFIGS else []
         if attached != sorted(expected):
             raise VelvetError(f"{config}: this sandbox's attached programs are {attached}, not {expected}")
