@@ -18,7 +18,8 @@ DEFAULT_CAPACITY = 32768
 DEFAULT_GRACE_SECONDS = 30.0
 CONNECTION_CAPACITY = 65536
 CONNECTION_GRACE_SECONDS = 300.0
-ConnKey = tuple[str, int, str, int]
+ConnKey = bytes
+"""A TCP connection: saddr, daddr, sport, dport in network order (struct sock_event's bytes)."""
 
 
 class ProcessTree:
@@ -80,7 +81,7 @@ class ProcessTree:
 
 
 class ConnectionTable:
-    """TCP connections (saddr, sport, daddr, dport) -> the process that opened them, bounded.
+    """TCP connections (`ConnKey`) -> the process that opened them, bounded.
 
     A closed connection is kept for a grace period, so the flows stored before it closed still name their
     process when they are read; beyond the capacity the oldest connections go first.
