@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import generate_latest
+from prometheus_client import Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.flow_events import events, random_events
@@ -97,3 +99,37 @@ def test_metrics_endpoint_serves_the_exposition() -> None:
     assert content_type.startswith("text/plain")
     names = {f.name for f in text_string_to_metric_families(body)}
     assert {"hubble_flows_processed", "hubble_drop", "hubble_tcp_flags", "hubble_policy_verdicts"} <= names
+
+
+def test_a_batch_updates_each_label_set_once_and_names_it_once_per_agent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that a batch of 7,000 records (the mixed batch 1,000 times) updates each label set's counter
+    once, that a later batch finds its counters without prometheus_client's `labels` (the agent's CPU
+    per flow competes with the node's connections), and that the values stay exact."""
+    batch = np.concatenate([BATCH] * 1000)
+    once = FlowMetrics()
+    once.observe_batch(BATCH)
+    label_sets = sum(1 for (name, _), _ in samples(once).items()
+                     if name.startswith("hubble_") and name.endswith("_total"))
+    metrics = FlowMetrics()
+    metrics.observe_batch(BATCH)
+    incs: list[float] = []
+    labels: list[tuple[str, ...]] = []
+    real_inc, real_labels = Counter.inc, Counter.labels
+
+    def inc(self: Counter, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        incs.append(amount)
+        real_inc(self, amount, exemplar)
+
+    def named(self: Counter, *values: str, **by_name: str) -> Counter:
+        labels.append(values)
+        return real_labels(self, *values, **by_name)
+
+    monkeypatch.setattr(Counter, "inc", inc)
+    monkeypatch.setattr(Counter, "labels", named)
+    metrics.observe_batch(batch)
+    assert len(incs) == label_sets
+    assert labels == []
+    expected = {key: value * 1001 for key, value in samples(once).items()
+                if key[0].startswith("hubble_") and key[0].endswith("_total")}
+    assert {key: value for key, value in samples(metrics).items() if key in expected} == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+import time
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from velvet.observe.pipeline import FlowPipeline
 from velvet.runtime.compact import compact_line
 from velvet.runtime.monitor import EventQuery, ProcessMonitor
 from velvet.runtime.process import Process
-from velvet.runtime.tree import ProcessTree, UdpSockets
+from velvet.runtime.tree import ConnectionTable, ProcessTree, UdpSockets
 
 POD_CGROUP = 777
 NODE_CGROUP = 5
@@ -231,10 +232,10 @@ def test_flows_name_the_process_of_their_connection_and_filter_by_it() -> None:
     assert FlowQuery.from_params(FlowQuery(from_process=("a,b",)).to_params()).from_process == ("a,b",)
 
 
-def test_a_batch_of_socket_records_formats_each_address_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Test that 1,000 connections between two addresses in one batch format each address once (the
-    agent's CPU per connection competes with the node's connections), and that each still names its
-    process."""
+def test_a_batch_of_socket_records_formats_no_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that 1,000 connections between two addresses in one batch format no address (a connection's
+    key is its record's address and port bytes; the agent's CPU per connection competes with the node's
+    connections), and that each still names its process."""
     mon = monitor()
     feed(mon, record(ProcEventType.EXEC, 40, 1, 1, filename="/usr/bin/curl", argv=("curl",)))
     made: list[int] = []
@@ -251,11 +252,69 @@ def test_a_batch_of_socket_records_formats_each_address_once(monkeypatch: pytest
     batch["saddr"], batch["daddr"], batch["dport"] = 0x0A000001, 0x0A000002, 80
     batch["sport"] = np.arange(20000, 21000)
     mon.ingest_sockets(batch)
-    assert sorted(made) == [0x0A000001, 0x0A000002]
+    assert made == []
     for sport in (20000, 20999):
         source, _ = mon.flow_processes(udp_flow("10.0.0.1", sport, "10.0.0.2", 80, proto=6))
         assert source is not None
         assert source["binary"] == "/usr/bin/curl"
+
+
+def connection_batch(pid: int, ports: range, *, closed: bool) -> Any:
+    """Connections 10.0.0.1:<port> -> 10.0.0.2:80 of process `pid` established, then (`closed`) closed."""
+    opened = np.zeros(len(ports), dtype=SOCK_EVENT_DTYPE)
+    opened["pid"], opened["protocol"], opened["old_state"], opened["new_state"] = pid, 6, 2, 1
+    opened["saddr"], opened["daddr"], opened["dport"] = 0x0A000001, 0x0A000002, 80
+    opened["sport"] = np.array(ports)
+    if not closed:
+        return opened
+    done = opened.copy()
+    done["old_state"], done["new_state"] = 1, 7  # TCP_ESTABLISHED -> TCP_CLOSE
+    return np.concatenate([opened, done])
+
+
+def test_a_batch_of_connections_finds_each_process_once_and_reads_the_clock_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that 1,000 connections of one process opened and closed in one batch look its process up once
+    and read the clock once (the agent's CPU per connection competes with the node's connections), and
+    that a connection closed in the batch still names its process until its grace period ends."""
+    mon = monitor()
+    feed(mon, record(ProcEventType.EXEC, 40, 1, 1, filename="/usr/bin/curl", argv=("curl",)))
+    lookups: list[int] = []
+    real_get = mon.tree.get
+    clock: list[float] = []
+
+    def get(pid: int) -> Process | None:
+        lookups.append(pid)
+        return real_get(pid)
+
+    def monotonic() -> float:
+        clock.append(100.0)
+        return 100.0
+
+    monkeypatch.setattr(mon.tree, "get", get)
+    monkeypatch.setattr(time, "monotonic", monotonic)
+    mon.ingest_sockets(connection_batch(40, range(20000, 21000), closed=True))
+    assert lookups == [40]
+    assert len(clock) == 1
+    source, _ = mon.flow_processes(udp_flow("10.0.0.1", 20999, "10.0.0.2", 80, proto=6))
+    assert source is not None
+    assert source["binary"] == "/usr/bin/curl"
+    mon.connections.expire(now=100.0 + mon.connections.grace_seconds)
+    assert mon.flow_processes(udp_flow("10.0.0.1", 20999, "10.0.0.2", 80, proto=6)) == (None, None)
+
+
+def test_the_connection_table_keeps_the_newest_connections_and_applies_a_batch_in_order() -> None:
+    """Test that beyond its capacity a batch leaves exactly the newest connections, and that a tuple closed
+    then opened again in one batch names its new process after the old one's grace period."""
+    old = Process("e1", 1, 0, 0, "/old", [], "/", 0, [], "", 0, None)
+    new = Process("e2", 2, 0, 0, "/new", [], "/", 0, [], "", 0, None)
+    table = ConnectionTable(capacity=3, grace_seconds=10.0)
+    table.update([(b"a", old), (b"a", None), (b"a", new)], now=0.0)
+    table.expire(now=10.0)
+    assert table.get(b"a") is new
+    table.update([(bytes([port]), old) for port in range(5)], now=20.0)
+    assert len(table) == 3
+    assert [table.get(bytes([port])) for port in range(5)] == [None, None, old, old, old]
 
 
 def udp_record(pid: int, ip: int, port: int, netns: int) -> Any:

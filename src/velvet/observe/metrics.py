@@ -39,6 +39,16 @@ _TCP_FLAG_LABELS = (("SYN", TcpFlag.SYN, TcpFlag.ACK), ("SYN-ACK", TcpFlag.SYN |
 """(label, bits that must be set, bits that must be clear), as Hubble's tcp handler counts."""
 
 
+_TCP_FLAG_BITS = [(i, int(need), int(clear)) for i, (_, need, clear) in enumerate(_TCP_FLAG_LABELS)]
+_PROCESSED, _DROPS, _TCP, _POLICY = range(4)
+"""The counted metrics (the first part of a label set's key)."""
+# Plain ints and a table: numpy compares a column with an enum member, or runs isin, far slower.
+_TRACE, _DROP, _POLICY_VERDICT = int(EventType.TRACE), int(EventType.DROP), int(EventType.POLICY_VERDICT)
+_DROPPED, _REPLY = int(Verdict.DROPPED), int(EventFlag.REPLY)
+_EGRESS_TABLE = np.zeros(256, np.bool_)
+_EGRESS_TABLE[sorted(EGRESS_OBS_POINTS)] = True
+
+
 def _column(batch: npt.NDArray[Any], name: str) -> npt.NDArray[np.int64]:
     names = batch.dtype.names or ()
     return batch[name].astype(np.int64) if name in names else np.zeros(len(batch), np.int64)
@@ -88,51 +98,63 @@ class FlowMetrics:
                                             ["what"], registry=r)
         if store_stats is not None:
             r.register(_StoreCollector(store_stats))
+        self._children: dict[tuple[int, int], Any] = {}
 
     def observe_batch(self, batch: npt.NDArray[Any]) -> None:
-        """Count one ring-buffer batch; Python work is per distinct label set, not per record."""
+        """Count one ring-buffer batch: one counter update per distinct label set, not per record.
+
+        A label set's counter is found once per agent (by its numbers; prometheus_client's `labels` costs
+        microseconds), so a batch's fixed cost is a few numpy operations per metric.
+        """
         if len(batch) == 0:
             return
         typ, obs, verdict = _column(batch, "type"), _column(batch, "obs_point"), _column(batch, "verdict")
         proto, flags = _column(batch, "proto"), _column(batch, "flags")
-        self._processed(typ, obs, verdict)
-        self._drops(typ, verdict, proto, _column(batch, "drop_reason"))
-        self._tcp(typ, proto, _column(batch, "tcp_flags"))
-        self._policy(typ, obs, verdict, flags)
+        trace = typ == _TRACE
+        self._count(_PROCESSED, (typ << 16) | (np.where(trace, obs, 0) << 8) | verdict)
+        # A policy verdict and the drop it causes describe one packet: count the drop only.
+        policy = typ == _POLICY_VERDICT
+        drops = (verdict == _DROPPED) & ~policy
+        if drops.any():
+            self._count(_DROPS, (_column(batch, "drop_reason")[drops] << 8) | proto[drops])
+        tcp = (proto == 6) & (trace | (typ == _DROP))
+        if tcp.any():
+            tcp_flags = _column(batch, "tcp_flags")[tcp]
+            for label, need, clear in _TCP_FLAG_BITS:
+                n = int(np.count_nonzero(((tcp_flags & need) == need) & ((tcp_flags & clear) == 0)))
+                if n:
+                    self._counter(_TCP, label).inc(n)
+        if policy.any():
+            flags = flags[policy]
+            egress = _EGRESS_TABLE[obs[policy] & 0xFF] != ((flags & _REPLY) != 0)
+            self._count(_POLICY, (egress.astype(np.int64) << 16) | (verdict[policy] << 8) | flags)
 
-    def _processed(self, typ: npt.NDArray[np.int64], obs: npt.NDArray[np.int64],
-                   verdict: npt.NDArray[np.int64]) -> None:
-        sub = np.where(typ == EventType.TRACE, obs, 0)
-        for key, n in _counts((typ << 16) | (sub << 8) | verdict):
+    def _count(self, kind: int, keys: npt.NDArray[np.int64]) -> None:
+        """Add each distinct key's count to its label set's counter."""
+        for key, n in _counts(keys):
+            self._counter(kind, key).inc(n)
+
+    def _counter(self, kind: int, key: int) -> Any:
+        """The counter of a metric's label set, by the numbers it is made of."""
+        child = self._children.get((kind, key))
+        if child is None:
+            child = self._children[(kind, key)] = self._label_set(kind, key)
+        return child
+
+    def _label_set(self, kind: int, key: int) -> Any:
+        """The metric's counter for the labels a key stands for (see `observe_batch` for the keys)."""
+        if kind == _PROCESSED:
             t, o, v = key >> 16, (key >> 8) & 0xFF, key & 0xFF
             subtype = OBS_POINTS[o][1] if t == EventType.TRACE and o in OBS_POINTS else ""
-            self.flows_processed.labels(METRIC_TYPE_NAMES.get(t, "Unknown"), subtype, verdict_name(v)).inc(n)
-
-    def _drops(self, typ: npt.NDArray[np.int64], verdict: npt.NDArray[np.int64], proto: npt.NDArray[np.int64],
-               reason: npt.NDArray[np.int64]) -> None:
-        # A policy verdict and the drop it causes describe one packet: count the drop only.
-        mask = (verdict == Verdict.DROPPED) & (typ != EventType.POLICY_VERDICT)
-        for key, n in _counts((reason[mask] << 8) | proto[mask]):
+            return self.flows_processed.labels(METRIC_TYPE_NAMES.get(t, "Unknown"), subtype, verdict_name(v))
+        if kind == _DROPS:
             protocol = PROTOCOL_NAMES.get(key & 0xFF, str(key & 0xFF))
-            self.drops.labels(drop_reason_names(key >> 8)[0], protocol).inc(n)
-
-    def _tcp(self, typ: npt.NDArray[np.int64], proto: npt.NDArray[np.int64],
-             flags: npt.NDArray[np.int64]) -> None:
-        flags = flags[(proto == 6) & ((typ == EventType.TRACE) | (typ == EventType.DROP))]
-        for label, need, clear in _TCP_FLAG_LABELS:
-            n = int(np.count_nonzero(((flags & need) == need) & ((flags & clear) == 0)))
-            if n:
-                self.tcp_flags.labels(label, "IPv4").inc(n)
-
-    def _policy(self, typ: npt.NDArray[np.int64], obs: npt.NDArray[np.int64], verdict: npt.NDArray[np.int64],
-                flags: npt.NDArray[np.int64]) -> None:
-        mask = typ == EventType.POLICY_VERDICT
-        flags = flags[mask]
-        egress = np.isin(obs[mask], list(EGRESS_OBS_POINTS)) != ((flags & EventFlag.REPLY) != 0)
-        for key, n in _counts((egress.astype(np.int64) << 16) | (verdict[mask] << 8) | flags):
-            direction = "egress" if key >> 16 else "ingress"
-            action = verdict_name((key >> 8) & 0xFF).lower()
-            self.policy_verdicts.labels(direction, match_type(key & 0xFF).lower(), action).inc(n)
+            return self.drops.labels(drop_reason_names(key >> 8)[0], protocol)
+        if kind == _TCP:
+            return self.tcp_flags.labels(_TCP_FLAG_LABELS[key][0], "IPv4")
+        direction = "egress" if key >> 16 else "ingress"
+        action = verdict_name((key >> 8) & 0xFF).lower()
+        return self.policy_verdicts.labels(direction, match_type(key & 0xFF).lower(), action)
 
 
 def metrics_app(registry: CollectorRegistry) -> web.Application:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import islice
 
 from velvet.runtime.process import Process
 
@@ -17,7 +18,8 @@ DEFAULT_CAPACITY = 32768
 DEFAULT_GRACE_SECONDS = 30.0
 CONNECTION_CAPACITY = 65536
 CONNECTION_GRACE_SECONDS = 300.0
-ConnKey = tuple[str, int, str, int]
+ConnKey = bytes
+"""A TCP connection: saddr, daddr, sport, dport in network order (struct sock_event's bytes)."""
 
 
 class ProcessTree:
@@ -79,7 +81,7 @@ class ProcessTree:
 
 
 class ConnectionTable:
-    """TCP connections (saddr, sport, daddr, dport) -> the process that opened them, bounded.
+    """TCP connections (`ConnKey`) -> the process that opened them, bounded.
 
     A closed connection is kept for a grace period, so the flows stored before it closed still name their
     process when they are read; beyond the capacity the oldest connections go first.
@@ -105,6 +107,27 @@ class ConnectionTable:
         self._conns[key] = proc
         while len(self._conns) > self.capacity:
             del self._conns[next(iter(self._conns))]
+
+    def update(self, changes: Iterable[tuple[ConnKey, Process | None]], now: float | None = None) -> None:
+        """Apply a batch in order: connections opened (their process) and closed (None); one clock read.
+
+        Beyond the capacity the oldest go at the end, in one pass: `del d[next(iter(d))]` per put rescans
+        the deleted head of the dict every time (~10 us per connection once the table is full).
+        """
+        deadline = (time.monotonic() if now is None else now) + self.grace_seconds
+        conns, closed = self._conns, self._closed
+        for key, proc in changes:
+            if proc is None:
+                known = conns.get(key)
+                if known is not None:
+                    closed.append((deadline, key, known))
+            else:
+                conns.pop(key, None)
+                conns[key] = proc
+        excess = len(conns) - self.capacity
+        if excess > 0:
+            for key in list(islice(conns, excess)):
+                del conns[key]
 
     def close(self, key: ConnKey, now: float | None = None) -> None:
         """The connection closed: forget it after the grace period."""
