@@ -63,6 +63,9 @@ def _lb_entries(peer: VelvetPeer) -> dict[bytes, bytes]:
 def round_once(peer: VelvetPeer, index: int, budget: float) -> dict[str, Any]:
     """Kill the agent once while traffic runs; seconds from the kill to each step (`index`: a free one)."""
     api = ApiClient(AgentPaths(peer.name).socket, timeout=2.0)
+    # a status call waits for the start: it must not time out and be asked again (that timed each
+    # status 2 s after the health until this was fixed), and it is timed when it answers
+    waiting = ApiClient(AgentPaths(peer.name).socket, timeout=budget)
     before = _lb_entries(peer)
     rr = subprocess.Popen(peer.client("rr", peer.target(), "--seconds", "6"), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
@@ -82,12 +85,12 @@ def round_once(peer: VelvetPeer, index: int, budget: float) -> dict[str, Any]:
                 pass
         elif "health" not in marks:
             if _answers(api, "/v1/health"):
-                marks["health"] = now
+                marks["health"] = time.monotonic() - killed
         elif "status" not in marks:
-            if _answers(api, "/v1/status"):
-                marks["status"] = now
+            if _answers(waiting, "/v1/status"):
+                marks["status"] = time.monotonic() - killed
         elif _started(api):
-            marks["started"] = now
+            marks["started"] = time.monotonic() - killed
         time.sleep(POLL_SECONDS)
     after = _lb_entries(peer)
     for mark, service, api_call in (("apply_api", index, True), ("apply", index + 1, False)):
