@@ -50,9 +50,9 @@ def _meta(raw: Doc, share: Share) -> ObjectMeta:
     labels, annotations = raw.get("labels"), raw.get("annotations")
     rv = raw.get("resourceVersion")
     return ObjectMeta(
-        name=raw["name"],
+        name=share(raw["name"], raw["name"]),
         namespace=share(ns := raw.get("namespace") or "default", ns),
-        uid=raw.get("uid") or "",
+        uid=share(uid := raw.get("uid") or "", uid),
         labels=_strings(labels, share) if labels is not None else EMPTY,
         annotations=_strings(annotations, share) if annotations is not None else EMPTY,
         creation_timestamp=share(created := raw.get("creationTimestamp") or "", created),
@@ -75,7 +75,7 @@ def _service(doc: Doc, share: Share) -> Service:
         type=svc_type,
         selector=_strings(selector, share) if selector is not None else None,
         ports=tuple(_service_port(p, share) for p in s.get("ports") or ()),
-        cluster_ip=s.get("clusterIP") or None,
+        cluster_ip=share(ip, ip) if (ip := s.get("clusterIP")) else None,
         external_ips=tuple(s.get("externalIPs") or ()),
         session_affinity=share(affinity := s.get("sessionAffinity") or "None", affinity),
         affinity_timeout_seconds=timeout if timeout is not None else DEFAULT_AFFINITY_TIMEOUT,
@@ -128,7 +128,7 @@ def _endpoint(raw: Doc, share: Share) -> Endpoint:
         node_name=share(node, node) if node else None,
         hostname=raw.get("hostname") or None,
         target_ref=None if ref is None else ObjectReference(
-            kind=share(ref["kind"], ref["kind"]), name=ref["name"],
+            kind=share(ref["kind"], ref["kind"]), name=share(ref["name"], ref["name"]),
             namespace=share(ns := ref.get("namespace") or "", ns),
-            uid=ref.get("uid") or ""),
+            uid=share(uid := ref.get("uid") or "", uid)),
     )
