@@ -35,7 +35,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ STATE_FILE = "store.json"
 JOURNAL_FILE = "store.journal"
 QUARANTINE_FILE = "store.quarantine.jsonl"
 _SEAL_HEAD, _SEAL_TAIL = b', "seal": "', b'"}\n'  # how a sealed text ends: `..., "seal": "<hex>"}`
+_OBJECTS_HEAD, _VERSION_HEAD = b'{"objects": [\n', b'\n], "version": '  # around a snapshot's objects
 
 log = logging.getLogger("velvet.store")
 
@@ -116,17 +117,14 @@ class StateFiles:
         objects: dict[Key, KubeObject] = {}
         quarantine: list[dict[str, Any]] = []
         have_snapshot = self.snapshot_path.exists()
-        items: list[Any] = []
+        items: Iterable[Any] = ()
         sealed = True
         if have_snapshot:
             loaded.version, items, sealed = self._read_snapshot()
         lines, end = self._read_journal()
         self._check_journal_start(lines, loaded.version, have_snapshot)
         seen: dict[str, str] = {}  # equal strings of the decoded objects become one object
-        for index in range(1, len(items) + 1):
-            # each document is let go once decoded: the next one's objects reuse its memory (at 10k services
-            # the agent then holds 14 MB less after its load than when all of them were freed at the end)
-            item, items[index - 1] = items[index - 1], None
+        for index, item in enumerate(items, start=1):
             obj = self._decode(item, str(self.snapshot_path), index, f"object {index}", quarantine, seen,
                                sealed)
             if obj is not None:
@@ -195,7 +193,7 @@ class StateFiles:
             raise StorageError(self.quarantine_path, "append to", "the set-aside documents are not saved yet")
         saved = self._saved_texts()  # the snapshot followed by the journal, or None
         known = self._spans if saved else _Spans()
-        data = bytearray(b'{"objects": [\n')
+        data = bytearray(_OBJECTS_HEAD)
         spans = _Spans()
         for index, obj in enumerate(objects):
             if index:
@@ -209,7 +207,7 @@ class StateFiles:
                 at, length = span >> 32, span & 0xFFFFFFFF
                 data += saved[at: at + length]
             spans.put(key, _span(start, len(data) - start))
-        data += f'\n], "version": {version}'.encode()
+        data += _VERSION_HEAD + str(version).encode()
         data += _SEAL_HEAD + seal(data) + _SEAL_TAIL
         write_atomic(self.snapshot_path, bytes(data))
         self._snapshot_bytes, self._spans = len(data), spans
@@ -227,24 +225,32 @@ class StateFiles:
             return b""
         return snapshot + journal[: self._journal_bytes]
 
-    def _read_snapshot(self) -> tuple[int, list[Any], bool]:
-        """The snapshot's version, its objects as saved (not decoded yet) and whether its seal matches."""
+    def _read_snapshot(self) -> tuple[int, Iterator[Any], bool]:
+        """The snapshot's version, its objects as saved (parsed as they are taken, not decoded) and whether
+        its seal matches.
+
+        A sealed snapshot is parsed one object (line) at a time and any other as a whole, each document
+        let go once taken: never all 20,000 parsed documents of 10k services at once.
+        """
         path = str(self.snapshot_path)
         try:
             raw = self.snapshot_path.read_bytes()
+        except OSError as err:
+            raise StorageError(path, "read the store snapshot", _reason(err)) from err
+        self._snapshot_bytes = len(raw)
+        if _sealed(raw) and (layout := _compacted(raw)) is not None:
+            return layout[0], layout[1], True
+        log.info("%s is not sealed by this Velvet (written by another, or changed since): validating "
+                 "each of its objects", path)
+        try:
             data = json.loads(raw)  # not orjson: ~20 ms faster at 10k services, but 17 MB more at its peak
             version = int(data.get("version", 0))
             items = data.get("objects", [])
             if not isinstance(items, list):
                 raise ValueError('"objects" is not a list')
-        except (OSError, ValueError, AttributeError, TypeError) as err:
+        except (ValueError, AttributeError, TypeError) as err:
             raise StorageError(path, "read the store snapshot", _reason(err)) from err
-        self._snapshot_bytes = len(raw)
-        sealed = _sealed(raw)
-        if not sealed:
-            log.info("%s is not sealed by this Velvet (written by another, or changed since): validating "
-                     "each of its objects", path)
-        return version, items, sealed
+        return version, _released(items), False
 
     def _read_journal(self) -> tuple[list[_Line], int]:
         """The journal's complete lines and where they end (a torn last line lies beyond)."""
@@ -460,6 +466,37 @@ class _Spans:
         group = self.groups.get(key[:2])
         if group is not None:
             group.pop(key[2], None)
+
+
+def _compacted(raw: bytes) -> tuple[int, Iterator[Any]] | None:
+    """The version and objects of a snapshot in the layout `compact` writes, one line parsed at a time."""
+    end = raw.rfind(_VERSION_HEAD)
+    if not raw.startswith(_OBJECTS_HEAD) or end < 0:
+        return None
+    try:
+        version = int(raw[end + len(_VERSION_HEAD): raw.rindex(_SEAL_HEAD)])
+    except ValueError:
+        return None
+    return version, _parsed_lines(raw, len(_OBJECTS_HEAD), end)
+
+
+def _parsed_lines(raw: bytes, start: int, end: int) -> Iterator[Any]:
+    """The objects between `start` and `end`, one per line (JSON text holds no raw newline)."""
+    while start < end:
+        stop = raw.find(b",\n", start, end)
+        stop = end if stop < 0 else stop
+        try:
+            yield json.loads(raw[start:stop])
+        except ValueError:  # not what compact writes after all: the strict decoder refuses it with its text
+            yield raw[start:stop].decode(errors="replace")
+        start = stop + 2
+
+
+def _released(items: list[Any]) -> Iterator[Any]:
+    """Each item of `items`, let go from the list once taken."""
+    for index, item in enumerate(items):
+        items[index] = None
+        yield item
 
 
 def _sealed(text: bytes) -> bool:
