@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -229,3 +230,20 @@ def test_the_fast_reader_reads_every_field_as_the_strict_decoder_does(state: Pat
         assert fast == from_dict(doc, trusted=True), doc["metadata"]["name"]
     none: dict[str, str] = {}
     assert read_stored(stored([pod("p")])[0], none.setdefault) is None  # no fast reader: validated
+
+
+def test_a_sealed_snapshot_is_parsed_one_object_at_a_time(
+        state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = populated(state)
+    snapshot = (state / STATE_FILE).stat().st_size
+    parsed: list[int] = []
+
+    def loads(text: bytes | str) -> Any:
+        parsed.append(len(text))
+        return json.loads(text)
+
+    monkeypatch.setattr(state_files, "json", SimpleNamespace(loads=loads, dumps=json.dumps))
+    again = LocalStore.open(state)
+    assert again.snapshot() == store.snapshot()
+    assert len(parsed) > 2 * SERVICES  # a parse per object, and one per journal line
+    assert max(parsed) < snapshot / 4  # never the whole snapshot (20,000 documents at 10k services)
