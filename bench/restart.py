@@ -7,10 +7,12 @@ services. Each round, 11 s after the last change (a steady node: the agent runs 
 supervisor's stable_after and has saved its compiled services), while a 1-byte request/response
 connection through the last service runs in the client pod, the agent is killed with SIGKILL; the
 sandbox supervisor starts it again. Timed from the kill: the new agent process exists (`exec`),
-`/v1/health` answers (`health`: the API is served), `/v1/status` answers (`status`: the state worker
-answers), then one service applied through the API (`apply_api`) and the next with `velvet apply`
-(`apply`, the CLI's start included) are in lb4_services. The pinned lb4_services map is compared
-before and after (`maps_equal`) and the open connection must finish without an error (`rr_ok`).
+`/v1/health` answers (`health`: the API is served), `/v1/status` answers (`status`: the state is
+adopted and converged; it may still name the process monitor and the enforcer as starting), health no
+longer says "starting" (`started`: every call is served), then one service applied through the API
+(`apply_api`) and the next with `velvet apply` (`apply`, the CLI's start included) are in
+lb4_services. The pinned lb4_services map is compared before and after (`maps_equal`) and the open
+connection must finish without an error (`rr_ok`).
 
 Prints one JSON document: every round and the medians.
 """
@@ -45,6 +47,13 @@ def _answers(api: ApiClient, path: str) -> bool:
     return True
 
 
+def _started(api: ApiClient) -> bool:
+    try:
+        return not api.get("/v1/health").get("starting")
+    except (VelvetError, OSError):
+        return False
+
+
 def _lb_entries(peer: VelvetPeer) -> dict[bytes, bytes]:
     """The pinned lb4_services map, raw (key bytes -> value bytes)."""
     assert peer.services is not None
@@ -54,6 +63,9 @@ def _lb_entries(peer: VelvetPeer) -> dict[bytes, bytes]:
 def round_once(peer: VelvetPeer, index: int, budget: float) -> dict[str, Any]:
     """Kill the agent once while traffic runs; seconds from the kill to each step (`index`: a free one)."""
     api = ApiClient(AgentPaths(peer.name).socket, timeout=2.0)
+    # a status call waits for the start: it must not time out and be asked again (that timed each
+    # status 2 s after the health until this was fixed), and it is timed when it answers
+    waiting = ApiClient(AgentPaths(peer.name).socket, timeout=budget)
     before = _lb_entries(peer)
     rr = subprocess.Popen(peer.client("rr", peer.target(), "--seconds", "6"), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
@@ -63,7 +75,7 @@ def round_once(peer: VelvetPeer, index: int, budget: float) -> dict[str, Any]:
     killed = time.monotonic()
     marks: dict[str, float] = {}
     deadline = killed + budget
-    while len(marks) < 3 and time.monotonic() < deadline:
+    while len(marks) < 4 and time.monotonic() < deadline:
         now = time.monotonic() - killed
         if "exec" not in marks:
             try:
@@ -73,9 +85,12 @@ def round_once(peer: VelvetPeer, index: int, budget: float) -> dict[str, Any]:
                 pass
         elif "health" not in marks:
             if _answers(api, "/v1/health"):
-                marks["health"] = now
-        elif _answers(api, "/v1/status"):
-            marks["status"] = now
+                marks["health"] = time.monotonic() - killed
+        elif "status" not in marks:
+            if _answers(waiting, "/v1/status"):
+                marks["status"] = time.monotonic() - killed
+        elif _started(api):
+            marks["started"] = time.monotonic() - killed
         time.sleep(POLL_SECONDS)
     after = _lb_entries(peer)
     for mark, service, api_call in (("apply_api", index, True), ("apply", index + 1, False)):
@@ -105,7 +120,7 @@ def measure(services: int, rounds: int, budget: float) -> dict[str, Any]:
             report["rounds"].append(round_once(peer, peer.free_index(), budget))
         report["hwm_kib_after"] = peer.agent_hwm_kib()
         report["median"] = {step: statistics.median(r[step] for r in report["rounds"] if step in r)
-                            for step in ("exec", "health", "status", "apply_api", "apply")}
+                            for step in ("exec", "health", "status", "started", "apply_api", "apply")}
     finally:
         peer.down()
     return report

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -13,10 +16,13 @@ from test_agent import make_agent
 
 from velvet.agent import launch
 from velvet.agent.config import AgentConfig
+from velvet.agent.daemon import run_agent
 from velvet.agent.handlers import AgentHandlers
 from velvet.agent.node import Agent
 from velvet.agent.starting import NEVER, StartingApi
 from velvet.api.server import build_app
+from velvet.cli.status import render
+from velvet.datapath.fake import FakeDatapath
 from velvet.errors import DatapathError
 
 
@@ -112,3 +118,62 @@ def test_the_agent_is_built_with_full_collections_off(monkeypatch: pytest.Monkey
         gc.set_threshold(*thresholds)
         sys.setswitchinterval(interval)
     assert seen == [NEVER]
+
+
+class NoRunner:
+    """Stands for the API server's runner: nothing to clean up."""
+
+    async def cleanup(self) -> None:
+        return None
+
+
+def test_status_answers_once_the_state_converged_and_says_the_monitors_are_still_starting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that while the process monitor and the enforcer start, `/v1/status` already answers from the
+    adopted state and names them as starting (never as attached), health still says starting and other
+    calls still wait; once they started, the status is the full one."""
+    agent = Agent(AgentConfig(sandbox="unit", node_ips=("192.168.77.2",), state_dir=tmp_path), FakeDatapath())
+    release = threading.Event()
+    monitors = agent.start_monitors
+
+    def slow_monitors() -> None:
+        assert release.wait(10), "the status was never answered while the monitors started"
+        monitors()
+
+    monkeypatch.setattr(agent, "start_monitors", slow_monitors)
+
+    async def scenario() -> tuple[Any, bool, Any, Any]:
+        api = StartingApi()
+        running = asyncio.ensure_future(run_agent(agent, api, NoRunner()))  # type: ignore[arg-type]
+        early = await asyncio.wait_for(api.status(), 10)
+        get = asyncio.ensure_future(api.get_objects("namespaces", None, None))
+        await asyncio.sleep(0.05)
+        waiting = not get.done()
+        health = await api.health()
+        release.set()
+        await asyncio.wait_for(get, 10)
+        later = await api.status()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        return early, waiting, health, later
+
+    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
+    try:
+        early, waiting, health, later = asyncio.run(scenario())
+    finally:
+        gc.set_threshold(*thresholds)
+        sys.setswitchinterval(interval)
+    assert early["agent"]["starting"] == ["processes", "enforcement"]
+    assert early["processes"] == {"starting": True, "attached": False, "error": ""}
+    assert early["enforcement"] == {"starting": True, "attached": False, "error": ""}
+    assert early["counts"] == later["counts"]  # the state part is whole already
+    shown = render(early).splitlines()
+    assert any(line.endswith("still starting: processes, enforcement") for line in shown)
+    assert "Enforcement:   starting" in shown
+    assert "Enforcement:   cgroup hooks" in render(later) or "Enforcement:   OFF" in render(later)
+    assert waiting
+    assert health["starting"] is True
+    assert "starting" not in later["agent"]
+    assert "seen" in later["processes"]
+    assert "starting" not in later["enforcement"]

@@ -20,6 +20,7 @@ from velvet.sources.delta import Delta
 from velvet.sources.endpointslices import CONTROLLER_NAME, MANAGED_BY_LABEL, desired_slices, is_managed
 from velvet.sources.index import key_of
 from velvet.sources.local import LocalStore, ObjectRef
+from velvet.sources.seal import seal
 from velvet.sources.state_files import JOURNAL_FILE, QUARANTINE_FILE, STATE_FILE
 
 
@@ -283,7 +284,8 @@ def test_compaction_copies_the_saved_texts_and_keeps_only_where_they_lie(
 
     def expected(version: int, objects: list[KubeObject]) -> bytes:
         lines = ",\n".join(json.dumps(to_dict(o), sort_keys=True) for o in objects)
-        return f'{{"objects": [\n{lines}\n], "version": {version}}}\n'.encode()
+        head = f'{{"objects": [\n{lines}\n], "version": {version}'.encode()
+        return head + b', "seal": "' + seal(head) + b'"}\n'  # sealed by this code: read back unvalidated
 
     monkeypatch.setattr(state_files, "_dump", dump)
     files = state_files.StateFiles(tmp_path)

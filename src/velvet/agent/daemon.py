@@ -244,7 +244,8 @@ async def run_agent(agent: Agent, api: StartingApi, api_runner: web.AppRunner) -
     """Start the agent behind the API `api` that `api_runner` serves, then serve until SIGTERM/SIGINT.
 
     Attachments and pins stay when it exits. The start (store, datapath adoption, first pass) runs off
-    the loop, so `/v1/health` answers meanwhile; every other call waits for it.
+    the loop, so `/v1/health` answers meanwhile; `/v1/status` answers once the first pass is done (the
+    process monitor and the enforcer still "starting"), every other call once all of it is.
     """
     keep_the_loop_responsive()
     changed = asyncio.Event()
@@ -255,9 +256,11 @@ async def run_agent(agent: Agent, api: StartingApi, api_runner: web.AppRunner) -
     http_runner: web.AppRunner | None = None
     agent.started_at = api.started_at  # one start time in health, before and after (the kubelet compares)
     try:
-        await loop.run_in_executor(None, agent.start)
-        await loop.run_in_executor(None, release_memory)  # what loading the store left
+        await loop.run_in_executor(None, agent.start_state)
         handlers = AgentHandlers(agent)
+        api.serve_status(handlers)  # from the loaded state; the monitors still starting say so
+        await loop.run_in_executor(None, agent.start_monitors)  # not on the state worker: status runs there
+        await loop.run_in_executor(None, release_memory)  # what loading the store left
         api.ready(handlers)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

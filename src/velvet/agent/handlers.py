@@ -100,8 +100,13 @@ class AgentHandlers:
         answer = await self.run(queries.status, self.agent)
         address = self.http_address
         answer["flows"] = self.agent.flows.status()
-        answer["processes"] = self.agent.processes.status()
-        answer["enforcement"] = self.agent.guard.status()
+        if self.agent.monitors_started:
+            answer["processes"] = self.agent.processes.status()
+            answer["enforcement"] = self.agent.guard.status()
+        else:  # attaching and scanning /proc on another thread: nothing of theirs to show as done yet
+            answer["agent"]["starting"] = ["processes", "enforcement"]
+            answer["processes"] = {"starting": True, "attached": False, "error": ""}
+            answer["enforcement"] = {"starting": True, "attached": False, "error": ""}
         answer["tracing"] = self.agent.tracing.status()
         answer["http"] = None if address is None else {
             "address": address, "netns": self.agent.config.metrics_netns or "agent",

@@ -150,6 +150,7 @@ class Agent:
         self.node_routes = NodeRouteController(routes or NetlinkRoutes(), config.node_name, config.pod_cidr,
                                                self.tunnel.name if self.tunnel else None)
         self.started_at = time.time()
+        self.monitors_started = False  # set by start_monitors: until then the status says "starting"
         self.resolver = DictResolver()
         self.metrics_registry = CollectorRegistry()
         self.flows = FlowPipeline(self.resolver, node_name=config.node_name, capacity=config.flow_capacity,
@@ -208,6 +209,11 @@ class Agent:
 
     def start(self) -> None:
         """Load/adopt the datapath, re-attach endpoints, register the node, converge every table."""
+        self.start_state()
+        self.start_monitors()
+
+    def start_state(self) -> None:
+        """The start up to the first pass: the datapath adopted and every table converged."""
         if self.cluster_identities is not None:
             self.cluster_identities.start()
         if self.cluster_endpoints is not None:
@@ -236,8 +242,13 @@ class Agent:
             self._leave_services_to_kube_proxy()
         self._await_cluster_view()
         self.reconcile(Dirty(policy=True))
+
+    def start_monitors(self) -> None:
+        """Start the process monitor and the enforcer (after `start_state`): they touch nothing of the
+        state that `queries.status` reads, so the status may be answered meanwhile (`monitors_started`)."""
         self.processes.start()  # after the first pass: the pods' cgroups name the processes found in /proc
         self.guard.start()
+        self.monitors_started = True
 
     def _leave_services_to_kube_proxy(self) -> None:
         """Without kube-proxy replacement: empty the load-balancing maps, so no entry of a previous life

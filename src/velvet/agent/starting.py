@@ -3,7 +3,9 @@
 A restarted agent serves its socket before it imports the datapath and controllers, loads its store
 and adopts the pinned maps, so `/v1/health` answers within the interpreter's start; the datapath keeps
 forwarding meanwhile from its pinned maps. A call that needs the agent's state (apply, get, status,
-the kubelet's and velvet-cni's) waits until the agent has started, then is served as usual.
+the kubelet's and velvet-cni's) waits until the agent has started, then is served as usual; only
+the status is answered earlier, once the state is adopted and converged (`serve_status`): while the
+process monitor and the enforcer start, it says so for them.
 """
 
 from __future__ import annotations
@@ -42,17 +44,27 @@ class StartingApi:
 
     def __init__(self) -> None:
         self.started_at = time.time()
-        self._ready: asyncio.Future[AgentApi] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._ready: asyncio.Future[AgentApi] = loop.create_future()
+        self._status: asyncio.Future[AgentApi] = loop.create_future()  # the api the status comes from
+
+    def serve_status(self, api: AgentApi) -> None:
+        """The agent's state is adopted and converged: answer the status through `api` from now on
+        (which says what is still starting)."""
+        self._status.set_result(api)
 
     def ready(self, api: AgentApi) -> None:
         """The agent has started: serve every call through `api` from now on."""
         self._ready.set_result(api)
+        if not self._status.done():
+            self._status.set_result(api)
 
     def failed(self, exc: BaseException) -> None:
         """The agent could not start: calls waiting for it get this error."""
-        if not self._ready.done():
-            self._ready.set_exception(exc)
-            self._ready.exception()  # retrieved here: nobody may be waiting
+        for future in (self._ready, self._status):
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved here: nobody may be waiting
 
     async def _api(self) -> AgentApi:
         return await asyncio.shield(self._ready)
@@ -65,8 +77,8 @@ class StartingApi:
                 "uptime_seconds": time.time() - self.started_at}
 
     async def status(self) -> Json:
-        """`velvet status`, once started."""
-        return await (await self._api()).status()
+        """`velvet status`, once the state is adopted and converged (`serve_status`)."""
+        return await (await asyncio.shield(self._status)).status()
 
     async def apply(self, documents: list[Mapping[str, str]]) -> Json:
         """velvet apply, once started."""

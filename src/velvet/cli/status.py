@@ -56,6 +56,8 @@ def _routing_line(routing: dict[str, Any]) -> str:
 
 def _enforcement_line(enforcement: dict[str, Any]) -> str:
     """`Enforcement: cgroup hooks, 2 rules (1 deny, 1 audit)`, or `Enforcement: OFF (why)`."""
+    if enforcement.get("starting"):
+        return "Enforcement:   starting"
     if not enforcement.get("attached"):
         why = (enforcement.get("error") or "").split("\n", 1)[0].rstrip(":")
         return f"Enforcement:   OFF ({why}): runtime policies are validated, not enforced"
@@ -77,7 +79,8 @@ def render(status: dict[str, Any], verbose: bool = False) -> str:
         lines.append(f"                 missing {f['name']}: {f['detail']} (disables {f['disables']})")
     lines += [
         f"Agent:         Ok  v{agent['version']}  up {agent['uptime_seconds']:.0f}s  node {agent['node']}  "
-        f"sandbox {agent['sandbox']}" + ("  POLICY AUDIT MODE" if agent["policy_audit_mode"] else ""),
+        f"sandbox {agent['sandbox']}" + ("  POLICY AUDIT MODE" if agent["policy_audit_mode"] else "")
+        + (f"  still starting: {', '.join(agent['starting'])}" if agent.get("starting") else ""),
         f"Datapath:      {dp['kind']}, {len(dp['programs'])} programs, {len(dp['maps'])} maps",
         _store_line(status.get("store") or {"kind": "local", "connected": True}),
         _routing_line(agent.get("routing") or {"mode": "native"}),

@@ -144,6 +144,8 @@ class LocalStore:
             self._write(self._create_initial_namespaces)
         elif quarantined:
             self._resync(quarantined)
+        elif loaded.rewrite:
+            self._compact()  # saved by another Velvet (or edited): written again, read fast from now on
 
     @classmethod
     def open(cls, state_dir: Path, *, service_cidr: str = "10.96.0.0/16",
