@@ -150,24 +150,30 @@ static __always_inline bool proc_sk_monitored(struct sock *sk)
 	return ancestor && BPF_CORE_READ(ancestor, kn, id) == cfg->cgroup_id;
 }
 
-/* Report a TCP socket's state change for the process `tgid` (0: not known in this context). */
-static __always_inline void proc_report_sock(struct trace_event_raw_inet_sock_set_state *ctx, __u32 tgid)
+/* Reserve a zeroed socket event of socket `sk` for the process `tgid`, with the time and the socket's
+ * network namespace filled in; NULL (counted lost) when the ring is full. */
+static __always_inline struct sock_event *proc_sock_event_reserve(struct sock *sk, __u32 tgid)
 {
-	struct sock *sk = (struct sock *)ctx->skaddr;
 	struct sock_event *ev = bpf_ringbuf_reserve(&proc_sock_events, sizeof(*ev), 0);
-	__u32 zero = 0;
-	__u64 *lost;
 
 	if (!ev) {
-		lost = bpf_map_lookup_elem(&proc_lost, &zero);
-		if (lost)
-			*lost += 1;
-		return;
+		ringbuf_count_lost(&proc_lost);
+		return NULL;
 	}
 	__builtin_memset(ev, 0, sizeof(*ev));
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->pid = tgid;
 	ev->netns_ino = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return ev;
+}
+
+/* Report a TCP socket's state change for the process `tgid` (0: not known in this context). */
+static __always_inline void proc_report_sock(struct trace_event_raw_inet_sock_set_state *ctx, __u32 tgid)
+{
+	struct sock_event *ev = proc_sock_event_reserve((struct sock *)ctx->skaddr, tgid);
+
+	if (!ev)
+		return;
 	ev->old_state = ctx->oldstate;
 	ev->new_state = ctx->newstate;
 	__builtin_memcpy(&ev->saddr, ctx->saddr, sizeof(ev->saddr));
@@ -194,13 +200,10 @@ static __always_inline struct process_event *proc_event_reserve(__u8 type)
 {
 	struct process_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
 	struct task_struct *task;
-	__u64 pid_tgid, *lost;
-	__u32 zero = 0;
+	__u64 pid_tgid;
 
 	if (!ev) {
-		lost = bpf_map_lookup_elem(&proc_lost, &zero);
-		if (lost)
-			*lost += 1;
+		ringbuf_count_lost(&proc_lost);
 		return NULL;
 	}
 	/* zero up to the strings; those are valid up to their NUL, args_len and cwd_depth */
@@ -359,9 +362,8 @@ static __always_inline void proc_udp_report(struct sock *sk, __u16 family, __u16
 {
 	__u64 key = (__u64)sk, seen, *was;
 	struct sock_event *ev;
-	__u32 tgid, zero = 0;
-	__u64 *lost;
 	__u16 port;
+	__u32 tgid;
 
 	if (family != AF_INET || protocol != IPPROTO_UDP)
 		return;
@@ -374,17 +376,9 @@ static __always_inline void proc_udp_report(struct sock *sk, __u16 family, __u16
 	if ((was && *was == seen) || !proc_monitored())
 		return;
 	bpf_map_update_elem(&proc_udp_socks, &key, &seen, BPF_ANY);
-	ev = bpf_ringbuf_reserve(&proc_sock_events, sizeof(*ev), 0);
-	if (!ev) {
-		lost = bpf_map_lookup_elem(&proc_lost, &zero);
-		if (lost)
-			*lost += 1;
+	ev = proc_sock_event_reserve(sk, tgid);
+	if (!ev)
 		return;
-	}
-	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->ts_ns = bpf_ktime_get_ns();
-	ev->pid = tgid;
-	ev->netns_ino = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	ev->saddr = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
 	ev->daddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
 	ev->sport = bpf_htons(port);

@@ -39,6 +39,16 @@ static __always_inline __u64 clock_now(void)
 	return bpf_ktime_get_coarse_ns();
 }
 
+/* Count one record a ring had no room for, in slot 0 of the per-CPU array `lost_map`. */
+static __always_inline void ringbuf_count_lost(void *lost_map)
+{
+	__u32 zero = 0;
+	__u64 *lost = bpf_map_lookup_elem(lost_map, &zero);
+
+	if (lost)
+		*lost += 1;
+}
+
 /*
  * Submit a ring buffer record of record_bytes, waking the reader only when this record takes the
  * pending data of `ring` (of `ring_bytes`) across a quarter of it: at most three wakeups per filling.

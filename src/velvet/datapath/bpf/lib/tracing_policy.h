@@ -18,6 +18,7 @@
 #ifndef VELVET_LIB_TRACING_POLICY_H
 #define VELVET_LIB_TRACING_POLICY_H
 
+#include "lib/common.h"
 #include "lib/runtime.h"
 
 #define RT_BIN_PATHS_MAX 1024
@@ -367,8 +368,6 @@ static __always_inline void rt_syscall_policies(struct trace_event_raw_sys_enter
 	struct process_event *ev;
 	struct task_struct *task;
 	__u8 hook = eval->hook;
-	__u64 *lost;
-	__u32 zero = 0;
 
 	/* a copy: the verifier allows no computed offsets into the context */
 	if (bpf_probe_read_kernel(eval->args, sizeof(eval->args), ctx->args))
@@ -378,9 +377,7 @@ static __always_inline void rt_syscall_policies(struct trace_event_raw_sys_enter
 		return;
 	ev = bpf_ringbuf_reserve(ring, sizeof(*ev), 0);
 	if (!ev) {
-		lost = bpf_map_lookup_elem(lost_map, &zero);
-		if (lost)
-			*lost += 1;
+		ringbuf_count_lost(lost_map);
 		return;
 	}
 	__builtin_memset(ev, 0, __builtin_offsetof(struct process_event, filename));
