@@ -170,8 +170,7 @@ def test_flows_name_the_process_that_opened_the_connection(sb: Sandbox) -> None:
     port = int(answer.rsplit(":", 1)[1])
 
     def observe(*args: str) -> list[Event]:  # this connection's flows
-        out = sb.velvet("observe", "--last", "4095", "--protocol", "tcp", *args, "-o", "json").stdout
-        return [f for f in map(json.loads, filter(None, out.splitlines())) if port in ports(f)]
+        return flows_with_port(sb, "TCP", port, *args)
 
     sent = observe("--from-pod", "proc/web-1", "--to-pod", "other/db-1", "--from-process", "*python3*")
     assert sent
@@ -201,8 +200,7 @@ def test_udp_flows_name_the_client_and_the_server_process(sb: Sandbox) -> None:
     port = int(answer.rsplit(":", 1)[1])
 
     def observe(*args: str) -> list[Event]:  # this exchange's flows
-        out = sb.velvet("observe", "--last", "4095", "--protocol", "udp", *args, "-o", "json").stdout
-        return [f for f in map(json.loads, filter(None, out.splitlines())) if port in ports(f, "UDP")]
+        return flows_with_port(sb, "UDP", port, *args)
 
     sent = observe("--from-pod", "proc/web-1", "--to-pod", "other/db-1", "--from-process", "*python3*")
     assert sent
@@ -224,6 +222,12 @@ def ports(flow: Event, proto: str = "TCP") -> tuple[int, int]:
     """A TCP (or `proto`) flow's source and destination ports."""
     l4 = flow["l4"][proto]
     return l4["source_port"], l4["destination_port"]
+
+
+def flows_with_port(sb: Sandbox, proto: str, port: int, *args: str) -> list[Event]:
+    """`velvet observe -o json` flows of `proto` (TCP or UDP) with `port` on either side, filtered by args."""
+    out = sb.velvet("observe", "--last", "4095", "--protocol", proto.lower(), *args, "-o", "json").stdout
+    return [f for f in map(json.loads, filter(None, out.splitlines())) if port in ports(f, proto)]
 
 
 def server_process(sb: Sandbox, pod: str) -> Event:
