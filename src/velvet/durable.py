@@ -9,10 +9,14 @@ the path and the reason.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
+from velvet import __version__
 from velvet.errors import VelvetError
 
 FILE_MODE = 0o600
@@ -99,3 +103,12 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise StorageError(path, "write", err) from err
     fsync_dir(directory)
+
+
+def code_digest(files: Iterable[Path]) -> bytes:
+    """A 32-byte digest of Python's and Velvet's versions and the source `files` (name and text): what
+    saved state written by one build and read by another must agree on."""
+    digest = hashlib.blake2b(f"{sys.version}|{__version__}".encode(), digest_size=32)
+    for file in files:
+        digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.digest()

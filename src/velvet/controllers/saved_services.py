@@ -16,21 +16,18 @@ the agent writes there.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import pickle
-import sys
 from functools import cache
 from pathlib import Path
 
-from velvet import __version__
 from velvet.control import maglev
 from velvet.control import services as compiler_module
 from velvet.control.services import ServiceCompiler
 from velvet.datapath import structs, tables
 from velvet.datapath.tables import LbState
-from velvet.durable import StorageError, write_atomic
+from velvet.durable import StorageError, code_digest, write_atomic
 from velvet.model import EndpointSlice, Service
 from velvet.sources.informer import ObjectCache
 
@@ -43,10 +40,7 @@ log = logging.getLogger("velvet.controllers.services")
 @cache
 def _code_digest() -> bytes:
     """What the saved state's layout and meaning depend on: the compiler's modules, Velvet, Python."""
-    digest = hashlib.sha256(f"{sys.version}|{__version__}".encode())
-    for module in (compiler_module, maglev, tables, structs):
-        digest.update(Path(str(module.__file__)).read_bytes())
-    return digest.digest()
+    return code_digest(Path(str(module.__file__)) for module in (compiler_module, maglev, tables, structs))
 
 
 class _Saver(pickle.Pickler):

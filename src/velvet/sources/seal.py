@@ -12,12 +12,11 @@ state directory (root, who can equally write a matching seal).
 from __future__ import annotations
 
 import hashlib
-import sys
 from functools import cache
 from pathlib import Path
 
 import velvet.model
-from velvet import __version__
+from velvet import durable
 
 SEAL_CHARS = 32  # hex digits of a seal
 
@@ -25,10 +24,7 @@ SEAL_CHARS = 32  # hex digits of a seal
 @cache
 def code_digest() -> bytes:
     """The digest of what decides how a saved text is read and what is valid: the model's code."""
-    digest = hashlib.blake2b(f"{sys.version}|{__version__}".encode(), digest_size=32)
-    for module in sorted(Path(str(velvet.model.__file__)).parent.glob("*.py")):
-        digest.update(module.name.encode() + b"\0" + module.read_bytes() + b"\0")
-    return digest.digest()
+    return durable.code_digest(sorted(Path(str(velvet.model.__file__)).parent.glob("*.py")))
 
 
 def seal(text: bytes | bytearray | memoryview) -> bytes:
