@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +41,10 @@ FULL_GC_PERIOD_SECONDS = 600.0
 SAVE_QUIET_SECONDS = 2.0  # the compiled services are saved once no pass ran for this long,
 SAVE_SHARE = 0.01  # and for 100 times the last save's duration: saving takes at most 1 % of the worker
 BIG_PASS_SERVICES = 1000  # a pass over this many services freed enough memory to give some back
+# Removed backends' connections are flushed at most this often (kube-proxy's default minSyncPeriod): one
+# walk of the conntrack map serves every pass of a burst, such as a rolling update's.
+FLUSH_INTERVAL_SECONDS = 1.0
+FLUSH_NICE = 19  # the walk is housekeeping: the passes and the API come first on a busy node
 
 
 def release_memory(*, collect: bool = False) -> None:
@@ -117,18 +123,27 @@ async def reconcile_loop(handlers: AgentHandlers) -> None:
 
 
 async def flush_stale(agent: Agent, wanted: asyncio.Event) -> None:
-    """Flush the conntrack entries of backends the passes dropped, on a thread of its own, when asked.
+    """Flush the conntrack entries of backends the passes dropped, on a low-priority thread, when asked.
 
     The walk reads the whole conntrack map (it grows with the node's connections): neither the pass
-    that dropped the backend nor the next one waits for it (the table writer keeps reused ids safe).
+    that dropped the backend nor the next one waits for it (the table writer keeps reused ids safe),
+    and the passes of one second share a walk.
     """
-    while True:
-        await wanted.wait()
-        wanted.clear()
-        try:
-            await asyncio.to_thread(agent.flush_stale)
-        except Exception:
-            log.exception("flushing the connections of removed backends failed; tried again after a pass")
+    with ThreadPoolExecutor(1, "velvet-flush", initializer=_lower_priority) as thread:
+        loop = asyncio.get_running_loop()
+        while True:
+            await wanted.wait()
+            await asyncio.sleep(FLUSH_INTERVAL_SECONDS)  # what the passes of the next second drop joins in
+            wanted.clear()
+            try:
+                await loop.run_in_executor(thread, agent.flush_stale)
+            except Exception:
+                log.exception("flushing the connections of removed backends failed; tried again after a pass")
+
+
+def _lower_priority() -> None:
+    """Run the calling thread at the lowest CPU priority (Linux nice values are per thread)."""
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FLUSH_NICE)
 
 
 async def every(period: float, handlers: AgentHandlers, work: Callable[[], object]) -> None:
