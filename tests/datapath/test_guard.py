@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from velvet.datapath.attach import list_pinned_links
 from velvet.datapath.structs import GuardAction, GuardHook
 from velvet.errors import InvalidRule
 from velvet.observe.enrich import DictResolver, EndpointInfo
@@ -412,5 +413,30 @@ def test_a_restarted_guard_keeps_enforcing_and_writes_nothing_new(env: GuardEnv)
         again = restarted.set_rules([rule])
         assert sum(again.written.values()) == sum(again.deleted.values()) == 0
         assert [e["process"]["pid"] for e in env.new_events()] == [blocked.pid]  # the same pinned ring
+    finally:
+        restarted.close()
+
+
+def test_a_hook_is_attached_only_while_a_rule_uses_it(env: GuardEnv) -> None:
+    """Test that with no rule no guard program runs on the cgroup, that a connect rule attaches the two
+    connect programs and a socket rule adds sock_create, that a restarted guard takes over exactly those
+    links with its own programs, and that removing the rules detaches them."""
+    def attached(guard: KernelGuard) -> list[str]:
+        return sorted(p["name"] for p in guard.programs())
+
+    assert attached(env.guard) == []
+    env.guard.set_rules([connect_rule(1, "127.0.0.0/8")])
+    assert attached(env.guard) == ["guard_connect4", "guard_connect6"]
+    raw = DenyRule(2, GuardHook.SOCK_CREATE, SocketMatch(socket.AF_INET, socket.SOCK_RAW), BLOCKED)
+    env.guard.set_rules([connect_rule(1, "127.0.0.0/8"), raw])
+    assert attached(env.guard) == ["guard_connect4", "guard_connect6", "guard_sock_create"]
+    restarted = KernelGuard(env.pin_dir, env.cgroup)
+    try:
+        restarted.start()
+        assert attached(restarted) == attached(env.guard)
+        links = {path.name: info.prog_id for path, info in list_pinned_links(env.pin_dir / "links")}
+        assert links == {p["name"].replace("_", "-"): p["id"] for p in restarted.programs()}
+        restarted.set_rules([])
+        assert attached(restarted) == []
     finally:
         restarted.close()

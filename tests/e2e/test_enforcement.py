@@ -1,9 +1,9 @@
-"""Runtime enforcement end to end: the agent attaches guard.bpf.o to the node's cgroup at start, and a
-VelvetTracingPolicyNamespaced applied with `velvet apply` (Override, argError -1, on
-syscalls/sys_enter_connect for one binary) makes that binary's connect() fail with EPERM in its namespace's
-pods while another binary of the same pod, and the same binary in another namespace, connect; the denial is
-in `velvet events` naming pod, binary and policy; deleting the policy lets the connect through. A policy on
-sys_enter_socket refuses socket() the same way.
+"""Runtime enforcement end to end: the agent loads guard.bpf.o at start and attaches a hook's programs to
+the node's cgroup while a rule uses it, and a VelvetTracingPolicyNamespaced applied with `velvet apply`
+(Override, argError -1, on syscalls/sys_enter_connect for one binary) makes that binary's connect() fail
+with EPERM in its namespace's pods while another binary of the same pod, and the same binary in another
+namespace, connect; the denial is in `velvet events` naming pod, binary and policy; deleting the policy
+lets the connect through. A policy on sys_enter_socket refuses socket() the same way.
 
 One sandbox for the module: pods guard/web-1, guard/web-2 and other/web-1 (echo servers on 8080).
 """
@@ -20,7 +20,6 @@ from harness import Sandbox, echo_pod, namespace, sandbox
 
 from velvet.datapath.attach import list_pinned_links
 from velvet.paths import AgentPaths
-from velvet.runtime.guard import HOOKS
 
 pytestmark = pytest.mark.privileged
 PORT = 8080
@@ -123,14 +122,21 @@ def denials(sb: Sandbox, policy: str) -> list[dict[str, Any]]:
         time.sleep(0.2)
 
 
-def test_agent_attaches_the_guard_to_the_node_cgroup(sb: Sandbox) -> None:
-    """Test that velvet status says enforcement is attached with the seven programs, pinned as links."""
-    status = sb.api.get("/v1/status")["enforcement"]
-    assert (status["attached"], status["error"]) == (True, "")
-    assert sorted(p["name"] for p in status["programs"]) == sorted(HOOKS)
+def guard_links(sb: Sandbox) -> set[str]:
+    """The guard programs attached to the node's cgroup, by `velvet status` and by their pinned links."""
+    listed = {p["name"] for p in sb.api.get("/v1/status")["enforcement"]["programs"]}
     pinned = {path.name for path, info in list_pinned_links(AgentPaths(sb.name).pin_dir / "links")
-              if info.type == "cgroup"}
-    assert {name.replace("_", "-") for name in HOOKS} <= pinned
+              if info.type == "cgroup" and path.name.startswith("guard-")}
+    assert pinned == {name.replace("_", "-") for name in listed}
+    return listed
+
+
+def test_agent_loads_the_guard_and_attaches_no_hook_without_a_rule(sb: Sandbox) -> None:
+    """Test that velvet status says enforcement is on while no guard program is attached: with no rule,
+    the node's connect(), socket(), sendmsg(), sysctl and device calls run none of them."""
+    status = sb.api.get("/v1/status")["enforcement"]
+    assert (status["attached"], status["error"], status["rules"]) == (True, "", [])
+    assert guard_links(sb) == set()
 
 
 def test_connect_policy_denies_one_binary_of_a_pod_and_not_another_nor_another_namespace(sb: Sandbox) -> None:
@@ -142,6 +148,7 @@ def test_connect_policy_denies_one_binary_of_a_pod_and_not_another_nor_another_n
     assert python_connect(sb, "guard/web-1", web2) == "ok"
     policy = no_python_to(web2)
     sb.apply(policy)
+    assert guard_links(sb) == {"guard_connect4", "guard_connect6"}  # that hook's programs, only
     assert python_connect(sb, "guard/web-1", web2) == "EPERM"
     assert bash_connect(sb, "guard/web-1", web2) == "ok"
     assert python_connect(sb, "other/web-1", web2) == "ok"
@@ -161,6 +168,7 @@ def test_connect_policy_denies_one_binary_of_a_pod_and_not_another_nor_another_n
 
     sb.delete(policy)
     assert sb.json("status")["enforcement"]["rules"] == []
+    assert guard_links(sb) == set()
     assert python_connect(sb, "guard/web-1", web2) == "ok"
 
 

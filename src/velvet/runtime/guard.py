@@ -1,9 +1,11 @@
 """Runtime enforcement in the kernel: guard.bpf.o loaded, attached to the node's cgroup, its rules written.
 
-Needs root, bpffs, cgroup v2 and Linux >= 5.17 (bpf_loop). The seven programs are attached to the node's
-cgroup as pinned links (`links/guard-connect4`, ...), which run beside the socket LB's programs on the same
-hooks (cgroup links are always multi-attach; programs of one cgroup run in attach order, so when the LB
-was attached first, connect rules see the backend a ClusterIP was translated to). The rule maps and the
+Needs root, bpffs, cgroup v2 and Linux >= 5.17 (bpf_loop). A hook's programs are attached to the node's
+cgroup only while some rule uses it (every connect(), socket() and sysctl write of the node's pods would
+run them otherwise), as pinned links (`links/guard-connect4`, ...), which run beside the socket LB's
+programs on the same hooks (cgroup links are always multi-attach; programs of one cgroup run in attach
+order, and the LB is attached when the datapath starts, before any rule: connect rules see the backend a
+ClusterIP was translated to). The rule maps and the
 event ring are pinned beside the node's other maps, and `proc_binsets` is pinned under the same name as
 proc.bpf.o's, so both objects share it: a restarted agent keeps enforcing the rules it had written.
 """
@@ -21,7 +23,7 @@ import numpy as np
 from velvet.datapath import attach, build
 from velvet.datapath.bpfobject import BpfObject, load_over_pins
 from velvet.datapath.maps import Map
-from velvet.datapath.structs import GUARD_EVENT_DTYPE, GUARD_RULES_MAX, GuardRule
+from velvet.datapath.structs import GUARD_EVENT_DTYPE, GUARD_RULES_MAX, GuardHook, GuardRule
 from velvet.datapath.views import RingView
 from velvet.errors import DatapathError
 from velvet.runtime.guard_rules import MAPS, Contents, DenyRule, compile_rules
@@ -38,6 +40,13 @@ HOOKS = {
     "guard_sock_create": attach.BPF_CGROUP_INET_SOCK_CREATE,
     "guard_sysctl": attach.BPF_CGROUP_SYSCTL,
     "guard_dev": attach.BPF_CGROUP_DEVICE,
+}
+PROGRAMS_OF_HOOK = {
+    GuardHook.CONNECT: ("guard_connect4", "guard_connect6"),
+    GuardHook.SENDMSG: ("guard_sendmsg4", "guard_sendmsg6"),
+    GuardHook.SOCK_CREATE: ("guard_sock_create",),
+    GuardHook.SYSCTL: ("guard_sysctl",),
+    GuardHook.DEV: ("guard_dev",),
 }
 _EMPTY_RULE = bytes(GuardRule())
 
@@ -99,16 +108,29 @@ class KernelGuard:
         self._ring: GuardEventsRing | None = None
 
     def start(self) -> None:
-        """Load (re-adopting the pinned maps, so rules written before stay enforced), attach every hook."""
+        """Load (re-adopting the pinned maps, so rules written before stay enforced); the hooks a previous
+        agent attached for its rules now run this agent's programs, and no other hook is attached."""
         mounts.ensure_bpffs()
         mounts.ensure_pin_dir(self.pin_dir)
         self._obj = load_over_pins(build.object_path("guard"), self.pin_dir,
                                    lambda: [self.pin_dir / name for name in PINNED_MAPS])
-        for prog_name, hook in HOOKS.items():
-            attach.attach_cgroup(self._obj.program(prog_name), self.cgroup, hook,
-                                 self.links_dir / prog_name.replace("_", "-")).close()
+        for prog_name in self._attached():
+            self._attach(prog_name)
         with self._obj.map("guard_events") as untyped:
             self._ring = GuardEventsRing(untyped)
+
+    def _pin(self, prog_name: str) -> Path:
+        """Where the link of one program is pinned."""
+        return self.links_dir / prog_name.replace("_", "-")
+
+    def _attached(self) -> list[str]:
+        """The programs whose links are pinned (in `HOOKS` order)."""
+        return [name for name in HOOKS if self._pin(name).exists()]
+
+    def _attach(self, prog_name: str) -> None:
+        """Attach one program to the node's cgroup (taking over a pinned link of it)."""
+        attach.attach_cgroup(self._loaded().program(prog_name), self.cgroup, HOOKS[prog_name],
+                             self._pin(prog_name)).close()
 
     def _loaded(self) -> BpfObject:
         """The loaded object; raises before start."""
@@ -125,6 +147,7 @@ class KernelGuard:
         """
         compiled = compile_rules(rules, self.slots)
         obj = self._loaded()
+        wanted = {name for rule in rules for name in PROGRAMS_OF_HOOK[rule.hook]}
         written: dict[str, int] = {}
         deleted: dict[str, int] = {}
         current = {name: _contents(obj, name) for name in MAPS}
@@ -135,6 +158,11 @@ class KernelGuard:
         _write(obj, "guard_rules", filled)
         for name in ("guard_cidr4", "guard_cidr6", "guard_scope"):
             _write(obj, name, upserts[name])
+        attached = self._attached()
+        for prog_name in wanted.difference(attached):  # once its rules are in place
+            self._attach(prog_name)
+        for prog_name in set(attached) - wanted:  # before its rules go
+            attach.detach_pinned(self._pin(prog_name))
         for name in ("guard_scope", "guard_cidr4", "guard_cidr6"):
             gone = [k for k in current[name] if k not in compiled.maps[name]]
             deleted[name] = _delete(obj, name, gone)
@@ -172,11 +200,11 @@ class KernelGuard:
                     for i in range(GUARD_RULES_MAX + 1)]
 
     def programs(self) -> list[dict[str, Any]]:
-        """The loaded programs: name, id and the cgroup each is attached to."""
+        """The attached programs: name, id and the cgroup each is attached to."""
         if self._obj is None:
             return []
         return [{"name": name, "id": self._obj.program(name).id, "attached_to": f"cgroup {self.cgroup}"}
-                for name in HOOKS]
+                for name in self._attached()]
 
     def close(self) -> None:
         """Release fds and the ring mapping; the pinned links keep enforcing."""
@@ -190,7 +218,7 @@ class KernelGuard:
     def detach(self) -> None:
         """Remove the pinned links (the node is going away)."""
         for prog_name in HOOKS:
-            attach.detach_pinned(self.links_dir / prog_name.replace("_", "-"))
+            attach.detach_pinned(self._pin(prog_name))
 
 
 def _contents(obj: BpfObject, name: str) -> Contents:
