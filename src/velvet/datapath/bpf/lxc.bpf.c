@@ -44,6 +44,7 @@ int lxc_from_pod(struct __sk_buff *skb)
 	__u32 backend_id = 0;
 	__u16 reason = 0;
 	bool report = false;
+	bool uplink_done = false;
 	int ret, verdict;
 
 	/* parse; other ethertypes (ARP, IPv6) pass */
@@ -72,6 +73,7 @@ int lxc_from_pod(struct __sk_buff *skb)
 		pkt.ev_flags |= EV_F_REPLY;
 		report = ct_account(e, true, skb->len, pkt.tcp_flags, now);
 		lxc_ct_identities(&pkt, e, true);
+		uplink_done = e->flags & CT_F_NO_UPLINK_NAT;
 		goto forward;
 	}
 
@@ -91,6 +93,7 @@ int lxc_from_pod(struct __sk_buff *skb)
 	if (e) {
 		report = ct_account(e, false, skb->len, pkt.tcp_flags, now);
 		lxc_ct_identities(&pkt, e, false);
+		uplink_done = e->flags & CT_F_NO_UPLINK_NAT;
 		goto forward;
 	}
 
@@ -101,8 +104,11 @@ int lxc_from_pod(struct __sk_buff *skb)
 	if (verdict == POLICY_VERDICT_DROP)
 		return drop_pkt(skb, &pkt, DROP_POLICY_DENIED, OBS_FROM_ENDPOINT, METRIC_EGRESS);
 
-	/* track it; translated connections remember their frontend for the reverse NAT */
-	if (ct_create(&key, &pkt, skb->len, now, verdict == POLICY_VERDICT_AUDIT ? CT_F_AUDIT : 0,
+	/* track it; translated connections remember their frontend for the reverse NAT; a pure SYN is
+	 * no reply of a connection the uplink translated: node_to_uplink has nothing to do for it */
+	uplink_done = pkt_pure_syn(&pkt);
+	if (ct_create(&key, &pkt, skb->len, now,
+		      (verdict == POLICY_VERDICT_AUDIT ? CT_F_AUDIT : 0) | (uplink_done ? CT_F_NO_UPLINK_NAT : 0),
 		      pkt.orig_daddr, pkt.orig_dport, backend_id) < 0)
 		return drop_pkt(skb, &pkt, DROP_CT_MAP_FULL, OBS_FROM_ENDPOINT, METRIC_EGRESS);
 	pkt.ev_flags |= EV_F_NEW_CT;
@@ -113,7 +119,7 @@ forward:
 	 * the interface the FIB names; else to the node's routing */
 	ret = lxc_pass(skb, &pkt, OBS_FROM_ENDPOINT, METRIC_EGRESS, report);
 	ret = tunnel_redirect(skb, pkt.daddr, pkt.src_identity, ret);
-	return host_route_ingress(skb, &pkt, now, ret, false);
+	return host_route_ingress(skb, &pkt, now, ret, false, uplink_done);
 }
 
 SEC("tc")
@@ -130,7 +136,7 @@ int lxc_to_pod(struct __sk_buff *skb)
 	if (ret < 0)
 		return drop_pkt(skb, &pkt, -ret, OBS_TO_ENDPOINT, METRIC_INGRESS);
 	/* the destination pod; unknown addresses are not isolated */
-	return to_endpoint(skb, &pkt, bpf_map_lookup_elem(&lxc_endpoints, &pkt.daddr), now);
+	return to_endpoint(skb, &pkt, bpf_map_lookup_elem(&lxc_endpoints, &pkt.daddr), now, false);
 }
 
 char LICENSE[] SEC("license") = "GPL";

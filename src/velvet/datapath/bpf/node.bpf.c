@@ -10,7 +10,8 @@
  *                     back and sent towards the client. With host routing, what it passes to a
  *                     local pod gets the pod's to-pod datapath here and goes straight into the
  *                     pod (lib/endpoint.h).
- *   node_to_uplink:   tcx egress. Replies of local backends get the frontend back as source.
+ *   node_to_uplink:   tcx egress. Replies of local backends get the frontend back as source; a pod's
+ *                     packet lxc_from_pod marked as needing nothing here passes at once.
  *
  * A frontend without backends is refused from here (RST / ICMP port unreachable sent back out
  * of the uplink); eTP=Local without a local backend drops silently, as kube-proxy does.
@@ -77,7 +78,7 @@ int node_from_uplink(struct __sk_buff *skb)
 	}
 	if (!pkt.rev_nat_index)
 		return host_route_ingress(skb, &pkt, now,
-					  pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false), true);
+					  pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false), true, false);
 
 	/* the translated tuple leads node_to_uplink back to the frontend */
 	ct_key_fwd(&key, &pkt, CT_NODEPORT);
@@ -100,7 +101,7 @@ int node_from_uplink(struct __sk_buff *skb)
 	if (report)
 		node_fill_identities(&pkt);
 	return host_route_ingress(skb, &pkt, now, pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report),
-				  true);
+				  true, false);
 }
 
 /*
@@ -150,6 +151,13 @@ int node_to_uplink(struct __sk_buff *skb)
 	__u16 reason;
 	bool report;
 	int ret;
+
+	/* a pod's packet lxc_from_pod forwarded, knowing there is nothing to translate (types.h) */
+	if (skb->mark == HOST_ROUTED_MARK) {
+		skb->mark = 0;
+		metrics_add(METRIC_FORWARDED, METRIC_EGRESS, skb->len);
+		return TC_ACT_OK;
+	}
 
 	/* only well-formed IPv4 can be a reply we translated */
 	if (parse_ipv4(skb, &pkt) != 0)
