@@ -346,3 +346,25 @@ def test_a_nodeport_reply_leaving_a_pod_still_gets_reverse_nat(lxc: Loaded, node
     out, after = run_marked(node, topo, "node_to_uplink", "up0", reply.data_out, mark)
     assert (out.retval, out.data_out, after, node.events().size) == (TC_ACT_OK, reply.data_out, 0, 0)
 
+
+
+@pytest.mark.parametrize("host_routing", [True, False], ids=["bpf", "legacy"])
+def test_a_reply_of_a_pods_connection_is_no_new_frontend_connection(node: Loaded, topo: Node,
+                                                                   host_routing: bool) -> None:
+    """Test that node_from_uplink takes a reply of a connection a local pod opened as that connection's
+    (conntrack before the frontends, as the kernel's NAT does) even when an external frontend names the
+    pod's address and port: passed untranslated towards the pod, while a new connection to that frontend
+    is still DNATed to its backend."""
+    seed(node, topo, host_routing=host_routing)
+    with lb_change(node.tables) as lb:
+        lb.service(POD, 40001, TCP, [(1, OTHER_POD, 8080)], rev=REV, flags=SvcFlag.EXTERNAL_IP)
+    now = time.monotonic_ns()
+    node.map("ct4").update(ct_key(POD, REMOTE_POD, 40001, 8080, TCP, CtDir.EGRESS),
+                           Ct4Entry(created_ns=now, last_seen_ns=now, packets=1, src_identity=ID_POD,
+                                    dst_identity=ID_REMOTE, tx_flags_seen=SYN))
+    reply = run(node, topo, "node_from_uplink", "up0", tcp(REMOTE_POD, POD, 8080, 40001, SYN | ACK))
+    assert (parse(reply.data_out).dst, parse(reply.data_out).dport) == (POD, 40001)
+    assert reply.retval == (TC_ACT_REDIRECT if host_routing else TC_ACT_OK)
+    assert node.conntrack(REMOTE_POD, POD, 8080, 40001, TCP, CtDir.NODEPORT) is None
+    new = run(node, topo, "node_from_uplink", "up0", tcp(REMOTE_POD, POD, 8081, 40001, SYN))
+    assert (parse(new.data_out).dst, parse(new.data_out).dport) == (OTHER_POD, 8080)

@@ -3,7 +3,8 @@
  * node.bpf.c - the node's uplink (tcx on the interface towards external clients).
  *
  *   node_from_uplink: tcx ingress. NodePort, ExternalIP and LoadBalancer frontends (the latter
- *                     checked against loadBalancerSourceRanges) are DNATed to a backend. A local
+ *                     checked against loadBalancerSourceRanges) are DNATed to a backend, except
+ *                     replies of connections local pods opened (conntrack first). A local
  *                     backend sees the client address (no SNAT) and the kernel routes to the pod;
  *                     a backend on another node is reached SNATed to the node (lib/nodeport.h),
  *                     and the replies of such connections, which come back here, are translated
@@ -39,6 +40,17 @@ static __always_inline void node_fill_identities(struct pkt4 *pkt)
 	pkt->dst_identity = ipcache_identity(pkt->daddr);
 }
 
+/* Whether pkt is a reply of a live connection a local pod opened (its CT_EGRESS entry). */
+static __always_inline bool node_pod_reply(const struct pkt4 *pkt, __u64 now)
+{
+	struct ct4_key key;
+
+	if (pkt->icmp_error || !bpf_map_lookup_elem(&lxc_endpoints, &pkt->daddr))
+		return false;
+	ct_key_rev(&key, pkt, CT_EGRESS);
+	return ct_lookup(&key, pkt->tcp_flags, now) != NULL;
+}
+
 SEC("tc")
 int node_from_uplink(struct __sk_buff *skb)
 {
@@ -65,6 +77,12 @@ int node_from_uplink(struct __sk_buff *skb)
 		if (ret >= 0)
 			return ret;
 	}
+
+	/* a reply of a connection a local pod opened stays that connection's (conntrack first, as in the
+	 * kernel's NAT): no frontend lookups, whose keys (the pod's ephemeral port) are cold every time */
+	if (node_pod_reply(&pkt, now))
+		return host_route_ingress(skb, &pkt, now,
+					  pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false), true, false);
 
 	/* translate external frontends to a backend */
 	reason = svc_dnat(skb, &pkt, false, UPLINK_FRONTEND_FLAGS, true, CT_F_NODEPORT, &backend_id, now);
