@@ -163,11 +163,7 @@ SEC("tc")
 int node_to_uplink(struct __sk_buff *skb)
 {
 	struct pkt4 pkt = {};
-	struct ct4_entry *e;
-	struct ct4_key key;
 	__u64 now = clock_now();
-	__u16 reason;
-	bool report;
 	int ret;
 
 	/* a pod's packet lxc_from_pod forwarded, knowing there is nothing to translate (types.h) */
@@ -189,28 +185,8 @@ int node_to_uplink(struct __sk_buff *skb)
 	}
 
 	/* reply of a connection DNATed at the uplink? */
-	ct_key_rev(&key, &pkt, CT_NODEPORT);
-	e = ct_lookup(&key, pkt.tcp_flags, now);
-	if (!e)
-		return pass_pkt(skb, &pkt, OBS_TO_NETWORK, METRIC_EGRESS, false);
-	pkt.ev_flags |= EV_F_REPLY;
-	report = ct_account(e, true, skb->len, pkt.tcp_flags, now);
-
-	/* events name the backend as source: resolve it before the translation */
-	if (report)
-		pkt.src_identity = ipcache_identity(pkt.saddr);
-
-	/* source back to the frontend the client talked to */
-	reason = svc_rev_nat(skb, &pkt, e, now);
-	if (reason) {
-		if (!pkt.src_identity)
-			pkt.src_identity = ipcache_identity(pkt.saddr);
-		pkt.dst_identity = ipcache_identity(pkt.daddr);
-		return drop_pkt(skb, &pkt, reason, OBS_TO_NETWORK, METRIC_EGRESS);
-	}
-	if (report)
-		pkt.dst_identity = ipcache_identity(pkt.daddr);
-	return pass_pkt(skb, &pkt, OBS_TO_NETWORK, METRIC_EGRESS, report);
+	ret = nodeport_local_reply(skb, &pkt, now);
+	return ret >= 0 ? ret : pass_pkt(skb, &pkt, OBS_TO_NETWORK, METRIC_EGRESS, false);
 }
 
 char LICENSE[] SEC("license") = "GPL";
