@@ -25,7 +25,8 @@ on one 3-node native sandbox, `--rounds` times (the services deleted, every map 
 `--services 0` / `--identities 0` skip those rows. `--trees A,B`: one sandbox per Velvet source tree (its
 agents run that tree's code and BPF objects, which must be built), interleaved like the other peers: an
 A/B of a datapath change in one run. `--prog-stats`: BPF run-time statistics on for the run, each BPF
-program's run time per connect (all programs of that name on the machine) in every row.
+program's run time per connect in every row (a sandbox's: the programs using its nodes' pinned maps, not
+other sandboxes' programs of the same name).
 """
 
 from __future__ import annotations
@@ -71,25 +72,40 @@ def enable_bpf_stats() -> int:
     return fd
 
 
-def prog_run_ns() -> dict[str, int]:
-    """Run time (ns) of the loaded BPF programs, summed per name (`bpftool prog show`)."""
+def prog_run_ns(maps: frozenset[int] | None = None) -> dict[str, int]:
+    """Run time (ns) of the loaded BPF programs, summed per name (`bpftool prog show`); with `maps` only
+    the programs using one of those maps (one sandbox's, not those of other sandboxes on the machine)."""
     totals: dict[str, int] = {}
     for prog in json.loads(sh("bpftool", "-j", "prog", "show")):
+        if maps is not None and not maps.intersection(prog.get("map_ids", ())):
+            continue
         name = str(prog.get("name", ""))
         totals[name] = totals.get(name, 0) + int(prog.get("run_time_ns", 0))
     return totals
 
 
-def traffic(client: list[str], target: str, connects: int, mib: int, stats: bool = False) -> dict[str, float]:
+def pinned_map_ids(pin_dirs: list[str]) -> frozenset[int]:
+    """Ids of the maps pinned directly in these directories (a sandbox's nodes)."""
+    ids: set[int] = set()
+    for pin_dir in pin_dirs:
+        for entry in os.scandir(pin_dir):
+            if entry.is_file():
+                ids.add(int(json.loads(sh("bpftool", "-j", "map", "show", "pinned", entry.path))["id"]))
+    return frozenset(ids)
+
+
+def traffic(client: list[str], target: str, connects: int, mib: int, stats: bool = False,
+            maps: frozenset[int] | None = None) -> dict[str, float]:
     """One round: median connect() latency (µs), request/response rate (1/s) and bulk throughput (Gbit/s)
     from `client` (an argv prefix); with `stats` (BPF run-time statistics on) also each program's run time
-    per connect during the connects (`ns/connect:NAME`; every program of that name on the machine)."""
+    per connect during the connects (`ns/connect:NAME`; the programs using one of `maps`, else every
+    program of that name on the machine)."""
     def probe(*args: str) -> dict[str, Any]:
         return dict(json.loads(sh(*client, "taskset", "-c", str(CLIENT_CPU), sys.executable, PROBE, *args)))
     probe("connect", target, "--count", "200")  # warm-up: neighbours, conntrack, caches
-    before = prog_run_ns() if stats else {}
+    before = prog_run_ns(maps) if stats else {}
     row = {"connect_us": float(probe("connect", target, "--count", str(connects))["median"])}
-    for name, ns in (prog_run_ns() if stats else {}).items():
+    for name, ns in (prog_run_ns(maps) if stats else {}).items():
         if ns > before.get(name, 0):
             row[f"ns/connect:{name}"] = (ns - before.get(name, 0)) / connects
     row["rr_per_s"] = float(probe("rr", target, "--seconds", "1")["per_s"])
@@ -143,7 +159,8 @@ class Routed:
 
     def measure(self, connects: int, mib: int, stats: bool = False) -> dict[str, float]:
         """Traffic from pod 0 to pod 1's server."""
-        return traffic(["ip", "netns", "exec", self.pods[0]], f"10.245.1.10:{PORT}", connects, mib, stats)
+        return traffic(["ip", "netns", "exec", self.pods[0]], f"10.245.1.10:{PORT}", connects, mib, stats,
+                       frozenset())
 
     def remove(self) -> None:
         """Stop the server, delete the namespaces by name (never raises)."""
@@ -186,6 +203,7 @@ class Cluster:
         self.tree = tree  # another Velvet source tree whose code and BPF objects the agents run (A/B)
         self.sb = SandboxCli(unique_name("bcl"))
         self.server_ip = ""
+        self.maps: frozenset[int] = frozenset()  # its nodes' pinned maps: its programs use them
 
     def create(self) -> None:
         """Up (its agents running `tree`'s code and BPF objects when given), pods ready."""
@@ -202,11 +220,12 @@ class Cluster:
                 os.environ["PYTHONPATH"] = saved
         self.sb.apply(pods_yaml())
         self.server_ip = self.sb.wait_ready([f"{NS}/srv", f"{NS}/cli"], timeout=180)[f"{NS}/srv"]
+        self.maps = pinned_map_ids([str(node_config(self.sb.name, k).names.pin_dir) for k in range(NODES)])
 
     def measure(self, connects: int, mib: int, stats: bool = False) -> dict[str, float]:
         """Traffic from the client pod (node 0) to the server pod (node 1)."""
         return traffic(self.sb.argv("sandbox", "exec", f"{NS}/cli", "--"), f"{self.server_ip}:{PORT}",
-                       connects, mib, stats)
+                       connects, mib, stats, self.maps)
 
     def convergence(self, count: int, budget: float = 120.0) -> dict[str, Any]:
         """Seconds from `velvet apply` of `count` services on node 0 until every node serves the last."""

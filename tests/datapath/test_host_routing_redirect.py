@@ -19,20 +19,24 @@ from dataclasses import dataclass
 
 import pytest
 from fixtures_datapath import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, ct_key, lxc, node, sh
-from packets import ACK, SYN, TCP, checksums_ok, eth, ipv4, tcp, tcp_segment
-from seeding import add_pods, set_identity
+from packets import ACK, RST, SYN, TCP, checksums_ok, eth, ipv4, parse, tcp, tcp_segment, udp
+from seeding import add_pods, lb_change, set_identity
 
 from velvet.datapath.structs import (
     Ct4Entry,
     CtDir,
+    CtFlag,
     DropReason,
     EndpointFlag,
     EventFlag,
     EventType,
+    MetricDir,
     ObsPoint,
     ReservedIdentity,
+    SvcFlag,
     Verdict,
 )
+from velvet.datapath.structs import ipv4 as ip_int
 from velvet.datapath.tables import NodeSettings
 from velvet.datapath.testrun import SkBuff, TestRunResult, skb_ctx, test_run
 from velvet.system.netns import in_netns
@@ -46,6 +50,7 @@ POD_MAC, OTHER_POD_MAC = bytes.fromhex("0a00000000a0"), bytes.fromhex("0a0000000
 PEER_MAC = bytes.fromhex("0a00000000b3")
 ID_POD, ID_OTHER, ID_REMOTE = 2001, 2002, 2000
 EP_POD, EP_OTHER = 7, 8
+CLIENT, NODE_PORT, REV = "192.168.77.9", 30080, 9
 
 
 @dataclass(frozen=True)
@@ -245,3 +250,121 @@ def test_uplink_without_the_pods_mac_leaves_its_datapath_to_its_veth(node: Loade
     assert result.retval == TC_ACT_REDIRECT
     assert node.conntrack(REMOTE_POD, POD, 40000, 8080, TCP, CtDir.INGRESS) is None
     assert not [e for e in node.events() if e["obs_point"] == ObsPoint.TO_ENDPOINT]
+
+
+def run_marked(obj: Loaded, topo: Node, program: str, dev: str, frame: bytes,
+               mark: int = 0) -> tuple[TestRunResult, int]:
+    """A program on a frame received by (or sent out of) `dev` with skb->mark: the result, the mark after."""
+    with in_netns(topo.netns):
+        result = test_run(obj.obj.program(program), frame, ctx=skb_ctx(ifindex=topo.ifindex[dev], mark=mark))
+    return result, SkBuff.from_buffer_copy(result.ctx_out).mark
+
+
+def share_entry(src: Loaded, dst: Loaded, key: tuple[str, str, int, int, int, CtDir]) -> Ct4Entry:
+    """Copy a ct4 entry one object made into the other's map (on a node, both objects share the map)."""
+    entry = src.conntrack(*key)
+    assert entry is not None, key
+    dst.map("ct4").update(ct_key(*key), entry)
+    return entry
+
+
+def test_a_pods_connection_passes_the_uplink_at_once(lxc: Loaded, node: Loaded, topo: Node) -> None:
+    """Test that a TCP connection a pod opens to another node's pod, forwarded out of the uplink by
+    lxc_from_pod (host routing), carries the mark that tells node_to_uplink there is nothing to do
+    (its entry says so: opened by a pure SYN), SYN, ACK and RST alike, and that node_to_uplink then
+    passes it unchanged, counted as forwarded, without an event, the mark cleared before it leaves."""
+    seed(lxc, topo)
+    seed(node, topo)
+    marks = []
+    for flags in (SYN, ACK, RST):
+        frame = tcp(POD, REMOTE_POD, 40000, 8080, flags)
+        result, mark = run_marked(lxc, topo, "lxc_from_pod", "lxc0", frame)
+        assert result.retval == TC_ACT_REDIRECT
+        marks.append(mark)
+        out, after = run_marked(node, topo, "node_to_uplink", "up0", result.data_out, mark)
+        assert (out.retval, out.data_out, after) == (TC_ACT_OK, result.data_out, 0)
+    assert len(set(marks)) == 1
+    assert marks[0] != 0
+    opened = lxc.conntrack(POD, REMOTE_POD, 40000, 8080, TCP, CtDir.EGRESS)
+    assert opened is not None
+    assert opened.flags & CtFlag.NO_UPLINK_NAT
+    # the pod's side was reported as before; the uplink's counters still see every packet
+    assert [e["obs_point"] for e in lxc.events()] == [ObsPoint.FROM_ENDPOINT] * 2
+    assert (node.events().size, node.forwarded(MetricDir.EGRESS)) == (0, 3)
+
+
+@pytest.mark.parametrize(("desc", "frame"), [
+    ("UDP: its first packet may answer a NodePort client", udp(POD, REMOTE_POD, 40000, 8080)),
+    ("a TCP segment that is no pure SYN may answer one too", tcp(POD, REMOTE_POD, 40000, 8080, ACK)),
+], ids=["udp", "tcp-ack"])
+def test_a_connection_that_may_be_a_reply_leaves_unmarked(lxc: Loaded, topo: Node, desc: str,
+                                                          frame: bytes) -> None:
+    """Test that lxc_from_pod marks nothing it cannot prove needs no reverse NAT at the uplink: a new
+    connection opened by anything but a pure TCP SYN (a reply of a NodePort connection whose other
+    entries were evicted looks like that), nor its later packets."""
+    seed(lxc, topo)
+    for _ in range(2):
+        result, mark = run_marked(lxc, topo, "lxc_from_pod", "lxc0", frame)
+        assert (result.retval, mark) == (TC_ACT_REDIRECT, 0), desc
+
+
+def test_a_nodeport_reply_leaving_a_pod_still_gets_reverse_nat(lxc: Loaded, node: Loaded, topo: Node) -> None:
+    """Test that a connection node_from_uplink DNATs to a local pod (NodePort) gets no mark on its
+    replies: lxc_from_pod forwards the pod's SYN-ACK out of the uplink unmarked, and node_to_uplink
+    gives it the frontend back as source and reports it; while a connection another node's pod opened
+    to the same pod directly has its SYN-ACK marked and passed unchanged."""
+    seed(lxc, topo)
+    seed(node, topo)
+    with lb_change(node.tables) as lb:
+        lb.service(NODE_IP, NODE_PORT, TCP, [(1, POD, 8080)], rev=REV, flags=SvcFlag.NODEPORT)
+
+    # the client's SYN to the NodePort: DNATed, then the pod's to-pod datapath, into the pod
+    result = run(node, topo, "node_from_uplink", "up0", tcp(CLIENT, NODE_IP, 50000, NODE_PORT))
+    assert result.retval == TC_ACT_REDIRECT
+    accepted = share_entry(node, lxc, (CLIENT, POD, 50000, 8080, TCP, CtDir.INGRESS))
+    assert not accepted.flags & CtFlag.NO_UPLINK_NAT
+    node.events()
+    reply, mark = run_marked(lxc, topo, "lxc_from_pod", "lxc0", tcp(POD, CLIENT, 8080, 50000, SYN | ACK))
+    assert (reply.retval, mark) == (TC_ACT_REDIRECT, 0)
+    out, _ = run_marked(node, topo, "node_to_uplink", "up0", reply.data_out, mark)
+    assert out.retval == TC_ACT_OK
+    sent = parse(out.data_out)
+    assert (sent.src, sent.sport, sent.dst, sent.dport) == (NODE_IP, NODE_PORT, CLIENT, 50000)
+    assert checksums_ok(out.data_out)
+    assert [(e["obs_point"], e["saddr"], e["sport"], bool(e["flags"] & EventFlag.REV_NAT))
+            for e in node.events()] == [(ObsPoint.TO_NETWORK, ip_int(NODE_IP), NODE_PORT, True)]
+
+    # another node's pod connecting to the pod itself: its reply needs nothing of the uplink
+    result = run(node, topo, "node_from_uplink", "up0", tcp(REMOTE_POD, POD, 40000, 8080))
+    assert result.retval == TC_ACT_REDIRECT
+    direct = share_entry(node, lxc, (REMOTE_POD, POD, 40000, 8080, TCP, CtDir.INGRESS))
+    assert direct.flags & CtFlag.NO_UPLINK_NAT
+    node.events()
+    reply, mark = run_marked(lxc, topo, "lxc_from_pod", "lxc0", tcp(POD, REMOTE_POD, 8080, 40000, SYN | ACK))
+    assert reply.retval == TC_ACT_REDIRECT
+    assert mark != 0
+    out, after = run_marked(node, topo, "node_to_uplink", "up0", reply.data_out, mark)
+    assert (out.retval, out.data_out, after, node.events().size) == (TC_ACT_OK, reply.data_out, 0, 0)
+
+
+
+@pytest.mark.parametrize("host_routing", [True, False], ids=["bpf", "legacy"])
+def test_a_reply_of_a_pods_connection_is_no_new_frontend_connection(node: Loaded, topo: Node,
+                                                                   host_routing: bool) -> None:
+    """Test that node_from_uplink takes a reply of a connection a local pod opened as that connection's
+    (conntrack before the frontends, as the kernel's NAT does) even when an external frontend names the
+    pod's address and port: passed untranslated towards the pod, while a new connection to that frontend
+    is still DNATed to its backend."""
+    seed(node, topo, host_routing=host_routing)
+    with lb_change(node.tables) as lb:
+        lb.service(POD, 40001, TCP, [(1, OTHER_POD, 8080)], rev=REV, flags=SvcFlag.EXTERNAL_IP)
+    now = time.monotonic_ns()
+    node.map("ct4").update(ct_key(POD, REMOTE_POD, 40001, 8080, TCP, CtDir.EGRESS),
+                           Ct4Entry(created_ns=now, last_seen_ns=now, packets=1, src_identity=ID_POD,
+                                    dst_identity=ID_REMOTE, tx_flags_seen=SYN))
+    reply = run(node, topo, "node_from_uplink", "up0", tcp(REMOTE_POD, POD, 8080, 40001, SYN | ACK))
+    assert (parse(reply.data_out).dst, parse(reply.data_out).dport) == (POD, 40001)
+    assert reply.retval == (TC_ACT_REDIRECT if host_routing else TC_ACT_OK)
+    assert node.conntrack(REMOTE_POD, POD, 8080, 40001, TCP, CtDir.NODEPORT) is None
+    new = run(node, topo, "node_from_uplink", "up0", tcp(REMOTE_POD, POD, 8081, 40001, SYN))
+    assert (parse(new.data_out).dst, parse(new.data_out).dport) == (OTHER_POD, 8080)

@@ -8,14 +8,28 @@ tests/e2e/test_multinode_tunnel.py with real VXLAN packets.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
-from fixtures_datapath import LO_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, loaded, lxc
-from packets import ACK, ETH_P_ARP, SYN, TCP, eth, tcp, udp
-from seeding import add_pods, allow, rule, set_identity
+from fixtures_datapath import LO_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Loaded, ct_key, loaded, lxc
+from packets import ACK, ETH_P_ARP, SYN, TCP, checksums_ok, eth, parse, tcp, udp
+from seeding import add_pods, allow, lb_change, rule, set_identity
 
-from velvet.datapath.structs import CtDir, DropReason, EndpointFlag, EventType, MetricDir, ReservedIdentity
+from velvet.datapath.structs import (
+    Ct4Entry,
+    CtDir,
+    CtFlag,
+    DropReason,
+    EndpointFlag,
+    EventFlag,
+    EventType,
+    MetricDir,
+    ObsPoint,
+    ReservedIdentity,
+    SvcFlag,
+)
+from velvet.datapath.structs import ipv4 as ip_int
 from velvet.datapath.tables import Direction, RemoteIdentity
 from velvet.datapath.testrun import skb_ctx, test_run
 
@@ -78,6 +92,35 @@ def test_from_pod_tunnels_replies_to_remote_clients(lxc: Loaded) -> None:
     frame = tcp(REMOTE, POD_A, 50000, 8080)
     assert test_run(lxc.obj.program(TO), frame, ctx=skb_ctx(mark=tunnel_mark(ID_REMOTE))).retval == TC_ACT_OK
     assert lxc.run(FROM, tcp(POD_A, REMOTE, 8080, 50000, SYN | ACK)).retval == TC_ACT_REDIRECT
+
+
+def test_from_pod_gives_a_nodeport_reply_its_frontend_before_the_tunnel(lxc: Loaded) -> None:
+    """Test that in tunnel mode the reply of a connection a remote pod opened to this node's NodePort (the
+    uplink DNATed it to pod A) leaves through the tunnel with the NodePort as source, reported as leaving
+    the node with the reverse NAT, as node_to_uplink translates it in native mode: encapsulated, the
+    uplink only sees the tunnel's packet."""
+    seed(lxc, tunnel=True)
+    with lb_change(lxc.tables) as lb:
+        lb.service(NODE_IP, 30080, TCP, [(1, POD_A, 8080)], rev=9, flags=SvcFlag.NODEPORT)
+    # what node_from_uplink leaves behind for the client's SYN (both objects share ct4 on a node)
+    now = time.monotonic_ns()
+    lxc.map("ct4").update(ct_key(REMOTE, POD_A, 50000, 8080, TCP, CtDir.NODEPORT),
+                          Ct4Entry(created_ns=now, last_seen_ns=now, packets=1, nat_addr=ip_int(NODE_IP),
+                                   nat_port=30080, rev_nat_index=9, flags=CtFlag.NODEPORT, tx_flags_seen=SYN))
+    assert lxc.run(TO, tcp(REMOTE, POD_A, 50000, 8080)).retval == TC_ACT_OK
+    lxc.events()
+    reply = lxc.run(FROM, tcp(POD_A, REMOTE, 8080, 50000, SYN | ACK))
+    assert reply.retval == TC_ACT_REDIRECT
+    sent = parse(reply.data_out)
+    assert (sent.src, sent.sport, sent.dst, sent.dport) == (NODE_IP, 30080, REMOTE, 50000)
+    assert checksums_ok(reply.data_out)
+    leaving = [e for e in lxc.events() if e["obs_point"] == ObsPoint.TO_NETWORK]
+    assert [(e["saddr"], e["sport"], bool(e["flags"] & EventFlag.REV_NAT)) for e in leaving] == [
+        (ip_int(NODE_IP), 30080, True)]
+    # a reply of a connection the remote pod opened to pod A itself keeps pod A as source
+    assert lxc.run(TO, tcp(REMOTE, POD_A, 50001, 8080)).retval == TC_ACT_OK
+    direct = lxc.run(FROM, tcp(POD_A, REMOTE, 8080, 50001, SYN | ACK))
+    assert (direct.retval, parse(direct.data_out).src) == (TC_ACT_REDIRECT, POD_A)
 
 
 def test_native_mode_leaves_remote_pods_to_routing(lxc: Loaded) -> None:

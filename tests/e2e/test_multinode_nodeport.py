@@ -1,4 +1,4 @@
-"""Test NodePort and LoadBalancer on a three-node sandbox (native routing) reaching backends on other nodes.
+"""Test NodePort and LoadBalancer on three-node sandboxes (native, tunnel) reaching backends on other nodes.
 
 One sandbox for the module: an echo pod pinned to each node (`at-<k>` on node k) and, for each, a
 LoadBalancer Service (nodePorts on every node, an ingress IP) whose only backend is that pod. The
@@ -156,6 +156,19 @@ def test_every_nodes_nodeport_reaches_backends_on_every_node(sb: Sandbox) -> Non
     replies = {(e["key"]["saddr"], e["key"]["daddr"], e["value"]["addr"])
                for e in nat["snat4"] if e["key"]["dir"] == SnatDir.IN}
     assert replies == {(pod_ips[f"at-{k}"], NODE_IPS[0], EXT_IP) for k in (1, 2)}
+
+
+def test_a_pod_reaches_a_backend_through_every_nodes_nodeport(sb: Sandbox) -> None:
+    """Test that a pod (at-0, node 0) reaches svc-1's backend through every node's TCP nodePort, node 1's
+    included: there the uplink DNATs to its local backend, whose reply must leave with the nodePort as
+    source (in tunnel mode before the VXLAN encapsulation, which hides it from the uplink's program)."""
+    port = node_ports(sb, "svc-1")[0]
+    urls = [f"tcp://{NODE_IPS[j]}:{port}" for j in range(3)]
+    done = sb.exec(f"{NS}/at-0", "python3", "-c", PROBE, json.dumps(urls), timeout=30 + 3 * len(urls))
+    assert done.returncode == 0, done.stderr
+    got = dict(zip(urls, (a if a.startswith("ERR") else answer(a)[0] for a in json.loads(done.stdout)),
+                   strict=True))
+    assert got == dict.fromkeys(urls, "at-1")
 
 
 def test_load_balancer_ip_reaches_backends_on_other_nodes(sb: Sandbox) -> None:

@@ -238,6 +238,7 @@ class CtFlag(IntFlag):
     SEEN_REPLY = 1 << 1
     NODEPORT = 1 << 2
     AUDIT = 1 << 3
+    NO_UPLINK_NAT = 1 << 4
 
 
 class EndpointFlag(IntFlag):

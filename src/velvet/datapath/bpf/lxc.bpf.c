@@ -9,7 +9,8 @@
  * TC_ACT_SHOT; lxc_from_pod redirects its rejections (RST / ICMP unreachable for service
  * frontends without backends) straight back into the pod with bpf_redirect_peer. In tunnel
  * mode lxc_from_pod sends what it passes to another node's pod straight to the VXLAN device
- * (VNI = the pod's identity), and lxc_to_pod takes the source identity of a packet that came
+ * (VNI = the pod's identity; a reply of a NodePort connection the uplink DNATed to the pod gets the
+ * frontend back as source first), and lxc_to_pod takes the source identity of a packet that came
  * through the tunnel from its VNI instead of the ipcache. With host routing lxc_from_pod forwards
  * the rest itself (FIB lookup + redirect, lib/fib.h): to another node's pods out of the uplink, to
  * a local pod straight into it, running that pod's to-pod datapath first (lib/endpoint.h, the body of
@@ -28,10 +29,29 @@
 #include "lib/reject.h"
 #include "lib/tunnel.h"
 #include "lib/fib.h"
+#include "lib/nodeport.h"
 #include "lib/endpoint.h"
 
 /* Frontends pods reach through the per-packet fallback of the socket LB. */
 #define LXC_FRONTEND_FLAGS (SVC_CLUSTERIP | SVC_NODEPORT | SVC_EXTERNAL_IP | SVC_LOADBALANCER)
+
+/*
+ * In tunnel mode, a reply of a connection the uplink DNATed to this pod (a client on another node's pod
+ * network) gets the frontend back as source here, as node_to_uplink gives it to replies leaving through
+ * the uplink: encapsulated, node_to_uplink would only see the tunnel's packet. Returns verdict otherwise.
+ */
+static __always_inline int lxc_tunnel_nodeport_reply(struct __sk_buff *skb, const struct pkt4 *pkt, __u64 now,
+						     int verdict)
+{
+	struct pkt4 wire;
+	int ret;
+
+	if (verdict != TC_ACT_OK || pkt->icmp_error || !tunnel_ifindex() || !ipcache_tunnel_endpoint(pkt->daddr))
+		return verdict;
+	pkt_next_hop(&wire, pkt);
+	ret = nodeport_local_reply(skb, &wire, now);
+	return ret >= 0 ? ret : verdict;
+}
 
 SEC("tc")
 int lxc_from_pod(struct __sk_buff *skb)
@@ -44,6 +64,7 @@ int lxc_from_pod(struct __sk_buff *skb)
 	__u32 backend_id = 0;
 	__u16 reason = 0;
 	bool report = false;
+	bool uplink_done = false;
 	int ret, verdict;
 
 	/* parse; other ethertypes (ARP, IPv6) pass */
@@ -72,6 +93,7 @@ int lxc_from_pod(struct __sk_buff *skb)
 		pkt.ev_flags |= EV_F_REPLY;
 		report = ct_account(e, true, skb->len, pkt.tcp_flags, now);
 		lxc_ct_identities(&pkt, e, true);
+		uplink_done = e->flags & CT_F_NO_UPLINK_NAT;
 		goto forward;
 	}
 
@@ -91,6 +113,7 @@ int lxc_from_pod(struct __sk_buff *skb)
 	if (e) {
 		report = ct_account(e, false, skb->len, pkt.tcp_flags, now);
 		lxc_ct_identities(&pkt, e, false);
+		uplink_done = e->flags & CT_F_NO_UPLINK_NAT;
 		goto forward;
 	}
 
@@ -101,8 +124,11 @@ int lxc_from_pod(struct __sk_buff *skb)
 	if (verdict == POLICY_VERDICT_DROP)
 		return drop_pkt(skb, &pkt, DROP_POLICY_DENIED, OBS_FROM_ENDPOINT, METRIC_EGRESS);
 
-	/* track it; translated connections remember their frontend for the reverse NAT */
-	if (ct_create(&key, &pkt, skb->len, now, verdict == POLICY_VERDICT_AUDIT ? CT_F_AUDIT : 0,
+	/* track it; translated connections remember their frontend for the reverse NAT; a pure SYN is
+	 * no reply of a connection the uplink translated: node_to_uplink has nothing to do for it */
+	uplink_done = pkt_pure_syn(&pkt);
+	if (ct_create(&key, &pkt, skb->len, now,
+		      (verdict == POLICY_VERDICT_AUDIT ? CT_F_AUDIT : 0) | (uplink_done ? CT_F_NO_UPLINK_NAT : 0),
 		      pkt.orig_daddr, pkt.orig_dport, backend_id) < 0)
 		return drop_pkt(skb, &pkt, DROP_CT_MAP_FULL, OBS_FROM_ENDPOINT, METRIC_EGRESS);
 	pkt.ev_flags |= EV_F_NEW_CT;
@@ -112,8 +138,10 @@ forward:
 	/* in tunnel mode through the tunnel to the destination's node; else with host routing out of
 	 * the interface the FIB names; else to the node's routing */
 	ret = lxc_pass(skb, &pkt, OBS_FROM_ENDPOINT, METRIC_EGRESS, report);
+	if (!uplink_done)
+		ret = lxc_tunnel_nodeport_reply(skb, &pkt, now, ret);
 	ret = tunnel_redirect(skb, pkt.daddr, pkt.src_identity, ret);
-	return host_route_ingress(skb, &pkt, now, ret, false);
+	return host_route_ingress(skb, &pkt, now, ret, false, uplink_done);
 }
 
 SEC("tc")
@@ -130,7 +158,7 @@ int lxc_to_pod(struct __sk_buff *skb)
 	if (ret < 0)
 		return drop_pkt(skb, &pkt, -ret, OBS_TO_ENDPOINT, METRIC_INGRESS);
 	/* the destination pod; unknown addresses are not isolated */
-	return to_endpoint(skb, &pkt, bpf_map_lookup_elem(&lxc_endpoints, &pkt.daddr), now);
+	return to_endpoint(skb, &pkt, bpf_map_lookup_elem(&lxc_endpoints, &pkt.daddr), now, false);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -3,14 +3,16 @@
  * node.bpf.c - the node's uplink (tcx on the interface towards external clients).
  *
  *   node_from_uplink: tcx ingress. NodePort, ExternalIP and LoadBalancer frontends (the latter
- *                     checked against loadBalancerSourceRanges) are DNATed to a backend. A local
+ *                     checked against loadBalancerSourceRanges) are DNATed to a backend, except
+ *                     replies of connections local pods opened (conntrack first). A local
  *                     backend sees the client address (no SNAT) and the kernel routes to the pod;
  *                     a backend on another node is reached SNATed to the node (lib/nodeport.h),
  *                     and the replies of such connections, which come back here, are translated
  *                     back and sent towards the client. With host routing, what it passes to a
  *                     local pod gets the pod's to-pod datapath here and goes straight into the
  *                     pod (lib/endpoint.h).
- *   node_to_uplink:   tcx egress. Replies of local backends get the frontend back as source.
+ *   node_to_uplink:   tcx egress. Replies of local backends get the frontend back as source; a pod's
+ *                     packet lxc_from_pod marked as needing nothing here passes at once.
  *
  * A frontend without backends is refused from here (RST / ICMP port unreachable sent back out
  * of the uplink); eTP=Local without a local backend drops silently, as kube-proxy does.
@@ -36,6 +38,17 @@ static __always_inline void node_fill_identities(struct pkt4 *pkt)
 {
 	pkt->src_identity = ipcache_identity(pkt->saddr);
 	pkt->dst_identity = ipcache_identity(pkt->daddr);
+}
+
+/* Whether pkt is a reply of a live connection a local pod opened (its CT_EGRESS entry). */
+static __always_inline bool node_pod_reply(const struct pkt4 *pkt, __u64 now)
+{
+	struct ct4_key key;
+
+	if (pkt->icmp_error || !bpf_map_lookup_elem(&lxc_endpoints, &pkt->daddr))
+		return false;
+	ct_key_rev(&key, pkt, CT_EGRESS);
+	return ct_lookup(&key, pkt->tcp_flags, now) != NULL;
 }
 
 SEC("tc")
@@ -65,6 +78,12 @@ int node_from_uplink(struct __sk_buff *skb)
 			return ret;
 	}
 
+	/* a reply of a connection a local pod opened stays that connection's (conntrack first, as in the
+	 * kernel's NAT): no frontend lookups, whose keys (the pod's ephemeral port) are cold every time */
+	if (node_pod_reply(&pkt, now))
+		return host_route_ingress(skb, &pkt, now,
+					  pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false), true, false);
+
 	/* translate external frontends to a backend */
 	reason = svc_dnat(skb, &pkt, false, UPLINK_FRONTEND_FLAGS, true, CT_F_NODEPORT, &backend_id, now);
 	if (reason) {
@@ -77,7 +96,7 @@ int node_from_uplink(struct __sk_buff *skb)
 	}
 	if (!pkt.rev_nat_index)
 		return host_route_ingress(skb, &pkt, now,
-					  pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false), true);
+					  pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false), true, false);
 
 	/* the translated tuple leads node_to_uplink back to the frontend */
 	ct_key_fwd(&key, &pkt, CT_NODEPORT);
@@ -100,7 +119,7 @@ int node_from_uplink(struct __sk_buff *skb)
 	if (report)
 		node_fill_identities(&pkt);
 	return host_route_ingress(skb, &pkt, now, pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report),
-				  true);
+				  true, false);
 }
 
 /*
@@ -144,12 +163,15 @@ SEC("tc")
 int node_to_uplink(struct __sk_buff *skb)
 {
 	struct pkt4 pkt = {};
-	struct ct4_entry *e;
-	struct ct4_key key;
 	__u64 now = clock_now();
-	__u16 reason;
-	bool report;
 	int ret;
+
+	/* a pod's packet lxc_from_pod forwarded, knowing there is nothing to translate (types.h) */
+	if (skb->mark == HOST_ROUTED_MARK) {
+		skb->mark = 0;
+		metrics_add(METRIC_FORWARDED, METRIC_EGRESS, skb->len);
+		return TC_ACT_OK;
+	}
 
 	/* only well-formed IPv4 can be a reply we translated */
 	if (parse_ipv4(skb, &pkt) != 0)
@@ -163,28 +185,8 @@ int node_to_uplink(struct __sk_buff *skb)
 	}
 
 	/* reply of a connection DNATed at the uplink? */
-	ct_key_rev(&key, &pkt, CT_NODEPORT);
-	e = ct_lookup(&key, pkt.tcp_flags, now);
-	if (!e)
-		return pass_pkt(skb, &pkt, OBS_TO_NETWORK, METRIC_EGRESS, false);
-	pkt.ev_flags |= EV_F_REPLY;
-	report = ct_account(e, true, skb->len, pkt.tcp_flags, now);
-
-	/* events name the backend as source: resolve it before the translation */
-	if (report)
-		pkt.src_identity = ipcache_identity(pkt.saddr);
-
-	/* source back to the frontend the client talked to */
-	reason = svc_rev_nat(skb, &pkt, e, now);
-	if (reason) {
-		if (!pkt.src_identity)
-			pkt.src_identity = ipcache_identity(pkt.saddr);
-		pkt.dst_identity = ipcache_identity(pkt.daddr);
-		return drop_pkt(skb, &pkt, reason, OBS_TO_NETWORK, METRIC_EGRESS);
-	}
-	if (report)
-		pkt.dst_identity = ipcache_identity(pkt.daddr);
-	return pass_pkt(skb, &pkt, OBS_TO_NETWORK, METRIC_EGRESS, report);
+	ret = nodeport_local_reply(skb, &pkt, now);
+	return ret >= 0 ? ret : pass_pkt(skb, &pkt, OBS_TO_NETWORK, METRIC_EGRESS, false);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -46,7 +46,7 @@ int overlay_from_tunnel(struct __sk_buff *skb)
 	/* host routing: a local pod's packet goes straight into it; what does not parse meets lxc_to_pod */
 	if (parse_ipv4(skb, &pkt) != 0)
 		return TC_ACT_OK;
-	return host_route_ingress(skb, &pkt, clock_now(), TC_ACT_OK, true);
+	return host_route_ingress(skb, &pkt, clock_now(), TC_ACT_OK, true, false);
 }
 
 SEC("tc")

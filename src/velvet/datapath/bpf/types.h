@@ -198,6 +198,7 @@ enum ct_flags {
 	CT_F_SEEN_REPLY = 1 << 1, /* a packet of the reply direction was seen */
 	CT_F_NODEPORT = 1 << 2,   /* created by node_from_uplink */
 	CT_F_AUDIT = 1 << 3,      /* allowed only because the endpoint is in policy audit mode */
+	CT_F_NO_UPLINK_NAT = 1 << 4, /* TCP opened by a pure SYN, untranslated at this uplink (Host routing) */
 };
 
 /* endpoint_info.flags */
@@ -680,6 +681,11 @@ struct snat4_entry {
  * redirected to a host veth meets lxc_to_pod on its tc egress, as without the flag.
  * Whatever the FIB does not forward (the node's own addresses, no route, MTU exceeded, TTL about
  * to expire, forwarding off) goes to the node's stack as without the flag.
+ * A pod's packet lxc_from_pod redirects out of an interface, and which it knows node_to_uplink has
+ * nothing to do for (no ICMP error; a TCP connection whose entry has CT_F_NO_UPLINK_NAT: opened by
+ * a pure SYN, by the pod or towards it, that no NodePort DNAT of this node translated, so no
+ * CT_NODEPORT entry names it), carries skb->mark HOST_ROUTED_MARK: node_to_uplink counts it,
+ * clears the mark and passes it at once.
  */
 
 /* node_config.flags */

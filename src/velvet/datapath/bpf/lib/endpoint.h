@@ -15,6 +15,16 @@
 #include "tunnel.h"
 #include "fib.h"
 
+/* skb->mark of a pod's packet node_to_uplink has nothing to do for (types.h, "Host routing"): compared
+ * whole, its low byte unlike the tunnel's TUNNEL_MARK_MAGIC. */
+#define HOST_ROUTED_MARK 0x7e1000a6
+
+/* Whether a new connection's first packet is a pure TCP SYN: no reply of anything, no later segment. */
+static __always_inline bool pkt_pure_syn(const struct pkt4 *pkt)
+{
+	return pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN;
+}
+
 /* Resolve the identities an event shows but the fast path did not need. */
 static __always_inline void lxc_fill_identities(struct pkt4 *pkt)
 {
@@ -71,10 +81,12 @@ static __always_inline void lxc_policy_event(struct __sk_buff *skb, const struct
 
 /*
  * Run the to-pod datapath on pkt, a packet for the pod ep (NULL: an address that is no endpoint, not
- * isolated). Its events are observed at the pod's host veth. Returns TC_ACT_OK or TC_ACT_SHOT.
+ * isolated). Its events are observed at the pod's host veth. untranslated: the caller knows no NodePort
+ * DNAT of this node translated the packet (its new connection may get CT_F_NO_UPLINK_NAT). Returns
+ * TC_ACT_OK or TC_ACT_SHOT.
  */
 static __always_inline int to_endpoint(struct __sk_buff *skb, struct pkt4 *pkt,
-				       const struct endpoint_info *ep, __u64 now)
+				       const struct endpoint_info *ep, __u64 now, bool untranslated)
 {
 	struct ct4_entry *e;
 	struct ct4_key key;
@@ -130,8 +142,9 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, struct pkt4 *pkt,
 	if (verdict == POLICY_VERDICT_DROP)
 		return lxc_drop(skb, pkt, DROP_POLICY_DENIED, OBS_TO_ENDPOINT, METRIC_INGRESS);
 
-	if (ct_create(&key, pkt, skb->len, now, verdict == POLICY_VERDICT_AUDIT ? CT_F_AUDIT : 0,
-		      0, 0, 0) < 0)
+	if (ct_create(&key, pkt, skb->len, now,
+		      (verdict == POLICY_VERDICT_AUDIT ? CT_F_AUDIT : 0) |
+		      (untranslated && pkt_pure_syn(pkt) ? CT_F_NO_UPLINK_NAT : 0), 0, 0, 0) < 0)
 		return lxc_drop(skb, pkt, DROP_CT_MAP_FULL, OBS_TO_ENDPOINT, METRIC_INGRESS);
 	pkt->ev_flags |= EV_F_NEW_CT;
 	return lxc_pass(skb, pkt, OBS_TO_ENDPOINT, METRIC_INGRESS, true);
@@ -156,10 +169,12 @@ static __always_inline void pkt_next_hop(struct pkt4 *next, const struct pkt4 *p
  * interface the FIB names (local_only: only packets for local pods); else, or when the FIB says no,
  * return verdict for the node's stack. A packet the FIB sends out of a local pod's host veth, its
  * neighbour known, gets the to-pod datapath here and goes straight into the pod (bpf_redirect_peer):
- * no second program run on the veth, no backlog queue on the way.
+ * no second program run on the veth, no backlog queue on the way. uplink_done: the caller knows
+ * node_to_uplink has nothing to do for the packet; redirected out of an interface, it carries
+ * HOST_ROUTED_MARK there.
  */
 static __always_inline int host_route_ingress(struct __sk_buff *skb, const struct pkt4 *pkt, __u64 now,
-					      int verdict, bool local_only)
+					      int verdict, bool local_only, bool uplink_done)
 {
 	const struct endpoint_info *ep = NULL;
 	struct bpf_fib_lookup fib;
@@ -183,7 +198,8 @@ static __always_inline int host_route_ingress(struct __sk_buff *skb, const struc
 			ep = bpf_map_lookup_elem(&lxc_endpoints, &pkt->daddr);
 		if (ep && ep->ifindex == fib.ifindex) {
 			pkt_next_hop(&next, pkt);
-			verdict = to_endpoint(skb, &next, ep, now);
+			/* translated here (the uplink's NodePort DNAT among others): never CT_F_NO_UPLINK_NAT */
+			verdict = to_endpoint(skb, &next, ep, now, !pkt->rev_nat_index);
 			if (verdict != TC_ACT_OK)
 				return verdict;
 			/* the mark stays behind, as when crossing the veth into the pod's namespace */
@@ -193,7 +209,11 @@ static __always_inline int host_route_ingress(struct __sk_buff *skb, const struc
 		}
 	}
 	ret = fib_forward(skb, &fib, ret, false);
-	return ret < 0 ? verdict : ret;
+	if (ret < 0)
+		return verdict;
+	if (uplink_done && !skb->mark)
+		skb->mark = HOST_ROUTED_MARK;
+	return ret;
 }
 
 #endif /* VELVET_LIB_ENDPOINT_H */

@@ -296,4 +296,41 @@ static __always_inline int nodeport_rev_snat(struct __sk_buff *skb, struct pkt4 
 	return nodeport_snat_reply(skb, pkt, cfg, now);
 }
 
+/*
+ * A reply of a connection the uplink DNATed to a local backend (its CT_NODEPORT entry, keyed by the
+ * translated tuple): the frontend the client addressed back as source, reported as leaving the node.
+ * pkt as parsed on the wire (no translation context). Returns the tc verdict, or -1 when pkt is no
+ * such reply.
+ */
+static __always_inline int nodeport_local_reply(struct __sk_buff *skb, struct pkt4 *pkt, __u64 now)
+{
+	struct ct4_entry *e;
+	struct ct4_key key;
+	__u16 reason;
+	bool report;
+
+	ct_key_rev(&key, pkt, CT_NODEPORT);
+	e = ct_lookup(&key, pkt->tcp_flags, now);
+	if (!e)
+		return -1;
+	pkt->ev_flags |= EV_F_REPLY;
+	report = ct_account(e, true, skb->len, pkt->tcp_flags, now);
+
+	/* events name the backend as source: resolve it before the translation */
+	if (report)
+		pkt->src_identity = ipcache_identity(pkt->saddr);
+
+	/* source back to the frontend the client talked to */
+	reason = svc_rev_nat(skb, pkt, e, now);
+	if (reason) {
+		if (!pkt->src_identity)
+			pkt->src_identity = ipcache_identity(pkt->saddr);
+		pkt->dst_identity = ipcache_identity(pkt->daddr);
+		return drop_pkt(skb, pkt, reason, OBS_TO_NETWORK, METRIC_EGRESS);
+	}
+	if (report)
+		pkt->dst_identity = ipcache_identity(pkt->daddr);
+	return pass_pkt(skb, pkt, OBS_TO_NETWORK, METRIC_EGRESS, report);
+}
+
 #endif /* VELVET_LIB_NODEPORT_H */
