@@ -1,15 +1,18 @@
 """connect() to a ClusterIP from a pod, Velvet source trees against no rules, interleaved in one run.
 
     python -m bench.connect_ab [--trees TREE_A,TREE_B] [--counts 10,1000,10000] [--rounds 5]
-                               [--connects 2000] [--prog-stats]
+                               [--connects 2000] [--prog-stats] [--freeze]
 
 One single-node sandbox per Velvet source tree (its agent runs that tree's code and BPF objects, which
 must be built; default: this tree) and the no-rules namespaces of bench/peers.py. At every N the
 sandboxes hold N services (the target is the last); each round runs `probe.py connect` once per peer,
 the order rotated every round. Per peer and N: the median over rounds of each round's median and p99,
-the ratio of each to the no-rules peer of the same rounds, and the agent's CPU time per round (its
-periodic work while the connect loop runs). `--prog-stats` adds each program's run time per connect
-(`bpf(BPF_ENABLE_STATS)`). Prints one JSON document. Needs root.
+the ratio of each to the no-rules peer of the same rounds (frozen to frozen), and the agent's CPU time
+per round (its periodic work while the connect loop runs). `--prog-stats` adds each program's run time
+per connect (`bpf(BPF_ENABLE_STATS)`). `--freeze` adds a peer "<peer>/frozen" for every peer, the no-rules one
+included: the same client and target, measured while every Velvet process of every sandbox of the run
+(node daemon, agent, etcd: the pid files and their children outside the pods' cgroups) is stopped with
+SIGSTOP, and continued after the round. Prints one JSON document. Needs root.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import statistics
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,10 @@ from bench.cluster import enable_bpf_stats, prog_run_ns
 from bench.peers import PeerNet
 from bench.run import run_probe
 from bench.velvet_peer import VelvetPeer
+from velvet.paths import AgentPaths
+
+FROZEN = "/frozen"
+SETTLE = 1.0  # seconds after a thaw for the agents to drain what gathered while stopped
 
 
 @contextlib.contextmanager
@@ -56,6 +65,46 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def user_space(sandbox: str) -> list[int]:
+    """Pids of sandbox `sandbox`'s Velvet processes: its pid files and their descendants outside pods."""
+    roots = set()
+    for pid_file in AgentPaths(sandbox).run_dir.glob("**/*.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            roots.add(int(pid_file.read_text().split()[0]))
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    todo = [pid for pid in roots if Path(f"/proc/{pid}").exists()]
+    while todo:
+        pid = todo.pop()
+        with contextlib.suppress(OSError):
+            if "/pod-" in Path(f"/proc/{pid}/cgroup").read_text():
+                continue
+            found.append(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+@contextlib.contextmanager
+def frozen(sandboxes: list[str], enabled: bool) -> Iterator[None]:
+    """Every Velvet process of `sandboxes` stopped while the block runs (when `enabled`)."""
+    pids = [pid for name in sandboxes for pid in user_space(name)] if enabled else []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if pids:
+            time.sleep(SETTLE)
+
+
 def main() -> None:
     """Bring the peers up, measure every N, print the report."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -64,6 +113,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connects", type=int, default=2000)
     parser.add_argument("--prog-stats", action="store_true")
+    parser.add_argument("--freeze", action="store_true",
+                        help="also measure every peer with the run's Velvet processes stopped (SIGSTOP)")
     args = parser.parse_args()
     trees = [t for t in args.trees.split(",") if t] or [""]
     names = [os.path.basename(t.rstrip("/")) or "velvet" for t in trees]
@@ -82,21 +133,27 @@ def main() -> None:
                 print(f"N={n} {peer.name}: {applied}", file=sys.stderr)
             clients = {"none": (none.client, f"{none.target([])}")}
             clients |= {name: (p.client, p.target()) for name, p in sandboxes.items()}
+            if args.freeze:
+                clients |= {name + FROZEN: value for name, value in clients.items()}
             peers = list(clients)
             for client, target in clients.values():  # warm-up
                 run_probe(client("connect", target, "--count", "200"))
             for r in range(args.rounds):
                 for name in peers[r % len(peers):] + peers[:r % len(peers)]:
                     client, target = clients[name]
-                    agent = sandboxes[name].agent_pid() if name in sandboxes else None
+                    owner = name.removesuffix(FROZEN)
+                    agent = sandboxes[owner].agent_pid() if owner in sandboxes else None
                     cpu0 = cpu_seconds(agent) if agent else 0.0
                     ns0 = prog_run_ns() if stats_fd is not None else {}
-                    result = run_probe(client("connect", target, "--count", str(args.connects)))
+                    with frozen([p.name for p in sandboxes.values()], name.endswith(FROZEN)):
+                        result = run_probe(client("connect", target, "--count", str(args.connects)))
+                        cpu1 = cpu_seconds(agent) if agent else 0.0
+                        ns1 = prog_run_ns() if stats_fd is not None else {}
                     if result is None:
                         continue
                     row = {"peer": name, "n": n, "round": r, "median": result["median"], "p99": result["p99"],
-                           "agent_cpu_ms": (cpu_seconds(agent) - cpu0) * 1000 if agent else None}
-                    for prog, ns in (prog_run_ns() if stats_fd is not None else {}).items():
+                           "agent_cpu_ms": (cpu1 - cpu0) * 1000 if agent else None}
+                    for prog, ns in ns1.items():
                         if ns > ns0.get(prog, 0):
                             row[f"ns/connect:{prog}"] = (ns - ns0.get(prog, 0)) / args.connects
                     rows.append(row)
@@ -123,8 +180,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float
             fields = sorted({k for row in mine for k in row if k not in ("peer", "n", "round")})
             per_peer[peer] = {k: round(statistics.median(row[k] for row in mine if row.get(k) is not None), 2)
                               for k in fields if any(row.get(k) is not None for row in mine)}
-        base = per_peer.get("none", {})
-        for values in per_peer.values():
+        for peer, values in per_peer.items():
+            base = per_peer.get("none" + FROZEN if peer.endswith(FROZEN) else "none", {})
             for k in ("median", "p99"):
                 if base.get(k):
                     values[f"{k}_x"] = round(values[k] / base[k], 3)

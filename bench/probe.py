@@ -3,7 +3,8 @@
 Runs inside the namespaces or pods of the benchmark, pinned with taskset by the caller:
 
     probe.py serve --ports 8080,8081      accept; echo what arrives (RR), discard bulk, close on EOF
-    probe.py connect IP:PORT --count K    K sequential connect()+close(); per-connect ns
+    probe.py connect IP:PORT --count K    K sequential connect()+close(); per-connect ns (--times: every
+                                          connect's CLOCK_MONOTONIC start and duration, ns)
     probe.py rr IP:PORT --seconds S       1-byte request/response on one open connection
     probe.py suite SVC:PORT POD:PORT      connect to both (M1, M2), then rr through the service (M3)
     probe.py bulk IP:PORT --mib M         M MiB through one connection; Gbit/s and machine CPU s/GiB
@@ -93,10 +94,12 @@ def serve(ports: list[int]) -> None:
                     conn.send(view[:n])
 
 
-def connect(target: str, count: int) -> dict[str, Any]:
-    """`count` sequential connect()+close(); latency of each connect() in microseconds."""
+def connect(target: str, count: int, times: bool = False) -> dict[str, Any]:
+    """`count` sequential connect()+close(); latency of each connect() in microseconds (`times`: also
+    each one's start on CLOCK_MONOTONIC, which perf_counter reads on Linux, and duration, in ns)."""
     addr = _address(target)
     samples: list[float] = []
+    spans: list[tuple[int, int]] = []
     failures = 0
     started = time.perf_counter_ns()
     for _ in range(count):
@@ -108,11 +111,14 @@ def connect(target: str, count: int) -> dict[str, Any]:
         except OSError:
             failures += 1
         else:
-            samples.append((time.perf_counter_ns() - t0) / 1000)
+            ns = time.perf_counter_ns() - t0
+            samples.append(ns / 1000)
+            if times:
+                spans.append((t0, ns))
         s.close()
     elapsed = (time.perf_counter_ns() - started) / 1e9
     return {"unit": "us", **summary(samples), "per_s": len(samples) / elapsed, "count": count,
-            "failures": failures}
+            "failures": failures, **({"times": spans} if times else {})}
 
 
 def rr(target: str, seconds: float) -> dict[str, Any]:
@@ -180,6 +186,7 @@ def main() -> None:
         p.add_argument("--count", type=int, default=1000)
         p.add_argument("--seconds", type=float, default=1.0)
         p.add_argument("--mib", type=int, default=256)
+        p.add_argument("--times", action="store_true")
     args = parser.parse_args()
     if args.cmd == "serve":
         serve([int(p) for p in args.ports.split(",")])
@@ -187,7 +194,7 @@ def main() -> None:
     if args.cmd == "suite":
         result = suite(args.target, args.pod, args.count, args.seconds)
     elif args.cmd == "connect":
-        result = connect(args.target, args.count)
+        result = connect(args.target, args.count, args.times)
     elif args.cmd == "rr":
         result = rr(args.target, args.seconds)
     else:
