@@ -35,6 +35,12 @@ RECONCILE_DEBOUNCE_SECONDS = 0.02
 # The kernel wakes a ring's reader only once a quarter of it is pending (ringbuf_submit_lazy): the
 # readers drain this often, so a flow or process event is seen within it.
 EVENT_POLL_SECONDS = 0.05
+# After a read that drained a ring, the next waits this long: records keep coming while one batch is
+# taken, and a reader that read again at once took ~50 records per read during a connect() loop,
+# paying each read's fixed cost (~0.2 ms of numpy and Python) for every few connections (issue 14).
+READ_SPACING_SECONDS = 0.01
+EVENT_BATCH = 65536  # flow events per read
+RING_BATCH = 4096  # records per ring per poll of the process and guard monitors (their default)
 MAP_FILL_PERIOD_SECONDS = 5.0
 EXPIRY_PERIOD_SECONDS = 1.0
 FULL_GC_PERIOD_SECONDS = 600.0
@@ -156,43 +162,45 @@ async def every(period: float, handlers: AgentHandlers, work: Callable[[], objec
         await asyncio.sleep(period)
 
 
-async def event_loop(agent: Agent) -> None:
-    """Move datapath events into the flow pipeline, woken by the ring's fd (or polling without one)."""
+async def _readable(fds: list[int], seconds: float) -> None:
+    """Wait until one of `fds` is readable or `seconds` passed.
+
+    The fds are watched only meanwhile: epoll reports a ring's fd on every turn of the loop while records
+    are pending, which spun the loop (~5,000 turns a second during a connect() loop) while a reader let
+    records gather."""
     ready = asyncio.Event()
-    fd = agent.datapath.events_fd()
     loop = asyncio.get_running_loop()
-    if fd is not None:
+    for fd in fds:
         loop.add_reader(fd, ready.set)
     try:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ready.wait(), EVENT_POLL_SECONDS)
-            ready.clear()
-            while len(batch := agent.datapath.read_events()):
-                agent.flows.ingest(batch)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready.wait(), seconds)
     finally:
-        if fd is not None:
+        for fd in fds:
             loop.remove_reader(fd)
+
+
+async def event_loop(agent: Agent) -> None:
+    """Move datapath events into the flow pipeline, woken by the ring's fd (or polling without one)."""
+    fd = agent.datapath.events_fd()
+    while True:
+        await _readable([fd] if fd is not None else [], EVENT_POLL_SECONDS)
+        while len(batch := agent.datapath.read_events(EVENT_BATCH)):
+            agent.flows.ingest(batch)
+            if len(batch) < EVENT_BATCH:  # drained: the next read waits for more records
+                await asyncio.sleep(READ_SPACING_SECONDS)
+                break
 
 
 async def ring_loop(poll: Callable[[], int], filenos: list[int]) -> None:
     """Drain a reader of ring buffers (`poll`: how many records it took), woken by their fds (or polling
     without them); a burst is taken in batches with the loop's other work between them."""
-    ready = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for fd in filenos:
-        loop.add_reader(fd, ready.set)
-    try:
-        while True:
-            if poll():
-                await asyncio.sleep(0)
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ready.wait(), EVENT_POLL_SECONDS)
-            ready.clear()
-    finally:
-        for fd in filenos:
-            loop.remove_reader(fd)
+    while True:
+        if taken := poll():
+            # a full batch leaves more to take at once; else the next read waits for more records
+            await asyncio.sleep(0 if taken >= RING_BATCH else READ_SPACING_SECONDS)
+            continue
+        await _readable(filenos, EVENT_POLL_SECONDS)
 
 
 async def save_when_quiet(handlers: AgentHandlers) -> None:
