@@ -15,13 +15,14 @@ Prints one JSON document (MiB).
     .venv/bin/python -m bench.memory --sandbox [--services 10000]
 
 measures the real agent instead (root): a sandbox (bench.velvet_peer: 4 server pods and a client),
-1,000 services, then the other 9,000 in one `velvet apply`; the agent's VmRSS/VmHWM and its smaps
-summary when the last service is served (as `make bench-quick` reads it) and after the apply, then
-after traffic as bench.run makes it (`--connects` connect()s from the client pod to the last service's
-ClusterIP and as many to a server pod's IP, request/response, a 100-rule NetworkPolicy with more of
-both, `velvet observe --follow` during a tenth of them, `velvet observe --last` queries), then after
-`kill -9` and the supervisor's restart (once `/v1/status` answers). `rss_mb` is VmRSS in MB (10^6
-bytes, as bench.report judges issue 14's "< 150 MB"); the other fields are MiB.
+1,000 services, traffic, then the other 9,000 in one `velvet apply`; the agent's VmRSS/VmHWM and its
+smaps summary when the last service is served (as `make bench-quick` reads it) and after the apply,
+then after traffic again, then after `kill -9` and the supervisor's restart (once `/v1/status`
+answers). The traffic is bench.run's: `--connects` connect()s from the client pod to the last
+service's ClusterIP and as many to a server pod's IP, request/response, a 100-rule NetworkPolicy with
+more of both, `velvet observe --follow` during a tenth of them, `velvet observe`/`velvet events`
+queries. `rss_mb` is VmRSS in MB (10^6 bytes, as bench.report judges issue 14's "< 150 MB"); the
+other fields are MiB.
 """
 
 from __future__ import annotations
@@ -198,6 +199,9 @@ def sandbox(services: int, budget: float, settle: float, connects: int) -> dict[
         peer.up()
         report["pods_ready"] = agent_memory(peer, settle)
         report["first"] = peer.apply_services(min(1000, services), 1, budget)
+        if connects:  # as make bench-quick's traffic at N = 1,000 comes before its 10,000
+            report["traffic_first"] = traffic(peer, connects)
+            report["first_traffic"] = agent_memory(peer, settle)
         report["grown"] = peer.apply_services(services, 1, budget)
         report["served"] = status_mib(peer.agent_pid())
         report["applied"] = agent_memory(peer, settle)
