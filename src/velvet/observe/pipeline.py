@@ -88,9 +88,10 @@ class FlowPipeline:
                     and _process_matches(destination, query.to_process))
         return matches
 
-    def _json(self, flow: Flow) -> Json:
-        """Hubble JSON of a flow, with the processes at its ends where the process monitor knows them."""
-        out = flow.to_hubble_json()
+    def _json(self, flow: Flow, shared: dict[Any, Any] | None = None) -> Json:
+        """Hubble JSON of a flow, with the processes at its ends where the process monitor knows them
+        (`shared`: see `Flow.to_hubble_json`)."""
+        out = flow.to_hubble_json(shared)
         if self.processes is not None:
             source, destination = self.processes(flow)
             if source is not None:
@@ -104,7 +105,8 @@ class FlowPipeline:
         predicate = self._predicate(query)
         match = spec_match(query.spec, self.decoder)
         flows = self.store.last(query.last, match, predicate, query.since_ns, query.until_ns)
-        return [self._json(f) for f in flows]
+        shared: dict[Any, Any] = {}
+        return [self._json(f, shared) for f in flows]
 
     async def stream(self, query: FlowQuery) -> AsyncGenerator[Json]:
         """The last `query.last` matching flows, then new ones as they come (`observe --follow`).
