@@ -165,6 +165,24 @@ def test_a_query_answer_shares_equal_parts_and_says_what_each_flow_alone_says() 
     assert 0 < len(services) <= 3
 
 
+def test_a_followed_stream_shares_equal_parts_and_says_what_each_flow_alone_says() -> None:
+    """Test that `observe --follow`'s flows (history and live) are the JSON each flow gives alone, with
+    equal endpoints one object among them."""
+    async def scenario() -> list[dict[str, Any]]:
+        p = _mixed_pipeline()
+        stream = p.stream(FlowQuery(last=500))
+        got = [await anext(stream) for _ in range(500)]
+        p.ingest(random_events(500, seed=12, pods=60))
+        got += [await anext(stream) for _ in range(500)]
+        await stream.aclose()
+        assert got[500:] == [p._json(flow) for flow in p.store.last(500)]
+        return got
+
+    got = asyncio.run(scenario())
+    sources = [flow["source"] for flow in got]
+    assert len({id(source) for source in sources}) == len({json.dumps(s, sort_keys=True) for s in sources})
+
+
 def test_numpy_masks_equal_the_flow_predicates_for_every_filter() -> None:
     """Test that every filter flag (and --not, from-/to- forms, combinations) selects the same records."""
     p = _mixed_pipeline()

@@ -20,6 +20,7 @@ from velvet.observe.vector_filter import spec_match, types_match
 
 Json = dict[str, Any]
 ProcessLookup = Callable[[Flow], tuple[Json | None, Json | None]]
+_SHARED_MAX = 4096  # parts a follower's flows share before they are made anew (a stream never ends)
 
 
 def event_types(text: str) -> frozenset[int]:
@@ -117,17 +118,20 @@ class FlowPipeline:
         predicate = self._predicate(query)
         match = spec_match(query.spec, self.decoder)
         sub = self.store.subscribe(match, predicate)
+        shared: dict[Any, Any] = {}  # the parts flows share (Flow.to_hubble_json), renewed when it grows
         try:
             if query.last:
                 for flow in self.store.last(query.last, match, predicate, query.since_ns, query.until_ns):
-                    yield self._json(flow)
+                    yield self._json(flow, shared)
             async for item in self._follow(sub):
                 if isinstance(item, int):
                     yield _lost_notice(item)
                 elif query.until_ns is not None and item.time_ns > query.until_ns:
                     return
                 else:
-                    yield self._json(item)
+                    if len(shared) > _SHARED_MAX:
+                        shared = {}
+                    yield self._json(item, shared)
         finally:
             sub.close()
 
