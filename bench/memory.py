@@ -15,8 +15,14 @@ Prints one JSON document (MiB).
     .venv/bin/python -m bench.memory --sandbox [--services 10000]
 
 measures the real agent instead (root): a sandbox (bench.velvet_peer: 4 server pods and a client),
-1,000 services, then the other 9,000 in one `velvet apply`; the agent's VmRSS/VmHWM and its smaps
-summary after the apply, then after `kill -9` and the supervisor's restart (once `/v1/status` answers).
+1,000 services, traffic, then the other 9,000 in one `velvet apply`; the agent's VmRSS/VmHWM and its
+smaps summary when the last service is served (as `make bench-quick` reads it) and after the apply,
+then after traffic again, then after `kill -9` and the supervisor's restart (once `/v1/status`
+answers). The traffic is bench.run's: `--connects` connect()s from the client pod to the last
+service's ClusterIP and as many to a server pod's IP, request/response, a 100-rule NetworkPolicy with
+more of both, `velvet observe --follow` during a tenth of them, `velvet observe`/`velvet events`
+queries. `rss_mb` is VmRSS in MB (10^6 bytes, as bench.report judges issue 14's "< 150 MB"); the
+other fields are MiB.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ import gc
 import json
 import os
 import signal
+import subprocess
 import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
+from bench.run import run_probe
 from bench.velvet_peer import VelvetPeer, vip
 from velvet.agent import malloc
 from velvet.agent.config import AgentConfig
@@ -64,12 +72,15 @@ def services_yaml(count: int, pods: int) -> str:
 
 
 def status_mib(pid: int | str = "self") -> dict[str, float]:
-    """VmRSS and VmHWM of a process (this one by default)."""
+    """VmRSS and VmHWM of a process (this one by default), MiB, and VmRSS in MB (`rss_mb`)."""
     found = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
-            found[key] = round(int(value.split()[0]) / 1024, 1)
+            kib = int(value.split()[0])
+            found[key] = round(kib / 1024, 1)
+            if key == "VmRSS":
+                found["rss_mb"] = round(kib * 1024 / 1e6, 1)
     return found
 
 
@@ -150,16 +161,53 @@ def agent_memory(peer: VelvetPeer, settle: float) -> dict[str, Any]:
     return {**status_mib(pid), "smaps": smaps_mib(pid)}
 
 
-def sandbox(services: int, budget: float, settle: float) -> dict[str, Any]:
-    """A real agent: 1,000 services, then the rest in one apply; its memory then and after a restart."""
+def traffic(peer: VelvetPeer, connects: int) -> dict[str, Any]:
+    """bench.run's traffic through the agent's node: connects to the service and a pod, request/response,
+    the same under a 100-rule policy, a followed observe, observe queries; what each probe measured."""
+    done: dict[str, Any] = {}
+    rounds = 5
+    for rep in range(rounds):
+        done[f"suite{rep}"] = run_probe(peer.client("suite", peer.target(), peer.pod_target(), "--count",
+                                                    str(connects // rounds), "--seconds", "0.5"))
+    done["policy"] = peer.apply_policy(100, 300.0)
+    done["suite_policy"] = run_probe(peer.client("suite", peer.target(), peer.pod_target(), "--count",
+                                                 str(connects // rounds), "--seconds", "0.5"))
+    peer.apply_policy(0, 300.0)
+    follow = subprocess.Popen(peer.cli("observe", "--follow", "-o", "json"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        done["followed"] = run_probe(peer.client("connect", peer.target(), "--count", str(connects // 10)))
+        time.sleep(1.0)
+    finally:
+        follow.terminate()
+        follow.wait(timeout=10)
+    queries = (("observe", "--last", "1000"), ("observe", "--last", "4000", "--verdict", "FORWARDED"),
+               ("observe", "--last", "100", "-o", "json"), ("events", "--last", "1000"))
+    for query in queries:
+        subprocess.run(peer.cli(*query), stdout=subprocess.DEVNULL, check=True, timeout=120)
+    done["flows"] = peer.flow_stats()
+    return done
+
+
+def sandbox(services: int, budget: float, settle: float, connects: int) -> dict[str, Any]:
+    """A real agent: 1,000 services, then the rest in one apply; its memory then, after traffic and after
+    a restart."""
     peer = VelvetPeer()
     report: dict[str, Any] = {"services": services}
     try:
         peer.up()
         report["pods_ready"] = agent_memory(peer, settle)
         report["first"] = peer.apply_services(min(1000, services), 1, budget)
+        if connects:  # as make bench-quick's traffic at N = 1,000 comes before its 10,000
+            report["traffic_first"] = traffic(peer, connects)
+            report["first_traffic"] = agent_memory(peer, settle)
         report["grown"] = peer.apply_services(services, 1, budget)
+        report["served"] = status_mib(peer.agent_pid())
         report["applied"] = agent_memory(peer, settle)
+        if connects:
+            report["traffic"] = traffic(peer, connects)
+            report["after_traffic"] = agent_memory(peer, settle)
         api = ApiClient(AgentPaths(peer.name).socket, timeout=2.0)
         old = peer.agent_pid()
         os.kill(old, signal.SIGKILL)
@@ -187,9 +235,10 @@ def main() -> None:
     parser.add_argument("--sandbox", action="store_true", help="measure a sandbox agent (root)")
     parser.add_argument("--budget", type=float, default=300.0)
     parser.add_argument("--settle", type=float, default=5.0)
+    parser.add_argument("--connects", type=int, default=20000, help="--sandbox: connects of the traffic")
     args = parser.parse_args()
     if args.sandbox:
-        print(json.dumps(sandbox(args.services, args.budget, args.settle), indent=1))
+        print(json.dumps(sandbox(args.services, args.budget, args.settle, args.connects), indent=1))
     else:
         print(json.dumps(measure(args.services, args.pods, args.top), indent=1))
 

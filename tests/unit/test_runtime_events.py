@@ -317,6 +317,33 @@ def test_the_connection_table_keeps_the_newest_connections_and_applies_a_batch_i
     assert [table.get(bytes([port])) for port in range(5)] == [None, None, old, old, old]
 
 
+def test_closed_connections_beyond_their_capacity_go_first_and_open_ones_stay() -> None:
+    """Test that a node closing many connections within one grace period keeps at most `closed_capacity`
+    of them (the oldest closed go first, before their grace period ends), that open connections are never
+    dropped for it, and that a tuple opened again by another process keeps its new process."""
+    first = Process("e1", 1, 0, 0, "/srv", [], "/", 0, [], "", 0, None)
+    other = Process("e2", 2, 0, 0, "/cli", [], "/", 0, [], "", 0, None)
+    table = ConnectionTable(capacity=1000, grace_seconds=300.0, closed_capacity=10)
+    table.update([(b"open", first)], now=0.0)
+    table.update([(b"again", first), (b"again", None)], now=0.0)
+    table.update([(b"again", other)], now=1.0)
+    for batch in range(50):  # 500 connections opened and closed, 10 per batch
+        keys = [f"c{batch}-{i}".encode() for i in range(10)]
+        table.update([*((k, first) for k in keys), *((k, None) for k in keys)], now=2.0 + batch)
+    assert table.closing == 10
+    assert len(table) == 12
+    assert [table.get(f"c49-{i}".encode()) for i in range(10)] == [first] * 10
+    assert table.get(b"c48-9") is None
+    assert table.get(b"open") is first
+    assert table.get(b"again") is other
+    table.update([(b"last", first), (b"last", None)], now=60.0)  # one more: the oldest closed goes
+    assert table.get(b"c49-0") is None
+    assert table.get(b"c49-1") is first
+    table.expire(now=360.0)
+    assert table.closing == 0
+    assert len(table) == 2
+
+
 def udp_record(pid: int, ip: int, port: int, netns: int) -> Any:
     """A sock_event of proc_udp_send/recv: process `pid` uses the UDP socket ip:port of netns."""
     rec = np.zeros(1, dtype=SOCK_EVENT_DTYPE)

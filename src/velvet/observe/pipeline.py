@@ -20,6 +20,7 @@ from velvet.observe.vector_filter import spec_match, types_match
 
 Json = dict[str, Any]
 ProcessLookup = Callable[[Flow], tuple[Json | None, Json | None]]
+_SHARED_MAX = 4096  # parts a follower's flows share before they are made anew (a stream never ends)
 
 
 def event_types(text: str) -> frozenset[int]:
@@ -88,9 +89,10 @@ class FlowPipeline:
                     and _process_matches(destination, query.to_process))
         return matches
 
-    def _json(self, flow: Flow) -> Json:
-        """Hubble JSON of a flow, with the processes at its ends where the process monitor knows them."""
-        out = flow.to_hubble_json()
+    def _json(self, flow: Flow, shared: dict[Any, Any] | None = None) -> Json:
+        """Hubble JSON of a flow, with the processes at its ends where the process monitor knows them
+        (`shared`: see `Flow.to_hubble_json`)."""
+        out = flow.to_hubble_json(shared)
         if self.processes is not None:
             source, destination = self.processes(flow)
             if source is not None:
@@ -104,7 +106,8 @@ class FlowPipeline:
         predicate = self._predicate(query)
         match = spec_match(query.spec, self.decoder)
         flows = self.store.last(query.last, match, predicate, query.since_ns, query.until_ns)
-        return [self._json(f) for f in flows]
+        shared: dict[Any, Any] = {}
+        return [self._json(f, shared) for f in flows]
 
     async def stream(self, query: FlowQuery) -> AsyncGenerator[Json]:
         """The last `query.last` matching flows, then new ones as they come (`observe --follow`).
@@ -115,17 +118,20 @@ class FlowPipeline:
         predicate = self._predicate(query)
         match = spec_match(query.spec, self.decoder)
         sub = self.store.subscribe(match, predicate)
+        shared: dict[Any, Any] = {}  # the parts flows share (Flow.to_hubble_json), renewed when it grows
         try:
             if query.last:
                 for flow in self.store.last(query.last, match, predicate, query.since_ns, query.until_ns):
-                    yield self._json(flow)
+                    yield self._json(flow, shared)
             async for item in self._follow(sub):
                 if isinstance(item, int):
                     yield _lost_notice(item)
                 elif query.until_ns is not None and item.time_ns > query.until_ns:
                     return
                 else:
-                    yield self._json(item)
+                    if len(shared) > _SHARED_MAX:
+                        shared = {}
+                    yield self._json(item, shared)
         finally:
             sub.close()
 

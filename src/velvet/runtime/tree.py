@@ -18,6 +18,9 @@ DEFAULT_CAPACITY = 32768
 DEFAULT_GRACE_SECONDS = 30.0
 CONNECTION_CAPACITY = 65536
 CONNECTION_GRACE_SECONDS = 300.0
+# A closed connection matters while a stored flow names it: the flow store keeps 4,095 records by default,
+# each naming at most two connections (its two ends).
+CLOSED_CAPACITY = 16384
 ConnKey = bytes
 """A TCP connection: saddr, daddr, sport, dport in network order (struct sock_event's bytes)."""
 
@@ -84,18 +87,29 @@ class ConnectionTable:
     """TCP connections (`ConnKey`) -> the process that opened them, bounded.
 
     A closed connection is kept for a grace period, so the flows stored before it closed still name their
-    process when they are read; beyond the capacity the oldest connections go first.
+    process when they are read; beyond the capacity the oldest connections go first, and beyond
+    `closed_capacity` closed ones the oldest closed go before their grace period ends (a node making
+    thousands of connections a second closed hundreds of thousands within one grace period, each kept).
+    Closed connections wait in batches (one deadline, a list of keys and one of processes per update):
+    no tuple or float per connection.
     """
 
     def __init__(self, capacity: int = CONNECTION_CAPACITY, grace_seconds: float = CONNECTION_GRACE_SECONDS,
-                 ) -> None:
+                 closed_capacity: int = CLOSED_CAPACITY) -> None:
         self.capacity = capacity
         self.grace_seconds = grace_seconds
+        self.closed_capacity = closed_capacity
         self._conns: dict[ConnKey, Process] = {}
-        self._closed: deque[tuple[float, ConnKey, Process]] = deque()
+        self._closed: deque[tuple[float, list[ConnKey], list[Process]]] = deque()
+        self._closing = 0  # connections waiting in _closed
 
     def __len__(self) -> int:
         return len(self._conns)
+
+    @property
+    def closing(self) -> int:
+        """Closed connections still kept (their grace period not over)."""
+        return self._closing
 
     def get(self, key: ConnKey) -> Process | None:
         """The process that opened the connection, if known."""
@@ -103,10 +117,7 @@ class ConnectionTable:
 
     def put(self, key: ConnKey, proc: Process) -> None:
         """Remember that `proc` opened the connection `key`."""
-        self._conns.pop(key, None)
-        self._conns[key] = proc
-        while len(self._conns) > self.capacity:
-            del self._conns[next(iter(self._conns))]
+        self.update([(key, proc)])
 
     def update(self, changes: Iterable[tuple[ConnKey, Process | None]], now: float | None = None) -> None:
         """Apply a batch in order: connections opened (their process) and closed (None); one clock read.
@@ -114,16 +125,24 @@ class ConnectionTable:
         Beyond the capacity the oldest go at the end, in one pass: `del d[next(iter(d))]` per put rescans
         the deleted head of the dict every time (~10 us per connection once the table is full).
         """
-        deadline = (time.monotonic() if now is None else now) + self.grace_seconds
-        conns, closed = self._conns, self._closed
+        conns = self._conns
+        keys: list[ConnKey] = []
+        procs: list[Process] = []
         for key, proc in changes:
             if proc is None:
                 known = conns.get(key)
                 if known is not None:
-                    closed.append((deadline, key, known))
+                    keys.append(key)
+                    procs.append(known)
             else:
                 conns.pop(key, None)
                 conns[key] = proc
+        if keys:
+            deadline = (time.monotonic() if now is None else now) + self.grace_seconds
+            self._closed.append((deadline, keys, procs))
+            self._closing += len(keys)
+            if self._closing > self.closed_capacity:
+                self._forget_closed(self._closing - self.closed_capacity)
         excess = len(conns) - self.capacity
         if excess > 0:
             for key in list(islice(conns, excess)):
@@ -131,17 +150,29 @@ class ConnectionTable:
 
     def close(self, key: ConnKey, now: float | None = None) -> None:
         """The connection closed: forget it after the grace period."""
-        proc = self._conns.get(key)
-        if proc is not None:
-            self._closed.append(((time.monotonic() if now is None else now) + self.grace_seconds, key, proc))
+        self.update([(key, None)], now)
 
     def expire(self, now: float | None = None) -> None:
         """Forget closed connections whose grace period is over (unless the tuple was reused since)."""
         now = time.monotonic() if now is None else now
         while self._closed and self._closed[0][0] <= now:
-            _, key, proc = self._closed.popleft()
-            if self._conns.get(key) is proc:
-                del self._conns[key]
+            self._forget_closed(len(self._closed[0][1]))
+
+    def _forget_closed(self, count: int) -> None:
+        """Forget the `count` oldest closed connections now (a tuple reused since keeps its new process)."""
+        conns, closed = self._conns, self._closed
+        while count > 0 and closed:
+            _, keys, procs = closed[0]
+            taken = min(count, len(keys))
+            for key, proc in zip(keys[:taken], procs[:taken], strict=True):
+                if conns.get(key) is proc:
+                    del conns[key]
+            if taken == len(keys):
+                closed.popleft()
+            else:
+                del keys[:taken], procs[:taken]
+            self._closing -= taken
+            count -= taken
 
 
 class UdpSockets:
