@@ -78,14 +78,11 @@ int node_from_uplink(struct __sk_buff *skb)
 			return ret;
 	}
 
-	/* a reply of a connection a local pod opened stays that connection's (conntrack first, as in the
-	 * kernel's NAT): no frontend lookups, whose keys (the pod's ephemeral port) are cold every time */
-	if (node_pod_reply(&pkt, now))
-		return host_route_ingress(skb, &pkt, now,
-					  pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false), true, false);
-
-	/* translate external frontends to a backend */
-	reason = svc_dnat(skb, &pkt, false, UPLINK_FRONTEND_FLAGS, true, CT_F_NODEPORT, &backend_id, now);
+	/* translate external frontends to a backend; a reply of a connection a local pod opened stays that
+	 * connection's (conntrack first, as in the kernel's NAT): no frontend lookups, whose keys (the pod's
+	 * ephemeral port) are cold every time. One call site of the to-pod code below: verifier time. */
+	reason = node_pod_reply(&pkt, now) ? 0 :
+		 svc_dnat(skb, &pkt, false, UPLINK_FRONTEND_FLAGS, true, CT_F_NODEPORT, &backend_id, now);
 	if (reason) {
 		node_fill_identities(&pkt);
 		drop_pkt(skb, &pkt, reason, OBS_FROM_NETWORK, METRIC_INGRESS);
