@@ -85,8 +85,8 @@ _REV_NAT = int(EventFlag.REV_NAT)
 _REPLY = int(EventFlag.REPLY)
 _DROPPED = int(Verdict.DROPPED)
 _POLICY_DENIED = int(DropReason.POLICY_DENIED)
-_EGRESS = np.zeros(256, np.bool_)
-_EGRESS[sorted(EGRESS_OBS_POINTS)] = True
+EGRESS_TABLE = np.zeros(256, np.bool_)
+EGRESS_TABLE[sorted(EGRESS_OBS_POINTS)] = True
 """Whether an observation point (uint8) is on the way out of its endpoint: a table (np.isin sorts)."""
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _COMPACT_AT = 1 << 14
@@ -228,7 +228,7 @@ class FlowDecoder:
         unnamed = (out["verdict"] == _DROPPED) & (out["drop_reason"] == _POLICY_DENIED) & (policy_id == 0)
         if unnamed.any():
             # Nothing allowed it: name the policies that isolate the endpoint enforcing the drop.
-            leaving = _EGRESS[out["obs_point"][unnamed]]
+            leaving = EGRESS_TABLE[out["obs_point"][unnamed]]
             addr = np.where(leaving, saddr[unnamed], daddr[unnamed]).astype(np.uint64)
             egress = leaving != ((flags[unnamed] & _REPLY) != 0)
             out["policies"][unnamed] = self._isolating_keys.lookup((addr << 1) | egress)

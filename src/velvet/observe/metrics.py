@@ -20,7 +20,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from velvet.observe.codes import (
-    EGRESS_OBS_POINTS,
     METRIC_TYPE_NAMES,
     OBS_POINTS,
     PROTOCOL_NAMES,
@@ -32,6 +31,7 @@ from velvet.observe.codes import (
     match_type,
     verdict_name,
 )
+from velvet.observe.decode import EGRESS_TABLE
 from velvet.observe.store import StoreStats
 
 _TCP_FLAG_LABELS = (("SYN", TcpFlag.SYN, TcpFlag.ACK), ("SYN-ACK", TcpFlag.SYN | TcpFlag.ACK, 0),
@@ -45,8 +45,6 @@ _PROCESSED, _DROPS, _TCP, _POLICY = range(4)
 # Plain ints and a table: numpy compares a column with an enum member, or runs isin, far slower.
 _TRACE, _DROP, _POLICY_VERDICT = int(EventType.TRACE), int(EventType.DROP), int(EventType.POLICY_VERDICT)
 _DROPPED, _REPLY = int(Verdict.DROPPED), int(EventFlag.REPLY)
-_EGRESS_TABLE = np.zeros(256, np.bool_)
-_EGRESS_TABLE[sorted(EGRESS_OBS_POINTS)] = True
 
 
 def _column(batch: npt.NDArray[Any], name: str) -> npt.NDArray[np.int64]:
@@ -126,7 +124,7 @@ class FlowMetrics:
                     self._counter(_TCP, label).inc(n)
         if policy.any():
             flags = flags[policy]
-            egress = _EGRESS_TABLE[obs[policy] & 0xFF] != ((flags & _REPLY) != 0)
+            egress = EGRESS_TABLE[obs[policy] & 0xFF] != ((flags & _REPLY) != 0)
             self._count(_POLICY, (egress.astype(np.int64) << 16) | (verdict[policy] << 8) | flags)
 
     def _count(self, kind: int, keys: npt.NDArray[np.int64]) -> None:
