@@ -47,13 +47,6 @@ def _answers(api: ApiClient, path: str) -> bool:
     return True
 
 
-def _started(api: ApiClient) -> bool:
-    try:
-        return not api.get("/v1/health").get("starting")
-    except (VelvetError, OSError):
-        return False
-
-
 def _lb_entries(peer: VelvetPeer) -> dict[bytes, bytes]:
     """The pinned lb4_services map, raw (key bytes -> value bytes)."""
     assert peer.services is not None
@@ -89,7 +82,7 @@ def round_once(peer: VelvetPeer, index: int, budget: float) -> dict[str, Any]:
         elif "status" not in marks:
             if _answers(waiting, "/v1/status"):
                 marks["status"] = time.monotonic() - killed
-        elif _started(api):
+        elif api.started():
             marks["started"] = time.monotonic() - killed
         time.sleep(POLL_SECONDS)
     after = _lb_entries(peer)

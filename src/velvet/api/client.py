@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -141,7 +141,15 @@ class ApiClient:
 
     def healthy(self) -> bool:
         """Whether an agent answers its health check."""
+        return self._health(lambda health: bool(health.get("ok")))
+
+    def started(self) -> bool:
+        """Whether an agent answers its health check and has started all of it (no longer "starting")."""
+        return self._health(lambda health: bool(health.get("ok")) and not health.get("starting"))
+
+    def _health(self, judge: Callable[[dict[str, Any]], bool]) -> bool:
+        """`judge` of the agent's health answer; False when no agent answers."""
         try:
-            return bool(self.get("/v1/health").get("ok"))
+            return judge(self.get("/v1/health"))
         except (AgentUnavailable, ApiError, OSError):
             return False

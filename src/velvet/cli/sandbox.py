@@ -14,7 +14,7 @@ from pathlib import Path
 
 from velvet.api.client import ApiClient
 from velvet.cli.common import print_json, require_root
-from velvet.errors import SandboxError, VelvetError
+from velvet.errors import SandboxError
 from velvet.paths import current_sandbox
 from velvet.sandbox import (
     Node,
@@ -90,20 +90,12 @@ def _wait_for_agent(cfg: SandboxConfig) -> None:
     """Wait until the agent has started all of it (its health no longer says "starting")."""
     api = ApiClient(cfg.names.agent_socket, timeout=5.0)
     deadline = time.monotonic() + AGENT_START_TIMEOUT
-    while not _started(api):
+    while not api.started():
         if time.monotonic() > deadline:
             raise SandboxError(f"the agent of {cfg.node_name} did not come up in "
                                f"{AGENT_START_TIMEOUT:.0f}s; "
                                f"see {cfg.names.log_file('agent')}")
         time.sleep(0.2)
-
-
-def _started(api: ApiClient) -> bool:
-    try:
-        health = api.get("/v1/health")
-    except (VelvetError, OSError):
-        return False
-    return bool(health.get("ok")) and not health.get("starting")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
