@@ -79,6 +79,7 @@ from velvet.datapath.structs import (
     CT_REPORT_INTERVAL_S,
     LB_MAGLEV_LUT_SIZE,
     BackendState,
+    Ct4Entry,
     CtDir,
     CtFlag,
     DropReason,
@@ -96,6 +97,7 @@ from velvet.datapath.structs import (
 )
 from velvet.datapath.structs import ipv4 as ip_int
 from velvet.datapath.tables import Direction, StaleBackend
+from velvet.datapath.views import ConntrackMap
 from velvet.model.service import EndpointPort, ServicePort
 from velvet.system import mounts
 from velvet.system.netns import in_netns
@@ -460,15 +462,19 @@ def test_established_flow_events_are_aggregated(lxc: Loaded) -> None:
         assert len(lxc.events()) == reports, age_s
 
 
-@pytest.mark.parametrize(("desc", "flows", "lifetime_s"), [
-    ("UDP", [(FROM, udp(POD_A, POD_B, 40000, 53))], CT_LIFETIME_NONTCP_S),
-    ("TCP without a reply", [(FROM, tcp(POD_A, POD_B, 40000, 53, SYN))], CT_LIFETIME_SYN_S),
-    ("established TCP",
-     [(FROM, tcp(POD_A, POD_B, 40000, 53, SYN)), (TO, tcp(POD_B, POD_A, 53, 40000, SYN | ACK))],
-     CT_LIFETIME_TCP_S),
-    ("closing TCP", [(FROM, tcp(POD_A, POD_B, 40000, 53, SYN)), (FROM, tcp(POD_A, POD_B, 40000, 53, RST))],
-     CT_LIFETIME_CLOSE_S),
-])
+def lifetime_flows(sport: int) -> list[tuple[str, list[tuple[str, bytes]], int]]:
+    """Connections of pod A from `sport` in each state of types.h's lifetimes: (what, packets, lifetime)."""
+    def syn() -> tuple[str, bytes]:
+        return FROM, tcp(POD_A, POD_B, sport, 53, SYN)
+    return [
+        ("UDP", [(FROM, udp(POD_A, POD_B, sport, 53))], CT_LIFETIME_NONTCP_S),
+        ("TCP without a reply", [syn()], CT_LIFETIME_SYN_S),
+        ("established TCP", [syn(), (TO, tcp(POD_B, POD_A, 53, sport, SYN | ACK))], CT_LIFETIME_TCP_S),
+        ("closing TCP", [syn(), (FROM, tcp(POD_A, POD_B, sport, 53, RST))], CT_LIFETIME_CLOSE_S),
+    ]
+
+
+@pytest.mark.parametrize(("desc", "flows", "lifetime_s"), lifetime_flows(40000))
 def test_entry_lives_for_its_lifetime_then_counts_as_new(
         lxc: Loaded, desc: str, flows: list[tuple[str, bytes]], lifetime_s: int) -> None:
     """Test that a reply passes the pod's ingress policy while its entry is younger than the lifetime
@@ -486,6 +492,50 @@ def test_entry_lives_for_its_lifetime_then_counts_as_new(
         entry.last_seen_ns = time.monotonic_ns() - age_s * NSEC_PER_SEC
         ct4.update(key, entry)
         assert lxc.run(TO, reply).retval == verdict, f"{desc}: last packet {age_s} s ago"
+
+
+def test_the_sweep_removes_the_entries_whose_lifetime_ran_out(lxc: Loaded) -> None:
+    """Test that the agent's sweep of the conntrack table (it evicts nothing by itself) removes each state's
+    entry once its last packet is older than the state's lifetime, and keeps the younger ones."""
+    seed_pods(lxc)
+    ct4, now = lxc.map("ct4"), time.monotonic_ns()
+    young = []
+    for state in range(len(lifetime_flows(0))):
+        for sport, age_past_lifetime_s in ((40000 + 2 * state, 2), (40001 + 2 * state, -1)):
+            desc, flows, lifetime_s = lifetime_flows(sport)[state]
+            for program, frame in flows:
+                assert lxc.run(program, frame).retval == TC_ACT_OK, desc
+            key = ct_key(POD_A, POD_B, sport, 53, parse(flows[0][1]).proto, CtDir.EGRESS)
+            entry = ct4.lookup(key)
+            assert entry is not None, desc
+            entry.last_seen_ns = now - (lifetime_s + age_past_lifetime_s) * NSEC_PER_SEC
+            ct4.update(key, entry)
+            if age_past_lifetime_s < 0:
+                young.append(sport)
+    sweep = lxc.views.get(ConntrackMap).delete_expired(time.monotonic_ns())
+    assert (sweep.alive, sweep.deleted, sweep.capacity) == (4, 4, ct4.info.max_entries)
+    assert sorted(k.sport for k in ct4) == young
+
+
+def test_a_full_conntrack_table_drops_new_connections_until_the_sweep(lxc: Loaded) -> None:
+    """Test that with every conntrack entry taken a new connection is dropped as CT_MAP_FULL (nothing is
+    evicted for it) while a tracked one still passes, and that sweeping the expired entries makes room."""
+    seed_pods(lxc)
+    ct4 = lxc.map("ct4")
+    assert lxc.run(FROM, tcp(POD_A, POD_B, 40000, 80, SYN)).retval == TC_ACT_OK
+    tracked = ct4.count()
+    filler = ct4.info.max_entries - tracked  # UDP entries of other pods, idle for longer than their lifetime
+    keys = [ct_key(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", POD_B, 1, 53, UDP, CtDir.EGRESS)
+            for i in range(filler)]
+    stale = Ct4Entry(last_seen_ns=time.monotonic_ns() - (CT_LIFETIME_NONTCP_S + 10) * NSEC_PER_SEC)
+    ct4.update_batch(keys, [stale] * filler)
+
+    assert lxc.run(FROM, tcp(POD_A, POD_B, 40001, 80, SYN)).retval == TC_ACT_SHOT
+    assert lxc.packets(DropReason.CT_MAP_FULL, MetricDir.EGRESS) == 1
+    assert lxc.run(FROM, tcp(POD_A, POD_B, 40000, 80, ACK)).retval == TC_ACT_OK
+    sweep = lxc.views.get(ConntrackMap).delete_expired(time.monotonic_ns())
+    assert (sweep.alive, sweep.deleted) == (tracked, filler)
+    assert lxc.run(FROM, tcp(POD_A, POD_B, 40001, 80, SYN)).retval == TC_ACT_OK
 
 
 def test_new_syn_on_closing_entry_is_a_new_connection(lxc: Loaded) -> None:

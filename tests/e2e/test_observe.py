@@ -397,6 +397,13 @@ def test_metrics_count_the_traffic(env: Env) -> None:
     assert 0 < ratios["lb4_services"] < 0.01
     assert 0 < ratios["ipcache"] < 0.01
     assert all(0 <= v <= 1 for v in ratios.values()), ratios
+    # the conntrack table evicts nothing: the agent sweeps it, the first time seconds after its start
+    while _value(samples, "velvet_conntrack_gc_runs_total") == 0 and time.monotonic() < deadline:
+        time.sleep(1)
+        samples = scrape(http["metrics"])
+    assert _value(samples, "velvet_conntrack_gc_runs_total") >= 1
+    assert {dict(labels)["status"] for (name, labels), _ in samples.items()
+            if name == "velvet_conntrack_gc_entries"} == {"alive", "deleted"}
 
 
 def test_status_shows_flow_counters_and_addresses(env: Env) -> None:

@@ -53,5 +53,5 @@ def test_a_burst_of_passes_shares_one_low_priority_walk(monkeypatch: pytest.Monk
                 await task
 
     nice = asyncio.run(scenario())
-    assert nice == [daemon.FLUSH_NICE, daemon.FLUSH_NICE]
-    assert os.getpriority(os.PRIO_PROCESS, 0) != daemon.FLUSH_NICE  # the agent's own threads keep theirs
+    assert nice == [daemon.HOUSEKEEPING_NICE, daemon.HOUSEKEEPING_NICE]
+    assert os.getpriority(os.PRIO_PROCESS, 0) != daemon.HOUSEKEEPING_NICE  # the agent's threads keep theirs

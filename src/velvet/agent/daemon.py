@@ -22,6 +22,7 @@ from velvet.agent.handlers import AgentHandlers
 from velvet.agent.node import Agent, Dirty
 from velvet.agent.starting import StartingApi, keep_the_loop_responsive
 from velvet.agent.tunnel import TUNNEL_DEVICE
+from velvet.datapath.tables import ConntrackSweep
 from velvet.errors import VelvetError
 from velvet.observe.ui import http_app, listen_address, loopback_listener, serve_http
 from velvet.paths import AgentPaths
@@ -50,7 +51,12 @@ BIG_PASS_SERVICES = 1000  # a pass over this many services freed enough memory t
 # Removed backends' connections are flushed at most this often (kube-proxy's default minSyncPeriod): one
 # walk of the conntrack map serves every pass of a burst, such as a rolling update's.
 FLUSH_INTERVAL_SECONDS = 1.0
-FLUSH_NICE = 19  # the walk is housekeeping: the passes and the API come first on a busy node
+HOUSEKEEPING_NICE = 19  # the walks of the conntrack map: the passes and the API come first on a busy node
+# The conntrack table is a hash without LRU eviction (no batched refills in the connect() path): the
+# agent sweeps it of expired entries, first soon after the start (a restart may find many), then at an
+# interval that follows the table's churn.
+CT_SWEEP_MIN_SECONDS = 5.0
+CT_SWEEP_MAX_SECONDS = 300.0
 
 
 def release_memory(*, collect: bool = False) -> None:
@@ -135,7 +141,7 @@ async def flush_stale(agent: Agent, wanted: asyncio.Event) -> None:
     that dropped the backend nor the next one waits for it (the table writer keeps reused ids safe),
     and the passes of one second share a walk.
     """
-    with ThreadPoolExecutor(1, "velvet-flush", initializer=_lower_priority) as thread:
+    with ThreadPoolExecutor(1, "velvet-flush", initializer=lower_priority) as thread:
         loop = asyncio.get_running_loop()
         while True:
             await wanted.wait()
@@ -147,9 +153,36 @@ async def flush_stale(agent: Agent, wanted: asyncio.Event) -> None:
                 log.exception("flushing the connections of removed backends failed; tried again after a pass")
 
 
-def _lower_priority() -> None:
+def lower_priority() -> None:
     """Run the calling thread at the lowest CPU priority (Linux nice values are per thread)."""
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FLUSH_NICE)
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HOUSEKEEPING_NICE)
+
+
+def next_sweep(interval: float, sweep: ConntrackSweep, alive_before: int) -> float:
+    """Seconds until the next conntrack sweep: at the churn of the last interval (entries that appeared
+    in it), the table can fill at most half its free room before it. Without churn the interval doubles."""
+    if sweep.capacity == 0:
+        return CT_SWEEP_MAX_SECONDS
+    appeared = sweep.deleted + max(0, sweep.alive - alive_before)
+    if appeared == 0:
+        return min(CT_SWEEP_MAX_SECONDS, 2 * interval)
+    room = interval * (sweep.capacity - sweep.alive) / (2 * appeared)
+    return max(CT_SWEEP_MIN_SECONDS, min(CT_SWEEP_MAX_SECONDS, room))
+
+
+async def sweep_conntrack(agent: Agent) -> None:
+    """Sweep the conntrack table of expired entries on a low-priority thread, at `next_sweep`'s pace."""
+    interval, alive = CT_SWEEP_MIN_SECONDS, 0
+    with ThreadPoolExecutor(1, "velvet-ct-sweep", initializer=lower_priority) as thread:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                sweep = await loop.run_in_executor(thread, agent.sweep_conntrack)
+            except Exception:
+                log.exception("sweeping the conntrack table failed; trying again in %.0f s", interval)
+                continue
+            interval, alive = next_sweep(interval, sweep, alive), sweep.alive
 
 
 async def every(period: float, handlers: AgentHandlers, work: Callable[[], object]) -> None:
@@ -294,7 +327,7 @@ async def run_agent(agent: Agent, api: StartingApi, api_runner: web.AppRunner) -
             reconcile_loop(handlers), event_loop(agent),
             ring_loop(agent.processes.poll, agent.processes.filenos()),
             ring_loop(agent.guard.poll, agent.guard.filenos()), collect_when_idle(handlers),
-            save_when_quiet(handlers), follow_remote(handlers, changed),
+            save_when_quiet(handlers), follow_remote(handlers, changed), sweep_conntrack(agent),
             every(EXPIRY_PERIOD_SECONDS, handlers, agent.reconcile_nodes),
             every(EXPIRY_PERIOD_SECONDS, handlers, agent.expire_terminating),
             every(MAP_FILL_PERIOD_SECONDS, handlers, agent.refresh_map_fill))]

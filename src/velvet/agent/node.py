@@ -40,7 +40,7 @@ from velvet.controllers.saved_services import SAVED_FILE
 from velvet.controllers.services import LB_TABLES, ServiceController
 from velvet.datapath.host_routing import host_routing_active
 from velvet.datapath.protocol import Datapath
-from velvet.datapath.tables import LbState, NodeSettings
+from velvet.datapath.tables import ConntrackSweep, LbState, NodeSettings
 from velvet.datapath.writer import TableWriter
 from velvet.durable import private_dir
 from velvet.errors import InvalidManifest, NotFound
@@ -324,6 +324,17 @@ class Agent:
     def flush_stale(self) -> int:
         """Flush the conntrack entries of backends the passes dropped (a walk kept off their path)."""
         return self.writer.flush_stale()
+
+    def sweep_conntrack(self) -> ConntrackSweep:
+        """Remove the conntrack entries whose lifetime ran out (safe from any thread), with its metrics."""
+        started = time.perf_counter()
+        sweep = self.datapath.sweep_conntrack()
+        metrics = self.flows.metrics
+        metrics.conntrack_gc_duration.observe(time.perf_counter() - started)
+        metrics.conntrack_gc_runs.inc()
+        metrics.conntrack_gc_entries.labels(status="alive").set(sweep.alive)
+        metrics.conntrack_gc_entries.labels(status="deleted").set(sweep.deleted)
+        return sweep
 
     def _took(self, what: str, started: float) -> None:
         self.reconcile_stats[what] = time.perf_counter() - started

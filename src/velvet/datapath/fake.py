@@ -9,7 +9,7 @@ import numpy as np
 
 from velvet.datapath.protocol import DatapathStatus, FeatureCheck, KernelInfo, MapStatus, ProgramStatus
 from velvet.datapath.structs import FLOW_EVENT_DTYPE
-from velvet.datapath.tables import StaleBackend
+from velvet.datapath.tables import ConntrackSweep, StaleBackend
 from velvet.model.endpoint import EndpointRecord
 
 
@@ -60,6 +60,10 @@ class FakeDatapath:
     def flush_backends(self, stale: Sequence[StaleBackend]) -> None:
         """Remember what was flushed."""
         self.flushed.extend(stale)
+
+    def sweep_conntrack(self) -> ConntrackSweep:
+        """Nothing expires here: the fake keeps no conntrack."""
+        return ConntrackSweep(0, 0, 0)
 
     def read(self, table: str) -> dict[Any, Any]:
         """A copy of the table."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from velvet.datapath.bpfobject import BpfObject, Program, load_over_pins
 from velvet.datapath.protocol import DatapathStatus, KernelInfo, MapStatus, ProgramStatus
 from velvet.datapath.structs import MetricReason
 from velvet.datapath.tablemaps import TableMaps
-from velvet.datapath.tables import StaleBackend
+from velvet.datapath.tables import ConntrackSweep, StaleBackend
 from velvet.datapath.views import EventsRing, MetricsMap, ProcEventsRing, Views, open_views
 from velvet.model.endpoint import EndpointRecord
 from velvet.system import mounts
@@ -177,6 +178,12 @@ class KernelDatapath:
         """Drop conntrack and affinity entries that still lead a frontend to a backend it no longer has."""
         if self.views is not None:
             self.tables.flush_backends(stale)
+
+    def sweep_conntrack(self) -> ConntrackSweep:
+        """Remove the conntrack entries whose lifetime ran out, by the programs' clock (CLOCK_MONOTONIC)."""
+        if self.views is None:
+            return ConntrackSweep(0, 0, 0)
+        return self.tables.sweep_conntrack(time.monotonic_ns())
 
     def dump(self, table: str) -> list[dict[str, Any]]:
         """Raw entries of one map, fields by name (for `velvet bpf … list`)."""

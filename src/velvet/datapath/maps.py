@@ -255,7 +255,7 @@ class Map(Generic[K, V]):
                 self._update(raw, zero, BPF_ANY)
             return
         keys = list(self._raw_keys())
-        self._delete_raw_batch(keys)
+        self.delete_raw_batch(keys)
 
     # --- batches --------------------------------------------------------------------------------
 
@@ -285,10 +285,10 @@ class Map(Generic[K, V]):
 
     def delete_batch(self, keys: Sequence[K]) -> int:
         """Remove many keys with BPF_MAP_DELETE_BATCH; missing keys are ignored; returns how many went."""
-        return self._delete_raw_batch([bytes(k) for k in keys])
+        return self.delete_raw_batch([bytes(k) for k in keys])
 
-    def _delete_raw_batch(self, keys: list[bytes]) -> int:
-        """Batch-delete raw keys, skipping absent ones, falling back to single deletes if unsupported."""
+    def delete_raw_batch(self, keys: list[bytes]) -> int:
+        """Remove many keys given as bytes (BPF_MAP_DELETE_BATCH), skipping absent ones; how many went."""
         deleted = 0
         start = 0
         opts = _batch_opts()

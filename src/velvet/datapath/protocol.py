@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from velvet.datapath.tables import StaleBackend
+from velvet.datapath.tables import ConntrackSweep, StaleBackend
 from velvet.model.endpoint import EndpointRecord
 
 
@@ -87,6 +87,9 @@ class Datapath(Protocol):
 
     def flush_backends(self, stale: Sequence[StaleBackend]) -> None:
         """Delete conntrack entries that still send a frontend's flows to a backend it dropped."""
+
+    def sweep_conntrack(self) -> ConntrackSweep:
+        """Remove the conntrack entries whose lifetime ran out (the table does not evict by itself)."""
 
     def read(self, table: str) -> dict[Any, Any]:
         """Current contents of a table, decoded (used to re-adopt state after a restart)."""

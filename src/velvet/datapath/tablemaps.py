@@ -17,7 +17,7 @@ from typing import Any
 from velvet.datapath.codecs import CODECS, encode_items
 from velvet.datapath.maps import Map
 from velvet.datapath.structs import BE32
-from velvet.datapath.tables import StaleBackend
+from velvet.datapath.tables import ConntrackSweep, StaleBackend
 from velvet.datapath.views import AffinityMap, ConntrackMap, MapView, Views
 from velvet.errors import DatapathError, NotFound
 
@@ -66,6 +66,10 @@ class TableMaps:
             return
         self.views.get(ConntrackMap).delete_by_backends(stale)
         self.views.get(AffinityMap).delete_by_backends({s.backend_id for s in stale})
+
+    def sweep_conntrack(self, now_ns: int) -> ConntrackSweep:
+        """Remove the conntrack entries whose lifetime ran out at `now_ns` (CLOCK_MONOTONIC)."""
+        return self.views.get(ConntrackMap).delete_expired(now_ns)
 
     def dump(self, table: str) -> list[dict[str, Any]]:
         """Raw entries of one map, fields by name (for `velvet bpf … list`)."""

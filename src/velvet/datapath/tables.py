@@ -86,6 +86,15 @@ class StaleBackend:
 
 
 @dataclass(frozen=True)
+class ConntrackSweep:
+    """What one walk of the conntrack table for expired entries found."""
+
+    alive: int
+    deleted: int
+    capacity: int
+
+
+@dataclass(frozen=True)
 class LbState:
     """The contents of the five load-balancer maps (src_range is a set: its values are None)."""
 

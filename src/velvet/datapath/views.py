@@ -3,9 +3,9 @@
 The control plane's tables are written and read through `tablemaps.TableMaps` (records of
 `tables.py`, packed by `codecs.py`), never through domain methods here. What is here are the few
 operations the agent performs on what the programs keep for themselves: flushing the conntrack and
-affinity entries of a backend a frontend dropped, summing the per-CPU counters, and reading the event
-rings. `open_views` opens the maps of a loaded object or of a pin directory that have a view class
-here (`MAP_VIEWS`, by map name).
+affinity entries of a backend a frontend dropped, sweeping expired conntrack entries, summing the
+per-CPU counters, and reading the event rings. `open_views` opens the maps of a loaded object or of a
+pin directory that have a view class here (`MAP_VIEWS`, by map name).
 
 Needs the bpf() syscall (root) to open maps; nothing here needs a particular kernel beyond what
 loading the objects needed.
@@ -27,11 +27,16 @@ from velvet.datapath.maps import Map
 from velvet.datapath.ringbuf import RingBuffer
 from velvet.datapath.structs import (
     BE32,
+    CT_LIFETIME_CLOSE_S,
+    CT_LIFETIME_NONTCP_S,
+    CT_LIFETIME_SYN_S,
+    CT_LIFETIME_TCP_S,
     FLOW_EVENT_DTYPE,
     PROCESS_EVENT_DTYPE,
     Ct4Entry,
     Ct4Key,
     CtDir,
+    CtFlag,
     EndpointInfo,
     IpcacheInfo,
     IpcacheKey,
@@ -57,7 +62,7 @@ from velvet.datapath.structs import (
     ipv4,
     numpy_dtype,
 )
-from velvet.datapath.tables import StaleBackend
+from velvet.datapath.tables import ConntrackSweep, StaleBackend
 from velvet.errors import DatapathError
 
 K = TypeVar("K")
@@ -68,6 +73,11 @@ KT = TypeVar("KT", bound=ctypes.Structure)
 CT_KEY_DTYPE = numpy_dtype(Ct4Key)
 CT_ENTRY_DTYPE = numpy_dtype(Ct4Entry)
 AFFINITY_VAL_DTYPE = numpy_dtype(Lb4AffinityVal)
+NSEC_PER_SEC = 1_000_000_000
+IPPROTO_TCP = 6
+# The conntrack sweep leaves an entry this much longer than the programs' coarse clock (one tick
+# behind time.monotonic_ns()) would: it never removes what a program still finds alive.
+CT_SWEEP_GRACE_NS = NSEC_PER_SEC
 
 
 def _chosen_keys(key_type: type[KT], raw: bytes, chosen: npt.NDArray[np.bool_]) -> list[KT]:
@@ -212,11 +222,32 @@ class SockRevNatMap(MapView[Lb4SockRevnatKey, Lb4SockRevnatVal]):
 
 
 class ConntrackMap(MapView[Ct4Key, Ct4Entry]):
-    """ct4 (LRU): connection tracking entries of all directions (see types.h for their meaning)."""
+    """ct4 (hash, no LRU): connection tracking entries of all directions (see types.h for their meaning)."""
 
     name = "ct4"
     key_type = Ct4Key
     value_type = Ct4Entry
+
+    def delete_expired(self, now_ns: int) -> ConntrackSweep:
+        """Remove the entries whose lifetime ran out (as `ct_lookup` judges it), in one walk of the map.
+
+        `now_ns` is CLOCK_MONOTONIC (time.monotonic_ns()), the programs' clock. An entry a packet renews
+        between the walk's read and its delete goes with the others: that connection's next packet
+        creates it again, as after an LRU eviction.
+        """
+        raw_keys, raw_values = self.map.lookup_batch_raw()
+        k, v = np.frombuffer(raw_keys, CT_KEY_DTYPE), np.frombuffer(raw_values, CT_ENTRY_DTYPE)
+        flags = v["flags"]
+        lifetime_s = np.where(flags & CtFlag.CLOSING, CT_LIFETIME_CLOSE_S,
+                              np.where(k["proto"] != IPPROTO_TCP, CT_LIFETIME_NONTCP_S,
+                                       np.where(flags & CtFlag.SEEN_REPLY, CT_LIFETIME_TCP_S,
+                                                CT_LIFETIME_SYN_S)))
+        age = np.int64(now_ns) - v["last_seen_ns"].astype(np.int64)  # signed: a CPU may stamp a later time
+        doomed = age > lifetime_s.astype(np.int64) * NSEC_PER_SEC + CT_SWEEP_GRACE_NS
+        size = CT_KEY_DTYPE.itemsize
+        keys = [raw_keys[i * size:(i + 1) * size] for i in np.flatnonzero(doomed)]
+        deleted = self.map.delete_raw_batch(keys)
+        return ConntrackSweep(len(k) - deleted, deleted, self.map.info.max_entries)
 
     def delete_by_backends(self, stale: Iterable[StaleBackend]) -> int:
         """Flush the connections translated to backends their frontends dropped, in one walk of the map.

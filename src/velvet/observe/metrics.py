@@ -91,6 +91,14 @@ class FlowMetrics:
                                        ["direction", "match", "action"], registry=r)
         self.map_fill_ratio = Gauge("velvet_map_fill_ratio", "Entries over capacity of a BPF map", ["map"],
                                     registry=r)
+        # after Cilium's cilium_datapath_conntrack_gc_*: the agent's sweeps of expired conntrack entries
+        self.conntrack_gc_runs = Counter("velvet_conntrack_gc_runs", "Sweeps of the conntrack table",
+                                         registry=r)
+        self.conntrack_gc_entries = Gauge("velvet_conntrack_gc_entries",
+                                          "Conntrack entries the last sweep kept (alive) and removed",
+                                          ["status"], registry=r)
+        self.conntrack_gc_duration = Histogram("velvet_conntrack_gc_duration_seconds",
+                                               "Time of one sweep of the conntrack table", registry=r)
         self.reconcile_duration = Histogram("velvet_reconcile_duration_seconds",
                                             "Time to apply one reconcile of desired state to the datapath",
                                             ["what"], registry=r)

@@ -98,9 +98,12 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } lb4_sock_revnat_sk SEC(".maps");
 
-/* Connection tracking. */
+/* Connection tracking: a preallocated hash, not an LRU. The common LRU list hands a CPU free entries 128
+ * at a time, and that refill (tens of us, every 64th connection between two pods) was the connect() p99.
+ * Nothing is evicted: the agent sweeps expired entries (agent/daemon.py), and a full table drops new
+ * connections (DROP_CT_MAP_FULL) while tracked ones go on. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct ct4_key);
 	__type(value, struct ct4_entry);
 	__uint(max_entries, CT4_MAX);
