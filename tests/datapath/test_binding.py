@@ -28,7 +28,7 @@ from velvet.datapath.attach import (
     detach_pinned,
     list_pinned_links,
 )
-from velvet.datapath.bpfobject import BpfObject
+from velvet.datapath.bpfobject import BpfObject, load_over_pins
 from velvet.datapath.btf import struct_layouts
 from velvet.datapath.maps import BPF_EXIST, BPF_NOEXIST, Map
 from velvet.datapath.ringbuf import RingBuffer
@@ -257,6 +257,25 @@ def test_that_pinned_maps_are_readopted_by_a_second_load(binding_o: Path, pin_di
         assert got.a == 4242
     with Map.from_pin(pin_dir / "test_hash", c_uint32, Pair) as pinned:
         assert [k.value for k in pinned] == [42]
+
+
+def test_that_an_upgrade_that_changes_a_pinned_map_carries_the_entries_that_still_fit(pin_dir: Path) -> None:
+    """Test that loading an object over the pins of an older layout replaces them, gives the new maps whose
+    key and value sizes stayed the old entries (a change of type included: LRU to hash, as ct4's) and
+    starts the others empty; the new pins are what a later load adopts."""
+    with BpfObject.open(fixture_object("layout_old"), pin_dir=pin_dir) as old:
+        old.load()
+        old.map("kept").typed(c_uint32, c_uint64).update(c_uint32(7), c_uint64(70))
+        old.map("resized").typed(c_uint32, c_uint32).update(c_uint32(1), c_uint32(10))
+        old.map("same").typed(c_uint32, c_uint64).update(c_uint32(2), c_uint64(20))
+    new_o = fixture_object("layout_new")
+    with load_over_pins(new_o, pin_dir, lambda: list(pin_dir.iterdir())) as new:
+        assert new.map("kept").info.type == "hash"
+        assert cast(c_uint64, new.map("kept").typed(c_uint32, c_uint64).lookup(c_uint32(7))).value == 70
+        assert cast(c_uint64, new.map("same").typed(c_uint32, c_uint64).lookup(c_uint32(2))).value == 20
+        assert new.map("resized").count() == 0
+    with load_over_pins(new_o, pin_dir, lambda: list(pin_dir.iterdir())) as again:
+        assert cast(c_uint64, again.map("kept").typed(c_uint32, c_uint64).lookup(c_uint32(7))).value == 70
 
 
 def test_that_a_verifier_rejection_carries_the_whole_log() -> None:

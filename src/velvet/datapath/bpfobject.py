@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import os
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -26,6 +27,9 @@ PROG_TYPES: dict[int, str] = dict(enumerate((
     "struct_ops", "ext", "lsm", "sk_lookup", "syscall", "netfilter",
 )))
 _VERIFIER_MARK = "-- BEGIN PROG LOAD LOG --"
+# Maps of plain data, whose entries a replaced pin hands to its successor (not rings, program or socket maps).
+CARRIED_TYPES = frozenset({"hash", "lru_hash", "percpu_hash", "lru_percpu_hash", "array", "percpu_array",
+                           "lpm_trie"})
 log = logging.getLogger("velvet.datapath")
 
 
@@ -181,16 +185,59 @@ class BpfObject:
 
 
 def load_over_pins(path: Path, pin_dir: Path, stale: Callable[[], Iterable[Path]]) -> BpfObject:
-    """Load `path` reusing the maps pinned in `pin_dir`; when they no longer match the object's layout,
-    remove the pins `stale()` names and load with fresh maps (their entries are lost; logged)."""
+    """Load `path` reusing the maps pinned in `pin_dir`. When they no longer match the object's layout (an
+    upgrade changed a map), the pins `stale()` names that are this object's maps are replaced, and the new
+    maps whose key and value sizes stayed get the old entries (conntrack survives a change of map type)."""
     obj = BpfObject.open(path, pin_dir=pin_dir)
+    names = set(obj._map_handles)
     try:
         return obj.load()
     except DatapathError as exc:
         obj.close()
         if "reuse" not in str(exc):
             raise
-    log.warning("pinned maps no longer match %s: replacing them (their entries are lost)", path.name)
-    for pinned in stale():
-        pinned.unlink(missing_ok=True)
-    return BpfObject.open(path, pin_dir=pin_dir).load()
+    old: dict[str, Map[Any, Any]] = {}
+    try:
+        for pinned in stale():
+            if pinned.name in names:
+                if (previous := _open_pinned_map(pinned)) is not None:
+                    old[pinned.name] = previous
+                pinned.unlink(missing_ok=True)
+        loaded = BpfObject.open(path, pin_dir=pin_dir).load()
+        carried = [name for name, previous in sorted(old.items())
+                   if _carry_entries(previous, loaded.map(name))]
+    finally:
+        for previous in old.values():
+            previous.close()
+    log.warning("pinned maps no longer match %s: replaced them, with the entries of %s", path.name,
+                ", ".join(carried) or "none")
+    return loaded
+
+
+def _open_pinned_map(path: Path) -> Map[Any, Any] | None:
+    """The map pinned at `path`, untyped (None: gone, or not a map)."""
+    fd = libbpf.bpf_obj_get(str(path).encode())
+    if fd < 0:
+        return None
+    try:
+        return untyped(fd, path.name)
+    except DatapathError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _carry_entries(old: Map[Any, Any], new: Map[Any, Any]) -> bool:
+    """Copy `old`'s entries into `new` when both hold plain data laid out alike; whether it did."""
+    try:
+        layout = (old.info.key_size, old.info.value_size, old.per_cpu)
+        if (old.info.type not in CARRIED_TYPES or new.info.type not in CARRIED_TYPES
+                or layout != (new.info.key_size, new.info.value_size, new.per_cpu)):
+            return False
+        new.update_raw_batch(*old.lookup_batch_raw())
+        return True
+    except DatapathError as exc:
+        log.warning("the entries of map %s were not all carried over: %s", new.name, exc)
+        return False
+    finally:
+        new.close()

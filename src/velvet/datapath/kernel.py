@@ -108,7 +108,7 @@ class KernelDatapath:
         return self._kernel
 
     def _load(self, name: str) -> BpfObject:
-        """Open and load one object reusing pinned maps; pins of an older map layout are replaced."""
+        """Open and load one object reusing pinned maps (an older layout's are replaced, entries kept)."""
         return load_over_pins(build.object_path(name), self.pin_dir,
                               lambda: [pinned for pinned in self.pin_dir.iterdir() if pinned.is_file()])
 

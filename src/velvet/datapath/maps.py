@@ -264,24 +264,29 @@ class Map(Generic[K, V]):
         """Insert or replace many entries with BPF_MAP_UPDATE_BATCH (single updates where unsupported)."""
         if len(keys) != len(values):
             raise DatapathError(f"map {self.name}: {len(keys)} keys but {len(values)} values")
-        if not keys:
+        values_raw = b"".join(self._value_bytes(v) for v in values)
+        self.update_raw_batch(b"".join(bytes(k) for k in keys), values_raw, flags)
+
+    def update_raw_batch(self, kbuf: bytes, vbuf: bytes, flags: int = BPF_ANY) -> None:
+        """Insert or replace many entries given as concatenated key and value bytes, laid out as
+        `lookup_batch_raw` returns them."""
+        total = len(kbuf) // self._ksize
+        if not total:
             return
-        kbuf = b"".join(bytes(k) for k in keys)
-        vbuf = b"".join(self._value_bytes(v) for v in values)
-        count = ctypes.c_uint32(len(keys))
+        count = ctypes.c_uint32(total)
         opts = _batch_opts(flags)
         ret = libbpf.bpf_map_update_batch(self.fd, kbuf, vbuf, ctypes.byref(count), ctypes.byref(opts))
         if ret == 0:
             return
         done = count.value
         if -ret in _UNSUPPORTED and done == 0:
-            for i in range(len(keys)):
+            for i in range(total):
                 self._update(kbuf[i * self._ksize:(i + 1) * self._ksize],
                              vbuf[i * self._vbuf_size:(i + 1) * self._vbuf_size], flags)
             return
         if -ret in _FULL and self.info.type not in ARRAY_TYPES:
-            raise MapFull(self.name, self.info.max_entries, self.count() + len(keys) - done)
-        libbpf.check(ret, f"batch update of map {self.name} (stopped after {done} of {len(keys)})")
+            raise MapFull(self.name, self.info.max_entries, self.count() + total - done)
+        libbpf.check(ret, f"batch update of map {self.name} (stopped after {done} of {total})")
 
     def delete_batch(self, keys: Sequence[K]) -> int:
         """Remove many keys with BPF_MAP_DELETE_BATCH; missing keys are ignored; returns how many went."""

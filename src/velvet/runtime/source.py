@@ -196,7 +196,7 @@ class KernelProcSource:
             self._obj = self._load()
 
     def _load(self) -> BpfObject:
-        """Load, re-adopting the pinned maps; pins of an older layout are replaced (their events lost)."""
+        """Load, re-adopting the pinned maps (an older layout's are replaced, entries that fit kept)."""
         return load_over_pins(build.object_path("proc"), self.pin_dir,
                               lambda: [self.pin_dir / name for name in PINNED_MAPS])
 
