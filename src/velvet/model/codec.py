@@ -10,7 +10,7 @@ server-set field (the local store's persistence format).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,26 +177,27 @@ def _decode(node: Node, *, trusted: bool) -> KubeObject:
     return _DECODERS[kind](root, trusted=trusted)
 
 
-def _load_all(text: str, path: str) -> list[Any]:
+def _load_all(text: str, path: str) -> Iterator[Any]:
     """YAML (or JSON) documents within the guards' bounds; timestamps stay strings, duplicate keys fail."""
-    docs: list[Any] = []
+    count = 0
     try:
         if path.endswith(".json"):
             check_json(text)
-            return [json.loads(text, parse_int=parse_json_int)]
+            yield json.loads(text, parse_int=parse_json_int)
+            return
         for doc in yaml.load_all(text, Loader=_StrictLoader):
-            docs.append(doc)
+            count += 1
+            yield doc
     except json.JSONDecodeError as err:
         reason = f"invalid JSON: {err.msg} (column {err.colno})"
         raise InvalidManifest(path, 1, f"line {err.lineno}", reason) from None
     except Refused as err:
-        raise InvalidManifest(path, err.document or len(docs) + 1, err.field, err.reason) from None
+        raise InvalidManifest(path, err.document or count + 1, err.field, err.reason) from None
     except yaml.MarkedYAMLError as err:
-        raise InvalidManifest(path, len(docs) + 1, *_yaml_problem(err)) from None
+        raise InvalidManifest(path, count + 1, *_yaml_problem(err)) from None
     except yaml.YAMLError as err:
         reason = f"invalid YAML: {one_line(str(err))}"
-        raise InvalidManifest(path, len(docs) + 1, "<document>", reason) from None
-    return docs
+        raise InvalidManifest(path, count + 1, "<document>", reason) from None
 
 
 def _yaml_problem(err: yaml.MarkedYAMLError) -> tuple[str, str]:
