@@ -27,7 +27,7 @@ def service(index: int, cluster_ip: str | None = None) -> str:
 ], ids=["invalid-field", "not-yaml", "address-taken"])
 def test_a_bad_last_document_of_9000_changes_nothing(tmp_path: Path, last: str, field: str) -> None:
     """Test that the error names the last document and its field, and no object, version or map entry
-    changed: documents are decoded as they are parsed, but nothing is stored before all are valid."""
+    changed: nothing is stored before every document is valid."""
     agent, dp = make_agent(tmp_path)
     version = agent.store.version
     services = agent.store.objects("Service")

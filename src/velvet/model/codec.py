@@ -10,7 +10,7 @@ server-set field (the local store's persistence format).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,27 +177,26 @@ def _decode(node: Node, *, trusted: bool) -> KubeObject:
     return _DECODERS[kind](root, trusted=trusted)
 
 
-def _load_all(text: str, path: str) -> Iterator[Any]:
+def _load_all(text: str, path: str) -> list[Any]:
     """YAML (or JSON) documents within the guards' bounds; timestamps stay strings, duplicate keys fail."""
-    count = 0
+    docs: list[Any] = []
     try:
         if path.endswith(".json"):
             check_json(text)
-            yield json.loads(text, parse_int=parse_json_int)
-            return
+            return [json.loads(text, parse_int=parse_json_int)]
         for doc in yaml.load_all(text, Loader=_StrictLoader):
-            count += 1
-            yield doc
+            docs.append(doc)
     except json.JSONDecodeError as err:
         reason = f"invalid JSON: {err.msg} (column {err.colno})"
         raise InvalidManifest(path, 1, f"line {err.lineno}", reason) from None
     except Refused as err:
-        raise InvalidManifest(path, err.document or count + 1, err.field, err.reason) from None
+        raise InvalidManifest(path, err.document or len(docs) + 1, err.field, err.reason) from None
     except yaml.MarkedYAMLError as err:
-        raise InvalidManifest(path, count + 1, *_yaml_problem(err)) from None
+        raise InvalidManifest(path, len(docs) + 1, *_yaml_problem(err)) from None
     except yaml.YAMLError as err:
         reason = f"invalid YAML: {one_line(str(err))}"
-        raise InvalidManifest(path, count + 1, "<document>", reason) from None
+        raise InvalidManifest(path, len(docs) + 1, "<document>", reason) from None
+    return docs
 
 
 def _yaml_problem(err: yaml.MarkedYAMLError) -> tuple[str, str]:
