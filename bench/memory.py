@@ -12,11 +12,12 @@ the imported modules and the C libraries' memory). Then the agent restarts on th
 second agent on the same files and maps), as after `kill -9`: its heap after the start, and its peak.
 Prints one JSON document (MiB).
 
-    .venv/bin/python -m bench.memory --sandbox [--services 10000]
+    .venv/bin/python -m bench.memory --sandbox [--services 10000] [--pods 0]
 
 measures the real agent instead (root): a sandbox (bench.velvet_peer: 4 server pods and a client),
-1,000 services, traffic, then the other 9,000 in one `velvet apply`; the agent's VmRSS/VmHWM and its
-smaps summary when the last service is served (as `make bench-quick` reads it) and after the apply,
+`--pods` more pods (`sleep infinity`, each its own label; the seconds until all are ready), 1,000
+services, traffic, then the other 9,000 in one `velvet apply`; the agent's VmRSS/VmHWM and its smaps
+summary when the last service is served (as `make bench-quick` reads it) and after the apply,
 then after traffic again, then after `kill -9` and the supervisor's restart (once `/v1/status`
 answers). The traffic is bench.run's: `--connects` connect()s from the client pod to the last
 service's ClusterIP and as many to a server pod's IP, request/response, a 100-rule NetworkPolicy with
@@ -190,14 +191,26 @@ def traffic(peer: VelvetPeer, connects: int) -> dict[str, Any]:
     return done
 
 
-def sandbox(services: int, budget: float, settle: float, connects: int) -> dict[str, Any]:
-    """A real agent: 1,000 services, then the rest in one apply; its memory then, after traffic and after
-    a restart."""
+def add_pods(peer: VelvetPeer, count: int, budget: float) -> dict[str, Any]:
+    """`count` more pods (each its own label, so its own identity) applied at once; seconds until all are
+    ready."""
+    started = time.monotonic()
+    peer.sb.apply(pods_yaml(count))
+    peer.sb.wait_ready([f"{NS}/p{i:04d}" for i in range(count)], timeout=budget)
+    return {"pods": count, "seconds": round(time.monotonic() - started, 1)}
+
+
+def sandbox(services: int, budget: float, settle: float, connects: int, pods: int) -> dict[str, Any]:
+    """A real agent: `pods` more pods, 1,000 services, then the rest in one apply; its memory then, after
+    traffic and after a restart."""
     peer = VelvetPeer()
-    report: dict[str, Any] = {"services": services}
+    report: dict[str, Any] = {"services": services, "pods": pods}
     try:
         peer.up()
         report["pods_ready"] = agent_memory(peer, settle)
+        if pods:
+            report["added_pods"] = add_pods(peer, pods, budget)
+            report["pods_added"] = agent_memory(peer, settle)
         report["first"] = peer.apply_services(min(1000, services), 1, budget)
         if connects:  # as make bench-quick's traffic at N = 1,000 comes before its 10,000
             report["traffic_first"] = traffic(peer, connects)
@@ -230,7 +243,8 @@ def main() -> None:
     """Parse the arguments, measure, print JSON."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--services", type=int, default=10000)
-    parser.add_argument("--pods", type=int, default=1000)
+    parser.add_argument("--pods", type=int, default=None,
+                        help="pods (default 1000); --sandbox: pods beside the bench's 5 (default 0)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--sandbox", action="store_true", help="measure a sandbox agent (root)")
     parser.add_argument("--budget", type=float, default=300.0)
@@ -238,9 +252,11 @@ def main() -> None:
     parser.add_argument("--connects", type=int, default=20000, help="--sandbox: connects of the traffic")
     args = parser.parse_args()
     if args.sandbox:
-        print(json.dumps(sandbox(args.services, args.budget, args.settle, args.connects), indent=1))
+        report = sandbox(args.services, args.budget, args.settle, args.connects, args.pods or 0)
+        print(json.dumps(report, indent=1))
     else:
-        print(json.dumps(measure(args.services, args.pods, args.top), indent=1))
+        pods = 1000 if args.pods is None else args.pods
+        print(json.dumps(measure(args.services, pods, args.top), indent=1))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from velvet.agent.config import AgentConfig
 from velvet.agent.node import Agent, Dirty
+from velvet.controllers import services as service_controller
 from velvet.controllers.services import LB_TABLES
 from velvet.datapath.fake import FakeDatapath
 
@@ -58,6 +61,25 @@ def test_new_services_take_as_many_map_writes_for_10_as_for_200(tmp_path: Path) 
         assert len(fronts) == count
         agent.store.close()
     assert counts[10] == counts[200] <= len(LB_TABLES) + 1
+
+
+def test_a_pass_over_many_new_services_writes_every_held_services_and_ends_as_one_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that a pass holds at most HELD_SERVICES add-only changes before writing them (a 9,000-service
+    pass no longer holds every delta at once), and leaves the maps as one batch of all of them does."""
+    whole, dp_whole = agent_with(tmp_path / "whole")
+    apply_and_reconcile(whole, services(range(20)))
+    monkeypatch.setattr(service_controller, "HELD_SERVICES", 8)
+    counts = {}
+    for count in (8, 20):  # one group of held changes, then three (8 + 8 + 4)
+        agent, dp = agent_with(tmp_path / str(count))
+        dp.lb_writes.clear()
+        apply_and_reconcile(agent, services(range(count)))
+        counts[count] = len(dp.lb_writes)
+        agent.store.close()
+    assert counts[20] == 3 * counts[8]
+    assert {t: dp.tables.get(t) for t in LB_TABLES} == {t: dp_whole.tables.get(t) for t in LB_TABLES}
+    whole.store.close()
 
 
 def test_a_pass_that_deletes_and_adds_ends_as_one_by_one(tmp_path: Path) -> None:

@@ -216,6 +216,10 @@ class _StrictLoader(_SafeLoader):  # type: ignore[misc]
     """SafeLoader within the guards' bounds that keeps timestamps as strings (as sigs.k8s.io/yaml does),
     refuses duplicate and non-scalar keys, tags with no JSON value, and bad tagged scalars (`!!int x`)."""
 
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._strings: dict[str, str] = {}  # equal strings of the text's documents become one object
+
     def construct_document(self, node: yaml.Node) -> Any:
         check_yaml_document(node)  # before anything is built: alias bombs never expand
         try:
@@ -232,7 +236,7 @@ class _StrictLoader(_SafeLoader):  # type: ignore[misc]
         kind, tag = type(node), node.tag
         if isinstance(node, yaml.ScalarNode):
             if tag == _STR_TAG:
-                return node.value
+                return self._strings.setdefault(node.value, node.value)
             if tag == _NULL_TAG:
                 return None
             if tag in _SCALAR_CONSTRUCTORS:
