@@ -156,6 +156,10 @@ class BpfObject:
             raise DatapathError(f"{self.path.name} has no program {name!r} "
                                 f"(has: {', '.join(sorted(self._programs))})") from None
 
+    def map_names(self) -> list[str]:
+        """The names of the object's maps (known once opened, before load)."""
+        return list(self._map_handles)
+
     def maps(self) -> dict[str, Map[Any, Any]]:
         """Untyped views (byte-array keys/values) of every map, after load."""
         return {name: self.map(name) for name in self._map_handles}
@@ -189,7 +193,7 @@ def load_over_pins(path: Path, pin_dir: Path, stale: Callable[[], Iterable[Path]
     upgrade changed a map), the pins `stale()` names that are this object's maps are replaced, and the new
     maps whose key and value sizes stayed get the old entries (conntrack survives a change of map type)."""
     obj = BpfObject.open(path, pin_dir=pin_dir)
-    names = set(obj._map_handles)
+    names = set(obj.map_names())
     try:
         return obj.load()
     except DatapathError as exc:

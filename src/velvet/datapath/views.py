@@ -14,6 +14,7 @@ loading the objects needed.
 from __future__ import annotations
 
 import ctypes
+import socket
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,6 @@ CT_KEY_DTYPE = numpy_dtype(Ct4Key)
 CT_ENTRY_DTYPE = numpy_dtype(Ct4Entry)
 AFFINITY_VAL_DTYPE = numpy_dtype(Lb4AffinityVal)
 NSEC_PER_SEC = 1_000_000_000
-IPPROTO_TCP = 6
 # The conntrack sweep leaves an entry this much longer than the programs' coarse clock (one tick
 # behind time.monotonic_ns()) would: it never removes what a program still finds alive.
 CT_SWEEP_GRACE_NS = NSEC_PER_SEC
@@ -239,7 +239,7 @@ class ConntrackMap(MapView[Ct4Key, Ct4Entry]):
         k, v = np.frombuffer(raw_keys, CT_KEY_DTYPE), np.frombuffer(raw_values, CT_ENTRY_DTYPE)
         flags = v["flags"]
         lifetime_s = np.where(flags & CtFlag.CLOSING, CT_LIFETIME_CLOSE_S,
-                              np.where(k["proto"] != IPPROTO_TCP, CT_LIFETIME_NONTCP_S,
+                              np.where(k["proto"] != socket.IPPROTO_TCP, CT_LIFETIME_NONTCP_S,
                                        np.where(flags & CtFlag.SEEN_REPLY, CT_LIFETIME_TCP_S,
                                                 CT_LIFETIME_SYN_S)))
         age = np.int64(now_ns) - v["last_seen_ns"].astype(np.int64)  # signed: a CPU may stamp a later time
