@@ -68,7 +68,6 @@ from velvet.errors import DatapathError
 
 K = TypeVar("K")
 V = TypeVar("V")
-KT = TypeVar("KT", bound=ctypes.Structure)
 
 
 CT_KEY_DTYPE = numpy_dtype(Ct4Key)
@@ -80,10 +79,10 @@ NSEC_PER_SEC = 1_000_000_000
 CT_SWEEP_GRACE_NS = NSEC_PER_SEC
 
 
-def _chosen_keys(key_type: type[KT], raw: bytes, chosen: npt.NDArray[np.bool_]) -> list[KT]:
-    """The keys (concatenated raw in `raw`) whose entry in `chosen` is set."""
+def _chosen_keys(key_type: type[ctypes.Structure], raw: bytes, chosen: npt.NDArray[np.bool_]) -> list[bytes]:
+    """The raw keys (concatenated in `raw`) whose entry in `chosen` is set, for `Map.delete_raw_batch`."""
     size = ctypes.sizeof(key_type)
-    return [key_type.from_buffer_copy(raw, int(i) * size) for i in np.flatnonzero(chosen)]
+    return [raw[i * size:(i + 1) * size] for i in np.flatnonzero(chosen).tolist()]
 
 
 class MapView(Generic[K, V]):
@@ -210,7 +209,7 @@ class AffinityMap(MapView[Lb4AffinityKey, Lb4AffinityVal]):
         """Forget every affinity to any of these backends, in one walk; returns how many entries went."""
         keys, values = self.map.lookup_batch_raw()
         chosen = np.isin(np.frombuffer(values, AFFINITY_VAL_DTYPE)["backend_id"], list(backend_ids))
-        return self.map.delete_batch(_chosen_keys(Lb4AffinityKey, keys, chosen))
+        return self.map.delete_raw_batch(_chosen_keys(Lb4AffinityKey, keys, chosen))
 
 
 class SockRevNatMap(MapView[Lb4SockRevnatKey, Lb4SockRevnatVal]):
@@ -244,9 +243,7 @@ class ConntrackMap(MapView[Ct4Key, Ct4Entry]):
                                                 CT_LIFETIME_SYN_S)))
         age = np.int64(now_ns) - v["last_seen_ns"].astype(np.int64)  # signed: a CPU may stamp a later time
         doomed = age > lifetime_s.astype(np.int64) * NSEC_PER_SEC + CT_SWEEP_GRACE_NS
-        size = CT_KEY_DTYPE.itemsize
-        keys = [raw_keys[i * size:(i + 1) * size] for i in np.flatnonzero(doomed)]
-        deleted = self.map.delete_raw_batch(keys)
+        deleted = self.map.delete_raw_batch(_chosen_keys(Ct4Key, raw_keys, doomed))
         return ConntrackSweep(len(k) - deleted, deleted, self.map.info.max_entries)
 
     def delete_by_backends(self, stale: Iterable[StaleBackend]) -> int:
@@ -274,7 +271,7 @@ class ConntrackMap(MapView[Ct4Key, Ct4Entry]):
             doomed |= ((k["proto"] == s.proto) & (b_addr == ipv4(s.backend_address))
                        & (b_port == s.backend_port) & (f_port == s.frontend_port)
                        & ((f_addr == front) | (front == 0)))
-        return self.map.delete_batch(_chosen_keys(Ct4Key, raw_keys, doomed & (service | translated)))
+        return self.map.delete_raw_batch(_chosen_keys(Ct4Key, raw_keys, doomed & (service | translated)))
 
 
 class SnatMap(MapView[Snat4Key, Snat4Entry]):
