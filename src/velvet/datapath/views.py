@@ -213,7 +213,7 @@ class AffinityMap(MapView[Lb4AffinityKey, Lb4AffinityVal]):
 
 
 class SockRevNatMap(MapView[Lb4SockRevnatKey, Lb4SockRevnatVal]):
-    """lb4_sock_revnat (LRU): what recvmsg4/getpeername4 translate back."""
+    """lb4_sock_revnat (LRU): what recvmsg4 translates back for the datagrams sendmsg4 translated."""
 
     name = "lb4_sock_revnat"
     key_type = Lb4SockRevnatKey

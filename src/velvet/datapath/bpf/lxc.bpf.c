@@ -87,8 +87,7 @@ int lxc_from_pod(struct __sk_buff *skb)
 	}
 
 	/* reply of a connection this pod accepted */
-	ct_key_rev(&key, &pkt, CT_INGRESS);
-	e = ct_lookup(&key, pkt.tcp_flags, now);
+	e = ct_lookup_reply(&key, &pkt, CT_INGRESS, now);
 	if (e) {
 		pkt.ev_flags |= EV_F_REPLY;
 		report = ct_account(e, true, skb->len, pkt.tcp_flags, now);

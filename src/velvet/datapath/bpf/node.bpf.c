@@ -47,8 +47,7 @@ static __always_inline bool node_pod_reply(const struct pkt4 *pkt, __u64 now)
 
 	if (pkt->icmp_error || !bpf_map_lookup_elem(&lxc_endpoints, &pkt->daddr))
 		return false;
-	ct_key_rev(&key, pkt, CT_EGRESS);
-	return ct_lookup(&key, pkt->tcp_flags, now) != NULL;
+	return ct_lookup_reply(&key, pkt, CT_EGRESS, now) != NULL;
 }
 
 SEC("tc")

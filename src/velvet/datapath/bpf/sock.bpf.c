@@ -60,31 +60,27 @@ static __always_inline void sock_event(struct bpf_sock_addr *ctx, __be32 fronten
 /*
  * Remember which frontend the socket's backend stands for, for recvmsg4/getpeername4; whether the
  * mapping is new (then the translation is reported). A connected socket keeps one mapping in its own
- * storage (a re-connect replaces it); datagrams of sendmsg4 (an unconnected socket may talk to several
- * frontends), or a socket whose storage could not be allocated, use the lb4_sock_revnat LRU.
+ * storage st (a re-connect replaces it); datagrams of sendmsg4 (st NULL: an unconnected socket may talk
+ * to several frontends) use the lb4_sock_revnat LRU.
  */
-static __always_inline bool sock4_remember(struct bpf_sock_addr *ctx, bool per_datagram, __u64 cookie,
+static __always_inline bool sock4_remember(struct lb4_sock_revnat_sk *st, __u64 cookie,
 					   const struct lb4_backend *be, __be32 addr, __be16 port,
 					   __u16 rev_nat_index)
 {
 	struct lb4_sock_revnat_key rkey = {};
 	struct lb4_sock_revnat_val rval = {};
 	struct lb4_sock_revnat_val *known;
-	struct lb4_sock_revnat_sk *st;
 
-	if (!per_datagram) {
-		st = bpf_sk_storage_get(&lb4_sock_revnat_sk, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (st) {
-			if (st->backend_address == be->address && st->backend_port == be->port &&
-			    st->address == addr && st->port == port)
-				return false;
-			st->backend_address = be->address;
-			st->backend_port = be->port;
-			st->address = addr;
-			st->port = port;
-			st->rev_nat_index = rev_nat_index;
-			return true;
-		}
+	if (st) {
+		if (st->backend_address == be->address && st->backend_port == be->port &&
+		    st->address == addr && st->port == port)
+			return false;
+		st->backend_address = be->address;
+		st->backend_port = be->port;
+		st->address = addr;
+		st->port = port;
+		st->rev_nat_index = rev_nat_index;
+		return true;
 	}
 	rkey.cookie = cookie;
 	rkey.address = be->address;
@@ -102,6 +98,7 @@ static __always_inline bool sock4_remember(struct bpf_sock_addr *ctx, bool per_d
 /* Translate a destination frontend to a backend. Returns the sock_addr verdict (1 = go on). */
 static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 obs, bool per_datagram)
 {
+	struct lb4_sock_revnat_sk *st = NULL;
 	struct lb4_service *svc;
 	struct lb4_backend *be;
 	struct lb4_key key;
@@ -129,6 +126,14 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 obs, 
 		return 0;
 	}
 
+	/* a connected socket's mapping lives in its storage; without one (no memory) the tc path translates
+	 * its packets instead, and getpeername() needs no lookup beyond the storage */
+	if (!per_datagram) {
+		st = bpf_sk_storage_get(&lb4_sock_revnat_sk, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!st)
+			return 1;
+	}
+
 	/* pick a backend; inconsistent tables (mid-update) leave the call to the tc path */
 	cookie = bpf_get_socket_cookie(ctx);
 	be = lb4_select_backend(&key, svc, bpf_get_netns_cookie(ctx), true,
@@ -138,7 +143,7 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 obs, 
 		return 1;
 
 	/* remember the frontend for recvmsg4/getpeername4; report only what is new */
-	if (sock4_remember(ctx, per_datagram, cookie, be, addr, port, svc->rev_nat_index))
+	if (sock4_remember(st, cookie, be, addr, port, svc->rev_nat_index))
 		sock_event(ctx, addr, port, svc->rev_nat_index, be->address, be->port, obs, 0);
 
 	/* the socket now talks to the backend */
@@ -147,8 +152,9 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 obs, 
 	return 1;
 }
 
-/* Show the frontend instead of the backend a socket was translated to. */
-static __always_inline int sock4_xlate_rev(struct bpf_sock_addr *ctx)
+/* Show the frontend instead of the backend a socket was translated to (connected: only a connect()'s
+ * translation applies, kept in the socket's storage). */
+static __always_inline int sock4_xlate_rev(struct bpf_sock_addr *ctx, bool connected)
 {
 	struct lb4_sock_revnat_sk *st = bpf_sk_storage_get(&lb4_sock_revnat_sk, ctx->sk, 0, 0);
 	struct lb4_sock_revnat_key rkey = {};
@@ -169,6 +175,8 @@ static __always_inline int sock4_xlate_rev(struct bpf_sock_addr *ctx)
 	}
 
 	/* else one of the backends sendmsg4 sent its datagrams to */
+	if (connected)
+		return 1;
 	rkey.cookie = bpf_get_socket_cookie(ctx);
 	rkey.address = ctx->user_ip4;
 	rkey.port = (__be16)ctx->user_port;
@@ -200,13 +208,13 @@ int sock_sendmsg4(struct bpf_sock_addr *ctx)
 SEC("cgroup/recvmsg4")
 int sock_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock4_xlate_rev(ctx);
+	return sock4_xlate_rev(ctx, false);
 }
 
 SEC("cgroup/getpeername4")
 int sock_getpeername4(struct bpf_sock_addr *ctx)
 {
-	return sock4_xlate_rev(ctx);
+	return sock4_xlate_rev(ctx, true);
 }
 
 char LICENSE[] SEC("license") = "GPL";

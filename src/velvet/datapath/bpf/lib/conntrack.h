@@ -99,6 +99,25 @@ static __always_inline bool ct_account(struct ct4_entry *e, bool reply, __u32 le
 	return report;
 }
 
+/* Whether a packet is a pure TCP SYN: it opens a connection (or retries opening it), never a reply. */
+static __always_inline bool pkt_pure_syn(const struct pkt4 *pkt)
+{
+	return pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN;
+}
+
+/*
+ * The live entry of the connection pkt is a reply of, in direction dir (ct_key_rev into key). A pure SYN
+ * is no reply: its lookup is saved (a simultaneous open's crossing SYN counts as a new connection).
+ */
+static __always_inline struct ct4_entry *ct_lookup_reply(struct ct4_key *key, const struct pkt4 *pkt, __u8 dir,
+							 __u64 now)
+{
+	if (pkt_pure_syn(pkt))
+		return NULL;
+	ct_key_rev(key, pkt, dir);
+	return ct_lookup(key, pkt->tcp_flags, now);
+}
+
 /* Create (or replace an expired) entry for pkt's first packet. 0 on success. */
 static __always_inline int ct_create(const struct ct4_key *key, const struct pkt4 *pkt, __u32 len,
 				     __u64 now, __u8 flags, __be32 nat_addr, __be16 nat_port,

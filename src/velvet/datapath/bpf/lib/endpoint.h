@@ -19,12 +19,6 @@
  * whole, its low byte unlike the tunnel's TUNNEL_MARK_MAGIC. */
 #define HOST_ROUTED_MARK 0x7e1000a6
 
-/* Whether a new connection's first packet is a pure TCP SYN: no reply of anything, no later segment. */
-static __always_inline bool pkt_pure_syn(const struct pkt4 *pkt)
-{
-	return pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN;
-}
-
 /* Resolve the identities an event shows but the fast path did not need. */
 static __always_inline void lxc_fill_identities(struct pkt4 *pkt)
 {
@@ -108,8 +102,7 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, struct pkt4 *pkt,
 	}
 
 	/* reply of a connection this pod opened; translated ones get their frontend back */
-	ct_key_rev(&key, pkt, CT_EGRESS);
-	e = ct_lookup(&key, pkt->tcp_flags, now);
+	e = ct_lookup_reply(&key, pkt, CT_EGRESS, now);
 	if (e) {
 		pkt->ev_flags |= EV_F_REPLY;
 		report = ct_account(e, true, skb->len, pkt->tcp_flags, now);

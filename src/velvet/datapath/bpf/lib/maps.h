@@ -80,7 +80,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } lb4_maglev SEC(".maps");
 
-/* Socket LB reverse translation for recvmsg4/getpeername4 of datagrams sendmsg4 translated
+/* Socket LB reverse translation for recvmsg4 of datagrams sendmsg4 translated
  * (an unconnected UDP socket may talk to several frontends). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
