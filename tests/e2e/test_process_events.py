@@ -151,7 +151,7 @@ def test_processes_running_before_a_restarted_agent_appear_with_their_ancestry(s
     assert {p["name"]: p["attached_to"] for p in status["programs"]} == {
         "proc_exec": "tracepoint sched:sched_process_exec", "proc_fork": "raw_tracepoint:sched_process_fork",
         "proc_exit": "tracepoint sched:sched_process_exit",
-        "proc_tcp_connect": "tracepoint sock:inet_sock_set_state",
+        "proc_tcp_connect": "tp_btf:inet_sock_set_state",
         "proc_udp_send": "tracepoint sock:sock_send_length",
         "proc_udp_recv": "tracepoint sock:sock_recv_length"}
     links = list_pinned_links(AgentPaths(sb.name).pin_dir / "links")

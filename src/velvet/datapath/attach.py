@@ -316,11 +316,13 @@ def attach_tracepoint(prog: Program, category: str, name: str, pin_path: Path | 
     return _pin(fd, pin_path)
 
 
-def attach_raw_tracepoint(prog: Program, name: str, pin_path: Path | None = None) -> Link:
-    """Attach a raw tracepoint program (BPF_RAW_TRACEPOINT_OPEN gives a link, pinned at pin_path if given)."""
+def attach_raw_tracepoint(prog: Program, name: str, pin_path: Path | None = None, *,
+                          btf: bool = False) -> Link:
+    """Attach a raw tracepoint program (BPF_RAW_TRACEPOINT_OPEN gives a link, pinned at pin_path if given);
+    `btf`: a tp_btf program, whose tracepoint `name` was named at load (SEC("tp_btf/<name>"))."""
     if pin_path is not None:
         detach_pinned(pin_path)  # raw tracepoint links cannot be updated: replace
-    fd = libbpf.check(libbpf.bpf_raw_tracepoint_open(name.encode(), prog.fd),
+    fd = libbpf.check(libbpf.bpf_raw_tracepoint_open(None if btf else name.encode(), prog.fd),
                       f"attaching {prog.name} to raw tracepoint {name}")
     return _pin(fd, pin_path)
 

@@ -48,12 +48,12 @@ PINNED_MAPS = ("proc_events", "proc_sock_events", "proc_config", "proc_lost", "p
                "proc_syscall_counts", *RUNTIME_POLICY_MAPS)
 # syscalls per cgroup: on every syscall of the machine, so attached only on request (--syscall-metrics)
 SYSCALL_COUNTER = ("proc_syscalls", "raw_syscalls", "sys_enter")
-# program -> (tracepoint category or "raw", tracepoint name)
+# program -> (tracepoint category, "raw" or "tp_btf" (raw, BTF-typed), tracepoint name)
 TRACEPOINTS = {
     "proc_exec": ("sched", "sched_process_exec"),
     "proc_fork": ("raw", "sched_process_fork"),
     "proc_exit": ("sched", "sched_process_exit"),
-    "proc_tcp_connect": ("sock", "inet_sock_set_state"),
+    "proc_tcp_connect": ("tp_btf", "inet_sock_set_state"),
     "proc_udp_send": ("sock", "sock_send_length"),
     "proc_udp_recv": ("sock", "sock_recv_length"),
 }
@@ -128,6 +128,16 @@ class ProcessSource(Protocol):
         """Release fds; pinned links keep reporting into the pinned ring."""
 
 
+def _hook_name(category: str, tracepoint: str) -> str:
+    """How `status` names a program's tracepoint: "tracepoint sched:sched_process_exec", "raw_tracepoint:…",
+    "tp_btf:…"."""
+    if category == "raw":
+        return f"raw_tracepoint:{tracepoint}"
+    if category == "tp_btf":
+        return f"tp_btf:{tracepoint}"
+    return f"tracepoint {category}:{tracepoint}"
+
+
 class SockEventsRing(RingView):
     """proc_sock_events: struct sock_event records (SOCK_EVENT_DTYPE) of proc.bpf.o."""
 
@@ -164,8 +174,9 @@ class KernelProcSource:
             config_map.update(c_uint32(0), config)
         for prog_name, (category, name) in TRACEPOINTS.items():
             pin = self.links_dir / prog_name.replace("_", "-")
-            if category == "raw":
-                attach.attach_raw_tracepoint(self._obj.program(prog_name), name, pin).close()
+            if category in ("raw", "tp_btf"):
+                attach.attach_raw_tracepoint(self._obj.program(prog_name), name, pin,
+                                             btf=category == "tp_btf").close()
             else:
                 attach.attach_tracepoint(self._obj.program(prog_name), category, name, pin).close()
         for prog_name, category, name in POLICY_HOOKS.values():  # the previous agent's: our program now
@@ -225,7 +236,7 @@ class KernelProcSource:
         attached.update((name, (category, tp)) for name, category, tp in optional
                         if (self.links_dir / name.replace("_", "-")).exists())
         return [{"name": name, "id": self._obj.program(name).id,
-                 "attached_to": f"{'raw_tracepoint' if category == 'raw' else 'tracepoint ' + category}:{tp}"}
+                 "attached_to": _hook_name(category, tp)}
                 for name, (category, tp) in attached.items()]
 
     def write_policy(self, old: RtTables, new: RtTables) -> None:

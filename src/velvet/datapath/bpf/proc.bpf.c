@@ -5,7 +5,7 @@
  *   proc_exec:      tracepoint sched/sched_process_exec (binary path, argv from mm->arg_start)
  *   proc_fork:      raw tracepoint sched_process_fork (new processes only, not threads)
  *   proc_exit:      tracepoint sched/sched_process_exit (when the last thread of a process exits)
- *   proc_tcp_connect: tracepoint sock/inet_sock_set_state, what names a flow's process (IPv4 TCP): the process that
+ *   proc_tcp_connect: tp_btf inet_sock_set_state (BTF-typed raw tracepoint: the socket itself), what names a flow's process (IPv4 TCP): the process that
  *                   connect()s, reported when its connection is ESTABLISHED and CLOSE; listen() and
  *                   the listener's close (in the owner); passive opens ESTABLISHED (in softirq, kept
  *                   when the socket's cgroup, the listener's, is monitored) and their CLOSE
@@ -30,6 +30,7 @@
  */
 #include "lib/common.h"
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
 #include "lib/tracing_policy.h"
 
 #define PROC_EVENTS_RINGBUF_BYTES (4 * 1024 * 1024)
@@ -54,11 +55,12 @@ struct {
 	__type(value, struct proc_config);
 } proc_config SEC(".maps");
 
-/* TCP sockets being connected or connected by a monitored process (socket address -> tgid). */
+/* The process that connected a TCP socket of a monitored process (the tgid; 0: an accepted socket), in
+ * the socket's own storage: freed with the socket, no LRU update on the connect path. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, __u32);
 } proc_socks SEC(".maps");
 
@@ -167,19 +169,19 @@ static __always_inline struct sock_event *proc_sock_event_reserve(struct sock *s
 	return ev;
 }
 
-/* Report a TCP socket's state change for the process `tgid` (0: not known in this context). */
-static __always_inline void proc_report_sock(struct trace_event_raw_inet_sock_set_state *ctx, __u32 tgid)
+/* Report TCP socket sk's state change for the process `tgid` (0: not known in this context). */
+static __always_inline void proc_report_sock(struct sock *sk, int oldstate, int newstate, __u32 tgid)
 {
-	struct sock_event *ev = proc_sock_event_reserve((struct sock *)ctx->skaddr, tgid);
+	struct sock_event *ev = proc_sock_event_reserve(sk, tgid);
 
 	if (!ev)
 		return;
-	ev->old_state = ctx->oldstate;
-	ev->new_state = ctx->newstate;
-	__builtin_memcpy(&ev->saddr, ctx->saddr, sizeof(ev->saddr));
-	__builtin_memcpy(&ev->daddr, ctx->daddr, sizeof(ev->daddr));
-	ev->sport = bpf_htons(ctx->sport);
-	ev->dport = bpf_htons(ctx->dport);
+	ev->old_state = oldstate;
+	ev->new_state = newstate;
+	ev->saddr = sk->__sk_common.skc_rcv_saddr;
+	ev->daddr = sk->__sk_common.skc_daddr;
+	ev->sport = bpf_htons(sk->__sk_common.skc_num);
+	ev->dport = sk->__sk_common.skc_dport;
 	ev->protocol = IPPROTO_TCP;
 	ringbuf_submit_lazy(ev, &proc_sock_events, PROC_SOCK_EVENTS_RINGBUF_BYTES);
 }
@@ -308,48 +310,46 @@ int proc_exit(struct trace_event_raw_sched_process_template *ctx)
 	return 0;
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int proc_tcp_connect(struct trace_event_raw_inet_sock_set_state *ctx)
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(proc_tcp_connect, struct sock *sk, int oldstate, int newstate)
 {
-	__u64 sk = (__u64)ctx->skaddr;
-	__u32 tgid, *owner;
+	__u32 *owner;
 
-	if (ctx->family != AF_INET || ctx->protocol != IPPROTO_TCP)
+	if (sk->__sk_common.skc_family != AF_INET || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	if (ctx->newstate == TCP_SYN_SENT) {
+	if (newstate == TCP_SYN_SENT) {
 		/* inside connect(): the current task is the process that opens the connection */
 		if (!proc_monitored())
 			return 0;
-		tgid = bpf_get_current_pid_tgid() >> 32;
-		bpf_map_update_elem(&proc_socks, &sk, &tgid, BPF_ANY);
+		owner = bpf_sk_storage_get(&proc_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (owner)
+			*owner = bpf_get_current_pid_tgid() >> 32;
 		return 0;
 	}
-	if (ctx->newstate == TCP_LISTEN || (ctx->oldstate == TCP_LISTEN && ctx->newstate == TCP_CLOSE)) {
+	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)) {
 		/* listen() and the listener's close() run in the owning process (an accepted socket is cloned
 		 * from its listener: its LISTEN -> SYN_RECV runs in softirq and is no listener's close) */
 		if (proc_monitored())
-			proc_report_sock(ctx, bpf_get_current_pid_tgid() >> 32);
+			proc_report_sock(sk, oldstate, newstate, bpf_get_current_pid_tgid() >> 32);
 		return 0;
 	}
-	if (ctx->oldstate == TCP_SYN_RECV && ctx->newstate == TCP_ESTABLISHED) {
+	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
 		/* a passive open completes in softirq: its listener's owner names it in user space */
-		if (!proc_sk_monitored((struct sock *)ctx->skaddr))
+		if (!proc_sk_monitored(sk))
 			return 0;
-		tgid = 0;
-		bpf_map_update_elem(&proc_socks, &sk, &tgid, BPF_ANY);
-		proc_report_sock(ctx, 0);
+		owner = bpf_sk_storage_get(&proc_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (owner)
+			*owner = 0;
+		proc_report_sock(sk, oldstate, newstate, 0);
 		return 0;
 	}
-	if (ctx->newstate != TCP_ESTABLISHED && ctx->newstate != TCP_CLOSE)
+	if (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
 		return 0;
-	/* later states often change in softirq: the owner comes from the connect */
-	owner = bpf_map_lookup_elem(&proc_socks, &sk);
-	if (!owner)
-		return 0;
-	tgid = *owner;
-	if (ctx->newstate == TCP_CLOSE)
-		bpf_map_delete_elem(&proc_socks, &sk);
-	proc_report_sock(ctx, tgid);
+	/* later states often change in softirq: the owner comes from the connect (the storage goes with the
+	 * socket; a socket connected again passes SYN_SENT first) */
+	owner = bpf_sk_storage_get(&proc_socks, sk, 0, 0);
+	if (owner)
+		proc_report_sock(sk, oldstate, newstate, *owner);
 	return 0;
 }
 
