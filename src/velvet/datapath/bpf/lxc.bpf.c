@@ -65,6 +65,7 @@ int lxc_from_pod(struct __sk_buff *skb)
 	__u16 reason = 0;
 	bool report = false;
 	bool uplink_done = false;
+	bool reply;
 	int ret, verdict;
 
 	/* parse; other ethertypes (ARP, IPv6) pass */
@@ -86,32 +87,30 @@ int lxc_from_pod(struct __sk_buff *skb)
 		goto forward;
 	}
 
-	/* reply of a connection this pod accepted */
-	e = ct_lookup_reply(&key, &pkt, CT_INGRESS, now);
-	if (e) {
-		pkt.ev_flags |= EV_F_REPLY;
-		report = ct_account(e, true, skb->len, pkt.tcp_flags, now);
-		lxc_ct_identities(&pkt, e, true);
-		uplink_done = e->flags & CT_F_NO_UPLINK_NAT;
-		goto forward;
+	/* a tracked connection as the packet is addressed: one this pod opened (translated by the socket LB,
+	 * or to no frontend), or the reply of one it accepted */
+	e = ct_lookup_either(&key, &pkt, CT_EGRESS, CT_INGRESS, false, now, &reply);
+	if (!e) {
+		/* service frontends the socket LB did not translate: DNAT here */
+		reason = svc_dnat(skb, &pkt, true, LXC_FRONTEND_FLAGS, false, 0, &backend_id, now);
+		if (reason) {
+			lxc_drop(skb, &pkt, reason, OBS_FROM_ENDPOINT, METRIC_EGRESS);
+			/* refuse like a closed port: the answer goes straight back into the pod */
+			if (reason == DROP_NO_SERVICE_BACKEND && reject_pkt(skb, &pkt) == 0)
+				return bpf_redirect_peer(skb->ifindex, 0);
+			return TC_ACT_SHOT;
+		}
+		/* a connection this pod opened to a frontend, by its translated tuple */
+		ct_key_fwd(&key, &pkt, CT_EGRESS);
+		reply = false;
+		if (pkt.rev_nat_index)
+			e = ct_lookup(&key, pkt.tcp_flags, now);
 	}
-
-	/* service frontends the socket LB did not translate: DNAT here */
-	reason = svc_dnat(skb, &pkt, true, LXC_FRONTEND_FLAGS, false, 0, &backend_id, now);
-	if (reason) {
-		lxc_drop(skb, &pkt, reason, OBS_FROM_ENDPOINT, METRIC_EGRESS);
-		/* refuse like a closed port: the answer goes straight back into the pod */
-		if (reason == DROP_NO_SERVICE_BACKEND && reject_pkt(skb, &pkt) == 0)
-			return bpf_redirect_peer(skb->ifindex, 0);
-		return TC_ACT_SHOT;
-	}
-
-	/* established connection this pod opened */
-	ct_key_fwd(&key, &pkt, CT_EGRESS);
-	e = ct_lookup(&key, pkt.tcp_flags, now);
 	if (e) {
-		report = ct_account(e, false, skb->len, pkt.tcp_flags, now);
-		lxc_ct_identities(&pkt, e, false);
+		if (reply)
+			pkt.ev_flags |= EV_F_REPLY;
+		report = ct_account(e, reply, skb->len, pkt.tcp_flags, now);
+		lxc_ct_identities(&pkt, e, reply);
 		uplink_done = e->flags & CT_F_NO_UPLINK_NAT;
 		goto forward;
 	}
@@ -157,7 +156,7 @@ int lxc_to_pod(struct __sk_buff *skb)
 	if (ret < 0)
 		return drop_pkt(skb, &pkt, -ret, OBS_TO_ENDPOINT, METRIC_INGRESS);
 	/* the destination pod; unknown addresses are not isolated */
-	return to_endpoint(skb, &pkt, bpf_map_lookup_elem(&lxc_endpoints, &pkt.daddr), now, false);
+	return to_endpoint(skb, &pkt, bpf_map_lookup_elem(&lxc_endpoints, &pkt.daddr), now, false, false);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -40,14 +40,20 @@ static __always_inline void node_fill_identities(struct pkt4 *pkt)
 	pkt->dst_identity = ipcache_identity(pkt->daddr);
 }
 
-/* Whether pkt is a reply of a live connection a local pod opened (its CT_EGRESS entry). */
-static __always_inline bool node_pod_reply(const struct pkt4 *pkt, __u64 now)
+/* Whether pkt belongs to a live connection of a local pod, addressed to the pod itself: the reply of one
+ * it opened (EV_F_REPLY set in pkt) or a packet of one it accepted. */
+static __always_inline bool node_pod_tracked(struct pkt4 *pkt, __u64 now)
 {
 	struct ct4_key key;
+	bool reply;
 
 	if (pkt->icmp_error || !bpf_map_lookup_elem(&lxc_endpoints, &pkt->daddr))
 		return false;
-	return ct_lookup_reply(&key, pkt, CT_EGRESS, now) != NULL;
+	if (!ct_lookup_either(&key, pkt, CT_INGRESS, CT_EGRESS, false, now, &reply))
+		return false;
+	if (reply)
+		pkt->ev_flags |= EV_F_REPLY;
+	return true;
 }
 
 SEC("tc")
@@ -77,10 +83,10 @@ int node_from_uplink(struct __sk_buff *skb)
 			return ret;
 	}
 
-	/* translate external frontends to a backend; a reply of a connection a local pod opened stays that
-	 * connection's (conntrack first, as in the kernel's NAT): no frontend lookups, whose keys (the pod's
-	 * ephemeral port) are cold every time. One call site of the to-pod code below: verifier time. */
-	reason = node_pod_reply(&pkt, now) ? 0 :
+	/* translate external frontends to a backend; a packet of a local pod's connection stays that
+	 * connection's (conntrack first, as in the kernel's NAT): no frontend lookups, whose keys are cold
+	 * every time. One call site of the to-pod code below: verifier time. */
+	reason = node_pod_tracked(&pkt, now) ? 0 :
 		 svc_dnat(skb, &pkt, false, UPLINK_FRONTEND_FLAGS, true, CT_F_NODEPORT, &backend_id, now);
 	if (reason) {
 		node_fill_identities(&pkt);

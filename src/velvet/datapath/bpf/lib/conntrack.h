@@ -105,6 +105,12 @@ static __always_inline bool pkt_pure_syn(const struct pkt4 *pkt)
 	return pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN;
 }
 
+/* Whether a packet is a TCP SYN-ACK: the answer to a SYN, a reply (but in a simultaneous open). */
+static __always_inline bool pkt_syn_ack(const struct pkt4 *pkt)
+{
+	return pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == (TCP_F_SYN | TCP_F_ACK);
+}
+
 /*
  * The live entry of the connection pkt is a reply of, in direction dir (ct_key_rev into key). A pure SYN
  * is no reply: its lookup is saved (a simultaneous open's crossing SYN counts as a new connection).
@@ -116,6 +122,33 @@ static __always_inline struct ct4_entry *ct_lookup_reply(struct ct4_key *key, co
 		return NULL;
 	ct_key_rev(key, pkt, dir);
 	return ct_lookup(key, pkt->tcp_flags, now);
+}
+
+/*
+ * The live entry of pkt's connection: as the packet travels (direction dir_fwd), or the one it is a reply
+ * of (dir_rev; *reply set). Every lookup of a cold key costs a cache miss, so the likelier one goes first:
+ * the reply when reply_first (the caller knows) or for a SYN-ACK, else the forward one. key is clobbered.
+ */
+static __always_inline struct ct4_entry *ct_lookup_either(struct ct4_key *key, const struct pkt4 *pkt,
+							  __u8 dir_fwd, __u8 dir_rev, bool reply_first,
+							  __u64 now, bool *reply)
+{
+	struct ct4_entry *e;
+
+	reply_first = reply_first || pkt_syn_ack(pkt);
+	*reply = true;
+	if (reply_first) {
+		e = ct_lookup_reply(key, pkt, dir_rev, now);
+		if (e)
+			return e;
+	}
+	*reply = false;
+	ct_key_fwd(key, pkt, dir_fwd);
+	e = ct_lookup(key, pkt->tcp_flags, now);
+	if (e || reply_first)
+		return e;
+	*reply = true;
+	return ct_lookup_reply(key, pkt, dir_rev, now);
 }
 
 /* Create (or replace an expired) entry for pkt's first packet. 0 on success. */

@@ -76,16 +76,18 @@ static __always_inline void lxc_policy_event(struct __sk_buff *skb, const struct
 /*
  * Run the to-pod datapath on pkt, a packet for the pod ep (NULL: an address that is no endpoint, not
  * isolated). Its events are observed at the pod's host veth. untranslated: the caller knows no NodePort
- * DNAT of this node translated the packet (its new connection may get CT_F_NO_UPLINK_NAT). Returns
- * TC_ACT_OK or TC_ACT_SHOT.
+ * DNAT of this node translated the packet (its new connection may get CT_F_NO_UPLINK_NAT). reply_first:
+ * the caller found the packet to be a reply (its conntrack lookups start there). Returns TC_ACT_OK or
+ * TC_ACT_SHOT.
  */
 static __always_inline int to_endpoint(struct __sk_buff *skb, struct pkt4 *pkt,
-				       const struct endpoint_info *ep, __u64 now, bool untranslated)
+				       const struct endpoint_info *ep, __u64 now, bool untranslated,
+				       bool reply_first)
 {
 	struct ct4_entry *e;
 	struct ct4_key key;
 	__u16 reason = 0;
-	bool report;
+	bool report, reply;
 	int verdict;
 
 	if (ep) {
@@ -101,9 +103,10 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, struct pkt4 *pkt,
 		return lxc_pass(skb, pkt, OBS_TO_ENDPOINT, METRIC_INGRESS, false);
 	}
 
-	/* reply of a connection this pod opened; translated ones get their frontend back */
-	e = ct_lookup_reply(&key, pkt, CT_EGRESS, now);
-	if (e) {
+	/* reply of a connection this pod opened (translated ones get their frontend back), or a packet of
+	 * one it accepted */
+	e = ct_lookup_either(&key, pkt, CT_INGRESS, CT_EGRESS, reply_first, now, &reply);
+	if (e && reply) {
 		pkt->ev_flags |= EV_F_REPLY;
 		report = ct_account(e, true, skb->len, pkt->tcp_flags, now);
 		/* the backend's identity for translated ones, not the frontend's */
@@ -117,10 +120,6 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, struct pkt4 *pkt,
 		}
 		return lxc_pass(skb, pkt, OBS_TO_ENDPOINT, METRIC_INGRESS, report);
 	}
-
-	/* established connection this pod accepted */
-	ct_key_fwd(&key, pkt, CT_INGRESS);
-	e = ct_lookup(&key, pkt->tcp_flags, now);
 	if (e) {
 		lxc_ct_identities(pkt, e, false);
 		return lxc_pass(skb, pkt, OBS_TO_ENDPOINT, METRIC_INGRESS,
@@ -135,6 +134,7 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, struct pkt4 *pkt,
 	if (verdict == POLICY_VERDICT_DROP)
 		return lxc_drop(skb, pkt, DROP_POLICY_DENIED, OBS_TO_ENDPOINT, METRIC_INGRESS);
 
+	ct_key_fwd(&key, pkt, CT_INGRESS);
 	if (ct_create(&key, pkt, skb->len, now,
 		      (verdict == POLICY_VERDICT_AUDIT ? CT_F_AUDIT : 0) |
 		      (untranslated && pkt_pure_syn(pkt) ? CT_F_NO_UPLINK_NAT : 0), 0, 0, 0) < 0)
@@ -192,7 +192,7 @@ static __always_inline int host_route_ingress(struct __sk_buff *skb, const struc
 		if (ep && ep->ifindex == fib.ifindex) {
 			pkt_next_hop(&next, pkt);
 			/* translated here (the uplink's NodePort DNAT among others): never CT_F_NO_UPLINK_NAT */
-			verdict = to_endpoint(skb, &next, ep, now, !pkt->rev_nat_index);
+			verdict = to_endpoint(skb, &next, ep, now, !pkt->rev_nat_index, pkt->ev_flags & EV_F_REPLY);
 			if (verdict != TC_ACT_OK)
 				return verdict;
 			/* the mark stays behind, as when crossing the veth into the pod's namespace */
