@@ -55,12 +55,12 @@ struct {
 	__type(value, struct proc_config);
 } proc_config SEC(".maps");
 
-/* The process that connected a TCP socket of a monitored process (the tgid; 0: an accepted socket), in
- * the socket's own storage: freed with the socket, no LRU update on the connect path. */
+/* TCP sockets being connected or connected by a monitored process (socket address -> tgid; 0: an
+ * accepted socket) until their close. A preallocated hash: no LRU free-list refill on the connect path. */
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
 	__type(value, __u32);
 } proc_socks SEC(".maps");
 
@@ -313,7 +313,8 @@ int proc_exit(struct trace_event_raw_sched_process_template *ctx)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(proc_tcp_connect, struct sock *sk, int oldstate, int newstate)
 {
-	__u32 *owner;
+	__u64 key = (__u64)sk;
+	__u32 tgid, *owner;
 
 	if (sk->__sk_common.skc_family != AF_INET || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
@@ -321,9 +322,8 @@ int BPF_PROG(proc_tcp_connect, struct sock *sk, int oldstate, int newstate)
 		/* inside connect(): the current task is the process that opens the connection */
 		if (!proc_monitored())
 			return 0;
-		owner = bpf_sk_storage_get(&proc_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (owner)
-			*owner = bpf_get_current_pid_tgid() >> 32;
+		tgid = bpf_get_current_pid_tgid() >> 32;
+		bpf_map_update_elem(&proc_socks, &key, &tgid, BPF_ANY);
 		return 0;
 	}
 	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)) {
@@ -337,19 +337,22 @@ int BPF_PROG(proc_tcp_connect, struct sock *sk, int oldstate, int newstate)
 		/* a passive open completes in softirq: its listener's owner names it in user space */
 		if (!proc_sk_monitored(sk))
 			return 0;
-		owner = bpf_sk_storage_get(&proc_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (owner)
-			*owner = 0;
+		tgid = 0;
+		bpf_map_update_elem(&proc_socks, &key, &tgid, BPF_ANY);
 		proc_report_sock(sk, oldstate, newstate, 0);
 		return 0;
 	}
 	if (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
 		return 0;
-	/* later states often change in softirq: the owner comes from the connect (the storage goes with the
-	 * socket; a socket connected again passes SYN_SENT first) */
-	owner = bpf_sk_storage_get(&proc_socks, sk, 0, 0);
-	if (owner)
-		proc_report_sock(sk, oldstate, newstate, *owner);
+	/* later states often change in softirq: the owner comes from the connect; every socket ends in
+	 * TCP_CLOSE, which frees its entry */
+	owner = bpf_map_lookup_elem(&proc_socks, &key);
+	if (!owner)
+		return 0;
+	tgid = *owner;
+	if (newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&proc_socks, &key);
+	proc_report_sock(sk, oldstate, newstate, tgid);
 	return 0;
 }
 
