@@ -5,10 +5,11 @@
  *   proc_exec:      tracepoint sched/sched_process_exec (binary path, argv from mm->arg_start)
  *   proc_fork:      raw tracepoint sched_process_fork (new processes only, not threads)
  *   proc_exit:      tracepoint sched/sched_process_exit (when the last thread of a process exits)
- *   proc_tcp_connect: tp_btf inet_sock_set_state (BTF-typed raw tracepoint: the socket itself), what names a flow's process (IPv4 TCP): the process that
- *                   connect()s, reported when its connection is ESTABLISHED and CLOSE; listen() and
- *                   the listener's close (in the owner); passive opens ESTABLISHED (in softirq, kept
- *                   when the socket's cgroup, the listener's, is monitored) and their CLOSE
+ *   proc_tcp_connect: tp_btf inet_sock_set_state (the BTF-typed raw tracepoint: the socket itself), what
+ *                   names a flow's process (IPv4 TCP): the process that connect()s, reported when its
+ *                   connection is ESTABLISHED and CLOSE; listen() and the listener's close (in the
+ *                   owner); passive opens ESTABLISHED (in softirq) and their CLOSE. Sockets whose cgroup
+ *                   (the creator's; an accepted socket's is its listener's) is monitored.
  *   proc_udp_send, proc_udp_recv: tracepoints sock/sock_send_length and sock/sock_recv_length, what names a
  *                   UDP flow's process (IPv4): the process that sends or receives on a UDP socket, once per
  *                   socket, process and local port (after the call, so an autobound socket has its port)
@@ -318,10 +319,12 @@ int BPF_PROG(proc_tcp_connect, struct sock *sk, int oldstate, int newstate)
 
 	if (sk->__sk_common.skc_family != AF_INET || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
+	/* the node's sockets only, by the socket's cgroup (its creator's; an accepted socket's is its
+	 * listener's): other agents' sockets on this machine cost no map lookup */
+	if (!proc_sk_monitored(sk))
+		return 0;
 	if (newstate == TCP_SYN_SENT) {
 		/* inside connect(): the current task is the process that opens the connection */
-		if (!proc_monitored())
-			return 0;
 		tgid = bpf_get_current_pid_tgid() >> 32;
 		bpf_map_update_elem(&proc_socks, &key, &tgid, BPF_ANY);
 		return 0;
@@ -329,14 +332,11 @@ int BPF_PROG(proc_tcp_connect, struct sock *sk, int oldstate, int newstate)
 	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)) {
 		/* listen() and the listener's close() run in the owning process (an accepted socket is cloned
 		 * from its listener: its LISTEN -> SYN_RECV runs in softirq and is no listener's close) */
-		if (proc_monitored())
-			proc_report_sock(sk, oldstate, newstate, bpf_get_current_pid_tgid() >> 32);
+		proc_report_sock(sk, oldstate, newstate, bpf_get_current_pid_tgid() >> 32);
 		return 0;
 	}
 	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
 		/* a passive open completes in softirq: its listener's owner names it in user space */
-		if (!proc_sk_monitored(sk))
-			return 0;
 		tgid = 0;
 		bpf_map_update_elem(&proc_socks, &key, &tgid, BPF_ANY);
 		proc_report_sock(sk, oldstate, newstate, 0);
