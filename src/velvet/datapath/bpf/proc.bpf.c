@@ -135,7 +135,8 @@ static __always_inline void proc_read_cwd(struct task_struct *task, struct proce
 	ev->cwd_depth = depth;
 }
 
-/* Whether a socket's cgroup (its creator's; an accepted socket's is its listener's) is monitored. */
+/* Whether a socket's cgroup (its creator's; an accepted socket's is its listener's) is monitored. sk is
+ * a BTF pointer: its fields are loaded directly; the ancestor (a slot at a variable index) is read. */
 static __always_inline bool proc_sk_monitored(struct sock *sk)
 {
 	__u32 zero = 0;
@@ -145,9 +146,9 @@ static __always_inline bool proc_sk_monitored(struct sock *sk)
 
 	if (!cfg || !cfg->cgroup_id)
 		return true;
-	cgrp = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	cgrp = sk->sk_cgrp_data.cgroup;
 	level = cfg->level;
-	if (!cgrp || level > 255 || BPF_CORE_READ(cgrp, level) < (int)level)
+	if (!cgrp || level > 255 || cgrp->level < (int)level)
 		return false;
 	bpf_probe_read_kernel(&ancestor, sizeof(ancestor), &cgrp->ancestors[level]);
 	return ancestor && BPF_CORE_READ(ancestor, kn, id) == cfg->cgroup_id;
