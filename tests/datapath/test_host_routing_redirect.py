@@ -37,7 +37,7 @@ from velvet.datapath.structs import (
     Verdict,
 )
 from velvet.datapath.structs import ipv4 as ip_int
-from velvet.datapath.tables import NodeSettings
+from velvet.datapath.tables import EndpointEntry, NodeSettings
 from velvet.datapath.testrun import SkBuff, TestRunResult, skb_ctx, test_run
 from velvet.system.netns import in_netns
 
@@ -136,6 +136,35 @@ def test_pod_traffic_is_forwarded_by_the_program(lxc: Loaded, topo: Node, dst: s
     assert [(e["type"], e["obs_point"], e["verdict"], e["ifindex"]) for e in events] == expected
     accepted = lxc.conntrack(POD, dst, 40000, 8080, TCP, CtDir.INGRESS)
     assert (accepted is not None) == (dev != "up0")
+
+
+def with_macs(obj: Loaded, topo: Node) -> None:
+    """OTHER_POD's endpoint with its MACs, as the agent writes it when the runtime reported them."""
+    entry = EndpointEntry(topo.ifindex["lxc1"], ID_OTHER, EP_OTHER, 0, OTHER_POD_MAC.hex(":"),
+                          topo.mac["lxc1"].hex(":"))
+    obj.tables.write("lxc_endpoints", {OTHER_POD: entry}, ())
+
+
+@pytest.mark.parametrize("ttl", [64, 1], ids=["forwarded", "ttl-1"])
+def test_a_local_pod_with_known_macs_is_reached_without_the_fib(lxc: Loaded, topo: Node, ttl: int) -> None:
+    """Test that a packet for a local pod whose MACs the endpoint map holds goes straight into it (the
+    to-pod datapath run, TTL decremented, the pod's MAC, its veth's as source) even where the FIB would not
+    name its veth (its route and neighbour removed here: no FIB lookup is made), and that a TTL about to
+    expire still goes to the stack for its time-exceeded."""
+    seed(lxc, topo)
+    with_macs(lxc, topo)
+    sh("ip", "-n", topo.netns, "route", "del", f"{OTHER_POD}/32")
+    sh("ip", "-n", topo.netns, "neigh", "del", OTHER_POD, "dev", "lxc1")
+    frame = eth(ipv4(POD, OTHER_POD, TCP, tcp_segment(POD, OTHER_POD, 40000, 8080, SYN), ttl=ttl))
+    result = run(lxc, topo, "lxc_from_pod", "lxc0", frame)
+    if ttl == 1:
+        assert (result.retval, result.data_out) == (TC_ACT_OK, frame)
+        return
+    assert result.retval == TC_ACT_REDIRECT
+    assert result.data_out == forwarded(POD, OTHER_POD, OTHER_POD_MAC, topo.mac["lxc1"])
+    assert checksums_ok(result.data_out)
+    assert lxc.conntrack(POD, OTHER_POD, 40000, 8080, TCP, CtDir.INGRESS) is not None
+    assert [e["obs_point"] for e in lxc.events()] == [ObsPoint.FROM_ENDPOINT, ObsPoint.TO_ENDPOINT]
 
 
 @pytest.mark.parametrize(("desc", "dst", "ttl"), [

@@ -42,7 +42,8 @@ RECORDS: dict[str, dict[Any, Any]] = {
     "lb4_revnat": {5: RevNatValue("10.96.0.10", 80), 65535: RevNatValue("0.0.0.0", 30080)},
     "lb4_src_range": {SourceRangeKey(5, "198.51.100.0/24"): None, SourceRangeKey(5, "0.0.0.0/0"): None},
     "lb4_maglev": {5: tuple(i % 3 + 1 for i in range(LB_MAGLEV_LUT_SIZE))},
-    "lxc_endpoints": {"10.244.0.20": EndpointEntry(3, 256, 20, EP_POLICY_INGRESS | EP_POLICY_AUDIT)},
+    "lxc_endpoints": {"10.244.0.20": EndpointEntry(3, 256, 20, EP_POLICY_INGRESS | EP_POLICY_AUDIT,
+                                                   "0a:58:0a:f4:00:14", "6e:1d:2a:3b:4c:5d")},
     "ipcache": {"10.244.0.20/32": 256, "172.18.0.2/32": 1},
     "ipcache_cidr": {"0.0.0.0/0": 2, "10.0.0.0/8": 16777217},
     "policy": {

@@ -85,7 +85,10 @@ def test_a_cni_endpoint_report_decodes() -> None:
     assert decode_endpoint_report(ENDPOINT, "ep") == EndpointReport(
         ip="10.244.0.5", ifname="lxc1a2b3c4d", ifindex=7, netns_inode=4026532300, cgroup_id=2**64 - 1)
     minimal = decode_endpoint_report({"ip": "10.244.0.9", "ifname": "veth0", "ifindex": 1}, "ep")
-    assert (minimal.netns_inode, minimal.cgroup_id) == (0, 0)
+    assert (minimal.netns_inode, minimal.cgroup_id, minimal.mac, minimal.host_mac) == (0, 0, "", "")
+    macs = decode_endpoint_report({**ENDPOINT, "mac": "0A:58:0A:F4:00:05", "host_mac": "6e:1d:2a:3b:4c:5d"},
+                                  "ep")
+    assert (macs.mac, macs.host_mac) == ("0a:58:0a:f4:00:05", "6e:1d:2a:3b:4c:5d")
 
 
 @pytest.mark.parametrize(("change", "field", "reason"), [
@@ -106,7 +109,12 @@ def test_a_cni_endpoint_report_decodes() -> None:
     ({"netns_inode": 2**32}, "netns_inode", "between 0 and 4294967295"),
     ({"cgroup_id": 2**64}, "cgroup_id", "between 0 and 18446744073709551615"),
     ({"cgroup_id": 1.5}, "cgroup_id", "must be an integer, not number"),
-    ({"mac": "aa:bb"}, "mac", 'unknown field "mac"'),
+    ({"mac": "aa:bb"}, "mac", "six hex pairs"),
+    ({"mac": "0a-58-0a-f4-00-05"}, "mac", "six hex pairs"),
+    ({"host_mac": "01:00:5e:00:00:01"}, "host_mac", "unicast"),
+    ({"host_mac": "00:00:00:00:00:00"}, "host_mac", "unicast"),
+    ({"mac": 5}, "mac", "must be a string"),
+    ({"hw": "0a:58:0a:f4:00:05"}, "hw", 'unknown field "hw"'),
 ])
 def test_a_bad_endpoint_report_is_refused_in_one_line(change: dict[str, Any], field: str,
                                                       reason: str) -> None:

@@ -182,7 +182,8 @@ class CniAttachments:
             self._by_key[key] = attachment
             self._save()
             self._endpoints.add(namespace, name, EndpointReport(ip, attachment.host_veth, wired.host_ifindex,
-                                                                wired.netns_inode))
+                                                                wired.netns_inode, mac=wired.pod_mac,
+                                                                host_mac=wired.host_mac))
         except BaseException as exc:
             self._undo(attachment)
             if isinstance(exc, CniError):

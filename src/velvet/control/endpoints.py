@@ -24,7 +24,7 @@ class EndpointRegistry:
         old = self._by_key.get(key)
         ep_id = old.ep_id if old else self._free_id()
         record = EndpointRecord(namespace, name, ep_id, report.ip, report.ifname, report.ifindex,
-                                report.netns_inode, report.cgroup_id)
+                                report.netns_inode, report.cgroup_id, report.mac, report.host_mac)
         self._by_key[key] = record
         return record
 

@@ -82,13 +82,15 @@ class PolicyController:
             ep = compiled.endpoints.get(record.ep_id)
             if ep is None:  # a runtime's pod the store does not know (yet): reserved:init, like Cilium
                 init = int(ReservedIdentity.INIT)
-                endpoints[record.ip] = EndpointEntry(record.ifindex, init, record.ep_id, 0)
+                endpoints[record.ip] = EndpointEntry(record.ifindex, init, record.ep_id, 0, record.mac,
+                                                     record.host_mac)
                 ipcache[f"{record.ip}/32"] = init
                 continue
             flags = (EP_POLICY_INGRESS if ep.ingress_isolated else 0) | (
                 EP_POLICY_EGRESS if ep.egress_isolated else 0) | (
                 EP_POLICY_AUDIT if self.audited(record.key) else 0)
-            endpoints[record.ip] = EndpointEntry(record.ifindex, ep.identity, record.ep_id, flags)
+            endpoints[record.ip] = EndpointEntry(record.ifindex, ep.identity, record.ep_id, flags, record.mac,
+                                                 record.host_mac)
             policy.update(ep.entries)
         return {
             "lxc_endpoints": endpoints,

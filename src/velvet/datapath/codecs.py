@@ -126,9 +126,12 @@ CODECS: dict[str, TableCodec] = {
         lambda v: tuple(v.backend_ids)),
     "lxc_endpoints": TableCodec(
         "lxc_endpoints", lambda ip: s.BE32(s.ipv4(ip)),
-        lambda v: s.EndpointInfo(ifindex=v.ifindex, identity=v.identity, ep_id=v.ep_id, flags=v.flags),
+        lambda v: s.EndpointInfo(ifindex=v.ifindex, identity=v.identity, ep_id=v.ep_id, flags=v.flags,
+                                 mac=(ctypes.c_uint8 * 6)(*s.mac_bytes(v.mac)),
+                                 node_mac=(ctypes.c_uint8 * 6)(*s.mac_bytes(v.host_mac))),
         lambda k: s.ipv4_str(k.value),
-        lambda v: EndpointEntry(v.ifindex, v.identity, v.ep_id, v.flags)),
+        lambda v: EndpointEntry(v.ifindex, v.identity, v.ep_id, v.flags, s.mac_str(bytes(v.mac)),
+                                s.mac_str(bytes(v.node_mac)))),
     "ipcache": TableCodec(
         "ipcache", _ipcache_key, _ipcache_value,
         lambda k: f"{s.ipv4_str(k.ip)}/{k.prefixlen}", _decode_ipcache_value),

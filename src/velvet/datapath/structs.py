@@ -38,6 +38,16 @@ def ipv4_str(value: int) -> str:
     return str(ipaddress.IPv4Address(value))
 
 
+def mac_bytes(text: str) -> bytes:
+    """A MAC address "aa:bb:cc:dd:ee:ff" as its 6 bytes ("" = unknown: zeros)."""
+    return bytes.fromhex(text.replace(":", "")) if text else bytes(6)
+
+
+def mac_str(raw: bytes) -> str:
+    """6 MAC bytes as "aa:bb:cc:dd:ee:ff" ("" for zeros: unknown)."""
+    return ":".join(f"{b:02x}" for b in raw) if any(raw) else ""
+
+
 def ipv4_cidr(text: str) -> tuple[int, int]:
     """(network address as integer, prefix length) of "a.b.c.d/len" or a bare address (/32)."""
     net = ipaddress.IPv4Network(text, strict=False)
@@ -599,6 +609,8 @@ class EndpointInfo(Structure):
         ("ep_id", c_uint16),
         ("flags", c_uint8),
         ("pad", c_uint8),
+        ("mac", c_uint8 * 6),
+        ("node_mac", c_uint8 * 6),
     ]
 
 

@@ -144,12 +144,15 @@ EP_POLICY_AUDIT = 4
 
 @dataclass(frozen=True)
 class EndpointEntry:
-    """lxc_endpoints value: how the datapath finds a local pod by its IP."""
+    """lxc_endpoints value: how the datapath finds a local pod by its IP (and, when known, the MACs host
+    routing delivers it with: the pod's interface's and its host veth's; "" unknown)."""
 
     ifindex: int
     identity: int
     ep_id: int
     flags: int
+    mac: str = ""
+    host_mac: str = ""
 
 
 @dataclass(frozen=True, slots=True)

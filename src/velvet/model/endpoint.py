@@ -8,13 +8,16 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class EndpointReport:
-    """A wired pod: its IPv4 address, the host side of its veth, its network namespace and cgroup."""
+    """A wired pod: its IPv4 address, the host side of its veth, its network namespace and cgroup, the MACs of
+    its interface and of the veth's host side."""
 
     ip: str
     ifname: str
     ifindex: int
     netns_inode: int = 0  # 0: not reported
     cgroup_id: int = 0  # 0: not reported
+    mac: str = ""  # "": not reported (host routing then asks the FIB)
+    host_mac: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,8 @@ class EndpointRecord:
     ifindex: int
     netns_inode: int = 0
     cgroup_id: int = 0
+    mac: str = ""
+    host_mac: str = ""
 
     @property
     def key(self) -> str:

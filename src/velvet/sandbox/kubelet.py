@@ -95,6 +95,7 @@ def endpoint_report(record: PodRecord) -> dict[str, Any]:
     return {
         "ip": record.ip, "ifname": record.host_veth, "ifindex": record.host_ifindex,
         "netns_inode": record.netns_inode, "cgroup_id": record.cgroup_id,
+        **({"mac": record.pod_mac, "host_mac": record.host_mac} if record.pod_mac else {}),
     }
 
 

@@ -86,6 +86,11 @@ def require_ifindex(route: Any, ifname: str) -> int:
     return idx
 
 
+def link_mac(route: Any, idx: int) -> str:
+    """The MAC address of interface `idx`."""
+    return str(route.link("get", index=idx)[0].get_attr("IFLA_ADDRESS"))
+
+
 def set_up(route: Any, ifname: str) -> int:
     """Bring `ifname` up; return its index."""
     idx = require_ifindex(route, ifname)

@@ -149,8 +149,8 @@ class PodRuntime:
         """Create the pod's objects in order, then its processes, then persist the record."""
         ip = self.ipam.allocate(spec.uid)
         netlink.create_netns(pn.netns)
-        host_ifindex = self._wire_host_side(pn, ip)
-        self._wire_pod_side(pn, ip)
+        host_ifindex, host_mac = self._wire_host_side(pn, ip)
+        pod_mac = self._wire_pod_side(pn, ip)
         cgroup_id = cgroups.create(pn.cgroup)
         pn.state_dir.mkdir(parents=True, exist_ok=True)
         started_at = time.time()
@@ -162,6 +162,8 @@ class PodRuntime:
             ip=ip,
             host_veth=pn.host_veth,
             host_ifindex=host_ifindex,
+            host_mac=host_mac,
+            pod_mac=pod_mac,
             netns=pn.netns,
             netns_inode=netns_inode(pn.netns_path),
             cgroup=str(pn.cgroup),
@@ -177,9 +179,9 @@ class PodRuntime:
         os.replace(tmp, pn.record_file)
         return record
 
-    def _wire_host_side(self, pn: PodNames, ip: str) -> int:
+    def _wire_host_side(self, pn: PodNames, ip: str) -> tuple[int, str]:
         """In the node: the veth (peer created directly in the pod as eth0, both at the sandbox's pod MTU),
-        up, /32 route to the pod."""
+        up, /32 route to the pod. Its ifindex and MAC."""
         with netlink.ipr(self.names.node_netns) as ipr:
             idx = netlink.add_link(ipr, pn.host_veth, "veth", mtu=self.mtu,
                                    peer={"ifname": POD_IF, "net_ns_fd": pn.netns, "mtu": self.mtu})
@@ -187,10 +189,11 @@ class PodRuntime:
             netlink.replace_route(
                 ipr, dst=ip, dst_len=32, oif=idx, scope="link", prefsrc=self.cfg.pod_gateway
             )
-        return idx
+            return idx, netlink.link_mac(ipr, idx)
 
-    def _wire_pod_side(self, pn: PodNames, ip: str) -> None:
-        """In the pod: lo and eth0 up, ip/32, gateway /32 on-link, default route via the gateway."""
+    def _wire_pod_side(self, pn: PodNames, ip: str) -> str:
+        """In the pod: lo and eth0 up, ip/32, gateway /32 on-link, default route via the gateway; eth0's
+        MAC."""
         gw = self.cfg.pod_gateway
         with netlink.ipr(pn.netns) as ipr:
             netlink.set_up(ipr, "lo")
@@ -199,6 +202,7 @@ class PodRuntime:
             netlink.set_up(ipr, POD_IF)
             netlink.replace_route(ipr, dst=gw, dst_len=32, oif=eth, scope="link")
             netlink.replace_route(ipr, dst="0.0.0.0", dst_len=0, gateway=gw, oif=eth)
+            return netlink.link_mac(ipr, eth)
 
     def _start(self, spec: PodSpecLite, c: ContainerLite, pn: PodNames, ip: str) -> int:
         """Start container `c` detached, in the pod's netns and cgroup, with a shim recording its exit."""

@@ -117,6 +117,8 @@ class PodRecord:
     pids: Mapping[str, int]
     started_at: float
     labels: Mapping[str, str] = field(default_factory=dict)
+    host_mac: str = ""  # "": a record of an older sandbox
+    pod_mac: str = ""
     readiness: ProbeLite | None = None
     termination_grace_seconds: float = 30.0
 
@@ -134,6 +136,8 @@ class PodRecord:
             "ip": self.ip,
             "host_veth": self.host_veth,
             "host_ifindex": self.host_ifindex,
+            "host_mac": self.host_mac,
+            "pod_mac": self.pod_mac,
             "netns": self.netns,
             "netns_inode": self.netns_inode,
             "cgroup": self.cgroup,

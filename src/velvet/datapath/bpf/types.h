@@ -424,6 +424,8 @@ struct endpoint_info {
 	__u16 ep_id;    /* policy_key.ep_id */
 	__u8 flags;     /* enum ep_flags */
 	__u8 pad;
+	__u8 mac[6];      /* the pod's interface; all zero: not known (host routing asks the FIB) */
+	__u8 node_mac[6]; /* the host-side veth's */
 };
 
 /*

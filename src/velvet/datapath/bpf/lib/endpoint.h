@@ -157,56 +157,68 @@ static __always_inline void pkt_next_hop(struct pkt4 *next, const struct pkt4 *p
 	next->obs_ifindex = 0;
 }
 
+/* Whether the agent gave the datapath a local pod's MACs (its interface's and its host veth's). */
+static __always_inline bool ep_macs_known(const struct endpoint_info *ep)
+{
+	return (ep->mac[0] | ep->mac[1] | ep->mac[2] | ep->mac[3] | ep->mac[4] | ep->mac[5]) != 0;
+}
+
 /*
  * Host routing from a tc ingress hook: forward what the caller passed (verdict TC_ACT_OK) out of the
  * interface the FIB names (local_only: only packets for local pods); else, or when the FIB says no,
- * return verdict for the node's stack. A packet the FIB sends out of a local pod's host veth, its
- * neighbour known, gets the to-pod datapath here and goes straight into the pod (bpf_redirect_peer):
- * no second program run on the veth, no backlog queue on the way. uplink_done: the caller knows
- * node_to_uplink has nothing to do for the packet; redirected out of an interface, it carries
- * HOST_ROUTED_MARK there.
+ * return verdict for the node's stack. A packet for a local pod gets the to-pod datapath here and goes
+ * straight into the pod (bpf_redirect_peer): no second program run on the veth, no backlog queue on the
+ * way. Its MACs come from the endpoint map when the agent knows them (no FIB lookup, as Cilium's local
+ * delivery), else from the FIB when it names the pod's veth with its neighbour known. uplink_done: the
+ * caller knows node_to_uplink has nothing to do for the packet; redirected out of an interface, it
+ * carries HOST_ROUTED_MARK there.
  */
 static __always_inline int host_route_ingress(struct __sk_buff *skb, const struct pkt4 *pkt, __u64 now,
 					      int verdict, bool local_only, bool uplink_done)
 {
-	const struct endpoint_info *ep = NULL;
+	const struct endpoint_info *ep;
 	struct bpf_fib_lookup fib;
+	bool direct = false;
 	struct pkt4 next;
-	long ret;
+	long ret = 0;
 
 	if (verdict != TC_ACT_OK)
 		return verdict;
-	if (local_only) {
-		ep = bpf_map_lookup_elem(&lxc_endpoints, &pkt->daddr);
-		if (!ep)
+	ep = bpf_map_lookup_elem(&lxc_endpoints, &pkt->daddr);
+	if ((local_only && !ep) || !host_routing_enabled())
+		return verdict;
+	if (ep && ep->ifindex != skb->ifindex && ep_macs_known(ep)) {
+		if (ttl_expiring(skb))
 			return verdict;
-	}
-	if (!host_routing_enabled())
-		return verdict;
-	ret = fib_resolve(skb, &fib, pkt->saddr, pkt->daddr, pkt->proto);
-	if (ret < 0)
-		return verdict;
-	if (ret == BPF_FIB_LKUP_RET_SUCCESS && fib.ifindex != skb->ifindex) {
-		if (!ep)
-			ep = bpf_map_lookup_elem(&lxc_endpoints, &pkt->daddr);
-		if (ep && ep->ifindex == fib.ifindex) {
-			pkt_next_hop(&next, pkt);
-			/* translated here (the uplink's NodePort DNAT among others): never CT_F_NO_UPLINK_NAT */
-			verdict = to_endpoint(skb, &next, ep, now, !pkt->rev_nat_index, pkt->ev_flags & EV_F_REPLY);
-			if (verdict != TC_ACT_OK)
+		direct = true;
+	} else {
+		ret = fib_resolve(skb, &fib, pkt->saddr, pkt->daddr, pkt->proto);
+		if (ret < 0)
+			return verdict;
+		if (ret != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex == skb->ifindex || !ep ||
+		    ep->ifindex != fib.ifindex) {
+			/* no local pod behind the next hop: out of the interface the FIB names */
+			ret = fib_forward(skb, &fib, ret, false);
+			if (ret < 0)
 				return verdict;
-			/* the mark stays behind, as when crossing the veth into the pod's namespace */
-			skb->mark = 0;
-			ret = fib_forward(skb, &fib, ret, true);
-			return ret < 0 ? verdict : ret;
+			if (uplink_done && !skb->mark)
+				skb->mark = HOST_ROUTED_MARK;
+			return ret;
 		}
 	}
-	ret = fib_forward(skb, &fib, ret, false);
-	if (ret < 0)
+	/* one call site of the to-pod code: verifier time. Translated here (the uplink's NodePort DNAT among
+	 * others): never CT_F_NO_UPLINK_NAT */
+	pkt_next_hop(&next, pkt);
+	verdict = to_endpoint(skb, &next, ep, now, !pkt->rev_nat_index, pkt->ev_flags & EV_F_REPLY);
+	if (verdict != TC_ACT_OK)
 		return verdict;
-	if (uplink_done && !skb->mark)
-		skb->mark = HOST_ROUTED_MARK;
-	return ret;
+	/* the mark stays behind, as when crossing the veth into the pod's namespace */
+	skb->mark = 0;
+	if (direct)
+		ret = ttl_decrement(skb) < 0 ? -1 : l2_redirect(skb, ep->mac, ep->node_mac, ep->ifindex, true);
+	else
+		ret = fib_forward(skb, &fib, ret, true);
+	return ret < 0 ? verdict : ret;
 }
 
 #endif /* VELVET_LIB_ENDPOINT_H */

@@ -24,6 +24,14 @@ static __always_inline bool host_routing_enabled(void)
 	return cfg && (cfg->flags & NODE_F_HOST_ROUTING);
 }
 
+/* Whether the packet's TTL would expire at this hop (or cannot be read): the stack sends time-exceeded. */
+static __always_inline bool ttl_expiring(struct __sk_buff *skb)
+{
+	__u8 ttl;
+
+	return bpf_skb_load_bytes(skb, IP_TTL_OFF, &ttl, sizeof(ttl)) < 0 || ttl <= 1;
+}
+
 /*
  * The FIB's forwarding answer for the packet (saddr -> daddr, as it is now) in fib:
  * BPF_FIB_LKUP_RET_SUCCESS, or _NO_NEIGH when the next hop's MAC is not known yet. -1 when the FIB
@@ -33,7 +41,6 @@ static __always_inline bool host_routing_enabled(void)
 static __always_inline long fib_resolve(struct __sk_buff *skb, struct bpf_fib_lookup *fib, __be32 saddr,
 					__be32 daddr, __u8 proto)
 {
-	__u8 ttl;
 	long ret;
 
 	__builtin_memset(fib, 0, sizeof(*fib));
@@ -46,19 +53,13 @@ static __always_inline long fib_resolve(struct __sk_buff *skb, struct bpf_fib_lo
 	ret = bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
 	if (ret != BPF_FIB_LKUP_RET_SUCCESS && ret != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return -1;
-	/* the stack sends time-exceeded */
-	if (bpf_skb_load_bytes(skb, IP_TTL_OFF, &ttl, sizeof(ttl)) < 0 || ttl <= 1)
+	if (ttl_expiring(skb))
 		return -1;
 	return ret;
 }
 
-/*
- * Forward along fib_resolve's answer (ret) as a router: TTL decremented, the next hop's MAC, out of
- * the interface; with peer (a tc ingress hook, a host veth) into the namespace behind it directly.
- * Returns the tc verdict, or -1 when the packet could not be rewritten.
- */
-static __always_inline int fib_forward(struct __sk_buff *skb, const struct bpf_fib_lookup *fib, long ret,
-				       bool peer)
+/* Decrement the TTL as a router does (the checksum fixed); -1 when the packet could not be rewritten. */
+static __always_inline int ttl_decrement(struct __sk_buff *skb)
 {
 	__u8 hdr[2], dec[2];
 
@@ -70,13 +71,33 @@ static __always_inline int fib_forward(struct __sk_buff *skb, const struct bpf_f
 	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, *(__be16 *)hdr, *(__be16 *)dec, 2) < 0 ||
 	    bpf_skb_store_bytes(skb, IP_TTL_OFF, dec, sizeof(dec), 0) < 0)
 		return -1;
+	return 0;
+}
 
+/* Set the frame's MACs and send it out of ifindex (peer: into the namespace behind it, from a tc
+ * ingress hook); the tc verdict, or -1 when the packet could not be rewritten. */
+static __always_inline int l2_redirect(struct __sk_buff *skb, const __u8 *dmac, const __u8 *smac,
+				       __u32 ifindex, bool peer)
+{
+	if (bpf_skb_store_bytes(skb, 0, dmac, ETH_ALEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, smac, ETH_ALEN, 0) < 0)
+		return -1;
+	return peer ? bpf_redirect_peer(ifindex, 0) : bpf_redirect(ifindex, 0);
+}
+
+/*
+ * Forward along fib_resolve's answer (ret) as a router: TTL decremented, the next hop's MAC, out of
+ * the interface; with peer (a tc ingress hook, a host veth) into the namespace behind it directly.
+ * Returns the tc verdict, or -1 when the packet could not be rewritten.
+ */
+static __always_inline int fib_forward(struct __sk_buff *skb, const struct bpf_fib_lookup *fib, long ret,
+				       bool peer)
+{
+	if (ttl_decrement(skb) < 0)
+		return -1;
 	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return bpf_redirect_neigh(fib->ifindex, NULL, 0, 0);
-	if (bpf_skb_store_bytes(skb, 0, fib->dmac, ETH_ALEN, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, ETH_ALEN, fib->smac, ETH_ALEN, 0) < 0)
-		return -1;
-	return peer ? bpf_redirect_peer(fib->ifindex, 0) : bpf_redirect(fib->ifindex, 0);
+	return l2_redirect(skb, fib->dmac, fib->smac, fib->ifindex, peer);
 }
 
 /* Forward the packet out of the interface the FIB names for it: the tc verdict, or -1 (see fib_resolve). */
