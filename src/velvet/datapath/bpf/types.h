@@ -680,7 +680,9 @@ struct snat4_entry {
  *    out of its host veth.
  * A local pod's packet forwarded by any of them, its MAC known, gets the to-pod datapath (ingress
  * policy, conntrack, events: lib/endpoint.h) there and enters the pod by bpf_redirect_peer; the rest
- * redirected to a host veth meets lxc_to_pod on its tc egress, as without the flag.
+ * redirected to a host veth meets lxc_to_pod on its tc egress, as without the flag. A local pod whose
+ * MACs are in its endpoint_info (the runtime reported them) needs no FIB lookup: its MACs are set from
+ * there, the TTL decremented, and it is entered at once (TTL about to expire: the stack).
  * Whatever the FIB does not forward (the node's own addresses, no route, MTU exceeded, TTL about
  * to expire, forwarding off) goes to the node's stack as without the flag.
  * A pod's packet lxc_from_pod redirects out of an interface, and which it knows node_to_uplink has
