@@ -8,8 +8,8 @@
  *   proc_tcp_connect: tp_btf inet_sock_set_state (the BTF-typed raw tracepoint: the socket itself), what
  *                   names a flow's process (IPv4 TCP): the process that connect()s, reported when its
  *                   connection is ESTABLISHED and CLOSE; listen() and the listener's close (in the
- *                   owner); passive opens ESTABLISHED (in softirq) and their CLOSE. Sockets whose cgroup
- *                   (the creator's; an accepted socket's is its listener's) is monitored.
+ *                   owner); passive opens ESTABLISHED (in softirq, kept when the socket's cgroup, the
+ *                   listener's, is monitored) and their CLOSE
  *   proc_udp_send, proc_udp_recv: tracepoints sock/sock_send_length and sock/sock_recv_length, what names a
  *                   UDP flow's process (IPv4): the process that sends or receives on a UDP socket, once per
  *                   socket, process and local port (after the call, so an autobound socket has its port)
@@ -320,12 +320,10 @@ int BPF_PROG(proc_tcp_connect, struct sock *sk, int oldstate, int newstate)
 
 	if (sk->__sk_common.skc_family != AF_INET || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	/* the node's sockets only, by the socket's cgroup (its creator's; an accepted socket's is its
-	 * listener's): other agents' sockets on this machine cost no map lookup */
-	if (!proc_sk_monitored(sk))
-		return 0;
 	if (newstate == TCP_SYN_SENT) {
 		/* inside connect(): the current task is the process that opens the connection */
+		if (!proc_monitored())
+			return 0;
 		tgid = bpf_get_current_pid_tgid() >> 32;
 		bpf_map_update_elem(&proc_socks, &key, &tgid, BPF_ANY);
 		return 0;
@@ -333,20 +331,25 @@ int BPF_PROG(proc_tcp_connect, struct sock *sk, int oldstate, int newstate)
 	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)) {
 		/* listen() and the listener's close() run in the owning process (an accepted socket is cloned
 		 * from its listener: its LISTEN -> SYN_RECV runs in softirq and is no listener's close) */
-		proc_report_sock(sk, oldstate, newstate, bpf_get_current_pid_tgid() >> 32);
+		if (proc_monitored())
+			proc_report_sock(sk, oldstate, newstate, bpf_get_current_pid_tgid() >> 32);
 		return 0;
 	}
+	if (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
+		return 0;
+	/* often in softirq: the socket's cgroup (its creator's; an accepted socket's is its listener's)
+	 * says whether it is the node's; other agents' sockets on this machine cost no proc_socks lookup,
+	 * whose key is cold every time */
+	if (!proc_sk_monitored(sk))
+		return 0;
 	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
-		/* a passive open completes in softirq: its listener's owner names it in user space */
+		/* a passive open completes: its listener's owner names it in user space */
 		tgid = 0;
 		bpf_map_update_elem(&proc_socks, &key, &tgid, BPF_ANY);
 		proc_report_sock(sk, oldstate, newstate, 0);
 		return 0;
 	}
-	if (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
-		return 0;
-	/* later states often change in softirq: the owner comes from the connect; every socket ends in
-	 * TCP_CLOSE, which frees its entry */
+	/* the owner comes from the connect; every socket ends in TCP_CLOSE, which frees its entry */
 	owner = bpf_map_lookup_elem(&proc_socks, &key);
 	if (!owner)
 		return 0;
