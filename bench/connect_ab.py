@@ -9,7 +9,9 @@ sandboxes hold N services (the target is the last); each round runs `probe.py co
 the order rotated every round. Per peer and N: the median over rounds of each round's median and p99,
 the ratio of each to the no-rules peer of the same rounds (frozen to frozen), and the agent's CPU time
 per round (its periodic work while the connect loop runs). `--prog-stats` adds each program's run time
-per connect (`bpf(BPF_ENABLE_STATS)`). `--freeze` adds a peer "<peer>/frozen" for every peer, the no-rules one
+per connect (`bpf(BPF_ENABLE_STATS)`): a sandbox's own programs (those using its pinned maps), for the
+no-rules peer every program loaded (the sandboxes' tracepoint programs see its sockets too). `--freeze`
+adds a peer "<peer>/frozen" for every peer, the no-rules one
 included: the same client and target, measured while every Velvet process of every sandbox of the run
 (node daemon, agent, etcd: the pid files and their children outside the pods' cgroups) is stopped with
 SIGSTOP, and continued after the round. Prints one JSON document. Needs root.
@@ -30,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import enable_bpf_stats, prog_run_ns
+from bench.cluster import enable_bpf_stats, pinned_map_ids, prog_run_ns
 from bench.peers import PeerNet
 from bench.run import run_probe
 from bench.velvet_peer import VelvetPeer
@@ -131,6 +133,9 @@ def main() -> None:
             for peer in sandboxes.values():
                 applied = peer.apply_services(n, 1, 900.0)
                 print(f"N={n} {peer.name}: {applied}", file=sys.stderr)
+            # each sandbox's own programs (those using its pinned maps): every node's tracepoint programs
+            # run for every socket of the kernel, another sandbox's included
+            own_maps = {name: pinned_map_ids([str(p.pin_dir)]) for name, p in sandboxes.items()}
             clients = {"none": (none.client, f"{none.target([])}")}
             clients |= {name: (p.client, p.target()) for name, p in sandboxes.items()}
             if args.freeze:
@@ -144,11 +149,12 @@ def main() -> None:
                     owner = name.removesuffix(FROZEN)
                     agent = sandboxes[owner].agent_pid() if owner in sandboxes else None
                     cpu0 = cpu_seconds(agent) if agent else 0.0
-                    ns0 = prog_run_ns() if stats_fd is not None else {}
+                    maps = own_maps.get(owner)
+                    ns0 = prog_run_ns(maps) if stats_fd is not None else {}
                     with frozen([p.name for p in sandboxes.values()], name.endswith(FROZEN)):
                         result = run_probe(client("connect", target, "--count", str(args.connects)))
                         cpu1 = cpu_seconds(agent) if agent else 0.0
-                        ns1 = prog_run_ns() if stats_fd is not None else {}
+                        ns1 = prog_run_ns(maps) if stats_fd is not None else {}
                     if result is None:
                         continue
                     row = {"peer": name, "n": n, "round": r, "median": result["median"], "p99": result["p99"],
