@@ -8,6 +8,7 @@ process is stopped by its pid and the namespace removed by name, whatever happen
 from __future__ import annotations
 
 import asyncio
+import gc
 import secrets
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ from velvet.model import Namespace, ObjectMeta, Service
 from velvet.model.service import ServicePort, ServiceSpec
 from velvet.sandbox import netlink
 from velvet.sources.delta import Delta
-from velvet.sources.etcd_client import EtcdClient, EtcdCompacted, EtcdError, Event, Op
+from velvet.sources.etcd_client import EtcdClient, EtcdCompacted, EtcdError, Event, KeyValue, Op
 from velvet.sources.etcd_store import DEFAULT_PREFIX, HEAD, EtcdBackend
 from velvet.sources.local import LocalStore, StoreError
 from velvet.system.netns import in_netns
@@ -184,6 +185,23 @@ def test_another_writers_changes_reach_the_watch(etcd: Etcd, tmp_path: Path) -> 
         assert ("Namespace", "upsert", "blue") in seen
         assert ("Service", "upsert", "echo") in seen
         assert seen[-1] == ("Service", "delete", "echo")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_change_seen_by_the_watch_is_not_kept_while_it_waits(etcd: Etcd, tmp_path: Path) -> None:
+    """Test that once another store took in a 100-service change, no watched event of it stays alive
+    while the watch waits for the next change, and that the next change still arrives."""
+    a, b = open_store(tmp_path), open_store(tmp_path)
+    try:
+        a.apply([service(f"s{i}") for i in range(100)])
+        wait_until("b takes in the 100 services", lambda: len(b.objects("Service")) == 100)
+        time.sleep(0.2)  # the watch thread is back waiting on etcd
+        gc.collect()
+        assert sum(isinstance(o, Event | KeyValue) for o in gc.get_objects()) == 0
+        a.apply([service("next")])
+        wait_until("b takes in the next one", lambda: b.find("Service", "default", "next") is not None)
     finally:
         a.close()
         b.close()

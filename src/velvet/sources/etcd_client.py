@@ -59,11 +59,10 @@ class KeyValue:
 
 @dataclass(frozen=True)
 class Event:
-    """A watched change: a put (the new value) or a delete (`prev`: the value before, when asked)."""
+    """A watched change: a put (the new value) or a delete."""
 
     kind: str  # "PUT" or "DELETE"
     kv: KeyValue
-    prev: KeyValue | None
 
 
 @dataclass(frozen=True)
@@ -189,7 +188,7 @@ class EtcdClient:
         revision it saw.
         """
         create = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
-                  "start_revision": str(start_revision), "prev_kv": True}
+                  "start_revision": str(start_revision)}
         conn = self._connect(idle_timeout)
         try:
             conn.request("POST", "/v3/watch", orjson.dumps({"create_request": create}),
@@ -199,16 +198,18 @@ class EtcdClient:
                 raise EtcdError(f"etcd at {self.endpoint}: /v3/watch answered {resp.status}")
             while line := resp.readline():
                 result = orjson.loads(line).get("result", {})
+                del line
                 if result.get("compact_revision"):
                     raise EtcdCompacted(self.endpoint, int(result["compact_revision"]))
                 if result.get("canceled"):
                     raise EtcdError(f"etcd at {self.endpoint} cancelled the watch: "
                                     f"{result.get('cancel_reason', 'no reason given')}")
-                events = [Event(e.get("type", "PUT"), _kv(e["kv"]), 
-                                _kv(e["prev_kv"]) if "prev_kv" in e else None)
-                          for e in result.get("events", [])]
-                if events or result.get("created"):
-                    yield int(result["header"].get("revision", 0)), events
+                events = [Event(e.get("type", "PUT"), _kv(e["kv"])) for e in result.get("events", [])]
+                created, revision = result.get("created"), int(result.get("header", {}).get("revision", 0))
+                del result
+                if events or created:
+                    yield revision, events
+                del events  # a 10,000-object change is not held while the watch waits for the next one
         except TimeoutError:
             raise EtcdIdle(f"etcd at {self.endpoint}: the watch heard nothing for {idle_timeout:.0f} s") \
                 from None
@@ -254,6 +255,7 @@ def follow_prefix(client: EtcdClient, prefix: str, stop: threading.Event, *, wha
                 revision = max(revision, seen)
                 if events:
                     update([(e.kv, e.kind == "DELETE") for e in events])
+                del events  # not held while the watch waits
                 if stop.is_set():
                     return
         except EtcdIdle:

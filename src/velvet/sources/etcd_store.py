@@ -226,6 +226,7 @@ class EtcdBackend:
                     delay = MIN_BACKOFF_SECONDS
                     if events:
                         self._queue_batch(revision, self._batch(events))
+                    del events  # not held while the watch waits
                     if self._stop.is_set():
                         return
             except EtcdIdle:
