@@ -22,6 +22,7 @@ import pytest
 
 from velvet.durable import StorageError
 from velvet.model import Namespace, ObjectMeta, Service
+from velvet.model.codec import to_dict
 from velvet.model.service import ServicePort, ServiceSpec
 from velvet.sandbox import netlink
 from velvet.sources.delta import Delta
@@ -205,6 +206,28 @@ def test_a_change_seen_by_the_watch_is_not_kept_while_it_waits(etcd: Etcd, tmp_p
     finally:
         a.close()
         b.close()
+
+
+def test_objects_listed_or_watched_share_equal_strings_and_equal_what_was_written(
+        etcd: Etcd, tmp_path: Path) -> None:
+    """Test that the services one store reads from etcd, by its first list or through its watch, are
+    those another wrote, and that equal strings among them (namespace, port protocol) are one object."""
+    watching = open_store(tmp_path)
+    a = open_store(tmp_path)
+    try:
+        a.apply([namespace("blue")] + [service(f"s{i}", "blue") for i in range(100)])
+        wait_until("the watch takes in 100 services", lambda: len(watching.objects("Service")) == 100)
+        listing = open_store(tmp_path)
+        written = {s.metadata.name: to_dict(s) for s in a.objects("Service")}
+        for store in (watching, listing):
+            services = [s for s in store.objects("Service") if isinstance(s, Service)]
+            assert {s.metadata.name: to_dict(s) for s in services} == written
+            assert len({id(s.metadata.namespace) for s in services}) == 1
+            assert len({id(s.spec.ports[0].protocol) for s in services}) == 1
+        listing.close()
+    finally:
+        a.close()
+        watching.close()
 
 
 class GatedClient(EtcdClient):

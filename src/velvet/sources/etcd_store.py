@@ -38,7 +38,7 @@ from velvet.sources.etcd_client import (
     Op,
 )
 from velvet.sources.index import Key, key_of
-from velvet.sources.state_files import Loaded
+from velvet.sources.state_files import Loaded, share_strings
 
 DEFAULT_PREFIX = "/velvet/registry/"
 HEAD = "_head"
@@ -81,12 +81,19 @@ def encode(obj: KubeObject) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
 
-def decode(kv: KeyValue) -> KubeObject | None:
-    """The object under `kv`, its mod revision as resourceVersion; None (logged) when it does not decode."""
+def decode(kv: KeyValue, seen: dict[str, str] | None = None) -> KubeObject | None:
+    """The object under `kv`, its mod revision as resourceVersion; None (logged) when it does not decode.
+
+    `seen`: equal strings of the objects decoded with the same table become one object (see
+    `share_strings`; a list or a watched change of 9,000 services shares their namespace, selectors,
+    port names and the like).
+    """
     try:
         doc = orjson.loads(kv.value)
         if isinstance(doc, dict) and isinstance(doc.get("metadata"), dict):
             doc["metadata"]["resourceVersion"] = str(kv.mod_revision)  # read as the stored one is
+        if seen is not None and isinstance(doc, dict):
+            share_strings(doc, seen)
         return from_dict(doc, path=kv.key, document=1, trusted=True)
     except Exception as err:  # a bad value written by someone else must not stop the agent
         log.warning("etcd key %s: cannot decode the object (%s); left out", kv.key, err)
@@ -193,7 +200,8 @@ class EtcdBackend:
         head = next((kv for kv in kvs if kv.key == self.prefix + HEAD), None)
         ordered = sorted((kv for kv in kvs if store_key(self.prefix, kv.key)),
                          key=lambda kv: (kv.create_revision, kv.key))
-        objects = [obj for kv in ordered if (obj := decode(kv)) is not None]
+        seen: dict[str, str] = {}
+        objects = [obj for kv in ordered if (obj := decode(kv, seen)) is not None]
         return revision, head.mod_revision if head else 0, objects
 
     def _list_until_answered(self) -> tuple[int, int, list[KubeObject]]:
@@ -246,6 +254,7 @@ class EtcdBackend:
         """The store's changes in `events`; this backend's own writes are not decoded again (the store
         applied them when it committed, and skips them by revision)."""
         changes: list[tuple[Key, KubeObject | None]] = []
+        seen: dict[str, str] = {}
         version = self._queued_version
         with self._lock:
             own = set(self._own)
@@ -256,7 +265,7 @@ class EtcdBackend:
             key = store_key(self.prefix, event.kv.key)
             if key is None or event.kv.mod_revision in own:
                 continue
-            changes.append((key, None if event.kind == "DELETE" else decode(event.kv)))
+            changes.append((key, None if event.kind == "DELETE" else decode(event.kv, seen)))
         if events:
             with self._lock:
                 self._own = {r for r in self._own if r > events[-1].kv.mod_revision}
