@@ -230,6 +230,23 @@ def test_objects_listed_or_watched_share_equal_strings_and_equal_what_was_writte
         watching.close()
 
 
+def test_a_transaction_over_etcds_limit_is_refused_in_one_line_naming_its_size(
+        etcd: Etcd, tmp_path: Path) -> None:
+    """Test that 130 services in one apply (etcd's default --max-txn-ops is 128) fail with one line that
+    says how many operations the transaction had, and change nothing; a delete and puts together commit."""
+    a = open_store(tmp_path)
+    try:
+        refused = r"refused one transaction of 131 operations .*nothing was changed"
+        with pytest.raises(StoreError, match=refused):
+            a.apply([service(f"s{i}") for i in range(130)])
+        assert a.objects("Service") == []
+        a.apply([service("keep"), service("gone")])
+        a.delete([service("gone")])
+        assert [s.metadata.name for s in open_store(tmp_path).objects("Service")] == ["keep"]
+    finally:
+        a.close()
+
+
 class GatedClient(EtcdClient):
     """A real client whose watch waits for `gate` (so the test can compact etcd while it is behind)."""
 

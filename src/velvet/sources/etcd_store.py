@@ -15,6 +15,7 @@ queued as `Batch`es that the store applies on its own thread (`LocalStore`'s rea
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -135,9 +136,10 @@ class EtcdBackend:
 
     def record(self, since: int, version: int, upserts: Sequence[KubeObject], deletes: Sequence[Key]) -> int:
         """One transaction: the objects and the head, if the head is still at `since`."""
-        ops = [Op(object_key(self.prefix, key_of(obj)), encode(obj)) for obj in upserts]
-        ops += [Op(object_key(self.prefix, key), None) for key in deletes]
-        ops.append(Op(self.prefix + HEAD, b"{}"))
+        count = len(upserts) + len(deletes) + 1
+        ops = itertools.chain((Op(object_key(self.prefix, key_of(obj)), encode(obj)) for obj in upserts),
+                              (Op(object_key(self.prefix, key), None) for key in deletes),
+                              (Op(self.prefix + HEAD, b"{}"),))  # each encoded as the request is written
         try:  # a quick question first: a hung etcd would otherwise apply the change once it wakes
             EtcdClient(self.client.endpoint, timeout=PROBE_TIMEOUT_SECONDS).status()
         except EtcdError as err:
@@ -150,7 +152,7 @@ class EtcdBackend:
         except EtcdError as err:
             if "too many operations" in str(err) or "request is too large" in str(err):
                 raise EtcdStorageError(f"etcd at {self.client.endpoint} refused one transaction of "
-                                       f"{len(ops)} operations (its --max-txn-ops / --max-request-bytes): "
+                                       f"{count} operations (its --max-txn-ops / --max-request-bytes): "
                                        "apply fewer objects at once (nothing was changed)") from err
             raise EtcdStorageError(f"{err} (nothing was changed)") from err
         if not ok:
