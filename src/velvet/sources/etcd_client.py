@@ -221,9 +221,15 @@ class EtcdClient:
                 if result.get("canceled"):
                     raise EtcdError(f"etcd at {self.endpoint} cancelled the watch: "
                                     f"{result.get('cancel_reason', 'no reason given')}")
-                events = [Event(e.get("type", "PUT"), _kv(e["kv"])) for e in result.get("events", [])]
                 created, revision = result.get("created"), int(result.get("header", {}).get("revision", 0))
+                raw = result.pop("events", [])
                 del result
+                raw.reverse()
+                events = []
+                while raw:  # each decoded event's JSON is dropped at once: not 18,000 of both at the peak
+                    event = raw.pop()
+                    events.append(Event(event.get("type", "PUT"), _kv(event["kv"])))
+                del raw
                 if events or created:
                     yield revision, events
                 del events  # a 10,000-object change is not held while the watch waits for the next one

@@ -252,15 +252,19 @@ class EtcdBackend:
             self._stop.wait(delay)
             delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
-    def _batch(self, events: Sequence[Event]) -> Batch:
-        """The store's changes in `events`; this backend's own writes are not decoded again (the store
-        applied them when it committed, and skips them by revision)."""
+    def _batch(self, events: list[Event]) -> Batch:
+        """The store's changes in `events`, which it empties (each event is dropped once decoded); this
+        backend's own writes are not decoded again (the store applied them when it committed, and skips
+        them by revision)."""
         changes: list[tuple[Key, KubeObject | None]] = []
         seen: dict[str, str] = {}
         version = self._queued_version
         with self._lock:
             own = set(self._own)
-        for event in events:
+        last = events[-1].kv.mod_revision if events else None
+        events.reverse()
+        while events:
+            event = events.pop()
             if event.kv.key == self.prefix + HEAD:
                 version = event.kv.mod_revision
                 continue
@@ -268,9 +272,9 @@ class EtcdBackend:
             if key is None or event.kv.mod_revision in own:
                 continue
             changes.append((key, None if event.kind == "DELETE" else decode(event.kv, seen)))
-        if events:
+        if last is not None:
             with self._lock:
-                self._own = {r for r in self._own if r > events[-1].kv.mod_revision}
+                self._own = {r for r in self._own if r > last}
         return Batch(version, changes)
 
     def _queue_batch(self, revision: int, batch: Batch) -> None:
