@@ -12,14 +12,19 @@ the imported modules and the C libraries' memory). Then the agent restarts on th
 second agent on the same files and maps), as after `kill -9`: its heap after the start, and its peak.
 Prints one JSON document (MiB).
 
-    .venv/bin/python -m bench.memory --sandbox [--services 10000] [--pods 0]
+    .venv/bin/python -m bench.memory --sandbox [--services 10000] [--pods 0] [--nodes 1]
 
 measures the real agent instead (root): a sandbox (bench.velvet_peer: 4 server pods and a client),
 `--pods` more pods (`sleep infinity`, each its own label; the seconds until all are ready), 1,000
 services, traffic, then the other 9,000 in one `velvet apply`; the agent's VmRSS/VmHWM and its smaps
 summary when the last service is served (as `make bench-quick` reads it) and after the apply,
 then after traffic again, then after `kill -9` and the supervisor's restart (once `/v1/status`
-answers). The traffic is bench.run's: `--connects` connect()s from the client pod to the last
+answers). With `--nodes N` (N > 1: `velvet sandbox up --nodes N`, objects in the sandbox's etcd) the
+bench's pods run on node 0, pod i of `--pods` on node i mod N, and every reading also gives each node's
+agent (`nodes`) and the highest VmRSS (`max_rss_mb`); "served" is read on each node when its own map
+serves the last service. A node's pod CIDR is a /24, so a node takes at most 245 pods.
+
+The traffic is bench.run's: `--connects` connect()s from the client pod to the last
 service's ClusterIP and as many to a server pod's IP, request/response, a 100-rule NetworkPolicy with
 more of both, `velvet observe --follow` during a tenth of them, `velvet observe`/`velvet events`
 queries. `rss_mb` is VmRSS in MB (10^6 bytes, as bench.report judges issue 14's "< 150 MB"); the
@@ -35,32 +40,38 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 from bench.run import run_probe
-from bench.velvet_peer import VelvetPeer, vip
+from bench.velvet_peer import TCP, VelvetPeer, vip
 from velvet.agent import malloc
 from velvet.agent.config import AgentConfig
 from velvet.agent.node import Agent, Dirty
 from velvet.api.client import ApiClient
 from velvet.datapath.fake import FakeDatapath
+from velvet.datapath.structs import Lb4Key, ipv4
+from velvet.datapath.views import ServiceMap
 from velvet.errors import VelvetError
 from velvet.model import PodCondition, PodStatus
 from velvet.paths import AgentPaths
+from velvet.sandbox.naming import node_config
 
 NS = "bench"
 MIB = 1024 * 1024
 
 
-def pods_yaml(count: int) -> str:
-    """The namespace and `count` pods labelled app=p<i>."""
+def pods_yaml(count: int, nodes: int = 1) -> str:
+    """The namespace and `count` pods labelled app=p<i>; with several nodes, pod i on node i mod `nodes`."""
     text = f"---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"
     return text + "".join(
         f"---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i:04d}, namespace: {NS}, "
-        f"labels: {{app: p{i}}}}}\nspec:\n  containers:\n  - {{name: main, command: [sleep, infinity]}}\n"
+        f"labels: {{app: p{i}}}}}\nspec:\n"
+        + (f"  nodeName: {node_config('default', i % nodes).node_name}\n" if nodes > 1 else "")
+        + "  containers:\n  - {name: main, command: [sleep, infinity]}\n"
         for i in range(count))
 
 
@@ -155,11 +166,54 @@ def smaps_mib(pid: int) -> dict[str, float]:
     return {k: round(v, 1) for k, v in sorted(kinds.items())}
 
 
-def agent_memory(peer: VelvetPeer, settle: float) -> dict[str, Any]:
-    """The sandbox agent's memory after `settle` seconds of quiet."""
+def agent_pids(peer: VelvetPeer, nodes: int) -> dict[str, int]:
+    """Each node's name and its agent's pid."""
+    pids = {}
+    for k in range(nodes):
+        config = node_config(peer.name, k)
+        pids[config.node_name] = int(config.names.pid_file("agent").read_text().split()[0])
+    return pids
+
+
+def agent_memory(peer: VelvetPeer, settle: float, nodes: int = 1) -> dict[str, Any]:
+    """Node 0's agent's memory after `settle` seconds of quiet; with several nodes each agent's VmRSS/VmHWM
+    too, and the highest VmRSS."""
     time.sleep(settle)
     pid = peer.agent_pid()
-    return {**status_mib(pid), "smaps": smaps_mib(pid)}
+    found = {**status_mib(pid), "smaps": smaps_mib(pid)}
+    if nodes > 1:
+        each = {name: status_mib(node_pid) for name, node_pid in agent_pids(peer, nodes).items()}
+        found.update(nodes=each, max_rss_mb=max(m["rss_mb"] for m in each.values()))
+    return found
+
+
+def grow_everywhere(peer: VelvetPeer, services: int, budget: float, nodes: int) -> dict[str, Any]:
+    """Apply the services up to `services` through node 0 (as `peer.apply_services`) and read every node's
+    agent when its own lb4_services map serves the last one."""
+    pins = {config.node_name: config.names.pin_dir for config in (node_config(peer.name, k)
+                                                                   for k in range(nodes))}
+    pids = agent_pids(peer, nodes)
+    maps = {name: ServiceMap.from_pin(pin) for name, pin in pins.items()}
+    key = Lb4Key(address=ipv4(vip(services - 1)), dport=80, proto=TCP)
+    done: dict[str, Any] = {}
+    applying = threading.Thread(target=lambda: done.update(peer.apply_services(services, 1, budget)))
+    served: dict[str, Any] = {}
+    started = time.monotonic()
+    try:
+        applying.start()
+        while len(served) < nodes and time.monotonic() - started < budget:
+            for name, services_map in maps.items():
+                if name not in served and services_map.map.lookup(key) is not None:
+                    served[name] = {**status_mib(pids[name]), "seconds": round(time.monotonic() - started, 2)}
+            time.sleep(0.01)
+        applying.join()
+    finally:
+        for services_map in maps.values():
+            services_map.close()
+    done["nodes"] = served
+    if len(served) == nodes:
+        done["max_rss_mb"] = max(m["rss_mb"] for m in served.values())
+    return done
 
 
 def traffic(peer: VelvetPeer, connects: int) -> dict[str, Any]:
@@ -191,36 +245,41 @@ def traffic(peer: VelvetPeer, connects: int) -> dict[str, Any]:
     return done
 
 
-def add_pods(peer: VelvetPeer, count: int, budget: float) -> dict[str, Any]:
-    """`count` more pods (each its own label, so its own identity) applied at once; seconds until all are
-    ready."""
+def add_pods(peer: VelvetPeer, count: int, budget: float, nodes: int = 1) -> dict[str, Any]:
+    """`count` more pods (each its own label, so its own identity) applied at once, spread over `nodes`;
+    seconds until all are ready."""
     started = time.monotonic()
-    peer.sb.apply(pods_yaml(count))
+    peer.sb.apply(pods_yaml(count, nodes))
     peer.sb.wait_ready([f"{NS}/p{i:04d}" for i in range(count)], timeout=budget)
     return {"pods": count, "seconds": round(time.monotonic() - started, 1)}
 
 
-def sandbox(services: int, budget: float, settle: float, connects: int, pods: int) -> dict[str, Any]:
-    """A real agent: `pods` more pods, 1,000 services, then the rest in one apply; its memory then, after
-    traffic and after a restart."""
+def sandbox(services: int, budget: float, settle: float, connects: int, pods: int,
+            nodes: int = 1) -> dict[str, Any]:
+    """A real agent (`nodes` of them): `pods` more pods, 1,000 services, then the rest in one apply; its
+    memory then, after traffic and after a restart."""
     peer = VelvetPeer()
-    report: dict[str, Any] = {"services": services, "pods": pods}
+    report: dict[str, Any] = {"services": services, "pods": pods, "nodes": nodes}
     try:
-        peer.up()
-        report["pods_ready"] = agent_memory(peer, settle)
+        peer.up(nodes)
+        report["pods_ready"] = agent_memory(peer, settle, nodes)
         if pods:
-            report["added_pods"] = add_pods(peer, pods, budget)
-            report["pods_added"] = agent_memory(peer, settle)
+            report["added_pods"] = add_pods(peer, pods, budget, nodes)
+            report["pods_added"] = agent_memory(peer, settle, nodes)
         report["first"] = peer.apply_services(min(1000, services), 1, budget)
         if connects:  # as make bench-quick's traffic at N = 1,000 comes before its 10,000
             report["traffic_first"] = traffic(peer, connects)
-            report["first_traffic"] = agent_memory(peer, settle)
-        report["grown"] = peer.apply_services(services, 1, budget)
-        report["served"] = status_mib(peer.agent_pid())
-        report["applied"] = agent_memory(peer, settle)
+            report["first_traffic"] = agent_memory(peer, settle, nodes)
+        if nodes > 1:
+            report["grown"] = grow_everywhere(peer, services, budget, nodes)
+            report["served"] = report["grown"]["nodes"].get("velvet-node", {})
+        else:
+            report["grown"] = peer.apply_services(services, 1, budget)
+            report["served"] = status_mib(peer.agent_pid())
+        report["applied"] = agent_memory(peer, settle, nodes)
         if connects:
             report["traffic"] = traffic(peer, connects)
-            report["after_traffic"] = agent_memory(peer, settle)
+            report["after_traffic"] = agent_memory(peer, settle, nodes)
         api = ApiClient(AgentPaths(peer.name).socket, timeout=2.0)
         old = peer.agent_pid()
         os.kill(old, signal.SIGKILL)
@@ -233,7 +292,7 @@ def sandbox(services: int, budget: float, settle: float, connects: int, pods: in
             except (VelvetError, OSError, ValueError):
                 pass
             time.sleep(0.05)
-        report["restarted"] = agent_memory(peer, settle)
+        report["restarted"] = agent_memory(peer, settle, nodes)
     finally:
         peer.down()
     return report
@@ -250,9 +309,10 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=300.0)
     parser.add_argument("--settle", type=float, default=5.0)
     parser.add_argument("--connects", type=int, default=20000, help="--sandbox: connects of the traffic")
+    parser.add_argument("--nodes", type=int, default=1, help="--sandbox: nodes (more than one: on etcd)")
     args = parser.parse_args()
     if args.sandbox:
-        report = sandbox(args.services, args.budget, args.settle, args.connects, args.pods or 0)
+        report = sandbox(args.services, args.budget, args.settle, args.connects, args.pods or 0, args.nodes)
         print(json.dumps(report, indent=1))
     else:
         pods = 1000 if args.pods is None else args.pods

@@ -44,21 +44,22 @@ def service_yaml(index: int, endpoints: int, selector: str | None = None) -> str
             f"  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}\n")
 
 
-def _pod(name: str, labels: str, command: str) -> str:
+def _pod(name: str, labels: str, command: str, node: str = "") -> str:
+    placed = f"  nodeName: {node}\n" if node else ""
     return (f"---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {NS}\n"
-            f"  labels: {labels}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n"
+            f"  labels: {labels}\nspec:\n{placed}  terminationGracePeriodSeconds: 1\n  containers:\n"
             f"  - name: main\n    command: {command}\n")
 
 
-def pods_yaml() -> str:
-    """The namespace, SERVERS server pods (probe.py serve on CPU 1) and the client pod."""
+def pods_yaml(node: str = "") -> str:
+    """The namespace, SERVERS server pods (probe.py serve on CPU 1) and the client pod, on `node` if given."""
     text = f"---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"
     for i in range(SERVERS):
         labels = f'{{app: srv, idx: "{i}"' + (', e1: "yes"}' if i == 0 else "}")
         command = f'["taskset", "-c", "1", "python3", "{PROBE}", "serve", "--ports", "8080"]'
-        text += _pod(f"srv{i}", labels, command)
+        text += _pod(f"srv{i}", labels, command, node)
         text += "    readinessProbe:\n      tcpSocket: {port: 8080}\n      periodSeconds: 1\n"
-    return text + _pod("cli", "{app: cli}", '["sleep", "infinity"]')
+    return text + _pod("cli", "{app: cli}", '["sleep", "infinity"]', node)
 
 
 class VelvetPeer:
@@ -80,10 +81,14 @@ class VelvetPeer:
         """The sandbox name."""
         return str(self.sb.name)
 
-    def up(self) -> None:
-        """Bring the sandbox up with the server and client pods ready."""
-        self.sb.up()
-        self.sb.apply(pods_yaml())
+    def up(self, nodes: int = 1) -> None:
+        """Bring the sandbox up (`nodes` nodes on etcd when more than one) with the server and client pods
+        ready on node 0."""
+        if nodes > 1:
+            self.sb.up("--nodes", str(nodes))
+        else:
+            self.sb.up()
+        self.sb.apply(pods_yaml("velvet-node" if nodes > 1 else ""))
         ips = self.sb.wait_ready([f"{NS}/srv{i}" for i in range(SERVERS)] + [f"{NS}/cli"], timeout=120)
         self.pod_ips = {k.split("/")[1]: v for k, v in ips.items()}
         self.services = ServiceMap.from_pin(self.pin_dir)

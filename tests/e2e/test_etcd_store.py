@@ -8,11 +8,13 @@ process is stopped by its pid and the namespace removed by name, whatever happen
 from __future__ import annotations
 
 import asyncio
+import gc
 import secrets
 import shutil
 import subprocess
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +23,11 @@ import pytest
 
 from velvet.durable import StorageError
 from velvet.model import Namespace, ObjectMeta, Service
+from velvet.model.codec import to_dict
 from velvet.model.service import ServicePort, ServiceSpec
 from velvet.sandbox import netlink
 from velvet.sources.delta import Delta
-from velvet.sources.etcd_client import EtcdClient, EtcdCompacted, EtcdError, Event, Op
+from velvet.sources.etcd_client import EtcdClient, EtcdCompacted, EtcdError, Event, KeyValue, Op
 from velvet.sources.etcd_store import DEFAULT_PREFIX, HEAD, EtcdBackend
 from velvet.sources.local import LocalStore, StoreError
 from velvet.system.netns import in_netns
@@ -187,6 +190,86 @@ def test_another_writers_changes_reach_the_watch(etcd: Etcd, tmp_path: Path) -> 
     finally:
         a.close()
         b.close()
+
+
+def test_a_change_seen_by_the_watch_is_not_kept_while_it_waits(etcd: Etcd, tmp_path: Path) -> None:
+    """Test that once another store took in a 100-service change, no watched event of it stays alive
+    while the watch waits for the next change, and that the next change still arrives."""
+    a, b = open_store(tmp_path), open_store(tmp_path)
+    try:
+        a.apply([service(f"s{i}") for i in range(100)])
+        wait_until("b takes in the 100 services", lambda: len(b.objects("Service")) == 100)
+        time.sleep(0.2)  # the watch thread is back waiting on etcd
+        gc.collect()
+        assert sum(isinstance(o, Event | KeyValue) for o in gc.get_objects()) == 0
+        a.apply([service("next")])
+        wait_until("b takes in the next one", lambda: b.find("Service", "default", "next") is not None)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_objects_listed_or_watched_share_equal_strings_and_equal_what_was_written(
+        etcd: Etcd, tmp_path: Path) -> None:
+    """Test that the services one store reads from etcd, by its first list or through its watch, are
+    those another wrote, and that equal strings among them (namespace, port protocol) are one object."""
+    watching = open_store(tmp_path)
+    a = open_store(tmp_path)
+    try:
+        a.apply([namespace("blue")] + [service(f"s{i}", "blue") for i in range(100)])
+        wait_until("the watch takes in 100 services", lambda: len(watching.objects("Service")) == 100)
+        listing = open_store(tmp_path)
+        written = {s.metadata.name: to_dict(s) for s in a.objects("Service")}
+        for store in (watching, listing):
+            services = [s for s in store.objects("Service") if isinstance(s, Service)]
+            assert {s.metadata.name: to_dict(s) for s in services} == written
+            assert len({id(s.metadata.namespace) for s in services}) == 1
+            assert len({id(s.spec.ports[0].protocol) for s in services}) == 1
+        listing.close()
+    finally:
+        a.close()
+        watching.close()
+
+
+def test_a_transaction_over_etcds_limit_is_refused_in_one_line_naming_its_size(
+        etcd: Etcd, tmp_path: Path) -> None:
+    """Test that 130 services in one apply (etcd's default --max-txn-ops is 128) fail with one line that
+    says how many operations the transaction had, and change nothing; a delete and puts together commit."""
+    a = open_store(tmp_path)
+    try:
+        refused = r"refused one transaction of 131 operations .*nothing was changed"
+        with pytest.raises(StoreError, match=refused):
+            a.apply([service(f"s{i}") for i in range(130)])
+        assert a.objects("Service") == []
+        a.apply([service("keep"), service("gone")])
+        a.delete([service("gone")])
+        assert [s.metadata.name for s in open_store(tmp_path).objects("Service")] == ["keep"]
+    finally:
+        a.close()
+
+
+def test_reading_a_watched_change_takes_a_few_times_its_text_at_its_peak(etcd: Etcd) -> None:
+    """Test that reading one watched change of 120 services allocates at its peak less than 10 times the
+    size of its values' base64 text (6 with the standard json; orjson, which first builds a tree of its
+    own, took 22)."""
+    client = EtcdClient(URL)
+    start = int(client.status()["header"]["revision"])
+    values = [b'{"kind":"Service","metadata":{"name":"s%d","namespace":"default"},"spec":{"clusterIP":'
+              b'"10.96.0.%d","ports":[{"name":"tcp","port":80,"protocol":"TCP","targetPort":8080}]}}' % (i, i)
+              for i in range(120)]
+    assert client.txn_if_mod("/w/head", 0, [Op(f"/w/s{i}", v) for i, v in enumerate(values)])[0]
+    text = sum(len(v) * 4 // 3 for v in values)
+    watch = client.watch("/w/", start + 1, idle_timeout=5)
+    tracemalloc.start()
+    try:
+        while not (events := next(watch)[1]):
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        del watch  # closes the generator, and its connection
+    assert [e.kv.value for e in events] == values
+    assert peak < 10 * text, f"{peak} bytes at the peak for {text} bytes of base64"
 
 
 class GatedClient(EtcdClient):

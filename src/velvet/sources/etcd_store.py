@@ -15,6 +15,7 @@ queued as `Batch`es that the store applies on its own thread (`LocalStore`'s rea
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -38,7 +39,7 @@ from velvet.sources.etcd_client import (
     Op,
 )
 from velvet.sources.index import Key, key_of
-from velvet.sources.state_files import Loaded
+from velvet.sources.state_files import Loaded, share_strings
 
 DEFAULT_PREFIX = "/velvet/registry/"
 HEAD = "_head"
@@ -81,12 +82,19 @@ def encode(obj: KubeObject) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
 
-def decode(kv: KeyValue) -> KubeObject | None:
-    """The object under `kv`, its mod revision as resourceVersion; None (logged) when it does not decode."""
+def decode(kv: KeyValue, seen: dict[str, str] | None = None) -> KubeObject | None:
+    """The object under `kv`, its mod revision as resourceVersion; None (logged) when it does not decode.
+
+    `seen`: equal strings of the objects decoded with the same table become one object (see
+    `share_strings`; a list or a watched change of 9,000 services shares their namespace, selectors,
+    port names and the like).
+    """
     try:
         doc = orjson.loads(kv.value)
         if isinstance(doc, dict) and isinstance(doc.get("metadata"), dict):
             doc["metadata"]["resourceVersion"] = str(kv.mod_revision)  # read as the stored one is
+        if seen is not None and isinstance(doc, dict):
+            share_strings(doc, seen)
         return from_dict(doc, path=kv.key, document=1, trusted=True)
     except Exception as err:  # a bad value written by someone else must not stop the agent
         log.warning("etcd key %s: cannot decode the object (%s); left out", kv.key, err)
@@ -128,9 +136,10 @@ class EtcdBackend:
 
     def record(self, since: int, version: int, upserts: Sequence[KubeObject], deletes: Sequence[Key]) -> int:
         """One transaction: the objects and the head, if the head is still at `since`."""
-        ops = [Op(object_key(self.prefix, key_of(obj)), encode(obj)) for obj in upserts]
-        ops += [Op(object_key(self.prefix, key), None) for key in deletes]
-        ops.append(Op(self.prefix + HEAD, b"{}"))
+        count = len(upserts) + len(deletes) + 1
+        ops = itertools.chain((Op(object_key(self.prefix, key_of(obj)), encode(obj)) for obj in upserts),
+                              (Op(object_key(self.prefix, key), None) for key in deletes),
+                              (Op(self.prefix + HEAD, b"{}"),))  # each encoded as the request is written
         try:  # a quick question first: a hung etcd would otherwise apply the change once it wakes
             EtcdClient(self.client.endpoint, timeout=PROBE_TIMEOUT_SECONDS).status()
         except EtcdError as err:
@@ -143,7 +152,7 @@ class EtcdBackend:
         except EtcdError as err:
             if "too many operations" in str(err) or "request is too large" in str(err):
                 raise EtcdStorageError(f"etcd at {self.client.endpoint} refused one transaction of "
-                                       f"{len(ops)} operations (its --max-txn-ops / --max-request-bytes): "
+                                       f"{count} operations (its --max-txn-ops / --max-request-bytes): "
                                        "apply fewer objects at once (nothing was changed)") from err
             raise EtcdStorageError(f"{err} (nothing was changed)") from err
         if not ok:
@@ -193,7 +202,8 @@ class EtcdBackend:
         head = next((kv for kv in kvs if kv.key == self.prefix + HEAD), None)
         ordered = sorted((kv for kv in kvs if store_key(self.prefix, kv.key)),
                          key=lambda kv: (kv.create_revision, kv.key))
-        objects = [obj for kv in ordered if (obj := decode(kv)) is not None]
+        seen: dict[str, str] = {}
+        objects = [obj for kv in ordered if (obj := decode(kv, seen)) is not None]
         return revision, head.mod_revision if head else 0, objects
 
     def _list_until_answered(self) -> tuple[int, int, list[KubeObject]]:
@@ -226,6 +236,7 @@ class EtcdBackend:
                     delay = MIN_BACKOFF_SECONDS
                     if events:
                         self._queue_batch(revision, self._batch(events))
+                    del events  # not held while the watch waits
                     if self._stop.is_set():
                         return
             except EtcdIdle:
@@ -241,24 +252,29 @@ class EtcdBackend:
             self._stop.wait(delay)
             delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
-    def _batch(self, events: Sequence[Event]) -> Batch:
-        """The store's changes in `events`; this backend's own writes are not decoded again (the store
-        applied them when it committed, and skips them by revision)."""
+    def _batch(self, events: list[Event]) -> Batch:
+        """The store's changes in `events`, which it empties (each event is dropped once decoded); this
+        backend's own writes are not decoded again (the store applied them when it committed, and skips
+        them by revision)."""
         changes: list[tuple[Key, KubeObject | None]] = []
+        seen: dict[str, str] = {}
         version = self._queued_version
         with self._lock:
             own = set(self._own)
-        for event in events:
+        last = events[-1].kv.mod_revision if events else None
+        events.reverse()
+        while events:
+            event = events.pop()
             if event.kv.key == self.prefix + HEAD:
                 version = event.kv.mod_revision
                 continue
             key = store_key(self.prefix, event.kv.key)
             if key is None or event.kv.mod_revision in own:
                 continue
-            changes.append((key, None if event.kind == "DELETE" else decode(event.kv)))
-        if events:
+            changes.append((key, None if event.kind == "DELETE" else decode(event.kv, seen)))
+        if last is not None:
             with self._lock:
-                self._own = {r for r in self._own if r > events[-1].kv.mod_revision}
+                self._own = {r for r in self._own if r > last}
         return Batch(version, changes)
 
     def _queue_batch(self, revision: int, batch: Batch) -> None:

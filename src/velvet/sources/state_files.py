@@ -331,7 +331,7 @@ class StateFiles:
             if found is not None:
                 return found
         if isinstance(item, dict | list):
-            _share_strings(item, seen)
+            share_strings(item, seen)
         try:
             return from_dict(item, path=path, document=document, trusted=True)
         except InvalidManifest as err:
@@ -434,7 +434,7 @@ class FileBackend:
         """Nothing to stop."""
 
 
-def _share_strings(node: dict[Any, Any] | list[Any], seen: dict[str, str]) -> None:
+def share_strings(node: dict[Any, Any] | list[Any], seen: dict[str, str]) -> None:
     """Replace equal string values by one object (`seen`), in place, through nested dicts and lists.
 
     The decoded objects keep these strings: without this, each of 10,000 services and slices holds its
@@ -446,7 +446,7 @@ def _share_strings(node: dict[Any, Any] | list[Any], seen: dict[str, str]) -> No
         if type(value) is str:
             node[key] = seen.setdefault(value, value)
         elif isinstance(value, dict | list):
-            _share_strings(value, seen)
+            share_strings(value, seen)
 
 
 class _Spans:
