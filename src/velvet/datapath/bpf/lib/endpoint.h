@@ -178,9 +178,8 @@ static __always_inline int host_route_ingress(struct __sk_buff *skb, const struc
 {
 	const struct endpoint_info *ep;
 	struct bpf_fib_lookup fib;
-	bool direct = false;
 	struct pkt4 next;
-	long ret = 0;
+	long ret;
 
 	if (verdict != TC_ACT_OK)
 		return verdict;
@@ -188,9 +187,14 @@ static __always_inline int host_route_ingress(struct __sk_buff *skb, const struc
 	if ((local_only && !ep) || !host_routing_enabled())
 		return verdict;
 	if (ep && ep->ifindex != skb->ifindex && ep_macs_known(ep)) {
+		/* the FIB's answer for a local pod, from its endpoint: both ways meet with the same state below
+		 * (one verification of the to-pod code) */
 		if (ttl_expiring(skb))
 			return verdict;
-		direct = true;
+		__builtin_memcpy(fib.dmac, ep->mac, ETH_ALEN);
+		__builtin_memcpy(fib.smac, ep->node_mac, ETH_ALEN);
+		fib.ifindex = ep->ifindex;
+		ret = BPF_FIB_LKUP_RET_SUCCESS;
 	} else {
 		ret = fib_resolve(skb, &fib, pkt->saddr, pkt->daddr, pkt->proto);
 		if (ret < 0)
@@ -214,10 +218,7 @@ static __always_inline int host_route_ingress(struct __sk_buff *skb, const struc
 		return verdict;
 	/* the mark stays behind, as when crossing the veth into the pod's namespace */
 	skb->mark = 0;
-	if (direct)
-		ret = ttl_decrement(skb) < 0 ? -1 : l2_redirect(skb, ep->mac, ep->node_mac, ep->ifindex, true);
-	else
-		ret = fib_forward(skb, &fib, ret, true);
+	ret = fib_forward(skb, &fib, BPF_FIB_LKUP_RET_SUCCESS, true);
 	return ret < 0 ? verdict : ret;
 }
 
