@@ -48,7 +48,7 @@ PINNED_MAPS = ("proc_events", "proc_sock_events", "proc_config", "proc_lost", "p
                "proc_syscall_counts", *RUNTIME_POLICY_MAPS)
 # syscalls per cgroup: on every syscall of the machine, so attached only on request (--syscall-metrics)
 SYSCALL_COUNTER = ("proc_syscalls", "raw_syscalls", "sys_enter")
-# program -> (tracepoint category, "raw" or "tp_btf" (raw, BTF-typed), tracepoint name)
+# program -> (tracepoint category, or "raw" / "tp_btf" (a raw one, BTF-typed), tracepoint name)
 TRACEPOINTS = {
     "proc_exec": ("sched", "sched_process_exec"),
     "proc_fork": ("raw", "sched_process_fork"),

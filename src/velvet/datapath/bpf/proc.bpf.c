@@ -57,7 +57,8 @@ struct {
 } proc_config SEC(".maps");
 
 /* TCP sockets being connected or connected by a monitored process (socket address -> tgid; 0: an
- * accepted socket) until their close. A preallocated hash: no LRU free-list refill on the connect path. */
+ * accepted socket) until their close. A preallocated hash: no LRU free-list refill on the connect path.
+ * A close missed while an upgrade replaced the program leaves its entry until the address is reused. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
