@@ -58,8 +58,13 @@ static __always_inline long fib_resolve(struct __sk_buff *skb, struct bpf_fib_lo
 	return ret;
 }
 
-/* Decrement the TTL as a router does (the checksum fixed); -1 when the packet could not be rewritten. */
-static __always_inline int ttl_decrement(struct __sk_buff *skb)
+/*
+ * Forward along fib_resolve's answer (ret) as a router: TTL decremented, the next hop's MAC, out of
+ * the interface; with peer (a tc ingress hook, a host veth) into the namespace behind it directly.
+ * Returns the tc verdict, or -1 when the packet could not be rewritten.
+ */
+static __always_inline int fib_forward(struct __sk_buff *skb, const struct bpf_fib_lookup *fib, long ret,
+				       bool peer)
 {
 	__u8 hdr[2], dec[2];
 
@@ -71,33 +76,13 @@ static __always_inline int ttl_decrement(struct __sk_buff *skb)
 	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, *(__be16 *)hdr, *(__be16 *)dec, 2) < 0 ||
 	    bpf_skb_store_bytes(skb, IP_TTL_OFF, dec, sizeof(dec), 0) < 0)
 		return -1;
-	return 0;
-}
 
-/* Set the frame's MACs and send it out of ifindex (peer: into the namespace behind it, from a tc
- * ingress hook); the tc verdict, or -1 when the packet could not be rewritten. */
-static __always_inline int l2_redirect(struct __sk_buff *skb, const __u8 *dmac, const __u8 *smac,
-				       __u32 ifindex, bool peer)
-{
-	if (bpf_skb_store_bytes(skb, 0, dmac, ETH_ALEN, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, ETH_ALEN, smac, ETH_ALEN, 0) < 0)
-		return -1;
-	return peer ? bpf_redirect_peer(ifindex, 0) : bpf_redirect(ifindex, 0);
-}
-
-/*
- * Forward along fib_resolve's answer (ret) as a router: TTL decremented, the next hop's MAC, out of
- * the interface; with peer (a tc ingress hook, a host veth) into the namespace behind it directly.
- * Returns the tc verdict, or -1 when the packet could not be rewritten.
- */
-static __always_inline int fib_forward(struct __sk_buff *skb, const struct bpf_fib_lookup *fib, long ret,
-				       bool peer)
-{
-	if (ttl_decrement(skb) < 0)
-		return -1;
 	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return bpf_redirect_neigh(fib->ifindex, NULL, 0, 0);
-	return l2_redirect(skb, fib->dmac, fib->smac, fib->ifindex, peer);
+	if (bpf_skb_store_bytes(skb, 0, fib->dmac, ETH_ALEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, fib->smac, ETH_ALEN, 0) < 0)
+		return -1;
+	return peer ? bpf_redirect_peer(fib->ifindex, 0) : bpf_redirect(fib->ifindex, 0);
 }
 
 /* Forward the packet out of the interface the FIB names for it: the tc verdict, or -1 (see fib_resolve). */
