@@ -105,6 +105,17 @@ class ProbeSession:
         self._stderr.close()
 
 
+def pod_state(pod: Mapping[str, Any] | None) -> str:
+    """What a pod that is late looks like: absent, or its node, phase, readiness and deletion."""
+    if pod is None:
+        return "(absent)"
+    status = pod.get("status", {})
+    ready = next((c["status"] for c in status.get("conditions", []) if c["type"] == "Ready"), "unreported")
+    deleting = " deleting" if pod["metadata"].get("deletionTimestamp") else ""
+    return (f"(node {pod['spec'].get('nodeName', '?')}, phase {status.get('phase', 'unreported')}, "
+            f"Ready {ready}, podIP {status.get('podIP', '-')}{deleting})")
+
+
 def round_robin(pods: Sequence[str], nodes: Sequence[str]) -> dict[str, str]:
     """The node (spec.nodeName) of each pod: round-robin over the nodes in the pods' order; "" (the only
     node, no nodeName) when there is one."""
@@ -154,7 +165,10 @@ class Cluster:
                 return {}
             if time.monotonic() > deadline:
                 state = "ready" if present else "gone"
-                raise ClusterError(f"pods not {state} after {timeout:.0f}s: {sorted(keys)}")
+                late = ([k for k in keys if k not in pods or not is_ready(pods[k])] if present
+                        else [k for k in keys if k in pods])
+                raise ClusterError(f"pods not {state} after {timeout:.0f}s: "
+                                   + "; ".join(f"{k} {pod_state(pods.get(k))}" for k in sorted(late)))
             time.sleep(0.2)
 
     def cluster_ips(self, keys: Sequence[str]) -> dict[str, str]:
