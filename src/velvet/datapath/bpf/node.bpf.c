@@ -56,72 +56,90 @@ static __always_inline bool node_pod_tracked(struct pkt4 *pkt, __u64 now)
 	return true;
 }
 
-SEC("tc")
-int node_from_uplink(struct __sk_buff *skb)
+/*
+ * The uplink's side of a packet arriving, parsed into pkt: the NodePort reverse SNAT, the frontends' DNAT,
+ * conntrack and events. Returns the verdict; *route: host routing may deliver it to a local pod. A global
+ * function: the verifier checks it and the delivery (host_route) once each, apart, instead of the
+ * delivery once for every state this reaches it in.
+ */
+__attribute__((noinline)) int from_uplink(struct __sk_buff *skb, struct pkt4 *pkt, __u64 now, bool *route)
 {
 	const struct node_config *cfg = nodeport_config();
-	struct pkt4 pkt = {};
 	struct ct4_entry *e;
 	struct ct4_key key;
-	__u64 now = clock_now();
 	__u32 backend_id = 0;
 	bool report = true;
 	__u16 reason;
 	int ret;
 
+	if (!pkt || !route)
+		return TC_ACT_SHOT;
 	/* parse; other ethertypes, and fragments we hold no ports for, are not ours */
-	ret = parse_ipv4(skb, &pkt);
+	ret = parse_ipv4(skb, pkt);
 	if (ret == PARSE_NOT_IPV4 || ret == -DROP_FRAG_NOT_FOUND)
-		return pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false);
+		return pass_pkt(skb, pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false);
 	if (ret < 0)
-		return drop_pkt(skb, &pkt, -ret, OBS_FROM_NETWORK, METRIC_INGRESS);
+		return drop_pkt(skb, pkt, -ret, OBS_FROM_NETWORK, METRIC_INGRESS);
 
 	/* replies of connections SNATed to other nodes' backends, and ICMP errors about them */
 	if (cfg) {
-		ret = nodeport_rev_snat(skb, &pkt, cfg, now);
+		ret = nodeport_rev_snat(skb, pkt, cfg, now);
 		if (ret >= 0)
 			return ret;
 	}
 
 	/* translate external frontends to a backend; a packet of a local pod's connection stays that
 	 * connection's (conntrack first, as in the kernel's NAT): no frontend lookups, whose keys are cold
-	 * every time. One call site of the to-pod code below: verifier time. */
-	reason = node_pod_tracked(&pkt, now) ? 0 :
-		 svc_dnat(skb, &pkt, false, UPLINK_FRONTEND_FLAGS, true, CT_F_NODEPORT, &backend_id, now);
+	 * every time. */
+	reason = node_pod_tracked(pkt, now) ? 0 :
+		 svc_dnat(skb, pkt, false, UPLINK_FRONTEND_FLAGS, true, CT_F_NODEPORT, &backend_id, now);
 	if (reason) {
-		node_fill_identities(&pkt);
-		drop_pkt(skb, &pkt, reason, OBS_FROM_NETWORK, METRIC_INGRESS);
+		node_fill_identities(pkt);
+		drop_pkt(skb, pkt, reason, OBS_FROM_NETWORK, METRIC_INGRESS);
 		/* refuse like a closed port: the answer leaves through the uplink again */
-		if (reason == DROP_NO_SERVICE_BACKEND && reject_pkt(skb, &pkt) == 0)
+		if (reason == DROP_NO_SERVICE_BACKEND && reject_pkt(skb, pkt) == 0)
 			return bpf_redirect(skb->ifindex, 0);
 		return TC_ACT_SHOT;
 	}
-	if (!pkt.rev_nat_index)
-		return host_route_ingress(skb, &pkt, now,
-					  pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false), true, false);
+	if (!pkt->rev_nat_index) {
+		*route = true;
+		return pass_pkt(skb, pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false);
+	}
 
 	/* the translated tuple leads node_to_uplink back to the frontend */
-	ct_key_fwd(&key, &pkt, CT_NODEPORT);
-	e = ct_lookup(&key, pkt.tcp_flags, now);
+	ct_key_fwd(&key, pkt, CT_NODEPORT);
+	e = ct_lookup(&key, pkt->tcp_flags, now);
 	if (e) {
-		report = ct_account(e, false, skb->len, pkt.tcp_flags, now);
+		report = ct_account(e, false, skb->len, pkt->tcp_flags, now);
 	} else {
-		if (ct_create(&key, &pkt, skb->len, now, CT_F_NODEPORT, pkt.orig_daddr, pkt.orig_dport,
+		if (ct_create(&key, pkt, skb->len, now, CT_F_NODEPORT, pkt->orig_daddr, pkt->orig_dport,
 			      backend_id) < 0) {
-			node_fill_identities(&pkt);
-			return drop_pkt(skb, &pkt, DROP_CT_MAP_FULL, OBS_FROM_NETWORK, METRIC_INGRESS);
+			node_fill_identities(pkt);
+			return drop_pkt(skb, pkt, DROP_CT_MAP_FULL, OBS_FROM_NETWORK, METRIC_INGRESS);
 		}
-		pkt.ev_flags |= EV_F_NEW_CT;
+		pkt->ev_flags |= EV_F_NEW_CT;
 	}
 	/* a backend that is neither a local endpoint nor the node itself lives elsewhere: SNAT, so that
 	 * its replies come back here */
-	if (cfg && !bpf_map_lookup_elem(&lxc_endpoints, &pkt.daddr) &&
-	    ipcache_identity(pkt.daddr) != IDENTITY_HOST)
-		return nodeport_snat_forward(skb, &pkt, cfg, report, now);
+	if (cfg && !bpf_map_lookup_elem(&lxc_endpoints, &pkt->daddr) &&
+	    ipcache_identity(pkt->daddr) != IDENTITY_HOST)
+		return nodeport_snat_forward(skb, pkt, cfg, report, now);
 	if (report)
-		node_fill_identities(&pkt);
-	return host_route_ingress(skb, &pkt, now, pass_pkt(skb, &pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report),
-				  true, false);
+		node_fill_identities(pkt);
+	*route = true;
+	return pass_pkt(skb, pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report);
+}
+
+SEC("tc")
+int node_from_uplink(struct __sk_buff *skb)
+{
+	struct pkt4 pkt = {};
+	__u64 now = clock_now();
+	bool route = false;
+	int ret;
+
+	ret = from_uplink(skb, &pkt, now, &route);
+	return route ? host_route_ingress(skb, &pkt, now, ret, true, false) : ret;
 }
 
 /*

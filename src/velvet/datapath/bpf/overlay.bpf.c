@@ -21,15 +21,19 @@
 #include "lib/fib.h"
 #include "lib/endpoint.h"
 
-SEC("tc")
-int overlay_from_tunnel(struct __sk_buff *skb)
+/*
+ * The tunnel's side of a decapsulated packet: the source identity from the VNI into skb->mark, the frame
+ * made this node's, the packet parsed into pkt. Returns the verdict; *route: it parsed, and host routing
+ * may deliver it to a local pod (what does not parse meets lxc_to_pod). A global function, as
+ * lxc_from_pod's from_pod: the tunnel key and the parser stay out of the stack host_route is called with.
+ */
+__attribute__((noinline)) int from_tunnel(struct __sk_buff *skb, struct pkt4 *pkt, bool *route)
 {
 	struct bpf_tunnel_key key = {};
-	struct pkt4 pkt = {};
 	__u32 identity;
 
 	/* only the tunnel delivers here: no key, no packet */
-	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+	if (!pkt || !route || bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
 		return TC_ACT_SHOT;
 
 	/* the sender's identity; its own node is remote-node here, VNI 0 names nobody */
@@ -42,11 +46,19 @@ int overlay_from_tunnel(struct __sk_buff *skb)
 
 	/* the inner frame names the sender's MAC as destination: deliver it to this node */
 	bpf_skb_change_type(skb, PACKET_HOST);
+	*route = parse_ipv4(skb, pkt) == 0;
+	return TC_ACT_OK;
+}
 
-	/* host routing: a local pod's packet goes straight into it; what does not parse meets lxc_to_pod */
-	if (parse_ipv4(skb, &pkt) != 0)
-		return TC_ACT_OK;
-	return host_route_ingress(skb, &pkt, clock_now(), TC_ACT_OK, true, false);
+SEC("tc")
+int overlay_from_tunnel(struct __sk_buff *skb)
+{
+	struct pkt4 pkt = {};
+	bool route = false;
+	int ret;
+
+	ret = from_tunnel(skb, &pkt, &route);
+	return route ? host_route_ingress(skb, &pkt, clock_now(), ret, true, false) : ret;
 }
 
 SEC("tc")

@@ -163,34 +163,41 @@ static __always_inline bool ep_macs_known(const struct endpoint_info *ep)
 	return (ep->mac[0] | ep->mac[1] | ep->mac[2] | ep->mac[3] | ep->mac[4] | ep->mac[5]) != 0;
 }
 
+/* host_route's how */
+#define HOST_ROUTE_LOCAL_ONLY 1
+#define HOST_ROUTE_UPLINK_DONE 2
+
 /*
- * Host routing from a tc ingress hook: forward what the caller passed (verdict TC_ACT_OK) out of the
- * interface the FIB names (local_only: only packets for local pods); else, or when the FIB says no,
- * return verdict for the node's stack. A packet for a local pod gets the to-pod datapath here and goes
- * straight into the pod (bpf_redirect_peer): no second program run on the veth, no backlog queue on the
- * way. Its MACs come from the endpoint map when the agent knows them (no FIB lookup, as Cilium's local
- * delivery), else from the FIB when it names the pod's veth with its neighbour known. uplink_done: the
- * caller knows node_to_uplink has nothing to do for the packet; redirected out of an interface, it
- * carries HOST_ROUTED_MARK there.
+ * Host routing from a tc ingress hook: forward pkt out of the interface the FIB names (local_only: only
+ * packets for local pods); else, or when the FIB says no, TC_ACT_OK for the node's stack. A packet for a
+ * local pod gets the to-pod datapath here and goes straight into the pod (bpf_redirect_peer): no second
+ * program run on the veth, no backlog queue on the way. Its MACs come from the endpoint map when the agent
+ * knows them (no FIB lookup, as Cilium's local delivery), else from the FIB when it names the pod's veth
+ * with its neighbour known. uplink_done: the caller knows node_to_uplink has nothing to do for the packet;
+ * redirected out of an interface, it carries HOST_ROUTED_MARK there.
+ *
+ * A global function: the verifier checks it once, for any packet, instead of once for every state its
+ * caller reaches it in (lxc_from_pod reaches it from dozens: 3x the verifier's work inlined).
  */
-static __always_inline int host_route_ingress(struct __sk_buff *skb, const struct pkt4 *pkt, __u64 now,
-					      int verdict, bool local_only, bool uplink_done)
+__attribute__((noinline)) int host_route(struct __sk_buff *skb, const struct pkt4 *pkt, __u64 now, __u32 how)
 {
+	bool local_only = how & HOST_ROUTE_LOCAL_ONLY, uplink_done = how & HOST_ROUTE_UPLINK_DONE;
 	const struct endpoint_info *ep;
 	struct bpf_fib_lookup fib;
 	struct pkt4 next;
+	int verdict;
 	long ret;
 
-	if (verdict != TC_ACT_OK)
-		return verdict;
+	if (!pkt)
+		return TC_ACT_OK;
 	ep = bpf_map_lookup_elem(&lxc_endpoints, &pkt->daddr);
 	if ((local_only && !ep) || !host_routing_enabled())
-		return verdict;
+		return TC_ACT_OK;
 	if (ep && ep->ifindex != skb->ifindex && ep_macs_known(ep)) {
 		/* the FIB's answer for a local pod, from its endpoint: both ways meet with the same state below
 		 * (one verification of the to-pod code) */
 		if (ttl_expiring(skb))
-			return verdict;
+			return TC_ACT_OK;
 		__builtin_memcpy(fib.dmac, ep->mac, ETH_ALEN);
 		__builtin_memcpy(fib.smac, ep->node_mac, ETH_ALEN);
 		fib.ifindex = ep->ifindex;
@@ -198,20 +205,19 @@ static __always_inline int host_route_ingress(struct __sk_buff *skb, const struc
 	} else {
 		ret = fib_resolve(skb, &fib, pkt->saddr, pkt->daddr, pkt->proto);
 		if (ret < 0)
-			return verdict;
+			return TC_ACT_OK;
 		if (ret != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex == skb->ifindex || !ep ||
 		    ep->ifindex != fib.ifindex) {
 			/* no local pod behind the next hop: out of the interface the FIB names */
 			ret = fib_forward(skb, &fib, ret, false);
 			if (ret < 0)
-				return verdict;
+				return TC_ACT_OK;
 			if (uplink_done && !skb->mark)
 				skb->mark = HOST_ROUTED_MARK;
 			return ret;
 		}
 	}
-	/* one call site of the to-pod code: verifier time. Translated here (the uplink's NodePort DNAT among
-	 * others): never CT_F_NO_UPLINK_NAT */
+	/* translated here (the uplink's NodePort DNAT among others): never CT_F_NO_UPLINK_NAT */
 	pkt_next_hop(&next, pkt);
 	verdict = to_endpoint(skb, &next, ep, now, !pkt->rev_nat_index, pkt->ev_flags & EV_F_REPLY);
 	if (verdict != TC_ACT_OK)
@@ -219,7 +225,17 @@ static __always_inline int host_route_ingress(struct __sk_buff *skb, const struc
 	/* the mark stays behind, as when crossing the veth into the pod's namespace */
 	skb->mark = 0;
 	ret = fib_forward(skb, &fib, BPF_FIB_LKUP_RET_SUCCESS, true);
-	return ret < 0 ? verdict : ret;
+	return ret < 0 ? TC_ACT_OK : ret;
+}
+
+/* What the caller passed (verdict TC_ACT_OK) forwarded by host_route; any other verdict as it is. */
+static __always_inline int host_route_ingress(struct __sk_buff *skb, const struct pkt4 *pkt, __u64 now,
+					      int verdict, bool local_only, bool uplink_done)
+{
+	if (verdict != TC_ACT_OK)
+		return verdict;
+	return host_route(skb, pkt, now, (local_only ? HOST_ROUTE_LOCAL_ONLY : 0) |
+				       (uplink_done ? HOST_ROUTE_UPLINK_DONE : 0));
 }
 
 #endif /* VELVET_LIB_ENDPOINT_H */
