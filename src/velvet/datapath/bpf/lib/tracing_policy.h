@@ -237,10 +237,15 @@ static __always_inline bool rt_arg_matches(const struct rt_rule *rule, struct rt
 }
 
 /* Whether one rule (a selector) matches the current process and the hook's arguments: the cheap checks
- * (binary set, pids) first, the argument (maybe a string read and three lookups) last. */
-static __always_inline bool rt_rule_matches(const struct rt_rule *rule, struct rt_eval *eval)
+ * (binary set, pids) first, the argument (maybe a string read and three lookups) last. A global function:
+ * the verifier checks it once per program, not in every pass over the rule loop's callback. */
+__attribute__((noinline)) int rt_rule_matches(const struct rt_rule *rule, struct rt_eval *eval)
 {
-	bool in_set = rule->binset < 64 && (eval->binsets >> rule->binset) & 1;
+	bool in_set;
+
+	if (!rule || !eval)
+		return false;
+	in_set = rule->binset < 64 && (eval->binsets >> rule->binset) & 1;
 
 	if (rule->bin_op == RT_MATCH_IN && !in_set)
 		return false;
