@@ -44,7 +44,7 @@ from velvet.model.guards import (
     check_yaml_document,
     parse_json_int,
 )
-from velvet.model.validate import Node, Where, one_line, quote
+from velvet.model.validate import Node, Obj, Where, one_line, quote
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +87,8 @@ _DECODERS: dict[str, Callable[..., KubeObject]] = {
     "VelvetTracingPolicyNamespaced": decode_tracing_policy_namespaced,
 }
 _TOP_FIELDS = {"EndpointSlice": ("addressType", "endpoints", "ports")}
+_KNOWN_TOP = {kind: frozenset(("apiVersion", "kind", "metadata", *_TOP_FIELDS.get(kind, ("spec", "status"))))
+              for kind in KINDS}
 
 
 def resolve_kind(name: str) -> KindInfo:
@@ -165,7 +167,7 @@ def _decode_top(node: Node) -> list[KubeObject]:
 def _decode(node: Node, *, trusted: bool) -> KubeObject:
     if not isinstance(node.value, dict):
         node.fail("a manifest must be an object with apiVersion and kind")
-    head = node.obj(known=node.value.keys())
+    head = Obj(node, node.value)  # any field, for now: the kind says which are known
     kind_node, version_node = head.req("kind"), head.req("apiVersion")
     kind, version = kind_node.as_str(), version_node.as_str()
     info = KINDS.get(kind)
@@ -174,8 +176,7 @@ def _decode(node: Node, *, trusted: bool) -> KubeObject:
     if info.api_version != version:
         version_node.fail(f"no matches for kind {quote(kind)} in version {quote(version)} "
                           f"(use {info.api_version})")
-    known = ("apiVersion", "kind", "metadata", *_TOP_FIELDS.get(kind, ("spec", "status")))
-    root = node.obj(known=known)
+    root = node.obj(known=_KNOWN_TOP[kind])
     return _DECODERS[kind](root, trusted=trusted)
 
 
