@@ -96,4 +96,5 @@ def test_the_guards_speak_before_a_plain_document_is_refused_for_itself() -> Non
     as when the guards measured every document before it was built."""
     with pytest.raises(InvalidManifest) as err:
         codec._load_all("a: 1\na: 2\nx: " + "[" * 101 + "]" * 101 + "\n", "t.yaml")
-    assert (err.value.field, err.value.reason) == ("line 3", "Invalid value: nested more than 100 levels deep")
+    assert err.value.field == "line 3"
+    assert err.value.reason == "Invalid value: nested more than 100 levels deep"
