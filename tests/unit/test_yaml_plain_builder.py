@@ -33,7 +33,7 @@ plain: [text]
 class FullLoader(codec._StrictLoader):
     """The strict loader with the plain builder switched off: PyYAML's constructor for every document."""
 
-    def _build_plain(self, node: yaml.Node, seen: set[int]) -> Any:
+    def _build_plain(self, node: yaml.Node, *_: object) -> Any:
         raise codec._NotPlain
 
 
@@ -89,3 +89,12 @@ def test_equal_strings_of_one_text_become_one_object() -> None:
     assert value is other_value
     assert first.spec.ports[0].name is second.spec.ports[0].name
     assert (first.metadata.name, second.metadata.name) == ("s0", "s1")
+
+
+def test_the_guards_speak_before_a_plain_document_is_refused_for_itself() -> None:
+    """Test that a document with a duplicate field that is also nested too deep is refused for its depth,
+    as when the guards measured every document before it was built."""
+    with pytest.raises(InvalidManifest) as err:
+        codec._load_all("a: 1\na: 2\nx: " + "[" * 101 + "]" * 101 + "\n", "t.yaml")
+    assert err.value.field == "line 3"
+    assert err.value.reason == "Invalid value: nested more than 100 levels deep"

@@ -35,6 +35,8 @@ from velvet.model.encode import (
 )
 from velvet.model.encode_tracing import encode_tracing_policy
 from velvet.model.guards import (
+    MAX_DEPTH,
+    MAX_DOCUMENT_BYTES,
     MAX_INT_CHARS,
     Refused,
     check_json,
@@ -42,7 +44,7 @@ from velvet.model.guards import (
     check_yaml_document,
     parse_json_int,
 )
-from velvet.model.validate import Node, Where, one_line, quote
+from velvet.model.validate import Node, Obj, Where, one_line, quote
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,8 @@ _DECODERS: dict[str, Callable[..., KubeObject]] = {
     "VelvetTracingPolicyNamespaced": decode_tracing_policy_namespaced,
 }
 _TOP_FIELDS = {"EndpointSlice": ("addressType", "endpoints", "ports")}
+_KNOWN_TOP = {kind: frozenset(("apiVersion", "kind", "metadata", *_TOP_FIELDS.get(kind, ("spec", "status"))))
+              for kind in KINDS}
 
 
 def resolve_kind(name: str) -> KindInfo:
@@ -163,7 +167,7 @@ def _decode_top(node: Node) -> list[KubeObject]:
 def _decode(node: Node, *, trusted: bool) -> KubeObject:
     if not isinstance(node.value, dict):
         node.fail("a manifest must be an object with apiVersion and kind")
-    head = node.obj(known=node.value.keys())
+    head = Obj(node, node.value)  # any field, for now: the kind says which are known
     kind_node, version_node = head.req("kind"), head.req("apiVersion")
     kind, version = kind_node.as_str(), version_node.as_str()
     info = KINDS.get(kind)
@@ -172,8 +176,7 @@ def _decode(node: Node, *, trusted: bool) -> KubeObject:
     if info.api_version != version:
         version_node.fail(f"no matches for kind {quote(kind)} in version {quote(version)} "
                           f"(use {info.api_version})")
-    known = ("apiVersion", "kind", "metadata", *_TOP_FIELDS.get(kind, ("spec", "status")))
-    root = node.obj(known=known)
+    root = node.obj(known=_KNOWN_TOP[kind])
     return _DECODERS[kind](root, trusted=trusted)
 
 
@@ -219,22 +222,52 @@ class _StrictLoader(_SafeLoader):  # type: ignore[misc]
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._strings: dict[str, str] = {}  # equal strings of the text's documents become one object
+        self._tags: dict[str, str] = {}  # plain scalar -> its resolved tag (a path resolver would matter)
+        self._may_alias = "&" in stream  # no anchor, no alias: the plain builder need not look for one
+        self._chars = 0  # the plain builder's tally of a document: scalar characters, quotes and brackets
+
+    def resolve(self, kind: type, value: str, implicit: tuple[bool, bool]) -> str:
+        """The tag of a node; a plain scalar's depends on its text alone and is looked up once per text."""
+        if kind is not yaml.ScalarNode or not implicit[0] or self.yaml_path_resolvers:
+            return super().resolve(kind, value, implicit)  # type: ignore[no-any-return]
+        tag = self._tags.get(value)
+        if tag is None:
+            tag = self._tags[value] = super().resolve(kind, value, implicit)
+        return tag
 
     def construct_document(self, node: yaml.Node) -> Any:
-        check_yaml_document(node)  # before anything is built: alias bombs never expand
-        try:
-            return self._build_plain(node, set())
-        except _NotPlain:  # aliases, merge keys, other tags: the full constructor, which says what is wrong
-            return super().construct_document(node)
+        """The document's value, or the guards' refusal before anything else is said about it.
 
-    def _build_plain(self, node: yaml.Node, seen: set[int]) -> Any:
+        A plain document is built at once, counting its depth and size as it goes: without aliases
+        these are all the guards measure. Anything else (aliases, merge keys, other tags, a document
+        deep or large enough to be refused, an error while building) is measured by the guards first,
+        as every document was, and then left to PyYAML's constructor or its error.
+        """
+        self._chars = 0
+        try:
+            value = self._build_plain(node, 0, set() if self._may_alias else None)
+        except _NotPlain:
+            check_yaml_document(node)  # before anything is built: alias bombs never expand
+            return super().construct_document(node)
+        except Exception:
+            check_yaml_document(node)  # the guards' refusal comes first, as when they ran first
+            raise
+        if 4 * self._chars > MAX_DOCUMENT_BYTES:  # a character is at most 4 bytes: maybe too long
+            check_yaml_document(node)
+        return value
+
+    def _build_plain(self, node: yaml.Node, depth: int, seen: set[int] | None) -> Any:
         """The value of a document of only maps, lists and JSON scalars, by the rules below, without the
-        base class's generic machinery (about 3x faster); raises _NotPlain at anything else."""
-        if id(node) in seen:
-            raise _NotPlain  # an alias: the base class keeps the shared value shared
-        seen.add(id(node))
+        base class's generic machinery (about 3x faster); raises _NotPlain at anything else and where
+        the guards may refuse (nesting past MAX_DEPTH). `seen` holds the nodes built when the text may
+        have aliases."""
+        if seen is not None:
+            if id(node) in seen:
+                raise _NotPlain  # an alias: the base class keeps the shared value shared
+            seen.add(id(node))
         kind, tag = type(node), node.tag
         if isinstance(node, yaml.ScalarNode):
+            self._chars += len(node.value) + 2
             if tag == _STR_TAG:
                 return self._strings.setdefault(node.value, node.value)
             if tag == _NULL_TAG:
@@ -242,18 +275,22 @@ class _StrictLoader(_SafeLoader):  # type: ignore[misc]
             if tag in _SCALAR_CONSTRUCTORS:
                 return self.construct_checked_scalar(node)
             raise _NotPlain
+        if depth == MAX_DEPTH:
+            raise _NotPlain  # nested too deep: the guards say where
+        self._chars += 2
+        depth += 1
         if kind is yaml.SequenceNode and tag == _SEQ_TAG:
-            return [self._build_plain(child, seen) for child in node.value]
+            return [self._build_plain(child, depth, seen) for child in node.value]
         if kind is not yaml.MappingNode or tag != _MAP_TAG:
             raise _NotPlain
         mapping: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             if type(key_node) is not yaml.ScalarNode or key_node.tag == _MERGE_TAG:
                 raise _NotPlain
-            key = self._build_plain(key_node, seen)
+            key = self._build_plain(key_node, depth, seen)
             if key in mapping:
                 raise Refused(_line(key_node), f"duplicate field {quote(key)}")
-            mapping[key] = self._build_plain(value_node, seen)
+            mapping[key] = self._build_plain(value_node, depth, seen)
         return mapping
 
     def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:

@@ -30,6 +30,9 @@ SPEC_FIELDS = (
 )
 # Known Service fields with no effect on a single-stack node agent without a cloud controller.
 IGNORED_SPEC = ("allocateLoadBalancerNodePorts", "loadBalancerClass", "loadBalancerIP", "trafficDistribution")
+_SPEC, _IGNORED_SPEC = frozenset(SPEC_FIELDS), frozenset(IGNORED_SPEC)  # what Node.obj takes as it is
+_PORT = frozenset(("name", "port", "protocol", "targetPort", "nodePort"))
+_IGNORED_PORT = frozenset(("appProtocol",))
 
 
 def decode_service(root: Obj, *, trusted: bool) -> Service:
@@ -44,7 +47,7 @@ def decode_service(root: Obj, *, trusted: bool) -> Service:
 
 
 def _decode_spec(node: Node) -> ServiceSpec:
-    fields = node.obj(known=SPEC_FIELDS, ignored=IGNORED_SPEC)
+    fields = node.obj(known=_SPEC, ignored=_IGNORED_SPEC)
     type_node = fields.opt("type")
     svc_type = type_node.one_of(TYPES) if type_node else "ClusterIP"
     external = svc_type in ("NodePort", "LoadBalancer")
@@ -118,8 +121,7 @@ def _decode_ports(node: Node, *, node_ports: bool) -> tuple[ServicePort, ...]:
     names: set[str] = set()
     keys: set[tuple[int, str]] = set()
     for item in items:
-        fields = item.obj(known=("name", "port", "protocol", "targetPort", "nodePort"),
-                          ignored=("appProtocol",))
+        fields = item.obj(known=_PORT, ignored=_IGNORED_PORT)
         name_node = fields.opt("name")
         name = check_dns1123_label(name_node) if name_node and name_node.value != "" else None
         if name is None and len(items) > 1:

@@ -32,6 +32,8 @@ _ENV_VAR_NAME = re.compile(r"[\x20-\x3c\x3e-\x7e]+")
 _UNSAFE_CHAR = re.compile("[\x00\ud800-\udfff]")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 _DECIMAL = re.compile(r"[0-9]{1,20}")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # decimal 0-255, no leading zero
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 # metadata.annotations: keys and values together (apimachinery's TotalAnnotationSizeLimitB).
 MAX_ANNOTATIONS_BYTES = 256 * 1024
@@ -78,11 +80,10 @@ class Node:
 
     __slots__ = ("value", "where", "_parent", "_key", "_path")
 
-    def __init__(self, value: object, path: str, where: Where) -> None:
-        self.value, self.where = value, where
-        self._parent: Node | None = None
-        self._key: str | int = ""
-        self._path = path
+    def __init__(self, value: object, path: str, where: Where, parent: Node | None = None,
+                 key: str | int = "") -> None:
+        self.value, self.where, self._path = value, where, path
+        self._parent, self._key = parent, key
 
     @property
     def path(self) -> str:
@@ -102,16 +103,14 @@ class Node:
 
     def at(self, key: str | int, value: object) -> Node:
         """The child node `key` (a field name or a list index) holding `value`."""
-        child = Node(value, "", self.where)
-        child._parent, child._key = self, key
-        return child
+        return Node(value, "", self.where, self, key)
 
     def obj(self, known: Iterable[str], ignored: Iterable[str] = ()) -> Obj:
         """This node as a mapping whose keys must all be `known` or `ignored` (strict decoding)."""
         if not isinstance(self.value, dict):
             self.fail(f"must be an object, not {_type_name(self.value)}")
-        known_set, ignored_set = _names(known), _names(ignored)
-        if not ignored_set and known_set.issuperset(self.value):  # the common case: one C-level check
+        known_set, ignored_set = _names(known), _names(ignored) if ignored else _NO_NAMES
+        if known_set.issuperset(self.value) and ignored_set.isdisjoint(self.value):  # the common case
             return Obj(self, self.value)
         fields: dict[str, object] = {}
         for key, value in self.value.items():
@@ -134,6 +133,8 @@ class Node:
         """This node as a string; NUL bytes and lone surrogates are refused wherever they are."""
         if not isinstance(self.value, str):
             self.fail(f"must be a string, not {_type_name(self.value)}")
+        if self.value.isascii() and "\x00" not in self.value:  # the common case, without the regex
+            return self.value
         unsafe = _UNSAFE_CHAR.search(self.value)
         if unsafe is not None:
             what = "a NUL byte" if unsafe.group() == "\x00" else "a lone surrogate (not Unicode text)"
@@ -199,7 +200,7 @@ class Obj:
     def opt(self, key: str) -> Node | None:
         """The field `key`, or None when absent or null."""
         value = self._values.get(key)
-        return None if value is None else self.node.at(key, value)
+        return None if value is None else Node(value, "", self.node.where, self.node, key)
 
     def req(self, key: str) -> Node:
         """The field `key`, failing with "Required value" when absent or null."""
@@ -210,6 +211,7 @@ class Obj:
 
 
 _NAME_SETS: dict[tuple[str, ...], frozenset[str]] = {}
+_NO_NAMES: frozenset[str] = frozenset()
 
 
 def _names(names: Iterable[str]) -> frozenset[str]:
@@ -313,6 +315,8 @@ def check_rfc3339(node: Node) -> str:
 def check_ipv4(node: Node) -> str:
     """An IPv4 address in canonical dotted form."""
     value = node.as_str()
+    if _IPV4.fullmatch(value):  # what IPv4Address reads, without its cost
+        return value
     try:
         ipaddress.IPv4Address(value)
     except ValueError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
@@ -56,14 +57,16 @@ class ServiceAllocator:
         if existing is not None:
             self._release(existing)
         try:
-            prepared = replace(new, spec=replace(
-                new.spec,
-                cluster_ip=self._cluster_ip(new, existing),
-                ports=self._ports_for(new, existing),
-                health_check_node_port=None,
-            ))
-            prepared = replace(prepared, spec=replace(
-                prepared.spec, health_check_node_port=self._hc_port(new, existing, prepared)))
+            spec = new.spec
+            cluster_ip, ports = self._cluster_ip(new, existing), self._ports_for(new, existing)
+            prepared = new  # a copy only when something differs (most services keep what they ask for)
+            changed = cluster_ip != spec.cluster_ip or ports is not spec.ports
+            if changed or spec.health_check_node_port is not None:
+                prepared = replace(new, spec=replace(spec, cluster_ip=cluster_ip, ports=ports,
+                                                     health_check_node_port=None))
+            health_check = self._hc_port(new, existing, prepared)
+            if health_check is not None:
+                prepared = replace(prepared, spec=replace(prepared.spec, health_check_node_port=health_check))
         except FieldError:
             if existing is not None:
                 self._hold(existing)
@@ -97,6 +100,8 @@ class ServiceAllocator:
 
     def _ports_for(self, new: Service, existing: Service | None) -> tuple[ServicePort, ...]:
         if new.spec.type not in EXTERNAL_TYPES:
+            if all(p.node_port is None for p in new.spec.ports):
+                return new.spec.ports
             return tuple(replace(p, node_port=None) for p in new.spec.ports)
         previous = {(p.port, p.protocol): p.node_port for p in existing.spec.ports} if existing else {}
         taken_here: dict[int, set[str]] = {}
@@ -159,7 +164,7 @@ class ServiceAllocator:
 
     def _held(self, svc: Service) -> tuple[list[ipaddress.IPv4Address], list[int]]:
         ip = svc.spec.cluster_ip
-        ips = [ipaddress.IPv4Address(ip)] if ip is not None and ip != "None" else []
+        ips = [_address(ip)] if ip is not None and ip != "None" else []
         ports = [p.node_port for p in svc.spec.ports if p.node_port is not None]
         if svc.spec.health_check_node_port is not None:
             ports.append(svc.spec.health_check_node_port)
@@ -180,6 +185,12 @@ class ServiceAllocator:
             if 0 <= offset < size:
                 position = offset - band if offset >= band else size - band + offset
                 self._ip_cursor = min(self._ip_cursor, position)
+
+
+def _address(ip: str) -> ipaddress.IPv4Address:
+    """A held ClusterIP (canonical, as decoding checked it or allocation chose it) as an address, at a
+    fraction of IPv4Address(str)'s cost (~4 us, twice per service applied)."""
+    return ipaddress.IPv4Address(int.from_bytes(socket.inet_aton(ip), "big"))
 
 
 def _banded(size: int, band: int) -> Iterator[int]:
