@@ -7,6 +7,7 @@ client (and a raw HTTP connection for bodies the client would never send).
 from __future__ import annotations
 
 import asyncio
+import gc
 import http.client
 import json
 import logging
@@ -31,6 +32,8 @@ from velvet.api.limits import API_MAX_BODY
 from velvet.cli.main import main
 from velvet.datapath.fake import FakeDatapath
 from velvet.errors import AgentUnavailable, ApiError
+from velvet.model import Service
+from velvet.sources.backend import Unconfirmed
 
 NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"
 
@@ -202,6 +205,39 @@ def test_only_a_missing_object_is_404(agent: AgentHandlers) -> None:
             assert (status, want_text in answer["error"]) == (want_status, True), (url, answer)
         with pytest.raises(ApiError, match=r'^Error from server \(NotFound\): pods "nosuch" not found$'):
             api.get("/v1/objects/pods", namespace="shop", name="nosuch")
+
+
+def _services_alive() -> int:
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, Service))
+
+
+def test_a_failed_apply_frees_its_objects_when_answered_without_a_collection(
+        agent: AgentHandlers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test that an apply the store could not confirm (etcd timed out) leaves none of its objects behind.
+
+    The agent runs full collections seldom (every 10 minutes when idle), so a reference cycle through
+    the failed call's traceback would hold a 9,000-service apply's objects that long.
+    """
+    def unconfirmed(*_: object) -> int:
+        raise Unconfirmed("etcd did not confirm the change")
+
+    monkeypatch.setattr(agent.agent.store._backend, "record", unconfirmed)
+    text = "".join(f"---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: shop}}\n"
+                   "spec:\n  ports: [{port: 80}]\n" for i in range(50))
+    body = json.dumps({"documents": [{"path": "s.yaml", "text": text}]}).encode()
+    gc.collect()
+    gc.disable()
+    try:
+        with served(agent) as (path, _):
+            before = _services_alive()
+            status, _, answer = raw(path, "POST", "/v1/apply", body, {"Content-Type": "application/json"})
+            left = _services_alive() - before
+    finally:
+        gc.enable()
+    assert (status, answer) == (500, {"error": "Error from server (InternalError): etcd did not confirm "
+                                               "the change"})
+    assert left == 0
+    assert agent.agent.store.find("Service", "shop", "s0") is None
 
 
 class BuggyAgent:
