@@ -15,6 +15,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,7 @@ from velvet.datapath.fake import FakeDatapath
 from velvet.errors import AgentUnavailable, ApiError
 from velvet.model import Service
 from velvet.sources.backend import Unconfirmed
+from velvet.sources.local import LocalStore
 
 NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"
 
@@ -221,7 +223,9 @@ def test_a_failed_apply_frees_its_objects_when_answered_without_a_collection(
     def unconfirmed(*_: object) -> int:
         raise Unconfirmed("etcd did not confirm the change")
 
-    monkeypatch.setattr(agent.agent.store._backend, "record", unconfirmed)
+    store = agent.agent.store
+    assert isinstance(store, LocalStore)
+    monkeypatch.setattr(store._backend, "record", unconfirmed)
     text = "".join(f"---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: shop}}\n"
                    "spec:\n  ports: [{port: 80}]\n" for i in range(50))
     body = json.dumps({"documents": [{"path": "s.yaml", "text": text}]}).encode()
@@ -231,7 +235,9 @@ def test_a_failed_apply_frees_its_objects_when_answered_without_a_collection(
         with served(agent) as (path, _):
             before = _services_alive()
             status, _, answer = raw(path, "POST", "/v1/apply", body, {"Content-Type": "application/json"})
-            left = _services_alive() - before
+            deadline = time.monotonic() + 5  # the server's handler ends just after its answer is sent
+            while (left := _services_alive() - before) and time.monotonic() < deadline:
+                time.sleep(0.05)
     finally:
         gc.enable()
     assert (status, answer) == (500, {"error": "Error from server (InternalError): etcd did not confirm "
