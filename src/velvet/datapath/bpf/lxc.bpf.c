@@ -53,13 +53,10 @@ static __always_inline int lxc_tunnel_nodeport_reply(struct __sk_buff *skb, cons
 	return ret >= 0 ? ret : verdict;
 }
 
-/* from_pod's *how: what lxc_from_pod does with what from_pod passed */
-#define FROM_POD_ROUTE 1	/* host routing may forward it (the verdict is TC_ACT_OK) */
-#define FROM_POD_UPLINK_DONE 2	/* node_to_uplink has nothing to do for it */
-
 /*
  * The pod's side of a packet leaving it, parsed into pkt: the source check, conntrack, the per-packet
- * service DNAT, egress policy, events and the tunnel. Returns the verdict; *how says what may follow.
+ * service DNAT, egress policy, events and the tunnel. Returns the verdict; *how (HOST_ROUTE_*) says what
+ * host routing may do with it.
  * A global function: the verifier checks it and the delivery (host_route) once each, apart, instead of
  * the delivery once for every state this reaches it in (3x the work, inlined).
  */
@@ -147,7 +144,7 @@ forward:
 	ret = lxc_pass(skb, pkt, OBS_FROM_ENDPOINT, METRIC_EGRESS, report);
 	if (!uplink_done)
 		ret = lxc_tunnel_nodeport_reply(skb, pkt, now, ret);
-	*how = FROM_POD_ROUTE | (uplink_done ? FROM_POD_UPLINK_DONE : 0);
+	*how = HOST_ROUTE | (uplink_done ? HOST_ROUTE_UPLINK_DONE : 0);
 	return tunnel_redirect(skb, pkt->daddr, pkt->src_identity, ret);
 }
 
@@ -160,9 +157,7 @@ int lxc_from_pod(struct __sk_buff *skb)
 	int ret;
 
 	ret = from_pod(skb, &pkt, now, &how);
-	if (!(how & FROM_POD_ROUTE))
-		return ret;
-	return host_route_ingress(skb, &pkt, now, ret, false, how & FROM_POD_UPLINK_DONE);
+	return host_route_ingress(skb, &pkt, now, ret, how);
 }
 
 SEC("tc")

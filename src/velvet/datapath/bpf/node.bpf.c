@@ -58,11 +58,11 @@ static __always_inline bool node_pod_tracked(struct pkt4 *pkt, __u64 now)
 
 /*
  * The uplink's side of a packet arriving, parsed into pkt: the NodePort reverse SNAT, the frontends' DNAT,
- * conntrack and events. Returns the verdict; *route: host routing may deliver it to a local pod. A global
- * function: the verifier checks it and the delivery (host_route) once each, apart, instead of the
- * delivery once for every state this reaches it in.
+ * conntrack and events. Returns the verdict; *how (HOST_ROUTE_*): host routing may deliver it to a local
+ * pod. A global function: the verifier checks it and the delivery (host_route) once each, apart, instead
+ * of the delivery once for every state this reaches it in.
  */
-__attribute__((noinline)) int from_uplink(struct __sk_buff *skb, struct pkt4 *pkt, __u64 now, bool *route)
+__attribute__((noinline)) int from_uplink(struct __sk_buff *skb, struct pkt4 *pkt, __u64 now, __u32 *how)
 {
 	const struct node_config *cfg = nodeport_config();
 	struct ct4_entry *e;
@@ -72,7 +72,7 @@ __attribute__((noinline)) int from_uplink(struct __sk_buff *skb, struct pkt4 *pk
 	__u16 reason;
 	int ret;
 
-	if (!pkt || !route)
+	if (!pkt || !how)
 		return TC_ACT_SHOT;
 	/* parse; other ethertypes, and fragments we hold no ports for, are not ours */
 	ret = parse_ipv4(skb, pkt);
@@ -102,7 +102,7 @@ __attribute__((noinline)) int from_uplink(struct __sk_buff *skb, struct pkt4 *pk
 		return TC_ACT_SHOT;
 	}
 	if (!pkt->rev_nat_index) {
-		*route = true;
+		*how = HOST_ROUTE | HOST_ROUTE_LOCAL_ONLY;
 		return pass_pkt(skb, pkt, OBS_FROM_NETWORK, METRIC_INGRESS, false);
 	}
 
@@ -126,7 +126,7 @@ __attribute__((noinline)) int from_uplink(struct __sk_buff *skb, struct pkt4 *pk
 		return nodeport_snat_forward(skb, pkt, cfg, report, now);
 	if (report)
 		node_fill_identities(pkt);
-	*route = true;
+	*how = HOST_ROUTE | HOST_ROUTE_LOCAL_ONLY;
 	return pass_pkt(skb, pkt, OBS_FROM_NETWORK, METRIC_INGRESS, report);
 }
 
@@ -135,11 +135,11 @@ int node_from_uplink(struct __sk_buff *skb)
 {
 	struct pkt4 pkt = {};
 	__u64 now = clock_now();
-	bool route = false;
+	__u32 how = 0;
 	int ret;
 
-	ret = from_uplink(skb, &pkt, now, &route);
-	return route ? host_route_ingress(skb, &pkt, now, ret, true, false) : ret;
+	ret = from_uplink(skb, &pkt, now, &how);
+	return host_route_ingress(skb, &pkt, now, ret, how);
 }
 
 /*

@@ -23,17 +23,17 @@
 
 /*
  * The tunnel's side of a decapsulated packet: the source identity from the VNI into skb->mark, the frame
- * made this node's, the packet parsed into pkt. Returns the verdict; *route: it parsed, and host routing
- * may deliver it to a local pod (what does not parse meets lxc_to_pod). A global function, as
+ * made this node's, the packet parsed into pkt. Returns the verdict; *how (HOST_ROUTE_*): it parsed, and
+ * host routing may deliver it to a local pod (what does not parse meets lxc_to_pod). A global function, as
  * lxc_from_pod's from_pod: the tunnel key and the parser stay out of the stack host_route is called with.
  */
-__attribute__((noinline)) int from_tunnel(struct __sk_buff *skb, struct pkt4 *pkt, bool *route)
+__attribute__((noinline)) int from_tunnel(struct __sk_buff *skb, struct pkt4 *pkt, __u32 *how)
 {
 	struct bpf_tunnel_key key = {};
 	__u32 identity;
 
 	/* only the tunnel delivers here: no key, no packet */
-	if (!pkt || !route || bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+	if (!pkt || !how || bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
 		return TC_ACT_SHOT;
 
 	/* the sender's identity; its own node is remote-node here, VNI 0 names nobody */
@@ -46,7 +46,8 @@ __attribute__((noinline)) int from_tunnel(struct __sk_buff *skb, struct pkt4 *pk
 
 	/* the inner frame names the sender's MAC as destination: deliver it to this node */
 	bpf_skb_change_type(skb, PACKET_HOST);
-	*route = parse_ipv4(skb, pkt) == 0;
+	if (parse_ipv4(skb, pkt) == 0)
+		*how = HOST_ROUTE | HOST_ROUTE_LOCAL_ONLY;
 	return TC_ACT_OK;
 }
 
@@ -54,11 +55,11 @@ SEC("tc")
 int overlay_from_tunnel(struct __sk_buff *skb)
 {
 	struct pkt4 pkt = {};
-	bool route = false;
+	__u32 how = 0;
 	int ret;
 
-	ret = from_tunnel(skb, &pkt, &route);
-	return route ? host_route_ingress(skb, &pkt, clock_now(), ret, true, false) : ret;
+	ret = from_tunnel(skb, &pkt, &how);
+	return host_route_ingress(skb, &pkt, clock_now(), ret, how);
 }
 
 SEC("tc")

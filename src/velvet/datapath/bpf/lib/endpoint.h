@@ -163,9 +163,10 @@ static __always_inline bool ep_macs_known(const struct endpoint_info *ep)
 	return (ep->mac[0] | ep->mac[1] | ep->mac[2] | ep->mac[3] | ep->mac[4] | ep->mac[5]) != 0;
 }
 
-/* host_route's how */
-#define HOST_ROUTE_LOCAL_ONLY 1
-#define HOST_ROUTE_UPLINK_DONE 2
+/* What an ingress program's decision says of its packet, for host_route: */
+#define HOST_ROUTE 1		/* host routing may forward it (the verdict is TC_ACT_OK) */
+#define HOST_ROUTE_LOCAL_ONLY 2	/* only into a local pod */
+#define HOST_ROUTE_UPLINK_DONE 4	/* node_to_uplink has nothing to do for it */
 
 /*
  * Host routing from a tc ingress hook: forward pkt out of the interface the FIB names (local_only: only
@@ -228,14 +229,13 @@ __attribute__((noinline)) int host_route(struct __sk_buff *skb, const struct pkt
 	return ret < 0 ? TC_ACT_OK : ret;
 }
 
-/* What the caller passed (verdict TC_ACT_OK) forwarded by host_route; any other verdict as it is. */
+/* What the decision passed (verdict TC_ACT_OK, HOST_ROUTE in how) forwarded by host_route; else verdict. */
 static __always_inline int host_route_ingress(struct __sk_buff *skb, const struct pkt4 *pkt, __u64 now,
-					      int verdict, bool local_only, bool uplink_done)
+					      int verdict, __u32 how)
 {
-	if (verdict != TC_ACT_OK)
+	if (verdict != TC_ACT_OK || !(how & HOST_ROUTE))
 		return verdict;
-	return host_route(skb, pkt, now, (local_only ? HOST_ROUTE_LOCAL_ONLY : 0) |
-				       (uplink_done ? HOST_ROUTE_UPLINK_DONE : 0));
+	return host_route(skb, pkt, now, how);
 }
 
 #endif /* VELVET_LIB_ENDPOINT_H */
