@@ -43,21 +43,24 @@ class Drop:
         return self.source, self.destination, self.port, self.protocol
 
 
-def _pod(endpoint: Any) -> str:
-    """"ns/pod" of a Hubble endpoint, "" when it is not a pod."""
+def _peer(endpoint: Any, ip: Any) -> str:
+    """"ns/pod" of a Hubble endpoint; its IP address when it is not a pod (a Service, the world)."""
     if not isinstance(endpoint, Mapping) or not endpoint.get("pod_name"):
-        return ""
+        return str(ip or "")
     return f"{endpoint.get('namespace', '')}/{endpoint['pod_name']}"
 
 
 def parse_drop(line: str) -> Drop | None:
-    """The Drop of one `observe -o json` line, None for a line that is not a pod-to-pod drop."""
+    """The Drop of one `observe -o json` line (a peer that is no pod named by its IP: never a cell of the
+    matrix, but shown when a blocked cell lacks its drop); None for a line that is no L4 drop."""
     flow = json.loads(line)
     if not isinstance(flow, Mapping):
         return None
     l4 = flow.get("l4") or {}
     protocol = next((p for p in ("TCP", "UDP", "SCTP") if p in l4), "")
-    source, destination = _pod(flow.get("source")), _pod(flow.get("destination"))
+    ip = flow.get("IP") or {}
+    source = _peer(flow.get("source"), ip.get("source"))
+    destination = _peer(flow.get("destination"), ip.get("destination"))
     if not (protocol and source and destination):
         return None
     return Drop(source, destination, int(l4[protocol].get("destination_port", 0)), protocol,
@@ -142,6 +145,14 @@ class DropLog:
                 if not missing or left <= 0 or self._ended:
                     return missing
                 self._changed.wait(left)
+
+    def involving(self, source: str, destination: str, since: int) -> list[Drop]:
+        """Every drop after `since` from `source` (to any peer: a Service's address too) or from
+        `destination` back to it, on any port, for any reason: what else the flow log shows of a cell
+        it does not explain."""
+        with self._changed:
+            return [d for d in self._drops[since:] if d.source == source
+                    or (d.source, d.destination) == (destination, source)]
 
     def problems(self) -> str:
         """What the followers said on stderr (lost events, errors), and whether one ended early."""

@@ -199,18 +199,22 @@ class Runner:
                 active.append(probe)
         return active
 
-    def _blocked_without_drop(self, probe: Probe, observed: Mapping[Pair, bool],
+    def _blocked_without_drop(self, probe: Probe, observed: Mapping[Pair, bool], said: Mapping[Pair, str],
                               mark: int) -> tuple[int, str]:
-        """(blocked cells the flow log explains, a line per blocked cell without a POLICY_DENIED drop)."""
+        """(blocked cells the flow log explains, a line per blocked cell without a POLICY_DENIED drop: what
+        the prober said, and the pair's other drops since the round began)."""
         wanted: list[Cell] = [(s, d, probe.port, probe.protocol)
                               for s in self.order for j, d in enumerate(self.order)
                               if s != d and probe.expected[s][j] == BLOCKED and not observed[(s, d)]]
         missing = self.drops.unexplained(wanted, mark, DROP_SECONDS)
         if not missing:
             return len(wanted), ""
-        lines = [f"  {s} -> {d}: blocked, but the flow log has no {POLICY_DENIED} drop of it"
-                 + (f" (dropped as {', '.join(others)})" if others else "")
-                 for (s, d, _, _), others in sorted(missing.items())]
+        lines = []
+        for (s, d, _, _), others in sorted(missing.items()):
+            lines.append(f"  {s} -> {d}: blocked ({said[(s, d)]}), but the flow log has no {POLICY_DENIED} "
+                         f"drop of it" + (f" (dropped as {', '.join(others)})" if others else ""))
+            lines += [f"    a drop of {s} since the round began: {x.source} -> {x.destination} "
+                      f"{x.port}/{x.protocol} {x.reason}" for x in self.drops.involving(s, d, mark)]
         problems = self.drops.problems()
         if problems:
             lines.append(f"  flow follower: {problems}")
@@ -232,7 +236,8 @@ class Runner:
             if not comparison.matches:
                 details += [f"  {s} -> {d}: expected {_word(probe.expected[s][self.order.index(d)])}, "
                             f"got {result.details[i][(s, d)]}" for s, d in comparison.off_diagonal]
-            explained, unexplained = self._blocked_without_drop(probe, result.observed[i], result.mark)
+            explained, unexplained = self._blocked_without_drop(probe, result.observed[i], result.details[i],
+                                                                 result.mark)
             if unexplained:
                 details.append(unexplained)
             if not comparison.matches:

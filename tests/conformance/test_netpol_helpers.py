@@ -152,11 +152,14 @@ def _observed(**overrides: Any) -> str:
 
 
 def test_drops_are_read_from_observe_json_lines() -> None:
-    """Test that an observe line gives the pods, port, protocol and Hubble drop reason; non-pod peers none."""
+    """Test that an observe line gives the pods (or addresses), port, protocol and Hubble drop reason."""
     assert parse_drop(_observed()) == Drop("x/a", "y/b", 80, "TCP", "POLICY_DENIED")
     assert parse_drop(_observed(proto=17, tcp_flags=0, dst_port=81)) == Drop("x/a", "y/b", 81, "UDP",
                                                                              "POLICY_DENIED")
-    assert parse_drop(_observed(destination=Endpoint(2))) is None  # world: not a cell of the matrix
+    # a peer that is no pod is named by its address: never a cell of the matrix
+    assert parse_drop(_observed(destination=Endpoint(2))) == Drop("x/a", "10.244.0.5", 80, "TCP",
+                                                                  "POLICY_DENIED")
+    assert parse_drop(_observed(proto=1, tcp_flags=0)) is None  # no port: no cell
 
 
 def test_a_blocked_cell_needs_a_policy_denied_drop_of_that_pair_port_and_protocol() -> None:
