@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from types import FrameType
+from typing import Any
+
 from bench.flow_events import events
+from velvet.observe import enrich
 from velvet.observe.codes import DropReason, EventFlag, EventType, ObsPoint, Verdict
 from velvet.observe.decode import FlowDecoder
 from velvet.observe.enrich import DictResolver, EndpointInfo, NamedRef
@@ -54,3 +59,40 @@ def test_drop_with_a_policy_id_and_unknown_endpoints_keep_their_names() -> None:
     stranger = _drop(ObsPoint.TO_ENDPOINT)
     stranger.update(daddr="10.244.0.99")
     assert FlowDecoder(_resolver(), clock_offset_ns=0).decode(events(stranger))[0].policies == ()
+
+
+def test_a_drop_enriched_while_the_pods_are_synced_names_both_pods() -> None:
+    """Test that a policy drop enriched between any two bytecodes of `sync_pods` (the event loop enriches
+    while the state worker syncs the pods of a new policy) by a decoder that has not cached its pods yet
+    names both pods, and that a decoder enriching all along names the new policy once the sync is done:
+    no table is ever seen emptied before its refill, no name is cached from a table about to be replaced."""
+    resolver = _resolver()
+    batch = events(_drop(ObsPoint.TO_ENDPOINT))
+    cached = FlowDecoder(resolver, clock_offset_ns=0)
+    cached.enrich(batch)
+    xwing = EndpointInfo("empire", "xwing", (), 4, 258, (), ISOLATED_OUT)
+    isolated = (NamedRef("empire", "deny-all"),)
+    deathstar = EndpointInfo("empire", "deathstar-2", (), 2, 256, isolated, ())
+    named: list[tuple[str, str]] = []
+
+    def step(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "opcode":
+            flow = FlowDecoder(resolver, clock_offset_ns=0).decode(batch)[0]
+            named.append((flow.source.pod_name, flow.destination.pod_name))
+            cached.enrich(batch)
+        return step
+
+    def enter(frame: FrameType, event: str, arg: object) -> Any:
+        if frame.f_code.co_filename != enrich.__file__:
+            return None
+        frame.f_trace_opcodes = True
+        return step
+
+    sys.settrace(enter)
+    try:
+        resolver.sync_pods({"10.244.0.13": xwing, "10.244.0.11": deathstar}, {}, {}, {})
+    finally:
+        sys.settrace(None)
+    assert len(named) > 10
+    assert set(named) == {("xwing", "deathstar-2")}
+    assert cached.decode(batch)[0].policies == isolated

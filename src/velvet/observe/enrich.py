@@ -108,20 +108,21 @@ class DictResolver:
         if table.pop(key, None) is not None:
             self._generation += 1
 
-    def _replace(self, table: dict[int, _V], wanted: Mapping[int, _V]) -> None:
-        if table != wanted:
-            table.clear()
-            table.update(wanted)
-            self._generation += 1
-
     def sync_pods(self, endpoints: Mapping[str, EndpointInfo], cgroups: Mapping[int, str],
                   identities: Mapping[int, EndpointInfo], policies: Mapping[int, Iterable[str]]) -> None:
         """Make everything pod-derived exactly this: deleted pods, released identities and policy ids
-        stop resolving at once (flows already stored keep the names they were recorded with)."""
-        self._replace(self._by_ip, {_ip_key(ip): info for ip, info in endpoints.items()})
-        self._replace(self._cgroups, {cgroup: _ip_key(ip) for cgroup, ip in cgroups.items()})
-        self._replace(self._by_identity, {**_RESERVED, **identities})
-        self._replace(self._policies, {i: tuple(map(NamedRef.parse, names)) for i, names in policies.items()})
+        stop resolving at once (flows already stored keep the names they were recorded with).
+
+        Each table is swapped whole, in one assignment, before the generation moves on: the flow
+        pipeline enriches on the event loop while the state worker calls this, and a table emptied
+        and refilled in place would leave the flows enriched in between without their pods' names."""
+        tables = ({_ip_key(ip): info for ip, info in endpoints.items()},
+                  {cgroup: _ip_key(ip) for cgroup, ip in cgroups.items()},
+                  {**_RESERVED, **identities},
+                  {i: tuple(map(NamedRef.parse, names)) for i, names in policies.items()})
+        if tables != (self._by_ip, self._cgroups, self._by_identity, self._policies):
+            self._by_ip, self._cgroups, self._by_identity, self._policies = tables
+            self._generation += 1
 
     def set_endpoint(self, ip: str | int, info: EndpointInfo) -> None:
         """Record (or replace) the endpoint that owns `ip`."""
