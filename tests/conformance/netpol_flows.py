@@ -36,6 +36,8 @@ class Drop:
     port: int
     protocol: str
     reason: str
+    source_ip: str = ""  # the addresses, whatever names the flow gives
+    destination_ip: str = ""
 
     @property
     def cell(self) -> Cell:
@@ -64,7 +66,8 @@ def parse_drop(line: str) -> Drop | None:
     if not (protocol and source and destination):
         return None
     return Drop(source, destination, int(l4[protocol].get("destination_port", 0)), protocol,
-                str(flow.get("drop_reason_desc", "")))
+                str(flow.get("drop_reason_desc", "")), str(ip.get("source") or ""),
+                str(ip.get("destination") or ""))
 
 
 def unexplained(drops: Collection[Drop], wanted: Collection[Cell]) -> dict[Cell, list[str]]:
@@ -75,6 +78,14 @@ def unexplained(drops: Collection[Drop], wanted: Collection[Cell]) -> dict[Cell,
         if d.reason != POLICY_DENIED and d.reason not in others.setdefault(d.cell, []):
             others[d.cell].append(d.reason)
     return {cell: others.get(cell, []) for cell in wanted if cell not in denied}
+
+
+def involving(drops: Collection[Drop], source: str, destination: str, source_ip: str = "") -> list[Drop]:
+    """The drops from pod `source` or from its address `source_ip` whatever pod the flow names, if any
+    (to any peer: a Service's address too), or from `destination` back to it, on any port, for any
+    reason: what else the flow log shows of a cell it does not explain."""
+    return [d for d in drops if d.source == source or (source_ip and d.source_ip == source_ip)
+            or (d.source, d.destination) == (destination, source)]
 
 
 def drop_followers(sandbox: str, nodes: int, since: str) -> list[tuple[list[str], dict[str, str]]]:
@@ -146,13 +157,10 @@ class DropLog:
                     return missing
                 self._changed.wait(left)
 
-    def involving(self, source: str, destination: str, since: int) -> list[Drop]:
-        """Every drop after `since` from `source` (to any peer: a Service's address too) or from
-        `destination` back to it, on any port, for any reason: what else the flow log shows of a cell
-        it does not explain."""
+    def involving(self, source: str, destination: str, since: int, source_ip: str = "") -> list[Drop]:
+        """`involving` of the drops after `since`."""
         with self._changed:
-            return [d for d in self._drops[since:] if d.source == source
-                    or (d.source, d.destination) == (destination, source)]
+            return involving(self._drops[since:], source, destination, source_ip)
 
     def problems(self) -> str:
         """What the followers said on stderr (lost events, errors), and whether one ended early."""

@@ -213,8 +213,10 @@ class Runner:
         for (s, d, _, _), others in sorted(missing.items()):
             lines.append(f"  {s} -> {d}: blocked ({said[(s, d)]}), but the flow log has no {POLICY_DENIED} "
                          f"drop of it" + (f" (dropped as {', '.join(others)})" if others else ""))
-            lines += [f"    a drop of {s} since the round began: {x.source} -> {x.destination} "
-                      f"{x.port}/{x.protocol} {x.reason}" for x in self.drops.involving(s, d, mark)]
+            others_of_source = self.drops.involving(s, d, mark, self.state.pod_ips.get(s, ""))
+            lines += [f"    a drop of {s} since the round began: {x.source} -> {x.destination} {x.port}/"
+                      f"{x.protocol} {x.reason}" + ("" if x.source == s else f" (from {x.source_ip})")
+                      for x in others_of_source]
         problems = self.drops.problems()
         if problems:
             lines.append(f"  flow follower: {problems}")

@@ -18,7 +18,7 @@ import pytest
 from cases_file import CASES_FILE
 from netpol_cases import CaseFileError, load, resolve_placeholders
 from netpol_cluster import ClusterError, round_robin
-from netpol_flows import Drop, drop_followers, parse_drop, unexplained
+from netpol_flows import Drop, drop_followers, involving, parse_drop, unexplained
 from netpol_matrix import compare, render
 from netpol_model import pod_manifest
 from netpol_runner import Unsupported, unsupported_protocols
@@ -152,14 +152,29 @@ def _observed(**overrides: Any) -> str:
 
 
 def test_drops_are_read_from_observe_json_lines() -> None:
-    """Test that an observe line gives the pods (or addresses), port, protocol and Hubble drop reason."""
-    assert parse_drop(_observed()) == Drop("x/a", "y/b", 80, "TCP", "POLICY_DENIED")
+    """Test that an observe line gives the pods (or addresses), port, protocol, Hubble drop reason and
+    the addresses."""
+    ips = ("10.244.0.2", "10.244.0.5")
+    assert parse_drop(_observed()) == Drop("x/a", "y/b", 80, "TCP", "POLICY_DENIED", *ips)
     assert parse_drop(_observed(proto=17, tcp_flags=0, dst_port=81)) == Drop("x/a", "y/b", 81, "UDP",
-                                                                             "POLICY_DENIED")
+                                                                             "POLICY_DENIED", *ips)
     # a peer that is no pod is named by its address: never a cell of the matrix
     assert parse_drop(_observed(destination=Endpoint(2))) == Drop("x/a", "10.244.0.5", 80, "TCP",
-                                                                  "POLICY_DENIED")
+                                                                  "POLICY_DENIED", *ips)
     assert parse_drop(_observed(proto=1, tcp_flags=0)) is None  # no port: no cell
+
+
+def test_a_cells_other_drops_include_those_from_its_source_address_that_name_no_pod() -> None:
+    """Test that what else the flow log shows of a cell includes the drops from the source pod's address
+    whose flow names no pod (enrichment did not know it), from the pod to other peers, and back."""
+    unnamed = parse_drop(_observed(source=Endpoint(256, "x")))
+    assert unnamed == Drop("10.244.0.2", "y/b", 80, "TCP", "POLICY_DENIED", "10.244.0.2", "10.244.0.5")
+    to_service = Drop("x/a", "10.96.0.10", 80, "TCP", "NO_SERVICE_BACKEND", "10.244.0.2", "10.96.0.10")
+    back = Drop("y/b", "x/a", 41234, "TCP", "POLICY_DENIED", "10.244.0.5", "10.244.0.2")
+    elsewhere = Drop("z/c", "y/b", 80, "TCP", "POLICY_DENIED", "10.244.0.9", "10.244.0.5")
+    drops = [unnamed, to_service, back, elsewhere]
+    assert involving(drops, "x/a", "y/b", "10.244.0.2") == [unnamed, to_service, back]
+    assert involving(drops, "x/a", "y/b") == [to_service, back]
 
 
 def test_a_blocked_cell_needs_a_policy_denied_drop_of_that_pair_port_and_protocol() -> None:
