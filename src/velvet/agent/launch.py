@@ -2,11 +2,15 @@
 
 Only the API server is imported before the socket answers; the datapath, the controllers and the
 store are imported and loaded in a thread while `/v1/health` already answers (`starting.StartingApi`).
+A node registered in etcd renews the lease its killed predecessor left from the start on, until the
+state is adopted and its registry has taken the lease over: the node and its endpoints never leave
+the other nodes' views, however long the start takes on a busy machine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -15,6 +19,8 @@ from velvet.agent.config import AgentConfig
 from velvet.agent.starting import StartingApi, keep_the_loop_responsive
 from velvet.api.server import build_app, serve_unix
 from velvet.paths import AgentPaths
+from velvet.sources.etcd_client import EtcdClient
+from velvet.sources.etcd_nodes import NODE_LEASE_FILE, PredecessorLease
 
 if TYPE_CHECKING:
     from velvet.agent.node import Agent
@@ -24,10 +30,12 @@ log = logging.getLogger("velvet.agent")
 
 async def serve_while_starting(config: AgentConfig, fake_datapath: bool) -> None:
     """Serve the API at once; build and run the agent behind it until SIGTERM/SIGINT."""
+    predecessor = _predecessor_lease(config)
     api = StartingApi()
     runner = await serve_unix(build_app(api), AgentPaths(config.sandbox, config.node_dir).socket)
     log.info("API answering while the agent starts")
     keep_the_loop_responsive()  # before the store loads: no full collection over its growing heap
+    handed_over = asyncio.create_task(_hand_over(api, predecessor)) if predecessor else None
     try:
         agent = await asyncio.to_thread(_build, config, fake_datapath)
     except BaseException as exc:
@@ -36,7 +44,31 @@ async def serve_while_starting(config: AgentConfig, fake_datapath: bool) -> None
         raise
     from velvet.agent.daemon import run_agent  # imported by _build already
 
-    await run_agent(agent, api, runner)
+    try:
+        await run_agent(agent, api, runner)
+    finally:
+        if handed_over is not None:
+            handed_over.cancel()
+
+
+def _predecessor_lease(config: AgentConfig) -> PredecessorLease | None:
+    """A node registered in etcd: its predecessor's lease, renewed from now on."""
+    if config.store != "etcd" or not config.node_ips:
+        return None
+    state_dir = config.state_dir or AgentPaths(config.sandbox, config.node_dir).state_dir
+    lease = PredecessorLease(EtcdClient(config.etcd_endpoint), state_dir / NODE_LEASE_FILE)
+    lease.start()
+    return lease
+
+
+async def _hand_over(api: StartingApi, predecessor: PredecessorLease) -> None:
+    """Stop renewing the predecessor's lease once the state is adopted (the registry renews it since the
+    start of `start_state`), or the start failed, or the agent stops."""
+    try:
+        with contextlib.suppress(Exception):  # a failed start: it is reported where it happened
+            await api.state_adopted()
+    finally:
+        predecessor.stop()
 
 
 def _build(config: AgentConfig, fake_datapath: bool) -> Agent:
