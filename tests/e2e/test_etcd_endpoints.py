@@ -206,10 +206,10 @@ def test_a_slow_start_keeps_the_predecessors_lease_until_the_registry_takes_it(
         wait_until("registered again", lambda: leases != [])
         predecessor.stop()
         assert leases == [lease]
-        node, endpoint = EtcdClient(URL).get(NODES_PREFIX + "node-a"), published().get("10.244.0.5")
-        assert node is not None
-        assert endpoint is not None
-        assert {"node": node.create_revision, "endpoint": endpoint.create_revision} == keys
+        node_kv, endpoint_kv = EtcdClient(URL).get(NODES_PREFIX + "node-a"), published().get("10.244.0.5")
+        assert node_kv is not None
+        assert endpoint_kv is not None
+        assert {"node": node_kv.create_revision, "endpoint": endpoint_kv.create_revision} == keys
         second.close()
     finally:
         for node in (a, b):
