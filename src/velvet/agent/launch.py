@@ -2,9 +2,10 @@
 
 Only the API server is imported before the socket answers; the datapath, the controllers and the
 store are imported and loaded in a thread while `/v1/health` already answers (`starting.StartingApi`).
-A node registered in etcd renews the lease its killed predecessor left from the start on, until the
-state is adopted and its registry has taken the lease over: the node and its endpoints never leave
-the other nodes' views, however long the start takes on a busy machine.
+A node registered in etcd renews the lease its killed predecessor left from the process's first
+moment (`velvet.agent.lease`, started by `velvet agent` before this module is imported) until the
+state is adopted and its registry has taken the lease over: the node and its endpoints never leave the
+other nodes' views, however long the start takes on a busy machine.
 """
 
 from __future__ import annotations
@@ -19,18 +20,18 @@ from velvet.agent.config import AgentConfig
 from velvet.agent.starting import StartingApi, keep_the_loop_responsive
 from velvet.api.server import build_app, serve_unix
 from velvet.paths import AgentPaths
-from velvet.sources.etcd_client import EtcdClient
-from velvet.sources.etcd_nodes import NODE_LEASE_FILE, PredecessorLease
 
 if TYPE_CHECKING:
     from velvet.agent.node import Agent
+    from velvet.sources.etcd_nodes import PredecessorLease
 
 log = logging.getLogger("velvet.agent")
 
 
-async def serve_while_starting(config: AgentConfig, fake_datapath: bool) -> None:
-    """Serve the API at once; build and run the agent behind it until SIGTERM/SIGINT."""
-    predecessor = _predecessor_lease(config)
+async def serve_while_starting(config: AgentConfig, fake_datapath: bool,
+                               predecessor: PredecessorLease | None = None) -> None:
+    """Serve the API at once; build and run the agent behind it until SIGTERM/SIGINT (`predecessor`: the
+    lease being renewed, stopped once the state is adopted)."""
     api = StartingApi()
     runner = await serve_unix(build_app(api), AgentPaths(config.sandbox, config.node_dir).socket)
     log.info("API answering while the agent starts")
@@ -51,16 +52,6 @@ async def serve_while_starting(config: AgentConfig, fake_datapath: bool) -> None
             handed_over.cancel()
 
 
-def _predecessor_lease(config: AgentConfig) -> PredecessorLease | None:
-    """A node registered in etcd: its predecessor's lease, renewed from now on."""
-    if config.store != "etcd" or not config.node_ips:
-        return None
-    state_dir = config.state_dir or AgentPaths(config.sandbox, config.node_dir).state_dir
-    lease = PredecessorLease(EtcdClient(config.etcd_endpoint), state_dir / NODE_LEASE_FILE)
-    lease.start()
-    return lease
-
-
 async def _hand_over(api: StartingApi, predecessor: PredecessorLease) -> None:
     """Stop renewing the predecessor's lease once the state is adopted (the registry renews it since the
     start of `start_state`), or the start failed, or the agent stops."""
@@ -78,7 +69,8 @@ def _build(config: AgentConfig, fake_datapath: bool) -> Agent:
     return build_agent(config, fake_datapath)
 
 
-def main(config: AgentConfig, *, fake_datapath: bool = False) -> None:
+def main(config: AgentConfig, *, fake_datapath: bool = False,
+         predecessor: PredecessorLease | None = None) -> None:
     """Run an agent with the kernel datapath (or the in-memory fake, for unprivileged trials)."""
     malloc.tune()  # before the loop's threads exist
-    asyncio.run(serve_while_starting(config, fake_datapath))
+    asyncio.run(serve_while_starting(config, fake_datapath, predecessor))

@@ -63,12 +63,15 @@ class PredecessorLease:
         self._stop.set()
 
     def _keep(self) -> None:
-        lease = saved_lease(self.lease_file)
+        lease, renewed = saved_lease(self.lease_file), False
         while lease and not self._stop.is_set():
             try:
                 if self.client.keepalive(lease) == 0:
                     log.info("the previous agent's lease %x had already expired", lease)
                     return
+                if not renewed:
+                    log.info("renewing the previous agent's lease %x while the agent starts", lease)
+                    renewed = True
                 self._stop.wait(self.ttl / 3)
             except EtcdError as err:
                 log.warning("renewing the previous agent's lease %x: %s; retrying", lease, err)
