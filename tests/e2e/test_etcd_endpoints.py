@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from velvet.model.codec import from_dict
 from velvet.model.node import NodeRecord
 from velvet.sources.etcd_client import EtcdClient, KeyValue
 from velvet.sources.etcd_endpoints import ENDPOINTS_PREFIX, EtcdEndpoints
-from velvet.sources.etcd_nodes import NODES_PREFIX, NodeRegistry
+from velvet.sources.etcd_nodes import NODES_PREFIX, NodeRegistry, PredecessorLease
 from velvet.sources.local import LocalStore
 
 pytestmark = pytest.mark.privileged
@@ -165,6 +166,54 @@ def test_a_restarted_agent_renews_its_predecessors_lease(etcd: Etcd, tmp_path: P
         assert int(lease_file.read_text()) == leases[1]
     finally:
         third.close()
+
+
+def test_a_slow_start_keeps_the_predecessors_lease_until_the_registry_takes_it(
+        etcd: Etcd, tmp_path: Path) -> None:
+    """Test that a successor whose registry starts only after three lease TTLs (a start on a busy node)
+    still registers under its killed predecessor's lease: `PredecessorLease`, begun at the successor's
+    first moment, renewed it meanwhile, so the node's key and the endpoint published under that lease were
+    never deleted and the other node's view kept the endpoint all along; once stopped, it renews no more."""
+    ttl = 2
+    lease_file = tmp_path / "node-lease"
+    first = NodeRegistry(EtcdClient(URL), ttl=ttl, lease_file=lease_file)
+    first.start(own())
+    wait_until("registered", lambda: [n.name for n in first.nodes()] == ["node-a"])
+    lease = int(lease_file.read_text())
+    a, b = EtcdEndpoints(EtcdClient(URL), "node-a"), EtcdEndpoints(EtcdClient(URL), "node-b")
+    a.use_lease(lease)
+    for node in (a, b):
+        node.start()
+    try:
+        a.publish({"10.244.0.5": record("10.244.0.5", "node-a")})
+        wait_until("b seeing a's endpoint", lambda: "10.244.0.5" in (b.view() or {}))
+        keys = {key: kv.create_revision for key, kv in (
+            ("node", EtcdClient(URL).get(NODES_PREFIX + "node-a")), ("endpoint", published()["10.244.0.5"]))
+            if kv is not None}
+        first._stop.set()  # what kill -9 leaves: no renewal any more, the lease not revoked
+        a.close()
+        predecessor = PredecessorLease(EtcdClient(URL), lease_file, ttl=ttl)
+        predecessor.start()
+        seen = []
+        for _ in range(3 * ttl * 10):  # the successor still loading for three TTLs
+            seen.append("10.244.0.5" in (b.view() or {}))
+            time.sleep(0.1)
+        assert all(seen), "the endpoint left the other node's view"
+        leases: list[int] = []
+        second = NodeRegistry(EtcdClient(URL), ttl=ttl, lease_file=lease_file)
+        second.on_lease = leases.append
+        second.start(own())
+        wait_until("registered again", lambda: leases != [])
+        predecessor.stop()
+        assert leases == [lease]
+        node_kv, endpoint_kv = EtcdClient(URL).get(NODES_PREFIX + "node-a"), published().get("10.244.0.5")
+        assert node_kv is not None
+        assert endpoint_kv is not None
+        assert {"node": node_kv.create_revision, "endpoint": endpoint_kv.create_revision} == keys
+        second.close()
+    finally:
+        for node in (a, b):
+            node.close()
 
 
 SERVICE = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},

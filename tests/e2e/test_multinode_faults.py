@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -27,6 +29,8 @@ from test_foundation import STREAM_CLIENT, next_line, stdout_lines
 from test_multinode import eventually, label_identities, on_node_json, velvet_routes
 
 from velvet.api.client import ApiClient
+from velvet.datapath import libbpf
+from velvet.datapath.maps import untyped
 from velvet.errors import CommandFailed
 from velvet.paths import AgentPaths
 from velvet.sandbox import routing
@@ -153,6 +157,38 @@ class RouteWatch:
                 self.seen[k] = [line for line in out.splitlines() if "proto 198" in line]
 
 
+class IpcacheWatch:
+    """Nodes' pinned ipcache maps read over and over on a thread: the moments an address was missing."""
+
+    def __init__(self, sb: Sandbox, nodes: tuple[int, ...], address: str) -> None:
+        pins = {k: AgentPaths(sb.name, f"node{k}" if k else "").pin_dir / "ipcache" for k in nodes}
+        self.maps = {k: untyped(libbpf.check(libbpf.bpf_obj_get(str(pin).encode()), str(pin)), "ipcache")
+                     for k, pin in pins.items()}
+        self.key = (32).to_bytes(4, sys.byteorder) + socket.inet_aton(address)  # struct ipcache_key
+        self.missing: dict[int, int] = dict.fromkeys(nodes, 0)
+        self.reads = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            for k, m in self.maps.items():
+                if self.key not in {bytes(key) for key in m}:
+                    self.missing[k] += 1
+            self.reads += 1
+            time.sleep(0.005)
+
+    def stop(self) -> dict[int, int]:
+        """Stop watching; how many reads of each node missed the address (none is the wanted answer)."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(timeout=10)
+            for m in self.maps.values():
+                m.close()
+        return self.missing
+
+
 class Stream:
     """A long-lived TCP connection from a pod, driven one round trip at a time."""
 
@@ -189,10 +225,12 @@ def test_killed_agent_loses_no_connection_and_leaves_the_other_nodes_alone(sb: S
     """Test that kill -9 of node 1's agent keeps a TCP connection from a1 (node 1) to a2 (node 2) and
     one from a0 (node 0) through Service back to a1 (node 1) exchanging data right after the kill and
     after the restart, while nodes 0 and 2 keep their agents, ipcache, lb and policy maps, identities
-    and routes exactly as they were, also once the killed agent's lease has run out."""
+    and routes exactly as they were, also once the killed agent's lease has run out, and never lose
+    a1 from their ipcache, not even while the new agent starts."""
     pod = ips(sb)
     streams = [Stream(sb, "ft/a1", pod["a2"], 8080), Stream(sb, "ft/a0", cluster_ip(sb, "back"), 80)]
     watch = RouteWatch(sb, range(3))
+    a1_kept = IpcacheWatch(sb, (0, 2), pod["a1"])
     try:
         others = (0, 2)
         before = {k: (agent_pid(sb, k), datapath(sb, k), identities(sb, k), velvet_routes(sb, k))
@@ -209,6 +247,9 @@ def test_killed_agent_loses_no_connection_and_leaves_the_other_nodes_alone(sb: S
         time.sleep(LEASE_TTL_SECONDS + 1)  # the killed agent's lease has expired by now
         for stream in streams:
             stream.round_trip("after the restart")
+        reads, missing = a1_kept.reads, a1_kept.stop()
+        assert reads > 0
+        assert missing == {0: 0, 2: 0}, f"reads of nodes 0, 2 without a1 among {reads}"
         after = {k: (agent_pid(sb, k), datapath(sb, k), identities(sb, k), velvet_routes(sb, k))
                  for k in others}
         for k in others:
@@ -218,6 +259,7 @@ def test_killed_agent_loses_no_connection_and_leaves_the_other_nodes_alone(sb: S
         assert all(node_names(sb, k) == list(NODES) for k in range(3))
     finally:
         watch.stop()
+        a1_kept.stop()
         for stream in streams:
             stream.close()
 

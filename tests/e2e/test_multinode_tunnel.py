@@ -27,6 +27,7 @@ from test_multinode import (
     NODES,
     check_cluster_ip,
     check_cluster_ip_per_packet,
+    etcd_keys,
     eventually,
     forwarded_datagrams,
     manifests,
@@ -40,6 +41,8 @@ from test_multinode import (
 
 from velvet.sandbox.cleanup import find_leftovers
 from velvet.sandbox.naming import SandboxNames, node_config
+from velvet.sources.etcd_endpoints import ENDPOINTS_PREFIX
+from velvet.sources.etcd_nodes import NODES_PREFIX
 from velvet.system.netns import NETNS_RUN_DIR, call_in_netns
 
 pytestmark = pytest.mark.privileged
@@ -278,16 +281,25 @@ def test_the_receiver_takes_the_source_identity_from_the_vni(sb: Sandbox, pol: d
 
 def test_a_restarted_agent_adopts_its_tunnel(sb: Sandbox) -> None:
     """Test that after kill -9 of node 1's agent its successor keeps the same VXLAN device (adopted, not
-    made anew), and pods on node 0 still reach node 1's pod through it."""
+    made anew) and its predecessor's lease (node 1's key and its pods' endpoint keys are the very keys
+    they were: never deleted, so no other node lost its route or ipcache entries for a moment), and pods
+    on node 0 still reach node 1's pod through it."""
     before = in_node(sb, 1, "ip", "-o", "link", "show", DEVICE).split(":")[0]
-    restart_agent(sb, 1)
-    assert in_node(sb, 1, "ip", "-o", "link", "show", DEVICE).split(":")[0] == before
     pods = pods_by_name(sb)
     far = next(n for n in range(3) if pods[f"echo-{n}"]["node"] == NODES[1])
     near = next(n for n in range(3) if pods[f"echo-{n}"]["node"] == NODES[0])
-    reply = sb.query(f"mn/echo-{near}", f"tcp://{pods[f'echo-{far}']['ip']}:8080")
-    assert reply is not None
-    assert reply.split()[0] == f"echo-{far}"
+    far_ip = pods[f"echo-{far}"]["ip"]
+    keys = {"node": etcd_keys(sb, NODES_PREFIX)[NODES[1]].create_revision,
+            "endpoint": etcd_keys(sb, ENDPOINTS_PREFIX)[far_ip].create_revision}
+    restart_agent(sb, 1)
+    assert in_node(sb, 1, "ip", "-o", "link", "show", DEVICE).split(":")[0] == before
+    done = sb.exec(f"mn/echo-{near}", "python3", "-m", "velvet.sandbox.echo", "--query", f"tcp://{far_ip}:8080",
+                   "--timeout", "2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == f"echo-{far}"
+    after = {"node": etcd_keys(sb, NODES_PREFIX).get(NODES[1]),
+             "endpoint": etcd_keys(sb, ENDPOINTS_PREFIX).get(far_ip)}
+    assert {what: kv.create_revision if kv else None for what, kv in after.items()} == keys
 
 
 def test_sandbox_down_removes_every_node_and_its_tunnel(sb: Sandbox) -> None:

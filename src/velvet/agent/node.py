@@ -63,7 +63,7 @@ from velvet.sources.delta import Delta
 from velvet.sources.etcd_client import EtcdClient, EtcdError
 from velvet.sources.etcd_endpoints import EtcdEndpoints
 from velvet.sources.etcd_identities import EtcdIdentities
-from velvet.sources.etcd_nodes import NodeRegistry
+from velvet.sources.etcd_nodes import NODE_LEASE_FILE, NodeRegistry
 from velvet.sources.etcd_store import EtcdBackend
 from velvet.sources.local import ALL_NAMESPACES, LocalStore
 from velvet.sources.source import AgentSource, NodeView
@@ -123,7 +123,7 @@ class Agent:
         if config.store == "etcd":
             backend = self.etcd = EtcdBackend(EtcdClient(config.etcd_endpoint))
             self.registry = NodeRegistry(EtcdClient(config.etcd_endpoint),
-                                         lease_file=self.state_dir / "node-lease")
+                                         lease_file=self.state_dir / NODE_LEASE_FILE)
             if config.node_ips:  # a registered node: identities, endpoints are the cluster's, under its lease
                 self.cluster_identities = EtcdIdentities(
                     EtcdClient(config.etcd_endpoint), config.node_name,

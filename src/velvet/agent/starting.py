@@ -66,6 +66,10 @@ class StartingApi:
                 future.set_exception(exc)
                 future.exception()  # retrieved here: nobody may be waiting
 
+    async def state_adopted(self) -> None:
+        """Wait until the state is adopted and converged (or the start failed: its error is raised)."""
+        await asyncio.shield(self._status)
+
     async def _api(self) -> AgentApi:
         return await asyncio.shield(self._ready)
 

@@ -14,7 +14,7 @@ from velvet.paths import current_sandbox
 def cmd_agent(args: argparse.Namespace) -> int:
     """Run the agent with the options given, until SIGTERM."""
     from velvet.agent.config import AgentConfig
-    from velvet.agent.launch import main
+    from velvet.agent.lease import renew_predecessors_lease
 
     require_root("the agent loads eBPF programs, pins maps and keeps its state under /var/lib/velvet")
     setup_logging(Path(args.log_file) if args.log_file else None, args.log_max_bytes, args.log_backups)
@@ -31,7 +31,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
         kube_proxy_replacement=args.kube_proxy_replacement == "true",
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None, syscall_metrics=args.syscall_metrics,
     )
-    main(config, fake_datapath=args.fake_datapath)
+    predecessor = renew_predecessors_lease(config)  # before the API server's and the agent's imports
+    from velvet.agent.launch import main
+
+    main(config, fake_datapath=args.fake_datapath, predecessor=predecessor)
     return 0
 
 

@@ -6,10 +6,12 @@ expires, and one that stops cleanly revokes it. When the lease was lost (etcd un
 the TTL) the agent registers again with a new one, retrying every second at most while etcd is away.
 The lease id is kept in `lease_file`: an agent restarted within the TTL (kill -9, then its supervisor)
 renews its previous life's lease instead of granting one, so the node, its endpoints and identity refs
-never leave the cluster meanwhile. A node whose key went stays in the view for `grace` seconds (2 s)
-and leaves only if it did not register again meanwhile: when etcd comes back from such an outage it
-expires every lease at once and every agent registers again within about a second, which must not flap
-the routes, ipcache and backends of the whole cluster.
+never leave the cluster meanwhile. A start takes seconds before the registry runs (imports, the BPF
+objects, the store), longer than the lease's rest on a busy node: `PredecessorLease` renews the saved
+lease from the new agent's first moment until its registry takes it over. A node whose key went stays in
+the view for `grace` seconds (2 s) and leaves only if it did not register again meanwhile: when etcd
+comes back from such an outage it expires every lease at once and every agent registers again within
+about a second, which must not flap the routes, ipcache and backends of the whole cluster.
 
 A second thread follows the prefix as the object store does: list, watch from the next revision,
 list again after a compaction, back off (0.5 s doubling to 5 s) while etcd is unreachable, keeping
@@ -34,8 +36,56 @@ MIN_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 5.0
 REGISTER_MAX_BACKOFF_SECONDS = 1.0
 LEAVE_GRACE_SECONDS = 2.0
+NODE_LEASE_FILE = "node-lease"  # in the agent's state directory
 
 log = logging.getLogger("velvet.nodes")
+
+
+class PredecessorLease:
+    """The lease a killed predecessor saved in `lease_file`, renewed every ttl/3 on a thread of its own
+    until `stop` (or until etcd no longer has it): the node and the endpoints attached to it stay in the
+    cluster while this agent starts, however long that takes. Renewing it twice, here and by the
+    registry, is harmless."""
+
+    def __init__(self, client: EtcdClient, lease_file: Path, ttl: int = LEASE_TTL_SECONDS) -> None:
+        self.client = client
+        self.lease_file = lease_file
+        self.ttl = ttl
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name="velvet-predecessor-lease", daemon=True)
+
+    def start(self) -> None:
+        """Begin renewing (nothing to renew when no lease id was saved)."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop renewing: the registry has the lease now (or the start failed)."""
+        self._stop.set()
+
+    def _keep(self) -> None:
+        lease, renewed = saved_lease(self.lease_file), False
+        while lease and not self._stop.is_set():
+            try:
+                if self.client.keepalive(lease) == 0:
+                    log.info("the previous agent's lease %x had already expired", lease)
+                    return
+                if not renewed:
+                    log.info("renewing the previous agent's lease %x while the agent starts", lease)
+                    renewed = True
+                self._stop.wait(self.ttl / 3)
+            except EtcdError as err:
+                log.warning("renewing the previous agent's lease %x: %s; retrying", lease, err)
+                self._stop.wait(MIN_BACKOFF_SECONDS)
+
+
+def saved_lease(lease_file: Path | None) -> int:
+    """The lease id a previous agent of this node kept in `lease_file`, or 0."""
+    if lease_file is None:
+        return 0
+    try:
+        return int(lease_file.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 class NodeRegistry:
@@ -103,7 +153,7 @@ class NodeRegistry:
         ttl/3, register again when it was lost."""
         delay = MIN_BACKOFF_SECONDS
         lease = 0
-        saved = self._saved_lease()
+        saved = saved_lease(self.lease_file)
         while not self._stop.is_set():
             try:
                 if not lease or self.client.keepalive(lease) == 0:
@@ -122,15 +172,6 @@ class NodeRegistry:
                 log.warning("node registration: %s; retrying in %.1f s", err, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, REGISTER_MAX_BACKOFF_SECONDS)
-
-    def _saved_lease(self) -> int:
-        """The lease id the previous agent of this node kept, or 0."""
-        if self.lease_file is None:
-            return 0
-        try:
-            return int(self.lease_file.read_text().strip() or 0)
-        except (OSError, ValueError):
-            return 0
 
     def _save_lease(self, lease: int) -> None:
         """Keep the lease id for the next agent of this node (a failure only costs that re-use)."""
