@@ -18,9 +18,11 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
+from velvet.api.client import ApiClient
 from velvet.errors import SandboxError
 from velvet.ipam import PodIpam
 from velvet.sandbox import (
@@ -39,6 +41,7 @@ from velvet.sandbox import (
     spawn_detached,
 )
 from velvet.sandbox import cgroups as cg
+from velvet.sandbox.kubelet import Kubelet
 from velvet.sandbox.naming import SandboxNames
 from velvet.sandbox.process import alive
 from velvet.system.netns import call_in_netns
@@ -495,3 +498,47 @@ def test_names_are_derived_and_bounded() -> None:
     assert names.pin_dir == Path("/sys/fs/bpf/velvet/abc")
     with pytest.raises(SandboxError):
         SandboxConfig(sandbox="a-b")
+
+
+class _NodePods:
+    """The agent's side of the kubelet's calls: this node's pods as the store has them; calls recorded."""
+
+    def __init__(self, pods: list[dict[str, object]]) -> None:
+        self.pods = pods
+        self.calls: list[tuple[str, str]] = []
+
+    def get(self, path: str) -> object:
+        return {"started_at": 1.0} if path == "/v1/health" else self.pods
+
+    def put(self, path: str, body: object) -> None:
+        self.calls.append(("PUT", path))
+
+    def call(self, method: str, path: str) -> None:
+        self.calls.append((method, path))
+
+
+def test_the_kubelet_replaces_a_running_pod_whose_name_went_to_a_new_pod(runtime: PodRuntime) -> None:
+    """Test that when the store removed a pod before it stopped (its grace period ran out) and a new pod of
+    the same name arrived, the kubelet stops the old one, tells the agent it is gone, then runs the new one
+    (it used to retry creating the new one forever: "already runs with uid ...")."""
+    old = runtime.create_pod(echo_spec("team-k", "again", "uid-old"))
+    new_pod: dict[str, object] = {
+        "metadata": {"namespace": "team-k", "name": "again", "uid": "uid-new"},
+        "spec": {"containers": [{"name": "echo", "command": list(ECHO), "args": ["--tcp", "8080"]}],
+                 "terminationGracePeriodSeconds": 1}}
+    agent = _NodePods([new_pod])
+    kubelet = Kubelet(cast(ApiClient, agent), runtime, "192.168.77.2")
+    try:
+        def replaced() -> bool:
+            kubelet.sync_once()
+            record = runtime.find("team-k", "again")
+            return record is not None and record.uid == "uid-new"
+
+        wait_for(replaced, timeout=30, what="the new pod in place of the old one")
+        assert not any(alive(pid, Path(old.cgroup)) for pid in old.pids.values())
+        gone = agent.calls.index(("DELETE", "/v1/node/pods/team-k/again"))
+        assert ("PUT", "/v1/node/endpoints/team-k/again") in agent.calls[gone:]
+    finally:
+        record = runtime.find("team-k", "again")
+        if record is not None:
+            runtime.delete_pod(record, grace_seconds=0)

@@ -140,8 +140,13 @@ class Kubelet:
             record = records.get(key)
             if pod["metadata"].get("deletionTimestamp"):
                 self._delete(key, record, pod["spec"].get("terminationGracePeriodSeconds", 30))
-            elif record is None or record.uid != pod["metadata"]["uid"]:
-                self._create(key, pod)
+            elif record is not None and record.uid != pod["metadata"]["uid"]:
+                # an earlier pod of this name that the store removed before it stopped (its grace period
+                # ran out): stopped at once, as an orphan; the new one is created once it is gone
+                self._delete(key, record, 0)
+            elif record is None:
+                if not self._being_deleted(key):
+                    self._create(key, pod)
             else:
                 self._report(record)
         for key, record in records.items():
@@ -166,6 +171,10 @@ class Kubelet:
         if self._reported.get(record.key) != report:
             self.api.put(f"/v1/node/pods/{record.namespace}/{record.name}", report)
             self._reported[record.key] = report
+
+    def _being_deleted(self, key: str) -> bool:
+        with self._lock:
+            return key in self._deleting
 
     def _delete(self, key: str, record: PodRecord | None, grace: float) -> None:
         with self._lock:
