@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from velvet.paths import AgentPaths
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -49,3 +51,8 @@ class AgentConfig:
         """The node's own addresses: its IPs and the pods' gateway (the first address of the pod CIDR)."""
         gateway = self.pod_cidr.split("/")[0].rsplit(".", 1)[0] + ".1"
         return (*self.node_ips, gateway)
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        """`state_dir`, or the node's default under its sandbox (`AgentPaths.state_dir`)."""
+        return self.state_dir or AgentPaths(self.sandbox, self.node_dir).state_dir

@@ -8,7 +8,6 @@ endpoints attached to it stay in the other nodes' views (`velvet.sources.etcd_no
 from __future__ import annotations
 
 from velvet.agent.config import AgentConfig
-from velvet.paths import AgentPaths
 from velvet.sources.etcd_client import EtcdClient
 from velvet.sources.etcd_nodes import NODE_LEASE_FILE, PredecessorLease
 
@@ -17,7 +16,6 @@ def renew_predecessors_lease(config: AgentConfig) -> PredecessorLease | None:
     """A node registered in etcd: its predecessor's lease, renewed from now on (None: not such a node)."""
     if config.store != "etcd" or not config.node_ips:
         return None
-    state_dir = config.state_dir or AgentPaths(config.sandbox, config.node_dir).state_dir
-    lease = PredecessorLease(EtcdClient(config.etcd_endpoint), state_dir / NODE_LEASE_FILE)
+    lease = PredecessorLease(EtcdClient(config.etcd_endpoint), config.resolved_state_dir / NODE_LEASE_FILE)
     lease.start()
     return lease

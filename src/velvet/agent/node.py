@@ -111,7 +111,7 @@ class Agent:
             self.kube = KubeSource(kube_config, config.node_name, crds=bool(config.node_ips))
         self.config = config
         self.paths = AgentPaths(config.sandbox, config.node_dir)
-        self.state_dir = config.state_dir or self.paths.state_dir
+        self.state_dir = config.resolved_state_dir
         self.datapath = datapath
         private_dir(self.state_dir)
         backend: Backend | None = None
