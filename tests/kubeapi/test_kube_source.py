@@ -249,7 +249,8 @@ def test_410_gone_lists_again_and_hands_over_only_the_difference(api: KubeApiSer
                                                      ("Service", "upsert", "default/new"),
                                                      ("Service", "upsert", "default/s1")]
     assert api.count("list", "services") == lists + 1
-    assert followed.source.storage_status()["connected"] is True
+    # every informer reconnects on its own backoff (up to 5 s), not with the services' relist
+    followed.until(lambda: followed.source.storage_status()["connected"] is True)
 
 
 def test_a_restarted_api_server_is_followed_from_the_last_revision(api: KubeApiServer,
