@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from velvet.observe.codes import DropReason
 from velvet.paths import AgentPaths
 
 POLICY_DENIED = "POLICY_DENIED"  # Hubble's drop_reason_desc of a packet NetworkPolicy denied
+DROP_POLICY_DENIED = int(DropReason.POLICY_DENIED)  # its number in the datapath's counters
 REPLAY = 4095  # the flow store's capacity: replay everything since the start the follower may have missed
 
 Cell = tuple[str, str, int, str]  # (source "ns/pod", destination "ns/pod", port, protocol)
@@ -88,16 +90,40 @@ def involving(drops: Collection[Drop], source: str, destination: str, source_ip:
             or (d.source, d.destination) == (destination, source)]
 
 
+def node_environments(sandbox: str, nodes: int) -> list[dict[str, str]]:
+    """The environment of a `velvet` command aimed at each node's agent (one: the sandbox's own)."""
+    if nodes == 1:
+        return [dict(os.environ)]
+    sockets = [AgentPaths(sandbox, f"node{k}" if k else "").socket for k in range(nodes)]
+    return [{**os.environ, "VELVET_API_SOCKET": str(socket)} for socket in sockets]
+
+
 def drop_followers(sandbox: str, nodes: int, since: str) -> list[tuple[list[str], dict[str, str]]]:
     """argv and environment of the `velvet observe --follow --type drop -o json` commands that together
     see every node's drops: one per node, each aimed at that node's agent (a drop is recorded by the
     node that drops: ingress at the destination's node, egress at the source's)."""
     argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", sandbox, "observe", "--follow",
             "--type", "drop", "--since", since, "--last", str(REPLAY), "-o", "json"]
-    if nodes == 1:
-        return [(argv, dict(os.environ))]
-    sockets = [AgentPaths(sandbox, f"node{k}" if k else "").socket for k in range(nodes)]
-    return [(argv, {**os.environ, "VELVET_API_SOCKET": str(socket)}) for socket in sockets]
+    return [(argv, env) for env in node_environments(sandbox, nodes)]
+
+
+def _velvet(sandbox: str, env: Mapping[str, str], *args: str) -> str:
+    """What a `velvet` command prints; VelvetCommandFailed with its stderr when it fails."""
+    argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", sandbox, *args]
+    done = subprocess.run(argv, capture_output=True, text=True, env=dict(env), timeout=60, check=False)
+    if done.returncode:
+        raise VelvetCommandFailed(f"`velvet {' '.join(args)}` failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+class VelvetCommandFailed(Exception):
+    """A `velvet` command the diagnostics ran failed."""
+
+
+def policy_denied_packets(metrics: Any) -> int:
+    """POLICY_DENIED packets the kernel counted (`velvet bpf metrics list -o json`), all CPUs."""
+    return sum(v["packets"] for m in metrics["metrics"] if m["key"]["reason"] == DROP_POLICY_DENIED
+               for v in m["value"])
 
 
 class DropLog:
@@ -107,6 +133,7 @@ class DropLog:
     def __init__(self, sandbox: str, nodes: int = 1) -> None:
         """Start following (drops since now; earlier ones of a reused sandbox are left out)."""
         since = datetime.now(UTC).isoformat()
+        self._sandbox, self._nodes = sandbox, nodes
         self._procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                         env=env) for argv, env in drop_followers(sandbox, nodes, since)]
         self._drops: list[Drop] = []
@@ -123,7 +150,12 @@ class DropLog:
         """Collect every drop line until the follower ends."""
         assert proc.stdout is not None
         for line in proc.stdout:
-            drop = parse_drop(line) if line.strip() else None
+            try:
+                drop = parse_drop(line) if line.strip() else None
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:  # said, not a dead pump
+                with self._changed:
+                    self._said.append(f"unreadable line ({exc}): {line.strip()[:200]}")
+                continue
             if drop is not None:
                 with self._changed:
                     self._drops.append(drop)
@@ -161,6 +193,28 @@ class DropLog:
         """`involving` of the drops after `since`."""
         with self._changed:
             return involving(self._drops[since:], source, destination, source_ip)
+
+    def accounts(self, source_ip: str, since: float) -> list[str]:
+        """Where the drops of a source since `since` (Unix time) got to, per node: the agent's flow store
+        (asked, not followed), its flow counters, and the POLICY_DENIED packets the kernel counted against
+        those this log holds."""
+        after = datetime.fromtimestamp(since, UTC).isoformat()
+        with self._changed:
+            logged = sum(1 for d in self._drops if d.reason == POLICY_DENIED)
+        lines = []
+        for k, env in enumerate(node_environments(self._sandbox, self._nodes)):
+            try:
+                stored = _velvet(self._sandbox, env, "observe", "--type", "drop", "--since", after,
+                                 "--from-ip", source_ip, "-o", "json").splitlines()
+                flows = json.loads(_velvet(self._sandbox, env, "status", "-o", "json"))["flows"]
+                metrics = json.loads(_velvet(self._sandbox, env, "bpf", "metrics", "list", "-o", "json"))
+            except VelvetCommandFailed as exc:
+                lines.append(f"node {k}: {exc}")
+                continue
+            lines.append(f"node {k}: its flow store holds {len(stored)} drop(s) from {source_ip} since "
+                         f"{after}; flows {flows}; its kernel counted {policy_denied_packets(metrics)} "
+                         f"POLICY_DENIED packet(s), this log has {logged} of all nodes")
+        return lines
 
     def problems(self) -> str:
         """What the followers said on stderr (lost events, errors), and whether one ended early."""

@@ -200,9 +200,10 @@ class Runner:
         return active
 
     def _blocked_without_drop(self, probe: Probe, observed: Mapping[Pair, bool], said: Mapping[Pair, str],
-                              mark: int) -> tuple[int, str]:
+                              mark: int, started: float) -> tuple[int, str]:
         """(blocked cells the flow log explains, a line per blocked cell without a POLICY_DENIED drop: what
-        the prober said, and the pair's other drops since the round began)."""
+        the prober said, and the pair's other drops since the round began; then where the first source's
+        drops got to in the flow pipeline)."""
         wanted: list[Cell] = [(s, d, probe.port, probe.protocol)
                               for s in self.order for j, d in enumerate(self.order)
                               if s != d and probe.expected[s][j] == BLOCKED and not observed[(s, d)]]
@@ -217,6 +218,9 @@ class Runner:
             lines += [f"    a drop of {s} since the round began: {x.source} -> {x.destination} {x.port}/"
                       f"{x.protocol} {x.reason}" + ("" if x.source == s else f" (from {x.source_ip})")
                       for x in others_of_source]
+        first = min(missing)[0]  # the flow pipeline's view, once: all of a round's drops travel together
+        since = time.time() - (time.monotonic() - started)
+        lines += [f"  {line}" for line in self.drops.accounts(self.state.pod_ips.get(first, ""), since)]
         problems = self.drops.problems()
         if problems:
             lines.append(f"  flow follower: {problems}")
@@ -239,7 +243,7 @@ class Runner:
                 details += [f"  {s} -> {d}: expected {_word(probe.expected[s][self.order.index(d)])}, "
                             f"got {result.details[i][(s, d)]}" for s, d in comparison.off_diagonal]
             explained, unexplained = self._blocked_without_drop(probe, result.observed[i], result.details[i],
-                                                                 result.mark)
+                                                                 result.mark, result.started)
             if unexplained:
                 details.append(unexplained)
             if not comparison.matches:
