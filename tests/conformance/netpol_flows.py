@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -21,9 +22,11 @@ from typing import Any
 
 from velvet.observe.codes import DropReason
 from velvet.paths import AgentPaths
+from velvet.sandbox.naming import node_config
 
 POLICY_DENIED = "POLICY_DENIED"  # Hubble's drop_reason_desc of a packet NetworkPolicy denied
 DROP_POLICY_DENIED = int(DropReason.POLICY_DENIED)  # its number in the datapath's counters
+_EXCEPTION = re.compile(r"[\w.]+(Error|Exception|Exit): ")  # a traceback's last line
 REPLAY = 4095  # the flow store's capacity: replay everything since the start the follower may have missed
 
 Cell = tuple[str, str, int, str]  # (source "ns/pod", destination "ns/pod", port, protocol)
@@ -120,6 +123,17 @@ class VelvetCommandFailed(Exception):
     """A `velvet` command the diagnostics ran failed."""
 
 
+def agent_complaints(sandbox: str, node: int, most: int = 5) -> list[str]:
+    """The last `most` warnings and errors of a node's agent log (tracebacks' last lines too)."""
+    path = node_config(sandbox, node).names.log_file("agent")
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return [f"{path}: {exc.strerror}"]
+    said = [line for line in lines if " WARNING " in line or " ERROR " in line or _EXCEPTION.match(line)]
+    return said[-most:]
+
+
 def policy_denied_packets(metrics: Any) -> int:
     """POLICY_DENIED packets the kernel counted (`velvet bpf metrics list -o json`), all CPUs."""
     return sum(v["packets"] for m in metrics["metrics"] if m["key"]["reason"] == DROP_POLICY_DENIED
@@ -214,6 +228,7 @@ class DropLog:
             lines.append(f"node {k}: its flow store holds {len(stored)} drop(s) from {source_ip} since "
                          f"{after}; flows {flows}; its kernel counted {policy_denied_packets(metrics)} "
                          f"POLICY_DENIED packet(s), this log has {logged} of all nodes")
+            lines += [f"node {k}'s agent said: {line}" for line in agent_complaints(self._sandbox, k)]
         return lines
 
     def problems(self) -> str:

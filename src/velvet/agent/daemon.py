@@ -10,7 +10,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -57,6 +57,7 @@ HOUSEKEEPING_NICE = 19  # the walks of the conntrack map: the passes and the API
 # interval that follows the table's churn.
 CT_SWEEP_MIN_SECONDS = 5.0
 CT_SWEEP_MAX_SECONDS = 300.0
+RESTART_PAUSE_SECONDS = 1.0  # before a loop that failed runs again: a loop failing at once does not spin
 
 
 def release_memory(*, collect: bool = False) -> None:
@@ -183,6 +184,21 @@ async def sweep_conntrack(agent: Agent) -> None:
                 log.exception("sweeping the conntrack table failed; trying again in %.0f s", interval)
                 continue
             interval, alive = next_sweep(interval, sweep, alive), sweep.alive
+
+
+async def supervised(name: str, run: Callable[[], Awaitable[None]],
+                     pause: float = RESTART_PAUSE_SECONDS) -> None:
+    """Run one of the agent's loops for good: when it fails (or ends), the log says so with the traceback
+    and it runs again after `pause`. A loop that died unseen would stop its work silently: a dead event
+    reader, every flow from then on, while the agent still answered."""
+    while True:
+        try:
+            await run()
+        except Exception:
+            log.exception("the agent's %s failed; it runs again in %.0f s", name, pause)
+        else:
+            log.error("the agent's %s ended; it runs again in %.0f s", name, pause)
+        await asyncio.sleep(pause)
 
 
 async def every(period: float, handlers: AgentHandlers, work: Callable[[], object]) -> None:
@@ -323,14 +339,19 @@ async def run_agent(agent: Agent, api: StartingApi, api_runner: web.AppRunner) -
             loop.add_signal_handler(sig, stop.set)
         log.info("agent up: API on %s", agent.paths.socket)
         http_runner = await _serve_http(handlers)
-        tasks = [asyncio.create_task(coro) for coro in (
-            reconcile_loop(handlers), event_loop(agent),
-            ring_loop(agent.processes.poll, agent.processes.filenos()),
-            ring_loop(agent.guard.poll, agent.guard.filenos()), collect_when_idle(handlers),
-            save_when_quiet(handlers), follow_remote(handlers, changed), sweep_conntrack(agent),
-            every(EXPIRY_PERIOD_SECONDS, handlers, agent.reconcile_nodes),
-            every(EXPIRY_PERIOD_SECONDS, handlers, agent.expire_terminating),
-            every(MAP_FILL_PERIOD_SECONDS, handlers, agent.refresh_map_fill))]
+        loops: dict[str, Callable[[], Awaitable[None]]] = {
+            "reconcile loop": lambda: reconcile_loop(handlers),
+            "flow event reader": lambda: event_loop(agent),
+            "process event reader": lambda: ring_loop(agent.processes.poll, agent.processes.filenos()),
+            "enforcer event reader": lambda: ring_loop(agent.guard.poll, agent.guard.filenos()),
+            "garbage collection": lambda: collect_when_idle(handlers),
+            "service saver": lambda: save_when_quiet(handlers),
+            "remote change follower": lambda: follow_remote(handlers, changed),
+            "conntrack sweeper": lambda: sweep_conntrack(agent),
+            "node expiry": lambda: every(EXPIRY_PERIOD_SECONDS, handlers, agent.reconcile_nodes),
+            "pod expiry": lambda: every(EXPIRY_PERIOD_SECONDS, handlers, agent.expire_terminating),
+            "map fill refresh": lambda: every(MAP_FILL_PERIOD_SECONDS, handlers, agent.refresh_map_fill)}
+        tasks = [asyncio.create_task(supervised(name, run), name=name) for name, run in loops.items()]
         await stop.wait()
     except BaseException as exc:
         api.failed(exc)
