@@ -43,6 +43,7 @@ class Drop:
     reason: str
     source_ip: str = ""  # the addresses, whatever names the flow gives
     destination_ip: str = ""
+    time: str = ""  # when the datapath saw it (RFC 3339, as Hubble writes it)
 
     @property
     def cell(self) -> Cell:
@@ -72,7 +73,14 @@ def parse_drop(line: str) -> Drop | None:
         return None
     return Drop(source, destination, int(l4[protocol].get("destination_port", 0)), protocol,
                 str(flow.get("drop_reason_desc", "")), str(ip.get("source") or ""),
-                str(ip.get("destination") or ""))
+                str(ip.get("destination") or ""), str(flow.get("time", "")))
+
+
+def seconds_late(drop: Drop, now: float) -> float:
+    """How long after the datapath saw it a drop reached the log (0 when its time is unknown)."""
+    if not drop.time:
+        return 0.0
+    return now - datetime.fromisoformat(drop.time.replace("Z", "+00:00")).timestamp()
 
 
 def unexplained(drops: Collection[Drop], wanted: Collection[Cell]) -> dict[Cell, list[str]]:
@@ -151,6 +159,7 @@ class DropLog:
         self._procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                         env=env) for argv, env in drop_followers(sandbox, nodes, since)]
         self._drops: list[Drop] = []
+        self._latest = 0.0  # the most seconds a drop took to reach the log
         self._said: list[str] = []
         self._ended: list[int | None] = []
         self._changed = threading.Condition()
@@ -166,12 +175,14 @@ class DropLog:
         for line in proc.stdout:
             try:
                 drop = parse_drop(line) if line.strip() else None
+                late = seconds_late(drop, time.time()) if drop is not None else 0.0
             except (ValueError, TypeError, AttributeError, KeyError) as exc:  # said, not a dead pump
                 with self._changed:
                     self._said.append(f"unreadable line ({exc}): {line.strip()[:200]}")
                 continue
             if drop is not None:
                 with self._changed:
+                    self._latest = max(self._latest, late)
                     self._drops.append(drop)
                     self._changed.notify_all()
         code = proc.wait()
@@ -215,7 +226,7 @@ class DropLog:
         after = datetime.fromtimestamp(since, UTC).isoformat()
         with self._changed:
             logged = sum(1 for d in self._drops if d.reason == POLICY_DENIED)
-        lines = []
+            lines = [f"drops reached this log up to {self._latest:.2f} s after the datapath saw them"]
         for k, env in enumerate(node_environments(self._sandbox, self._nodes)):
             try:
                 stored = _velvet(self._sandbox, env, "observe", "--type", "drop", "--since", after,

@@ -221,6 +221,9 @@ class Runner:
         first = min(missing)[0]  # the flow pipeline's view, once: all of a round's drops travel together
         since = time.time() - (time.monotonic() - started)
         lines += [f"  {line}" for line in self.drops.accounts(self.state.pod_ips.get(first, ""), since)]
+        still = self.drops.unexplained(wanted, mark, 0.0)
+        lines.append(f"  after these checks, {len(missing) - len(still)} of the {len(missing)} missing "
+                     "drop(s) came")
         problems = self.drops.problems()
         if problems:
             lines.append(f"  flow follower: {problems}")

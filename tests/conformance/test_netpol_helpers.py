@@ -18,7 +18,7 @@ import pytest
 from cases_file import CASES_FILE
 from netpol_cases import CaseFileError, load, resolve_placeholders
 from netpol_cluster import ClusterError, round_robin
-from netpol_flows import Drop, drop_followers, involving, parse_drop, unexplained
+from netpol_flows import Drop, drop_followers, involving, parse_drop, seconds_late, unexplained
 from netpol_matrix import compare, render
 from netpol_model import pod_manifest
 from netpol_runner import Unsupported, unsupported_protocols
@@ -26,7 +26,7 @@ from run_netpol import placement, run
 
 from velvet.observe import format as fmt
 from velvet.observe.codes import DropReason, EventType, ObsPoint, TcpFlag, Verdict
-from velvet.observe.flow import Endpoint, Flow
+from velvet.observe.flow import Endpoint, Flow, rfc3339_ns
 from velvet.paths import AgentPaths
 from velvet.sandbox import probe
 
@@ -139,11 +139,15 @@ def test_a_case_whose_steps_have_no_probes_fails_to_load(tmp_path: Path, probes:
         load(_write(tmp_path, text))
 
 
+SEEN_NS = 1_732_706_553_123_456_789  # when the datapath saw the flows of `_observed`
+SEEN = rfc3339_ns(SEEN_NS)
+
+
 def _observed(**overrides: Any) -> str:
     """A flow as `velvet observe -o json` prints it (the product's own encoder): by default x/a -> y/b
     TCP 80, dropped at y/b for POLICY_DENIED."""
     base: dict[str, Any] = {
-        "time_ns": 1_732_706_553_123_456_789, "type": EventType.DROP, "obs_point": ObsPoint.TO_ENDPOINT,
+        "time_ns": SEEN_NS, "type": EventType.DROP, "obs_point": ObsPoint.TO_ENDPOINT,
         "verdict": Verdict.DROPPED, "drop_reason": DropReason.POLICY_DENIED, "proto": 6,
         "tcp_flags": TcpFlag.SYN, "src_ip": "10.244.0.2", "dst_ip": "10.244.0.5", "src_port": 41234,
         "dst_port": 80, "source": Endpoint(256, "x", "a"), "destination": Endpoint(257, "y", "b"),
@@ -154,7 +158,7 @@ def _observed(**overrides: Any) -> str:
 def test_drops_are_read_from_observe_json_lines() -> None:
     """Test that an observe line gives the pods (or addresses), port, protocol, Hubble drop reason and
     the addresses."""
-    ips = ("10.244.0.2", "10.244.0.5")
+    ips = ("10.244.0.2", "10.244.0.5", SEEN)
     assert parse_drop(_observed()) == Drop("x/a", "y/b", 80, "TCP", "POLICY_DENIED", *ips)
     assert parse_drop(_observed(proto=17, tcp_flags=0, dst_port=81)) == Drop("x/a", "y/b", 81, "UDP",
                                                                              "POLICY_DENIED", *ips)
@@ -164,11 +168,20 @@ def test_drops_are_read_from_observe_json_lines() -> None:
     assert parse_drop(_observed(proto=1, tcp_flags=0)) is None  # no port: no cell
 
 
+def test_a_drop_says_how_long_it_took_to_reach_the_log() -> None:
+    """Test that a drop's lateness is the time since the datapath saw it, to the nanosecond's precision
+    that a float keeps, and 0 when the flow has no time."""
+    drop = parse_drop(_observed())
+    assert drop is not None
+    assert seconds_late(drop, SEEN_NS / 1e9 + 2.5) == pytest.approx(2.5, abs=1e-5)
+    assert seconds_late(Drop("x/a", "y/b", 80, "TCP", "POLICY_DENIED"), 1e9) == 0.0
+
+
 def test_a_cells_other_drops_include_those_from_its_source_address_that_name_no_pod() -> None:
     """Test that what else the flow log shows of a cell includes the drops from the source pod's address
     whose flow names no pod (enrichment did not know it), from the pod to other peers, and back."""
     unnamed = parse_drop(_observed(source=Endpoint(256, "x")))
-    assert unnamed == Drop("10.244.0.2", "y/b", 80, "TCP", "POLICY_DENIED", "10.244.0.2", "10.244.0.5")
+    assert unnamed == Drop("10.244.0.2", "y/b", 80, "TCP", "POLICY_DENIED", "10.244.0.2", "10.244.0.5", SEEN)
     to_service = Drop("x/a", "10.96.0.10", 80, "TCP", "NO_SERVICE_BACKEND", "10.244.0.2", "10.96.0.10")
     back = Drop("y/b", "x/a", 41234, "TCP", "POLICY_DENIED", "10.244.0.5", "10.244.0.2")
     elsewhere = Drop("z/c", "y/b", 80, "TCP", "POLICY_DENIED", "10.244.0.9", "10.244.0.5")
