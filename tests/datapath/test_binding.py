@@ -466,6 +466,26 @@ def test_that_records_crossing_the_end_of_the_ring_are_read_whole(obj: BpfObject
             assert ring.read_raw() == [bytes([n & 255]) + bytes(range(1, sizes[n]))]
 
 
+def test_that_a_read_in_several_pieces_keeps_the_dtypes_byte_order(obj: BpfObject) -> None:
+    """Test that records read in several pieces (a run up to the ring's end, the record crossing it, a run
+    after it) come back in the asked dtype, big-endian fields too, with the bytes the program wrote: joined
+    by numpy's concatenate, their fields turned native-endian, and the flow decoder, which reads the
+    ring's big-endian addresses, showed 10.244.0.11 as 11.0.244.10."""
+    events = obj.map("test_events")
+    tag_big_endian = np.dtype([("seq", "<u8"), ("cpu", "<u4"), ("tag", ">u4")])  # as flow_event's saddr
+    with RingBuffer(events.fd, events.info.max_entries) as ring:
+        raw = obj.program("tc_raw_event")
+        test_run(raw, bytes([0]) + bytes(15))  # one 16-byte record: the 24-byte ones cross the end
+        ring.read_raw()
+        for n in range(10):  # 64 records of 32 bytes per read from offset 16 of 4 KiB: every second crosses
+            test_run(obj.program("tc_events"), bytes([64, 0]) + bytes(58))
+            chunk = ring.read_array(tag_big_endian)
+            assert chunk.dtype == tag_big_endian
+            written = chunk.view(EVENT)  # the bytes as the program wrote them
+            assert np.array_equal(written["seq"], np.arange(64 * n, 64 * (n + 1)))
+            assert np.array_equal(written["tag"], written["seq"] % 3)
+
+
 def test_that_read_array_stops_at_max_records_and_resumes(obj: BpfObject) -> None:
     events = obj.map("test_events")
     with RingBuffer(events.fd, events.info.max_entries) as ring:

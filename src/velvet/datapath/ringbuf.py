@@ -137,7 +137,12 @@ class RingBuffer:
         self._cons_pos[0] = cons
         if not parts:
             return np.empty(0, dtype=dtype)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if len(parts) == 1:
+            return parts[0]
+        # Joined as opaque bytes: numpy's concatenate of structured arrays gives their fields native byte
+        # order (values kept, bytes swapped), and a reader of `dtype`'s big-endian fields misread them.
+        raw = np.dtype((np.void, dtype.itemsize))
+        return np.concatenate([part.view(raw) for part in parts]).view(dtype)
 
     def close(self) -> None:
         """Unmap the ring and release the fd."""
