@@ -139,8 +139,9 @@ class RingBuffer:
             return np.empty(0, dtype=dtype)
         if len(parts) == 1:
             return parts[0]
-        # Joined as opaque bytes: numpy's concatenate of structured arrays gives their fields native byte
-        # order (values kept, bytes swapped), and a reader of `dtype`'s big-endian fields misread them.
+        # Joined as opaque bytes: numpy's concatenate of structured arrays makes their fields native-endian
+        # (values kept, bytes swapped), and the flow decoder, which reads the ring's bytes, saw addresses
+        # and ports swapped.
         raw = np.dtype((np.void, dtype.itemsize))
         return np.concatenate([part.view(raw) for part in parts]).view(dtype)
 
