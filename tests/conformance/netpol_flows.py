@@ -12,7 +12,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Collection, Mapping
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from velvet.cli.runner import velvet_argv
 from velvet.observe.codes import DropReason
 from velvet.paths import AgentPaths
 from velvet.sandbox.naming import node_config
@@ -113,15 +113,15 @@ def drop_followers(sandbox: str, nodes: int, since: str) -> list[tuple[list[str]
     """argv and environment of the `velvet observe --follow --type drop -o json` commands that together
     see every node's drops: one per node, each aimed at that node's agent (a drop is recorded by the
     node that drops: ingress at the destination's node, egress at the source's)."""
-    argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", sandbox, "observe", "--follow",
-            "--type", "drop", "--since", since, "--last", str(REPLAY), "-o", "json"]
+    argv = velvet_argv(sandbox, "observe", "--follow", "--type", "drop", "--since", since, "--last",
+                       str(REPLAY), "-o", "json")
     return [(argv, env) for env in node_environments(sandbox, nodes)]
 
 
 def _velvet(sandbox: str, env: Mapping[str, str], *args: str) -> str:
     """What a `velvet` command prints; VelvetCommandFailed with its stderr when it fails."""
-    argv = [sys.executable, "-m", "velvet.cli.main", "--sandbox", sandbox, *args]
-    done = subprocess.run(argv, capture_output=True, text=True, env=dict(env), timeout=60, check=False)
+    done = subprocess.run(velvet_argv(sandbox, *args), capture_output=True, text=True, env=dict(env),
+                          timeout=60, check=False)
     if done.returncode:
         raise VelvetCommandFailed(f"`velvet {' '.join(args)}` failed: {done.stderr.strip()}")
     return done.stdout

@@ -301,7 +301,7 @@ def _reader(proc: subprocess.Popen[str]) -> queue.Queue[str]:
 
 def _first_line_while(sb: Sandbox, argv: list[str], traffic: Callable[[], object]) -> str:
     """Start `velvet ARGV` (a stream), make traffic until it prints a line, return that line."""
-    proc = subprocess.Popen([sys.executable, "-m", "velvet.cli.main", "--sandbox", sb.name, *argv],
+    proc = subprocess.Popen(sb.argv(*argv),
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         lines = _reader(proc)
@@ -442,8 +442,7 @@ def test_flows_keep_their_addresses_through_the_end_of_the_event_ring(env: Env) 
     spanning the end comes in pieces; joined by numpy's concatenate they came back byte-swapped, so
     10.244.0.11 showed as 11.0.244.10 with no pod (the kube netpol test's drops went missing so)."""
     intruder, server = env.ips["shop/intruder"], env.ips["shop/server"]
-    proc = subprocess.Popen([sys.executable, "-m", "velvet.cli.main", "--sandbox", env.sb.name, "observe",
-                             "--follow", "--type", "drop", "-o", "json"],
+    proc = subprocess.Popen(env.sb.argv("observe", "--follow", "--type", "drop", "-o", "json"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = _reader(proc)
