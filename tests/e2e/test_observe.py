@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +29,8 @@ from typing import Any
 
 import pytest
 from harness import Sandbox, echo_pod, namespace, sandbox
+
+from velvet.sandbox.naming import SandboxConfig
 
 pytestmark = pytest.mark.privileged
 Flow = dict[str, Any]
@@ -474,3 +478,57 @@ def test_flows_keep_their_addresses_through_the_end_of_the_event_ring(env: Env) 
              f["drop_reason_desc"]) for f in flows]
     wrong = [s for s in seen if s != expected]
     assert not wrong, f"{len(wrong)} of {len(seen)} drops misread, e.g. {wrong[:3]}"
+
+
+RING_FLOOD_SENT = 40_000  # denied datagrams while the agent reads nothing: 80,000 events, 58,000 fit
+
+
+def test_a_follower_is_told_how_many_events_the_kernels_ring_lost(env: Env) -> None:
+    """Test that events the kernel's ring had no room for (the agent stopped while 40,000 denied datagrams
+    came) reach a follower as Hubble's `EVENTS LOST: PERF_EVENT_RING_BUFFER N` line, N being what the
+    kernel counted, once; the drops the ring held still come. Last in the module: it loses events."""
+    server = env.ips["shop/server"]
+    names = SandboxConfig(sandbox=env.sb.name).names
+    lost_before = env.sb.json("status")["flows"]["lost"]
+    proc = subprocess.Popen(env.sb.argv("observe", "--follow", "--type", "drop", "-o", "json"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    warnings: queue.Queue[str] = queue.Queue()
+
+    def pump_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            warnings.put(line.strip())
+    threading.Thread(target=pump_stderr, daemon=True).start()
+    try:
+        lines = _reader(proc)
+        first: list[str] = []
+        deadline = time.monotonic() + 60
+        while not first and time.monotonic() < deadline:  # the follower is subscribed once a drop shows
+            env.sb.query("shop/intruder", f"udp://{server}:8081", timeout=0.2)
+            with contextlib.suppress(queue.Empty):
+                first.append(lines.get(timeout=2))
+        assert first, "the follower printed no drop"
+        agent = int(names.pid_file("agent").read_text())
+        os.kill(agent, signal.SIGSTOP)
+        try:
+            sent = env.sb.exec("shop/intruder", "python3", "-c", SENDER, server, str(RING_FLOOD_SENT), "1e9",
+                               timeout=120)
+        finally:
+            os.kill(agent, signal.SIGCONT)
+        assert sent.returncode == 0, sent.stderr
+        said = warnings.get(timeout=60)
+        drops = 0
+        with contextlib.suppress(queue.Empty):
+            while True:
+                lines.get(timeout=3)
+                drops += 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    lost = env.sb.json("status")["flows"]["lost"] - lost_before
+    assert lost > 0, "the kernel's ring lost nothing: the flood did not fill it"
+    assert said == f"EVENTS LOST: PERF_EVENT_RING_BUFFER {lost} on velvet-node", said
+    assert warnings.empty(), list(warnings.queue)
+    # each datagram is a verdict and a drop event; the ring held what it could, the drops among it came
+    assert 0 < drops < RING_FLOOD_SENT
+    assert drops + lost >= RING_FLOOD_SENT

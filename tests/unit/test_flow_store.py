@@ -10,7 +10,16 @@ import pytest
 from bench.flow_events import events
 from velvet.observe.decode import FlowDecoder, Records
 from velvet.observe.enrich import DictResolver, EndpointInfo
-from velvet.observe.store import DEFAULT_CAPACITY, FlowStore, RateMeter, Subscription
+from velvet.observe.flow import Flow
+from velvet.observe.store import (
+    DEFAULT_CAPACITY,
+    QUEUE_LOST,
+    RING_LOST,
+    FlowStore,
+    LostEvents,
+    RateMeter,
+    Subscription,
+)
 
 DECODER = FlowDecoder(DictResolver(), clock_offset_ns=0)
 
@@ -18,6 +27,11 @@ DECODER = FlowDecoder(DictResolver(), clock_offset_ns=0)
 def flows(n: int, start: int = 0) -> Records:
     """`n` records with time_ns start, start+1, ... (the store takes enriched records)."""
     return DECODER.enrich(events(*({"ts_ns": start + i, "sport": 1000 + start + i} for i in range(n))))
+
+
+def time_or_notice(item: Flow | LostEvents) -> int | LostEvents:
+    """A follower's flow as its time; a notice as it is."""
+    return item if isinstance(item, LostEvents) else item.time_ns
 
 
 def store_of(capacity: int = DEFAULT_CAPACITY) -> FlowStore:
@@ -94,20 +108,20 @@ def test_followers_get_new_flows_only() -> None:
         subs = [store.subscribe() for _ in range(3)]
         store.add(flows(2, start=3))
         for sub in subs:
-            assert [(await anext(sub)).time_ns for _ in range(2)] == [3, 4]
+            assert [time_or_notice(await anext(sub)) for _ in range(2)] == [3, 4]
         assert store.stats().followers == 3
     asyncio.run(scenario())
 
 
 def test_follower_predicate() -> None:
     """Test that a follower queues the records its match selects and yields the flows its predicate takes."""
-    async def scenario() -> list[int]:
+    async def scenario() -> list[int | LostEvents]:
         store = store_of()
         sub = store.subscribe(lambda r: r["time_ns"] >= 2, lambda f: f.time_ns != 3)
         store.add(flows(5))
         assert sub.pending == 3
         store.close()
-        return [f.time_ns async for f in sub]
+        return [time_or_notice(f) async for f in sub]
     assert asyncio.run(scenario()) == [2, 4]
 
 
@@ -122,9 +136,31 @@ def test_slow_follower_drops_and_counts_without_blocking() -> None:
         assert slow.dropped == 45
         assert fast.dropped == 0
         assert store.stats().follower_dropped == 45
-        assert slow.take_lost() == 45
-        assert slow.take_lost() == 0
-        assert [(await anext(slow)).time_ns for _ in range(5)] == [0, 1, 2, 3, 4]
+        assert slow.take_lost() == LostEvents(QUEUE_LOST, 45)
+        assert slow.take_lost() is None
+        assert [time_or_notice(await anext(slow)) for _ in range(5)] == [0, 1, 2, 3, 4]
+    asyncio.run(scenario())
+
+
+def test_followers_hear_of_the_kernel_rings_losses_after_the_records_read_before_them() -> None:
+    """Test that what the kernel's ring lost reaches each follower once, in place: after the records of
+    the read that found the loss, before later ones; a follower hears only of losses after it came."""
+    async def scenario() -> None:
+        kernel_lost = [5]  # the kernel's running count, lost before anyone followed
+        store = FlowStore(decoder=DECODER, kernel_lost=lambda: kernel_lost[0])
+        early = store.subscribe()
+        store.add(flows(2))
+        kernel_lost[0] = 12  # the ring was full while the agent read late
+        store.add(flows(2, start=2))
+        late = store.subscribe()
+        store.add(flows(1, start=4))
+        kernel_lost[0] = 13
+        store.add(flows(1, start=5))
+        store.close()
+        seen = [time_or_notice(item) async for item in early]
+        assert seen == [0, 1, 2, 3, LostEvents(RING_LOST, 7), 4, 5, LostEvents(RING_LOST, 1)]
+        assert [time_or_notice(item) async for item in late] == [4, 5, LostEvents(RING_LOST, 1)]
+        assert store.stats().lost == 13
     asyncio.run(scenario())
 
 
@@ -136,8 +172,8 @@ def test_close_ends_iteration() -> None:
         store.add(flows(3))
         await anext(waiting)
 
-        async def drain(sub: Subscription) -> list[int]:
-            return [f.time_ns async for f in sub]
+        async def drain(sub: Subscription) -> list[int | LostEvents]:
+            return [time_or_notice(f) async for f in sub]
 
         task = asyncio.create_task(drain(waiting))
         await asyncio.sleep(0)
@@ -189,7 +225,8 @@ def test_compaction_renumbers_the_ring_and_queued_batches() -> None:
         assert len(decoder.endpoints.values) < 40 * 500  # compacted at least once
         assert {f.source.pod_name for f in store.last()} == {f"pod-39-{i}" for i in range(451, 501)}
         first = [await anext(sub) for _ in range(500)]
-        assert [f.source.pod_name for f in first] == [f"pod-0-{i}" for i in range(1, 501)]
+        assert all(isinstance(f, Flow) for f in first)
+        assert [getattr(f.source, "pod_name", None) for f in first] == [f"pod-0-{i}" for i in range(1, 501)]
         sub.close()
     asyncio.run(scenario())
 

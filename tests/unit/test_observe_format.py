@@ -124,4 +124,7 @@ def test_lost_and_json_lines() -> None:
     """Test the lost-events warning and one-line JSON."""
     assert fmt.lost_text({"lost_events": {"source": "OBSERVER_EVENTS_QUEUE", "num_events_lost": 3}}) == (
         "EVENTS LOST: OBSERVER_EVENTS_QUEUE 3")
+    assert fmt.lost_text({"lost_events": {"source": "PERF_EVENT_RING_BUFFER", "num_events_lost": 9},
+                          "node_name": "velvet-node-1"}) == (
+        "EVENTS LOST: PERF_EVENT_RING_BUFFER 9 on velvet-node-1")
     assert "\n" not in fmt.json_line(ALLOWED.to_hubble_json())

@@ -75,7 +75,30 @@ def test_stream_history_then_live_with_lost_notices() -> None:
     assert got[0]["time"].endswith("002Z")
     assert got[1]["time"].endswith("003Z")
     assert got[2]["time"].endswith("004Z")
-    assert got[3] == {"lost_events": {"source": "OBSERVER_EVENTS_QUEUE", "num_events_lost": 2}}
+    assert got[3] == {"lost_events": {"source": "OBSERVER_EVENTS_QUEUE", "num_events_lost": 2},
+                      "node_name": "n1"}
+
+
+def test_a_follower_is_told_what_the_kernels_ring_lost_where_it_was_found() -> None:
+    """Test stream(): records the kernel's ring had no room for come as Hubble's PERF_EVENT_RING_BUFFER
+    notice after the flows read with them, with the node's name."""
+    async def scenario() -> list[dict[str, Any]]:
+        lost = [3]
+        p = FlowPipeline(DictResolver(), node_name="n1", clock_offset_ns=0, kernel_lost=lambda: lost[0])
+        stream = p.stream(FlowQuery())
+        first = asyncio.create_task(anext(stream))
+        await asyncio.sleep(0)  # subscribed: losses from now on
+        lost[0] = 40
+        p.ingest(events({"ts_ns": 1}, {"ts_ns": 2}))
+        p.ingest(events({"ts_ns": 3}))
+        got = [await first] + [await anext(stream) for _ in range(3)]
+        await stream.aclose()
+        return got
+
+    got = asyncio.run(scenario())
+    assert [g.get("time", "")[-4:] for g in got] == ["001Z", "002Z", "", "003Z"]
+    assert got[2] == {"lost_events": {"source": "PERF_EVENT_RING_BUFFER", "num_events_lost": 37},
+                      "node_name": "n1"}
 
 
 def test_stream_ends_after_until() -> None:

@@ -128,7 +128,8 @@ def json_line(item: Json) -> str:
 def lost_text(item: Json) -> str:
     """The warning Hubble prints for a `lost_events` notice."""
     lost = item.get("lost_events") or {}
-    return f"EVENTS LOST: {lost.get('source', 'UNKNOWN')} {lost.get('num_events_lost', 0)}"
+    text = f"EVENTS LOST: {lost.get('source', 'UNKNOWN')} {lost.get('num_events_lost', 0)}"
+    return f"{text} on {item['node_name']}" if item.get("node_name") else text
 
 
 def _tuple(event: Json) -> str:

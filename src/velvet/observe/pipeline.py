@@ -15,7 +15,7 @@ from velvet.observe.enrich import EndpointResolver
 from velvet.observe.filters import FlowQuery, Predicate, compile_spec
 from velvet.observe.flow import Flow
 from velvet.observe.metrics import FlowMetrics
-from velvet.observe.store import DEFAULT_CAPACITY, DEFAULT_FOLLOWER_QUEUE, FlowStore, Subscription
+from velvet.observe.store import DEFAULT_CAPACITY, DEFAULT_FOLLOWER_QUEUE, FlowStore, LostEvents, Subscription
 from velvet.observe.vector_filter import spec_match, types_match
 
 Json = dict[str, Any]
@@ -42,8 +42,12 @@ def _process_matches(process: Json | None, wanted: tuple[str, ...]) -> bool:
                for w in wanted)
 
 
-def _lost_notice(lost: int) -> Json:
-    return {"lost_events": {"source": "OBSERVER_EVENTS_QUEUE", "num_events_lost": lost}}
+def _lost_notice(lost: LostEvents, node_name: str) -> Json:
+    """Hubble's notice of events a follower will never see, with the node that lost them."""
+    notice: Json = {"lost_events": {"source": lost.source, "num_events_lost": lost.number}}
+    if node_name:
+        notice["node_name"] = node_name
+    return notice
 
 
 class FlowPipeline:
@@ -112,8 +116,9 @@ class FlowPipeline:
     async def stream(self, query: FlowQuery) -> AsyncGenerator[Json]:
         """The last `query.last` matching flows, then new ones as they come (`observe --follow`).
 
-        Yields `{"lost_events": {...}}` before a flow when this follower fell behind and lost some;
-        ends when a flow is newer than `query.until_ns`.
+        Yields `{"lost_events": {...}}` where flows were lost: by the kernel's ring (the agent read too
+        late) or by this follower's queue (it read too late); ends when a flow is newer than
+        `query.until_ns`.
         """
         predicate = self._predicate(query)
         match = spec_match(query.spec, self.decoder)
@@ -124,8 +129,8 @@ class FlowPipeline:
                 for flow in self.store.last(query.last, match, predicate, query.since_ns, query.until_ns):
                     yield self._json(flow, shared)
             async for item in self._follow(sub):
-                if isinstance(item, int):
-                    yield _lost_notice(item)
+                if isinstance(item, LostEvents):
+                    yield _lost_notice(item, self.decoder.node_name)
                 elif query.until_ns is not None and item.time_ns > query.until_ns:
                     return
                 else:
@@ -140,21 +145,22 @@ class FlowPipeline:
         sub = self.store.subscribe(types_match(frozenset(types)))
         try:
             async for item in self._follow(sub):
-                yield _lost_notice(item) if isinstance(item, int) else item.to_event_json()
+                yield (_lost_notice(item, self.decoder.node_name) if isinstance(item, LostEvents)
+                       else item.to_event_json())
         finally:
             sub.close()
 
     @staticmethod
-    async def _follow(sub: Subscription) -> AsyncGenerator[Flow | int]:
-        """The follower's flows, and the count of flows it lost where the loss happened.
+    async def _follow(sub: Subscription) -> AsyncGenerator[Flow | LostEvents]:
+        """The follower's flows, and notices of what was lost where the loss happened.
 
-        Losses happen only while the queue is full, so they come after everything queued then.
+        The queue loses records only while it is full, so its notice comes after everything queued then.
         """
-        async for flow in sub:
-            yield flow
+        async for item in sub:
+            yield item
             if not sub.pending:
                 lost = sub.take_lost()
-                if lost:
+                if lost is not None:
                     yield lost
 
     def status(self) -> Json:

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -27,19 +27,30 @@ _LAST_CHUNK = 256
 
 Predicate = Callable[[Flow], bool]
 
+RING_LOST = "PERF_EVENT_RING_BUFFER"  # Hubble's name: records the kernel's ring had no room for
+QUEUE_LOST = "OBSERVER_EVENTS_QUEUE"  # records a slow follower's queue had no room for
+
+
+class LostEvents(NamedTuple):
+    """A follower's notice of records it will never see: where they were lost, and how many."""
+
+    source: str
+    number: int
+
 
 class Subscription:
     """One follower: an async iterator over new flows that match its record filter and predicate.
 
     The store never waits for a follower: when the follower's queue holds `maxsize` records, new
     matching records are dropped and counted in `dropped`; `take_lost()` tells the follower how many
-    it missed since last asked.
+    it missed since last asked. Records the kernel's ring lost come in the queue as a `LostEvents`,
+    after the records read before the loss was seen.
     """
 
     def __init__(self, store: FlowStore, match: RecordMatch | None, predicate: Predicate | None,
                  maxsize: int) -> None:
         self._store = store
-        self._batches: deque[Records] = deque()
+        self._batches: deque[Records | LostEvents] = deque()
         self._ready = asyncio.Event()
         self._queued = 0
         self._flows: deque[Flow] = deque()
@@ -48,6 +59,7 @@ class Subscription:
         self.match = match
         self.predicate = predicate
         self.dropped = 0
+        self.ring_lost_told = 0  # the kernel ring's loss count this follower was last told of
         self.closed = False
 
     def offer(self, records: Records) -> None:
@@ -68,20 +80,28 @@ class Subscription:
             self._queued += len(records)
             self._ready.set()
 
+    def ring_lost(self, total: int) -> None:
+        """Note the kernel ring's running count of lost records: what it lost since this follower was
+        last told (or subscribed) is queued as a notice, after the records read before the loss."""
+        if total > self.ring_lost_told and not self.closed:
+            self._batches.append(LostEvents(RING_LOST, total - self.ring_lost_told))
+            self._ready.set()
+        self.ring_lost_told = total
+
     @property
-    def queued(self) -> Sequence[Records]:
+    def queued(self) -> list[Records]:
         """The batches waiting in the queue (the store renumbers their handles when it compacts)."""
-        return self._batches
+        return [b for b in self._batches if not isinstance(b, LostEvents)]
 
     @property
     def pending(self) -> int:
         """Records queued and not yet taken."""
         return self._queued + len(self._flows)
 
-    def take_lost(self) -> int:
-        """Records dropped for this follower since the last call."""
+    def take_lost(self) -> LostEvents | None:
+        """The notice of records dropped for this follower since the last call (None: none were)."""
         lost, self._unreported = self._unreported, 0
-        return lost
+        return LostEvents(QUEUE_LOST, lost) if lost else None
 
     def close(self) -> None:
         """Stop following; iteration ends once what was already queued is taken."""
@@ -94,7 +114,7 @@ class Subscription:
     def __aiter__(self) -> Subscription:
         return self
 
-    async def __anext__(self) -> Flow:
+    async def __anext__(self) -> Flow | LostEvents:
         while True:
             while self._flows:
                 flow = self._flows.popleft()
@@ -106,6 +126,8 @@ class Subscription:
                 self._ready.clear()
                 await self._ready.wait()
             batch = self._batches.popleft()
+            if isinstance(batch, LostEvents):
+                return batch
             self._queued -= len(batch)
             self._flows.extend(self._store.flows(batch))
 
@@ -206,6 +228,10 @@ class FlowStore:
         self._write(records[-self.capacity:])
         for follower in self._followers:
             follower.offer(records)
+        if self._followers:  # the ring lost what it had no room for while holding these
+            lost = self._kernel_lost()
+            for follower in self._followers:
+                follower.ring_lost(lost)
         if self.decoder.oversized:
             self.decoder.compact([self._ring, *(b for f in self._followers for b in f.queued)])
 
@@ -280,6 +306,7 @@ class FlowStore:
                   maxsize: int | None = None) -> Subscription:
         """A new follower of records stored from now on (`match` selects records, `predicate` flows)."""
         sub = Subscription(self, match, predicate, maxsize or self._follower_queue)
+        sub.ring_lost_told = self._kernel_lost()  # it hears of losses from now on
         self._followers.append(sub)
         return sub
 
