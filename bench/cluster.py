@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.cluster [--routing native,tunnel] [--host-routing auto] [--rounds 5]
                                       [--connects 1000] [--mib 256] [--services 1000] [--identities 500]
-                                      [--trees TREE_A,TREE_B] [--prog-stats]
+                                      [--trees TREE_A,TREE_B] [--prog-stats] [--floor]
     .venv/bin/python -m bench.cluster convergence [--rounds 3] [--services 1000]
 
 Peers, each a client pod on one node and a server pod (probe.py serve) on another:
@@ -26,7 +26,9 @@ on one 3-node native sandbox, `--rounds` times (the services deleted, every map 
 agents run that tree's code and BPF objects, which must be built), interleaved like the other peers: an
 A/B of a datapath change in one run. `--prog-stats`: BPF run-time statistics on for the run, each BPF
 program's run time per connect in every row (a sandbox's: the programs using its nodes' pinned maps, not
-other sandboxes' programs of the same name).
+other sandboxes' programs of the same name). `--floor`: one more sandbox per routing mode,
+`velvet-MODE-floor`, whose programs all return at once (bench/floor.py: the hooks and the topology without
+Velvet's work; its packets take the node's stack): what no change to the programs can go below.
 """
 
 from __future__ import annotations
@@ -36,14 +38,17 @@ import base64
 import ctypes
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+from bench import floor
 from bench.peers import sh
 from bench.velvet_peer import PROBE, TCP, vip
 from velvet.cli.runner import SandboxCli, unique_name
@@ -374,6 +379,8 @@ def main() -> None:
                              "objects built; each tree's sandbox agents run its code; default this tree")
     parser.add_argument("--prog-stats", action="store_true",
                         help="BPF run-time statistics on: each program's ns per connect in every row")
+    parser.add_argument("--floor", action="store_true",
+                        help="also a sandbox per routing mode whose programs all return at once")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connects", type=int, default=1000)
     parser.add_argument("--mib", type=int, default=256)
@@ -395,7 +402,10 @@ def main() -> None:
     clusters = {f"velvet-{mode}" + (f"-{hr}" if len(host_modes) > 1 else "")
                 + (f"-{os.path.basename(d.rstrip('/'))}" if len(trees) > 1 else ""): Cluster(mode, hr, d)
                 for mode in args.routing.split(",") if mode for hr in host_modes for d in trees}
-    peers: dict[str, Routed | Cluster] = {"routed": routed, **clusters}
+    floor_tree = floor.build(Path(tempfile.mkdtemp(prefix="velvet-floor-"))) if args.floor else None
+    floors = {f"velvet-{mode}-floor": Cluster(mode, "auto", str(floor_tree))
+              for mode in args.routing.split(",") if mode and floor_tree is not None}
+    peers: dict[str, Routed | Cluster] = {"routed": routed, **clusters, **floors}
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in peers}
     report: dict[str, Any] = {"machine": machine, "rounds": args.rounds}
     stats_fd = enable_bpf_stats() if args.prog_stats else None
@@ -416,6 +426,8 @@ def main() -> None:
             peer.remove()
         if stats_fd is not None:
             os.close(stats_fd)
+        if floor_tree is not None:
+            shutil.rmtree(floor_tree, ignore_errors=True)
     report["traffic"] = {name: {metric: statistics.median(row.get(metric, 0.0) for row in rows)
                                 for metric in sorted({m for row in rows for m in row})}
                          for name, rows in rounds.items()}

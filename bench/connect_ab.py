@@ -1,7 +1,7 @@
 """connect() to a ClusterIP from a pod, Velvet source trees against no rules, interleaved in one run.
 
     python -m bench.connect_ab [--trees TREE_A,TREE_B] [--counts 10,1000,10000] [--rounds 5]
-                               [--connects 2000] [--prog-stats] [--freeze]
+                               [--connects 2000] [--prog-stats] [--freeze] [--pod [--floor]]
 
 One single-node sandbox per Velvet source tree (its agent runs that tree's code and BPF objects, which
 must be built; default: this tree) and the no-rules namespaces of bench/peers.py. At every N the
@@ -14,7 +14,10 @@ no-rules peer every program loaded (the sandboxes' tracepoint programs see its s
 adds a peer "<peer>/frozen" for every peer, the no-rules one
 included: the same client and target, measured while every Velvet process of every sandbox of the run
 (node daemon, agent, etcd: the pid files and their children outside the pods' cgroups) is stopped with
-SIGSTOP, and continued after the round. Prints one JSON document. Needs root.
+SIGSTOP, and continued after the round. `--pod`: each sandbox's client connects to the server pod's own
+address instead of the last service (no translation: a tree whose programs translate nothing can be
+measured too). `--floor` (with `--pod`): one more sandbox, `floor`, whose programs all return at once
+(bench/floor.py: the hooks and the topology without Velvet's work). Prints one JSON document. Needs root.
 """
 
 from __future__ import annotations
@@ -24,14 +27,17 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench import floor
 from bench.cluster import enable_bpf_stats, pinned_map_ids, prog_run_ns
 from bench.peers import PeerNet
 from bench.run import run_probe
@@ -117,9 +123,17 @@ def main() -> None:
     parser.add_argument("--prog-stats", action="store_true")
     parser.add_argument("--freeze", action="store_true",
                         help="also measure every peer with the run's Velvet processes stopped (SIGSTOP)")
+    parser.add_argument("--pod", action="store_true", help="connect to the server pod, not to the service")
+    parser.add_argument("--floor", action="store_true",
+                        help="also a sandbox whose programs all return at once (needs --pod)")
     args = parser.parse_args()
+    if args.floor and not args.pod:
+        parser.error("--floor needs --pod: a sandbox whose programs return at once translates no service")
     trees = [t for t in args.trees.split(",") if t] or [""]
     names = [os.path.basename(t.rstrip("/")) or "velvet" for t in trees]
+    floor_tree = floor.build(Path(tempfile.mkdtemp(prefix="velvet-floor-"))) if args.floor else None
+    if floor_tree is not None:
+        trees, names = [*trees, str(floor_tree)], [*names, "floor"]
     sandboxes = {name: VelvetPeer() for name in names}
     none = PeerNet(secrets.token_hex(2), "none")
     rows: list[dict[str, Any]] = []
@@ -137,7 +151,8 @@ def main() -> None:
             # run for every socket of the kernel, another sandbox's included
             own_maps = {name: pinned_map_ids([str(p.pin_dir)]) for name, p in sandboxes.items()}
             clients = {"none": (none.client, f"{none.target([])}")}
-            clients |= {name: (p.client, p.target()) for name, p in sandboxes.items()}
+            clients |= {name: (p.client, p.pod_target() if args.pod else p.target())
+                        for name, p in sandboxes.items()}
             if args.freeze:
                 clients |= {name + FROZEN: value for name, value in clients.items()}
             peers = list(clients)
@@ -170,6 +185,8 @@ def main() -> None:
         for peer in sandboxes.values():
             peer.down()
         none.remove()
+        if floor_tree is not None:
+            shutil.rmtree(floor_tree, ignore_errors=True)
     machine = {"cpus": os.cpu_count(), "kernel": os.uname().release}
     print(json.dumps({"machine": machine, "connects": args.connects, "rounds": args.rounds,
                       "summary": summarize(rows)}, indent=2))
