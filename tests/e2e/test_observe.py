@@ -303,6 +303,17 @@ def _reader(proc: subprocess.Popen[str]) -> queue.Queue[str]:
     return lines
 
 
+def _until_a_drop_shows(env: Env, lines: queue.Queue[str]) -> None:
+    """Send denied datagrams (intruder -> server:8081) until a drop follower prints one: it follows then."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        env.sb.query("shop/intruder", f"udp://{env.ips['shop/server']}:8081", timeout=0.2)
+        with contextlib.suppress(queue.Empty):
+            lines.get(timeout=2)
+            return
+    raise AssertionError("the follower printed no drop")
+
+
 def _first_line_while(sb: Sandbox, argv: list[str], traffic: Callable[[], object]) -> str:
     """Start `velvet ARGV` (a stream), make traffic until it prints a line, return that line."""
     proc = subprocess.Popen(sb.argv(*argv),
@@ -437,6 +448,7 @@ for i in range(count):
     if i % 100 == 99 and ahead > 0:
         time.sleep(ahead)
 """
+
 RING_LAPS_SENT = 70_000  # denied datagrams, 5,000 a second: a drop and a verdict each, ~2.4 laps of the ring
 
 
@@ -450,13 +462,7 @@ def test_flows_keep_their_addresses_through_the_end_of_the_event_ring(env: Env) 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = _reader(proc)
-        first: list[str] = []
-        deadline = time.monotonic() + 60
-        while not first and time.monotonic() < deadline:  # the follower is subscribed once a drop shows
-            env.sb.query("shop/intruder", f"udp://{server}:8081", timeout=0.2)
-            with contextlib.suppress(queue.Empty):
-                first.append(lines.get(timeout=2))
-        assert first, "the follower printed no drop"
+        _until_a_drop_shows(env, lines)
         sent = env.sb.exec("shop/intruder", "python3", "-c", SENDER, server, str(RING_LAPS_SENT), "5000",
                            timeout=120)
         assert sent.returncode == 0, sent.stderr
@@ -501,13 +507,7 @@ def test_a_follower_is_told_how_many_events_the_kernels_ring_lost(env: Env) -> N
     threading.Thread(target=pump_stderr, daemon=True).start()
     try:
         lines = _reader(proc)
-        first: list[str] = []
-        deadline = time.monotonic() + 60
-        while not first and time.monotonic() < deadline:  # the follower is subscribed once a drop shows
-            env.sb.query("shop/intruder", f"udp://{server}:8081", timeout=0.2)
-            with contextlib.suppress(queue.Empty):
-                first.append(lines.get(timeout=2))
-        assert first, "the follower printed no drop"
+        _until_a_drop_shows(env, lines)
         agent = int(names.pid_file("agent").read_text())
         os.kill(agent, signal.SIGSTOP)
         try:
