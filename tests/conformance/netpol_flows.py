@@ -21,6 +21,7 @@ from typing import Any
 
 from velvet.cli.runner import velvet_argv
 from velvet.observe.codes import DropReason
+from velvet.observe.format import lost_text
 from velvet.paths import AgentPaths
 from velvet.sandbox.naming import node_config
 
@@ -173,6 +174,10 @@ class DropLog:
         """Collect every drop line until the follower ends."""
         assert proc.stdout is not None
         for line in proc.stdout:
+            if '"lost_events"' in line:  # Hubble's notice, in the JSON stream where the loss was seen
+                with self._changed:
+                    self._said.append(lost_text(json.loads(line)))
+                continue
             try:
                 drop = parse_drop(line) if line.strip() else None
                 late = seconds_late(drop, time.time()) if drop is not None else 0.0
@@ -191,7 +196,7 @@ class DropLog:
             self._changed.notify_all()
 
     def _listen(self, proc: subprocess.Popen[str]) -> None:
-        """Keep what the follower says on stderr (lost events, errors)."""
+        """Keep what the follower says on stderr (errors)."""
         assert proc.stderr is not None
         for line in proc.stderr:
             with self._changed:

@@ -491,23 +491,28 @@ RING_FLOOD_SENT = 40_000  # denied datagrams while the agent reads nothing: 80,0
 
 def test_a_follower_is_told_how_many_events_the_kernels_ring_lost(env: Env) -> None:
     """Test that events the kernel's ring had no room for (the agent stopped while 40,000 denied datagrams
-    came) reach a follower as Hubble's `EVENTS LOST: PERF_EVENT_RING_BUFFER N` line, N being what the
-    kernel counted, once; the drops the ring held still come. Last in the module: it loses events."""
+    came) reach followers as Hubble says it, N being what the kernel counted, once: in the JSON stream as a
+    `lost_events` notice of source PERF_EVENT_RING_BUFFER, after the drops the ring held; as an
+    `EVENTS LOST: PERF_EVENT_RING_BUFFER N` warning beside the text form. Last in the module: it loses
+    events."""
     server = env.ips["shop/server"]
     names = SandboxConfig(sandbox=env.sb.name).names
     lost_before = env.sb.json("status")["flows"]["lost"]
-    proc = subprocess.Popen(env.sb.argv("observe", "--follow", "--type", "drop", "-o", "json"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    as_json = subprocess.Popen(env.sb.argv("observe", "--follow", "--type", "drop", "-o", "json"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    as_text = subprocess.Popen(env.sb.argv("observe", "--follow", "--type", "drop"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     warnings: queue.Queue[str] = queue.Queue()
 
     def pump_stderr() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
+        assert as_text.stderr is not None
+        for line in as_text.stderr:
             warnings.put(line.strip())
     threading.Thread(target=pump_stderr, daemon=True).start()
     try:
-        lines = _reader(proc)
+        lines, text_lines = _reader(as_json), _reader(as_text)
         _until_a_drop_shows(env, lines)
+        text_lines.get(timeout=30)  # the text follower follows too
         agent = int(names.pid_file("agent").read_text())
         os.kill(agent, signal.SIGSTOP)
         try:
@@ -517,18 +522,23 @@ def test_a_follower_is_told_how_many_events_the_kernels_ring_lost(env: Env) -> N
             os.kill(agent, signal.SIGCONT)
         assert sent.returncode == 0, sent.stderr
         said = warnings.get(timeout=60)
-        drops = 0
+        items: list[Flow] = []
         with contextlib.suppress(queue.Empty):
             while True:
-                lines.get(timeout=3)
-                drops += 1
+                items.append(json.loads(lines.get(timeout=3)))
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        for proc in (as_json, as_text):
+            proc.terminate()
+            proc.wait(timeout=10)
     lost = env.sb.json("status")["flows"]["lost"] - lost_before
     assert lost > 0, "the kernel's ring lost nothing: the flood did not fill it"
+    notices = [i for i, item in enumerate(items) if "lost_events" in item]
+    notice = {"lost_events": {"source": "PERF_EVENT_RING_BUFFER", "num_events_lost": lost},
+              "node_name": "velvet-node"}
+    assert [items[i] for i in notices] == [notice]
     assert said == f"EVENTS LOST: PERF_EVENT_RING_BUFFER {lost} on velvet-node", said
     assert warnings.empty(), list(warnings.queue)
-    # each datagram is a verdict and a drop event; the ring held what it could, the drops among it came
-    assert 0 < drops < RING_FLOOD_SENT
+    # each datagram is a verdict and a drop event: the ring held what it could, its drops came first
+    drops = len(items) - 1
+    assert 0 < notices[0] <= drops < RING_FLOOD_SENT
     assert drops + lost >= RING_FLOOD_SENT

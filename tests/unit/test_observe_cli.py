@@ -100,12 +100,15 @@ def test_observe_sends_query_and_prints_compact(fake: FakeClient, capsys: pytest
 
 
 def test_observe_follow_json_and_lost(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
-    """Test --follow -o json: stream endpoint, one JSON per line, lost notices on stderr."""
+    """Test --follow -o json: stream endpoint, one JSON per line, lost notices in place as JSON (Hubble's
+    jsonpb output: the response with its lost_events), nothing on stderr."""
     assert observe.cmd_observe(parse("observe", "-f", "-o", "json")) == 0
     assert fake.calls[0][:2] == ("stream", "/v1/stream/flows")
     out = capsys.readouterr()
-    assert [json.loads(line)["verdict"] for line in out.out.splitlines()] == ["FORWARDED", "DROPPED"]
-    assert out.err.strip() == "EVENTS LOST: OBSERVER_EVENTS_QUEUE 4"
+    items = [json.loads(line) for line in out.out.splitlines()]
+    assert [i.get("verdict") for i in items] == ["FORWARDED", None, "DROPPED"]
+    assert items[1] == LOST
+    assert out.err == ""
 
 
 def test_observe_table(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
@@ -123,9 +126,11 @@ def test_monitor(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
     fake.items = [make_flow().to_event_json(), LOST]
     assert observe.cmd_monitor(parse("monitor", "-t", "drop", "-t", "trace", "-j")) == 0
     assert fake.calls[-1] == ("stream", "/v1/stream/events", {"type": "drop,trace"})
-    assert json.loads(capsys.readouterr().out)["type"] == "trace"
+    assert [json.loads(line).get("type") for line in capsys.readouterr().out.splitlines()] == ["trace", None]
     observe.cmd_monitor(parse("monitor", "-v"))
     assert fake.calls[-1][2] == {"type": None}
     out = capsys.readouterr()
     assert "-> to-endpoint" in out.out
+    assert "EVENTS LOST" not in out.out
     assert "Listening for events" in out.err
+    assert "EVENTS LOST: OBSERVER_EVENTS_QUEUE 4" in out.err

@@ -79,7 +79,7 @@ def _print_flows(items: Iterable[dict[str, Any]], output: str, follow: bool, nod
     if output == "table" and follow:
         print(_table_line(headers, node_name), flush=True)
     for item in items:
-        if "lost_events" in item:
+        if "lost_events" in item and output != "json":  # JSON keeps Hubble's notice in the stream
             print(fmt.lost_text(item), file=sys.stderr, flush=True)
         elif output == "json":
             print(fmt.json_line(item), flush=follow)
@@ -119,7 +119,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     if not args.json:
         print("Listening for events... Press Ctrl-C to quit", file=sys.stderr, flush=True)
     for event in api.stream("/v1/stream/events", type=types or None):
-        if "lost_events" in event:
+        if "lost_events" in event and not args.json:  # JSON keeps Hubble's notice in the stream
             print(fmt.lost_text(event), file=sys.stderr, flush=True)
         elif args.json:
             print(fmt.json_line(event), flush=True)
