@@ -68,7 +68,8 @@ def _build(out: Path) -> Path:
         source = path.read_text()
         text, programs = passing(source)
         if programs != len(re.findall(r'^SEC\("', source, re.MULTILINE)):
-            raise SystemExit(f"bench.floor: {path.name}: a SEC() line not followed by a function body")
+            raise SystemExit(f"bench.floor: {path.name}: a program whose signature is not the one line "
+                             "between its SEC() and its opening brace: its body was not found")
         path.write_text(text)
     env = {**os.environ, "PYTHONPATH": str(out / "src")}
     env.pop("VELVET_BUILD_DIR", None)
