@@ -15,7 +15,9 @@ Peers, each a client pod on one node and a server pod (probe.py serve) on anothe
   (e.g. `bpf,legacy`) one such peer per routing and host routing mode, named `velvet-native-bpf` etc.
 
 Measured per peer (the client on CPU 0, the server on CPU 1), in `--rounds` rounds with the peers
-interleaved and their order rotated, each round's value reported and the median over rounds compared:
+interleaved and their order rotated, each round's value reported and the median over rounds compared
+(`ratios_to_routed`), and the median of each round's ratio (`round_ratios_to_routed`: steadier where the
+machine's speed changes between rounds):
 median connect() latency to the server pod's IP, 1-byte request/response rate, bulk TCP throughput.
 On the 3-node native sandbox also: the convergence of `--services` services (apply on node 0 until
 every node's pinned lb4_services map holds the last one) and the identity allocation rate against the
@@ -436,7 +438,20 @@ def main() -> None:
     report["ratios_to_routed"] = {name: {metric: ratio(value, base.get(metric, 0.0))
                                          for metric, value in row.items() if not metric.startswith("ns/")}
                                   for name, row in report["traffic"].items()}
+    report["round_ratios_to_routed"] = round_ratios(rounds, "routed")
     print(json.dumps(report, indent=2))
+
+
+def round_ratios(rounds: dict[str, list[dict[str, float]]], base: str) -> dict[str, dict[str, float]]:
+    """Per peer and metric, the median over rounds of its ratio to `base` in the same round: the steadier
+    reading on a machine whose speed changes between rounds (each round measures every peer back to back)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, rows in rounds.items():
+        pairs = list(zip(rows, rounds[base], strict=False))
+        metrics = sorted({m for row, _ in pairs for m in row if not m.startswith("ns/")})
+        ratios = {m: [row[m] / b[m] for row, b in pairs if b.get(m) and m in row] for m in metrics}
+        out[name] = {m: round(statistics.median(r), 3) for m, r in ratios.items() if r}
+    return out
 
 
 if __name__ == "__main__":

@@ -7,17 +7,19 @@ One single-node sandbox per Velvet source tree (its agent runs that tree's code 
 must be built; default: this tree) and the no-rules namespaces of bench/peers.py. At every N the
 sandboxes hold N services (the target is the last); each round runs `probe.py connect` once per peer,
 the order rotated every round. Per peer and N: the median over rounds of each round's median and p99,
-the ratio of each to the no-rules peer of the same rounds (frozen to frozen), and the agent's CPU time
-per round (its periodic work while the connect loop runs). `--prog-stats` adds each program's run time
-per connect (`bpf(BPF_ENABLE_STATS)`): a sandbox's own programs (those using its pinned maps), for the
-no-rules peer every program loaded (the sandboxes' tracepoint programs see its sockets too). `--freeze`
-adds a peer "<peer>/frozen" for every peer, the no-rules one
-included: the same client and target, measured while every Velvet process of every sandbox of the run
-(node daemon, agent, etcd: the pid files and their children outside the pods' cgroups) is stopped with
-SIGSTOP, and continued after the round. `--pod`: each sandbox's client connects to the server pod's own
-address instead of the last service (no translation: a tree whose programs translate nothing can be
-measured too). `--floor` (with `--pod`): one more sandbox, `floor`, whose programs all return at once
-(bench/floor.py: the hooks and the topology without Velvet's work). Prints one JSON document. Needs root.
+the ratio of each to the no-rules peer of the same rounds (frozen to frozen; `median_x`, `p99_x`) and
+the median of each round's ratio (`median_x_rounds`, `p99_x_rounds`: steadier where the machine's speed
+changes between rounds), and the agent's CPU time per round (its periodic work while the connect loop
+runs). `--prog-stats` adds each program's run time per connect (`bpf(BPF_ENABLE_STATS)`): a sandbox's
+own programs (those using its pinned maps), for the no-rules peer every program loaded (the sandboxes'
+tracepoint programs see its sockets too). `--freeze` adds a peer "<peer>/frozen" for every peer, the
+no-rules one included: the same client and target, measured while every Velvet process of every sandbox
+of the run (node daemon, agent, etcd: the pid files and their children outside the pods' cgroups) is
+stopped with SIGSTOP, and continued after the round. `--pod`: each sandbox's client connects to the
+server pod's own address instead of the last service (no translation: a tree whose programs translate
+nothing can be measured too). `--floor` (with `--pod`): one more sandbox, `floor`, whose programs all
+return at once (bench/floor.py: the hooks and the topology without Velvet's work). Prints one JSON
+document. Needs root.
 """
 
 from __future__ import annotations
@@ -204,10 +206,17 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float
             per_peer[peer] = {k: round(statistics.median(row[k] for row in mine if row.get(k) is not None), 2)
                               for k in fields if any(row.get(k) is not None for row in mine)}
         for peer, values in per_peer.items():
-            base = per_peer.get("none" + FROZEN if peer.endswith(FROZEN) else "none", {})
+            base_name = "none" + FROZEN if peer.endswith(FROZEN) else "none"
+            base = per_peer.get(base_name, {})
             for k in ("median", "p99"):
                 if base.get(k):
                     values[f"{k}_x"] = round(values[k] / base[k], 3)
+                # each round's ratio, then their median: steadier where the machine's speed changes
+                bases = {row["round"]: row[k] for row in at_n if row["peer"] == base_name and row.get(k)}
+                ratios = [row[k] / bases[row["round"]] for row in at_n
+                          if row["peer"] == peer and row["round"] in bases]
+                if ratios:
+                    values[f"{k}_x_rounds"] = round(statistics.median(ratios), 3)
         out[str(n)] = per_peer
     return out
 
