@@ -21,6 +21,7 @@ from typing import Any
 
 from velvet.cli.runner import velvet_argv
 from velvet.observe.codes import DropReason
+from velvet.observe.filters import parse_time
 from velvet.observe.format import lost_text
 from velvet.paths import AgentPaths
 from velvet.sandbox.naming import node_config
@@ -81,7 +82,7 @@ def seconds_late(drop: Drop, now: float) -> float:
     """How long after the datapath saw it a drop reached the log (0 when its time is unknown)."""
     if not drop.time:
         return 0.0
-    return now - datetime.fromisoformat(drop.time.replace("Z", "+00:00")).timestamp()
+    return now - parse_time(drop.time, 0) / 1e9
 
 
 def unexplained(drops: Collection[Drop], wanted: Collection[Cell]) -> dict[Cell, list[str]]:
