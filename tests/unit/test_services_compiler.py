@@ -1016,7 +1016,7 @@ def test_stable_order_moves_the_fewest_slots() -> None:
     assert stable_order([a, b], [a, b, c, d]) == [a, b, c, d]
 
 
-def test_a_compiled_clusterip_service_keeps_four_containers_of_its_own(compiler: ServiceCompiler) -> None:
+def test_a_compiled_clusterip_service_keeps_two_containers_of_its_own(compiler: ServiceCompiler) -> None:
     count = 50
     for i in range(count):
         svc = service(f"s{i}", cluster_ip=f"10.96.1.{i + 1}")
@@ -1025,6 +1025,6 @@ def test_a_compiled_clusterip_service_keeps_four_containers_of_its_own(compiler:
     assert len(records) == count
     containers = {id(value) for r in records for name in r.__slots__
                   if isinstance(value := getattr(r, name), dict | set | frozenset | MappingProxyType)}
-    # each its own lb4_services entries, frontends, backends and slot orders; all share three: no
-    # entries (src_range, maglev, tables), no frontend waited for, and their equal entry counts
-    assert len(containers) == 4 * count + 3
+    # each its own frontends and slot orders; all share three: no entries (src_range, maglev, tables),
+    # no frontend waited for nor backend terminating, and their equal entry counts
+    assert len(containers) == 2 * count + 3

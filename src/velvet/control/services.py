@@ -254,6 +254,7 @@ class _Frontend:
 
 
 _OrderKey = tuple[str, int, bool]  # (port name, protocol, local endpoints only)
+_Held = Mapping[LbMap, Mapping[Any, object]]  # a service's entries in each map whose room is counted
 _NONE: Mapping[Any, Any] = {}  # what records hold for a map they have no entry in (read-only: a Mapping)
 _NO_ADDRESSES: frozenset[Address] = frozenset()
 
@@ -268,21 +269,26 @@ class _Compiled:
     """What one service contributes to the maps, and what its next compilation starts from.
 
     Kept for every service, so kept small: what most services lack is the shared `_NONE` (or the
-    empty frozenset), equal entry counts are one shared mapping (`_counts`), backend sets are tuples,
-    and the lb4_revnat entries are not kept: one per owned frontend, under its id (`_revnat`).
+    empty frozenset), equal entry counts are one shared mapping (`_counts`), backend sets are tuples
+    (a frontend's slot order is the tuple `orders` holds), and map entries that follow from the
+    frontends and the ids they hold are not kept: lb4_services (`ServiceCompiler._services`) and
+    lb4_revnat (`_revnat`).
     """
 
     service: Service | None = None
     slices: tuple[EndpointSlice, ...] = ()
-    services: dict[ServiceKey, ServiceValue] = field(default_factory=dict)
+    frontends: dict[Address, _Frontend] = field(default_factory=dict)  # owned, with their final flags
+    terminating: frozenset[Address] = _NO_ADDRESSES  # backends of `frontends` seen terminating
     src_range: Mapping[SourceRangeKey, None] = field(default_factory=_none)
     maglev: Mapping[int, tuple[int, ...]] = field(default_factory=_none)
-    frontends: dict[Address, tuple[Address, ...]] = field(default_factory=dict)  # owned -> usable
-    backends: dict[Address, bool] = field(default_factory=dict)  # -> terminating
     orders: dict[_OrderKey, tuple[Address, ...]] = field(default_factory=dict)
     tables: Mapping[tuple[Address, ...], tuple[int, ...]] = field(default_factory=_none)
     waiting: frozenset[Address] = _NO_ADDRESSES  # wanted frontends another service owns
     counts: Mapping[LbMap, int] = field(default_factory=_none)  # entries of each counted map
+
+    def backends(self) -> dict[Address, bool]:
+        """Every backend its frontends may reach -> whether it is terminating, in frontend and slot order."""
+        return {b: b in self.terminating for spec in self.frontends.values() for b in spec.usable}
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,7 +429,7 @@ class ServiceCompiler:
         src_range: dict[SourceRangeKey, None] = {}
         maglev: dict[int, tuple[int, ...]] = {}
         for compiled in self._compiled.values():
-            services.update(compiled.services)
+            services.update(self._services(compiled))
             revnat.update(self._revnat(compiled))
             src_range.update(compiled.src_range)
             maglev.update(compiled.maglev)
@@ -450,7 +456,7 @@ class ServiceCompiler:
         """
         self._backend_ids.release_unreferenced()
         self._revnat_ids.release_unreferenced()
-        reached = {(f, b) for c in self._compiled.values() for f, bs in c.frontends.items() for b in bs}
+        reached = {(f, b) for c in self._compiled.values() for f, s in c.frontends.items() for b in s.usable}
         stale: dict[StaleBackend, None] = {}
         for k, v in current.services.items():
             backend = current.backends.get(v.backend_id) if k.backend_slot else None
@@ -497,7 +503,7 @@ class ServiceCompiler:
         reason = f"{what}: {error}"
         self._problems[key] = reason
         self._pending[key] = _Pending(current.service, current.slices, frozenset(current.frontends),
-                                      frozenset(current.backends), dict(current.counts))
+                                      frozenset(current.backends()), dict(current.counts))
         return LbDelta(unprogrammed=((key, reason),))
 
     def _may_fit(self, key: str, pending: _Pending) -> bool:
@@ -506,27 +512,30 @@ class ServiceCompiler:
             return False
         if sum(b not in self._backend_ids.ids for b in pending.backends) > self._backend_ids.room:
             return False
-        held = _held(self._compiled.get(key) or _Compiled())
+        compiled = self._compiled.get(key) or _Compiled()
+        held = _held(compiled, self._services(compiled))
         return all(self._entries[m] - len(held[m]) + pending.entries[m] <= self._capacity[m] for m in held)
 
     def _update(self, key: str, service: Service | None, slices: tuple[EndpointSlice, ...]
                 ) -> tuple[LbDelta, list[Address]]:
         """Recompile one service; also returns the frontends it gave up, which others may be waiting for."""
         previous = self._compiled.get(key) or _Compiled()
+        was = self._services(previous)  # while its ids are held
+        before = _held(previous, was)
         current = _Compiled(service, slices)
         if service is not None and not is_ignored(service):
             try:
-                self._compile(key, previous, current)
+                now = self._compile(key, previous, current, before)
             except MapFull as error:
                 return self._not_programmed(key, previous, current, error), []
             self._compiled[key] = current
         else:
+            now = {}
             self._compiled.pop(key, None)
         self._pending.pop(key, None)
         self._problems.pop(key, None)
-        before = _held(previous)
-        for name, now in _held(current).items():
-            self._entries[name] += len(now) - len(before[name])
+        for name, entries in _held(current, now).items():
+            self._entries[name] += len(entries) - len(before[name])
         for frontend in previous.waiting - current.waiting:
             waiters = self._waiters[frontend]
             waiters.discard(key)
@@ -536,8 +545,8 @@ class ServiceCompiler:
             self._waiters.setdefault(frontend, set()).add(key)
         stale = tuple(
             StaleBackend(*frontend, self._backend_ids.ids[b], b[0], b[1])
-            for frontend, usable in previous.frontends.items()
-            for b in sorted(set(usable).difference(current.frontends.get(frontend, ())))
+            for frontend, spec in previous.frontends.items()
+            for b in sorted(set(spec.usable).difference(_usable(current.frontends.get(frontend))))
         )
         revnat = plan(self._revnat(previous), self._revnat(current))  # while released frontends have ids
         released = sorted(previous.frontends.keys() - current.frontends.keys())
@@ -545,7 +554,7 @@ class ServiceCompiler:
             self._revnat_ids.release(frontend)
             del self._owners[frontend]
         delta = LbDelta(
-            plan(previous.services, current.services),
+            plan(was, now),
             self._release_backends(previous, current),
             revnat,
             plan(previous.src_range, current.src_range),
@@ -553,6 +562,27 @@ class ServiceCompiler:
             stale,
         )
         return delta, released
+
+    def _services(self, compiled: _Compiled) -> dict[ServiceKey, ServiceValue]:
+        """A compiled service's lb4_services entries: per frontend and scope, its own and one per backend."""
+        entries: dict[ServiceKey, ServiceValue] = {}
+        if compiled.service is None:
+            return entries
+        timeout = compiled.service.spec.affinity_timeout_seconds
+        revnat_ids, backend_ids = self._revnat_ids.ids, self._backend_ids.ids
+        for frontend, spec in compiled.frontends.items():
+            address, port, proto = frontend
+            index = revnat_ids[frontend]
+            affinity = timeout if spec.flags & _AFFINITY else 0
+            for scope, backends in ((LbScope.EXT, spec.external), (LbScope.INT, spec.internal)):
+                if backends is None:
+                    continue
+                entries[ServiceKey(address, port, 0, proto, scope)] = ServiceValue(
+                    0, affinity, len(backends), index, spec.flags)
+                for slot, backend in enumerate(backends, 1):
+                    entries[ServiceKey(address, port, slot, proto, scope)] = ServiceValue(
+                        backend_ids[backend], 0, 0, index)
+        return entries
 
     def _revnat(self, compiled: _Compiled) -> dict[int, RevNatValue]:
         """The lb4_revnat entries of a compiled service: each frontend it owns, under the frontend's id."""
@@ -675,74 +705,61 @@ class ServiceCompiler:
         current.waiting = frozenset(waiting) if waiting else _NO_ADDRESSES
         return frontends
 
-    def _compile(self, key: str, previous: _Compiled, current: _Compiled) -> None:
-        """Fill `current` with the entries of its service, acquiring ids for new backends and frontends.
+    def _compile(self, key: str, previous: _Compiled, current: _Compiled,
+                 before: _Held) -> dict[ServiceKey, ServiceValue]:
+        """Fill `current` from its service, acquiring ids for new backends and frontends; its lb4_services.
 
-        Raises MapFull, having changed nothing, when the ids or the map room it needs are not free.
+        `before` is what `previous` holds. Raises MapFull, having changed nothing, when the ids or the
+        map room it needs are not free.
         """
         service = current.service
         assert service is not None
         endpoints = self._endpoints(service, current.slices)
         frontends = self._frontends(key, service, endpoints, previous, current)
+        current.frontends.update(frontends)
         terminating = {e.backend for eps in endpoints.values() for e in eps if e.terminating}
-        for frontend, spec in frontends.items():
-            current.frontends[frontend] = spec.usable
-            for backend in spec.usable:
-                current.backends[backend] = backend in terminating
+        backends = current.backends()
+        current.terminating = frozenset(terminating.intersection(backends)) or _NO_ADDRESSES
         ranges = source_ranges(service)
         current.counts = _counts(*_entry_counts(frontends, ranges))
         self._revnat_ids.ensure_free(sum(f not in self._revnat_ids.ids for f in frontends))
-        self._backend_ids.ensure_free(sum(b not in self._backend_ids.ids for b in current.backends))
+        self._backend_ids.ensure_free(sum(b not in self._backend_ids.ids for b in backends))
         self._owners.update(dict.fromkeys(frontends, key))
         self._acquire_backends(previous, current)
-        self._fill(frontends, ranges, previous, current)
+        self._fill(ranges, previous, current)
+        services = self._services(current)
         try:
-            self._take_room(previous, current)
+            self._take_room(before, _held(current, services))
         except MapFull:
             self._undo(previous, current)
             raise
+        return services
 
-    def _fill(self, frontends: Mapping[Address, _Frontend], ranges: Sequence[str], previous: _Compiled,
-              current: _Compiled) -> None:
-        """Write the entries of `frontends` into `current`, acquiring rev-NAT ids for new frontends."""
-        service = current.service
-        assert service is not None
-        timeout = service.spec.affinity_timeout_seconds
-        ids = self._backend_ids.ids
+    def _fill(self, ranges: Sequence[str], previous: _Compiled, current: _Compiled) -> None:
+        """Acquire rev-NAT ids for new frontends; their final flags, source ranges and Maglev tables."""
         src_range: dict[SourceRangeKey, None] = {}
         maglev: dict[int, tuple[int, ...]] = {}
         tables: dict[tuple[Address, ...], tuple[int, ...]] = {}
-        for frontend, spec in frontends.items():
-            address, port, proto = frontend
+        for frontend, spec in current.frontends.items():
             if frontend in previous.frontends:
                 index = self._revnat_ids.ids[frontend]
             else:
                 index = self._revnat_ids.acquire(frontend)
-            flags = spec.flags
-            if flags & _LOADBALANCER and ranges:
-                flags |= _SOURCE_RANGE
+            if spec.flags & _LOADBALANCER and ranges:
+                spec = current.frontends[frontend] = _Frontend(
+                    spec.flags | _SOURCE_RANGE, spec.external, spec.internal, spec.usable)
                 src_range.update(dict.fromkeys(SourceRangeKey(index, c) for c in ranges))
-            affinity = timeout if flags & _AFFINITY else 0
-            for scope, backends in ((LbScope.EXT, spec.external), (LbScope.INT, spec.internal)):
-                if backends is None:
-                    continue
-                current.services[ServiceKey(address, port, 0, proto, scope)] = ServiceValue(
-                    0, affinity, len(backends), index, flags)
-                for slot, backend in enumerate(backends, 1):
-                    current.services[ServiceKey(address, port, slot, proto, scope)] = ServiceValue(
-                        ids[backend], 0, 0, index)
-            if flags & _MAGLEV and spec.external:
+            if spec.flags & _MAGLEV and spec.external:
                 maglev[index] = self._maglev_table(spec.external, previous, tables)
         current.src_range, current.maglev = src_range or _NONE, maglev or _NONE
         current.tables = tables or _NONE
 
-    def _take_room(self, previous: _Compiled, current: _Compiled) -> None:
-        """Count the entries `current` adds while its delta is applied (upserts before deletes).
+    def _take_room(self, before: _Held, now: _Held) -> None:
+        """Count the entries `now` adds to `before` while its delta is applied (upserts before deletes).
 
         Raises MapFull, counting nothing, when a map would overflow.
         """
-        before = _held(previous)
-        added = {m: sum(k not in before[m] for k in now) for m, now in _held(current).items()}
+        added = {m: sum(k not in before[m] for k in entries) for m, entries in now.items()}
         for name, count in added.items():
             if self._peak[name] + count > self._capacity[name]:
                 raise MapFull(name.value, self._capacity[name], self._peak[name] + count)
@@ -755,8 +772,9 @@ class ServiceCompiler:
             self._revnat_ids.release(frontend)
             del self._owners[frontend]
         votes = self._terminating_votes
-        for backend, terminating in current.backends.items():
-            before = previous.backends.get(backend)
+        held = previous.backends()
+        for backend, terminating in current.backends().items():
+            before = held.get(backend)
             votes[backend] -= terminating - bool(before)
             if before is None and self._backend_ids.release(backend):
                 del votes[backend]
@@ -776,8 +794,9 @@ class ServiceCompiler:
     def _acquire_backends(self, previous: _Compiled, current: _Compiled) -> None:
         """Reference the backends new to the service and count its terminating votes."""
         votes = self._terminating_votes
-        for backend, terminating in current.backends.items():
-            before = previous.backends.get(backend)
+        held = previous.backends()
+        for backend, terminating in current.backends().items():
+            before = held.get(backend)
             if before is None:
                 self._backend_ids.acquire(backend)
             votes[backend] = votes.get(backend, 0) + terminating - bool(before)
@@ -788,9 +807,10 @@ class ServiceCompiler:
         A backend is TERMINATING when every service that uses it sees it terminating.
         """
         deletes: list[int] = []
-        touched = [b for b, t in current.backends.items() if previous.backends.get(b) != t]
-        for backend, terminating in previous.backends.items():
-            if backend in current.backends:
+        held, now = previous.backends(), current.backends()
+        touched = [b for b, t in now.items() if held.get(b) != t]
+        for backend, terminating in held.items():
+            if backend in now:
                 continue
             self._terminating_votes[backend] -= terminating
             ident = self._backend_ids.ids[backend]
@@ -809,10 +829,14 @@ class ServiceCompiler:
         return MapPlan(upserts, deletes)
 
 
-def _held(compiled: _Compiled) -> dict[LbMap, Mapping[Any, object]]:
+def _held(compiled: _Compiled, services: Mapping[ServiceKey, ServiceValue]) -> _Held:
     """The entries a compiled service holds in each map whose room is counted in entries."""
-    return {LbMap.SERVICES: compiled.services, LbMap.SRC_RANGE: compiled.src_range,
-            LbMap.MAGLEV: compiled.maglev}
+    return {LbMap.SERVICES: services, LbMap.SRC_RANGE: compiled.src_range, LbMap.MAGLEV: compiled.maglev}
+
+
+def _usable(spec: _Frontend | None) -> tuple[Address, ...]:
+    """The backends a frontend may have reached; none for a frontend not compiled."""
+    return spec.usable if spec is not None else ()
 
 
 def _entry_counts(frontends: Mapping[Address, _Frontend], ranges: Sequence[str]) -> tuple[int, int, int]:
