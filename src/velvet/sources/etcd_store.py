@@ -231,7 +231,8 @@ class EtcdBackend:
                     self._queue_batch(revision, Batch(version, [(key_of(o), o) for o in objects], reset=True))
                     log.info("etcd: listed %d objects again at revision %d", len(objects), revision)
                     relist = False
-                for revision, events in self.client.watch(self.prefix, self._revision + 1):
+                for revision, events in self.client.watch(self.prefix, self._revision + 1,
+                                                          decode_value=self._foreign):
                     self._set_connected(True, "")
                     delay = MIN_BACKOFF_SECONDS
                     if events:
@@ -251,6 +252,11 @@ class EtcdBackend:
                 self._set_connected(False, str(err))
             self._stop.wait(delay)
             delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+    def _foreign(self, revision: int) -> bool:
+        """Whether a watched revision is another writer's: this backend's own values are not decoded."""
+        with self._lock:
+            return revision not in self._own
 
     def _batch(self, events: list[Event]) -> Batch:
         """The store's changes in `events`, which it empties (each event is dropped once decoded); this
