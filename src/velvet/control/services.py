@@ -58,6 +58,7 @@ from velvet.datapath.tables import (
 )
 from velvet.errors import MapFull
 from velvet.model.service import HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL, EndpointSlice, Service
+from velvet.model.validate import is_ipv4
 
 ALGORITHM_ANNOTATION = "velvet.io/lb-algorithm"
 MAGLEV = "maglev"
@@ -92,18 +93,9 @@ _EXTERNAL = _NODEPORT | _EXTERNAL_IP | _LOADBALANCER
 Address = tuple[str, int, int]  # (IPv4 address, port, IP protocol number) of a backend or a frontend
 
 
-@lru_cache(maxsize=1 << 18)
 def _ipv4(text: str) -> str | None:
     """`text` if it is an IPv4 address in dotted-decimal form (as the API server stores them), else None."""
-    octets = text.split(".")
-    if len(octets) != 4:
-        return None
-    for octet in octets:
-        if not (octet.isascii() and octet.isdigit()) or len(octet) > 3 or int(octet) > 255:
-            return None
-        if octet[0] == "0" and len(octet) > 1:
-            return None
-    return text
+    return text if is_ipv4(text) else None
 
 
 def _ipv4_cidr(text: str) -> str | None:

@@ -312,6 +312,11 @@ def check_rfc3339(node: Node) -> str:
     return value
 
 
+def is_ipv4(text: str) -> bool:
+    """Whether `text` is an IPv4 address in canonical dotted-decimal form (no leading zeros)."""
+    return _IPV4.fullmatch(text) is not None
+
+
 def check_ipv4(node: Node) -> str:
     """An IPv4 address in canonical dotted form."""
     value = node.as_str()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -34,9 +35,9 @@ class NamedRef:
 
     @classmethod
     def parse(cls, key: str) -> NamedRef:
-        """From "namespace/name" (a bare name is in "default")."""
+        """From "namespace/name" (a bare name is in "default"); a namespace is one string, not one per ref."""
         namespace, _, name = key.rpartition("/")
-        return cls(namespace or "default", name)
+        return cls(sys.intern(namespace or "default"), name)
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"

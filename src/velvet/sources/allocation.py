@@ -33,7 +33,7 @@ class ServiceAllocator:
     def __init__(self, cidr: str, node_port_range: tuple[int, int], services: Iterable[Service]) -> None:
         self.network = ipaddress.IPv4Network(cidr)
         self.node_ports = node_port_range
-        self._ips: set[ipaddress.IPv4Address] = set()
+        self._ips: set[int] = set()  # held ClusterIPs as integers (an IPv4Address object each cost 56 B more)
         self._ip_cursor = 0  # positions (in _next_ip's order) before it are all taken
         self._ports: set[int] = set()
         for svc in services:
@@ -93,7 +93,7 @@ class ServiceAllocator:
         if ip not in self.network or ip in (self.network.network_address, self.network.broadcast_address):
             raise FieldError("spec.clusterIP", f'Invalid value: "{wanted}": failed to allocate IP '
                                   f"{wanted}: the provided IP is not in the valid range {self.network}")
-        if ip in self._ips:
+        if int(ip) in self._ips:
             raise FieldError("spec.clusterIP", f'Invalid value: "{wanted}": failed to allocate IP '
                                   f"{wanted}: provided IP is already allocated")
         return wanted
@@ -148,10 +148,9 @@ class ServiceAllocator:
         first = int(self.network.network_address) + 1
         for position in range(self._ip_cursor, size):
             offset = band + position if position < size - band else position - (size - band)
-            ip = ipaddress.IPv4Address(first + offset)
-            if ip not in self._ips:
+            if first + offset not in self._ips:
                 self._ip_cursor = position
-                return ip
+                return ipaddress.IPv4Address(first + offset)
         raise FieldError("spec.clusterIP", f"failed to allocate an IP: range {self.network} is full")
 
     def _next_port(self, taken_here: dict[int, set[str]]) -> int:
@@ -162,7 +161,7 @@ class ServiceAllocator:
                 return low + offset
         raise FieldError("spec.ports", f"failed to allocate a node port: range {low}-{high} is full")
 
-    def _held(self, svc: Service) -> tuple[list[ipaddress.IPv4Address], list[int]]:
+    def _held(self, svc: Service) -> tuple[list[int], list[int]]:
         ip = svc.spec.cluster_ip
         ips = [_address(ip)] if ip is not None and ip != "None" else []
         ports = [p.node_port for p in svc.spec.ports if p.node_port is not None]
@@ -181,16 +180,16 @@ class ServiceAllocator:
         self._ports.difference_update(ports)
         size, band = self._ip_band()
         for ip in ips:
-            offset = int(ip) - int(self.network.network_address) - 1
+            offset = ip - int(self.network.network_address) - 1
             if 0 <= offset < size:
                 position = offset - band if offset >= band else size - band + offset
                 self._ip_cursor = min(self._ip_cursor, position)
 
 
-def _address(ip: str) -> ipaddress.IPv4Address:
-    """A held ClusterIP (canonical, as decoding checked it or allocation chose it) as an address, at a
+def _address(ip: str) -> int:
+    """A held ClusterIP (canonical, as decoding checked it or allocation chose it) as an integer, at a
     fraction of IPv4Address(str)'s cost (~4 us, twice per service applied)."""
-    return ipaddress.IPv4Address(int.from_bytes(socket.inet_aton(ip), "big"))
+    return int.from_bytes(socket.inet_aton(ip), "big")
 
 
 def _banded(size: int, band: int) -> Iterator[int]:
