@@ -28,7 +28,7 @@ from velvet.model.service import ServicePort, ServiceSpec
 from velvet.sandbox import netlink
 from velvet.sources.delta import Delta
 from velvet.sources.etcd_client import EtcdClient, EtcdCompacted, EtcdError, Event, KeyValue, Op
-from velvet.sources.etcd_store import DEFAULT_PREFIX, HEAD, EtcdBackend
+from velvet.sources.etcd_store import DEFAULT_PREFIX, HEAD, EtcdBackend, object_key
 from velvet.sources.local import LocalStore, StoreError
 from velvet.system.netns import in_netns
 
@@ -192,6 +192,38 @@ def test_another_writers_changes_reach_the_watch(etcd: Etcd, tmp_path: Path) -> 
         b.close()
 
 
+class RecordingClient(EtcdClient):
+    """A real client that keeps the key and mod revision of every event its watches yield."""
+
+    def __init__(self, endpoint: str, timeout: float) -> None:
+        super().__init__(endpoint, timeout)
+        self.seen: list[tuple[str, int]] = []
+
+    def watch(self, prefix: str, start_revision: int, idle_timeout: float = 30.0,
+              skip: Callable[[str, int], bool] | None = None) -> Iterator[tuple[int, list[Event]]]:
+        for revision, events in super().watch(prefix, start_revision, idle_timeout, skip):
+            self.seen += [(e.kv.key, e.kv.mod_revision) for e in events]
+            yield revision, events
+
+
+def test_a_writer_reads_back_only_the_head_of_its_own_change(etcd: Etcd, tmp_path: Path) -> None:
+    """Test that a store's watch yields of the store's own apply only the head (its version), not the
+    objects it applied when it committed, and every object of another writer's apply."""
+    recording = RecordingClient(URL, timeout=2)
+    a, b = open_store(tmp_path, recording), open_store(tmp_path)
+    try:
+        a.apply([service(f"mine{i}") for i in range(50)])
+        mine = a.version
+        b.apply([service("theirs")])
+        wait_until("a takes in b's service", lambda: a.find("Service", "default", "theirs") is not None)
+        assert (DEFAULT_PREFIX + HEAD, mine) in recording.seen
+        assert [k for k, _ in recording.seen if k.startswith(DEFAULT_PREFIX + "Service/")] == [
+            object_key(DEFAULT_PREFIX, ("Service", "default", "theirs"))]
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_change_seen_by_the_watch_is_not_kept_while_it_waits(etcd: Etcd, tmp_path: Path) -> None:
     """Test that once another store took in a 100-service change, no watched event of it stays alive
     while the watch waits for the next change, and that the next change still arrives."""
@@ -253,7 +285,7 @@ def test_reading_a_watched_change_takes_a_few_times_its_text_at_its_peak(etcd: E
     revision in one answer) allocates at its peak, beyond the events it returns, less than 3 times the
     size of its values' base64 text: the line (2 times) and one event's JSON at a time; the whole line's
     tree of the standard json took 4.2 times (orjson, which first builds a tree of its own, more).
-    Values of the revisions `decode_value` refuses are left empty."""
+    The events `skip` accepts (by key and revision) are left out."""
     client = EtcdClient(URL)
     start = int(client.status()["header"]["revision"])
     values = [b'{"kind":"Service","metadata":{"name":"s%d","namespace":"default"},"spec":{"clusterIP":'
@@ -276,15 +308,16 @@ def test_reading_a_watched_change_takes_a_few_times_its_text_at_its_peak(etcd: E
     assert [e.kv.value for e in events] == values
     assert peak - held < 3 * text, f"{peak - held} bytes at the peak for {text} bytes of base64"
     own = {e.kv.mod_revision for e in events[:100]}
-    again = client.watch("/w/s", start + 1, idle_timeout=5, decode_value=lambda rev: rev not in own)
+    again = client.watch("/w/s", start + 1, idle_timeout=5,
+                         skip=lambda key, rev: rev in own and key != "/w/s0000")
     try:
         events = []
-        while len(events) < len(values):
+        while len(events) < len(values) - 99:
             events += next(again)[1]
     finally:
         del again
-    assert [e.kv.value for e in events] == [b""] * 100 + values[100:]
-    assert [e.kv.key for e in events] == [f"/w/s{i:04d}" for i in range(2000)]
+    assert [e.kv.value for e in events] == values[:1] + values[100:]
+    assert [e.kv.key for e in events] == [f"/w/s{i:04d}" for i in (0, *range(100, 2000))]
 
 
 class GatedClient(EtcdClient):
@@ -293,9 +326,9 @@ class GatedClient(EtcdClient):
     gate = threading.Event()
 
     def watch(self, prefix: str, start_revision: int, idle_timeout: float = 30.0,
-              decode_value: Callable[[int], bool] | None = None) -> Iterator[tuple[int, list[Event]]]:
+              skip: Callable[[str, int], bool] | None = None) -> Iterator[tuple[int, list[Event]]]:
         self.gate.wait()
-        return super().watch(prefix, start_revision, idle_timeout, decode_value)
+        return super().watch(prefix, start_revision, idle_timeout, skip)
 
 
 def test_compaction_makes_the_follower_list_everything_again(etcd: Etcd, tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ class EtcdCompacted(EtcdError):
         self.compact_revision = compact_revision
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyValue:
     """One key as etcd holds it."""
 
@@ -66,7 +66,7 @@ class KeyValue:
     mod_revision: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """A watched change: a put (the new value) or a delete."""
 
@@ -92,12 +92,24 @@ def _b64(text: str | bytes) -> str:
     return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
 
 
-def _kv(raw: dict[str, Any], decode_value: Callable[[int], bool] | None = None) -> KeyValue:
-    """A key of etcd's JSON; its value left empty when `decode_value` refuses its mod revision."""
-    mod_revision = int(raw.get("mod_revision", 0))
-    value = raw.get("value", "") if decode_value is None or decode_value(mod_revision) else ""
-    return KeyValue(base64.b64decode(raw.get("key", "")).decode(), base64.b64decode(value),
-                    int(raw.get("create_revision", 0)), mod_revision)
+def _kv(raw: dict[str, Any]) -> KeyValue:
+    return KeyValue(base64.b64decode(raw.get("key", "")).decode(), base64.b64decode(raw.get("value", "")),
+                    int(raw.get("create_revision", 0)), int(raw.get("mod_revision", 0)))
+
+
+def _events(line: bytes, skip: Callable[[str, int], bool] | None) -> tuple[int, list[Event]]:
+    """How many events a watch answer's text holds, and those `skip` does not refuse (by key and mod
+    revision: their values are never decoded), read one event's JSON at a time."""
+    count, events = 0, []
+    for event in ijson.items(line, "result.events.item"):
+        count += 1
+        raw = event["kv"]
+        key, mod_revision = base64.b64decode(raw.get("key", "")).decode(), int(raw.get("mod_revision", 0))
+        if skip is None or not skip(key, mod_revision):
+            value = base64.b64decode(raw.get("value", ""))
+            events.append(Event(event.get("type", "PUT"),
+                                KeyValue(key, value, int(raw.get("create_revision", 0)), mod_revision)))
+    return count, events
 
 
 def _revision(text: bytes, within: str = "") -> int:
@@ -221,14 +233,14 @@ class EtcdClient:
         self.call("kv/compaction", {"revision": str(revision)})
 
     def watch(self, prefix: str, start_revision: int, idle_timeout: float = 30.0,
-              decode_value: Callable[[int], bool] | None = None) -> Iterator[tuple[int, list[Event]]]:
+              skip: Callable[[str, int], bool] | None = None) -> Iterator[tuple[int, list[Event]]]:
         """Stream (revision, events) under `prefix` from `start_revision` on, until the connection ends.
 
-        The first item, once etcd created the watch, has no events. Values of the mod revisions that
-        `decode_value` refuses are left empty (b""), as a writer that applied them itself needs only
-        their keys. Raises `EtcdCompacted` when that revision is gone, `EtcdUnavailable` when etcd is
-        unreachable (`EtcdIdle` when it was silent for `idle_timeout` seconds); the caller resumes from
-        the last revision it saw.
+        The first item, once etcd created the watch, has no events. Events for which `skip(key,
+        mod_revision)` is true are left out (a writer's own changes, which it applied already). Raises
+        `EtcdCompacted` when that revision is gone, `EtcdUnavailable` when etcd is unreachable
+        (`EtcdIdle` when it was silent for `idle_timeout` seconds); the caller resumes from the last
+        revision it saw.
         """
         create = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
                   "start_revision": str(start_revision)}
@@ -240,10 +252,9 @@ class EtcdClient:
             if resp.status != 200:
                 raise EtcdError(f"etcd at {self.endpoint}: /v3/watch answered {resp.status}")
             while line := resp.readline():
-                events = [Event(e.get("type", "PUT"), _kv(e["kv"], decode_value))
-                          for e in ijson.items(line, "result.events.item")]
+                count, events = _events(line, skip)
                 revision, created = _revision(line, "result"), False
-                if not events:  # created, compacted, cancelled or a progress note: a short line
+                if not count:  # created, compacted, cancelled or a progress note: a short line
                     result = json.loads(line).get("result", {})
                     if result.get("compact_revision"):
                         raise EtcdCompacted(self.endpoint, int(result["compact_revision"]))
@@ -252,7 +263,7 @@ class EtcdClient:
                                         f"{result.get('cancel_reason', 'no reason given')}")
                     created = bool(result.get("created"))
                 del line
-                if events or created:
+                if count or created:
                     yield revision, events
                 del events  # a 10,000-object change is not held while the watch waits for the next one
         except TimeoutError:

@@ -231,8 +231,8 @@ class EtcdBackend:
                     self._queue_batch(revision, Batch(version, [(key_of(o), o) for o in objects], reset=True))
                     log.info("etcd: listed %d objects again at revision %d", len(objects), revision)
                     relist = False
-                for revision, events in self.client.watch(self.prefix, self._revision + 1,
-                                                          decode_value=self._foreign):
+                watch = self.client.watch(self.prefix, self._revision + 1, skip=self._own_object)
+                for revision, events in watch:
                     self._set_connected(True, "")
                     delay = MIN_BACKOFF_SECONDS
                     if events:
@@ -253,10 +253,12 @@ class EtcdBackend:
             self._stop.wait(delay)
             delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
-    def _foreign(self, revision: int) -> bool:
-        """Whether a watched revision is another writer's: this backend's own values are not decoded."""
+    def _own_object(self, key: str, revision: int) -> bool:
+        """Whether a watched key is an object this backend wrote (not read back); its head is read."""
+        if key == self.prefix + HEAD:
+            return False
         with self._lock:
-            return revision not in self._own
+            return revision in self._own
 
     def _batch(self, events: list[Event]) -> Batch:
         """The store's changes in `events`, which it empties (each event is dropped once decoded); this
