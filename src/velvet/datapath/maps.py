@@ -335,10 +335,17 @@ class Map(Generic[K, V]):
         for numpy views of large maps)."""
         keys: list[bytes] = []
         values: list[bytes] = []
-        for kbuf, vbuf, count in self._raw_chunks():
-            keys.append(memoryview(kbuf).cast("B")[: count * self._ksize].tobytes())
-            values.append(memoryview(vbuf).cast("B")[: count * self._vbuf_size].tobytes())
+        for kchunk, vchunk in self.lookup_batch_chunks():
+            keys.append(kchunk)
+            values.append(vchunk)
         return b"".join(keys), b"".join(values)
+
+    def lookup_batch_chunks(self) -> Iterator[tuple[bytes, bytes]]:
+        """The entries as `lookup_batch_raw` has them, a chunk of up to 4,096 at a time: a walk that
+        decides per entry holds one chunk's copy, not the whole map's."""
+        for kbuf, vbuf, count in self._raw_chunks():
+            yield (memoryview(kbuf).cast("B")[: count * self._ksize].tobytes(),
+                   memoryview(vbuf).cast("B")[: count * self._vbuf_size].tobytes())
 
     def _raw_chunks(self) -> Iterator[tuple[bytes | ctypes.Array[ctypes.c_char],
                                             bytes | ctypes.Array[ctypes.c_char], int]]:

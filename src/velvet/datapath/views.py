@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import socket
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar
@@ -79,10 +79,7 @@ NSEC_PER_SEC = 1_000_000_000
 CT_SWEEP_GRACE_NS = NSEC_PER_SEC
 
 
-def _chosen_keys(key_type: type[ctypes.Structure], raw: bytes, chosen: npt.NDArray[np.bool_]) -> list[bytes]:
-    """The raw keys (concatenated in `raw`) whose entry in `chosen` is set, for `Map.delete_raw_batch`."""
-    size = ctypes.sizeof(key_type)
-    return [raw[i * size:(i + 1) * size] for i in np.flatnonzero(chosen).tolist()]
+Chooser = Callable[[bytes, bytes], npt.NDArray[np.bool_]]  # a chunk's keys and values -> entries to delete
 
 
 class MapView(Generic[K, V]):
@@ -94,6 +91,17 @@ class MapView(Generic[K, V]):
 
     def __init__(self, map_: Map[Any, Any]) -> None:
         self.map: Map[Any, Any] = map_.typed(self.key_type, self.value_type)
+
+    def delete_chosen(self, choose: Chooser) -> tuple[int, int]:
+        """Delete the entries `choose` picks in each chunk of the map's raw keys and values, after one
+        walk that holds a chunk at a time (a conntrack table's copy was tens of MB); (walked, deleted)."""
+        size = ctypes.sizeof(self.key_type)
+        walked, doomed = 0, []
+        for keys, values in self.map.lookup_batch_chunks():
+            chosen = choose(keys, values)
+            walked += len(chosen)
+            doomed += [keys[i * size:(i + 1) * size] for i in np.flatnonzero(chosen).tolist()]
+        return walked, self.map.delete_raw_batch(doomed)
 
     @classmethod
     def from_pin(cls, pin_dir: Path) -> Self:
@@ -207,9 +215,9 @@ class AffinityMap(MapView[Lb4AffinityKey, Lb4AffinityVal]):
 
     def delete_by_backends(self, backend_ids: Collection[int]) -> int:
         """Forget every affinity to any of these backends, in one walk; returns how many entries went."""
-        keys, values = self.map.lookup_batch_raw()
-        chosen = np.isin(np.frombuffer(values, AFFINITY_VAL_DTYPE)["backend_id"], list(backend_ids))
-        return self.map.delete_raw_batch(_chosen_keys(Lb4AffinityKey, keys, chosen))
+        wanted = list(backend_ids)
+        return self.delete_chosen(
+            lambda _, values: np.isin(np.frombuffer(values, AFFINITY_VAL_DTYPE)["backend_id"], wanted))[1]
 
 
 class SockRevNatMap(MapView[Lb4SockRevnatKey, Lb4SockRevnatVal]):
@@ -234,17 +242,18 @@ class ConntrackMap(MapView[Ct4Key, Ct4Entry]):
         between the walk's read and its delete goes with the others: that connection's next packet
         creates it again, as after an LRU eviction.
         """
-        raw_keys, raw_values = self.map.lookup_batch_raw()
-        k, v = np.frombuffer(raw_keys, CT_KEY_DTYPE), np.frombuffer(raw_values, CT_ENTRY_DTYPE)
-        flags = v["flags"]
-        lifetime_s = np.where(flags & CtFlag.CLOSING, CT_LIFETIME_CLOSE_S,
-                              np.where(k["proto"] != socket.IPPROTO_TCP, CT_LIFETIME_NONTCP_S,
-                                       np.where(flags & CtFlag.SEEN_REPLY, CT_LIFETIME_TCP_S,
-                                                CT_LIFETIME_SYN_S)))
-        age = np.int64(now_ns) - v["last_seen_ns"].astype(np.int64)  # signed: a CPU may stamp a later time
-        doomed = age > lifetime_s.astype(np.int64) * NSEC_PER_SEC + CT_SWEEP_GRACE_NS
-        deleted = self.map.delete_raw_batch(_chosen_keys(Ct4Key, raw_keys, doomed))
-        return ConntrackSweep(len(k) - deleted, deleted, self.map.info.max_entries)
+        def expired(raw_keys: bytes, raw_values: bytes) -> npt.NDArray[np.bool_]:
+            k, v = np.frombuffer(raw_keys, CT_KEY_DTYPE), np.frombuffer(raw_values, CT_ENTRY_DTYPE)
+            flags = v["flags"]
+            lifetime_s = np.where(flags & CtFlag.CLOSING, CT_LIFETIME_CLOSE_S,
+                                  np.where(k["proto"] != socket.IPPROTO_TCP, CT_LIFETIME_NONTCP_S,
+                                           np.where(flags & CtFlag.SEEN_REPLY, CT_LIFETIME_TCP_S,
+                                                    CT_LIFETIME_SYN_S)))
+            age = np.int64(now_ns) - v["last_seen_ns"].astype(np.int64)  # signed: a CPU may stamp later
+            return age > lifetime_s.astype(np.int64) * NSEC_PER_SEC + CT_SWEEP_GRACE_NS
+
+        walked, deleted = self.delete_chosen(expired)
+        return ConntrackSweep(walked - deleted, deleted, self.map.info.max_entries)
 
     def delete_by_backends(self, stale: Iterable[StaleBackend]) -> int:
         """Flush the connections translated to backends their frontends dropped, in one walk of the map.
@@ -256,22 +265,25 @@ class ConntrackMap(MapView[Ct4Key, Ct4Entry]):
         stale = list(stale)
         if not stale:
             return 0
-        raw_keys, raw_values = self.map.lookup_batch_raw()  # decoded by numpy: the map can be large
-        k, v = np.frombuffer(raw_keys, CT_KEY_DTYPE), np.frombuffer(raw_values, CT_ENTRY_DTYPE)
-        service = k["dir"] == CtDir.SERVICE
-        translated = np.isin(k["dir"], (CtDir.EGRESS, CtDir.NODEPORT)) & (v["rev_nat_index"] != 0)
-        # CT_SERVICE entries name the backend in nat_*, translated ones name the frontend there
-        b_addr = np.where(service, v["nat_addr"], k["daddr"])
-        b_port = np.where(service, v["nat_port"], k["dport"])
-        f_addr = np.where(service, k["daddr"], v["nat_addr"])
-        f_port = np.where(service, k["dport"], v["nat_port"])
-        doomed = np.zeros(len(k), dtype=bool)
-        for s in stale:
-            front = ipv4(s.frontend_address)
-            doomed |= ((k["proto"] == s.proto) & (b_addr == ipv4(s.backend_address))
-                       & (b_port == s.backend_port) & (f_port == s.frontend_port)
-                       & ((f_addr == front) | (front == 0)))
-        return self.map.delete_raw_batch(_chosen_keys(Ct4Key, raw_keys, doomed & (service | translated)))
+        def flushed(raw_keys: bytes, raw_values: bytes) -> npt.NDArray[np.bool_]:
+            k, v = np.frombuffer(raw_keys, CT_KEY_DTYPE), np.frombuffer(raw_values, CT_ENTRY_DTYPE)
+            service = k["dir"] == CtDir.SERVICE
+            translated = np.isin(k["dir"], (CtDir.EGRESS, CtDir.NODEPORT)) & (v["rev_nat_index"] != 0)
+            # CT_SERVICE entries name the backend in nat_*, translated ones name the frontend there
+            b_addr = np.where(service, v["nat_addr"], k["daddr"])
+            b_port = np.where(service, v["nat_port"], k["dport"])
+            f_addr = np.where(service, k["daddr"], v["nat_addr"])
+            f_port = np.where(service, k["dport"], v["nat_port"])
+            doomed: npt.NDArray[np.bool_] = np.zeros(len(k), dtype=bool)
+            for s in stale:
+                front = ipv4(s.frontend_address)
+                doomed |= ((k["proto"] == s.proto) & (b_addr == ipv4(s.backend_address))
+                           & (b_port == s.backend_port) & (f_port == s.frontend_port)
+                           & ((f_addr == front) | (front == 0)))
+            doomed &= service | translated
+            return doomed
+
+        return self.delete_chosen(flushed)[1]
 
 
 class SnatMap(MapView[Snat4Key, Snat4Entry]):
