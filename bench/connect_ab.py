@@ -41,8 +41,7 @@ from typing import Any
 
 from bench import floor
 from bench.cluster import enable_bpf_stats, pinned_map_ids, prog_run_ns
-from bench.peers import PeerNet
-from bench.run import run_probe
+from bench.peers import PeerNet, run_probe
 from bench.velvet_peer import VelvetPeer
 from velvet.paths import AgentPaths
 

@@ -46,7 +46,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from bench.run import run_probe
+from bench.peers import run_probe
 from bench.velvet_peer import TCP, VelvetPeer, vip
 from velvet.agent import malloc
 from velvet.agent.config import AgentConfig

@@ -7,10 +7,12 @@ iptables/nft run inside it: both are per network namespace). Needs root, iproute
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import kubeproxy
 
@@ -28,6 +30,16 @@ def sh(*argv: str, stdin: str | None = None) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:6])}: {done.stderr.strip()[:400]}")
     return done.stdout
+
+
+def run_probe(argv: list[str]) -> dict[str, Any] | None:
+    """Run a probe command; its JSON, or None when it failed."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        print(f"probe failed: {' '.join(argv[-6:])}: {done.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def timed(*argv: str, stdin: str | None = None) -> float:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import kubeproxy, memory, micro, report, restart, runtime
-from bench.peers import PEERS, PORT, SERVER_IPS, PeerNet
+from bench.peers import PEERS, PORT, SERVER_IPS, PeerNet, run_probe
 from bench.velvet_peer import VelvetPeer
 
 
@@ -71,16 +71,6 @@ class Recorder:
         with self.path.open("a") as out:
             out.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
-
-
-def run_probe(argv: list[str]) -> dict[str, Any] | None:
-    """Run a probe command; its JSON, or None when it failed."""
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
-    if done.returncode != 0:
-        print(f"probe failed: {' '.join(argv[-6:])}: {done.stderr.strip()[-300:]}", file=sys.stderr)
-        return None
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
 
 
 def traffic(rec: Recorder, plan: Plan, n: int, e: int, clients: dict[str, Callable[..., list[str]]],
