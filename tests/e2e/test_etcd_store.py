@@ -282,10 +282,10 @@ def test_a_transaction_over_etcds_limit_is_refused_in_one_line_naming_its_size(
 
 def test_reading_a_watched_change_takes_a_few_times_its_text_at_its_peak(etcd: Etcd) -> None:
     """Test that reading a watched change of 2,000 services (20 transactions, read back from an earlier
-    revision in one answer) allocates at its peak, beyond the events it returns, less than 3 times the
-    size of its values' base64 text: the line (2 times) and one event's JSON at a time; the whole line's
-    tree of the standard json took 4.2 times (orjson, which first builds a tree of its own, more).
-    The events `skip` accepts (by key and revision) are left out."""
+    revision in one answer) allocates at its peak, beyond the events it returns, less than the size of
+    its values' base64 text (0.5 times: the answer is read and parsed 64 KiB at a time); holding the
+    whole line took 2 times, the standard json's tree of it 4.2 times (orjson, which first builds a
+    tree of its own, more). The events `skip` accepts (by key and revision) are left out."""
     client = EtcdClient(URL)
     start = int(client.status()["header"]["revision"])
     values = [b'{"kind":"Service","metadata":{"name":"s%d","namespace":"default"},"spec":{"clusterIP":'
@@ -306,7 +306,7 @@ def test_reading_a_watched_change_takes_a_few_times_its_text_at_its_peak(etcd: E
         tracemalloc.stop()
         del watch  # closes the generator, and its connection
     assert [e.kv.value for e in events] == values
-    assert peak - held < 3 * text, f"{peak - held} bytes at the peak for {text} bytes of base64"
+    assert peak - held < text, f"{peak - held} bytes at the peak for {text} bytes of base64"
     own = {e.kv.mod_revision for e in events[:100]}
     again = client.watch("/w/s", start + 1, idle_timeout=5,
                          skip=lambda key, rev: rev in own and key != "/w/s0000")

@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -97,25 +97,65 @@ def _kv(raw: dict[str, Any]) -> KeyValue:
                     int(raw.get("create_revision", 0)), int(raw.get("mod_revision", 0)))
 
 
-def _events(line: bytes, skip: Callable[[str, int], bool] | None) -> tuple[int, list[Event]]:
-    """How many events a watch answer's text holds, and those `skip` does not refuse (by key and mod
-    revision: their values are never decoded), read one event's JSON at a time."""
-    count, events = 0, []
-    for event in ijson.items(line, "result.events.item"):
-        count += 1
-        raw = event["kv"]
-        key, mod_revision = base64.b64decode(raw.get("key", "")).decode(), int(raw.get("mod_revision", 0))
-        if skip is None or not skip(key, mod_revision):
-            value = base64.b64decode(raw.get("value", ""))
-            events.append(Event(event.get("type", "PUT"),
-                                KeyValue(key, value, int(raw.get("create_revision", 0)), mod_revision)))
-    return count, events
+def _revision(text: bytes) -> int:
+    """The header's revision in an answer's text; the header comes first, so the rest is not read."""
+    return int(next(ijson.items(text, "header.revision"), 0))
 
 
-def _revision(text: bytes, within: str = "") -> int:
-    """The header's revision in an answer's text (or in its member `within`); the header comes first, so
-    the rest is not read."""
-    return int(next(ijson.items(text, f"{within}.header.revision" if within else "header.revision"), 0))
+_PIECE = 1 << 16  # a watch answer is read and parsed this much at a time: an 11 MB change is never held whole
+_SHORT = 1 << 16  # an answer's text is kept up to this size (one without events is read from it)
+
+
+@dataclass
+class _Answer:
+    """One watch answer: its revision, how many events it held, those kept, and its text when short."""
+
+    revision: int = 0
+    count: int = 0
+    events: list[Event] = field(default_factory=list)
+    text: bytes = b""  # the whole answer when it held no events (created, compacted, cancelled: short)
+
+
+def _event(raw: dict[str, Any], skip: Callable[[str, int], bool] | None) -> Event | None:
+    """A watched event of etcd's JSON, or None when `skip` refuses its key and mod revision (its value is
+    then not decoded)."""
+    kv = raw["kv"]
+    key, mod_revision = base64.b64decode(kv.get("key", "")).decode(), int(kv.get("mod_revision", 0))
+    if skip is not None and skip(key, mod_revision):
+        return None
+    value = base64.b64decode(kv.get("value", ""))
+    created = int(kv.get("create_revision", 0))
+    return Event(raw.get("type", "PUT"), KeyValue(key, value, created, mod_revision))
+
+
+def _read_answer(resp: http.client.HTTPResponse, skip: Callable[[str, int], bool] | None) -> _Answer | None:
+    """The next answer of a watch stream (a line of JSON), read and parsed a piece at a time, one event's
+    JSON at a time; None where the stream ends between answers."""
+    parsed, revisions = ijson.sendable_list(), ijson.sendable_list()
+    items = ijson.items_coro(parsed, "result.events.item")
+    header = ijson.items_coro(revisions, "result.header.revision")
+    answer, text, size, ended = _Answer(), bytearray(), 0, False
+    while not ended:
+        piece = resp.readline(_PIECE)
+        if not piece:
+            if not size:
+                return None
+            raise http.client.IncompleteRead(bytes(text))
+        size, ended = size + len(piece), piece.endswith(b"\n")
+        items.send(piece)
+        if not revisions:
+            header.send(piece)
+        for raw in parsed:
+            answer.count += 1
+            if (event := _event(raw, skip)) is not None:
+                answer.events.append(event)
+        del parsed[:]
+        if size <= _SHORT:
+            text += piece
+    items.close()
+    answer.revision = int(revisions[0]) if revisions else 0
+    answer.text = bytes(text) if not answer.count else b""
+    return answer
 
 
 class EtcdClient:
@@ -251,21 +291,19 @@ class EtcdClient:
             resp = conn.getresponse()
             if resp.status != 200:
                 raise EtcdError(f"etcd at {self.endpoint}: /v3/watch answered {resp.status}")
-            while line := resp.readline():
-                count, events = _events(line, skip)
-                revision, created = _revision(line, "result"), False
-                if not count:  # created, compacted, cancelled or a progress note: a short line
-                    result = json.loads(line).get("result", {})
+            while (answer := _read_answer(resp, skip)) is not None:
+                created = False
+                if not answer.count:  # created, compacted, cancelled or a progress note: a short line
+                    result = json.loads(answer.text).get("result", {})
                     if result.get("compact_revision"):
                         raise EtcdCompacted(self.endpoint, int(result["compact_revision"]))
                     if result.get("canceled"):
                         raise EtcdError(f"etcd at {self.endpoint} cancelled the watch: "
                                         f"{result.get('cancel_reason', 'no reason given')}")
                     created = bool(result.get("created"))
-                del line
-                if count or created:
-                    yield revision, events
-                del events  # a 10,000-object change is not held while the watch waits for the next one
+                if answer.count or created:
+                    yield answer.revision, answer.events
+                del answer  # a 10,000-object change is not held while the watch waits for the next one
         except TimeoutError:
             raise EtcdIdle(f"etcd at {self.endpoint}: the watch heard nothing for {idle_timeout:.0f} s") \
                 from None
