@@ -18,6 +18,7 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -27,13 +28,14 @@ from velvet.model.codec import to_dict
 from velvet.model.service import ServicePort, ServiceSpec
 from velvet.sandbox import netlink
 from velvet.sources.delta import Delta
-from velvet.sources.etcd_client import EtcdClient, EtcdCompacted, EtcdError, Event, KeyValue, Op
+from velvet.sources.etcd_client import EtcdClient, EtcdCompacted, EtcdError, Event, KeyValue, Op, as_event
 from velvet.sources.etcd_store import DEFAULT_PREFIX, HEAD, EtcdBackend, object_key
 from velvet.sources.local import LocalStore, StoreError
 from velvet.system.netns import in_netns
 
 pytestmark = pytest.mark.privileged
 
+T = TypeVar("T")
 URL = "http://127.0.0.1:2379"
 
 
@@ -199,11 +201,13 @@ class RecordingClient(EtcdClient):
         super().__init__(endpoint, timeout)
         self.seen: list[tuple[str, int]] = []
 
-    def watch(self, prefix: str, start_revision: int, idle_timeout: float = 30.0,
-              skip: Callable[[str, int], bool] | None = None) -> Iterator[tuple[int, list[Event]]]:
-        for revision, events in super().watch(prefix, start_revision, idle_timeout, skip):
-            self.seen += [(e.kv.key, e.kv.mod_revision) for e in events]
-            yield revision, events
+    def watch(self, prefix: str, start_revision: int, read: Callable[[Event], T], idle_timeout: float = 30.0,
+              skip: Callable[[str, int], bool] | None = None) -> Iterator[tuple[int, list[T]]]:
+        def recorded(event: Event) -> T:
+            self.seen.append((event.kv.key, event.kv.mod_revision))
+            return read(event)
+
+        return super().watch(prefix, start_revision, recorded, idle_timeout, skip)
 
 
 def test_a_writer_reads_back_only_the_head_of_its_own_change(etcd: Etcd, tmp_path: Path) -> None:
@@ -295,7 +299,7 @@ def test_reading_a_watched_change_takes_a_few_times_its_text_at_its_peak(etcd: E
         ops = [Op(f"/w/s{i:04d}", values[i]) for i in range(head * 100, head * 100 + 100)]
         assert client.txn_if_mod(f"/w/head{head}", 0, ops)[0]
     text = sum(len(v) * 4 // 3 for v in values)
-    watch = client.watch("/w/s", start + 1, idle_timeout=5)
+    watch = client.watch("/w/s", start + 1, as_event, idle_timeout=5)
     events: list[Event] = []
     tracemalloc.start()
     try:
@@ -308,7 +312,7 @@ def test_reading_a_watched_change_takes_a_few_times_its_text_at_its_peak(etcd: E
     assert [e.kv.value for e in events] == values
     assert peak - held < text, f"{peak - held} bytes at the peak for {text} bytes of base64"
     own = {e.kv.mod_revision for e in events[:100]}
-    again = client.watch("/w/s", start + 1, idle_timeout=5,
+    again = client.watch("/w/s", start + 1, as_event, idle_timeout=5,
                          skip=lambda key, rev: rev in own and key != "/w/s0000")
     try:
         events = []
@@ -325,10 +329,10 @@ class GatedClient(EtcdClient):
 
     gate = threading.Event()
 
-    def watch(self, prefix: str, start_revision: int, idle_timeout: float = 30.0,
-              skip: Callable[[str, int], bool] | None = None) -> Iterator[tuple[int, list[Event]]]:
+    def watch(self, prefix: str, start_revision: int, read: Callable[[Event], T], idle_timeout: float = 30.0,
+              skip: Callable[[str, int], bool] | None = None) -> Iterator[tuple[int, list[T]]]:
         self.gate.wait()
-        return super().watch(prefix, start_revision, idle_timeout, skip)
+        return super().watch(prefix, start_revision, read, idle_timeout, skip)
 
 
 def test_compaction_makes_the_follower_list_everything_again(etcd: Etcd, tmp_path: Path) -> None:
@@ -347,7 +351,7 @@ def test_compaction_makes_the_follower_list_everything_again(etcd: Etcd, tmp_pat
         client = EtcdClient(URL)
         client.compact(a.version)
         with pytest.raises(EtcdCompacted):
-            for _ in client.watch(DEFAULT_PREFIX, 2, idle_timeout=5):
+            for _ in client.watch(DEFAULT_PREFIX, 2, as_event, idle_timeout=5):
                 pass  # the first answer says the watch was created, the next that its revision is gone
         gated.gate.set()
         wait_until("b relists", lambda: b.find("Service", "default", "new") is not None)

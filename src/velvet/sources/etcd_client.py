@@ -26,7 +26,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import ijson
@@ -106,13 +106,21 @@ _PIECE = 1 << 16  # a watch answer is read and parsed this much at a time: an 11
 _SHORT = 1 << 16  # an answer's text is kept up to this size (one without events is read from it)
 
 
+T = TypeVar("T")
+
+
+def as_event(event: Event) -> Event:
+    """A watched event kept as it is (the `read` of a watch whose caller reads the values later)."""
+    return event
+
+
 @dataclass
 class _Answer:
-    """One watch answer: its revision, how many events it held, those kept, and its text when short."""
+    """One watch answer: its revision, how many events it held, those kept (as read), its text when short."""
 
     revision: int = 0
     count: int = 0
-    events: list[Event] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)
     text: bytes = b""  # the whole answer when it held no events (created, compacted, cancelled: short)
 
 
@@ -128,9 +136,11 @@ def _event(raw: dict[str, Any], skip: Callable[[str, int], bool] | None) -> Even
     return Event(raw.get("type", "PUT"), KeyValue(key, value, created, mod_revision))
 
 
-def _read_answer(resp: http.client.HTTPResponse, skip: Callable[[str, int], bool] | None) -> _Answer | None:
+def _read_answer(resp: http.client.HTTPResponse, skip: Callable[[str, int], bool] | None,
+                 read: Callable[[Event], Any] = as_event) -> _Answer | None:
     """The next answer of a watch stream (a line of JSON), read and parsed a piece at a time, one event's
-    JSON at a time; None where the stream ends between answers."""
+    JSON at a time, each kept event passed through `read` at once; None where the stream ends between
+    answers."""
     parsed, revisions = ijson.sendable_list(), ijson.sendable_list()
     items = ijson.items_coro(parsed, "result.events.item")
     header = ijson.items_coro(revisions, "result.header.revision")
@@ -148,7 +158,7 @@ def _read_answer(resp: http.client.HTTPResponse, skip: Callable[[str, int], bool
         for raw in parsed:
             answer.count += 1
             if (event := _event(raw, skip)) is not None:
-                answer.events.append(event)
+                answer.events.append(read(event))
         del parsed[:]
         if size <= _SHORT:
             text += piece
@@ -272,12 +282,14 @@ class EtcdClient:
         """Forget the history before `revision`."""
         self.call("kv/compaction", {"revision": str(revision)})
 
-    def watch(self, prefix: str, start_revision: int, idle_timeout: float = 30.0,
-              skip: Callable[[str, int], bool] | None = None) -> Iterator[tuple[int, list[Event]]]:
+    def watch(self, prefix: str, start_revision: int, read: Callable[[Event], T], idle_timeout: float = 30.0,
+              skip: Callable[[str, int], bool] | None = None) -> Iterator[tuple[int, list[T]]]:
         """Stream (revision, events) under `prefix` from `start_revision` on, until the connection ends.
 
-        The first item, once etcd created the watch, has no events. Events for which `skip(key,
-        mod_revision)` is true are left out (a writer's own changes, which it applied already). Raises
+        Each event is `read` as soon as it is parsed (`as_event` keeps it; a caller that decodes the value
+        there holds no raw value beyond the one being read). The first item, once etcd created the watch,
+        has no events. Events for which `skip(key, mod_revision)` is true are left out (a writer's own
+        changes, which it applied already). Raises
         `EtcdCompacted` when that revision is gone, `EtcdUnavailable` when etcd is unreachable
         (`EtcdIdle` when it was silent for `idle_timeout` seconds); the caller resumes from the last
         revision it saw.
@@ -291,7 +303,7 @@ class EtcdClient:
             resp = conn.getresponse()
             if resp.status != 200:
                 raise EtcdError(f"etcd at {self.endpoint}: /v3/watch answered {resp.status}")
-            while (answer := _read_answer(resp, skip)) is not None:
+            while (answer := _read_answer(resp, skip, read)) is not None:
                 created = False
                 if not answer.count:  # created, compacted, cancelled or a progress note: a short line
                     result = json.loads(answer.text).get("result", {})
@@ -344,7 +356,7 @@ def follow_prefix(client: EtcdClient, prefix: str, stop: threading.Event, *, wha
                 revision, kvs = client.range_prefix(prefix)
                 reset(kvs)
                 listed = True
-            for seen, events in client.watch(prefix, revision + 1, idle_timeout=idle_timeout):
+            for seen, events in client.watch(prefix, revision + 1, as_event, idle_timeout=idle_timeout):
                 delay = FOLLOW_MIN_BACKOFF_SECONDS
                 revision = max(revision, seen)
                 if events:

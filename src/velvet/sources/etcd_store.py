@@ -19,7 +19,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -101,6 +101,18 @@ def decode(kv: KeyValue, seen: dict[str, str] | None = None) -> KubeObject | Non
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Watched:
+    """A watched event as the follower keeps it until its answer's batch: the store key (None: the head or
+    a foreign key), the mod revision, and the object decoded as the event was read (None: a delete, or a
+    value that does not decode, which the store then drops as etcd no longer holds it readably)."""
+
+    key: Key | None
+    revision: int
+    obj: KubeObject | None
+    head: bool = False
+
+
 class EtcdBackend:
     """A `Backend` on etcd under `prefix`; `open()` lists it and starts following it."""
 
@@ -116,6 +128,7 @@ class EtcdBackend:
         self._queued_version = 0  # store version of the newest batch queued (or listed at open)
         self._revision = 0  # etcd revision the follower has seen up to
         self._own: set[int] = set()  # revisions this backend committed, until the watch passed them
+        self._shared: dict[str, str] = {}  # equal strings of the watched answer being read (`share_strings`)
         self._connected = False
         self._error = ""
         self._stop = threading.Event()
@@ -231,7 +244,7 @@ class EtcdBackend:
                     self._queue_batch(revision, Batch(version, [(key_of(o), o) for o in objects], reset=True))
                     log.info("etcd: listed %d objects again at revision %d", len(objects), revision)
                     relist = False
-                watch = self.client.watch(self.prefix, self._revision + 1, skip=self._own_object)
+                watch = self.client.watch(self.prefix, self._revision + 1, self._read, skip=self._own_object)
                 for revision, events in watch:
                     self._set_connected(True, "")
                     delay = MIN_BACKOFF_SECONDS
@@ -260,26 +273,28 @@ class EtcdBackend:
         with self._lock:
             return revision in self._own
 
-    def _batch(self, events: list[Event]) -> Batch:
-        """The store's changes in `events`, which it empties (each event is dropped once decoded); this
-        backend's own writes are not decoded again (the store applied them when it committed, and skips
-        them by revision)."""
-        changes: list[tuple[Key, KubeObject | None]] = []
-        seen: dict[str, str] = {}
+    def _read(self, event: Event) -> _Watched:
+        """A watched event, its object decoded as it is read: the answer's raw values are not all held."""
+        if event.kv.key == self.prefix + HEAD:
+            return _Watched(None, event.kv.mod_revision, None, head=True)
+        key = store_key(self.prefix, event.kv.key)
+        deleted = key is None or event.kind == "DELETE"
+        return _Watched(key, event.kv.mod_revision, None if deleted else decode(event.kv, self._shared))
+
+    def _batch(self, watched: list[_Watched]) -> Batch:
+        """The store's changes in one watched answer; this backend's own writes are left out (the store
+        applied them when it committed, and skips them by revision)."""
+        self._shared = {}
         version = self._queued_version
         with self._lock:
             own = set(self._own)
-        last = events[-1].kv.mod_revision if events else None
-        events.reverse()
-        while events:
-            event = events.pop()
-            if event.kv.key == self.prefix + HEAD:
-                version = event.kv.mod_revision
-                continue
-            key = store_key(self.prefix, event.kv.key)
-            if key is None or event.kv.mod_revision in own:
-                continue
-            changes.append((key, None if event.kind == "DELETE" else decode(event.kv, seen)))
+        changes: list[tuple[Key, KubeObject | None]] = []
+        for event in watched:
+            if event.head:
+                version = event.revision
+            elif event.key is not None and event.revision not in own:
+                changes.append((event.key, event.obj))
+        last = watched[-1].revision if watched else None
         if last is not None:
             with self._lock:
                 self._own = {r for r in self._own if r > last}
