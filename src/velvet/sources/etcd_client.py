@@ -9,12 +9,11 @@ and the watch runs on its own thread, so a blocking client fits without handing 
 event loop; aiohttp would add nothing but that hand-off. Every failure is one `EtcdError` line
 naming the endpoint.
 
-Large answers (a watched change, a listed prefix) are read key by key with ijson's C parser (yajl),
-so only their text and the keys already decoded are held: for the 11 MB watch line of a 9,000-service
-apply json's whole tree peaked at 31 MB beside the text, ijson's at 10 MB for the same decoded keys
-and time (~90 ms), and at 0.4 MB for a writer that leaves its own values undecoded. orjson's parser
-took 165 MB there. Small answers are decoded with the standard library's json; requests are
-written with orjson.
+Large answers are parsed with ijson's C parser (yajl) one key at a time: a watch answer is read and
+parsed 64 KiB at a time and each event handed to the caller as it is parsed, so the 11 MB answer of a
+9,000-service apply is never held whole (json's tree of it peaked at 31 MB beside its text, orjson's
+parser at 165 MB); a listed prefix is read from its text key by key. Small answers are decoded with the
+standard library's json; requests are written with orjson.
 """
 
 from __future__ import annotations
@@ -289,10 +288,9 @@ class EtcdClient:
         Each event is `read` as soon as it is parsed (`as_event` keeps it; a caller that decodes the value
         there holds no raw value beyond the one being read). The first item, once etcd created the watch,
         has no events. Events for which `skip(key, mod_revision)` is true are left out (a writer's own
-        changes, which it applied already). Raises
-        `EtcdCompacted` when that revision is gone, `EtcdUnavailable` when etcd is unreachable
-        (`EtcdIdle` when it was silent for `idle_timeout` seconds); the caller resumes from the last
-        revision it saw.
+        changes, which it applied already). Raises `EtcdCompacted` when that revision is gone,
+        `EtcdUnavailable` when etcd is unreachable (`EtcdIdle` when it was silent for `idle_timeout`
+        seconds); the caller resumes from the last revision it saw.
         """
         create = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
                   "start_revision": str(start_revision)}
