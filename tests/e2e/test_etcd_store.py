@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -195,7 +195,8 @@ def test_another_writers_changes_reach_the_watch(etcd: Etcd, tmp_path: Path) -> 
 
 
 class RecordingClient(EtcdClient):
-    """A real client that keeps the key and mod revision of every event its watches yield."""
+    """A real client that keeps the key and mod revision of every event its watches yield, and hands over
+    etcd's answer to a transaction only 0.3 s after it came (the watch brings the change first)."""
 
     def __init__(self, endpoint: str, timeout: float) -> None:
         super().__init__(endpoint, timeout)
@@ -209,10 +210,16 @@ class RecordingClient(EtcdClient):
 
         return super().watch(prefix, start_revision, recorded, idle_timeout, skip)
 
+    def txn_if_mod(self, guard: str, mod_revision: int, ops: Iterable[Op]) -> tuple[bool, int, int]:
+        answer = super().txn_if_mod(guard, mod_revision, ops)
+        time.sleep(0.3)
+        return answer
+
 
 def test_a_writer_reads_back_only_the_head_of_its_own_change(etcd: Etcd, tmp_path: Path) -> None:
     """Test that a store's watch yields of the store's own apply only the head (its version), not the
-    objects it applied when it committed, and every object of another writer's apply."""
+    objects it applied when it committed, even when the watch brings them before etcd's answer to the
+    transaction does; and every object of another writer's apply."""
     recording = RecordingClient(URL, timeout=2)
     a, b = open_store(tmp_path, recording), open_store(tmp_path)
     try:

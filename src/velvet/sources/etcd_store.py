@@ -128,6 +128,7 @@ class EtcdBackend:
         self._queued_version = 0  # store version of the newest batch queued (or listed at open)
         self._revision = 0  # etcd revision the follower has seen up to
         self._own: set[int] = set()  # revisions this backend committed, until the watch passed them
+        self._committing = 0  # transactions of this backend etcd has not answered yet
         self._shared: dict[str, str] = {}  # equal strings of the watched answer being read (`share_strings`)
         self._connected = False
         self._error = ""
@@ -157,21 +158,30 @@ class EtcdBackend:
             EtcdClient(self.client.endpoint, timeout=PROBE_TIMEOUT_SECONDS).status()
         except EtcdError as err:
             raise EtcdStorageError(f"{err} (nothing was changed)") from err
-        try:
-            ok, revision, current = self.client.txn_if_mod(self.prefix + HEAD, since, ops)
-        except EtcdUnavailable as err:
-            raise Unconfirmed(f"{err} (etcd did not confirm the change: it may still be applied when etcd "
-                              "answers)") from err
-        except EtcdError as err:
-            if "too many operations" in str(err) or "request is too large" in str(err):
-                raise EtcdStorageError(f"etcd at {self.client.endpoint} refused one transaction of "
-                                       f"{count} operations (its --max-txn-ops / --max-request-bytes): "
-                                       "apply fewer objects at once (nothing was changed)") from err
-            raise EtcdStorageError(f"{err} (nothing was changed)") from err
-        if not ok:
-            raise Conflict(current)
         with self._lock:
-            self._own.add(revision)
+            self._committing += 1
+        mine = 0
+        try:
+            try:
+                ok, revision, current = self.client.txn_if_mod(self.prefix + HEAD, since, ops)
+            except EtcdUnavailable as err:
+                raise Unconfirmed(f"{err} (etcd did not confirm the change: it may still be applied when "
+                                  "etcd answers)") from err
+            except EtcdError as err:
+                if "too many operations" in str(err) or "request is too large" in str(err):
+                    raise EtcdStorageError(f"etcd at {self.client.endpoint} refused one transaction of "
+                                           f"{count} operations (its --max-txn-ops / --max-request-bytes): "
+                                           "apply fewer objects at once (nothing was changed)") from err
+                raise EtcdStorageError(f"{err} (nothing was changed)") from err
+            if not ok:
+                raise Conflict(current)
+            mine = revision
+        finally:
+            with self._lock:
+                self._committing -= 1
+                if mine:
+                    self._own.add(mine)
+                self._lock.notify_all()
         return revision
 
     def committed(self, version: int, snapshot: Callable[[], list[KubeObject]]) -> None:
@@ -267,10 +277,15 @@ class EtcdBackend:
             delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     def _own_object(self, key: str, revision: int) -> bool:
-        """Whether a watched key is an object this backend wrote (not read back); its head is read."""
+        """Whether a watched key is an object this backend wrote (not read back); its head is read.
+
+        The watch may bring a change before etcd's answer to the transaction that made it: while one is
+        in flight (bounded by the client's timeout) its revision is not known yet, so this waits for it.
+        """
         if key == self.prefix + HEAD:
             return False
         with self._lock:
+            self._lock.wait_for(lambda: not self._committing)
             return revision in self._own
 
     def _read(self, event: Event) -> _Watched:
