@@ -513,16 +513,16 @@ class ServiceCompiler:
         """Recompile one service; also returns the frontends it gave up, which others may be waiting for."""
         previous = self._compiled.get(key) or _Compiled()
         was = self._services(previous)  # while its ids are held
-        before = _held(previous, was)
+        before, held = _held(previous, was), previous.backends()
         current = _Compiled(service, slices)
         if service is not None and not is_ignored(service):
             try:
-                now = self._compile(key, previous, current, before)
+                now, backends = self._compile(key, previous, current, before, held)
             except MapFull as error:
                 return self._not_programmed(key, previous, current, error), []
             self._compiled[key] = current
         else:
-            now = {}
+            now, backends = {}, {}
             self._compiled.pop(key, None)
         self._pending.pop(key, None)
         self._problems.pop(key, None)
@@ -547,7 +547,7 @@ class ServiceCompiler:
             del self._owners[frontend]
         delta = LbDelta(
             plan(was, now),
-            self._release_backends(previous, current),
+            self._release_backends(held, backends),
             revnat,
             plan(previous.src_range, current.src_range),
             plan(previous.maglev, current.maglev),
@@ -697,12 +697,13 @@ class ServiceCompiler:
         current.waiting = frozenset(waiting) if waiting else _NO_ADDRESSES
         return frontends
 
-    def _compile(self, key: str, previous: _Compiled, current: _Compiled,
-                 before: _Held) -> dict[ServiceKey, ServiceValue]:
-        """Fill `current` from its service, acquiring ids for new backends and frontends; its lb4_services.
+    def _compile(self, key: str, previous: _Compiled, current: _Compiled, before: _Held,
+                 held: Mapping[Address, bool]) -> tuple[dict[ServiceKey, ServiceValue], dict[Address, bool]]:
+        """Fill `current` from its service, acquiring ids for new backends and frontends; its lb4_services
+        entries and its backends (-> terminating).
 
-        `before` is what `previous` holds. Raises MapFull, having changed nothing, when the ids or the
-        map room it needs are not free.
+        `before` and `held` are what `previous` holds. Raises MapFull, having changed nothing, when the
+        ids or the map room it needs are not free.
         """
         service = current.service
         assert service is not None
@@ -710,22 +711,23 @@ class ServiceCompiler:
         frontends = self._frontends(key, service, endpoints, previous, current)
         current.frontends.update(frontends)
         terminating = {e.backend for eps in endpoints.values() for e in eps if e.terminating}
+        usable = (b for spec in frontends.values() for b in spec.usable)
+        current.terminating = frozenset(terminating.intersection(usable)) or _NO_ADDRESSES
         backends = current.backends()
-        current.terminating = frozenset(terminating.intersection(backends)) or _NO_ADDRESSES
         ranges = source_ranges(service)
         current.counts = _counts(*_entry_counts(frontends, ranges))
         self._revnat_ids.ensure_free(sum(f not in self._revnat_ids.ids for f in frontends))
         self._backend_ids.ensure_free(sum(b not in self._backend_ids.ids for b in backends))
         self._owners.update(dict.fromkeys(frontends, key))
-        self._acquire_backends(previous, current)
+        self._acquire_backends(held, backends)
         self._fill(ranges, previous, current)
         services = self._services(current)
         try:
             self._take_room(before, _held(current, services))
         except MapFull:
-            self._undo(previous, current)
+            self._undo(previous, current, held, backends)
             raise
-        return services
+        return services, backends
 
     def _fill(self, ranges: Sequence[str], previous: _Compiled, current: _Compiled) -> None:
         """Acquire rev-NAT ids for new frontends; their final flags, source ranges and Maglev tables."""
@@ -758,14 +760,14 @@ class ServiceCompiler:
         for name, count in added.items():
             self._peak[name] += count
 
-    def _undo(self, previous: _Compiled, current: _Compiled) -> None:
-        """Give back the ids and references a compile of `current` that did not fit took."""
+    def _undo(self, previous: _Compiled, current: _Compiled, held: Mapping[Address, bool],
+              backends: Mapping[Address, bool]) -> None:
+        """Give back the ids and references a compile of `current` (its `backends`) that did not fit took."""
         for frontend in current.frontends.keys() - previous.frontends.keys():
             self._revnat_ids.release(frontend)
             del self._owners[frontend]
         votes = self._terminating_votes
-        held = previous.backends()
-        for backend, terminating in current.backends().items():
+        for backend, terminating in backends.items():
             before = held.get(backend)
             votes[backend] -= terminating - bool(before)
             if before is None and self._backend_ids.release(backend):
@@ -783,23 +785,24 @@ class ServiceCompiler:
         tables[members] = table
         return table
 
-    def _acquire_backends(self, previous: _Compiled, current: _Compiled) -> None:
-        """Reference the backends new to the service and count its terminating votes."""
+    def _acquire_backends(self, held: Mapping[Address, bool], backends: Mapping[Address, bool]) -> None:
+        """Reference the backends new to the service (`held` before, `backends` now) and count its
+        terminating votes."""
         votes = self._terminating_votes
-        held = previous.backends()
-        for backend, terminating in current.backends().items():
+        for backend, terminating in backends.items():
             before = held.get(backend)
             if before is None:
                 self._backend_ids.acquire(backend)
             votes[backend] = votes.get(backend, 0) + terminating - bool(before)
 
-    def _release_backends(self, previous: _Compiled, current: _Compiled) -> MapPlan[int, BackendValue]:
-        """Dereference the backends the service dropped; the lb4_backends changes of the update.
+    def _release_backends(self, held: Mapping[Address, bool], now: Mapping[Address, bool]
+                          ) -> MapPlan[int, BackendValue]:
+        """Dereference the backends the service dropped (`held` before, `now` after); the lb4_backends
+        changes of the update.
 
         A backend is TERMINATING when every service that uses it sees it terminating.
         """
         deletes: list[int] = []
-        held, now = previous.backends(), current.backends()
         touched = [b for b, t in now.items() if held.get(b) != t]
         for backend, terminating in held.items():
             if backend in now:
