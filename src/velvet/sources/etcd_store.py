@@ -297,17 +297,15 @@ class EtcdBackend:
         return _Watched(key, event.kv.mod_revision, None if deleted else decode(event.kv, self._shared))
 
     def _batch(self, watched: list[_Watched]) -> Batch:
-        """The store's changes in one watched answer; this backend's own writes are left out (the store
-        applied them when it committed, and skips them by revision)."""
+        """The store's changes in one watched answer (this backend's own objects were left out as they were
+        read, `_own_object`: the store applied them when it committed)."""
         self._shared = {}
         version = self._queued_version
-        with self._lock:
-            own = set(self._own)
         changes: list[tuple[Key, KubeObject | None]] = []
         for event in watched:
             if event.head:
                 version = event.revision
-            elif event.key is not None and event.revision not in own:
+            elif event.key is not None:
                 changes.append((event.key, event.obj))
         last = watched[-1].revision if watched else None
         if last is not None:
