@@ -151,19 +151,25 @@ def measure(services: int, pods: int, top: int) -> dict[str, Any]:
     return report
 
 
-def smaps_mib(pid: int) -> dict[str, float]:
-    """Resident MiB of a process by kind of mapping: anonymous, heap, BPF maps, files (libraries)."""
-    kinds: dict[str, float] = {}
-    kind = ""
+def smaps_mib(pid: int, top: int = 8) -> dict[str, Any]:
+    """Resident MiB of a process by kind of mapping (anonymous, heap, BPF maps, files), and the `top` files
+    holding the most (libraries: how much of them is resident varies between runs of the same agent)."""
+    by_name: dict[str, float] = {}
+    name = ""
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
         head = line.split()
         if not head[0].endswith(":"):  # a mapping's header: address range, perms, offset, dev, inode, name
             name = head[5] if len(head) > 5 else ""
-            kind = ("heap" if name == "[heap]" else "bpf" if name.startswith("anon_inode:bpf")
-                    else "anon" if not name or name.startswith("[") else "files")
         elif head[0] == "Rss:":
-            kinds[kind] = kinds.get(kind, 0.0) + int(head[1]) / 1024
-    return {k: round(v, 1) for k, v in sorted(kinds.items())}
+            by_name[name] = by_name.get(name, 0.0) + int(head[1]) / 1024
+    kinds: dict[str, float] = {}
+    for name, mib in by_name.items():
+        kind = ("heap" if name == "[heap]" else "bpf" if name.startswith("anon_inode:bpf")
+                else "anon" if not name or name.startswith("[") else "files")
+        kinds[kind] = kinds.get(kind, 0.0) + mib
+    files = sorted(((mib, name) for name, mib in by_name.items() if name.startswith("/")), reverse=True)
+    return {**{k: round(v, 1) for k, v in sorted(kinds.items())},
+            "top_files": {Path(name).name: round(mib, 2) for mib, name in files[:top]}}
 
 
 def agent_pids(peer: VelvetPeer, nodes: int) -> dict[str, int]:
