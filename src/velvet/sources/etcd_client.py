@@ -127,12 +127,10 @@ def _event(raw: dict[str, Any], skip: Callable[[str, int], bool] | None) -> Even
     """A watched event of etcd's JSON, or None when `skip` refuses its key and mod revision (its value is
     then not decoded)."""
     kv = raw["kv"]
-    key, mod_revision = base64.b64decode(kv.get("key", "")).decode(), int(kv.get("mod_revision", 0))
-    if skip is not None and skip(key, mod_revision):
+    if skip is not None and skip(
+            base64.b64decode(kv.get("key", "")).decode(), int(kv.get("mod_revision", 0))):
         return None
-    value = base64.b64decode(kv.get("value", ""))
-    created = int(kv.get("create_revision", 0))
-    return Event(raw.get("type", "PUT"), KeyValue(key, value, created, mod_revision))
+    return Event(raw.get("type", "PUT"), _kv(kv))
 
 
 def _read_answer(resp: http.client.HTTPResponse, skip: Callable[[str, int], bool] | None,
