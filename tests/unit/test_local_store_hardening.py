@@ -165,7 +165,7 @@ def test_a_document_is_never_dropped_before_the_quarantine_file_holds_it(
     store = big_service_store(state, ports=3)
     store.apply([pod("other")])
     journal = state / JOURNAL_FILE
-    text = journal.read_text().replace('"name": "other"', '"name": "Not_A_Name"')
+    text = journal.read_text().replace('"name":"other"', '"name":"Not_A_Name"')
     journal.write_text(text)
 
     def full(path: Path, data: bytes) -> None:

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from velvet.errors import InvalidManifest
@@ -278,13 +279,13 @@ def test_compaction_copies_the_saved_texts_and_keeps_only_where_they_lie(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     encoded: list[str] = []
 
-    def dump(obj: KubeObject) -> str:
+    def dump(obj: KubeObject) -> bytes:
         encoded.append(obj.metadata.name)
-        return json.dumps(to_dict(obj), sort_keys=True)
+        return orjson.dumps(to_dict(obj), option=orjson.OPT_SORT_KEYS)
 
     def expected(version: int, objects: list[KubeObject]) -> bytes:
-        lines = ",\n".join(json.dumps(to_dict(o), sort_keys=True) for o in objects)
-        head = f'{{"objects": [\n{lines}\n], "version": {version}'.encode()
+        lines = b",\n".join(orjson.dumps(to_dict(o), option=orjson.OPT_SORT_KEYS) for o in objects)
+        head = b'{"objects": [\n' + lines + f'\n], "version": {version}'.encode()
         return head + b', "seal": "' + seal(head) + b'"}\n'  # sealed by this code: read back unvalidated
 
     monkeypatch.setattr(state_files, "_dump", dump)

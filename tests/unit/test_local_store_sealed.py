@@ -87,6 +87,31 @@ def test_a_store_written_by_this_code_is_loaded_without_validating_services_or_s
     assert all(s.metadata.namespace is slices[0].metadata.namespace for s in slices)  # equal strings shared
 
 
+
+def test_texts_in_the_stdlib_json_of_earlier_versions_still_load_sealed_beside_the_new_ones(
+        state: Path, validated: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as earlier:
+        earlier.setattr(state_files, "_dump", lambda obj: json.dumps(to_dict(obj), sort_keys=True).encode())
+        old = populated(state)  # snapshot and journal as written before the store's texts were orjson's
+    assert b'"port": 80' in (state / STATE_FILE).read_bytes() + (state / JOURNAL_FILE).read_bytes()
+    validated.clear()
+    store = LocalStore.open(state)
+    assert store.snapshot() == old.snapshot()
+    assert sorted(validated) == ["Namespace", "Namespace", "Pod", "Pod"]  # services and slices read sealed
+    note = {"note": "caf\u00e9 \u2713"}
+    store.apply([service("new", type="NodePort"), from_dict({**to_dict(pod("c")), "metadata": {
+        "name": "c", "labels": {"app": "web"}, "annotations": note}})])
+    assert "café ✓".encode() in (state / JOURNAL_FILE).read_bytes()  # UTF-8, not escaped
+    again = LocalStore.open(state)
+    assert again.snapshot() == store.snapshot()
+    assert next(p for p in again.get("pods") if p.metadata.name == "c").metadata.annotations == note
+    store.apply([service(f"t{i:02d}") for i in range(SERVICES)])  # compacts: old and new texts together
+    assert (state / JOURNAL_FILE).stat().st_size == 0
+    validated.clear()
+    assert LocalStore.open(state).snapshot() == store.snapshot()
+    assert sorted(validated) == ["Namespace", "Namespace", "Pod", "Pod", "Pod"]  # still no service nor slice
+
+
 def test_a_hand_edited_service_in_the_snapshot_is_validated_and_refused(
         state: Path, validated: list[str], caplog: pytest.LogCaptureFixture) -> None:
     store = populated(state)
@@ -119,7 +144,7 @@ def test_a_hand_edited_journal_line_is_validated_and_refused(state: Path, valida
     populated(state)
     journal = state / JOURNAL_FILE
     text = journal.read_bytes()
-    edited = text.replace(b'"port": 80,', b'"port": 70000,', 1)
+    edited = text.replace(b'"port":80,', b'"port":70000,', 1)
     assert edited != text
     journal.write_bytes(edited)
     validated.clear()

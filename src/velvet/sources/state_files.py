@@ -1,7 +1,9 @@
 """The local store on disk: a snapshot of every object plus an append-only journal of the changes since.
 
-`store.json` is `{"objects": [...], "version": V, "seal": H}` with one object per line, each as
-`kubectl get -o json` prints it. `store.journal` holds one JSON line per committed change,
+`store.json` is `{"objects": [...], "version": V, "seal": H}` with one object per line, each the fields
+`kubectl get -o json` prints as one compact JSON text (keys sorted, UTF-8: orjson, as etcd values are
+written; texts in the stdlib's spaced form from earlier versions read the same). `store.journal` holds
+one JSON line per committed change,
 `{"delete": [[kind, namespace, name], ...], "since": S, "upsert": [objects], "version": V, "seal": H}`
 (S: the version the change was made on; H: below), fsync'd before the change is applied or
 published, so a change costs what it touched and a failed write changes nothing. A new store's
@@ -39,6 +41,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from velvet.durable import StorageError, open_append, private_dir, private_file, write_atomic
 from velvet.errors import InvalidManifest
@@ -158,7 +162,7 @@ class StateFiles:
             if index:
                 data += b", "
             start = len(data)
-            data += _dump(obj).encode()
+            data += _dump(obj)
             spans.append(_span(start, len(data) - start))
         data += f'], "version": {version}'.encode()
         data += _SEAL_HEAD + seal(data) + _SEAL_TAIL
@@ -202,7 +206,7 @@ class StateFiles:
             start = len(data)
             span = known.get(key)
             if span is None:
-                data += _dump(obj).encode()
+                data += _dump(obj)
             else:
                 at, length = span >> 32, span & 0xFFFFFFFF
                 data += saved[at: at + length]
@@ -512,8 +516,9 @@ def _span(start: int, length: int) -> int:
     return start << 32 | length
 
 
-def _dump(obj: KubeObject) -> str:
-    return json.dumps(to_dict(obj), sort_keys=True)  # one-shot: the C encoder (json.dump is pure Python)
+def _dump(obj: KubeObject) -> bytes:
+    """An object's JSON text as the store writes it: keys sorted, UTF-8, as etcd_store.encode writes it."""
+    return orjson.dumps(to_dict(obj), option=orjson.OPT_SORT_KEYS)
 
 
 def _append_whole(path: Path, data: bytes) -> None:
