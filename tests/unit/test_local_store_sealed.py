@@ -87,7 +87,6 @@ def test_a_store_written_by_this_code_is_loaded_without_validating_services_or_s
     assert all(s.metadata.namespace is slices[0].metadata.namespace for s in slices)  # equal strings shared
 
 
-
 def test_texts_in_the_stdlib_json_of_earlier_versions_still_load_sealed_beside_the_new_ones(
         state: Path, validated: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     with monkeypatch.context() as earlier:
